@@ -1,0 +1,234 @@
+"""Gradient check: analytic gradients against centred finite differences, in float64.
+
+For K random coordinates w of W: numeric = (f(w + h) - f(w - h)) / 2h, compared with the
+analytic partial derivative a by the relative error |a - n| / max(|a|, |n|, tiny).
+`tiny` is the rounding noise of the difference quotient (eps * |f| / h, twice over) divided by
+the tolerance: a coordinate whose gradient is smaller than what float64 differences can resolve
+is judged on that absolute scale instead of on a relative one it cannot reach.
+The loop reference is compared with the vectorized loss and gradient on every coordinate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import softmax
+from .config import Config
+from .preprocess import N_PIXELS, Preprocessor, fit_preprocessor, raw_features, split_train_val
+from .train import batch_loss_and_grad
+
+EPS = float(np.finfo(np.float64).eps)
+DEFAULT_STEP = 1e-5
+DEFAULT_TOLERANCE = 1e-7
+LOOP_TOLERANCE = 1e-10
+
+Objective = Callable[[np.ndarray], tuple[float, np.ndarray]]
+
+
+@dataclass
+class CoordinateCheck:
+    coordinate: tuple[int, int]
+    analytic: float
+    numeric: float
+    rel_error: float
+
+
+@dataclass
+class CheckResult:
+    """One objective's sparse check: the checked coordinates and the verdict."""
+
+    name: str
+    checks: list[CoordinateCheck]
+    tolerance: float
+    extra: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def max_rel_error(self) -> float:
+        return max(c.rel_error for c in self.checks)
+
+    @property
+    def passed(self) -> bool:
+        return self.max_rel_error <= self.tolerance
+
+
+def relative_error(analytic: float, numeric: float, tiny: float) -> float:
+    return abs(analytic - numeric) / max(abs(analytic), abs(numeric), tiny)
+
+
+def check_gradient(
+    f: Objective,
+    W: np.ndarray,
+    num_checks: int,
+    rng: np.random.Generator,
+    step: float = DEFAULT_STEP,
+    tolerance: float = DEFAULT_TOLERANCE,
+    name: str = "gradient",
+) -> CheckResult:
+    """Compare f's analytic gradient at W (D, C) float64 with centred differences.
+
+    f(W) returns (loss, dW). W is left unchanged.
+    """
+    if W.dtype != np.float64:
+        raise TypeError(f"the gradient check runs in float64, got {W.dtype}")
+    _, analytic = f(W)
+    flat = rng.choice(W.size, size=min(num_checks, W.size), replace=False)
+    work = W.copy()
+    checks = []
+    for index in flat:
+        coord = np.unravel_index(index, W.shape)
+        work[coord] = W[coord] + step
+        f_plus, _ = f(work)
+        work[coord] = W[coord] - step
+        f_minus, _ = f(work)
+        work[coord] = W[coord]
+        numeric = (f_plus - f_minus) / (2 * step)
+        noise = 2 * EPS * max(abs(f_plus), abs(f_minus)) / step
+        rel = relative_error(float(analytic[coord]), numeric, noise / tolerance)
+        checks.append(CoordinateCheck(tuple(int(i) for i in coord), float(analytic[coord]),
+                                      numeric, rel))
+    return CheckResult(name, checks, tolerance)
+
+
+def compare_with_loop(
+    W: np.ndarray, X: np.ndarray, y: np.ndarray, reg: float, clip: float, reg_bias: bool = False
+) -> dict[str, float]:
+    """Largest absolute differences between the loop reference and the vectorized softmax."""
+    loss_vec, grad_vec = softmax.loss_and_grad(W, X, y, reg, clip, reg_bias)
+    loss_loop, grad_loop = softmax.loss_and_grad_naive(W, X, y, reg, clip, reg_bias)
+    return {"loss_diff": abs(loss_vec - loss_loop),
+            "grad_diff": float(np.max(np.abs(grad_vec - grad_loop)))}
+
+
+@dataclass
+class GradcheckProblem:
+    """What the check runs on: features X (N, D) float64, labels, and the trainer's objective.
+
+    `raw` (N, 3073) and `trainer_objective` exercise the minibatch function the trainer calls
+    (preprocessing folded into the weights).
+    """
+
+    W: np.ndarray
+    X: np.ndarray
+    y: np.ndarray
+    reg: float
+    clip: float
+    reg_bias: bool
+    trainer_objective: Objective
+
+
+def image_problem(
+    images: np.ndarray, labels: np.ndarray, pre: Preprocessor, n_classes: int, reg: float,
+    clip: float, reg_bias: bool, seed: int, init_std: float = 1e-4,
+) -> GradcheckProblem:
+    """The check's problem on images (N, 3072) uint8: features X = pre.transform(images) in
+    float64, and the trainer's minibatch objective on the same rows."""
+    rng = np.random.default_rng([seed, 1])
+    W = rng.standard_normal((pre.n_features, n_classes)) * init_std
+    raw = raw_features(images, dtype=np.float64)
+
+    def trainer_objective(w: np.ndarray) -> tuple[float, np.ndarray]:
+        loss, dW, _ = batch_loss_and_grad(w, raw, labels, pre, reg, clip, reg_bias)
+        return loss, dW
+
+    return GradcheckProblem(W, pre.transform(images, np.float64), labels, reg, clip,
+                            reg_bias or not pre.bias, trainer_objective)
+
+
+def random_image_problem(samples: int = 500, classes: int = 10, seed: int = 0,
+                         reg: float = 0.01, clip: float = softmax.DEFAULT_CLIP
+                         ) -> GradcheckProblem:
+    """A seeded problem of random uint8 images, centred and scaled by their std: 3073 features."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, size=(samples, N_PIXELS), dtype=np.uint8)
+    labels = rng.integers(0, classes, size=samples)
+    pre = fit_preprocessor(images, center=True, scale="std", bias=True)
+    return image_problem(images, labels, pre, classes, reg, clip, False, seed)
+
+
+def config_problem(config: Config, samples: int, seed: int, reg: float | None = None
+                   ) -> GradcheckProblem:
+    """A sample of `samples` rows of the config's real training split, preprocessed as the
+    trainer would (statistics fitted on the whole training split)."""
+    from .runs import load_training_data
+
+    data = load_training_data(config, progress=False)
+    train_rows, _ = split_train_val(data.train_labels, config.data.val_size, config.seed)
+    pre = fit_preprocessor(data.train_images, config.preprocess.center, config.preprocess.scale,
+                           config.preprocess.bias, rows=train_rows)
+    rows = np.sort(np.random.default_rng(seed).choice(train_rows, size=min(samples,
+                                                                           len(train_rows)),
+                                                      replace=False))
+    reg = config.loss.reg if reg is None else reg
+    return image_problem(data.train_images[rows], data.train_labels[rows], pre,
+                         len(data.class_names), reg if reg > 0 else 0.01, config.loss.clip,
+                         config.loss.reg_bias, seed, config.model.init_std)
+
+
+def random_problem(
+    samples: int = 500, features: int = 3073, classes: int = 10, seed: int = 0,
+    init_std: float = 1e-4,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A seeded float64 problem: W (features, classes), X (samples, features) with a bias
+    column of ones last, y (samples,) int64."""
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((samples, features))
+    X[:, -1] = 1.0
+    W = rng.standard_normal((features, classes)) * init_std
+    y = rng.integers(0, classes, size=samples)
+    return W, X, y
+
+
+def run_gradcheck(
+    problem: GradcheckProblem,
+    num_checks: int = 10,
+    step: float = DEFAULT_STEP,
+    tolerance: float = DEFAULT_TOLERANCE,
+    seed: int = 0,
+) -> list[CheckResult]:
+    """All checks: the vectorized loss with reg = 0 and reg > 0, the trainer's minibatch
+    objective, and loop-versus-vectorized agreement (as the last result's `extra`)."""
+    rng = np.random.default_rng(seed)
+    W, X, y, clip, reg_bias = problem.W, problem.X, problem.y, problem.clip, problem.reg_bias
+    results = []
+    for reg in (0.0, problem.reg):
+        def objective(w, reg=reg):
+            return softmax.loss_and_grad(w, X, y, reg, clip, reg_bias)
+
+        results.append(check_gradient(objective, W, num_checks, rng, step, tolerance,
+                                      f"loss_and_grad, reg={reg:g}"))
+    results.append(check_gradient(problem.trainer_objective, W, num_checks, rng, step,
+                                  tolerance, f"trainer minibatch objective, reg={problem.reg:g}"))
+    loop = compare_with_loop(W, X, y, problem.reg, clip, reg_bias)
+    results[-1].extra.update(loop)
+    return results
+
+
+def loop_agrees(results: list[CheckResult]) -> bool:
+    extra = results[-1].extra
+    return extra["loss_diff"] <= LOOP_TOLERANCE and extra["grad_diff"] <= LOOP_TOLERANCE
+
+
+def format_report(results: list[CheckResult]) -> str:
+    """The table (coordinate, analytic, numeric, relative error) per check, and the verdicts."""
+    lines = []
+    for result in results:
+        lines.append(f"{result.name}")
+        lines.append(f"  {'coordinate':>14}  {'analytic':>14}  {'numeric':>14}  {'rel. error':>10}")
+        for c in result.checks:
+            coord = f"({c.coordinate[0]}, {c.coordinate[1]})"
+            lines.append(f"  {coord:>14}  {c.analytic:>14.6e}  {c.numeric:>14.6e}"
+                         f"  {c.rel_error:>10.2e}")
+        verdict = "ok" if result.passed else "FAIL"
+        lines.append(f"  max relative error {result.max_rel_error:.2e} "
+                     f"(tolerance {result.tolerance:.0e}): {verdict}")
+    extra = results[-1].extra
+    verdict = "ok" if loop_agrees(results) else "FAIL"
+    lines.append(f"loop reference vs vectorized: max |loss diff| {extra['loss_diff']:.2e}, "
+                 f"max |grad diff| {extra['grad_diff']:.2e} (tolerance "
+                 f"{LOOP_TOLERANCE:.0e}): {verdict}")
+    worst = max(r.max_rel_error for r in results)
+    lines.append(f"maximum relative error: {worst:.2e}")
+    return "\n".join(lines)

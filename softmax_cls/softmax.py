@@ -1,0 +1,154 @@
+"""Softmax cross-entropy: the math contract of DESIGN.md, vectorized, plus a plain-loop reference.
+
+Shapes: W (D, C) weights, the last row the bias row when X carries the bias column;
+X (N, D) features; y (N,) integer labels in [0, C). Scores S = X W are (N, C).
+Every array function keeps the dtype of W (float32 for training, float64 for checks).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .errors import SoftmaxClsError
+
+DEFAULT_CLIP = 50.0
+PREDICT_CHUNK = 8192
+
+
+class NonFiniteError(SoftmaxClsError):
+    """Scores, loss or weights that are inf or NaN: reported, never propagated."""
+
+
+def clipped_shifted_scores(S: np.ndarray, clip: float = DEFAULT_CLIP) -> np.ndarray:
+    """Max-shifted scores clipped from below at -clip: Z (N, C), same dtype as S.
+
+    Softmax is shift-invariant, so Z gives the same probabilities as S wherever nothing is
+    clipped; the clip keeps every exp(Z) >= exp(-clip) > 0, so every log-probability is
+    finite even in float32. Raises NonFiniteError when S has an inf or NaN.
+    """
+    if not np.isfinite(S).all():
+        raise NonFiniteError("non-finite scores (inf or NaN in the inputs or the weights)")
+    Z = S - S.max(axis=1, keepdims=True)
+    np.maximum(Z, -clip, out=Z)
+    return Z
+
+
+def softmax_loss_from_scores(
+    S: np.ndarray, y: np.ndarray, clip: float = DEFAULT_CLIP
+) -> tuple[float, np.ndarray]:
+    """Mean cross-entropy of scores S (N, C) against labels y (N,), and dL/dS = (P - Y) / N.
+
+    P comes from the same clipped, max-shifted scores as the loss. The gradient has S's dtype.
+    """
+    n = S.shape[0]
+    Z = clipped_shifted_scores(S, clip)
+    exp_z = np.exp(Z)
+    sum_exp = exp_z.sum(axis=1)
+    rows = np.arange(n)
+    loss = float(np.mean(np.log(sum_exp) - Z[rows, y]))
+    dS = exp_z
+    dS /= sum_exp[:, None]
+    dS[rows, y] -= 1
+    dS /= n
+    return loss, dS
+
+
+def l2_penalty(W: np.ndarray, reg: float, reg_bias: bool = False) -> tuple[float, np.ndarray]:
+    """reg * sum(W * W) and its gradient 2 reg W; the last (bias) row left out unless reg_bias."""
+    penalized = W if reg_bias else W[:-1]
+    value = reg * float(np.vdot(penalized, penalized))
+    grad = np.zeros_like(W)
+    np.multiply(penalized, 2 * reg, out=grad if reg_bias else grad[:-1])
+    return value, grad
+
+
+def _check_problem(W: np.ndarray, X: np.ndarray, y: np.ndarray) -> None:
+    if W.ndim != 2 or X.ndim != 2 or X.shape[1] != W.shape[0]:
+        raise ValueError(f"shapes do not fit: X {X.shape} @ W {W.shape}")
+    if X.dtype != W.dtype or W.dtype not in (np.float32, np.float64):
+        raise TypeError(f"X and W must share a float32/float64 dtype, got {X.dtype} and {W.dtype}")
+    if y.shape != (X.shape[0],):
+        raise ValueError(f"y must have shape ({X.shape[0]},), got {y.shape}")
+
+
+def loss_and_grad(
+    W: np.ndarray,
+    X: np.ndarray,
+    y: np.ndarray,
+    reg: float = 0.0,
+    clip: float = DEFAULT_CLIP,
+    reg_bias: bool = False,
+) -> tuple[float, np.ndarray]:
+    """Softmax loss mean(-log p[y]) + reg * sum(W*W) and its gradient X^T (P - Y) / N + 2 reg W.
+
+    W (D, C) and X (N, D) share a float dtype; y (N,) ints. Returns (loss, dW) with dW (D, C)
+    of W's dtype. The last row of W (the bias row) is not penalized unless reg_bias.
+    """
+    _check_problem(W, X, y)
+    data_loss, dS = softmax_loss_from_scores(X @ W, y, clip)
+    penalty, dW = l2_penalty(W, reg, reg_bias)
+    dW += X.T @ dS
+    return data_loss + penalty, dW
+
+
+def loss_and_grad_naive(
+    W: np.ndarray,
+    X: np.ndarray,
+    y: np.ndarray,
+    reg: float = 0.0,
+    clip: float = DEFAULT_CLIP,
+    reg_bias: bool = False,
+) -> tuple[float, np.ndarray]:
+    """Plain-loop reference of loss_and_grad: one sample and one class at a time, in float64.
+
+    Slow and obvious on purpose; returns (loss, dW) with dW in W's dtype.
+    """
+    _check_problem(W, X, y)
+    n, c = X.shape[0], W.shape[1]
+    W64, X64 = W.astype(np.float64), X.astype(np.float64)
+    dW = np.zeros_like(W64)
+    loss = 0.0
+    for i in range(n):
+        scores = [float(X64[i] @ W64[:, j]) for j in range(c)]
+        top = max(scores)
+        shifted = [max(s - top, -clip) for s in scores]
+        total = sum(math.exp(z) for z in shifted)
+        loss += math.log(total) - shifted[y[i]]
+        for j in range(c):
+            p = math.exp(shifted[j]) / total
+            dW[:, j] += (p - (j == y[i])) * X64[i]
+    loss /= n
+    dW /= n
+    last = W.shape[0] if reg_bias else W.shape[0] - 1
+    for row in range(last):
+        for j in range(c):
+            loss += reg * W64[row, j] ** 2
+            dW[row, j] += 2 * reg * W64[row, j]
+    return loss, dW.astype(W.dtype)
+
+
+def softmax_probs(S: np.ndarray, clip: float = DEFAULT_CLIP) -> np.ndarray:
+    """Class probabilities (N, C) from scores S (N, C), rows summing to 1, S's dtype."""
+    P = np.exp(clipped_shifted_scores(S, clip))
+    P /= P.sum(axis=1, keepdims=True)
+    return P
+
+
+def predict_proba(
+    W: np.ndarray, X: np.ndarray, clip: float = DEFAULT_CLIP, chunk: int = PREDICT_CHUNK
+) -> np.ndarray:
+    """Class probabilities (N, C) for features X (N, D), computed in chunks of rows."""
+    return np.concatenate(
+        [softmax_probs(X[i : i + chunk] @ W, clip) for i in range(0, len(X), chunk)]
+        or [np.empty((0, W.shape[1]), W.dtype)]
+    )
+
+
+def predict(W: np.ndarray, X: np.ndarray, chunk: int = PREDICT_CHUNK) -> np.ndarray:
+    """Predicted labels (N,) int64 for features X (N, D): argmax of the scores, in chunks."""
+    labels = np.empty(len(X), dtype=np.int64)
+    for i in range(0, len(X), chunk):
+        np.argmax(X[i : i + chunk] @ W, axis=1, out=labels[i : i + chunk])
+    return labels
