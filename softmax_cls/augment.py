@@ -1,0 +1,43 @@
+"""On-the-fly augmentation of uint8 minibatches, vectorized over the batch (no per-image loop).
+
+Images are rows of 3072 bytes: 3 planes (R, G, B) of 32x32 pixels, row-major.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+SIDE = 32
+
+
+def hflip(batch: np.ndarray, rng: np.random.Generator) -> None:
+    """Mirror a random half of the images (B, 3072) uint8 left-right, in place."""
+    flip = rng.random(len(batch)) < 0.5
+    images = batch[flip].reshape(-1, 3, SIDE, SIDE)
+    batch[flip] = images[..., ::-1].reshape(-1, 3 * SIDE * SIDE)
+
+
+def translate(batch: np.ndarray, max_shift: int, rng: np.random.Generator) -> None:
+    """Shift each image (B, 3072) uint8 by up to max_shift pixels in x and y, in place.
+
+    Pixels shifted in from outside the image are 0, as in the usual pad-and-crop.
+    """
+    if max_shift == 0:
+        return
+    n = len(batch)
+    padded = np.zeros((n, 3, SIDE + 2 * max_shift, SIDE + 2 * max_shift), dtype=batch.dtype)
+    padded[:, :, max_shift:-max_shift, max_shift:-max_shift] = batch.reshape(n, 3, SIDE, SIDE)
+    dy, dx = rng.integers(0, 2 * max_shift + 1, size=(2, n))
+    rows = (dy[:, None] + np.arange(SIDE))[:, None, :, None]
+    cols = (dx[:, None] + np.arange(SIDE))[:, None, None, :]
+    images, planes = np.arange(n)[:, None, None, None], np.arange(3)[None, :, None, None]
+    shifted = padded[images, planes, rows, cols]
+    batch[:] = shifted.reshape(n, -1)
+
+
+def augment_batch(batch: np.ndarray, rng: np.random.Generator, flip: bool, max_shift: int) -> None:
+    """Apply the configured augmentations to a uint8 batch (B, 3072) in place."""
+    if flip:
+        hflip(batch, rng)
+    if max_shift:
+        translate(batch, max_shift, rng)

@@ -1,0 +1,148 @@
+"""Checkpoints: one .npz that loads with allow_pickle=False, written atomically.
+
+It holds the weights, the preprocessing statistics, the class names, the effective config as
+YAML text, the history, the versions, the data fingerprint and the optimizer state, so that
+eval needs nothing else and a resumed run continues exactly as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .config import Config, config_from_dict, parse_yaml
+from .errors import ConfigError, DataError
+from .fsutil import atomic_write
+from .preprocess import N_PIXELS, Preprocessor
+
+FORMAT_VERSION = 1
+REQUIRED = ("W", "velocity", "best_W", "pre_mean", "pre_scale", "pre_bias", "class_names",
+            "config_yaml", "meta_json")
+
+
+@dataclass
+class TrainState:
+    """Where training stands after `epoch` completed epochs.
+
+    W, velocity and best_W are (D, C) float32. The shuffling and augmentation randomness of
+    epoch e is a pure function of (config seed, e), so `epoch` is the whole RNG state.
+    """
+
+    W: np.ndarray
+    velocity: np.ndarray
+    best_W: np.ndarray
+    epoch: int = 0
+    best_epoch: int = 0
+    best_val_acc: float = -1.0
+    epochs_since_best: int = 0
+    history: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class Checkpoint:
+    state: TrainState
+    preprocessor: Preprocessor
+    class_names: tuple[str, ...]
+    config: Config
+    config_yaml: str
+    fingerprint: dict[str, str]
+    versions: dict[str, str]
+    status: str
+
+    @property
+    def W(self) -> np.ndarray:
+        return self.state.W
+
+
+def save_checkpoint(
+    path: str | Path,
+    state: TrainState,
+    preprocessor: Preprocessor,
+    class_names: tuple[str, ...],
+    config_yaml: str,
+    fingerprint: dict[str, str],
+    status: str,
+    W: np.ndarray | None = None,
+) -> None:
+    """Write a checkpoint atomically; `W` replaces state.W as the model weights if given
+    (best.npz stores the best weights as its model)."""
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "versions": {"softmax_cls": __version__, "numpy": np.__version__},
+        "fingerprint": fingerprint,
+        "status": status,
+        "epoch": state.epoch,
+        "best_epoch": state.best_epoch,
+        "best_val_acc": state.best_val_acc,
+        "epochs_since_best": state.epochs_since_best,
+        "history": state.history,
+    }
+    arrays = {
+        "W": state.W if W is None else W,
+        "velocity": state.velocity,
+        "best_W": state.best_W,
+        "class_names": np.array(class_names, dtype=str),
+        "config_yaml": np.array(config_yaml),
+        "meta_json": np.array(json.dumps(meta)),
+        **preprocessor.to_arrays(),
+    }
+    with atomic_write(path) as handle:
+        np.savez(handle, **arrays)
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Read and validate a checkpoint; any problem is a DataError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"checkpoint not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            missing = [key for key in REQUIRED if key not in npz.files]
+            if missing:
+                raise DataError(f"{path}: not a softmax-cls checkpoint "
+                                f"(missing {', '.join(missing)})")
+            arrays = {key: npz[key] for key in REQUIRED}
+    except DataError:
+        raise
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as exc:
+        raise DataError(f"{path}: corrupt or truncated checkpoint ({exc})") from None
+    try:
+        meta = json.loads(str(arrays["meta_json"]))
+        config_yaml = str(arrays["config_yaml"])
+        config = config_from_dict(parse_yaml(config_yaml, f"{path} config"))
+    except (json.JSONDecodeError, ConfigError) as exc:
+        raise DataError(f"{path}: unreadable checkpoint metadata ({exc})") from None
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise DataError(f"{path}: checkpoint format {meta.get('format_version')!r} is not "
+                        f"supported (this version reads {FORMAT_VERSION})")
+    checkpoint = Checkpoint(
+        state=TrainState(W=arrays["W"], velocity=arrays["velocity"], best_W=arrays["best_W"],
+                         epoch=meta["epoch"], best_epoch=meta["best_epoch"],
+                         best_val_acc=meta["best_val_acc"],
+                         epochs_since_best=meta["epochs_since_best"], history=meta["history"]),
+        preprocessor=Preprocessor.from_arrays(arrays),
+        class_names=tuple(str(name) for name in arrays["class_names"]),
+        config=config, config_yaml=config_yaml, fingerprint=meta["fingerprint"],
+        versions=meta["versions"], status=meta["status"])
+    _validate(path, checkpoint)
+    return checkpoint
+
+
+def _validate(path: Path, ckpt: Checkpoint) -> None:
+    pre, state = ckpt.preprocessor, ckpt.state
+    n_classes = len(ckpt.class_names)
+    expected = (pre.n_features, n_classes)
+    for name in ("W", "velocity", "best_W"):
+        array = getattr(state, name)
+        if array.shape != expected or array.dtype != np.float32:
+            raise DataError(f"{path}: {name} has shape {array.shape} {array.dtype}, expected "
+                            f"{expected} float32")
+        if not np.isfinite(array).all():
+            raise DataError(f"{path}: {name} holds non-finite values")
+    if pre.mean.shape != (N_PIXELS,) or pre.scale.shape != (N_PIXELS,):
+        raise DataError(f"{path}: preprocessing statistics have the wrong shape")

@@ -1,0 +1,156 @@
+"""Console scripts: thin click commands over the library. All logic lives in importable modules.
+
+User errors (bad config, options, data, checkpoints) end with one `error: ...` line on stderr
+and a non-zero exit code: 2 for usage and config errors, 1 for the others, 130 for Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from . import __version__
+from .errors import ConfigError, SoftmaxClsError
+
+
+class Command(click.Command):
+    """A click command whose every user error is one line on stderr, never a traceback."""
+
+    def main(self, args=None, prog_name=None, **extra):
+        extra.pop("standalone_mode", None)
+        try:
+            result = super().main(args, prog_name, standalone_mode=False, **extra)
+        except click.ClickException as exc:
+            _fail(exc.format_message(), exc.exit_code)
+        except click.Abort:
+            _fail("interrupted", 130)
+        except SoftmaxClsError as exc:
+            _fail(str(exc), exc.exit_code)
+        sys.exit(result if isinstance(result, int) else 0)
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+set_option = click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE",
+                          help="Override a config key, e.g. --set optim.lr=0.01 (repeatable).")
+config_option = click.option("--config", "config_path", type=click.Path(dir_okay=False),
+                             help="YAML config file (see configs/default.yaml).")
+
+
+@click.command(cls=Command)
+@click.option("--dataset", type=click.Choice(["cifar10", "cifar100"]), default="cifar10",
+              show_default=True)
+@click.option("--root", default="data", show_default=True, help="Folder the data lands in.")
+@click.option("--format", "fmt", type=click.Choice(["binary", "python"]), default="binary",
+              show_default=True, help="The binary version needs no pickle at all.")
+@click.option("--url", help="Archive URL of a mirror (default: the official one, or "
+              "$SOFTMAX_CLS_MIRROR/<archive name>).")
+@click.option("--archive", type=click.Path(dir_okay=False),
+              help="A local copy of the archive to verify and extract instead of downloading.")
+@click.option("--force", is_flag=True, help="Download and extract again; the old copy is "
+              "replaced only once the new one verified.")
+@quiet_option
+@click.version_option(__version__)
+def download_command(dataset, root, fmt, url, archive, force, quiet):
+    """Download, verify and extract CIFAR-10 or CIFAR-100."""
+    from .datasets import prepare_dataset
+
+    folder = prepare_dataset(dataset, root, fmt, url=url, archive=archive, force=force,
+                             progress=not quiet)
+    click.echo(f"{dataset} ({fmt}) verified in {folder}")
+
+
+@click.command(cls=Command)
+@config_option
+@set_option
+@click.option("--out", type=click.Path(file_okay=False),
+              help="Run folder (default: output.dir, or the resumed checkpoint's folder).")
+@click.option("--resume", type=click.Path(dir_okay=False),
+              help="Continue from a last.npz exactly where it stopped.")
+@quiet_option
+@click.version_option(__version__)
+def train_command(config_path, overrides, out, resume, quiet):
+    """Train a linear softmax classifier as the config says.
+
+    Writes a run folder with config.yaml, history.jsonl, best.npz, last.npz and summary.json,
+    and prints the test accuracy of the best weights on validation.
+    """
+    from .runs import start_or_resume
+
+    result = start_or_resume(config_path, overrides, out, resume, progress=not quiet)
+    state = result.state
+    click.echo(f"test accuracy {result.test_acc:.4f} (loss {result.test_loss:.4f}) with the best "
+               f"weights on validation: epoch {state.best_epoch}, val accuracy "
+               f"{state.best_val_acc:.4f}; {state.epoch} epochs"
+               f"{', stopped early' if result.stopped_early else ''}; run folder {result.out_dir}")
+
+
+@click.command(cls=Command)
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.option("--split", type=click.Choice(["test", "val", "train"]), default="test",
+              show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--root", type=click.Path(file_okay=False),
+              help="Data folder (default: the one the checkpoint was trained with).")
+@quiet_option
+@click.version_option(__version__)
+def eval_command(checkpoint, split, as_json, root, quiet):
+    """Accuracy, per-class precision / recall / F1 and the confusion matrix of a checkpoint."""
+    from .evaluate import evaluate_checkpoint
+    from .metrics import format_report
+
+    report = evaluate_checkpoint(checkpoint, split, root, progress=not quiet)
+    if as_json:
+        click.echo(json.dumps({"checkpoint": str(checkpoint), "split": split, **report.to_dict()},
+                              indent=2))
+    else:
+        click.echo(f"{checkpoint} on the {split} split")
+        click.echo(format_report(report))
+
+
+@click.command(cls=Command)
+@config_option
+@set_option
+@click.option("--samples", default=500, show_default=True, type=click.IntRange(1),
+              help="Rows of the problem.")
+@click.option("--classes", default=10, show_default=True, type=click.IntRange(2),
+              help="Classes of the random problem (with --config: the data set's).")
+@click.option("--checks", default=10, show_default=True, type=click.IntRange(1),
+              help="Random coordinates of W checked per objective.")
+@click.option("--step", default=1e-5, show_default=True, type=click.FloatRange(0, min_open=True),
+              help="h of the centred differences.")
+@click.option("--tol", default=1e-7, show_default=True, type=click.FloatRange(0, min_open=True),
+              help="Largest relative error that passes.")
+@click.option("--reg", default=None, type=click.FloatRange(0, min_open=True),
+              help="The reg > 0 of the second check [default: loss.reg, or 0.01].")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0))
+@click.version_option(__version__)
+def gradcheck_command(config_path, overrides, samples, classes, checks, step, tol, reg, seed):
+    """Check the analytic softmax gradient against centred finite differences (float64).
+
+    Without --config: a seeded random problem of uint8 images (--samples x 3073 features x
+    --classes). With --config: a sample of the real preprocessed training data. Exits 0 when
+    every maximum relative error is at most --tol and the loop reference agrees, 1 otherwise.
+    """
+    from . import gradcheck
+    from .config import load_config
+
+    if config_path is None and overrides:
+        raise ConfigError("--set needs --config")
+    if config_path is None:
+        problem = gradcheck.random_image_problem(samples, classes, seed,
+                                                 reg=0.01 if reg is None else reg)
+    else:
+        config = load_config(config_path, overrides)
+        problem = gradcheck.config_problem(config, samples, seed, reg)
+    results = gradcheck.run_gradcheck(problem, checks, step, tol, seed)
+    click.echo(gradcheck.format_report(results))
+    passed = all(r.passed for r in results) and gradcheck.loop_agrees(results)
+    click.echo("gradient check passed" if passed else "gradient check FAILED")
+    return 0 if passed else 1
