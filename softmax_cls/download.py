@@ -1,0 +1,364 @@
+"""Streaming HTTP downloads that resume, retry and verify before anything lands at `dest`.
+
+Bytes go to `<dest>.part` beside `dest`. A later attempt (a retry, or the next run) resumes
+from that file with a Range request. Only a complete part that passes the size and md5 checks
+is renamed onto `dest`; a part that fails them is deleted.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import functools
+import hashlib
+import os
+import re
+import socket
+import ssl
+import sys
+import time
+from collections.abc import Callable, Iterator
+from datetime import timezone
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import requests
+import urllib3.exceptions
+from tqdm import tqdm
+
+from softmax_cls.errors import DownloadError
+from softmax_cls.fsutil import fsync_dir
+
+MAX_DELAY = 30.0
+WAYS_FORWARD = (
+    "use --url URL to download from a mirror, or --archive PATH to use a local copy of the archive"
+)
+
+_CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-\d+/(\d+|\*)")
+_UNSATISFIED_RANGE = re.compile(r"bytes\s+\*/(\d+)")
+# How reading the body fails when the connection breaks (we read urllib3's stream directly).
+_BROKEN_BODY = (urllib3.exceptions.ProtocolError, urllib3.exceptions.SSLError)
+
+
+class _Retry(Exception):
+    """A transient failure; the next attempt resumes from the `.part` file."""
+
+    def __init__(self, problem: str, retry_after: float | None = None):
+        super().__init__(problem)
+        self.retry_after = retry_after
+
+
+def download_file(
+    url: str,
+    dest: str | os.PathLike,
+    *,
+    expected_size: int | None = None,
+    expected_md5: str | None = None,
+    retries: int = 5,
+    backoff: float = 1.0,
+    timeout: tuple[float, float] = (10.0, 60.0),
+    chunk_size: int = 1 << 20,
+    progress: bool = True,
+    session: requests.Session | None = None,
+) -> Path:
+    """Download `url` to `dest` through `<dest>.part`, resuming any part already there.
+
+    Transient failures (connection errors, timeouts, dropped transfers, HTTP 429 and 5xx) are
+    retried up to `retries` times, sleeping `backoff * 2**attempt` seconds (at most 30 s, or
+    longer up to that cap when the server sends Retry-After); each retry resumes the part.
+    The finished part is checked against `expected_size` and `expected_md5` when given: on a
+    mismatch it is deleted, otherwise it is fsynced and renamed onto `dest`.
+
+    Returns Path(dest). Raises DownloadError with a one-line message on any failure.
+    """
+    _check_url(url)
+    dest = Path(dest)
+    part = dest.with_name(dest.name + ".part")
+    own_session = session is None
+    session = session if session is not None else requests.Session()
+    bar = tqdm(
+        total=expected_size,
+        desc=dest.name,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        file=sys.stderr,
+        disable=not progress,
+    )
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fetch = functools.partial(
+            _fetch_once, session, url, part, bar, expected_size, timeout, chunk_size
+        )
+        _with_retries(fetch, url, retries, backoff)
+        _verify(part, dest, expected_size, expected_md5)
+        _move_into_place(part, dest)
+    except OSError as exc:
+        # What requests raises is handled inside; an OSError here is the local disk's.
+        raise DownloadError(f"cannot write {part}: {exc.strerror or exc}") from exc
+    finally:
+        bar.close()
+        if own_session:
+            session.close()
+    return dest
+
+
+def _check_url(url: str) -> None:
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise DownloadError(f"invalid download URL {url!r}: {exc}") from exc
+    if parts.scheme.lower() not in ("http", "https"):
+        raise DownloadError(
+            f"cannot download {url!r}: only http:// and https:// URLs are supported"
+        )
+    if not parts.hostname:
+        raise DownloadError(f"cannot download {url!r}: the URL names no host")
+
+
+def _with_retries(fetch: Callable[[], bool], url: str, retries: int, backoff: float) -> None:
+    """Call `fetch` until it has the whole body, retrying transient failures with backoff."""
+    attempt = 0
+    while True:
+        try:
+            if fetch():
+                return
+            continue  # a 416 made us discard the part: start over at once, from byte 0
+        except requests.exceptions.SSLError as exc:
+            raise DownloadError(
+                f"download failed: {_network_problem(exc, url)} for {url}; {WAYS_FORWARD}"
+            ) from exc
+        except (
+            requests.ConnectionError,
+            requests.Timeout,
+            requests.exceptions.ChunkedEncodingError,
+        ) as exc:
+            problem, retry_after, cause = _network_problem(exc, url), None, exc
+        except _Retry as exc:
+            problem, retry_after, cause = str(exc), exc.retry_after, exc
+        except requests.RequestException as exc:
+            raise DownloadError(f"download failed: {exc} for {url}") from exc
+        if attempt >= retries:
+            raise DownloadError(
+                f"download failed: {problem} for {url} (gave up after {_attempts(attempt + 1)}); "
+                f"{WAYS_FORWARD}"
+            ) from cause
+        time.sleep(_delay(backoff, attempt, retry_after))
+        attempt += 1
+
+
+def _attempts(count: int) -> str:
+    return "1 attempt" if count == 1 else f"{count} attempts"
+
+
+def _fetch_once(session, url, part, bar, expected_size, timeout, chunk_size) -> bool:
+    """One GET into `part`: append on a matching 206, truncate and rewrite on a 200.
+
+    Returns False when a 416 showed the part to be useless and it was deleted.
+    """
+    offset = part.stat().st_size if part.exists() else 0
+    if expected_size is not None and offset > expected_size:
+        part.unlink()  # longer than the whole file, so not a prefix of it
+        offset = 0
+    headers = {"Accept-Encoding": "identity"}
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
+    with session.get(url, headers=headers, stream=True, timeout=timeout) as response:
+        if response.status_code == 416 and offset:
+            return _range_not_satisfiable(response, part, offset, expected_size, bar)
+        _raise_for_status(response, url)
+        offset, total = _body_start_and_file_size(response, url, part, offset)
+        if expected_size is not None and total is not None and total != expected_size:
+            part.unlink(missing_ok=True)
+            raise DownloadError(
+                f"size mismatch for {part.with_suffix('')}: expected {expected_size} bytes, "
+                f"the server offers {total} at {url}"
+            )
+        bar.reset(total=expected_size if total is None else total)
+        bar.update(offset)
+        received = _write_body(response, part, offset, bar, chunk_size, expected_size)
+    announced = _content_length(response)
+    end = offset + received
+    if (announced is not None and received < announced) or (total is not None and end < total):
+        raise _Retry(f"transfer stopped after {end} bytes")
+    return True
+
+
+def _body_start_and_file_size(response, url, part, offset) -> tuple[int, int | None]:
+    """Where the reply's body starts in the file, and the file's full size if the reply says."""
+    if response.status_code == 200:
+        return 0, _content_length(response)  # a Range request ignored: start over
+    if response.status_code != 206:
+        raise DownloadError(
+            f"download failed: unexpected HTTP {response.status_code} {response.reason} for {url}"
+        )
+    start, total = _content_range(response)
+    if start != offset:
+        part.unlink(missing_ok=True)
+        raise _Retry(f"server answered a resume from byte {offset} with a bad range")
+    return offset, total
+
+
+def _raise_for_status(response: requests.Response, url: str) -> None:
+    status = response.status_code
+    if status == 429 or status >= 500:
+        raise _Retry(f"HTTP {status} {response.reason}", _retry_after(response))
+    if status >= 400:
+        raise DownloadError(f"download failed: HTTP {status} {response.reason} for {url}")
+
+
+def _range_not_satisfiable(response, part, offset, expected_size, bar) -> bool:
+    """A 416 to `bytes=<offset>-`: the part is complete if it has the full size, else deleted."""
+    full_size = expected_size
+    if full_size is None:
+        match = _UNSATISFIED_RANGE.fullmatch(response.headers.get("Content-Range", "").strip())
+        full_size = int(match[1]) if match else None
+    if full_size == offset:
+        bar.reset(total=offset)
+        bar.update(offset)
+        return True
+    part.unlink(missing_ok=True)
+    return False
+
+
+def _write_body(response, part, offset, bar, chunk_size, limit) -> int:
+    """Write the body into `part` from `offset` (truncating at 0); return the bytes received.
+
+    On a dropped connection the bytes received so far stay in `part` for the next attempt.
+    Stops early once `part` is longer than `limit`, which the size check then rejects.
+    """
+    received = 0
+    with open(part, "ab" if offset else "wb") as handle:
+        try:
+            for chunk in _body_chunks(response, chunk_size):
+                handle.write(chunk)
+                received += len(chunk)
+                bar.update(len(chunk))
+                if limit is not None and offset + received > limit:
+                    break
+        except urllib3.exceptions.ReadTimeoutError as exc:
+            raise _Retry(f"read timed out after {offset + received} bytes") from exc
+        except _BROKEN_BODY as exc:
+            raise _Retry(f"connection dropped after {offset + received} bytes") from exc
+    return received
+
+
+def _body_chunks(response: requests.Response, chunk_size: int) -> Iterator[bytes]:
+    """Yield the raw body (no content decoding) as it arrives.
+
+    iter_content() waits to fill a whole chunk and loses that partial chunk when the connection
+    drops; read1() hands over what has arrived, so a resume starts where the bytes ended.
+    """
+    raw = response.raw
+    if not hasattr(raw, "read1"):  # urllib3 < 2.3: smaller chunks bound what a drop loses
+        yield from raw.stream(min(chunk_size, 1 << 16), decode_content=False)
+        return
+    while chunk := raw.read1(chunk_size, decode_content=False):
+        yield chunk
+
+
+def _content_range(response: requests.Response) -> tuple[int | None, int | None]:
+    """(first byte, full size) from a 206's Content-Range; None for what is missing."""
+    match = _CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", "").strip())
+    if not match:
+        return None, None
+    return int(match[1]), None if match[2] == "*" else int(match[2])
+
+
+def _content_length(response: requests.Response) -> int | None:
+    value = response.headers.get("Content-Length", "")
+    return int(value) if value.isdigit() else None
+
+
+def _retry_after(response: requests.Response) -> float | None:
+    """Seconds asked for by a Retry-After header (delta-seconds or HTTP date), if any."""
+    value = response.headers.get("Retry-After", "").strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _delay(backoff: float, attempt: int, retry_after: float | None) -> float:
+    return min(MAX_DELAY, max(backoff * 2**attempt, retry_after or 0.0))
+
+
+def _network_problem(exc: requests.RequestException, url: str) -> str:
+    """A short description of a connection-level failure, e.g. 'connection refused by h:80'."""
+    parts = urlsplit(url)
+    host = parts.hostname
+    where = parts.netloc.rpartition("@")[2]
+    causes = list(_causes(exc))
+    ssl_error = next((e for e in causes if isinstance(e, ssl.SSLError)), None)
+    if isinstance(exc, requests.exceptions.SSLError):
+        detail = _ssl_detail(ssl_error) if ssl_error else "handshake failed"
+        return f"SSL error talking to {where}: {detail}"
+    if any(isinstance(e, socket.gaierror) for e in causes):
+        return f"cannot resolve host name {host}"
+    if any(isinstance(e, ConnectionRefusedError) for e in causes):
+        return f"connection refused by {where}"
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return f"timed out connecting to {where}"
+    if isinstance(exc, requests.Timeout):
+        return f"timed out waiting for {where}"
+    if isinstance(exc, requests.exceptions.ChunkedEncodingError):
+        return f"connection to {where} dropped"
+    root = causes[-1]
+    detail = root.strerror if isinstance(root, OSError) and root.strerror else root
+    return f"cannot connect to {where}: {detail}"
+
+
+def _ssl_detail(error: ssl.SSLError) -> str:
+    return getattr(error, "verify_message", None) or error.reason or str(error)
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """`exc` and what it wraps: requests and urllib3 nest the socket error several levels down."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        wrapped = getattr(exc, "reason", None)
+        if not isinstance(wrapped, BaseException):
+            wrapped = next((a for a in exc.args if isinstance(a, BaseException)), None)
+        exc = wrapped or exc.__cause__ or exc.__context__
+
+
+def _verify(part: Path, dest: Path, expected_size: int | None, expected_md5: str | None) -> None:
+    """Check the finished part; on a mismatch delete it, so no later run takes it as good."""
+    if expected_size is not None:
+        size = part.stat().st_size
+        if size != expected_size:
+            part.unlink()
+            raise DownloadError(
+                f"size mismatch for {dest}: expected {expected_size} bytes, got {size}; "
+                "the partial download was deleted"
+            )
+    if expected_md5 is not None:
+        actual = _md5_of(part)
+        if actual != expected_md5.lower():
+            part.unlink()
+            raise DownloadError(
+                f"md5 checksum mismatch for {dest}: expected {expected_md5.lower()}, "
+                f"got {actual}; the partial download was deleted"
+            )
+
+
+def _md5_of(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _move_into_place(part: Path, dest: Path) -> None:
+    """Make the part durable, then rename it onto `dest` in one step."""
+    with open(part, "ab") as handle:
+        os.fsync(handle.fileno())
+    os.replace(part, dest)
+    fsync_dir(dest.parent)

@@ -1,0 +1,254 @@
+"""download_file against a real HTTP server on 127.0.0.1: resume, retry, verify, refuse."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import socket
+
+import pytest
+from http_server import clear_proxy_env, loopback_servers
+
+from softmax_cls.download import download_file
+from softmax_cls.errors import DownloadError
+
+DATA = random.Random(1234).randbytes(1_500_000)
+MD5 = hashlib.md5(DATA).hexdigest()
+CUT = int(len(DATA) * 0.6)
+FAST = {"backoff": 0.0, "progress": False, "timeout": (5.0, 5.0)}
+
+
+@pytest.fixture(autouse=True)
+def no_proxies(monkeypatch):
+    clear_proxy_env(monkeypatch)
+
+
+@pytest.fixture
+def serve():
+    yield from loopback_servers()
+
+
+@pytest.fixture
+def sleeps(monkeypatch):
+    """Record the backoff delays instead of sleeping them."""
+    delays: list[float] = []
+    monkeypatch.setattr("softmax_cls.download.time.sleep", delays.append)
+    return delays
+
+
+def part_of(path):
+    return path.with_name(path.name + ".part")
+
+
+def test_plain_download_gives_identical_bytes(serve, tmp_path):
+    server = serve({"/a.bin": DATA})
+    dest = tmp_path / "sub" / "a.bin"
+
+    result = download_file(server.url_for("/a.bin"), dest, expected_size=len(DATA), **FAST)
+
+    assert result == dest
+    assert dest.read_bytes() == DATA
+    assert not part_of(dest).exists()
+    assert [r["range"] for r in server.requests] == [None]
+
+
+def test_cut_transfer_resumes_with_range_request(serve, tmp_path):
+    server = serve({"/a.bin": DATA}, cut_at=CUT)
+    dest = tmp_path / "a.bin"
+
+    download_file(server.url_for("/a.bin"), dest, expected_md5=MD5, retries=2, **FAST)
+
+    assert dest.read_bytes() == DATA
+    assert hashlib.md5(dest.read_bytes()).hexdigest() == MD5
+    assert [(r["range"], r["status"]) for r in server.requests] == [
+        (None, 200),
+        (f"bytes={CUT}-", 206),
+    ]
+
+
+def test_part_left_by_an_earlier_run_is_resumed(serve, tmp_path):
+    server = serve({"/a.bin": DATA})
+    dest = tmp_path / "a.bin"
+    part_of(dest).write_bytes(DATA[:1000])
+
+    download_file(server.url_for("/a.bin"), dest, expected_md5=MD5, **FAST)
+
+    assert dest.read_bytes() == DATA
+    assert [(r["range"], r["status"]) for r in server.requests] == [("bytes=1000-", 206)]
+
+
+def test_two_503s_then_success_via_retry(serve, tmp_path, sleeps):
+    server = serve({"/a.bin": DATA}, fail_statuses=[503, 503])
+    dest = tmp_path / "a.bin"
+
+    download_file(server.url_for("/a.bin"), dest, expected_md5=MD5, retries=2, **FAST)
+
+    assert dest.read_bytes() == DATA
+    assert [r["status"] for r in server.requests] == [503, 503, 200]
+    assert len(sleeps) == 2
+
+
+def test_backoff_doubles_and_is_capped_at_30_seconds(serve, tmp_path, sleeps):
+    server = serve({"/a.bin": DATA}, fail_statuses=[503, 429, 500, 502])
+    options = {**FAST, "backoff": 10.0}
+
+    download_file(server.url_for("/a.bin"), tmp_path / "a.bin", retries=4, **options)
+
+    assert sleeps == [10.0, 20.0, 30.0, 30.0]
+
+
+def test_server_ignoring_range_restarts_from_byte_zero(serve, tmp_path):
+    server = serve({"/a.bin": DATA}, support_range=False, cut_at=CUT)
+    dest = tmp_path / "a.bin"
+
+    download_file(server.url_for("/a.bin"), dest, expected_size=len(DATA), retries=2, **FAST)
+
+    assert dest.read_bytes() == DATA  # not the first 60% twice
+    assert [(r["range"], r["status"]) for r in server.requests] == [
+        (None, 200),
+        (f"bytes={CUT}-", 200),
+    ]
+
+
+def test_stale_part_with_server_ignoring_range_is_overwritten(serve, tmp_path):
+    server = serve({"/a.bin": DATA}, support_range=False)
+    dest = tmp_path / "a.bin"
+    part_of(dest).write_bytes(b"stale" * 1000)
+
+    download_file(server.url_for("/a.bin"), dest, **FAST)
+
+    assert dest.read_bytes() == DATA
+    assert [(r["range"], r["status"]) for r in server.requests] == [("bytes=5000-", 200)]
+
+
+@pytest.mark.parametrize("expected_size", [len(DATA), None])
+def test_complete_part_answered_with_416_counts_as_complete(serve, tmp_path, expected_size):
+    server = serve({"/a.bin": DATA})
+    dest = tmp_path / "a.bin"
+    part_of(dest).write_bytes(DATA)
+
+    download_file(server.url_for("/a.bin"), dest, expected_size=expected_size, **FAST)
+
+    assert dest.read_bytes() == DATA
+    assert [r["status"] for r in server.requests] == [416]
+
+
+def test_part_longer_than_the_file_is_discarded_on_416(serve, tmp_path):
+    server = serve({"/a.bin": DATA})
+    dest = tmp_path / "a.bin"
+    part_of(dest).write_bytes(DATA + b"junk")
+
+    download_file(server.url_for("/a.bin"), dest, retries=0, **FAST)
+
+    assert dest.read_bytes() == DATA
+    assert [(r["range"], r["status"]) for r in server.requests] == [
+        (f"bytes={len(DATA) + 4}-", 416),
+        (None, 200),
+    ]
+
+
+def test_md5_mismatch_raises_and_leaves_nothing(serve, tmp_path):
+    wrong = random.Random(99).randbytes(len(DATA))
+    server = serve({"/a.bin": wrong})
+    dest = tmp_path / "a.bin"
+
+    with pytest.raises(DownloadError, match="md5") as caught:
+        download_file(server.url_for("/a.bin"), dest, expected_md5=MD5, **FAST)
+
+    message = str(caught.value)
+    assert "checksum" in message and MD5 in message
+    assert hashlib.md5(wrong).hexdigest() in message
+    assert str(dest) in message
+    assert not dest.exists()
+    assert not part_of(dest).exists()
+
+
+def test_size_mismatch_raises_and_leaves_nothing(serve, tmp_path):
+    server = serve({"/a.bin": DATA[:-10]})
+    dest = tmp_path / "a.bin"
+
+    with pytest.raises(DownloadError, match="size") as caught:
+        download_file(server.url_for("/a.bin"), dest, expected_size=len(DATA), **FAST)
+
+    message = str(caught.value)
+    assert str(len(DATA)) in message and str(len(DATA) - 10) in message
+    assert not dest.exists()
+    assert not part_of(dest).exists()
+
+
+def test_404_fails_at_once(serve, tmp_path, sleeps):
+    server = serve({"/a.bin": DATA})
+    url = server.url_for("/missing.bin")
+
+    with pytest.raises(DownloadError, match="HTTP 404 Not Found") as caught:
+        download_file(url, tmp_path / "a.bin", retries=5, **FAST)
+
+    assert url in str(caught.value)
+    assert len(server.requests) == 1
+    assert sleeps == []
+
+
+def test_persistent_503_gives_up_after_retries_plus_one_requests(serve, tmp_path):
+    server = serve({"/a.bin": DATA}, fail_statuses=[503] * 10)
+
+    with pytest.raises(DownloadError, match="503") as caught:
+        download_file(server.url_for("/a.bin"), tmp_path / "a.bin", retries=3, **FAST)
+
+    assert "4 attempts" in str(caught.value)
+    assert len(server.requests) == 4
+
+
+def test_connection_refused_names_the_ways_forward(tmp_path):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    # Nothing listens on `port` now.
+
+    with pytest.raises(DownloadError) as caught:
+        download_file(f"http://127.0.0.1:{port}/a.bin", tmp_path / "a.bin", retries=1, **FAST)
+
+    message = str(caught.value)
+    assert "refused" in message
+    assert "--url" in message and "--archive" in message
+    assert "\n" not in message
+
+
+def test_ssl_failure_is_reported_at_once_with_the_ways_forward(serve, tmp_path, sleeps):
+    server = serve({"/a.bin": DATA})
+    url = server.url_for("/a.bin").replace("http://", "https://")  # TLS to a plain HTTP server
+
+    with pytest.raises(DownloadError, match="SSL") as caught:
+        download_file(url, tmp_path / "a.bin", retries=3, **FAST)
+
+    assert "--url" in str(caught.value) and "--archive" in str(caught.value)
+    assert sleeps == []
+
+
+@pytest.mark.parametrize("url", ["ftp://127.0.0.1/a.bin", "file:///etc/passwd", "127.0.0.1/a"])
+def test_non_http_url_is_refused(url, tmp_path):
+    with pytest.raises(DownloadError, match=r"only http:// and https:// URLs"):
+        download_file(url, tmp_path / "a.bin", **FAST)
+    assert not (tmp_path / "a.bin").exists()
+
+
+def test_url_without_host_is_refused(tmp_path):
+    with pytest.raises(DownloadError, match="no host"):
+        download_file("http:///a.bin", tmp_path / "a.bin", **FAST)
+
+
+def test_progress_bar_is_written_to_stderr(serve, tmp_path, capsys):
+    server = serve({"/a.bin": DATA})
+
+    download_file(server.url_for("/a.bin"), tmp_path / "a.bin", backoff=0.0, progress=True)
+
+    captured = capsys.readouterr()
+    assert "a.bin" in captured.err and "100%" in captured.err
+    assert captured.out == ""
+
+
+def test_no_progress_bar_when_disabled(serve, tmp_path, capsys):
+    server = serve({"/a.bin": DATA})
+
+    download_file(server.url_for("/a.bin"), tmp_path / "a.bin", **FAST)
+
+    assert capsys.readouterr().err == ""
