@@ -103,6 +103,7 @@ def initial_state(config: Config, n_features: int, n_classes: int) -> TrainState
     return TrainState(W=W, velocity=np.zeros_like(W), best_W=W.copy())
 
 
+@np.errstate(over="ignore", invalid="ignore")  # non-finite values raise NonFiniteError instead
 def train(
     config: Config,
     data: CifarData,
@@ -156,12 +157,9 @@ def train(
                 np.take(data.train_images, rows, axis=0, out=uint8_batch[:n])
                 augment_batch(uint8_batch[:n], rng, config.augment.hflip, config.augment.translate)
                 raw = raw_features(uint8_batch[:n], out=float_batch[:n])
-                try:
-                    loss, dW, correct = batch_loss_and_grad(
-                        state.W, raw, data.train_labels[rows], pre, loss_cfg.reg, loss_cfg.clip,
-                        loss_cfg.reg_bias)
-                except softmax.NonFiniteError as exc:
-                    raise _diverged(epoch, optim.lr, str(exc)) from None
+                loss, dW, correct = batch_loss_and_grad(
+                    state.W, raw, data.train_labels[rows], pre, loss_cfg.reg, loss_cfg.clip,
+                    loss_cfg.reg_bias)
                 if optim.grad_clip is not None:
                     norm = float(np.linalg.norm(dW))
                     if norm > optim.grad_clip:
@@ -175,7 +173,7 @@ def train(
                 batches.set_postfix(loss=f"{total_loss / (start + n):.3f}",
                                     acc=f"{total_correct / (start + n):.3f}", refresh=False)
             if not np.isfinite(state.W).all():
-                raise _diverged(epoch, optim.lr, "non-finite weights")
+                raise softmax.NonFiniteError("non-finite weights")
             val_loss, val_acc = evaluate(state.W, pre, val_images, val_labels, loss_cfg.clip)
             state.epoch = epoch + 1
             state.history.append({
@@ -197,6 +195,11 @@ def train(
             if patience is not None and state.epochs_since_best >= patience:
                 stopped_early = True
                 break
+    except softmax.NonFiniteError as exc:
+        raise TrainingDiverged(
+            f"training diverged in epoch {state.epoch + 1} ({exc}) with optim.lr = "
+            f"{optim.lr:g}: lower the learning rate, e.g. --set optim.lr={optim.lr / 10:g}; "
+            f"last.npz keeps the last good epoch") from None
     except KeyboardInterrupt:
         raise TrainingInterrupted(
             f"interrupted: {out_dir / 'last.npz'} holds epoch {state.epoch}; resume with "
@@ -213,12 +216,6 @@ def train(
     with atomic_write(out_dir / "summary.json", "w") as handle:
         json.dump(summary, handle, indent=2)
     return TrainResult(state, out_dir, test_loss, test_acc, stopped_early)
-
-
-def _diverged(epoch: int, lr: float, reason: str) -> TrainingDiverged:
-    return TrainingDiverged(
-        f"training diverged in epoch {epoch + 1} ({reason}) with optim.lr = {lr:g}: lower the "
-        f"learning rate, e.g. --set optim.lr={lr / 10:g}; last.npz keeps the last good epoch")
 
 
 def write_history(path: Path, history: list[dict]) -> None:

@@ -1,0 +1,46 @@
+"""Shared fixtures: a small synthetic CIFAR-shaped data set, and where the real data lives."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from softmax_cls.config import config_from_dict
+from softmax_cls.datasets import CifarData
+
+REAL_ARCHIVE = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar-10-binary.tar.gz"
+needs_real_data = pytest.mark.skipif(not REAL_ARCHIVE.is_file(),
+                                     reason=f"real CIFAR-10 not present at {REAL_ARCHIVE}")
+
+
+def separable_data(n_train: int = 600, n_test: int = 200, classes: int = 4, seed: int = 0,
+                   noise: int = 40) -> CifarData:
+    """uint8 images (N, 3072) around one random template per class: linearly separable."""
+    rng = np.random.default_rng(seed)
+    templates = rng.integers(0, 256, size=(classes, 3072))
+
+    def draw(n: int) -> tuple[np.ndarray, np.ndarray]:
+        labels = rng.integers(0, classes, size=n)
+        pixels = templates[labels] + rng.integers(-noise, noise + 1, size=(n, 3072))
+        return np.clip(pixels, 0, 255).astype(np.uint8), labels.astype(np.int64)
+
+    train_images, train_labels = draw(n_train)
+    test_images, test_labels = draw(n_test)
+    return CifarData("synthetic", tuple(f"class{i}" for i in range(classes)), train_images,
+                     train_labels, test_images, test_labels, {"synthetic.bin": f"seed{seed}"})
+
+
+@pytest.fixture
+def small_data() -> CifarData:
+    return separable_data()
+
+
+def small_config(tmp_path: Path, **sections):
+    """A fast config for the synthetic data; keyword arguments override sections."""
+    raw = {"data": {"val_size": 100}, "optim": {"epochs": 3, "batch_size": 64, "lr": 0.01},
+           "output": {"dir": str(tmp_path / "run")}}
+    for key, value in sections.items():
+        raw.setdefault(key, {}).update(value) if isinstance(value, dict) else raw.update({key: value})
+    return config_from_dict(raw)

@@ -1,0 +1,105 @@
+"""The config schema: validation that names key paths, overrides, and the shipped configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from cli_util import assert_one_line_error, run
+
+from softmax_cls.config import Config, config_from_dict, config_to_dict, config_to_yaml, load_config
+from softmax_cls.errors import ConfigError
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.mark.parametrize("text,needles", [
+    ("optim:\n  lrr: 0.1\n", ["optim.lrr", "unknown key"]),
+    ("optim:\n  epochs: ten\n", ["optim.epochs", "integer", "ten"]),
+    ("optim:\n  lr: -1\n", ["optim.lr: must be > 0, got -1"]),
+    ("optim: [1, 2\n", ["not valid YAML", "line"]),
+    ("- just\n- a list\n", ["expected a mapping"]),
+    ("data:\n  dataset: mnist\n", ["data.dataset", "cifar10, cifar100", "mnist"]),
+])
+def test_bad_config_through_the_console_script(tmp_path, text, needles):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    result = run("softmax-train", "--config", str(path), cwd=tmp_path)
+    assert_one_line_error(result, 2, *needles)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_missing_config_file_through_the_console_script(tmp_path):
+    result = run("softmax-train", "--config", str(tmp_path / "nope.yaml"), cwd=tmp_path)
+    assert_one_line_error(result, 2, "config file not found", "nope.yaml")
+
+
+def test_bad_override_through_the_console_script(tmp_path):
+    path = tmp_path / "ok.yaml"
+    path.write_text("seed: 1\n")
+    result = run("softmax-train", "--config", str(path), "--set", "optim.momentum=2", cwd=tmp_path)
+    assert_one_line_error(result, 2, "optim.momentum: must be <= 0.999, got 2")
+
+
+def test_unknown_option_is_one_line(tmp_path):
+    result = run("softmax-train", "--frobnicate", cwd=tmp_path)
+    assert_one_line_error(result, 2, "--frobnicate")
+
+
+@pytest.mark.parametrize("override,check", [
+    ("optim.lr=0.01", lambda c: c.optim.lr == 0.01),
+    ("optim.epochs=7", lambda c: c.optim.epochs == 7 and isinstance(c.optim.epochs, int)),
+    ("optim.lr=1", lambda c: c.optim.lr == 1.0 and isinstance(c.optim.lr, float)),
+    ("optim.nesterov=true", lambda c: c.optim.nesterov is True),
+    ("optim.grad_clip=null", lambda c: c.optim.grad_clip is None),
+    ("optim.grad_clip=5", lambda c: c.optim.grad_clip == 5.0),
+    ("data.root=007", lambda c: c.data.root == "007"),
+    ("optim.schedule.name=cosine", lambda c: c.optim.schedule.name == "cosine"),
+    ("optim.early_stopping.patience=null", lambda c: c.optim.early_stopping.patience is None),
+])
+def test_overrides_are_typed_by_the_schema(override, check):
+    assert check(load_config(None, [override]))
+
+
+@pytest.mark.parametrize("override,message", [
+    ("optim.lr", "expected KEY.PATH=VALUE"),
+    ("optim.momentum=yes", "optim.momentum: must be a number"),
+    ("loss.clip=0", "loss.clip: must be > 0"),
+    ("loss.clip=.nan", "loss.clip: must be a finite number"),
+    ("seed=1.5", "seed: must be an integer"),
+    ("optim.epochs=true", "optim.epochs: must be an integer, got True"),
+    ("nosuch.key=1", "nosuch: unknown key"),
+    ("optim.lr.sub=1", "optim.lr: must be a number"),
+])
+def test_bad_overrides_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+        load_config(None, [override])
+
+
+def test_effective_config_round_trips_through_yaml():
+    config = load_config(None, ["optim.lr=0.02", "augment.hflip=true"])
+    assert config_from_dict(yaml.safe_load(config_to_yaml(config))) == config
+
+
+@pytest.mark.parametrize("name", ["default.yaml", "quick.yaml"])
+def test_shipped_configs_load(name):
+    assert isinstance(load_config(CONFIGS / name), Config)
+
+
+def test_default_yaml_documents_every_key():
+    text = (CONFIGS / "default.yaml").read_text()
+    config = load_config(CONFIGS / "default.yaml")
+    raw = yaml.safe_load(text)
+
+    def keys(node, prefix=""):
+        for key, value in node.items():
+            yield prefix + key
+            if isinstance(value, dict):
+                yield from keys(value, prefix + key + ".")
+
+    assert set(keys(raw)) == set(keys(config_to_dict(config)))
+    for line in text.splitlines():
+        if line.strip() and not line.lstrip().startswith("#") and ":" in line:
+            key_only = line.rstrip().endswith(":")
+            assert key_only or "#" in line, f"undocumented: {line}"

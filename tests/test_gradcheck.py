@@ -1,0 +1,64 @@
+"""The gradient-check command: passes on the real functions, fails on a wrong gradient."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+from cli_util import run
+
+from softmax_cls import gradcheck, softmax
+
+
+def test_command_passes_and_prints_the_table():
+    result = run("softmax-gradcheck", "--samples", "200", "--checks", "5")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "coordinate" in result.stdout and "rel. error" in result.stdout
+    assert "trainer minibatch objective" in result.stdout
+    assert "maximum relative error" in result.stdout
+    assert "gradient check passed" in result.stdout
+
+
+WRONG_GRADIENT = """
+import sys
+import softmax_cls.softmax as s
+original = s.loss_and_grad
+def wrong(*args, **kwargs):
+    loss, grad = original(*args, **kwargs)
+    grad[{row}] *= -1
+    return loss, grad
+s.loss_and_grad = wrong
+from softmax_cls.cli import gradcheck_command
+sys.argv = ["softmax-gradcheck", "--samples", "100", "--checks", "5"]
+gradcheck_command()
+"""
+
+
+def test_a_row_with_its_sign_flipped_makes_the_command_exit_1():
+    result = subprocess.run([sys.executable, "-c", WRONG_GRADIENT.format(row=7)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "gradient check FAILED" in result.stdout
+    assert "Traceback" not in result.stderr
+
+
+def test_a_wrong_gradient_fails_the_sparse_check_itself():
+    W, X, y = gradcheck.random_problem(100, 30, 4, seed=0)
+
+    def wrong(w):
+        loss, grad = softmax.loss_and_grad(w, X, y)
+        return loss, grad * 1.001
+
+    result = gradcheck.check_gradient(wrong, W, 10, np.random.default_rng(0))
+    assert not result.passed
+    assert result.max_rel_error > 1e-4
+
+
+def test_check_uses_the_trainer_objective_on_the_same_problem():
+    problem = gradcheck.random_image_problem(samples=50, classes=3, seed=1)
+    loss_trainer, grad_trainer = problem.trainer_objective(problem.W)
+    loss_plain, grad_plain = softmax.loss_and_grad(problem.W, problem.X, problem.y, problem.reg,
+                                                   problem.clip, problem.reg_bias)
+    assert abs(loss_trainer - loss_plain) < 1e-12
+    np.testing.assert_allclose(grad_trainer, grad_plain, atol=1e-12)

@@ -1,0 +1,134 @@
+"""The math contract: loss at W = 0, gradients, loop reference, stability, prediction."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from softmax_cls import softmax
+from softmax_cls.gradcheck import check_gradient, random_problem
+
+
+@pytest.mark.parametrize("classes", [2, 10, 100])
+def test_loss_at_zero_weights_is_log_c(classes):
+    _, X, y = random_problem(samples=50, features=31, classes=classes, seed=1)
+    for dtype in (np.float32, np.float64):
+        W = np.zeros((31, classes), dtype=dtype)
+        loss, _ = softmax.loss_and_grad(W, X.astype(dtype), y, reg=0.5)
+        assert abs(loss - math.log(classes)) <= 1e-6
+
+
+@pytest.mark.parametrize("shape", [(500, 3073, 10), (50, 20, 3), (200, 101, 100), (7, 5, 2)])
+@pytest.mark.parametrize("reg", [0.0, 0.1])
+def test_gradient_check_passes(shape, reg):
+    samples, features, classes = shape
+    W, X, y = random_problem(samples, features, classes, seed=sum(shape))
+    result = check_gradient(lambda w: softmax.loss_and_grad(w, X, y, reg), W, 15,
+                            np.random.default_rng(0))
+    assert result.passed, result.max_rel_error
+    assert result.max_rel_error <= 1e-7
+
+
+@pytest.mark.parametrize("shape", [(60, 3073, 10), (40, 17, 5)])
+@pytest.mark.parametrize("reg,reg_bias", [(0.0, False), (0.3, False), (0.3, True)])
+def test_loop_and_vectorized_agree(shape, reg, reg_bias):
+    W, X, y = random_problem(*shape, seed=3, init_std=0.1)
+    loss_vec, grad_vec = softmax.loss_and_grad(W, X, y, reg, reg_bias=reg_bias)
+    loss_loop, grad_loop = softmax.loss_and_grad_naive(W, X, y, reg, reg_bias=reg_bias)
+    assert abs(loss_vec - loss_loop) <= 1e-10
+    assert np.max(np.abs(grad_vec - grad_loop)) <= 1e-10
+
+
+def test_bias_row_is_not_penalized_unless_asked():
+    W, X, y = random_problem(20, 6, 3, seed=0, init_std=1.0)
+    base, _ = softmax.loss_and_grad(W, X, y, reg=0.0)
+    without, grad = softmax.loss_and_grad(W, X, y, reg=0.5)
+    assert without - base == pytest.approx(0.5 * np.sum(W[:-1] ** 2))
+    with_bias, _ = softmax.loss_and_grad(W, X, y, reg=0.5, reg_bias=True)
+    assert with_bias - base == pytest.approx(0.5 * np.sum(W**2))
+    _, grad0 = softmax.loss_and_grad(W, X, y, reg=0.0)
+    np.testing.assert_allclose(grad[-1], grad0[-1])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_dtype_in_is_dtype_out(dtype):
+    W, X, y = random_problem(30, 9, 4, seed=2)
+    _, grad = softmax.loss_and_grad(W.astype(dtype), X.astype(dtype), y, 0.1)
+    assert grad.dtype == dtype
+    assert softmax.predict_proba(W.astype(dtype), X.astype(dtype)).dtype == dtype
+
+
+def test_mixed_dtypes_are_refused():
+    W, X, y = random_problem(5, 4, 3)
+    with pytest.raises(TypeError):
+        softmax.loss_and_grad(W.astype(np.float32), X, y)
+
+
+def test_non_finite_inputs_are_reported():
+    W, X, y = random_problem(5, 4, 3)
+    X[2, 1] = np.nan
+    with pytest.raises(softmax.NonFiniteError):
+        softmax.loss_and_grad(W, X, y)
+    W[0, 0] = np.inf
+    with pytest.raises(softmax.NonFiniteError):
+        softmax.loss_and_grad(W, np.abs(X) + 1, y)
+
+
+finite_scores = arrays(
+    np.float32, st.tuples(st.integers(1, 8), st.integers(2, 12)),
+    elements=st.floats(float(np.float32(-1e30)), float(np.float32(1e30)), width=32),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(S=finite_scores, data=st.data())
+def test_finite_scores_give_finite_loss_gradient_and_normalised_probabilities(S, data):
+    y = np.array(data.draw(st.lists(st.integers(0, S.shape[1] - 1), min_size=S.shape[0],
+                                    max_size=S.shape[0])))
+    loss, dS = softmax.softmax_loss_from_scores(S, y)
+    assert math.isfinite(loss)
+    assert np.isfinite(dS).all()
+    assert dS.dtype == np.float32
+    P = softmax.softmax_probs(S)
+    np.testing.assert_allclose(P.sum(axis=1), 1.0, atol=1e-6)
+    # each row of P - Y sums to 0 (dS is (P - Y) / N)
+    np.testing.assert_allclose(dS.sum(axis=1) * S.shape[0], 0.0, atol=1e-6)
+
+
+@settings(max_examples=300, deadline=None)
+@given(S=arrays(np.float64, st.tuples(st.integers(1, 8), st.integers(2, 12)),
+                elements=st.floats(-1e3, 1e3)),
+       data=st.data())
+def test_loss_equals_exact_log_sum_exp_where_nothing_is_clipped(S, data):
+    clip = 50.0
+    y = np.array(data.draw(st.lists(st.integers(0, S.shape[1] - 1), min_size=S.shape[0],
+                                    max_size=S.shape[0])))
+    unclipped = (S.max(axis=1, keepdims=True) - S <= clip).all()
+    loss, _ = softmax.softmax_loss_from_scores(S, y, clip)
+    exact = np.mean([math.log(math.fsum(math.exp(s - row.max()) for s in row)) + row.max()
+                     - row[label] for row, label in zip(S, y, strict=True)])
+    if unclipped:
+        assert abs(loss - exact) <= 1e-12 * max(1.0, abs(exact))
+    else:
+        assert loss <= exact + 1e-9  # clipping only ever lowers a row's loss
+
+
+def test_huge_scores_stay_finite_in_float32():
+    S = np.array([[1e30, -1e30, 0.0], [-1e30, -1e30, -1e30]], dtype=np.float32)
+    loss, dS = softmax.softmax_loss_from_scores(S, np.array([1, 2]))
+    assert math.isfinite(loss) and np.isfinite(dS).all()
+    assert loss == pytest.approx((50 + math.log(1 + 2 * math.exp(-50)) + math.log(3)) / 2,
+                                 rel=1e-5)
+
+
+def test_predict_and_predict_proba_agree_and_chunk():
+    W, X, y = random_problem(50, 8, 5, seed=4, init_std=1.0)
+    P = softmax.predict_proba(W, X, chunk=7)
+    np.testing.assert_allclose(P.sum(axis=1), 1.0)
+    np.testing.assert_array_equal(softmax.predict(W, X, chunk=7), np.argmax(X @ W, axis=1))
+    np.testing.assert_array_equal(P.argmax(axis=1), softmax.predict(W, X))

@@ -1,0 +1,252 @@
+"""Training: accuracy, determinism, exact resume, interruption, divergence, evaluation."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from conftest import REAL_ARCHIVE, needs_real_data, separable_data, small_config
+
+from softmax_cls import cli, runs
+from softmax_cls.checkpoint import load_checkpoint
+from softmax_cls.config import load_config
+from softmax_cls.errors import DataError
+from softmax_cls.evaluate import evaluate_checkpoint
+from softmax_cls.preprocess import split_train_val
+from softmax_cls.train import TrainingDiverged, learning_rate, train
+
+
+def test_separable_problem_reaches_95_percent(tmp_path, small_data):
+    result = train(small_config(tmp_path), small_data, tmp_path / "run", progress=False)
+    assert result.test_acc >= 0.95
+    assert result.state.best_val_acc >= 0.95
+
+
+def test_run_folder_contents(tmp_path, small_data):
+    result = train(small_config(tmp_path), small_data, tmp_path / "run", progress=False)
+    run_dir = result.out_dir
+    history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in history] == [1, 2, 3]
+    assert set(history[0]) == {"epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc",
+                               "seconds"}
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["test_acc"] == pytest.approx(result.test_acc)
+    assert load_config(run_dir / "config.yaml") == small_config(tmp_path)
+    best = load_checkpoint(run_dir / "best.npz")
+    np.testing.assert_array_equal(best.W, result.state.best_W)
+    assert load_checkpoint(run_dir / "last.npz").status == "complete"
+
+
+@pytest.mark.parametrize("options", [
+    {"augment": {"hflip": True, "translate": 2}},
+    {"optim": {"nesterov": True, "grad_clip": 1.0, "epochs": 3, "batch_size": 64}},
+])
+def test_same_seed_gives_bit_identical_weights(tmp_path, small_data, options):
+    config = small_config(tmp_path, **options)
+    first = train(config, small_data, tmp_path / "a", progress=False).state.W
+    second = train(config, small_data, tmp_path / "b", progress=False).state.W
+    assert np.array_equal(first, second)
+    other = train(small_config(tmp_path, seed=1, **options), small_data, tmp_path / "c",
+                  progress=False).state.W
+    assert not np.array_equal(first, other)
+
+
+@pytest.mark.parametrize("options", [{}, {"augment": {"hflip": True, "translate": 1}}])
+def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, small_data, options):
+    full = train(small_config(tmp_path, **options, optim={"epochs": 4}), small_data,
+                 tmp_path / "full", progress=False)
+    train(small_config(tmp_path, **options, optim={"epochs": 2}), small_data, tmp_path / "part",
+          progress=False)
+    resumed_from = load_checkpoint(tmp_path / "part" / "last.npz")
+    assert resumed_from.state.epoch == 2
+    resumed = train(small_config(tmp_path, **options, optim={"epochs": 4}), small_data,
+                    tmp_path / "part", resume=resumed_from.state, progress=False)
+    assert np.array_equal(full.state.W, resumed.state.W)
+    assert np.array_equal(full.state.best_W, resumed.state.best_W)
+    assert [r["val_acc"] for r in full.state.history] == [
+        r["val_acc"] for r in resumed.state.history]
+
+
+@pytest.mark.parametrize("name,expected", [
+    ("constant", [0.1, 0.1, 0.1, 0.1]),
+    ("step", [0.1, 0.1, 0.05, 0.05]),
+    ("exponential", [0.1, 0.05, 0.025, 0.0125]),
+    ("cosine", [0.1, 0.1 * (1 + np.cos(np.pi / 4)) / 2, 0.05, 0.1 * (1 + np.cos(3 * np.pi / 4)) / 2]),
+])
+def test_learning_rate_schedules(name, expected):
+    optim = load_config(None, [f"optim.schedule.name={name}", "optim.lr=0.1", "optim.epochs=4",
+                               "optim.schedule.gamma=0.5", "optim.schedule.step_size=2"]).optim
+    assert [learning_rate(optim, e) for e in range(4)] == pytest.approx(expected)
+
+
+def test_early_stopping_keeps_the_best_weights(tmp_path, small_data):
+    config = small_config(tmp_path, optim={"epochs": 30, "early_stopping": {"patience": 1},
+                                           "lr": 0.05})
+    result = train(config, small_data, tmp_path / "run", progress=False)
+    assert result.stopped_early
+    assert result.state.epoch == result.state.best_epoch + 1
+    best_acc = max(row["val_acc"] for row in result.state.history)
+    assert result.state.best_val_acc == best_acc
+
+
+def test_huge_learning_rate_diverges_cleanly(tmp_path, small_data):
+    config = small_config(tmp_path, optim={"lr": 1e6, "epochs": 3}, loss={"reg": 0.5})
+    with pytest.raises(TrainingDiverged, match=r"optim\.lr = 1e\+06"):
+        train(config, small_data, tmp_path / "run", progress=False)
+    saved = load_checkpoint(tmp_path / "run" / "last.npz")
+    assert np.isfinite(saved.W).all()
+
+
+def test_divergence_through_the_cli(tmp_path, small_data, monkeypatch):
+    monkeypatch.setattr(runs, "load_training_data", lambda config, progress=True: small_data)
+    path = tmp_path / "c.yaml"
+    path.write_text(f"optim: {{lr: 1.0e+6}}\nloss: {{reg: 0.5}}\ndata: {{val_size: 100}}\n"
+                    f"output: {{dir: {tmp_path / 'run'}}}\n")
+    result = CliRunner().invoke(cli.train_command, ["--config", str(path), "--quiet"])
+    assert result.exit_code == 1
+    assert "training diverged" in result.output and "optim.lr = 1e+06" in result.output
+    assert np.isfinite(np.load(tmp_path / "run" / "last.npz")["W"]).all()
+
+
+def independent_accuracy(path: Path, images: np.ndarray, labels: np.ndarray) -> float:
+    """Accuracy from the raw npz arrays, with plain numpy and explicit preprocessing."""
+    with np.load(path, allow_pickle=False) as npz:
+        W, mean, scale = npz["W"].astype(np.float64), npz["pre_mean"], npz["pre_scale"]
+    X = (images.astype(np.float64) - mean) * scale
+    X = np.hstack([X, np.ones((len(X), 1))])
+    return float(np.mean(np.argmax(X @ W, axis=1) == labels))
+
+
+def test_eval_matches_an_independent_computation(tmp_path, monkeypatch):
+    data = separable_data(n_train=400, n_test=300, classes=5, seed=3)
+    relabel = np.random.default_rng(0).random(300) < 0.3  # some test labels wrong: acc < 1
+    data.test_labels[relabel] = np.random.default_rng(1).integers(0, 5, relabel.sum())
+    monkeypatch.setattr(runs, "load_training_data", lambda config, progress=True: data)
+    monkeypatch.setattr("softmax_cls.evaluate.load_data_for", lambda *a, **k: data)
+    config = small_config(tmp_path, optim={"epochs": 1, "lr": 0.001})
+    train(config, data, tmp_path / "run", progress=False)
+    ckpt = tmp_path / "run" / "best.npz"
+    report = evaluate_checkpoint(ckpt, "test")
+    assert report.accuracy == independent_accuracy(ckpt, data.test_images, data.test_labels)
+    assert 0.2 < report.accuracy < 1.0  # a real test: not all right, not chance
+    train_rows, val_rows = split_train_val(data.train_labels, 100, 0)
+    val = evaluate_checkpoint(ckpt, "val")
+    assert val.accuracy == independent_accuracy(ckpt, data.train_images[val_rows],
+                                                data.train_labels[val_rows])
+    result = CliRunner().invoke(cli.eval_command, [str(ckpt), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["accuracy"] == report.accuracy
+    text = CliRunner().invoke(cli.eval_command, [str(ckpt)]).output
+    assert "confusion matrix" in text and "class4" in text and "precision" in text
+
+
+def test_eval_refuses_data_that_does_not_match(tmp_path, small_data, monkeypatch):
+    train(small_config(tmp_path, optim={"epochs": 1}), small_data, tmp_path / "run",
+          progress=False)
+    other = separable_data(seed=9)
+    monkeypatch.setattr("softmax_cls.evaluate.load_data_for", lambda *a, **k: other)
+    with pytest.raises(DataError, match="does not match the checkpoint"):
+        evaluate_checkpoint(tmp_path / "run" / "best.npz")
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "empty", "missing key"])
+def test_corrupt_checkpoints_give_a_clear_error(tmp_path, small_data, damage):
+    train(small_config(tmp_path, optim={"epochs": 1}), small_data, tmp_path / "run",
+          progress=False)
+    path = tmp_path / "run" / "best.npz"
+    blob = path.read_bytes()
+    if damage == "truncate":
+        path.write_bytes(blob[: len(blob) // 2])
+    elif damage == "garbage":
+        path.write_bytes(b"not a zip file at all" * 100)
+    elif damage == "empty":
+        path.write_bytes(b"")
+    else:
+        with np.load(path) as npz:
+            arrays = {k: npz[k] for k in npz.files if k != "pre_mean"}
+        np.savez(path, **arrays)
+    result = CliRunner().invoke(cli.eval_command, [str(path)])
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and str(path) in lines[0]
+
+
+# A real training subprocess on synthetic data: slow enough per epoch to be interrupted.
+TRAINER = """
+import sys
+sys.path.insert(0, {tests!r})
+from conftest import separable_data
+from softmax_cls.config import config_from_dict
+from softmax_cls.train import train
+data = separable_data(n_train=30000, n_test=100, classes=10, seed=0)
+config = config_from_dict({{"optim": {{"epochs": {epochs}, "batch_size": 32}},
+                            "data": {{"val_size": 100}}}})
+print("ready", flush=True)
+result = train(config, data, {out!r}, resume={resume}, progress=False)
+print("done", result.state.epoch, flush=True)
+"""
+
+
+def trainer_process(out: Path, epochs: int) -> subprocess.Popen:
+    code = TRAINER.format(tests=str(Path(__file__).parent), epochs=epochs, out=str(out),
+                          resume="None")
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(path: Path, process: subprocess.Popen, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while not path.exists():
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.01)
+
+
+def test_sigint_saves_last_checkpoint_and_resume_finishes(tmp_path):
+    out = tmp_path / "run"
+    process = trainer_process(out, epochs=200)
+    wait_for(out / "history.jsonl", process)  # written after last.npz of epoch 1
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode != 0
+    assert "interrupted" in stderr and "--resume" in stderr
+    saved = load_checkpoint(out / "last.npz")
+    assert saved.state.epoch >= 1
+    finish = TRAINER.format(tests=str(Path(__file__).parent), epochs=saved.state.epoch + 1,
+                            out=str(out), resume="__import__('softmax_cls.checkpoint').checkpoint"
+                            f".load_checkpoint({str(out / 'last.npz')!r}).state")
+    done = subprocess.run([sys.executable, "-c", finish], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert f"done {saved.state.epoch + 1}" in done.stdout
+
+
+def test_killing_during_checkpoint_writes_never_leaves_a_broken_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    for attempt in range(8):
+        process = trainer_process(out, epochs=200)
+        wait_for(out / "last.npz", process)
+        time.sleep(0.05 * attempt)
+        os.kill(process.pid, signal.SIGKILL)
+        process.communicate()
+        for name in ("last.npz", "best.npz"):
+            if (out / name).exists():
+                load_checkpoint(out / name)  # raises if half-written
+
+
+@needs_real_data
+def test_short_default_run_on_real_cifar10(tmp_path):
+    config = load_config(Path(__file__).resolve().parents[1] / "configs" / "default.yaml",
+                         ["optim.epochs=2", f"data.root={tmp_path / 'data'}",
+                          f"data.archive={REAL_ARCHIVE}"])
+    result = train(config, runs.load_training_data(config, progress=False), tmp_path / "run",
+                   progress=False)
+    assert result.test_acc >= 0.35
