@@ -42,5 +42,8 @@ def small_config(tmp_path: Path, **sections):
     raw = {"data": {"val_size": 100}, "optim": {"epochs": 3, "batch_size": 64, "lr": 0.01},
            "output": {"dir": str(tmp_path / "run")}}
     for key, value in sections.items():
-        raw.setdefault(key, {}).update(value) if isinstance(value, dict) else raw.update({key: value})
+        if isinstance(value, dict):
+            raw.setdefault(key, {}).update(value)
+        else:
+            raw[key] = value
     return config_from_dict(raw)

@@ -79,7 +79,7 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, small_data, 
     ("constant", [0.1, 0.1, 0.1, 0.1]),
     ("step", [0.1, 0.1, 0.05, 0.05]),
     ("exponential", [0.1, 0.05, 0.025, 0.0125]),
-    ("cosine", [0.1, 0.1 * (1 + np.cos(np.pi / 4)) / 2, 0.05, 0.1 * (1 + np.cos(3 * np.pi / 4)) / 2]),
+    ("cosine", [0.1, 0.05 * (1 + np.cos(np.pi / 4)), 0.05, 0.05 * (1 + np.cos(3 * np.pi / 4))]),
 ])
 def test_learning_rate_schedules(name, expected):
     optim = load_config(None, [f"optim.schedule.name={name}", "optim.lr=0.1", "optim.epochs=4",
