@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REAL_ARCHIVE
 from fake_cifar import make_fake, python2_pickle, tar_gz
 from http_server import clear_proxy_env, loopback_servers
 
@@ -33,7 +34,6 @@ from softmax_cls.datasets import (
 )
 from softmax_cls.errors import DataError, DownloadError
 
-REAL_ARCHIVE = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar-10-binary.tar.gz"
 # The published per-file checksums (shared/data/README.md), kept apart from SPECS on purpose.
 REAL_MD5 = {
     "data_batch_1.bin": "5dd7e06a14cb22eb9f671a540d1b7c25",

@@ -179,25 +179,24 @@ def test_corrupt_checkpoints_give_a_clear_error(tmp_path, small_data, damage):
     assert len(lines) == 1 and lines[0].startswith("error: ") and str(path) in lines[0]
 
 
-# A real training subprocess on synthetic data: slow enough per epoch to be interrupted.
+# A real training process on synthetic data, through the softmax-train command's own code.
 TRAINER = """
 import sys
 sys.path.insert(0, {tests!r})
 from conftest import separable_data
-from softmax_cls.config import config_from_dict
-from softmax_cls.train import train
+from softmax_cls import cli, runs
 data = separable_data(n_train=30000, n_test=100, classes=10, seed=0)
-config = config_from_dict({{"optim": {{"epochs": {epochs}, "batch_size": 32}},
-                            "data": {{"val_size": 100}}}})
-print("ready", flush=True)
-result = train(config, data, {out!r}, resume={resume}, progress=False)
-print("done", result.state.epoch, flush=True)
+runs.load_training_data = lambda config, progress=True: data
+sys.argv = ["softmax-train", *{args!r}]
+cli.train_command()
 """
 
 
-def trainer_process(out: Path, epochs: int) -> subprocess.Popen:
-    code = TRAINER.format(tests=str(Path(__file__).parent), epochs=epochs, out=str(out),
-                          resume="None")
+def trainer_process(out: Path, *args: str) -> subprocess.Popen:
+    config = out.parent / "config.yaml"
+    config.write_text("optim: {epochs: 200, batch_size: 32}\ndata: {val_size: 100}\n")
+    code = TRAINER.format(tests=str(Path(__file__).parent),
+                          args=list(args) or ["--config", str(config), "--out", str(out), "-q"])
     return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
@@ -212,27 +211,27 @@ def wait_for(path: Path, process: subprocess.Popen, seconds: float = 60) -> None
 
 def test_sigint_saves_last_checkpoint_and_resume_finishes(tmp_path):
     out = tmp_path / "run"
-    process = trainer_process(out, epochs=200)
+    process = trainer_process(out)
     wait_for(out / "history.jsonl", process)  # written after last.npz of epoch 1
     process.send_signal(signal.SIGINT)
-    stdout, stderr = process.communicate(timeout=60)
-    assert process.returncode != 0
-    assert "interrupted" in stderr and "--resume" in stderr
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert stderr.strip().splitlines()[-1].startswith("error: interrupted")
+    assert f"--resume {out / 'last.npz'}" in stderr and "Traceback" not in stderr
     saved = load_checkpoint(out / "last.npz")
     assert saved.state.epoch >= 1
-    finish = TRAINER.format(tests=str(Path(__file__).parent), epochs=saved.state.epoch + 1,
-                            out=str(out), resume="__import__('softmax_cls.checkpoint').checkpoint"
-                            f".load_checkpoint({str(out / 'last.npz')!r}).state")
-    done = subprocess.run([sys.executable, "-c", finish], capture_output=True, text=True,
-                          timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert f"done {saved.state.epoch + 1}" in done.stdout
+    finish = trainer_process(out, "--resume", str(out / "last.npz"), "-q",
+                             "--set", f"optim.epochs={saved.state.epoch + 1}")
+    stdout, stderr = finish.communicate(timeout=120)
+    assert finish.returncode == 0, stderr
+    assert f"{saved.state.epoch + 1} epochs" in stdout
+    assert load_checkpoint(out / "last.npz").state.epoch == saved.state.epoch + 1
 
 
 def test_killing_during_checkpoint_writes_never_leaves_a_broken_checkpoint(tmp_path):
     out = tmp_path / "run"
     for attempt in range(8):
-        process = trainer_process(out, epochs=200)
+        process = trainer_process(out)
         wait_for(out / "last.npz", process)
         time.sleep(0.05 * attempt)
         os.kill(process.pid, signal.SIGKILL)
