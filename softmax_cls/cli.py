@@ -28,6 +28,9 @@ class Command(click.Command):
             _fail("interrupted", 130)
         except SoftmaxClsError as exc:
             _fail(str(exc), exc.exit_code)
+        except OSError as exc:  # a folder that cannot be created, a disk that is full, ...
+            where = f"{exc.filename}: " if exc.filename else ""
+            _fail(f"{where}{exc.strerror or exc}", 1)
         sys.exit(result if isinstance(result, int) else 0)
 
 
@@ -151,6 +154,6 @@ def gradcheck_command(config_path, overrides, samples, classes, checks, step, to
         problem = gradcheck.config_problem(config, samples, seed, reg)
     results = gradcheck.run_gradcheck(problem, checks, step, tol, seed)
     click.echo(gradcheck.format_report(results))
-    passed = all(r.passed for r in results) and gradcheck.loop_agrees(results)
+    passed = all(r.passed for r in results) and gradcheck.full_comparisons_agree(results)
     click.echo("gradient check passed" if passed else "gradient check FAILED")
     return 0 if passed else 1

@@ -43,6 +43,47 @@ def test_a_row_with_its_sign_flipped_makes_the_command_exit_1():
     assert "Traceback" not in result.stderr
 
 
+WRONG_TRAINER_BIAS = """
+import sys
+from softmax_cls.preprocess import Preprocessor
+original = Preprocessor.unfold_grad
+def wrong(self, dW_raw):
+    dW = original(self, dW_raw)
+    dW[-1] *= -3
+    return dW
+Preprocessor.unfold_grad = wrong
+from softmax_cls.cli import gradcheck_command
+sys.argv = ["softmax-gradcheck", "--samples", "100", "--checks", "3"]
+gradcheck_command()
+"""
+
+
+def test_a_wrong_bias_row_in_the_trainer_path_makes_the_command_exit_1():
+    result = subprocess.run([sys.executable, "-c", WRONG_TRAINER_BIAS], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "trainer objective vs loss_and_grad on the features" in result.stdout
+    assert "gradient check FAILED" in result.stdout
+
+
+def test_the_bias_row_is_always_checked():
+    W, X, y = gradcheck.random_problem(20, 50, 3, seed=0)
+    for seed in range(5):
+        result = gradcheck.check_gradient(lambda w: softmax.loss_and_grad(w, X, y), W, 2,
+                                          np.random.default_rng(seed))
+        assert any(c.coordinate[0] == 49 for c in result.checks)
+
+
+def test_raw_pixel_features_pass_with_the_scaled_step():
+    rng = np.random.default_rng(0)
+    X = np.hstack([rng.integers(0, 256, size=(200, 300)).astype(np.float64), np.ones((200, 1))])
+    W = rng.standard_normal((301, 10)) * 1e-4
+    y = rng.integers(0, 10, 200)
+    result = gradcheck.check_gradient(lambda w: softmax.loss_and_grad(w, X, y, 0.01), W, 20, rng,
+                                      row_scale=np.sqrt(np.mean(X * X, axis=0)))
+    assert result.passed, result.max_rel_error
+
+
 def test_a_wrong_gradient_fails_the_sparse_check_itself():
     W, X, y = gradcheck.random_problem(100, 30, 4, seed=0)
 
