@@ -102,6 +102,8 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise DataError(f"checkpoint not found: {path}")
     try:
         with np.load(path, allow_pickle=False) as npz:
+            if not isinstance(npz, np.lib.npyio.NpzFile):
+                raise DataError(f"{path}: not a softmax-cls checkpoint (a single array)")
             missing = [key for key in REQUIRED if key not in npz.files]
             if missing:
                 raise DataError(f"{path}: not a softmax-cls checkpoint "
@@ -109,28 +111,34 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             arrays = {key: npz[key] for key in REQUIRED}
     except DataError:
         raise
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as exc:
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError, TypeError) as exc:
         raise DataError(f"{path}: corrupt or truncated checkpoint ({exc})") from None
     try:
-        meta = json.loads(str(arrays["meta_json"]))
-        config_yaml = str(arrays["config_yaml"])
-        config = config_from_dict(parse_yaml(config_yaml, f"{path} config"))
-    except (json.JSONDecodeError, ConfigError) as exc:
-        raise DataError(f"{path}: unreadable checkpoint metadata ({exc})") from None
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise DataError(f"{path}: checkpoint format {meta.get('format_version')!r} is not "
-                        f"supported (this version reads {FORMAT_VERSION})")
-    checkpoint = Checkpoint(
-        state=TrainState(W=arrays["W"], velocity=arrays["velocity"], best_W=arrays["best_W"],
-                         epoch=meta["epoch"], best_epoch=meta["best_epoch"],
-                         best_val_acc=meta["best_val_acc"],
-                         epochs_since_best=meta["epochs_since_best"], history=meta["history"]),
-        preprocessor=Preprocessor.from_arrays(arrays),
-        class_names=tuple(str(name) for name in arrays["class_names"]),
-        config=config, config_yaml=config_yaml, fingerprint=meta["fingerprint"],
-        versions=meta["versions"], status=meta["status"])
+        checkpoint = _from_arrays(path, arrays)
+    except (json.JSONDecodeError, ConfigError, KeyError, TypeError, ValueError,
+            AttributeError) as exc:
+        raise DataError(f"{path}: unreadable checkpoint ({type(exc).__name__}: {exc})") from None
     _validate(path, checkpoint)
     return checkpoint
+
+
+def _from_arrays(path: Path, arrays: dict[str, np.ndarray]) -> Checkpoint:
+    meta = json.loads(str(arrays["meta_json"]))
+    config_yaml = str(arrays["config_yaml"])
+    config = config_from_dict(parse_yaml(config_yaml, f"{path} config"))
+    if meta["format_version"] != FORMAT_VERSION:
+        raise DataError(f"{path}: checkpoint format {meta['format_version']!r} is not "
+                        f"supported (this version reads {FORMAT_VERSION})")
+    state = TrainState(W=arrays["W"], velocity=arrays["velocity"], best_W=arrays["best_W"],
+                       epoch=int(meta["epoch"]), best_epoch=int(meta["best_epoch"]),
+                       best_val_acc=float(meta["best_val_acc"]),
+                       epochs_since_best=int(meta["epochs_since_best"]),
+                       history=list(meta["history"]))
+    return Checkpoint(
+        state=state, preprocessor=Preprocessor.from_arrays(arrays),
+        class_names=tuple(str(name) for name in arrays["class_names"]),
+        config=config, config_yaml=config_yaml, fingerprint=dict(meta["fingerprint"]),
+        versions=dict(meta["versions"]), status=str(meta["status"]))
 
 
 def _validate(path: Path, ckpt: Checkpoint) -> None:
@@ -146,3 +154,7 @@ def _validate(path: Path, ckpt: Checkpoint) -> None:
             raise DataError(f"{path}: {name} holds non-finite values")
     if pre.mean.shape != (N_PIXELS,) or pre.scale.shape != (N_PIXELS,):
         raise DataError(f"{path}: preprocessing statistics have the wrong shape")
+    if not (np.isfinite(pre.mean).all() and np.isfinite(pre.scale).all()):
+        raise DataError(f"{path}: preprocessing statistics hold non-finite values")
+    if not ckpt.fingerprint:
+        raise DataError(f"{path}: the checkpoint has no data fingerprint")

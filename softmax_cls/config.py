@@ -7,6 +7,7 @@ Every problem raises ConfigError with a message such as `optim.lr: must be > 0, 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import types
@@ -152,6 +153,9 @@ def _check_value(key: str, value: Any, kind: type, nullable: bool, meta: Any) ->
         if nullable:
             return None
         raise ConfigError(f"{key}: must be {_TYPE_NAMES[kind]}, got null")
+    if kind is float and isinstance(value, str):
+        with contextlib.suppress(ValueError):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            value = float(value)
     is_bool = isinstance(value, bool)
     if kind is float and isinstance(value, (int, float)) and not is_bool:
         value = float(value)
@@ -231,7 +235,12 @@ def config_from_dict(raw: Any, overrides: typing.Iterable[str] = ()) -> Config:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"config: expected a mapping of keys at the top level, got {_show(raw)}")
-    return _build(Config, apply_overrides(raw, overrides), "")
+    config = _build(Config, apply_overrides(raw, overrides), "")
+    schedule = config.optim.schedule
+    if schedule.name == "cosine" and schedule.min_lr > config.optim.lr:
+        raise ConfigError(f"optim.schedule.min_lr: must be <= optim.lr ({config.optim.lr:g}) "
+                          f"for the cosine schedule, got {schedule.min_lr:g}")
+    return config
 
 
 def parse_yaml(text: str, source: str) -> Any:

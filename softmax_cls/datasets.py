@@ -243,6 +243,8 @@ def prepare_dataset(dataset: str = "cifar10", root: str | os.PathLike = "data",
     Raises DataError (DownloadError for the network) with a one-line message.
     """
     spec = spec or get_spec(dataset, fmt)
+    if archive is not None and not Path(archive).is_file():
+        raise DataError(f"archive {archive} does not exist or is not a file")
     folder, verified = _locate(spec, Path(root), url=url, archive=archive, force=force,
                                download=download, progress=progress)
     if verified is None:
@@ -298,8 +300,6 @@ def _obtain_archive(spec: DatasetSpec, root: Path, *, url, archive, force, downl
     """(archive path, whether this call downloaded it and so may delete it)."""
     if archive is not None:
         path = Path(archive)
-        if not path.is_file():
-            raise DataError(f"archive {path} does not exist")
         return path, False
     dest = root / spec.archive_name
     if dest.is_file() and not (force and download):
@@ -395,7 +395,8 @@ def safe_extract(archive: str | os.PathLike, target: str | os.PathLike) -> None:
                     out.flush()
                     os.fsync(out.fileno())
     except (tarfile.TarError, EOFError, zlib.error) as exc:
-        raise DataError(f"{archive} is not a readable tar archive: {exc}") from exc
+        reason = " ".join(str(exc).split())
+        raise DataError(f"{archive} is not a readable tar archive: {reason}") from exc
     except OSError as exc:
         raise DataError(f"cannot extract {archive}: {exc.strerror or exc}") from exc
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import ConfigError
+
 N_PIXELS = 3072
 STATS_CHUNK = 2048
 MIN_STD = 1e-3  # a constant pixel column (std 0) must not become an infinite scale
@@ -137,7 +139,8 @@ def split_train_val(
     """
     n = len(labels)
     if not 0 < val_size < n:
-        raise ValueError(f"val_size must be between 1 and {n - 1}, got {val_size}")
+        raise ConfigError(f"data.val_size: must be between 1 and {n - 1} (the training images "
+                          f"less one), got {val_size}")
     rng = np.random.default_rng([seed, 0x5A1])
     classes, counts = np.unique(labels, return_counts=True)
     quota = val_size * counts / n

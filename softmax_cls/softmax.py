@@ -35,6 +35,13 @@ def clipped_shifted_scores(S: np.ndarray, clip: float = DEFAULT_CLIP) -> np.ndar
     return Z
 
 
+def finite_loss(loss: float) -> float:
+    """The loss itself, or NonFiniteError when it is inf or NaN."""
+    if not math.isfinite(loss):
+        raise NonFiniteError(f"non-finite loss ({loss})")
+    return loss
+
+
 def softmax_loss_from_scores(
     S: np.ndarray, y: np.ndarray, clip: float = DEFAULT_CLIP
 ) -> tuple[float, np.ndarray]:
@@ -58,7 +65,7 @@ def softmax_loss_from_scores(
 def l2_penalty(W: np.ndarray, reg: float, reg_bias: bool = False) -> tuple[float, np.ndarray]:
     """reg * sum(W * W) and its gradient 2 reg W; the last (bias) row left out unless reg_bias."""
     penalized = W if reg_bias else W[:-1]
-    value = reg * float(np.vdot(penalized, penalized))
+    value = reg * float(np.einsum("ij,ij->", penalized, penalized, dtype=np.float64))
     grad = np.zeros_like(W)
     np.multiply(penalized, 2 * reg, out=grad if reg_bias else grad[:-1])
     return value, grad
@@ -71,6 +78,8 @@ def _check_problem(W: np.ndarray, X: np.ndarray, y: np.ndarray) -> None:
         raise TypeError(f"X and W must share a float32/float64 dtype, got {X.dtype} and {W.dtype}")
     if y.shape != (X.shape[0],):
         raise ValueError(f"y must have shape ({X.shape[0]},), got {y.shape}")
+    if len(y) and (y.min() < 0 or y.max() >= W.shape[1]):
+        raise ValueError(f"labels must lie in [0, {W.shape[1]}), got {y.min()}..{y.max()}")
 
 
 def loss_and_grad(
@@ -90,7 +99,7 @@ def loss_and_grad(
     data_loss, dS = softmax_loss_from_scores(X @ W, y, clip)
     penalty, dW = l2_penalty(W, reg, reg_bias)
     dW += X.T @ dS
-    return data_loss + penalty, dW
+    return finite_loss(data_loss + penalty), dW
 
 
 def loss_and_grad_naive(

@@ -68,7 +68,7 @@ def batch_loss_and_grad(
     dW = pre.unfold_grad(raw.T @ dscores)
     penalty, dpenalty = softmax.l2_penalty(W, reg, reg_bias or not pre.bias)
     dW += dpenalty
-    return data_loss + penalty, dW, correct
+    return softmax.finite_loss(data_loss + penalty), dW, correct
 
 
 def learning_rate(optim: OptimConfig, epoch: int) -> float:
@@ -117,12 +117,13 @@ def train(
     first), best.npz (the best weights on validation so far) and summary.json.
     Raises TrainingDiverged or TrainingInterrupted; last.npz then holds the last good epoch.
     """
+    train_rows, val_rows = split_train_val(data.train_labels, config.data.val_size, config.seed)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     config_yaml = config_to_yaml(config)
-    (out_dir / "config.yaml").write_text(config_yaml)
+    with atomic_write(out_dir / "config.yaml", "w") as handle:
+        handle.write(config_yaml)
 
-    train_rows, val_rows = split_train_val(data.train_labels, config.data.val_size, config.seed)
     pre = fit_preprocessor(data.train_images, config.preprocess.center, config.preprocess.scale,
                            config.preprocess.bias, rows=train_rows)
     n_classes = len(data.class_names)
@@ -133,14 +134,16 @@ def train(
         save_checkpoint(out_dir / name, state, pre, data.class_names, config_yaml,
                         data.fingerprint, status, W=weights)
 
-    if resume is None:
-        save("last.npz")
+    save("last.npz")
+    if state.best_epoch > 0:  # a resumed run, perhaps into another folder
+        save("best.npz", weights=state.best_W)
     optim, loss_cfg, patience = config.optim, config.loss, config.optim.early_stopping.patience
+    stopped_early = patience is not None and state.epochs_since_best >= patience
     batch_size = min(optim.batch_size, len(train_rows))
     uint8_batch = np.empty((batch_size, N_PIXELS), dtype=np.uint8)
     float_batch = np.empty((batch_size, N_PIXELS + 1), dtype=np.float32)
-    stopped_early = False
-    epochs = tqdm(range(state.epoch, optim.epochs), desc="epochs", disable=not progress,
+    first_epoch = optim.epochs if stopped_early else state.epoch  # a stopped run stays stopped
+    epochs = tqdm(range(first_epoch, optim.epochs), desc="epochs", disable=not progress,
                   initial=state.epoch, total=optim.epochs, unit="epoch")
     try:
         for epoch in epochs:

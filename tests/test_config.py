@@ -57,6 +57,8 @@ def test_unknown_option_is_one_line(tmp_path):
     ("data.root=007", lambda c: c.data.root == "007"),
     ("optim.schedule.name=cosine", lambda c: c.optim.schedule.name == "cosine"),
     ("optim.early_stopping.patience=null", lambda c: c.optim.early_stopping.patience is None),
+    ("optim.lr=1e-3", lambda c: c.optim.lr == 0.001),
+    ("model.init_std=5E-5", lambda c: c.model.init_std == 5e-5),
 ])
 def test_overrides_are_typed_by_the_schema(override, check):
     assert check(load_config(None, [override]))
@@ -71,10 +73,26 @@ def test_overrides_are_typed_by_the_schema(override, check):
     ("optim.epochs=true", "optim.epochs: must be an integer, got True"),
     ("nosuch.key=1", "nosuch: unknown key"),
     ("optim.lr.sub=1", "optim.lr: must be a number"),
+    ("optim.schedule.name=cosine optim.schedule.min_lr=1",
+     "optim.schedule.min_lr: must be <= optim.lr"),
+    ("optim.lr=1e-3x", "optim.lr: must be a number"),
 ])
 def test_bad_overrides_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
-        load_config(None, [override])
+        load_config(None, override.split())
+
+
+def test_yaml_1_1_exponents_without_a_dot_are_numbers(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("optim: {lr: 5e-3}\nmodel: {init_std: 1e-4}\n")
+    config = load_config(path)
+    assert config.optim.lr == 0.005 and config.model.init_std == 1e-4
+
+
+def test_cosine_min_lr_above_lr_is_refused():
+    load_config(None, ["optim.schedule.min_lr=1"])  # fine for the default exponential schedule
+    with pytest.raises(ConfigError, match="min_lr"):
+        load_config(None, ["optim.schedule.name=cosine", "optim.schedule.min_lr=1"])
 
 
 def test_effective_config_round_trips_through_yaml():

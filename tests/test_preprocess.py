@@ -9,6 +9,7 @@ from conftest import REAL_ARCHIVE, needs_real_data
 from softmax_cls.augment import hflip, translate
 from softmax_cls.checkpoint import TrainState, load_checkpoint, save_checkpoint
 from softmax_cls.datasets import load_dataset
+from softmax_cls.errors import ConfigError
 from softmax_cls.preprocess import (
     Preprocessor,
     fit_preprocessor,
@@ -66,7 +67,7 @@ def test_split_is_seeded_stratified_and_disjoint():
     again, _ = split_train_val(labels, 1000, seed=0)
     other, _ = split_train_val(labels, 1000, seed=1)
     assert np.array_equal(train, again) and not np.array_equal(train, other)
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError, match="data.val_size"):
         split_train_val(labels, len(labels), seed=0)
 
 
@@ -74,7 +75,7 @@ def test_statistics_survive_a_checkpoint(tmp_path, images):
     pre = fit_preprocessor(images, scale="unit")
     W = np.zeros((3073, 3), np.float32)
     save_checkpoint(tmp_path / "c.npz", TrainState(W, W.copy(), W.copy()), pre, ("a", "b", "c"),
-                    "seed: 0\n", {}, "running")
+                    "seed: 0\n", {"fake.bin": "0" * 32}, "running")
     loaded = load_checkpoint(tmp_path / "c.npz").preprocessor
     assert isinstance(loaded, Preprocessor)
     np.testing.assert_array_equal(loaded.transform(images), pre.transform(images))
@@ -99,6 +100,11 @@ def test_augmentations_move_pixels_as_described():
                                    image[:, max(-dy, 0):32 - max(dy, 0),
                                          max(-dx, 0):32 - max(dx, 0)].astype(np.uint8))]
         assert found
+        dy, dx = found[0]
+        if dy > 0:
+            assert not row[:, :dy].any()  # shifted in from outside: black, not wrapped around
+        if dx < 0:
+            assert not row[:, :, dx:].any()
 
 
 @needs_real_data

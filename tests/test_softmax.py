@@ -69,6 +69,21 @@ def test_mixed_dtypes_are_refused():
         softmax.loss_and_grad(W.astype(np.float32), X, y)
 
 
+def test_a_huge_float32_penalty_is_summed_in_float64():
+    W, X, y = random_problem(5, 4, 3)
+    W = W.astype(np.float32)
+    W[0] = 1e20
+    loss, _ = softmax.loss_and_grad(W, X.astype(np.float32), y, reg=1.0)
+    assert math.isfinite(loss) and loss == pytest.approx(3e40, rel=1e-6)
+
+
+def test_labels_out_of_range_are_refused():
+    W, X, y = random_problem(5, 4, 3)
+    y[0] = -1
+    with pytest.raises(ValueError, match="labels"):
+        softmax.loss_and_grad(W, X, y)
+
+
 def test_non_finite_inputs_are_reported():
     W, X, y = random_problem(5, 4, 3)
     X[2, 1] = np.nan

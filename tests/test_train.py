@@ -95,6 +95,24 @@ def test_early_stopping_keeps_the_best_weights(tmp_path, small_data):
     assert result.state.epoch == result.state.best_epoch + 1
     best_acc = max(row["val_acc"] for row in result.state.history)
     assert result.state.best_val_acc == best_acc
+    best = tmp_path / "run" / "best.npz"
+    assert not np.array_equal(np.load(best)["W"], result.state.W)
+    assert result.test_acc == independent_accuracy(best, small_data.test_images,
+                                                   small_data.test_labels)
+    # resuming a run that stopped early trains no further epoch
+    resumed = train(config, small_data, tmp_path / "run",
+                    resume=load_checkpoint(tmp_path / "run" / "last.npz").state, progress=False)
+    assert resumed.stopped_early and resumed.state.epoch == result.state.epoch
+    assert np.array_equal(resumed.state.W, result.state.W)
+
+
+def test_resume_into_another_folder_brings_the_best_weights(tmp_path, small_data):
+    train(small_config(tmp_path, optim={"epochs": 2}), small_data, tmp_path / "a",
+          progress=False)
+    state = load_checkpoint(tmp_path / "a" / "last.npz").state
+    train(small_config(tmp_path, optim={"epochs": 3}), small_data, tmp_path / "b",
+          resume=state, progress=False)
+    assert (tmp_path / "b" / "best.npz").exists()
 
 
 def test_huge_learning_rate_diverges_cleanly(tmp_path, small_data):
@@ -103,6 +121,22 @@ def test_huge_learning_rate_diverges_cleanly(tmp_path, small_data):
         train(config, small_data, tmp_path / "run", progress=False)
     saved = load_checkpoint(tmp_path / "run" / "last.npz")
     assert np.isfinite(saved.W).all()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--set", "data.val_size=600"], "data.val_size: must be between 1 and 599"),
+    (["--out", "FILE/sub"], "FILE/sub"),
+])
+def test_run_errors_are_one_line(tmp_path, small_data, monkeypatch, args, message):
+    monkeypatch.setattr(runs, "load_training_data", lambda config, progress=True: small_data)
+    (tmp_path / "FILE").write_text("a file, not a folder")
+    (tmp_path / "c.yaml").write_text("data: {val_size: 100}\n")
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli.train_command, ["--config", "c.yaml", "-q", *args])
+    assert result.exit_code in (1, 2)
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+    assert (tmp_path / "FILE").read_text() == "a file, not a folder"
 
 
 def test_divergence_through_the_cli(tmp_path, small_data, monkeypatch):
@@ -157,7 +191,8 @@ def test_eval_refuses_data_that_does_not_match(tmp_path, small_data, monkeypatch
         evaluate_checkpoint(tmp_path / "run" / "best.npz")
 
 
-@pytest.mark.parametrize("damage", ["truncate", "garbage", "empty", "missing key"])
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "empty", "missing key", "single array",
+                                    "meta without epoch", "nan statistics", "bad shape"])
 def test_corrupt_checkpoints_give_a_clear_error(tmp_path, small_data, damage):
     train(small_config(tmp_path, optim={"epochs": 1}), small_data, tmp_path / "run",
           progress=False)
@@ -169,12 +204,26 @@ def test_corrupt_checkpoints_give_a_clear_error(tmp_path, small_data, damage):
         path.write_bytes(b"not a zip file at all" * 100)
     elif damage == "empty":
         path.write_bytes(b"")
+    elif damage == "single array":
+        with open(path, "wb") as handle:
+            np.save(handle, np.zeros(3))
     else:
         with np.load(path) as npz:
-            arrays = {k: npz[k] for k in npz.files if k != "pre_mean"}
-        np.savez(path, **arrays)
+            arrays = {k: npz[k] for k in npz.files}
+        if damage == "missing key":
+            del arrays["pre_mean"]
+        elif damage == "meta without epoch":
+            meta = json.loads(str(arrays["meta_json"]))
+            del meta["epoch"]
+            arrays["meta_json"] = np.array(json.dumps(meta))
+        elif damage == "nan statistics":
+            arrays["pre_mean"][5] = np.nan
+        else:
+            arrays["W"] = arrays["W"][:-1]
+        with open(path, "wb") as handle:
+            np.savez(handle, **arrays)
     result = CliRunner().invoke(cli.eval_command, [str(path)])
-    assert result.exit_code == 1
+    assert result.exit_code == 1, result.output
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and str(path) in lines[0]
 
