@@ -20,19 +20,21 @@ def hflip(batch: np.ndarray, rng: np.random.Generator) -> None:
 def translate(batch: np.ndarray, max_shift: int, rng: np.random.Generator) -> None:
     """Shift each image (B, 3072) uint8 by up to max_shift pixels in x and y, in place.
 
-    Pixels shifted in from outside the image are 0, as in the usual pad-and-crop.
+    Pixels shifted in from outside the image are 0, as in the usual pad-and-crop. Images that
+    drew the same shift are copied together: at most (2 max_shift + 1)^2 slice copies.
     """
     if max_shift == 0:
         return
-    n = len(batch)
-    padded = np.zeros((n, 3, SIDE + 2 * max_shift, SIDE + 2 * max_shift), dtype=batch.dtype)
-    padded[:, :, max_shift:-max_shift, max_shift:-max_shift] = batch.reshape(n, 3, SIDE, SIDE)
+    n, side = len(batch), SIDE
+    padded = np.zeros((n, 3, side + 2 * max_shift, side + 2 * max_shift), dtype=batch.dtype)
+    padded[:, :, max_shift:-max_shift, max_shift:-max_shift] = batch.reshape(n, 3, side, side)
     dy, dx = rng.integers(0, 2 * max_shift + 1, size=(2, n))
-    rows = (dy[:, None] + np.arange(SIDE))[:, None, :, None]
-    cols = (dx[:, None] + np.arange(SIDE))[:, None, None, :]
-    images, planes = np.arange(n)[:, None, None, None], np.arange(3)[None, :, None, None]
-    shifted = padded[images, planes, rows, cols]
-    batch[:] = shifted.reshape(n, -1)
+    images = batch.reshape(n, 3, side, side)
+    for y in range(2 * max_shift + 1):
+        for x in range(2 * max_shift + 1):
+            chosen = np.flatnonzero((dy == y) & (dx == x))
+            if len(chosen):
+                images[chosen] = padded[chosen, :, y : y + side, x : x + side]
 
 
 def augment_batch(batch: np.ndarray, rng: np.random.Generator, flip: bool, max_shift: int) -> None:
