@@ -8,7 +8,7 @@ x @ W == r @ fold(W). `transform` builds x explicitly, for checks and for users.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -26,10 +26,20 @@ class Preprocessor:
     mean: np.ndarray
     scale: np.ndarray
     bias: bool = True
+    _cast: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def n_features(self) -> int:
         return N_PIXELS + int(self.bias)
+
+    def _vectors(self, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(scale (3072, 1), -mean * scale (3072,), mean (3072,)) in `dtype`, cast once: fold
+        and unfold_grad run on every minibatch."""
+        key = np.dtype(dtype)
+        if key not in self._cast:
+            self._cast[key] = (self.scale[:, None].astype(key),
+                               (-(self.mean * self.scale)).astype(key), self.mean.astype(key))
+        return self._cast[key]
 
     def transform(self, images: np.ndarray, dtype: np.dtype = np.float32) -> np.ndarray:
         """Features (N, n_features) of `dtype` from images (N, 3072) uint8."""
@@ -45,10 +55,11 @@ class Preprocessor:
 
         W is (n_features, C); the result has W's dtype.
         """
+        scale, shift, _ = self._vectors(W.dtype)
         pixel_rows = W[:N_PIXELS]
         W_raw = np.empty((N_PIXELS + 1, W.shape[1]), dtype=W.dtype)
-        np.multiply(pixel_rows, self.scale[:, None].astype(W.dtype), out=W_raw[:N_PIXELS])
-        W_raw[N_PIXELS] = -(self.mean * self.scale).astype(W.dtype) @ pixel_rows
+        np.multiply(pixel_rows, scale, out=W_raw[:N_PIXELS])
+        np.matmul(shift, pixel_rows, out=W_raw[N_PIXELS])
         if self.bias:
             W_raw[N_PIXELS] += W[N_PIXELS]
         return W_raw
@@ -59,11 +70,11 @@ class Preprocessor:
         This is the transpose of `fold`: dW[j] = scale_j (dW_raw[j] - mean_j dW_raw[bias]).
         """
         dtype = dW_raw.dtype
+        scale, _, mean = self._vectors(dtype)
         dW = np.empty((self.n_features, dW_raw.shape[1]), dtype=dtype)
         bias_grad = dW_raw[N_PIXELS]
-        np.subtract(dW_raw[:N_PIXELS], np.outer(self.mean.astype(dtype), bias_grad),
-                    out=dW[:N_PIXELS])
-        dW[:N_PIXELS] *= self.scale[:, None].astype(dtype)
+        np.subtract(dW_raw[:N_PIXELS], np.outer(mean, bias_grad), out=dW[:N_PIXELS])
+        dW[:N_PIXELS] *= scale
         if self.bias:
             dW[N_PIXELS] = bias_grad
         return dW

@@ -62,13 +62,22 @@ def softmax_loss_from_scores(
     return loss, dS
 
 
-def l2_penalty(W: np.ndarray, reg: float, reg_bias: bool = False) -> tuple[float, np.ndarray]:
-    """reg * sum(W * W) and its gradient 2 reg W; the last (bias) row left out unless reg_bias."""
+def l2_penalty(W: np.ndarray, reg: float, reg_bias: bool = False,
+               add_to: np.ndarray | None = None) -> tuple[float, np.ndarray]:
+    """reg * sum(W * W) and its gradient 2 reg W; the last (bias) row left out unless reg_bias.
+
+    With `add_to` (W's shape and dtype), the gradient is added into it in place and it is
+    returned as the gradient: the trainer's hot loop saves an array and a pass per step.
+    """
     penalized = W if reg_bias else W[:-1]
     value = reg * float(np.einsum("ij,ij->", penalized, penalized, dtype=np.float64))
-    grad = np.zeros_like(W)
-    np.multiply(penalized, 2 * reg, out=grad if reg_bias else grad[:-1])
-    return value, grad
+    if add_to is None:
+        grad = np.zeros_like(W)
+        np.multiply(penalized, 2 * reg, out=grad if reg_bias else grad[:-1])
+        return value, grad
+    target = add_to if reg_bias else add_to[:-1]
+    target += np.multiply(penalized, 2 * reg)
+    return value, add_to
 
 
 def _check_problem(W: np.ndarray, X: np.ndarray, y: np.ndarray) -> None:

@@ -66,8 +66,7 @@ def batch_loss_and_grad(
     data_loss, dscores = softmax.softmax_loss_from_scores(scores, y, clip)
     correct = int(np.count_nonzero(scores.argmax(axis=1) == y))
     dW = pre.unfold_grad(raw.T @ dscores)
-    penalty, dpenalty = softmax.l2_penalty(W, reg, reg_bias or not pre.bias)
-    dW += dpenalty
+    penalty, dW = softmax.l2_penalty(W, reg, reg_bias or not pre.bias, add_to=dW)
     return softmax.finite_loss(data_loss + penalty), dW, correct
 
 
@@ -169,7 +168,9 @@ def train(
                         dW *= optim.grad_clip / norm
                 state.velocity *= optim.momentum
                 state.velocity += dW
-                step = dW + optim.momentum * state.velocity if optim.nesterov else state.velocity
+                if optim.nesterov:  # dW is this step's own array: it becomes the step
+                    dW += optim.momentum * state.velocity
+                step = dW if optim.nesterov else state.velocity
                 state.W -= np.float32(lr) * step
                 total_loss += loss * n
                 total_correct += correct
