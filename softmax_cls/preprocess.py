@@ -15,7 +15,7 @@ import numpy as np
 from .errors import ConfigError
 
 N_PIXELS = 3072
-STATS_CHUNK = 2048
+STATS_CHUNK = 256  # rows per float64 chunk: 6 MB, reused rather than fresh pages each time
 MIN_STD = 1e-3  # a constant pixel column (std 0) must not become an infinite scale
 
 

@@ -70,7 +70,13 @@ def l2_penalty(W: np.ndarray, reg: float, reg_bias: bool = False,
     returned as the gradient: the trainer's hot loop saves an array and a pass per step.
     """
     penalized = W if reg_bias else W[:-1]
-    value = reg * float(np.einsum("ij,ij->", penalized, penalized, dtype=np.float64))
+    flat = penalized.ravel()
+    with np.errstate(over="ignore"):
+        value = float(np.dot(flat, flat))  # BLAS, in W's dtype: cheap enough for every step
+    if not math.isfinite(value):  # a float32 overflow of a finite W: sum again in float64
+        flat = flat.astype(np.float64)
+        value = float(np.dot(flat, flat))
+    value *= reg
     if add_to is None:
         grad = np.zeros_like(W)
         np.multiply(penalized, 2 * reg, out=grad if reg_bias else grad[:-1])
