@@ -16,6 +16,7 @@ import numpy as np
 
 from . import __version__
 from .config import Config, config_from_dict, parse_yaml
+from .datasets import CifarData
 from .errors import ConfigError, DataError
 from .fsutil import atomic_write
 from .preprocess import N_PIXELS, Preprocessor
@@ -139,6 +140,18 @@ def _from_arrays(path: Path, arrays: dict[str, np.ndarray]) -> Checkpoint:
         class_names=tuple(str(name) for name in arrays["class_names"]),
         config=config, config_yaml=config_yaml, fingerprint=dict(meta["fingerprint"]),
         versions=dict(meta["versions"]), status=str(meta["status"]))
+
+
+def check_matches(checkpoint: Checkpoint, data: CifarData, path: str | Path) -> None:
+    """DataError unless the data is the very data (per-file checksums) the checkpoint saw."""
+    if len(data.class_names) != checkpoint.W.shape[1]:
+        raise DataError(f"{path}: the checkpoint has {checkpoint.W.shape[1]} classes, the data "
+                        f"{len(data.class_names)}")
+    for name, md5 in checkpoint.fingerprint.items():
+        if data.fingerprint.get(name) != md5:
+            raise DataError(f"{path}: the data does not match the checkpoint: {name} has md5 "
+                            f"{data.fingerprint.get(name, 'missing')}, the checkpoint was "
+                            f"trained on {md5}")
 
 
 def _validate(path: Path, ckpt: Checkpoint) -> None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import Checkpoint, load_checkpoint
-from .datasets import CifarData, load_dataset
+from . import runs
+from .checkpoint import Checkpoint, check_matches, load_checkpoint
+from .datasets import CifarData
 from .errors import DataError
 from .metrics import ClassificationReport, classification_report
 from .preprocess import image_scores, split_train_val
@@ -18,22 +20,10 @@ SPLITS = ("test", "val", "train")
 def load_data_for(checkpoint: Checkpoint, root: str | Path | None = None,
                   progress: bool = True) -> CifarData:
     """The data set the checkpoint was trained on, from `root` (default: the config's root)."""
-    data_cfg = checkpoint.config.data
-    return load_dataset(data_cfg.dataset, root or data_cfg.root, data_cfg.format,
-                        url=data_cfg.url, archive=data_cfg.archive, labels=data_cfg.labels,
-                        download=data_cfg.download, progress=progress)
-
-
-def check_matches(checkpoint: Checkpoint, data: CifarData, path: str | Path) -> None:
-    """DataError unless the data is the very data (per-file checksums) the checkpoint saw."""
-    if len(data.class_names) != checkpoint.W.shape[1]:
-        raise DataError(f"{path}: the checkpoint has {checkpoint.W.shape[1]} classes, the data "
-                        f"{len(data.class_names)}")
-    for name, md5 in checkpoint.fingerprint.items():
-        if data.fingerprint.get(name) != md5:
-            raise DataError(f"{path}: the data does not match the checkpoint: {name} has md5 "
-                            f"{data.fingerprint.get(name, 'missing')}, the checkpoint was "
-                            f"trained on {md5}")
+    config = checkpoint.config
+    if root is not None:
+        config = dataclasses.replace(config, data=dataclasses.replace(config.data, root=str(root)))
+    return runs.load_training_data(config, progress)
 
 
 def split_arrays(checkpoint: Checkpoint, data: CifarData, split: str

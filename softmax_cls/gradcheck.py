@@ -23,6 +23,7 @@ import numpy as np
 from . import softmax
 from .config import Config
 from .preprocess import N_PIXELS, Preprocessor, fit_preprocessor, raw_features, split_train_val
+from .runs import load_training_data
 from .train import batch_loss_and_grad
 
 EPS = float(np.finfo(np.float64).eps)
@@ -163,8 +164,6 @@ def config_problem(config: Config, samples: int, seed: int, reg: float | None = 
                    ) -> GradcheckProblem:
     """A sample of `samples` rows of the config's real training split, preprocessed as the
     trainer would (statistics fitted on the whole training split)."""
-    from .runs import load_training_data
-
     data = load_training_data(config, progress=False)
     train_rows, _ = split_train_val(data.train_labels, config.data.val_size, config.seed)
     pre = fit_preprocessor(data.train_images, config.preprocess.center, config.preprocess.scale,

@@ -5,11 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from .checkpoint import load_checkpoint
+from .checkpoint import check_matches, load_checkpoint
 from .config import Config, config_from_dict, config_to_dict, load_config, parse_yaml
 from .datasets import CifarData, load_dataset
 from .errors import ConfigError
-from .evaluate import check_matches
 from .train import TrainResult, train
 
 # What a resumed run may not change: the data, the split, the features and the initial weights.

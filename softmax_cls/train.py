@@ -174,8 +174,9 @@ def train(
                 state.W -= np.float32(lr) * step
                 total_loss += loss * n
                 total_correct += correct
-                batches.set_postfix(loss=f"{total_loss / (start + n):.3f}",
-                                    acc=f"{total_correct / (start + n):.3f}", refresh=False)
+                if progress:
+                    batches.set_postfix(loss=f"{total_loss / (start + n):.3f}",
+                                        acc=f"{total_correct / (start + n):.3f}", refresh=False)
             if not np.isfinite(state.W).all():
                 raise softmax.NonFiniteError("non-finite weights")
             val_loss, val_acc = evaluate(state.W, pre, val_images, val_labels, loss_cfg.clip)
