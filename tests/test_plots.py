@@ -1,0 +1,488 @@
+"""Pictures: the content each picture shows, checked against plain numpy and loops; the PNGs
+are valid, of their stated pixel size, and not blank; no matplotlib gives one error line."""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import separable_data, small_config
+
+from softmax_cls import plots
+from softmax_cls.errors import DataError, SoftmaxClsError
+from softmax_cls.evaluate import evaluate_checkpoint
+from softmax_cls.preprocess import Preprocessor
+from softmax_cls.train import train
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """(width, height) from the PNG's own header, read without any image library."""
+    data = Path(path).read_bytes()
+    assert data[:8] == PNG_SIGNATURE, f"{path} is not a PNG"
+    assert data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+def assert_valid_picture(path: Path, size: tuple[int, int], min_colours: int = 16) -> None:
+    """A PNG that decodes completely, has `size`, and is not blank: many colours, and more
+    than 2% of its pixels away from the white background."""
+    from PIL import Image
+
+    assert png_size(path) == size
+    with Image.open(path) as image:
+        image.load()
+        pixels = np.asarray(image.convert("RGB"), dtype=np.int64)
+    assert pixels.shape == (size[1], size[0], 3)
+    colours = np.unique(pixels.reshape(-1, 3), axis=0)
+    assert len(colours) >= min_colours, f"{path}: only {len(colours)} colours"
+    inked = (np.abs(pixels - 255).sum(axis=2) > 30).mean()
+    assert inked > 0.02, f"{path}: {inked:.1%} of the pixels drawn"
+
+
+def random_preprocessor(rng: np.random.Generator, bias: bool = True) -> Preprocessor:
+    return Preprocessor(mean=rng.uniform(0, 255, 3072), scale=rng.uniform(0.002, 0.05, 3072),
+                        bias=bias)
+
+
+def loop_templates(W: np.ndarray, pre: Preprocessor) -> np.ndarray:
+    """The templates one pixel at a time: weight on raw pixel (channel, row, column) of class
+    c is W[channel * 1024 + row * 32 + column, c] * scale[same], stretched min..max -> 0..255."""
+    n_classes = W.shape[1]
+    out = np.zeros((n_classes, 32, 32, 3), dtype=np.uint8)
+    for c in range(n_classes):
+        raw = {}
+        for channel in range(3):
+            for row in range(32):
+                for column in range(32):
+                    j = channel * 1024 + row * 32 + column
+                    raw[row, column, channel] = float(W[j, c]) * float(pre.scale[j])
+        low, high = min(raw.values()), max(raw.values())
+        for where, value in raw.items():
+            out[(c, *where)] = 128 if high == low else round((value - low) / (high - low) * 255)
+    return out
+
+
+# --- templates -------------------------------------------------------------------------------
+
+
+def test_template_images_equal_a_pixel_by_pixel_computation():
+    rng = np.random.default_rng(0)
+    pre = random_preprocessor(rng)
+    W = rng.standard_normal((3073, 3)).astype(np.float32)
+    templates = plots.template_images(W, pre)
+    assert templates.shape == (3, 32, 32, 3) and templates.dtype == np.uint8
+    assert np.array_equal(templates, loop_templates(W, pre))
+    assert (templates.reshape(3, -1).min(axis=1) == 0).all()
+    assert (templates.reshape(3, -1).max(axis=1) == 255).all()
+
+
+def test_template_of_weights_made_from_an_image_is_that_image():
+    """The layout pin: weights that are an image divided by the preprocessing scale come back
+    as that image (R plane first, rows then columns); the mean and the bias row do not enter."""
+    rng = np.random.default_rng(1)
+    pre = random_preprocessor(rng)
+    image = rng.integers(0, 256, size=(32, 32, 3)).astype(np.uint8)
+    image[0, 0, 0], image[31, 31, 2] = 0, 255
+    W = rng.standard_normal((3073, 2)).astype(np.float32)
+    W[:3072, 1] = image.transpose(2, 0, 1).ravel() / pre.scale
+    templates = plots.template_images(W, pre)
+    assert np.array_equal(templates[1], image)
+    assert templates[1, 0, 0, 0] == 0 and templates[1, 31, 31, 2] == 255
+    W[3072] += 100.0  # the bias row
+    assert np.array_equal(plots.template_images(W, pre), templates)
+    no_bias = Preprocessor(pre.mean, pre.scale, bias=False)
+    assert np.array_equal(plots.template_images(W[:3072], no_bias), templates)
+
+
+def test_a_constant_template_is_mid_grey():
+    rng = np.random.default_rng(2)
+    pre = Preprocessor(mean=rng.uniform(0, 255, 3072), scale=np.full(3072, 1 / 255))
+    W = rng.standard_normal((3073, 2)).astype(np.float32)
+    W[:3072, 0] = 0.5
+    templates = plots.template_images(W, pre)
+    assert (templates[0] == 128).all()
+    assert np.array_equal(templates[1], loop_templates(W, pre)[1])
+
+
+def test_templates_need_image_rows():
+    pre = Preprocessor(mean=np.zeros(10), scale=np.ones(10))
+    with pytest.raises(DataError, match="3072 pixel rows"):
+        plots.template_images(np.zeros((11, 2), np.float32), pre)
+
+
+@pytest.mark.parametrize("n, shape", [(1, (1, 1)), (2, (1, 2)), (10, (2, 5)), (20, (4, 5)),
+                                      (25, (5, 5)), (26, (5, 6)), (100, (10, 10))])
+def test_template_grid_shape(n, shape):
+    assert plots.grid_shape(n) == shape
+    rows, columns = shape
+    assert rows * columns >= n > (rows - 1) * columns
+    assert plots.templates_size(n) == (150 * columns, 165 * rows + 50)
+
+
+def test_a_hundred_class_template_picture(tmp_path):
+    rng = np.random.default_rng(3)
+    W = rng.standard_normal((3073, 100)).astype(np.float32)
+    names = tuple(f"class_name_{i:03d}" for i in range(100))
+    path = plots.draw_templates(plots.template_images(W, random_preprocessor(rng)), names,
+                                tmp_path / "templates.png")
+    assert plots.templates_size(100) == (1500, 1700)
+    assert_valid_picture(path, (1500, 1700))
+
+
+# --- curves, confusion, mistakes --------------------------------------------------------------
+
+
+def test_curves_table_takes_known_keys_and_leaves_gaps_as_nan():
+    history = [
+        {"epoch": 1, "lr": 0.1, "train_loss": 2.0, "train_acc": 0.3, "val_loss": 1.9,
+         "val_acc": 0.35, "seconds": 0.5, "something_new": [1, 2]},
+        {"epoch": 2, "lr": 0.05, "train_loss": 1.5, "train_acc": 0.4, "val_acc": 0.45},
+        {"epoch": 3, "lr": 0.025, "train_loss": 1.4, "train_acc": 0.5, "val_loss": None,
+         "val_acc": 0.45},
+    ]
+    table = plots.curves_table(history)
+    assert set(table) == {"epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc"}
+    assert np.array_equal(table["epoch"], [1, 2, 3])
+    assert np.array_equal(table["lr"], [0.1, 0.05, 0.025])
+    assert np.array_equal(table["val_acc"], [0.35, 0.45, 0.45])
+    assert table["val_loss"][0] == 1.9 and np.isnan(table["val_loss"][1:]).all()
+    assert all(array.dtype == np.float64 for array in table.values())
+    assert plots.best_epoch_of(table) == 2  # the first of equal bests, as the trainer keeps it
+    assert plots.best_epoch_of(plots.curves_table([{"epoch": 1}])) is None
+
+
+def test_confusion_rates_equal_row_by_row_division():
+    rng = np.random.default_rng(4)
+    confusion = rng.integers(0, 50, size=(6, 6))
+    confusion[2] = 0  # a class with no images
+    rates = plots.confusion_rates(confusion)
+    for i in range(6):
+        total = sum(int(v) for v in confusion[i])
+        for j in range(6):
+            assert rates[i, j] == (confusion[i, j] / total if total else 0.0)
+    assert rates.dtype == np.float64
+
+
+def test_confident_mistakes_are_the_wrong_ones_most_confident_first():
+    images = np.arange(6 * 3072, dtype=np.int64).reshape(6, 3072).astype(np.uint8)
+    labels = np.array([0, 1, 2, 0, 1, 2])
+    probs = np.array([[0.9, 0.05, 0.05],   # right
+                      [0.7, 0.2, 0.1],     # wrong, 0.7
+                      [0.1, 0.8, 0.1],     # wrong, 0.8
+                      [0.2, 0.1, 0.7],     # wrong, 0.7 (tie: later row)
+                      [0.1, 0.6, 0.3],     # right
+                      [0.2, 0.3, 0.5]])    # right
+    mistakes = plots.confident_mistakes(images, labels, probs, k=2)
+    assert mistakes.index.tolist() == [2, 1]
+    assert mistakes.true.tolist() == [2, 1] and mistakes.predicted.tolist() == [1, 0]
+    assert mistakes.confidence.tolist() == [0.8, 0.7]
+    assert mistakes.images.shape == (2, 32, 32, 3) and mistakes.images.dtype == np.uint8
+    assert np.array_equal(mistakes.images[0],
+                          images[2].reshape(3, 32, 32).transpose(1, 2, 0))
+    assert plots.confident_mistakes(images, labels, probs, k=10).index.tolist() == [2, 1, 3]
+    none = plots.confident_mistakes(images[:1], labels[:1], probs[:1], k=5)
+    assert none.index.size == 0 and none.images.shape == (0, 32, 32, 3)
+
+
+def test_drawers_write_pictures_of_the_stated_size(tmp_path):
+    rng = np.random.default_rng(5)
+    history = [{"epoch": e, "lr": 0.01 / e, "train_loss": 2 - e / 10, "train_acc": 0.3 + e / 50,
+                "val_loss": 2.1 - e / 12, "val_acc": 0.28 + e / 60} for e in range(1, 11)]
+    path = plots.draw_curves(plots.curves_table(history), 7, tmp_path / "curves.png")
+    assert plots.CURVES_SIZE == (1350, 420)
+    assert_valid_picture(path, (1350, 420))
+
+    names = tuple(f"class{i}" for i in range(10))
+    confusion = rng.integers(0, 100, size=(10, 10)) + np.diag(rng.integers(300, 600, 10))
+    path = plots.draw_confusion(confusion, names, tmp_path / "confusion.png")
+    assert plots.confusion_size(10) == (930, 850)
+    assert_valid_picture(path, (930, 850))
+    wide = plots.draw_confusion(rng.integers(0, 9, size=(100, 100)),
+                                tuple(f"c{i}" for i in range(100)), tmp_path / "wide.png")
+    assert_valid_picture(wide, plots.confusion_size(100))
+
+    images = rng.integers(0, 256, size=(40, 3072)).astype(np.uint8)
+    labels = rng.integers(0, 10, size=40)
+    probs = rng.dirichlet(np.ones(10), size=40)
+    for k, size in ((24, (1280, 620)), (3, (480, 240)), (0, (160, 240))):
+        mistakes = plots.confident_mistakes(images, labels, probs, k=k)
+        assert len(mistakes.index) == k and plots.mistakes_size(k) == size
+        path = plots.draw_mistakes(mistakes, names, tmp_path / f"mistakes{k}.png")
+        assert_valid_picture(path, size, min_colours=2 if k == 0 else 16)
+
+
+# --- a run folder, end to end -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def noisy_run(tmp_path_factory):
+    """A short run on synthetic data with every third label wrong, so that the model makes
+    mistakes on both splits: (run folder, data)."""
+    tmp_path = tmp_path_factory.mktemp("plots")
+    data = separable_data(n_train=500, n_test=240, classes=5, seed=3, noise=120)
+    for labels in (data.train_labels, data.test_labels):
+        labels[::3] = (labels[::3] + 1) % 5
+    config = small_config(tmp_path, optim={"epochs": 4, "lr": 0.001})
+    train(config, data, tmp_path / "run", progress=False)
+    return tmp_path / "run", data
+
+
+@pytest.fixture
+def patched_data(noisy_run, monkeypatch):
+    run, data = noisy_run
+    monkeypatch.setattr("softmax_cls.evaluate.load_data_for", lambda *a, **k: data)
+    return run, data
+
+
+def float64_probabilities(checkpoint_path: Path, images: np.ndarray) -> np.ndarray:
+    """Class probabilities (N, C) float64 written out: x = [(u - mean) * scale, 1], S = x W."""
+    with np.load(checkpoint_path) as npz:
+        W, mean, scale = (npz[key].astype(np.float64) for key in ("W", "pre_mean", "pre_scale"))
+    X = np.hstack([(images - mean) * scale, np.ones((len(images), 1))])
+    S = X @ W
+    E = np.exp(S - S.max(axis=1, keepdims=True))
+    return E / E.sum(axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("split", ["test", "val"])
+def test_run_pictures_show_the_eval_report_and_the_worst_mistakes(patched_data, split):
+    run, data = patched_data
+    pictures = plots.run_pictures(run, split=split)
+    report = evaluate_checkpoint(run / "best.npz", split)
+    assert np.array_equal(pictures.confusion, report.confusion)
+    assert pictures.accuracy == report.accuracy
+
+    if split == "test":
+        images, labels = data.test_images, data.test_labels
+    else:
+        config = small_config(run.parent)
+        from softmax_cls.preprocess import split_train_val
+        rows = split_train_val(data.train_labels, config.data.val_size, config.seed)[1]
+        images, labels = data.train_images[rows], data.train_labels[rows]
+    probs = float64_probabilities(run / "best.npz", images)
+    predicted = probs.argmax(axis=1)
+    counts = np.zeros((5, 5), dtype=np.int64)
+    for true, guess in zip(labels, predicted, strict=True):
+        counts[true, guess] += 1
+    assert np.array_equal(pictures.confusion, counts)
+
+    wrong = sorted((-probs[i, predicted[i]], i) for i in range(len(labels))
+                   if predicted[i] != labels[i])[:24]
+    assert len(wrong) == 24, "the fixture should make plenty of mistakes"
+    mistakes = pictures.mistakes
+    assert mistakes.index.tolist() == [i for _, i in wrong]
+    assert np.allclose(mistakes.confidence, [-p for p, _ in wrong], rtol=0, atol=1e-5)
+    assert mistakes.predicted.tolist() == predicted[mistakes.index].tolist()
+    assert mistakes.true.tolist() == labels[mistakes.index].tolist()
+
+    history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+    assert np.array_equal(pictures.curves["val_acc"], [row["val_acc"] for row in history])
+    assert pictures.best_epoch == json.loads((run / "summary.json").read_text())["best_epoch"]
+
+
+def test_plot_run_writes_four_pictures_into_the_run_folder(patched_data):
+    run, _ = patched_data
+    written = plots.plot_run(run)
+    assert [p.name for p in written] == ["curves.png", "templates.png", "confusion.png",
+                                         "mistakes.png"]
+    assert all(p.parent == run / "plots" for p in written)
+    sizes = [plots.CURVES_SIZE, plots.templates_size(5), plots.confusion_size(5),
+             plots.mistakes_size(24)]
+    for path, size in zip(written, sizes, strict=True):
+        assert_valid_picture(path, size)
+
+
+def test_plot_run_on_a_checkpoint_file_uses_its_own_history(patched_data, tmp_path):
+    run, _ = patched_data
+    pictures = plots.run_pictures(run / "last.npz")
+    with np.load(run / "last.npz") as npz:
+        meta = json.loads(str(npz["meta_json"]))
+    assert np.array_equal(pictures.curves["epoch"], [row["epoch"] for row in meta["history"]])
+    assert pictures.best_epoch == meta["best_epoch"]
+    assert plots.default_out_dir(run / "last.npz") == run / "plots-last"
+    written = plots.plot_run(run / "last.npz", out_dir=tmp_path / "out")
+    assert {p.name for p in tmp_path.joinpath("out").iterdir()} == {p.name for p in written}
+
+
+def test_plot_run_errors_name_the_path(tmp_path):
+    with pytest.raises(DataError, match="not found"):
+        plots.plot_run(tmp_path / "nothing")
+    with pytest.raises(DataError, match="neither a run folder"):
+        plots.plot_run(tmp_path)
+    (tmp_path / "broken.npz").write_bytes(b"not a zip")
+    with pytest.raises(DataError, match="broken.npz"):
+        plots.plot_run(tmp_path / "broken.npz")
+
+
+# --- a sweep folder ---------------------------------------------------------------------------
+
+SWEEP_YAML = """\
+base: configs/quick.yaml
+trials: 8
+space:
+  optim.lr: {log_uniform: [1.0e-4, 1.0e-1]}
+  loss.reg: {log_uniform: [1.0e-6, 1.0e-2]}
+  optim.batch_size: {choice: [64, 128, 256]}
+  preprocess.scale: {choice: [unit, std]}
+  optim.momentum: {grid: [0.0, 0.5, 0.9]}
+  model.init_std: {grid: [1.0e-5, 1.0e-4, 1.0e-3]}
+"""
+TRIALS_CSV = """\
+number,state,optim.lr,loss.reg,optim.batch_size,preprocess.scale,optim.momentum,\
+model.init_std,best_val_acc,best_epoch,epochs,seconds
+0,complete,0.001,1e-05,128,unit,0.9,0.0001,0.38,3,3,2.0
+2,complete,0.01,0.0001,64,std,0.5,1e-05,0.41,3,3,2.1
+1,pruned,0.05,1e-06,256,std,0.0,0.001,0.44,1,1,0.7
+3,failed,0.09,0.005,64,unit,0.9,0.0001,,,,0.1
+4,complete,0.0003,2e-06,256,unit,0.0,1e-05,0.36,3,3,2.0
+5,complete,0.004,3e-05,128,std,0.9,0.001,0.42,3,3,2.2
+6,running,0.002,1e-04,64,,0.5,,,,,
+"""
+
+
+def write_sweep(folder: Path, importances: dict | None = None) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sweep.yaml").write_text(SWEEP_YAML)
+    (folder / "trials.csv").write_text(TRIALS_CSV)
+    summary = {"best_trial": 5, "best_value": 0.42}
+    if importances is not None:
+        summary["param_importances"] = importances
+    (folder / "summary.json").write_text(json.dumps(summary))
+    (folder / "best.yaml").write_text("optim: {lr: 0.004}\n")
+    return folder
+
+
+IMPORTANCES = {"loss.reg": 0.5, "preprocess.scale": 0.3, "optim.lr": 0.12,
+               "optim.batch_size": 0.05, "optim.momentum": 0.02, "model.init_std": 0.01}
+
+
+def test_sweep_table_reads_the_trials(tmp_path):
+    table = plots.sweep_table(write_sweep(tmp_path / "sweep", IMPORTANCES))
+    assert table.keys == ("loss.reg", "preprocess.scale", "optim.lr", "optim.batch_size",
+                          "optim.momentum", "model.init_std")
+    assert table.axes == ("loss.reg", "preprocess.scale")
+    assert table.number.tolist() == [0, 1, 2, 3, 4, 5, 6]
+    assert table.state.tolist() == ["complete", "pruned", "complete", "failed", "complete",
+                                    "complete", "running"]
+    assert table.values["optim.lr"].tolist() == [0.001, 0.05, 0.01, 0.09, 0.0003, 0.004, 0.002]
+    assert table.values["preprocess.scale"].tolist() == ["unit", "std", "std", "unit", "unit",
+                                                         "std", ""]
+    assert np.isnan(table.values["model.init_std"][6])
+    accuracy = [0.38, 0.44, 0.41, math.nan, 0.36, 0.42, math.nan]
+    assert np.array_equal(table.val_acc, accuracy, equal_nan=True)
+    assert table.categories("preprocess.scale") == ["unit", "std"]
+    logs = {key: table.is_log(key) for key in table.keys}
+    assert logs == {"optim.lr": True, "loss.reg": True, "optim.batch_size": False,
+                    "preprocess.scale": False, "optim.momentum": False, "model.init_std": True}
+    # best so far counts complete trials only: the pruned 0.44 is not a finished result
+    expected, best = [], -math.inf
+    for state, acc in zip(table.state, accuracy, strict=True):
+        if state == "complete" and not math.isnan(acc):
+            best = max(best, acc)
+        expected.append(best if best > -math.inf else math.nan)
+    assert np.array_equal(table.best_so_far, expected, equal_nan=True)
+    assert table.number[table.best_trial] == 5
+
+
+def test_without_importances_the_first_two_keys_of_the_space(tmp_path):
+    table = plots.sweep_table(write_sweep(tmp_path / "sweep"))
+    assert table.axes == ("optim.lr", "loss.reg")
+    assert table.importances == {}
+
+
+def test_plot_sweep_writes_two_pictures(tmp_path):
+    folder = write_sweep(tmp_path / "sweep", IMPORTANCES)
+    assert plots.is_sweep_folder(folder) and not plots.is_run_folder(folder)
+    written = plots.plot_path(folder)
+    assert [p.name for p in written] == ["sweep.png", "trials.png"]
+    assert all(p.parent == folder / "plots" for p in written)
+    assert_valid_picture(written[0], (900, 700))
+    assert_valid_picture(written[1], (1000, 450))
+    numeric = plots.plot_sweep(write_sweep(tmp_path / "plain"), tmp_path / "out")
+    assert_valid_picture(numeric[0], plots.SWEEP_SIZE)
+
+
+def test_a_sweep_with_one_key_and_no_trials_yet(tmp_path):
+    folder = tmp_path / "sweep"
+    folder.mkdir()
+    (folder / "sweep.yaml").write_text("space:\n  optim.lr: {log_uniform: [1.0e-4, 1.0e-1]}\n")
+    with pytest.raises(DataError, match="trials.csv"):
+        plots.plot_sweep(folder)
+    (folder / "trials.csv").write_text("number,state,optim.lr,best_val_acc\n"
+                                       "0,complete,0.001,0.3\n1,complete,0.01,0.35\n")
+    assert plots.sweep_table(folder).axes == ("optim.lr",)
+    written = plots.plot_sweep(folder)
+    assert_valid_picture(written[0], plots.SWEEP_SIZE)
+
+
+def test_broken_sweep_files_are_data_errors(tmp_path):
+    folder = write_sweep(tmp_path / "sweep")
+    (folder / "trials.csv").write_text("number,best_val_acc\n0,0.3\n")
+    with pytest.raises(DataError, match="missing column"):
+        plots.sweep_table(folder)
+    (folder / "trials.csv").write_text(TRIALS_CSV)
+    (folder / "summary.json").write_text("{not json")
+    with pytest.raises(DataError, match="summary.json"):
+        plots.sweep_table(folder)
+    (folder / "summary.json").write_text("{}")
+    (folder / "sweep.yaml").write_text("space: [1, 2]\n")
+    with pytest.raises(DataError, match="space"):
+        plots.sweep_table(folder)
+
+
+# --- without matplotlib -----------------------------------------------------------------------
+
+WITHOUT_MATPLOTLIB = """
+import sys
+sys.modules["matplotlib"] = None  # makes every `import matplotlib...` fail
+import softmax_cls.plots as plots
+from softmax_cls.errors import SoftmaxClsError
+for call in (lambda: plots.plot_sweep(sys.argv[1]), lambda: plots.plot_run(sys.argv[1])):
+    try:
+        call()
+    except SoftmaxClsError as exc:
+        print(exc)
+"""
+
+
+def test_without_matplotlib_one_error_line_names_the_extra(tmp_path):
+    folder = write_sweep(tmp_path / "sweep")
+    result = subprocess.run([sys.executable, "-c", WITHOUT_MATPLOTLIB, str(folder)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    hint = "softmax-plot needs matplotlib: pip install 'softmax-cls[plot]'"
+    assert result.stdout.splitlines() == [hint, hint]
+    assert not (folder / "plots").exists()
+
+
+def test_importing_plots_does_not_import_matplotlib():
+    code = "import sys, softmax_cls.plots; print('matplotlib' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60)
+    assert result.stdout.strip() == "False", result.stderr
+
+
+def test_missing_matplotlib_through_a_monkeypatched_import(monkeypatch, tmp_path):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name.split(".")[0] == "matplotlib":
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    with pytest.raises(SoftmaxClsError) as caught:
+        plots.draw_templates(np.zeros((1, 32, 32, 3), np.uint8), ("a",), tmp_path / "t.png")
+    assert str(caught.value) == plots.INSTALL_HINT
+    assert "\n" not in str(caught.value)
+    assert not (tmp_path / "t.png").exists()
