@@ -459,7 +459,7 @@ def draw_confusion(confusion: np.ndarray, class_names: tuple[str, ...],
     if n <= 20:
         for (i, j), count in np.ndenumerate(confusion):
             ax.text(j, i, str(count), ha="center", va="center", fontsize=9,
-                    color="white" if rates[i, j] > 0.5 else "black")
+                    color="white" if rates[i, j] > 0.4 else "black")
     figure.colorbar(image, ax=ax, label="fraction of the true class's images", shrink=0.8)
     return _save(figure, path)
 
