@@ -1,4 +1,5 @@
-"""On-the-fly augmentation of uint8 minibatches, vectorized over the batch (no per-image loop).
+"""Augmentation of uint8 images: the per-epoch random draws, and the numpy reference that
+applies them to a minibatch (the numba kernel applies the same draws inside its gather).
 
 Images are rows of 3072 bytes: 3 planes (R, G, B) of 32x32 pixels, row-major.
 """
@@ -10,36 +11,41 @@ import numpy as np
 SIDE = 32
 
 
-def hflip(batch: np.ndarray, rng: np.random.Generator) -> None:
-    """Mirror a random half of the images (B, 3072) uint8 left-right, in place."""
-    flip = rng.random(len(batch)) < 0.5
-    images = batch[flip].reshape(-1, 3, SIDE, SIDE)
-    batch[flip] = images[..., ::-1].reshape(-1, 3 * SIDE * SIDE)
+PADDING_CODES = {"zero": 0, "edge": 1, "reflect": 2}
+_PAD_MODES = {"zero": "constant", "edge": "edge", "reflect": "reflect"}
 
 
-def translate(batch: np.ndarray, max_shift: int, rng: np.random.Generator) -> None:
-    """Shift each image (B, 3072) uint8 by up to max_shift pixels in x and y, in place.
+def draw_augmentation(rng: np.random.Generator, n: int, hflip: bool, translate: int
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """One epoch's augmentation draws for n images, made once so every engine sees them.
 
-    Pixels shifted in from outside the image are 0, as in the usual pad-and-crop. Images that
-    drew the same shift are copied together: at most (2 max_shift + 1)^2 slice copies.
+    Returns flip (n,) bool (shape (0,) when hflip is off) and shift (n, 2) int64 (dy, dx),
+    each in [-translate, translate] (shape (0, 2) when translate is 0).
     """
-    if max_shift == 0:
+    flip = rng.random(n) < 0.5 if hflip else np.zeros(0, dtype=bool)
+    shift = (rng.integers(-translate, translate + 1, size=(n, 2), dtype=np.int64) if translate
+             else np.zeros((0, 2), dtype=np.int64))
+    return flip, shift
+
+
+def apply_augmentation(batch: np.ndarray, flip: np.ndarray, shift: np.ndarray,
+                       padding: str = "edge") -> None:
+    """Augment images (b, 3072) uint8 in place: mirror where flip (b,), then move the content
+    by shift (b, 2) = (dy, dx) pixels, filling from outside the image as `padding` says
+    ("zero", "edge": the border pixel repeated, "reflect": mirrored about the border pixel).
+
+    Either array may be empty (no flips, no shifts). Images that share a shift are moved
+    together: at most (2T + 1)^2 slice copies for shifts up to T.
+    """
+    images = batch.reshape(len(batch), 3, SIDE, SIDE)
+    if len(flip):
+        images[flip] = images[flip][..., ::-1]
+    if not len(shift) or not shift.any():
         return
-    n, side = len(batch), SIDE
-    padded = np.zeros((n, 3, side + 2 * max_shift, side + 2 * max_shift), dtype=batch.dtype)
-    padded[:, :, max_shift:-max_shift, max_shift:-max_shift] = batch.reshape(n, 3, side, side)
-    dy, dx = rng.integers(0, 2 * max_shift + 1, size=(2, n))
-    images = batch.reshape(n, 3, side, side)
-    for y in range(2 * max_shift + 1):
-        for x in range(2 * max_shift + 1):
-            chosen = np.flatnonzero((dy == y) & (dx == x))
-            if len(chosen):
-                images[chosen] = padded[chosen, :, y : y + side, x : x + side]
-
-
-def augment_batch(batch: np.ndarray, rng: np.random.Generator, flip: bool, max_shift: int) -> None:
-    """Apply the configured augmentations to a uint8 batch (B, 3072) in place."""
-    if flip:
-        hflip(batch, rng)
-    if max_shift:
-        translate(batch, max_shift, rng)
+    T = int(np.abs(shift).max())
+    padded = np.pad(images, ((0, 0), (0, 0), (T, T), (T, T)), mode=_PAD_MODES[padding])
+    for dy, dx in np.unique(shift, axis=0):
+        if dy == 0 and dx == 0:
+            continue
+        chosen = np.flatnonzero((shift[:, 0] == dy) & (shift[:, 1] == dx))
+        images[chosen] = padded[chosen, :, T - dy : T - dy + SIDE, T - dx : T - dx + SIDE]

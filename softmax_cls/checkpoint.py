@@ -1,47 +1,31 @@
 """Checkpoints: one .npz that loads with allow_pickle=False, written atomically.
 
 It holds the weights, the preprocessing statistics, the class names, the effective config as
-YAML text, the history, the versions, the data fingerprint and the optimizer state, so that
-eval needs nothing else and a resumed run continues exactly as an uninterrupted one.
+YAML text, the history, the versions, the data fingerprint, the validation rows of the run's
+split (`val_rows`, int64, so any run can be audited) and the optimizer state, so that eval
+needs nothing else and a resumed run continues exactly as an uninterrupted one.
 """
 
 from __future__ import annotations
 
 import json
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from . import __version__
 from .config import Config, config_from_dict, parse_yaml
-from .datasets import CifarData
+from .data import CifarData
 from .errors import ConfigError, DataError
 from .fsutil import atomic_write
-from .preprocess import N_PIXELS, Preprocessor
+from .preprocess import Preprocessor
+from .train import TrainState
 
-FORMAT_VERSION = 1
-REQUIRED = ("W", "velocity", "best_W", "pre_mean", "pre_scale", "pre_bias", "class_names",
-            "config_yaml", "meta_json")
-
-
-@dataclass
-class TrainState:
-    """Where training stands after `epoch` completed epochs.
-
-    W, velocity and best_W are (D, C) float32. The shuffling and augmentation randomness of
-    epoch e is a pure function of (config seed, e), so `epoch` is the whole RNG state.
-    """
-
-    W: np.ndarray
-    velocity: np.ndarray
-    best_W: np.ndarray
-    epoch: int = 0
-    best_epoch: int = 0
-    best_val_acc: float = -1.0
-    epochs_since_best: int = 0
-    history: list[dict] = field(default_factory=list)
+FORMAT_VERSION = 2
+REQUIRED = ("W", "velocity", "average", "best_W", "val_rows", "pre_mean", "pre_scale",
+            "pre_bias", "class_names", "config_yaml", "meta_json")
 
 
 @dataclass
@@ -54,6 +38,7 @@ class Checkpoint:
     fingerprint: dict[str, str]
     versions: dict[str, str]
     status: str
+    val_rows: np.ndarray
 
     @property
     def W(self) -> np.ndarray:
@@ -68,6 +53,7 @@ def save_checkpoint(
     config_yaml: str,
     fingerprint: dict[str, str],
     status: str,
+    val_rows: np.ndarray,
     W: np.ndarray | None = None,
 ) -> None:
     """Write a checkpoint atomically; `W` replaces state.W as the model weights if given
@@ -86,7 +72,9 @@ def save_checkpoint(
     arrays = {
         "W": state.W if W is None else W,
         "velocity": state.velocity,
+        "average": state.average,
         "best_W": state.best_W,
+        "val_rows": np.asarray(val_rows, dtype=np.int64),
         "class_names": np.array(class_names, dtype=str),
         "config_yaml": np.array(config_yaml),
         "meta_json": np.array(json.dumps(meta)),
@@ -130,7 +118,8 @@ def _from_arrays(path: Path, arrays: dict[str, np.ndarray]) -> Checkpoint:
     if meta["format_version"] != FORMAT_VERSION:
         raise DataError(f"{path}: checkpoint format {meta['format_version']!r} is not "
                         f"supported (this version reads {FORMAT_VERSION})")
-    state = TrainState(W=arrays["W"], velocity=arrays["velocity"], best_W=arrays["best_W"],
+    state = TrainState(W=arrays["W"], velocity=arrays["velocity"], average=arrays["average"],
+                       best_W=arrays["best_W"],
                        epoch=int(meta["epoch"]), best_epoch=int(meta["best_epoch"]),
                        best_val_acc=float(meta["best_val_acc"]),
                        epochs_since_best=int(meta["epochs_since_best"]),
@@ -139,7 +128,8 @@ def _from_arrays(path: Path, arrays: dict[str, np.ndarray]) -> Checkpoint:
         state=state, preprocessor=Preprocessor.from_arrays(arrays),
         class_names=tuple(str(name) for name in arrays["class_names"]),
         config=config, config_yaml=config_yaml, fingerprint=dict(meta["fingerprint"]),
-        versions=dict(meta["versions"]), status=str(meta["status"]))
+        versions=dict(meta["versions"]), status=str(meta["status"]),
+        val_rows=arrays["val_rows"])
 
 
 def check_matches(checkpoint: Checkpoint, data: CifarData, path: str | Path) -> None:
@@ -158,15 +148,18 @@ def _validate(path: Path, ckpt: Checkpoint) -> None:
     pre, state = ckpt.preprocessor, ckpt.state
     n_classes = len(ckpt.class_names)
     expected = (pre.n_features, n_classes)
-    for name in ("W", "velocity", "best_W"):
+    for name in ("W", "velocity", "average", "best_W"):
         array = getattr(state, name)
         if array.shape != expected or array.dtype != np.float32:
             raise DataError(f"{path}: {name} has shape {array.shape} {array.dtype}, expected "
                             f"{expected} float32")
         if not np.isfinite(array).all():
             raise DataError(f"{path}: {name} holds non-finite values")
-    if pre.mean.shape != (N_PIXELS,) or pre.scale.shape != (N_PIXELS,):
+    if pre.mean.ndim != 1 or pre.scale.shape != pre.mean.shape:
         raise DataError(f"{path}: preprocessing statistics have the wrong shape")
+    rows = ckpt.val_rows
+    if rows.ndim != 1 or rows.dtype != np.int64 or (len(rows) and rows.min() < 0):
+        raise DataError(f"{path}: val_rows must be a 1-d array of row indices (int64)")
     if not (np.isfinite(pre.mean).all() and np.isfinite(pre.scale).all()):
         raise DataError(f"{path}: preprocessing statistics hold non-finite values")
     if not ckpt.fingerprint:

@@ -62,7 +62,7 @@ config_option = click.option("--config", "config_path", type=click.Path(dir_okay
 @click.version_option(__version__)
 def download_command(dataset, root, fmt, url, archive, force, quiet):
     """Download, verify and extract CIFAR-10 or CIFAR-100."""
-    from .datasets import prepare_dataset
+    from .data import prepare_dataset
 
     folder = prepare_dataset(dataset, root, fmt, url=url, archive=archive, force=force,
                              progress=not quiet)
@@ -88,9 +88,10 @@ def train_command(config_path, overrides, out, resume, quiet):
 
     result = start_or_resume(config_path, overrides, out, resume, progress=not quiet)
     state = result.state
-    click.echo(f"test accuracy {result.test_acc:.4f} (loss {result.test_loss:.4f}) with the best "
-               f"weights on validation: epoch {state.best_epoch}, val accuracy "
-               f"{state.best_val_acc:.4f}; {state.epoch} epochs"
+    test = ("no test split" if result.test_acc is None else
+            f"test accuracy {result.test_acc:.4f} (loss {result.test_loss:.4f})")
+    click.echo(f"{test} with the best weights on validation: epoch {state.best_epoch}, val "
+               f"accuracy {state.best_val_acc:.4f}; {state.epoch} epochs"
                f"{', stopped early' if result.stopped_early else ''}; run folder {result.out_dir}")
 
 

@@ -22,46 +22,50 @@ from .errors import ConfigError
 
 
 def _opt(default: Any, *, choices: tuple | None = None, low: float | None = None,
-         low_open: bool = False, high: float | None = None) -> Any:
+         low_open: bool = False, high: float | None = None, high_open: bool = False) -> Any:
     """A schema field with its default and the range or choices it must respect."""
-    meta = {"choices": choices, "low": low, "low_open": low_open, "high": high}
+    meta = {"choices": choices, "low": low, "low_open": low_open, "high": high,
+            "high_open": high_open}
     return field(default=default, metadata=meta)
 
 
 @dataclass
 class DataConfig:
-    dataset: str = _opt("cifar10", choices=("cifar10", "cifar100"))
+    dataset: str = _opt("cifar10", choices=("cifar10", "cifar100", "features"))
     root: str = "data"
     format: str = _opt("binary", choices=("binary", "python"))
     labels: str = _opt("fine", choices=("fine", "coarse"))
     url: str | None = None
     archive: str | None = None
     download: bool = True
-    val_size: int = _opt(1000, low=1)
+    val_size: int = _opt(5000, low=1)
+    train: str | None = None
+    test: str | None = None
 
 
 @dataclass
 class PreprocessConfig:
     center: bool = True
-    scale: str = _opt("std", choices=("none", "unit", "std"))
+    scale: str = _opt("unit", choices=("none", "unit", "std"))
     bias: bool = True
 
 
 @dataclass
 class ModelConfig:
     init_std: float = _opt(1e-4, low=0.0)
+    mirror_symmetric: bool = False
 
 
 @dataclass
 class LossConfig:
-    reg: float = _opt(0.01, low=0.0)
+    reg: float = _opt(2.58e-05, low=0.0)
     reg_bias: bool = False
     clip: float = _opt(50.0, low=0.0, low_open=True)
 
 
 @dataclass
 class ScheduleConfig:
-    name: str = _opt("exponential", choices=("constant", "step", "exponential", "cosine"))
+    name: str = _opt("cosine", choices=("constant", "step", "exponential", "cosine"))
     gamma: float = _opt(0.9, low=0.0, low_open=True, high=1.0)
     step_size: int = _opt(5, low=1)
     min_lr: float = _opt(0.0, low=0.0)
@@ -69,35 +73,46 @@ class ScheduleConfig:
 
 @dataclass
 class EarlyStoppingConfig:
-    patience: int | None = _opt(5, low=1)
+    patience: int | None = _opt(None, low=1)
+
+
+@dataclass
+class AveragingConfig:
+    name: str = _opt("none", choices=("none", "uniform", "ema"))
+    start: float = _opt(0.5, low=0.0, high=1.0)
+    decay: float = _opt(0.999, low=0.0, high=1.0, high_open=True)
 
 
 @dataclass
 class OptimConfig:
-    epochs: int = _opt(20, low=1)
-    batch_size: int = _opt(256, low=1)
-    lr: float = _opt(0.005, low=0.0, low_open=True)
+    epochs: int = _opt(60, low=1)
+    batch_size: int = _opt(128, low=1)
+    lr: float = _opt(0.00637, low=0.0, low_open=True)
     momentum: float = _opt(0.9, low=0.0, high=0.999)
-    nesterov: bool = False
+    nesterov: bool = True
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     grad_clip: float | None = _opt(None, low=0.0, low_open=True)
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    averaging: AveragingConfig = field(default_factory=AveragingConfig)
 
 
 @dataclass
 class AugmentConfig:
-    hflip: bool = False
+    hflip: bool = True
     translate: int = _opt(0, low=0, high=8)
+    padding: str = _opt("edge", choices=("edge", "zero", "reflect"))
 
 
 @dataclass
 class OutputConfig:
     dir: str = "runs/default"
+    plots: bool | None = None
 
 
 @dataclass
 class Config:
     seed: int = _opt(0, low=0)
+    engine: str = _opt("auto", choices=("auto", "numba", "numpy"))
     data: DataConfig = field(default_factory=DataConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -172,8 +187,9 @@ def _check_value(key: str, value: Any, kind: type, nullable: bool, meta: Any) ->
     if low is not None and (value <= low if meta.get("low_open") else value < low):
         raise ConfigError(f"{key}: must be {'>' if meta.get('low_open') else '>='} {low:g}, "
                           f"got {value:g}")
-    if high is not None and value > high:
-        raise ConfigError(f"{key}: must be <= {high:g}, got {value:g}")
+    if high is not None and (value >= high if meta.get("high_open") else value > high):
+        raise ConfigError(f"{key}: must be {'<' if meta.get('high_open') else '<='} {high:g}, "
+                          f"got {value:g}")
     return value
 
 
@@ -236,11 +252,36 @@ def config_from_dict(raw: Any, overrides: typing.Iterable[str] = ()) -> Config:
     if not isinstance(raw, dict):
         raise ConfigError(f"config: expected a mapping of keys at the top level, got {_show(raw)}")
     config = _build(Config, apply_overrides(raw, overrides), "")
+    _check_combinations(config)
+    return config
+
+
+def _check_combinations(config: Config) -> None:
+    """Rules that tie several keys together; each error names the key to change."""
     schedule = config.optim.schedule
     if schedule.name == "cosine" and schedule.min_lr > config.optim.lr:
         raise ConfigError(f"optim.schedule.min_lr: must be <= optim.lr ({config.optim.lr:g}) "
                           f"for the cosine schedule, got {schedule.min_lr:g}")
-    return config
+    data = config.data
+    if data.dataset == "features":
+        if data.train is None:
+            raise ConfigError("data.train: data.dataset features needs the path of a training "
+                              "feature file (.npz with X and y, or X.npy beside y.npy)")
+        for key in ("hflip", "translate"):
+            if getattr(config.augment, key):
+                raise ConfigError(f"augment.{key}: augmentations move image pixels and do not "
+                                  "apply to data.dataset features; set it to "
+                                  f"{'false' if key == 'hflip' else '0'}")
+        if config.model.mirror_symmetric:
+            raise ConfigError("model.mirror_symmetric: needs images, not data.dataset features")
+    else:
+        for key in ("train", "test"):
+            if getattr(data, key) is not None:
+                raise ConfigError(f"data.{key}: only for data.dataset features (feature files), "
+                                  f"not {data.dataset}")
+    if config.model.mirror_symmetric and not config.preprocess.bias:
+        raise ConfigError("model.mirror_symmetric: needs preprocess.bias true (the mirrored "
+                          "mean image moves into the bias)")
 
 
 def parse_yaml(text: str, source: str) -> Any:

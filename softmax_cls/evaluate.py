@@ -7,12 +7,12 @@ from pathlib import Path
 
 import numpy as np
 
-from . import runs
 from .checkpoint import Checkpoint, check_matches, load_checkpoint
-from .datasets import CifarData
+from .data import CifarData, load_config_data
 from .errors import DataError
 from .metrics import ClassificationReport, classification_report
-from .preprocess import image_scores, split_train_val
+from .preprocess import raw_features
+from .softmax import predict
 
 SPLITS = ("test", "val", "train")
 
@@ -20,23 +20,35 @@ SPLITS = ("test", "val", "train")
 def load_data_for(checkpoint: Checkpoint, root: str | Path | None = None,
                   progress: bool = True) -> CifarData:
     """The data set the checkpoint was trained on, from `root` (default: the config's root)."""
-    config = checkpoint.config
+    data = checkpoint.config.data
     if root is not None:
-        config = dataclasses.replace(config, data=dataclasses.replace(config.data, root=str(root)))
-    return runs.load_training_data(config, progress)
+        data = dataclasses.replace(data, root=str(root))
+    return load_config_data(data, progress)
 
 
 def split_arrays(checkpoint: Checkpoint, data: CifarData, split: str
                  ) -> tuple[np.ndarray, np.ndarray]:
-    """(images (N, 3072) uint8, labels (N,) int64) of a split, as the training run made it."""
+    """(raw rows (N, P), labels (N,) int64) of a split. val is the checkpoint's own val_rows;
+    train is every other training row."""
     if split == "test":
         return data.test_images, data.test_labels
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r} (choose from {', '.join(SPLITS)})")
-    config = checkpoint.config
-    train_rows, val_rows = split_train_val(data.train_labels, config.data.val_size, config.seed)
-    rows = val_rows if split == "val" else train_rows
+    val_rows = checkpoint.val_rows
+    if len(val_rows) and val_rows.max() >= len(data.train_labels):
+        raise DataError(f"the checkpoint's val_rows reach row {val_rows.max()}, the data has "
+                        f"{len(data.train_labels)} training rows")
+    if split == "val":
+        rows = val_rows
+    else:
+        rows = np.setdiff1d(np.arange(len(data.train_labels)), val_rows)
     return data.train_images[rows], data.train_labels[rows]
+
+
+def predict_checkpoint(checkpoint: Checkpoint, rows: np.ndarray) -> np.ndarray:
+    """Predicted labels (N,) int64 of raw rows (N, P): the preprocessing folded into W, the
+    rows converted to raw features [u, 1] one chunk at a time."""
+    return predict(checkpoint.preprocessor.fold(checkpoint.W), rows, transform=raw_features)
 
 
 def evaluate_checkpoint(path: str | Path, split: str = "test", root: str | Path | None = None,
@@ -46,5 +58,5 @@ def evaluate_checkpoint(path: str | Path, split: str = "test", root: str | Path 
     data = load_data_for(checkpoint, root, progress)
     check_matches(checkpoint, data, path)
     images, labels = split_arrays(checkpoint, data, split)
-    predictions = image_scores(checkpoint.W, checkpoint.preprocessor, images).argmax(axis=1)
-    return classification_report(labels, predictions, checkpoint.class_names)
+    return classification_report(labels, predict_checkpoint(checkpoint, images),
+                                 checkpoint.class_names)

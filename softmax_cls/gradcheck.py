@@ -9,12 +9,13 @@ h^2 f'''/6 below the rounding error.
 the tolerance: a coordinate whose gradient is smaller than what float64 differences can resolve
 is judged on that absolute scale instead of on a relative one it cannot reach.
 On every coordinate, the loop reference is compared with the vectorized loss and gradient, and
-the trainer's minibatch objective (preprocessing folded into W) with loss_and_grad on the
-explicitly preprocessed features.
+each engine's minibatch objective (numpy, and numba when installed, its float64 variant; the
+preprocessing folded into W) with loss_and_grad on the explicitly preprocessed features.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -22,9 +23,11 @@ import numpy as np
 
 from . import softmax
 from .config import Config
-from .preprocess import N_PIXELS, Preprocessor, fit_preprocessor, raw_features, split_train_val
-from .runs import load_training_data
-from .train import batch_loss_and_grad
+from .data import load_config_data
+from .datasets import IMAGE_BYTES
+from .engines import Engine, get_engine
+from .errors import SoftmaxClsError
+from .preprocess import Preprocessor, fit_preprocessor, split_and_fit
 
 EPS = float(np.finfo(np.float64).eps)
 DEFAULT_STEP = 1e-5
@@ -116,10 +119,10 @@ def compare_with_loop(
 
 @dataclass
 class GradcheckProblem:
-    """What the check runs on: features X (N, D) float64, labels, and the trainer's objective.
+    """What the check runs on: features X (N, D) float64, labels, and the trainers' objectives.
 
-    `raw` (N, 3073) and `trainer_objective` exercise the minibatch function the trainer calls
-    (preprocessing folded into the weights).
+    `trainer_objectives` maps each available engine's name to its own minibatch function on
+    the raw rows (preprocessing folded into the weights), with W (D, C) float64 in and out.
     """
 
     W: np.ndarray
@@ -128,25 +131,39 @@ class GradcheckProblem:
     reg: float
     clip: float
     reg_bias: bool
-    trainer_objective: Objective
+    trainer_objectives: dict[str, Objective]
+
+
+def available_engines() -> list[Engine]:
+    """The numpy engine, and the numba engine when numba is installed."""
+    engines = [get_engine("numpy")]
+    with contextlib.suppress(SoftmaxClsError):
+        engines.append(get_engine("numba"))
+    return engines
 
 
 def image_problem(
     images: np.ndarray, labels: np.ndarray, pre: Preprocessor, n_classes: int, reg: float,
     clip: float, reg_bias: bool, seed: int, init_std: float = 1e-4,
 ) -> GradcheckProblem:
-    """The check's problem on images (N, 3072) uint8: features X = pre.transform(images) in
-    float64, and the trainer's minibatch objective on the same rows."""
+    """The check's problem on raw rows (N, P): features X = pre.transform(rows) in float64,
+    and each engine's minibatch objective on the same rows."""
     rng = np.random.default_rng([seed, 1])
     W = rng.standard_normal((pre.n_features, n_classes)) * init_std
-    raw = raw_features(images, dtype=np.float64)
+    reg_bias = reg_bias or not pre.bias
+    no_weight = np.empty(0)
 
-    def trainer_objective(w: np.ndarray) -> tuple[float, np.ndarray]:
-        loss, dW, _ = batch_loss_and_grad(w, raw, labels, pre, reg, clip, reg_bias)
-        return loss, dW
+    def objective_of(engine: Engine) -> Objective:
+        def trainer_objective(w: np.ndarray) -> tuple[float, np.ndarray]:
+            loss, dW, _ = engine.batch_loss_and_grad(
+                images, labels, no_weight, np.ascontiguousarray(w.T), pre.mean, pre.scale,
+                pre.bias, reg, reg_bias, clip)
+            return loss, dW.T
 
-    return GradcheckProblem(W, pre.transform(images, np.float64), labels, reg, clip,
-                            reg_bias or not pre.bias, trainer_objective)
+        return trainer_objective
+
+    return GradcheckProblem(W, pre.transform(images, np.float64), labels, reg, clip, reg_bias,
+                            {engine.name: objective_of(engine) for engine in available_engines()})
 
 
 def random_image_problem(samples: int = 500, classes: int = 10, seed: int = 0,
@@ -154,7 +171,7 @@ def random_image_problem(samples: int = 500, classes: int = 10, seed: int = 0,
                          ) -> GradcheckProblem:
     """A seeded problem of random uint8 images, centred and scaled by their std: 3073 features."""
     rng = np.random.default_rng(seed)
-    images = rng.integers(0, 256, size=(samples, N_PIXELS), dtype=np.uint8)
+    images = rng.integers(0, 256, size=(samples, IMAGE_BYTES), dtype=np.uint8)
     labels = rng.integers(0, classes, size=samples)
     pre = fit_preprocessor(images, center=True, scale="std", bias=True)
     return image_problem(images, labels, pre, classes, reg, clip, False, seed)
@@ -164,31 +181,14 @@ def config_problem(config: Config, samples: int, seed: int, reg: float | None = 
                    ) -> GradcheckProblem:
     """A sample of `samples` rows of the config's real training split, preprocessed as the
     trainer would (statistics fitted on the whole training split)."""
-    data = load_training_data(config, progress=False)
-    train_rows, _ = split_train_val(data.train_labels, config.data.val_size, config.seed)
-    pre = fit_preprocessor(data.train_images, config.preprocess.center, config.preprocess.scale,
-                           config.preprocess.bias, rows=train_rows)
-    rows = np.sort(np.random.default_rng(seed).choice(train_rows, size=min(samples,
-                                                                           len(train_rows)),
-                                                      replace=False))
+    data = load_config_data(config.data, progress=False)
+    split, pre = split_and_fit(config, data.train_images, data.train_labels)
+    rows = np.sort(np.random.default_rng(seed).choice(
+        split.train_rows, size=min(samples, len(split.train_rows)), replace=False))
     reg = config.loss.reg if reg is None else reg
     return image_problem(data.train_images[rows], data.train_labels[rows], pre,
                          len(data.class_names), reg if reg > 0 else 0.01, config.loss.clip,
                          config.loss.reg_bias, seed, config.model.init_std)
-
-
-def random_problem(
-    samples: int = 500, features: int = 3073, classes: int = 10, seed: int = 0,
-    init_std: float = 1e-4,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A seeded float64 problem: W (features, classes), X (samples, features) with a bias
-    column of ones last, y (samples,) int64."""
-    rng = np.random.default_rng(seed)
-    X = rng.standard_normal((samples, features))
-    X[:, -1] = 1.0
-    W = rng.standard_normal((features, classes)) * init_std
-    y = rng.integers(0, classes, size=samples)
-    return W, X, y
 
 
 def run_gradcheck(
@@ -210,16 +210,17 @@ def run_gradcheck(
 
         results.append(check_gradient(objective, W, num_checks, rng, step, tolerance,
                                       f"loss_and_grad, reg={reg:g}", row_scale))
-    results.append(check_gradient(problem.trainer_objective, W, num_checks, rng, step,
-                                  tolerance, f"trainer minibatch objective, reg={problem.reg:g}",
-                                  row_scale))
-    results[-1].extra.update(compare_with_loop(W, X, y, problem.reg, clip, reg_bias))
-    trainer_loss, trainer_grad = problem.trainer_objective(W)
+    for name, objective in problem.trainer_objectives.items():
+        results.append(check_gradient(objective, W, num_checks, rng, step, tolerance,
+                                      f"{name} engine minibatch objective, reg={problem.reg:g}",
+                                      row_scale))
+    extra = results[-1].extra
+    extra.update(compare_with_loop(W, X, y, problem.reg, clip, reg_bias))
     plain_loss, plain_grad = softmax.loss_and_grad(W, X, y, problem.reg, clip, reg_bias)
-    results[-1].extra.update({
-        "trainer_loss_diff": abs(trainer_loss - plain_loss),
-        "trainer_grad_diff": float(np.max(np.abs(trainer_grad - plain_grad))),
-    })
+    for name, objective in problem.trainer_objectives.items():
+        trainer_loss, trainer_grad = objective(W)
+        extra[f"{name}_loss_diff"] = abs(trainer_loss - plain_loss)
+        extra[f"{name}_grad_diff"] = float(np.max(np.abs(trainer_grad - plain_grad)))
     return results
 
 
@@ -242,8 +243,10 @@ def format_report(results: list[CheckResult]) -> str:
         lines.append(f"  max relative error {result.max_rel_error:.2e} "
                      f"(tolerance {result.tolerance:.0e}): {verdict}")
     extra = results[-1].extra
-    for label, key in (("loop reference vs vectorized", ""),
-                       ("trainer objective vs loss_and_grad on the features", "trainer_")):
+    labels = [("loop reference vs vectorized", "")] + [
+        (f"{key[:-len('_loss_diff')]} engine objective vs loss_and_grad on the features",
+         key[: -len("loss_diff")]) for key in extra if key.endswith("_loss_diff")]
+    for label, key in labels:
         loss_diff, grad_diff = extra[f"{key}loss_diff"], extra[f"{key}grad_diff"]
         verdict = "ok" if max(loss_diff, grad_diff) <= LOOP_TOLERANCE else "FAIL"
         lines.append(f"{label}: max |loss diff| {loss_diff:.2e}, max |grad diff| "

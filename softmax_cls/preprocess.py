@@ -1,9 +1,11 @@
-"""Preprocessing: the seeded train/val split, statistics fitted on train only, 3073 features.
+"""Preprocessing: the seeded train/val split, statistics fitted on train only, the bias column.
 
-A feature row is x = (u - mean) * scale for the 3072 uint8 pixels u, then a constant 1 (the
-bias trick). Because that map is affine, training never materialises x: it converts uint8 rows
-to "raw features" r = [u, 1] (float32) and folds the preprocessing into the weights,
-x @ W == r @ fold(W). `transform` builds x explicitly, for checks and for users.
+A feature row is x = (u - mean) * scale for the P raw values u of a row (P = 3072 uint8 pixels
+for CIFAR, or the columns of a feature file), then a constant 1 (the bias trick). Because that
+map is affine, training never materialises x: it reads raw rows r = [u, 1] and folds the
+preprocessing into the weights, x @ W == r @ fold(W). `transform` builds x explicitly, for
+checks and for users. `split_and_fit` is the one place where a run's split and statistics
+are made: training, eval, the gradient check, the sweep and the benchmark all call it.
 """
 
 from __future__ import annotations
@@ -12,16 +14,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .config import Config
+from .datasets import IMAGE_BYTES, IMAGE_SHAPE
 from .errors import ConfigError
+from .softmax import PREDICT_CHUNK, scores
 
-N_PIXELS = 3072
 STATS_CHUNK = 256  # rows per float64 chunk: 6 MB, reused rather than fresh pages each time
 MIN_STD = 1e-3  # a constant pixel column (std 0) must not become an infinite scale
 
 
 @dataclass(frozen=True)
 class Preprocessor:
-    """Fitted statistics: mean (3072,) float64 (zeros if not centred), scale (3072,) float64."""
+    """Fitted statistics: mean (P,) float64 (zeros if not centred), scale (P,) float64."""
 
     mean: np.ndarray
     scale: np.ndarray
@@ -29,11 +33,17 @@ class Preprocessor:
     _cast: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
+    def n_raw(self) -> int:
+        """P: raw values per row (3072 for CIFAR pixels)."""
+        return len(self.mean)
+
+    @property
     def n_features(self) -> int:
-        return N_PIXELS + int(self.bias)
+        """D = P + 1 with the bias column, else P."""
+        return self.n_raw + int(self.bias)
 
     def _vectors(self, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(scale (3072, 1), -mean * scale (3072,), mean (3072,)) in `dtype`, cast once: fold
+        """(scale (P, 1), -mean * scale (P,), mean (P,)) in `dtype`, cast once: fold
         and unfold_grad run on every minibatch."""
         key = np.dtype(dtype)
         if key not in self._cast:
@@ -42,41 +52,57 @@ class Preprocessor:
         return self._cast[key]
 
     def transform(self, images: np.ndarray, dtype: np.dtype = np.float32) -> np.ndarray:
-        """Features (N, n_features) of `dtype` from images (N, 3072) uint8."""
+        """Features (N, D) of `dtype` from raw rows (N, P) (uint8 pixels or float features)."""
+        P = self.n_raw
         features = np.empty((len(images), self.n_features), dtype=dtype)
-        np.subtract(images, self.mean.astype(dtype), out=features[:, :N_PIXELS])
-        features[:, :N_PIXELS] *= self.scale.astype(dtype)
+        np.subtract(images, self.mean.astype(dtype), out=features[:, :P])
+        features[:, :P] *= self.scale.astype(dtype)
         if self.bias:
-            features[:, N_PIXELS] = 1
+            features[:, P] = 1
         return features
 
     def fold(self, W: np.ndarray) -> np.ndarray:
-        """Weights (3073, C) acting on raw features [u, 1] that give the same scores as W.
+        """Weights (P + 1, C) acting on raw features [u, 1] that give the same scores as W.
 
-        W is (n_features, C); the result has W's dtype.
+        W is (D, C); the result has W's dtype.
         """
+        P = self.n_raw
         scale, shift, _ = self._vectors(W.dtype)
-        pixel_rows = W[:N_PIXELS]
-        W_raw = np.empty((N_PIXELS + 1, W.shape[1]), dtype=W.dtype)
-        np.multiply(pixel_rows, scale, out=W_raw[:N_PIXELS])
-        np.matmul(shift, pixel_rows, out=W_raw[N_PIXELS])
+        pixel_rows = W[:P]
+        W_raw = np.empty((P + 1, W.shape[1]), dtype=W.dtype)
+        np.multiply(pixel_rows, scale, out=W_raw[:P])
+        np.matmul(shift, pixel_rows, out=W_raw[P])
         if self.bias:
-            W_raw[N_PIXELS] += W[N_PIXELS]
+            W_raw[P] += W[P]
         return W_raw
 
+    def unfold(self, W_raw: np.ndarray) -> np.ndarray:
+        """The inverse of `fold`: weights W (D, C) whose fold is W_raw (P + 1, C).
+
+        Exact only where such W exists: with the bias column always; without it only when
+        W_raw's last row equals -(mean * scale) @ W, as fold makes it.
+        """
+        P = self.n_raw
+        scale, shift, _ = self._vectors(W_raw.dtype)
+        W = np.empty((self.n_features, W_raw.shape[1]), dtype=W_raw.dtype)
+        np.divide(W_raw[:P], scale, out=W[:P])
+        if self.bias:
+            W[P] = W_raw[P] - shift @ W[:P]
+        return W
+
     def unfold_grad(self, dW_raw: np.ndarray) -> np.ndarray:
-        """The gradient with respect to W (n_features, C) from the one w.r.t. fold(W) (3073, C).
+        """The gradient with respect to W (D, C) from the one w.r.t. fold(W) (P + 1, C).
 
         This is the transpose of `fold`: dW[j] = scale_j (dW_raw[j] - mean_j dW_raw[bias]).
         """
-        dtype = dW_raw.dtype
+        P, dtype = self.n_raw, dW_raw.dtype
         scale, _, mean = self._vectors(dtype)
         dW = np.empty((self.n_features, dW_raw.shape[1]), dtype=dtype)
-        bias_grad = dW_raw[N_PIXELS]
-        np.subtract(dW_raw[:N_PIXELS], np.outer(mean, bias_grad), out=dW[:N_PIXELS])
-        dW[:N_PIXELS] *= scale
+        bias_grad = dW_raw[P]
+        np.subtract(dW_raw[:P], np.outer(mean, bias_grad), out=dW[:P])
+        dW[:P] *= scale
         if self.bias:
-            dW[N_PIXELS] = bias_grad
+            dW[P] = bias_grad
         return dW
 
     def to_arrays(self) -> dict[str, np.ndarray]:
@@ -93,8 +119,9 @@ class Preprocessor:
 def pixel_mean_std(
     images: np.ndarray, rows: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per-pixel mean and standard deviation (3072,) float64 of images (N, 3072) uint8,
-    over the given rows only (int indices) when `rows` is given.
+    """Per-column mean and standard deviation (P,) float64 of raw rows (N, P) (uint8 pixels or
+    float features, possibly memory-mapped), over the given rows only (int indices) when
+    `rows` is given.
 
     Sums run over chunks in float64 (exact for uint8 data), so memory stays small and the
     selected rows are never copied as a whole.
@@ -115,8 +142,8 @@ def fit_preprocessor(
     images: np.ndarray, center: bool = True, scale: str = "std", bias: bool = True,
     rows: np.ndarray | None = None,
 ) -> Preprocessor:
-    """Fit preprocessing statistics on training images (N, 3072) uint8 only (the given
-    `rows` of them, when given).
+    """Fit preprocessing statistics on training rows (N, P) only (the given `rows` of them,
+    when given).
 
     center: subtract the mean image; scale: "none", "unit" (divide by 255) or "std"
     (divide each pixel by its standard deviation over the training images).
@@ -124,34 +151,42 @@ def fit_preprocessor(
     if scale not in ("none", "unit", "std"):
         raise ValueError(f"scale must be none, unit or std, got {scale!r}")
     mean, std = pixel_mean_std(images, rows)
-    scales = {"none": np.ones(N_PIXELS), "unit": np.full(N_PIXELS, 1 / 255),
+    P = images.shape[1]
+    scales = {"none": np.ones(P), "unit": np.full(P, 1 / 255),
               "std": 1 / np.maximum(std, MIN_STD)}
-    return Preprocessor(mean=mean if center else np.zeros(N_PIXELS), scale=scales[scale],
-                        bias=bias)
+    return Preprocessor(mean=mean if center else np.zeros(P), scale=scales[scale], bias=bias)
 
 
 def raw_features(images: np.ndarray, out: np.ndarray | None = None,
                  dtype: np.dtype = np.float32) -> np.ndarray:
-    """Raw features [u, 1] (N, 3073) of `dtype` from images (N, 3072) uint8, into `out` if given."""
+    """Raw features [u, 1] (N, P + 1) of `dtype` from raw rows (N, P), into `out` if given."""
+    P = images.shape[1]
     if out is None:
-        out = np.empty((len(images), N_PIXELS + 1), dtype=dtype)
-    out[:, :N_PIXELS] = images
-    out[:, N_PIXELS] = 1
+        out = np.empty((len(images), P + 1), dtype=dtype)
+    out[:, :P] = images
+    out[:, P] = 1
     return out
 
 
-def split_train_val(
-    labels: np.ndarray, val_size: int, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """A seeded, stratified split of indices into (train_idx, val_idx), each sorted int64.
+@dataclass(frozen=True, eq=False)
+class Split:
+    """Indices into the training rows: train_rows and val_rows, each sorted int64, disjoint."""
+
+    train_rows: np.ndarray
+    val_rows: np.ndarray
+
+
+def split_train_val(labels: np.ndarray, val_size: int, seed: int) -> Split:
+    """A seeded, stratified split of the row indices of `labels` (N,) into train and val.
 
     Each class gives val_size * (its share of the data) rows to validation, the remainders
-    going to the classes with the largest fractional parts.
+    going to the classes with the largest fractional parts. val_size 0 gives an empty val.
+    Raises ValueError unless 0 <= val_size < N.
     """
     n = len(labels)
-    if not 0 < val_size < n:
-        raise ConfigError(f"data.val_size: must be between 1 and {n - 1} (the training images "
-                          f"less one), got {val_size}")
+    if not 0 <= val_size < n:
+        raise ValueError(f"must be between 1 and {n - 1} (the training rows less one), "
+                         f"got {val_size}")
     rng = np.random.default_rng([seed, 0x5A1])
     classes, counts = np.unique(labels, return_counts=True)
     quota = val_size * counts / n
@@ -160,23 +195,46 @@ def split_train_val(
     take[np.argsort(-(quota - take), kind="stable")[:shortfall]] += 1
     val_parts = [rng.permutation(np.flatnonzero(labels == c))[:k]
                  for c, k in zip(classes, take, strict=True)]
-    val_idx = np.sort(np.concatenate(val_parts))
+    val_rows = np.sort(np.concatenate(val_parts)).astype(np.int64)
     train_mask = np.ones(n, dtype=bool)
-    train_mask[val_idx] = False
-    return np.flatnonzero(train_mask), val_idx
+    train_mask[val_rows] = False
+    return Split(np.flatnonzero(train_mask).astype(np.int64), val_rows)
 
 
-def image_scores(
-    W: np.ndarray, pre: Preprocessor, images: np.ndarray, chunk: int = 4096
-) -> np.ndarray:
-    """Class scores (N, C) in W's dtype for images (N, 3072) uint8, in chunks of rows.
+def split_and_fit(config: Config, rows: np.ndarray, labels: np.ndarray
+                  ) -> tuple[Split, Preprocessor]:
+    """The run's split of the training rows (N, P) with labels (N,), and the preprocessing
+    statistics fitted on its train rows only: the one way every command makes them."""
+    try:
+        split = split_train_val(labels, config.data.val_size, config.seed)
+    except ValueError as exc:
+        raise ConfigError(f"data.val_size: {exc}") from None
+    pre = fit_preprocessor(rows, config.preprocess.center, config.preprocess.scale,
+                           config.preprocess.bias, rows=split.train_rows)
+    return split, pre
 
-    One uint8 -> float conversion per pixel; the preprocessing is folded into W.
+
+def image_scores(W: np.ndarray, pre: Preprocessor, images: np.ndarray) -> np.ndarray:
+    """Class scores (N, C) in W's dtype for raw rows (N, P), W (D, C).
+
+    The preprocessing is folded into W; the rows are converted one chunk at a time into a
+    reused buffer (softmax.scores).
     """
-    W_raw = pre.fold(W)
-    scores = np.empty((len(images), W.shape[1]), dtype=W.dtype)
-    buffer = np.empty((min(chunk, len(images)), N_PIXELS + 1), dtype=W.dtype)
-    for start in range(0, len(images), chunk):
-        block = raw_features(images[start : start + chunk], out=buffer[: len(images) - start])
-        np.matmul(block, W_raw, out=scores[start : start + len(block)])
-    return scores
+    buffer = np.empty((min(PREDICT_CHUNK, len(images)), pre.n_raw + 1), dtype=W.dtype)
+    return scores(pre.fold(W), images,
+                  transform=lambda block: raw_features(block, out=buffer[: len(block)]))
+
+
+def mirror_weights(W: np.ndarray, pre: Preprocessor) -> np.ndarray:
+    """Weights (D, C), W's dtype, whose scores are the mean of W's scores on an image and on
+    its left-right mirror image: flip test-time augmentation folded into one linear model.
+
+    In raw pixel space (fold) that is the average of the pixel weights with their mirror;
+    the raw bias is unchanged. Exact up to rounding; needs 3072 pixel columns and the bias.
+    """
+    if pre.n_raw != IMAGE_BYTES or not pre.bias:
+        raise ValueError("mirror-symmetric weights need 3072 image columns and the bias column")
+    W_raw = pre.fold(W.astype(np.float64))
+    pixels = W_raw[:IMAGE_BYTES].reshape(*IMAGE_SHAPE, -1)
+    W_raw[:IMAGE_BYTES] = ((pixels + pixels[:, :, ::-1]) / 2).reshape(IMAGE_BYTES, -1)
+    return pre.unfold(W_raw).astype(W.dtype)

@@ -8,13 +8,14 @@ Every array function keeps the dtype of W (float32 for training, float64 for che
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 
 from .errors import SoftmaxClsError
 
 DEFAULT_CLIP = 50.0
-PREDICT_CHUNK = 8192
+PREDICT_CHUNK = 4096  # rows: 50 MB of float32 CIFAR features at a time
 
 
 class NonFiniteError(SoftmaxClsError):
@@ -43,21 +44,26 @@ def finite_loss(loss: float) -> float:
 
 
 def softmax_loss_from_scores(
-    S: np.ndarray, y: np.ndarray, clip: float = DEFAULT_CLIP
+    S: np.ndarray, y: np.ndarray, clip: float = DEFAULT_CLIP, weight: np.ndarray | None = None
 ) -> tuple[float, np.ndarray]:
     """Mean cross-entropy of scores S (N, C) against labels y (N,), and dL/dS = (P - Y) / N.
 
-    P comes from the same clipped, max-shifted scores as the loss. The gradient has S's dtype.
+    With `weight` (N,), row i's loss and gradient are multiplied by weight[i] (still divided
+    by N, as scikit-learn's SGD does). P comes from the same clipped, max-shifted scores as
+    the loss. The gradient has S's dtype.
     """
     n = S.shape[0]
     Z = clipped_shifted_scores(S, clip)
     exp_z = np.exp(Z)
     sum_exp = exp_z.sum(axis=1)
     rows = np.arange(n)
-    loss = float(np.mean(np.log(sum_exp) - Z[rows, y]))
+    row_losses = np.log(sum_exp) - Z[rows, y]
+    loss = float(np.mean(row_losses) if weight is None else np.dot(weight, row_losses) / n)
     dS = exp_z
     dS /= sum_exp[:, None]
     dS[rows, y] -= 1
+    if weight is not None:
+        dS *= weight[:, None].astype(dS.dtype)
     dS /= n
     return loss, dS
 
@@ -160,19 +166,29 @@ def softmax_probs(S: np.ndarray, clip: float = DEFAULT_CLIP) -> np.ndarray:
     return P
 
 
-def predict_proba(
-    W: np.ndarray, X: np.ndarray, clip: float = DEFAULT_CLIP, chunk: int = PREDICT_CHUNK
-) -> np.ndarray:
-    """Class probabilities (N, C) for features X (N, D), computed in chunks of rows."""
-    return np.concatenate(
-        [softmax_probs(X[i : i + chunk] @ W, clip) for i in range(0, len(X), chunk)]
-        or [np.empty((0, W.shape[1]), W.dtype)]
-    )
+def scores(W: np.ndarray, X, chunk: int = PREDICT_CHUNK,
+           transform: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
+    """Scores (N, C) in W's dtype: X @ W, computed `chunk` rows at a time.
 
-
-def predict(W: np.ndarray, X: np.ndarray, chunk: int = PREDICT_CHUNK) -> np.ndarray:
-    """Predicted labels (N,) int64 for features X (N, D): argmax of the scores, in chunks."""
-    labels = np.empty(len(X), dtype=np.int64)
+    X is (N, D) features, or anything row-sliceable whose chunks `transform` turns into
+    (rows, D) features (raw uint8 images and preprocess.raw_features, say), so only one
+    chunk is ever converted at a time.
+    """
+    out = np.empty((len(X), W.shape[1]), dtype=W.dtype)
     for i in range(0, len(X), chunk):
-        np.argmax(X[i : i + chunk] @ W, axis=1, out=labels[i : i + chunk])
-    return labels
+        block = X[i : i + chunk]
+        np.matmul(block if transform is None else transform(block), W, out=out[i : i + chunk])
+    return out
+
+
+def predict_proba(W: np.ndarray, X, clip: float = DEFAULT_CLIP, chunk: int = PREDICT_CHUNK,
+                  transform: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
+    """Class probabilities (N, C) for features X (N, D) (see `scores` for transform)."""
+    return softmax_probs(scores(W, X, chunk, transform), clip) if len(X) else np.empty(
+        (0, W.shape[1]), W.dtype)
+
+
+def predict(W: np.ndarray, X, chunk: int = PREDICT_CHUNK,
+            transform: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
+    """Predicted labels (N,) int64 for features X (N, D): argmax of the scores."""
+    return scores(W, X, chunk, transform).argmax(axis=1).astype(np.int64)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from softmax_cls.config import config_from_dict
-from softmax_cls.datasets import CifarData
+from softmax_cls.data import CifarData
 
 REAL_ARCHIVE = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar-10-binary.tar.gz"
 needs_real_data = pytest.mark.skipif(not REAL_ARCHIVE.is_file(),
@@ -47,3 +47,17 @@ def small_config(tmp_path: Path, **sections):
         else:
             raw[key] = value
     return config_from_dict(raw)
+
+
+def random_problem(
+    samples: int = 500, features: int = 3073, classes: int = 10, seed: int = 0,
+    init_std: float = 1e-4,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A seeded float64 problem: W (features, classes), X (samples, features) with a bias
+    column of ones last, y (samples,) int64."""
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((samples, features))
+    X[:, -1] = 1.0
+    W = rng.standard_normal((features, classes)) * init_std
+    y = rng.integers(0, classes, size=samples)
+    return W, X, y

@@ -90,7 +90,7 @@ def test_yaml_1_1_exponents_without_a_dot_are_numbers(tmp_path):
 
 
 def test_cosine_min_lr_above_lr_is_refused():
-    load_config(None, ["optim.schedule.min_lr=1"])  # fine for the default exponential schedule
+    load_config(None, ["optim.schedule.name=step", "optim.schedule.min_lr=1"])  # unused there
     with pytest.raises(ConfigError, match="min_lr"):
         load_config(None, ["optim.schedule.name=cosine", "optim.schedule.min_lr=1"])
 
@@ -121,3 +121,27 @@ def test_default_yaml_documents_every_key():
         if line.strip() and not line.lstrip().startswith("#") and ":" in line:
             key_only = line.rstrip().endswith(":")
             assert key_only or "#" in line, f"undocumented: {line}"
+
+
+def test_an_empty_config_is_exactly_the_default_config(tmp_path):
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    assert load_config(empty) == load_config(CONFIGS / "default.yaml") == load_config(None)
+
+
+def test_quick_config_lists_only_what_differs_from_the_defaults():
+    raw = yaml.safe_load((CONFIGS / "quick.yaml").read_text())
+    defaults = config_to_dict(load_config(None))
+
+    def leaves(node, prefix=""):
+        for key, value in node.items():
+            if isinstance(value, dict):
+                yield from leaves(value, prefix + key + ".")
+            else:
+                yield prefix + key, value
+
+    for key, value in leaves(raw):
+        default = defaults
+        for part in key.split("."):
+            default = default[part]
+        assert value != default, f"{key} repeats its default"

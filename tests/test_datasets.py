@@ -21,18 +21,16 @@ from conftest import REAL_ARCHIVE
 from fake_cifar import make_fake, python2_pickle, tar_gz
 from http_server import clear_proxy_env, loopback_servers
 
+from softmax_cls.data import load_dataset, prepare_dataset
 from softmax_cls.datasets import (
     CIFAR10_CLASSES,
     CIFAR100_COARSE_CLASSES,
     CIFAR100_FINE_CLASSES,
     SPECS,
     get_spec,
-    load_dataset,
-    prepare_dataset,
-    restricted_unpickle,
-    safe_extract,
 )
 from softmax_cls.errors import DataError, DownloadError
+from softmax_cls.untrusted import restricted_unpickle, safe_extract
 
 # The published per-file checksums (shared/data/README.md), kept apart from SPECS on purpose.
 REAL_MD5 = {

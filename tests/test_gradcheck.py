@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 from cli_util import run
+from conftest import random_problem
 
 from softmax_cls import gradcheck, softmax
 
@@ -15,7 +16,7 @@ def test_command_passes_and_prints_the_table():
     result = run("softmax-gradcheck", "--samples", "200", "--checks", "5")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "coordinate" in result.stdout and "rel. error" in result.stdout
-    assert "trainer minibatch objective" in result.stdout
+    assert "numpy engine minibatch objective" in result.stdout
     assert "maximum relative error" in result.stdout
     assert "gradient check passed" in result.stdout
 
@@ -62,12 +63,12 @@ def test_a_wrong_bias_row_in_the_trainer_path_makes_the_command_exit_1():
     result = subprocess.run([sys.executable, "-c", WRONG_TRAINER_BIAS], capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 1, result.stdout + result.stderr
-    assert "trainer objective vs loss_and_grad on the features" in result.stdout
+    assert "numpy engine objective vs loss_and_grad on the features" in result.stdout
     assert "gradient check FAILED" in result.stdout
 
 
 def test_the_bias_row_is_always_checked():
-    W, X, y = gradcheck.random_problem(20, 50, 3, seed=0)
+    W, X, y = random_problem(20, 50, 3, seed=0)
     for seed in range(5):
         result = gradcheck.check_gradient(lambda w: softmax.loss_and_grad(w, X, y), W, 2,
                                           np.random.default_rng(seed))
@@ -85,7 +86,7 @@ def test_raw_pixel_features_pass_with_the_scaled_step():
 
 
 def test_a_wrong_gradient_fails_the_sparse_check_itself():
-    W, X, y = gradcheck.random_problem(100, 30, 4, seed=0)
+    W, X, y = random_problem(100, 30, 4, seed=0)
 
     def wrong(w):
         loss, grad = softmax.loss_and_grad(w, X, y)
@@ -96,10 +97,12 @@ def test_a_wrong_gradient_fails_the_sparse_check_itself():
     assert result.max_rel_error > 1e-4
 
 
-def test_check_uses_the_trainer_objective_on_the_same_problem():
+def test_check_uses_each_engines_objective_on_the_same_problem():
     problem = gradcheck.random_image_problem(samples=50, classes=3, seed=1)
-    loss_trainer, grad_trainer = problem.trainer_objective(problem.W)
+    assert "numpy" in problem.trainer_objectives
     loss_plain, grad_plain = softmax.loss_and_grad(problem.W, problem.X, problem.y, problem.reg,
                                                    problem.clip, problem.reg_bias)
-    assert abs(loss_trainer - loss_plain) < 1e-12
-    np.testing.assert_allclose(grad_trainer, grad_plain, atol=1e-12)
+    for objective in problem.trainer_objectives.values():
+        loss_trainer, grad_trainer = objective(problem.W)
+        assert abs(loss_trainer - loss_plain) < 1e-12
+        np.testing.assert_allclose(grad_trainer, grad_plain, atol=1e-12)

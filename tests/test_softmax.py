@@ -6,12 +6,13 @@ import math
 
 import numpy as np
 import pytest
+from conftest import random_problem
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from softmax_cls import softmax
-from softmax_cls.gradcheck import check_gradient, random_problem
+from softmax_cls.gradcheck import check_gradient
 
 
 @pytest.mark.parametrize("classes", [2, 10, 100])

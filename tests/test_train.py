@@ -20,8 +20,9 @@ from softmax_cls.checkpoint import load_checkpoint
 from softmax_cls.config import load_config
 from softmax_cls.errors import DataError
 from softmax_cls.evaluate import evaluate_checkpoint
-from softmax_cls.preprocess import split_train_val
-from softmax_cls.train import TrainingDiverged, learning_rate, train
+from softmax_cls.optim import learning_rate
+from softmax_cls.runs import train_run as train
+from softmax_cls.train import TrainingDiverged
 
 
 def test_separable_problem_reaches_95_percent(tmp_path, small_data):
@@ -61,14 +62,16 @@ def test_same_seed_gives_bit_identical_weights(tmp_path, small_data, options):
 
 @pytest.mark.parametrize("options", [{}, {"augment": {"hflip": True, "translate": 1}}])
 def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, small_data, options):
-    full = train(small_config(tmp_path, **options, optim={"epochs": 4}), small_data,
-                 tmp_path / "full", progress=False)
-    train(small_config(tmp_path, **options, optim={"epochs": 2}), small_data, tmp_path / "part",
-          progress=False)
+    # exponential: a schedule that does not depend on optim.epochs, so 2 then 2 more is 4
+    exponential = {"schedule": {"name": "exponential"}}
+    full = train(small_config(tmp_path, **options, optim={"epochs": 4, **exponential}),
+                 small_data, tmp_path / "full", progress=False)
+    train(small_config(tmp_path, **options, optim={"epochs": 2, **exponential}), small_data,
+          tmp_path / "part", progress=False)
     resumed_from = load_checkpoint(tmp_path / "part" / "last.npz")
     assert resumed_from.state.epoch == 2
-    resumed = train(small_config(tmp_path, **options, optim={"epochs": 4}), small_data,
-                    tmp_path / "part", resume=resumed_from.state, progress=False)
+    resumed = train(small_config(tmp_path, **options, optim={"epochs": 4, **exponential}),
+                    small_data, tmp_path / "part", resume=resumed_from, progress=False)
     assert np.array_equal(full.state.W, resumed.state.W)
     assert np.array_equal(full.state.best_W, resumed.state.best_W)
     assert [r["val_acc"] for r in full.state.history] == [
@@ -101,7 +104,7 @@ def test_early_stopping_keeps_the_best_weights(tmp_path, small_data):
                                                    small_data.test_labels)
     # resuming a run that stopped early trains no further epoch
     resumed = train(config, small_data, tmp_path / "run",
-                    resume=load_checkpoint(tmp_path / "run" / "last.npz").state, progress=False)
+                    resume=load_checkpoint(tmp_path / "run" / "last.npz"), progress=False)
     assert resumed.stopped_early and resumed.state.epoch == result.state.epoch
     assert np.array_equal(resumed.state.W, result.state.W)
 
@@ -109,9 +112,9 @@ def test_early_stopping_keeps_the_best_weights(tmp_path, small_data):
 def test_resume_into_another_folder_brings_the_best_weights(tmp_path, small_data):
     train(small_config(tmp_path, optim={"epochs": 2}), small_data, tmp_path / "a",
           progress=False)
-    state = load_checkpoint(tmp_path / "a" / "last.npz").state
+    checkpoint = load_checkpoint(tmp_path / "a" / "last.npz")
     train(small_config(tmp_path, optim={"epochs": 3}), small_data, tmp_path / "b",
-          resume=state, progress=False)
+          resume=checkpoint, progress=False)
     assert (tmp_path / "b" / "best.npz").exists()
 
 
@@ -128,7 +131,7 @@ def test_huge_learning_rate_diverges_cleanly(tmp_path, small_data):
     (["--out", "FILE/sub"], "FILE/sub"),
 ])
 def test_run_errors_are_one_line(tmp_path, small_data, monkeypatch, args, message):
-    monkeypatch.setattr(runs, "load_training_data", lambda config, progress=True: small_data)
+    monkeypatch.setattr(runs, "load_config_data", lambda config, progress=True: small_data)
     (tmp_path / "FILE").write_text("a file, not a folder")
     (tmp_path / "c.yaml").write_text("data: {val_size: 100}\n")
     monkeypatch.chdir(tmp_path)
@@ -140,7 +143,7 @@ def test_run_errors_are_one_line(tmp_path, small_data, monkeypatch, args, messag
 
 
 def test_divergence_through_the_cli(tmp_path, small_data, monkeypatch):
-    monkeypatch.setattr(runs, "load_training_data", lambda config, progress=True: small_data)
+    monkeypatch.setattr(runs, "load_config_data", lambda config, progress=True: small_data)
     path = tmp_path / "c.yaml"
     path.write_text(f"optim: {{lr: 1.0e+6}}\nloss: {{reg: 0.5}}\ndata: {{val_size: 100}}\n"
                     f"output: {{dir: {tmp_path / 'run'}}}\n")
@@ -163,7 +166,7 @@ def test_eval_matches_an_independent_computation(tmp_path, monkeypatch):
     data = separable_data(n_train=400, n_test=300, classes=5, seed=3)
     relabel = np.random.default_rng(0).random(300) < 0.3  # some test labels wrong: acc < 1
     data.test_labels[relabel] = np.random.default_rng(1).integers(0, 5, relabel.sum())
-    monkeypatch.setattr(runs, "load_training_data", lambda config, progress=True: data)
+    monkeypatch.setattr(runs, "load_config_data", lambda config, progress=True: data)
     monkeypatch.setattr("softmax_cls.evaluate.load_data_for", lambda *a, **k: data)
     config = small_config(tmp_path, optim={"epochs": 1, "lr": 0.001})
     train(config, data, tmp_path / "run", progress=False)
@@ -171,7 +174,7 @@ def test_eval_matches_an_independent_computation(tmp_path, monkeypatch):
     report = evaluate_checkpoint(ckpt, "test")
     assert report.accuracy == independent_accuracy(ckpt, data.test_images, data.test_labels)
     assert 0.2 < report.accuracy < 1.0  # a real test: not all right, not chance
-    train_rows, val_rows = split_train_val(data.train_labels, 100, 0)
+    val_rows = load_checkpoint(ckpt).val_rows
     val = evaluate_checkpoint(ckpt, "val")
     assert val.accuracy == independent_accuracy(ckpt, data.train_images[val_rows],
                                                 data.train_labels[val_rows])
@@ -235,7 +238,7 @@ sys.path.insert(0, {tests!r})
 from conftest import separable_data
 from softmax_cls import cli, runs
 data = separable_data(n_train=30000, n_test=100, classes=10, seed=0)
-runs.load_training_data = lambda config, progress=True: data
+runs.load_config_data = lambda config, progress=True: data
 sys.argv = ["softmax-train", *{args!r}]
 cli.train_command()
 """
@@ -295,6 +298,6 @@ def test_short_default_run_on_real_cifar10(tmp_path):
     config = load_config(Path(__file__).resolve().parents[1] / "configs" / "default.yaml",
                          ["optim.epochs=2", f"data.root={tmp_path / 'data'}",
                           f"data.archive={REAL_ARCHIVE}"])
-    result = train(config, runs.load_training_data(config, progress=False), tmp_path / "run",
+    result = train(config, runs.load_config_data(config.data, progress=False), tmp_path / "run",
                    progress=False)
     assert result.test_acc >= 0.35
