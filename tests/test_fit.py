@@ -1,0 +1,168 @@
+"""fit() against an independent float64 trainer written here from the math contract.
+
+The reference materialises the preprocessed features from statistics it computes itself on
+the training rows, never folds anything, and writes every line of the update rule, the
+schedule, the L2 term and the split out again. Any one-line change to those in the package
+moves fit()'s weights far beyond float32 rounding.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from conftest import separable_data, small_config
+
+from softmax_cls.preprocess import split_and_fit
+from softmax_cls.train import fit
+
+ENGINES = ["numpy", "numba"]
+
+
+def engine_or_skip(name: str) -> str:
+    if name == "numba":
+        pytest.importorskip("numba")
+    return name
+
+
+def reference_fit(config, images, labels, n_classes):
+    """(W (D, C) float64 after training, [val accuracy per epoch]) by the contract, in float64."""
+    n = len(labels)
+    # split: seeded, stratified, the same draw as the package's documented rule
+    rng = np.random.default_rng([config.seed, 0x5A1])
+    classes, counts = np.unique(labels, return_counts=True)
+    quota = config.data.val_size * counts / n
+    take = np.floor(quota).astype(int)
+    take[np.argsort(-(quota - take), kind="stable")[: config.data.val_size - take.sum()]] += 1
+    val = np.sort(np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:k]
+                                  for c, k in zip(classes, take, strict=True)]))
+    train = np.setdiff1d(np.arange(n), val)
+    # statistics on the training rows only
+    pixels = images[train].astype(np.float64)
+    mean = pixels.mean(axis=0) if config.preprocess.center else np.zeros(images.shape[1])
+    scale = {"none": np.ones(images.shape[1]), "unit": np.full(images.shape[1], 1 / 255),
+             "std": 1 / np.maximum(pixels.std(axis=0), 1e-3)}[config.preprocess.scale]
+    X = np.hstack([(images - mean) * scale, np.ones((n, 1))])
+    # initial weights as documented: N(0, init_std) from the seed, rounded to float32
+    W = (np.random.default_rng(config.seed).standard_normal((X.shape[1], n_classes))
+         * config.model.init_std).astype(np.float32).astype(np.float64)
+    velocity = np.zeros_like(W)
+    optim, loss = config.optim, config.loss
+    penalised = np.ones_like(W)
+    if not loss.reg_bias:
+        penalised[-1] = 0
+    val_accuracies = []
+    for epoch in range(optim.epochs):
+        s = optim.schedule
+        lr = {"constant": optim.lr, "step": optim.lr * s.gamma ** (epoch // s.step_size),
+              "exponential": optim.lr * s.gamma**epoch,
+              "cosine": s.min_lr + (optim.lr - s.min_lr)
+              * (1 + math.cos(math.pi * epoch / optim.epochs)) / 2}[s.name]
+        order = train[np.random.default_rng([config.seed, epoch]).permutation(len(train))]
+        for start in range(0, len(order), optim.batch_size):
+            rows = order[start : start + optim.batch_size]
+            Xb, yb = X[rows], labels[rows]
+            S = Xb @ W
+            Z = np.maximum(S - S.max(axis=1, keepdims=True), -loss.clip)
+            P = np.exp(Z) / np.exp(Z).sum(axis=1, keepdims=True)
+            P[np.arange(len(rows)), yb] -= 1
+            g = Xb.T @ P / len(rows) + 2 * loss.reg * W * penalised
+            norm = np.linalg.norm(g)
+            if optim.grad_clip is not None and norm > optim.grad_clip:
+                g = g * optim.grad_clip / norm
+            velocity = optim.momentum * velocity + g
+            W = W - lr * (g + optim.momentum * velocity if optim.nesterov else velocity)
+        val_accuracies.append(float(np.mean((X[val] @ W).argmax(axis=1) == labels[val])))
+    return W, val_accuracies
+
+
+CASES = {
+    "momentum": {},
+    "nesterov, clipped": {"optim": {"nesterov": True, "grad_clip": 0.05}},
+    "heavy ball, std": {"optim": {"nesterov": False}, "preprocess": {"scale": "std"}},
+    "step schedule, strong L2": {"optim": {"schedule": {"name": "step", "gamma": 0.3,
+                                                       "step_size": 1}},
+                                 "loss": {"reg": 0.05}},
+    "exponential, bias penalised": {"optim": {"schedule": {"name": "exponential",
+                                                          "gamma": 0.5}},
+                                    "loss": {"reg": 0.05, "reg_bias": True}},
+    "cosine to min_lr, no centring": {"optim": {"schedule": {"name": "cosine",
+                                                            "min_lr": 0.004}},
+                                      "preprocess": {"center": False}},
+}
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("case", list(CASES))
+def test_fit_equals_the_float64_reference(tmp_path, engine, case):
+    data = separable_data(n_train=240, classes=3, seed=5, noise=90)
+    sections = {"optim": {"epochs": 3, "batch_size": 50, "lr": 0.01, "momentum": 0.9,
+                          "schedule": {"name": "constant"}},
+                "augment": {"hflip": False}, "data": {"val_size": 60},
+                "preprocess": {"scale": "unit"}}
+    for key, value in CASES[case].items():
+        section = sections.setdefault(key, {})
+        for inner, inner_value in value.items():
+            if isinstance(inner_value, dict):
+                section.setdefault(inner, {}).update(inner_value)
+            else:
+                section[inner] = inner_value
+    config = small_config(tmp_path, engine=engine_or_skip(engine), **sections)
+    split, pre = split_and_fit(config, data.train_images, data.train_labels)
+    result = fit(config, data.train_images, data.train_labels, split, pre, 3)
+    W_ref, val_ref = reference_fit(config, data.train_images, data.train_labels, 3)
+    scale = np.abs(W_ref).max()
+    np.testing.assert_allclose(result.state.W, W_ref, rtol=0, atol=2e-5 * scale)
+    assert [row["val_acc"] for row in result.state.history] == pytest.approx(val_ref, abs=0.02)
+
+
+def test_statistics_come_from_the_training_rows_only(tmp_path):
+    data = separable_data(n_train=300, classes=3, seed=1)
+    config = small_config(tmp_path, preprocess={"scale": "std"})
+    split, pre = split_and_fit(config, data.train_images, data.train_labels)
+    train = data.train_images[split.train_rows].astype(np.float64)
+    np.testing.assert_allclose(pre.mean, train.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(pre.scale, 1 / np.maximum(train.std(axis=0), 1e-3), rtol=1e-9)
+    assert not np.allclose(pre.mean, data.train_images.mean(axis=0), rtol=1e-6)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_validation_accuracy_is_measured_on_the_validation_rows(tmp_path, engine):
+    data = separable_data(n_train=300, classes=4, seed=2, noise=60)
+    config = small_config(tmp_path, engine=engine_or_skip(engine), augment={"hflip": False})
+    split, pre = split_and_fit(config, data.train_images, data.train_labels)
+    # wrong labels on the validation rows only: near 0 on them, near 1 on the training rows
+    labels = data.train_labels.copy()
+    labels[split.val_rows] = (labels[split.val_rows] + 1) % 4
+    epochs = []
+    fit(config, data.train_images, labels, split, pre, 4,
+        on_epoch=lambda state: epochs.append((state.W.copy(), state.history[-1]["val_acc"])))
+    features = pre.transform(data.train_images[split.val_rows], np.float64)
+    for W, val_acc in epochs:
+        expected = float(np.mean((features @ W).argmax(axis=1) == labels[split.val_rows]))
+        assert val_acc == pytest.approx(expected, abs=1e-9)
+    assert epochs[-1][1] < 0.2
+
+
+def test_early_stopping_patience_counts_epochs_without_improvement(tmp_path):
+    data = separable_data(n_train=300, classes=3, seed=3)
+    config = small_config(tmp_path, engine="numpy",
+                          optim={"epochs": 40, "lr": 0.05, "early_stopping": {"patience": 2}})
+    split, pre = split_and_fit(config, data.train_images, data.train_labels)
+    result = fit(config, data.train_images, data.train_labels, split, pre, 3)
+    accs = [row["val_acc"] for row in result.state.history]
+    best = int(np.argmax(accs))  # the first epoch reaching the maximum
+    assert result.stopped_early and len(accs) == best + 1 + 2
+    assert result.state.best_epoch == best + 1 and result.state.best_val_acc == accs[best]
+
+
+def test_fit_without_validation_rows_keeps_the_last_weights(tmp_path):
+    data = separable_data(n_train=200, classes=3, seed=4)
+    config = small_config(tmp_path, engine="numpy")
+    split, pre = split_and_fit(config, data.train_images, data.train_labels)
+    split = type(split)(np.arange(200), np.empty(0, np.int64))
+    result = fit(config, data.train_images, data.train_labels, split, pre, 3)
+    assert result.state.best_epoch == result.state.epoch == 3
+    np.testing.assert_array_equal(result.state.best_W, result.state.W)
+    assert all(row["val_acc"] is None for row in result.state.history)
