@@ -52,7 +52,7 @@ def reference_fit(config, images, labels, n_classes):
     penalised = np.ones_like(W)
     if not loss.reg_bias:
         penalised[-1] = 0
-    val_accuracies = []
+    val_accuracies, after_each_step = [], []
     for epoch in range(optim.epochs):
         s = optim.schedule
         lr = {"constant": optim.lr, "step": optim.lr * s.gamma ** (epoch // s.step_size),
@@ -73,8 +73,9 @@ def reference_fit(config, images, labels, n_classes):
                 g = g * optim.grad_clip / norm
             velocity = optim.momentum * velocity + g
             W = W - lr * (g + optim.momentum * velocity if optim.nesterov else velocity)
+            after_each_step.append(W)
         val_accuracies.append(float(np.mean((X[val] @ W).argmax(axis=1) == labels[val])))
-    return W, val_accuracies
+    return W, val_accuracies, after_each_step
 
 
 CASES = {
@@ -111,7 +112,7 @@ def test_fit_equals_the_float64_reference(tmp_path, engine, case):
     config = small_config(tmp_path, engine=engine_or_skip(engine), **sections)
     split, pre = split_and_fit(config, data.train_images, data.train_labels)
     result = fit(config, data.train_images, data.train_labels, split, pre, 3)
-    W_ref, val_ref = reference_fit(config, data.train_images, data.train_labels, 3)
+    W_ref, val_ref, _ = reference_fit(config, data.train_images, data.train_labels, 3)
     scale = np.abs(W_ref).max()
     np.testing.assert_allclose(result.state.W, W_ref, rtol=0, atol=2e-5 * scale)
     assert [row["val_acc"] for row in result.state.history] == pytest.approx(val_ref, abs=0.02)
@@ -166,3 +167,81 @@ def test_fit_without_validation_rows_keeps_the_last_weights(tmp_path):
     assert result.state.best_epoch == result.state.epoch == 3
     np.testing.assert_array_equal(result.state.best_W, result.state.W)
     assert all(row["val_acc"] is None for row in result.state.history)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("name", ["uniform", "ema"])
+def test_averaged_weights_equal_a_hand_average_of_the_steps(tmp_path, engine, name):
+    data = separable_data(n_train=240, classes=3, seed=6, noise=90)
+    config = small_config(tmp_path, engine=engine_or_skip(engine), augment={"hflip": False},
+                          data={"val_size": 60}, preprocess={"scale": "unit"},
+                          optim={"epochs": 4, "batch_size": 50, "lr": 0.01,
+                                 "schedule": {"name": "constant"},
+                                 "averaging": {"name": name, "start": 0.5, "decay": 0.7}})
+    split, pre = split_and_fit(config, data.train_images, data.train_labels)
+    state = fit(config, data.train_images, data.train_labels, split, pre, 3).state
+    _, _, steps = reference_fit(config, data.train_images, data.train_labels, 3)
+    first = len(steps) // 2  # 4 epochs x 4 steps, averaging from step 8 on
+    if name == "uniform":
+        expected = np.mean(steps[first:], axis=0)
+    else:
+        expected = steps[first - 1]
+        for W in steps[first:]:
+            expected = 0.7 * expected + 0.3 * W
+    scale = np.abs(expected).max()
+    np.testing.assert_allclose(state.average, expected, rtol=0, atol=2e-5 * scale)
+    # the average is the model: it is what is validated and kept as best_W
+    assert not np.allclose(state.average, state.W, rtol=0, atol=1e-3 * scale)
+    features = pre.transform(data.train_images[split.val_rows], np.float64)
+    best = state.history[state.best_epoch - 1]["val_acc"]
+    assert best == pytest.approx(float(np.mean((features @ state.best_W).argmax(axis=1)
+                                               == data.train_labels[split.val_rows])))
+
+
+def test_mirror_symmetric_weights_equal_flip_test_time_augmentation(tmp_path):
+    data = separable_data(n_train=200, classes=3, seed=7)
+    config = small_config(tmp_path, engine="numpy", preprocess={"scale": "std"},
+                          model={"mirror_symmetric": True})
+    split, pre = split_and_fit(config, data.train_images, data.train_labels)
+    raw_weights = []
+    state = fit(config, data.train_images, data.train_labels, split, pre, 3,
+                on_epoch=lambda state: raw_weights.append(state.W.astype(np.float64))).state
+    images = data.test_images
+    mirrored = images.reshape(-1, 3, 32, 32)[..., ::-1].reshape(len(images), 3072)
+    W = raw_weights[state.best_epoch - 1]  # the trained weights of the epoch kept as best
+    flip_tta = (pre.transform(images, np.float64) @ W
+                + pre.transform(mirrored, np.float64) @ W) / 2
+    symmetric = pre.transform(images, np.float64) @ state.best_W.astype(np.float64)
+    np.testing.assert_allclose(symmetric, flip_tta, rtol=0, atol=1e-5 * np.abs(flip_tta).max())
+    # a symmetric model scores an image and its mirror image alike; the trained W does not
+    np.testing.assert_allclose(pre.transform(mirrored, np.float64)
+                               @ state.best_W.astype(np.float64), symmetric, rtol=0,
+                               atol=1e-5 * np.abs(symmetric).max())
+    assert not np.allclose(pre.transform(images, np.float64) @ W, flip_tta, rtol=1e-3)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_weights_and_average_resume_exactly_through_a_checkpoint(tmp_path, engine):
+    from softmax_cls.checkpoint import load_checkpoint, save_checkpoint
+
+    data = separable_data(n_train=240, classes=3, seed=8)
+    config = small_config(tmp_path, engine=engine_or_skip(engine),
+                          augment={"hflip": True, "translate": 2},
+                          optim={"epochs": 4, "averaging": {"name": "uniform", "start": 0.25}})
+    split, pre = split_and_fit(config, data.train_images, data.train_labels)
+    full = fit(config, data.train_images, data.train_labels, split, pre, 3).state
+
+    def stop_after_two(state):
+        if state.epoch == 2:
+            save_checkpoint(tmp_path / "last.npz", state, pre, data.class_names, "", {"x": "y"},
+                            "running", split.val_rows)
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(config, data.train_images, data.train_labels, split, pre, 3, on_epoch=stop_after_two)
+    state = load_checkpoint(tmp_path / "last.npz").state
+    resumed = fit(config, data.train_images, data.train_labels, split, pre, 3, state=state).state
+    for name in ("W", "velocity", "average", "best_W"):
+        np.testing.assert_array_equal(getattr(resumed, name), getattr(full, name), err_msg=name)
+    assert resumed.history == [dict(row, seconds=r["seconds"]) for row, r in
+                               zip(full.history, resumed.history, strict=True)]
