@@ -1,8 +1,15 @@
 """The one YAML config schema: typed dataclasses, validation that names key paths, overrides.
 
-`load_config(path, overrides)` reads a file with yaml.safe_load, applies `key.path=value`
+`load_config(path, overrides)` reads a file with `parse_yaml`, applies `key.path=value`
 overrides (values parsed as YAML, then typed by the schema) and returns a validated Config.
 Every problem raises ConfigError with a message such as `optim.lr: must be > 0, got -1`.
+
+YAML from users (config files, --set values, the config text inside checkpoints, sweep files)
+is read by `parse_yaml`: yaml.safe_load's types and syntax, but anchors and aliases are
+refused (a config has no use for them, and an alias chain expands exponentially), a key
+given twice in one mapping is an error naming both lines, nesting deeper than MAX_DEPTH is
+one error, and a file is at most MAX_CONFIG_BYTES. Messages never quote a value whole
+(`_show` summarises long strings, lists and mappings).
 """
 
 from __future__ import annotations
@@ -144,7 +151,7 @@ def _build(cls: type, raw: Any, path: str) -> Any:
     hints = typing.get_type_hints(cls)
     unknown = sorted(set(map(str, raw)) - set(fields))
     if unknown:
-        key = f"{path}.{unknown[0]}" if path else unknown[0]
+        key = _short(f"{path}.{unknown[0]}" if path else unknown[0])
         raise ConfigError(f"{key}: unknown key (known keys: {', '.join(fields)})")
     values = {}
     for name, spec in fields.items():
@@ -159,8 +166,32 @@ def _build(cls: type, raw: Any, path: str) -> Any:
     return cls(**values)
 
 
+SHOWN_CHARS = 60  # the most of a user's value any message quotes
+
+
 def _show(value: Any) -> str:
-    return "null" if value is None else repr(value)
+    """A short description of a user's value for messages: never longer than ~80 characters."""
+    if value is None:
+        return "null"
+    if isinstance(value, dict):
+        return f"a mapping of {len(value)} key{'s' if len(value) != 1 else ''}"
+    if isinstance(value, (list, tuple)):
+        return f"a list of {len(value)} item{'s' if len(value) != 1 else ''}"
+    text = repr(value)
+    if len(text) <= SHOWN_CHARS:
+        return text
+    return f"{text[:SHOWN_CHARS]}... ({len(text)} characters)"
+
+
+def _number(value: float | int) -> str:
+    """A number as messages show it: %g for floats, digits (cut) for any size of integer."""
+    return f"{value:g}" if isinstance(value, float) else _show(value)
+
+
+def _short(text: str) -> str:
+    """`text` (a key, an override as typed) cut to SHOWN_CHARS for a message."""
+    text = str(text)
+    return text if len(text) <= SHOWN_CHARS else f"{text[:SHOWN_CHARS]}... ({len(text)} chars)"
 
 
 def _check_value(key: str, value: Any, kind: type, nullable: bool, meta: Any) -> Any:
@@ -180,52 +211,85 @@ def _check_value(key: str, value: Any, kind: type, nullable: bool, meta: Any) ->
     if not ok:
         raise ConfigError(f"{key}: must be {_TYPE_NAMES[kind]}, got {_show(value)}")
     if kind is float and not math.isfinite(value):
-        raise ConfigError(f"{key}: must be a finite number, got {value}")
+        raise ConfigError(f"{key}: must be a finite number, got {_show(value)}")
     choices, low, high = meta.get("choices"), meta.get("low"), meta.get("high")
     if choices and value not in choices:
         raise ConfigError(f"{key}: must be one of {', '.join(choices)}, got {_show(value)}")
     if low is not None and (value <= low if meta.get("low_open") else value < low):
         raise ConfigError(f"{key}: must be {'>' if meta.get('low_open') else '>='} {low:g}, "
-                          f"got {value:g}")
+                          f"got {_number(value)}")
     if high is not None and (value >= high if meta.get("high_open") else value > high):
         raise ConfigError(f"{key}: must be {'<' if meta.get('high_open') else '<='} {high:g}, "
-                          f"got {value:g}")
+                          f"got {_number(value)}")
     return value
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
     """Split `key.path=value` into (['key', 'path'], value typed by the schema).
 
-    The value is parsed as YAML (`0.01`, `true`, `null`), except where the schema expects a
-    string, which keeps the text as written (`data.root=007` stays "007").
+    The value is parsed as YAML (`0.01`, `true`, `null`, `{lr: 0.1}`) with `parse_yaml`'s
+    rules, except where the schema expects a string, which keeps the text as written
+    (`data.root=007` stays "007"). Text that is not valid YAML stays a string, which the
+    schema then refuses where it expects something else.
     """
     key, sep, raw_value = text.partition("=")
     if not sep or not key.strip():
-        raise ConfigError(f"--set {text}: expected KEY.PATH=VALUE, e.g. optim.lr=0.01")
+        raise ConfigError(f"--set {_short(text)}: expected KEY.PATH=VALUE, e.g. optim.lr=0.01")
     keys = key.strip().split(".")
     if _schema_type(keys) is str and raw_value.strip() not in ("null", "~", ""):
         return keys, raw_value
+    if not raw_value.strip():
+        return keys, None
     try:
-        value = yaml.safe_load(raw_value) if raw_value.strip() else None
+        value = _load_strict(raw_value)
+    except _RefusedYaml as exc:
+        raise ConfigError(f"--set {_short(key.strip())}: {exc}") from None
     except yaml.YAMLError:
         value = raw_value
     return keys, value
 
 
 def apply_overrides(raw: dict, overrides: typing.Iterable[str]) -> dict:
-    """Return a copy of the raw mapping with each `key.path=value` override set in it."""
+    """Return a copy of the raw mapping with each `key.path=value` override set in it.
+
+    A mapping value merges into the section it names (`optim={lr: 0.1}` sets optim.lr and
+    keeps the other optim keys); null or any other non-mapping value for a section is an
+    error (a section has no value of its own: set its keys).
+    """
     raw = _deep_copy(raw)
     for text in overrides:
         keys, value = parse_override(text)
         node = raw
         for depth, key in enumerate(keys[:-1]):
-            child = node.setdefault(key, {})
+            child = node.get(key)
+            if child is None:
+                child = node[key] = {}
             if not isinstance(child, dict):
-                raise ConfigError(f"{'.'.join(keys[: depth + 1])}: is not a section, cannot set "
-                                  f"{'.'.join(keys)}")
+                raise ConfigError(f"{_short('.'.join(keys[: depth + 1]))}: is not a section, "
+                                  f"cannot set {_short('.'.join(keys))}")
             node = child
-        node[keys[-1]] = value
+        dotted = _short(".".join(keys))
+        if dataclasses.is_dataclass(_schema_type(keys)):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{dotted}: is a section; --set its keys one by one (e.g. "
+                                  f"{dotted}.KEY=VALUE) or give a mapping such as "
+                                  f"{dotted}={{KEY: VALUE}}, got {_show(value)}")
+            existing = node.get(keys[-1])
+            node[keys[-1]] = _merge(existing if isinstance(existing, dict) else {}, value)
+        else:
+            node[keys[-1]] = value
     return raw
+
+
+def _merge(base: dict, update: dict) -> dict:
+    """`update` merged into a copy of `base`, mapping into mapping, key by key."""
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def _schema_type(keys: list[str]) -> Any:
@@ -275,6 +339,9 @@ def _check_combinations(config: Config) -> None:
         if config.model.mirror_symmetric:
             raise ConfigError("model.mirror_symmetric: needs images, not data.dataset features")
     else:
+        if data.dataset == "cifar10" and data.labels == "coarse":
+            raise ConfigError("data.labels: cifar10 has no coarse labels (only cifar100 has); "
+                              "use fine")
         for key in ("train", "test"):
             if getattr(data, key) is not None:
                 raise ConfigError(f"data.{key}: only for data.dataset features (feature files), "
@@ -284,15 +351,85 @@ def _check_combinations(config: Config) -> None:
                           "mean image moves into the bias)")
 
 
-def parse_yaml(text: str, source: str) -> Any:
-    """yaml.safe_load with errors turned into one ConfigError line naming `source`."""
+MAX_DEPTH = 20  # a config nests 4 levels; sweep files a few more
+MAX_CONFIG_BYTES = 1 << 20
+
+
+class _RefusedYaml(yaml.YAMLError):
+    """YAML that safe_load would read but a config must not hold; str() is the message."""
+
+
+class StrictLoader(yaml.SafeLoader):
+    """yaml.SafeLoader without anchors and aliases, without duplicate keys, of bounded depth.
+
+    Aliases are refused while composing, before any value is built, so an alias chain never
+    expands; depth is checked on the way down, before the recursion that builds the value.
+    """
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise _RefusedYaml(f"line {event.start_mark.line + 1}: aliases "
+                               f"(*{_short(event.anchor)}) are not allowed in a config; write "
+                               "the value out")
+        event = self.peek_event()
+        if getattr(event, "anchor", None) is not None:
+            raise _RefusedYaml(f"line {event.start_mark.line + 1}: anchors "
+                               f"(&{_short(event.anchor)}) are not allowed in a config; write "
+                               "the value out")
+        self._depth = getattr(self, "_depth", 0) + 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise _RefusedYaml(f"line {event.start_mark.line + 1}: nested more than "
+                                   f"{MAX_DEPTH} levels deep")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            lines: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                try:
+                    if key in lines:
+                        raise _RefusedYaml(f"key {_show(key)} is given twice (lines "
+                                           f"{lines[key]} and {line}); keep one")
+                    lines[key] = line
+                except TypeError:  # an unhashable key: safe_load's own error follows
+                    continue
+        return super().construct_mapping(node, deep=deep)
+
+
+def _load_strict(text: str) -> Any:
+    loader = StrictLoader(text)
     try:
-        return yaml.safe_load(text)
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """Parse untrusted YAML text with `StrictLoader`; any problem is one ConfigError line
+    naming `source`: not valid YAML (with line and column), an anchor or alias, a duplicate
+    key (both lines), nesting deeper than MAX_DEPTH, or more than MAX_CONFIG_BYTES."""
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{source}: {len(text)} characters; a config is at most "
+                          f"{MAX_CONFIG_BYTES} (1 MB)")
+    try:
+        return _load_strict(text)
+    except _RefusedYaml as exc:
+        raise ConfigError(f"{source}: {exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        problem = getattr(exc, "problem", None) or type(exc).__name__
+        problem = _short(getattr(exc, "problem", None) or type(exc).__name__)
         raise ConfigError(f"{source}: not valid YAML{where}: {problem}") from None
+    except RecursionError:  # defence in depth: MAX_DEPTH stops nesting long before this
+        raise ConfigError(f"{source}: nested too deeply") from None
 
 
 def load_config(path: str | Path | None, overrides: typing.Iterable[str] = ()) -> Config:
@@ -301,13 +438,23 @@ def load_config(path: str | Path | None, overrides: typing.Iterable[str] = ()) -
         return config_from_dict({}, overrides)
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as handle:
+            blob = handle.read(MAX_CONFIG_BYTES + 1)
+        if len(blob) > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path}: more than {MAX_CONFIG_BYTES} bytes; a config is at most "
+                              "1 MB")
+        text = blob.decode("utf-8")
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
     except IsADirectoryError:
         raise ConfigError(f"config file is a directory: {path}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    except PermissionError:
+        raise ConfigError(f"cannot read config file {path}: permission denied") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"cannot read config file {path}: not UTF-8 text (byte "
+                          f"{exc.start})") from None
     return config_from_dict(parse_yaml(text, str(path)), overrides)
 
 
