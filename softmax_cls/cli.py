@@ -158,3 +158,30 @@ def gradcheck_command(config_path, overrides, samples, classes, checks, step, to
     passed = all(r.passed for r in results) and gradcheck.full_comparisons_agree(results)
     click.echo("gradient check passed" if passed else "gradient check FAILED")
     return 0 if passed else 1
+
+
+@click.command(cls=Command)
+@click.argument("path", type=click.Path())
+@click.option("--out", type=click.Path(file_okay=False),
+              help="Folder for the PNGs [default: PATH/plots; for a checkpoint file, "
+              "plots-<name> beside it].")
+@click.option("--split", type=click.Choice(["test", "val"]), default="test", show_default=True,
+              help="The split of confusion.png and mistakes.png.")
+@click.option("--root", type=click.Path(file_okay=False),
+              help="Data folder (default: the one the checkpoint was trained with).")
+@quiet_option
+@click.version_option(__version__)
+def plot_command(path, out, split, root, quiet):
+    """Draw the pictures of a run folder, a checkpoint .npz or a sweep folder as PNGs.
+
+    A run or a checkpoint: curves.png (loss, accuracy and learning rate per epoch, the best
+    epoch marked), templates.png (each class's weights as an image), confusion.png (the
+    row-normalised confusion matrix with counts) and mistakes.png (the most confidently wrong
+    images). A sweep folder: sweep.png (val accuracy over the two most important parameters)
+    and trials.png (each trial and the best so far). Prints the paths written. Needs
+    matplotlib: pip install 'softmax-cls[plot]'.
+    """
+    from .plots import plot_path
+
+    for written in plot_path(path, out, split, root, progress=not quiet):
+        click.echo(str(written))

@@ -615,7 +615,8 @@ class RunPictures:
 
     curves: curves_table of the history; best_epoch or None; templates (C, 32, 32, 3) uint8;
     confusion (C, C) int64 counts on `split` (the eval report's); mistakes of that split.
-    templates and mistakes are None when the rows are not 32 x 32 RGB images (a feature file).
+    templates and mistakes are None when the rows are not 32 x 32 RGB images (data.dataset
+    features).
     """
 
     class_names: tuple[str, ...]
@@ -655,12 +656,16 @@ def run_pictures(path: str | os.PathLike, split: str = "test",
     history, best_epoch = checkpoint.state.history, checkpoint.state.best_epoch or None
     if path.is_dir():
         history, best_epoch = _folder_history(path, history, best_epoch)
-    images_data = len(checkpoint.preprocessor.mean) == N_PIXELS
+    images_data = (len(checkpoint.preprocessor.mean) == N_PIXELS
+                   and checkpoint.config.data.dataset != "features")
     templates = template_images(checkpoint.W, checkpoint.preprocessor) if images_data else None
 
     data = evaluate.load_data_for(checkpoint, root, progress)
     check_matches(checkpoint, data, checkpoint_path)
     images, labels = evaluate.split_arrays(checkpoint, data, split)
+    if len(labels) == 0:
+        raise DataError(f"the {split} split of {checkpoint_path}'s data is empty"
+                        + (": try --split val" if split == "test" else ""))
     scores = image_scores(checkpoint.W, checkpoint.preprocessor, images)
     report = classification_report(labels, scores.argmax(axis=1), checkpoint.class_names)
     probs = softmax_probs(scores.astype(np.float64))

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cli_util
 import numpy as np
 import pytest
 from conftest import separable_data, small_config
@@ -18,7 +19,7 @@ from softmax_cls import plots
 from softmax_cls.errors import DataError, SoftmaxClsError
 from softmax_cls.evaluate import evaluate_checkpoint
 from softmax_cls.preprocess import Preprocessor
-from softmax_cls.train import train
+from softmax_cls.runs import train_run
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -231,7 +232,7 @@ def noisy_run(tmp_path_factory):
     for labels in (data.train_labels, data.test_labels):
         labels[::3] = (labels[::3] + 1) % 5
     config = small_config(tmp_path, optim={"epochs": 4, "lr": 0.001})
-    train(config, data, tmp_path / "run", progress=False)
+    train_run(config, data, tmp_path / "run", progress=False)
     return tmp_path / "run", data
 
 
@@ -263,9 +264,9 @@ def test_run_pictures_show_the_eval_report_and_the_worst_mistakes(patched_data, 
     if split == "test":
         images, labels = data.test_images, data.test_labels
     else:
-        config = small_config(run.parent)
-        from softmax_cls.preprocess import split_train_val
-        rows = split_train_val(data.train_labels, config.data.val_size, config.seed)[1]
+        with np.load(run / "best.npz") as npz:
+            rows = npz["val_rows"]
+        assert len(rows) == 100
         images, labels = data.train_images[rows], data.train_labels[rows]
     probs = float64_probabilities(run / "best.npz", images)
     predicted = probs.argmax(axis=1)
@@ -310,6 +311,18 @@ def test_plot_run_on_a_checkpoint_file_uses_its_own_history(patched_data, tmp_pa
     assert plots.default_out_dir(run / "last.npz") == run / "plots-last"
     written = plots.plot_run(run / "last.npz", out_dir=tmp_path / "out")
     assert {p.name for p in tmp_path.joinpath("out").iterdir()} == {p.name for p in written}
+
+
+def test_an_empty_split_is_an_error(noisy_run, monkeypatch):
+    import dataclasses
+
+    run, data = noisy_run
+    no_test = dataclasses.replace(data, test_images=data.test_images[:0],
+                                  test_labels=data.test_labels[:0])
+    monkeypatch.setattr("softmax_cls.evaluate.load_data_for", lambda *a, **k: no_test)
+    with pytest.raises(DataError, match="test split .* is empty: try --split val"):
+        plots.plot_run(run)
+    assert plots.run_pictures(run, split="val").confusion.sum() == 100
 
 
 def test_plot_run_errors_name_the_path(tmp_path):
@@ -486,3 +499,77 @@ def test_missing_matplotlib_through_a_monkeypatched_import(monkeypatch, tmp_path
     assert str(caught.value) == plots.INSTALL_HINT
     assert "\n" not in str(caught.value)
     assert not (tmp_path / "t.png").exists()
+
+
+# --- the softmax-plot command -----------------------------------------------------------------
+
+# Started in the softmax-plot process before the command runs (a sitecustomize module on
+# PYTHONPATH): gives it the noisy_run fixture's data instead of a downloaded data set.
+INJECT_DATA = """
+import sys
+sys.path.insert(0, {tests!r})
+from conftest import separable_data
+from softmax_cls import evaluate
+data = separable_data(n_train=500, n_test=240, classes=5, seed=3, noise=120)
+for labels in (data.train_labels, data.test_labels):
+    labels[::3] = (labels[::3] + 1) % 5
+evaluate.load_data_for = lambda *args, **kwargs: data
+"""
+
+
+def sitecustomize(monkeypatch, folder: Path, code: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sitecustomize.py").write_text(code)
+    monkeypatch.setenv("PYTHONPATH", str(folder))
+
+
+def test_softmax_plot_draws_a_run_folder(noisy_run, tmp_path, monkeypatch):
+    run, _ = noisy_run
+    sitecustomize(monkeypatch, tmp_path / "site",
+                  INJECT_DATA.format(tests=str(Path(__file__).parent)))
+    result = cli_util.run("softmax-plot", str(run), "--out", str(tmp_path / "pics"), "-q")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    names = ["curves.png", "templates.png", "confusion.png", "mistakes.png"]
+    assert result.stdout.splitlines() == [str(tmp_path / "pics" / name) for name in names]
+    sizes = [plots.CURVES_SIZE, plots.templates_size(5), plots.confusion_size(5),
+             plots.mistakes_size(24)]
+    for name, size in zip(names, sizes, strict=True):
+        assert_valid_picture(tmp_path / "pics" / name, size)
+
+    result = cli_util.run("softmax-plot", str(run / "last.npz"), "--split", "val", "-q")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [str(run / "plots-last" / name) for name in names]
+
+
+def test_softmax_plot_draws_a_sweep_folder(tmp_path):
+    folder = write_sweep(tmp_path / "sweep", IMPORTANCES)
+    result = cli_util.run("softmax-plot", str(folder))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [str(folder / "plots" / "sweep.png"),
+                                          str(folder / "plots" / "trials.png")]
+
+
+def test_softmax_plot_errors_are_one_line(tmp_path):
+    missing = tmp_path / "missing"
+    cli_util.assert_one_line_error(cli_util.run("softmax-plot", str(missing)), 1,
+                                   f"not found: {missing}")
+    cli_util.assert_one_line_error(cli_util.run("softmax-plot", str(tmp_path)), 1,
+                                   "neither a run folder", "nor a sweep folder")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "best.npz").write_bytes(b"PK\x03\x04 a truncated zip")
+    cli_util.assert_one_line_error(cli_util.run("softmax-plot", str(run)), 1,
+                                   str(run / "best.npz"), "corrupt")
+    cli_util.assert_one_line_error(cli_util.run("softmax-plot", str(run), "--split", "train"),
+                                   2, "--split")
+    assert not (run / "plots").exists()
+
+
+def test_softmax_plot_without_matplotlib(tmp_path, monkeypatch):
+    sitecustomize(monkeypatch, tmp_path / "site",
+                  "import sys\nsys.modules['matplotlib'] = None\n")
+    folder = write_sweep(tmp_path / "sweep")
+    cli_util.assert_one_line_error(
+        cli_util.run("softmax-plot", str(folder)), 1,
+        "softmax-plot needs matplotlib: pip install 'softmax-cls[plot]'")
