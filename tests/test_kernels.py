@@ -1,0 +1,406 @@
+"""The numba engine (softmax_cls.kernels) against plain float64 numpy written here, from the
+math of ENGINE_API.md: one or a few SGD steps, augmentation, predictions, the gradient check,
+thread-count independence, non-finite detection, the cache location. Skipped without numba."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+kernels = pytest.importorskip("softmax_cls.kernels")  # ImportError without numba: skip
+numba = pytest.importorskip("numba")
+
+from softmax_cls.softmax import NonFiniteError  # noqa: E402
+
+PAD_MODES = {0: "constant", 1: "edge", 2: "reflect"}
+
+
+# ---------------------------------------------------------------------------------------------
+# The independent reference
+
+
+def augmented(image: np.ndarray, flip: bool, dy: int, dx: int, padding: int) -> np.ndarray:
+    """(3072,) uint8: mirror left-right, then move by (dy, dx) with np.pad's padding."""
+    planes = image.reshape(3, 32, 32)
+    if flip:
+        planes = planes[:, :, ::-1]
+    if dy or dx:
+        planes = np.pad(planes, ((0, 0), (8, 8), (8, 8)), PAD_MODES[padding])
+        planes = planes[:, 8 - dy : 40 - dy, 8 - dx : 40 - dx]
+    return planes.reshape(-1)
+
+
+def reference_loss_and_grad(U, y, weight, W, mean, scale, has_bias, reg, reg_bias, clip):
+    """float64 (loss, dW, correct, scores) of raw rows U (b, P) under W (C, D), by the book."""
+    b = len(U)
+    X = (U.astype(np.float64) - mean) * scale
+    if has_bias:
+        X = np.hstack([X, np.ones((b, 1))])
+    S = X @ W.T
+    Z = np.maximum(S - S.max(axis=1, keepdims=True), -clip)
+    E = np.exp(Z)
+    probs = E / E.sum(axis=1, keepdims=True)
+    w = np.ones(b) if weight is None else weight.astype(np.float64)
+    data_loss = np.sum(w * (np.log(E.sum(axis=1)) - Z[np.arange(b), y])) / b
+    onehot = np.eye(W.shape[0])[y]
+    dS = w[:, None] * (probs - onehot) / b
+    penalised = np.ones(W.shape[1], dtype=bool)
+    if has_bias and not reg_bias:
+        penalised[-1] = False
+    grad = dS.T @ X + 2 * reg * W * penalised
+    loss = data_loss + reg * np.sum(W[:, penalised] ** 2)
+    return loss, grad, int(np.sum(S.argmax(axis=1) == y)), S
+
+
+def reference_epoch(rows, labels, order, sample_weight, flip, shift, padding, W, velocity,
+                    average, avg_alpha, mean, scale, has_bias, batch_size, lr, momentum,
+                    nesterov, grad_clip, reg, reg_bias, clip):
+    """float64 copies of W, velocity, average after the epoch; loss_sum, correct, and how
+    many steps the gradient clipping changed."""
+    W, V, A = (a.astype(np.float64) for a in (W, velocity, average))
+    mean, scale = mean.astype(np.float64), scale.astype(np.float64)
+    loss_sum, correct, clipped = 0.0, 0, 0
+    for step, start in enumerate(range(0, len(order), batch_size)):
+        batch = order[start : start + batch_size]
+        U = rows[batch]
+        if len(flip) or len(shift):
+            U = np.stack([augmented(rows[r], bool(flip[start + i]) if len(flip) else False,
+                                    *(shift[start + i] if len(shift) else (0, 0)), padding)
+                          for i, r in enumerate(batch)])
+        weight = sample_weight[batch] if len(sample_weight) else None
+        loss, g, right, _ = reference_loss_and_grad(U, labels[batch], weight, W, mean, scale,
+                                                    has_bias, reg, reg_bias, clip)
+        norm = np.sqrt(np.sum(g * g))
+        if grad_clip > 0 and norm > grad_clip:
+            g = g * (grad_clip / norm)
+            clipped += 1
+        V = momentum * V + g
+        W = W - lr * (g + momentum * V if nesterov else V)
+        if avg_alpha[step] != 0:
+            A = A + avg_alpha[step] * (W - A)
+        loss_sum += loss * len(batch)
+        correct += right
+    return W, V, A, loss_sum, correct, clipped
+
+
+# ---------------------------------------------------------------------------------------------
+# Problems
+
+
+def problem(n_rows=23, n_features=40, n_classes=10, rows_dtype=np.float32, has_bias=True,
+            seed=0, weighted=False):
+    rng = np.random.default_rng(seed)
+    if rows_dtype == np.uint8:
+        rows = rng.integers(0, 256, size=(n_rows, n_features), dtype=np.uint8)
+        mean = rng.uniform(100, 150, n_features).astype(np.float32)
+        scale = rng.uniform(1 / 80, 1 / 50, n_features).astype(np.float32)
+    else:
+        rows = rng.standard_normal((n_rows, n_features)).astype(np.float32) * 3 + 1
+        mean = rng.standard_normal(n_features).astype(np.float32)
+        scale = rng.uniform(0.2, 0.5, n_features).astype(np.float32)
+    labels = rng.integers(0, n_classes, n_rows)
+    W = (rng.standard_normal((n_classes, n_features + int(has_bias))) * 0.1).astype(np.float32)
+    weight = (rng.uniform(0.2, 2.0, n_rows).astype(np.float32) if weighted
+              else np.zeros(0, np.float32))
+    return rows, labels, W, mean, scale, weight
+
+
+def run_both(rows, labels, W, mean, scale, weight, *, order=None, flip=None, shift=None,
+             padding=1, has_bias=True, batch_size=8, lr=0.05, momentum=0.0, nesterov=False,
+             grad_clip=0.0, reg=0.0, reg_bias=False, clip=50.0, alphas=None, velocity=None):
+    """(kernel W, V, A, loss_sum, correct) and the reference's, on the same inputs."""
+    n = len(rows) if order is None else len(order)
+    order = np.random.default_rng(1).permutation(len(rows))[:n] if order is None else order
+    flip = np.zeros(0, bool) if flip is None else flip
+    shift = np.zeros((0, 2), np.int64) if shift is None else shift
+    steps = -(-n // batch_size)
+    alphas = np.zeros(steps) if alphas is None else alphas
+    V = np.zeros_like(W) if velocity is None else velocity.copy()
+    A = W * 0.5
+    args = dict(sample_weight=weight, flip=flip, shift=shift, padding=padding, avg_alpha=alphas,
+                mean=mean, scale=scale, has_bias=has_bias, batch_size=batch_size, lr=lr,
+                momentum=momentum, nesterov=nesterov, grad_clip=grad_clip, reg=reg,
+                reg_bias=reg_bias, clip=clip)
+    expected = reference_epoch(rows, labels, order, W=W, velocity=V, average=A, **args)
+    W_k, V_k, A_k = W.copy(), V.copy(), A.copy()
+    loss_sum, correct = kernels.train_epoch(rows, labels, order, W=W_k, velocity=V_k,
+                                            average=A_k, **args)
+    return (W_k, V_k, A_k, loss_sum, correct), expected
+
+
+def assert_close(actual, expected, rtol=2e-4):
+    W, V, A, loss_sum, correct = actual
+    W_r, V_r, A_r, loss_r, correct_r, _ = expected
+    for got, want in ((W, W_r), (V, V_r), (A, A_r)):
+        np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * np.abs(want).max())
+    assert loss_sum == pytest.approx(loss_r, rel=rtol)
+    assert correct == correct_r
+
+
+# ---------------------------------------------------------------------------------------------
+# SGD steps against the reference
+
+
+@pytest.mark.parametrize("n_classes", [10, 100])
+@pytest.mark.parametrize("rows_dtype", [np.float32, np.uint8])
+def test_plain_steps_with_a_short_last_minibatch(n_classes, rows_dtype):
+    rows, labels, W, mean, scale, weight = problem(n_classes=n_classes, rows_dtype=rows_dtype)
+    actual, expected = run_both(rows, labels, W, mean, scale, weight, batch_size=8)  # 8, 8, 7
+    assert_close(actual, expected)
+    assert not np.allclose(actual[0], W, atol=1e-3)  # the weights did move
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_momentum_and_nesterov(nesterov):
+    rows, labels, W, mean, scale, weight = problem(seed=2)
+    velocity = np.random.default_rng(3).standard_normal(W.shape).astype(np.float32) * 0.1
+    actual, expected = run_both(rows, labels, W, mean, scale, weight, momentum=0.9,
+                                nesterov=nesterov, velocity=velocity)
+    assert_close(actual, expected)
+
+
+def test_nesterov_differs_from_plain_momentum():
+    rows, labels, W, mean, scale, weight = problem(seed=2)
+    plain, _ = run_both(rows, labels, W, mean, scale, weight, momentum=0.9)
+    nesterov, _ = run_both(rows, labels, W, mean, scale, weight, momentum=0.9, nesterov=True)
+    assert not np.allclose(plain[0], nesterov[0])
+
+
+def test_gradient_clipping_clips():
+    rows, labels, W, mean, scale, weight = problem(seed=4)
+    actual, expected = run_both(rows, labels, W, mean, scale, weight, grad_clip=0.05,
+                                momentum=0.5, reg=0.01)
+    assert expected[5] == 3  # every step's gradient was longer than 0.05: really clipped
+    assert_close(actual, expected)
+
+
+@pytest.mark.parametrize("reg_bias", [False, True])
+@pytest.mark.parametrize("has_bias", [True, False])
+def test_l2_penalty_with_and_without_the_bias(reg_bias, has_bias):
+    rows, labels, W, mean, scale, weight = problem(seed=5, has_bias=has_bias)
+    W[:, -1] = 3.0  # a large last column: penalising it or not shows
+    actual, expected = run_both(rows, labels, W, mean, scale, weight, reg=0.2,
+                                reg_bias=reg_bias, has_bias=has_bias, lr=0.1)
+    assert_close(actual, expected)
+
+
+def test_sample_weights():
+    rows, labels, W, mean, scale, weight = problem(seed=6, weighted=True)
+    actual, expected = run_both(rows, labels, W, mean, scale, weight)
+    assert_close(actual, expected)
+    unweighted, _ = run_both(rows, labels, W, mean, scale, np.zeros(0, np.float32))
+    assert not np.allclose(actual[0], unweighted[0])
+
+
+def test_averaging_alphas_and_zero_alpha_leaves_the_average():
+    rows, labels, W, mean, scale, weight = problem(seed=7)
+    alphas = np.array([1.0, 0.0, 0.25])
+    actual, expected = run_both(rows, labels, W, mean, scale, weight, alphas=alphas)
+    assert_close(actual, expected)
+    untouched, _ = run_both(rows, labels, W, mean, scale, weight, alphas=np.zeros(3))
+    np.testing.assert_array_equal(untouched[2], W * 0.5)
+
+
+def test_clipped_scores_follow_the_contract():
+    rows, labels, W, mean, scale, weight = problem(seed=8)
+    W *= 400  # score gaps far beyond clip = 5: the clipped softmax of the contract
+    actual, expected = run_both(rows, labels, W, mean, scale, weight, clip=5.0, lr=1e-3)
+    assert_close(actual, expected)
+
+
+@pytest.mark.parametrize("padding", [0, 1, 2])
+def test_augmented_images_with_100_classes(padding):
+    rows, labels, W, mean, scale, weight = problem(n_rows=13, n_features=3072, n_classes=100,
+                                                   rows_dtype=np.uint8, seed=9)
+    rng = np.random.default_rng(10)
+    flip = rng.random(13) < 0.5
+    shift = rng.integers(-8, 9, size=(13, 2))
+    actual, expected = run_both(rows, labels, W * 0.01, mean, scale, weight, flip=flip,
+                                shift=shift, padding=padding, batch_size=5, momentum=0.9)
+    assert_close(actual, expected)
+
+
+# ---------------------------------------------------------------------------------------------
+# Augmentation content: the gathered image, read back from one SGD step
+
+
+def gathered_image(image, flip, dy, dx, padding):
+    """The image the kernel trained on, recovered exactly: with W = 0, two classes, mean 0,
+    scale 1, no bias and lr 1, one step sets W[other class] = -0.5 * x."""
+    W = np.zeros((2, 3072), np.float32)
+    kernels.train_epoch(image[None], np.array([0]), np.array([0]), np.zeros(0, np.float32),
+                        np.array([flip]), np.array([[dy, dx]]), padding, W, np.zeros_like(W),
+                        np.zeros_like(W), np.zeros(1), np.zeros(3072, np.float32),
+                        np.ones(3072, np.float32), False, 1, 1.0, 0.0, False, 0.0, 0.0,
+                        False, 50.0)
+    return -2 * W[1]
+
+
+@pytest.mark.parametrize("padding", [0, 1, 2])
+def test_padding_content_against_np_pad(padding):
+    image = np.random.default_rng(11).integers(0, 256, 3072).astype(np.uint8)
+    for flip in (False, True):
+        for dy, dx in [(0, 0), (3, -2), (-8, 8), (8, -8), (0, 5), (-1, 0), (2, 7)]:
+            got = gathered_image(image, flip, dy, dx, padding)
+            np.testing.assert_array_equal(got, augmented(image, flip, dy, dx, padding),
+                                          err_msg=f"flip {flip} shift ({dy}, {dx})")
+
+
+def test_flip_comes_before_the_shift():
+    image = np.random.default_rng(12).integers(0, 256, 3072).astype(np.uint8)
+    got = gathered_image(image, True, 1, 3, 0)
+    shifted_first = augmented(augmented(image, False, 1, 3, 0), True, 0, 0, 0)
+    assert not np.array_equal(got, shifted_first)
+    np.testing.assert_array_equal(got, augmented(image, True, 1, 3, 0))
+
+
+def test_edge_and_reflect_on_a_known_image():
+    image = np.tile(np.arange(32, dtype=np.uint8), 96)  # every line is 0, 1, ..., 31
+    np.testing.assert_array_equal(gathered_image(image, False, 0, 2, 1)[:6], [0, 0, 0, 1, 2, 3])
+    np.testing.assert_array_equal(gathered_image(image, False, 0, 2, 2)[:6], [2, 1, 0, 1, 2, 3])
+    np.testing.assert_array_equal(gathered_image(image, False, 0, 2, 0)[:6], [0, 0, 0, 1, 2, 3])
+    # mirrored: 31, 30, ..., 0; moved left by 2 with reflection: ..., 1, 0, 1, 2
+    np.testing.assert_array_equal(gathered_image(image, True, 0, -2, 2)[-4:], [1, 0, 1, 2])
+
+
+# ---------------------------------------------------------------------------------------------
+# Determinism, errors, predictions, the gradient check
+
+
+def test_bit_identical_whatever_the_thread_count():
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("numba runs with one thread here (NUMBA_NUM_THREADS)")
+    rows, labels, W, mean, scale, weight = problem(n_rows=150, n_features=3072, n_classes=10,
+                                                   rows_dtype=np.uint8, seed=13, weighted=True)
+    rng = np.random.default_rng(14)
+    order = rng.permutation(150)
+    flip, shift = rng.random(150) < 0.5, rng.integers(-2, 3, size=(150, 2))
+    results = []
+    before = numba.get_num_threads()
+    try:
+        for threads in (1, 2):
+            numba.set_num_threads(threads)
+            for grad_clip in (0.0, 0.5):
+                W_k, V_k, A_k = W * 0.01, np.zeros_like(W), np.zeros_like(W)
+                out = kernels.train_epoch(rows, labels, order, weight, flip, shift, 1, W_k, V_k,
+                                          A_k, np.full(3, 0.5), mean, scale, True, 64, 0.01,
+                                          0.9, True, grad_clip, 1e-3, False, 50.0)
+                scores = kernels.predict_scores(rows, W_k, mean, scale, True)
+                results.append((W_k, V_k, A_k, out, scores))
+    finally:
+        numba.set_num_threads(before)
+    for one, two in zip(results[:2], results[2:], strict=True):
+        for a, b in zip(one, two, strict=True):
+            assert np.array_equal(a, b)
+
+
+def test_huge_learning_rate_raises_non_finite():
+    rows, labels, W, mean, scale, weight = problem(seed=15)
+    with pytest.raises(NonFiniteError, match="non-finite"):
+        kernels.train_epoch(rows, labels, np.arange(23), weight, np.zeros(0, bool),
+                            np.zeros((0, 2), np.int64), 0, W, np.zeros_like(W),
+                            np.zeros_like(W), np.zeros(3), mean, scale, True, 8, 1e38, 0.9,
+                            False, 0.0, 0.0, False, 50.0)
+
+
+def test_non_finite_rows_raise():
+    rows, labels, W, mean, scale, weight = problem(seed=16)
+    rows[3, 2] = np.inf
+    with pytest.raises(NonFiniteError, match="non-finite scores"):
+        kernels.batch_loss_and_grad(rows, labels, weight, W, mean, scale, True, 0.0, False, 50.0)
+
+
+@pytest.mark.parametrize("rows_dtype", [np.uint8, np.float32])
+@pytest.mark.parametrize("w_dtype", [np.float32, np.float64])
+def test_predict_scores(rows_dtype, w_dtype, tmp_path):
+    rows, _, W, mean, scale, _ = problem(n_rows=70, n_features=33, rows_dtype=rows_dtype)
+    path = tmp_path / "rows.bin"
+    rows.tofile(path)
+    mapped = np.memmap(path, dtype=rows_dtype, mode="r", shape=rows.shape)
+    W = W.astype(w_dtype)
+    scores = kernels.predict_scores(mapped, W, mean, scale, True)
+    X = np.hstack([(rows - mean.astype(np.float64)) * scale, np.ones((70, 1))])
+    assert scores.dtype == w_dtype and scores.shape == (70, 10)
+    np.testing.assert_allclose(scores, X @ W.T.astype(np.float64),
+                               rtol=1e-5 if w_dtype == np.float32 else 1e-12, atol=1e-5)
+
+
+def test_batch_loss_and_grad_against_the_reference_and_finite_differences():
+    rows, labels, W, mean, scale, weight = problem(n_rows=11, n_features=20, seed=17,
+                                                   weighted=True)
+    W = W.astype(np.float64) * 5
+    args = (mean, scale, True, 0.05, False, 50.0)
+    loss, dW, correct = kernels.batch_loss_and_grad(rows, labels, weight, W, *args)
+    loss_r, dW_r, correct_r, _ = reference_loss_and_grad(
+        rows, labels, weight, W, mean.astype(np.float64), scale.astype(np.float64), True, 0.05,
+        False, 50.0)
+    assert dW.dtype == np.float64 and correct == correct_r
+    assert loss == pytest.approx(loss_r, rel=1e-12)
+    np.testing.assert_allclose(dW, dW_r, rtol=1e-10, atol=1e-13)
+    h = 1e-5
+    rng = np.random.default_rng(18)
+    coordinates = [(c, j) for c, j in zip(rng.integers(0, 10, 12), rng.integers(0, 21, 12),
+                                          strict=True)] + [(3, 20)]  # 20: the bias column
+    for c, j in coordinates:
+        plus, minus = W.copy(), W.copy()
+        plus[c, j] += h
+        minus[c, j] -= h
+        numeric = (kernels.batch_loss_and_grad(rows, labels, weight, plus, *args)[0]
+                   - kernels.batch_loss_and_grad(rows, labels, weight, minus, *args)[0]) / (2 * h)
+        relative = abs(numeric - dW[c, j]) / max(abs(numeric), abs(dW[c, j]), 1e-12)
+        assert relative < 1e-6, (c, j, numeric, dW[c, j])
+
+
+def test_batch_loss_and_grad_of_uint8_rows_without_bias():
+    rows, labels, W, mean, scale, _ = problem(n_rows=9, n_features=30, rows_dtype=np.uint8,
+                                              has_bias=False, seed=19)
+    W = W.astype(np.float64)
+    loss, dW, correct = kernels.batch_loss_and_grad(rows, labels, np.zeros(0), W, mean, scale,
+                                                    False, 0.1, False, 50.0)
+    loss_r, dW_r, correct_r, _ = reference_loss_and_grad(
+        rows, labels, None, W, mean.astype(np.float64), scale.astype(np.float64), False, 0.1,
+        False, 50.0)
+    assert loss == pytest.approx(loss_r, rel=1e-12) and correct == correct_r
+    np.testing.assert_allclose(dW, dW_r, rtol=1e-10, atol=1e-13)
+
+
+# ---------------------------------------------------------------------------------------------
+# Compilation cache and the missing extra
+
+
+def test_kernels_are_compiled_after_use():
+    rows, labels, W, mean, scale, weight = problem(rows_dtype=np.uint8, seed=20)
+    run_both(rows, labels, W, mean, scale, weight)
+    kernels.predict_scores(rows, W, mean, scale, True)
+    assert kernels.kernels_are_compiled(np.uint8) is True
+
+
+def test_cache_folder_when_the_package_folder_is_read_only(monkeypatch, tmp_path):
+    monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(numba.config, "CACHE_DIR", numba.config.CACHE_DIR)
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
+    kernels._cache_dir_for_numba()
+    expected = str(tmp_path / "softmax-cls" / "numba")
+    assert os.environ["NUMBA_CACHE_DIR"] == expected
+    assert numba.config.CACHE_DIR == expected
+
+
+def test_user_cache_folder_is_kept(monkeypatch, tmp_path):
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "mine"))
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
+    kernels._cache_dir_for_numba()
+    assert os.environ["NUMBA_CACHE_DIR"] == str(tmp_path / "mine")
+
+
+def test_import_without_numba_is_an_import_error():
+    code = ("import sys; sys.modules['numba'] = None\n"
+            "try:\n    import softmax_cls.kernels\nexcept ImportError:\n    print('ImportError')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[1], check=True)
+    assert out.stdout.strip() == "ImportError"
