@@ -185,3 +185,44 @@ def plot_command(path, out, split, root, quiet):
 
     for written in plot_path(path, out, split, root, progress=not quiet):
         click.echo(str(written))
+
+
+@click.command(cls=Command)
+@click.argument("sweep_file", type=click.Path(dir_okay=False))
+@click.option("--trials", type=int, help="Trials to run in all [default: the sweep file's "
+              "trials; a grid runs each point once].")
+@click.option("--workers", type=click.IntRange(1), default=1, show_default=True,
+              help="Trials at once: local processes sharing one memory-mapped copy of the "
+              "training data, each with cores / workers threads (with --dask: trials in "
+              "flight, default the cluster's threads).")
+@click.option("--out", type=click.Path(file_okay=False),
+              help="Sweep folder [default: runs/<sweep file name>]. The same command resumes.")
+@click.option("--dask", "dask_address", metavar="ADDRESS",
+              help="Run the trials on this Dask scheduler, e.g. tcp://host:8786.")
+@click.option("--storage", metavar="URL", help="An optuna storage URL shared by sweep commands "
+              "on several machines, e.g. postgresql://... [default: study.journal in the "
+              "sweep folder].")
+@click.option("--study", "study_name", help="Study name in the storage [default: the sweep "
+              "file's name].")
+@click.option("--plots/--no-plots", default=None,
+              help="Draw sweep.png and trials.png at the end [default: as the base config's "
+              "output.plots says; null = when matplotlib is installed].")
+@quiet_option
+@click.version_option(__version__)
+def sweep_command(sweep_file, trials, workers, out, dask_address, storage, study_name, plots,
+                  quiet):
+    """Search hyper-parameters on validation accuracy with optuna; resumable and parallel.
+
+    Writes the sweep folder: sweep.yaml, trials.csv, best.yaml (softmax-train --config
+    best.yaml reproduces the best trial), best.npz and summary.json (with the test accuracy of
+    the best trial, evaluated once at the end). Needs pip install 'softmax-cls[sweep]'.
+    """
+    from .sweep import run_sweep
+
+    result = run_sweep(sweep_file, trials=trials, workers=workers, out=out, dask=dask_address,
+                       storage=storage, study_name=study_name, progress=not quiet, plots=plots)
+    counts = ", ".join(f"{n} {state}" for state, n in result.counts.items() if n)
+    test = ("no test split" if result.test_acc is None
+            else f"test accuracy {result.test_acc:.4f}")
+    click.echo(f"best trial {result.best_number}: val accuracy {result.best_val_acc:.4f}, "
+               f"{test}; trials: {counts}; sweep folder {result.folder}")

@@ -1,0 +1,265 @@
+"""One sweep trial, run in a worker process (local or on a Dask cluster).
+
+A worker gets a TrialTask (the trial's complete config and where things are), trains with the
+pure fit() on the training rows only, reports the val accuracy of every epoch to the study so
+the pruner can stop it, and returns a TrialOutcome. It never sees the test split: the data
+cache holds the training rows and labels only.
+
+Data, loaded once per worker process and kept for its later trials:
+- the memory-mapped cache `<sweep>/cache/train_images.npy` (N, P) uint8 (or float32 features)
+  and `train_labels.npy` (N,) int64, when the worker can see that folder (the same machine, or
+  a shared filesystem), so K workers share one copy of the pages;
+- otherwise (a Dask worker on another machine) the config's data through
+  data.load_config_data, checked against the driver's fingerprint; its test arrays are dropped
+  unread.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import data as data_module
+from .config import config_from_dict
+from .errors import DataError, SoftmaxClsError
+from .preprocess import Preprocessor, Split, split_and_fit
+from .train import TrainingDiverged, TrainState, fit
+
+CACHE_IMAGES, CACHE_LABELS, CACHE_META = "train_images.npy", "train_labels.npy", "data.json"
+SPLIT_CACHE_SIZE = 4  # (split, statistics) pairs a worker keeps for trials that share them
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """Training rows (N, P) uint8 or float32 (often a read-only np.memmap), labels (N,) int64,
+    the class names and the data fingerprint {file: md5}. No test split."""
+
+    rows: np.ndarray
+    labels: np.ndarray
+    class_names: tuple[str, ...]
+    fingerprint: dict[str, str]
+
+
+@dataclass(frozen=True)
+class TrialTask:
+    """What a worker needs for one trial: its number and storage id, its complete config (a
+    raw mapping), the data cache folder and fingerprint, and, to report to the pruner, the
+    study's storage (a URL, or a journal file path) and name with the pruner's settings (None:
+    no pruning). `watch_parent`: stop when the process that started this worker is gone."""
+
+    number: int
+    trial_id: int
+    config: dict
+    cache_dir: str
+    fingerprint: dict[str, str]
+    storage: str | None = None
+    study_name: str | None = None
+    pruner: dict | None = None
+    watch_parent: bool = False
+
+
+@dataclass
+class TrialOutcome:
+    """state: "complete", "pruned" or "failed". val_accs: the val accuracy of each epoch run.
+    For a complete trial, `state_arrays` holds its final TrainState and the split and
+    statistics it trained with, for its checkpoint."""
+
+    number: int
+    state: str
+    val_accs: list[float] = field(default_factory=list)
+    best_val_acc: float | None = None
+    best_epoch: int | None = None
+    epochs: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+    train_state: TrainState | None = None
+    pre: Preprocessor | None = None
+    val_rows: np.ndarray | None = None
+    env: dict = field(default_factory=dict)
+
+
+class TrialPruned(Exception):
+    """Raised from the epoch callback: the pruner stopped this trial."""
+
+
+class DriverGone(Exception):
+    """Raised from the epoch callback: the sweep process that started this worker died."""
+
+
+_DATA: dict[str, TrainingData] = {}
+_SPLITS: dict[tuple, tuple[Split, Preprocessor]] = {}
+_STUDIES: dict[tuple, object] = {}
+THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+                    "NUMBA_NUM_THREADS")
+
+
+def write_cache(cache_dir: str | Path, data, data_section: dict) -> TrainingData:
+    """Write the TRAINING rows and labels of `data` (a CifarData) to .npy files in cache_dir,
+    then data.json (written last: its presence marks a complete cache). Returns the cache,
+    memory-mapped. The test arrays are not touched."""
+    from .fsutil import atomic_write
+
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    (cache_dir / CACHE_META).unlink(missing_ok=True)
+    for name, array in ((CACHE_IMAGES, data.train_images), (CACHE_LABELS, data.train_labels)):
+        with atomic_write(cache_dir / name) as handle:
+            np.save(handle, np.ascontiguousarray(array))
+    meta = {"data": data_section, "class_names": list(data.class_names),
+            "fingerprint": data.fingerprint, "dataset": data.dataset,
+            "shape": list(data.train_images.shape), "dtype": str(data.train_images.dtype)}
+    with atomic_write(cache_dir / CACHE_META, "w") as handle:
+        json.dump(meta, handle, indent=2)
+    return open_cache(cache_dir)
+
+
+def cache_meta(cache_dir: str | Path) -> dict | None:
+    """The cache's data.json, or None when there is no complete cache."""
+    path = Path(cache_dir) / CACHE_META
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def open_cache(cache_dir: str | Path) -> TrainingData:
+    """The cached training rows and labels, memory-mapped read-only."""
+    cache_dir = Path(cache_dir)
+    meta = cache_meta(cache_dir)
+    if meta is None:
+        raise DataError(f"{cache_dir}: no complete data cache ({CACHE_META} missing)")
+    try:
+        rows = np.load(cache_dir / CACHE_IMAGES, mmap_mode="r")
+        labels = np.load(cache_dir / CACHE_LABELS, mmap_mode="r")
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{cache_dir}: unreadable data cache ({exc}); delete the folder and "
+                        "rerun") from None
+    if list(rows.shape) != meta["shape"] or labels.shape != (rows.shape[0],):
+        raise DataError(f"{cache_dir}: the data cache does not match its {CACHE_META}; delete "
+                        "the folder and rerun")
+    return TrainingData(rows, labels, tuple(meta["class_names"]), dict(meta["fingerprint"]))
+
+
+def worker_data(task: TrialTask) -> TrainingData:
+    """This process's training data: the shared cache when visible, else loaded through the
+    config's data section; loaded once per process."""
+    if task.cache_dir in _DATA:
+        return _DATA[task.cache_dir]
+    if cache_meta(task.cache_dir) is not None:
+        found = open_cache(task.cache_dir)
+    else:
+        config = config_from_dict(task.config)
+        loaded = data_module.load_config_data(config.data, progress=False)
+        found = TrainingData(loaded.train_images, loaded.train_labels, loaded.class_names,
+                             dict(loaded.fingerprint))
+        del loaded  # the test arrays go unread
+    if found.fingerprint != task.fingerprint:
+        raise DataError("the data this worker found differs from the sweep's (fingerprints "
+                        "differ)")
+    _DATA[task.cache_dir] = found
+    return found
+
+
+def _split_and_statistics(config, data: TrainingData) -> tuple[Split, Preprocessor]:
+    """split_and_fit, kept for the next trials that share seed, val_size and preprocessing."""
+    key = (config.seed, config.data.val_size, config.preprocess.center,
+           config.preprocess.scale, config.preprocess.bias, id(data))
+    if key not in _SPLITS:
+        while len(_SPLITS) >= SPLIT_CACHE_SIZE:
+            _SPLITS.pop(next(iter(_SPLITS)))
+        _SPLITS[key] = split_and_fit(config, data.rows, data.labels)
+    return _SPLITS[key]
+
+
+def open_storage(storage: str):
+    """An optuna storage: a URL as optuna reads it, or `journal:PATH` for a journal file."""
+    if storage.startswith("journal:"):
+        from optuna.storages import JournalStorage
+        from optuna.storages.journal import JournalFileBackend
+
+        return JournalStorage(JournalFileBackend(storage[len("journal:"):]))
+    return storage
+
+
+def make_pruner(settings: dict | None):
+    """The optuna pruner of a sweep's `pruner` settings ({name, startup_trials,
+    warmup_epochs}); NopPruner for none."""
+    import optuna
+
+    if settings is None or settings["name"] == "none":
+        return optuna.pruners.NopPruner()
+    return optuna.pruners.MedianPruner(n_startup_trials=settings["startup_trials"],
+                                       n_warmup_steps=settings["warmup_epochs"])
+
+
+class _Reporter:
+    """Reports each epoch's val accuracy to the trial in the study; raises TrialPruned when the
+    pruner says so."""
+
+    def __init__(self, task: TrialTask):
+        import optuna
+
+        key = (task.storage, task.study_name, json.dumps(task.pruner, sort_keys=True))
+        if key not in _STUDIES:
+            optuna.logging.set_verbosity(optuna.logging.WARNING)
+            _STUDIES[key] = optuna.load_study(
+                study_name=task.study_name, storage=open_storage(task.storage),
+                sampler=optuna.samplers.RandomSampler(), pruner=make_pruner(task.pruner))
+        self.trial = optuna.trial.Trial(_STUDIES[key], task.trial_id)
+
+    def report(self, value: float, epoch: int) -> None:
+        self.trial.report(value, epoch)
+        if self.trial.should_prune():
+            raise TrialPruned
+
+
+def run_trial(task: TrialTask) -> TrialOutcome:
+    """Train one trial's config on the training rows; validate every epoch. Returns its
+    outcome: complete (with the final state for the checkpoint), pruned, or failed (diverged,
+    or a config its sampled values make invalid)."""
+    started = time.perf_counter()
+    parent = os.getppid() if task.watch_parent else None
+    env = {name: os.environ.get(name) for name in THREAD_VARIABLES}
+    outcome = TrialOutcome(task.number, "failed", env=env)
+    try:
+        config = config_from_dict(task.config)
+        data = worker_data(task)
+        split, pre = _split_and_statistics(config, data)
+        reporter = (_Reporter(task) if task.pruner is not None and task.pruner["name"] != "none"
+                    else None)
+    except SoftmaxClsError as exc:
+        outcome.error, outcome.seconds = str(exc), time.perf_counter() - started
+        return outcome
+    last: list[TrainState] = []
+
+    def on_epoch(state: TrainState) -> None:
+        if parent is not None and os.getppid() != parent:
+            raise DriverGone
+        last[:] = [state]
+        outcome.val_accs.append(float(state.history[-1]["val_acc"]))
+        if reporter is not None:
+            reporter.report(outcome.val_accs[-1], state.epoch)
+
+    try:
+        result = fit(config, data.rows, data.labels, split, pre, len(data.class_names),
+                     on_epoch=on_epoch)
+        state = result.state
+        outcome.state, outcome.train_state = "complete", state
+        outcome.pre, outcome.val_rows = pre, split.val_rows
+    except TrialPruned:
+        outcome.state, state = "pruned", last[0]
+    except TrainingDiverged as exc:
+        outcome.error = str(exc)
+        state = last[0] if last else None
+    outcome.seconds = time.perf_counter() - started
+    if state is not None and state.epoch:
+        outcome.best_val_acc, outcome.best_epoch = float(state.best_val_acc), state.best_epoch
+        outcome.epochs = state.epoch
+    return outcome
