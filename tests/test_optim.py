@@ -120,3 +120,10 @@ def test_ema_averaging_is_the_moving_average_from_the_start_fraction():
 
 def test_no_averaging_leaves_the_average_alone():
     assert not averaging_alphas(AveragingConfig(name="none"), 0, 5, 3).any()
+
+
+def test_the_default_step_is_heavy_ball_without_clipping():
+    W, velocity = np.array([1.0, -1.0]), np.array([0.5, 0.5])
+    sgd_step(W, velocity, np.array([30.0, 40.0]), 0.1, 0.5)
+    np.testing.assert_allclose(velocity, [30.25, 40.25])
+    np.testing.assert_allclose(W, [1.0 - 3.025, -1.0 - 4.025])

@@ -95,3 +95,64 @@ def test_real_training_features(tmp_path):
     assert X.shape == (49000, 3073)
     assert np.all(X[:, -1] == 1)
     assert np.abs(X[:, :-1].mean(axis=0, dtype=np.float64)).max() <= 1e-4
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_float32_in_float32_out(images, bias):
+    pre = fit_preprocessor(images, scale="std", bias=bias)
+    W = np.random.default_rng(3).standard_normal((pre.n_features, 4)).astype(np.float32)
+    assert pre.transform(images).dtype == np.float32
+    assert pre.fold(W).dtype == pre.unfold(pre.fold(W)).dtype == np.float32
+    assert pre.unfold_grad(np.ones((3073, 4), np.float32)).dtype == np.float32
+    assert raw_features(images).dtype == np.float32
+    assert image_scores(W, pre, images).dtype == np.float32
+    np.testing.assert_allclose(image_scores(W, pre, images),
+                               pre.transform(images, np.float64) @ W.astype(np.float64),
+                               rtol=1e-4, atol=1e-3)
+
+
+def test_a_constant_pixel_gets_a_bounded_scale(images):
+    images = images.copy()
+    images[:, 5] = 77
+    pre = fit_preprocessor(images, scale="std")
+    assert pre.scale[5] == pytest.approx(1e3) and pre.mean[5] == 77
+    with pytest.raises(ValueError, match="scale must be none, unit or std"):
+        fit_preprocessor(images, scale="minmax")
+
+
+def test_split_gives_remainders_to_the_largest_fractions_and_allows_no_validation():
+    labels = np.repeat(np.arange(3), [50, 30, 20])  # quotas 3.5, 2.1, 1.4 of 7
+    val = split_train_val(labels, 7, seed=0).val_rows
+    assert np.bincount(labels[val]).tolist() == [4, 2, 1]
+    labels = np.repeat(np.arange(3), [20, 50, 30])  # quotas 1.4, 3.5, 2.1
+    assert np.bincount(labels[split_train_val(labels, 7, seed=0).val_rows]).tolist() == [1, 4, 2]
+    empty = split_train_val(labels, 0, seed=0)
+    assert len(empty.val_rows) == 0 and np.array_equal(empty.train_rows, np.arange(100))
+    with pytest.raises(ValueError, match="between 1 and 99"):
+        split_train_val(labels, 100, seed=0)
+    with pytest.raises(ValueError):
+        split_train_val(labels, -1, seed=0)
+
+
+def test_split_and_fit_follows_the_config(tmp_path, images):
+    from conftest import small_config
+
+    from softmax_cls.errors import ConfigError
+    from softmax_cls.preprocess import split_and_fit
+
+    labels = np.arange(300) % 3
+    config = small_config(tmp_path, preprocess={"bias": False, "center": False, "scale": "unit"},
+                          data={"val_size": 30})
+    split, pre = split_and_fit(config, images, labels)
+    assert not pre.bias and not pre.mean.any() and np.all(pre.scale == 1 / 255)
+    assert len(split.val_rows) == 30
+    with pytest.raises(ConfigError, match=r"^data\.val_size: must be between 1 and 299"):
+        split_and_fit(small_config(tmp_path, data={"val_size": 300}), images, labels)
+
+
+def test_checkpoint_keeps_a_preprocessing_without_bias(tmp_path, images):
+    pre = fit_preprocessor(images, bias=False)
+    W = np.zeros((3072, 2), np.float32)
+    save_checkpoint(tmp_path / "c.npz", TrainState(W, W.copy(), W.copy(), W.copy()), pre,
+                    ("a", "b"), "seed: 0\n", {"fake.bin": "0" * 32}, "running", np.arange(3))
+    assert load_checkpoint(tmp_path / "c.npz").preprocessor.bias is False

@@ -148,3 +148,95 @@ def test_predict_and_predict_proba_agree_and_chunk():
     np.testing.assert_allclose(P.sum(axis=1), 1.0)
     np.testing.assert_array_equal(softmax.predict(W, X, chunk=7), np.argmax(X @ W, axis=1))
     np.testing.assert_array_equal(P.argmax(axis=1), softmax.predict(W, X))
+
+
+def test_defaults_are_no_penalty_and_the_bias_row_unpenalised():
+    W, X, y = random_problem(20, 6, 3, seed=5, init_std=1.0)
+    assert softmax.loss_and_grad(W, X, y)[0] == softmax.loss_and_grad(W, X, y, 0.0)[0]
+    assert softmax.loss_and_grad_naive(W, X, y)[0] == pytest.approx(
+        softmax.loss_and_grad(W, X, y)[0], rel=1e-12)
+    value, grad = softmax.l2_penalty(W, 0.5)
+    assert value == pytest.approx(0.5 * np.sum(W[:-1] ** 2)) and not grad[-1].any()
+    naive_loss, _ = softmax.loss_and_grad_naive(W, X, y, 0.5)
+    assert naive_loss == pytest.approx(softmax.loss_and_grad(W, X, y, 0.5)[0], rel=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_clipping_is_applied_with_the_given_clip_everywhere(dtype):
+    """Scores spread far beyond a small clip: the clipped loss differs from log-sum-exp."""
+    rng = np.random.default_rng(3)
+    S = (rng.standard_normal((40, 5)) * 10).astype(dtype)
+    y = rng.integers(0, 5, 40)
+    loss, dS = softmax.softmax_loss_from_scores(S.copy(), y, clip=2.0)
+    Z = np.maximum(S.astype(np.float64) - S.max(axis=1, keepdims=True), -2.0)
+    P = np.exp(Z) / np.exp(Z).sum(axis=1, keepdims=True)
+    assert loss == pytest.approx(np.mean(-np.log(P[np.arange(40), y])), rel=1e-5)
+    P[np.arange(40), y] -= 1
+    np.testing.assert_allclose(dS, P / 40, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(softmax.softmax_probs(S, clip=2.0), np.exp(Z) / np.exp(Z).sum(
+        axis=1, keepdims=True), rtol=1e-5)
+    W, X, _ = random_problem(40, 6, 5, seed=1, init_std=10.0)
+    a = softmax.loss_and_grad(W, X, y, 0.0, clip=2.0)
+    b = softmax.loss_and_grad_naive(W, X, y, 0.0, clip=2.0)
+    assert a[0] == pytest.approx(b[0], rel=1e-10) and a[0] != pytest.approx(
+        softmax.loss_and_grad(W, X, y, 0.0, clip=50.0)[0], rel=1e-3)
+    np.testing.assert_allclose(a[1], b[1], atol=1e-10)
+    np.testing.assert_allclose(softmax.predict_proba(W, X, clip=2.0),
+                               softmax.softmax_probs(X @ W, clip=2.0), atol=1e-12)
+
+
+def test_sample_weights_scale_each_rows_loss_and_gradient():
+    rng = np.random.default_rng(4)
+    S = rng.standard_normal((30, 4))
+    y = rng.integers(0, 4, 30)
+    weight = rng.uniform(0, 3, 30)
+    loss, dS = softmax.softmax_loss_from_scores(S.copy(), y, weight=weight)
+    rows = [softmax.softmax_loss_from_scores(S[i : i + 1].copy(), y[i : i + 1]) for i in range(30)]
+    assert loss == pytest.approx(sum(w * r[0] for w, r in zip(weight, rows, strict=True)) / 30,
+                                 rel=1e-12)
+    np.testing.assert_allclose(dS, np.vstack([w * r[1] for w, r in zip(weight, rows,
+                                                                        strict=True)]) / 30,
+                               rtol=1e-12)
+    assert dS.dtype == S.dtype
+
+
+def test_the_naive_reference_keeps_the_dtype():
+    W, X, y = random_problem(6, 4, 3)
+    assert softmax.loss_and_grad_naive(W.astype(np.float32), X.astype(np.float32), y)[1].dtype \
+        == np.float32
+
+
+def test_problem_checks_name_what_is_wrong():
+    W, X, y = random_problem(5, 4, 3)
+    with pytest.raises(ValueError, match="shapes do not fit"):
+        softmax.loss_and_grad(W[:, 0], X, y)
+    with pytest.raises(ValueError, match="shapes do not fit"):
+        softmax.loss_and_grad(W, X[0], y)
+    with pytest.raises(ValueError, match=r"y must have shape \(5,\)"):
+        softmax.loss_and_grad(W, X, y[:4])
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
+        softmax.loss_and_grad(W, X, np.array([0, 1, 2, 3, 0]))
+    with pytest.raises(TypeError, match="float32/float64"):
+        softmax.loss_and_grad(W.astype(np.float32), X, y)
+    with pytest.raises(softmax.NonFiniteError, match="non-finite scores"):
+        softmax.softmax_loss_from_scores(np.array([[np.nan, 0.0]]), np.array([0]))
+    with pytest.raises(softmax.NonFiniteError, match="non-finite loss"):
+        softmax.finite_loss(float("inf"))
+
+
+def test_scores_run_in_chunks_through_the_transform():
+    W, X, _ = random_problem(10, 4, 3, seed=2, init_std=1.0)
+    calls = []
+
+    def double(block):
+        calls.append(len(block))
+        return block * 2
+
+    np.testing.assert_allclose(softmax.scores(W, X, chunk=4, transform=double), 2 * X @ W)
+    assert calls == [4, 4, 2]
+    assert np.array_equal(softmax.predict(W, X, chunk=3, transform=double), (2 * X @ W).argmax(1))
+    np.testing.assert_allclose(softmax.predict_proba(W, X, chunk=3, transform=double),
+                               softmax.softmax_probs(2 * X @ W))
+    empty = softmax.predict_proba(W, X[:0])
+    assert empty.shape == (0, 3) and empty.dtype == W.dtype
+    assert softmax.predict(W, X[:0]).shape == (0,)
