@@ -16,6 +16,7 @@ import hashlib
 import io
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,11 +27,44 @@ import numpy as np
 from softmax_cls.config import DataConfig
 from softmax_cls.datasets import IMAGE_BYTES, SPECS, DatasetSpec, get_spec
 from softmax_cls.download import download_file
-from softmax_cls.errors import DataError
-from softmax_cls.fsutil import fsync_dir
+from softmax_cls.errors import ConfigError, DataError
+from softmax_cls.fsutil import folder_lock, fsync_dir
 from softmax_cls.untrusted import restricted_unpickle, safe_extract
 
 MIRROR_ENV = "SOFTMAX_CLS_MIRROR"
+# The most bytes a file without a known exact size may have: the class-name files are under
+# 2 KB (a .txt of names, or the python format's meta pickle); a readme is under 1 KB.
+SMALL_FILE_CAP = 64 << 10
+ARCHIVE_SLACK = 4 << 20  # tar headers, padding and small extra members in a whole archive
+
+
+@dataclass(frozen=True)
+class DataHints:
+    """What the command at hand offers when data is missing or the network is down: the ends
+    of its error messages, with {name} (the archive's file name) and {root} filled in."""
+
+    missing: str
+    offline: str
+
+    def fill(self, text: str, spec: DatasetSpec, root: Path) -> str:
+        return text.format(name=spec.archive_name, root=root)
+
+
+# Each command's own ways forward. softmax-download always downloads; softmax-eval and a
+# resumed softmax-train download only when asked; the library default names softmax-download.
+DOWNLOAD_HINTS = DataHints(
+    missing="run softmax-download, pass --archive PATH to a local {name}, or --url URL of a "
+            "mirror",
+    offline="offline? pass --archive PATH to a local {name}, or --url URL of a mirror")
+CONFIG_HINTS = DataHints(
+    missing="--set data.root=DIR where it is, --set data.archive=PATH to a local {name} (or copy "
+            "it into {root}/), or --set data.download=true to download it",
+    offline="offline? --set data.archive=PATH to a local {name} (or copy it into {root}/), or "
+            "--set data.url=URL of a mirror")
+EVAL_HINTS = DataHints(
+    missing="pass --root DIR where it is, or --download to download it",
+    offline="offline? pass --root DIR where the data is, or first run softmax-download "
+            "--archive PATH --root {root} with a local {name}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -54,7 +88,7 @@ def prepare_dataset(dataset: str = "cifar10", root: str | os.PathLike = "data",
                     fmt: str = "binary", *, url: str | None = None,
                     archive: str | os.PathLike | None = None, force: bool = False,
                     download: bool = True, progress: bool = True,
-                    spec: DatasetSpec | None = None) -> Path:
+                    spec: DatasetSpec | None = None, hints: DataHints = DOWNLOAD_HINTS) -> Path:
     """Make sure a verified copy of the data set exists under `root`; return its folder.
 
     Uses `root/<spec.folder>`, or `root` itself when it is such a folder, after verifying
@@ -64,22 +98,29 @@ def prepare_dataset(dataset: str = "cifar10", root: str | os.PathLike = "data",
     for later re-extraction); the archive md5 and size are checked only for the official URL,
     as mirrors may repack, while every extracted file is always checked. `force`
     re-downloads and re-extracts; the old folder is replaced only once the new one verified.
-    `spec`, when given, overrides the (dataset, fmt) lookup.
-    Raises DataError (DownloadError for the network) with a one-line message.
+    `spec`, when given, overrides the (dataset, fmt) lookup. Processes preparing the same
+    root take turns (a lock on root/.lock), so each ends with verified data.
+    Raises DataError (DownloadError for the network) with a one-line message whose ways
+    forward are the command's own (`hints`).
     """
     spec = spec or get_spec(dataset, fmt)
     if archive is not None and not Path(archive).is_file():
         raise DataError(f"archive {archive} does not exist or is not a file")
     folder, verified = _locate(spec, Path(root), url=url, archive=archive, force=force,
-                               download=download, progress=progress)
+                               download=download, progress=progress, hints=hints)
     if verified is None:
         _verify_folder(folder, spec)
     return folder
 
 
-def _locate(spec: DatasetSpec, root: Path, *, url, archive, force, download, progress
-            ) -> tuple[Path, dict[str, str] | None]:
-    """The data folder, plus its md5s when this call extracted and verified it (else None)."""
+def _locate(spec: DatasetSpec, root: Path, *, url, archive, force, download, progress,
+            hints: DataHints) -> tuple[Path, dict[str, str] | None]:
+    """The data folder, plus its md5s when this call extracted and verified it (else None).
+
+    A folder already in place is used without a lock (it appears in one rename). Obtaining
+    and extracting an archive happen under the root's lock; whoever waited for it looks again
+    first, and finds the folder the other process made.
+    """
     existing = _existing_folder(spec, root)
     if existing is not None and not force:
         return existing, None
@@ -88,10 +129,27 @@ def _locate(spec: DatasetSpec, root: Path, *, url, archive, force, download, pro
             f"--force cannot replace {root}: it is a folder you pointed at, not one this tool "
             "extracted; point --root at another folder to get a fresh copy"
         )
-    archive_path, ours = _obtain_archive(spec, root, url=url, archive=archive, force=force,
-                                         download=download, progress=progress)
-    verified = _extract_verified(spec, archive_path, root, ours)
+    if not download and archive is None and not (root / spec.archive_name).is_file():
+        raise _missing(spec, root, hints)
+
+    def note(holder: str) -> None:
+        if progress:
+            print(f"waiting for {holder}, which is preparing {root}", file=sys.stderr)
+
+    with folder_lock(root, wait=True, on_wait=note):
+        existing = _existing_folder(spec, root)
+        if existing is not None and not force:
+            return existing, None
+        archive_path, ours = _obtain_archive(spec, root, url=url, archive=archive, force=force,
+                                             download=download, progress=progress, hints=hints)
+        verified = _extract_verified(spec, archive_path, root, ours)
     return root / spec.folder, verified
+
+
+def _missing(spec: DatasetSpec, root: Path, hints: DataHints) -> DataError:
+    return DataError(f"no {spec.dataset} {spec.fmt}-format data in {root} (neither "
+                     f"{spec.folder}/ nor {spec.archive_name}) and downloading is off; "
+                     f"{hints.fill(hints.missing, spec, root)}")
 
 
 def _existing_folder(spec: DatasetSpec, root: Path) -> Path | None:
@@ -120,8 +178,8 @@ def _holds_batches(folder: Path, spec: DatasetSpec) -> bool:
     )
 
 
-def _obtain_archive(spec: DatasetSpec, root: Path, *, url, archive, force, download, progress
-                    ) -> tuple[Path, bool]:
+def _obtain_archive(spec: DatasetSpec, root: Path, *, url, archive, force, download, progress,
+                    hints: DataHints) -> tuple[Path, bool]:
     """(archive path, whether this call downloaded it and so may delete it)."""
     if archive is not None:
         path = Path(archive)
@@ -130,16 +188,13 @@ def _obtain_archive(spec: DatasetSpec, root: Path, *, url, archive, force, downl
     if dest.is_file() and not (force and download):
         return dest, False
     if not download:
-        raise DataError(
-            f"no {spec.dataset} {spec.fmt}-format data in {root} (neither {spec.folder}/ nor "
-            f"{spec.archive_name}) and downloading is off; run softmax-download, pass "
-            f"--archive PATH to a local {spec.archive_name}, or --url URL of a mirror"
-        )
+        raise _missing(spec, root, hints)
     source = _source_url(spec, url)
     official = source == spec.url  # mirrors may repack: only the official archive's md5 holds
     download_file(source, dest, progress=progress,
                   expected_md5=spec.archive_md5 if official else None,
-                  expected_size=spec.archive_size if official else None)
+                  expected_size=spec.archive_size if official else None,
+                  ways_forward=hints.fill(hints.offline, spec, root))
     return dest, True
 
 
@@ -162,15 +217,21 @@ def _extract_verified(spec: DatasetSpec, archive: Path, root: Path, ours: bool
     """
     root.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=".extract-", dir=root))
+    sizes = {f"{spec.folder}/{name}": size for name, size in spec.sizes.items()}
+    total = sum(sizes.values()) + SMALL_FILE_CAP * len(spec.names_files) + ARCHIVE_SLACK
+    hint = f"the archive {archive} is corrupt or not the official {spec.dataset} data"
+    if ours:
+        hint += " (deleted it)"
     try:
-        safe_extract(archive, scratch)
+        try:
+            safe_extract(archive, scratch, sizes=sizes, member_cap=SMALL_FILE_CAP,
+                         total_cap=total)
+        except DataError as exc:
+            raise DataError(f"{exc}; {hint}") from None
         new = scratch / spec.folder
         if not new.is_dir():
             raise DataError(f"{archive} has no {spec.folder}/ folder: it is not the "
                             f"{spec.dataset} {spec.fmt}-format archive")
-        hint = f"the archive {archive} is corrupt or not the official {spec.dataset} data"
-        if ours:
-            hint += " (deleted it)"
         verified = _verify_folder(new, spec, lambda name: f"{name} in {archive.name}", hint)
         _move_into_place(new, root / spec.folder, scratch)
     except DataError:
@@ -221,16 +282,28 @@ class _Reader:
         return DataError(f"{self.describe(name)}: {problem}; {self.hint}")
 
     def read(self, name: str) -> bytes:
-        """The bytes of `name`, after checking its exact size and md5 where the spec has them."""
+        """The bytes of `name`, after checking its exact size and md5 where the spec has them.
+
+        Never reads more than the file can have: its exact size, or SMALL_FILE_CAP.
+        """
+        size = self.spec.sizes.get(name)
+        limit = SMALL_FILE_CAP if size is None else size
+        path = self.folder / name
         try:
-            blob = (self.folder / name).read_bytes()
+            with open(path, "rb") as handle:
+                blob = handle.read(limit + 1)
         except FileNotFoundError:
             raise self.error(name, "missing") from None
+        except PermissionError:
+            raise DataError(f"{path}: permission denied: this user cannot read it (check its "
+                            "owner and mode)") from None
         except OSError as exc:
             raise self.error(name, f"cannot read it ({exc.strerror or exc})") from exc
-        size = self.spec.sizes.get(name)
         if size is not None and len(blob) != size:
-            raise self.error(name, f"expected {size} bytes, found {len(blob)}")
+            found = f"more than {size}" if len(blob) > size else str(len(blob))
+            raise self.error(name, f"expected {size} bytes, found {found}")
+        if size is None and len(blob) > limit:
+            raise self.error(name, f"more than {limit} bytes, far more than it can hold")
         digest = self.verified.get(name) or hashlib.md5(blob).hexdigest()
         expected = self.spec.files.get(name)
         if expected is not None and digest != expected:
@@ -243,18 +316,19 @@ class _Reader:
         spec = self.spec
         expected_lists = (spec.class_names, spec.coarse_names)
         if spec.fmt == "binary":  # one name per line: fine (or only), then coarse
-            found = [(name, _text_lines(self.read(name)), expected)
+            found = [(name, _text_lines(self.read(name), len(expected)), expected)
                      for name, expected in zip(spec.names_files, expected_lists, strict=False)]
         else:  # one pickled dict
             name = spec.names_files[0]
             meta = self.unpickle(name, self.read(name))
             keys = ("fine_label_names", "coarse_label_names") if spec.coarse_names else (
                 "label_names",)
-            found = [(name, _decode_names(meta.get(key.encode())), expected)
+            found = [(name, _decode_names(meta.get(key.encode()), len(expected)), expected)
                      for key, expected in zip(keys, expected_lists, strict=False)]
         for name, names, expected in found:
             if names != tuple(expected):
-                shown = ", ".join(names[:10]) + (", ..." if len(names) > 10 else "")
+                shown = ", ".join(_cut(n, 20) for n in names[:5]) + (
+                    f", ... ({len(names)} in all)" if len(names) > 5 else "")
                 raise self.error(name, f"class names ({shown}) differ from the "
                                        f"{len(expected)} known {spec.dataset} classes")
 
@@ -315,13 +389,33 @@ class _Reader:
             raise self.error(name, f"label {bad[0]} out of range 0..{num_classes - 1}")
 
 
-def _text_lines(blob: bytes) -> tuple[str, ...]:
-    return tuple(line.strip() for line in blob.decode("latin-1").splitlines() if line.strip())
+MAX_NAME_CHARS = 64  # the longest class name is 30 characters
 
 
-def _decode_names(names) -> tuple[str, ...]:
-    if not isinstance(names, list):
-        return ()
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _text_lines(blob: bytes, expected: int) -> tuple[str, ...]:
+    """The non-blank lines of a names file (at most `expected` + 1: enough to compare)."""
+    names = []
+    for line in blob.decode("latin-1").splitlines():
+        if line.strip():
+            names.append(_cut(line.strip(), MAX_NAME_CHARS))
+            if len(names) > expected:
+                break
+    return tuple(names)
+
+
+def _decode_names(names, expected: int) -> tuple[str, ...]:
+    """The class names of a meta pickle's list, if it is a list of `expected` short strings.
+
+    Checked before decoding: a pickle can repeat one long string many times by reference.
+    """
+    if not (isinstance(names, list) and len(names) == expected and all(
+            isinstance(n, (bytes, str)) and len(n) <= MAX_NAME_CHARS for n in names)):
+        count = f"{len(names)} items" if isinstance(names, list) else type(names).__name__
+        return (f"<not a list of {expected} short names: {count}>",)
     return tuple(n.decode("latin-1") if isinstance(n, bytes) else str(n) for n in names)
 
 
@@ -339,17 +433,20 @@ def _verify_folder(folder: Path, spec: DatasetSpec,
 
 
 def _check_label_choice(spec: DatasetSpec, labels: str) -> None:
+    """A ConfigError (a usage error, exit 2) unless `labels` exists for the data set."""
     if labels not in ("fine", "coarse"):
-        raise DataError(f"unknown label set {labels!r}: choose fine or coarse")
+        raise ConfigError(f"data.labels: choose fine or coarse, got {labels[:40]!r}")
     if labels == "coarse" and not spec.coarse_names:
-        raise DataError(f"{spec.dataset} has no coarse labels; use labels=fine")
+        raise ConfigError(f"data.labels: {spec.dataset} has no coarse labels (only cifar100 "
+                          "has); use fine")
 
 
 def load_dataset(dataset: str = "cifar10", root: str | os.PathLike = "data",
                  fmt: str = "binary", *, url: str | None = None,
                  archive: str | os.PathLike | None = None, labels: str = "fine",
                  force: bool = False, download: bool = True, progress: bool = True,
-                 spec: DatasetSpec | None = None) -> CifarData:
+                 spec: DatasetSpec | None = None, hints: DataHints = DOWNLOAD_HINTS
+                 ) -> CifarData:
     """Locate (see `prepare_dataset`), verify and read the whole data set.
 
     Every file is read once into memory, hashed (unless this call just verified it during
@@ -360,7 +457,7 @@ def load_dataset(dataset: str = "cifar10", root: str | os.PathLike = "data",
     spec = spec or get_spec(dataset, fmt)
     _check_label_choice(spec, labels)
     folder, verified = _locate(spec, Path(root), url=url, archive=archive, force=force,
-                               download=download, progress=progress)
+                               download=download, progress=progress, hints=hints)
     reader = _Reader(folder, spec, verified=verified, hint=_folder_hint(folder))
     reader.check_class_names()
     train_images, train_labels = _read_split(reader, spec.train_files, labels)
@@ -389,7 +486,13 @@ def _read_split(reader: _Reader, names: tuple[str, ...], labels: str
     return images, targets
 
 
-def load_config_data(data: DataConfig, progress: bool = True) -> CifarData:
-    """The data set a config's `data` section names, located, verified and read."""
+def load_config_data(data: DataConfig, progress: bool = True, hints: DataHints = CONFIG_HINTS
+                     ) -> CifarData:
+    """The data set a config's `data` section names, located, verified and read; error
+    messages give `hints` (default: the config's own keys, `--set data.archive=PATH`...)."""
+    if data.dataset == "features":  # feature files for linear probes (softmax_cls.features)
+        from .features import load_features
+        return load_features(data, progress)
     return load_dataset(data.dataset, data.root, data.format, url=data.url, archive=data.archive,
-                        labels=data.labels, download=data.download, progress=progress)
+                        labels=data.labels, download=data.download, progress=progress,
+                        hints=hints)

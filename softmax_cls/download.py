@@ -29,6 +29,10 @@ from softmax_cls.errors import DownloadError
 from softmax_cls.fsutil import fsync_dir
 
 MAX_DELAY = 30.0
+# A host name that does not resolve (offline, a typo) rarely heals within seconds: one quick
+# retry, then the ways forward, instead of the full backoff.
+NAME_RESOLUTION_RETRIES = 1
+NAME_RESOLUTION_DELAY = 0.5
 WAYS_FORWARD = (
     "use --url URL to download from a mirror, or --archive PATH to use a local copy of the archive"
 )
@@ -59,6 +63,7 @@ def download_file(
     chunk_size: int = 1 << 20,
     progress: bool = True,
     session: requests.Session | None = None,
+    ways_forward: str = WAYS_FORWARD,
 ) -> Path:
     """Download `url` to `dest` through `<dest>.part`, resuming any part already there.
 
@@ -66,7 +71,9 @@ def download_file(
     retried up to `retries` times, sleeping `backoff * 2**attempt` seconds (at most 30 s, or
     longer up to that cap when the server sends Retry-After); each retry resumes the part.
     The finished part is checked against `expected_size` and `expected_md5` when given: on a
-    mismatch it is deleted, otherwise it is fsynced and renamed onto `dest`.
+    mismatch it is deleted, otherwise it is fsynced and renamed onto `dest`. A host name that
+    does not resolve is retried once, after half a second. Messages about the network end
+    with `ways_forward` (what the calling command offers instead).
 
     Returns Path(dest). Raises DownloadError with a one-line message on any failure.
     """
@@ -89,12 +96,14 @@ def download_file(
         fetch = functools.partial(
             _fetch_once, session, url, part, bar, expected_size, timeout, chunk_size
         )
-        _with_retries(fetch, url, retries, backoff)
+        _with_retries(fetch, url, retries, backoff, ways_forward)
         _verify(part, dest, expected_size, expected_md5)
         _move_into_place(part, dest)
     except OSError as exc:
         # What requests raises is handled inside; an OSError here is the local disk's.
-        raise DownloadError(f"cannot write {part}: {exc.strerror or exc}") from exc
+        reason = "permission denied" if isinstance(exc, PermissionError) else (
+            exc.strerror or exc)
+        raise DownloadError(f"cannot write {exc.filename or part}: {reason}") from exc
     finally:
         bar.close()
         if own_session:
@@ -106,17 +115,19 @@ def _check_url(url: str) -> None:
     try:
         parts = urlsplit(url)
     except ValueError as exc:
-        raise DownloadError(f"invalid download URL {url!r}: {exc}") from exc
+        raise DownloadError(f"invalid download URL {_shown(url)!r}: {exc}") from exc
     if parts.scheme.lower() not in ("http", "https"):
         raise DownloadError(
-            f"cannot download {url!r}: only http:// and https:// URLs are supported"
+            f"cannot download {_shown(url)!r}: only http:// and https:// URLs are supported"
         )
     if not parts.hostname:
-        raise DownloadError(f"cannot download {url!r}: the URL names no host")
+        raise DownloadError(f"cannot download {_shown(url)!r}: the URL names no host")
 
 
-def _with_retries(fetch: Callable[[], bool], url: str, retries: int, backoff: float) -> None:
-    """Call `fetch` until it has the whole body, retrying transient failures with backoff."""
+def _with_retries(fetch: Callable[[], bool], url: str, retries: int, backoff: float,
+                  ways_forward: str = WAYS_FORWARD) -> None:
+    """Call `fetch` until it has the whole body, retrying transient failures with backoff
+    (name-resolution failures only NAME_RESOLUTION_RETRIES times, quickly)."""
     attempt = 0
     while True:
         try:
@@ -125,7 +136,7 @@ def _with_retries(fetch: Callable[[], bool], url: str, retries: int, backoff: fl
             continue  # a 416 made us discard the part: start over at once, from byte 0
         except requests.exceptions.SSLError as exc:
             raise DownloadError(
-                f"download failed: {_network_problem(exc, url)} for {url}; {WAYS_FORWARD}"
+                f"download failed: {_network_problem(exc, url)} for {_shown(url)}; {ways_forward}"
             ) from exc
         except (
             requests.ConnectionError,
@@ -133,16 +144,24 @@ def _with_retries(fetch: Callable[[], bool], url: str, retries: int, backoff: fl
             requests.exceptions.ChunkedEncodingError,
         ) as exc:
             problem, retry_after, cause = _network_problem(exc, url), None, exc
+            if _unresolved(exc):
+                if attempt >= min(retries, NAME_RESOLUTION_RETRIES):
+                    raise DownloadError(
+                        f"download failed: {problem} for {_shown(url)} (gave up after "
+                        f"{_attempts(attempt + 1)}); {ways_forward}") from exc
         except _Retry as exc:
             problem, retry_after, cause = str(exc), exc.retry_after, exc
         except requests.RequestException as exc:
-            raise DownloadError(f"download failed: {exc} for {url}") from exc
+            raise DownloadError(f"download failed: {exc} for {_shown(url)}") from exc
         if attempt >= retries:
             raise DownloadError(
-                f"download failed: {problem} for {url} (gave up after {_attempts(attempt + 1)}); "
-                f"{WAYS_FORWARD}"
+                f"download failed: {problem} for {_shown(url)} (gave up after "
+                f"{_attempts(attempt + 1)}); {ways_forward}"
             ) from cause
-        time.sleep(_delay(backoff, attempt, retry_after))
+        if isinstance(cause, requests.RequestException) and _unresolved(cause):
+            time.sleep(NAME_RESOLUTION_DELAY)
+        else:
+            time.sleep(_delay(backoff, attempt, retry_after))
         attempt += 1
 
 
@@ -171,7 +190,7 @@ def _fetch_once(session, url, part, bar, expected_size, timeout, chunk_size) -> 
             part.unlink(missing_ok=True)
             raise DownloadError(
                 f"size mismatch for {part.with_suffix('')}: expected {expected_size} bytes, "
-                f"the server offers {total} at {url}"
+                f"the server offers {total} at {_shown(url)}"
             )
         bar.reset(total=expected_size if total is None else total)
         bar.update(offset)
@@ -189,7 +208,8 @@ def _body_start_and_file_size(response, url, part, offset) -> tuple[int, int | N
         return 0, _content_length(response)  # a Range request ignored: start over
     if response.status_code != 206:
         raise DownloadError(
-            f"download failed: unexpected HTTP {response.status_code} {response.reason} for {url}"
+            f"download failed: unexpected HTTP {response.status_code} {response.reason} for "
+            f"{_shown(url)}"
         )
     start, total = _content_range(response)
     if start != offset:
@@ -203,7 +223,7 @@ def _raise_for_status(response: requests.Response, url: str) -> None:
     if status == 429 or status >= 500:
         raise _Retry(f"HTTP {status} {response.reason}", _retry_after(response))
     if status >= 400:
-        raise DownloadError(f"download failed: HTTP {status} {response.reason} for {url}")
+        raise DownloadError(f"download failed: HTTP {status} {response.reason} for {_shown(url)}")
 
 
 def _range_not_satisfiable(response, part, offset, expected_size, bar) -> bool:
@@ -310,6 +330,16 @@ def _network_problem(exc: requests.RequestException, url: str) -> str:
     root = causes[-1]
     detail = root.strerror if isinstance(root, OSError) and root.strerror else root
     return f"cannot connect to {where}: {detail}"
+
+
+def _shown(url: str, limit: int = 150) -> str:
+    """A URL as messages show it: cut to `limit` characters (a config could hold any length)."""
+    return url if len(url) <= limit else f"{url[:limit]}...({len(url)} characters)"
+
+
+def _unresolved(exc: BaseException) -> bool:
+    """Whether a connection failed because the host name did not resolve."""
+    return any(isinstance(e, socket.gaierror) for e in _causes(exc))
 
 
 def _ssl_detail(error: ssl.SSLError) -> str:

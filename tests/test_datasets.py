@@ -29,7 +29,7 @@ from softmax_cls.datasets import (
     SPECS,
     get_spec,
 )
-from softmax_cls.errors import DataError, DownloadError
+from softmax_cls.errors import ConfigError, DataError, DownloadError
 from softmax_cls.untrusted import restricted_unpickle, safe_extract
 
 # The published per-file checksums (shared/data/README.md), kept apart from SPECS on purpose.
@@ -60,8 +60,10 @@ def serve():
 
 
 def entries(root: Path) -> list[str]:
-    """Everything under `root`, as sorted relative paths (hidden files included)."""
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*")) if root.exists() else []
+    """Everything under `root`, as sorted relative paths (hidden files included), but the
+    empty `.lock` file that lets processes preparing the root take turns."""
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*")
+                  if p != root / ".lock") if root.exists() else []
 
 
 def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
@@ -150,7 +152,7 @@ def test_cifar100_coarse_labels(tmp_path, fmt):
 
 
 def test_coarse_labels_do_not_exist_for_cifar10(tmp_path):
-    with pytest.raises(DataError, match="no coarse labels"):
+    with pytest.raises(ConfigError, match="data.labels: cifar10 has no coarse labels"):
         load_dataset(root=tmp_path, labels="coarse", download=False, **QUIET)
 
 
