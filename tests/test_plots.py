@@ -32,20 +32,33 @@ def png_size(path: Path) -> tuple[int, int]:
     return struct.unpack(">II", data[16:24])
 
 
-def assert_valid_picture(path: Path, size: tuple[int, int], min_colours: int = 16) -> None:
-    """A PNG that decodes completely, has `size`, and is not blank: many colours, and more
-    than 2% of its pixels away from the white background."""
+def packed_colours(pixels: np.ndarray) -> np.ndarray:
+    """The distinct colours of (..., 3) uint8 pixels, each as one int 0xRRGGBB."""
+    pixels = pixels.astype(np.int64)
+    return np.unique((pixels[..., 0] << 16) | (pixels[..., 1] << 8) | pixels[..., 2])
+
+
+def assert_valid_picture(path: Path, size: tuple[int, int], min_colours: int = 16,
+                         min_ink: float = 0.02, shows: np.ndarray | None = None) -> None:
+    """A PNG that decodes completely, has `size`, and is not blank: at least min_colours
+    colours, and more than min_ink of its pixels away from the white background. With
+    `shows` (K, 32, 32, 3) uint8 images: nearly all of their colours are in the picture (the
+    images are drawn nearest-neighbour, so their pixels appear as they are)."""
     from PIL import Image
 
     assert png_size(path) == size
     with Image.open(path) as image:
         image.load()
-        pixels = np.asarray(image.convert("RGB"), dtype=np.int64)
+        pixels = np.asarray(image.convert("RGB"))
     assert pixels.shape == (size[1], size[0], 3)
-    colours = np.unique(pixels.reshape(-1, 3), axis=0)
+    colours = packed_colours(pixels)
     assert len(colours) >= min_colours, f"{path}: only {len(colours)} colours"
-    inked = (np.abs(pixels - 255).sum(axis=2) > 30).mean()
-    assert inked > 0.02, f"{path}: {inked:.1%} of the pixels drawn"
+    inked = (np.abs(pixels.astype(np.int64) - 255).sum(axis=2) > 30).mean()
+    assert inked > min_ink, f"{path}: {inked:.1%} of the pixels drawn"
+    if shows is not None:
+        wanted = packed_colours(shows)
+        found = np.isin(wanted, colours).mean()
+        assert found > 0.95, f"{path}: {found:.1%} of the images' colours shown"
 
 
 def random_preprocessor(rng: np.random.Generator, bias: bool = True) -> Preprocessor:
@@ -132,10 +145,10 @@ def test_a_hundred_class_template_picture(tmp_path):
     rng = np.random.default_rng(3)
     W = rng.standard_normal((3073, 100)).astype(np.float32)
     names = tuple(f"class_name_{i:03d}" for i in range(100))
-    path = plots.draw_templates(plots.template_images(W, random_preprocessor(rng)), names,
-                                tmp_path / "templates.png")
+    templates = plots.template_images(W, random_preprocessor(rng))
+    path = plots.draw_templates(templates, names, tmp_path / "templates.png")
     assert plots.templates_size(100) == (1500, 1700)
-    assert_valid_picture(path, (1500, 1700))
+    assert_valid_picture(path, (1500, 1700), min_ink=0.4, shows=templates)
 
 
 # --- curves, confusion, mistakes --------------------------------------------------------------
@@ -217,7 +230,10 @@ def test_drawers_write_pictures_of_the_stated_size(tmp_path):
         mistakes = plots.confident_mistakes(images, labels, probs, k=k)
         assert len(mistakes.index) == k and plots.mistakes_size(k) == size
         path = plots.draw_mistakes(mistakes, names, tmp_path / f"mistakes{k}.png")
-        assert_valid_picture(path, size, min_colours=2 if k == 0 else 16)
+        if k:
+            assert_valid_picture(path, size, min_ink=0.4, shows=mistakes.images)
+        else:
+            assert_valid_picture(path, size, min_colours=2)
 
 
 # --- a run folder, end to end -----------------------------------------------------------------
@@ -297,8 +313,10 @@ def test_plot_run_writes_four_pictures_into_the_run_folder(patched_data):
     assert all(p.parent == run / "plots" for p in written)
     sizes = [plots.CURVES_SIZE, plots.templates_size(5), plots.confusion_size(5),
              plots.mistakes_size(24)]
-    for path, size in zip(written, sizes, strict=True):
-        assert_valid_picture(path, size)
+    pictures = plots.run_pictures(run)
+    shows = [None, pictures.templates, None, pictures.mistakes.images]
+    for path, size, images in zip(written, sizes, shows, strict=True):
+        assert_valid_picture(path, size, shows=images)
 
 
 def test_plot_run_on_a_checkpoint_file_uses_its_own_history(patched_data, tmp_path):
