@@ -1,0 +1,349 @@
+"""SoftmaxClassifier: this tool's softmax regression behind scikit-learn's estimator interface.
+
+A multinomial (softmax) linear classifier trained by minibatch SGD through the very fit() and
+SGD step the CLI uses (softmax_cls.train.fit): the same loss, the same engines, the same
+preprocessing folded into the weights. Needs the optional extra:
+pip install 'softmax-cls[sklearn]'.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+try:
+    from sklearn.base import BaseEstimator, ClassifierMixin
+    from sklearn.utils import check_random_state
+    from sklearn.utils.class_weight import compute_class_weight
+    from sklearn.utils.multiclass import check_classification_targets
+    from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise ImportError("softmax_cls.estimator needs scikit-learn: "
+                      "pip install 'softmax-cls[sklearn]'") from exc
+
+from .config import Config, config_from_dict
+from .errors import ConfigError
+from .optim import learning_rate
+from .preprocess import MIN_STD, Preprocessor, Split, pixel_mean_std, split_train_val
+from .softmax import PREDICT_CHUNK
+from .train import TrainingDiverged, TrainState, fit, initial_state
+
+# config key -> estimator parameter, so that a config error names the parameter
+_PARAMETER_OF_KEY = {
+    "seed": "random_state", "engine": "engine", "loss.reg": "reg", "optim.epochs": "epochs",
+    "optim.batch_size": "batch_size", "optim.lr": "lr", "optim.momentum": "momentum",
+    "optim.nesterov": "nesterov", "optim.schedule.name": "schedule",
+    "optim.early_stopping.patience": "patience", "preprocess.center": "standardize",
+}
+
+
+class SoftmaxClassifier(ClassifierMixin, BaseEstimator):
+    """Multinomial logistic (softmax) regression trained by minibatch SGD with momentum.
+
+    Always multinomial, for any number of classes from 2 and any labels (ints, strings).
+    Training computes in float32 (float64 and integer X are converted); fitted coefficients
+    and every prediction are float64. Each fit goes through softmax_cls.train.fit with a
+    Config built from these parameters, so the CLI, the sweep and this estimator share one
+    loss and one SGD step.
+
+    Parameters
+    ----------
+    lr : float, learning rate of the first epoch (optim.lr).
+    reg : float, L2 strength: the loss adds reg * sum(W ** 2) over the coefficients (not the
+        intercepts; loss.reg). Note: sklearn's SGDClassifier `alpha` is 2 * reg.
+    epochs : int, passes over the training rows (optim.epochs).
+    batch_size : int, rows per SGD step (optim.batch_size).
+    momentum : float in [0, 1), nesterov : bool, the SGD step (optim.momentum, optim.nesterov).
+    schedule : "cosine", "constant", "exponential" or "step", the learning-rate schedule over
+        `epochs` (optim.schedule.name, with the config's gamma 0.9 and step size 5).
+    early_stopping : bool, hold out round(validation_fraction * n_samples) rows (a seeded,
+        stratified split), stop after `patience` epochs without a better validation
+        accuracy, and keep the weights of the best validation epoch.
+    validation_fraction : float in (0, 1), patience : int >= 1, see early_stopping.
+    standardize : bool, centre each feature and divide it by its standard deviation over the
+        training rows (preprocess center true, scale std). The statistics are folded into
+        coef_ and intercept_, which act on the original features.
+    class_weight : dict {label: weight}, "balanced" or None, multiplied into sample_weight.
+    warm_start : bool, start fit from the current model (the function X -> scores is kept
+        exactly while the standardisation is refitted on the new X); velocity and the
+        learning-rate schedule start afresh.
+    random_state : int >= 0, RandomState or None. An int is the config's seed, so
+        SoftmaxClassifier(random_state=s) trains exactly as `softmax-train` with seed s.
+    engine : "auto", "numba" or "numpy" (numba when installed, for "auto").
+
+    Attributes
+    ----------
+    classes_ : (C,) the sorted distinct labels.
+    coef_ : (C, n_features_in_) float64, intercept_ : (C,) float64, in the ORIGINAL feature
+        space: X @ coef_.T + intercept_ equals decision_function(X) (up to a final reshape for
+        binary). For two classes, training keeps two softmax columns w0, w1 (the same math as
+        for any C), but coef_ is (1, n_features_in_) = w1 - w0 and intercept_ (1,) = b1 - b0,
+        as in LogisticRegression: decision_function(X) is then (n_samples,), the log-odds of
+        classes_[1], positive where it is predicted, which scikit-learn's checks require of a
+        binary classifier, and predict_proba(X)[:, 1] is its sigmoid. Both forms give the
+        same probabilities; the two-column weights are `weights_`.
+    weights_ : (n_features_in_ + 1, C) float64, every class's weights in the original
+        feature space, the intercepts in the last row.
+    n_features_in_ : int, feature_names_in_ : (n_features_in_,) when X had string column names.
+    n_iter_ : int, epochs run by the last fit (1 per partial_fit call).
+    best_epoch_ : int, the epoch whose weights are the model (the best on validation with
+        early stopping, else the last).
+    history_ : list of dict, one per epoch: epoch, lr, train_loss, train_acc, val_loss,
+        val_acc (None without validation rows), seconds.
+    """
+
+    def __init__(self, *, lr: float = 0.003, reg: float = 1e-4, epochs: int = 10,
+                 batch_size: int = 256, momentum: float = 0.9, nesterov: bool = True,
+                 schedule: str = "cosine", early_stopping: bool = False,
+                 validation_fraction: float = 0.1, patience: int = 5, standardize: bool = True,
+                 class_weight=None, warm_start: bool = False, random_state=None,
+                 engine: str = "auto"):
+        self.lr = lr
+        self.reg = reg
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.momentum = momentum
+        self.nesterov = nesterov
+        self.schedule = schedule
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.patience = patience
+        self.standardize = standardize
+        self.class_weight = class_weight
+        self.warm_start = warm_start
+        self.random_state = random_state
+        self.engine = engine
+
+    # -- training
+
+    def fit(self, X, y, sample_weight=None) -> SoftmaxClassifier:
+        """Train on X (n_samples, n_features) array-like of numbers, y (n_samples,) labels,
+        sample_weight (n_samples,) or None. Returns self."""
+        warm = self.warm_start and hasattr(self, "_model")
+        X, y = validate_data(self, X, y, dtype=np.float32, order="C", reset=not warm)
+        check_classification_targets(y)
+        classes, y_encoded = np.unique(y, return_inverse=True)
+        _check_two_classes(classes)
+        if warm and not np.array_equal(classes, self.classes_):
+            raise ValueError(f"warm_start: y has the classes {classes.tolist()}, the model "
+                             f"was fitted on {self.classes_.tolist()}")
+        weight = self._row_weights(X, y_encoded, classes, sample_weight)
+        seed = self._seed()
+        n = len(y_encoded)
+        val_size = round(self.validation_fraction * n) if self.early_stopping else 0
+        if self.early_stopping and not 0 < self.validation_fraction < 1:
+            raise ValueError(f"validation_fraction: must be in (0, 1), got "
+                             f"{self.validation_fraction!r}")
+        if val_size >= n:
+            raise ValueError(f"validation_fraction: {self.validation_fraction} of {n} rows "
+                             "leaves no training row")
+        config = self._config(seed, self.epochs, self.lr, self.schedule,
+                              self.patience if self.early_stopping else None)
+        split = split_train_val(y_encoded, val_size, seed)
+        stats = _RunningStats.of(X, split.train_rows)
+        pre = stats.preprocessor(self.standardize)
+        if warm:
+            state = self._continue_from(self._model_state(), pre, restart=True)
+        else:
+            state = initial_state(config, pre.n_features, len(classes))
+        self.classes_ = classes
+        self._train(config, X, y_encoded, split, pre, state, weight)
+        self._seed_, self._stats = seed, stats
+        return self
+
+    def partial_fit(self, X, y, classes=None, sample_weight=None) -> SoftmaxClassifier:
+        """One epoch of SGD over X (n_samples, n_features), y (n_samples,), continuing the
+        model, its momentum and its epoch count. `classes`, all labels y may ever hold, is
+        required on the first call. The standardisation statistics are running statistics
+        over every row seen so far; each call re-expresses the weights for the updated
+        statistics (the model's function is unchanged by that) before its epoch. Call k
+        (from 0) uses the learning rate the schedule gives to epoch min(k, epochs - 1); no
+        validation split, no early stopping. Returns self."""
+        first = not hasattr(self, "_model")
+        X, y = validate_data(self, X, y, dtype=np.float32, order="C", reset=first)
+        check_classification_targets(y)
+        if first:
+            if classes is None:
+                raise ValueError("classes must be given on the first call to partial_fit")
+            all_classes = np.unique(classes)
+            _check_two_classes(all_classes)
+        elif classes is not None and not np.array_equal(np.unique(classes), self.classes_):
+            raise ValueError(f"classes {np.unique(classes).tolist()} differ from the first "
+                             f"call's {self.classes_.tolist()}")
+        else:
+            all_classes = self.classes_
+        unknown = np.setdiff1d(y, all_classes)
+        if len(unknown):
+            raise ValueError(f"y holds labels not in classes: {unknown[:5].tolist()}")
+        y_encoded = np.searchsorted(all_classes, y).astype(np.int64)
+        weight = self._row_weights(X, y_encoded, all_classes, sample_weight)
+        seed = self._seed() if first else self._seed_
+        rows = np.arange(len(y_encoded), dtype=np.int64)
+        stats = _RunningStats.of(X, rows)
+        if first:
+            pre = stats.preprocessor(self.standardize)
+            base = self._config(seed, self.epochs, self.lr, self.schedule, None)
+            state = initial_state(base, pre.n_features, len(all_classes))
+        else:
+            stats = self._stats.merged(stats)
+            pre = stats.preprocessor(self.standardize)
+            state = self._continue_from(self._state, pre, restart=False)
+        schedule_config = self._config(seed, self.epochs, self.lr, self.schedule, None)
+        epoch_lr = learning_rate(schedule_config.optim, min(state.epoch, self.epochs - 1))
+        config = self._config(seed, state.epoch + 1, epoch_lr, "constant", None)
+        self.classes_ = all_classes
+        self._train(config, X, y_encoded, Split(rows, rows[:0]), pre, state, weight)
+        self._seed_, self._stats = seed, stats
+        return self
+
+    def _train(self, config: Config, X: np.ndarray, y_encoded: np.ndarray, split: Split,
+               pre: Preprocessor, state: TrainState, weight: np.ndarray | None) -> None:
+        first_epoch = state.epoch
+        try:
+            result = fit(config, X, y_encoded, split, pre, len(self.classes_), state=state,
+                         sample_weight=weight)
+        except TrainingDiverged as exc:
+            raise ValueError(f"{type(self).__name__}: training diverged in epoch "
+                             f"{state.epoch + 1} with lr={self.lr:g}, reg={self.reg:g}; lower "
+                             f"lr ({exc.__cause__ or 'non-finite loss or weights'})") from None
+        self._state, self._pre, self._model = result.state, pre, result.state.best_W
+        self.n_iter_ = result.state.epoch - first_epoch
+        self.best_epoch_ = result.state.best_epoch
+        self.history_ = list(result.state.history)
+        weights = pre.fold(self._model.astype(np.float64))  # (P + 1, C): original space
+        self.weights_ = weights
+        if len(self.classes_) == 2:
+            difference = weights[:, 1] - weights[:, 0]
+            self.coef_, self.intercept_ = difference[None, :-1].copy(), difference[-1:].copy()
+        else:
+            self.coef_, self.intercept_ = weights[:-1].T.copy(), weights[-1].copy()
+
+    def _config(self, seed: int, epochs: int, lr: float, schedule: str,
+                patience: int | None) -> Config:
+        """The training Config of these parameters (features: no image augmentation)."""
+        raw = {
+            "seed": seed, "engine": self.engine,
+            "preprocess": {"center": self.standardize,
+                           "scale": "std" if self.standardize is True else "none", "bias": True},
+            "loss": {"reg": self.reg},
+            "optim": {"epochs": epochs, "batch_size": self.batch_size, "lr": lr,
+                      "momentum": self.momentum, "nesterov": self.nesterov,
+                      "schedule": {"name": schedule}, "early_stopping": {"patience": patience}},
+            "augment": {"hflip": False, "translate": 0},
+        }
+        try:
+            return config_from_dict(raw)
+        except ConfigError as exc:
+            key, _, problem = str(exc).partition(": ")
+            raise ValueError(f"{_PARAMETER_OF_KEY.get(key, key)}: {problem}") from None
+
+    def _seed(self) -> int:
+        if isinstance(self.random_state, numbers.Integral) and not isinstance(
+                self.random_state, bool):
+            return int(self.random_state)  # validated as the config's seed (>= 0)
+        return int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
+
+    def _row_weights(self, X, y_encoded, classes, sample_weight) -> np.ndarray | None:
+        """sample_weight times class_weight per row (n_samples,) float64, or None for all 1."""
+        if sample_weight is None and self.class_weight is None:
+            return None
+        weight = _check_sample_weight(sample_weight, X, dtype=np.float64)
+        if self.class_weight is not None:
+            present = np.unique(y_encoded)
+            per_class = np.ones(len(classes))
+            per_class[present] = compute_class_weight(self.class_weight, classes=classes[present],
+                                                      y=classes[y_encoded])
+            weight = weight * per_class[y_encoded]
+        return weight
+
+    def _model_state(self) -> TrainState:
+        model = self._model
+        return TrainState(model.copy(), np.zeros_like(model), model.copy(), model.copy())
+
+    def _continue_from(self, state: TrainState, pre: Preprocessor, restart: bool) -> TrainState:
+        """`state` with its weights re-expressed for preprocessing `pre`: the same scores on
+        every row. restart: epoch count, history and best epoch start afresh."""
+        old = self._pre
+
+        def convert(W: np.ndarray) -> np.ndarray:
+            return pre.unfold(old.fold(W.astype(np.float64))).astype(np.float32)
+
+        W, velocity, average, best_W = (convert(a) for a in (state.W, state.velocity,
+                                                              state.average, state.best_W))
+        if restart:
+            return TrainState(W, np.zeros_like(W), W.copy(), W.copy())
+        return TrainState(W, velocity, average, best_W, state.epoch, state.best_epoch,
+                          state.best_val_acc, state.epochs_since_best, list(state.history))
+
+    # -- prediction
+
+    def decision_function(self, X) -> np.ndarray:
+        """Scores float64: (n_samples, C), or (n_samples,) for two classes (the log-odds of
+        classes_[1]), equal to X @ coef_.T + intercept_."""
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
+        scores = np.empty((len(X), len(self.intercept_)))
+        for start in range(0, len(X), PREDICT_CHUNK):
+            block = np.asarray(X[start : start + PREDICT_CHUNK], dtype=np.float64)
+            scores[start : start + PREDICT_CHUNK] = block @ self.coef_.T + self.intercept_
+        return scores.ravel() if scores.shape[1] == 1 else scores
+
+    def _class_scores(self, X) -> np.ndarray:
+        """(n_samples, C) float64 scores whose softmax is the class probabilities."""
+        scores = self.decision_function(X)
+        if scores.ndim == 1:
+            return np.column_stack([np.zeros_like(scores), scores])
+        return scores
+
+    def predict(self, X) -> np.ndarray:
+        """Predicted labels (n_samples,) from classes_: the argmax of the scores."""
+        scores = self._class_scores(X)  # checks that the model is fitted first
+        return self.classes_[scores.argmax(axis=1)]
+
+    def predict_log_proba(self, X) -> np.ndarray:
+        """log P(class | x) (n_samples, C) float64, the exact log-softmax (no clipping)."""
+        scores = self._class_scores(X)
+        shifted = scores - scores.max(axis=1, keepdims=True)
+        return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+    def predict_proba(self, X) -> np.ndarray:
+        """P(class | x) (n_samples, C) float64, columns in classes_ order, rows sum to 1."""
+        return np.exp(self.predict_log_proba(X))
+
+
+def _check_two_classes(classes: np.ndarray) -> None:
+    if len(classes) < 2:
+        raise ValueError(f"SoftmaxClassifier needs at least 2 classes in y, got "
+                         f"{len(classes)} class ({classes.tolist()})")
+
+
+class _RunningStats:
+    """Count, mean (P,) and sum of squared deviations m2 (P,) float64 of the rows seen so far,
+    mergeable (Chan et al.). Unmerged, it keeps pixel_mean_std's std as computed, so its
+    Preprocessor is exactly fit_preprocessor's on the same rows."""
+
+    def __init__(self, count: int, mean: np.ndarray, m2: np.ndarray,
+                 std: np.ndarray | None = None):
+        self.count, self.mean, self.m2, self.std = count, mean, m2, std
+
+    @classmethod
+    def of(cls, X: np.ndarray, rows: np.ndarray) -> _RunningStats:
+        mean, std = pixel_mean_std(X, rows)
+        return cls(len(rows), mean, std * std * len(rows), std)
+
+    def merged(self, other: _RunningStats) -> _RunningStats:
+        count = self.count + other.count
+        delta = other.mean - self.mean
+        mean = self.mean + delta * (other.count / count)
+        m2 = self.m2 + other.m2 + delta * delta * (self.count * other.count / count)
+        return _RunningStats(count, mean, m2)
+
+    def preprocessor(self, standardize: bool) -> Preprocessor:
+        """fit_preprocessor's statistics: centre true and scale std, or centre false and
+        scale none, with the bias column."""
+        P = len(self.mean)
+        if not standardize:
+            return Preprocessor(np.zeros(P), np.ones(P), True)
+        std = self.std if self.std is not None else np.sqrt(np.maximum(self.m2 / self.count, 0))
+        return Preprocessor(self.mean.copy(), 1 / np.maximum(std, MIN_STD), True)

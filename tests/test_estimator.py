@@ -1,0 +1,224 @@
+"""SoftmaxClassifier: scikit-learn's own estimator checks, and the math against float64 numpy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("sklearn")
+
+from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
+
+from softmax_cls.estimator import SoftmaxClassifier  # noqa: E402
+
+# Listed the way scikit-learn lists them for its own SGDClassifier
+# (sklearn/utils/_test_common/instance_generator.py, PER_ESTIMATOR_XFAIL_CHECKS).
+EXPECTED_FAILED_CHECKS = {
+    "check_sample_weight_equivalence_on_dense_data": (
+        "sample_weight is not equivalent to removing/repeating samples: minibatch SGD "
+        "divides by the rows of a minibatch, zero-weight rows still take places in the "
+        "shuffled minibatches, and the standardisation statistics count every row."
+    ),
+}
+
+
+def expected_failed_checks(estimator) -> dict[str, str]:
+    return EXPECTED_FAILED_CHECKS
+
+
+@parametrize_with_checks([SoftmaxClassifier(epochs=5), SoftmaxClassifier(epochs=5,
+                                                                          engine="numpy")],
+                         expected_failed_checks=expected_failed_checks, xfail_strict=True)
+def test_scikit_learn_estimator_checks(estimator, check):
+    check(estimator)
+
+
+def blobs(n=300, d=5, classes=3, seed=0, labels=None):
+    """Gaussian blobs (n, d) float64 with offsets and scales, labels (n,) (or `labels`[y])."""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(0, 3, (classes, d))
+    y = rng.integers(0, classes, n)
+    X = (centers[y] + rng.standard_normal((n, d))) * rng.uniform(0.5, 20, d) + rng.normal(
+        0, 5, d)
+    return X, (y if labels is None else np.asarray(labels)[y])
+
+
+def reference_one_step(X, y, classes, lr, reg, init_W):
+    """One full-batch gradient step from init_W (D+1, C) in float64 numpy, on standardised
+    features with a bias column: the math contract written out plainly. Returns the weights
+    in the ORIGINAL feature space (D + 1, C), intercepts last."""
+    mean, std = X.mean(axis=0), X.std(axis=0)
+    Z = np.hstack([(X - mean) / std, np.ones((len(X), 1))])
+    S = Z @ init_W
+    P = np.exp(S - S.max(axis=1, keepdims=True))
+    P /= P.sum(axis=1, keepdims=True)
+    Y = np.eye(classes)[y]
+    grad = Z.T @ (P - Y) / len(X)
+    grad[:-1] += 2 * reg * init_W[:-1]
+    W = init_W - lr * grad
+    coef = W[:-1] / std[:, None]
+    return np.vstack([coef, W[-1] - mean @ coef])
+
+
+@pytest.mark.parametrize("engine", ["numpy", "auto"])
+def test_one_full_batch_step_matches_float64_reference(engine):
+    X, y = blobs()
+    model = SoftmaxClassifier(lr=0.5, reg=0.01, epochs=1, batch_size=len(X), momentum=0.0,
+                              nesterov=False, schedule="constant", random_state=3,
+                              engine=engine).fit(X, y)
+    from softmax_cls.train import initial_state
+
+    init_W = initial_state(model._config(3, 1, 0.5, "constant", None), 6, 3).W
+    expected = reference_one_step(X, y, 3, 0.5, 0.01, init_W.astype(np.float64))
+    np.testing.assert_allclose(model.weights_, expected, rtol=2e-4, atol=2e-6)
+    np.testing.assert_allclose(model.coef_, expected[:-1].T, rtol=2e-4, atol=2e-6)
+    np.testing.assert_allclose(model.intercept_, expected[-1], rtol=2e-4, atol=2e-6)
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_scores_probabilities_and_labels_agree(classes):
+    names = ["cat", "dog", "emu"][:classes]
+    X, y = blobs(classes=classes, labels=names)
+    model = SoftmaxClassifier(epochs=5, random_state=0).fit(X, y)
+    assert model.classes_.tolist() == names
+    scores = X @ model.coef_.T + model.intercept_
+    decision = model.decision_function(X)
+    full = X @ model.weights_[:-1] + model.weights_[-1]  # every class's score (n, C)
+    proba = model.predict_proba(X)
+    exp = np.exp(full - full.max(axis=1, keepdims=True))
+    np.testing.assert_allclose(proba, exp / exp.sum(axis=1, keepdims=True), rtol=1e-9)
+    np.testing.assert_allclose(model.predict_log_proba(X), np.log(proba), rtol=1e-9, atol=1e-12)
+    if classes == 2:
+        assert model.coef_.shape == (1, 5) and decision.shape == (len(X),)
+        np.testing.assert_array_equal(decision, scores[:, 0])
+        np.testing.assert_allclose(decision, full[:, 1] - full[:, 0], rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(proba[:, 1], 1 / (1 + np.exp(-decision)), rtol=1e-9)
+        assert np.array_equal(model.predict(X), np.where(decision > 0, "dog", "cat"))
+    else:
+        assert model.coef_.shape == (3, 5) and decision.shape == (len(X), 3)
+        np.testing.assert_array_equal(decision, scores)
+        assert np.array_equal(model.predict(X), np.array(names)[full.argmax(axis=1)])
+    assert model.score(X, y) > 0.9
+    assert model.n_features_in_ == 5 and model.n_iter_ == 5 and len(model.history_) == 5
+
+
+def test_float32_and_float64_input_train_the_same():
+    X, y = blobs()
+    a = SoftmaxClassifier(epochs=3, random_state=1).fit(X.astype(np.float32), y)
+    b = SoftmaxClassifier(epochs=3, random_state=1).fit(X.astype(np.float32).astype(np.float64), y)
+    np.testing.assert_array_equal(a.coef_, b.coef_)
+
+
+def test_sample_weight_and_class_weight_enter_the_loss_as_row_weights():
+    X, y = blobs()
+    params = dict(epochs=3, random_state=0, engine="numpy")
+    plain = SoftmaxClassifier(**params).fit(X, y)
+    ones = SoftmaxClassifier(**params).fit(X, y, sample_weight=np.ones(len(y)))
+    np.testing.assert_array_equal(plain.coef_, ones.coef_)
+    class_weight = {0: 0.5, 1: 2.0, 2: 1.0}
+    by_class = SoftmaxClassifier(class_weight=class_weight, **params).fit(X, y)
+    by_row = SoftmaxClassifier(**params).fit(X, y, sample_weight=np.array([0.5, 2.0, 1.0])[y])
+    np.testing.assert_array_equal(by_class.coef_, by_row.coef_)
+    assert not np.array_equal(by_class.coef_, plain.coef_)
+    counts = np.bincount(y)
+    balanced = SoftmaxClassifier(class_weight="balanced", **params).fit(X, y)
+    manual = SoftmaxClassifier(**params).fit(X, y, sample_weight=(len(y) / (3 * counts))[y])
+    np.testing.assert_array_equal(balanced.coef_, manual.coef_)
+
+
+def test_partial_fit_once_is_one_epoch_of_fit():
+    X, y = blobs()
+    one = SoftmaxClassifier(epochs=1, schedule="constant", random_state=4).fit(X, y)
+    streamed = SoftmaxClassifier(epochs=10, random_state=4).partial_fit(X, y, classes=[0, 1, 2])
+    np.testing.assert_array_equal(one.coef_, streamed.coef_)
+    np.testing.assert_array_equal(one.intercept_, streamed.intercept_)
+
+
+def test_partial_fit_keeps_the_model_when_the_statistics_move():
+    X, y = blobs(n=400)
+    model = SoftmaxClassifier(epochs=10, random_state=0).partial_fit(X[:200], y[:200],
+                                                                      classes=[0, 1, 2])
+    before = model.decision_function(X)
+    model.set_params(lr=1e-12)  # the step then changes nothing: only the re-expression acts
+    model.partial_fit(X[200:] * 3 + 7, y[200:])
+    np.testing.assert_allclose(model.decision_function(X), before, rtol=1e-4, atol=1e-4)
+    stacked = np.vstack([X[:200], X[200:] * 3 + 7])
+    np.testing.assert_allclose(model._pre.mean, stacked.mean(axis=0), rtol=1e-6)
+    np.testing.assert_allclose(1 / model._pre.scale, stacked.std(axis=0), rtol=1e-5)
+    assert model.n_iter_ == 1 and len(model.history_) == 2
+    with pytest.raises(ValueError, match="classes"):
+        SoftmaxClassifier().partial_fit(X, y)
+    with pytest.raises(ValueError, match="not in classes"):
+        model.partial_fit(X, y + 5)
+
+
+def test_warm_start_starts_from_the_current_model():
+    X, y = blobs()
+    model = SoftmaxClassifier(epochs=3, random_state=0).fit(X, y)
+    before = model.decision_function(X)
+    model.set_params(warm_start=True, lr=1e-12)
+    model.fit(X[:150] * 2 - 1, y[:150])  # new statistics, no real step
+    np.testing.assert_allclose(model.decision_function(X), before, rtol=1e-4, atol=1e-4)
+    cold = SoftmaxClassifier(epochs=3, random_state=0, lr=1e-12).fit(X[:150], y[:150])
+    assert np.abs(cold.decision_function(X)).max() < 1e-2  # from the tiny initial weights
+    with pytest.raises(ValueError, match="warm_start"):
+        model.fit(X, np.where(y == 2, 1, y))
+
+
+def test_early_stopping_keeps_the_best_validation_epoch():
+    X, y = blobs(n=400, seed=2)
+    model = SoftmaxClassifier(epochs=40, lr=0.5, early_stopping=True, validation_fraction=0.25,
+                              patience=2, random_state=0).fit(X, y)
+    val_accs = [row["val_acc"] for row in model.history_]
+    assert None not in val_accs and len(model.history_) < 40
+    assert model.best_epoch_ == 1 + int(np.argmax(val_accs))
+    assert len(model.history_) - model.best_epoch_ == 2
+    no_stop = SoftmaxClassifier(epochs=3, random_state=0).fit(X, y)
+    assert [row["val_acc"] for row in no_stop.history_] == [None] * 3
+
+
+def test_estimator_trains_exactly_as_the_cli_path(tmp_path):
+    """The same seed, data and hyper-parameters as a features run of softmax-train."""
+    from softmax_cls.checkpoint import load_checkpoint
+    from softmax_cls.config import config_from_dict
+    from softmax_cls.features import load_features
+    from softmax_cls.runs import train_run
+
+    X, y = blobs(n=500, d=8, classes=4, seed=5)
+    X = X.astype(np.float32)
+    np.savez(tmp_path / "train.npz", X=X, y=y)
+    config = config_from_dict({
+        "seed": 7, "engine": "numpy",
+        "data": {"dataset": "features", "train": str(tmp_path / "train.npz"), "val_size": 100},
+        "preprocess": {"scale": "std"}, "loss": {"reg": 1e-3},
+        "optim": {"epochs": 6, "batch_size": 32, "lr": 0.05, "momentum": 0.8,
+                  "nesterov": False, "schedule": {"name": "cosine"},
+                  "early_stopping": {"patience": 2}},
+        "augment": {"hflip": False}})
+    train_run(config, load_features(config.data, False), tmp_path / "run", progress=False)
+    best = load_checkpoint(tmp_path / "run" / "best.npz")
+    model = SoftmaxClassifier(lr=0.05, reg=1e-3, epochs=6, batch_size=32, momentum=0.8,
+                              nesterov=False, early_stopping=True, validation_fraction=0.2,
+                              patience=2, random_state=7, engine="numpy").fit(X, y)
+    np.testing.assert_array_equal(model._model, best.W)
+    np.testing.assert_array_equal(model.weights_,
+                                  best.preprocessor.fold(best.W.astype(np.float64)))
+
+
+@pytest.mark.parametrize("params, match", [
+    ({"lr": -1.0}, "lr: must be > 0"), ({"epochs": 0}, "epochs: must be >= 1"),
+    ({"schedule": "linear"}, "schedule: must be one of"),
+    ({"random_state": -3}, "random_state: must be >= 0"),
+    ({"engine": "gpu"}, "engine: must be one of"),
+    ({"early_stopping": True, "validation_fraction": 1.5}, "validation_fraction"),
+])
+def test_bad_parameters_name_the_parameter(params, match):
+    X, y = blobs()
+    with pytest.raises(ValueError, match=match):
+        SoftmaxClassifier(**params).fit(X, y)
+
+
+def test_divergence_is_a_value_error_naming_lr():
+    X, y = blobs()
+    with pytest.raises(ValueError, match="diverged.*lower lr"):
+        SoftmaxClassifier(lr=1e30, standardize=False, random_state=0).fit(X * 1e10, y)

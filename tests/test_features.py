@@ -1,0 +1,298 @@
+"""Feature files (data.dataset features): loading, bad files through softmax-train, runs on
+them (train, resume, eval), and a file trained from disk with bounded anonymous memory."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from cli_util import assert_one_line_error, run, script
+
+from softmax_cls.checkpoint import load_checkpoint
+from softmax_cls.config import config_from_dict
+from softmax_cls.features import labels_path, load_features
+from softmax_cls.preprocess import split_and_fit
+from softmax_cls.train import fit
+
+
+def linear_data(n=600, d=16, classes=3, seed=0):
+    """float32 features (n, d) of Gaussian blobs with per-feature scales, int labels (n,)."""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(0, 2, (classes, d))
+    y = rng.integers(0, classes, n)
+    X = (centers[y] + rng.standard_normal((n, d))) * rng.uniform(0.5, 5, d) + 3
+    return X.astype(np.float32), y.astype(np.int64)
+
+
+def data_config(**data):
+    return config_from_dict({"data": {"dataset": "features", **data},
+                             "augment": {"hflip": False}}).data
+
+
+def test_npz_is_memory_mapped_and_labels_are_sorted_class_names(tmp_path):
+    X, _ = linear_data(n=6, d=4)
+    y = np.array([10, 2, 3, 2, 10, 3])
+    np.savez(tmp_path / "train.npz", X=X, y=y)
+    np.savez(tmp_path / "test.npz", X=X[:2], y=y[:2])
+    data = load_features(data_config(train=str(tmp_path / "train.npz"),
+                                     test=str(tmp_path / "test.npz")), progress=False)
+    assert isinstance(data.train_images, np.memmap) and data.train_images.dtype == np.float32
+    np.testing.assert_array_equal(data.train_images, X)
+    assert data.class_names == ("2", "3", "10")  # numeric order for integer labels
+    np.testing.assert_array_equal(data.train_labels, [2, 0, 1, 0, 2, 1])
+    np.testing.assert_array_equal(data.test_labels, [2, 0])
+    assert data.train_labels.dtype == np.int64
+    import hashlib
+    assert data.fingerprint == {
+        "train train.npz": hashlib.md5((tmp_path / "train.npz").read_bytes()).hexdigest(),
+        "test test.npz": hashlib.md5((tmp_path / "test.npz").read_bytes()).hexdigest()}
+
+
+def test_npy_pair_string_labels_no_test_and_float64_conversion(tmp_path):
+    X, _ = linear_data(n=5, d=3)
+    np.save(tmp_path / "train_X.npy", X.astype(np.float64))
+    np.save(tmp_path / "train_y.npy", np.array(["dog", "cat", "dog", "emu", "cat"]))
+    data = load_features(data_config(train=str(tmp_path / "train_X.npy")), progress=False)
+    assert not isinstance(data.train_images, np.memmap)  # converted into memory
+    assert data.train_images.dtype == np.float32
+    np.testing.assert_array_equal(data.train_images, X)
+    assert data.class_names == ("cat", "dog", "emu")
+    np.testing.assert_array_equal(data.train_labels, [1, 0, 1, 2, 0])
+    assert data.test_images.shape == (0, 3) and data.test_labels.shape == (0,)
+    assert set(data.fingerprint) == {"train train_X.npy", "train train_y.npy"}
+
+
+@pytest.mark.parametrize("name, expected", [("X.npy", "y.npy"), ("train_X.npy", "train_y.npy"),
+                                            ("X_test.npy", "y_test.npy"),
+                                            ("XX.npy", "Xy.npy")])
+def test_labels_path_replaces_the_last_capital_x(name, expected):
+    assert labels_path(Path("d") / name) == Path("d") / expected
+
+
+def write_config(tmp_path: Path, **data) -> Path:
+    raw = {"seed": 1, "engine": "numpy",
+           "data": {"dataset": "features", "val_size": 100, **data},
+           "preprocess": {"scale": "std"},
+           "optim": {"epochs": 4, "batch_size": 64, "lr": 0.05},
+           "augment": {"hflip": False}, "output": {"dir": str(tmp_path / "run")}}
+    path = tmp_path / "probe.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def bad_file(tmp_path: Path, kind: str) -> tuple[str, str | None, str]:
+    """(train path, test path or None, a phrase the error must contain) of a bad file."""
+    X, y = linear_data(n=200, d=4)
+    train = tmp_path / "train.npz"
+    test = None
+    if kind == "missing":
+        return str(tmp_path / "nope.npz"), None, "not found"
+    if kind == "csv":
+        (tmp_path / "train.csv").write_text("1,2\n")
+        return str(tmp_path / "train.csv"), None, ".npz"
+    if kind == "not a zip":
+        train.write_bytes(b"hello, not a zip")
+        return str(train), None, "not a valid .npz"
+    if kind == "X 1-d":
+        np.savez(train, X=X[:, 0], y=y)
+        return str(train), None, "2-d"
+    if kind == "no y":
+        np.savez(train, X=X)
+        return str(train), None, "no y array"
+    if kind == "length":
+        np.savez(train, X=X, y=y[:-1])
+        return str(train), None, "200 rows but y has 199"
+    if kind == "nan":
+        X[7, 2] = np.nan
+        np.savez(train, X=X, y=y)
+        return str(train), None, "X[7, 2] is nan"
+    if kind == "inf":
+        X[3, 1] = np.inf
+        np.savez(train, X=X, y=y)
+        return str(train), None, "X[3, 1] is inf"
+    if kind == "float64 overflow":
+        X64 = X.astype(np.float64)
+        X64[5, 0] = 1e300
+        np.savez(train, X=X64, y=y)
+        return str(train), None, "after conversion to float32"
+    if kind == "float labels":
+        np.savez(train, X=X, y=y.astype(np.float64))
+        return str(train), None, "integer or string labels"
+    if kind == "object labels":
+        np.savez(train, X=X, y=np.array([f"c{v}" for v in y], dtype=object))
+        return str(train), None, "pickle"
+    if kind == "object X":
+        np.save(tmp_path / "X.npy", np.array([[1, "a"]] * 200, dtype=object))
+        np.save(tmp_path / "y.npy", y)
+        return str(tmp_path / "X.npy"), None, "object array"
+    if kind == "compressed":
+        np.savez_compressed(train, X=X, y=y)
+        return str(train), None, "np.savez_compressed"
+    if kind == "one class":
+        np.savez(train, X=X, y=np.zeros_like(y))
+        return str(train), None, "single class"
+    if kind == "no y.npy":
+        np.save(tmp_path / "X.npy", X)
+        return str(tmp_path / "X.npy"), None, "y.npy are missing"
+    if kind == "truncated":
+        np.save(tmp_path / "X.npy", X)
+        np.save(tmp_path / "y.npy", y)
+        data = (tmp_path / "X.npy").read_bytes()
+        (tmp_path / "X.npy").write_bytes(data[:-100])
+        return str(tmp_path / "X.npy"), None, "truncated"
+    np.savez(train, X=X, y=y)
+    test = tmp_path / "test.npz"
+    if kind == "D mismatch":
+        np.savez(test, X=X[:, :3], y=y)
+        return str(train), str(test), "3 features"
+    if kind == "unknown test label":
+        np.savez(test, X=X, y=y + 7)
+        return str(train), str(test), "does not occur in the training labels"
+    raise AssertionError(kind)
+
+
+BAD_KINDS = ["missing", "csv", "not a zip", "X 1-d", "no y", "length", "nan", "inf",
+             "float64 overflow", "float labels", "object labels", "object X", "compressed",
+             "one class", "no y.npy", "truncated", "D mismatch", "unknown test label"]
+
+
+@pytest.mark.parametrize("kind", BAD_KINDS)
+def test_bad_feature_files_are_one_error_line(tmp_path, kind):
+    train, test, phrase = bad_file(tmp_path, kind)
+    config = write_config(tmp_path, train=train, test=test)
+    result = run("softmax-train", "--config", str(config), "--quiet")
+    assert_one_line_error(result, 1, phrase)
+    assert not (tmp_path / "run").exists()
+
+
+def test_features_run_trains_and_evaluates(tmp_path):
+    X, y = linear_data()
+    Xt, yt = linear_data(n=200, seed=1)
+    np.save(tmp_path / "X.npy", X)
+    np.save(tmp_path / "y.npy", y)
+    np.savez(tmp_path / "test.npz", X=Xt, y=yt)
+    config = write_config(tmp_path, train=str(tmp_path / "X.npy"),
+                          test=str(tmp_path / "test.npz"))
+    whole = run("softmax-train", "--config", str(config), "--quiet", "--out",
+                str(tmp_path / "whole"))
+    assert whole.returncode == 0, whole.stderr
+    # eval: accuracy from the checkpoint, recomputed in float64 from the raw files
+    best = load_checkpoint(tmp_path / "whole" / "best.npz")
+    report = run("softmax-eval", str(tmp_path / "whole" / "best.npz"), "--json", "--quiet")
+    assert report.returncode == 0, report.stderr
+    pre, W = best.preprocessor, best.W.astype(np.float64)
+    scores = ((Xt - pre.mean) * pre.scale) @ W[:-1] + W[-1]
+    assert json.loads(report.stdout)["accuracy"] == pytest.approx(
+        np.mean(scores.argmax(axis=1) == yt), abs=1e-12)
+    assert json.loads(report.stdout)["accuracy"] > 0.9
+    val = run("softmax-eval", str(tmp_path / "whole" / "best.npz"), "--split", "val", "--json",
+              "--quiet")
+    assert val.returncode == 0 and json.loads(val.stdout)["accuracy"] == pytest.approx(
+        best.state.best_val_acc)
+
+    # changed data: the fingerprint refuses it
+    np.savez(tmp_path / "test.npz", X=Xt + 1, y=yt)
+    changed = run("softmax-eval", str(tmp_path / "whole" / "best.npz"), "--quiet")
+    assert_one_line_error(changed, 1, "does not match the checkpoint")
+
+
+def test_resume_of_a_features_run_equals_the_uninterrupted_run(tmp_path):
+    X, y = linear_data()
+    np.savez(tmp_path / "train.npz", X=X, y=y)
+    config = write_config(tmp_path, train=str(tmp_path / "train.npz"))
+    text = yaml.safe_load(config.read_text())
+    text["optim"]["schedule"] = {"name": "constant"}
+    config.write_text(yaml.safe_dump(text))
+    for out, epochs in (("whole", 4), ("half", 2)):
+        result = run("softmax-train", "--config", str(config), "--quiet", "--out",
+                     str(tmp_path / out), "--set", f"optim.epochs={epochs}")
+        assert result.returncode == 0, result.stderr
+    resumed = run("softmax-train", "--resume", str(tmp_path / "half" / "last.npz"), "--quiet",
+                  "--set", "optim.epochs=4")
+    assert resumed.returncode == 0, resumed.stderr
+    whole = load_checkpoint(tmp_path / "whole" / "last.npz")
+    again = load_checkpoint(tmp_path / "half" / "last.npz")
+    assert again.state.epoch == whole.state.epoch == 4
+    np.testing.assert_array_equal(again.state.W, whole.state.W)
+    changed = run("softmax-train", "--resume", str(tmp_path / "half" / "last.npz"), "--quiet",
+                  "--set", f"data.train={tmp_path / 'other.npz'}")
+    assert_one_line_error(changed, 2, "data.train: cannot change when resuming")
+
+
+def _anon_peak(pid: int, process: subprocess.Popen) -> int:
+    """Peak RssAnon (bytes) of a running process, polled every 5 ms until it exits."""
+    peak = 0
+    status = Path(f"/proc/{pid}/status")
+    while process.poll() is None:
+        try:
+            for line in status.read_text().splitlines():
+                if line.startswith("RssAnon:"):
+                    peak = max(peak, int(line.split()[1]) * 1024)
+        except (FileNotFoundError, ProcessLookupError):
+            break
+        time.sleep(0.005)
+    return peak
+
+
+@pytest.mark.slow  # about 14 s: writing and hashing 320 MB, two epochs, the in-memory fit
+def test_a_file_larger_than_the_allowed_memory_trains_to_the_in_memory_weights(tmp_path):
+    """A 320 MB float32 X.npy, trained by softmax-train under RLIMIT_DATA 200 MB (private
+    writable memory: heap and anonymous maps, not the file-backed read-only map) while its
+    RssAnon is polled; the weights equal fit() on the same data loaded into memory."""
+    import resource
+
+    n, d, classes = 160_000, 512, 4
+    X = np.lib.format.open_memmap(tmp_path / "X.npy", mode="w+", dtype=np.float32,
+                                  shape=(n, d))
+    rng = np.random.default_rng(0)
+    centers = rng.normal(0, 1, (classes, d)).astype(np.float32)
+    y = rng.integers(0, classes, n)
+    for start in range(0, n, 20_000):
+        stop = start + 20_000
+        X[start:stop] = centers[y[start:stop]] + rng.standard_normal((stop - start, d),
+                                                                    dtype=np.float32)
+    X.flush()
+    del X
+    np.save(tmp_path / "y.npy", y)
+    file_size = (tmp_path / "X.npy").stat().st_size
+    config = write_config(tmp_path, train=str(tmp_path / "X.npy"), val_size=1000)
+    limit = 200 << 20
+
+    def limit_memory():
+        resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([script("softmax-train"), "--config", str(config), "--quiet",
+                                "--set", "optim.epochs=2"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=env,
+                               preexec_fn=limit_memory)
+    peak = _anon_peak(process.pid, process)
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr
+    assert file_size > 300 << 20 and limit < file_size
+    print(f"peak RssAnon {peak / 2**20:.1f} MB, X.npy {file_size / 2**20:.0f} MB")
+    assert 0 < peak < 100 << 20, peak  # measured: 38 MB
+    trained = load_checkpoint(tmp_path / "run" / "last.npz")
+
+    # the limit bites: the same process start under it cannot hold the file in memory
+    control = subprocess.run([sys.executable, "-c", "import numpy as np, sys; "
+                              "np.array(np.load(sys.argv[1], mmap_mode='r'))",
+                              str(tmp_path / "X.npy")], capture_output=True, text=True,
+                             env=env, preexec_fn=limit_memory, timeout=120)
+    assert control.returncode != 0 and "MemoryError" in control.stderr, control.stderr
+
+    in_memory = config_from_dict(yaml.safe_load(config.read_text()), ["optim.epochs=2"])
+    rows = np.load(tmp_path / "X.npy")  # the whole file in memory, not a memory map
+    assert not isinstance(rows, np.memmap)
+    labels = np.searchsorted(np.unique(y), y).astype(np.int64)
+    split, pre = split_and_fit(in_memory, rows, labels)
+    result = fit(in_memory, rows, labels, split, pre, classes)
+    np.testing.assert_array_equal(trained.state.W, result.state.W)
+    np.testing.assert_array_equal(trained.preprocessor.mean, pre.mean)
