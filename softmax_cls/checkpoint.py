@@ -24,6 +24,11 @@ from .preprocess import Preprocessor
 from .train import TrainState
 
 FORMAT_VERSION = 2
+# The most bytes (uncompressed) a checkpoint member may have, checked before it is read: a
+# hostile .npz can declare members that inflate to gigabytes.
+TEXT_CAP = 16 << 20  # config_yaml, meta_json (the history), class_names
+ARRAY_CAP = 1 << 30
+TOTAL_CAP = 2 << 30
 REQUIRED = ("W", "velocity", "average", "best_W", "val_rows", "pre_mean", "pre_scale",
             "pre_bias", "class_names", "config_yaml", "meta_json")
 
@@ -39,6 +44,7 @@ class Checkpoint:
     versions: dict[str, str]
     status: str
     val_rows: np.ndarray
+    path: Path | None = None  # the file it was loaded from
 
     @property
     def W(self) -> np.ndarray:
@@ -97,18 +103,33 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             if missing:
                 raise DataError(f"{path}: not a softmax-cls checkpoint "
                                 f"(missing {', '.join(missing)})")
+            _check_member_sizes(path, npz.zip)
             arrays = {key: npz[key] for key in REQUIRED}
     except DataError:
         raise
     except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError, TypeError) as exc:
-        raise DataError(f"{path}: corrupt or truncated checkpoint ({exc})") from None
+        raise DataError(f"{path}: corrupt or truncated checkpoint ({str(exc)[:150]})") from None
     try:
         checkpoint = _from_arrays(path, arrays)
     except (json.JSONDecodeError, ConfigError, KeyError, TypeError, ValueError,
-            AttributeError) as exc:
-        raise DataError(f"{path}: unreadable checkpoint ({type(exc).__name__}: {exc})") from None
+            AttributeError, RecursionError) as exc:
+        raise DataError(f"{path}: unreadable checkpoint ({type(exc).__name__}: "
+                        f"{str(exc)[:150]})") from None
     _validate(path, checkpoint)
+    checkpoint.path = path
     return checkpoint
+
+
+def _check_member_sizes(path: Path, archive: zipfile.ZipFile) -> None:
+    """DataError if a required member would inflate past its cap (read from the zip index)."""
+    total = 0
+    for key in REQUIRED:
+        size = archive.getinfo(f"{key}.npy").file_size
+        total += size
+        cap = TEXT_CAP if key in ("config_yaml", "meta_json", "class_names") else ARRAY_CAP
+        if size > cap or total > TOTAL_CAP:
+            raise DataError(f"{path}: member {key} is {size} bytes uncompressed, more than a "
+                            "checkpoint holds; refusing it")
 
 
 def _from_arrays(path: Path, arrays: dict[str, np.ndarray]) -> Checkpoint:

@@ -1,7 +1,8 @@
 """Console scripts: thin click commands over the library. All logic lives in importable modules.
 
 User errors (bad config, options, data, checkpoints) end with one `error: ...` line on stderr
-and a non-zero exit code: 2 for usage and config errors, 1 for the others, 130 for Ctrl-C.
+and a non-zero exit code: 2 for usage and config errors, 1 for the others, 130 for Ctrl-C,
+143 for SIGTERM (handled like Ctrl-C: training saves the last completed epoch first).
 """
 
 from __future__ import annotations
@@ -19,18 +20,26 @@ class Command(click.Command):
     """A click command whose every user error is one line on stderr, never a traceback."""
 
     def main(self, args=None, prog_name=None, **extra):
+        from .interrupts import Terminated, sigterm_as_interrupt
+
         extra.pop("standalone_mode", None)
         try:
-            result = super().main(args, prog_name, standalone_mode=False, **extra)
+            with sigterm_as_interrupt():
+                result = super().main(args, prog_name, standalone_mode=False, **extra)
         except click.ClickException as exc:
             _fail(exc.format_message(), exc.exit_code)
-        except click.Abort:
+        except click.Abort as exc:
+            if isinstance(exc.__cause__, Terminated):
+                _fail("terminated", 143)
             _fail("interrupted", 130)
         except SoftmaxClsError as exc:
             _fail(str(exc), exc.exit_code)
         except OSError as exc:  # a folder that cannot be created, a disk that is full, ...
             where = f"{exc.filename}: " if exc.filename else ""
-            _fail(f"{where}{exc.strerror or exc}", 1)
+            reason = exc.strerror or str(exc)
+            if isinstance(exc, PermissionError) and "permission" not in reason.lower():
+                reason = f"permission denied ({reason})"
+            _fail(f"{where}{reason}", 1)
         sys.exit(result if isinstance(result, int) else 0)
 
 
@@ -76,9 +85,11 @@ def download_command(dataset, root, fmt, url, archive, force, quiet):
               help="Run folder (default: output.dir, or the resumed checkpoint's folder).")
 @click.option("--resume", type=click.Path(dir_okay=False),
               help="Continue from a last.npz exactly where it stopped.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace the run already in the run folder (its files are deleted first).")
 @quiet_option
 @click.version_option(__version__)
-def train_command(config_path, overrides, out, resume, quiet):
+def train_command(config_path, overrides, out, resume, overwrite, quiet):
     """Train a linear softmax classifier as the config says.
 
     Writes a run folder with config.yaml, history.jsonl, best.npz, last.npz and summary.json,
@@ -86,7 +97,8 @@ def train_command(config_path, overrides, out, resume, quiet):
     """
     from .runs import start_or_resume
 
-    result = start_or_resume(config_path, overrides, out, resume, progress=not quiet)
+    result = start_or_resume(config_path, overrides, out, resume, progress=not quiet,
+                             overwrite=overwrite)
     state = result.state
     test = ("no test split" if result.test_acc is None else
             f"test accuracy {result.test_acc:.4f} (loss {result.test_loss:.4f})")
@@ -102,14 +114,17 @@ def train_command(config_path, overrides, out, resume, quiet):
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--root", type=click.Path(file_okay=False),
               help="Data folder (default: the one the checkpoint was trained with).")
+@click.option("--download", is_flag=True,
+              help="Download the data if it is not there (by default eval never downloads).")
 @quiet_option
 @click.version_option(__version__)
-def eval_command(checkpoint, split, as_json, root, quiet):
+def eval_command(checkpoint, split, as_json, root, download, quiet):
     """Accuracy, per-class precision / recall / F1 and the confusion matrix of a checkpoint."""
     from .evaluate import evaluate_checkpoint
     from .metrics import format_report
 
-    report = evaluate_checkpoint(checkpoint, split, root, progress=not quiet)
+    report = evaluate_checkpoint(checkpoint, split, root, progress=not quiet,
+                                 download=download)
     if as_json:
         click.echo(json.dumps({"checkpoint": str(checkpoint), "split": split, **report.to_dict()},
                               indent=2))

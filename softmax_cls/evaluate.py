@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from .checkpoint import Checkpoint, check_matches, load_checkpoint
-from .data import CifarData, load_config_data
+from .data import EVAL_HINTS, CifarData, load_config_data
 from .errors import DataError
 from .metrics import ClassificationReport, classification_report
 from .preprocess import raw_features
@@ -18,12 +18,13 @@ SPLITS = ("test", "val", "train")
 
 
 def load_data_for(checkpoint: Checkpoint, root: str | Path | None = None,
-                  progress: bool = True) -> CifarData:
-    """The data set the checkpoint was trained on, from `root` (default: the config's root)."""
-    data = checkpoint.config.data
+                  progress: bool = True, download: bool = False) -> CifarData:
+    """The data set the checkpoint was trained on, from `root` (default: the config's root,
+    absolute in runs made by this version). Never downloads unless `download`."""
+    data = dataclasses.replace(checkpoint.config.data, download=download)
     if root is not None:
         data = dataclasses.replace(data, root=str(root))
-    return load_config_data(data, progress)
+    return load_config_data(data, progress, hints=EVAL_HINTS)
 
 
 def split_arrays(checkpoint: Checkpoint, data: CifarData, split: str
@@ -52,10 +53,11 @@ def predict_checkpoint(checkpoint: Checkpoint, rows: np.ndarray) -> np.ndarray:
 
 
 def evaluate_checkpoint(path: str | Path, split: str = "test", root: str | Path | None = None,
-                        progress: bool = True) -> ClassificationReport:
-    """Load a checkpoint and its data, check they match, and report on one split."""
+                        progress: bool = True, download: bool = False) -> ClassificationReport:
+    """Load a checkpoint and its data, check they match, and report on one split. The data
+    is downloaded only when `download`."""
     checkpoint = load_checkpoint(path)
-    data = load_data_for(checkpoint, root, progress)
+    data = load_data_for(checkpoint, root, progress, download)
     check_matches(checkpoint, data, path)
     images, labels = split_arrays(checkpoint, data, split)
     return classification_report(labels, predict_checkpoint(checkpoint, images),

@@ -7,7 +7,10 @@ first), best.npz (the model weights of the best validation epoch so far) and sum
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +29,8 @@ from .config import (
 from .data import CifarData, load_config_data
 from .engines import get_engine
 from .errors import ConfigError, SoftmaxClsError
-from .fsutil import atomic_write
+from .fsutil import FolderBusy, atomic_write, folder_lock, fsync_dir
+from .interrupts import Terminated
 from .preprocess import split_and_fit
 from .train import TrainState, fit, initial_state, validation_metrics
 
@@ -35,10 +39,18 @@ FIXED_ON_RESUME = ("seed", "data.dataset", "data.format", "data.labels", "data.v
                    "data.train", "preprocess", "model")
 
 
+RUN_FILES = ("config.yaml", "history.jsonl", "best.npz", "last.npz", "summary.json")
+
+
 class TrainingInterrupted(SoftmaxClsError):
-    """Ctrl-C: the last completed epoch is saved in last.npz."""
+    """Ctrl-C or SIGTERM: the last completed epoch is saved in last.npz. Exit code 130 for
+    Ctrl-C, 143 for SIGTERM (128 + the signal's number, as a shell reports it)."""
 
     exit_code = 130
+
+
+class RunFolderBusy(SoftmaxClsError):
+    """Another process is writing the run folder."""
 
 
 @dataclass
@@ -50,19 +62,110 @@ class RunResult:
     stopped_early: bool
 
 
+def copy_state(state: TrainState) -> TrainState:
+    """A copy that later epochs do not change (the arrays and the history are copied)."""
+    return TrainState(state.W.copy(), state.velocity.copy(), state.average.copy(),
+                      state.best_W.copy(), state.epoch, state.best_epoch, state.best_val_acc,
+                      state.epochs_since_best, [dict(row) for row in state.history])
+
+
+def with_absolute_paths(config: Config) -> Config:
+    """The config with data.root, data.archive, data.train and data.test made absolute (from
+    the current folder), so a run's config means the same from any folder later."""
+    data = config.data
+    paths = {key: os.path.abspath(getattr(data, key)) for key in ("root", "archive", "train",
+                                                                   "test")
+             if getattr(data, key) is not None}
+    return dataclasses.replace(config, data=dataclasses.replace(data, **paths))
+
+
+def run_files(out_dir: Path) -> list[str]:
+    """The run files (RUN_FILES) present in `out_dir`."""
+    return [name for name in RUN_FILES if (out_dir / name).exists()]
+
+
 def train_run(config: Config, data: CifarData, out_dir: str | Path,
-              resume: Checkpoint | None = None, progress: bool = True) -> RunResult:
+              resume: Checkpoint | None = None, progress: bool = True, *,
+              overwrite: bool = False) -> RunResult:
     """Train on `data` as `config` says, writing the run folder `out_dir`; continue the
-    checkpoint `resume` when given. The test split is read once, after training, to
-    evaluate the best weights. Raises TrainingDiverged or TrainingInterrupted; last.npz then
-    holds the last completed epoch.
+    checkpoint `resume` when given. The test split is
+    read once, after training, to evaluate the best weights.
+
+    One run per folder: the folder is locked while this runs (RunFolderBusy if another
+    process has it). A new run refuses a folder that holds another run's files unless
+    `overwrite`, which deletes them first; a resumed run may write its own folder (the one
+    `resume.path` is in) or an empty one. Resuming needs optim.epochs >= the epochs done.
+    best.npz is always the best epoch's own checkpoint (its state and history) with the model
+    weights as W. Raises TrainingDiverged or TrainingInterrupted; last.npz then holds the
+    last completed epoch, best.npz the best so far, and summary.json is absent until the end.
     """
+    out_dir = Path(out_dir)
+    config = with_absolute_paths(config)
+    if resume is not None and config.optim.epochs < resume.state.epoch:
+        raise ConfigError(f"optim.epochs: the checkpoint has done {resume.state.epoch} epochs; "
+                          f"resuming needs optim.epochs >= {resume.state.epoch}, got "
+                          f"{config.optim.epochs}")
     split, pre = split_and_fit(config, data.train_images, data.train_labels)
     if resume is not None and not np.array_equal(resume.val_rows, split.val_rows):
         raise ConfigError("data.val_size: the split differs from the checkpoint's val_rows")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(folder_lock(out_dir, wait=False))
+        except FolderBusy as exc:
+            raise RunFolderBusy(f"{out_dir} is {exc.strerror} (another softmax-train writing "
+                                "it); wait for it to end or choose another --out") from None
+        return _train_locked(config, data, out_dir, resume, progress, overwrite,
+                             None if resume is None else resume.path, split, pre)
+
+
+def _check_folder(out_dir: Path, resuming: bool, resume_path: str | Path | None,
+                  overwrite: bool) -> list[str]:
+    """The run files in `out_dir` that --overwrite replaces; ConfigError if the folder holds
+    another run and not `overwrite`. A resumed run's own folder holds its own run."""
+    present = run_files(out_dir)
+    own_folder = (resume_path is not None
+                  and Path(resume_path).resolve().parent == out_dir.resolve())
+    if not present or own_folder:
+        return []
+    if not overwrite:
+        what = "another run" if resuming else "a run"
+        raise ConfigError(f"{out_dir} already holds {what} ({', '.join(present)}); pass "
+                          f"--overwrite to replace it, --resume {out_dir / 'last.npz'} to "
+                          "continue it, or choose another --out")
+    return present
+
+
+def _best_source(resume: Checkpoint | None, resume_path: str | Path | None) -> Path | None:
+    """The best.npz beside the resumed checkpoint, if it is that run's best epoch."""
+    if resume is None or resume.state.best_epoch == 0 or resume_path is None:
+        return None
+    best = Path(resume_path).parent / "best.npz"
+    return best if _is_best_of(best, resume) else None
+
+
+def _is_best_of(path: Path, resume: Checkpoint) -> bool:
+    """Whether `path` is the best-epoch checkpoint of the run `resume` continues."""
+    if not path.is_file():
+        return False
+    try:
+        best = load_checkpoint(path)
+    except SoftmaxClsError:
+        return False
+    return (best.state.epoch == resume.state.best_epoch
+            and np.array_equal(best.state.best_W, resume.state.best_W)
+            and best.fingerprint == resume.fingerprint)
+
+
+def _train_locked(config, data, out_dir, resume, progress, overwrite, resume_path, split, pre
+                  ) -> RunResult:
+    best_source = _best_source(resume, resume_path)
+    if best_source is not None:  # read before --overwrite might delete it
+        best_bytes = best_source.read_bytes()
+    for name in _check_folder(out_dir, resume is not None, resume_path, overwrite):
+        (out_dir / name).unlink()
+    fsync_dir(out_dir)
     config_yaml = config_to_yaml(config)
+    (out_dir / "summary.json").unlink(missing_ok=True)  # written again at the end
     with atomic_write(out_dir / "config.yaml", "w") as handle:
         handle.write(config_yaml)
     state = (initial_state(config, pre.n_features, len(data.class_names)) if resume is None
@@ -74,28 +177,44 @@ def train_run(config: Config, data: CifarData, out_dir: str | Path,
                         data.fingerprint, status, split.val_rows,
                         W=state.best_W if model else None)
 
+    saved = {"last": copy_state(state)}  # the last completed epoch, as last.npz must hold it
+
     def on_epoch(state: TrainState) -> None:
+        saved["last"] = copy_state(state)
         if state.best_epoch == state.epoch:
-            save("best.npz", state, model=True)
-        save("last.npz", state)
-        write_history(out_dir / "history.jsonl", state.history)
+            save("best.npz", saved["last"], model=True)
+        save("last.npz", saved["last"])
+        write_history(out_dir / "history.jsonl", saved["last"].history)
 
     save("last.npz", state)
-    if state.best_epoch > 0:  # a resumed run, perhaps into another folder
-        save("best.npz", state, model=True)
+    if best_source is not None and not (out_dir / "best.npz").exists():
+        with atomic_write(out_dir / "best.npz") as handle:
+            handle.write(best_bytes)
+    elif resume is not None and best_source is None:
+        (out_dir / "best.npz").unlink(missing_ok=True)  # not this run's best epoch
+        if state.best_epoch == state.epoch > 0:
+            save("best.npz", state, model=True)  # the checkpoint is its own best epoch
     try:
         result = fit(config, data.train_images, data.train_labels, split, pre,
                      len(data.class_names), state=state, on_epoch=on_epoch, progress=progress)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         last = out_dir / "last.npz"
-        raise TrainingInterrupted(f"interrupted: {last} holds the last completed epoch; "
-                                  f"resume with softmax-train --resume {last}") from None
+        save("last.npz", saved["last"])  # again: the signal may have cut that very write
+        write_history(out_dir / "history.jsonl", saved["last"].history)
+        error = TrainingInterrupted(
+            f"{'terminated' if isinstance(exc, Terminated) else 'interrupted'}: {last} holds "
+            f"the last completed epoch ({saved['last'].epoch}); resume with softmax-train "
+            f"--resume {last}")
+        error.exit_code = 143 if isinstance(exc, Terminated) else 130
+        raise error from None
     state = result.state
     test_loss = test_acc = None
     if len(data.test_labels):
         test_loss, test_acc = validation_metrics(get_engine(config.engine), state.best_W, pre,
                                                  data.test_images, data.test_labels,
                                                  config.loss.clip)
+    if not (out_dir / "best.npz").exists():  # resumed from a lone last.npz, no better epoch
+        save("best.npz", state, model=True, status="best weights only")
     save("last.npz", state, status="complete")
     summary = {"epochs": state.epoch, "best_epoch": state.best_epoch,
                "best_val_acc": state.best_val_acc, "test_loss": test_loss, "test_acc": test_acc,
@@ -117,27 +236,56 @@ def start_or_resume(
     out: str | None = None,
     resume: str | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> RunResult:
     """Train from a config file, or continue the checkpoint `resume` (its own config, unless
     a config file is given, plus overrides); the run folder is `out`, or else output.dir for a
-    new run and the checkpoint's folder for a resumed one."""
+    new run and the checkpoint's folder for a resumed one. The folder is checked (see
+    train_run) before the data is loaded. A resumed run does not download data unless the
+    overrides set data.download."""
+    overrides = list(overrides)
     if resume is None:
         if config_path is None:
             raise ConfigError("--config FILE is required (or --resume CHECKPOINT)")
         config = load_config(config_path, overrides)
+        out_dir = Path(out or config.output.dir)
+        _precheck_folder(out_dir, None, overwrite)
         data = load_config_data(config.data, progress)
-        return train_run(config, data, out or config.output.dir, progress=progress)
+        return train_run(config, data, out_dir, progress=progress, overwrite=overwrite)
 
     checkpoint = load_checkpoint(resume)
     if config_path is None:
-        config = config_from_dict(parse_yaml(checkpoint.config_yaml, resume), overrides)
+        config = config_from_dict(parse_yaml(checkpoint.config_yaml, f"{resume} config"),
+                                  overrides)
     else:
         config = load_config(config_path, overrides)
     _check_resumable(checkpoint.config, config)
+    if config.optim.epochs < checkpoint.state.epoch:
+        raise ConfigError(f"optim.epochs: the checkpoint has done {checkpoint.state.epoch} "
+                          f"epochs; resuming needs optim.epochs >= {checkpoint.state.epoch}, "
+                          f"got {config.optim.epochs}")
+    if not any(text.split("=", 1)[0].strip() in ("data", "data.download") for text in overrides):
+        config = dataclasses.replace(config, data=dataclasses.replace(config.data,
+                                                                      download=False))
+    out_dir = Path(out) if out else Path(resume).parent
+    _precheck_folder(out_dir, resume, overwrite)
     data = load_config_data(config.data, progress)
     check_matches(checkpoint, data, resume)
-    return train_run(config, data, out or Path(resume).parent, resume=checkpoint,
-                     progress=progress)
+    return train_run(config, data, out_dir, resume=checkpoint, progress=progress,
+                     overwrite=overwrite)
+
+
+def _precheck_folder(out_dir: Path, resume_path: str | None, overwrite: bool) -> None:
+    """The folder checks of train_run, made early so a refusal costs no data loading."""
+    if not out_dir.is_dir():
+        return
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(folder_lock(out_dir, wait=False))
+        except FolderBusy as exc:
+            raise RunFolderBusy(f"{out_dir} is {exc.strerror} (another softmax-train writing "
+                                "it); wait for it to end or choose another --out") from None
+        _check_folder(out_dir, resume_path is not None, resume_path, overwrite)
 
 
 def _check_resumable(before: Config, after: Config) -> None:

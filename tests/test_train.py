@@ -40,7 +40,9 @@ def test_run_folder_contents(tmp_path, small_data):
                                "seconds"}
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["test_acc"] == pytest.approx(result.test_acc)
-    assert load_config(run_dir / "config.yaml") == small_config(tmp_path)
+    assert load_config(run_dir / "config.yaml") == runs.with_absolute_paths(
+        small_config(tmp_path))
+    assert load_config(run_dir / "config.yaml").data.root == str(Path.cwd() / "data")
     best = load_checkpoint(run_dir / "best.npz")
     np.testing.assert_array_equal(best.W, result.state.best_W)
     assert load_checkpoint(run_dir / "last.npz").status == "complete"
@@ -283,7 +285,8 @@ def test_sigint_saves_last_checkpoint_and_resume_finishes(tmp_path):
 def test_killing_during_checkpoint_writes_never_leaves_a_broken_checkpoint(tmp_path):
     out = tmp_path / "run"
     for attempt in range(8):
-        process = trainer_process(out)
+        process = trainer_process(out, "--config", str(out.parent / "config.yaml"), "--out",
+                                  str(out), "-q", "--overwrite")
         wait_for(out / "last.npz", process)
         time.sleep(0.05 * attempt)
         os.kill(process.pid, signal.SIGKILL)
