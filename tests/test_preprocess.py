@@ -156,3 +156,20 @@ def test_checkpoint_keeps_a_preprocessing_without_bias(tmp_path, images):
     save_checkpoint(tmp_path / "c.npz", TrainState(W, W.copy(), W.copy(), W.copy()), pre,
                     ("a", "b"), "seed: 0\n", {"fake.bin": "0" * 32}, "running", np.arange(3))
     assert load_checkpoint(tmp_path / "c.npz").preprocessor.bias is False
+
+
+def test_split_breaks_ties_between_equal_classes_by_class_order():
+    labels = np.repeat(np.arange(100), 10)  # 100 equal classes: every fraction ties
+    val = split_train_val(labels, 130, seed=0).val_rows
+    assert np.bincount(labels[val]).tolist() == [2] * 30 + [1] * 70
+
+
+def test_mirror_weights_need_image_columns_and_the_bias(images):
+    from softmax_cls.preprocess import mirror_weights
+
+    W = np.random.default_rng(0).standard_normal((3073, 2)).astype(np.float32)
+    assert mirror_weights(W, fit_preprocessor(images)).dtype == np.float32
+    with pytest.raises(ValueError, match="need 3072 image columns and the bias column"):
+        mirror_weights(W[:3072], fit_preprocessor(images, bias=False))
+    with pytest.raises(ValueError, match="need 3072 image columns"):
+        mirror_weights(W[:101], fit_preprocessor(images[:, :100]))

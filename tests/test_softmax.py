@@ -234,9 +234,11 @@ def test_scores_run_in_chunks_through_the_transform():
 
     np.testing.assert_allclose(softmax.scores(W, X, chunk=4, transform=double), 2 * X @ W)
     assert calls == [4, 4, 2]
-    assert np.array_equal(softmax.predict(W, X, chunk=3, transform=double), (2 * X @ W).argmax(1))
+    negated = softmax.predict(W, X, chunk=3, transform=lambda block: -block)
+    assert np.array_equal(negated, (-X @ W).argmax(1))
+    assert not np.array_equal(negated, (X @ W).argmax(1))
     np.testing.assert_allclose(softmax.predict_proba(W, X, chunk=3, transform=double),
                                softmax.softmax_probs(2 * X @ W))
-    empty = softmax.predict_proba(W, X[:0])
-    assert empty.shape == (0, 3) and empty.dtype == W.dtype
+    empty = softmax.predict_proba(W.astype(np.float32), X[:0].astype(np.float32))
+    assert empty.shape == (0, 3) and empty.dtype == np.float32
     assert softmax.predict(W, X[:0]).shape == (0,)
