@@ -632,10 +632,11 @@ class RunPictures:
 
 def run_pictures(path: str | os.PathLike, split: str = "test",
                  root: str | os.PathLike | None = None, progress: bool = False,
-                 n_mistakes: int = 24) -> RunPictures:
+                 n_mistakes: int = 24, data=None) -> RunPictures:
     """Build every run picture's content for a run folder (its best.npz, history.jsonl and
     summary.json) or a checkpoint file (its own history and best epoch), on `split` of the
-    checked data the checkpoint was trained on (from `root`, default the config's)."""
+    checked data the checkpoint was trained on (`data` when the caller has it in memory,
+    else loaded from `root`, default the config's)."""
     from . import evaluate
     from .checkpoint import check_matches, load_checkpoint
     from .metrics import classification_report
@@ -660,7 +661,8 @@ def run_pictures(path: str | os.PathLike, split: str = "test",
                    and checkpoint.config.data.dataset != "features")
     templates = template_images(checkpoint.W, checkpoint.preprocessor) if images_data else None
 
-    data = evaluate.load_data_for(checkpoint, root, progress)
+    if data is None:
+        data = evaluate.load_data_for(checkpoint, root, progress)
     check_matches(checkpoint, data, checkpoint_path)
     images, labels = evaluate.split_arrays(checkpoint, data, split)
     if len(labels) == 0:
@@ -733,11 +735,12 @@ def default_out_dir(path: str | os.PathLike) -> Path:
 
 def plot_run(path: str | os.PathLike, out_dir: str | os.PathLike | None = None,
              split: str = "test", root: str | os.PathLike | None = None,
-             progress: bool = False) -> list[Path]:
+             progress: bool = False, data=None) -> list[Path]:
     """Write curves.png, templates.png, confusion.png and mistakes.png for a run folder or a
-    checkpoint file into out_dir (default: default_out_dir(path)); returns their paths."""
+    checkpoint file into out_dir (default: default_out_dir(path)); returns their paths.
+    `data`: the checkpoint's data set when the caller already holds it (else loaded)."""
     require_matplotlib()
-    pictures = run_pictures(path, split, root, progress)
+    pictures = run_pictures(path, split, root, progress, data=data)
     return draw_run_pictures(pictures, default_out_dir(path) if out_dir is None else out_dir)
 
 
@@ -758,3 +761,17 @@ def plot_path(path: str | os.PathLike, out_dir: str | os.PathLike | None = None,
     if is_sweep_folder(path):
         return plot_sweep(path, out_dir)
     return plot_run(path, out_dir, split, root, progress)
+
+
+def plots_wanted(setting: bool | None) -> bool:
+    """output.plots: true draws (and needs matplotlib), false never, null when matplotlib is
+    installed."""
+    if setting is None:
+        try:
+            require_matplotlib()
+        except SoftmaxClsError:
+            return False
+        return True
+    if setting:
+        require_matplotlib()
+    return setting

@@ -591,3 +591,18 @@ def test_softmax_plot_without_matplotlib(tmp_path, monkeypatch):
     cli_util.assert_one_line_error(
         cli_util.run("softmax-plot", str(folder)), 1,
         "softmax-plot needs matplotlib: pip install 'softmax-cls[plot]'")
+
+
+def test_plots_wanted_follows_output_plots(monkeypatch):
+    assert plots.plots_wanted(None) is True  # matplotlib is installed in the test environment
+    assert plots.plots_wanted(True) is True
+    assert plots.plots_wanted(False) is False
+
+    def missing():
+        raise SoftmaxClsError("softmax-plot needs matplotlib: pip install 'softmax-cls[plot]'")
+
+    monkeypatch.setattr(plots, "require_matplotlib", missing)
+    assert plots.plots_wanted(None) is False
+    assert plots.plots_wanted(False) is False
+    with pytest.raises(SoftmaxClsError, match=r"pip install 'softmax-cls\[plot\]'"):
+        plots.plots_wanted(True)
