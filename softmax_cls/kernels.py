@@ -31,8 +31,10 @@ Importing this module without numba installed raises ImportError.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +60,7 @@ _cache_dir_for_numba()
 
 import numba  # noqa: E402  (after the cache location is settled)
 from numba import njit, prange  # noqa: E402
+from numba.core.errors import NumbaPerformanceWarning  # noqa: E402
 
 from .softmax import NonFiniteError  # noqa: E402
 
@@ -76,6 +79,13 @@ _DOT_MATH = {"reassoc", "contract", "nsz"}
 _ORDERED_MATH = {"contract"}
 
 _OK, _BAD_SCORES, _BAD_WEIGHTS = 0, 1, 2
+
+# NESTED_PARALLEL_NOTE: the entry kernels loop over steps serially and call the parallel
+# _forward / _gradient; they are compiled with parallel=True all the same. Without it, a
+# kernel loaded from numba's disk cache in a new process segfaults whenever its signature was
+# not the first one compiled (numba issues #8578, #4807); with it, every cached signature
+# loads on its own. numba then warns that it found nothing to parallelise in them:
+# _quiet_compilation hides that one warning around our own calls.
 
 
 # ---------------------------------------------------------------------------------------------
@@ -416,7 +426,7 @@ def _cast(like, value):
     return out[0]
 
 
-@njit(cache=True)
+@njit(cache=True, parallel=True)  # see NESTED_PARALLEL_NOTE
 def _train_epoch_kernel(rows, labels, order, sample_weight, flip, shift, padding, W, velocity,
                         average, avg_alpha, mean, scale, has_bias, batch_size, lr, momentum,
                         nesterov, grad_clip, reg, reg_bias, clip):
@@ -462,7 +472,7 @@ def _train_epoch_kernel(rows, labels, order, sample_weight, flip, shift, padding
     return loss_sum, correct, _OK, n_steps
 
 
-@njit(cache=True)
+@njit(cache=True, parallel=True)  # see NESTED_PARALLEL_NOTE
 def _batch_loss_and_grad_kernel(rows, labels, sample_weight, W, mean, scale, has_bias, reg,
                                 reg_bias, clip):
     """Returns (loss, dW (C, D), correct, ok) for one minibatch, with train_epoch's code."""
@@ -507,6 +517,16 @@ def _predict_kernel(rows, W, mean, scale, has_bias, zero, chunk):
 
 # ---------------------------------------------------------------------------------------------
 # Python entry points: check, convert, call, report
+
+
+@contextlib.contextmanager
+def _quiet_compilation():
+    """Hide numba's "parallel=True but nothing to parallelise" warning (NESTED_PARALLEL_NOTE)
+    raised while our entry kernels compile; every other warning passes."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="(?s).*parallel=True.*no transformation",
+                                category=NumbaPerformanceWarning)
+        yield
 
 
 def _readonly(array: np.ndarray) -> np.ndarray:
@@ -608,13 +628,14 @@ def train_epoch(rows, labels, order, sample_weight, flip, shift, padding, W, vel
     if n == 0:
         return 0.0, 0
     dtype = W.dtype.type
-    loss_sum, correct, status, step = _train_epoch_kernel(
-        _readonly(rows), _check_labels(labels, n_rows, W.shape[0]), order,
-        _sample_weight(sample_weight, n_rows, W.dtype), flip, shift, int(padding), W, velocity,
-        average, avg_alpha, _vector(mean, n_features, W.dtype, "mean"),
-        _vector(scale, n_features, W.dtype, "scale"), bool(has_bias), int(batch_size),
-        dtype(lr), dtype(momentum), bool(nesterov), float(grad_clip), float(reg),
-        bool(reg_bias), dtype(clip))
+    with _quiet_compilation():
+        loss_sum, correct, status, step = _train_epoch_kernel(
+            _readonly(rows), _check_labels(labels, n_rows, W.shape[0]), order,
+            _sample_weight(sample_weight, n_rows, W.dtype), flip, shift, int(padding), W, velocity,
+            average, avg_alpha, _vector(mean, n_features, W.dtype, "mean"),
+            _vector(scale, n_features, W.dtype, "scale"), bool(has_bias), int(batch_size),
+            dtype(lr), dtype(momentum), bool(nesterov), float(grad_clip), float(reg),
+            bool(reg_bias), dtype(clip))
     if status == _BAD_SCORES:
         raise NonFiniteError(f"non-finite scores in minibatch {step + 1} (inf or NaN in the "
                              "inputs or the weights)")
@@ -647,11 +668,13 @@ def batch_loss_and_grad(rows, labels, sample_weight, W, mean, scale, has_bias, r
     _check_weights(W, n_features, has_bias, (np.float32, np.float64))
     if b == 0:
         raise ValueError("batch_loss_and_grad needs at least one row")
-    loss, dW, correct, ok = _batch_loss_and_grad_kernel(
-        _readonly(rows), _check_labels(labels, b, W.shape[0]),
-        _sample_weight(sample_weight, b, W.dtype), W,
-        _vector(mean, n_features, W.dtype, "mean"), _vector(scale, n_features, W.dtype, "scale"),
-        bool(has_bias), float(reg), bool(reg_bias), float(clip))
+    with _quiet_compilation():
+        loss, dW, correct, ok = _batch_loss_and_grad_kernel(
+            _readonly(rows), _check_labels(labels, b, W.shape[0]),
+            _sample_weight(sample_weight, b, W.dtype), W,
+            _vector(mean, n_features, W.dtype, "mean"),
+            _vector(scale, n_features, W.dtype, "scale"), bool(has_bias), float(reg),
+            bool(reg_bias), float(clip))
     if not ok:
         raise NonFiniteError("non-finite scores (inf or NaN in the inputs or the weights)")
     return float(loss), dW, int(correct)
