@@ -285,7 +285,7 @@ def test_bit_identical_whatever_the_thread_count():
     try:
         for threads in (1, 2):
             numba.set_num_threads(threads)
-            for grad_clip in (0.0, 0.5):
+            for grad_clip in (0.0, 0.01):  # 0.01 clips every step
                 W_k, V_k, A_k = W * 0.01, np.zeros_like(W), np.zeros_like(W)
                 out = kernels.train_epoch(rows, labels, order, weight, flip, shift, 1, W_k, V_k,
                                           A_k, np.full(3, 0.5), mean, scale, True, 64, 0.01,
