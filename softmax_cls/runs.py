@@ -129,9 +129,8 @@ def _check_folder(out_dir: Path, resuming: bool, resume_path: str | Path | None,
         return []
     if not overwrite:
         what = "another run" if resuming else "a run"
-        raise ConfigError(f"{out_dir} already holds {what} ({', '.join(present)}); pass "
-                          f"--overwrite to replace it, --resume {out_dir / 'last.npz'} to "
-                          "continue it, or choose another --out")
+        raise ConfigError(f"{out_dir} already holds {what}: pass --overwrite to replace it, "
+                          f"--resume {out_dir / 'last.npz'} to continue it, or another --out")
     return present
 
 

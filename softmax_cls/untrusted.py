@@ -24,6 +24,7 @@ from softmax_cls.errors import DataError
 DEFAULT_MEMBER_CAP = 1 << 30  # bytes of any one member whose size the caller does not know
 DEFAULT_TOTAL_CAP = 4 << 30  # bytes of the whole (decompressed) tar stream
 MAX_MEMBERS = 1000
+MAX_READ = 16 << 20  # tarfile reads pax records and long names whole; member data in 1 MB
 
 
 class _BoundedStream(io.RawIOBase):
@@ -39,8 +40,8 @@ class _BoundedStream(io.RawIOBase):
 
     def _check(self, end: int) -> None:
         if end > self.limit:
-            raise DataError(f"{self.archive} is larger than this data set's archive can be "
-                            f"(more than {self.limit} bytes once decompressed); refusing it")
+            raise DataError(f"{self.archive.name} expands to more than {self.limit} bytes, more "
+                            "than this data set's archive")
 
     def readable(self) -> bool:
         return True
@@ -52,6 +53,8 @@ class _BoundedStream(io.RawIOBase):
         if size is None or size < 0:
             size = self.limit + 1 - self.position
         self._check(self.position + size if size else self.position)
+        if size > MAX_READ:
+            raise DataError(f"{self.archive.name} holds a tar header record of {size} bytes")
         data = self.raw.read(size)
         self.position += len(data)
         return data
@@ -143,10 +146,10 @@ def _check_member_size(archive: Path, member: tarfile.TarInfo, sizes: dict[str, 
     expected = sizes.get(name)
     if expected is not None and member.size != expected:
         raise DataError(f"{_short(member.name)} in {archive.name}: expected {expected} bytes, "
-                        f"found {member.size} (refused before extracting it)")
+                        f"found {member.size}")
     if expected is None and member.size > cap:
-        raise DataError(f"{_short(member.name)} in {archive.name}: {member.size} bytes, more "
-                        f"than the {cap} such a file can have (refused before extracting it)")
+        raise DataError(f"{_short(member.name)} in {archive.name}: {member.size} bytes, at most "
+                        f"{cap} expected")
 
 
 def _short(name: str, limit: int = 80) -> str:
