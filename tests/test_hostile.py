@@ -47,6 +47,17 @@ class Finished:
     peak_mb: float
 
 
+# Peak RSS of a command, measured by a small parent: a child forked from pytest itself would
+# count pytest's own pages (hundreds of MB by the end of a suite) in its ru_maxrss.
+MEASURE = """
+import resource, subprocess, sys
+code = subprocess.call(sys.argv[2:])
+with open(sys.argv[1], "w") as handle:
+    handle.write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))
+sys.exit(code if code >= 0 else 128 - code)
+"""
+
+
 def start(argv: list[str], cwd: Path | None = None, without_root_powers: bool = False):
     out = tempfile.TemporaryFile(mode="w+")
     err = tempfile.TemporaryFile(mode="w+")
@@ -74,7 +85,13 @@ def finish(started, timeout: float = 120) -> Finished:
 
 def run_measured(name: str, *args: str, cwd: Path | None = None, timeout: float = 120,
                  without_root_powers: bool = False) -> Finished:
-    return finish(start([script(name), *args], cwd, without_root_powers), timeout)
+    """Run a console script; peak_mb is its own peak RSS, measured by MEASURE."""
+    with tempfile.TemporaryDirectory() as scratch:
+        rss_file = Path(scratch) / "maxrss"
+        argv = [sys.executable, "-c", MEASURE, str(rss_file), script(name), *args]
+        result = finish(start(argv, cwd, without_root_powers), timeout)
+        result.peak_mb = int(rss_file.read_text()) / 1024
+    return result
 
 
 # A child running a softmax-cls command on synthetic data (10 classes, 30,000 training rows)
