@@ -8,6 +8,7 @@ the scikit-learn estimator all train through it.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -109,6 +110,12 @@ def fit(
     """
     # -- setup: engine, starting state, the fixed parts of every epoch
     engine = get_engine(config.engine)
+    if progress and engine.name == "numba":
+        from .kernels import kernels_are_compiled
+
+        if not kernels_are_compiled(rows.dtype):
+            tqdm.write("compiling the numba kernels once (cached for later runs)",
+                       file=sys.stderr)
     state = state or initial_state(config, pre.n_features, n_classes)
     optim, loss_cfg, augment = config.optim, config.loss, config.augment
     patience = optim.early_stopping.patience
