@@ -245,3 +245,15 @@ def test_weights_and_average_resume_exactly_through_a_checkpoint(tmp_path, engin
         np.testing.assert_array_equal(getattr(resumed, name), getattr(full, name), err_msg=name)
     assert resumed.history == [dict(row, seconds=r["seconds"]) for row, r in
                                zip(full.history, resumed.history, strict=True)]
+
+
+def test_the_first_numba_run_says_it_compiles_once(tmp_path, monkeypatch, capsys):
+    kernels = pytest.importorskip("softmax_cls.kernels")
+    data = separable_data(n_train=100, classes=2, seed=9)
+    config = small_config(tmp_path, engine="numba", optim={"epochs": 1})
+    split, pre = split_and_fit(config, data.train_images, data.train_labels)
+    for compiled in (False, True):
+        monkeypatch.setattr(kernels, "kernels_are_compiled", lambda dtype, c=compiled: c)
+        fit(config, data.train_images, data.train_labels, split, pre, 2, progress=True)
+        said = capsys.readouterr().err.count("compiling the numba kernels once")
+        assert said == (0 if compiled else 1)
