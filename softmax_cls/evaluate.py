@@ -7,8 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
+from . import data as data_module
 from .checkpoint import Checkpoint, check_matches, load_checkpoint
-from .data import EVAL_HINTS, CifarData, load_config_data
+from .data import EVAL_HINTS, CifarData
 from .errors import DataError
 from .metrics import ClassificationReport, classification_report
 from .preprocess import raw_features
@@ -24,7 +25,8 @@ def load_data_for(checkpoint: Checkpoint, root: str | Path | None = None,
     data = dataclasses.replace(checkpoint.config.data, download=download)
     if root is not None:
         data = dataclasses.replace(data, root=str(root))
-    return load_config_data(data, progress, hints=EVAL_HINTS)
+    # looked up at call time, so a stand-in for softmax_cls.data.load_config_data applies here
+    return data_module.load_config_data(data, progress, hints=EVAL_HINTS)
 
 
 def split_arrays(checkpoint: Checkpoint, data: CifarData, split: str
