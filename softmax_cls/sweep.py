@@ -34,6 +34,7 @@ import copy
 import csv
 import dataclasses
 import io
+import itertools
 import json
 import math
 import os
@@ -73,6 +74,7 @@ FIXED_KEYS = ("data.dataset", "data.root", "data.format", "data.labels", "data.u
 TRIAL_COLUMNS = ("number", "state")
 RESULT_COLUMNS = ("best_val_acc", "best_epoch", "epochs", "seconds")
 POLL_SECONDS = 2.0
+DASK_CONNECT_SECONDS = 10
 
 
 class SweepInterrupted(SoftmaxClsError):
@@ -117,9 +119,6 @@ class SweepSpec:
         budget and the base file's path): the sampler, seed, pruner, space and base config."""
         return {"base_config": config_to_dict(self.base_config), "sampler": self.sampler,
                 "seed": self.seed, "pruner": self.pruner, "space": self.space}
-
-    def grid_points(self) -> int:
-        return math.prod(len(spec["grid"]) for spec in self.space.values())
 
 
 def load_sweep(path: str | os.PathLike) -> SweepSpec:
@@ -376,8 +375,11 @@ def _check_value(key: str, value: Any, base_raw: dict, at: str) -> Any:
     return node
 
 
-def grid_search_space(spec: SweepSpec) -> dict[str, list]:
-    return {key: list(s["grid"]) for key, s in spec.space.items()}
+def grid_points(spec: SweepSpec) -> list[dict[str, Any]]:
+    """Every point {dotted key: value} of a grid sweep, the last key varying fastest."""
+    keys = list(spec.space)
+    return [dict(zip(keys, values, strict=True))
+            for values in itertools.product(*(spec.space[k]["grid"] for k in keys))]
 
 
 def suggest(trial, spec: SweepSpec) -> dict[str, Any]:
@@ -428,15 +430,20 @@ def storage_name(folder: Path, storage: str | None) -> str:
     return storage
 
 
+def open_storage_for(folder: str | os.PathLike, storage: str | None = None):
+    """The optuna storage of a sweep folder (its journal file), or of the given URL."""
+    from .sweep_worker import open_storage
+
+    return open_storage(storage_name(Path(folder), storage))
+
+
 def make_sampler(spec: SweepSpec, existing_trials: int):
     """The sweep's sampler, seeded by (seed, trials already in the study), so a resumed
     random or TPE sweep draws new points rather than replaying its first ones."""
     import optuna
 
     seed = int(np.random.SeedSequence([spec.seed, existing_trials]).generate_state(1)[0])
-    if spec.sampler == "grid":
-        return optuna.samplers.GridSampler(grid_search_space(spec), seed=seed)
-    if spec.sampler == "random":
+    if spec.sampler in ("random", "grid"):  # a grid's points are all enqueued (enqueue_grid)
         return optuna.samplers.RandomSampler(seed=seed)
     return optuna.samplers.TPESampler(seed=seed)
 
@@ -524,6 +531,23 @@ def requeue_stale(study, only_numbers: set[int] | None = None) -> list[int]:
         study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
         numbers.append(trial.number)
     return numbers
+
+
+def enqueue_grid(study, spec: SweepSpec) -> int:
+    """Enqueue each grid point that no trial holds yet (an interrupted trial's point is held
+    by its re-queued copy), so that every point runs exactly once, in order. optuna's
+    GridSampler is not used: it calls study.stop(), which only works inside study.optimize,
+    not under ask and tell. Returns the number of points enqueued."""
+    taken = {_point_key(t.params) for t in study.get_trials(deepcopy=False)
+             if state_name(t) != "interrupted"}
+    missing = [p for p in grid_points(spec) if _point_key(p) not in taken]
+    for point in missing:
+        study.enqueue_trial(point)
+    return len(missing)
+
+
+def _point_key(params: dict) -> str:
+    return json.dumps(sorted(params.items()), default=str)
 
 
 def state_name(trial) -> str:
@@ -619,6 +643,8 @@ def run_sweep(sweep_path: str | os.PathLike, *, trials: int | None = None, worke
         yaml.safe_dump(spec.as_dict(), handle, sort_keys=False)
     study = open_study(spec, storage, name)
     requeue_stale(study)
+    if spec.sampler == "grid":
+        enqueue_grid(study, spec)
     base = spec.base_config
     meta = prepare_cache(folder, base, progress)
     write_trials_csv(folder, study, spec)
@@ -637,15 +663,18 @@ def _executor(dask: str | None, workers: int):
     if dask is None:
         import multiprocessing
 
+        from .sweep_worker import watch_parent
+
         pool = cf.ProcessPoolExecutor(max_workers=workers,
-                                      mp_context=multiprocessing.get_context("spawn"))
+                                      mp_context=multiprocessing.get_context("spawn"),
+                                      initializer=watch_parent, initargs=(os.getpid(),))
         return pool, workers, True
     try:
         from distributed import Client
     except ImportError:
         raise SoftmaxClsError(DASK_HINT) from None
     try:
-        client = Client(dask, timeout="10s", set_as_default=False)
+        client = Client(dask, timeout=DASK_CONNECT_SECONDS, set_as_default=False)
     except (OSError, TimeoutError) as exc:
         raise SoftmaxClsError(f"--dask {dask}: cannot connect to the scheduler: {exc}") from None
     capacity = workers if workers > 1 else max(1, sum(client.nthreads().values()))
@@ -675,8 +704,7 @@ class _TaskMaker:
         return trial, TrialTask(number=trial.number, trial_id=trial._trial_id,
                                 config=config_to_dict(config), cache_dir=self.cache_dir,
                                 fingerprint=self.meta["fingerprint"], storage=self.storage,
-                                study_name=self.study_name, pruner=pruner,
-                                watch_parent=self.local)
+                                study_name=self.study_name, pruner=pruner)
 
 
 def _drive(study, spec, folder, executor, capacity, tasks, meta, progress, local) -> None:
@@ -749,10 +777,11 @@ def _shutdown(executor, local: bool, kill: bool) -> None:
         for process in list(getattr(executor, "_processes", {}).values()):
             with contextlib.suppress(Exception):
                 process.kill()
-    executor.shutdown(wait=not kill, cancel_futures=True)
-    client = getattr(executor, "client", None)
-    if client is not None:
-        client.close()
+    if local:
+        executor.shutdown(wait=not kill, cancel_futures=True)
+        return
+    executor.shutdown(wait=not kill)  # cancels what has not started on the cluster
+    executor.client.close()
 
 
 def _show_best(bar, study) -> None:
@@ -773,6 +802,8 @@ def _tell(study, trial, task: TrialTask, future: cf.Future, folder: Path, meta: 
     except Exception as exc:  # a bug or a lost Dask worker: this trial failed, the sweep goes on
         outcome = TrialOutcome(trial.number, "failed", error=f"{type(exc).__name__}: {exc}")
     for key, value in (("best_epoch", outcome.best_epoch), ("epochs", outcome.epochs),
+                       ("worker_pid", outcome.worker_pid),
+                       ("threads", outcome.env.get("OPENBLAS_NUM_THREADS")),
                        ("seconds", round(outcome.seconds, 3)), ("error", outcome.error),
                        ("best_val_acc", outcome.best_val_acc)):
         if value is not None:

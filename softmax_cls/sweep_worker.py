@@ -49,8 +49,8 @@ class TrainingData:
 class TrialTask:
     """What a worker needs for one trial: its number and storage id, its complete config (a
     raw mapping), the data cache folder and fingerprint, and, to report to the pruner, the
-    study's storage (a URL, or a journal file path) and name with the pruner's settings (None:
-    no pruning). `watch_parent`: stop when the process that started this worker is gone."""
+    study's storage (a URL, or `journal:PATH`) and name with the pruner's settings (None: no
+    pruning)."""
 
     number: int
     trial_id: int
@@ -60,7 +60,6 @@ class TrialTask:
     storage: str | None = None
     study_name: str | None = None
     pruner: dict | None = None
-    watch_parent: bool = False
 
 
 @dataclass
@@ -81,14 +80,12 @@ class TrialOutcome:
     pre: Preprocessor | None = None
     val_rows: np.ndarray | None = None
     env: dict = field(default_factory=dict)
+    worker_pid: int | None = None
 
 
 class TrialPruned(Exception):
     """Raised from the epoch callback: the pruner stopped this trial."""
 
-
-class DriverGone(Exception):
-    """Raised from the epoch callback: the sweep process that started this worker died."""
 
 
 _DATA: dict[str, TrainingData] = {}
@@ -96,6 +93,20 @@ _SPLITS: dict[tuple, tuple[Split, Preprocessor]] = {}
 _STUDIES: dict[tuple, object] = {}
 THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
                     "NUMBA_NUM_THREADS")
+
+
+def watch_parent(parent: int, interval: float = 0.5) -> None:
+    """Process-pool initializer: exit this worker as soon as the sweep process that started
+    it (pid `parent`) is gone, idle or busy; after a kill -9 of the sweep its workers would
+    otherwise wait forever (each holds its task queue's write end, so it never sees EOF)."""
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="watch-parent", daemon=True).start()
 
 
 def write_cache(cache_dir: str | Path, data, data_section: dict) -> TrainingData:
@@ -225,9 +236,8 @@ def run_trial(task: TrialTask) -> TrialOutcome:
     outcome: complete (with the final state for the checkpoint), pruned, or failed (diverged,
     or a config its sampled values make invalid)."""
     started = time.perf_counter()
-    parent = os.getppid() if task.watch_parent else None
     env = {name: os.environ.get(name) for name in THREAD_VARIABLES}
-    outcome = TrialOutcome(task.number, "failed", env=env)
+    outcome = TrialOutcome(task.number, "failed", env=env, worker_pid=os.getpid())
     try:
         config = config_from_dict(task.config)
         data = worker_data(task)
@@ -240,8 +250,6 @@ def run_trial(task: TrialTask) -> TrialOutcome:
     last: list[TrainState] = []
 
     def on_epoch(state: TrainState) -> None:
-        if parent is not None and os.getppid() != parent:
-            raise DriverGone
         last[:] = [state]
         outcome.val_accs.append(float(state.history[-1]["val_acc"]))
         if reporter is not None:

@@ -1,0 +1,402 @@
+"""softmax-sweep: sweep files, grids, parallel and Dask workers, resume after kill -9, pruning,
+and a test split that is read once, after the last trial."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from cli_util import assert_one_line_error, run
+from sweep_util import read_trials, sweep_data, write_runner
+
+import softmax_cls.data
+from softmax_cls import sweep
+from softmax_cls.config import load_config
+from softmax_cls.errors import ConfigError
+from softmax_cls.preprocess import split_and_fit
+from softmax_cls.train import fit
+
+optuna = pytest.importorskip("optuna")
+
+FAST = {"engine": "numpy", "data.val_size": 100, "optim.epochs": 3, "augment.hflip": False,
+        "optim.schedule.name": "constant"}
+
+
+def write_sweep(folder: Path, name: str = "sweep.yaml", **fields) -> Path:
+    raw = {"set": dict(FAST), "sampler": "tpe", "trials": 4, "seed": 0, "pruner": "none",
+           "space": {"optim.lr": {"log_uniform": [1.0e-8, 1.0e-1]},
+                     "optim.batch_size": {"choice": [32, 64]}}}
+    raw.update(fields)
+    path = folder / name
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def served(monkeypatch):
+    """sweep_data() behind softmax_cls.data.load_config_data; counts the loads."""
+    data = sweep_data()
+    loads = []
+
+    def load(section, progress=True, **kwargs):
+        loads.append(section)
+        return data
+
+    monkeypatch.setattr(softmax_cls.data, "load_config_data", load)
+    return data, loads
+
+
+def study_of(folder: Path, name: str = "sweep"):
+    storage = sweep.open_storage_for(folder)
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def states(folder: Path) -> list[str]:
+    return [row["state"] for row in read_trials(folder)]
+
+
+# --- the sweep file --------------------------------------------------------------------------
+
+BAD_SWEEPS = [
+    ("sampler: tpe\ntrials: 2\nspace: {optim.lr: {uniform: [0.1, 0.2]}}\nworkers: 3\n",
+     ["workers: unknown key"]),
+    ("trials: 2\nspace: {optim.lrr: {uniform: [0.1, 0.2]}}\n", ["optim.lrr: not a config key"]),
+    ("trials: 2\nspace: {optim: {uniform: [0.1, 0.2]}}\n", ["optim: a section"]),
+    ("trials: 2\nspace: {optim.lr: {choice: [0.1, abc]}}\n", ["optim.lr: must be a number"]),
+    ("trials: 2\nspace: {optim.lr: {uniform: [0.1, 0.1]}}\n", ["empty range"]),
+    ("trials: 2\nspace: {optim.lr: {log_uniform: [0.1, 1.0e-3]}}\n", ["inverted range"]),
+    ("trials: 2\nspace: {optim.lr: {log_uniform: [0, 0.1]}}\n", ["log range needs low > 0"]),
+    ("trials: 2\nspace: {optim.lr: {uniform: [-1, 0.1]}}\n", ["optim.lr: must be > 0"]),
+    ("trials: 2\nspace: {augment.hflip: {uniform: [0, 1]}}\n", ["needs a number key"]),
+    ("trials: 2\nspace: {optim.epochs: {int: [1.5, 3]}}\n", ["two integers"]),
+    ("trials: 2\nspace: {optim.lr: {grid: [0.1, 0.2]}}\n", ["sampler: grid"]),
+    ("sampler: grid\nspace: {optim.lr: {choice: [0.1, 0.2]}}\n", ["sampler grid needs"]),
+    ("sampler: grid\ntrials: 3\nspace: {optim.lr: {grid: [0.1, 0.2]}}\n", ["trials: a grid"]),
+    ("space: {optim.lr: {uniform: [0.1, 0.2]}}\n", ["trials: required"]),
+    ("trials: two\nspace: {optim.lr: {uniform: [0.1, 0.2]}}\n", ["trials: must be an integer"]),
+    ("trials: 2\nsampler: cmaes\nspace: {optim.lr: {uniform: [0.1, 0.2]}}\n", ["sampler:"]),
+    ("trials: 2\npruner: hyperband\nspace: {optim.lr: {uniform: [0.1, 0.2]}}\n", ["pruner"]),
+    ("trials: 2\nspace: {}\n", ["space: expected a non-empty mapping"]),
+    ("trials: 2\nspace: {data.root: {choice: [a, b]}}\n", ["cannot vary"]),
+    ("trials: 2\nspace: {optim.lr: {choice: [0.1, 0.1]}}\n", ["duplicate values"]),
+    ("trials: 2\nspace: {optim.lr: {uniform: [0.1, 0.2], step: 2}}\n", ["exactly one of"]),
+    ("trials: 2\nset: {optim.lr: 0.1}\nspace: {optim.lr: {uniform: [0.1, 0.2]}}\n",
+     ["both searched and fixed"]),
+    ("trials: 2\nset: {optim.momentum: 2}\nspace: {optim.lr: {uniform: [0.1, 0.2]}}\n",
+     ["optim.momentum: must be <= 0.999"]),
+    ("base: nowhere.yaml\ntrials: 2\nspace: {optim.lr: {uniform: [0.1, 0.2]}}\n",
+     ["base: config file not found"]),
+    ("trials: 2\nspace: {optim.lr: {uniform: [0.1, 0.2]}\n", ["not valid YAML"]),
+    ("- 1\n- 2\n", ["expected a mapping"]),
+]
+
+
+@pytest.mark.parametrize(("text", "needles"), BAD_SWEEPS)
+def test_bad_sweep_files_are_one_line_errors_with_exit_2(tmp_path, text, needles):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        sweep.load_sweep(path)
+    for needle in needles:
+        assert needle in str(caught.value)
+
+
+def test_bad_sweep_files_through_the_console_script(tmp_path):
+    for text, needles in (BAD_SWEEPS[1], BAD_SWEEPS[4], BAD_SWEEPS[3]):
+        path = tmp_path / "bad.yaml"
+        path.write_text(text)
+        result = run("softmax-sweep", str(path), "--out", str(tmp_path / "out"), timeout=60)
+        assert_one_line_error(result, 2, "bad.yaml", *needles)
+    result = run("softmax-sweep", str(tmp_path / "missing.yaml"), timeout=60)
+    assert_one_line_error(result, 2, "sweep file not found")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_sweep_file_reads_base_set_and_every_kind(tmp_path):
+    (tmp_path / "base.yaml").write_text("optim: {epochs: 7}\nloss: {reg: 0.5}\n")
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        "base: base.yaml\nset: {optim.momentum: 0.5}\ntrials: 3\nseed: 4\n"
+        "pruner: {name: median, startup_trials: 2}\nspace:\n"
+        "  optim.lr: {log_uniform: [1e-4, 1.0e-1]}\n"   # 1e-4: a string in YAML 1.1
+        "  optim.grad_clip: {uniform: [0.5, 5], log: true}\n"
+        "  optim.epochs: {int: [2, 9]}\n"
+        "  optim.early_stopping.patience: {choice: [null, 2]}\n"
+        "  augment.hflip: {choice: [true, false]}\n")
+    spec = sweep.load_sweep(path)
+    assert spec.base_path == (tmp_path / "base.yaml").resolve()
+    assert spec.base_config.loss.reg == 0.5 and spec.base_config.optim.momentum == 0.5
+    assert spec.space["optim.lr"] == {"log_uniform": [1e-4, 0.1]}
+    assert spec.space["optim.grad_clip"] == {"uniform": [0.5, 5.0], "log": True}
+    assert spec.space["optim.epochs"] == {"int": [2, 9]}
+    assert spec.pruner == {"name": "median", "startup_trials": 2, "warmup_epochs": 0}
+    assert (spec.trials, spec.seed, spec.sampler) == (3, 4, "tpe")
+    grid = write_sweep(tmp_path, "g.yaml", sampler="grid", trials=None, space={
+        "optim.lr": {"grid": [0.1, 0.01, 0.001]}, "optim.nesterov": {"grid": [True, False]}})
+    text = grid.read_text().replace("trials: null\n", "")
+    grid.write_text(text)
+    assert sweep.load_sweep(grid).trials == 6
+
+
+def test_the_repository_sweep_file_is_valid():
+    root = Path(__file__).resolve().parents[1]
+    spec = sweep.load_sweep(root / "configs" / "sweep.yaml")
+    assert spec.base_config == load_config(root / "configs" / "default.yaml")
+    assert spec.sampler == "random" and spec.trials >= 40
+    assert {"optim.lr", "loss.reg", "optim.batch_size", "optim.momentum", "optim.nesterov",
+            "optim.schedule.name", "optim.epochs", "augment.hflip"} <= set(spec.space)
+    assert not (root / "scripts" / "tune.py").exists()
+
+
+# --- running sweeps --------------------------------------------------------------------------
+
+def test_a_grid_runs_every_point_exactly_once(tmp_path, served):
+    path = write_sweep(tmp_path, sampler="grid", space={
+        "optim.lr": {"grid": [1.0e-7, 1.0e-3, 1.0e-2]}, "optim.batch_size": {"grid": [32, 64]}})
+    path.write_text(path.read_text().replace("trials: 4\n", ""))
+    result = sweep.run_sweep(path, workers=2, out=tmp_path / "out", progress=False, plots=False)
+    rows = read_trials(tmp_path / "out")
+    points = sorted((float(r["optim.lr"]), int(r["optim.batch_size"])) for r in rows)
+    assert points == sorted(itertools.product([1.0e-7, 1.0e-3, 1.0e-2], [32, 64]))
+    assert [r["state"] for r in rows] == ["complete"] * 6
+    assert result.counts["complete"] == 6
+    # running it again changes nothing: every point has run
+    again = sweep.run_sweep(path, workers=2, out=tmp_path / "out", progress=False, plots=False)
+    assert len(read_trials(tmp_path / "out")) == 6 and again.best_number == result.best_number
+
+
+def test_a_tpe_sweep_with_two_workers_completes_its_trials(tmp_path, served):
+    data, loads = served
+    path = write_sweep(tmp_path, trials=6)
+    result = sweep.run_sweep(path, workers=2, out=tmp_path / "out", progress=False, plots=False)
+    folder = tmp_path / "out"
+    rows = read_trials(folder)
+    assert sorted(int(r["number"]) for r in rows) == list(range(6))
+    assert states(folder) == ["complete"] * 6
+    study = study_of(folder)
+    assert len({t.user_attrs["driver"]["pid"] for t in study.trials}) == 1
+    # each worker process got cores // 2 threads, set before numpy was imported there
+    cores = len(os.sched_getaffinity(0))
+    assert {t.user_attrs["threads"] for t in study.trials} == {str(max(1, cores // 2))}
+    assert len({t.user_attrs["worker_pid"] for t in study.trials}) == 2
+    # the outputs
+    best = max(rows, key=lambda r: float(r["best_val_acc"]))
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["best_trial"] == result.best_number == int(best["number"])
+    assert summary["best_val_acc"] == pytest.approx(float(best["best_val_acc"]))
+    assert summary["counts"] == {"complete": 6, "pruned": 0, "failed": 0, "interrupted": 0}
+    saved = yaml.safe_load((folder / "sweep.yaml").read_text())
+    assert saved["space"] == yaml.safe_load(path.read_text())["space"]
+    assert len(loads) == 2  # the training rows once for the cache, the test split at the end
+
+
+def test_best_yaml_and_best_npz_reproduce_the_best_trial(tmp_path, served):
+    data, _ = served
+    path = write_sweep(tmp_path, trials=4)
+    result = sweep.run_sweep(path, workers=1, out=tmp_path / "out", progress=False, plots=False)
+    folder = tmp_path / "out"
+    config = load_config(folder / "best.yaml")
+    assert config.output.dir == str(folder / "best-run")
+    split, pre = split_and_fit(config, data.train_images, data.train_labels)
+    state = fit(config, data.train_images, data.train_labels, split, pre, 4).state
+    assert state.best_val_acc == result.best_val_acc
+    from softmax_cls.checkpoint import load_checkpoint
+    from softmax_cls.evaluate import evaluate_checkpoint
+
+    checkpoint = load_checkpoint(folder / "best.npz")
+    np.testing.assert_array_equal(checkpoint.W, state.best_W)
+    np.testing.assert_array_equal(checkpoint.val_rows, split.val_rows)
+    # the summary's test accuracy: the best weights on the test split, counted independently
+    scores = pre.transform(data.test_images, np.float64) @ state.best_W.astype(np.float64)
+    expected = float(np.mean(scores.argmax(axis=1) == data.test_labels))
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["test_acc"] == pytest.approx(expected)
+    assert evaluate_checkpoint(folder / "best.npz", "test", progress=False).accuracy == \
+        pytest.approx(expected)
+
+
+class Poison:
+    """A test split that fails on any use."""
+
+    def _touched(self, *args, **kwargs):
+        raise AssertionError("the test split was read during the sweep")
+
+    __len__ = __getitem__ = __array__ = __iter__ = _touched
+
+    def __getattr__(self, name):
+        self._touched()
+
+
+def test_the_test_split_is_read_once_after_the_last_trial(tmp_path, monkeypatch):
+    data = sweep_data()
+    folder = tmp_path / "out"
+    loads = []
+
+    def load(section, progress=True, **kwargs):
+        loads.append(section)
+        if len(loads) == 1:  # for the training cache: no usable test split
+            return dataclasses.replace(data, test_images=Poison(), test_labels=Poison())
+        # the final evaluation: every trial has finished by now
+        assert [r["state"] for r in read_trials(folder)] == ["complete"] * 4
+        return data
+
+    monkeypatch.setattr(softmax_cls.data, "load_config_data", load)
+    path = write_sweep(tmp_path, trials=4)
+    result = sweep.run_sweep(path, workers=2, out=folder, progress=False, plots=False)
+    assert len(loads) == 2 and result.test_acc is not None
+    # the workers' data: the training rows and labels, nothing else
+    cached = sorted(p.name for p in (folder / "cache").iterdir())
+    assert cached == ["data.json", "train_images.npy", "train_labels.npy"]
+    np.testing.assert_array_equal(np.load(folder / "cache" / "train_images.npy"),
+                                  data.train_images)
+
+
+def test_pruned_trials_are_recorded_as_pruned(tmp_path, served):
+    epochs = 4
+    path = write_sweep(tmp_path, trials=10, pruner={"name": "median", "startup_trials": 2},
+                       set={**FAST, "optim.epochs": epochs},
+                       space={"optim.lr": {"log_uniform": [1.0e-9, 1.0e-2]}})
+    sweep.run_sweep(path, workers=1, out=tmp_path / "out", progress=False, plots=False)
+    folder = tmp_path / "out"
+    rows = {int(r["number"]): r for r in read_trials(folder)}
+    study = study_of(folder)
+    pruned = [t for t in study.trials if t.state.name == "PRUNED"]
+    assert pruned, "the sweep pruned nothing"
+    for trial in study.trials:  # one worker: trials ran in number order
+        earlier = [t for t in study.trials if t.number < trial.number
+                   and t.state.name == "COMPLETE"]
+        row = rows[trial.number]
+        assert row["state"] == trial.state.name.lower()
+        steps = sorted(trial.intermediate_values)
+        assert int(row["epochs"]) == len(steps) == steps[-1]
+        for step in steps:  # the median rule, recomputed: prune when below the median so far
+            best_so_far = max(trial.intermediate_values[s] for s in steps if s <= step)
+            should_stop = len(earlier) >= 2 and best_so_far < np.median(
+                [t.intermediate_values[step] for t in earlier])
+            assert should_stop == (trial.state.name == "PRUNED" and step == steps[-1]), (
+                trial.number, step)
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["counts"]["pruned"] == len(pruned)
+    assert summary["counts"]["complete"] + len(pruned) == 10
+
+
+def test_kill_9_then_the_same_command_finishes_exactly_n_trials(tmp_path):
+    n = 6
+    path = write_sweep(tmp_path, trials=n, set={**FAST, "optim.epochs": 15},
+                       sampler="random")
+    folder = tmp_path / "out"
+    command = [*write_runner(tmp_path), str(path), "--out", str(folder), "--quiet"]
+    log = (tmp_path / "first.log").open("w")
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 90
+    try:
+        while time.monotonic() < deadline:
+            found = states(folder) if (folder / "trials.csv").is_file() else []
+            if found.count("complete") >= 2 and "running" in found:
+                break
+            assert process.poll() is None, (tmp_path / "first.log").read_text()
+            time.sleep(0.02)
+        else:
+            pytest.fail("the sweep did not get going")
+    finally:
+        process.kill()
+        process.wait()
+        log.close()
+    before = {int(r["number"]): r for r in read_trials(folder)}
+    study = study_of(folder)
+    left_running = [t for t in study.trials if t.state.name == "RUNNING"]
+    assert left_running
+    done_before = {t.number: t.value for t in study.trials if t.state.name == "COMPLETE"}
+
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""  # --quiet
+    rows = read_trials(folder)
+    numbers = [int(r["number"]) for r in rows]
+    assert len(numbers) == len(set(numbers))
+    study = study_of(folder)
+    finished = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
+    assert len(finished) == n
+    assert {t.number: t.value for t in study.trials if t.number in done_before} == done_before
+    for trial in left_running:  # marked interrupted, and run again with the same parameters
+        assert {int(r["number"]): r["state"] for r in rows}[trial.number] == "interrupted"
+        again = [t for t in study.trials if t.user_attrs.get("requeue_of") == trial.number]
+        assert len(again) == 1 and again[0].params == trial.params
+        assert again[0].state.name in ("COMPLETE", "PRUNED")
+    assert set(before) <= set(numbers)
+    assert f"best trial {json.loads((folder / 'summary.json').read_text())['best_trial']}" \
+        in result.stdout
+
+
+def test_a_sweep_runs_on_a_dask_cluster(tmp_path, served):
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(host="127.0.0.1", protocol="tcp://", n_workers=2,
+                                  threads_per_worker=1, processes=False,
+                                  dashboard_address=None) as cluster:
+        assert cluster.scheduler_address.startswith("tcp://127.0.0.1:")
+        path = write_sweep(tmp_path, trials=4,
+                           pruner={"name": "median", "startup_trials": 1})
+        result = sweep.run_sweep(path, dask=cluster.scheduler_address, out=tmp_path / "out",
+                                 progress=False, plots=False)
+    assert sorted(states(tmp_path / "out")) == sorted(
+        ["complete"] * result.counts["complete"] + ["pruned"] * result.counts["pruned"])
+    assert result.counts["complete"] + result.counts["pruned"] == 4
+    assert result.counts["complete"] >= 1 and (tmp_path / "out" / "best.npz").is_file()
+
+
+def test_a_dask_address_nobody_listens_on_is_one_error(tmp_path, served, monkeypatch):
+    pytest.importorskip("distributed")
+    monkeypatch.setattr(sweep, "DASK_CONNECT_SECONDS", 1)
+    path = write_sweep(tmp_path, trials=1)
+    with pytest.raises(sweep.SoftmaxClsError, match="--dask tcp://127.0.0.1:9: cannot connect"):
+        sweep.run_sweep(path, dask="tcp://127.0.0.1:9", out=tmp_path / "out", progress=False,
+                        plots=False)
+
+
+def test_another_sweep_in_the_same_folder_is_refused(tmp_path, served):
+    sweep.run_sweep(write_sweep(tmp_path, trials=1), out=tmp_path / "out", progress=False,
+                    plots=False)
+    other = write_sweep(tmp_path, seed=5, trials=1)
+    with pytest.raises(ConfigError, match="holds another sweep .seed differ"):
+        sweep.run_sweep(other, out=tmp_path / "out", progress=False, plots=False)
+    # more trials for the same sweep: it goes on from where it was
+    result = sweep.run_sweep(write_sweep(tmp_path, trials=1), trials=3, out=tmp_path / "out",
+                             progress=False, plots=False)
+    assert result.counts["complete"] == 3
+
+
+def test_a_worker_without_the_cache_loads_and_checks_the_data_itself(tmp_path, served):
+    from softmax_cls.sweep_worker import TrialTask, run_trial
+
+    data, loads = served
+    config = sweep.config_from_dict(sweep.trial_raw_config(
+        sweep.load_sweep(write_sweep(tmp_path)), {"optim.lr": 0.01, "optim.batch_size": 32}))
+    raw = sweep.config_to_dict(config)
+    task = TrialTask(number=0, trial_id=0, config=raw, cache_dir=str(tmp_path / "elsewhere"),
+                     fingerprint=dict(data.fingerprint))
+    outcome = run_trial(task)
+    assert outcome.state == "complete" and len(loads) == 1
+    assert outcome.val_accs == [h["val_acc"] for h in outcome.train_state.history]
+    wrong = dataclasses.replace(task, cache_dir=str(tmp_path / "other"),
+                                fingerprint={"x": "y"})
+    failed = run_trial(wrong)
+    assert failed.state == "failed" and "differs from the sweep's" in failed.error
+
+
+def test_without_optuna_the_command_names_the_extra(tmp_path):
+    path = write_sweep(tmp_path, trials=1)
+    code = ("import sys; sys.modules['optuna'] = None\n"
+            "from softmax_cls.cli import sweep_command\n"
+            f"sweep_command.main([{str(path)!r}, '--out', {str(tmp_path / 'out')!r}])\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60)
+    assert_one_line_error(result, 1, "pip install 'softmax-cls[sweep]'")
