@@ -202,8 +202,10 @@ def test_a_tpe_sweep_with_two_workers_completes_its_trials(tmp_path, served):
 def test_best_yaml_and_best_npz_reproduce_the_best_trial(tmp_path, served):
     data, _ = served
     path = write_sweep(tmp_path, trials=4)
-    result = sweep.run_sweep(path, workers=1, out=tmp_path / "out", progress=False, plots=False)
+    pytest.importorskip("matplotlib")
+    result = sweep.run_sweep(path, workers=1, out=tmp_path / "out", progress=False, plots=True)
     folder = tmp_path / "out"
+    assert sorted(p.name for p in (folder / "plots").iterdir()) == ["sweep.png", "trials.png"]
     config = load_config(folder / "best.yaml")
     assert config.output.dir == str(folder / "best-run")
     split, pre = split_and_fit(config, data.train_images, data.train_labels)
