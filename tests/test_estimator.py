@@ -27,7 +27,7 @@ def expected_failed_checks(estimator) -> dict[str, str]:
 
 
 @parametrize_with_checks([SoftmaxClassifier(epochs=5), SoftmaxClassifier(epochs=5,
-                                                                          engine="numpy")],
+                                                                          engine="auto")],
                          expected_failed_checks=expected_failed_checks, xfail_strict=True)
 def test_scikit_learn_estimator_checks(estimator, check):
     check(estimator)

@@ -173,8 +173,8 @@ def test_bad_feature_files_are_one_error_line(tmp_path, kind):
 
 
 def test_features_run_trains_and_evaluates(tmp_path):
-    X, y = linear_data()
-    Xt, yt = linear_data(n=200, seed=1)
+    X, y = linear_data(n=800)
+    X, y, Xt, yt = X[:600], y[:600], X[600:], y[600:]
     np.save(tmp_path / "X.npy", X)
     np.save(tmp_path / "y.npy", y)
     np.savez(tmp_path / "test.npz", X=Xt, y=yt)
