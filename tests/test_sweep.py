@@ -172,6 +172,7 @@ def test_a_grid_runs_every_point_exactly_once(tmp_path, served):
     # running it again changes nothing: every point has run
     again = sweep.run_sweep(path, workers=2, out=tmp_path / "out", progress=False, plots=False)
     assert len(read_trials(tmp_path / "out")) == 6 and again.best_number == result.best_number
+    assert len(study_of(tmp_path / "out").trials) == 6  # and none waiting
 
 
 def test_a_tpe_sweep_with_two_workers_completes_its_trials(tmp_path, served):
