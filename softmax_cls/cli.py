@@ -87,24 +87,30 @@ def download_command(dataset, root, fmt, url, archive, force, quiet):
               help="Continue from a last.npz exactly where it stopped.")
 @click.option("--overwrite", is_flag=True,
               help="Replace the run already in the run folder (its files are deleted first).")
+@click.option("--plots/--no-plots", default=None,
+              help="Draw the run's pictures into RUN/plots at the end [default: as "
+                   "output.plots says; null = when matplotlib is installed].")
 @quiet_option
 @click.version_option(__version__)
-def train_command(config_path, overrides, out, resume, overwrite, quiet):
+def train_command(config_path, overrides, out, resume, overwrite, plots, quiet):
     """Train a linear softmax classifier as the config says.
 
-    Writes a run folder with config.yaml, history.jsonl, best.npz, last.npz and summary.json,
-    and prints the test accuracy of the best weights on validation.
+    Writes a run folder with config.yaml, history.jsonl, best.npz, last.npz, summary.json
+    and (with the plot extra) plots/, and prints the test accuracy of the best weights on
+    validation.
     """
     from .runs import start_or_resume
 
     result = start_or_resume(config_path, overrides, out, resume, progress=not quiet,
-                             overwrite=overwrite)
+                             overwrite=overwrite, plots=plots)
     state = result.state
     test = ("no test split" if result.test_acc is None else
             f"test accuracy {result.test_acc:.4f} (loss {result.test_loss:.4f})")
     click.echo(f"{test} with the best weights on validation: epoch {state.best_epoch}, val "
                f"accuracy {state.best_val_acc:.4f}; {state.epoch} epochs"
                f"{', stopped early' if result.stopped_early else ''}; run folder {result.out_dir}")
+    if result.pictures:
+        click.echo(f"pictures: {', '.join(str(path) for path in result.pictures)}")
 
 
 @click.command(cls=Command)

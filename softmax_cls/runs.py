@@ -12,7 +12,7 @@ import dataclasses
 import json
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +31,7 @@ from .engines import get_engine
 from .errors import ConfigError, SoftmaxClsError
 from .fsutil import FolderBusy, atomic_write, folder_lock, fsync_dir
 from .interrupts import Terminated
+from .plots import plot_run, plots_wanted
 from .preprocess import split_and_fit
 from .train import TrainState, fit, initial_state, validation_metrics
 
@@ -60,6 +61,7 @@ class RunResult:
     test_loss: float | None
     test_acc: float | None
     stopped_early: bool
+    pictures: list[Path] = field(default_factory=list)
 
 
 def copy_state(state: TrainState) -> TrainState:
@@ -236,42 +238,49 @@ def start_or_resume(
     resume: str | None = None,
     progress: bool = True,
     overwrite: bool = False,
+    plots: bool | None = None,
 ) -> RunResult:
     """Train from a config file, or continue the checkpoint `resume` (its own config, unless
     a config file is given, plus overrides); the run folder is `out`, or else output.dir for a
     new run and the checkpoint's folder for a resumed one. The folder is checked (see
     train_run) before the data is loaded. A resumed run does not download data unless the
-    overrides set data.download."""
+    overrides set data.download. At the end the run's pictures are drawn into RUN/plots when
+    `plots` (default: output.plots) says so."""
     overrides = list(overrides)
+    checkpoint = None
     if resume is None:
         if config_path is None:
             raise ConfigError("--config FILE is required (or --resume CHECKPOINT)")
         config = load_config(config_path, overrides)
         out_dir = Path(out or config.output.dir)
-        _precheck_folder(out_dir, None, overwrite)
-        data = load_config_data(config.data, progress)
-        return train_run(config, data, out_dir, progress=progress, overwrite=overwrite)
-
-    checkpoint = load_checkpoint(resume)
-    if config_path is None:
-        config = config_from_dict(parse_yaml(checkpoint.config_yaml, f"{resume} config"),
-                                  overrides)
     else:
-        config = load_config(config_path, overrides)
-    _check_resumable(checkpoint.config, config)
-    if config.optim.epochs < checkpoint.state.epoch:
-        raise ConfigError(f"optim.epochs: the checkpoint has done {checkpoint.state.epoch} "
-                          f"epochs; resuming needs optim.epochs >= {checkpoint.state.epoch}, "
-                          f"got {config.optim.epochs}")
-    if not any(text.split("=", 1)[0].strip() in ("data", "data.download") for text in overrides):
-        config = dataclasses.replace(config, data=dataclasses.replace(config.data,
-                                                                      download=False))
-    out_dir = Path(out) if out else Path(resume).parent
+        checkpoint = load_checkpoint(resume)
+        if config_path is None:
+            config = config_from_dict(parse_yaml(checkpoint.config_yaml, f"{resume} config"),
+                                      overrides)
+        else:
+            config = load_config(config_path, overrides)
+        _check_resumable(checkpoint.config, config)
+        if config.optim.epochs < checkpoint.state.epoch:
+            raise ConfigError(f"optim.epochs: the checkpoint has done {checkpoint.state.epoch} "
+                              f"epochs; resuming needs optim.epochs >= "
+                              f"{checkpoint.state.epoch}, got {config.optim.epochs}")
+        if not any(text.split("=", 1)[0].strip() in ("data", "data.download")
+                   for text in overrides):
+            config = dataclasses.replace(config, data=dataclasses.replace(config.data,
+                                                                          download=False))
+        out_dir = Path(out) if out else Path(resume).parent
     _precheck_folder(out_dir, resume, overwrite)
+    want_plots = plots_wanted(config.output.plots if plots is None else plots)
     data = load_config_data(config.data, progress)
-    check_matches(checkpoint, data, resume)
-    return train_run(config, data, out_dir, resume=checkpoint, progress=progress,
-                     overwrite=overwrite)
+    if checkpoint is not None:
+        check_matches(checkpoint, data, resume)
+    result = train_run(config, data, out_dir, resume=checkpoint, progress=progress,
+                       overwrite=overwrite)
+    if want_plots:
+        split = "test" if len(data.test_labels) else "val"
+        result.pictures = plot_run(out_dir, split=split, data=data)
+    return result
 
 
 def _precheck_folder(out_dir: Path, resume_path: str | None, overwrite: bool) -> None:

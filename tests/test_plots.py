@@ -606,3 +606,45 @@ def test_plots_wanted_follows_output_plots(monkeypatch):
     assert plots.plots_wanted(False) is False
     with pytest.raises(SoftmaxClsError, match=r"pip install 'softmax-cls\[plot\]'"):
         plots.plots_wanted(True)
+
+
+@pytest.mark.parametrize("args,setting,drawn", [
+    ([], None, True), (["--no-plots"], None, False), ([], False, False),
+    (["--plots"], False, True),
+])
+def test_softmax_train_draws_the_pictures_at_the_end(tmp_path, monkeypatch, args, setting,
+                                                      drawn):
+    from click.testing import CliRunner
+
+    from softmax_cls import cli, runs
+
+    data = separable_data(n_train=200, n_test=60, classes=3, seed=4)
+    monkeypatch.setattr(runs, "load_config_data", lambda config, progress=True: data)
+    monkeypatch.setattr("softmax_cls.evaluate.load_data_for", lambda *a, **k: data)
+    config = tmp_path / "c.yaml"
+    config.write_text(f"data: {{val_size: 40}}\noptim: {{epochs: 2}}\n"
+                      f"output: {{plots: {json.dumps(setting)}}}\n")
+    result = CliRunner().invoke(cli.train_command, ["--config", str(config), "--out",
+                                                    str(tmp_path / "run"), "-q", *args])
+    assert result.exit_code == 0, result.output
+    pictures = sorted(p.name for p in (tmp_path / "run" / "plots").glob("*.png"))
+    assert pictures == (["confusion.png", "curves.png", "mistakes.png", "templates.png"]
+                        if drawn else [])
+    assert ("pictures:" in result.output) == drawn
+
+
+def test_plots_true_without_matplotlib_fails_before_training(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from softmax_cls import cli, runs
+
+    def missing():
+        raise SoftmaxClsError("softmax-plot needs matplotlib: pip install 'softmax-cls[plot]'")
+
+    monkeypatch.setattr(plots, "require_matplotlib", missing)
+    monkeypatch.setattr(runs, "load_config_data", lambda *a, **k: pytest.fail("loaded data"))
+    quick = Path(__file__).parents[1] / "configs" / "quick.yaml"
+    result = CliRunner().invoke(cli.train_command, ["--config", str(quick), "--out",
+                                                    str(tmp_path / "run"), "--plots"])
+    assert result.exit_code == 1
+    assert not (tmp_path / "run").exists()
