@@ -64,8 +64,9 @@ from numba.core.errors import NumbaPerformanceWarning  # noqa: E402
 
 from .softmax import NonFiniteError  # noqa: E402
 
-ROWS_PER_TASK = 4  # minibatch rows per forward task: 4 score sums share each load of W
-CHUNK = 1024  # features per step of the score sums: 4 rows' chunks stay in the L1 cache
+TILE_ROWS = 4  # minibatch rows per tile: 4 score sums share each load of W, 4 gradient rows
+#                each load and store of the accumulators
+CHUNK = 512  # features per tile of the score sums: (4, 512) floats + W's chunk stay in L1
 BLOCK_FLOATS = 8192  # gradient accumulators (C, block width) per task: 32 KB, about L1
 SIDE = 32
 MAX_SHIFT = 8
@@ -89,7 +90,7 @@ _OK, _BAD_SCORES, _BAD_WEIGHTS = 0, 1, 2
 
 
 # ---------------------------------------------------------------------------------------------
-# Gather: one row, augmented and preprocessed
+# Gather: one row, augmented, as raw values
 
 
 @njit(cache=True)
@@ -106,123 +107,183 @@ def _padded_index(s, padding):
 
 
 @njit(cache=True)
-def _preprocess_row(src, x, mean, scale):
-    """x (P,) = (src (P,) - mean) * scale, in x's dtype."""
-    for j in range(x.shape[0]):
-        x[j] = (src[j] - mean[j]) * scale[j]
+def _bswap(x, m8, m16, s8, s16, s32):
+    """The 8 bytes of the uint64 x in reverse order."""
+    x = ((x & m8) << s8) | ((x >> s8) & m8)
+    x = ((x & m16) << s16) | ((x >> s16) & m16)
+    return (x << s32) | (x >> s32)
 
 
 @njit(cache=True)
-def _augment_row(src, flip, dy, dx, padding, image, x, mean, scale):
-    """x (3072,) = the preprocessed image src (3072,) uint8, mirrored left-right if `flip`, then
-    moved by dy rows and dx columns with the given padding (0 zero, 1 edge, 2 reflect).
+def _mirror_lines(image):
+    """Reverse every line of 32 pixels of image (3072,) uint8 in place (8-byte aligned: our
+    own buffer): per line, its four 8-byte words in reverse order, each byte-swapped."""
+    words = image.view(np.uint64)
+    m8, m16 = np.uint64(0x00FF00FF00FF00FF), np.uint64(0x0000FFFF0000FFFF)
+    s8, s16, s32 = np.uint64(8), np.uint64(16), np.uint64(32)
+    for line in range(3 * SIDE):
+        base = np.uint64(4 * line)
+        for w in range(2):
+            near, far = base + np.uint64(w), base + np.uint64(3 - w)
+            x, y = words[near], words[far]
+            words[near] = _bswap(y, m8, m16, s8, s16, s32)
+            words[far] = _bswap(x, m8, m16, s8, s16, s32)
 
-    image (3072 + 2 MAX_SHIFT,) uint8 is scratch: the (mirrored) image with MAX_SHIFT bytes of
-    slack on either side, so that every output line is one run of SIDE pixels read at an
-    offset (a constant trip count, which the compiler turns into a few vector instructions);
-    the |dx| pixels per line that came from beyond the source line are then padded one by
-    one. Unsigned indices spare each access numba's negative-index check, which would stop
-    the vectorisation.
+
+@njit(cache=True)
+def _augment_row(src, flip, dy, dx, padding, image, u):
+    """u (3072,) uint8 = the image src (3072,) uint8, mirrored left-right if `flip`, then moved
+    by dy rows and dx columns with the given padding (0 zero, 1 edge, 2 reflect).
+
+    image (3072,) uint8 is scratch (the mirrored image). Per plane, the pixels that come from
+    inside the image are one flat copy at offset dy * 32 + dx (vectorised); the |dx| border
+    columns, which that copy fills with pixels of the neighbouring lines, are then
+    overwritten column by column, and the |dy| border lines copied from the line they
+    replicate or mirror. Unsigned indices spare each access numba's negative-index check,
+    which would stop the vectorisation.
     """
+    for k in range(N_PIXELS):
+        image[k] = src[k]
     if flip:
-        for line in range(3 * SIDE):
-            start = np.uint64(line * SIDE)
-            for col in range(SIDE):
-                image[start + np.uint64(MAX_SHIFT + col)] = src[start + np.uint64(SIDE - 1 - col)]
-    else:
+        _mirror_lines(image)
+    if dy == 0 and dx == 0:
         for k in range(N_PIXELS):
-            image[MAX_SHIFT + k] = src[k]
-    pad_first, pad_stop = (0, dx) if dx > 0 else (SIDE + dx, SIDE)
+            u[k] = image[k]
+        return
+    top, bottom = max(0, dy), min(SIDE, SIDE + dy)  # output lines read from inside the image
+    left, right = max(0, dx), SIDE + min(0, dx)  # output columns read from inside
+    offset = dy * SIDE + dx
     for plane in range(3):
-        for row in range(SIDE):
-            out = np.uint64(plane * PLANE + row * SIDE)
-            source_row = _padded_index(row - dy, padding)
-            if source_row < 0:  # zero padding: a line of zero pixels
-                for col in range(SIDE):
-                    k = out + np.uint64(col)
-                    x[k] = (np.uint8(0) - mean[k]) * scale[k]
+        base = plane * PLANE
+        k0, k1 = base + top * SIDE + left, base + (bottom - 1) * SIDE + right
+        first = np.uint64(k0 - offset)
+        for k in range(k1 - k0):
+            u[np.uint64(k0 + k)] = image[first + np.uint64(k)]
+        for col in range(SIDE):
+            if left <= col < right:
                 continue
-            line = MAX_SHIFT + plane * PLANE + source_row * SIDE
-            start = np.uint64(line - dx)
-            for col in range(SIDE):
-                k = out + np.uint64(col)
-                x[k] = (image[start + np.uint64(col)] - mean[k]) * scale[k]
-            for col in range(pad_first, pad_stop):
-                source_col = _padded_index(col - dx, padding)
-                pixel = image[line + source_col] if source_col >= 0 else np.uint8(0)
-                x[out + col] = (pixel - mean[out + col]) * scale[out + col]
+            s = _padded_index(col - dx, padding)
+            out = np.uint64(base + top * SIDE + col)
+            if s < 0:
+                for row in range(bottom - top):
+                    u[out + np.uint64(row * SIDE)] = 0
+            else:
+                read = np.uint64(base + (top - dy) * SIDE + s)
+                for row in range(bottom - top):
+                    u[out + np.uint64(row * SIDE)] = image[read + np.uint64(row * SIDE)]
+        for row in range(SIDE):
+            if top <= row < bottom:
+                continue
+            s = _padded_index(row - dy, padding)
+            out = np.uint64(base + row * SIDE)
+            if s < 0:
+                for col in range(SIDE):
+                    u[out + np.uint64(col)] = 0
+            else:
+                like = np.uint64(base + (s + dy) * SIDE)  # the output line of source line s
+                for col in range(SIDE):
+                    u[out + np.uint64(col)] = u[like + np.uint64(col)]
 
 
 @njit(cache=True)
-def _gather_row(rows, r, position, flip, shift, padding, line, x, mean, scale):
-    """x (P,) = preprocessed (and, when flip/shift are given, augmented) features of rows[r]."""
+def _gather_row(rows, r, position, flip, shift, padding, line, u):
+    """u (P,) = rows[r] as it is, or augmented when flip/shift say so for this position."""
     do_flip = flip.shape[0] > 0 and flip[position]
     dy = shift[position, 0] if shift.shape[0] > 0 else 0
     dx = shift[position, 1] if shift.shape[0] > 0 else 0
     if do_flip or dy != 0 or dx != 0:
-        _augment_row(rows[r], do_flip, dy, dx, padding, line, x, mean, scale)
+        _augment_row(rows[r], do_flip, dy, dx, padding, line, u)
     else:
-        _preprocess_row(rows[r], x, mean, scale)
+        src = rows[r]
+        for j in range(u.shape[0]):
+            u[j] = src[j]
+
+
+@njit(cache=True)
+def _tile(U, i, n, j0, m, mean, scale, tile):
+    """tile[r, :m] = (U[i + r, j0:j0 + m] - mean[j0:j0 + m]) * scale[j0:j0 + m] for r < n, in
+    tile's dtype; rows n..TILE_ROWS-1 are zero (a short group runs the same code)."""
+    first = np.uint64(j0)
+    for r in range(TILE_ROWS):
+        if r < n:
+            row = U[i + r]
+            for jj in range(m):
+                j = first + np.uint64(jj)
+                tile[r, np.uint64(jj)] = (row[j] - mean[j]) * scale[j]
+        else:
+            for jj in range(m):
+                tile[r, np.uint64(jj)] = 0
 
 
 # ---------------------------------------------------------------------------------------------
 # Scores
 
 
-@njit(cache=True, fastmath=_DOT_MATH)
-def _scores_4(X, i, W, S, zero):
-    """S[i:i+4, c] = X[i:i+4] . W[c, :P] for every class c (no bias).
-
-    In chunks of CHUNK features, so that the four rows' chunks stay in the L1 cache while
-    every class reads them; the chunks' sums are added in order.
-    """
-    n = X.shape[1]
-    for j0 in range(0, n, CHUNK):
-        j1 = min(n, j0 + CHUNK)
-        first = np.uint64(j0)  # unsigned: no negative-index check to stop vectorisation
-        for c in range(W.shape[0]):
-            s0 = s1 = s2 = s3 = zero
-            for jj in range(j1 - j0):
-                j = first + np.uint64(jj)
-                w = W[c, j]
-                s0 += X[i, j] * w
-                s1 += X[i + 1, j] * w
-                s2 += X[i + 2, j] * w
-                s3 += X[i + 3, j] * w
-            if j0 == 0:
-                S[i, c], S[i + 1, c], S[i + 2, c], S[i + 3, c] = s0, s1, s2, s3
+@njit(cache=True)
+def _put_scores(S, i, n, c, s0, s1, s2, s3, add):
+    """S[i + r, c] (+)= s_r for the n real rows of a tile."""
+    sums = (s0, s1, s2, s3)
+    for r in range(TILE_ROWS):
+        if r < n:
+            if add:
+                S[i + r, c] += sums[r]
             else:
-                S[i, c] += s0
-                S[i + 1, c] += s1
-                S[i + 2, c] += s2
-                S[i + 3, c] += s3
+                S[i + r, c] = sums[r]
 
 
 @njit(cache=True, fastmath=_DOT_MATH)
-def _scores_1(X, i, W, S, zero):
-    """S[i, c] = X[i] . W[c, :P] for every class c (no bias)."""
-    for c in range(W.shape[0]):
-        s = zero
-        for j in range(X.shape[1]):
-            s += X[i, j] * W[c, j]
-        S[i, c] = s
+def _tile_scores(tile, m, W, j0, S, i, n, add, zero):
+    """S[i:i+n, c] (+)= tile[:n, :m] . W[c, j0:j0+m] for every class c, two classes at a time
+    (8 sums in registers: 6 loads per 8 multiply-adds)."""
+    n_classes = W.shape[0]
+    first = np.uint64(j0)
+    c = 0
+    while c + 2 <= n_classes:
+        a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = zero
+        for jj in range(m):
+            k = np.uint64(jj)
+            j = first + k
+            v, w = W[c, j], W[c + 1, j]
+            t0, t1, t2, t3 = tile[0, k], tile[1, k], tile[2, k], tile[3, k]
+            a0 += t0 * v
+            a1 += t1 * v
+            a2 += t2 * v
+            a3 += t3 * v
+            b0 += t0 * w
+            b1 += t1 * w
+            b2 += t2 * w
+            b3 += t3 * w
+        _put_scores(S, i, n, c, a0, a1, a2, a3, add)
+        _put_scores(S, i, n, c + 1, b0, b1, b2, b3, add)
+        c += 2
+    if c < n_classes:
+        a0 = a1 = a2 = a3 = zero
+        for jj in range(m):
+            k = np.uint64(jj)
+            v = W[c, first + k]
+            a0 += tile[0, k] * v
+            a1 += tile[1, k] * v
+            a2 += tile[2, k] * v
+            a3 += tile[3, k] * v
+        _put_scores(S, i, n, c, a0, a1, a2, a3, add)
 
 
 @njit(cache=True)
-def _scores_of_rows(X, first, stop, W, has_bias, S, zero):
-    """S[first:stop] = X[first:stop] @ W[:, :P].T (+ W[:, P] when has_bias)."""
-    i = first
-    while i + ROWS_PER_TASK <= stop:
-        _scores_4(X, i, W, S, zero)
-        i += ROWS_PER_TASK
-    while i < stop:
-        _scores_1(X, i, W, S, zero)
-        i += 1
-    if has_bias:
-        bias = X.shape[1]
-        for i in range(first, stop):
-            for c in range(W.shape[0]):
-                S[i, c] += W[c, bias]
+def _group_scores(U, i, n, W, mean, scale, has_bias, tile, S, zero):
+    """S[i:i+n] = x @ W.T for the n <= TILE_ROWS rows x = [(U[i:i+n] - mean) * scale, 1],
+    in chunks of CHUNK features converted once into tile (TILE_ROWS, CHUNK); every row's sums
+    run the same code in the same order, whichever rows share its tile."""
+    n_features = U.shape[1]
+    for j0 in range(0, n_features, CHUNK):
+        m = min(CHUNK, n_features - j0)
+        _tile(U, i, n, j0, m, mean, scale, tile)
+        _tile_scores(tile, m, W, j0, S, i, n, j0 > 0, zero)
+    for r in range(n):
+        for c in range(W.shape[0]):
+            if n_features == 0:
+                S[i + r, c] = zero
+            if has_bias:
+                S[i + r, c] += W[c, n_features]
 
 
 @njit(cache=True)
@@ -257,29 +318,30 @@ def _softmax_row(S, i, label, weight, inv_b, clip, dS, row_loss, row_correct, ze
 
 
 @njit(cache=True, parallel=True)
-def _forward(rows, batch_rows, labels, sample_weight, positions, flip, shift, padding, W,
-             mean, scale, has_bias, clip, X, S, dS, row_loss, row_correct, row_ok, lines,
-             zero):
-    """Gather, augment and preprocess the minibatch rows[batch_rows] into X (b, P), and give
-    every row its scores S, gradient row dS, loss term, correctness and finiteness.
+def _forward(rows, batch_rows, gather, labels, sample_weight, position, flip, shift, padding,
+             W, mean, scale, has_bias, clip, U, S, dS, row_loss, row_correct, row_ok, lines,
+             tiles, zero):
+    """Give every minibatch row its scores S, gradient row dS, loss term, correctness and
+    finiteness; with `gather`, first copy rows[batch_rows] into U (b, P) (augmented as flip
+    and shift say for the positions position, position + 1, ...), else U is the minibatch.
 
-    positions: the position in the epoch's order of the first minibatch row (for flip/shift).
-    Parallel over tasks of ROWS_PER_TASK rows; lines (tasks, 3088) uint8 is their scratch.
+    Parallel over tiles of TILE_ROWS rows; lines (tiles, 3072) uint8 and tiles (tiles,
+    TILE_ROWS, CHUNK) are each tile's scratch.
     """
     b = batch_rows.shape[0]
-    n_tasks = (b + ROWS_PER_TASK - 1) // ROWS_PER_TASK
     inv_b = 1.0 / b
-    for task in prange(n_tasks):
-        first = task * ROWS_PER_TASK
-        stop = min(b, first + ROWS_PER_TASK)
-        for i in range(first, stop):
-            _gather_row(rows, batch_rows[i], positions + i, flip, shift, padding,
-                        lines[task], X[i], mean, scale)
-        _scores_of_rows(X, first, stop, W, has_bias, S, zero)
-        for i in range(first, stop):
-            r = batch_rows[i]
-            weight = sample_weight[r] if sample_weight.shape[0] > 0 else 1.0
-            row_ok[i] = _softmax_row(S, i, labels[r], weight, inv_b, clip, dS, row_loss,
+    for group in prange((b + TILE_ROWS - 1) // TILE_ROWS):
+        i = group * TILE_ROWS
+        n = min(TILE_ROWS, b - i)
+        if gather:
+            for r in range(i, i + n):
+                _gather_row(rows, batch_rows[r], position + r, flip, shift, padding,
+                            lines[group], U[r])
+        _group_scores(U, i, n, W, mean, scale, has_bias, tiles[group], S, zero)
+        for r in range(i, i + n):
+            row = batch_rows[r]
+            weight = sample_weight[row] if sample_weight.shape[0] > 0 else 1.0
+            row_ok[r] = _softmax_row(S, r, labels[row], weight, inv_b, clip, dS, row_loss,
                                      row_correct, zero)
 
 
@@ -288,29 +350,43 @@ def _forward(rows, batch_rows, labels, sample_weight, positions, flip, shift, pa
 
 
 @njit(cache=True, fastmath=_ORDERED_MATH)
-def _data_grad_block(X, dS, j0, j1, acc):
-    """acc[c, :j1-j0] = sum over rows i, in order, of dS[i, c] * X[i, j0:j1]."""
+def _data_grad_block(U, dS, j0, m, mean, scale, tile, acc, zero):
+    """acc[c, :m] = sum over minibatch rows i, in order, of dS[i, c] * x[i, j0:j0+m], with
+    x = (U - mean) * scale converted one tile of TILE_ROWS rows at a time; two classes at a
+    time share each load of the tile."""
     b, n_classes = dS.shape
-    width = j1 - j0
-    first = np.uint64(j0)
     for c in range(n_classes):
-        for j in range(width):
-            acc[c, j] = 0
-    i = 0
-    while i + 4 <= b:
-        for c in range(n_classes):
-            d0, d1, d2, d3 = dS[i, c], dS[i + 1, c], dS[i + 2, c], dS[i + 3, c]
-            for j in range(width):
-                k = first + np.uint64(j)
-                acc[c, j] = (acc[c, j] + d0 * X[i, k] + d1 * X[i + 1, k] + d2 * X[i + 2, k]
-                             + d3 * X[i + 3, k])
-        i += 4
-    while i < b:
-        for c in range(n_classes):
+        for jj in range(m):
+            acc[c, np.uint64(jj)] = zero
+    for i in range(0, b, TILE_ROWS):
+        n = min(TILE_ROWS, b - i)
+        _tile(U, i, n, j0, m, mean, scale, tile)
+        c = 0
+        while c + 2 <= n_classes:
+            d0, e0 = dS[i, c], dS[i, c + 1]
+            d1 = dS[i + 1, c] if n > 1 else zero
+            e1 = dS[i + 1, c + 1] if n > 1 else zero
+            d2 = dS[i + 2, c] if n > 2 else zero
+            e2 = dS[i + 2, c + 1] if n > 2 else zero
+            d3 = dS[i + 3, c] if n > 3 else zero
+            e3 = dS[i + 3, c + 1] if n > 3 else zero
+            first, second = acc[c], acc[c + 1]
+            for jj in range(m):
+                k = np.uint64(jj)
+                t0, t1, t2, t3 = tile[0, k], tile[1, k], tile[2, k], tile[3, k]
+                first[k] = first[k] + d0 * t0 + d1 * t1 + d2 * t2 + d3 * t3
+                second[k] = second[k] + e0 * t0 + e1 * t1 + e2 * t2 + e3 * t3
+            c += 2
+        if c < n_classes:
             d0 = dS[i, c]
-            for j in range(width):
-                acc[c, j] = acc[c, j] + d0 * X[i, first + np.uint64(j)]
-        i += 1
+            d1 = dS[i + 1, c] if n > 1 else zero
+            d2 = dS[i + 2, c] if n > 2 else zero
+            d3 = dS[i + 3, c] if n > 3 else zero
+            first = acc[c]
+            for jj in range(m):
+                k = np.uint64(jj)
+                first[k] = (first[k] + d0 * tile[0, k] + d1 * tile[1, k] + d2 * tile[2, k]
+                            + d3 * tile[3, k])
 
 
 @njit(cache=True)
@@ -338,45 +414,46 @@ def _update_columns(G, W, velocity, average, j0, j1, lr, momentum, nesterov, alp
 
 
 @njit(cache=True, parallel=True)
-def _gradient(X, dS, W, has_bias, two_reg, reg_bias, acc, G, l2_parts, norm_parts,
-              update, velocity, average, lr, momentum, nesterov, alpha, one):
-    """G (C, D) = dS.T @ X (+ the bias column sum(dS, rows)) + the L2 gradient, in parallel
-    over blocks of _block_width(C) columns (the bias column is one more block).
+def _gradient(U, dS, W, mean, scale, has_bias, two_reg, reg_bias, tiles, acc, G, l2_parts,
+              norm_parts, update, velocity, average, lr, momentum, nesterov, alpha, zero, one):
+    """G (C, D) = dS.T @ X (+ the bias column sum(dS, rows)) + the L2 gradient, with X the
+    preprocessed minibatch U, in parallel over blocks of _block_width(C) feature columns
+    (the last block also does the bias column).
 
     l2_parts[k] / norm_parts[k] (float64) get block k's sum of penalised W*W (before any
     update) and of G*G. With `update`, each block is also updated right away (no clipping).
     """
-    n_classes, n_cols = W.shape[0], X.shape[1]
+    n_classes, n_features = W.shape[0], U.shape[1]
     width = acc.shape[2]
-    n_blocks = (n_cols + width - 1) // width
-    n_tasks = n_blocks + 1 if has_bias else n_blocks
-    for block in prange(n_tasks):
+    n_blocks = l2_parts.shape[0]
+    for block in prange(n_blocks):
+        j0, j1 = block * width, min(n_features, (block + 1) * width)
         l2, norm = 0.0, 0.0
-        if block < n_blocks:
-            j0, j1 = block * width, min(n_cols, (block + 1) * width)
-            _data_grad_block(X, dS, j0, j1, acc[block])
+        if j1 > j0:
+            _data_grad_block(U, dS, j0, j1 - j0, mean, scale, tiles[block], acc[block], zero)
+        for c in range(n_classes):
+            for j in range(j0, j1):
+                w = W[c, j]
+                g = acc[block, c, j - j0] + two_reg * w
+                G[c, j] = g
+                l2 += np.float64(w) * w
+                norm += np.float64(g) * g
+        stop = j1
+        if has_bias and block == n_blocks - 1:  # the bias column: sums of dS, in row order
+            stop = n_features + 1
             for c in range(n_classes):
-                for j in range(j0, j1):
-                    w = W[c, j]
-                    g = acc[block, c, j - j0] + two_reg * w
-                    G[c, j] = g
-                    l2 += np.float64(w) * w
-                    norm += np.float64(g) * g
-        else:  # the bias column: its data gradient is the column sums of dS, in row order
-            j0, j1 = n_cols, n_cols + 1
-            for c in range(n_classes):
-                g = one - one
+                g = zero
                 for i in range(dS.shape[0]):
                     g += dS[i, c]
-                w = W[c, n_cols]
+                w = W[c, n_features]
                 if reg_bias:
                     g += two_reg * w
                     l2 += np.float64(w) * w
-                G[c, n_cols] = g
+                G[c, n_features] = g
                 norm += np.float64(g) * g
         l2_parts[block], norm_parts[block] = l2, norm
         if update:
-            _update_columns(G, W, velocity, average, j0, j1, lr, momentum, nesterov, alpha,
+            _update_columns(G, W, velocity, average, j0, stop, lr, momentum, nesterov, alpha,
                             one)
 
 
@@ -404,18 +481,20 @@ def _all_finite(A):
 
 @njit(cache=True)
 def _workspace(batch_size, n_features, W):
-    """Buffers of one minibatch of up to batch_size rows."""
+    """Buffers of one minibatch of up to batch_size rows (besides the gathered rows)."""
     n_classes, n_cols = W.shape
     width = _block_width(n_classes)
-    n_blocks = (n_features + width - 1) // width
-    n_tasks = (batch_size + ROWS_PER_TASK - 1) // ROWS_PER_TASK
+    n_blocks = max(1, (n_features + width - 1) // width)
+    n_groups = (batch_size + TILE_ROWS - 1) // TILE_ROWS
     dtype = W.dtype
-    return (np.empty((batch_size, n_features), dtype), np.empty((batch_size, n_classes), dtype),
-            np.empty((batch_size, n_classes), dtype), np.empty(batch_size),
-            np.empty(batch_size, np.bool_), np.empty(batch_size, np.bool_),
-            np.empty((n_tasks, N_PIXELS + 2 * MAX_SHIFT), np.uint8),
+    return (np.empty((batch_size, n_classes), dtype), np.empty((batch_size, n_classes), dtype),
+            np.empty(batch_size), np.empty(batch_size, np.bool_),
+            np.empty(batch_size, np.bool_),
+            np.empty((n_groups, N_PIXELS), np.uint8),
+            np.empty((n_groups, TILE_ROWS, CHUNK), dtype),
+            np.empty((n_blocks, TILE_ROWS, width), dtype),
             np.empty((n_blocks, n_classes, width), dtype), np.empty((n_classes, n_cols), dtype),
-            np.empty(n_blocks + 1), np.empty(n_blocks + 1))
+            np.empty(n_blocks), np.empty(n_blocks))
 
 
 @njit(cache=True)
@@ -435,8 +514,9 @@ def _train_epoch_kernel(rows, labels, order, sample_weight, flip, shift, padding
     n = order.shape[0]
     n_features = rows.shape[1]
     batch = min(batch_size, n)
-    X, S, dS, row_loss, row_correct, row_ok, lines, acc, G, l2_parts, norm_parts = \
-        _workspace(batch, n_features, W)
+    U = np.empty((batch, n_features), rows.dtype)
+    S, dS, row_loss, row_correct, row_ok, lines, tiles, grad_tiles, acc, G, l2_parts, \
+        norm_parts = _workspace(batch, n_features, W)
     zero, one, two_reg = _cast(W, 0), _cast(W, 1), _cast(W, 2 * reg)
     loss_sum, correct = 0.0, 0
     n_steps = (n + batch - 1) // batch
@@ -445,9 +525,9 @@ def _train_epoch_kernel(rows, labels, order, sample_weight, flip, shift, padding
         start = step * batch
         b = min(batch, n - start)
         batch_rows = order[start:start + b]
-        _forward(rows, batch_rows, labels, sample_weight, start, flip, shift, padding, W, mean,
-                 scale, has_bias, clip, X[:b], S[:b], dS[:b], row_loss, row_correct, row_ok,
-                 lines, zero)
+        _forward(rows, batch_rows, True, labels, sample_weight, start, flip, shift, padding, W,
+                 mean, scale, has_bias, clip, U[:b], S[:b], dS[:b], row_loss, row_correct,
+                 row_ok, lines, tiles, zero)
         data_loss = 0.0
         for i in range(b):
             if not row_ok[i]:
@@ -455,10 +535,11 @@ def _train_epoch_kernel(rows, labels, order, sample_weight, flip, shift, padding
             data_loss += row_loss[i]
             correct += row_correct[i]
         alpha = _cast(W, avg_alpha[step])
-        _gradient(X[:b], dS[:b], W, has_bias, two_reg, reg_bias, acc, G, l2_parts, norm_parts,
-                  fused, velocity, average, lr, momentum, nesterov, alpha, one)
+        _gradient(U[:b], dS[:b], W, mean, scale, has_bias, two_reg, reg_bias, grad_tiles, acc,
+                  G, l2_parts, norm_parts, fused, velocity, average, lr, momentum, nesterov,
+                  alpha, zero, one)
         l2, norm = 0.0, 0.0
-        for k in range(l2_parts.shape[0] - (0 if has_bias else 1)):
+        for k in range(l2_parts.shape[0]):
             l2 += l2_parts[k]
             norm += norm_parts[k]
         if not fused:
@@ -477,43 +558,41 @@ def _batch_loss_and_grad_kernel(rows, labels, sample_weight, W, mean, scale, has
                                 reg_bias, clip):
     """Returns (loss, dW (C, D), correct, ok) for one minibatch, with train_epoch's code."""
     b, n_features = rows.shape
-    X, S, dS, row_loss, row_correct, row_ok, lines, acc, G, l2_parts, norm_parts = \
-        _workspace(b, n_features, W)
+    S, dS, row_loss, row_correct, row_ok, lines, tiles, grad_tiles, acc, G, l2_parts, \
+        norm_parts = _workspace(b, n_features, W)
     zero, one = _cast(W, 0), _cast(W, 1)
+    U = rows.copy()
     batch_rows = np.arange(b)
     no_flip = np.empty(0, np.bool_)
     no_shift = np.empty((0, 2), np.int64)
-    _forward(rows, batch_rows, labels, sample_weight, 0, no_flip, no_shift, 0, W, mean, scale,
-             has_bias, _cast(W, clip), X, S, dS, row_loss, row_correct, row_ok, lines, zero)
+    _forward(rows, batch_rows, False, labels, sample_weight, 0, no_flip, no_shift, 0, W, mean,
+             scale, has_bias, _cast(W, clip), U, S, dS, row_loss, row_correct, row_ok,
+             lines, tiles, zero)
     data_loss, correct = 0.0, 0
     for i in range(b):
         if not row_ok[i]:
             return 0.0, G, 0, False
         data_loss += row_loss[i]
         correct += row_correct[i]
-    _gradient(X, dS, W, has_bias, _cast(W, 2 * reg), reg_bias, acc, G, l2_parts, norm_parts,
-              False, G, G, one, one, False, one, one)
+    _gradient(U, dS, W, mean, scale, has_bias, _cast(W, 2 * reg), reg_bias, grad_tiles,
+              acc, G, l2_parts, norm_parts, False, G, G, one, one, False, one, zero, one)
     l2 = 0.0
-    for k in range(l2_parts.shape[0] - (0 if has_bias else 1)):
+    for k in range(l2_parts.shape[0]):
         l2 += l2_parts[k]
     return data_loss + reg * l2, G, correct, True
 
 
 @njit(cache=True, parallel=True)
 def _predict_kernel(rows, W, mean, scale, has_bias, zero, chunk):
-    n, n_features = rows.shape
+    n = rows.shape[0]
     S = np.empty((n, W.shape[0]), W.dtype)
-    no_flip = np.empty(0, np.bool_)
-    no_shift = np.empty((0, 2), np.int64)
-    line = np.empty(0, np.uint8)
-    for task in prange((n + chunk - 1) // chunk):
-        first, stop = task * chunk, min(n, (task + 1) * chunk)
-        X = np.empty((stop - first, n_features), W.dtype)
-        for i in range(first, stop):
-            _gather_row(rows, i, i, no_flip, no_shift, 0, line, X[i - first], mean, scale)
-        _scores_of_rows(X, 0, stop - first, W, has_bias, S[first:stop], zero)
+    n_tasks = (n + chunk - 1) // chunk
+    tiles = np.empty((n_tasks, TILE_ROWS, CHUNK), W.dtype)
+    for task in prange(n_tasks):
+        for i in range(task * chunk, min(n, (task + 1) * chunk), TILE_ROWS):
+            _group_scores(rows, i, min(TILE_ROWS, n - i), W, mean, scale, has_bias,
+                          tiles[task], S, zero)
     return S
-
 
 # ---------------------------------------------------------------------------------------------
 # Python entry points: check, convert, call, report
