@@ -24,36 +24,70 @@ from . import softmax
 from .augment import PADDING_CODES, apply_augmentation
 from .errors import SoftmaxClsError
 from .optim import sgd_step
-from .preprocess import Preprocessor, image_scores, raw_features
+from .preprocess import Preprocessor, image_scores
 
 
-def batch_loss_and_grad(
-    rows: np.ndarray, labels: np.ndarray, sample_weight: np.ndarray, W: np.ndarray,
-    mean: np.ndarray, scale: np.ndarray, has_bias: bool, reg: float, reg_bias: bool,
-    clip: float,
-) -> tuple[float, np.ndarray, int]:
-    """The loss, gradient dW and number of correct predictions of one minibatch.
+class _StepBuffers:
+    """Every array one SGD step of train_epoch needs, allocated once per epoch: a step
+    allocates only what numpy's softmax helper returns (b x C).
 
-    rows (b, P) raw values (uint8 pixels or float features), labels (b,) int64,
-    sample_weight (b,) float or shape (0,) for all ones, W (C, D) float32 or float64.
-    Returns (loss incl. the L2 penalty, dW (C, D) of W's dtype, correct).
+    rows (b, P) of the data's dtype (gathered, augmented) and their copy `raw` in the weights'
+    dtype (float32 in training); the folded weights W_fold (C, P) = W[:, :P] * scale and
+    bias_fold (C,); scores (b, C); the gradients grad (C, D) and grad_raw (C, P + 1)
+    (with respect to the folded weights), and a (C, P) scratch.
     """
-    pre = Preprocessor(mean, scale, has_bias)
-    raw = raw_features(rows, dtype=W.dtype)
-    loss, dW_dc, correct = _folded_loss_and_grad(W.T, raw, labels, sample_weight, pre, reg,
-                                                 reg_bias, clip)
-    return loss, np.ascontiguousarray(dW_dc.T), correct
+
+    def __init__(self, batch_size: int, n_raw: int, n_classes: int, n_cols: int, rows_dtype,
+                 dtype=np.float32):
+        self.gathered = np.empty((batch_size, n_raw), dtype=rows_dtype)
+        self.raw = np.empty((batch_size, n_raw), dtype=dtype)
+        self.W_fold = np.empty((n_classes, n_raw), dtype=dtype)
+        self.bias_fold = np.empty(n_classes, dtype=dtype)
+        self.scores = np.empty((batch_size, n_classes), dtype=dtype)
+        self.grad = np.empty((n_classes, n_cols), dtype=dtype)
+        self.scratch = np.empty((n_classes, n_raw), dtype=dtype)
+        self.grad_raw = np.empty((n_classes, n_raw + 1), dtype=dtype)
 
 
-def _folded_loss_and_grad(W_dc, raw, labels, sample_weight, pre, reg, reg_bias, clip):
-    """batch_loss_and_grad on raw features [u, 1] (b, P + 1) and weights W_dc (D, C)."""
-    scores = raw @ pre.fold(W_dc)
-    weight = sample_weight if len(sample_weight) else None
+def _step_loss_and_grad(W, raw, labels, weight, pre, scale, neg_mean, has_bias, reg,
+                        reg_bias, clip, buffers):
+    """Loss and gradient of one minibatch in the engine layout, the gradient into
+    buffers.grad (C, D): the one code of train_epoch's steps and of batch_loss_and_grad.
+
+    W (C, D) float32 or float64, raw (b, P) raw values in W's dtype, labels (b,), weight (b,)
+    or None; pre the Preprocessor of mean and scale; scale, neg_mean = -mean (P,) in W's
+    dtype. The preprocessing is folded into the weights, W_fold = W[:, :P] * scale:
+        scores = raw @ W_fold.T + (W[:, P] - W_fold @ mean)
+    and the gradient unfolded (pre.unfold_grad): dW[:, :P] = scale * (dS.T @ raw -
+    outer(sum(dS), mean)), dW[:, P] = sum(dS).
+    Returns (loss incl. the L2 penalty, correct).
+    """
+    n = len(raw)
+    P = raw.shape[1]
+    W_fold, bias_fold, grad = buffers.W_fold, buffers.bias_fold, buffers.grad
+    pixels = W[:, :P]
+    np.multiply(pixels, scale, out=W_fold)
+    np.matmul(W_fold, neg_mean, out=bias_fold)
+    if has_bias:
+        bias_fold += W[:, P]
+    scores = buffers.scores[:n]
+    np.matmul(raw, W_fold.T, out=scores)
+    scores += bias_fold
     data_loss, dscores = softmax.softmax_loss_from_scores(scores, labels, clip, weight)
     correct = int(np.count_nonzero(scores.argmax(axis=1) == labels))
-    dW = pre.unfold_grad(raw.T @ dscores)
-    penalty, dW = softmax.l2_penalty(W_dc, reg, reg_bias or not pre.bias, add_to=dW)
-    return softmax.finite_loss(data_loss + penalty), dW, correct
+    grad_raw = buffers.grad_raw[:, : P + 1]
+    np.matmul(dscores.T, raw, out=grad_raw[:, :P])
+    np.sum(dscores, axis=0, out=grad_raw[:, P])
+    np.copyto(grad, pre.unfold_grad(grad_raw.T).T)  # the transpose of the fold
+    grad_pixels = grad[:, :P]
+    penalised = W if reg_bias or not has_bias else pixels
+    penalty = reg * float(np.einsum("ij,ij->", penalised, penalised, dtype=np.float64))
+    if reg and penalised is pixels:
+        np.multiply(pixels, W.dtype.type(2 * reg), out=buffers.scratch)
+        grad_pixels += buffers.scratch
+    elif reg:
+        grad += W.dtype.type(2 * reg) * W
+    return softmax.finite_loss(data_loss + penalty), correct
 
 
 def train_epoch(
@@ -64,40 +98,69 @@ def train_epoch(
     grad_clip: float, reg: float, reg_bias: bool, clip: float,
 ) -> tuple[float, int]:
     """One epoch of SGD over rows[order] in minibatches of batch_size, in place on W,
-    velocity and average (all (C, D) float32).
+    velocity and average (all (C, D) float32, C-contiguous).
 
     rows (N, P) uint8 or float32; labels (N,) int64; order (n,) int64; sample_weight (N,)
     or (0,); flip (n,) bool or (0,); shift (n, 2) int64 or (0, 2); padding 0 zero, 1 edge,
     2 reflect; avg_alpha (steps,) float64: after step s, average += avg_alpha[s] * (W -
     average) unless it is 0; grad_clip 0 = off. Returns (sum over minibatches of loss *
     rows, number of rows predicted right before their step).
+
+    Works in the engine layout throughout (no transposed views): per step, a gather into
+    preallocated buffers, one conversion to float32, two BLAS products, optim.sgd_step.
     """
-    pre = Preprocessor(mean, scale, has_bias)
+    n_classes, n_cols = W.shape
+    P = rows.shape[1]
     batch_size = min(batch_size, len(order))
-    gathered = np.empty((batch_size, rows.shape[1]), dtype=rows.dtype)
-    raw_buffer = np.empty((batch_size, rows.shape[1] + 1), dtype=np.float32)
-    W_dc, velocity_dc = W.T, velocity.T  # views: the numpy code works in (D, C)
+    buffers = _StepBuffers(batch_size, P, n_classes, n_cols, rows.dtype)
+    scale32 = np.asarray(scale, dtype=np.float32)
+    neg_mean = -np.asarray(mean, dtype=np.float32)
+    pre = Preprocessor(mean, scale, has_bias)
     weights = sample_weight if len(sample_weight) else None
-    no_weight = np.empty(0, dtype=np.float32)
     padding_name = next(name for name, code in PADDING_CODES.items() if code == padding)
     total_loss, total_correct = 0.0, 0
     for step, start in enumerate(range(0, len(order), batch_size)):
         batch_rows = order[start : start + batch_size]
         n = len(batch_rows)
-        np.take(rows, batch_rows, axis=0, out=gathered[:n])
+        gathered, raw = buffers.gathered[:n], buffers.raw[:n]
+        np.take(rows, batch_rows, axis=0, out=gathered)
         if len(flip) or len(shift):
-            apply_augmentation(gathered[:n], flip[start : start + n], shift[start : start + n],
+            apply_augmentation(gathered, flip[start : start + n], shift[start : start + n],
                                padding_name)
-        raw = raw_features(gathered[:n], out=raw_buffer[:n])
-        batch_weight = no_weight if weights is None else weights[batch_rows]
-        loss, dW, correct = _folded_loss_and_grad(W_dc, raw, labels[batch_rows], batch_weight,
-                                                  pre, reg, reg_bias, clip)
-        sgd_step(W_dc, velocity_dc, dW, lr, momentum, nesterov, grad_clip or None)
+        np.copyto(raw, gathered)
+        loss, correct = _step_loss_and_grad(
+            W, raw, labels[batch_rows], None if weights is None else weights[batch_rows],
+            pre, scale32, neg_mean, has_bias, reg, reg_bias, clip, buffers)
+        sgd_step(W, velocity, buffers.grad, lr, momentum, nesterov, grad_clip or None)
         if avg_alpha[step]:
             average += np.float32(avg_alpha[step]) * (W - average)
         total_loss += loss * n
         total_correct += correct
     return total_loss, total_correct
+
+
+def batch_loss_and_grad(
+    rows: np.ndarray, labels: np.ndarray, sample_weight: np.ndarray, W: np.ndarray,
+    mean: np.ndarray, scale: np.ndarray, has_bias: bool, reg: float, reg_bias: bool,
+    clip: float,
+) -> tuple[float, np.ndarray, int]:
+    """The loss, gradient dW and number of correct predictions of one minibatch, with the
+    code of one train_epoch step.
+
+    rows (b, P) raw values (uint8 pixels or float features), labels (b,) int64,
+    sample_weight (b,) float or shape (0,) for all ones, W (C, D) float32 or float64.
+    Returns (loss incl. the L2 penalty, dW (C, D) of W's dtype, correct).
+    """
+    W = np.ascontiguousarray(W)
+    n_classes, n_cols = W.shape
+    buffers = _StepBuffers(len(rows), rows.shape[1], n_classes, n_cols, rows.dtype, W.dtype)
+    np.copyto(buffers.raw, rows)
+    mean, scale = np.asarray(mean, dtype=W.dtype), np.asarray(scale, dtype=W.dtype)
+    weight = np.asarray(sample_weight, dtype=W.dtype) if len(sample_weight) else None
+    pre = Preprocessor(mean, scale, has_bias)
+    loss, correct = _step_loss_and_grad(W, buffers.raw, labels, weight, pre, scale, -mean,
+                                        has_bias, reg, reg_bias or not has_bias, clip, buffers)
+    return loss, buffers.grad, correct
 
 
 def predict_scores(rows: np.ndarray, W: np.ndarray, mean: np.ndarray, scale: np.ndarray,
