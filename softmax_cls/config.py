@@ -65,7 +65,7 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
-    reg: float = _opt(2.58e-05, low=0.0)
+    reg: float = _opt(2.94e-06, low=0.0)
     reg_bias: bool = False
     clip: float = _opt(50.0, low=0.0, low_open=True)
 
@@ -85,7 +85,7 @@ class EarlyStoppingConfig:
 
 @dataclass
 class AveragingConfig:
-    name: str = _opt("none", choices=("none", "uniform", "ema"))
+    name: str = _opt("uniform", choices=("none", "uniform", "ema"))
     start: float = _opt(0.5, low=0.0, high=1.0)
     decay: float = _opt(0.999, low=0.0, high=1.0, high_open=True)
 
@@ -94,7 +94,7 @@ class AveragingConfig:
 class OptimConfig:
     epochs: int = _opt(60, low=1)
     batch_size: int = _opt(128, low=1)
-    lr: float = _opt(0.00637, low=0.0, low_open=True)
+    lr: float = _opt(0.0297, low=0.0, low_open=True)
     momentum: float = _opt(0.9, low=0.0, high=0.999)
     nesterov: bool = True
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
@@ -106,7 +106,7 @@ class OptimConfig:
 @dataclass
 class AugmentConfig:
     hflip: bool = True
-    translate: int = _opt(0, low=0, high=8)
+    translate: int = _opt(1, low=0, high=8)
     padding: str = _opt("edge", choices=("edge", "zero", "reflect"))
 
 
