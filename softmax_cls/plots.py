@@ -484,7 +484,7 @@ def draw_mistakes(mistakes: Mistakes, class_names: tuple[str, ...], path: str | 
                                              strict=False):
         ax.imshow(image, interpolation="nearest")
         ax.set_title(f"true: {class_names[true]}\npredicted: {class_names[predicted]} "
-                     f"{p:.0%}", fontsize=9.5)
+                     f"{p:.0%}", fontsize=8)
     return _save(figure, path)
 
 
