@@ -64,10 +64,10 @@ from numba.core.errors import NumbaPerformanceWarning  # noqa: E402
 
 from .softmax import NonFiniteError  # noqa: E402
 
-TILE_ROWS = 4  # minibatch rows per tile: 4 score sums share each load of W, 4 gradient rows
+TILE_ROWS = 8  # minibatch rows per tile: 8 score sums share each load of W, 8 gradient rows
 #                each load and store of the accumulators
-CHUNK = 512  # features per tile of the score sums: (4, 512) floats + W's chunk stay in L1
-BLOCK_FLOATS = 8192  # gradient accumulators (C, block width) per task: 32 KB, about L1
+CHUNK = 512  # features per tile of the score sums: (8, 512) floats + W's chunk stay in L1
+BLOCK_FLOATS = 32768  # gradient accumulators (C, block width) per task: up to 128 KB, in L2
 SIDE = 32
 MAX_SHIFT = 8
 PLANE = SIDE * SIDE
@@ -220,9 +220,8 @@ def _tile(U, i, n, j0, m, mean, scale, tile):
 
 
 @njit(cache=True)
-def _put_scores(S, i, n, c, s0, s1, s2, s3, add):
-    """S[i + r, c] (+)= s_r for the n real rows of a tile."""
-    sums = (s0, s1, s2, s3)
+def _put_scores(S, i, n, c, sums, add):
+    """S[i + r, c] (+)= sums[r] for the n real rows of a tile."""
     for r in range(TILE_ROWS):
         if r < n:
             if add:
@@ -233,31 +232,41 @@ def _put_scores(S, i, n, c, s0, s1, s2, s3, add):
 
 @njit(cache=True, fastmath=_DOT_MATH)
 def _tile_scores(tile, m, W, j0, S, i, n, add, zero):
-    """S[i:i+n, c] (+)= tile[:n, :m] . W[c, j0:j0+m] for every class c, two classes at a time
-    (8 sums in registers: 6 loads per 8 multiply-adds)."""
+    """S[i:i+n, c] (+)= tile[:n, :m] . W[c, j0:j0+m] for every class c, two classes at a time:
+    16 sums in registers, 10 loads per 16 multiply-adds."""
     n_classes = W.shape[0]
     first = np.uint64(j0)
     c = 0
     while c + 2 <= n_classes:
-        a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = zero
+        a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = zero
+        b0 = b1 = b2 = b3 = b4 = b5 = b6 = b7 = zero
         for jj in range(m):
             k = np.uint64(jj)
             j = first + k
             v, w = W[c, j], W[c + 1, j]
             t0, t1, t2, t3 = tile[0, k], tile[1, k], tile[2, k], tile[3, k]
+            t4, t5, t6, t7 = tile[4, k], tile[5, k], tile[6, k], tile[7, k]
             a0 += t0 * v
             a1 += t1 * v
             a2 += t2 * v
             a3 += t3 * v
+            a4 += t4 * v
+            a5 += t5 * v
+            a6 += t6 * v
+            a7 += t7 * v
             b0 += t0 * w
             b1 += t1 * w
             b2 += t2 * w
             b3 += t3 * w
-        _put_scores(S, i, n, c, a0, a1, a2, a3, add)
-        _put_scores(S, i, n, c + 1, b0, b1, b2, b3, add)
+            b4 += t4 * w
+            b5 += t5 * w
+            b6 += t6 * w
+            b7 += t7 * w
+        _put_scores(S, i, n, c, (a0, a1, a2, a3, a4, a5, a6, a7), add)
+        _put_scores(S, i, n, c + 1, (b0, b1, b2, b3, b4, b5, b6, b7), add)
         c += 2
     if c < n_classes:
-        a0 = a1 = a2 = a3 = zero
+        a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = zero
         for jj in range(m):
             k = np.uint64(jj)
             v = W[c, first + k]
@@ -265,7 +274,11 @@ def _tile_scores(tile, m, W, j0, S, i, n, add, zero):
             a1 += tile[1, k] * v
             a2 += tile[2, k] * v
             a3 += tile[3, k] * v
-        _put_scores(S, i, n, c, a0, a1, a2, a3, add)
+            a4 += tile[4, k] * v
+            a5 += tile[5, k] * v
+            a6 += tile[6, k] * v
+            a7 += tile[7, k] * v
+        _put_scores(S, i, n, c, (a0, a1, a2, a3, a4, a5, a6, a7), add)
 
 
 @njit(cache=True)
@@ -349,11 +362,43 @@ def _forward(rows, batch_rows, gather, labels, sample_weight, position, flip, sh
 # Gradient and update
 
 
+@njit(cache=True)
+def _quad_weights(dS, i, n, c, zero):
+    """(dS[i + r, c] for r < 4), zero for the rows from n on."""
+    return (dS[i, c] if n > 0 else zero, dS[i + 1, c] if n > 1 else zero,
+            dS[i + 2, c] if n > 2 else zero, dS[i + 3, c] if n > 3 else zero)
+
+
 @njit(cache=True, fastmath=_ORDERED_MATH)
+def _quad_grad(tile, h, dS, i, n, m, acc, zero):
+    """acc[c, :m] += dS[i + r, c] * tile[h + r, :m] for r = 0..3 in order, every class c, two
+    classes at a time; rows from n on are zero (dS and tile alike)."""
+    n_classes = dS.shape[1]
+    c = 0
+    while c + 2 <= n_classes:
+        d0, d1, d2, d3 = _quad_weights(dS, i, n, c, zero)
+        e0, e1, e2, e3 = _quad_weights(dS, i, n, c + 1, zero)
+        first, second = acc[c], acc[c + 1]
+        for jj in range(m):
+            k = np.uint64(jj)
+            t0, t1, t2, t3 = tile[h, k], tile[h + 1, k], tile[h + 2, k], tile[h + 3, k]
+            first[k] = first[k] + d0 * t0 + d1 * t1 + d2 * t2 + d3 * t3
+            second[k] = second[k] + e0 * t0 + e1 * t1 + e2 * t2 + e3 * t3
+        c += 2
+    if c < n_classes:
+        d0, d1, d2, d3 = _quad_weights(dS, i, n, c, zero)
+        first = acc[c]
+        for jj in range(m):
+            k = np.uint64(jj)
+            first[k] = (first[k] + d0 * tile[h, k] + d1 * tile[h + 1, k] + d2 * tile[h + 2, k]
+                        + d3 * tile[h + 3, k])
+
+
+@njit(cache=True)
 def _data_grad_block(U, dS, j0, m, mean, scale, tile, acc, zero):
     """acc[c, :m] = sum over minibatch rows i, in order, of dS[i, c] * x[i, j0:j0+m], with
-    x = (U - mean) * scale converted one tile of TILE_ROWS rows at a time; two classes at a
-    time share each load of the tile."""
+    x = (U - mean) * scale converted one tile of TILE_ROWS rows at a time; four rows and
+    two classes at a time share each load of the tile and of the accumulators."""
     b, n_classes = dS.shape
     for c in range(n_classes):
         for jj in range(m):
@@ -361,32 +406,9 @@ def _data_grad_block(U, dS, j0, m, mean, scale, tile, acc, zero):
     for i in range(0, b, TILE_ROWS):
         n = min(TILE_ROWS, b - i)
         _tile(U, i, n, j0, m, mean, scale, tile)
-        c = 0
-        while c + 2 <= n_classes:
-            d0, e0 = dS[i, c], dS[i, c + 1]
-            d1 = dS[i + 1, c] if n > 1 else zero
-            e1 = dS[i + 1, c + 1] if n > 1 else zero
-            d2 = dS[i + 2, c] if n > 2 else zero
-            e2 = dS[i + 2, c + 1] if n > 2 else zero
-            d3 = dS[i + 3, c] if n > 3 else zero
-            e3 = dS[i + 3, c + 1] if n > 3 else zero
-            first, second = acc[c], acc[c + 1]
-            for jj in range(m):
-                k = np.uint64(jj)
-                t0, t1, t2, t3 = tile[0, k], tile[1, k], tile[2, k], tile[3, k]
-                first[k] = first[k] + d0 * t0 + d1 * t1 + d2 * t2 + d3 * t3
-                second[k] = second[k] + e0 * t0 + e1 * t1 + e2 * t2 + e3 * t3
-            c += 2
-        if c < n_classes:
-            d0 = dS[i, c]
-            d1 = dS[i + 1, c] if n > 1 else zero
-            d2 = dS[i + 2, c] if n > 2 else zero
-            d3 = dS[i + 3, c] if n > 3 else zero
-            first = acc[c]
-            for jj in range(m):
-                k = np.uint64(jj)
-                first[k] = (first[k] + d0 * tile[0, k] + d1 * tile[1, k] + d2 * tile[2, k]
-                            + d3 * tile[3, k])
+        for h in range(0, TILE_ROWS, 4):
+            if h < n:
+                _quad_grad(tile, h, dS, i + h, n - h, m, acc, zero)
 
 
 @njit(cache=True)
