@@ -49,16 +49,32 @@ class _StepBuffers:
         self.grad_raw = np.empty((n_classes, n_raw + 1), dtype=dtype)
 
 
-def _step_loss_and_grad(W, raw, labels, weight, pre, scale, neg_mean, has_bias, reg,
+def _unfold_grad(grad_raw, mean, scale, has_bias, grad, scratch):
+    """grad (C, D) = the gradient with respect to W from grad_raw (C, P + 1), the one with
+    respect to the folded weights [W_fold, bias_fold]: Preprocessor.unfold_grad in the
+    engine layout, without transposed views or temporaries (scratch (C, P)):
+        grad[:, :P] = scale * (grad_raw[:, :P] - outer(grad_raw[:, P], mean))
+        grad[:, P] = grad_raw[:, P]   (with the bias column)
+    """
+    P = len(mean)
+    bias_grad = grad_raw[:, P:]
+    np.multiply(bias_grad, mean, out=scratch)
+    np.subtract(grad_raw[:, :P], scratch, out=grad[:, :P])
+    grad[:, :P] *= scale
+    if has_bias:
+        grad[:, P:] = bias_grad
+
+
+def _step_loss_and_grad(W, raw, labels, weight, mean, scale, neg_mean, has_bias, reg,
                         reg_bias, clip, buffers):
     """Loss and gradient of one minibatch in the engine layout, the gradient into
     buffers.grad (C, D): the one code of train_epoch's steps and of batch_loss_and_grad.
 
     W (C, D) float32 or float64, raw (b, P) raw values in W's dtype, labels (b,), weight (b,)
-    or None; pre the Preprocessor of mean and scale; scale, neg_mean = -mean (P,) in W's
-    dtype. The preprocessing is folded into the weights, W_fold = W[:, :P] * scale:
+    or None; mean, scale, neg_mean = -mean (P,) in W's dtype. The preprocessing is folded
+    into the weights, W_fold = W[:, :P] * scale:
         scores = raw @ W_fold.T + (W[:, P] - W_fold @ mean)
-    and the gradient unfolded (pre.unfold_grad): dW[:, :P] = scale * (dS.T @ raw -
+    and the gradient unfolded (_unfold_grad): dW[:, :P] = scale * (dS.T @ raw -
     outer(sum(dS), mean)), dW[:, P] = sum(dS).
     Returns (loss incl. the L2 penalty, correct).
     """
@@ -75,18 +91,18 @@ def _step_loss_and_grad(W, raw, labels, weight, pre, scale, neg_mean, has_bias, 
     scores += bias_fold
     data_loss, dscores = softmax.softmax_loss_from_scores(scores, labels, clip, weight)
     correct = int(np.count_nonzero(scores.argmax(axis=1) == labels))
-    grad_raw = buffers.grad_raw[:, : P + 1]
+    grad_raw = buffers.grad_raw
     np.matmul(dscores.T, raw, out=grad_raw[:, :P])
     np.sum(dscores, axis=0, out=grad_raw[:, P])
-    np.copyto(grad, pre.unfold_grad(grad_raw.T).T)  # the transpose of the fold
-    grad_pixels = grad[:, :P]
+    _unfold_grad(grad_raw, mean, scale, has_bias, grad, buffers.scratch)
     penalised = W if reg_bias or not has_bias else pixels
-    penalty = reg * float(np.einsum("ij,ij->", penalised, penalised, dtype=np.float64))
-    if reg and penalised is pixels:
-        np.multiply(pixels, W.dtype.type(2 * reg), out=buffers.scratch)
-        grad_pixels += buffers.scratch
-    elif reg:
-        grad += W.dtype.type(2 * reg) * W
+    penalty = 0.0
+    if reg:
+        penalty = reg * float(np.einsum("ij,ij->", penalised, penalised, dtype=np.float64))
+        target = grad if penalised is W else grad[:, :P]
+        scratch = buffers.scratch if penalised is pixels else np.empty_like(W)
+        np.multiply(penalised, W.dtype.type(2 * reg), out=scratch)
+        target += scratch
     return softmax.finite_loss(data_loss + penalty), correct
 
 
@@ -114,8 +130,7 @@ def train_epoch(
     batch_size = min(batch_size, len(order))
     buffers = _StepBuffers(batch_size, P, n_classes, n_cols, rows.dtype)
     scale32 = np.asarray(scale, dtype=np.float32)
-    neg_mean = -np.asarray(mean, dtype=np.float32)
-    pre = Preprocessor(mean, scale, has_bias)
+    mean32 = np.asarray(mean, dtype=np.float32)
     weights = sample_weight if len(sample_weight) else None
     padding_name = next(name for name, code in PADDING_CODES.items() if code == padding)
     total_loss, total_correct = 0.0, 0
@@ -130,7 +145,7 @@ def train_epoch(
         np.copyto(raw, gathered)
         loss, correct = _step_loss_and_grad(
             W, raw, labels[batch_rows], None if weights is None else weights[batch_rows],
-            pre, scale32, neg_mean, has_bias, reg, reg_bias, clip, buffers)
+            mean32, scale32, -mean32, has_bias, reg, reg_bias, clip, buffers)
         sgd_step(W, velocity, buffers.grad, lr, momentum, nesterov, grad_clip or None)
         if avg_alpha[step]:
             average += np.float32(avg_alpha[step]) * (W - average)
@@ -157,8 +172,7 @@ def batch_loss_and_grad(
     np.copyto(buffers.raw, rows)
     mean, scale = np.asarray(mean, dtype=W.dtype), np.asarray(scale, dtype=W.dtype)
     weight = np.asarray(sample_weight, dtype=W.dtype) if len(sample_weight) else None
-    pre = Preprocessor(mean, scale, has_bias)
-    loss, correct = _step_loss_and_grad(W, buffers.raw, labels, weight, pre, scale, -mean,
+    loss, correct = _step_loss_and_grad(W, buffers.raw, labels, weight, mean, scale, -mean,
                                         has_bias, reg, reg_bias or not has_bias, clip, buffers)
     return loss, buffers.grad, correct
 
