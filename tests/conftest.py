@@ -38,9 +38,12 @@ def small_data() -> CifarData:
 
 
 def small_config(tmp_path: Path, **sections):
-    """A fast config for the synthetic data; keyword arguments override sections."""
-    raw = {"data": {"val_size": 100}, "optim": {"epochs": 3, "batch_size": 64, "lr": 0.01},
-           "output": {"dir": str(tmp_path / "run")}}
+    """A fast config for the synthetic data; keyword arguments override sections (a
+    section's keys merge). Plain SGD without shifts or weight averaging, whatever the
+    defaults, so the tests' independent references stay simple."""
+    raw = {"data": {"val_size": 100},
+           "optim": {"epochs": 3, "batch_size": 64, "lr": 0.01, "averaging": {"name": "none"}},
+           "augment": {"translate": 0}, "output": {"dir": str(tmp_path / "run")}}
     for key, value in sections.items():
         if isinstance(value, dict):
             raw.setdefault(key, {}).update(value)

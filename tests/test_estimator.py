@@ -194,7 +194,7 @@ def test_estimator_trains_exactly_as_the_cli_path(tmp_path):
         "optim": {"epochs": 6, "batch_size": 32, "lr": 0.05, "momentum": 0.8,
                   "nesterov": False, "schedule": {"name": "cosine"},
                   "early_stopping": {"patience": 2}},
-        "augment": {"hflip": False}})
+        "augment": {"hflip": False, "translate": 0}})
     train_run(config, load_features(config.data, False), tmp_path / "run", progress=False)
     best = load_checkpoint(tmp_path / "run" / "best.npz")
     model = SoftmaxClassifier(lr=0.05, reg=1e-3, epochs=6, batch_size=32, momentum=0.8,

@@ -33,7 +33,7 @@ def linear_data(n=600, d=16, classes=3, seed=0):
 
 def data_config(**data):
     return config_from_dict({"data": {"dataset": "features", **data},
-                             "augment": {"hflip": False}}).data
+                             "augment": {"hflip": False, "translate": 0}}).data
 
 
 def test_npz_is_memory_mapped_and_labels_are_sorted_class_names(tmp_path):
@@ -81,7 +81,7 @@ def write_config(tmp_path: Path, **data) -> Path:
            "data": {"dataset": "features", "val_size": 100, **data},
            "preprocess": {"scale": "std"},
            "optim": {"epochs": 4, "batch_size": 64, "lr": 0.05},
-           "augment": {"hflip": False}, "output": {"dir": str(tmp_path / "run")}}
+           "augment": {"hflip": False, "translate": 0}, "output": {"dir": str(tmp_path / "run")}}
     path = tmp_path / "probe.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path

@@ -99,8 +99,8 @@ CASES = {
 def test_fit_equals_the_float64_reference(tmp_path, engine, case):
     data = separable_data(n_train=240, classes=3, seed=5, noise=90)
     sections = {"optim": {"epochs": 3, "batch_size": 50, "lr": 0.01, "momentum": 0.9,
-                          "schedule": {"name": "constant"}},
-                "augment": {"hflip": False}, "data": {"val_size": 60},
+                          "schedule": {"name": "constant"}, "averaging": {"name": "none"}},
+                "augment": {"hflip": False, "translate": 0}, "data": {"val_size": 60},
                 "preprocess": {"scale": "unit"}}
     for key, value in CASES[case].items():
         section = sections.setdefault(key, {})

@@ -151,9 +151,9 @@ def test_the_repository_sweep_file_is_valid():
     root = Path(__file__).resolve().parents[1]
     spec = sweep.load_sweep(root / "configs" / "sweep.yaml")
     assert spec.base_config == load_config(root / "configs" / "default.yaml")
-    assert spec.sampler == "random" and spec.trials >= 40
-    assert {"optim.lr", "loss.reg", "optim.batch_size", "optim.momentum", "optim.nesterov",
-            "optim.schedule.name", "optim.epochs", "augment.hflip"} <= set(spec.space)
+    assert spec.sampler == "tpe" and spec.trials >= 40
+    assert {"optim.lr", "loss.reg", "optim.batch_size", "optim.epochs", "augment.translate",
+            "optim.averaging.name", "model.mirror_symmetric"} <= set(spec.space)
     assert not (root / "scripts" / "tune.py").exists()
 
 
