@@ -435,6 +435,26 @@ def _update_columns(G, W, velocity, average, j0, j1, lr, momentum, nesterov, alp
                 average[c, j] += alpha * (w - average[c, j])
 
 
+@njit(cache=True)
+def _add_penalty(accumulated, w, two_reg, j0, m, g):
+    """g[j0:j0+m] = accumulated[:m] + two_reg * w[j0:j0+m]."""
+    first = np.uint64(j0)
+    for jj in range(m):
+        k = np.uint64(jj)
+        g[first + k] = accumulated[k] + two_reg * w[first + k]
+
+
+@njit(cache=True, fastmath={"reassoc", "contract"})
+def _sum_squares(a, j0, j1):
+    """sum of a[j0:j1]**2 in float64. Reassociated (vectorised) within this one fixed loop,
+    which a single task runs for a whole block: the same order for any thread count."""
+    total = 0.0
+    for j in range(j0, j1):
+        value = np.float64(a[np.uint64(j)])
+        total += value * value
+    return total
+
+
 @njit(cache=True, parallel=True)
 def _gradient(U, dS, W, mean, scale, has_bias, two_reg, reg_bias, tiles, acc, G, l2_parts,
               norm_parts, update, velocity, average, lr, momentum, nesterov, alpha, zero, one):
@@ -443,7 +463,8 @@ def _gradient(U, dS, W, mean, scale, has_bias, two_reg, reg_bias, tiles, acc, G,
     (the last block also does the bias column).
 
     l2_parts[k] / norm_parts[k] (float64) get block k's sum of penalised W*W (before any
-    update) and of G*G. With `update`, each block is also updated right away (no clipping).
+    update) and of G*G. With `update`, each block is also updated right away (no clipping)
+    and the G*G sums are skipped (left at 0).
     """
     n_classes, n_features = W.shape[0], U.shape[1]
     width = acc.shape[2]
@@ -454,12 +475,10 @@ def _gradient(U, dS, W, mean, scale, has_bias, two_reg, reg_bias, tiles, acc, G,
         if j1 > j0:
             _data_grad_block(U, dS, j0, j1 - j0, mean, scale, tiles[block], acc[block], zero)
         for c in range(n_classes):
-            for j in range(j0, j1):
-                w = W[c, j]
-                g = acc[block, c, j - j0] + two_reg * w
-                G[c, j] = g
-                l2 += np.float64(w) * w
-                norm += np.float64(g) * g
+            _add_penalty(acc[block, c], W[c], two_reg, j0, j1 - j0, G[c])
+            l2 += _sum_squares(W[c], j0, j1)
+            if not update:  # the norm is for the gradient clipping (and the caller's checks)
+                norm += _sum_squares(G[c], j0, j1)
         stop = j1
         if has_bias and block == n_blocks - 1:  # the bias column: sums of dS, in row order
             stop = n_features + 1
