@@ -95,14 +95,17 @@ def _step_loss_and_grad(W, raw, labels, weight, mean, scale, neg_mean, has_bias,
     np.matmul(dscores.T, raw, out=grad_raw[:, :P])
     np.sum(dscores, axis=0, out=grad_raw[:, P])
     _unfold_grad(grad_raw, mean, scale, has_bias, grad, buffers.scratch)
-    penalised = W if reg_bias or not has_bias else pixels
     penalty = 0.0
     if reg:
-        penalty = reg * float(np.einsum("ij,ij->", penalised, penalised, dtype=np.float64))
-        target = grad if penalised is W else grad[:, :P]
-        scratch = buffers.scratch if penalised is pixels else np.empty_like(W)
-        np.multiply(penalised, W.dtype.type(2 * reg), out=scratch)
-        target += scratch
+        flat = W.ravel()  # W is C-contiguous: BLAS dot, then the bias column taken out
+        squares = float(np.dot(flat, flat))
+        if reg_bias or not has_bias:
+            grad += W.dtype.type(2 * reg) * W
+        else:
+            squares -= float(np.dot(W[:, P], W[:, P]))
+            np.multiply(pixels, W.dtype.type(2 * reg), out=buffers.scratch)
+            grad[:, :P] += buffers.scratch
+        penalty = reg * squares
     return softmax.finite_loss(data_loss + penalty), correct
 
 
