@@ -68,28 +68,20 @@ def softmax_loss_from_scores(
     return loss, dS
 
 
-def l2_penalty(W: np.ndarray, reg: float, reg_bias: bool = False,
-               add_to: np.ndarray | None = None) -> tuple[float, np.ndarray]:
-    """reg * sum(W * W) and its gradient 2 reg W; the last (bias) row left out unless reg_bias.
-
-    With `add_to` (W's shape and dtype), the gradient is added into it in place and it is
-    returned as the gradient: the trainer's hot loop saves an array and a pass per step.
-    """
+def l2_penalty(W: np.ndarray, reg: float, reg_bias: bool = False) -> tuple[float, np.ndarray]:
+    """reg * sum(W * W) and its gradient 2 reg W (W's shape and dtype); the last (bias) row
+    left out unless reg_bias. The value is summed in W's dtype by BLAS, and again in float64
+    when that overflows."""
     penalized = W if reg_bias else W[:-1]
     flat = penalized.ravel()
     with np.errstate(over="ignore"):
-        value = float(np.dot(flat, flat))  # BLAS, in W's dtype: cheap enough for every step
+        value = float(np.dot(flat, flat))
     if not math.isfinite(value):  # a float32 overflow of a finite W: sum again in float64
         flat = flat.astype(np.float64)
         value = float(np.dot(flat, flat))
-    value *= reg
-    if add_to is None:
-        grad = np.zeros_like(W)
-        np.multiply(penalized, 2 * reg, out=grad if reg_bias else grad[:-1])
-        return value, grad
-    target = add_to if reg_bias else add_to[:-1]
-    target += np.multiply(penalized, 2 * reg)
-    return value, add_to
+    grad = np.zeros_like(W)
+    np.multiply(penalized, 2 * reg, out=grad if reg_bias else grad[:-1])
+    return value * reg, grad
 
 
 def _check_problem(W: np.ndarray, X: np.ndarray, y: np.ndarray) -> None:
