@@ -34,7 +34,8 @@ class _StepBuffers:
     rows (b, P) of the data's dtype (gathered, augmented) and their copy `raw` in the weights'
     dtype (float32 in training); the folded weights W_fold (C, P) = W[:, :P] * scale and
     bias_fold (C,); scores (b, C); the gradients grad (C, D) and grad_raw (C, P + 1)
-    (with respect to the folded weights), and a (C, P) scratch.
+    (with respect to the folded weights; grad_pc (P, C) is its BLAS output), and a (C, P)
+    scratch.
     """
 
     def __init__(self, batch_size: int, n_raw: int, n_classes: int, n_cols: int, rows_dtype,
@@ -47,6 +48,7 @@ class _StepBuffers:
         self.grad = np.empty((n_classes, n_cols), dtype=dtype)
         self.scratch = np.empty((n_classes, n_raw), dtype=dtype)
         self.grad_raw = np.empty((n_classes, n_raw + 1), dtype=dtype)
+        self.grad_pc = np.empty((n_raw, n_classes), dtype=dtype)
 
 
 def _unfold_grad(grad_raw, mean, scale, has_bias, grad, scratch):
@@ -92,7 +94,10 @@ def _step_loss_and_grad(W, raw, labels, weight, mean, scale, neg_mean, has_bias,
     data_loss, dscores = softmax.softmax_loss_from_scores(scores, labels, clip, weight)
     correct = int(np.count_nonzero(scores.argmax(axis=1) == labels))
     grad_raw = buffers.grad_raw
-    np.matmul(dscores.T, raw, out=grad_raw[:, :P])
+    # (P, C) = raw.T @ dS then one transposed copy: OpenBLAS splits this shape better over
+    # threads than (C, P) = dS.T @ raw (174 vs 218 us at b = 256, 2 threads; equal at 1)
+    np.matmul(raw.T, dscores, out=buffers.grad_pc)
+    np.copyto(grad_raw[:, :P], buffers.grad_pc.T)
     np.sum(dscores, axis=0, out=grad_raw[:, P])
     _unfold_grad(grad_raw, mean, scale, has_bias, grad, buffers.scratch)
     penalty = 0.0
