@@ -111,11 +111,7 @@ def train_run(config: Config, data: CifarData, out_dir: str | Path,
     if resume is not None and not np.array_equal(resume.val_rows, split.val_rows):
         raise ConfigError("data.val_size: the split differs from the checkpoint's val_rows")
     with contextlib.ExitStack() as stack:
-        try:
-            stack.enter_context(folder_lock(out_dir, wait=False))
-        except FolderBusy as exc:
-            raise RunFolderBusy(f"{out_dir} is {exc.strerror} (another softmax-train writing "
-                                "it); wait for it to end or choose another --out") from None
+        _lock_run_folder(stack, out_dir)
         return _train_locked(config, data, out_dir, resume, progress, overwrite,
                              None if resume is None else resume.path, split, pre)
 
@@ -283,16 +279,22 @@ def start_or_resume(
     return result
 
 
+def _lock_run_folder(stack: contextlib.ExitStack, out_dir: Path) -> None:
+    """Hold the run folder's lock until `stack` closes; RunFolderBusy if another process has
+    it."""
+    try:
+        stack.enter_context(folder_lock(out_dir, wait=False))
+    except FolderBusy as exc:
+        raise RunFolderBusy(f"{out_dir} is {exc.strerror} (another softmax-train writing "
+                            "it); wait for it to end or choose another --out") from None
+
+
 def _precheck_folder(out_dir: Path, resume_path: str | None, overwrite: bool) -> None:
     """The folder checks of train_run, made early so a refusal costs no data loading."""
     if not out_dir.is_dir():
         return
     with contextlib.ExitStack() as stack:
-        try:
-            stack.enter_context(folder_lock(out_dir, wait=False))
-        except FolderBusy as exc:
-            raise RunFolderBusy(f"{out_dir} is {exc.strerror} (another softmax-train writing "
-                                "it); wait for it to end or choose another --out") from None
+        _lock_run_folder(stack, out_dir)
         _check_folder(out_dir, resume_path is not None, resume_path, overwrite)
 
 
