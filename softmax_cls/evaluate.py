@@ -30,9 +30,9 @@ def load_data_for(checkpoint: Checkpoint, root: str | Path | None = None,
 
 
 def split_arrays(checkpoint: Checkpoint, data: CifarData, split: str
-                 ) -> tuple[np.ndarray, np.ndarray]:
+                 ) -> tuple[np.ndarray | RowSubset, np.ndarray]:
     """(raw rows (N, P), labels (N,) int64) of a split. val is the checkpoint's own val_rows;
-    train is every other training row."""
+    train is every other training row, as a RowSubset read chunk by chunk."""
     if split == "test":
         return data.test_images, data.test_labels
     if split not in SPLITS:
@@ -42,10 +42,26 @@ def split_arrays(checkpoint: Checkpoint, data: CifarData, split: str
         raise DataError(f"the checkpoint's val_rows reach row {val_rows.max()}, the data has "
                         f"{len(data.train_labels)} training rows")
     if split == "val":
-        rows = val_rows
-    else:
-        rows = np.setdiff1d(np.arange(len(data.train_labels)), val_rows)
-    return data.train_images[rows], data.train_labels[rows]
+        return data.train_images[val_rows], data.train_labels[val_rows]
+    rows = np.setdiff1d(np.arange(len(data.train_labels)), val_rows)
+    return RowSubset(data.train_images, rows), data.train_labels[rows]
+
+
+class RowSubset:
+    """The rows `rows` (n,) of a raw-row array (N, P) (a memory map, say), read only when
+    sliced or indexed: the train split of a feature file larger than memory is predicted one
+    chunk at a time instead of being copied whole."""
+
+    def __init__(self, images: np.ndarray, rows: np.ndarray):
+        self.images, self.rows = images, rows
+        self.shape = (len(rows), *images.shape[1:])
+        self.dtype = images.dtype
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index) -> np.ndarray:
+        return self.images[self.rows[index]]
 
 
 def predict_checkpoint(checkpoint: Checkpoint, rows: np.ndarray) -> np.ndarray:

@@ -281,6 +281,13 @@ def test_a_file_larger_than_the_allowed_memory_trains_to_the_in_memory_weights(t
     assert 0 < peak < 100 << 20, peak  # measured: 38 MB
     trained = load_checkpoint(tmp_path / "run" / "last.npz")
 
+    # evaluating the whole train split under the same limit reads it chunk by chunk too
+    evaluated = subprocess.run([script("softmax-eval"), str(tmp_path / "run" / "best.npz"),
+                                "--split", "train", "--json", "--quiet"], capture_output=True,
+                               text=True, env=env, preexec_fn=limit_memory, timeout=300)
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert json.loads(evaluated.stdout)["n"] == n - 1000
+
     # the limit bites: the same process start under it cannot hold the file in memory
     control = subprocess.run([sys.executable, "-c", "import numpy as np, sys; "
                               "np.array(np.load(sys.argv[1], mmap_mode='r'))",

@@ -180,6 +180,11 @@ def test_eval_matches_an_independent_computation(tmp_path, monkeypatch):
     val = evaluate_checkpoint(ckpt, "val")
     assert val.accuracy == independent_accuracy(ckpt, data.train_images[val_rows],
                                                 data.train_labels[val_rows])
+    train_rows = np.setdiff1d(np.arange(len(data.train_labels)), val_rows)
+    train_report = evaluate_checkpoint(ckpt, "train")
+    assert train_report.accuracy == independent_accuracy(ckpt, data.train_images[train_rows],
+                                                         data.train_labels[train_rows])
+    assert train_report.confusion.sum() == len(train_rows) == 300
     result = CliRunner().invoke(cli.eval_command, [str(ckpt), "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["accuracy"] == report.accuracy
