@@ -556,8 +556,11 @@ def _label_axis(ax, axis: str, table: SweepTable, key: str) -> None:
     importance = table.importances.get(key)
     label = key + (f" (importance {importance:.2f})" if importance is not None else "")
     getattr(ax, f"set_{axis}label")(label)
+    listed = table.specs.get(key, {}).get("choice", table.specs.get(key, {}).get("grid"))
     if table.is_log(key):
         getattr(ax, f"set_{axis}scale")("log")
+    elif table.is_numeric(key) and isinstance(listed, list) and listed:
+        getattr(ax, f"set_{axis}ticks")(sorted(float(v) for v in listed))  # the choices only
     elif not table.is_numeric(key):
         order = table.categories(key)
         getattr(ax, f"set_{axis}ticks")(range(len(order)), order)

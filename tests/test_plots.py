@@ -648,3 +648,15 @@ def test_plots_true_without_matplotlib_fails_before_training(tmp_path, monkeypat
                                                     str(tmp_path / "run"), "--plots"])
     assert result.exit_code == 1
     assert not (tmp_path / "run").exists()
+
+
+def test_a_numeric_choice_axis_is_ticked_at_its_choices(tmp_path):
+    from matplotlib.figure import Figure
+
+    table = plots.sweep_table(write_sweep(tmp_path / "sweep"))
+    ax = Figure().subplots()
+    ax.plot([64, 256], [0, 1])
+    plots._label_axis(ax, "x", table, "optim.batch_size")
+    assert list(ax.get_xticks()) == [64.0, 128.0, 256.0]
+    plots._label_axis(ax, "y", table, "optim.lr")
+    assert ax.get_yscale() == "log"
