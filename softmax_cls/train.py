@@ -120,7 +120,7 @@ def fit(
     optim, loss_cfg, augment = config.optim, config.loss, config.augment
     patience = optim.early_stopping.patience
     train_rows, val_rows = split.train_rows, split.val_rows
-    val_labels = labels[val_rows]
+    val_images, val_labels = rows[val_rows], labels[val_rows]  # gathered once, not per epoch
     batch_size = min(optim.batch_size, len(train_rows))
     steps_per_epoch = -(-len(train_rows) // batch_size)
     weights = (np.empty(0, np.float32) if sample_weight is None
@@ -153,7 +153,7 @@ def fit(
             # -- validation of the model weights
             candidate = TrainState(W.T.copy(), velocity.T.copy(), average.T.copy(), state.best_W)
             model = model_weights(config, candidate, pre)
-            val_loss, val_acc = (validation_metrics(engine, model, pre, rows[val_rows],
+            val_loss, val_acc = (validation_metrics(engine, model, pre, val_images,
                                                     val_labels, loss_cfg.clip)
                                  if len(val_rows) else (None, None))
 
