@@ -59,8 +59,11 @@ def _cache_dir_for_numba() -> None:
 _cache_dir_for_numba()
 
 import numba  # noqa: E402  (after the cache location is settled)
-from numba import njit, prange  # noqa: E402
+from llvmlite import ir  # noqa: E402  (comes with numba)
+from numba import njit, prange, types  # noqa: E402
+from numba.core import cgutils  # noqa: E402
 from numba.core.errors import NumbaPerformanceWarning  # noqa: E402
+from numba.extending import intrinsic  # noqa: E402
 
 from .softmax import NonFiniteError  # noqa: E402
 
@@ -134,18 +137,26 @@ def _mirror_lines(image):
 def _augment_row(src, flip, dy, dx, padding, image, u):
     """u (3072,) uint8 = the image src (3072,) uint8, mirrored left-right if `flip`, then moved
     by dy rows and dx columns with the given padding (0 zero, 1 edge, 2 reflect).
-
-    image (3072,) uint8 is scratch (the mirrored image). Per plane, the pixels that come from
-    inside the image are one flat copy at offset dy * 32 + dx (vectorised); the |dx| border
-    columns, which that copy fills with pixels of the neighbouring lines, are then
-    overwritten column by column, and the |dy| border lines copied from the line they
-    replicate or mirror. Unsigned indices spare each access numba's negative-index check,
-    which would stop the vectorisation.
-    """
-    for k in range(N_PIXELS):
-        image[k] = src[k]
+    image (3072,) uint8 is scratch for the mirrored image."""
     if flip:
+        for k in range(N_PIXELS):
+            image[k] = src[k]
         _mirror_lines(image)
+        _shift_into(image, dy, dx, padding, u)
+    else:
+        _shift_into(src, dy, dx, padding, u)
+
+
+@njit(cache=True)
+def _shift_into(image, dy, dx, padding, u):
+    """u (3072,) uint8 = image (3072,) uint8 moved by dy rows and dx columns.
+
+    Per plane, the pixels that come from inside the image are one flat copy at offset
+    dy * 32 + dx (vectorised); the |dx| border columns, which that copy fills with pixels of
+    the neighbouring lines, are then overwritten column by column, and the |dy| border lines
+    copied from the line they replicate or mirror. Unsigned indices spare each access numba's
+    negative-index check, which would stop the vectorisation.
+    """
     if dy == 0 and dx == 0:
         for k in range(N_PIXELS):
             u[k] = image[k]
@@ -183,6 +194,39 @@ def _augment_row(src, flip, dy, dx, padding, image, u):
                 like = np.uint64(base + (s + dy) * SIDE)  # the output line of source line s
                 for col in range(SIDE):
                     u[out + np.uint64(col)] = u[like + np.uint64(col)]
+
+
+CACHE_LINE = 64  # bytes
+
+
+@intrinsic
+def _prefetch(typingctx, rows, r, j):
+    """Start loading the cache line that holds rows[r, j] (rows a 2-d array), without
+    waiting for it: llvm.prefetch (read, keep in all cache levels)."""
+    def codegen(context, builder, signature, args):
+        rows_type = signature.args[0]
+        array = context.make_array(rows_type)(context, builder, args[0])
+        pointer = cgutils.get_item_pointer(context, builder, rows_type, array, args[1:])
+        byte = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        function = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [byte, i32, i32, i32]),
+            "llvm.prefetch.p0")
+        builder.call(function, [builder.bitcast(pointer, byte), ir.Constant(i32, 0),
+                                ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return types.void(rows, types.intp, types.intp), codegen
+
+
+@njit(cache=True)
+def _prefetch_rows(rows, order, first, stop):
+    """Prefetch rows[order[k]] for k in [first, min(stop, len(order))): the data set is far
+    larger than the caches, and rows picked at random are not streams the CPU foresees."""
+    step = max(1, CACHE_LINE // rows.itemsize)
+    for k in range(first, min(stop, order.shape[0])):
+        for j in range(0, rows.shape[1], step):
+            _prefetch(rows, order[k], j)
 
 
 @njit(cache=True)
@@ -331,12 +375,13 @@ def _softmax_row(S, i, label, weight, inv_b, clip, dS, row_loss, row_correct, ze
 
 
 @njit(cache=True, parallel=True)
-def _forward(rows, batch_rows, gather, labels, sample_weight, position, flip, shift, padding,
-             W, mean, scale, has_bias, clip, U, S, dS, row_loss, row_correct, row_ok, lines,
-             tiles, zero):
+def _forward(rows, order, batch_rows, gather, labels, sample_weight, position, flip, shift,
+             padding, W, mean, scale, has_bias, clip, U, S, dS, row_loss, row_correct, row_ok,
+             lines, tiles, zero):
     """Give every minibatch row its scores S, gradient row dS, loss term, correctness and
     finiteness; with `gather`, first copy rows[batch_rows] into U (b, P) (augmented as flip
     and shift say for the positions position, position + 1, ...), else U is the minibatch.
+    batch_rows = order[position:position + b]; the rows of later positions are prefetched.
 
     Parallel over tiles of TILE_ROWS rows; lines (tiles, 3072) uint8 and tiles (tiles,
     TILE_ROWS, CHUNK) are each tile's scratch.
@@ -347,6 +392,8 @@ def _forward(rows, batch_rows, gather, labels, sample_weight, position, flip, sh
         i = group * TILE_ROWS
         n = min(TILE_ROWS, b - i)
         if gather:
+            ahead = position + i + TILE_ROWS  # the next tile's rows, maybe the next minibatch's
+            _prefetch_rows(rows, order, ahead, ahead + TILE_ROWS)
             for r in range(i, i + n):
                 _gather_row(rows, batch_rows[r], position + r, flip, shift, padding,
                             lines[group], U[r])
@@ -363,42 +410,48 @@ def _forward(rows, batch_rows, gather, labels, sample_weight, position, flip, sh
 
 
 @njit(cache=True)
-def _quad_weights(dS, i, n, c, zero):
-    """(dS[i + r, c] for r < 4), zero for the rows from n on."""
+def _tile_weights(dS, i, n, c, zero):
+    """(dS[i + r, c] for r < TILE_ROWS), zero for the rows from n on."""
     return (dS[i, c] if n > 0 else zero, dS[i + 1, c] if n > 1 else zero,
-            dS[i + 2, c] if n > 2 else zero, dS[i + 3, c] if n > 3 else zero)
+            dS[i + 2, c] if n > 2 else zero, dS[i + 3, c] if n > 3 else zero,
+            dS[i + 4, c] if n > 4 else zero, dS[i + 5, c] if n > 5 else zero,
+            dS[i + 6, c] if n > 6 else zero, dS[i + 7, c] if n > 7 else zero)
 
 
 @njit(cache=True, fastmath=_ORDERED_MATH)
-def _quad_grad(tile, h, dS, i, n, m, acc, zero):
-    """acc[c, :m] += dS[i + r, c] * tile[h + r, :m] for r = 0..3 in order, every class c, two
-    classes at a time; rows from n on are zero (dS and tile alike)."""
+def _tile_grad(tile, dS, i, n, m, acc, zero):
+    """acc[c, :m] += dS[i + r, c] * tile[r, :m] for r = 0..7 in order, every class c, two
+    classes at a time: each load of the tile serves two classes, each load and store of the
+    accumulators eight rows. Rows from n on are zero (dS and tile alike)."""
     n_classes = dS.shape[1]
     c = 0
     while c + 2 <= n_classes:
-        d0, d1, d2, d3 = _quad_weights(dS, i, n, c, zero)
-        e0, e1, e2, e3 = _quad_weights(dS, i, n, c + 1, zero)
+        d0, d1, d2, d3, d4, d5, d6, d7 = _tile_weights(dS, i, n, c, zero)
+        e0, e1, e2, e3, e4, e5, e6, e7 = _tile_weights(dS, i, n, c + 1, zero)
         first, second = acc[c], acc[c + 1]
         for jj in range(m):
             k = np.uint64(jj)
-            t0, t1, t2, t3 = tile[h, k], tile[h + 1, k], tile[h + 2, k], tile[h + 3, k]
-            first[k] = first[k] + d0 * t0 + d1 * t1 + d2 * t2 + d3 * t3
-            second[k] = second[k] + e0 * t0 + e1 * t1 + e2 * t2 + e3 * t3
+            t0, t1, t2, t3 = tile[0, k], tile[1, k], tile[2, k], tile[3, k]
+            t4, t5, t6, t7 = tile[4, k], tile[5, k], tile[6, k], tile[7, k]
+            first[k] = (first[k] + d0 * t0 + d1 * t1 + d2 * t2 + d3 * t3 + d4 * t4 + d5 * t5
+                        + d6 * t6 + d7 * t7)
+            second[k] = (second[k] + e0 * t0 + e1 * t1 + e2 * t2 + e3 * t3 + e4 * t4 + e5 * t5
+                         + e6 * t6 + e7 * t7)
         c += 2
     if c < n_classes:
-        d0, d1, d2, d3 = _quad_weights(dS, i, n, c, zero)
+        d0, d1, d2, d3, d4, d5, d6, d7 = _tile_weights(dS, i, n, c, zero)
         first = acc[c]
         for jj in range(m):
             k = np.uint64(jj)
-            first[k] = (first[k] + d0 * tile[h, k] + d1 * tile[h + 1, k] + d2 * tile[h + 2, k]
-                        + d3 * tile[h + 3, k])
+            first[k] = (first[k] + d0 * tile[0, k] + d1 * tile[1, k] + d2 * tile[2, k]
+                        + d3 * tile[3, k] + d4 * tile[4, k] + d5 * tile[5, k] + d6 * tile[6, k]
+                        + d7 * tile[7, k])
 
 
 @njit(cache=True)
 def _data_grad_block(U, dS, j0, m, mean, scale, tile, acc, zero):
     """acc[c, :m] = sum over minibatch rows i, in order, of dS[i, c] * x[i, j0:j0+m], with
-    x = (U - mean) * scale converted one tile of TILE_ROWS rows at a time; four rows and
-    two classes at a time share each load of the tile and of the accumulators."""
+    x = (U - mean) * scale converted one tile of TILE_ROWS rows at a time."""
     b, n_classes = dS.shape
     for c in range(n_classes):
         for jj in range(m):
@@ -406,9 +459,7 @@ def _data_grad_block(U, dS, j0, m, mean, scale, tile, acc, zero):
     for i in range(0, b, TILE_ROWS):
         n = min(TILE_ROWS, b - i)
         _tile(U, i, n, j0, m, mean, scale, tile)
-        for h in range(0, TILE_ROWS, 4):
-            if h < n:
-                _quad_grad(tile, h, dS, i + h, n - h, m, acc, zero)
+        _tile_grad(tile, dS, i, n, m, acc, zero)
 
 
 @njit(cache=True)
@@ -422,17 +473,21 @@ def _block_width(n_classes):
 def _update_columns(G, W, velocity, average, j0, j1, lr, momentum, nesterov, alpha, factor):
     """SGD on columns j0:j1: g = factor * G; velocity = momentum velocity + g; W -= lr * step
     (step = g + momentum velocity with Nesterov, else velocity); average += alpha (W - average)
-    when alpha != 0."""
+    when alpha != 0. Unsigned indices let the loops vectorise (no negative-index checks)."""
+    first = np.uint64(j0)
     for c in range(W.shape[0]):
-        for j in range(j0, j1):
-            g = G[c, j] * factor
-            v = momentum * velocity[c, j] + g
-            velocity[c, j] = v
+        g_row, w_row, v_row, a_row = G[c], W[c], velocity[c], average[c]
+        for jj in range(j1 - j0):
+            j = first + np.uint64(jj)
+            g = g_row[j] * factor
+            v = momentum * v_row[j] + g
+            v_row[j] = v
             step = g + momentum * v if nesterov else v
-            w = W[c, j] - lr * step
-            W[c, j] = w
-            if alpha != 0:
-                average[c, j] += alpha * (w - average[c, j])
+            w_row[j] = w_row[j] - lr * step
+        if alpha != 0:
+            for jj in range(j1 - j0):
+                j = first + np.uint64(jj)
+                a_row[j] += alpha * (w_row[j] - a_row[j])
 
 
 @njit(cache=True)
@@ -566,9 +621,9 @@ def _train_epoch_kernel(rows, labels, order, sample_weight, flip, shift, padding
         start = step * batch
         b = min(batch, n - start)
         batch_rows = order[start:start + b]
-        _forward(rows, batch_rows, True, labels, sample_weight, start, flip, shift, padding, W,
-                 mean, scale, has_bias, clip, U[:b], S[:b], dS[:b], row_loss, row_correct,
-                 row_ok, lines, tiles, zero)
+        _forward(rows, order, batch_rows, True, labels, sample_weight, start, flip, shift,
+                 padding, W, mean, scale, has_bias, clip, U[:b], S[:b], dS[:b], row_loss,
+                 row_correct, row_ok, lines, tiles, zero)
         data_loss = 0.0
         for i in range(b):
             if not row_ok[i]:
@@ -606,9 +661,9 @@ def _batch_loss_and_grad_kernel(rows, labels, sample_weight, W, mean, scale, has
     batch_rows = np.arange(b)
     no_flip = np.empty(0, np.bool_)
     no_shift = np.empty((0, 2), np.int64)
-    _forward(rows, batch_rows, False, labels, sample_weight, 0, no_flip, no_shift, 0, W, mean,
-             scale, has_bias, _cast(W, clip), U, S, dS, row_loss, row_correct, row_ok,
-             lines, tiles, zero)
+    _forward(rows, batch_rows[:0], batch_rows, False, labels, sample_weight, 0, no_flip,
+             no_shift, 0, W, mean, scale, has_bias, _cast(W, clip), U, S, dS, row_loss,
+             row_correct, row_ok, lines, tiles, zero)
     data_loss, correct = 0.0, 0
     for i in range(b):
         if not row_ok[i]:
