@@ -3,13 +3,17 @@
 Layout and math are those of the engine interface (weights W (C, D), D = P + 1 with the bias
 feature last when has_bias; see ENGINE_API.md / DESIGN.md). Per SGD step:
 
-1. Forward, in parallel over groups of ROWS_PER_TASK minibatch rows: each row is gathered from
-   `rows`, augmented on the way (flip, then shift with zero/edge/reflect padding) and
-   preprocessed, x = (u - mean) * scale, into a small float buffer X (b, P) of W's dtype that
-   lives in the CPU caches; then its C scores, the clipped softmax, its loss term, its
-   gradient row dS and whether it is predicted right. No float copy of the data set exists.
+0. The preprocessing x = [(u - mean) * scale, 1] is folded into the weights (_fold), so
+   that the kernels compute with the raw rows u as they are: scores u @ W_fold.T + bias_fold.
+1. Forward, in parallel over tiles of TILE_ROWS minibatch rows: each row is gathered from
+   `rows` into U (b, P), augmented on the way (flip, then shift with zero/edge/reflect
+   padding) and prefetched one tile ahead; the tile is converted chunk by chunk into a small
+   float buffer of W's dtype that lives in the L1 cache; then come its C scores, the clipped
+   softmax, its loss term, its gradient row dS and whether it is predicted right. No float
+   copy of the data set exists.
 2. Gradient and update, in parallel over blocks of feature columns (_block_width): every
-   dW[c, j] is a sum over the minibatch in row order, then the L2 term; without gradient
+   sum over the minibatch of dS[i, c] * u[i, j] runs in row order, then is unfolded,
+   dW = scale * (that - mean * sum(dS[:, c])), and the L2 term added; without gradient
    clipping the block is updated (momentum / Nesterov / averaging) in the same pass; with it,
    after one more sequential sum of per-block squared norms.
 
@@ -244,16 +248,15 @@ def _gather_row(rows, r, position, flip, shift, padding, line, u):
 
 
 @njit(cache=True)
-def _tile(U, i, n, j0, m, mean, scale, tile):
-    """tile[r, :m] = (U[i + r, j0:j0 + m] - mean[j0:j0 + m]) * scale[j0:j0 + m] for r < n, in
-    tile's dtype; rows n..TILE_ROWS-1 are zero (a short group runs the same code)."""
+def _tile(U, i, n, j0, m, tile):
+    """tile[r, :m] = U[i + r, j0:j0 + m] for r < n, in tile's dtype; rows n..TILE_ROWS-1 are
+    zero (a short group runs the same code)."""
     first = np.uint64(j0)
     for r in range(TILE_ROWS):
         if r < n:
             row = U[i + r]
             for jj in range(m):
-                j = first + np.uint64(jj)
-                tile[r, np.uint64(jj)] = (row[j] - mean[j]) * scale[j]
+                tile[r, np.uint64(jj)] = row[first + np.uint64(jj)]
         else:
             for jj in range(m):
                 tile[r, np.uint64(jj)] = 0
@@ -325,22 +328,37 @@ def _tile_scores(tile, m, W, j0, S, i, n, add, zero):
         _put_scores(S, i, n, c, (a0, a1, a2, a3, a4, a5, a6, a7), add)
 
 
+@njit(cache=True, fastmath={"reassoc", "contract"})
+def _fold(W, mean, scale, has_bias, W_fold, bias_fold):
+    """The preprocessing folded into the weights: x @ W.T == u @ W_fold.T + bias_fold for
+    x = [(u - mean) * scale, 1], with W_fold (C, P) = W[:, :P] * scale and bias_fold (C,) =
+    W[:, P] - W_fold @ mean (summed in float64), so that the rows are used as they are."""
+    n_features = W_fold.shape[1]
+    for c in range(W.shape[0]):
+        w, folded = W[c], W_fold[c]
+        total = 0.0
+        for jj in range(n_features):
+            j = np.uint64(jj)
+            folded[j] = w[j] * scale[j]
+            total += np.float64(folded[j]) * mean[j]
+        bias_fold[c] = (np.float64(w[n_features]) if has_bias else 0.0) - total
+
+
 @njit(cache=True)
-def _group_scores(U, i, n, W, mean, scale, has_bias, tile, S, zero):
-    """S[i:i+n] = x @ W.T for the n <= TILE_ROWS rows x = [(U[i:i+n] - mean) * scale, 1],
-    in chunks of CHUNK features converted once into tile (TILE_ROWS, CHUNK); every row's sums
+def _group_scores(U, i, n, W_fold, bias_fold, tile, S, zero):
+    """S[i:i+n] = U[i:i+n] @ W_fold.T + bias_fold for the n <= TILE_ROWS rows (see _fold), in
+    chunks of CHUNK features converted once into tile (TILE_ROWS, CHUNK); every row's sums
     run the same code in the same order, whichever rows share its tile."""
     n_features = U.shape[1]
     for j0 in range(0, n_features, CHUNK):
         m = min(CHUNK, n_features - j0)
-        _tile(U, i, n, j0, m, mean, scale, tile)
-        _tile_scores(tile, m, W, j0, S, i, n, j0 > 0, zero)
+        _tile(U, i, n, j0, m, tile)
+        _tile_scores(tile, m, W_fold, j0, S, i, n, j0 > 0, zero)
     for r in range(n):
-        for c in range(W.shape[0]):
+        for c in range(W_fold.shape[0]):
             if n_features == 0:
                 S[i + r, c] = zero
-            if has_bias:
-                S[i + r, c] += W[c, n_features]
+            S[i + r, c] += bias_fold[c]
 
 
 @njit(cache=True)
@@ -376,8 +394,8 @@ def _softmax_row(S, i, label, weight, inv_b, clip, dS, row_loss, row_correct, ze
 
 @njit(cache=True, parallel=True)
 def _forward(rows, order, batch_rows, gather, labels, sample_weight, position, flip, shift,
-             padding, W, mean, scale, has_bias, clip, U, S, dS, row_loss, row_correct, row_ok,
-             lines, tiles, zero):
+             padding, W_fold, bias_fold, clip, U, S, dS, row_loss, row_correct, row_ok, lines,
+             tiles, zero):
     """Give every minibatch row its scores S, gradient row dS, loss term, correctness and
     finiteness; with `gather`, first copy rows[batch_rows] into U (b, P) (augmented as flip
     and shift say for the positions position, position + 1, ...), else U is the minibatch.
@@ -397,7 +415,7 @@ def _forward(rows, order, batch_rows, gather, labels, sample_weight, position, f
             for r in range(i, i + n):
                 _gather_row(rows, batch_rows[r], position + r, flip, shift, padding,
                             lines[group], U[r])
-        _group_scores(U, i, n, W, mean, scale, has_bias, tiles[group], S, zero)
+        _group_scores(U, i, n, W_fold, bias_fold, tiles[group], S, zero)
         for r in range(i, i + n):
             row = batch_rows[r]
             weight = sample_weight[row] if sample_weight.shape[0] > 0 else 1.0
@@ -449,16 +467,16 @@ def _tile_grad(tile, dS, i, n, m, acc, zero):
 
 
 @njit(cache=True)
-def _data_grad_block(U, dS, j0, m, mean, scale, tile, acc, zero):
-    """acc[c, :m] = sum over minibatch rows i, in order, of dS[i, c] * x[i, j0:j0+m], with
-    x = (U - mean) * scale converted one tile of TILE_ROWS rows at a time."""
+def _data_grad_block(U, dS, j0, m, tile, acc, zero):
+    """acc[c, :m] = sum over minibatch rows i, in order, of dS[i, c] * U[i, j0:j0+m], the
+    rows converted one tile of TILE_ROWS rows at a time."""
     b, n_classes = dS.shape
     for c in range(n_classes):
         for jj in range(m):
             acc[c, np.uint64(jj)] = zero
     for i in range(0, b, TILE_ROWS):
         n = min(TILE_ROWS, b - i)
-        _tile(U, i, n, j0, m, mean, scale, tile)
+        _tile(U, i, n, j0, m, tile)
         _tile_grad(tile, dS, i, n, m, acc, zero)
 
 
@@ -491,12 +509,15 @@ def _update_columns(G, W, velocity, average, j0, j1, lr, momentum, nesterov, alp
 
 
 @njit(cache=True)
-def _add_penalty(accumulated, w, two_reg, j0, m, g):
-    """g[j0:j0+m] = accumulated[:m] + two_reg * w[j0:j0+m]."""
+def _unfold_gradient(accumulated, dS_sum, mean, scale, w, two_reg, j0, m, g):
+    """g[j0:j0+m] = scale * (accumulated[:m] - mean * dS_sum) + two_reg * w[j0:j0+m]: the
+    gradient with respect to W from the one with respect to the folded weights (_fold)
+    for one class, dS_sum = that class's sum of dS over the minibatch, plus the L2 term."""
     first = np.uint64(j0)
     for jj in range(m):
         k = np.uint64(jj)
-        g[first + k] = accumulated[k] + two_reg * w[first + k]
+        j = first + k
+        g[j] = scale[j] * (accumulated[k] - mean[j] * dS_sum) + two_reg * w[j]
 
 
 @njit(cache=True, fastmath={"reassoc", "contract"})
@@ -511,11 +532,12 @@ def _sum_squares(a, j0, j1):
 
 
 @njit(cache=True, parallel=True)
-def _gradient(U, dS, W, mean, scale, has_bias, two_reg, reg_bias, tiles, acc, G, l2_parts,
-              norm_parts, update, velocity, average, lr, momentum, nesterov, alpha, zero, one):
-    """G (C, D) = dS.T @ X (+ the bias column sum(dS, rows)) + the L2 gradient, with X the
-    preprocessed minibatch U, in parallel over blocks of _block_width(C) feature columns
-    (the last block also does the bias column).
+def _gradient(U, dS, dS_sum, W, mean, scale, has_bias, two_reg, reg_bias, tiles, acc, G,
+              l2_parts, norm_parts, update, velocity, average, lr, momentum, nesterov, alpha,
+              zero, one):
+    """G (C, D) = dS.T @ X (+ the bias column dS_sum, the sums of dS over the rows) + the L2
+    gradient, with X the preprocessed minibatch U, in parallel over blocks of
+    _block_width(C) feature columns (the last block also does the bias column).
 
     l2_parts[k] / norm_parts[k] (float64) get block k's sum of penalised W*W (before any
     update) and of G*G. With `update`, each block is also updated right away (no clipping)
@@ -528,19 +550,18 @@ def _gradient(U, dS, W, mean, scale, has_bias, two_reg, reg_bias, tiles, acc, G,
         j0, j1 = block * width, min(n_features, (block + 1) * width)
         l2, norm = 0.0, 0.0
         if j1 > j0:
-            _data_grad_block(U, dS, j0, j1 - j0, mean, scale, tiles[block], acc[block], zero)
+            _data_grad_block(U, dS, j0, j1 - j0, tiles[block], acc[block], zero)
         for c in range(n_classes):
-            _add_penalty(acc[block, c], W[c], two_reg, j0, j1 - j0, G[c])
+            _unfold_gradient(acc[block, c], dS_sum[c], mean, scale, W[c], two_reg, j0, j1 - j0,
+                             G[c])
             l2 += _sum_squares(W[c], j0, j1)
             if not update:  # the norm is for the gradient clipping (and the caller's checks)
                 norm += _sum_squares(G[c], j0, j1)
         stop = j1
-        if has_bias and block == n_blocks - 1:  # the bias column: sums of dS, in row order
+        if has_bias and block == n_blocks - 1:  # the bias column
             stop = n_features + 1
             for c in range(n_classes):
-                g = zero
-                for i in range(dS.shape[0]):
-                    g += dS[i, c]
+                g = dS_sum[c]
                 w = W[c, n_features]
                 if reg_bias:
                     g += two_reg * w
@@ -590,7 +611,18 @@ def _workspace(batch_size, n_features, W):
             np.empty((n_groups, TILE_ROWS, CHUNK), dtype),
             np.empty((n_blocks, TILE_ROWS, width), dtype),
             np.empty((n_blocks, n_classes, width), dtype), np.empty((n_classes, n_cols), dtype),
-            np.empty(n_blocks), np.empty(n_blocks))
+            np.empty(n_blocks), np.empty(n_blocks), np.empty((n_classes, n_features), dtype),
+            np.empty(n_classes, dtype), np.empty(n_classes, dtype))
+
+
+@njit(cache=True)
+def _column_sums(dS, zero, out):
+    """out[c] = sum of dS[:, c] (b, C), in row order."""
+    for c in range(dS.shape[1]):
+        total = zero
+        for i in range(dS.shape[0]):
+            total += dS[i, c]
+        out[c] = total
 
 
 @njit(cache=True)
@@ -612,7 +644,7 @@ def _train_epoch_kernel(rows, labels, order, sample_weight, flip, shift, padding
     batch = min(batch_size, n)
     U = np.empty((batch, n_features), rows.dtype)
     S, dS, row_loss, row_correct, row_ok, lines, tiles, grad_tiles, acc, G, l2_parts, \
-        norm_parts = _workspace(batch, n_features, W)
+        norm_parts, W_fold, bias_fold, dS_sum = _workspace(batch, n_features, W)
     zero, one, two_reg = _cast(W, 0), _cast(W, 1), _cast(W, 2 * reg)
     loss_sum, correct = 0.0, 0
     n_steps = (n + batch - 1) // batch
@@ -621,8 +653,9 @@ def _train_epoch_kernel(rows, labels, order, sample_weight, flip, shift, padding
         start = step * batch
         b = min(batch, n - start)
         batch_rows = order[start:start + b]
+        _fold(W, mean, scale, has_bias, W_fold, bias_fold)
         _forward(rows, order, batch_rows, True, labels, sample_weight, start, flip, shift,
-                 padding, W, mean, scale, has_bias, clip, U[:b], S[:b], dS[:b], row_loss,
+                 padding, W_fold, bias_fold, clip, U[:b], S[:b], dS[:b], row_loss,
                  row_correct, row_ok, lines, tiles, zero)
         data_loss = 0.0
         for i in range(b):
@@ -631,9 +664,10 @@ def _train_epoch_kernel(rows, labels, order, sample_weight, flip, shift, padding
             data_loss += row_loss[i]
             correct += row_correct[i]
         alpha = _cast(W, avg_alpha[step])
-        _gradient(U[:b], dS[:b], W, mean, scale, has_bias, two_reg, reg_bias, grad_tiles, acc,
-                  G, l2_parts, norm_parts, fused, velocity, average, lr, momentum, nesterov,
-                  alpha, zero, one)
+        _column_sums(dS[:b], zero, dS_sum)
+        _gradient(U[:b], dS[:b], dS_sum, W, mean, scale, has_bias, two_reg, reg_bias,
+                  grad_tiles, acc, G, l2_parts, norm_parts, fused, velocity, average, lr,
+                  momentum, nesterov, alpha, zero, one)
         l2, norm = 0.0, 0.0
         for k in range(l2_parts.shape[0]):
             l2 += l2_parts[k]
@@ -655,22 +689,24 @@ def _batch_loss_and_grad_kernel(rows, labels, sample_weight, W, mean, scale, has
     """Returns (loss, dW (C, D), correct, ok) for one minibatch, with train_epoch's code."""
     b, n_features = rows.shape
     S, dS, row_loss, row_correct, row_ok, lines, tiles, grad_tiles, acc, G, l2_parts, \
-        norm_parts = _workspace(b, n_features, W)
+        norm_parts, W_fold, bias_fold, dS_sum = _workspace(b, n_features, W)
     zero, one = _cast(W, 0), _cast(W, 1)
     U = rows.copy()
     batch_rows = np.arange(b)
     no_flip = np.empty(0, np.bool_)
     no_shift = np.empty((0, 2), np.int64)
+    _fold(W, mean, scale, has_bias, W_fold, bias_fold)
     _forward(rows, batch_rows[:0], batch_rows, False, labels, sample_weight, 0, no_flip,
-             no_shift, 0, W, mean, scale, has_bias, _cast(W, clip), U, S, dS, row_loss,
-             row_correct, row_ok, lines, tiles, zero)
+             no_shift, 0, W_fold, bias_fold, _cast(W, clip), U, S, dS, row_loss, row_correct,
+             row_ok, lines, tiles, zero)
     data_loss, correct = 0.0, 0
     for i in range(b):
         if not row_ok[i]:
             return 0.0, G, 0, False
         data_loss += row_loss[i]
         correct += row_correct[i]
-    _gradient(U, dS, W, mean, scale, has_bias, _cast(W, 2 * reg), reg_bias, grad_tiles,
+    _column_sums(dS, zero, dS_sum)
+    _gradient(U, dS, dS_sum, W, mean, scale, has_bias, _cast(W, 2 * reg), reg_bias, grad_tiles,
               acc, G, l2_parts, norm_parts, False, G, G, one, one, False, one, zero, one)
     l2 = 0.0
     for k in range(l2_parts.shape[0]):
@@ -684,10 +720,13 @@ def _predict_kernel(rows, W, mean, scale, has_bias, zero, chunk):
     S = np.empty((n, W.shape[0]), W.dtype)
     n_tasks = (n + chunk - 1) // chunk
     tiles = np.empty((n_tasks, TILE_ROWS, CHUNK), W.dtype)
+    W_fold = np.empty((W.shape[0], rows.shape[1]), W.dtype)
+    bias_fold = np.empty(W.shape[0], W.dtype)
+    _fold(W, mean, scale, has_bias, W_fold, bias_fold)
     for task in prange(n_tasks):
         for i in range(task * chunk, min(n, (task + 1) * chunk), TILE_ROWS):
-            _group_scores(rows, i, min(TILE_ROWS, n - i), W, mean, scale, has_bias,
-                          tiles[task], S, zero)
+            _group_scores(rows, i, min(TILE_ROWS, n - i), W_fold, bias_fold, tiles[task], S,
+                          zero)
     return S
 
 # ---------------------------------------------------------------------------------------------
