@@ -19,14 +19,13 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from softmax_cls.config import DataConfig
 from softmax_cls.datasets import IMAGE_BYTES, SPECS, DatasetSpec, get_spec
-from softmax_cls.download import download_file
 from softmax_cls.errors import ConfigError, DataError
 from softmax_cls.fsutil import folder_lock, fsync_dir
 from softmax_cls.untrusted import restricted_unpickle, safe_extract
@@ -36,6 +35,9 @@ MIRROR_ENV = "SOFTMAX_CLS_MIRROR"
 # 2 KB (a .txt of names, or the python format's meta pickle); a readme is under 1 KB.
 SMALL_FILE_CAP = 64 << 10
 ARCHIVE_SLACK = 4 << 20  # tar headers, padding and small extra members in a whole archive
+# Binary records read at a time (about 3 MB): a batch file goes straight into its rows of the
+# data set's array, never held whole (a whole file would add 30-150 MB to the peak memory).
+READ_RECORDS = 1024
 
 
 @dataclass(frozen=True)
@@ -71,17 +73,71 @@ EVAL_HINTS = DataHints(
 class CifarData:
     """A loaded data set. Images are (N, 3072) uint8, C-contiguous: R plane, G plane, B plane,
     each 32x32 row-major. Labels are (N,) int64 in [0, len(class_names)).
-    `fingerprint` maps each file read to its md5."""
+    `fingerprint` maps each file read to its md5.
+
+    The test split may be left in its files (load_dataset(keep_test=False)): test_images and
+    test_labels are then None and `test_on_disk` reads them; `n_test` counts the test rows
+    either way and `with_test()` brings them into memory.
+    """
 
     dataset: str
     class_names: tuple[str, ...]
     train_images: np.ndarray
     train_labels: np.ndarray
-    test_images: np.ndarray
-    test_labels: np.ndarray
+    test_images: np.ndarray | None
+    test_labels: np.ndarray | None
     fingerprint: dict[str, str]
+    test_on_disk: SplitOnDisk | None = None
+
+    @property
+    def n_test(self) -> int:
+        """The number of test rows, in memory or on disk."""
+        if self.test_labels is None:
+            return 0 if self.test_on_disk is None else self.test_on_disk.count
+        return len(self.test_labels)
+
+    def with_test(self) -> CifarData:
+        """This data with its test split in memory: itself when it is already, else with the
+        split read now from its files, checked again (DataError if one changed since)."""
+        if self.test_on_disk is None:
+            return self
+        images, labels = self.test_on_disk.read(self.fingerprint)
+        return replace(self, test_images=images, test_labels=labels, test_on_disk=None)
+
+    def without_train(self) -> CifarData:
+        """This data without its training rows: train_images (0, P) and train_labels (0,),
+        so that, once no one else holds them, the training rows are freed (before the test
+        split is read after training, say)."""
+        images, labels = self.train_images, self.train_labels
+        return replace(self, train_images=np.empty((0, *images.shape[1:]), images.dtype),
+                       train_labels=np.empty(0, labels.dtype))
 
 
+@dataclass(frozen=True)
+class SplitOnDisk:
+    """A split of a data set left in its verified files (folder/files of `spec`), read only
+    when needed; `labels` picks "fine" or "coarse" labels."""
+
+    folder: Path
+    spec: DatasetSpec
+    files: tuple[str, ...]
+    labels: str
+
+    @property
+    def count(self) -> int:
+        return sum(self.spec.counts[name] for name in self.files)
+
+    def read(self, fingerprint: dict[str, str]) -> tuple[np.ndarray, np.ndarray]:
+        """(images (N, 3072) uint8, labels (N,) int64), checked like any read (size, md5,
+        labels) and against `fingerprint`, the md5s found when the data set was loaded."""
+        reader = _Reader(self.folder, self.spec, hint=_folder_hint(self.folder))
+        images, labels = _read_split(reader, self.files, self.labels)
+        for name in self.files:
+            before, now = fingerprint.get(name), reader.fingerprint[name]
+            if now != before:
+                raise reader.error(name, f"changed since it was first read (md5 {before}, "
+                                         f"now {now})")
+        return images, labels
 
 
 def prepare_dataset(dataset: str = "cifar10", root: str | os.PathLike = "data",
@@ -189,6 +245,8 @@ def _obtain_archive(spec: DatasetSpec, root: Path, *, url, archive, force, downl
         return dest, False
     if not download:
         raise _missing(spec, root, hints)
+    from softmax_cls.download import download_file  # requests and its kin: 5 MB, only here
+
     source = _source_url(spec, url)
     official = source == spec.url  # mirrors may repack: only the official archive's md5 holds
     download_file(source, dest, progress=progress,
@@ -263,7 +321,7 @@ def _folder_hint(folder: Path) -> str:
 
 
 class _Reader:
-    """Reads the files of one data folder whole, checks them, and records each file's md5.
+    """Reads the files of one data folder, checks them, and records each file's md5.
 
     `verified` holds md5s this process computed moments ago while verifying a fresh
     extraction, so those files are not hashed again. `describe(name)` names a file in error
@@ -281,17 +339,12 @@ class _Reader:
     def error(self, name: str, problem: str) -> DataError:
         return DataError(f"{self.describe(name)}: {problem}; {self.hint}")
 
-    def read(self, name: str) -> bytes:
-        """The bytes of `name`, after checking its exact size and md5 where the spec has them.
-
-        Never reads more than the file can have: its exact size, or SMALL_FILE_CAP.
-        """
-        size = self.spec.sizes.get(name)
-        limit = SMALL_FILE_CAP if size is None else size
+    def _read_from(self, name: str, read: Callable) -> object:
+        """read(handle) on `name` opened unbuffered, its OSErrors turned into DataErrors."""
         path = self.folder / name
         try:
-            with open(path, "rb") as handle:
-                blob = handle.read(limit + 1)
+            with open(path, "rb", buffering=0) as handle:
+                return read(handle)
         except FileNotFoundError:
             raise self.error(name, "missing") from None
         except PermissionError:
@@ -299,17 +352,83 @@ class _Reader:
                             "owner and mode)") from None
         except OSError as exc:
             raise self.error(name, f"cannot read it ({exc.strerror or exc})") from exc
-        if size is not None and len(blob) != size:
-            found = f"more than {size}" if len(blob) > size else str(len(blob))
+
+    def _check_size_and_md5(self, name: str, n_read: int, size: int | None, md5) -> None:
+        """Check `name`'s n_read bytes (size + 1 when there were more) against its exact
+        `size` (or SMALL_FILE_CAP when it has none) and, unless verified, its md5 (a hashlib
+        object of what was read) against the spec's; records the md5."""
+        if size is not None and n_read != size:
+            found = f"more than {size}" if n_read > size else str(n_read)
             raise self.error(name, f"expected {size} bytes, found {found}")
-        if size is None and len(blob) > limit:
-            raise self.error(name, f"more than {limit} bytes, far more than it can hold")
-        digest = self.verified.get(name) or hashlib.md5(blob).hexdigest()
+        if size is None and n_read > SMALL_FILE_CAP:
+            raise self.error(name, f"more than {SMALL_FILE_CAP} bytes, far more than it can hold")
+        digest = self.verified.get(name) or md5.hexdigest()
         expected = self.spec.files.get(name)
         if expected is not None and digest != expected:
             raise self.error(name, f"md5 checksum mismatch, expected {expected}, got {digest}")
         self.fingerprint[name] = digest
+
+    def read(self, name: str) -> bytes:
+        """The bytes of `name`, after checking its exact size and md5 where the spec has them.
+
+        Never reads more than the file can have: its exact size, or SMALL_FILE_CAP.
+        """
+        size = self.spec.sizes.get(name)
+        limit = SMALL_FILE_CAP if size is None else size
+        blob = self._read_from(name, lambda handle: _read_up_to(handle, limit + 1))
+        md5 = None if name in self.verified else hashlib.md5(blob)
+        self._check_size_and_md5(name, len(blob), size, md5)
         return blob
+
+    def streams(self, name: str) -> bool:
+        """Whether `name` is a binary batch file of the exact size of its records, which
+        `stream_batch` reads chunk by chunk (any other file is read whole)."""
+        spec = self.spec
+        return (spec.fmt == "binary" and name in spec.counts and spec.sizes.get(name)
+                == spec.counts[name] * (spec.label_bytes + IMAGE_BYTES))
+
+    def stream_batch(self, name: str, images: np.ndarray | None = None,
+                     labels: np.ndarray | None = None, coarse: bool = False) -> None:
+        """Read the binary batch file `name` (see `streams`) READ_RECORDS records at a time
+        into images (n, 3072) uint8 and labels (n,) int64 (coarse or fine) when given, or
+        only check it; n = spec.counts[name]. The checks and their order are those of
+        `batch`: exact size, md5 (hashed as it is read), label ranges. On a DataError the
+        arrays hold part of the file.
+        """
+        spec, count = self.spec, self.spec.counts[name]
+        record = spec.label_bytes + IMAGE_BYTES
+        # CIFAR-100 records start with (coarse, fine) label bytes: both are checked, one kept
+        label_bytes = np.empty((count, spec.label_bytes), np.uint8)
+        md5 = None if name in self.verified else hashlib.md5()
+
+        def read(handle) -> int:
+            chunk_buffer = np.empty((min(READ_RECORDS, count), record), np.uint8)
+            done = 0
+            while done < count:
+                chunk = chunk_buffer[: min(READ_RECORDS, count - done)]
+                n_read = handle.readinto(memoryview(chunk).cast("B"))
+                while n_read and n_read < chunk.nbytes:  # a short read before the end
+                    more = handle.readinto(memoryview(chunk).cast("B")[n_read:])
+                    if not more:
+                        break
+                    n_read += more
+                if n_read < chunk.nbytes:
+                    return done * record + n_read
+                if md5 is not None:
+                    md5.update(chunk)
+                if images is not None:
+                    images[done : done + len(chunk)] = chunk[:, spec.label_bytes:]
+                label_bytes[done : done + len(chunk)] = chunk[:, : spec.label_bytes]
+                done += len(chunk)
+            return count * record + len(handle.read(1))
+
+        self._check_size_and_md5(name, self._read_from(name, read), count * record, md5)
+        fine = label_bytes[:, spec.label_bytes - 1]
+        self.check_range(name, fine, len(spec.class_names))
+        if spec.coarse_names:
+            self.check_range(name, label_bytes[:, 0], len(spec.coarse_names))
+        if labels is not None:
+            labels[:] = label_bytes[:, 0] if coarse else fine
 
     def check_class_names(self) -> None:
         """Read the class-name file(s) and check them against the spec's class lists."""
@@ -355,6 +474,13 @@ class _Reader:
             self.check_range(name, coarse, len(spec.coarse_names))
         return images, fine, coarse
 
+    def check_batch(self, name: str) -> None:
+        """Check one batch file as `batch` does, keeping nothing (a binary one streamed)."""
+        if self.streams(name):
+            self.stream_batch(name)
+        else:
+            self.batch(name)
+
     def python_batch(self, name: str, blob: bytes, count: int):
         batch = self.unpickle(name, blob)
         images = batch.get(b"data")
@@ -390,6 +516,18 @@ class _Reader:
 
 
 MAX_NAME_CHARS = 64  # the longest class name is 30 characters
+
+
+def _read_up_to(handle, limit: int) -> bytes:
+    """Up to `limit` bytes from an unbuffered file, fewer only at its end."""
+    parts, total = [], 0
+    while total < limit:
+        part = handle.read(limit - total)
+        if not part:
+            break
+        parts.append(part)
+        total += len(part)
+    return b"".join(parts) if len(parts) != 1 else parts[0]
 
 
 def _cut(text: str, limit: int) -> str:
@@ -428,7 +566,7 @@ def _verify_folder(folder: Path, spec: DatasetSpec,
     reader = _Reader(folder, spec, describe=describe, hint=hint or _folder_hint(folder))
     reader.check_class_names()
     for name in spec.train_files + spec.test_files:
-        reader.batch(name)
+        reader.check_batch(name)
     return reader.fingerprint
 
 
@@ -445,14 +583,17 @@ def load_dataset(dataset: str = "cifar10", root: str | os.PathLike = "data",
                  fmt: str = "binary", *, url: str | None = None,
                  archive: str | os.PathLike | None = None, labels: str = "fine",
                  force: bool = False, download: bool = True, progress: bool = True,
-                 spec: DatasetSpec | None = None, hints: DataHints = DOWNLOAD_HINTS
-                 ) -> CifarData:
+                 spec: DatasetSpec | None = None, hints: DataHints = DOWNLOAD_HINTS,
+                 keep_test: bool = True) -> CifarData:
     """Locate (see `prepare_dataset`), verify and read the whole data set.
 
-    Every file is read once into memory, hashed (unless this call just verified it during
-    extraction), checked, and copied once into the result. `labels` picks CIFAR-100's
-    "fine" (100 classes) or "coarse" (20 superclasses) labels. Returns CifarData with images
-    (N, 3072) uint8 C-contiguous and labels (N,) int64.
+    Every file is hashed (unless this call just verified it during extraction), checked,
+    and its images copied once into the result: a binary batch file a few MB at a time,
+    straight into its rows, a python-format one whole (it is one pickle). `labels` picks
+    CIFAR-100's "fine" (100 classes) or "coarse" (20 superclasses) labels. Without
+    `keep_test` the test files are checked and hashed the same way but left on disk
+    (CifarData.with_test reads them later). Returns CifarData with images (N, 3072) uint8
+    C-contiguous and labels (N,) int64.
     """
     spec = spec or get_spec(dataset, fmt)
     _check_label_choice(spec, labels)
@@ -461,38 +602,53 @@ def load_dataset(dataset: str = "cifar10", root: str | os.PathLike = "data",
     reader = _Reader(folder, spec, verified=verified, hint=_folder_hint(folder))
     reader.check_class_names()
     train_images, train_labels = _read_split(reader, spec.train_files, labels)
-    test_images, test_labels = _read_split(reader, spec.test_files, labels)
+    test_images = test_labels = on_disk = None
+    if keep_test:
+        test_images, test_labels = _read_split(reader, spec.test_files, labels)
+    else:
+        for name in spec.test_files:
+            reader.check_batch(name)
+        on_disk = SplitOnDisk(folder, spec, spec.test_files, labels)
     return CifarData(
         dataset=spec.dataset,
         class_names=spec.coarse_names if labels == "coarse" else spec.class_names,
         train_images=train_images, train_labels=train_labels,
         test_images=test_images, test_labels=test_labels, fingerprint=reader.fingerprint,
+        test_on_disk=on_disk,
     )
 
 
 def _read_split(reader: _Reader, names: tuple[str, ...], labels: str
                 ) -> tuple[np.ndarray, np.ndarray]:
-    """Concatenate batch files: images (N, 3072) uint8 C-contiguous, labels (N,) int64."""
+    """Concatenate batch files: images (N, 3072) uint8 C-contiguous, labels (N,) int64.
+
+    Each file is read into its own rows of the result, binary ones chunk by chunk."""
     total = sum(reader.spec.counts[name] for name in names)
     images = np.empty((total, IMAGE_BYTES), dtype=np.uint8)
     targets = np.empty(total, dtype=np.int64)
     start = 0
     for name in names:
-        batch_images, fine, coarse = reader.batch(name)
-        stop = start + len(batch_images)
-        images[start:stop] = batch_images
-        targets[start:stop] = coarse if labels == "coarse" else fine
+        stop = start + reader.spec.counts[name]
+        if reader.streams(name):
+            reader.stream_batch(name, images[start:stop], targets[start:stop],
+                                coarse=labels == "coarse")
+        else:
+            batch_images, fine, coarse = reader.batch(name)
+            images[start:stop] = batch_images
+            targets[start:stop] = coarse if labels == "coarse" else fine
         start = stop
     return images, targets
 
 
-def load_config_data(data: DataConfig, progress: bool = True, hints: DataHints = CONFIG_HINTS
-                     ) -> CifarData:
+def load_config_data(data: DataConfig, progress: bool = True, hints: DataHints = CONFIG_HINTS,
+                     *, keep_test: bool = True) -> CifarData:
     """The data set a config's `data` section names, located, verified and read; error
-    messages give `hints` (default: the config's own keys, `--set data.archive=PATH`...)."""
+    messages give `hints` (default: the config's own keys, `--set data.archive=PATH`...).
+    Without `keep_test` a CIFAR test split is checked but left on disk (see load_dataset);
+    feature files are loaded as softmax_cls.features does, whatever `keep_test`."""
     if data.dataset == "features":  # feature files for linear probes (softmax_cls.features)
         from .features import load_features
         return load_features(data, progress)
     return load_dataset(data.dataset, data.root, data.format, url=data.url, archive=data.archive,
                         labels=data.labels, download=data.download, progress=progress,
-                        hints=hints)
+                        hints=hints, keep_test=keep_test)

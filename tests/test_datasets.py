@@ -21,6 +21,7 @@ from conftest import REAL_ARCHIVE
 from fake_cifar import make_fake, python2_pickle, tar_gz
 from http_server import clear_proxy_env, loopback_servers
 
+from softmax_cls import data as data_module
 from softmax_cls.data import load_dataset, prepare_dataset
 from softmax_cls.datasets import (
     CIFAR10_CLASSES,
@@ -149,6 +150,78 @@ def test_cifar100_coarse_labels(tmp_path, fmt):
     assert_matches(data, fake, labels="coarse")
     assert data.class_names == CIFAR100_COARSE_CLASSES
     assert not np.array_equal(data.train_labels, fake.train_fine)
+
+
+@pytest.mark.parametrize("dataset, labels", [("cifar10", "fine"), ("cifar100", "fine"),
+                                             ("cifar100", "coarse")])
+def test_binary_batches_are_read_a_few_records_at_a_time(tmp_path, monkeypatch, dataset,
+                                                         labels):
+    """7 records per read: every file (20 to 40 records) spans reads and ends in a short
+    one, each landing in its own rows of the split."""
+    monkeypatch.setattr(data_module, "READ_RECORDS", 7)
+    fake = make_fake(dataset)
+    root = tmp_path / "data"
+    prepare_dataset(root=root, archive=fake.write(tmp_path / "a.tar.gz"), spec=fake.spec,
+                    **QUIET)
+
+    data = load_dataset(root=root, spec=fake.spec, labels=labels, download=False, **QUIET)
+
+    assert_matches(data, fake, labels=labels)
+    assert data.fingerprint == {name: hashlib.md5(content).hexdigest()
+                                for name, content in fake.members.items()}
+
+
+def test_the_test_split_can_be_left_on_disk_until_needed(tmp_path):
+    fake = make_fake()
+    root = tmp_path / "data"
+    archive = fake.write(tmp_path / "a.tar.gz")
+    whole = load_dataset(root=root, archive=archive, spec=fake.spec, **QUIET)
+
+    data = load_dataset(root=root, spec=fake.spec, download=False, keep_test=False, **QUIET)
+
+    assert data.test_images is None and data.test_labels is None
+    assert data.n_test == 25 == whole.n_test
+    assert data.fingerprint == whole.fingerprint  # the test file was hashed all the same
+    np.testing.assert_array_equal(data.train_images, fake.train_images)
+    loaded = data.with_test()
+    assert_matches(loaded, fake)
+    assert loaded.with_test() is loaded
+    assert loaded.fingerprint == whole.fingerprint
+    bare = loaded.without_train()
+    assert bare.train_images.shape == (0, 3072) and bare.train_images.dtype == np.uint8
+    assert bare.train_labels.shape == (0,) and bare.train_labels.dtype == np.int64
+    assert bare.test_images is loaded.test_images and bare.fingerprint == loaded.fingerprint
+
+
+def test_a_damaged_test_file_is_found_when_it_is_left_on_disk(tmp_path):
+    fake = make_fake()
+    folder = prepare_dataset(root=tmp_path / "data", archive=fake.write(tmp_path / "a.tgz"),
+                             spec=fake.spec, **QUIET)
+    batch = folder / "test_batch.bin"
+    content = bytearray(batch.read_bytes())
+    content[4000] ^= 0xFF
+    batch.write_bytes(bytes(content))
+
+    with pytest.raises(DataError, match=f"{re.escape(str(batch))}: md5 checksum mismatch"):
+        load_dataset(root=folder, spec=fake.spec, download=False, keep_test=False, **QUIET)
+
+
+@pytest.mark.parametrize("published_md5", [True, False])
+def test_a_test_file_changed_after_loading_is_refused(tmp_path, published_md5):
+    fake = make_fake()
+    spec = fake.spec if published_md5 else dataclasses.replace(
+        fake.spec, files={k: v for k, v in fake.spec.files.items() if k != "test_batch.bin"})
+    folder = prepare_dataset(root=tmp_path / "data", archive=fake.write(tmp_path / "a.tgz"),
+                             spec=spec, **QUIET)
+    data = load_dataset(root=folder, spec=spec, download=False, keep_test=False, **QUIET)
+    batch = folder / "test_batch.bin"
+    content = bytearray(batch.read_bytes())
+    content[4000] ^= 0xFF
+    batch.write_bytes(bytes(content))
+
+    problem = "md5 checksum mismatch" if published_md5 else "changed since it was first read"
+    with pytest.raises(DataError, match=f"{re.escape(str(batch))}: {problem}"):
+        data.with_test()
 
 
 def test_coarse_labels_do_not_exist_for_cifar10(tmp_path):
@@ -467,6 +540,18 @@ def test_truncated_bin_in_existing_folder_names_file_and_sizes(tmp_path):
     with pytest.raises(DataError, match=re.escape(
             f"{batch}: expected {25 * 3073} bytes, found 1000")):
         load_dataset(root=root, spec=fake.spec, download=False, **QUIET)
+
+
+def test_longer_bin_in_existing_folder_names_file_and_sizes(tmp_path):
+    fake = make_fake()
+    folder = prepare_dataset(root=tmp_path / "data", archive=fake.write(tmp_path / "a.tgz"),
+                             spec=fake.spec, **QUIET)
+    batch = folder / "data_batch_2.bin"
+    batch.write_bytes(batch.read_bytes() + b"x")
+
+    with pytest.raises(DataError, match=re.escape(
+            f"{batch}: expected {20 * 3073} bytes, found more than {20 * 3073}")):
+        load_dataset(root=folder, spec=fake.spec, download=False, **QUIET)
 
 
 @pytest.mark.parametrize("dataset, label_bytes, bad_label", [("cifar10", 1, 10),
