@@ -6,9 +6,12 @@
 Threads are pinned: the script re-executes itself with OMP_NUM_THREADS, OPENBLAS_NUM_THREADS,
 MKL_NUM_THREADS (BLAS: floor, numpy engine, PyTorch via torch.set_num_threads too) and
 NUMBA_NUM_THREADS (the numba engine) all set to --threads before numpy is loaded; the child
-processes inherit them. One method runs at a time, after a pause of IDLE_S in which the
-previous method's idle threads stop spinning, so BLAS threads and numba threads are never
-busy at once. Progress notes go to stderr; one JSON object goes to stdout (and to --out).
+processes inherit them. The numba engine's thread governor (which moves a contended run to one
+thread) is switched off for the epoch timings, so they are always at --threads; the default
+runs in child processes keep it, as users do. One method runs at a time, after a pause of
+IDLE_S in which the previous method's idle threads stop spinning, so BLAS threads and numba
+threads are never busy at once. Progress notes go to stderr; one JSON object goes to stdout
+(and to --out).
 
 The machine may be shared: a CpuMeter reads /proc/stat around every phase and reports the
 CPU seconds OTHER processes used meanwhile (`other_processes`, `contended` above 5 % of the
@@ -232,6 +235,10 @@ class EngineEpoch:
     def __init__(self, engine_name: str, rows: np.ndarray, labels: np.ndarray,
                  train_rows: np.ndarray, pre, n_classes: int, config, augment: dict | None):
         self.engine = get_engine(engine_name)
+        if engine_name == "numba":  # measure the pinned thread count, never the governor's pick
+            from softmax_cls.kernels import THREAD_GOVERNOR
+
+            THREAD_GOVERNOR.enabled = False
         self.name = f"{engine_name}_{'augmented' if augment else 'plain'}"
         self.rows, self.labels, self.train_rows, self.pre = rows, labels, train_rows, pre
         self.config, self.augment = config, augment

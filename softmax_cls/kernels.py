@@ -25,7 +25,10 @@ bit-identical whatever NUMBA_NUM_THREADS (or numba.set_num_threads) says.
 Threads: numba's own thread pool, NUMBA_NUM_THREADS threads (default: the number of CPUs);
 numba.set_num_threads(k) lowers it at run time. No BLAS is called here, so no BLAS thread
 pool competes with numba's; keep OPENBLAS_NUM_THREADS / OMP_NUM_THREADS for the numpy code
-that runs between epochs.
+that runs between epochs. Each step has two parallel regions whose threads wait for each
+other, so when another process holds a core an epoch on all threads can take 10-50 times
+as long as on one: THREAD_GOVERNOR times every epoch and moves to one thread while that
+pays (the weights do not depend on the thread count).
 
 Compiled code is cached on disk (cache=True): in the package's __pycache__ when that folder is
 writable, else in NUMBA_CACHE_DIR, which this module sets (before numba is imported) to
@@ -38,7 +41,10 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import time
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -815,6 +821,90 @@ def _check_order(order: np.ndarray, n_rows: int) -> np.ndarray:
     return order
 
 
+@dataclass
+class _Timings:
+    """What the governor knows of one kind of epoch: the best and the latest seconds per
+    thread count, the count for the next epoch, and the epochs since the other count ran."""
+
+    best: dict[int, float] = field(default_factory=dict)
+    latest: dict[int, float] = field(default_factory=dict)
+    threads: int | None = None
+    since_probe: int = 0
+    probe_every: int = 0
+
+
+class ThreadGovernor:
+    """Chooses numba's thread count for each train_epoch call: all of numba's threads (as
+    numba.get_num_threads() says at the call) or one.
+
+    Epochs of one kind (same data shape, batch size, augmentation, clipping) are timed. On
+    all threads, an epoch more than SLOWER times as slow as the best one so far means another
+    process took a core, and the next epoch runs on one thread; on one thread, the other
+    count is tried again after `probe_every` epochs (PROBE_EVERY at first, doubled each time
+    the probe loses), and the faster latest time decides. With `enabled` False, or one thread
+    to choose from, every epoch runs on numba's threads as set.
+    """
+
+    SLOWER = 1.5
+    PROBE_EVERY = 4
+
+    def __init__(self, clock: Callable[[], float] = time.perf_counter):
+        self.clock = clock
+        self.enabled = True
+        self.kinds: dict[tuple, _Timings] = {}
+
+    def choose(self, kind: tuple, available: int) -> int:
+        timings = self.kinds.setdefault(kind, _Timings(probe_every=self.PROBE_EVERY))
+        if not self.enabled or available < 2:
+            return available
+        if timings.threads is None or timings.threads > 1:
+            return available
+        if timings.since_probe >= timings.probe_every:
+            return available
+        return 1
+
+    def record(self, kind: tuple, threads: int, seconds: float, available: int) -> None:
+        timings = self.kinds.setdefault(kind, _Timings(probe_every=self.PROBE_EVERY))
+        timings.best[threads] = min(seconds, timings.best.get(threads, seconds))
+        timings.latest[threads] = seconds
+        if available < 2:
+            return
+        if threads == 1:
+            timings.threads = 1
+            timings.since_probe += 1
+            return
+        if timings.threads == 1:  # a probe of all threads after epochs on one
+            timings.since_probe = 0
+            alone = timings.latest.get(1)
+            if alone is not None and seconds >= alone:  # lost: stay, and probe less often
+                timings.probe_every *= 2
+                return
+            timings.probe_every = self.PROBE_EVERY
+            timings.threads = threads
+            return
+        contended = seconds > self.SLOWER * timings.best[threads]
+        timings.threads = 1 if contended else threads
+        timings.since_probe = 0
+
+    def run(self, kind: tuple, epoch: Callable[[], tuple]) -> tuple:
+        """epoch() on the chosen number of threads, timed."""
+        available = numba.get_num_threads()
+        threads = self.choose(kind, available)
+        if threads != available:
+            numba.set_num_threads(threads)
+        try:
+            started = self.clock()
+            result = epoch()
+            self.record(kind, threads, self.clock() - started, available)
+        finally:
+            if threads != available:
+                numba.set_num_threads(available)
+        return result
+
+
+THREAD_GOVERNOR = ThreadGovernor()
+
+
 def train_epoch(rows, labels, order, sample_weight, flip, shift, padding, W, velocity, average,
                 avg_alpha, mean, scale, has_bias, batch_size, lr, momentum, nesterov, grad_clip,
                 reg, reg_bias, clip) -> tuple[float, int]:
@@ -842,14 +932,18 @@ def train_epoch(rows, labels, order, sample_weight, flip, shift, padding, W, vel
     if n == 0:
         return 0.0, 0
     dtype = W.dtype.type
+    arguments = (
+        _readonly(rows), _check_labels(labels, n_rows, W.shape[0]), order,
+        _sample_weight(sample_weight, n_rows, W.dtype), flip, shift, int(padding), W, velocity,
+        average, avg_alpha, _vector(mean, n_features, W.dtype, "mean"),
+        _vector(scale, n_features, W.dtype, "scale"), bool(has_bias), int(batch_size),
+        dtype(lr), dtype(momentum), bool(nesterov), float(grad_clip), float(reg), bool(reg_bias),
+        dtype(clip))
+    kind = (rows.shape, rows.dtype.str, W.shape, int(batch_size), n, len(flip) > 0,
+            len(shift) > 0, grad_clip > 0)
     with _quiet_compilation():
-        loss_sum, correct, status, step = _train_epoch_kernel(
-            _readonly(rows), _check_labels(labels, n_rows, W.shape[0]), order,
-            _sample_weight(sample_weight, n_rows, W.dtype), flip, shift, int(padding), W, velocity,
-            average, avg_alpha, _vector(mean, n_features, W.dtype, "mean"),
-            _vector(scale, n_features, W.dtype, "scale"), bool(has_bias), int(batch_size),
-            dtype(lr), dtype(momentum), bool(nesterov), float(grad_clip), float(reg),
-            bool(reg_bias), dtype(clip))
+        loss_sum, correct, status, step = THREAD_GOVERNOR.run(
+            kind, lambda: _train_epoch_kernel(*arguments))
     if status == _BAD_SCORES:
         raise NonFiniteError(f"non-finite scores in minibatch {step + 1} (inf or NaN in the "
                              "inputs or the weights)")

@@ -162,9 +162,10 @@ def test_edge_and_reflect_on_a_known_image():
 # Determinism, errors, predictions, the gradient check
 
 
-def test_bit_identical_whatever_the_thread_count():
+def test_bit_identical_whatever_the_thread_count(monkeypatch):
     if numba.config.NUMBA_NUM_THREADS < 2:
         pytest.skip("numba runs with one thread here (NUMBA_NUM_THREADS)")
+    monkeypatch.setattr(kernels.THREAD_GOVERNOR, "enabled", False)  # exactly 1, then 2
     rows, labels, W, mean, scale, weight = problem(n_rows=150, n_features=3072, n_classes=10,
                                                    rows_dtype=np.uint8, seed=13, weighted=True)
     rng = np.random.default_rng(14)
@@ -187,6 +188,91 @@ def test_bit_identical_whatever_the_thread_count():
     for one, two in zip(results[:2], results[2:], strict=True):
         for a, b in zip(one, two, strict=True):
             assert np.array_equal(a, b)
+
+
+# ---------------------------------------------------------------------------------------------
+# The thread governor: one thread while another process holds a core
+
+
+def governor_after(times: list[tuple[int, float]], available: int = 2):
+    """A fresh governor, fed epochs of one kind: (threads it ran on, seconds)."""
+    governor = kernels.ThreadGovernor()
+    for threads, seconds in times:
+        assert governor.choose("kind", available) == threads  # it ran what was chosen
+        governor.record("kind", threads, seconds, available)
+    return governor
+
+
+def test_governor_keeps_all_threads_while_epochs_take_as_long_as_ever():
+    governor = governor_after([(2, 0.10), (2, 0.07), (2, 0.09), (2, 0.10)])
+    assert governor.choose("kind", 2) == 2
+    assert governor.choose("other kind", 2) == 2  # kinds are timed apart
+
+
+def test_governor_moves_to_one_thread_after_a_slow_epoch_and_probes_back():
+    every = kernels.ThreadGovernor.PROBE_EVERY
+    alone = [(1, 0.20)] * every
+    # 0.5 s > 1.5 x 0.07 s: contention; one thread next, then a probe after `every` epochs
+    governor = governor_after([(2, 0.07), (2, 0.5), *alone])
+    assert governor.choose("kind", 2) == 2  # the probe
+    governor.record("kind", 2, 0.08, 2)  # beats one thread: back to two
+    assert governor.choose("kind", 2) == 2
+    governor.record("kind", 2, 0.08, 2)
+    assert governor.choose("kind", 2) == 2
+
+
+def test_governor_probes_less_often_while_one_thread_wins():
+    every = kernels.ThreadGovernor.PROBE_EVERY
+    alone = [(1, 0.20)]
+    governor = governor_after([(2, 0.07), (2, 3.0), *alone * every, (2, 2.5),
+                               *alone * (2 * every)])
+    assert governor.choose("kind", 2) == 2  # the second probe, after twice as many epochs
+    governor.record("kind", 2, 0.19, 2)  # the machine is quiet again
+    assert governor.choose("kind", 2) == 2
+
+
+def test_governor_can_be_switched_off_and_has_nothing_to_choose_from_one_thread():
+    governor = governor_after([(2, 0.07), (2, 0.5)])
+    governor.enabled = False
+    assert governor.choose("kind", 2) == 2
+    assert governor_after([(1, 0.07), (1, 0.5), (1, 0.07)], available=1).choose("kind", 1) == 1
+
+
+def test_train_epoch_runs_on_one_thread_after_a_slow_epoch(monkeypatch):
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("numba runs with one thread here (NUMBA_NUM_THREADS)")
+    seconds = iter([0.0, 0.07, 1.0, 1.5, 2.0, 2.2])  # epochs of 0.07 s, 0.5 s, 0.2 s
+    governor = kernels.ThreadGovernor(clock=lambda: next(seconds, 3.0))
+    monkeypatch.setattr(kernels, "THREAD_GOVERNOR", governor)
+    threads_seen = []
+    real_kernel = kernels._train_epoch_kernel
+
+    def spy(*args):
+        threads_seen.append(numba.get_num_threads())
+        return real_kernel(*args)
+
+    monkeypatch.setattr(kernels, "_train_epoch_kernel", spy)
+    rows, labels, W, mean, scale, weight = problem(seed=16)
+    before = numba.get_num_threads()
+    numba.set_num_threads(2)
+    try:
+        governed = [W * 0.01, np.zeros_like(W), np.zeros_like(W)]
+        for _ in range(3):
+            kernels.train_epoch(rows, labels, np.arange(23), weight, np.zeros(0, bool),
+                                np.zeros((0, 2), np.int64), 1, *governed, np.zeros(3), mean,
+                                scale, True, 8, 0.01, 0.9, True, 0.0, 1e-3, False, 50.0)
+        assert numba.get_num_threads() == 2  # restored after the epoch on one thread
+    finally:
+        numba.set_num_threads(before)
+    assert threads_seen == [2, 2, 1]
+    governor.enabled = False
+    fixed = [W * 0.01, np.zeros_like(W), np.zeros_like(W)]
+    for _ in range(3):  # the same epochs on numba's threads as set: the same weights
+        kernels.train_epoch(rows, labels, np.arange(23), weight, np.zeros(0, bool),
+                            np.zeros((0, 2), np.int64), 1, *fixed, np.zeros(3), mean, scale,
+                            True, 8, 0.01, 0.9, True, 0.0, 1e-3, False, 50.0)
+    for a, b in zip(governed, fixed, strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_huge_learning_rate_raises_non_finite():
