@@ -21,6 +21,7 @@ most important parameters) and trials.png (1000 x 450, each trial and the best s
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import math
 import os
@@ -766,15 +767,20 @@ def plot_path(path: str | os.PathLike, out_dir: str | os.PathLike | None = None,
     return plot_run(path, out_dir, split, root, progress)
 
 
+def matplotlib_installed() -> bool:
+    """Whether matplotlib is installed, found without importing it: a training run asks at
+    its start and imports it (about 30 MB) only to draw, after the training rows are freed."""
+    try:
+        return importlib.util.find_spec("matplotlib") is not None
+    except (ImportError, ValueError):  # a broken entry in sys.modules
+        return False
+
+
 def plots_wanted(setting: bool | None) -> bool:
-    """output.plots: true draws (and needs matplotlib), false never, null when matplotlib is
-    installed."""
+    """output.plots: true draws (and needs matplotlib: one SoftmaxClsError line without it),
+    false never, null when matplotlib is installed."""
     if setting is None:
-        try:
-            require_matplotlib()
-        except SoftmaxClsError:
-            return False
-        return True
-    if setting:
-        require_matplotlib()
+        return matplotlib_installed()
+    if setting and not matplotlib_installed():
+        raise SoftmaxClsError(INSTALL_HINT)
     return setting
