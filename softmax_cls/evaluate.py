@@ -31,9 +31,11 @@ def load_data_for(checkpoint: Checkpoint, root: str | Path | None = None,
 
 def split_arrays(checkpoint: Checkpoint, data: CifarData, split: str
                  ) -> tuple[np.ndarray | RowSubset, np.ndarray]:
-    """(raw rows (N, P), labels (N,) int64) of a split. val is the checkpoint's own val_rows;
-    train is every other training row, as a RowSubset read chunk by chunk."""
+    """(raw rows (N, P), labels (N,) int64) of a split. test is read from disk now when
+    `data` left it there; val is the checkpoint's own val_rows; train is every other training
+    row, as a RowSubset read chunk by chunk."""
     if split == "test":
+        data = data.with_test()
         return data.test_images, data.test_labels
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r} (choose from {', '.join(SPLITS)})")

@@ -11,7 +11,7 @@ import contextlib
 import dataclasses
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,8 +32,8 @@ from .errors import ConfigError, SoftmaxClsError
 from .fsutil import FolderBusy, atomic_write, folder_lock, fsync_dir
 from .interrupts import Terminated
 from .plots import plot_run, plots_wanted
-from .preprocess import split_and_fit
-from .train import TrainState, fit, initial_state, validation_metrics
+from .preprocess import Preprocessor, Split, split_and_fit
+from .train import FitResult, TrainState, fit, initial_state, validation_metrics
 
 # What a resumed run may not change: the data, the split, the features and the initial weights.
 FIXED_ON_RESUME = ("seed", "data.dataset", "data.format", "data.labels", "data.val_size",
@@ -90,8 +90,8 @@ def train_run(config: Config, data: CifarData, out_dir: str | Path,
               resume: Checkpoint | None = None, progress: bool = True, *,
               overwrite: bool = False) -> RunResult:
     """Train on `data` as `config` says, writing the run folder `out_dir`; continue the
-    checkpoint `resume` when given. The test split is
-    read once, after training, to evaluate the best weights.
+    checkpoint `resume` when given. The test split is used once, after training, to evaluate
+    the best weights (read from disk then when `data` left it there: CifarData.with_test).
 
     One run per folder: the folder is locked while this runs (RunFolderBusy if another
     process has it). A new run refuses a folder that holds another run's files unless
@@ -101,6 +101,16 @@ def train_run(config: Config, data: CifarData, out_dir: str | Path,
     weights as W. Raises TrainingDiverged or TrainingInterrupted; last.npz then holds the
     last completed epoch, best.npz the best so far, and summary.json is absent until the end.
     """
+    with _open_run(config, data, out_dir, resume, overwrite) as run:
+        fitted = run.train(data, progress)
+        return run.finish(fitted, data.with_test())
+
+
+@contextlib.contextmanager
+def _open_run(config: Config, data: CifarData, out_dir: str | Path,
+              resume: Checkpoint | None, overwrite: bool) -> Iterator[_Run]:
+    """The checks of train_run, the split and preprocessing, then the locked, prepared run
+    folder (see _Run) until the block ends."""
     out_dir = Path(out_dir)
     config = with_absolute_paths(config)
     if resume is not None and config.optim.epochs < resume.state.epoch:
@@ -112,8 +122,9 @@ def train_run(config: Config, data: CifarData, out_dir: str | Path,
         raise ConfigError("data.val_size: the split differs from the checkpoint's val_rows")
     with contextlib.ExitStack() as stack:
         _lock_run_folder(stack, out_dir)
-        return _train_locked(config, data, out_dir, resume, progress, overwrite,
-                             None if resume is None else resume.path, split, pre)
+        run = _Run.prepare(config, data, out_dir, resume, overwrite, split, pre)
+        del data  # held no longer here: the caller may free the rows while the run goes on
+        yield run
 
 
 def _check_folder(out_dir: Path, resuming: bool, resume_path: str | Path | None,
@@ -153,72 +164,98 @@ def _is_best_of(path: Path, resume: Checkpoint) -> bool:
             and best.fingerprint == resume.fingerprint)
 
 
-def _train_locked(config, data, out_dir, resume, progress, overwrite, resume_path, split, pre
-                  ) -> RunResult:
-    best_source = _best_source(resume, resume_path)
-    if best_source is not None:  # read before --overwrite might delete it
-        best_bytes = best_source.read_bytes()
-    for name in _check_folder(out_dir, resume is not None, resume_path, overwrite):
-        (out_dir / name).unlink()
-    fsync_dir(out_dir)
-    config_yaml = config_to_yaml(config)
-    (out_dir / "summary.json").unlink(missing_ok=True)  # written again at the end
-    with atomic_write(out_dir / "config.yaml", "w") as handle:
-        handle.write(config_yaml)
-    state = (initial_state(config, pre.n_features, len(data.class_names)) if resume is None
-             else resume.state)
+class _Run:
+    """A locked run folder being written: the checkpoints after every epoch (train), then the
+    test evaluation and the summary (finish). It holds no data rows, so a caller can free
+    the training rows between the two."""
 
-    def save(name: str, state: TrainState, status: str = "running", model: bool = False
+    def __init__(self, config: Config, out_dir: Path, split: Split, pre: Preprocessor,
+                 data: CifarData, state: TrainState):
+        self.config, self.out_dir, self.split, self.pre = config, out_dir, split, pre
+        self.class_names, self.fingerprint = data.class_names, data.fingerprint
+        self.config_yaml = config_to_yaml(config)
+        self.state = state
+        self.last = copy_state(state)  # the last completed epoch, as last.npz must hold it
+
+    @classmethod
+    def prepare(cls, config: Config, data: CifarData, out_dir: Path,
+                resume: Checkpoint | None, overwrite: bool, split: Split, pre: Preprocessor
+                ) -> _Run:
+        """Clear the folder as train_run says, write config.yaml, last.npz and the best.npz
+        a resumed run keeps."""
+        resume_path = None if resume is None else resume.path
+        best_source = _best_source(resume, resume_path)
+        if best_source is not None:  # read before --overwrite might delete it
+            best_bytes = best_source.read_bytes()
+        for name in _check_folder(out_dir, resume is not None, resume_path, overwrite):
+            (out_dir / name).unlink()
+        fsync_dir(out_dir)
+        state = (initial_state(config, pre.n_features, len(data.class_names)) if resume is None
+                 else resume.state)
+        run = cls(config, out_dir, split, pre, data, state)
+        (out_dir / "summary.json").unlink(missing_ok=True)  # written again at the end
+        with atomic_write(out_dir / "config.yaml", "w") as handle:
+            handle.write(run.config_yaml)
+        run.save("last.npz", state)
+        if best_source is not None and not (out_dir / "best.npz").exists():
+            with atomic_write(out_dir / "best.npz") as handle:
+                handle.write(best_bytes)
+        elif resume is not None and best_source is None:
+            (out_dir / "best.npz").unlink(missing_ok=True)  # not this run's best epoch
+            if state.best_epoch == state.epoch > 0:
+                run.save("best.npz", state, model=True)  # the checkpoint is its own best epoch
+        return run
+
+    def save(self, name: str, state: TrainState, status: str = "running", model: bool = False
              ) -> None:
-        save_checkpoint(out_dir / name, state, pre, data.class_names, config_yaml,
-                        data.fingerprint, status, split.val_rows,
+        save_checkpoint(self.out_dir / name, state, self.pre, self.class_names,
+                        self.config_yaml, self.fingerprint, status, self.split.val_rows,
                         W=state.best_W if model else None)
 
-    saved = {"last": copy_state(state)}  # the last completed epoch, as last.npz must hold it
-
-    def on_epoch(state: TrainState) -> None:
-        saved["last"] = copy_state(state)
+    def on_epoch(self, state: TrainState) -> None:
+        self.last = copy_state(state)
         if state.best_epoch == state.epoch:
-            save("best.npz", saved["last"], model=True)
-        save("last.npz", saved["last"])
-        write_history(out_dir / "history.jsonl", saved["last"].history)
+            self.save("best.npz", self.last, model=True)
+        self.save("last.npz", self.last)
+        write_history(self.out_dir / "history.jsonl", self.last.history)
 
-    save("last.npz", state)
-    if best_source is not None and not (out_dir / "best.npz").exists():
-        with atomic_write(out_dir / "best.npz") as handle:
-            handle.write(best_bytes)
-    elif resume is not None and best_source is None:
-        (out_dir / "best.npz").unlink(missing_ok=True)  # not this run's best epoch
-        if state.best_epoch == state.epoch > 0:
-            save("best.npz", state, model=True)  # the checkpoint is its own best epoch
-    try:
-        result = fit(config, data.train_images, data.train_labels, split, pre,
-                     len(data.class_names), state=state, on_epoch=on_epoch, progress=progress)
-    except KeyboardInterrupt as exc:
-        last = out_dir / "last.npz"
-        save("last.npz", saved["last"])  # again: the signal may have cut that very write
-        write_history(out_dir / "history.jsonl", saved["last"].history)
-        error = TrainingInterrupted(
-            f"{'terminated' if isinstance(exc, Terminated) else 'interrupted'}: {last} holds "
-            f"the last completed epoch ({saved['last'].epoch}); resume with softmax-train "
-            f"--resume {last}")
-        error.exit_code = 143 if isinstance(exc, Terminated) else 130
-        raise error from None
-    state = result.state
-    test_loss = test_acc = None
-    if len(data.test_labels):
-        test_loss, test_acc = validation_metrics(get_engine(config.engine), state.best_W, pre,
-                                                 data.test_images, data.test_labels,
-                                                 config.loss.clip)
-    if not (out_dir / "best.npz").exists():  # resumed from a lone last.npz, no better epoch
-        save("best.npz", state, model=True, status="best weights only")
-    save("last.npz", state, status="complete")
-    summary = {"epochs": state.epoch, "best_epoch": state.best_epoch,
-               "best_val_acc": state.best_val_acc, "test_loss": test_loss, "test_acc": test_acc,
-               "stopped_early": result.stopped_early}
-    with atomic_write(out_dir / "summary.json", "w") as handle:
-        json.dump(summary, handle, indent=2)
-    return RunResult(state, out_dir, test_loss, test_acc, result.stopped_early)
+    def train(self, data: CifarData, progress: bool) -> FitResult:
+        """fit() on data's training rows, a checkpoint after every epoch; on Ctrl-C or SIGTERM
+        last.npz is written again and TrainingInterrupted raised."""
+        try:
+            return fit(self.config, data.train_images, data.train_labels, self.split, self.pre,
+                       len(self.class_names), state=self.state, on_epoch=self.on_epoch,
+                       progress=progress)
+        except KeyboardInterrupt as exc:
+            last = self.out_dir / "last.npz"
+            self.save("last.npz", self.last)  # again: the signal may have cut that very write
+            write_history(self.out_dir / "history.jsonl", self.last.history)
+            error = TrainingInterrupted(
+                f"{'terminated' if isinstance(exc, Terminated) else 'interrupted'}: {last} "
+                f"holds the last completed epoch ({self.last.epoch}); resume with "
+                f"softmax-train --resume {last}")
+            error.exit_code = 143 if isinstance(exc, Terminated) else 130
+            raise error from None
+
+    def finish(self, fitted: FitResult, data: CifarData) -> RunResult:
+        """Evaluate the best weights on data's test split (in memory), mark last.npz complete
+        and write summary.json."""
+        state = fitted.state
+        test_loss = test_acc = None
+        if data.n_test:
+            test_loss, test_acc = validation_metrics(get_engine(self.config.engine),
+                                                     state.best_W, self.pre, data.test_images,
+                                                     data.test_labels, self.config.loss.clip)
+        out_dir = self.out_dir
+        if not (out_dir / "best.npz").exists():  # resumed from a lone last.npz, no better epoch
+            self.save("best.npz", state, model=True, status="best weights only")
+        self.save("last.npz", state, status="complete")
+        summary = {"epochs": state.epoch, "best_epoch": state.best_epoch,
+                   "best_val_acc": state.best_val_acc, "test_loss": test_loss,
+                   "test_acc": test_acc, "stopped_early": fitted.stopped_early}
+        with atomic_write(out_dir / "summary.json", "w") as handle:
+            json.dump(summary, handle, indent=2)
+        return RunResult(state, out_dir, test_loss, test_acc, fitted.stopped_early)
 
 
 def write_history(path: Path, history: list[dict]) -> None:
@@ -268,13 +305,19 @@ def start_or_resume(
         out_dir = Path(out) if out else Path(resume).parent
     _precheck_folder(out_dir, resume, overwrite)
     want_plots = plots_wanted(config.output.plots if plots is None else plots)
-    data = load_config_data(config.data, progress)
+    # the test split stays on disk during training: it is read after the training rows are
+    # freed, which keeps it (and matplotlib, imported to draw) out of the peak memory
+    data = load_config_data(config.data, progress, keep_test=False)
     if checkpoint is not None:
         check_matches(checkpoint, data, resume)
-    result = train_run(config, data, out_dir, resume=checkpoint, progress=progress,
-                       overwrite=overwrite)
+    with _open_run(config, data, out_dir, checkpoint, overwrite) as run:
+        fitted = run.train(data, progress)
+        if data.n_test:  # the pictures of a run without a test split show its val rows
+            data = data.without_train()
+        data = data.with_test()
+        result = run.finish(fitted, data)
     if want_plots:
-        split = "test" if len(data.test_labels) else "val"
+        split = "test" if data.n_test else "val"
         result.pictures = plot_run(out_dir, split=split, data=data)
     return result
 

@@ -102,7 +102,7 @@ sys.path.insert(0, {tests!r})
 from conftest import separable_data
 from softmax_cls import cli, runs
 data = separable_data(n_train={n_train}, n_test=100, classes=10, seed=0)
-runs.load_config_data = lambda config, progress=True: data
+runs.load_config_data = lambda config, progress=True, **kw: data
 sys.argv = [{command!r}, *{args!r}]
 getattr(cli, {function!r})()
 """

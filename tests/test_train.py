@@ -133,7 +133,7 @@ def test_huge_learning_rate_diverges_cleanly(tmp_path, small_data):
     (["--out", "FILE/sub"], "FILE/sub"),
 ])
 def test_run_errors_are_one_line(tmp_path, small_data, monkeypatch, args, message):
-    monkeypatch.setattr(runs, "load_config_data", lambda config, progress=True: small_data)
+    monkeypatch.setattr(runs, "load_config_data", lambda config, progress=True, **kw: small_data)
     (tmp_path / "FILE").write_text("a file, not a folder")
     (tmp_path / "c.yaml").write_text("data: {val_size: 100}\n")
     monkeypatch.chdir(tmp_path)
@@ -145,7 +145,7 @@ def test_run_errors_are_one_line(tmp_path, small_data, monkeypatch, args, messag
 
 
 def test_divergence_through_the_cli(tmp_path, small_data, monkeypatch):
-    monkeypatch.setattr(runs, "load_config_data", lambda config, progress=True: small_data)
+    monkeypatch.setattr(runs, "load_config_data", lambda config, progress=True, **kw: small_data)
     path = tmp_path / "c.yaml"
     path.write_text(f"optim: {{lr: 1.0e+6}}\nloss: {{reg: 0.5}}\ndata: {{val_size: 100}}\n"
                     f"output: {{dir: {tmp_path / 'run'}}}\n")
@@ -168,7 +168,7 @@ def test_eval_matches_an_independent_computation(tmp_path, monkeypatch):
     data = separable_data(n_train=400, n_test=300, classes=5, seed=3)
     relabel = np.random.default_rng(0).random(300) < 0.3  # some test labels wrong: acc < 1
     data.test_labels[relabel] = np.random.default_rng(1).integers(0, 5, relabel.sum())
-    monkeypatch.setattr(runs, "load_config_data", lambda config, progress=True: data)
+    monkeypatch.setattr(runs, "load_config_data", lambda config, progress=True, **kw: data)
     monkeypatch.setattr("softmax_cls.evaluate.load_data_for", lambda *a, **k: data)
     config = small_config(tmp_path, optim={"epochs": 1, "lr": 0.001})
     train(config, data, tmp_path / "run", progress=False)
@@ -245,7 +245,7 @@ sys.path.insert(0, {tests!r})
 from conftest import separable_data
 from softmax_cls import cli, runs
 data = separable_data(n_train=30000, n_test=100, classes=10, seed=0)
-runs.load_config_data = lambda config, progress=True: data
+runs.load_config_data = lambda config, progress=True, **kw: data
 sys.argv = ["softmax-train", *{args!r}]
 cli.train_command()
 """
