@@ -27,8 +27,8 @@ numba.set_num_threads(k) lowers it at run time. No BLAS is called here, so no BL
 pool competes with numba's; keep OPENBLAS_NUM_THREADS / OMP_NUM_THREADS for the numpy code
 that runs between epochs. Each step has two parallel regions whose threads wait for each
 other, so when another process holds a core an epoch on all threads can take 10-50 times
-as long as on one: THREAD_GOVERNOR times every epoch and moves to one thread while that
-pays (the weights do not depend on the thread count).
+as long as on one: THREAD_GOVERNOR times every kernel call (STEPS_PER_CALL steps) and runs
+on one thread while that is faster (the weights do not depend on the thread count).
 
 Compiled code is cached on disk (cache=True): in the package's __pycache__ when that folder is
 writable, else in NUMBA_CACHE_DIR, which this module sets (before numba is imported) to
@@ -823,29 +823,29 @@ def _check_order(order: np.ndarray, n_rows: int) -> np.ndarray:
 
 @dataclass
 class _Timings:
-    """What the governor knows of one kind of epoch: the best and the latest seconds per
-    thread count, the count for the next epoch, and the epochs since the other count ran."""
+    """What the governor knows of one kind of kernel call, per thread count: the latest
+    seconds per row, how many calls ran, how many calls ago it last ran, and how long the
+    losing count waits before it is measured again."""
 
-    best: dict[int, float] = field(default_factory=dict)
     latest: dict[int, float] = field(default_factory=dict)
-    threads: int | None = None
-    since_probe: int = 0
+    runs: dict[int, int] = field(default_factory=dict)
+    age: dict[int, int] = field(default_factory=dict)
     probe_every: int = 0
 
 
 class ThreadGovernor:
-    """Chooses numba's thread count for each train_epoch call: all of numba's threads (as
-    numba.get_num_threads() says at the call) or one.
+    """Chooses numba's thread count for each kernel call of train_epoch (STEPS_PER_CALL
+    steps): all of numba's threads (as numba.get_num_threads() says) or one.
 
-    Epochs of one kind (same data shape, batch size, augmentation, clipping) are timed. On
-    all threads, an epoch more than SLOWER times as slow as the best one so far means another
-    process took a core, and the next epoch runs on one thread; on one thread, the other
-    count is tried again after `probe_every` epochs (PROBE_EVERY at first, doubled each time
-    the probe loses), and the faster latest time decides. With `enabled` False, or one thread
-    to choose from, every epoch runs on numba's threads as set.
+    Calls of one kind (same features, batch size, augmentation, clipping) are timed per
+    row. The first runs on all threads (it may include compiling), the second on one, the
+    third on all again; after that the count whose latest call was faster runs, and the
+    other is measured again once it is `probe_every` calls old (PROBE_EVERY, doubled each
+    time it loses again), so the choice follows the machine when another process starts or
+    stops using a core, and a losing probe costs only a few steps. With `enabled` False, or
+    one thread to choose from, every call runs on numba's threads as set.
     """
 
-    SLOWER = 1.5
     PROBE_EVERY = 4
 
     def __init__(self, clock: Callable[[], float] = time.perf_counter):
@@ -854,40 +854,36 @@ class ThreadGovernor:
         self.kinds: dict[tuple, _Timings] = {}
 
     def choose(self, kind: tuple, available: int) -> int:
-        timings = self.kinds.setdefault(kind, _Timings(probe_every=self.PROBE_EVERY))
         if not self.enabled or available < 2:
             return available
-        if timings.threads is None or timings.threads > 1:
-            return available
-        if timings.since_probe >= timings.probe_every:
-            return available
-        return 1
-
-    def record(self, kind: tuple, threads: int, seconds: float, available: int) -> None:
         timings = self.kinds.setdefault(kind, _Timings(probe_every=self.PROBE_EVERY))
-        timings.best[threads] = min(seconds, timings.best.get(threads, seconds))
-        timings.latest[threads] = seconds
-        if available < 2:
-            return
-        if threads == 1:
-            timings.threads = 1
-            timings.since_probe += 1
-            return
-        if timings.threads == 1:  # a probe of all threads after epochs on one
-            timings.since_probe = 0
-            alone = timings.latest.get(1)
-            if alone is not None and seconds >= alone:  # lost: stay, and probe less often
-                timings.probe_every *= 2
-                return
-            timings.probe_every = self.PROBE_EVERY
-            timings.threads = threads
-            return
-        contended = seconds > self.SLOWER * timings.best[threads]
-        timings.threads = 1 if contended else threads
-        timings.since_probe = 0
+        runs = timings.runs
+        if runs.get(available, 0) == 0:
+            return available
+        if runs.get(1, 0) == 0:
+            return 1
+        if runs[available] == 1:
+            return available
+        latest = timings.latest
+        winner, loser = (1, available) if latest[1] < latest[available] else (available, 1)
+        return loser if timings.age[loser] >= timings.probe_every else winner
 
-    def run(self, kind: tuple, epoch: Callable[[], tuple]) -> tuple:
-        """epoch() on the chosen number of threads, timed."""
+    def record(self, kind: tuple, threads: int, seconds_per_row: float, available: int) -> None:
+        timings = self.kinds.setdefault(kind, _Timings(probe_every=self.PROBE_EVERY))
+        other = 1 if threads == available else available
+        latest = timings.latest
+        was_probe = (timings.runs.get(available, 0) > 1 and other in latest
+                     and latest[threads] > latest[other])  # it ran as the loser
+        timings.latest[threads] = seconds_per_row
+        timings.runs[threads] = timings.runs.get(threads, 0) + 1
+        timings.age[threads] = 0
+        timings.age[other] = timings.age.get(other, 0) + 1
+        if was_probe:
+            lost = seconds_per_row >= timings.latest[other]
+            timings.probe_every = timings.probe_every * 2 if lost else self.PROBE_EVERY
+
+    def run(self, kind: tuple, rows: int, epoch: Callable[[], tuple]) -> tuple:
+        """epoch() over `rows` rows on the chosen number of threads, timed."""
         available = numba.get_num_threads()
         threads = self.choose(kind, available)
         if threads != available:
@@ -895,7 +891,8 @@ class ThreadGovernor:
         try:
             started = self.clock()
             result = epoch()
-            self.record(kind, threads, self.clock() - started, available)
+            if self.enabled and available > 1:
+                self.record(kind, threads, (self.clock() - started) / max(rows, 1), available)
         finally:
             if threads != available:
                 numba.set_num_threads(available)
@@ -903,12 +900,14 @@ class ThreadGovernor:
 
 
 THREAD_GOVERNOR = ThreadGovernor()
+STEPS_PER_CALL = 16  # SGD steps per kernel call: the governor's unit of measure and choice
 
 
 def train_epoch(rows, labels, order, sample_weight, flip, shift, padding, W, velocity, average,
                 avg_alpha, mean, scale, has_bias, batch_size, lr, momentum, nesterov, grad_clip,
                 reg, reg_bias, clip) -> tuple[float, int]:
-    """One epoch of minibatch SGD in one compiled call; see ENGINE_API.md for every argument.
+    """One epoch of minibatch SGD in compiled calls of STEPS_PER_CALL steps each (each run on
+    the thread count THREAD_GOVERNOR picks); see ENGINE_API.md for every argument.
 
     rows (N, P) uint8 or float32 (np.memmap allowed), labels (N,) int, order (n,) int,
     sample_weight (N,) float32 or (0,), flip (n,) bool or (0,), shift (n, 2) int or (0, 2),
@@ -932,23 +931,33 @@ def train_epoch(rows, labels, order, sample_weight, flip, shift, padding, W, vel
     if n == 0:
         return 0.0, 0
     dtype = W.dtype.type
-    arguments = (
-        _readonly(rows), _check_labels(labels, n_rows, W.shape[0]), order,
-        _sample_weight(sample_weight, n_rows, W.dtype), flip, shift, int(padding), W, velocity,
-        average, avg_alpha, _vector(mean, n_features, W.dtype, "mean"),
-        _vector(scale, n_features, W.dtype, "scale"), bool(has_bias), int(batch_size),
-        dtype(lr), dtype(momentum), bool(nesterov), float(grad_clip), float(reg), bool(reg_bias),
-        dtype(clip))
-    kind = (rows.shape, rows.dtype.str, W.shape, int(batch_size), n, len(flip) > 0,
-            len(shift) > 0, grad_clip > 0)
-    with _quiet_compilation():
-        loss_sum, correct, status, step = THREAD_GOVERNOR.run(
-            kind, lambda: _train_epoch_kernel(*arguments))
-    if status == _BAD_SCORES:
-        raise NonFiniteError(f"non-finite scores in minibatch {step + 1} (inf or NaN in the "
-                             "inputs or the weights)")
-    if status == _BAD_WEIGHTS:
-        raise NonFiniteError("non-finite weights")
+    rows, labels = _readonly(rows), _check_labels(labels, n_rows, W.shape[0])
+    sample_weight = _sample_weight(sample_weight, n_rows, W.dtype)
+    mean = _vector(mean, n_features, W.dtype, "mean")
+    scale = _vector(scale, n_features, W.dtype, "scale")
+    kind = (n_features, rows.dtype.str, W.shape, int(batch_size), len(flip) > 0, len(shift) > 0,
+            grad_clip > 0)
+    rows_per_call = STEPS_PER_CALL * int(batch_size)
+    loss_sum, correct = 0.0, 0
+    for start in range(0, n, rows_per_call):  # the same steps as one call, timed in slices
+        stop = min(n, start + rows_per_call)
+        first_step = start // int(batch_size)
+        arguments = (
+            rows, labels, order[start:stop], sample_weight, flip[start:stop] if len(flip) else flip,
+            shift[start:stop] if len(shift) else shift, int(padding), W, velocity, average,
+            avg_alpha[first_step:first_step + STEPS_PER_CALL], mean, scale, bool(has_bias),
+            int(batch_size), dtype(lr), dtype(momentum), bool(nesterov), float(grad_clip),
+            float(reg), bool(reg_bias), dtype(clip))
+        with _quiet_compilation():
+            part_loss, part_correct, status, step = THREAD_GOVERNOR.run(
+                kind, stop - start, lambda arguments=arguments: _train_epoch_kernel(*arguments))
+        if status == _BAD_SCORES:
+            raise NonFiniteError(f"non-finite scores in minibatch {first_step + step + 1} (inf "
+                                 "or NaN in the inputs or the weights)")
+        if status == _BAD_WEIGHTS:
+            raise NonFiniteError("non-finite weights")
+        loss_sum += part_loss
+        correct += part_correct
     return float(loss_sum), int(correct)
 
 
