@@ -823,13 +823,14 @@ def _check_order(order: np.ndarray, n_rows: int) -> np.ndarray:
 
 @dataclass
 class _Timings:
-    """What the governor knows of one kind of kernel call, per thread count: the latest
-    seconds per row, how many calls ran, how many calls ago it last ran, and how long the
-    losing count waits before it is measured again."""
+    """What the governor knows of one kind of kernel call: per thread count, the latest
+    seconds per row, how many calls ran and how many calls ago it last ran; the count in use
+    (None while both are first measured) and how long the other waits to be measured again."""
 
     latest: dict[int, float] = field(default_factory=dict)
     runs: dict[int, int] = field(default_factory=dict)
     age: dict[int, int] = field(default_factory=dict)
+    current: int | None = None
     probe_every: int = 0
 
 
@@ -839,14 +840,17 @@ class ThreadGovernor:
 
     Calls of one kind (same features, batch size, augmentation, clipping) are timed per
     row. The first runs on all threads (it may include compiling), the second on one, the
-    third on all again; after that the count whose latest call was faster runs, and the
-    other is measured again once it is `probe_every` calls old (PROBE_EVERY, doubled each
-    time it loses again), so the choice follows the machine when another process starts or
-    stops using a core, and a losing probe costs only a few steps. With `enabled` False, or
-    one thread to choose from, every call runs on numba's threads as set.
+    third on all again. Then all threads stay in use until their latest call is SLOWER times
+    as slow as one thread's (another process holds a core: the usual slowdown is 3 to 50
+    times, while a quiet machine's call-to-call noise stays well below SLOWER), and one
+    thread until all threads' latest call beats it. The count not in use is measured again
+    once it is `probe_every` calls old (PROBE_EVERY, doubled each time it loses again), so
+    the choice follows the machine, and a losing probe costs only a few steps. With
+    `enabled` False, or one thread to choose from, every call runs on numba's threads as set.
     """
 
     PROBE_EVERY = 4
+    SLOWER = 1.5
 
     def __init__(self, clock: Callable[[], float] = time.perf_counter):
         self.clock = clock
@@ -857,30 +861,33 @@ class ThreadGovernor:
         if not self.enabled or available < 2:
             return available
         timings = self.kinds.setdefault(kind, _Timings(probe_every=self.PROBE_EVERY))
-        runs = timings.runs
-        if runs.get(available, 0) == 0:
-            return available
-        if runs.get(1, 0) == 0:
-            return 1
-        if runs[available] == 1:
-            return available
-        latest = timings.latest
-        winner, loser = (1, available) if latest[1] < latest[available] else (available, 1)
-        return loser if timings.age[loser] >= timings.probe_every else winner
+        if timings.current is None:  # measuring: all threads, one, all again
+            return 1 if timings.runs.get(available, 0) == 1 and 1 not in timings.runs \
+                else available
+        other = 1 if timings.current == available else available
+        return other if timings.age[other] >= timings.probe_every else timings.current
 
     def record(self, kind: tuple, threads: int, seconds_per_row: float, available: int) -> None:
         timings = self.kinds.setdefault(kind, _Timings(probe_every=self.PROBE_EVERY))
         other = 1 if threads == available else available
-        latest = timings.latest
-        was_probe = (timings.runs.get(available, 0) > 1 and other in latest
-                     and latest[threads] > latest[other])  # it ran as the loser
         timings.latest[threads] = seconds_per_row
         timings.runs[threads] = timings.runs.get(threads, 0) + 1
         timings.age[threads] = 0
         timings.age[other] = timings.age.get(other, 0) + 1
-        if was_probe:
-            lost = seconds_per_row >= timings.latest[other]
-            timings.probe_every = timings.probe_every * 2 if lost else self.PROBE_EVERY
+        if timings.current is None:
+            if timings.runs.get(available, 0) < 2:
+                return
+            timings.current = available
+        if timings.current == available:
+            preferred = 1 if timings.latest[available] > self.SLOWER * timings.latest[1] \
+                else available
+        else:
+            preferred = available if timings.latest[available] < timings.latest[1] else 1
+        if threads != timings.current and preferred == timings.current:  # a probe that lost
+            timings.probe_every *= 2
+        elif preferred != timings.current:
+            timings.probe_every = self.PROBE_EVERY
+        timings.current = preferred
 
     def run(self, kind: tuple, rows: int, epoch: Callable[[], tuple]) -> tuple:
         """epoch() over `rows` rows on the chosen number of threads, timed."""
