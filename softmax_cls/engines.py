@@ -4,8 +4,8 @@ Two engines do exactly the same math (the contract in DESIGN.md, the step in opt
 - numpy (here): the reference and the fallback; each minibatch is gathered into preallocated
   buffers, augmented, converted once to float32 raw features [u, 1], and the preprocessing is
   folded into the weights;
-- numba (softmax_cls.kernels, the optional extra `softmax-cls[fast]`): the whole epoch in one
-  compiled call that reads the uint8 rows directly.
+- numba (softmax_cls.kernels, the optional extra `softmax-cls[fast]`): an epoch in compiled
+  calls of STEPS_PER_CALL steps that read the uint8 rows directly.
 
 Weights inside an engine are (C, D): C classes, D features, the bias column last.
 Every engine offers train_epoch, predict_scores and batch_loss_and_grad with the signatures

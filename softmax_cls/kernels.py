@@ -1,4 +1,4 @@
-"""The numba engine: one compiled call per epoch that reads uint8 (or float32) rows directly.
+"""The numba engine: compiled calls of a few SGD steps that read uint8 (or float32) rows directly.
 
 Layout and math are those of the engine interface (weights W (C, D), D = P + 1 with the bias
 feature last when has_bias; see ENGINE_API.md / DESIGN.md). Per SGD step:
