@@ -2,7 +2,8 @@
 ENGINE_API.md (tests/engine_reference.py): SGD steps in the (C, D) layout with the
 preprocessing folded into the weights and the gradient unfolded, momentum, Nesterov, clipping,
 L2 with and without the bias column, sample weights, averaging, augmentation, and
-batch_loss_and_grad against the reference and finite differences."""
+batch_loss_and_grad against the reference and finite differences. The plain steps are checked
+here for the numba engine too; its other tests are in test_kernels.py."""
 
 from __future__ import annotations
 
@@ -18,11 +19,20 @@ def run(*args, **kwargs):
     return run_engine(engines.train_epoch, *args, **kwargs)
 
 
+def train_epoch_of(engine: str):
+    """The engine's train_epoch; the numba test is skipped without numba."""
+    if engine == "numba":
+        return pytest.importorskip("softmax_cls.kernels").train_epoch
+    return engines.train_epoch
+
+
+@pytest.mark.parametrize("engine", ["numpy", "numba"])
 @pytest.mark.parametrize("n_classes", [10, 100])
 @pytest.mark.parametrize("rows_dtype", [np.float32, np.uint8])
-def test_plain_steps_with_a_short_last_minibatch(n_classes, rows_dtype):
+def test_plain_steps_with_a_short_last_minibatch(engine, n_classes, rows_dtype):
     rows, labels, W, mean, scale, weight = problem(n_classes=n_classes, rows_dtype=rows_dtype)
-    actual, expected = run(rows, labels, W, mean, scale, weight, batch_size=8)  # 8, 8, 7
+    actual, expected = run_engine(train_epoch_of(engine), rows, labels, W, mean, scale, weight,
+                                  batch_size=8)  # 8, 8, 7
     assert_close(actual, expected)
     assert not np.allclose(actual[0], W, atol=1e-3)  # the weights did move
 

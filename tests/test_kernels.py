@@ -1,5 +1,6 @@
 """The numba engine (softmax_cls.kernels) against plain float64 numpy from the math of
-ENGINE_API.md (tests/engine_reference.py): one or a few SGD steps, augmentation, predictions,
+ENGINE_API.md (tests/engine_reference.py; the plain steps are in test_engines.py, for both
+engines): one or a few SGD steps, augmentation, predictions,
 the gradient check, thread-count independence, non-finite detection, the cache location.
 Skipped without numba."""
 
@@ -34,15 +35,6 @@ def run_both(*args, **kwargs):
 
 # ---------------------------------------------------------------------------------------------
 # SGD steps against the reference
-
-
-@pytest.mark.parametrize("n_classes", [10, 100])
-@pytest.mark.parametrize("rows_dtype", [np.float32, np.uint8])
-def test_plain_steps_with_a_short_last_minibatch(n_classes, rows_dtype):
-    rows, labels, W, mean, scale, weight = problem(n_classes=n_classes, rows_dtype=rows_dtype)
-    actual, expected = run_both(rows, labels, W, mean, scale, weight, batch_size=8)  # 8, 8, 7
-    assert_close(actual, expected)
-    assert not np.allclose(actual[0], W, atol=1e-3)  # the weights did move
 
 
 @pytest.mark.parametrize("nesterov", [False, True])
