@@ -54,6 +54,7 @@ from .config import (
 )
 from .errors import ConfigError, DataError, SoftmaxClsError
 from .fsutil import atomic_write
+from .interrupts import Terminated
 from .sweep_spec import (
     SweepSpec,
     grid_points,
@@ -73,7 +74,8 @@ DASK_CONNECT_SECONDS = 10
 
 
 class SweepInterrupted(SoftmaxClsError):
-    """Ctrl-C: the running trials were re-queued; the same command resumes."""
+    """Ctrl-C or SIGTERM: the running trials were re-queued; the same command resumes.
+    Exit code 130 for Ctrl-C, 143 for SIGTERM, as softmax-train."""
 
     exit_code = 130
 
@@ -425,8 +427,12 @@ def _drive(study, spec, folder, executor, capacity, tasks, meta, progress, local
         write_trials_csv(folder, study, spec)
         _shutdown(executor, local, kill=True)
         if isinstance(exc, KeyboardInterrupt):
-            raise SweepInterrupted("interrupted: the running trials were re-queued; run the "
-                                   "same command to resume") from None
+            terminated = isinstance(exc, Terminated)
+            error = SweepInterrupted(f"{'terminated' if terminated else 'interrupted'}: the "
+                                     "running trials were re-queued; run the same command to "
+                                     "resume")
+            error.exit_code = 143 if terminated else 130
+            raise error from None
         if isinstance(exc, cf.process.BrokenProcessPool):
             raise SoftmaxClsError("a worker process died (out of memory?); the running "
                                   "trials were re-queued; run the same command to resume"

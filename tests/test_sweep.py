@@ -8,6 +8,7 @@ import dataclasses
 import itertools
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -356,6 +357,37 @@ def test_kill_9_then_the_same_command_finishes_exactly_n_trials(tmp_path):
     assert set(before) <= set(numbers)
     assert f"best trial {json.loads((folder / 'summary.json').read_text())['best_trial']}" \
         in result.stdout
+
+
+@pytest.mark.parametrize(("signal_number", "code", "word"),
+                         [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
+def test_ctrl_c_or_sigterm_requeues_the_running_trials(tmp_path, signal_number, code, word):
+    n = 5
+    path = write_sweep(tmp_path, trials=n, set={**FAST, "optim.epochs": 15},
+                       sampler="random")
+    folder = tmp_path / "out"
+    command = [*write_runner(tmp_path), str(path), "--out", str(folder), "--quiet"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    deadline = time.monotonic() + 90
+    while not ((folder / "trials.csv").is_file() and "running" in states(folder)):
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.02)
+    process.send_signal(signal_number)
+    stdout, stderr = process.communicate(timeout=60)
+    result = subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+    assert_one_line_error(result, code, f"{word}: the running trials were re-queued",
+                          "run the same command to resume")
+    study = study_of(folder)
+    assert not [t for t in study.trials if t.state.name == "RUNNING"]
+    interrupted = {int(r["number"]) for r in read_trials(folder) if r["state"] == "interrupted"}
+    waiting = {t.user_attrs.get("requeue_of") for t in study.trials if t.state.name == "WAITING"}
+    assert interrupted and interrupted <= waiting
+
+    again = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    study = study_of(folder)
+    assert len([t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]) == n
 
 
 def test_a_sweep_runs_on_a_dask_cluster(tmp_path, served):
