@@ -406,6 +406,26 @@ def test_a_sweep_runs_on_a_dask_cluster(tmp_path, served):
     assert result.counts["complete"] >= 1 and (tmp_path / "out" / "best.npz").is_file()
 
 
+def test_dask_worker_processes_read_the_data_from_the_sweep_folder(tmp_path, served):
+    """Workers in processes of their own, as `dask worker` on another machine: this test's
+    stand-in data loader is not theirs (their own would look for CIFAR-10 in ./data, and
+    real data there has another fingerprint), so a trial completes only from the sweep
+    folder's memory-mapped cache."""
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(host="127.0.0.1", protocol="tcp://", n_workers=2,
+                                  threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster, \
+            distributed.Client(cluster) as client:
+        no_download = {**FAST, "data.download": False}  # never the network, even if broken
+        result = sweep.run_sweep(write_sweep(tmp_path, trials=3, set=no_download),
+                                 dask=cluster.scheduler_address, out=tmp_path / "out",
+                                 progress=False, plots=False)
+        worker_pids = set(client.run(os.getpid).values())
+    assert os.getpid() not in worker_pids and len(worker_pids) == 2
+    assert result.counts["complete"] == 3
+    assert sorted(states(tmp_path / "out")) == ["complete"] * 3
+
+
 def test_a_dask_address_nobody_listens_on_is_one_error(tmp_path, served, monkeypatch):
     pytest.importorskip("distributed")
     monkeypatch.setattr(sweep, "DASK_CONNECT_SECONDS", 1)
