@@ -390,6 +390,39 @@ def test_ctrl_c_or_sigterm_requeues_the_running_trials(tmp_path, signal_number, 
     assert len([t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]) == n
 
 
+def test_two_commands_share_one_study_through_a_storage_url(tmp_path):
+    """--storage with an RDB URL (SQLite here, PostgreSQL in the README: the same optuna
+    code): two commands on one study reach the budget together, each in its own folder."""
+    n = 8
+    path = write_sweep(tmp_path, trials=n, set={**FAST, "optim.epochs": 10},
+                       sampler="random")
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    runner = write_runner(tmp_path)
+
+    def command(folder: str) -> list[str]:
+        return [*runner, str(path), "--out", str(tmp_path / folder), "--storage", url,
+                "--study", "shared", "--quiet"]
+
+    first = subprocess.Popen(command("a"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    deadline = time.monotonic() + 90
+    while not (tmp_path / "a" / "trials.csv").is_file():  # the study exists: start the second
+        assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+        time.sleep(0.02)
+    second = subprocess.run(command("b"), capture_output=True, text=True, timeout=180)
+    stdout, stderr = first.communicate(timeout=180)
+    assert (first.returncode, second.returncode) == (0, 0), (stderr, second.stderr)
+    study = optuna.load_study(study_name="shared", storage=url)
+    finished = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
+    assert n <= len(finished) <= n + 1  # both may ask for the last trial at once
+    assert not [t for t in study.trials if t.state.name in ("RUNNING", "WAITING")]
+    drivers = {json.dumps(t.user_attrs["driver"], sort_keys=True) for t in finished}
+    assert len(drivers) == 2  # both commands ran trials
+    assert not (tmp_path / "a" / "study.journal").exists()  # the study lives in the URL
+    for folder in ("a", "b"):
+        assert (tmp_path / folder / "best.yaml").is_file()
+
+
 def test_a_sweep_runs_on_a_dask_cluster(tmp_path, served):
     distributed = pytest.importorskip("distributed")
     with distributed.LocalCluster(host="127.0.0.1", protocol="tcp://", n_workers=2,
