@@ -32,6 +32,7 @@ import concurrent.futures as cf
 import contextlib
 import csv
 import dataclasses
+import datetime
 import io
 import json
 import math
@@ -70,6 +71,7 @@ DASK_HINT = "softmax-sweep --dask needs dask.distributed: pip install 'softmax-c
 TRIAL_COLUMNS = ("number", "state")
 RESULT_COLUMNS = ("best_val_acc", "best_epoch", "epochs", "seconds")
 POLL_SECONDS = 2.0
+OWNERLESS_GRACE_SECONDS = 60.0  # a running trial with no driver recorded yet is not stale
 DASK_CONNECT_SECONDS = 10
 
 
@@ -161,11 +163,16 @@ def this_driver() -> dict:
     return {"host": socket.gethostname(), "pid": pid, "start": _process_start(pid)}
 
 
-def _is_stale(owner: dict | None) -> bool:
+def _is_stale(owner: dict | None, started: datetime.datetime | None) -> bool:
     """A running trial whose driver process on this host is gone. Trials of drivers on
-    other hosts are never taken as stale: the journal storage has no heartbeat."""
+    other hosts are never taken as stale: the journal storage has no heartbeat.
+
+    A trial without an owner was asked and then killed before its owner was recorded, or
+    is being asked right now by another command (asking and recording are two writes):
+    stale only once it started OWNERLESS_GRACE_SECONDS ago."""
     if not isinstance(owner, dict):
-        return True  # asked, then killed before its owner was recorded
+        return started is None or (
+            (datetime.datetime.now() - started).total_seconds() > OWNERLESS_GRACE_SECONDS)
     if owner.get("host") != socket.gethostname():
         return False
     pid = owner.get("pid")
@@ -195,7 +202,7 @@ def requeue_stale(study, only_numbers: set[int] | None = None) -> list[int]:
         if only_numbers is not None:
             if trial.number not in only_numbers:
                 continue
-        elif not _is_stale(trial.user_attrs.get("driver")):
+        elif not _is_stale(trial.user_attrs.get("driver"), trial.datetime_start):
             continue
         handle = optuna.trial.Trial(study, trial._trial_id)
         handle.set_user_attr("interrupted", True)
@@ -478,6 +485,8 @@ def _tell(study, trial, task: TrialTask, future: cf.Future, folder: Path, meta: 
         raise
     except Exception as exc:  # a bug or a lost Dask worker: this trial failed, the sweep goes on
         outcome = TrialOutcome(trial.number, "failed", error=f"{type(exc).__name__}: {exc}")
+    if trial.storage.get_trial(trial._trial_id).state.is_finished():
+        return  # another command took it for interrupted and re-queued it: its copy counts
     for key, value in (("best_epoch", outcome.best_epoch), ("epochs", outcome.epochs),
                        ("worker_pid", outcome.worker_pid),
                        ("threads", outcome.env.get("OPENBLAS_NUM_THREADS")),

@@ -403,24 +403,63 @@ def test_two_commands_share_one_study_through_a_storage_url(tmp_path):
         return [*runner, str(path), "--out", str(tmp_path / folder), "--storage", url,
                 "--study", "shared", "--quiet"]
 
-    first = subprocess.Popen(command("a"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True)
-    deadline = time.monotonic() + 90
-    while not (tmp_path / "a" / "trials.csv").is_file():  # the study exists: start the second
-        assert first.poll() is None and time.monotonic() < deadline, first.communicate()
-        time.sleep(0.02)
-    second = subprocess.run(command("b"), capture_output=True, text=True, timeout=180)
-    stdout, stderr = first.communicate(timeout=180)
-    assert (first.returncode, second.returncode) == (0, 0), (stderr, second.stderr)
+    # the first command creates the study (one trial), as the README asks before many start
+    created = subprocess.run([*command("a"), "--trials", "1"], capture_output=True, text=True,
+                             timeout=120)
+    assert created.returncode == 0, created.stderr
+    both = [subprocess.Popen(command(folder), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True) for folder in ("a", "b")]
+    results = [process.communicate(timeout=180) for process in both]
+    assert [process.returncode for process in both] == [0, 0], results
     study = optuna.load_study(study_name="shared", storage=url)
     finished = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
     assert n <= len(finished) <= n + 1  # both may ask for the last trial at once
     assert not [t for t in study.trials if t.state.name in ("RUNNING", "WAITING")]
-    drivers = {json.dumps(t.user_attrs["driver"], sort_keys=True) for t in finished}
+    drivers = {json.dumps(t.user_attrs["driver"], sort_keys=True) for t in finished
+               if t.number > 0}
     assert len(drivers) == 2  # both commands ran trials
     assert not (tmp_path / "a" / "study.journal").exists()  # the study lives in the URL
     for folder in ("a", "b"):
         assert (tmp_path / folder / "best.yaml").is_file()
+
+
+def test_only_trials_of_gone_drivers_are_taken_for_interrupted(tmp_path, monkeypatch):
+    """Another command's trial is left alone while its driver lives, and while it is being
+    asked (created, its driver not yet recorded); a dead driver's trial is re-queued."""
+    study = optuna.create_study(storage=sweep.open_storage_for(tmp_path), study_name="s")
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True, check=True)
+    drivers = {"alive": sweep.this_driver(),
+               "dead": {**sweep.this_driver(), "pid": int(finished.stdout)},
+               "other host": {**sweep.this_driver(), "host": "elsewhere", "pid": 1}}
+    trials = {}
+    for name, driver in [*drivers.items(), ("being asked", None)]:
+        trials[name] = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+        if driver is not None:
+            trials[name].set_user_attr("driver", driver)
+    assert sweep.requeue_stale(study) == [trials["dead"].number]
+    monkeypatch.setattr(sweep, "OWNERLESS_GRACE_SECONDS", 0.0)  # asked, then killed
+    assert sweep.requeue_stale(study) == [trials["being asked"].number]
+    states = {t.number: t.state.name for t in study.trials}
+    assert [states[trials[name].number] for name in trials] == [
+        "RUNNING", "FAIL", "RUNNING", "FAIL"]
+    copies = [t.user_attrs["requeue_of"] for t in study.trials if t.state.name == "WAITING"]
+    assert copies == [trials["dead"].number, trials["being asked"].number]
+
+
+def test_a_trial_another_command_took_for_interrupted_is_not_told_again(tmp_path):
+    """Its re-queued copy counts; the outcome is dropped, and no best.npz is written."""
+    study = optuna.create_study(storage=sweep.open_storage_for(tmp_path), study_name="s",
+                                direction="maximize")
+    trial = study.ask()
+    study.tell(trial.number, state=optuna.trial.TrialState.FAIL)  # by the other command
+    future = cf.Future()
+    future.set_result(sweep.TrialOutcome(trial.number, "complete", best_val_acc=0.9,
+                                         best_epoch=1, epochs=1))
+    sweep._tell(study, trial, None, future, tmp_path, {})
+    (frozen,) = study.trials
+    assert frozen.state.name == "FAIL" and frozen.user_attrs == {}
+    assert not (tmp_path / "best.npz").exists()
 
 
 def test_a_sweep_runs_on_a_dask_cluster(tmp_path, served):
