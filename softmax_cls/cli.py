@@ -20,7 +20,7 @@ class Command(click.Command):
     """A click command whose every user error is one line on stderr, never a traceback."""
 
     def main(self, args=None, prog_name=None, **extra):
-        from .interrupts import Terminated, sigterm_as_interrupt
+        from .interrupts import sigterm_as_interrupt, stop_word_and_code
 
         extra.pop("standalone_mode", None)
         try:
@@ -29,9 +29,7 @@ class Command(click.Command):
         except click.ClickException as exc:
             _fail(exc.format_message(), exc.exit_code)
         except click.Abort as exc:
-            if isinstance(exc.__cause__, Terminated):
-                _fail("terminated", 143)
-            _fail("interrupted", 130)
+            _fail(*stop_word_and_code(exc.__cause__))
         except SoftmaxClsError as exc:
             _fail(str(exc), exc.exit_code)
         except OSError as exc:  # a folder that cannot be created, a disk that is full, ...

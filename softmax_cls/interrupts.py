@@ -17,6 +17,12 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM arrived."""
 
 
+def stop_word_and_code(exc: BaseException) -> tuple[str, int]:
+    """("terminated", 143) for a SIGTERM's Terminated, else ("interrupted", 130) for Ctrl-C:
+    the word of the one error line and the exit code (128 + the signal's number)."""
+    return ("terminated", 143) if isinstance(exc, Terminated) else ("interrupted", 130)
+
+
 def _raise_terminated(signum, frame) -> None:
     # A second SIGTERM while the first is being handled (saving) kills at once.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)

@@ -30,7 +30,7 @@ from .data import CifarData, load_config_data
 from .engines import get_engine
 from .errors import ConfigError, SoftmaxClsError
 from .fsutil import FolderBusy, atomic_write, folder_lock, fsync_dir
-from .interrupts import Terminated
+from .interrupts import stop_word_and_code
 from .plots import plot_run, plots_wanted
 from .preprocess import Preprocessor, Split, split_and_fit
 from .train import FitResult, TrainState, fit, initial_state, validation_metrics
@@ -230,11 +230,11 @@ class _Run:
             last = self.out_dir / "last.npz"
             self.save("last.npz", self.last)  # again: the signal may have cut that very write
             write_history(self.out_dir / "history.jsonl", self.last.history)
+            word, code = stop_word_and_code(exc)
             error = TrainingInterrupted(
-                f"{'terminated' if isinstance(exc, Terminated) else 'interrupted'}: {last} "
-                f"holds the last completed epoch ({self.last.epoch}); resume with "
-                f"softmax-train --resume {last}")
-            error.exit_code = 143 if isinstance(exc, Terminated) else 130
+                f"{word}: {last} holds the last completed epoch ({self.last.epoch}); resume "
+                f"with softmax-train --resume {last}")
+            error.exit_code = code
             raise error from None
 
     def finish(self, fitted: FitResult, data: CifarData) -> RunResult:

@@ -55,7 +55,7 @@ from .config import (
 )
 from .errors import ConfigError, DataError, SoftmaxClsError
 from .fsutil import atomic_write
-from .interrupts import Terminated
+from .interrupts import stop_word_and_code
 from .sweep_spec import (
     SweepSpec,
     grid_points,
@@ -434,11 +434,10 @@ def _drive(study, spec, folder, executor, capacity, tasks, meta, progress, local
         write_trials_csv(folder, study, spec)
         _shutdown(executor, local, kill=True)
         if isinstance(exc, KeyboardInterrupt):
-            terminated = isinstance(exc, Terminated)
-            error = SweepInterrupted(f"{'terminated' if terminated else 'interrupted'}: the "
-                                     "running trials were re-queued; run the same command to "
-                                     "resume")
-            error.exit_code = 143 if terminated else 130
+            word, code = stop_word_and_code(exc)
+            error = SweepInterrupted(f"{word}: the running trials were re-queued; run the same "
+                                     "command to resume")
+            error.exit_code = code
             raise error from None
         if isinstance(exc, cf.process.BrokenProcessPool):
             raise SoftmaxClsError("a worker process died (out of memory?); the running "
