@@ -75,14 +75,14 @@ from pathlib import Path
 
 import numpy as np
 
-from softmax_cls.augment import PADDING_CODES, draw_augmentation
-from softmax_cls.checkpoint import load_checkpoint
 from softmax_cls.config import load_config
-from softmax_cls.data import CifarData, load_dataset
-from softmax_cls.engines import get_engine
+from softmax_cls.data.cifar import CifarData, load_dataset
+from softmax_cls.engines.numpy_engine import get_engine
 from softmax_cls.errors import SoftmaxClsError
-from softmax_cls.optim import averaging_alphas
-from softmax_cls.preprocess import fit_preprocessor, split_train_val
+from softmax_cls.math.augment import PADDING_CODES, draw_augmentation
+from softmax_cls.math.optim import averaging_alphas
+from softmax_cls.math.preprocess import fit_preprocessor, split_train_val
+from softmax_cls.training.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_ARCHIVE = REPO.parent / "shared" / "data" / "cifar-10-binary.tar.gz"
@@ -237,7 +237,7 @@ class EngineEpoch:
                  train_rows: np.ndarray, pre, n_classes: int, config, augment: dict | None):
         self.engine = get_engine(engine_name)
         if engine_name == "numba":  # measure the pinned thread count, never the governor's pick
-            from softmax_cls.kernels import THREAD_GOVERNOR
+            from softmax_cls.engines.numba_engine.kernels import THREAD_GOVERNOR
 
             THREAD_GOVERNOR.enabled = False
         self.name = f"{engine_name}_{'augmented' if augment else 'plain'}"
@@ -453,7 +453,7 @@ def summarise_runs(runs: list[dict]) -> dict:
 
 def bench_default_run(args: argparse.Namespace, scratch: Path) -> dict:
     """The default config, extracted data -> checkpoint and archive -> checkpoint, interleaved."""
-    from softmax_cls.kernels import kernels_are_compiled
+    from softmax_cls.engines.numba_engine.kernels import kernels_are_compiled
 
     extra = ["--set", "optim.epochs=2"] if args.quick else []
     base = [*console_script("softmax-train"), "--config", str(args.config), "--quiet",

@@ -63,7 +63,7 @@ def linear_features(n_train: int = 200_000, n_test: int = 50_000, dim: int = 512
 
 
 def cifar10(root: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    from softmax_cls.data import load_dataset
+    from softmax_cls.data.cifar import load_dataset
 
     data = load_dataset(root=root, download=False, progress=False)
     return data.train_images, data.train_labels, data.test_images, data.test_labels

@@ -118,7 +118,7 @@ def measure(workers: int, args, scratch: Path, cores: int | None = None) -> dict
 
     import optuna
 
-    from softmax_cls.sweep import open_storage_for
+    from softmax_cls.sweep.driver import open_storage_for
 
     study = optuna.load_study(study_name="bench", storage=open_storage_for(folder))
     done = [t for t in study.trials if t.state.name == "COMPLETE"]

@@ -69,7 +69,7 @@ config_option = click.option("--config", "config_path", type=click.Path(dir_okay
 @click.version_option(__version__)
 def download_command(dataset, root, fmt, url, archive, force, quiet):
     """Download, verify and extract CIFAR-10 or CIFAR-100."""
-    from .data import prepare_dataset
+    from .data.cifar import prepare_dataset
 
     folder = prepare_dataset(dataset, root, fmt, url=url, archive=archive, force=force,
                              progress=not quiet)
@@ -97,7 +97,7 @@ def train_command(config_path, overrides, out, resume, overwrite, plots, quiet):
     and (with the plot extra) plots/, and prints the test accuracy of the best weights on
     validation.
     """
-    from .runs import start_or_resume
+    from .training.runs import start_or_resume
 
     result = start_or_resume(config_path, overrides, out, resume, progress=not quiet,
                              overwrite=overwrite, plots=plots)
@@ -124,8 +124,8 @@ def train_command(config_path, overrides, out, resume, overwrite, plots, quiet):
 @click.version_option(__version__)
 def eval_command(checkpoint, split, as_json, root, download, quiet):
     """Accuracy, per-class precision / recall / F1 and the confusion matrix of a checkpoint."""
-    from .evaluate import evaluate_checkpoint
-    from .metrics import format_report
+    from .math.metrics import format_report
+    from .training.evaluate import evaluate_checkpoint
 
     report = evaluate_checkpoint(checkpoint, split, root, progress=not quiet,
                                  download=download)
@@ -161,8 +161,8 @@ def gradcheck_command(config_path, overrides, samples, classes, checks, step, to
     --classes). With --config: a sample of the real preprocessed training data. Exits 0 when
     every maximum relative error is at most --tol and the loop reference agrees, 1 otherwise.
     """
-    from . import gradcheck
     from .config import load_config
+    from .training import gradcheck
 
     if config_path is None and overrides:
         raise ConfigError("--set needs --config")
@@ -200,7 +200,7 @@ def plot_command(path, out, split, root, quiet):
     and trials.png (each trial and the best so far). Prints the paths written. Needs
     matplotlib: pip install 'softmax-cls[plot]'.
     """
-    from .plots import plot_path
+    from .plots.pictures import plot_path
 
     for written in plot_path(path, out, split, root, progress=not quiet):
         click.echo(str(written))
@@ -236,7 +236,7 @@ def sweep_command(sweep_file, trials, workers, out, dask_address, storage, study
     best.yaml reproduces the best trial), best.npz and summary.json (with the test accuracy of
     the best trial, evaluated once at the end). Needs pip install 'softmax-cls[sweep]'.
     """
-    from .sweep import run_sweep
+    from .sweep.driver import run_sweep
 
     result = run_sweep(sweep_file, trials=trials, workers=workers, out=out, dask=dask_address,
                        storage=storage, study_name=study_name, progress=not quiet, plots=plots)

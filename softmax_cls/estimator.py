@@ -1,7 +1,7 @@
 """SoftmaxClassifier: this tool's softmax regression behind scikit-learn's estimator interface.
 
 A multinomial (softmax) linear classifier trained by minibatch SGD through the very fit() and
-SGD step the CLI uses (softmax_cls.train.fit): the same loss, the same engines, the same
+SGD step the CLI uses (softmax_cls.training.fit.fit): the same loss, the same engines, the same
 preprocessing folded into the weights. Needs the optional extra:
 pip install 'softmax-cls[sklearn]'.
 """
@@ -24,10 +24,10 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 
 from .config import Config, config_from_dict
 from .errors import ConfigError
-from .optim import learning_rate
-from .preprocess import MIN_STD, Preprocessor, Split, pixel_mean_std, split_train_val
-from .softmax import PREDICT_CHUNK
-from .train import TrainingDiverged, TrainState, fit, initial_state
+from .math.optim import learning_rate
+from .math.preprocess import MIN_STD, Preprocessor, Split, pixel_mean_std, split_train_val
+from .math.softmax import PREDICT_CHUNK
+from .training.fit import TrainingDiverged, TrainState, fit, initial_state
 
 # config key -> estimator parameter, so that a config error names the parameter
 _PARAMETER_OF_KEY = {
@@ -43,7 +43,7 @@ class SoftmaxClassifier(ClassifierMixin, BaseEstimator):
 
     Always multinomial, for any number of classes from 2 and any labels (ints, strings).
     Training computes in float32 (float64 and integer X are converted); fitted coefficients
-    and every prediction are float64. Each fit goes through softmax_cls.train.fit with a
+    and every prediction are float64. Each fit goes through softmax_cls.training.fit.fit with a
     Config built from these parameters, so the CLI, the sweep and this estimator share one
     loss and one SGD step.
 

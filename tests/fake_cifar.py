@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from softmax_cls.datasets import IMAGE_BYTES, DatasetSpec, get_spec
+from softmax_cls.data.datasets import IMAGE_BYTES, DatasetSpec, get_spec
 
 try:
     from numpy._core.multiarray import _reconstruct

@@ -3,7 +3,7 @@
 `sweep_data()` is the conftest's separable images with 30% of the labels redrawn, so the val
 accuracy depends on the hyper-parameters (a tiny learning rate stays near chance) and the
 pruner has something to prune. `write_runner(folder)` writes a script that serves this data
-to softmax_cls.data.load_config_data and runs the softmax-sweep command's main: the console
+to softmax_cls.data.cifar.load_config_data and runs the softmax-sweep command's main: the console
 script's own code, on data that needs no download.
 """
 
@@ -32,10 +32,10 @@ def sweep_data(n_train: int = 400, flip: float = 0.3, seed: int = 0):
 RUNNER = """\
 import sys
 sys.path.insert(0, {tests!r})
-import softmax_cls.data
+import softmax_cls.data.cifar
 from sweep_util import sweep_data
 
-softmax_cls.data.load_config_data = lambda section, progress=True, **kw: sweep_data({n_train})
+softmax_cls.data.cifar.load_config_data = lambda section, progress=True, **kw: sweep_data({n_train})
 
 if __name__ == "__main__":
     from softmax_cls.cli import sweep_command

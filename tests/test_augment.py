@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from softmax_cls.augment import PADDING_CODES, apply_augmentation, draw_augmentation
+from softmax_cls.math.augment import PADDING_CODES, apply_augmentation, draw_augmentation
 
 PAD_MODES = {"zero": "constant", "edge": "edge", "reflect": "reflect"}
 

@@ -21,17 +21,17 @@ from conftest import REAL_ARCHIVE
 from fake_cifar import make_fake, python2_pickle, tar_gz
 from http_server import clear_proxy_env, loopback_servers
 
-from softmax_cls import data as data_module
-from softmax_cls.data import load_dataset, prepare_dataset
-from softmax_cls.datasets import (
+from softmax_cls.data import cifar as data_module
+from softmax_cls.data.cifar import load_dataset, prepare_dataset
+from softmax_cls.data.datasets import (
     CIFAR10_CLASSES,
     CIFAR100_COARSE_CLASSES,
     CIFAR100_FINE_CLASSES,
     SPECS,
     get_spec,
 )
+from softmax_cls.data.untrusted import restricted_unpickle, safe_extract
 from softmax_cls.errors import ConfigError, DataError, DownloadError
-from softmax_cls.untrusted import restricted_unpickle, safe_extract
 
 # The published per-file checksums (shared/data/README.md), kept apart from SPECS on purpose.
 REAL_MD5 = {
@@ -52,7 +52,7 @@ def offline(monkeypatch):
     """No proxies for loopback traffic, no mirror from the environment, no backoff sleeps."""
     clear_proxy_env(monkeypatch)
     monkeypatch.delenv("SOFTMAX_CLS_MIRROR", raising=False)
-    monkeypatch.setattr("softmax_cls.download.time.sleep", lambda seconds: None)
+    monkeypatch.setattr("softmax_cls.data.download.time.sleep", lambda seconds: None)
 
 
 @pytest.fixture

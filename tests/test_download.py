@@ -9,7 +9,7 @@ import socket
 import pytest
 from http_server import clear_proxy_env, loopback_servers
 
-from softmax_cls.download import download_file
+from softmax_cls.data.download import download_file
 from softmax_cls.errors import DownloadError
 
 DATA = random.Random(1234).randbytes(1_500_000)
@@ -32,7 +32,7 @@ def serve():
 def sleeps(monkeypatch):
     """Record the backoff delays instead of sleeping them."""
     delays: list[float] = []
-    monkeypatch.setattr("softmax_cls.download.time.sleep", delays.append)
+    monkeypatch.setattr("softmax_cls.data.download.time.sleep", delays.append)
     return delays
 
 

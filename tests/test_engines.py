@@ -1,4 +1,4 @@
-"""The numpy engine (softmax_cls.engines) against plain float64 numpy from the math of
+"""The numpy engine (softmax_cls.engines.numpy_engine) against plain float64 numpy from the math of
 ENGINE_API.md (tests/engine_reference.py): SGD steps in the (C, D) layout with the
 preprocessing folded into the weights and the gradient unfolded, momentum, Nesterov, clipping,
 L2 with and without the bias column, sample weights, averaging, augmentation, and
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from engine_reference import assert_close, problem, reference_loss_and_grad, run_engine
 
-from softmax_cls import engines
+from softmax_cls.engines import numpy_engine as engines
 
 
 def run(*args, **kwargs):
@@ -22,7 +22,7 @@ def run(*args, **kwargs):
 def train_epoch_of(engine: str):
     """The engine's train_epoch; the numba test is skipped without numba."""
     if engine == "numba":
-        return pytest.importorskip("softmax_cls.kernels").train_epoch
+        return pytest.importorskip("softmax_cls.engines.numba_engine.kernels").train_epoch
     return engines.train_epoch
 
 

@@ -66,7 +66,7 @@ def test_one_full_batch_step_matches_float64_reference(engine):
     model = SoftmaxClassifier(lr=0.5, reg=0.01, epochs=1, batch_size=len(X), momentum=0.0,
                               nesterov=False, schedule="constant", random_state=3,
                               engine=engine).fit(X, y)
-    from softmax_cls.train import initial_state
+    from softmax_cls.training.fit import initial_state
 
     init_W = initial_state(model._config(3, 1, 0.5, "constant", None), 6, 3).W
     expected = reference_one_step(X, y, 3, 0.5, 0.01, init_W.astype(np.float64))
@@ -179,10 +179,10 @@ def test_early_stopping_keeps_the_best_validation_epoch():
 
 def test_estimator_trains_exactly_as_the_cli_path(tmp_path):
     """The same seed, data and hyper-parameters as a features run of softmax-train."""
-    from softmax_cls.checkpoint import load_checkpoint
     from softmax_cls.config import config_from_dict
-    from softmax_cls.features import load_features
-    from softmax_cls.runs import train_run
+    from softmax_cls.data.features import load_features
+    from softmax_cls.training.checkpoint import load_checkpoint
+    from softmax_cls.training.runs import train_run
 
     X, y = blobs(n=500, d=8, classes=4, seed=5)
     X = X.astype(np.float32)

@@ -15,11 +15,11 @@ import pytest
 import yaml
 from cli_util import assert_one_line_error, run, script
 
-from softmax_cls.checkpoint import load_checkpoint
 from softmax_cls.config import config_from_dict
-from softmax_cls.features import labels_path, load_features
-from softmax_cls.preprocess import split_and_fit
-from softmax_cls.train import fit
+from softmax_cls.data.features import labels_path, load_features
+from softmax_cls.math.preprocess import split_and_fit
+from softmax_cls.training.checkpoint import load_checkpoint
+from softmax_cls.training.fit import fit
 
 
 def linear_data(n=600, d=16, classes=3, seed=0):

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from conftest import separable_data, small_config
 
-from softmax_cls.preprocess import split_and_fit
-from softmax_cls.train import fit
+from softmax_cls.math.preprocess import split_and_fit
+from softmax_cls.training.fit import fit
 
 ENGINES = ["numpy", "numba"]
 
@@ -222,7 +222,7 @@ def test_mirror_symmetric_weights_equal_flip_test_time_augmentation(tmp_path):
 
 @pytest.mark.parametrize("engine", ENGINES)
 def test_weights_and_average_resume_exactly_through_a_checkpoint(tmp_path, engine):
-    from softmax_cls.checkpoint import load_checkpoint, save_checkpoint
+    from softmax_cls.training.checkpoint import load_checkpoint, save_checkpoint
 
     data = separable_data(n_train=240, classes=3, seed=8)
     config = small_config(tmp_path, engine=engine_or_skip(engine),
@@ -248,7 +248,7 @@ def test_weights_and_average_resume_exactly_through_a_checkpoint(tmp_path, engin
 
 
 def test_the_first_numba_run_says_it_compiles_once(tmp_path, monkeypatch, capsys):
-    kernels = pytest.importorskip("softmax_cls.kernels")
+    kernels = pytest.importorskip("softmax_cls.engines.numba_engine.kernels")
     data = separable_data(n_train=100, classes=2, seed=9)
     config = small_config(tmp_path, engine="numba", optim={"epochs": 1}, data={"val_size": 20})
     split, pre = split_and_fit(config, data.train_images, data.train_labels)

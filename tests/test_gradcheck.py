@@ -9,7 +9,8 @@ import numpy as np
 from cli_util import run
 from conftest import random_problem
 
-from softmax_cls import gradcheck, softmax
+from softmax_cls.math import softmax
+from softmax_cls.training import gradcheck
 
 
 def test_command_passes_and_prints_the_table():
@@ -23,7 +24,7 @@ def test_command_passes_and_prints_the_table():
 
 WRONG_GRADIENT = """
 import sys
-import softmax_cls.softmax as s
+import softmax_cls.math.softmax as s
 original = s.loss_and_grad
 def wrong(*args, **kwargs):
     loss, grad = original(*args, **kwargs)
@@ -46,7 +47,7 @@ def test_a_row_with_its_sign_flipped_makes_the_command_exit_1():
 
 WRONG_TRAINER_BIAS = """
 import dataclasses, sys
-import softmax_cls.engines as engines
+import softmax_cls.engines.numpy_engine as engines
 original = engines.NUMPY.batch_loss_and_grad
 def wrong(*args, **kwargs):
     loss, dW, correct = original(*args, **kwargs)

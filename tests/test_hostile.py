@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 from cli_util import assert_one_line_error, script
 
-from softmax_cls.checkpoint import load_checkpoint
+from softmax_cls.training.checkpoint import load_checkpoint
 
 TESTS = Path(__file__).resolve().parent
 MAX_LINE = 300
@@ -100,7 +100,8 @@ LAUNCHER = """
 import sys
 sys.path.insert(0, {tests!r})
 from conftest import separable_data
-from softmax_cls import cli, runs
+from softmax_cls import cli
+from softmax_cls.training import runs
 data = separable_data(n_train={n_train}, n_test=100, classes=10, seed=0)
 runs.load_config_data = lambda config, progress=True, **kw: data
 sys.argv = [{command!r}, *{args!r}]
@@ -303,7 +304,7 @@ def test_two_processes_preparing_one_data_root_both_verify(tmp_path):
 import os, pathlib, sys, time
 sys.path.insert(0, {str(TESTS)!r})
 from fake_cifar import make_fake
-from softmax_cls import data as d
+from softmax_cls.data import cifar as d
 spec = make_fake().spec
 started = pathlib.Path({str(started)!r})
 (started / str(os.getpid())).touch()
@@ -543,7 +544,7 @@ def test_gzip_header_of_a_normal_archive_still_extracts(tmp_path):
     """The bounded reader reads what every real archive has: a plain tar, and gzip."""
     from fake_cifar import make_fake
 
-    from softmax_cls.data import load_dataset
+    from softmax_cls.data.cifar import load_dataset
 
     fake = make_fake()
     plain = tmp_path / "plain.tar"

@@ -1,5 +1,6 @@
-"""The numba engine (softmax_cls.kernels) against plain float64 numpy from the math of
-ENGINE_API.md (tests/engine_reference.py; the plain steps are in test_engines.py, for both
+"""The numba engine (softmax_cls.engines.numba_engine.kernels) against plain float64 numpy
+from the math of ENGINE_API.md (tests/engine_reference.py; the plain steps are in
+test_engines.py, for both
 engines): one or a few SGD steps, augmentation, predictions,
 the gradient check, thread-count independence, non-finite detection, the cache location.
 Skipped without numba."""
@@ -14,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-kernels = pytest.importorskip("softmax_cls.kernels")  # ImportError without numba: skip
+# ImportError without numba: skip
+kernels = pytest.importorskip("softmax_cls.engines.numba_engine.kernels")
 numba = pytest.importorskip("numba")
 
 from engine_reference import (  # noqa: E402
@@ -25,7 +27,7 @@ from engine_reference import (  # noqa: E402
     run_engine,
 )
 
-from softmax_cls.softmax import NonFiniteError  # noqa: E402
+from softmax_cls.math.softmax import NonFiniteError  # noqa: E402
 
 
 def run_both(*args, **kwargs):
@@ -281,9 +283,11 @@ def test_an_epoch_in_calls_of_a_few_steps_equals_one_call(monkeypatch):
                                   np.linspace(0, 1, 8), mean, scale, True, 8, 0.01, 0.9, True,
                                   0.0, 1e-3, False, 50.0)
         results.append((*state, out))
-    for other in results[1:]:
-        for a, b in zip(results[0], other, strict=True):
+    for other in results[1:]:  # the weights bit for bit; the loss sum adds the calls' sums
+        for a, b in zip(results[0][:3], other[:3], strict=True):
             np.testing.assert_array_equal(a, b)
+        assert other[3][1] == results[0][3][1]
+        assert other[3][0] == pytest.approx(results[0][3][0], rel=1e-12)
 
 
 def test_a_non_finite_minibatch_is_numbered_across_calls(monkeypatch):
@@ -398,7 +402,8 @@ def test_user_cache_folder_is_kept(monkeypatch, tmp_path):
 
 def test_import_without_numba_is_an_import_error():
     code = ("import sys; sys.modules['numba'] = None\n"
-            "try:\n    import softmax_cls.kernels\nexcept ImportError:\n    print('ImportError')")
+            "try:\n    import softmax_cls.engines.numba_engine.kernels\n"
+            "except ImportError:\n    print('ImportError')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=Path(__file__).resolve().parents[1], check=True)
     assert out.stdout.strip() == "ImportError"

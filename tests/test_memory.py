@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from softmax_cls import data as data_module
-from softmax_cls import runs
-from softmax_cls.datasets import CIFAR10_BINARY, CIFAR10_CLASSES, IMAGE_BYTES
+from softmax_cls.data import cifar as data_module
+from softmax_cls.data.datasets import CIFAR10_BINARY, CIFAR10_CLASSES, IMAGE_BYTES
+from softmax_cls.training import runs
 
 TESTS = Path(__file__).resolve().parent
 RECORD = 1 + IMAGE_BYTES  # a CIFAR-10 binary record: the label byte, then the pixels
@@ -108,7 +108,8 @@ MATPLOTLIB_PROBE = """
 import json, sys
 sys.path.insert(0, {tests!r})
 from conftest import separable_data
-from softmax_cls import cli, runs
+from softmax_cls import cli
+from softmax_cls.training import runs
 data = separable_data(n_train=300, n_test=60, classes=3, seed=0)
 runs.load_config_data = lambda config, progress=True, **kw: data
 seen = {{}}

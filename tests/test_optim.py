@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from softmax_cls.config import AveragingConfig, load_config
-from softmax_cls.optim import averaging_alphas, learning_rate, sgd_step
+from softmax_cls.math.optim import averaging_alphas, learning_rate, sgd_step
 
 
 def steps_by_hand(w, grads, lr, momentum, nesterov, grad_clip):

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 from conftest import separable_data, small_config
 
-from softmax_cls import plots
 from softmax_cls.errors import DataError, SoftmaxClsError
-from softmax_cls.evaluate import evaluate_checkpoint
-from softmax_cls.preprocess import Preprocessor
-from softmax_cls.runs import train_run
+from softmax_cls.math.preprocess import Preprocessor
+from softmax_cls.plots import pictures as plots
+from softmax_cls.training.evaluate import evaluate_checkpoint
+from softmax_cls.training.runs import train_run
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -255,7 +255,7 @@ def noisy_run(tmp_path_factory):
 @pytest.fixture
 def patched_data(noisy_run, monkeypatch):
     run, data = noisy_run
-    monkeypatch.setattr("softmax_cls.evaluate.load_data_for", lambda *a, **k: data)
+    monkeypatch.setattr("softmax_cls.training.evaluate.load_data_for", lambda *a, **k: data)
     return run, data
 
 
@@ -337,7 +337,7 @@ def test_an_empty_split_is_an_error(noisy_run, monkeypatch):
     run, data = noisy_run
     no_test = dataclasses.replace(data, test_images=data.test_images[:0],
                                   test_labels=data.test_labels[:0])
-    monkeypatch.setattr("softmax_cls.evaluate.load_data_for", lambda *a, **k: no_test)
+    monkeypatch.setattr("softmax_cls.training.evaluate.load_data_for", lambda *a, **k: no_test)
     with pytest.raises(DataError, match="test split .* is empty: try --split val"):
         plots.plot_run(run)
     assert plots.run_pictures(run, split="val").confusion.sum() == 100
@@ -474,7 +474,7 @@ def test_broken_sweep_files_are_data_errors(tmp_path):
 WITHOUT_MATPLOTLIB = """
 import sys
 sys.modules["matplotlib"] = None  # makes every `import matplotlib...` fail
-import softmax_cls.plots as plots
+import softmax_cls.plots.pictures as plots
 from softmax_cls.errors import SoftmaxClsError
 for call in (lambda: plots.plot_sweep(sys.argv[1]), lambda: plots.plot_run(sys.argv[1])):
     try:
@@ -495,7 +495,7 @@ def test_without_matplotlib_one_error_line_names_the_extra(tmp_path):
 
 
 def test_importing_plots_does_not_import_matplotlib():
-    code = "import sys, softmax_cls.plots; print('matplotlib' in sys.modules)"
+    code = "import sys, softmax_cls.plots.pictures; print('matplotlib' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=60)
     assert result.stdout.strip() == "False", result.stderr
@@ -527,7 +527,7 @@ INJECT_DATA = """
 import sys
 sys.path.insert(0, {tests!r})
 from conftest import separable_data
-from softmax_cls import evaluate
+from softmax_cls.training import evaluate
 data = separable_data(n_train=500, n_test=240, classes=5, seed=3, noise=120)
 for labels in (data.train_labels, data.test_labels):
     labels[::3] = (labels[::3] + 1) % 5
@@ -613,11 +613,12 @@ def test_softmax_train_draws_the_pictures_at_the_end(tmp_path, monkeypatch, args
                                                       drawn):
     from click.testing import CliRunner
 
-    from softmax_cls import cli, runs
+    from softmax_cls import cli
+    from softmax_cls.training import runs
 
     data = separable_data(n_train=200, n_test=60, classes=3, seed=4)
     monkeypatch.setattr(runs, "load_config_data", lambda config, progress=True, **kw: data)
-    monkeypatch.setattr("softmax_cls.evaluate.load_data_for", lambda *a, **k: data)
+    monkeypatch.setattr("softmax_cls.training.evaluate.load_data_for", lambda *a, **k: data)
     config = tmp_path / "c.yaml"
     config.write_text(f"data: {{val_size: 40}}\noptim: {{epochs: 2}}\n"
                       f"output: {{plots: {json.dumps(setting)}}}\n")
@@ -633,7 +634,8 @@ def test_softmax_train_draws_the_pictures_at_the_end(tmp_path, monkeypatch, args
 def test_plots_true_without_matplotlib_fails_before_training(tmp_path, monkeypatch):
     from click.testing import CliRunner
 
-    from softmax_cls import cli, runs
+    from softmax_cls import cli
+    from softmax_cls.training import runs
 
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if it were not installed
     monkeypatch.setattr(runs, "load_config_data", lambda *a, **k: pytest.fail("loaded data"))

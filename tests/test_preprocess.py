@@ -6,16 +6,16 @@ import numpy as np
 import pytest
 from conftest import REAL_ARCHIVE, needs_real_data
 
-from softmax_cls.checkpoint import load_checkpoint, save_checkpoint
-from softmax_cls.data import load_dataset
-from softmax_cls.preprocess import (
+from softmax_cls.data.cifar import load_dataset
+from softmax_cls.math.preprocess import (
     Preprocessor,
     fit_preprocessor,
     image_scores,
     raw_features,
     split_train_val,
 )
-from softmax_cls.train import TrainState
+from softmax_cls.training.checkpoint import load_checkpoint, save_checkpoint
+from softmax_cls.training.fit import TrainState
 
 
 @pytest.fixture
@@ -138,7 +138,7 @@ def test_split_and_fit_follows_the_config(tmp_path, images):
     from conftest import small_config
 
     from softmax_cls.errors import ConfigError
-    from softmax_cls.preprocess import split_and_fit
+    from softmax_cls.math.preprocess import split_and_fit
 
     labels = np.arange(300) % 3
     config = small_config(tmp_path, preprocess={"bias": False, "center": False, "scale": "unit"},
@@ -165,7 +165,7 @@ def test_split_breaks_ties_between_equal_classes_by_class_order():
 
 
 def test_mirror_weights_need_image_columns_and_the_bias(images):
-    from softmax_cls.preprocess import mirror_weights
+    from softmax_cls.math.preprocess import mirror_weights
 
     W = np.random.default_rng(0).standard_normal((3073, 2)).astype(np.float32)
     assert mirror_weights(W, fit_preprocessor(images)).dtype == np.float32

@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from softmax_cls import softmax
-from softmax_cls.gradcheck import check_gradient
+from softmax_cls.math import softmax
+from softmax_cls.training.gradcheck import check_gradient
 
 
 @pytest.mark.parametrize("classes", [2, 10, 100])

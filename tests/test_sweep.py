@@ -20,12 +20,12 @@ import yaml
 from cli_util import assert_one_line_error, run
 from sweep_util import read_trials, sweep_data, write_runner
 
-import softmax_cls.data
-from softmax_cls import sweep
+import softmax_cls.data.cifar
 from softmax_cls.config import load_config
 from softmax_cls.errors import ConfigError
-from softmax_cls.preprocess import split_and_fit
-from softmax_cls.train import fit
+from softmax_cls.math.preprocess import split_and_fit
+from softmax_cls.sweep import driver as sweep
+from softmax_cls.training.fit import fit
 
 optuna = pytest.importorskip("optuna")
 
@@ -45,7 +45,7 @@ def write_sweep(folder: Path, name: str = "sweep.yaml", **fields) -> Path:
 
 @pytest.fixture
 def served(monkeypatch):
-    """sweep_data() behind softmax_cls.data.load_config_data; counts the loads."""
+    """sweep_data() behind softmax_cls.data.cifar.load_config_data; counts the loads."""
     data = sweep_data()
     loads = []
 
@@ -53,7 +53,7 @@ def served(monkeypatch):
         loads.append(section)
         return data
 
-    monkeypatch.setattr(softmax_cls.data, "load_config_data", load)
+    monkeypatch.setattr(softmax_cls.data.cifar, "load_config_data", load)
     return data, loads
 
 
@@ -231,8 +231,8 @@ def test_best_yaml_and_best_npz_reproduce_the_best_trial(tmp_path, served):
     split, pre = split_and_fit(config, data.train_images, data.train_labels)
     state = fit(config, data.train_images, data.train_labels, split, pre, 4).state
     assert state.best_val_acc == result.best_val_acc
-    from softmax_cls.checkpoint import load_checkpoint
-    from softmax_cls.evaluate import evaluate_checkpoint
+    from softmax_cls.training.checkpoint import load_checkpoint
+    from softmax_cls.training.evaluate import evaluate_checkpoint
 
     checkpoint = load_checkpoint(folder / "best.npz")
     np.testing.assert_array_equal(checkpoint.W, state.best_W)
@@ -271,7 +271,7 @@ def test_the_test_split_is_read_once_after_the_last_trial(tmp_path, monkeypatch)
         assert [r["state"] for r in read_trials(folder)] == ["complete"] * 4
         return data
 
-    monkeypatch.setattr(softmax_cls.data, "load_config_data", load)
+    monkeypatch.setattr(softmax_cls.data.cifar, "load_config_data", load)
     path = write_sweep(tmp_path, trials=4)
     result = sweep.run_sweep(path, workers=2, out=folder, progress=False, plots=False)
     assert len(loads) == 2 and result.test_acc is not None
@@ -520,7 +520,7 @@ def test_another_sweep_in_the_same_folder_is_refused(tmp_path, served):
 
 
 def test_a_worker_without_the_cache_loads_and_checks_the_data_itself(tmp_path, served):
-    from softmax_cls.sweep_worker import TrialTask, run_trial
+    from softmax_cls.sweep.worker import TrialTask, run_trial
 
     data, loads = served
     config = sweep.config_from_dict(sweep.trial_raw_config(

@@ -15,14 +15,15 @@ import pytest
 from click.testing import CliRunner
 from conftest import REAL_ARCHIVE, needs_real_data, separable_data, small_config
 
-from softmax_cls import cli, runs
-from softmax_cls.checkpoint import load_checkpoint
+from softmax_cls import cli
 from softmax_cls.config import load_config
 from softmax_cls.errors import DataError
-from softmax_cls.evaluate import evaluate_checkpoint
-from softmax_cls.optim import learning_rate
-from softmax_cls.runs import train_run as train
-from softmax_cls.train import TrainingDiverged
+from softmax_cls.math.optim import learning_rate
+from softmax_cls.training import runs
+from softmax_cls.training.checkpoint import load_checkpoint
+from softmax_cls.training.evaluate import evaluate_checkpoint
+from softmax_cls.training.fit import TrainingDiverged
+from softmax_cls.training.runs import train_run as train
 
 
 def test_separable_problem_reaches_95_percent(tmp_path, small_data):
@@ -169,7 +170,7 @@ def test_eval_matches_an_independent_computation(tmp_path, monkeypatch):
     relabel = np.random.default_rng(0).random(300) < 0.3  # some test labels wrong: acc < 1
     data.test_labels[relabel] = np.random.default_rng(1).integers(0, 5, relabel.sum())
     monkeypatch.setattr(runs, "load_config_data", lambda config, progress=True, **kw: data)
-    monkeypatch.setattr("softmax_cls.evaluate.load_data_for", lambda *a, **k: data)
+    monkeypatch.setattr("softmax_cls.training.evaluate.load_data_for", lambda *a, **k: data)
     config = small_config(tmp_path, optim={"epochs": 1, "lr": 0.001})
     train(config, data, tmp_path / "run", progress=False)
     ckpt = tmp_path / "run" / "best.npz"
@@ -196,7 +197,7 @@ def test_eval_refuses_data_that_does_not_match(tmp_path, small_data, monkeypatch
     train(small_config(tmp_path, optim={"epochs": 1}), small_data, tmp_path / "run",
           progress=False)
     other = separable_data(seed=9)
-    monkeypatch.setattr("softmax_cls.evaluate.load_data_for", lambda *a, **k: other)
+    monkeypatch.setattr("softmax_cls.training.evaluate.load_data_for", lambda *a, **k: other)
     with pytest.raises(DataError, match="does not match the checkpoint"):
         evaluate_checkpoint(tmp_path / "run" / "best.npz")
 
@@ -243,7 +244,8 @@ TRAINER = """
 import sys
 sys.path.insert(0, {tests!r})
 from conftest import separable_data
-from softmax_cls import cli, runs
+from softmax_cls import cli
+from softmax_cls.training import runs
 data = separable_data(n_train=30000, n_test=100, classes=10, seed=0)
 runs.load_config_data = lambda config, progress=True, **kw: data
 sys.argv = ["softmax-train", *{args!r}]

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .errors import SoftmaxClsError
+from ..errors import SoftmaxClsError
 
 DEFAULT_CLIP = 50.0
 PREDICT_CHUNK = 4096  # rows: 50 MB of float32 CIFAR features at a time

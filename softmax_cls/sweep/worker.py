@@ -24,11 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import data as data_module
-from .config import config_from_dict
-from .errors import DataError, SoftmaxClsError
-from .preprocess import Preprocessor, Split, split_and_fit
-from .train import TrainingDiverged, TrainState, fit
+from ..config import config_from_dict
+from ..data import cifar as data_module
+from ..errors import DataError, SoftmaxClsError
+from ..math.preprocess import Preprocessor, Split, split_and_fit
+from ..training.fit import TrainingDiverged, TrainState, fit
 
 CACHE_IMAGES, CACHE_LABELS, CACHE_META = "train_images.npy", "train_labels.npy", "data.json"
 SPLIT_CACHE_SIZE = 4  # (split, statistics) pairs a worker keeps for trials that share them
@@ -113,7 +113,7 @@ def write_cache(cache_dir: str | Path, data, data_section: dict) -> TrainingData
     """Write the TRAINING rows and labels of `data` (a CifarData) to .npy files in cache_dir,
     then data.json (written last: its presence marks a complete cache). Returns the cache,
     memory-mapped. The test arrays are not touched."""
-    from .fsutil import atomic_write
+    from ..fsutil import atomic_write
 
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .config import Config
-from .datasets import IMAGE_BYTES, IMAGE_SHAPE
-from .errors import ConfigError
+from ..config import Config
+from ..data.datasets import IMAGE_BYTES, IMAGE_SHAPE
+from ..errors import ConfigError
 from .softmax import PREDICT_CHUNK, scores
 
 STATS_CHUNK = 256  # rows per float64 chunk: 6 MB, reused rather than fresh pages each time

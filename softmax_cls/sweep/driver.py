@@ -46,17 +46,17 @@ from typing import Any
 import numpy as np
 import yaml
 
-from . import data as data_module
-from .config import (
+from ..config import (
     Config,
     config_from_dict,
     config_to_dict,
     config_to_yaml,
 )
-from .errors import ConfigError, DataError, SoftmaxClsError
-from .fsutil import atomic_write
-from .interrupts import stop_word_and_code
-from .sweep_spec import (
+from ..data import cifar as data_module
+from ..errors import ConfigError, DataError, SoftmaxClsError
+from ..fsutil import atomic_write
+from ..interrupts import stop_word_and_code
+from .spec import (
     SweepSpec,
     grid_points,
     load_sweep,
@@ -64,7 +64,7 @@ from .sweep_spec import (
     suggest,
     trial_raw_config,
 )
-from .sweep_worker import THREAD_VARIABLES, TrialOutcome, TrialTask, cache_meta, make_pruner
+from .worker import THREAD_VARIABLES, TrialOutcome, TrialTask, cache_meta, make_pruner
 
 INSTALL_HINT = "softmax-sweep needs optuna: pip install 'softmax-cls[sweep]'"
 DASK_HINT = "softmax-sweep --dask needs dask.distributed: pip install 'softmax-cls[sweep]'"
@@ -107,7 +107,7 @@ def storage_name(folder: Path, storage: str | None) -> str:
 
 def open_storage_for(folder: str | os.PathLike, storage: str | None = None):
     """The optuna storage of a sweep folder (its journal file), or of the given URL."""
-    from .sweep_worker import open_storage
+    from .worker import open_storage
 
     return open_storage(storage_name(Path(folder), storage))
 
@@ -126,7 +126,7 @@ def make_sampler(spec: SweepSpec, existing_trials: int):
 def open_study(spec: SweepSpec, storage: str, study_name: str):
     """Create the study, or load it when it exists and holds this same sweep. The driver
     calls this before any worker starts (workers only load it)."""
-    from .sweep_worker import open_storage
+    from .worker import open_storage
 
     optuna = require_optuna()
     try:
@@ -280,7 +280,7 @@ def worker_threads(workers: int):
 def prepare_cache(folder: Path, config: Config, progress: bool) -> dict:
     """The sweep's data cache (training rows and labels as .npy files); written once from the
     config's data, reused while its data section is unchanged. Returns its data.json."""
-    from .sweep_worker import write_cache
+    from .worker import write_cache
 
     cache_dir = folder / "cache"
     section = json.loads(json.dumps(config_to_dict(config)["data"]))
@@ -343,7 +343,7 @@ def _executor(dask: str | None, workers: int):
     if dask is None:
         import multiprocessing
 
-        from .sweep_worker import watch_parent
+        from .worker import watch_parent
 
         pool = cf.ProcessPoolExecutor(max_workers=workers,
                                       mp_context=multiprocessing.get_context("spawn"),
@@ -450,7 +450,7 @@ def _drive(study, spec, folder, executor, capacity, tasks, meta, progress, local
 
 
 def _run_trial(task: TrialTask) -> TrialOutcome:
-    from .sweep_worker import run_trial
+    from .worker import run_trial
 
     return run_trial(task)
 
@@ -511,7 +511,7 @@ def save_trial_checkpoint(path: Path, outcome: TrialOutcome, raw_config: dict, m
                           ) -> None:
     """A complete trial's checkpoint, in the format of a run's best.npz (its model: the
     weights of the trial's best val epoch)."""
-    from .checkpoint import save_checkpoint
+    from ..training.checkpoint import save_checkpoint
 
     state = outcome.train_state
     save_checkpoint(path, state, outcome.pre, tuple(meta["class_names"]),
@@ -566,10 +566,10 @@ def best_checkpoint(folder: Path, study, spec: SweepSpec, meta: dict, best) -> P
     another trial (a tie told in another order, a best.npz of a killed session), the best
     trial's config is trained again here, which gives the same weights (training is
     deterministic given the config)."""
-    from .checkpoint import load_checkpoint
-    from .preprocess import split_and_fit
-    from .sweep_worker import open_cache
-    from .train import fit
+    from ..math.preprocess import split_and_fit
+    from ..training.checkpoint import load_checkpoint
+    from ..training.fit import fit
+    from .worker import open_cache
 
     path = folder / "best.npz"
     raw = trial_raw_config(spec, best.params)
@@ -607,9 +607,9 @@ def finish_sweep(folder: Path, study, spec: SweepSpec, meta: dict, progress: boo
                  plots: bool | None = None) -> SweepResult:
     """After the last trial: best.npz, the one evaluation of its weights on the test split,
     best.yaml, summary.json and (when asked or auto) the pictures."""
-    from .checkpoint import load_checkpoint
-    from .engines import get_engine
-    from .train import validation_metrics
+    from ..engines.numpy_engine import get_engine
+    from ..training.checkpoint import load_checkpoint
+    from ..training.fit import validation_metrics
 
     trials = study.get_trials(deepcopy=False)
     counts = _counts(trials)
@@ -656,7 +656,7 @@ def finish_sweep(folder: Path, study, spec: SweepSpec, meta: dict, progress: boo
     })
     _write_json(folder / "summary.json", summary)
     if _want_plots(plots, spec.base_config):
-        from .plots import plot_sweep
+        from ..plots.pictures import plot_sweep
 
         summary["plots"] = [str(p) for p in plot_sweep(folder)]
     return SweepResult(folder, best.number, best.value, test_acc, test_loss, counts, summary)

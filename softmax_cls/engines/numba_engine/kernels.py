@@ -75,7 +75,7 @@ from numba.core import cgutils  # noqa: E402
 from numba.core.errors import NumbaPerformanceWarning  # noqa: E402
 from numba.extending import intrinsic  # noqa: E402
 
-from .softmax import NonFiniteError  # noqa: E402
+from ...math.softmax import NonFiniteError  # noqa: E402
 
 TILE_ROWS = 8  # minibatch rows per tile: 8 score sums share each load of W, 8 gradient rows
 #                each load and store of the accumulators

@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .config import DataConfig
-from .data import CifarData
-from .errors import DataError
+from ..config import DataConfig
+from ..errors import DataError
+from .cifar import CifarData
 
 HASH_BLOCK = 1 << 20
 CHECK_BYTES = 16 << 20  # bytes of X checked for finiteness (or converted) at a time

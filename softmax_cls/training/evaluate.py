@@ -7,13 +7,13 @@ from pathlib import Path
 
 import numpy as np
 
-from . import data as data_module
+from ..data import cifar as data_module
+from ..data.cifar import EVAL_HINTS, CifarData
+from ..errors import DataError
+from ..math.metrics import ClassificationReport, classification_report
+from ..math.preprocess import raw_features
+from ..math.softmax import predict
 from .checkpoint import Checkpoint, check_matches, load_checkpoint
-from .data import EVAL_HINTS, CifarData
-from .errors import DataError
-from .metrics import ClassificationReport, classification_report
-from .preprocess import raw_features
-from .softmax import predict
 
 SPLITS = ("test", "val", "train")
 
@@ -25,7 +25,7 @@ def load_data_for(checkpoint: Checkpoint, root: str | Path | None = None,
     data = dataclasses.replace(checkpoint.config.data, download=download)
     if root is not None:
         data = dataclasses.replace(data, root=str(root))
-    # looked up at call time, so a stand-in for softmax_cls.data.load_config_data applies here
+    # looked up at call time, so a stand-in for softmax_cls.data.cifar.load_config_data applies here
     return data_module.load_config_data(data, progress, hints=EVAL_HINTS)
 
 

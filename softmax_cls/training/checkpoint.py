@@ -15,13 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
-from .config import Config, config_from_dict, parse_yaml
-from .data import CifarData
-from .errors import ConfigError, DataError
-from .fsutil import atomic_write
-from .preprocess import Preprocessor
-from .train import TrainState
+from .. import __version__
+from ..config import Config, config_from_dict, parse_yaml
+from ..data.cifar import CifarData
+from ..errors import ConfigError, DataError
+from ..fsutil import atomic_write
+from ..math.preprocess import Preprocessor
+from .fit import TrainState
 
 FORMAT_VERSION = 2
 # The most bytes (uncompressed) a checkpoint member may have, checked before it is read: a

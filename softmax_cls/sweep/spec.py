@@ -1,6 +1,7 @@
 """Sweep files: reading and validating them into a SweepSpec, and a trial's parameters.
 
-A sweep file (see softmax_cls.sweep) names a base config, fixed overrides (`set`), the sampler,
+A sweep file (see softmax_cls.sweep.driver) names a base config, fixed overrides (`set`), the
+sampler,
 the budget, the pruner and the searched space. Every problem is one ConfigError line naming
 the file and the key; every searched value is checked by the config schema itself.
 """
@@ -17,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import Config, config_from_dict, config_to_dict, load_config, parse_yaml
-from .errors import ConfigError
+from ..config import Config, config_from_dict, config_to_dict, load_config, parse_yaml
+from ..errors import ConfigError
 
 SWEEP_KEYS = ("base", "set", "sampler", "trials", "seed", "pruner", "space")
 SAMPLERS = ("tpe", "random", "grid")

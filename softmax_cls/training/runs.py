@@ -17,8 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import Checkpoint, check_matches, load_checkpoint, save_checkpoint
-from .config import (
+from ..config import (
     Config,
     config_from_dict,
     config_to_dict,
@@ -26,14 +25,15 @@ from .config import (
     load_config,
     parse_yaml,
 )
-from .data import CifarData, load_config_data
-from .engines import get_engine
-from .errors import ConfigError, SoftmaxClsError
-from .fsutil import FolderBusy, atomic_write, folder_lock, fsync_dir
-from .interrupts import stop_word_and_code
-from .plots import plot_run, plots_wanted
-from .preprocess import Preprocessor, Split, split_and_fit
-from .train import FitResult, TrainState, fit, initial_state, validation_metrics
+from ..data.cifar import CifarData, load_config_data
+from ..engines.numpy_engine import get_engine
+from ..errors import ConfigError, SoftmaxClsError
+from ..fsutil import FolderBusy, atomic_write, folder_lock, fsync_dir
+from ..interrupts import stop_word_and_code
+from ..math.preprocess import Preprocessor, Split, split_and_fit
+from ..plots.pictures import plot_run, plots_wanted
+from .checkpoint import Checkpoint, check_matches, load_checkpoint, save_checkpoint
+from .fit import FitResult, TrainState, fit, initial_state, validation_metrics
 
 # What a resumed run may not change: the data, the split, the features and the initial weights.
 FIXED_ON_RESUME = ("seed", "data.dataset", "data.format", "data.labels", "data.val_size",

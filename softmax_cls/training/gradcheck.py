@@ -28,13 +28,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import softmax
-from .config import Config
-from .data import load_config_data
-from .datasets import IMAGE_BYTES
-from .engines import Engine, get_engine
-from .errors import ConfigError, SoftmaxClsError
-from .preprocess import Preprocessor, fit_preprocessor, split_and_fit
+from ..config import Config
+from ..data.cifar import load_config_data
+from ..data.datasets import IMAGE_BYTES
+from ..engines.numpy_engine import Engine, get_engine
+from ..errors import ConfigError, SoftmaxClsError
+from ..math import softmax
+from ..math.preprocess import Preprocessor, fit_preprocessor, split_and_fit
 
 EPS = float(np.finfo(np.float64).eps)
 # f is a sum of thousands of products, a log-sum-exp and a mean: it carries a few ulps of

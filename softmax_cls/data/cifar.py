@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 
 from softmax_cls.config import DataConfig
-from softmax_cls.datasets import IMAGE_BYTES, SPECS, DatasetSpec, get_spec
+from softmax_cls.data.datasets import IMAGE_BYTES, SPECS, DatasetSpec, get_spec
+from softmax_cls.data.untrusted import restricted_unpickle, safe_extract
 from softmax_cls.errors import ConfigError, DataError
 from softmax_cls.fsutil import folder_lock, fsync_dir
-from softmax_cls.untrusted import restricted_unpickle, safe_extract
 
 MIRROR_ENV = "SOFTMAX_CLS_MIRROR"
 # The most bytes a file without a known exact size may have: the class-name files are under
@@ -245,7 +245,7 @@ def _obtain_archive(spec: DatasetSpec, root: Path, *, url, archive, force, downl
         return dest, False
     if not download:
         raise _missing(spec, root, hints)
-    from softmax_cls.download import download_file  # requests and its kin: 5 MB, only here
+    from softmax_cls.data.download import download_file  # requests and its kin: 5 MB, only here
 
     source = _source_url(spec, url)
     official = source == spec.url  # mirrors may repack: only the official archive's md5 holds
@@ -645,8 +645,8 @@ def load_config_data(data: DataConfig, progress: bool = True, hints: DataHints =
     """The data set a config's `data` section names, located, verified and read; error
     messages give `hints` (default: the config's own keys, `--set data.archive=PATH`...).
     Without `keep_test` a CIFAR test split is checked but left on disk (see load_dataset);
-    feature files are loaded as softmax_cls.features does, whatever `keep_test`."""
-    if data.dataset == "features":  # feature files for linear probes (softmax_cls.features)
+    feature files are loaded as softmax_cls.data.features does, whatever `keep_test`."""
+    if data.dataset == "features":  # feature files for linear probes (softmax_cls.data.features)
         from .features import load_features
         return load_features(data, progress)
     return load_dataset(data.dataset, data.root, data.format, url=data.url, archive=data.archive,

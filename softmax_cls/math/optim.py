@@ -1,7 +1,8 @@
 """The optimizer: the learning-rate schedule, the one SGD step, and weight averaging.
 
 `sgd_step` is the only place the numpy engine updates weights; the numba kernel compiles the
-same arithmetic (softmax_cls.kernels) and the tests hold both to a float64 reference.
+same arithmetic (softmax_cls.engines.numba_engine.kernels) and the tests hold both to a
+float64 reference.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import math
 
 import numpy as np
 
-from .config import AveragingConfig, OptimConfig
+from ..config import AveragingConfig, OptimConfig
 
 
 def learning_rate(optim: OptimConfig, epoch: int) -> float:

@@ -16,13 +16,13 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm import tqdm
 
-from . import softmax
-from .augment import PADDING_CODES, draw_augmentation
-from .config import Config
-from .engines import Engine, get_engine
-from .errors import SoftmaxClsError
-from .optim import averaging_alphas, learning_rate
-from .preprocess import Preprocessor, Split, mirror_weights
+from ..config import Config
+from ..engines.numpy_engine import Engine, get_engine
+from ..errors import SoftmaxClsError
+from ..math import softmax
+from ..math.augment import PADDING_CODES, draw_augmentation
+from ..math.optim import averaging_alphas, learning_rate
+from ..math.preprocess import Preprocessor, Split, mirror_weights
 
 
 class TrainingDiverged(SoftmaxClsError):
@@ -111,7 +111,7 @@ def fit(
     # -- setup: engine, starting state, the fixed parts of every epoch
     engine = get_engine(config.engine)
     if progress and engine.name == "numba":
-        from .kernels import kernels_are_compiled
+        from ..engines.numba_engine.kernels import kernels_are_compiled
 
         if not kernels_are_compiled(rows.dtype):
             tqdm.write("compiling the numba kernels once (cached for later runs)",

@@ -4,7 +4,8 @@ Two engines do exactly the same math (the contract in DESIGN.md, the step in opt
 - numpy (here): the reference and the fallback; each minibatch is gathered into preallocated
   buffers, augmented, converted once to float32 raw features [u, 1], and the preprocessing is
   folded into the weights;
-- numba (softmax_cls.kernels, the optional extra `softmax-cls[fast]`): an epoch in compiled
+- numba (softmax_cls.engines.numba_engine.kernels, the optional extra `softmax-cls[fast]`):
+  an epoch in compiled
   calls of STEPS_PER_CALL steps that read the uint8 rows directly.
 
 Weights inside an engine are (C, D): C classes, D features, the bias column last.
@@ -20,11 +21,11 @@ from types import ModuleType
 
 import numpy as np
 
-from . import softmax
-from .augment import PADDING_CODES, apply_augmentation
-from .errors import SoftmaxClsError
-from .optim import sgd_step
-from .preprocess import Preprocessor, image_scores
+from ..errors import SoftmaxClsError
+from ..math import softmax
+from ..math.augment import PADDING_CODES, apply_augmentation
+from ..math.optim import sgd_step
+from ..math.preprocess import Preprocessor, image_scores
 
 
 class _StepBuffers:
@@ -206,7 +207,7 @@ FAST_INSTALL = "pip install 'softmax-cls[fast]'"
 
 
 def _numba_kernels() -> ModuleType:
-    from . import kernels  # imports numba; ImportError without it
+    from .numba_engine import kernels  # imports numba; ImportError without it
 
     return kernels
 

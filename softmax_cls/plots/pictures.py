@@ -30,9 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DataError, SoftmaxClsError
-from .fsutil import atomic_write
-from .preprocess import Preprocessor
+from ..errors import DataError, SoftmaxClsError
+from ..fsutil import atomic_write
+from ..math.preprocess import Preprocessor
 
 INSTALL_HINT = "softmax-plot needs matplotlib: pip install 'softmax-cls[plot]'"
 DPI = 100  # every size below is in pixels; a figure is (width / DPI, height / DPI) inches
@@ -271,7 +271,7 @@ def is_run_folder(path: str | os.PathLike) -> bool:
 def sweep_table(folder: str | os.PathLike) -> SweepTable:
     """Read a sweep folder's trials.csv, sweep.yaml (its `space`) and summary.json (its
     `param_importances`, when there); any problem is a DataError naming the file."""
-    from .config import parse_yaml
+    from ..config import parse_yaml
 
     folder = Path(folder)
     space: dict = {}
@@ -641,11 +641,11 @@ def run_pictures(path: str | os.PathLike, split: str = "test",
     summary.json) or a checkpoint file (its own history and best epoch), on `split` of the
     checked data the checkpoint was trained on (`data` when the caller has it in memory,
     else loaded from `root`, default the config's)."""
-    from . import evaluate
-    from .checkpoint import check_matches, load_checkpoint
-    from .metrics import classification_report
-    from .preprocess import image_scores
-    from .softmax import softmax_probs
+    from ..math.metrics import classification_report
+    from ..math.preprocess import image_scores
+    from ..math.softmax import softmax_probs
+    from ..training import evaluate
+    from ..training.checkpoint import check_matches, load_checkpoint
 
     path = Path(path)
     if path.is_dir():
