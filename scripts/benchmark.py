@@ -77,9 +77,10 @@ import numpy as np
 
 from softmax_cls.config import load_config
 from softmax_cls.data.cifar import CifarData, load_dataset
-from softmax_cls.engines.numpy_engine import get_engine
+from softmax_cls.engines import get_engine
+from softmax_cls.engines.contract import EpochPlan, OptimizerState, StepRule, TrainingRows
 from softmax_cls.errors import SoftmaxClsError
-from softmax_cls.math.augment import PADDING_CODES, draw_augmentation
+from softmax_cls.math.augment import draw_augmentation
 from softmax_cls.math.optim import averaging_alphas
 from softmax_cls.math.preprocess import fit_preprocessor, split_train_val
 from softmax_cls.training.checkpoint import load_checkpoint
@@ -210,7 +211,7 @@ class Floor:
 
     def __init__(self, X: np.ndarray, y: np.ndarray, n_classes: int, lr: float):
         self.X, self.y, self.lr = X, y, np.float32(lr)
-        self.W = np.zeros((X.shape[1], n_classes), dtype=np.float32)
+        self.W = np.zeros((X.shape[1], n_classes), dtype=np.float32)  # (D, C): X @ W
 
     def epoch(self, batch_size: int) -> float:
         X, y, W, lr = self.X, self.y, self.W, self.lr
@@ -243,27 +244,27 @@ class EngineEpoch:
         self.name = f"{engine_name}_{'augmented' if augment else 'plain'}"
         self.rows, self.labels, self.train_rows, self.pre = rows, labels, train_rows, pre
         self.config, self.augment = config, augment
-        self.mean, self.scale = pre.mean.astype(np.float32), pre.scale.astype(np.float32)
+        self.data = TrainingRows(rows, labels)
         rng = np.random.default_rng(0)
-        self.W = (rng.standard_normal((n_classes, pre.n_features))
-                  * config.model.init_std).astype(np.float32)
-        self.velocity, self.average = np.zeros_like(self.W), self.W.copy()
+        W = (rng.standard_normal((n_classes, pre.n_features))
+             * config.model.init_std).astype(np.float32)
+        self.state = OptimizerState(W, np.zeros_like(W), W.copy())
         self.rng = np.random.default_rng(1)
 
     def epoch(self, batch_size: int) -> float:
-        optim, loss, augment = self.config.optim, self.config.loss, self.augment
+        optim, augment = self.config.optim, self.augment
         order = self.train_rows[self.rng.permutation(len(self.train_rows))]
         flip, shift = draw_augmentation(self.rng, len(order), bool(augment and augment["hflip"]),
                                         augment["translate"] if augment else 0)
-        padding = PADDING_CODES[augment["padding"] if augment else "edge"]
         steps = -(-len(order) // batch_size)
-        alphas = averaging_alphas(optim.averaging, 0, steps, optim.epochs)
+        plan = EpochPlan(order, batch_size,
+                         averaging_alphas(optim.averaging, 0, steps, optim.epochs),
+                         flip if len(flip) else None, shift if len(shift) else None,
+                         augment["padding"] if augment else "edge")
         started = time.perf_counter()
-        self.engine.train_epoch(
-            self.rows, self.labels, order, np.empty(0, np.float32), flip, shift, padding, self.W,
-            self.velocity, self.average, alphas, self.mean, self.scale, self.pre.bias,
-            batch_size, optim.lr, optim.momentum, optim.nesterov, optim.grad_clip or 0.0,
-            loss.reg, loss.reg_bias or not self.pre.bias, loss.clip)
+        self.engine.train_epoch(self.data, plan, StepRule.from_config(self.config, optim.lr,
+                                                                       self.pre.bias),
+                                self.pre, self.state)
         return time.perf_counter() - started
 
 
@@ -453,7 +454,7 @@ def summarise_runs(runs: list[dict]) -> dict:
 
 def bench_default_run(args: argparse.Namespace, scratch: Path) -> dict:
     """The default config, extracted data -> checkpoint and archive -> checkpoint, interleaved."""
-    from softmax_cls.engines.numba_engine.kernels import kernels_are_compiled
+    from softmax_cls.engines.numba_engine import kernels_are_compiled
 
     extra = ["--set", "optim.epochs=2"] if args.quick else []
     base = [*console_script("softmax-train"), "--config", str(args.config), "--quiet",
@@ -493,8 +494,7 @@ def bench_eval(data: CifarData, checkpoint: Path, root: Path, reps: int,
         return {"predict_10k_s": None}
     ckpt = load_checkpoint(checkpoint)
     pre = ckpt.preprocessor
-    W = np.ascontiguousarray(ckpt.W.T)  # (C, D), the engine layout
-    mean, scale = pre.mean.astype(np.float32), pre.scale.astype(np.float32)
+    W = ckpt.W
     result = {"n_test": len(data.test_images)}
     for name in ("numpy", "numba"):
         engine = get_engine(name)
@@ -502,8 +502,7 @@ def bench_eval(data: CifarData, checkpoint: Path, root: Path, reps: int,
         for _ in range(reps + 1):  # the first is a warm-up
             gc.collect()
             started = time.perf_counter()
-            predicted = engine.predict_scores(data.test_images, W, mean, scale,
-                                              pre.bias).argmax(axis=1)
+            predicted = engine.predict_scores(data.test_images, W, pre).argmax(axis=1)
             times.append(time.perf_counter() - started)
             accuracy = float(np.mean(predicted == data.test_labels))
         result[name] = {"predict_10k_s": median(times[1:]), "raw_s": times[1:],

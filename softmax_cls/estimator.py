@@ -89,8 +89,8 @@ class SoftmaxClassifier(ClassifierMixin, BaseEstimator):
         classes_[1], positive where it is predicted, which scikit-learn's checks require of a
         binary classifier, and predict_proba(X)[:, 1] is its sigmoid. Both forms give the
         same probabilities; the two-column weights are `weights_`.
-    weights_ : (n_features_in_ + 1, C) float64, every class's weights in the original
-        feature space, the intercepts in the last row.
+    weights_ : (C, n_features_in_ + 1) float64, every class's weights in the original
+        feature space, the intercepts in the last column.
     n_features_in_ : int, feature_names_in_ : (n_features_in_,) when X had string column names.
     n_iter_ : int, epochs run by the last fit (1 per partial_fit call).
     best_epoch_ : int, the epoch whose weights are the model (the best on validation with
@@ -217,13 +217,13 @@ class SoftmaxClassifier(ClassifierMixin, BaseEstimator):
         self.n_iter_ = result.state.epoch - first_epoch
         self.best_epoch_ = result.state.best_epoch
         self.history_ = list(result.state.history)
-        weights = pre.fold(self._model.astype(np.float64))  # (P + 1, C): original space
+        weights = pre.fold(self._model.astype(np.float64))  # (C, P + 1): original space
         self.weights_ = weights
         if len(self.classes_) == 2:
-            difference = weights[:, 1] - weights[:, 0]
+            difference = weights[1] - weights[0]
             self.coef_, self.intercept_ = difference[None, :-1].copy(), difference[-1:].copy()
         else:
-            self.coef_, self.intercept_ = weights[:-1].T.copy(), weights[-1].copy()
+            self.coef_, self.intercept_ = weights[:, :-1].copy(), weights[:, -1].copy()
 
     def _config(self, seed: int, epochs: int, lr: float, schedule: str,
                 patience: int | None) -> Config:

@@ -1,0 +1,35 @@
+"""Training engines: one epoch of minibatch SGD behind one contract (engines.contract).
+
+- numpy (engines.numpy_engine): the reference and the fallback;
+- numba (engines.numba_engine, the optional extra `softmax-cls[fast]`): compiled kernels.
+
+`get_engine` is the one place an engine is chosen by name.
+"""
+
+from __future__ import annotations
+
+from ..errors import SoftmaxClsError
+from .contract import Engine
+
+ENGINE_NAMES = ("auto", "numba", "numpy")
+FAST_INSTALL = "pip install 'softmax-cls[fast]'"
+
+
+def get_engine(name: str = "auto") -> Engine:
+    """The engine called `name`: numba, numpy, or auto (numba when it is installed)."""
+    if name not in ENGINE_NAMES:
+        raise SoftmaxClsError(f"engine: must be one of {', '.join(ENGINE_NAMES)}, got {name!r}")
+    if name == "numpy":
+        from .numpy_engine import ENGINE
+
+        return ENGINE
+    try:
+        from .numba_engine import ENGINE
+    except ImportError:
+        if name == "auto":
+            from .numpy_engine import ENGINE
+
+            return ENGINE
+        raise SoftmaxClsError(f"engine numba needs numba: {FAST_INSTALL} (or --set "
+                              "engine=numpy)") from None
+    return ENGINE

@@ -1,8 +1,8 @@
 """The optimizer: the learning-rate schedule, the one SGD step, and weight averaging.
 
-`sgd_step` is the only place the numpy engine updates weights; the numba kernel compiles the
-same arithmetic (softmax_cls.engines.numba_engine.kernels) and the tests hold both to a
-float64 reference.
+`sgd_step` and `average_step` are the reference of every engine's update (the engine
+contract, softmax_cls.engines.contract): the numpy engine calls them, compiled engines are
+tested against them.
 """
 
 from __future__ import annotations
@@ -52,6 +52,13 @@ def sgd_step(W: np.ndarray, velocity: np.ndarray, grad: np.ndarray, lr: float,
     else:
         step = velocity
     W -= W.dtype.type(lr) * step
+
+
+def average_step(average: np.ndarray, W: np.ndarray, alpha: float) -> None:
+    """average += alpha * (W - average), in place (same shape and float dtype); nothing when
+    alpha is 0 (no average is kept)."""
+    if alpha:
+        average += average.dtype.type(alpha) * (W - average)
 
 
 def averaging_alphas(averaging: AveragingConfig, epoch: int, steps_per_epoch: int,

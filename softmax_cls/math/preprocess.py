@@ -3,7 +3,7 @@
 A feature row is x = (u - mean) * scale for the P raw values u of a row (P = 3072 uint8 pixels
 for CIFAR, or the columns of a feature file), then a constant 1 (the bias trick). Because that
 map is affine, training never materialises x: it reads raw rows r = [u, 1] and folds the
-preprocessing into the weights, x @ W == r @ fold(W). `transform` builds x explicitly, for
+preprocessing into the weights, x @ W.T == r @ fold(W).T. `transform` builds x explicitly, for
 checks and for users. `split_and_fit` is the one place where a run's split and statistics
 are made: training, eval, the gradient check, the sweep and the benchmark all call it.
 """
@@ -42,15 +42,6 @@ class Preprocessor:
         """D = P + 1 with the bias column, else P."""
         return self.n_raw + int(self.bias)
 
-    def _vectors(self, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(scale (P, 1), -mean * scale (P,), mean (P,)) in `dtype`, cast once: fold
-        and unfold_grad run on every minibatch."""
-        key = np.dtype(dtype)
-        if key not in self._cast:
-            self._cast[key] = (self.scale[:, None].astype(key),
-                               (-(self.mean * self.scale)).astype(key), self.mean.astype(key))
-        return self._cast[key]
-
     def transform(self, images: np.ndarray, dtype: np.dtype = np.float32) -> np.ndarray:
         """Features (N, D) of `dtype` from raw rows (N, P) (uint8 pixels or float features)."""
         P = self.n_raw
@@ -61,49 +52,64 @@ class Preprocessor:
             features[:, P] = 1
         return features
 
-    def fold(self, W: np.ndarray) -> np.ndarray:
-        """Weights (P + 1, C) acting on raw features [u, 1] that give the same scores as W.
-
-        W is (D, C); the result has W's dtype.
-        """
+    def fold(self, W: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Raw weights W_raw (C, P + 1) acting on raw rows [u, 1] that give W's (C, D) scores:
+            W_raw[:, :P] = W[:, :P] * scale
+            W_raw[:, P] = W_raw[:, :P] @ -mean (+ W[:, P] with the bias column)
+        so that x @ W.T == [u, 1] @ W_raw.T. In W's dtype; into `out` when given. This is
+        the reference of the fold every engine makes once per step."""
         P = self.n_raw
-        scale, shift, _ = self._vectors(W.dtype)
-        pixel_rows = W[:P]
-        W_raw = np.empty((P + 1, W.shape[1]), dtype=W.dtype)
-        np.multiply(pixel_rows, scale, out=W_raw[:P])
-        np.matmul(shift, pixel_rows, out=W_raw[P])
+        mean, scale = self.vectors(W.dtype)
+        W_raw = np.empty((W.shape[0], P + 1), dtype=W.dtype) if out is None else out
+        np.multiply(W[:, :P], scale, out=W_raw[:, :P])
+        np.matmul(W_raw[:, :P], -mean, out=W_raw[:, P])
         if self.bias:
-            W_raw[P] += W[P]
+            W_raw[:, P] += W[:, P]
         return W_raw
 
     def unfold(self, W_raw: np.ndarray) -> np.ndarray:
-        """The inverse of `fold`: weights W (D, C) whose fold is W_raw (P + 1, C).
+        """The inverse of `fold`: weights W (C, D) whose fold is W_raw (C, P + 1).
 
         Exact only where such W exists: with the bias column always; without it only when
-        W_raw's last row equals -(mean * scale) @ W, as fold makes it.
+        W_raw's last column equals W_raw[:, :P] @ -mean, as fold makes it.
         """
         P = self.n_raw
-        scale, shift, _ = self._vectors(W_raw.dtype)
-        W = np.empty((self.n_features, W_raw.shape[1]), dtype=W_raw.dtype)
-        np.divide(W_raw[:P], scale, out=W[:P])
+        mean, scale = self.vectors(W_raw.dtype)
+        W = np.empty((W_raw.shape[0], self.n_features), dtype=W_raw.dtype)
+        np.divide(W_raw[:, :P], scale, out=W[:, :P])
         if self.bias:
-            W[P] = W_raw[P] - shift @ W[:P]
+            W[:, P] = W_raw[:, P] + W_raw[:, :P] @ mean
         return W
 
-    def unfold_grad(self, dW_raw: np.ndarray) -> np.ndarray:
-        """The gradient with respect to W (D, C) from the one w.r.t. fold(W) (P + 1, C).
-
-        This is the transpose of `fold`: dW[j] = scale_j (dW_raw[j] - mean_j dW_raw[bias]).
+    def unfold_grad(self, grad_raw: np.ndarray, out: np.ndarray | None = None,
+                    scratch: np.ndarray | None = None) -> np.ndarray:
+        """The gradient with respect to W (C, D) from grad_raw (C, P + 1), the one with
+        respect to fold(W): the transpose of `fold`,
+            grad[:, :P] = scale * (grad_raw[:, :P] - outer(grad_raw[:, P], mean))
+            grad[:, P] = grad_raw[:, P]   (with the bias column)
+        In grad_raw's dtype; into `out` (C, D) when given, with `scratch` (C, P) for the
+        outer product. This is the reference of the unfold every engine makes once per step.
         """
-        P, dtype = self.n_raw, dW_raw.dtype
-        scale, _, mean = self._vectors(dtype)
-        dW = np.empty((self.n_features, dW_raw.shape[1]), dtype=dtype)
-        bias_grad = dW_raw[P]
-        np.subtract(dW_raw[:P], np.outer(mean, bias_grad), out=dW[:P])
-        dW[:P] *= scale
+        P = self.n_raw
+        mean, scale = self.vectors(grad_raw.dtype)
+        C = grad_raw.shape[0]
+        grad = np.empty((C, self.n_features), dtype=grad_raw.dtype) if out is None else out
+        scratch = np.empty((C, P), dtype=grad_raw.dtype) if scratch is None else scratch
+        bias_grad = grad_raw[:, P:]
+        np.multiply(bias_grad, mean, out=scratch)
+        np.subtract(grad_raw[:, :P], scratch, out=grad[:, :P])
+        grad[:, :P] *= scale
         if self.bias:
-            dW[P] = bias_grad
-        return dW
+            grad[:, P:] = bias_grad
+        return grad
+
+    def vectors(self, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+        """(mean (P,), scale (P,)) in `dtype`, cast once: fold and unfold_grad run on every
+        minibatch."""
+        key = np.dtype(dtype)
+        if key not in self._cast:
+            self._cast[key] = (self.mean.astype(key), self.scale.astype(key))
+        return self._cast[key]
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """Arrays for a checkpoint (no pickle needed)."""
@@ -215,7 +221,7 @@ def split_and_fit(config: Config, rows: np.ndarray, labels: np.ndarray
 
 
 def image_scores(W: np.ndarray, pre: Preprocessor, images: np.ndarray) -> np.ndarray:
-    """Class scores (N, C) in W's dtype for raw rows (N, P), W (D, C).
+    """Class scores (N, C) in W's dtype for raw rows (N, P), W (C, D).
 
     The preprocessing is folded into W; the rows are converted one chunk at a time into a
     reused buffer (softmax.scores).
@@ -226,7 +232,7 @@ def image_scores(W: np.ndarray, pre: Preprocessor, images: np.ndarray) -> np.nda
 
 
 def mirror_weights(W: np.ndarray, pre: Preprocessor) -> np.ndarray:
-    """Weights (D, C), W's dtype, whose scores are the mean of W's scores on an image and on
+    """Weights (C, D), W's dtype, whose scores are the mean of W's scores on an image and on
     its left-right mirror image: flip test-time augmentation folded into one linear model.
 
     In raw pixel space (fold) that is the average of the pixel weights with their mirror;
@@ -235,6 +241,6 @@ def mirror_weights(W: np.ndarray, pre: Preprocessor) -> np.ndarray:
     if pre.n_raw != IMAGE_BYTES or not pre.bias:
         raise ValueError("mirror-symmetric weights need 3072 image columns and the bias column")
     W_raw = pre.fold(W.astype(np.float64))
-    pixels = W_raw[:IMAGE_BYTES].reshape(*IMAGE_SHAPE, -1)
-    W_raw[:IMAGE_BYTES] = ((pixels + pixels[:, :, ::-1]) / 2).reshape(IMAGE_BYTES, -1)
+    pixels = W_raw[:, :IMAGE_BYTES].reshape(-1, *IMAGE_SHAPE)
+    W_raw[:, :IMAGE_BYTES] = ((pixels + pixels[..., ::-1]) / 2).reshape(-1, IMAGE_BYTES)
     return pre.unfold(W_raw).astype(W.dtype)

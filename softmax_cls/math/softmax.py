@@ -1,7 +1,9 @@
-"""Softmax cross-entropy: the math contract of DESIGN.md, vectorized, plus a plain-loop reference.
+"""Softmax cross-entropy (the math contract, docs/design.md), vectorized, and a plain-loop
+reference.
 
-Shapes: W (D, C) weights, the last row the bias row when X carries the bias column;
-X (N, D) features; y (N,) integer labels in [0, C). Scores S = X W are (N, C).
+Shapes: W (C, D) weights, one row per class, the last column the bias column when X carries
+the bias column; X (N, D) features; y (N,) integer labels in [0, C). Scores S = X W.T are
+(N, C). This is the one weight layout of the package: state, checkpoints and engines.
 Every array function keeps the dtype of W (float32 for training, float64 for checks).
 """
 
@@ -68,31 +70,38 @@ def softmax_loss_from_scores(
     return loss, dS
 
 
-def l2_penalty(W: np.ndarray, reg: float, reg_bias: bool = False) -> tuple[float, np.ndarray]:
-    """reg * sum(W * W) and its gradient 2 reg W (W's shape and dtype); the last (bias) row
-    left out unless reg_bias. The value is summed in W's dtype by BLAS, and again in float64
-    when that overflows."""
-    penalized = W if reg_bias else W[:-1]
-    flat = penalized.ravel()
+def penalises_last_column(has_bias: bool, reg_bias: bool) -> bool:
+    """Whether the L2 penalty covers W's last column: always when it is a feature column (no
+    bias column), else only with loss.reg_bias. The one place this rule is decided."""
+    return reg_bias or not has_bias
+
+
+def l2_penalty(W: np.ndarray, reg: float, penalise_last: bool = False
+               ) -> tuple[float, np.ndarray]:
+    """reg * sum(W * W) over the penalised columns of W (C, D), and its gradient 2 reg W there
+    (0 elsewhere), W's shape and dtype. The last (bias) column is left out unless
+    penalise_last (penalises_last_column). The value is summed in W's dtype by BLAS, and
+    again in float64 when that overflows."""
+    penalised = W if penalise_last else W[:, :-1]
     with np.errstate(over="ignore"):
-        value = float(np.dot(flat, flat))
+        value = float(np.vdot(penalised, penalised))
     if not math.isfinite(value):  # a float32 overflow of a finite W: sum again in float64
-        flat = flat.astype(np.float64)
-        value = float(np.dot(flat, flat))
+        wide = penalised.astype(np.float64)
+        value = float(np.vdot(wide, wide))
     grad = np.zeros_like(W)
-    np.multiply(penalized, 2 * reg, out=grad if reg_bias else grad[:-1])
+    np.multiply(penalised, 2 * reg, out=grad if penalise_last else grad[:, :-1])
     return value * reg, grad
 
 
 def _check_problem(W: np.ndarray, X: np.ndarray, y: np.ndarray) -> None:
-    if W.ndim != 2 or X.ndim != 2 or X.shape[1] != W.shape[0]:
-        raise ValueError(f"shapes do not fit: X {X.shape} @ W {W.shape}")
+    if W.ndim != 2 or X.ndim != 2 or X.shape[1] != W.shape[1]:
+        raise ValueError(f"shapes do not fit: X {X.shape} @ W.T, W {W.shape}")
     if X.dtype != W.dtype or W.dtype not in (np.float32, np.float64):
         raise TypeError(f"X and W must share a float32/float64 dtype, got {X.dtype} and {W.dtype}")
     if y.shape != (X.shape[0],):
         raise ValueError(f"y must have shape ({X.shape[0]},), got {y.shape}")
-    if len(y) and (y.min() < 0 or y.max() >= W.shape[1]):
-        raise ValueError(f"labels must lie in [0, {W.shape[1]}), got {y.min()}..{y.max()}")
+    if len(y) and (y.min() < 0 or y.max() >= W.shape[0]):
+        raise ValueError(f"labels must lie in [0, {W.shape[0]}), got {y.min()}..{y.max()}")
 
 
 def loss_and_grad(
@@ -101,17 +110,21 @@ def loss_and_grad(
     y: np.ndarray,
     reg: float = 0.0,
     clip: float = DEFAULT_CLIP,
-    reg_bias: bool = False,
+    penalise_last: bool = False,
+    sample_weight: np.ndarray | None = None,
 ) -> tuple[float, np.ndarray]:
-    """Softmax loss mean(-log p[y]) + reg * sum(W*W) and its gradient X^T (P - Y) / N + 2 reg W.
+    """Softmax loss mean(w * -log p[y]) + reg * sum(W*W) and its gradient
+    (P - Y).T (w X) / N + 2 reg W: the reference every engine is tested against.
 
-    W (D, C) and X (N, D) share a float dtype; y (N,) ints. Returns (loss, dW) with dW (D, C)
-    of W's dtype. The last row of W (the bias row) is not penalized unless reg_bias.
+    W (C, D) and X (N, D) share a float dtype; y (N,) ints; sample_weight (N,) or None (all
+    ones). Returns (loss, dW) with dW (C, D) of W's dtype. The last column of W (the bias
+    column) is not penalised unless penalise_last.
     """
     _check_problem(W, X, y)
-    data_loss, dS = softmax_loss_from_scores(X @ W, y, clip)
-    penalty, dW = l2_penalty(W, reg, reg_bias)
-    dW += X.T @ dS
+    weight = None if sample_weight is None else np.asarray(sample_weight, dtype=W.dtype)
+    data_loss, dS = softmax_loss_from_scores(X @ W.T, y, clip, weight)
+    penalty, dW = l2_penalty(W, reg, penalise_last)
+    dW += dS.T @ X
     return finite_loss(data_loss + penalty), dW
 
 
@@ -121,33 +134,33 @@ def loss_and_grad_naive(
     y: np.ndarray,
     reg: float = 0.0,
     clip: float = DEFAULT_CLIP,
-    reg_bias: bool = False,
+    penalise_last: bool = False,
 ) -> tuple[float, np.ndarray]:
     """Plain-loop reference of loss_and_grad: one sample and one class at a time, in float64.
 
-    Slow and obvious on purpose; returns (loss, dW) with dW in W's dtype.
+    Slow and obvious on purpose; W (C, D); returns (loss, dW) with dW (C, D) in W's dtype.
     """
     _check_problem(W, X, y)
-    n, c = X.shape[0], W.shape[1]
+    n, c = X.shape[0], W.shape[0]
     W64, X64 = W.astype(np.float64), X.astype(np.float64)
     dW = np.zeros_like(W64)
     loss = 0.0
     for i in range(n):
-        scores = [float(X64[i] @ W64[:, j]) for j in range(c)]
+        scores = [float(X64[i] @ W64[j]) for j in range(c)]
         top = max(scores)
         shifted = [max(s - top, -clip) for s in scores]
         total = sum(math.exp(z) for z in shifted)
         loss += math.log(total) - shifted[y[i]]
         for j in range(c):
             p = math.exp(shifted[j]) / total
-            dW[:, j] += (p - (j == y[i])) * X64[i]
+            dW[j] += (p - (j == y[i])) * X64[i]
     loss /= n
     dW /= n
-    last = W.shape[0] if reg_bias else W.shape[0] - 1
-    for row in range(last):
-        for j in range(c):
-            loss += reg * W64[row, j] ** 2
-            dW[row, j] += 2 * reg * W64[row, j]
+    last = W.shape[1] if penalise_last else W.shape[1] - 1
+    for j in range(c):
+        for column in range(last):
+            loss += reg * W64[j, column] ** 2
+            dW[j, column] += 2 * reg * W64[j, column]
     return loss, dW.astype(W.dtype)
 
 
@@ -160,16 +173,16 @@ def softmax_probs(S: np.ndarray, clip: float = DEFAULT_CLIP) -> np.ndarray:
 
 def scores(W: np.ndarray, X, chunk: int = PREDICT_CHUNK,
            transform: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
-    """Scores (N, C) in W's dtype: X @ W, computed `chunk` rows at a time.
+    """Scores (N, C) in W's dtype: X @ W.T for W (C, D), computed `chunk` rows at a time.
 
     X is (N, D) features, or anything row-sliceable whose chunks `transform` turns into
     (rows, D) features (raw uint8 images and preprocess.raw_features, say), so only one
     chunk is ever converted at a time.
     """
-    out = np.empty((len(X), W.shape[1]), dtype=W.dtype)
+    out = np.empty((len(X), W.shape[0]), dtype=W.dtype)
     for i in range(0, len(X), chunk):
         block = X[i : i + chunk]
-        np.matmul(block if transform is None else transform(block), W, out=out[i : i + chunk])
+        np.matmul(block if transform is None else transform(block), W.T, out=out[i : i + chunk])
     return out
 
 
@@ -177,7 +190,7 @@ def predict_proba(W: np.ndarray, X, clip: float = DEFAULT_CLIP, chunk: int = PRE
                   transform: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
     """Class probabilities (N, C) for features X (N, D) (see `scores` for transform)."""
     return softmax_probs(scores(W, X, chunk, transform), clip) if len(X) else np.empty(
-        (0, W.shape[1]), W.dtype)
+        (0, W.shape[0]), W.dtype)
 
 
 def predict(W: np.ndarray, X, chunk: int = PREDICT_CHUNK,

@@ -76,16 +76,17 @@ def pixel_images(rows: np.ndarray) -> np.ndarray:
 def template_images(W: np.ndarray, preprocessor: Preprocessor) -> np.ndarray:
     """(C, 32, 32, 3) uint8: each class's weights as an image in raw pixel space.
 
-    W (3073 or 3072, C) acts on preprocessed features x = (u - mean) * scale. On raw pixels u
-    the weight of pixel j is W[j] * scale[j] (Preprocessor.fold), computed in float64. Each
+    W (C, 3073 or 3072) acts on preprocessed features x = (u - mean) * scale. On raw pixels u
+    the weight of pixel j is W[:, j] * scale[j] (Preprocessor.fold), computed in float64. Each
     template is then stretched on its own, over all three colour planes at once so its hues
     are kept: its minimum becomes 0 and its maximum 255 (rounded to the nearest integer). A
     constant template becomes mid-grey (128) everywhere.
     """
-    if W.ndim != 2 or W.shape[0] < N_PIXELS or preprocessor.scale.shape != (N_PIXELS,):
-        raise DataError(f"templates need {N_PIXELS} pixel rows of W, got W of shape {W.shape}")
-    W = W[: preprocessor.n_features].astype(np.float64)
-    raw = preprocessor.fold(W)[:N_PIXELS].T  # (C, 3072): pixel weights on raw pixels
+    if W.ndim != 2 or W.shape[1] < N_PIXELS or preprocessor.scale.shape != (N_PIXELS,):
+        raise DataError(f"templates need {N_PIXELS} pixel columns of W, got W of shape "
+                        f"{W.shape}")
+    W = W[:, : preprocessor.n_features].astype(np.float64)
+    raw = preprocessor.fold(W)[:, :N_PIXELS]  # (C, 3072): pixel weights on raw pixels
     low = raw.min(axis=1, keepdims=True)
     span = raw.max(axis=1, keepdims=True) - low
     flat = np.full(raw.shape, CONSTANT_TEMPLATE_GREY, dtype=np.uint8)

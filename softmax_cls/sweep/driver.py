@@ -607,7 +607,7 @@ def finish_sweep(folder: Path, study, spec: SweepSpec, meta: dict, progress: boo
                  plots: bool | None = None) -> SweepResult:
     """After the last trial: best.npz, the one evaluation of its weights on the test split,
     best.yaml, summary.json and (when asked or auto) the pictures."""
-    from ..engines.numpy_engine import get_engine
+    from ..engines import get_engine
     from ..training.checkpoint import load_checkpoint
     from ..training.fit import validation_metrics
 

@@ -1,9 +1,11 @@
 """Checkpoints: one .npz that loads with allow_pickle=False, written atomically.
 
-It holds the weights, the preprocessing statistics, the class names, the effective config as
-YAML text, the history, the versions, the data fingerprint, the validation rows of the run's
-split (`val_rows`, int64, so any run can be audited) and the optimizer state, so that eval
-needs nothing else and a resumed run continues exactly as an uninterrupted one.
+It holds the weights (W, velocity, average, best_W: (C, D) float32; format 2 files hold them
+as (D, C) and are converted on load), the preprocessing statistics, the class names, the
+effective config as YAML text, the history, the versions, the data fingerprint, the
+validation rows of the run's split (`val_rows`, int64, so any run can be audited) and the
+optimizer state, so that eval needs nothing else and a resumed run continues exactly as an
+uninterrupted one.
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ from ..fsutil import atomic_write
 from ..math.preprocess import Preprocessor
 from .fit import TrainState
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: weights (C, D); 2 (read, converted on load): weights (D, C)
+READABLE_VERSIONS = (2, 3)
+WEIGHTS = ("W", "velocity", "average", "best_W")
 # The most bytes (uncompressed) a checkpoint member may have, checked before it is read: a
 # hostile .npz can declare members that inflate to gigabytes.
 TEXT_CAP = 16 << 20  # config_yaml, meta_json (the history), class_names
@@ -136,11 +140,14 @@ def _from_arrays(path: Path, arrays: dict[str, np.ndarray]) -> Checkpoint:
     meta = json.loads(str(arrays["meta_json"]))
     config_yaml = str(arrays["config_yaml"])
     config = config_from_dict(parse_yaml(config_yaml, f"{path} config"))
-    if meta["format_version"] != FORMAT_VERSION:
-        raise DataError(f"{path}: checkpoint format {meta['format_version']!r} is not "
-                        f"supported (this version reads {FORMAT_VERSION})")
-    state = TrainState(W=arrays["W"], velocity=arrays["velocity"], average=arrays["average"],
-                       best_W=arrays["best_W"],
+    version = meta["format_version"]
+    if version not in READABLE_VERSIONS:
+        raise DataError(f"{path}: checkpoint format {version!r} is not supported (this "
+                        f"version reads {', '.join(map(str, READABLE_VERSIONS))})")
+    weights = {key: arrays[key] for key in WEIGHTS}
+    if version == 2:  # written before the one (C, D) layout
+        weights = {key: np.ascontiguousarray(array.T) for key, array in weights.items()}
+    state = TrainState(**weights,
                        epoch=int(meta["epoch"]), best_epoch=int(meta["best_epoch"]),
                        best_val_acc=float(meta["best_val_acc"]),
                        epochs_since_best=int(meta["epochs_since_best"]),
@@ -155,8 +162,8 @@ def _from_arrays(path: Path, arrays: dict[str, np.ndarray]) -> Checkpoint:
 
 def check_matches(checkpoint: Checkpoint, data: CifarData, path: str | Path) -> None:
     """DataError unless the data is the very data (per-file checksums) the checkpoint saw."""
-    if len(data.class_names) != checkpoint.W.shape[1]:
-        raise DataError(f"{path}: the checkpoint has {checkpoint.W.shape[1]} classes, the data "
+    if len(data.class_names) != checkpoint.W.shape[0]:
+        raise DataError(f"{path}: the checkpoint has {checkpoint.W.shape[0]} classes, the data "
                         f"{len(data.class_names)}")
     for name, md5 in checkpoint.fingerprint.items():
         if data.fingerprint.get(name) != md5:
@@ -168,8 +175,8 @@ def check_matches(checkpoint: Checkpoint, data: CifarData, path: str | Path) -> 
 def _validate(path: Path, ckpt: Checkpoint) -> None:
     pre, state = ckpt.preprocessor, ckpt.state
     n_classes = len(ckpt.class_names)
-    expected = (pre.n_features, n_classes)
-    for name in ("W", "velocity", "average", "best_W"):
+    expected = (n_classes, pre.n_features)
+    for name in WEIGHTS:
         array = getattr(state, name)
         if array.shape != expected or array.dtype != np.float32:
             raise DataError(f"{path}: {name} has shape {array.shape} {array.dtype}, expected "

@@ -17,10 +17,11 @@ import numpy as np
 from tqdm import tqdm
 
 from ..config import Config
-from ..engines.numpy_engine import Engine, get_engine
+from ..engines import get_engine
+from ..engines.contract import Engine, EpochPlan, OptimizerState, StepRule, TrainingRows
 from ..errors import SoftmaxClsError
 from ..math import softmax
-from ..math.augment import PADDING_CODES, draw_augmentation
+from ..math.augment import draw_augmentation
 from ..math.optim import averaging_alphas, learning_rate
 from ..math.preprocess import Preprocessor, Split, mirror_weights
 
@@ -33,8 +34,8 @@ class TrainingDiverged(SoftmaxClsError):
 class TrainState:
     """Where training stands after `epoch` completed epochs.
 
-    W, velocity, average and best_W are (D, C) float32. `average` is the running weight
-    average (optim.averaging); best_W the model weights of the best epoch on validation.
+    W, velocity, average and best_W are (C, D) float32, C-contiguous. `average` is the running
+    weight average (optim.averaging); best_W the model weights of the best epoch on validation.
     The shuffling and augmentation of epoch e are a pure function of (config seed, e), so
     `epoch` is the whole random state.
     """
@@ -57,9 +58,13 @@ class FitResult:
 
 
 def initial_state(config: Config, n_features: int, n_classes: int) -> TrainState:
-    """Gaussian weights (D, C) float32 with std model.init_std, seeded by config.seed."""
+    """Gaussian weights (C, D) float32 with std model.init_std, seeded by config.seed.
+
+    The draws are made in (D, C) order and transposed, so a seed gives the weights it gave
+    when the package stored W as (D, C)."""
     rng = np.random.default_rng(config.seed)
-    W = (rng.standard_normal((n_features, n_classes)) * config.model.init_std).astype(np.float32)
+    draws = rng.standard_normal((n_features, n_classes)) * config.model.init_std
+    W = np.ascontiguousarray(draws.T, dtype=np.float32)
     return TrainState(W=W, velocity=np.zeros_like(W), average=W.copy(), best_W=W.copy())
 
 
@@ -69,7 +74,7 @@ def epoch_rng(seed: int, epoch: int) -> np.random.Generator:
 
 
 def model_weights(config: Config, state: TrainState, pre: Preprocessor) -> np.ndarray:
-    """The weights (D, C) float32 that are validated, checkpointed and evaluated: the weight
+    """The weights (C, D) float32 that are validated, checkpointed and evaluated: the weight
     average when optim.averaging is on (else W), made mirror-symmetric when configured."""
     W = state.W if config.optim.averaging.name == "none" else state.average
     return mirror_weights(W, pre) if config.model.mirror_symmetric else W.copy()
@@ -77,9 +82,8 @@ def model_weights(config: Config, state: TrainState, pre: Preprocessor) -> np.nd
 
 def validation_metrics(engine: Engine, W: np.ndarray, pre: Preprocessor, rows: np.ndarray,
                        labels: np.ndarray, clip: float) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) of weights W (D, C) on raw rows (N, P), labels (N,)."""
-    scores = engine.predict_scores(rows, np.ascontiguousarray(W.T), pre.mean, pre.scale,
-                                   pre.bias)
+    """(mean cross-entropy, accuracy) of weights W (C, D) on raw rows (N, P), labels (N,)."""
+    scores = engine.predict_scores(rows, W, pre)
     loss, _ = softmax.softmax_loss_from_scores(scores, labels, clip)
     return loss, float(np.mean(scores.argmax(axis=1) == labels))
 
@@ -111,7 +115,7 @@ def fit(
     # -- setup: engine, starting state, the fixed parts of every epoch
     engine = get_engine(config.engine)
     if progress and engine.name == "numba":
-        from ..engines.numba_engine.kernels import kernels_are_compiled
+        from ..engines.numba_engine import kernels_are_compiled
 
         if not kernels_are_compiled(rows.dtype):
             tqdm.write("compiling the numba kernels once (cached for later runs)",
@@ -123,8 +127,9 @@ def fit(
     val_images, val_labels = rows[val_rows], labels[val_rows]  # gathered once, not per epoch
     batch_size = min(optim.batch_size, len(train_rows))
     steps_per_epoch = -(-len(train_rows) // batch_size)
-    weights = (np.empty(0, np.float32) if sample_weight is None
-               else np.asarray(sample_weight, dtype=np.float32))
+    data = TrainingRows(rows, np.asarray(labels, dtype=np.int64),
+                        None if sample_weight is None
+                        else np.ascontiguousarray(sample_weight, dtype=np.float32))
     stopped_early = patience is not None and state.epochs_since_best >= patience
     first_epoch = optim.epochs if stopped_early else state.epoch  # a stopped run stays stopped
     epochs = tqdm(range(first_epoch, optim.epochs), desc="epochs", disable=not progress,
@@ -137,21 +142,22 @@ def fit(
             rng = epoch_rng(config.seed, epoch)
             order = train_rows[rng.permutation(len(train_rows))]
             flip, shift = draw_augmentation(rng, len(order), augment.hflip, augment.translate)
-            alphas = averaging_alphas(optim.averaging, epoch, steps_per_epoch, optim.epochs)
+            plan = EpochPlan(order, batch_size,
+                             averaging_alphas(optim.averaging, epoch, steps_per_epoch,
+                                              optim.epochs),
+                             flip if len(flip) else None, shift if len(shift) else None,
+                             augment.padding)
 
-            # -- SGD steps over the epoch, on (C, D) working copies of the weights
-            W, velocity, average = (np.ascontiguousarray(a.T)
-                                    for a in (state.W, state.velocity, state.average))
+            # -- SGD steps over the epoch, on working copies of the weights
+            W, velocity, average = (a.copy() for a in (state.W, state.velocity, state.average))
             loss_sum, correct = engine.train_epoch(
-                rows, labels, order, weights, flip, shift, PADDING_CODES[augment.padding],
-                W, velocity, average, alphas, pre.mean, pre.scale, pre.bias, batch_size, lr,
-                optim.momentum, optim.nesterov, optim.grad_clip or 0.0, loss_cfg.reg,
-                loss_cfg.reg_bias or not pre.bias, loss_cfg.clip)
+                data, plan, StepRule.from_config(config, lr, pre.bias), pre,
+                OptimizerState(W, velocity, average))
             if not (np.isfinite(W).all() and np.isfinite(average).all()):
                 raise softmax.NonFiniteError("non-finite weights")
 
             # -- validation of the model weights
-            candidate = TrainState(W.T.copy(), velocity.T.copy(), average.T.copy(), state.best_W)
+            candidate = TrainState(W, velocity, average, state.best_W)
             model = model_weights(config, candidate, pre)
             val_loss, val_acc = (validation_metrics(engine, model, pre, val_images,
                                                     val_labels, loss_cfg.clip)

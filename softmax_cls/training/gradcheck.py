@@ -1,6 +1,6 @@
 """Gradient check: analytic gradients against centred finite differences, in float64.
 
-For K random coordinates w of W (always one of the bias row among them): numeric =
+For K random coordinates w of W (always one of the bias column among them): numeric =
 (f(w + h) - f(w - h)) / 2h. h is `step` divided by the RMS of the coordinate's feature
 column when that exceeds 1 (raw pixels reach 255), which keeps the truncation error
 h^2 f'''/6 below the rounding error.
@@ -31,10 +31,12 @@ import numpy as np
 from ..config import Config
 from ..data.cifar import load_config_data
 from ..data.datasets import IMAGE_BYTES
-from ..engines.numpy_engine import Engine, get_engine
+from ..engines import get_engine
+from ..engines.contract import Engine, StepRule
 from ..errors import ConfigError, SoftmaxClsError
 from ..math import softmax
 from ..math.preprocess import Preprocessor, fit_preprocessor, split_and_fit
+from ..math.softmax import penalises_last_column
 
 EPS = float(np.finfo(np.float64).eps)
 # f is a sum of thousands of products, a log-sum-exp and a mean: it carries a few ulps of
@@ -94,26 +96,28 @@ def check_gradient(
     step: float = DEFAULT_STEP,
     tolerance: float = DEFAULT_TOLERANCE,
     name: str = "gradient",
-    row_scale: np.ndarray | None = None,
+    column_scale: np.ndarray | None = None,
 ) -> CheckResult:
-    """Compare f's analytic gradient at W (D, C) float64 with centred differences.
+    """Compare f's analytic gradient at W (C, D) float64 with centred differences.
 
-    f(W) returns (loss, dW). row_scale (D,) is the RMS of each row's feature column; the step
-    of a coordinate in row i is step / max(1, row_scale[i]). The last row (the bias row) is
-    always among the coordinates checked. W is left unchanged. Raises GradcheckRefused when
-    the step cannot resolve the largest derivative checked (see the module docstring).
+    f(W) returns (loss, dW). column_scale (D,) is the RMS of each feature column; the step of
+    a coordinate in column j is step / max(1, column_scale[j]). The last column (the bias
+    column) is always among the coordinates checked. W is left unchanged. Raises
+    GradcheckRefused when the step cannot resolve the largest derivative checked (see the
+    module docstring).
     """
     if W.dtype != np.float64:
         raise TypeError(f"the gradient check runs in float64, got {W.dtype}")
     _, analytic = f(W)
     count = min(num_checks, W.size)
-    bias_index = (W.shape[0] - 1) * W.shape[1] + int(rng.integers(W.shape[1]))
+    bias_index = int(rng.integers(W.shape[0])) * W.shape[1] + W.shape[1] - 1
     others = rng.choice(np.delete(np.arange(W.size), bias_index), size=count - 1, replace=False)
     work = W.copy()
     checks = []
     for index in [bias_index, *others]:
         coord = np.unravel_index(index, W.shape)
-        h = step / max(1.0, float(row_scale[coord[0]])) if row_scale is not None else step
+        h = (step / max(1.0, float(column_scale[coord[1]])) if column_scale is not None
+             else step)
         work[coord] = W[coord] + h
         f_plus, _ = f(work)
         work[coord] = W[coord] - h
@@ -140,11 +144,12 @@ def _check_power(name: str, checks: list[CoordinateCheck], step: float) -> None:
 
 
 def compare_with_loop(
-    W: np.ndarray, X: np.ndarray, y: np.ndarray, reg: float, clip: float, reg_bias: bool = False
+    W: np.ndarray, X: np.ndarray, y: np.ndarray, reg: float, clip: float,
+    penalise_last: bool = False,
 ) -> dict[str, float]:
     """Largest absolute differences between the loop reference and the vectorized softmax."""
-    loss_vec, grad_vec = softmax.loss_and_grad(W, X, y, reg, clip, reg_bias)
-    loss_loop, grad_loop = softmax.loss_and_grad_naive(W, X, y, reg, clip, reg_bias)
+    loss_vec, grad_vec = softmax.loss_and_grad(W, X, y, reg, clip, penalise_last)
+    loss_loop, grad_loop = softmax.loss_and_grad_naive(W, X, y, reg, clip, penalise_last)
     return {"loss_diff": abs(loss_vec - loss_loop),
             "grad_diff": float(np.max(np.abs(grad_vec - grad_loop)))}
 
@@ -154,7 +159,7 @@ class GradcheckProblem:
     """What the check runs on: features X (N, D) float64, labels, and the trainers' objectives.
 
     `trainer_objectives` maps each available engine's name to its own minibatch function on
-    the raw rows (preprocessing folded into the weights), with W (D, C) float64 in and out.
+    the raw rows (preprocessing folded into the weights), with W (C, D) float64 in and out.
     """
 
     W: np.ndarray
@@ -162,7 +167,7 @@ class GradcheckProblem:
     y: np.ndarray
     reg: float
     clip: float
-    reg_bias: bool
+    penalise_last: bool
     trainer_objectives: dict[str, Objective]
 
 
@@ -181,20 +186,21 @@ def image_problem(
     """The check's problem on raw rows (N, P): features X = pre.transform(rows) in float64,
     and each engine's minibatch objective on the same rows."""
     rng = np.random.default_rng([seed, 1])
-    W = rng.standard_normal((pre.n_features, n_classes)) * init_std
-    reg_bias = reg_bias or not pre.bias
-    no_weight = np.empty(0)
+    W = np.ascontiguousarray((rng.standard_normal((pre.n_features, n_classes)) * init_std).T)
+    labels = np.asarray(labels, dtype=np.int64)
+    rule = StepRule(lr=1.0, reg=reg, penalise_last=penalises_last_column(pre.bias, reg_bias),
+                    clip=clip)
 
     def objective_of(engine: Engine) -> Objective:
         def trainer_objective(w: np.ndarray) -> tuple[float, np.ndarray]:
-            loss, dW, _ = engine.batch_loss_and_grad(
-                images, labels, no_weight, np.ascontiguousarray(w.T), pre.mean, pre.scale,
-                pre.bias, reg, reg_bias, clip)
-            return loss, dW.T
+            loss, dW, _ = engine.loss_and_grad(images, labels, None, np.ascontiguousarray(w),
+                                               pre, rule)
+            return loss, dW
 
         return trainer_objective
 
-    return GradcheckProblem(W, pre.transform(images, np.float64), labels, reg, clip, reg_bias,
+    return GradcheckProblem(W, pre.transform(images, np.float64), labels, reg, clip,
+                            rule.penalise_last,
                             {engine.name: objective_of(engine) for engine in available_engines()})
 
 
@@ -233,22 +239,23 @@ def run_gradcheck(
     """All checks: the vectorized loss with reg = 0 and reg > 0, the trainer's minibatch
     objective, and loop-versus-vectorized agreement (as the last result's `extra`)."""
     rng = np.random.default_rng(seed)
-    W, X, y, clip, reg_bias = problem.W, problem.X, problem.y, problem.clip, problem.reg_bias
-    row_scale = np.sqrt(np.mean(X * X, axis=0))
+    W, X, y, clip = problem.W, problem.X, problem.y, problem.clip
+    penalise_last = problem.penalise_last
+    column_scale = np.sqrt(np.mean(X * X, axis=0))
     results = []
     for reg in (0.0, problem.reg):
         def objective(w, reg=reg):
-            return softmax.loss_and_grad(w, X, y, reg, clip, reg_bias)
+            return softmax.loss_and_grad(w, X, y, reg, clip, penalise_last)
 
         results.append(check_gradient(objective, W, num_checks, rng, step, tolerance,
-                                      f"loss_and_grad, reg={reg:g}", row_scale))
+                                      f"loss_and_grad, reg={reg:g}", column_scale))
     for name, objective in problem.trainer_objectives.items():
         results.append(check_gradient(objective, W, num_checks, rng, step, tolerance,
                                       f"{name} engine minibatch objective, reg={problem.reg:g}",
-                                      row_scale))
+                                      column_scale))
     extra = results[-1].extra
-    extra.update(compare_with_loop(W, X, y, problem.reg, clip, reg_bias))
-    plain_loss, plain_grad = softmax.loss_and_grad(W, X, y, problem.reg, clip, reg_bias)
+    extra.update(compare_with_loop(W, X, y, problem.reg, clip, penalise_last))
+    plain_loss, plain_grad = softmax.loss_and_grad(W, X, y, problem.reg, clip, penalise_last)
     for name, objective in problem.trainer_objectives.items():
         trainer_loss, trainer_grad = objective(W)
         extra[f"{name}_loss_diff"] = abs(trainer_loss - plain_loss)

@@ -26,7 +26,7 @@ from ..config import (
     parse_yaml,
 )
 from ..data.cifar import CifarData, load_config_data
-from ..engines.numpy_engine import get_engine
+from ..engines import get_engine
 from ..errors import ConfigError, SoftmaxClsError
 from ..fsutil import FolderBusy, atomic_write, folder_lock, fsync_dir
 from ..interrupts import stop_word_and_code

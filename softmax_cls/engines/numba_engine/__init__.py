@@ -1,0 +1,49 @@
+"""The numba engine: the engine contract (softmax_cls.engines.contract) in compiled kernels
+that read the uint8 rows directly (the optional extra `softmax-cls[fast]`).
+
+Importing this package imports numba (ImportError without it). The kernels take flat
+arguments; this adapter is the one place that unpacks the contract's objects for them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ...math.preprocess import Preprocessor
+from ..contract import Engine, EpochPlan, OptimizerState, StepRule, TrainingRows
+from . import kernels
+
+NO_SAMPLE_WEIGHT = np.zeros(0, np.float32)
+NO_FLIP = np.zeros(0, np.bool_)
+NO_SHIFT = np.zeros((0, 2), np.int64)
+
+
+def train_epoch(data: TrainingRows, plan: EpochPlan, rule: StepRule, pre: Preprocessor,
+                state: OptimizerState) -> tuple[float, int]:
+    mean, scale = pre.vectors(np.float32)
+    return kernels.train_epoch(
+        data.rows, data.labels, plan.order,
+        NO_SAMPLE_WEIGHT if data.sample_weight is None else data.sample_weight,
+        NO_FLIP if plan.flip is None else plan.flip,
+        NO_SHIFT if plan.shift is None else plan.shift, plan.padding_code,
+        state.W, state.velocity, state.average, plan.avg_alpha, mean, scale, pre.bias,
+        plan.batch_size, rule.lr, rule.momentum, rule.nesterov, rule.grad_clip or 0.0,
+        rule.reg, rule.penalise_last, rule.clip)
+
+
+def predict_scores(rows: np.ndarray, W: np.ndarray, pre: Preprocessor) -> np.ndarray:
+    mean, scale = pre.vectors(W.dtype)
+    return kernels.predict_scores(rows, W, mean, scale, pre.bias)
+
+
+def loss_and_grad(rows: np.ndarray, labels: np.ndarray, sample_weight: np.ndarray | None,
+                  W: np.ndarray, pre: Preprocessor, rule: StepRule
+                  ) -> tuple[float, np.ndarray, int]:
+    mean, scale = pre.vectors(W.dtype)
+    return kernels.batch_loss_and_grad(
+        rows, labels, NO_SAMPLE_WEIGHT if sample_weight is None else sample_weight, W, mean,
+        scale, pre.bias, rule.reg, rule.penalise_last, rule.clip)
+
+
+kernels_are_compiled = kernels.kernels_are_compiled
+ENGINE = Engine("numba", train_epoch, predict_scores, loss_and_grad)

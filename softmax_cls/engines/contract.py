@@ -1,0 +1,235 @@
+"""The engine contract: what an engine is given, what it must do, checked once here for all.
+
+Shapes: N rows of P raw values (uint8 pixels, or float32 features); D = P + 1 features with
+the bias column, else P; C classes. Weights are (C, D) everywhere, one row per class.
+
+An engine is three functions behind an `Engine` (docs/engine-contract.md is the long form):
+- train_epoch(data, plan, rule, pre, state) -> (loss_sum, correct): the SGD steps of one
+  epoch over data.rows[plan.order] in minibatches of plan.batch_size, in place on the arrays
+  of `state`. Each step, for the minibatch's raw rows U (b, P) after plan's flips and shifts:
+      features   X = pre.transform(U)                        (folded into W, never built)
+      loss, dW   = softmax.loss_and_grad(W, X, y, rule.reg, rule.clip,
+                                         rule.penalise_last, sample weights)
+      W, velocity  by optim.sgd_step(W, velocity, dW, rule.lr, rule.momentum,
+                                     rule.nesterov, rule.grad_clip)
+      average    by optim.average_step(average, W, plan.avg_alpha[step])
+  loss_sum adds loss * b over the steps, correct counts rows whose scores before their step
+  had their label as argmax (the first maximum on ties).
+- predict_scores(rows, W, pre) -> (N, C) scores in W's dtype: pre.transform(rows) @ W.T.
+- loss_and_grad(rows, labels, sample_weight, W, pre, rule) -> (loss, dW, correct): one
+  minibatch through the same code as a train_epoch step, without the update.
+The functions of softmax_cls.math named above are the reference, in plain numpy; an engine
+that compiles its own arithmetic is tested against them (tests/test_engines.py).
+
+`Engine` checks every argument (shapes, dtypes, ranges) before it calls an engine's function,
+so an engine may assume what the docstrings of the objects below state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..config import Config
+from ..math.augment import PADDING_CODES, SIDE
+from ..math.preprocess import Preprocessor
+from ..math.softmax import penalises_last_column
+
+MAX_SHIFT = 8
+IMAGE_VALUES = 3 * SIDE * SIDE
+
+
+@dataclass(frozen=True, eq=False)
+class TrainingRows:
+    """The rows an epoch reads: rows (N, P) uint8 or float32 (a read-only memory map is
+    fine), labels (N,) int64 in [0, C), sample_weight (N,) float32 or None (all ones)."""
+
+    rows: np.ndarray
+    labels: np.ndarray
+    sample_weight: np.ndarray | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class EpochPlan:
+    """The epoch's randomness and its steps, made by training.fit for every engine alike.
+
+    order (n,) int64 row indices in visiting order; batch_size >= 1 (the last minibatch may
+    be short); avg_alpha (steps,) float64, after step s: average += avg_alpha[s] * (W -
+    average) unless it is 0; flip (n,) bool or None; shift (n, 2) int64 (dy, dx) in
+    [-MAX_SHIFT, MAX_SHIFT] or None; padding "zero", "edge" or "reflect" (what a shift
+    brings in). Flips and shifts need image rows (P = 3072 uint8).
+    """
+
+    order: np.ndarray
+    batch_size: int
+    avg_alpha: np.ndarray
+    flip: np.ndarray | None = None
+    shift: np.ndarray | None = None
+    padding: str = "edge"
+
+    @property
+    def steps(self) -> int:
+        return -(-len(self.order) // self.batch_size)
+
+    @property
+    def padding_code(self) -> int:
+        """0 zero, 1 edge, 2 reflect: the code compiled engines take."""
+        return PADDING_CODES[self.padding]
+
+
+@dataclass(frozen=True)
+class StepRule:
+    """The hyper-parameters of one SGD step: lr > 0, momentum in [0, 1), nesterov, grad_clip
+    (> 0, or None for no clipping), reg >= 0 (L2 strength), penalise_last (whether the L2
+    penalty covers W's last column), clip > 0 (max-shifted scores are clipped at -clip)."""
+
+    lr: float
+    momentum: float = 0.0
+    nesterov: bool = False
+    grad_clip: float | None = None
+    reg: float = 0.0
+    penalise_last: bool = False
+    clip: float = 50.0
+
+    @classmethod
+    def from_config(cls, config: Config, lr: float, has_bias: bool) -> StepRule:
+        """The rule of a step at learning rate lr (the schedule's) under `config`."""
+        optim, loss = config.optim, config.loss
+        return cls(lr=lr, momentum=optim.momentum, nesterov=optim.nesterov,
+                   grad_clip=optim.grad_clip, reg=loss.reg,
+                   penalise_last=penalises_last_column(has_bias, loss.reg_bias),
+                   clip=loss.clip)
+
+
+@dataclass(frozen=True, eq=False)
+class OptimizerState:
+    """The arrays an epoch updates in place: W, velocity (momentum) and average (the weight
+    average), each (C, D) float32 and C-contiguous."""
+
+    W: np.ndarray
+    velocity: np.ndarray
+    average: np.ndarray
+
+
+# ---------------------------------------------------------------------------------------------
+# The checks, once for every engine
+
+
+def check_rows(rows: np.ndarray, pre: Preprocessor) -> None:
+    if rows.ndim != 2 or rows.dtype not in (np.uint8, np.float32):
+        raise TypeError(f"rows must be a 2-d uint8 or float32 array, got {rows.dtype} "
+                        f"{rows.shape}")
+    if rows.shape[1] != pre.n_raw:
+        raise ValueError(f"rows have {rows.shape[1]} values, the preprocessing {pre.n_raw}")
+
+
+def check_weights(W: np.ndarray, pre: Preprocessor, dtypes: tuple = (np.float32,)) -> None:
+    if W.ndim != 2 or W.shape[1] != pre.n_features or W.dtype not in dtypes:
+        names = "/".join(np.dtype(t).name for t in dtypes)
+        raise ValueError(f"W must be (C, {pre.n_features}) {names}, got {W.dtype} {W.shape}")
+    if not W.flags.c_contiguous:
+        raise ValueError("W must be C-contiguous")
+
+
+def check_labels(labels: np.ndarray, n_rows: int, n_classes: int) -> None:
+    if labels.shape != (n_rows,) or labels.dtype != np.int64:
+        raise ValueError(f"labels must be ({n_rows},) int64, got {labels.dtype} {labels.shape}")
+    if n_rows and (labels.min() < 0 or labels.max() >= n_classes):
+        raise ValueError(f"labels must lie in [0, {n_classes}), got {labels.min()}.."
+                         f"{labels.max()}")
+
+
+def check_sample_weight(sample_weight: np.ndarray | None, n_rows: int) -> None:
+    if sample_weight is not None and (sample_weight.shape != (n_rows,)
+                                      or sample_weight.dtype != np.float32):
+        raise ValueError(f"sample_weight must be ({n_rows},) float32 or None, got "
+                         f"{sample_weight.dtype} {sample_weight.shape}")
+
+
+def check_epoch(data: TrainingRows, plan: EpochPlan, rule: StepRule, pre: Preprocessor,
+                state: OptimizerState) -> None:
+    """Raise TypeError / ValueError unless the arguments of train_epoch are as stated."""
+    rows, n_rows = data.rows, len(data.rows)
+    check_rows(rows, pre)
+    check_weights(state.W, pre)
+    for name in ("velocity", "average"):
+        array = getattr(state, name)
+        if array.shape != state.W.shape or array.dtype != np.float32 \
+                or not array.flags.c_contiguous:
+            raise ValueError(f"{name} must be C-contiguous float32 of shape {state.W.shape}")
+    check_labels(data.labels, n_rows, state.W.shape[0])
+    check_sample_weight(data.sample_weight, n_rows)
+    order = plan.order
+    if order.ndim != 1 or order.dtype != np.int64:
+        raise ValueError(f"order must be (n,) int64, got {order.dtype} {order.shape}")
+    if len(order) and (order.min() < 0 or order.max() >= n_rows):
+        raise ValueError(f"order must index rows in [0, {n_rows})")
+    if plan.batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {plan.batch_size}")
+    if plan.avg_alpha.shape != (plan.steps,):
+        raise ValueError(f"avg_alpha must have shape ({plan.steps},), got "
+                         f"{plan.avg_alpha.shape}")
+    n = len(order)
+    if plan.flip is not None and (plan.flip.shape != (n,) or plan.flip.dtype != np.bool_):
+        raise ValueError(f"flip must be ({n},) bool or None")
+    if plan.shift is not None:
+        if plan.shift.shape != (n, 2) or plan.shift.dtype != np.int64:
+            raise ValueError(f"shift must be ({n}, 2) int64 or None")
+        if n and np.abs(plan.shift).max() > MAX_SHIFT:
+            raise ValueError(f"shift must lie in [-{MAX_SHIFT}, {MAX_SHIFT}]")
+    if (plan.flip is not None or plan.shift is not None) and (
+            rows.dtype != np.uint8 or rows.shape[1] != IMAGE_VALUES):
+        raise ValueError(f"flips and shifts need image rows: (N, {IMAGE_VALUES}) uint8")
+    if plan.padding not in PADDING_CODES:
+        raise ValueError(f"padding must be one of {', '.join(PADDING_CODES)}, got "
+                         f"{plan.padding!r}")
+    check_rule(rule)
+    if not (rule.lr > 0 and 0 <= rule.momentum < 1):
+        raise ValueError(f"a step needs lr > 0 and momentum in [0, 1), got {rule}")
+
+
+def check_rule(rule: StepRule) -> None:
+    if not (rule.reg >= 0 and rule.clip > 0 and (rule.grad_clip is None or rule.grad_clip > 0)):
+        raise ValueError(f"step rule out of range: {rule}")
+
+
+# ---------------------------------------------------------------------------------------------
+# An engine: its name and its functions, called only after the checks
+
+
+@dataclass(frozen=True)
+class Engine:
+    """An engine's name and its three functions (the contract above); calling through the
+    Engine checks the arguments first."""
+
+    name: str
+    epoch_function: Callable[..., tuple[float, int]]
+    scores_function: Callable[..., np.ndarray]
+    loss_and_grad_function: Callable[..., tuple[float, np.ndarray, int]]
+
+    def train_epoch(self, data: TrainingRows, plan: EpochPlan, rule: StepRule,
+                    pre: Preprocessor, state: OptimizerState) -> tuple[float, int]:
+        check_epoch(data, plan, rule, pre, state)
+        if len(plan.order) == 0:
+            return 0.0, 0
+        return self.epoch_function(data, plan, rule, pre, state)
+
+    def predict_scores(self, rows: np.ndarray, W: np.ndarray, pre: Preprocessor) -> np.ndarray:
+        check_rows(rows, pre)
+        check_weights(W, pre, (np.float32, np.float64))
+        if len(rows) == 0:
+            return np.empty((0, W.shape[0]), W.dtype)
+        return self.scores_function(rows, W, pre)
+
+    def loss_and_grad(self, rows: np.ndarray, labels: np.ndarray,
+                      sample_weight: np.ndarray | None, W: np.ndarray, pre: Preprocessor,
+                      rule: StepRule) -> tuple[float, np.ndarray, int]:
+        check_rows(rows, pre)
+        check_weights(W, pre, (np.float32, np.float64))
+        check_labels(labels, len(rows), W.shape[0])
+        if sample_weight is not None and sample_weight.shape != (len(rows),):
+            raise ValueError(f"sample_weight must be ({len(rows)},) or None")
+        check_rule(rule)
+        return self.loss_and_grad_function(rows, labels, sample_weight, W, pre, rule)
