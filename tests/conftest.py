@@ -56,11 +56,11 @@ def random_problem(
     samples: int = 500, features: int = 3073, classes: int = 10, seed: int = 0,
     init_std: float = 1e-4,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A seeded float64 problem: W (features, classes), X (samples, features) with a bias
+    """A seeded float64 problem: W (classes, features), X (samples, features) with a bias
     column of ones last, y (samples,) int64."""
     rng = np.random.default_rng(seed)
     X = rng.standard_normal((samples, features))
     X[:, -1] = 1.0
-    W = rng.standard_normal((features, classes)) * init_std
+    W = np.ascontiguousarray((rng.standard_normal((features, classes)) * init_std).T)
     y = rng.integers(0, classes, size=samples)
     return W, X, y

@@ -1,86 +1,54 @@
-"""Independent float64 references for the engines (ENGINE_API.md), written from the math
-contract with plain numpy: one minibatch's loss and gradient, a whole epoch of SGD with
-momentum, clipping, L2 and averaging, the augmented image; and random problems to run them
-on. Used by tests/test_kernels.py (numba) and tests/test_engines.py (numpy)."""
+"""The float64 reference every engine is held to: the engine contract's steps
+(softmax_cls.engines.contract) written with the package's plain-numpy rules, in float64 (the
+rules themselves are checked against loops and finite differences in test_softmax.py,
+test_optim.py, test_preprocess.py and test_augment.py); and random problems to run them on.
+Used by tests/test_engines.py and tests/test_kernels.py."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
 
-PAD_MODES = {0: "constant", 1: "edge", 2: "reflect"}
+from softmax_cls.engines import get_engine
+from softmax_cls.engines.contract import EpochPlan, OptimizerState, StepRule, TrainingRows
+from softmax_cls.errors import SoftmaxClsError
+from softmax_cls.math import softmax
+from softmax_cls.math.augment import apply_augmentation
+from softmax_cls.math.optim import average_step, sgd_step
+from softmax_cls.math.preprocess import Preprocessor
+
+ENGINES = ["numpy", "numba"]
 
 
-# ---------------------------------------------------------------------------------------------
-# The independent reference
+def engine_named(name: str):
+    """The engine called `name`; the test is skipped when its library is not installed."""
+    try:
+        return get_engine(name)
+    except SoftmaxClsError:
+        pytest.skip(f"engine {name} is not installed")
 
 
-def augmented(image: np.ndarray, flip: bool, dy: int, dx: int, padding: int) -> np.ndarray:
-    """(3072,) uint8: mirror left-right, then move by (dy, dx) with np.pad's padding."""
-    planes = image.reshape(3, 32, 32)
-    if flip:
-        planes = planes[:, :, ::-1]
-    if dy or dx:
-        planes = np.pad(planes, ((0, 0), (8, 8), (8, 8)), PAD_MODES[padding])
-        planes = planes[:, 8 - dy : 40 - dy, 8 - dx : 40 - dx]
-    return planes.reshape(-1)
+@dataclass
+class Problem:
+    """Raw rows (N, P) uint8 or float32, labels (N,) int64, sample_weight (N,) float32 or
+    None, weights W (C, D) float32, and a preprocessing whose float64 statistics are exact
+    float32 values (so float32 engines and the float64 reference see the same numbers)."""
 
+    rows: np.ndarray
+    labels: np.ndarray
+    sample_weight: np.ndarray | None
+    W: np.ndarray
+    pre: Preprocessor
 
-def reference_loss_and_grad(U, y, weight, W, mean, scale, has_bias, reg, reg_bias, clip):
-    """float64 (loss, dW, correct, scores) of raw rows U (b, P) under W (C, D), by the book."""
-    b = len(U)
-    X = (U.astype(np.float64) - mean) * scale
-    if has_bias:
-        X = np.hstack([X, np.ones((b, 1))])
-    S = X @ W.T
-    Z = np.maximum(S - S.max(axis=1, keepdims=True), -clip)
-    E = np.exp(Z)
-    probs = E / E.sum(axis=1, keepdims=True)
-    w = np.ones(b) if weight is None else weight.astype(np.float64)
-    data_loss = np.sum(w * (np.log(E.sum(axis=1)) - Z[np.arange(b), y])) / b
-    onehot = np.eye(W.shape[0])[y]
-    dS = w[:, None] * (probs - onehot) / b
-    penalised = np.ones(W.shape[1], dtype=bool)
-    if has_bias and not reg_bias:
-        penalised[-1] = False
-    grad = dS.T @ X + 2 * reg * W * penalised
-    loss = data_loss + reg * np.sum(W[:, penalised] ** 2)
-    return loss, grad, int(np.sum(S.argmax(axis=1) == y)), S
-
-
-def reference_epoch(rows, labels, order, sample_weight, flip, shift, padding, W, velocity,
-                    average, avg_alpha, mean, scale, has_bias, batch_size, lr, momentum,
-                    nesterov, grad_clip, reg, reg_bias, clip):
-    """float64 copies of W, velocity, average after the epoch; loss_sum, correct, and how
-    many steps the gradient clipping changed."""
-    W, V, A = (a.astype(np.float64) for a in (W, velocity, average))
-    mean, scale = mean.astype(np.float64), scale.astype(np.float64)
-    loss_sum, correct, clipped = 0.0, 0, 0
-    for step, start in enumerate(range(0, len(order), batch_size)):
-        batch = order[start : start + batch_size]
-        U = rows[batch]
-        if len(flip) or len(shift):
-            U = np.stack([augmented(rows[r], bool(flip[start + i]) if len(flip) else False,
-                                    *(shift[start + i] if len(shift) else (0, 0)), padding)
-                          for i, r in enumerate(batch)])
-        weight = sample_weight[batch] if len(sample_weight) else None
-        loss, g, right, _ = reference_loss_and_grad(U, labels[batch], weight, W, mean, scale,
-                                                    has_bias, reg, reg_bias, clip)
-        norm = np.sqrt(np.sum(g * g))
-        if grad_clip > 0 and norm > grad_clip:
-            g = g * (grad_clip / norm)
-            clipped += 1
-        V = momentum * V + g
-        W = W - lr * (g + momentum * V if nesterov else V)
-        if avg_alpha[step] != 0:
-            A = A + avg_alpha[step] * (W - A)
-        loss_sum += loss * len(batch)
-        correct += right
-    return W, V, A, loss_sum, correct, clipped
+    @property
+    def data(self) -> TrainingRows:
+        return TrainingRows(self.rows, self.labels, self.sample_weight)
 
 
 def problem(n_rows=23, n_features=40, n_classes=10, rows_dtype=np.float32, has_bias=True,
-            seed=0, weighted=False):
+            seed=0, weighted=False) -> Problem:
     rng = np.random.default_rng(seed)
     if rows_dtype == np.uint8:
         rows = rng.integers(0, 256, size=(n_rows, n_features), dtype=np.uint8)
@@ -90,36 +58,73 @@ def problem(n_rows=23, n_features=40, n_classes=10, rows_dtype=np.float32, has_b
         rows = rng.standard_normal((n_rows, n_features)).astype(np.float32) * 3 + 1
         mean = rng.standard_normal(n_features).astype(np.float32)
         scale = rng.uniform(0.2, 0.5, n_features).astype(np.float32)
-    labels = rng.integers(0, n_classes, n_rows)
+    labels = rng.integers(0, n_classes, n_rows).astype(np.int64)
     W = (rng.standard_normal((n_classes, n_features + int(has_bias))) * 0.1).astype(np.float32)
-    weight = (rng.uniform(0.2, 2.0, n_rows).astype(np.float32) if weighted
-              else np.zeros(0, np.float32))
-    return rows, labels, W, mean, scale, weight
+    weight = rng.uniform(0.2, 2.0, n_rows).astype(np.float32) if weighted else None
+    pre = Preprocessor(mean.astype(np.float64), scale.astype(np.float64), has_bias)
+    return Problem(rows, labels, weight, W, pre)
 
 
-def run_engine(train_epoch, rows, labels, W, mean, scale, weight, *, order=None, flip=None,
-               shift=None, padding=1, has_bias=True, batch_size=8, lr=0.05, momentum=0.0,
-               nesterov=False, grad_clip=0.0, reg=0.0, reg_bias=False, clip=50.0, alphas=None,
-               velocity=None):
-    """(W, V, A, loss_sum, correct) after train_epoch (an engine's) and the reference's
-    (float64 W, V, A, loss_sum, correct, steps clipped), on the same inputs."""
-    n = len(rows) if order is None else len(order)
-    order = np.random.default_rng(1).permutation(len(rows))[:n] if order is None else order
-    flip = np.zeros(0, bool) if flip is None else flip
-    shift = np.zeros((0, 2), np.int64) if shift is None else shift
+# ---------------------------------------------------------------------------------------------
+# The reference
+
+
+def reference_loss_and_grad(U, y, weight, W, pre: Preprocessor, rule: StepRule):
+    """float64 (loss, dW (C, D), correct, scores (b, C)) of raw rows U (b, P) under W."""
+    W = np.asarray(W, dtype=np.float64)
+    X = pre.transform(U, np.float64)
+    loss, grad = softmax.loss_and_grad(W, X, y, rule.reg, rule.clip, rule.penalise_last,
+                                       None if weight is None else weight.astype(np.float64))
+    S = X @ W.T
+    return loss, grad, int(np.sum(S.argmax(axis=1) == y)), S
+
+
+def reference_epoch(data: TrainingRows, plan: EpochPlan, rule: StepRule, pre: Preprocessor,
+                    state: OptimizerState):
+    """float64 (W, velocity, average) after the epoch, loss_sum, correct, and how many steps
+    the gradient clipping changed."""
+    W, V, A = (a.astype(np.float64) for a in (state.W, state.velocity, state.average))
+    loss_sum, correct, clipped = 0.0, 0, 0
+    for step, start in enumerate(range(0, len(plan.order), plan.batch_size)):
+        batch = plan.order[start : start + plan.batch_size]
+        U = data.rows[batch]
+        if plan.flip is not None or plan.shift is not None:
+            U = U.copy()
+            n = len(batch)
+            apply_augmentation(
+                U, np.zeros(0, bool) if plan.flip is None else plan.flip[start : start + n],
+                np.zeros((0, 2), np.int64) if plan.shift is None
+                else plan.shift[start : start + n], plan.padding)
+        weight = None if data.sample_weight is None else data.sample_weight[batch]
+        loss, g, right, _ = reference_loss_and_grad(U, data.labels[batch], weight, W, pre, rule)
+        if rule.grad_clip is not None and np.linalg.norm(g) > rule.grad_clip:
+            clipped += 1
+        sgd_step(W, V, g, rule.lr, rule.momentum, rule.nesterov, rule.grad_clip)
+        average_step(A, W, plan.avg_alpha[step])
+        loss_sum += loss * len(batch)
+        correct += right
+    return W, V, A, loss_sum, correct, clipped
+
+
+def run_engine(engine_name: str, p: Problem, *, order=None, flip=None, shift=None,
+               padding="edge", batch_size=8, alphas=None, velocity=None, **rule):
+    """(W, V, A, loss_sum, correct) after the engine's train_epoch, and the reference's
+    (float64 W, V, A, loss_sum, correct, steps clipped), on the same inputs. `rule` holds
+    StepRule fields (lr defaults to 0.05)."""
+    engine = engine_named(engine_name)
+    n = len(p.rows) if order is None else len(order)
+    order = (np.random.default_rng(1).permutation(len(p.rows))[:n] if order is None
+             else np.asarray(order, dtype=np.int64))
     steps = -(-n // batch_size)
-    alphas = np.zeros(steps) if alphas is None else alphas
-    V = np.zeros_like(W) if velocity is None else velocity.copy()
-    A = W * 0.5
-    args = dict(sample_weight=weight, flip=flip, shift=shift, padding=padding, avg_alpha=alphas,
-                mean=mean, scale=scale, has_bias=has_bias, batch_size=batch_size, lr=lr,
-                momentum=momentum, nesterov=nesterov, grad_clip=grad_clip, reg=reg,
-                reg_bias=reg_bias, clip=clip)
-    expected = reference_epoch(rows, labels, order, W=W, velocity=V, average=A, **args)
-    W_k, V_k, A_k = W.copy(), V.copy(), A.copy()
-    loss_sum, correct = train_epoch(rows, labels, order, W=W_k, velocity=V_k, average=A_k,
-                                    **args)
-    return (W_k, V_k, A_k, loss_sum, correct), expected
+    plan = EpochPlan(order, batch_size, np.zeros(steps) if alphas is None else alphas,
+                     flip, shift, padding)
+    step_rule = StepRule(**{"lr": 0.05, **rule})
+    V = np.zeros_like(p.W) if velocity is None else velocity.copy()
+    start = OptimizerState(p.W.copy(), V, p.W * np.float32(0.5))
+    expected = reference_epoch(p.data, plan, step_rule, p.pre, start)
+    state = OptimizerState(start.W.copy(), start.velocity.copy(), start.average.copy())
+    loss_sum, correct = engine.train_epoch(p.data, plan, step_rule, p.pre, state)
+    return (state.W, state.velocity, state.average, loss_sum, correct), expected
 
 
 def assert_close(actual, expected, rtol=2e-4):

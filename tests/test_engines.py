@@ -1,98 +1,157 @@
-"""The numpy engine (softmax_cls.engines.numpy_engine) against plain float64 numpy from the math of
-ENGINE_API.md (tests/engine_reference.py): SGD steps in the (C, D) layout with the
-preprocessing folded into the weights and the gradient unfolded, momentum, Nesterov, clipping,
-L2 with and without the bias column, sample weights, averaging, augmentation, and
-batch_loss_and_grad against the reference and finite differences. The plain steps are checked
-here for the numba engine too; its other tests are in test_kernels.py."""
+"""Every engine against the engine contract (softmax_cls.engines.contract) and its float64
+reference (tests/engine_reference.py): SGD steps with momentum, Nesterov, clipping, L2 with
+and without the bias column, sample weights, averaging, augmentation with every padding,
+feature counts that are no multiple of any block width, row counts around every tile and
+chunk, one minibatch's loss and gradient, predictions, ties, and the checks made once for
+all engines. A new engine joins by adding its name to ENGINES."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from engine_reference import assert_close, problem, reference_loss_and_grad, run_engine
+from engine_reference import (
+    ENGINES,
+    assert_close,
+    engine_named,
+    problem,
+    reference_loss_and_grad,
+    run_engine,
+)
 
-from softmax_cls.engines import numpy_engine as engines
-
-
-def run(*args, **kwargs):
-    """(numpy engine W, V, A, loss_sum, correct) and the reference's, on the same inputs."""
-    return run_engine(engines.train_epoch, *args, **kwargs)
-
-
-def train_epoch_of(engine: str):
-    """The engine's train_epoch; the numba test is skipped without numba."""
-    if engine == "numba":
-        return pytest.importorskip("softmax_cls.engines.numba_engine.kernels").train_epoch
-    return engines.train_epoch
+from softmax_cls.engines.contract import EpochPlan, OptimizerState, StepRule, TrainingRows
+from softmax_cls.math.preprocess import Preprocessor
+from softmax_cls.math.softmax import NonFiniteError
 
 
-@pytest.mark.parametrize("engine", ["numpy", "numba"])
+@pytest.fixture(params=ENGINES)
+def engine(request) -> str:
+    engine_named(request.param)  # skips an engine that is not installed
+    return request.param
+
+
+# ---------------------------------------------------------------------------------------------
+# Whole epochs against the reference
+
+
 @pytest.mark.parametrize("n_classes", [10, 100])
 @pytest.mark.parametrize("rows_dtype", [np.float32, np.uint8])
 def test_plain_steps_with_a_short_last_minibatch(engine, n_classes, rows_dtype):
-    rows, labels, W, mean, scale, weight = problem(n_classes=n_classes, rows_dtype=rows_dtype)
-    actual, expected = run_engine(train_epoch_of(engine), rows, labels, W, mean, scale, weight,
-                                  batch_size=8)  # 8, 8, 7
+    p = problem(n_classes=n_classes, rows_dtype=rows_dtype)
+    actual, expected = run_engine(engine, p, batch_size=8)  # 8, 8, 7
     assert_close(actual, expected)
-    assert not np.allclose(actual[0], W, atol=1e-3)  # the weights did move
+    assert not np.allclose(actual[0], p.W, atol=1e-3)  # the weights did move
 
 
 @pytest.mark.parametrize("nesterov", [False, True])
-def test_momentum_clipping_and_averaging(nesterov):
-    rows, labels, W, mean, scale, weight = problem(seed=2)
-    velocity = np.random.default_rng(3).standard_normal(W.shape).astype(np.float32) * 0.1
-    actual, expected = run(rows, labels, W, mean, scale, weight, momentum=0.9,
-                           nesterov=nesterov, velocity=velocity, grad_clip=0.5, reg=0.01,
-                           alphas=np.array([1.0, 0.0, 0.25]))
+def test_momentum_clipping_and_averaging(engine, nesterov):
+    p = problem(seed=2)
+    velocity = np.random.default_rng(3).standard_normal(p.W.shape).astype(np.float32) * 0.1
+    actual, expected = run_engine(engine, p, momentum=0.9, nesterov=nesterov, velocity=velocity,
+                                  grad_clip=0.5, reg=0.01, alphas=np.array([1.0, 0.0, 0.25]))
     assert expected[5] >= 1  # the clipping did clip
+    assert_close(actual, expected)
+
+
+def test_clipping_compares_the_norm_not_its_square(engine):
+    """A clip between the gradient norm and its square: only the norm decides."""
+    p = problem(seed=21)
+    plan_order = np.arange(8)
+    _, g, _, _ = reference_loss_and_grad(p.rows[plan_order], p.labels[plan_order], None, p.W,
+                                         p.pre, StepRule(lr=0.05))
+    norm = float(np.linalg.norm(g))
+    clip = (norm + norm**2) / 2  # between the two: comparing the square decides otherwise
+    actual, expected = run_engine(engine, p, order=plan_order, batch_size=8, grad_clip=clip)
+    assert expected[5] == int(norm > clip)
     assert_close(actual, expected)
 
 
 @pytest.mark.parametrize("reg_bias", [False, True])
 @pytest.mark.parametrize("has_bias", [True, False])
-def test_l2_penalty_with_and_without_the_bias(reg_bias, has_bias):
-    rows, labels, W, mean, scale, weight = problem(seed=5, has_bias=has_bias)
-    W[:, -1] = 3.0  # a large last column: penalising it or not shows
-    actual, expected = run(rows, labels, W, mean, scale, weight, reg=0.2, reg_bias=reg_bias,
-                           has_bias=has_bias, lr=0.1)
+def test_l2_penalty_with_and_without_the_bias(engine, reg_bias, has_bias):
+    p = problem(seed=5, has_bias=has_bias)
+    p.W[:, -1] = 3.0  # a large last column: penalising it or not shows
+    actual, expected = run_engine(engine, p, reg=0.2, lr=0.1,
+                                  penalise_last=reg_bias or not has_bias)
     assert_close(actual, expected)
 
 
-def test_sample_weights():
-    rows, labels, W, mean, scale, weight = problem(seed=6, weighted=True)
-    actual, expected = run(rows, labels, W, mean, scale, weight)
+def test_sample_weights(engine):
+    actual, expected = run_engine(engine, problem(seed=6, weighted=True))
     assert_close(actual, expected)
 
 
-def test_clipped_scores_follow_the_contract():
-    rows, labels, W, mean, scale, weight = problem(seed=8)
-    W *= 400  # score gaps far beyond clip = 5: the clipped softmax of the contract
-    actual, expected = run(rows, labels, W, mean, scale, weight, clip=5.0, lr=1e-3)
+def test_clipped_scores_follow_the_contract(engine):
+    p = problem(seed=8)
+    p.W *= 400  # score gaps far beyond clip = 5: the clipped softmax of the contract
+    actual, expected = run_engine(engine, p, clip=5.0, lr=1e-3)
     assert_close(actual, expected)
 
 
-@pytest.mark.parametrize("padding", [0, 1, 2])
-def test_augmented_images_with_100_classes(padding):
-    rows, labels, W, mean, scale, weight = problem(n_rows=13, n_features=3072, n_classes=100,
-                                                   rows_dtype=np.uint8, seed=9)
+@pytest.mark.parametrize("padding", ["zero", "edge", "reflect"])
+def test_augmented_images_with_100_classes(engine, padding):
+    p = problem(n_rows=13, n_features=3072, n_classes=100, rows_dtype=np.uint8, seed=9)
+    p.W *= np.float32(0.01)
     rng = np.random.default_rng(10)
     flip = rng.random(13) < 0.5
     shift = rng.integers(-8, 9, size=(13, 2))
-    actual, expected = run(rows, labels, W * 0.01, mean, scale, weight, flip=flip, shift=shift,
-                           padding=padding, batch_size=5, momentum=0.9)
+    actual, expected = run_engine(engine, p, flip=flip, shift=shift, padding=padding,
+                                  batch_size=5, momentum=0.9)
     assert_close(actual, expected)
 
 
+@pytest.mark.parametrize("n_features", [1, 7, 300, 384, 600])
+@pytest.mark.parametrize("n_classes", [3, 10])
+def test_feature_counts_off_every_block_width(engine, n_features, n_classes):
+    p = problem(n_rows=21, n_features=n_features, n_classes=n_classes, seed=n_features)
+    actual, expected = run_engine(engine, p, batch_size=8, reg=1e-3, momentum=0.5)
+    assert_close(actual, expected)
+    moved = np.abs(actual[0] - p.W).max(axis=0)
+    assert (moved > 0).all()  # every column learned: none was dropped
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, 8, 9, 15, 16, 17, 33])
+def test_batch_sizes_around_the_tiles(engine, batch_size):
+    p = problem(n_rows=35, n_features=45, seed=batch_size, rows_dtype=np.uint8)
+    actual, expected = run_engine(engine, p, batch_size=batch_size, lr=0.01)
+    assert_close(actual, expected)
+
+
+def test_an_empty_order_changes_nothing(engine):
+    p = problem(seed=3)
+    state = OptimizerState(p.W.copy(), np.zeros_like(p.W), p.W.copy())
+    plan = EpochPlan(np.zeros(0, np.int64), 8, np.zeros(0))
+    out = engine_named(engine).train_epoch(p.data, plan, StepRule(lr=0.1), p.pre, state)
+    assert out == (0.0, 0)
+    np.testing.assert_array_equal(state.W, p.W)
+
+
+def test_a_huge_learning_rate_is_non_finite(engine):
+    p = problem(seed=15)
+    state = OptimizerState(p.W.copy(), np.zeros_like(p.W), p.W.copy())
+    plan = EpochPlan(np.arange(23, dtype=np.int64), 8, np.zeros(3))
+    with pytest.raises(NonFiniteError, match="non-finite"):
+        engine_named(engine).train_epoch(p.data, plan, StepRule(lr=1e38, momentum=0.9), p.pre,
+                                         state)
+        if not np.isfinite(state.W).all():  # an engine may leave that check to its caller
+            raise NonFiniteError("non-finite weights")
+
+
+# ---------------------------------------------------------------------------------------------
+# One minibatch, predictions, ties
+
+
 @pytest.mark.parametrize("has_bias", [True, False])
-def test_batch_loss_and_grad_against_the_reference_and_finite_differences(has_bias):
-    rows, labels, W, mean, scale, weight = problem(n_rows=11, n_features=20, seed=17,
-                                                   weighted=True, has_bias=has_bias)
-    W = W.astype(np.float64) * 5
-    args = (mean, scale, has_bias, 0.05, False, 50.0)
-    loss, dW, correct = engines.batch_loss_and_grad(rows, labels, weight, W, *args)
-    loss_r, dW_r, correct_r, _ = reference_loss_and_grad(
-        rows, labels, weight, W, mean.astype(np.float64), scale.astype(np.float64), has_bias,
-        0.05, False, 50.0)
+@pytest.mark.parametrize("rows_dtype", [np.float32, np.uint8])
+def test_loss_and_grad_against_the_reference_and_finite_differences(engine, has_bias,
+                                                                    rows_dtype):
+    p = problem(n_rows=11, n_features=20, seed=17, weighted=True, has_bias=has_bias,
+                rows_dtype=rows_dtype)
+    W = p.W.astype(np.float64) * 5
+    rule = StepRule(lr=1.0, reg=0.05, penalise_last=not has_bias)
+    run = engine_named(engine).loss_and_grad
+    loss, dW, correct = run(p.rows, p.labels, p.sample_weight, W, p.pre, rule)
+    loss_r, dW_r, correct_r, _ = reference_loss_and_grad(p.rows, p.labels, p.sample_weight, W,
+                                                         p.pre, rule)
     assert dW.dtype == np.float64 and dW.shape == W.shape and correct == correct_r
     assert loss == pytest.approx(loss_r, rel=1e-12)
     np.testing.assert_allclose(dW, dW_r, rtol=1e-10, atol=1e-13)
@@ -101,6 +160,95 @@ def test_batch_loss_and_grad_against_the_reference_and_finite_differences(has_bi
         plus, minus = W.copy(), W.copy()
         plus[c, j] += h
         minus[c, j] -= h
-        numeric = (engines.batch_loss_and_grad(rows, labels, weight, plus, *args)[0]
-                   - engines.batch_loss_and_grad(rows, labels, weight, minus, *args)[0]) / (2 * h)
+        numeric = (run(p.rows, p.labels, p.sample_weight, plus, p.pre, rule)[0]
+                   - run(p.rows, p.labels, p.sample_weight, minus, p.pre, rule)[0]) / (2 * h)
         assert abs(numeric - dW[c, j]) <= 1e-6 * max(abs(numeric), abs(dW[c, j]), 1e-12)
+
+
+def test_non_finite_rows_raise(engine):
+    p = problem(seed=16)
+    p.rows[3, 2] = np.inf
+    with pytest.raises(NonFiniteError, match="non-finite"):
+        engine_named(engine).loss_and_grad(p.rows, p.labels, None, p.W, p.pre, StepRule(lr=1))
+
+
+@pytest.mark.parametrize("n_rows", [1, 7, 8, 9, 63, 64, 65, 129, 4095, 4097])
+@pytest.mark.parametrize("w_dtype", [np.float32, np.float64])
+def test_predict_scores_for_row_counts_around_every_chunk(engine, n_rows, w_dtype, tmp_path):
+    p = problem(n_rows=n_rows, n_features=33, rows_dtype=np.uint8, seed=n_rows)
+    path = tmp_path / "rows.bin"
+    p.rows.tofile(path)
+    mapped = np.memmap(path, dtype=np.uint8, mode="r", shape=p.rows.shape)
+    W = p.W.astype(w_dtype)
+    scores = engine_named(engine).predict_scores(mapped, W, p.pre)
+    expected = p.pre.transform(p.rows, np.float64) @ W.T.astype(np.float64)
+    assert scores.dtype == w_dtype and scores.shape == (n_rows, 10)
+    np.testing.assert_allclose(scores, expected,
+                               rtol=1e-5 if w_dtype == np.float32 else 1e-12, atol=1e-5)
+
+
+def test_ties_count_the_first_class_as_numpy_argmax_does(engine):
+    """All-zero weights: every score ties, so argmax is class 0 (numpy's first maximum): the
+    rows labelled 0 count as correct, no other."""
+    p = problem(n_rows=16, n_features=12, n_classes=4, seed=30)
+    W = np.zeros_like(p.W)
+    _, _, correct = engine_named(engine).loss_and_grad(p.rows, p.labels, None, W, p.pre,
+                                                       StepRule(lr=1))
+    assert correct == int(np.sum(p.labels == 0))
+    state = OptimizerState(W.copy(), np.zeros_like(W), W.copy())
+    plan = EpochPlan(np.arange(16, dtype=np.int64), 16, np.zeros(1))
+    _, correct = engine_named(engine).train_epoch(p.data, plan, StepRule(lr=0.1), p.pre, state)
+    assert correct == int(np.sum(p.labels == 0))
+
+
+# ---------------------------------------------------------------------------------------------
+# The checks, made once by the contract for every engine
+
+
+def call_epoch(engine: str, **change):
+    p = problem(seed=40)
+    parts = {"data": p.data, "plan": EpochPlan(np.arange(23, dtype=np.int64), 8, np.zeros(3)),
+             "rule": StepRule(lr=0.1), "pre": p.pre,
+             "state": OptimizerState(p.W.copy(), np.zeros_like(p.W), p.W.copy())}
+    parts.update(change)
+    return engine_named(engine).train_epoch(**parts)
+
+
+def test_a_label_equal_to_the_class_count_is_refused(engine):
+    p = problem(seed=40)
+    labels = p.labels.copy()
+    labels[5] = p.W.shape[0]
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 10\)"):
+        call_epoch(engine, data=TrainingRows(p.rows, labels))
+    with pytest.raises(ValueError, match="labels"):
+        engine_named(engine).loss_and_grad(p.rows, labels, None, p.W, p.pre, StepRule(lr=1))
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"plan": EpochPlan(np.array([0, 23]), 8, np.zeros(1))}, "order must index rows"),
+    ({"plan": EpochPlan(np.arange(23, dtype=np.int64), 8, np.zeros(2))}, "avg_alpha"),
+    ({"plan": EpochPlan(np.arange(23, dtype=np.int64), 0, np.zeros(3))}, "batch_size"),
+    ({"plan": EpochPlan(np.arange(23, dtype=np.int64), 8, np.zeros(3),
+                        flip=np.zeros(23, bool))}, "need image rows"),
+    ({"plan": EpochPlan(np.arange(23, dtype=np.int64), 8, np.zeros(3), padding="wrap")},
+     "padding"),
+    ({"rule": StepRule(lr=0.0)}, "lr > 0"),
+    ({"rule": StepRule(lr=0.1, clip=0.0)}, "out of range"),
+    ({"state": OptimizerState(np.zeros((10, 40), np.float32), np.zeros((10, 41), np.float32),
+                              np.zeros((10, 41), np.float32))}, r"W must be \(C, 41\)"),
+    ({"state": OptimizerState(np.zeros((10, 41), np.float32), np.zeros((10, 41), np.float64),
+                              np.zeros((10, 41), np.float32))}, "velocity"),
+    ({"pre": Preprocessor(np.zeros(39), np.ones(39))}, "rows have 40 values"),
+])
+def test_bad_arguments_are_refused_for_every_engine(engine, change, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        call_epoch(engine, **change)
+
+
+def test_shifts_past_eight_pixels_are_refused(engine):
+    p = problem(n_rows=4, n_features=3072, rows_dtype=np.uint8, seed=41)
+    plan = EpochPlan(np.arange(4, dtype=np.int64), 4, np.zeros(1),
+                     shift=np.full((4, 2), 9, np.int64))
+    with pytest.raises(ValueError, match="shift must lie"):
+        call_epoch(engine, data=p.data, plan=plan, pre=p.pre,
+                   state=OptimizerState(p.W.copy(), np.zeros_like(p.W), p.W.copy()))

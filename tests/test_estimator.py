@@ -44,20 +44,20 @@ def blobs(n=300, d=5, classes=3, seed=0, labels=None):
 
 
 def reference_one_step(X, y, classes, lr, reg, init_W):
-    """One full-batch gradient step from init_W (D+1, C) in float64 numpy, on standardised
+    """One full-batch gradient step from init_W (C, D+1) in float64 numpy, on standardised
     features with a bias column: the math contract written out plainly. Returns the weights
-    in the ORIGINAL feature space (D + 1, C), intercepts last."""
+    in the ORIGINAL feature space (C, D + 1), intercepts in the last column."""
     mean, std = X.mean(axis=0), X.std(axis=0)
     Z = np.hstack([(X - mean) / std, np.ones((len(X), 1))])
-    S = Z @ init_W
+    S = Z @ init_W.T
     P = np.exp(S - S.max(axis=1, keepdims=True))
     P /= P.sum(axis=1, keepdims=True)
     Y = np.eye(classes)[y]
-    grad = Z.T @ (P - Y) / len(X)
-    grad[:-1] += 2 * reg * init_W[:-1]
+    grad = (P - Y).T @ Z / len(X)
+    grad[:, :-1] += 2 * reg * init_W[:, :-1]
     W = init_W - lr * grad
-    coef = W[:-1] / std[:, None]
-    return np.vstack([coef, W[-1] - mean @ coef])
+    coef = W[:, :-1] / std
+    return np.hstack([coef, (W[:, -1] - coef @ mean)[:, None]])
 
 
 @pytest.mark.parametrize("engine", ["numpy", "auto"])
@@ -71,8 +71,8 @@ def test_one_full_batch_step_matches_float64_reference(engine):
     init_W = initial_state(model._config(3, 1, 0.5, "constant", None), 6, 3).W
     expected = reference_one_step(X, y, 3, 0.5, 0.01, init_W.astype(np.float64))
     np.testing.assert_allclose(model.weights_, expected, rtol=2e-4, atol=2e-6)
-    np.testing.assert_allclose(model.coef_, expected[:-1].T, rtol=2e-4, atol=2e-6)
-    np.testing.assert_allclose(model.intercept_, expected[-1], rtol=2e-4, atol=2e-6)
+    np.testing.assert_allclose(model.coef_, expected[:, :-1], rtol=2e-4, atol=2e-6)
+    np.testing.assert_allclose(model.intercept_, expected[:, -1], rtol=2e-4, atol=2e-6)
 
 
 @pytest.mark.parametrize("classes", [2, 3])
@@ -83,7 +83,7 @@ def test_scores_probabilities_and_labels_agree(classes):
     assert model.classes_.tolist() == names
     scores = X @ model.coef_.T + model.intercept_
     decision = model.decision_function(X)
-    full = X @ model.weights_[:-1] + model.weights_[-1]  # every class's score (n, C)
+    full = X @ model.weights_[:, :-1].T + model.weights_[:, -1]  # every class's score (n, C)
     proba = model.predict_proba(X)
     exp = np.exp(full - full.max(axis=1, keepdims=True))
     np.testing.assert_allclose(proba, exp / exp.sum(axis=1, keepdims=True), rtol=1e-9)

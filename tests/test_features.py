@@ -188,7 +188,7 @@ def test_features_run_trains_and_evaluates(tmp_path):
     report = run("softmax-eval", str(tmp_path / "whole" / "best.npz"), "--json", "--quiet")
     assert report.returncode == 0, report.stderr
     pre, W = best.preprocessor, best.W.astype(np.float64)
-    scores = ((Xt - pre.mean) * pre.scale) @ W[:-1] + W[-1]
+    scores = ((Xt - pre.mean) * pre.scale) @ W[:, :-1].T + W[:, -1]  # W (C, D)
     assert json.loads(report.stdout)["accuracy"] == pytest.approx(
         np.mean(scores.argmax(axis=1) == yt), abs=1e-12)
     assert json.loads(report.stdout)["accuracy"] > 0.9

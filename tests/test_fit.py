@@ -27,7 +27,8 @@ def engine_or_skip(name: str) -> str:
 
 
 def reference_fit(config, images, labels, n_classes):
-    """(W (D, C) float64 after training, [val accuracy per epoch]) by the contract, in float64."""
+    """(W (C, D) float64 after training, [val accuracy per epoch], [W after each step]) by
+    the contract, in float64."""
     n = len(labels)
     # split: seeded, stratified, the same draw as the package's documented rule
     rng = np.random.default_rng([config.seed, 0x5A1])
@@ -44,14 +45,15 @@ def reference_fit(config, images, labels, n_classes):
     scale = {"none": np.ones(images.shape[1]), "unit": np.full(images.shape[1], 1 / 255),
              "std": 1 / np.maximum(pixels.std(axis=0), 1e-3)}[config.preprocess.scale]
     X = np.hstack([(images - mean) * scale, np.ones((n, 1))])
-    # initial weights as documented: N(0, init_std) from the seed, rounded to float32
-    W = (np.random.default_rng(config.seed).standard_normal((X.shape[1], n_classes))
+    # initial weights as documented: N(0, init_std) from the seed drawn in (D, C) order and
+    # transposed to (C, D), rounded to float32
+    W = (np.random.default_rng(config.seed).standard_normal((X.shape[1], n_classes)).T
          * config.model.init_std).astype(np.float32).astype(np.float64)
     velocity = np.zeros_like(W)
     optim, loss = config.optim, config.loss
     penalised = np.ones_like(W)
     if not loss.reg_bias:
-        penalised[-1] = 0
+        penalised[:, -1] = 0  # the bias column
     val_accuracies, after_each_step = [], []
     for epoch in range(optim.epochs):
         s = optim.schedule
@@ -63,18 +65,18 @@ def reference_fit(config, images, labels, n_classes):
         for start in range(0, len(order), optim.batch_size):
             rows = order[start : start + optim.batch_size]
             Xb, yb = X[rows], labels[rows]
-            S = Xb @ W
+            S = Xb @ W.T
             Z = np.maximum(S - S.max(axis=1, keepdims=True), -loss.clip)
             P = np.exp(Z) / np.exp(Z).sum(axis=1, keepdims=True)
             P[np.arange(len(rows)), yb] -= 1
-            g = Xb.T @ P / len(rows) + 2 * loss.reg * W * penalised
+            g = P.T @ Xb / len(rows) + 2 * loss.reg * W * penalised
             norm = np.linalg.norm(g)
             if optim.grad_clip is not None and norm > optim.grad_clip:
                 g = g * optim.grad_clip / norm
             velocity = optim.momentum * velocity + g
             W = W - lr * (g + optim.momentum * velocity if optim.nesterov else velocity)
             after_each_step.append(W)
-        val_accuracies.append(float(np.mean((X[val] @ W).argmax(axis=1) == labels[val])))
+        val_accuracies.append(float(np.mean((X[val] @ W.T).argmax(axis=1) == labels[val])))
     return W, val_accuracies, after_each_step
 
 
@@ -141,7 +143,7 @@ def test_validation_accuracy_is_measured_on_the_validation_rows(tmp_path, engine
         on_epoch=lambda state: epochs.append((state.W.copy(), state.history[-1]["val_acc"])))
     features = pre.transform(data.train_images[split.val_rows], np.float64)
     for W, val_acc in epochs:
-        expected = float(np.mean((features @ W).argmax(axis=1) == labels[split.val_rows]))
+        expected = float(np.mean((features @ W.T).argmax(axis=1) == labels[split.val_rows]))
         assert val_acc == pytest.approx(expected, abs=1e-9)
     assert epochs[-1][1] < 0.2
 
@@ -194,7 +196,7 @@ def test_averaged_weights_equal_a_hand_average_of_the_steps(tmp_path, engine, na
     assert not np.allclose(state.average, state.W, rtol=0, atol=1e-3 * scale)
     features = pre.transform(data.train_images[split.val_rows], np.float64)
     best = state.history[state.best_epoch - 1]["val_acc"]
-    assert best == pytest.approx(float(np.mean((features @ state.best_W).argmax(axis=1)
+    assert best == pytest.approx(float(np.mean((features @ state.best_W.T).argmax(axis=1)
                                                == data.train_labels[split.val_rows])))
 
 
@@ -209,15 +211,15 @@ def test_mirror_symmetric_weights_equal_flip_test_time_augmentation(tmp_path):
     images = data.test_images
     mirrored = images.reshape(-1, 3, 32, 32)[..., ::-1].reshape(len(images), 3072)
     W = raw_weights[state.best_epoch - 1]  # the trained weights of the epoch kept as best
-    flip_tta = (pre.transform(images, np.float64) @ W
-                + pre.transform(mirrored, np.float64) @ W) / 2
-    symmetric = pre.transform(images, np.float64) @ state.best_W.astype(np.float64)
+    flip_tta = (pre.transform(images, np.float64) @ W.T
+                + pre.transform(mirrored, np.float64) @ W.T) / 2
+    symmetric = pre.transform(images, np.float64) @ state.best_W.T.astype(np.float64)
     np.testing.assert_allclose(symmetric, flip_tta, rtol=0, atol=1e-5 * np.abs(flip_tta).max())
     # a symmetric model scores an image and its mirror image alike; the trained W does not
     np.testing.assert_allclose(pre.transform(mirrored, np.float64)
-                               @ state.best_W.astype(np.float64), symmetric, rtol=0,
+                               @ state.best_W.T.astype(np.float64), symmetric, rtol=0,
                                atol=1e-5 * np.abs(symmetric).max())
-    assert not np.allclose(pre.transform(images, np.float64) @ W, flip_tta, rtol=1e-3)
+    assert not np.allclose(pre.transform(images, np.float64) @ W.T, flip_tta, rtol=1e-3)
 
 
 @pytest.mark.parametrize("engine", ENGINES)
@@ -248,12 +250,14 @@ def test_weights_and_average_resume_exactly_through_a_checkpoint(tmp_path, engin
 
 
 def test_the_first_numba_run_says_it_compiles_once(tmp_path, monkeypatch, capsys):
-    kernels = pytest.importorskip("softmax_cls.engines.numba_engine.kernels")
+    # fit asks softmax_cls.engines.numba_engine (the adapter) whether the kernels are compiled
+    numba_engine = pytest.importorskip("softmax_cls.engines.numba_engine")
     data = separable_data(n_train=100, classes=2, seed=9)
     config = small_config(tmp_path, engine="numba", optim={"epochs": 1}, data={"val_size": 20})
     split, pre = split_and_fit(config, data.train_images, data.train_labels)
     for compiled in (False, True):
-        monkeypatch.setattr(kernels, "kernels_are_compiled", lambda dtype, c=compiled: c)
+        monkeypatch.setattr(numba_engine, "kernels_are_compiled",
+                            lambda dtype, c=compiled: c)
         fit(config, data.train_images, data.train_labels, split, pre, 2, progress=True)
         said = capsys.readouterr().err.count("compiling the numba kernels once")
         assert said == (0 if compiled else 1)

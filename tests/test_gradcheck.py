@@ -28,7 +28,7 @@ import softmax_cls.math.softmax as s
 original = s.loss_and_grad
 def wrong(*args, **kwargs):
     loss, grad = original(*args, **kwargs)
-    grad[{row}] *= -1
+    grad[:, {column}] *= -1
     return loss, grad
 s.loss_and_grad = wrong
 from softmax_cls.cli import gradcheck_command
@@ -37,8 +37,8 @@ gradcheck_command()
 """
 
 
-def test_a_row_with_its_sign_flipped_makes_the_command_exit_1():
-    result = subprocess.run([sys.executable, "-c", WRONG_GRADIENT.format(row=7)],
+def test_a_column_with_its_sign_flipped_makes_the_command_exit_1():
+    result = subprocess.run([sys.executable, "-c", WRONG_GRADIENT.format(column=7)],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "gradient check FAILED" in result.stdout
@@ -48,20 +48,20 @@ def test_a_row_with_its_sign_flipped_makes_the_command_exit_1():
 WRONG_TRAINER_BIAS = """
 import dataclasses, sys
 import softmax_cls.engines.numpy_engine as engines
-original = engines.NUMPY.batch_loss_and_grad
+original = engines.ENGINE.loss_and_grad_function
 def wrong(*args, **kwargs):
     loss, dW, correct = original(*args, **kwargs)
     dW = dW.copy()
     dW[:, -1] *= -3  # the bias column of the engine's (C, D) gradient
     return loss, dW, correct
-engines.NUMPY = dataclasses.replace(engines.NUMPY, batch_loss_and_grad=wrong)
+engines.ENGINE = dataclasses.replace(engines.ENGINE, loss_and_grad_function=wrong)
 from softmax_cls.cli import gradcheck_command
 sys.argv = ["softmax-gradcheck", "--samples", "100", "--checks", "3"]
 gradcheck_command()
 """
 
 
-def test_a_wrong_bias_row_in_the_trainer_path_makes_the_command_exit_1():
+def test_a_wrong_bias_column_in_the_trainer_path_makes_the_command_exit_1():
     result = subprocess.run([sys.executable, "-c", WRONG_TRAINER_BIAS], capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 1, result.stdout + result.stderr
@@ -69,21 +69,21 @@ def test_a_wrong_bias_row_in_the_trainer_path_makes_the_command_exit_1():
     assert "gradient check FAILED" in result.stdout
 
 
-def test_the_bias_row_is_always_checked():
+def test_the_bias_column_is_always_checked():
     W, X, y = random_problem(20, 50, 3, seed=0)
     for seed in range(5):
         result = gradcheck.check_gradient(lambda w: softmax.loss_and_grad(w, X, y), W, 2,
                                           np.random.default_rng(seed))
-        assert any(c.coordinate[0] == 49 for c in result.checks)
+        assert any(c.coordinate[1] == 49 for c in result.checks)
 
 
 def test_raw_pixel_features_pass_with_the_scaled_step():
     rng = np.random.default_rng(0)
     X = np.hstack([rng.integers(0, 256, size=(200, 300)).astype(np.float64), np.ones((200, 1))])
-    W = rng.standard_normal((301, 10)) * 1e-4
+    W = np.ascontiguousarray(rng.standard_normal((301, 10)).T) * 1e-4
     y = rng.integers(0, 10, 200)
     result = gradcheck.check_gradient(lambda w: softmax.loss_and_grad(w, X, y, 0.01), W, 20, rng,
-                                      row_scale=np.sqrt(np.mean(X * X, axis=0)))
+                                      column_scale=np.sqrt(np.mean(X * X, axis=0)))
     assert result.passed, result.max_rel_error
 
 
@@ -103,7 +103,7 @@ def test_check_uses_each_engines_objective_on_the_same_problem():
     problem = gradcheck.random_image_problem(samples=50, classes=3, seed=1)
     assert "numpy" in problem.trainer_objectives
     loss_plain, grad_plain = softmax.loss_and_grad(problem.W, problem.X, problem.y, problem.reg,
-                                                   problem.clip, problem.reg_bias)
+                                                   problem.clip, problem.penalise_last)
     for objective in problem.trainer_objectives.values():
         loss_trainer, grad_trainer = objective(problem.W)
         assert abs(loss_trainer - loss_plain) < 1e-12

@@ -99,7 +99,7 @@ def test_a_run_holds_only_the_training_rows_while_it_trains(tmp_path, monkeypatc
     with np.load(tmp_path / "run" / "best.npz", allow_pickle=False) as npz:
         W, mean, scale = npz["W"].astype(np.float64), npz["pre_mean"], npz["pre_scale"]
     X = np.hstack([(test_images - mean) * scale, np.ones((len(test_images), 1))])
-    assert result.test_acc == float(np.mean(np.argmax(X @ W, axis=1) == test_labels))
+    assert result.test_acc == float(np.mean(np.argmax(X @ W.T, axis=1) == test_labels))
 
 
 # Runs softmax-train's command in a child on a synthetic data set (tests/conftest.py), and

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from softmax_cls.config import AveragingConfig, load_config
-from softmax_cls.math.optim import averaging_alphas, learning_rate, sgd_step
+from softmax_cls.math.optim import average_step, averaging_alphas, learning_rate, sgd_step
 
 
 def steps_by_hand(w, grads, lr, momentum, nesterov, grad_clip):
@@ -127,3 +127,16 @@ def test_the_default_step_is_heavy_ball_without_clipping():
     sgd_step(W, velocity, np.array([30.0, 40.0]), 0.1, 0.5)
     np.testing.assert_allclose(velocity, [30.25, 40.25])
     np.testing.assert_allclose(W, [1.0 - 3.025, -1.0 - 4.025])
+
+
+def test_average_step_moves_the_average_in_place_by_alpha_and_not_at_zero():
+    W = np.array([[1.0, 2.0, -4.0], [0.5, 0.0, 8.0]], np.float32)
+    average = np.array([[3.0, 2.0, 0.0], [0.5, -1.0, 4.0]], np.float32)
+    before = average.copy()
+    average_step(average, W, 0.0)
+    np.testing.assert_array_equal(average, before)
+    average_step(average, W, 0.25)
+    np.testing.assert_allclose(average, before + 0.25 * (W - before), rtol=0, atol=1e-7)
+    assert average.dtype == np.float32
+    average_step(average, W, 1.0)
+    np.testing.assert_array_equal(average, W)

@@ -68,8 +68,8 @@ def random_preprocessor(rng: np.random.Generator, bias: bool = True) -> Preproce
 
 def loop_templates(W: np.ndarray, pre: Preprocessor) -> np.ndarray:
     """The templates one pixel at a time: weight on raw pixel (channel, row, column) of class
-    c is W[channel * 1024 + row * 32 + column, c] * scale[same], stretched min..max -> 0..255."""
-    n_classes = W.shape[1]
+    c is W[c, channel * 1024 + row * 32 + column] * scale[same], stretched min..max -> 0..255."""
+    n_classes = W.shape[0]
     out = np.zeros((n_classes, 32, 32, 3), dtype=np.uint8)
     for c in range(n_classes):
         raw = {}
@@ -77,7 +77,7 @@ def loop_templates(W: np.ndarray, pre: Preprocessor) -> np.ndarray:
             for row in range(32):
                 for column in range(32):
                     j = channel * 1024 + row * 32 + column
-                    raw[row, column, channel] = float(W[j, c]) * float(pre.scale[j])
+                    raw[row, column, channel] = float(W[c, j]) * float(pre.scale[j])
         low, high = min(raw.values()), max(raw.values())
         for where, value in raw.items():
             out[(c, *where)] = 128 if high == low else round((value - low) / (high - low) * 255)
@@ -90,7 +90,7 @@ def loop_templates(W: np.ndarray, pre: Preprocessor) -> np.ndarray:
 def test_template_images_equal_a_pixel_by_pixel_computation():
     rng = np.random.default_rng(0)
     pre = random_preprocessor(rng)
-    W = rng.standard_normal((3073, 3)).astype(np.float32)
+    W = rng.standard_normal((3073, 3)).astype(np.float32).T.copy()
     templates = plots.template_images(W, pre)
     assert templates.shape == (3, 32, 32, 3) and templates.dtype == np.uint8
     assert np.array_equal(templates, loop_templates(W, pre))
@@ -100,36 +100,37 @@ def test_template_images_equal_a_pixel_by_pixel_computation():
 
 def test_template_of_weights_made_from_an_image_is_that_image():
     """The layout pin: weights that are an image divided by the preprocessing scale come back
-    as that image (R plane first, rows then columns); the mean and the bias row do not enter."""
+    as that image (R plane first, rows then columns); the mean and the bias column do not
+    enter."""
     rng = np.random.default_rng(1)
     pre = random_preprocessor(rng)
     image = rng.integers(0, 256, size=(32, 32, 3)).astype(np.uint8)
     image[0, 0, 0], image[31, 31, 2] = 0, 255
-    W = rng.standard_normal((3073, 2)).astype(np.float32)
-    W[:3072, 1] = image.transpose(2, 0, 1).ravel() / pre.scale
+    W = rng.standard_normal((3073, 2)).astype(np.float32).T.copy()
+    W[1, :3072] = image.transpose(2, 0, 1).ravel() / pre.scale
     templates = plots.template_images(W, pre)
     assert np.array_equal(templates[1], image)
     assert templates[1, 0, 0, 0] == 0 and templates[1, 31, 31, 2] == 255
-    W[3072] += 100.0  # the bias row
+    W[:, 3072] += 100.0  # the bias column
     assert np.array_equal(plots.template_images(W, pre), templates)
     no_bias = Preprocessor(pre.mean, pre.scale, bias=False)
-    assert np.array_equal(plots.template_images(W[:3072], no_bias), templates)
+    assert np.array_equal(plots.template_images(W[:, :3072], no_bias), templates)
 
 
 def test_a_constant_template_is_mid_grey():
     rng = np.random.default_rng(2)
     pre = Preprocessor(mean=rng.uniform(0, 255, 3072), scale=np.full(3072, 1 / 255))
-    W = rng.standard_normal((3073, 2)).astype(np.float32)
-    W[:3072, 0] = 0.5
+    W = rng.standard_normal((3073, 2)).astype(np.float32).T.copy()
+    W[0, :3072] = 0.5
     templates = plots.template_images(W, pre)
     assert (templates[0] == 128).all()
     assert np.array_equal(templates[1], loop_templates(W, pre)[1])
 
 
-def test_templates_need_image_rows():
+def test_templates_need_image_columns():
     pre = Preprocessor(mean=np.zeros(10), scale=np.ones(10))
-    with pytest.raises(DataError, match="3072 pixel rows"):
-        plots.template_images(np.zeros((11, 2), np.float32), pre)
+    with pytest.raises(DataError, match="3072 pixel columns"):
+        plots.template_images(np.zeros((2, 11), np.float32), pre)
 
 
 @pytest.mark.parametrize("n, shape", [(1, (1, 1)), (2, (1, 2)), (10, (2, 5)), (20, (4, 5)),
@@ -143,7 +144,7 @@ def test_template_grid_shape(n, shape):
 
 def test_a_hundred_class_template_picture(tmp_path):
     rng = np.random.default_rng(3)
-    W = rng.standard_normal((3073, 100)).astype(np.float32)
+    W = rng.standard_normal((3073, 100)).astype(np.float32).T.copy()
     names = tuple(f"class_name_{i:03d}" for i in range(100))
     templates = plots.template_images(W, random_preprocessor(rng))
     path = plots.draw_templates(templates, names, tmp_path / "templates.png")
@@ -260,11 +261,11 @@ def patched_data(noisy_run, monkeypatch):
 
 
 def float64_probabilities(checkpoint_path: Path, images: np.ndarray) -> np.ndarray:
-    """Class probabilities (N, C) float64 written out: x = [(u - mean) * scale, 1], S = x W."""
+    """Class probabilities (N, C) float64 written out: x = [(u - mean) * scale, 1], S = x W.T."""
     with np.load(checkpoint_path) as npz:
         W, mean, scale = (npz[key].astype(np.float64) for key in ("W", "pre_mean", "pre_scale"))
     X = np.hstack([(images - mean) * scale, np.ones((len(images), 1))])
-    S = X @ W
+    S = X @ W.T
     E = np.exp(S - S.max(axis=1, keepdims=True))
     return E / E.sum(axis=1, keepdims=True)
 

@@ -48,13 +48,14 @@ def test_statistics_come_from_the_given_rows_only(images):
 @pytest.mark.parametrize("bias", [True, False])
 def test_folded_weights_give_the_same_scores_and_gradient(images, bias):
     pre = fit_preprocessor(images, bias=bias)
-    W = np.random.default_rng(1).standard_normal((pre.n_features, 7))
+    W = np.ascontiguousarray(np.random.default_rng(1).standard_normal((pre.n_features, 7)).T)
     X = pre.transform(images, np.float64)
     R = raw_features(images, dtype=np.float64)
-    np.testing.assert_allclose(R @ pre.fold(W), X @ W, atol=1e-10)
+    assert pre.fold(W).shape == (7, 3073)
+    np.testing.assert_allclose(R @ pre.fold(W).T, X @ W.T, atol=1e-10)
     G = np.random.default_rng(2).standard_normal((300, 7))
-    np.testing.assert_allclose(pre.unfold_grad(R.T @ G), X.T @ G, atol=1e-9)
-    np.testing.assert_allclose(image_scores(W, pre, images), X @ W, atol=1e-10)
+    np.testing.assert_allclose(pre.unfold_grad(G.T @ R), G.T @ X, atol=1e-9)
+    np.testing.assert_allclose(image_scores(W, pre, images), X @ W.T, atol=1e-10)
     if bias:
         np.testing.assert_allclose(pre.unfold(pre.fold(W)), W, atol=1e-12)
 
@@ -77,7 +78,7 @@ def test_split_is_seeded_stratified_and_disjoint():
 
 def test_statistics_survive_a_checkpoint(tmp_path, images):
     pre = fit_preprocessor(images, scale="unit")
-    W = np.zeros((3073, 3), np.float32)
+    W = np.zeros((3, 3073), np.float32)
     save_checkpoint(tmp_path / "c.npz", TrainState(W, W.copy(), W.copy(), W.copy()), pre,
                     ("a", "b", "c"), "seed: 0\n", {"fake.bin": "0" * 32}, "running",
                     np.arange(5))
@@ -100,14 +101,14 @@ def test_real_training_features(tmp_path):
 @pytest.mark.parametrize("bias", [True, False])
 def test_float32_in_float32_out(images, bias):
     pre = fit_preprocessor(images, scale="std", bias=bias)
-    W = np.random.default_rng(3).standard_normal((pre.n_features, 4)).astype(np.float32)
+    W = np.random.default_rng(3).standard_normal((pre.n_features, 4)).T.astype(np.float32)
     assert pre.transform(images).dtype == np.float32
     assert pre.fold(W).dtype == pre.unfold(pre.fold(W)).dtype == np.float32
-    assert pre.unfold_grad(np.ones((3073, 4), np.float32)).dtype == np.float32
+    assert pre.unfold_grad(np.ones((4, 3073), np.float32)).dtype == np.float32
     assert raw_features(images).dtype == np.float32
     assert image_scores(W, pre, images).dtype == np.float32
     np.testing.assert_allclose(image_scores(W, pre, images),
-                               pre.transform(images, np.float64) @ W.astype(np.float64),
+                               pre.transform(images, np.float64) @ W.T.astype(np.float64),
                                rtol=1e-4, atol=1e-3)
 
 
@@ -152,7 +153,7 @@ def test_split_and_fit_follows_the_config(tmp_path, images):
 
 def test_checkpoint_keeps_a_preprocessing_without_bias(tmp_path, images):
     pre = fit_preprocessor(images, bias=False)
-    W = np.zeros((3072, 2), np.float32)
+    W = np.zeros((2, 3072), np.float32)
     save_checkpoint(tmp_path / "c.npz", TrainState(W, W.copy(), W.copy(), W.copy()), pre,
                     ("a", "b"), "seed: 0\n", {"fake.bin": "0" * 32}, "running", np.arange(3))
     assert load_checkpoint(tmp_path / "c.npz").preprocessor.bias is False
@@ -167,9 +168,27 @@ def test_split_breaks_ties_between_equal_classes_by_class_order():
 def test_mirror_weights_need_image_columns_and_the_bias(images):
     from softmax_cls.math.preprocess import mirror_weights
 
-    W = np.random.default_rng(0).standard_normal((3073, 2)).astype(np.float32)
+    W = np.random.default_rng(0).standard_normal((3073, 2)).T.astype(np.float32)
     assert mirror_weights(W, fit_preprocessor(images)).dtype == np.float32
     with pytest.raises(ValueError, match="need 3072 image columns and the bias column"):
-        mirror_weights(W[:3072], fit_preprocessor(images, bias=False))
+        mirror_weights(W[:, :3072], fit_preprocessor(images, bias=False))
     with pytest.raises(ValueError, match="need 3072 image columns"):
-        mirror_weights(W[:101], fit_preprocessor(images[:, :100]))
+        mirror_weights(W[:, :101], fit_preprocessor(images[:, :100]))
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_fold_and_unfold_grad_write_into_the_given_buffers(images, bias):
+    pre = fit_preprocessor(images, scale="std", bias=bias)
+    rng = np.random.default_rng(4)
+    W = rng.standard_normal((5, pre.n_features))
+    out = np.full((5, 3073), np.nan)
+    assert pre.fold(W, out=out) is out
+    np.testing.assert_array_equal(out, pre.fold(W))
+    grad_raw = rng.standard_normal((5, 3073))
+    grad, scratch = np.full((5, pre.n_features), np.nan), np.full((5, 3072), np.nan)
+    assert pre.unfold_grad(grad_raw, out=grad, scratch=scratch) is grad
+    np.testing.assert_array_equal(grad, pre.unfold_grad(grad_raw))
+    mean, scale = pre.vectors(np.float32)
+    assert mean.dtype == scale.dtype == np.float32
+    np.testing.assert_array_equal(mean, pre.mean.astype(np.float32))
+    np.testing.assert_array_equal(scale, pre.scale.astype(np.float32))

@@ -19,7 +19,7 @@ from softmax_cls.training.gradcheck import check_gradient
 def test_loss_at_zero_weights_is_log_c(classes):
     _, X, y = random_problem(samples=50, features=31, classes=classes, seed=1)
     for dtype in (np.float32, np.float64):
-        W = np.zeros((31, classes), dtype=dtype)
+        W = np.zeros((classes, 31), dtype=dtype)
         loss, _ = softmax.loss_and_grad(W, X.astype(dtype), y, reg=0.5)
         assert abs(loss - math.log(classes)) <= 1e-6
 
@@ -36,24 +36,25 @@ def test_gradient_check_passes(shape, reg):
 
 
 @pytest.mark.parametrize("shape", [(60, 3073, 10), (40, 17, 5)])
-@pytest.mark.parametrize("reg,reg_bias", [(0.0, False), (0.3, False), (0.3, True)])
-def test_loop_and_vectorized_agree(shape, reg, reg_bias):
+@pytest.mark.parametrize("reg,penalise_last", [(0.0, False), (0.3, False), (0.3, True)])
+def test_loop_and_vectorized_agree(shape, reg, penalise_last):
     W, X, y = random_problem(*shape, seed=3, init_std=0.1)
-    loss_vec, grad_vec = softmax.loss_and_grad(W, X, y, reg, reg_bias=reg_bias)
-    loss_loop, grad_loop = softmax.loss_and_grad_naive(W, X, y, reg, reg_bias=reg_bias)
+    loss_vec, grad_vec = softmax.loss_and_grad(W, X, y, reg, penalise_last=penalise_last)
+    loss_loop, grad_loop = softmax.loss_and_grad_naive(W, X, y, reg,
+                                                       penalise_last=penalise_last)
     assert abs(loss_vec - loss_loop) <= 1e-10
     assert np.max(np.abs(grad_vec - grad_loop)) <= 1e-10
 
 
-def test_bias_row_is_not_penalized_unless_asked():
+def test_bias_column_is_not_penalized_unless_asked():
     W, X, y = random_problem(20, 6, 3, seed=0, init_std=1.0)
     base, _ = softmax.loss_and_grad(W, X, y, reg=0.0)
     without, grad = softmax.loss_and_grad(W, X, y, reg=0.5)
-    assert without - base == pytest.approx(0.5 * np.sum(W[:-1] ** 2))
-    with_bias, _ = softmax.loss_and_grad(W, X, y, reg=0.5, reg_bias=True)
+    assert without - base == pytest.approx(0.5 * np.sum(W[:, :-1] ** 2))
+    with_bias, _ = softmax.loss_and_grad(W, X, y, reg=0.5, penalise_last=True)
     assert with_bias - base == pytest.approx(0.5 * np.sum(W**2))
     _, grad0 = softmax.loss_and_grad(W, X, y, reg=0.0)
-    np.testing.assert_allclose(grad[-1], grad0[-1])
+    np.testing.assert_allclose(grad[:, -1], grad0[:, -1])
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -73,7 +74,7 @@ def test_mixed_dtypes_are_refused():
 def test_a_huge_float32_penalty_is_summed_in_float64():
     W, X, y = random_problem(5, 4, 3)
     W = W.astype(np.float32)
-    W[0] = 1e20
+    W[:, 0] = 1e20  # one feature column, every class
     loss, _ = softmax.loss_and_grad(W, X.astype(np.float32), y, reg=1.0)
     assert math.isfinite(loss) and loss == pytest.approx(3e40, rel=1e-6)
 
@@ -146,17 +147,17 @@ def test_predict_and_predict_proba_agree_and_chunk():
     W, X, y = random_problem(50, 8, 5, seed=4, init_std=1.0)
     P = softmax.predict_proba(W, X, chunk=7)
     np.testing.assert_allclose(P.sum(axis=1), 1.0)
-    np.testing.assert_array_equal(softmax.predict(W, X, chunk=7), np.argmax(X @ W, axis=1))
+    np.testing.assert_array_equal(softmax.predict(W, X, chunk=7), np.argmax(X @ W.T, axis=1))
     np.testing.assert_array_equal(P.argmax(axis=1), softmax.predict(W, X))
 
 
-def test_defaults_are_no_penalty_and_the_bias_row_unpenalised():
+def test_defaults_are_no_penalty_and_the_bias_column_unpenalised():
     W, X, y = random_problem(20, 6, 3, seed=5, init_std=1.0)
     assert softmax.loss_and_grad(W, X, y)[0] == softmax.loss_and_grad(W, X, y, 0.0)[0]
     assert softmax.loss_and_grad_naive(W, X, y)[0] == pytest.approx(
         softmax.loss_and_grad(W, X, y)[0], rel=1e-12)
     value, grad = softmax.l2_penalty(W, 0.5)
-    assert value == pytest.approx(0.5 * np.sum(W[:-1] ** 2)) and not grad[-1].any()
+    assert value == pytest.approx(0.5 * np.sum(W[:, :-1] ** 2)) and not grad[:, -1].any()
     naive_loss, _ = softmax.loss_and_grad_naive(W, X, y, 0.5)
     assert naive_loss == pytest.approx(softmax.loss_and_grad(W, X, y, 0.5)[0], rel=1e-12)
 
@@ -182,7 +183,7 @@ def test_clipping_is_applied_with_the_given_clip_everywhere(dtype):
         softmax.loss_and_grad(W, X, y, 0.0, clip=50.0)[0], rel=1e-3)
     np.testing.assert_allclose(a[1], b[1], atol=1e-10)
     np.testing.assert_allclose(softmax.predict_proba(W, X, clip=2.0),
-                               softmax.softmax_probs(X @ W, clip=2.0), atol=1e-12)
+                               softmax.softmax_probs(X @ W.T, clip=2.0), atol=1e-12)
 
 
 def test_sample_weights_scale_each_rows_loss_and_gradient():
@@ -209,7 +210,7 @@ def test_the_naive_reference_keeps_the_dtype():
 def test_problem_checks_name_what_is_wrong():
     W, X, y = random_problem(5, 4, 3)
     with pytest.raises(ValueError, match="shapes do not fit"):
-        softmax.loss_and_grad(W[:, 0], X, y)
+        softmax.loss_and_grad(W[0], X, y)
     with pytest.raises(ValueError, match="shapes do not fit"):
         softmax.loss_and_grad(W, X[0], y)
     with pytest.raises(ValueError, match=r"y must have shape \(5,\)"):
@@ -232,13 +233,31 @@ def test_scores_run_in_chunks_through_the_transform():
         calls.append(len(block))
         return block * 2
 
-    np.testing.assert_allclose(softmax.scores(W, X, chunk=4, transform=double), 2 * X @ W)
+    np.testing.assert_allclose(softmax.scores(W, X, chunk=4, transform=double), 2 * X @ W.T)
     assert calls == [4, 4, 2]
     negated = softmax.predict(W, X, chunk=3, transform=lambda block: -block)
-    assert np.array_equal(negated, (-X @ W).argmax(1))
-    assert not np.array_equal(negated, (X @ W).argmax(1))
+    assert np.array_equal(negated, (-X @ W.T).argmax(1))
+    assert not np.array_equal(negated, (X @ W.T).argmax(1))
     np.testing.assert_allclose(softmax.predict_proba(W, X, chunk=3, transform=double),
-                               softmax.softmax_probs(2 * X @ W))
+                               softmax.softmax_probs(2 * X @ W.T))
     empty = softmax.predict_proba(W.astype(np.float32), X[:0].astype(np.float32))
     assert empty.shape == (0, 3) and empty.dtype == np.float32
     assert softmax.predict(W, X[:0]).shape == (0,)
+
+
+def test_sample_weights_in_loss_and_grad_equal_weighted_scores():
+    W, X, y = random_problem(30, 6, 4, seed=6, init_std=1.0)
+    weight = np.random.default_rng(6).uniform(0, 3, 30)
+    loss, grad = softmax.loss_and_grad(W, X, y, 0.2, sample_weight=weight)
+    data_loss, dS = softmax.softmax_loss_from_scores(X @ W.T, y, weight=weight)
+    assert loss == pytest.approx(data_loss + 0.2 * np.sum(W[:, :-1] ** 2), rel=1e-12)
+    np.testing.assert_allclose(grad, dS.T @ X + 0.4 * W * [1, 1, 1, 1, 1, 0], rtol=1e-12)
+    ones = softmax.loss_and_grad(W, X, y, 0.2, sample_weight=np.ones(30))
+    assert ones[0] == pytest.approx(softmax.loss_and_grad(W, X, y, 0.2)[0], rel=1e-12)
+
+
+def test_the_last_column_is_penalised_unless_it_is_the_bias_column():
+    assert softmax.penalises_last_column(has_bias=False, reg_bias=False)
+    assert softmax.penalises_last_column(has_bias=False, reg_bias=True)
+    assert softmax.penalises_last_column(has_bias=True, reg_bias=True)
+    assert not softmax.penalises_last_column(has_bias=True, reg_bias=False)

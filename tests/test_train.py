@@ -162,7 +162,7 @@ def independent_accuracy(path: Path, images: np.ndarray, labels: np.ndarray) -> 
         W, mean, scale = npz["W"].astype(np.float64), npz["pre_mean"], npz["pre_scale"]
     X = (images.astype(np.float64) - mean) * scale
     X = np.hstack([X, np.ones((len(X), 1))])
-    return float(np.mean(np.argmax(X @ W, axis=1) == labels))
+    return float(np.mean(np.argmax(X @ W.T, axis=1) == labels))  # W (C, D)
 
 
 def test_eval_matches_an_independent_computation(tmp_path, monkeypatch):
