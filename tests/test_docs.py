@@ -199,8 +199,14 @@ def test_prediction_examples_run(page, tmp_path, small_data, monkeypatch):
     for example in examples:
         namespace: dict = {}
         exec(compile(example, f"{page.name} example", "exec"), namespace)
-        labels, images = namespace["labels"], namespace["images"]
+        labels, images, rows = namespace["labels"], namespace["images"], namespace["rows"]
         assert labels.dtype == np.int64 and labels.shape == (len(images),)
+        assert rows.dtype == np.uint8 and rows.shape == (len(images), 3072)
+        for channel in range(3):  # CIFAR's order: the R, G, B planes, each row after row
+            for row in range(32):
+                start = channel * 1024 + row * 32
+                np.testing.assert_array_equal(rows[:, start : start + 32],
+                                              images[:, row, :, channel])
         assert set(labels.tolist()) <= set(range(len(small_data.class_names)))
         if "probabilities" in namespace:
             probabilities = namespace["probabilities"]
