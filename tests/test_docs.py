@@ -1,11 +1,13 @@
-"""The documentation holds together: its links resolve, every markdown file the code cites
-exists, its prediction examples run, and the README keeps the shape .ci/run relies on (the
-title, then a fenced block of the two commands) and its size.
+"""The documentation holds together: its links resolve, the modules and functions it names
+exist, every markdown file the code cites exists, its prediction examples run, and the README
+keeps the shape .ci/run relies on (the title, then a fenced block of the two commands) and its
+size.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
 import re
 from pathlib import Path
 
@@ -31,6 +33,7 @@ HEADING = re.compile(r"^#{1,6}\s+(.+?)\s*#*\s*$", re.MULTILINE)
 # A markdown file name as code and comments cite it: `docs/design.md`, README.md; not
 # hashlib.md5 (a word character follows) and not a URL's last part (checked apart).
 CITED_MD = re.compile(r"(?<![\w./-])((?:[\w.-]+/)*[\w.-]*\w\.md)(?![\w-])")
+PACKAGE_NAME = re.compile(r"\bsoftmax_cls(?:\.[A-Za-z_]\w*)+")
 # Folders that hold what a checkout makes, not the project's own files.
 NOT_THE_PROJECT = {"data", "runs", "build", "dist", "mutants"}
 
@@ -125,6 +128,23 @@ def prediction_examples(page: Path) -> list[str]:
     return [block for block in blocks if EXAMPLE_CHECKPOINT in block]
 
 
+def resolves(dotted: str) -> bool:
+    """Whether `dotted` (softmax_cls.training.fit.fit, say) names a module or an attribute
+    of one."""
+    parts = dotted.split(".")
+    for split in range(len(parts), 0, -1):
+        try:
+            target = importlib.import_module(".".join(parts[:split]))
+        except ImportError:
+            continue
+        for name in parts[split:]:
+            if not hasattr(target, name):
+                return False
+            target = getattr(target, name)
+        return True
+    return False
+
+
 @functools.cache
 def project_file_set() -> frozenset[Path]:
     return frozenset(path.resolve() for path in project_files())
@@ -160,6 +180,12 @@ def test_cited_markdown_finds_names_and_paths_only():
 def test_relative_links_resolve(page):
     broken = broken_links(page)
     assert not broken, f"broken links in {page.name}:\n" + "\n".join(broken)
+
+
+@pytest.mark.parametrize("page", markdown_pages(), ids=lambda page: page.name)
+def test_named_modules_and_functions_exist(page):
+    named = dict.fromkeys(PACKAGE_NAME.findall(page.read_text(encoding="utf-8")))
+    assert [name for name in named if not resolves(name)] == []
 
 
 def test_cited_markdown_files_exist():
