@@ -249,15 +249,24 @@ def test_weights_and_average_resume_exactly_through_a_checkpoint(tmp_path, engin
                                zip(full.history, resumed.history, strict=True)]
 
 
-def test_the_first_numba_run_says_it_compiles_once(tmp_path, monkeypatch, capsys):
+def test_a_compile_is_said_once_per_process_and_made_before_the_bar(tmp_path, monkeypatch,
+                                                                    capsys):
     # fit asks softmax_cls.engines.numba_engine (the adapter) whether the kernels are compiled
     numba_engine = pytest.importorskip("softmax_cls.engines.numba_engine")
     data = separable_data(n_train=100, classes=2, seed=9)
     config = small_config(tmp_path, engine="numba", optim={"epochs": 1}, data={"val_size": 20})
     split, pre = split_and_fit(config, data.train_images, data.train_labels)
-    for compiled in (False, True):
-        monkeypatch.setattr(numba_engine, "kernels_are_compiled",
-                            lambda dtype, c=compiled: c)
-        fit(config, data.train_images, data.train_labels, split, pre, 2, progress=True)
+    events = []
+    real_train_epoch = numba_engine.kernels.train_epoch  # every epoch's call: record its rows
+    monkeypatch.setattr(numba_engine.kernels, "train_epoch",
+                        lambda *args: events.append(len(args[0])) or real_train_epoch(*args))
+    monkeypatch.setattr(numba_engine, "_announced", False)
+    for compiled, progress in ((True, True), (False, False), (False, True)):
+        monkeypatch.setattr(numba_engine, "kernels_are_compiled", lambda dtype, c=compiled: c)
+        events.clear()
+        fit(config, data.train_images, data.train_labels, split, pre, 2, progress=progress)
         said = capsys.readouterr().err.count("compiling the numba kernels once")
-        assert said == (0 if compiled else 1)
+        # said on the first uncompiled fit only, progress bar or not (the estimator's,
+        # the sweep's trials); the one-row compile call comes before the first epoch
+        assert said == (1 if (compiled, progress) == (False, False) else 0)
+        assert events == ([100] if compiled else [1, 100])

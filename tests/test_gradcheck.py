@@ -16,8 +16,16 @@ from softmax_cls.training import gradcheck
 def test_command_passes_and_prints_the_table():
     result = run("softmax-gradcheck", "--samples", "200", "--checks", "5")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "coordinate" in result.stdout and "rel. error" in result.stdout
+    assert "coordinate" in result.stdout and "beyond rounding" in result.stdout
     assert "numpy engine minibatch objective" in result.stdout
+    # a passing check shows its raw error beside the judged one: a row of only zeros would
+    # look like a check that does nothing
+    rows = [line.split() for line in result.stdout.splitlines()
+            if line.strip().startswith("(") and len(line.split()) == 7]
+    assert len(rows) >= 5
+    raw, judged = [float(row[5]) for row in rows], [float(row[6]) for row in rows]
+    assert any(value > 0 for value in raw)
+    assert all(b <= a for a, b in zip(raw, judged, strict=True))
     assert "maximum relative error" in result.stdout
     assert "gradient check passed" in result.stdout
 

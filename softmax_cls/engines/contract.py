@@ -3,7 +3,8 @@
 Shapes: N rows of P raw values (uint8 pixels, or float32 features); D = P + 1 features with
 the bias column, else P; C classes. Weights are (C, D) everywhere, one row per class.
 
-An engine is three functions behind an `Engine` (docs/engine-contract.md is the long form):
+An engine is three functions behind an `Engine` (docs/engine-contract.md is the long form),
+and optionally a `prepare(rows_dtype)` that compiles what the first call would:
 - train_epoch(data, plan, rule, pre, state) -> (loss_sum, correct): the SGD steps of one
   epoch over data.rows[plan.order] in minibatches of plan.batch_size, in place on the arrays
   of `state`. Each step, for the minibatch's raw rows U (b, P) after plan's flips and shifts:
@@ -208,6 +209,13 @@ class Engine:
     epoch_function: Callable[..., tuple[float, int]]
     scores_function: Callable[..., np.ndarray]
     loss_and_grad_function: Callable[..., tuple[float, np.ndarray, int]]
+    prepare_function: Callable[[np.dtype], None] | None = None
+
+    def prepare(self, rows_dtype: np.dtype) -> None:
+        """Make the engine ready for rows of `rows_dtype` before any timing starts (a
+        compiled engine compiles here, saying so once per process)."""
+        if self.prepare_function is not None:
+            self.prepare_function(np.dtype(rows_dtype))
 
     def train_epoch(self, data: TrainingRows, plan: EpochPlan, rule: StepRule,
                     pre: Preprocessor, state: OptimizerState) -> tuple[float, int]:

@@ -8,7 +8,6 @@ the scikit-learn estimator all train through it.
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -114,12 +113,7 @@ def fit(
     """
     # -- setup: engine, starting state, the fixed parts of every epoch
     engine = get_engine(config.engine)
-    if progress and engine.name == "numba":
-        from ..engines.numba_engine import kernels_are_compiled
-
-        if not kernels_are_compiled(rows.dtype):
-            tqdm.write("compiling the numba kernels once (cached for later runs)",
-                       file=sys.stderr)
+    engine.prepare(rows.dtype)  # a compile, if any, before the bar: not in its rate
     state = state or initial_state(config, pre.n_features, n_classes)
     optim, loss_cfg, augment = config.optim, config.loss, config.augment
     patience = optim.early_stopping.patience

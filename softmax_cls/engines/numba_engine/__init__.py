@@ -7,6 +7,8 @@ arguments; this adapter is the one place that unpacks the contract's objects for
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
 from ...math.preprocess import Preprocessor
@@ -46,4 +48,28 @@ def loss_and_grad(rows: np.ndarray, labels: np.ndarray, sample_weight: np.ndarra
 
 
 kernels_are_compiled = kernels.kernels_are_compiled
-ENGINE = Engine("numba", train_epoch, predict_scores, loss_and_grad)
+COMPILING = "compiling the numba kernels once (about 20 s; cached for later runs)"
+_announced = False
+
+
+def prepare(rows_dtype: np.dtype) -> None:
+    """Compile the training and prediction kernels for rows of `rows_dtype` now, on a
+    one-row problem, unless numba's cache holds them; say so on stderr once per process. Done
+    before a progress bar starts, the compile stays out of its rate."""
+    global _announced
+    if kernels_are_compiled(rows_dtype):
+        return
+    if not _announced:
+        print(COMPILING, file=sys.stderr, flush=True)
+        _announced = True
+    n_raw = kernels.N_PIXELS if rows_dtype == np.uint8 else 1
+    rows = np.zeros((1, n_raw), rows_dtype)
+    pre = Preprocessor(np.zeros(n_raw), np.ones(n_raw))
+    W = np.zeros((2, n_raw + 1), np.float32)
+    plan = EpochPlan(np.zeros(1, np.int64), 1, np.zeros(1))
+    train_epoch(TrainingRows(rows, np.zeros(1, np.int64)), plan, StepRule(lr=0.1), pre,
+                OptimizerState(W, W.copy(), W.copy()))
+    predict_scores(rows, W, pre)
+
+
+ENGINE = Engine("numba", train_epoch, predict_scores, loss_and_grad, prepare)
