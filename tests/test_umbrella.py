@@ -1,0 +1,32 @@
+"""`softmax` and `python -m softmax_cls`: the list of commands, and each command run by name."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from cli_util import assert_one_line_error, run
+
+NAMES = ("download", "train", "eval", "gradcheck", "plot", "sweep")
+
+
+def test_alone_it_lists_every_command():
+    for result in (run("softmax"), subprocess.run([sys.executable, "-m", "softmax_cls"],
+                                                  capture_output=True, text=True)):
+        assert result.returncode == 0, result.stderr
+        listed = [line.split()[0] for line in result.stdout.splitlines()
+                  if line.startswith("  ")]
+        assert tuple(listed) == NAMES
+
+
+def test_a_command_runs_by_name_as_its_console_script_does():
+    by_name = run("softmax", "gradcheck", "--samples", "20", "--checks", "2", "--classes", "3")
+    script = run("softmax-gradcheck", "--samples", "20", "--checks", "2", "--classes", "3")
+    assert by_name.returncode == script.returncode == 0, by_name.stderr
+    assert by_name.stdout == script.stdout
+    assert "Usage: softmax train" in run("softmax", "train", "--help").stdout
+
+
+def test_an_unknown_command_is_one_line():
+    assert_one_line_error(run("softmax", "fit"), 2, "no command 'fit'", "train")
+    assert_one_line_error(run("softmax", "train", "--bogus"), 2, "--bogus")
