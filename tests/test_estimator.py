@@ -222,3 +222,42 @@ def test_divergence_is_a_value_error_naming_lr():
     X, y = blobs()
     with pytest.raises(ValueError, match="diverged.*lower lr"):
         SoftmaxClassifier(lr=1e30, standardize=False, random_state=0).fit(X * 1e10, y)
+
+
+def digits_split():
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    X, y = load_digits(return_X_y=True)
+    return train_test_split(X, y, test_size=0.3, random_state=0, stratify=y)
+
+
+def test_the_default_epochs_converge_on_a_small_problem():
+    """scikit-learn's digits: 5 epochs of batches of 256 are 25 steps (0.854 test accuracy);
+    "auto" runs enough epochs for 1,000 steps and lands near LogisticRegression."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    X_train, X_test, y_train, y_test = digits_split()
+    scaler = StandardScaler().fit(X_train)
+    exact = LogisticRegression(max_iter=2000).fit(scaler.transform(X_train), y_train)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)  # the default does not warn
+        model = SoftmaxClassifier(random_state=0).fit(X_train, y_train)
+    assert model.n_iter_ == 200 and model.gradient_ratio_ < 0.05
+    assert model.score(X_test, y_test) >= exact.score(scaler.transform(X_test), y_test) - 0.015
+
+
+def test_a_fit_far_from_the_optimum_warns():
+    from sklearn.exceptions import ConvergenceWarning
+
+    X_train, _, y_train, _ = digits_split()
+    with pytest.warns(ConvergenceWarning, match=r"far from the optimum after 5 epochs: .* 6\d%"):
+        model = SoftmaxClassifier(epochs=5, random_state=0).fit(X_train, y_train)
+    assert model.gradient_ratio_ > 0.5
+    # the ratio is the objective's: the same model refitted to convergence has a small one
+    assert SoftmaxClassifier(epochs=400, lr=0.05, random_state=0).fit(
+        X_train, y_train).gradient_ratio_ < 0.01
