@@ -49,6 +49,23 @@ def _fail(message: str, code: int) -> None:
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 set_option = click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE",
                           help="Override a config key, e.g. --set optim.lr=0.01 (repeatable).")
+
+
+def _use_threads(context, parameter, value):
+    if value is not None:
+        from .threads import use_threads
+
+        try:
+            use_threads(value)
+        except ConfigError as exc:
+            raise click.BadParameter(str(exc).partition(": ")[2]) from None
+    return value
+
+
+threads_option = click.option(
+    "--threads", type=int, expose_value=False, callback=_use_threads, metavar="N",
+    help="Compute on N threads (BLAS and numba) [default: every CPU, or the OPENBLAS_NUM_THREADS "
+         "/ NUMBA_NUM_THREADS already set].")
 config_option = click.option("--config", "config_path", type=click.Path(dir_okay=False),
                              help="YAML config file (see configs/default.yaml).")
 
@@ -89,6 +106,7 @@ def download_command(dataset, root, fmt, url, archive, force, quiet):
               help="Draw the run's pictures into RUN/plots at the end [default: as "
                    "output.plots says; null = when matplotlib is installed].")
 @quiet_option
+@threads_option
 @click.version_option(__version__)
 def train_command(config_path, overrides, out, resume, overwrite, plots, quiet):
     """Train a linear softmax classifier as the config says.
@@ -121,6 +139,7 @@ def train_command(config_path, overrides, out, resume, overwrite, plots, quiet):
 @click.option("--download", is_flag=True,
               help="Download the data if it is not there (by default eval never downloads).")
 @quiet_option
+@threads_option
 @click.version_option(__version__)
 def eval_command(checkpoint, split, as_json, root, download, quiet):
     """Accuracy, per-class precision / recall / F1 and the confusion matrix of a checkpoint."""
@@ -153,6 +172,7 @@ def eval_command(checkpoint, split, as_json, root, download, quiet):
 @click.option("--reg", default=None, type=click.FloatRange(0, min_open=True),
               help="The reg > 0 of the second check [default: loss.reg, or 0.01].")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0))
+@threads_option
 @click.version_option(__version__)
 def gradcheck_command(config_path, overrides, samples, classes, checks, step, tol, reg, seed):
     """Check the analytic softmax gradient against centred finite differences (float64).

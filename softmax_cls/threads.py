@@ -1,0 +1,28 @@
+"""The thread count of the compute libraries (BLAS and numba), set from one number.
+
+The variables are read when numpy's BLAS and numba start, so `use_threads` must run before
+either is imported (the console scripts call it while parsing their options, and import
+numpy only afterwards); once numba is loaded its pool can still be narrowed.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from .errors import ConfigError
+
+THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+                    "NUMBA_NUM_THREADS")
+
+
+def use_threads(count: int) -> None:
+    """Compute on `count` threads (1 <= count <= the CPUs): BLAS, OpenMP, MKL and numba."""
+    cpus = os.cpu_count() or 1
+    if not 1 <= count <= cpus:
+        raise ConfigError(f"--threads: must be between 1 and {cpus} (the CPUs here), got "
+                          f"{count}")
+    os.environ.update({name: str(count) for name in THREAD_VARIABLES})
+    numba = sys.modules.get("numba")
+    if numba is not None:
+        numba.set_num_threads(min(count, numba.config.NUMBA_NUM_THREADS))

@@ -1,0 +1,43 @@
+"""--threads N: BLAS and numba compute on N threads; a count outside 1..CPUs is one line."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from cli_util import assert_one_line_error, run
+
+PROBE = """
+import os, sys
+from softmax_cls import cli
+try:
+    cli.gradcheck_command.main(["--threads", "1", "--samples", "20", "--checks", "2"])
+except SystemExit as exit:
+    assert exit.code == 0, exit.code
+from threadpoolctl import threadpool_info
+blas = sorted({pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"})
+import numba
+print(os.environ["OPENBLAS_NUM_THREADS"], blas, numba.get_num_threads(), file=sys.stderr)
+"""
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs 2 CPUs to tell 1 thread apart")
+def test_threads_one_runs_blas_and_numba_on_one_thread():
+    pytest.importorskip("numba")
+    pytest.importorskip("threadpoolctl")
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+                          "NUMBA_NUM_THREADS")}
+    result = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True,
+                            env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == "1 [1] 1"
+
+
+@pytest.mark.parametrize("command", ["softmax-train", "softmax-eval", "softmax-gradcheck"])
+@pytest.mark.parametrize("count", ["0", "100000", "two"])
+def test_a_thread_count_outside_the_cpus_is_one_line(command, count):
+    args = ["--threads", count] + (["x.npz"] if command == "softmax-eval" else [])
+    assert_one_line_error(run(command, *args), 2, "--threads")
