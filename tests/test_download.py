@@ -252,3 +252,28 @@ def test_no_progress_bar_when_disabled(serve, tmp_path, capsys):
     download_file(server.url_for("/a.bin"), tmp_path / "a.bin", **FAST)
 
     assert capsys.readouterr().err == ""
+
+
+def test_a_refused_connection_is_retried_once_quickly_not_with_the_full_backoff(tmp_path,
+                                                                                sleeps):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(DownloadError, match=r"refused.*gave up after 2 attempts"):
+        download_file(f"http://127.0.0.1:{port}/a.bin", tmp_path / "a.bin")  # retries=5
+    assert sleeps == [0.5]
+
+
+def test_softmax_download_fails_fast_with_no_server(tmp_path):
+    import time
+
+    from cli_util import assert_one_line_error, run
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    started = time.monotonic()
+    result = run("softmax-download", "--root", str(tmp_path / "data"), "--url",
+                 f"http://127.0.0.1:{port}/cifar-10-binary.tar.gz", "--quiet")
+    assert_one_line_error(result, 1, "refused", "--archive")
+    assert time.monotonic() - started < 10  # was 31 s of backoff
