@@ -70,7 +70,7 @@ EVAL_HINTS = DataHints(
 
 
 @dataclass(frozen=True, eq=False)
-class CifarData:
+class LabelledData:
     """A loaded data set. Images are (N, 3072) uint8, C-contiguous: R plane, G plane, B plane,
     each 32x32 row-major. Labels are (N,) int64 in [0, len(class_names)).
     `fingerprint` maps each file read to its md5.
@@ -96,7 +96,7 @@ class CifarData:
             return 0 if self.test_on_disk is None else self.test_on_disk.count
         return len(self.test_labels)
 
-    def with_test(self) -> CifarData:
+    def with_test(self) -> LabelledData:
         """This data with its test split in memory: itself when it is already, else with the
         split read now from its files, checked again (DataError if one changed since)."""
         if self.test_on_disk is None:
@@ -104,7 +104,7 @@ class CifarData:
         images, labels = self.test_on_disk.read(self.fingerprint)
         return replace(self, test_images=images, test_labels=labels, test_on_disk=None)
 
-    def without_train(self) -> CifarData:
+    def without_train(self) -> LabelledData:
         """This data without its training rows: train_images (0, P) and train_labels (0,),
         so that, once no one else holds them, the training rows are freed (before the test
         split is read after training, say)."""
@@ -584,7 +584,7 @@ def load_dataset(dataset: str = "cifar10", root: str | os.PathLike = "data",
                  archive: str | os.PathLike | None = None, labels: str = "fine",
                  force: bool = False, download: bool = True, progress: bool = True,
                  spec: DatasetSpec | None = None, hints: DataHints = DOWNLOAD_HINTS,
-                 keep_test: bool = True) -> CifarData:
+                 keep_test: bool = True) -> LabelledData:
     """Locate (see `prepare_dataset`), verify and read the whole data set.
 
     Every file is hashed (unless this call just verified it during extraction), checked,
@@ -592,7 +592,7 @@ def load_dataset(dataset: str = "cifar10", root: str | os.PathLike = "data",
     straight into its rows, a python-format one whole (it is one pickle). `labels` picks
     CIFAR-100's "fine" (100 classes) or "coarse" (20 superclasses) labels. Without
     `keep_test` the test files are checked and hashed the same way but left on disk
-    (CifarData.with_test reads them later). Returns CifarData with images (N, 3072) uint8
+    (LabelledData.with_test reads them later). Returns LabelledData with images (N, 3072) uint8
     C-contiguous and labels (N,) int64.
     """
     spec = spec or get_spec(dataset, fmt)
@@ -609,7 +609,7 @@ def load_dataset(dataset: str = "cifar10", root: str | os.PathLike = "data",
         for name in spec.test_files:
             reader.check_batch(name)
         on_disk = SplitOnDisk(folder, spec, spec.test_files, labels)
-    return CifarData(
+    return LabelledData(
         dataset=spec.dataset,
         class_names=spec.coarse_names if labels == "coarse" else spec.class_names,
         train_images=train_images, train_labels=train_labels,
@@ -641,7 +641,7 @@ def _read_split(reader: _Reader, names: tuple[str, ...], labels: str
 
 
 def load_config_data(data: DataConfig, progress: bool = True, hints: DataHints = CONFIG_HINTS,
-                     *, keep_test: bool = True) -> CifarData:
+                     *, keep_test: bool = True) -> LabelledData:
     """The data set a config's `data` section names, located, verified and read; error
     messages give `hints` (default: the config's own keys, `--set data.archive=PATH`...).
     Without `keep_test` a CIFAR test split is checked but left on disk (see load_dataset);

@@ -28,17 +28,17 @@ from tqdm import tqdm
 
 from ..config import DataConfig
 from ..errors import DataError
-from .cifar import CifarData
+from .cifar import LabelledData
 
 HASH_BLOCK = 1 << 20
 CHECK_BYTES = 16 << 20  # bytes of X checked for finiteness (or converted) at a time
 _LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")  # a zip member's local file header (30 bytes)
 
 
-def load_features(data: DataConfig, progress: bool = True) -> CifarData:
+def load_features(data: DataConfig, progress: bool = True) -> LabelledData:
     """The train (and test, when data.test is set) feature files of a config.
 
-    Returns CifarData with dataset "features", train_images X (N, D) float32 (an np.memmap
+    Returns LabelledData with dataset "features", train_images X (N, D) float32 (an np.memmap
     when stored as float32), train_labels (N,) int64, test likewise or (0, D) / (0,) arrays
     when data.test is null, class_names the sorted distinct training labels as strings, and
     fingerprint {"train X.npy": md5, ...}. Raises DataError with one line on a bad file.
@@ -65,7 +65,7 @@ def load_features(data: DataConfig, progress: bool = True) -> CifarData:
             raise DataError(f"{data.test}: label {unknown[0]!r} does not occur in the "
                             f"training labels of {data.train}")
         test_labels = np.searchsorted(classes, test_y).astype(np.int64)
-    return CifarData(dataset="features", class_names=tuple(str(c) for c in classes.tolist()),
+    return LabelledData(dataset="features", class_names=tuple(str(c) for c in classes.tolist()),
                      train_images=X, train_labels=train_labels, test_images=test_X,
                      test_labels=test_labels, fingerprint=fingerprint)
 

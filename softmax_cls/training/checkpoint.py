@@ -17,7 +17,7 @@ import numpy as np
 
 from .. import __version__
 from ..config import Config, config_from_dict, parse_yaml
-from ..data.cifar import CifarData
+from ..data.cifar import LabelledData
 from ..errors import ConfigError, DataError
 from ..fsutil import atomic_write
 from ..math.preprocess import Preprocessor
@@ -153,7 +153,7 @@ def _from_arrays(path: Path, arrays: dict[str, np.ndarray]) -> Checkpoint:
         val_rows=arrays["val_rows"])
 
 
-def check_matches(checkpoint: Checkpoint, data: CifarData, path: str | Path) -> None:
+def check_matches(checkpoint: Checkpoint, data: LabelledData, path: str | Path) -> None:
     """DataError unless the data is the very data (per-file checksums) the checkpoint saw."""
     if len(data.class_names) != checkpoint.W.shape[1]:
         raise DataError(f"{path}: the checkpoint has {checkpoint.W.shape[1]} classes, the data "
