@@ -76,7 +76,8 @@ from pathlib import Path
 import numpy as np
 
 from softmax_cls.config import load_config
-from softmax_cls.data.cifar import LabelledData, load_dataset
+from softmax_cls.data.cifar import load_dataset
+from softmax_cls.data.labelled import LabelledData
 from softmax_cls.engines.numpy_engine import get_engine
 from softmax_cls.errors import SoftmaxClsError
 from softmax_cls.math.augment import PADDING_CODES, draw_augmentation

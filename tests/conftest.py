@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from softmax_cls.config import config_from_dict
-from softmax_cls.data.cifar import LabelledData
+from softmax_cls.data.labelled import LabelledData
 
 REAL_ARCHIVE = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar-10-binary.tar.gz"
 needs_real_data = pytest.mark.skipif(not REAL_ARCHIVE.is_file(),

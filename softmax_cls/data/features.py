@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from ..config import DataConfig
 from ..errors import DataError
-from .cifar import LabelledData
+from .labelled import LabelledData
 
 HASH_BLOCK = 1 << 20
 CHECK_BYTES = 16 << 20  # bytes of X checked for finiteness (or converted) at a time

@@ -17,7 +17,7 @@ import numpy as np
 
 from .. import __version__
 from ..config import Config, config_from_dict, parse_yaml
-from ..data.cifar import LabelledData
+from ..data.labelled import LabelledData
 from ..errors import ConfigError, DataError
 from ..fsutil import atomic_write
 from ..math.preprocess import Preprocessor

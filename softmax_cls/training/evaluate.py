@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from ..data import cifar as data_module
-from ..data.cifar import EVAL_HINTS, LabelledData
+from ..data.fetch import EVAL_HINTS
+from ..data.labelled import LabelledData
 from ..errors import DataError
 from ..math.metrics import ClassificationReport, classification_report
 from ..math.preprocess import raw_features

@@ -25,7 +25,8 @@ from ..config import (
     load_config,
     parse_yaml,
 )
-from ..data.cifar import LabelledData, load_config_data
+from ..data.cifar import load_config_data
+from ..data.labelled import LabelledData
 from ..engines.numpy_engine import get_engine
 from ..errors import ConfigError, SoftmaxClsError
 from ..fsutil import FolderBusy, atomic_write, folder_lock, fsync_dir
