@@ -15,6 +15,7 @@ one error, and a file is at most MAX_CONFIG_BYTES. Messages never quote a value 
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import math
 import types
@@ -26,6 +27,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
+from .text import shorten
 
 
 def _opt(default: Any, *, choices: tuple | None = None, low: float | None = None,
@@ -151,7 +153,7 @@ def _build(cls: type, raw: Any, path: str) -> Any:
     hints = typing.get_type_hints(cls)
     unknown = sorted(set(map(str, raw)) - set(fields))
     if unknown:
-        key = _short(f"{path}.{unknown[0]}" if path else unknown[0])
+        key = shorten(f"{path}.{unknown[0]}" if path else unknown[0], SHOWN_CHARS)
         raise ConfigError(f"{key}: unknown key (known keys: {', '.join(fields)})")
     values = {}
     for name, spec in fields.items():
@@ -177,21 +179,12 @@ def _show(value: Any) -> str:
         return f"a mapping of {len(value)} key{'s' if len(value) != 1 else ''}"
     if isinstance(value, (list, tuple)):
         return f"a list of {len(value)} item{'s' if len(value) != 1 else ''}"
-    text = repr(value)
-    if len(text) <= SHOWN_CHARS:
-        return text
-    return f"{text[:SHOWN_CHARS]}... ({len(text)} characters)"
+    return shorten(repr(value), SHOWN_CHARS)
 
 
 def _number(value: float | int) -> str:
     """A number as messages show it: %g for floats, digits (cut) for any size of integer."""
     return f"{value:g}" if isinstance(value, float) else _show(value)
-
-
-def _short(text: str) -> str:
-    """`text` (a key, an override as typed) cut to SHOWN_CHARS for a message."""
-    text = str(text)
-    return text if len(text) <= SHOWN_CHARS else f"{text[:SHOWN_CHARS]}... ({len(text)} chars)"
 
 
 def _check_value(key: str, value: Any, kind: type, nullable: bool, meta: Any) -> Any:
@@ -234,7 +227,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     """
     key, sep, raw_value = text.partition("=")
     if not sep or not key.strip():
-        raise ConfigError(f"--set {_short(text)}: expected KEY.PATH=VALUE, e.g. optim.lr=0.01")
+        raise ConfigError(f"--set {shorten(text, SHOWN_CHARS)}: expected KEY.PATH=VALUE, e.g. "
+                          "optim.lr=0.01")
     keys = key.strip().split(".")
     if _schema_type(keys) is str and raw_value.strip() not in ("null", "~", ""):
         return keys, raw_value
@@ -243,7 +237,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     try:
         value = _load_strict(raw_value)
     except _RefusedYaml as exc:
-        raise ConfigError(f"--set {_short(key.strip())}: {exc}") from None
+        raise ConfigError(f"--set {shorten(key.strip(), SHOWN_CHARS)}: {exc}") from None
     except yaml.YAMLError:
         value = raw_value
     return keys, value
@@ -256,7 +250,7 @@ def apply_overrides(raw: dict, overrides: typing.Iterable[str]) -> dict:
     keeps the other optim keys); null or any other non-mapping value for a section is an
     error (a section has no value of its own: set its keys).
     """
-    raw = _deep_copy(raw)
+    raw = copy.deepcopy(raw)
     for text in overrides:
         keys, value = parse_override(text)
         node = raw
@@ -265,10 +259,11 @@ def apply_overrides(raw: dict, overrides: typing.Iterable[str]) -> dict:
             if child is None:
                 child = node[key] = {}
             if not isinstance(child, dict):
-                raise ConfigError(f"{_short('.'.join(keys[: depth + 1]))}: is not a section, "
-                                  f"cannot set {_short('.'.join(keys))}")
+                section = shorten(".".join(keys[: depth + 1]), SHOWN_CHARS)
+                raise ConfigError(f"{section}: is not a section, cannot set "
+                                  f"{shorten('.'.join(keys), SHOWN_CHARS)}")
             node = child
-        dotted = _short(".".join(keys))
+        dotted = shorten(".".join(keys), SHOWN_CHARS)
         if dataclasses.is_dataclass(_schema_type(keys)):
             if not isinstance(value, dict):
                 raise ConfigError(f"{dotted}: is a section; --set its keys one by one (e.g. "
@@ -301,12 +296,6 @@ def _schema_type(keys: list[str]) -> Any:
             return None
         cls, _ = _split_optional(hints[key])
     return cls
-
-
-def _deep_copy(raw: Any) -> Any:
-    if isinstance(raw, dict):
-        return {k: _deep_copy(v) for k, v in raw.items()}
-    return raw
 
 
 def config_from_dict(raw: Any, overrides: typing.Iterable[str] = ()) -> Config:
@@ -370,13 +359,13 @@ class StrictLoader(yaml.SafeLoader):
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()
             raise _RefusedYaml(f"line {event.start_mark.line + 1}: aliases "
-                               f"(*{_short(event.anchor)}) are not allowed in a config; write "
-                               "the value out")
+                               f"(*{shorten(event.anchor, SHOWN_CHARS)}) are not allowed in a "
+                               "config; write the value out")
         event = self.peek_event()
         if getattr(event, "anchor", None) is not None:
             raise _RefusedYaml(f"line {event.start_mark.line + 1}: anchors "
-                               f"(&{_short(event.anchor)}) are not allowed in a config; write "
-                               "the value out")
+                               f"(&{shorten(event.anchor, SHOWN_CHARS)}) are not allowed in a "
+                               "config; write the value out")
         self._depth = getattr(self, "_depth", 0) + 1
         try:
             if self._depth > MAX_DEPTH:
@@ -426,7 +415,7 @@ def parse_yaml(text: str, source: str) -> Any:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        problem = _short(getattr(exc, "problem", None) or type(exc).__name__)
+        problem = shorten(getattr(exc, "problem", None) or type(exc).__name__, SHOWN_CHARS)
         raise ConfigError(f"{source}: not valid YAML{where}: {problem}") from None
     except RecursionError:  # defence in depth: MAX_DEPTH stops nesting long before this
         raise ConfigError(f"{source}: nested too deeply") from None

@@ -8,7 +8,6 @@ Locating and extracting the folder is softmax_cls.data.fetch's job.
 
 from __future__ import annotations
 
-import hashlib
 import io
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +18,8 @@ import numpy as np
 from softmax_cls.data.datasets import IMAGE_BYTES, DatasetSpec
 from softmax_cls.data.untrusted import restricted_unpickle
 from softmax_cls.errors import DataError
+from softmax_cls.fsutil import md5_hash
+from softmax_cls.text import shorten
 
 # The most bytes a file without a known exact size may have: the class-name files are under
 # 2 KB (a .txt of names, or the python format's meta pickle); a readme is under 1 KB.
@@ -116,7 +117,7 @@ class BatchReader:
         size = self.spec.sizes.get(name)
         limit = SMALL_FILE_CAP if size is None else size
         blob = self._read_from(name, lambda handle: _read_up_to(handle, limit + 1))
-        md5 = None if name in self.verified else hashlib.md5(blob)
+        md5 = None if name in self.verified else md5_hash(blob)
         self._check_size_and_md5(name, len(blob), size, md5)
         return blob
 
@@ -139,7 +140,7 @@ class BatchReader:
         record = spec.label_bytes + IMAGE_BYTES
         # CIFAR-100 records start with (coarse, fine) label bytes: both are checked, one kept
         label_bytes = np.empty((count, spec.label_bytes), np.uint8)
-        md5 = None if name in self.verified else hashlib.md5()
+        md5 = None if name in self.verified else md5_hash()
 
         def read(handle) -> int:
             chunk_buffer = np.empty((min(READ_RECORDS, count), record), np.uint8)
@@ -186,7 +187,7 @@ class BatchReader:
                      for key, expected in zip(keys, expected_lists, strict=False)]
         for name, names, expected in found:
             if names != tuple(expected):
-                shown = ", ".join(_cut(n, 20) for n in names[:5]) + (
+                shown = ", ".join(shorten(n, 20) for n in names[:5]) + (
                     f", ... ({len(names)} in all)" if len(names) > 5 else "")
                 raise self.error(name, f"class names ({shown}) differ from the "
                                        f"{len(expected)} known {spec.dataset} classes")
@@ -270,16 +271,12 @@ def _read_up_to(handle, limit: int) -> bytes:
     return b"".join(parts) if len(parts) != 1 else parts[0]
 
 
-def _cut(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
 def _text_lines(blob: bytes, expected: int) -> tuple[str, ...]:
     """The non-blank lines of a names file (at most `expected` + 1: enough to compare)."""
     names = []
     for line in blob.decode("latin-1").splitlines():
         if line.strip():
-            names.append(_cut(line.strip(), MAX_NAME_CHARS))
+            names.append(shorten(line.strip(), MAX_NAME_CHARS))
             if len(names) > expected:
                 break
     return tuple(names)

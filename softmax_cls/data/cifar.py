@@ -17,12 +17,13 @@ from softmax_cls.data.features import load_features
 from softmax_cls.data.fetch import CONFIG_HINTS, DOWNLOAD_HINTS, DataHints, locate
 from softmax_cls.data.labelled import LabelledData
 from softmax_cls.errors import ConfigError
+from softmax_cls.text import shorten
 
 
 def _check_label_choice(spec: DatasetSpec, labels: str) -> None:
     """A ConfigError (a usage error, exit 2) unless `labels` exists for the data set."""
     if labels not in ("fine", "coarse"):
-        raise ConfigError(f"data.labels: choose fine or coarse, got {labels[:40]!r}")
+        raise ConfigError(f"data.labels: choose fine or coarse, got {shorten(labels, 40)!r}")
     if labels == "coarse" and not spec.coarse_names:
         raise ConfigError(f"data.labels: {spec.dataset} has no coarse labels (only cifar100 "
                           "has); use fine")

@@ -90,10 +90,6 @@ class DatasetSpec:
         """Label bytes before each binary record: 1 (CIFAR-10) or 2 (coarse, fine)."""
         return 2 if self.coarse_names else 1
 
-    @property
-    def required_files(self) -> tuple[str, ...]:
-        return self.names_files + self.train_files + self.test_files
-
 
 def _record_sizes(counts: dict[str, int], label_bytes: int) -> dict[str, int]:
     """Exact byte sizes of binary batch files: label byte(s) + 3072 pixels per record."""

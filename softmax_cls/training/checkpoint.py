@@ -21,6 +21,7 @@ from ..data.labelled import LabelledData
 from ..errors import ConfigError, DataError
 from ..fsutil import atomic_write
 from ..math.preprocess import Preprocessor
+from ..text import shorten
 from .fit import TrainState
 
 FORMAT_VERSION = 2
@@ -108,13 +109,14 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     except DataError:
         raise
     except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError, TypeError) as exc:
-        raise DataError(f"{path}: corrupt or truncated checkpoint ({str(exc)[:150]})") from None
+        raise DataError(f"{path}: corrupt or truncated checkpoint "
+                        f"({shorten(str(exc), 150)})") from None
     try:
         checkpoint = _from_arrays(path, arrays)
     except (json.JSONDecodeError, ConfigError, KeyError, TypeError, ValueError,
             AttributeError, RecursionError) as exc:
         raise DataError(f"{path}: unreadable checkpoint ({type(exc).__name__}: "
-                        f"{str(exc)[:150]})") from None
+                        f"{shorten(str(exc), 150)})") from None
     _validate(path, checkpoint)
     checkpoint.path = path
     return checkpoint
