@@ -31,10 +31,12 @@ from .text import shorten
 
 
 def _opt(default: Any, *, choices: tuple | None = None, low: float | None = None,
-         low_open: bool = False, high: float | None = None, high_open: bool = False) -> Any:
-    """A schema field with its default and the range or choices it must respect."""
+         low_open: bool = False, high: float | None = None, high_open: bool = False,
+         fraction: bool = False) -> Any:
+    """A schema field with its default and the range or choices it must respect; with
+    `fraction`, an integer field that also takes a fraction in (0, 1)."""
     meta = {"choices": choices, "low": low, "low_open": low_open, "high": high,
-            "high_open": high_open}
+            "high_open": high_open, "fraction": fraction}
     return field(default=default, metadata=meta)
 
 
@@ -47,9 +49,17 @@ class DataConfig:
     url: str | None = None
     archive: str | None = None
     download: bool = True
-    val_size: int = _opt(5000, low=1)
+    val_size: int | float = _opt(5000, low=1, fraction=True)
     train: str | None = None
     test: str | None = None
+
+    def val_rows(self, n_train: int) -> int:
+        """How many of `n_train` training rows are held out for validation: val_size when it
+        is a count; a fraction's share, rounded, kept within 1..n_train - 1 when that range
+        is not empty."""
+        if isinstance(self.val_size, int):
+            return self.val_size
+        return max(1, min(n_train - 1, round(self.val_size * n_train)))
 
 
 @dataclass
@@ -107,8 +117,12 @@ class OptimConfig:
 
 @dataclass
 class AugmentConfig:
-    hflip: bool = True
-    translate: int = _opt(1, low=0, high=8)
+    """Image augmentations. hflip and translate null (None) follow the data set: on for
+    images (IMAGE_AUGMENT), off for features (FEATURE_AUGMENT); config_from_dict resolves
+    them, so a built Config never holds None there."""
+
+    hflip: bool | None = None
+    translate: int | None = _opt(None, low=0, high=8)
     padding: str = _opt("edge", choices=("edge", "zero", "reflect"))
 
 
@@ -132,6 +146,10 @@ class Config:
 
 
 _TYPE_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
+# What augment's null keys become for images (data.dataset cifar10 or cifar100) and for
+# features (image augmentations move pixels: they do not apply to features).
+IMAGE_AUGMENT = {"hflip": True, "translate": 1}
+FEATURE_AUGMENT = {"hflip": False, "translate": 0}
 
 
 def _split_optional(annotation: Any) -> tuple[Any, bool]:
@@ -188,6 +206,8 @@ def _number(value: float | int) -> str:
 
 
 def _check_value(key: str, value: Any, kind: type, nullable: bool, meta: Any) -> Any:
+    if meta.get("fraction"):
+        return _check_count_or_fraction(key, value, meta)
     if value is None:
         if nullable:
             return None
@@ -214,6 +234,20 @@ def _check_value(key: str, value: Any, kind: type, nullable: bool, meta: Any) ->
     if high is not None and (value >= high if meta.get("high_open") else value > high):
         raise ConfigError(f"{key}: must be {'<' if meta.get('high_open') else '<='} {high:g}, "
                           f"got {_number(value)}")
+    return value
+
+
+def _check_count_or_fraction(key: str, value: Any, meta: Any) -> int | float:
+    """An integer >= meta's low, or a fraction strictly between 0 and 1."""
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):  # YAML 1.1 reads 1e-1 (no dot) as a string
+            value = float(value)
+    if isinstance(value, float) and 0 < value < 1:
+        return value
+    low = meta["low"]
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(f"{key}: must be an integer >= {low:g} (a count) or a number in "
+                          f"(0, 1) (a fraction), got {_show(value)}")
     return value
 
 
@@ -306,7 +340,16 @@ def config_from_dict(raw: Any, overrides: typing.Iterable[str] = ()) -> Config:
         raise ConfigError(f"config: expected a mapping of keys at the top level, got {_show(raw)}")
     config = _build(Config, apply_overrides(raw, overrides), "")
     _check_combinations(config)
+    _resolve_augment(config)
     return config
+
+
+def _resolve_augment(config: Config) -> None:
+    """Set augment's null keys from the data set: IMAGE_AUGMENT or FEATURE_AUGMENT."""
+    values = FEATURE_AUGMENT if config.data.dataset == "features" else IMAGE_AUGMENT
+    for key, value in values.items():
+        if getattr(config.augment, key) is None:
+            setattr(config.augment, key, value)
 
 
 def _check_combinations(config: Config) -> None:
@@ -320,10 +363,11 @@ def _check_combinations(config: Config) -> None:
         if data.train is None:
             raise ConfigError("data.train: data.dataset features needs the path of a training "
                               "feature file (.npz with X and y, or X.npy beside y.npy)")
-        for key in ("hflip", "translate"):
+        for key in IMAGE_AUGMENT:
             if getattr(config.augment, key):
                 raise ConfigError(f"augment.{key}: augmentations move image pixels and do not "
-                                  "apply to data.dataset features; set it to "
+                                  "apply to data.dataset features; leave it out (null: off "
+                                  f"for features) or set it to "
                                   f"{'false' if key == 'hflip' else '0'}")
         if config.model.mirror_symmetric:
             raise ConfigError("model.mirror_symmetric: needs images, not data.dataset features")
