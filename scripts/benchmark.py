@@ -76,7 +76,8 @@ from pathlib import Path
 import numpy as np
 
 from softmax_cls.config import load_config
-from softmax_cls.data.cifar import CifarData, load_dataset
+from softmax_cls.data.cifar import load_dataset
+from softmax_cls.data.labelled import LabelledData
 from softmax_cls.engines import get_engine
 from softmax_cls.engines.contract import EpochPlan, OptimizerState, StepRule, TrainingRows
 from softmax_cls.errors import SoftmaxClsError
@@ -319,7 +320,7 @@ def augmentation_of(config) -> dict:
             "padding": augment.padding}
 
 
-def shape_methods(data: CifarData, labels: np.ndarray, n_classes: int, config, torch,
+def shape_methods(data: LabelledData, labels: np.ndarray, n_classes: int, config, torch,
                   threads: int) -> list:
     """Floor, the engines plain and augmented, and torch for one label set."""
     split = split_train_val(labels, VAL_SIZE, 0)
@@ -338,7 +339,7 @@ def shape_methods(data: CifarData, labels: np.ndarray, n_classes: int, config, t
     return methods
 
 
-def bench_epochs(data: CifarData, args: argparse.Namespace, config, torch) -> dict:
+def bench_epochs(data: LabelledData, args: argparse.Namespace, config, torch) -> dict:
     """Interleaved epochs of every method, case by case, repetition by repetition."""
     random_labels = np.random.default_rng(100).integers(0, 100, len(data.train_labels))
     shapes = {"cifar10": shape_methods(data, data.train_labels, 10, config, torch,
@@ -486,7 +487,7 @@ def bench_default_run(args: argparse.Namespace, scratch: Path) -> dict:
             "checkpoint": str(scratch / "run-warm-0" / "best.npz")}
 
 
-def bench_eval(data: CifarData, checkpoint: Path, root: Path, reps: int,
+def bench_eval(data: LabelledData, checkpoint: Path, root: Path, reps: int,
                scratch: Path) -> dict:
     """predict_scores of each engine on the test images, and the softmax-eval CLI once."""
     if not checkpoint.is_file():

@@ -86,7 +86,7 @@ config_option = click.option("--config", "config_path", type=click.Path(dir_okay
 @click.version_option(__version__)
 def download_command(dataset, root, fmt, url, archive, force, quiet):
     """Download, verify and extract CIFAR-10 or CIFAR-100."""
-    from .data.cifar import prepare_dataset
+    from .data.fetch import prepare_dataset
 
     folder = prepare_dataset(dataset, root, fmt, url=url, archive=archive, force=force,
                              progress=not quiet)

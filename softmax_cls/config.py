@@ -15,6 +15,7 @@ one error, and a file is at most MAX_CONFIG_BYTES. Messages never quote a value 
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import math
 import types
@@ -26,13 +27,16 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
+from .text import shorten
 
 
 def _opt(default: Any, *, choices: tuple | None = None, low: float | None = None,
-         low_open: bool = False, high: float | None = None, high_open: bool = False) -> Any:
-    """A schema field with its default and the range or choices it must respect."""
+         low_open: bool = False, high: float | None = None, high_open: bool = False,
+         fraction: bool = False) -> Any:
+    """A schema field with its default and the range or choices it must respect; with
+    `fraction`, an integer field that also takes a fraction in (0, 1)."""
     meta = {"choices": choices, "low": low, "low_open": low_open, "high": high,
-            "high_open": high_open}
+            "high_open": high_open, "fraction": fraction}
     return field(default=default, metadata=meta)
 
 
@@ -45,9 +49,17 @@ class DataConfig:
     url: str | None = None
     archive: str | None = None
     download: bool = True
-    val_size: int = _opt(5000, low=1)
+    val_size: int | float = _opt(5000, low=1, fraction=True)
     train: str | None = None
     test: str | None = None
+
+    def val_rows(self, n_train: int) -> int:
+        """How many of `n_train` training rows are held out for validation: val_size when it
+        is a count; a fraction's share, rounded, kept within 1..n_train - 1 when that range
+        is not empty."""
+        if isinstance(self.val_size, int):
+            return self.val_size
+        return max(1, min(n_train - 1, round(self.val_size * n_train)))
 
 
 @dataclass
@@ -105,8 +117,12 @@ class OptimConfig:
 
 @dataclass
 class AugmentConfig:
-    hflip: bool = True
-    translate: int = _opt(1, low=0, high=8)
+    """Image augmentations. hflip and translate null (None) follow the data set: on for
+    images (IMAGE_AUGMENT), off for features (FEATURE_AUGMENT); config_from_dict resolves
+    them, so a built Config never holds None there."""
+
+    hflip: bool | None = None
+    translate: int | None = _opt(None, low=0, high=8)
     padding: str = _opt("edge", choices=("edge", "zero", "reflect"))
 
 
@@ -130,6 +146,10 @@ class Config:
 
 
 _TYPE_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
+# What augment's null keys become for images (data.dataset cifar10 or cifar100) and for
+# features (image augmentations move pixels: they do not apply to features).
+IMAGE_AUGMENT = {"hflip": True, "translate": 1}
+FEATURE_AUGMENT = {"hflip": False, "translate": 0}
 
 
 def _split_optional(annotation: Any) -> tuple[Any, bool]:
@@ -151,7 +171,7 @@ def _build(cls: type, raw: Any, path: str) -> Any:
     hints = typing.get_type_hints(cls)
     unknown = sorted(set(map(str, raw)) - set(fields))
     if unknown:
-        key = _short(f"{path}.{unknown[0]}" if path else unknown[0])
+        key = shorten(f"{path}.{unknown[0]}" if path else unknown[0], SHOWN_CHARS)
         raise ConfigError(f"{key}: unknown key (known keys: {', '.join(fields)})")
     values = {}
     for name, spec in fields.items():
@@ -177,10 +197,7 @@ def _show(value: Any) -> str:
         return f"a mapping of {len(value)} key{'s' if len(value) != 1 else ''}"
     if isinstance(value, (list, tuple)):
         return f"a list of {len(value)} item{'s' if len(value) != 1 else ''}"
-    text = repr(value)
-    if len(text) <= SHOWN_CHARS:
-        return text
-    return f"{text[:SHOWN_CHARS]}... ({len(text)} characters)"
+    return shorten(repr(value), SHOWN_CHARS)
 
 
 def _number(value: float | int) -> str:
@@ -188,13 +205,9 @@ def _number(value: float | int) -> str:
     return f"{value:g}" if isinstance(value, float) else _show(value)
 
 
-def _short(text: str) -> str:
-    """`text` (a key, an override as typed) cut to SHOWN_CHARS for a message."""
-    text = str(text)
-    return text if len(text) <= SHOWN_CHARS else f"{text[:SHOWN_CHARS]}... ({len(text)} chars)"
-
-
 def _check_value(key: str, value: Any, kind: type, nullable: bool, meta: Any) -> Any:
+    if meta.get("fraction"):
+        return _check_count_or_fraction(key, value, meta)
     if value is None:
         if nullable:
             return None
@@ -224,6 +237,20 @@ def _check_value(key: str, value: Any, kind: type, nullable: bool, meta: Any) ->
     return value
 
 
+def _check_count_or_fraction(key: str, value: Any, meta: Any) -> int | float:
+    """An integer >= meta's low, or a fraction strictly between 0 and 1."""
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):  # YAML 1.1 reads 1e-1 (no dot) as a string
+            value = float(value)
+    if isinstance(value, float) and 0 < value < 1:
+        return value
+    low = meta["low"]
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(f"{key}: must be an integer >= {low:g} (a count) or a number in "
+                          f"(0, 1) (a fraction), got {_show(value)}")
+    return value
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """Split `key.path=value` into (['key', 'path'], value typed by the schema).
 
@@ -234,7 +261,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     """
     key, sep, raw_value = text.partition("=")
     if not sep or not key.strip():
-        raise ConfigError(f"--set {_short(text)}: expected KEY.PATH=VALUE, e.g. optim.lr=0.01")
+        raise ConfigError(f"--set {shorten(text, SHOWN_CHARS)}: expected KEY.PATH=VALUE, e.g. "
+                          "optim.lr=0.01")
     keys = key.strip().split(".")
     if _schema_type(keys) is str and raw_value.strip() not in ("null", "~", ""):
         return keys, raw_value
@@ -243,7 +271,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     try:
         value = _load_strict(raw_value)
     except _RefusedYaml as exc:
-        raise ConfigError(f"--set {_short(key.strip())}: {exc}") from None
+        raise ConfigError(f"--set {shorten(key.strip(), SHOWN_CHARS)}: {exc}") from None
     except yaml.YAMLError:
         value = raw_value
     return keys, value
@@ -256,7 +284,7 @@ def apply_overrides(raw: dict, overrides: typing.Iterable[str]) -> dict:
     keeps the other optim keys); null or any other non-mapping value for a section is an
     error (a section has no value of its own: set its keys).
     """
-    raw = _deep_copy(raw)
+    raw = copy.deepcopy(raw)
     for text in overrides:
         keys, value = parse_override(text)
         node = raw
@@ -265,10 +293,11 @@ def apply_overrides(raw: dict, overrides: typing.Iterable[str]) -> dict:
             if child is None:
                 child = node[key] = {}
             if not isinstance(child, dict):
-                raise ConfigError(f"{_short('.'.join(keys[: depth + 1]))}: is not a section, "
-                                  f"cannot set {_short('.'.join(keys))}")
+                section = shorten(".".join(keys[: depth + 1]), SHOWN_CHARS)
+                raise ConfigError(f"{section}: is not a section, cannot set "
+                                  f"{shorten('.'.join(keys), SHOWN_CHARS)}")
             node = child
-        dotted = _short(".".join(keys))
+        dotted = shorten(".".join(keys), SHOWN_CHARS)
         if dataclasses.is_dataclass(_schema_type(keys)):
             if not isinstance(value, dict):
                 raise ConfigError(f"{dotted}: is a section; --set its keys one by one (e.g. "
@@ -303,12 +332,6 @@ def _schema_type(keys: list[str]) -> Any:
     return cls
 
 
-def _deep_copy(raw: Any) -> Any:
-    if isinstance(raw, dict):
-        return {k: _deep_copy(v) for k, v in raw.items()}
-    return raw
-
-
 def config_from_dict(raw: Any, overrides: typing.Iterable[str] = ()) -> Config:
     """Validate a raw mapping (as from YAML) plus overrides into a Config."""
     if raw is None:
@@ -317,7 +340,16 @@ def config_from_dict(raw: Any, overrides: typing.Iterable[str] = ()) -> Config:
         raise ConfigError(f"config: expected a mapping of keys at the top level, got {_show(raw)}")
     config = _build(Config, apply_overrides(raw, overrides), "")
     _check_combinations(config)
+    _resolve_augment(config)
     return config
+
+
+def _resolve_augment(config: Config) -> None:
+    """Set augment's null keys from the data set: IMAGE_AUGMENT or FEATURE_AUGMENT."""
+    values = FEATURE_AUGMENT if config.data.dataset == "features" else IMAGE_AUGMENT
+    for key, value in values.items():
+        if getattr(config.augment, key) is None:
+            setattr(config.augment, key, value)
 
 
 def _check_combinations(config: Config) -> None:
@@ -331,10 +363,11 @@ def _check_combinations(config: Config) -> None:
         if data.train is None:
             raise ConfigError("data.train: data.dataset features needs the path of a training "
                               "feature file (.npz with X and y, or X.npy beside y.npy)")
-        for key in ("hflip", "translate"):
+        for key in IMAGE_AUGMENT:
             if getattr(config.augment, key):
                 raise ConfigError(f"augment.{key}: augmentations move image pixels and do not "
-                                  "apply to data.dataset features; set it to "
+                                  "apply to data.dataset features; leave it out (null: off "
+                                  f"for features) or set it to "
                                   f"{'false' if key == 'hflip' else '0'}")
         if config.model.mirror_symmetric:
             raise ConfigError("model.mirror_symmetric: needs images, not data.dataset features")
@@ -370,13 +403,13 @@ class StrictLoader(yaml.SafeLoader):
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()
             raise _RefusedYaml(f"line {event.start_mark.line + 1}: aliases "
-                               f"(*{_short(event.anchor)}) are not allowed in a config; write "
-                               "the value out")
+                               f"(*{shorten(event.anchor, SHOWN_CHARS)}) are not allowed in a "
+                               "config; write the value out")
         event = self.peek_event()
         if getattr(event, "anchor", None) is not None:
             raise _RefusedYaml(f"line {event.start_mark.line + 1}: anchors "
-                               f"(&{_short(event.anchor)}) are not allowed in a config; write "
-                               "the value out")
+                               f"(&{shorten(event.anchor, SHOWN_CHARS)}) are not allowed in a "
+                               "config; write the value out")
         self._depth = getattr(self, "_depth", 0) + 1
         try:
             if self._depth > MAX_DEPTH:
@@ -426,7 +459,7 @@ def parse_yaml(text: str, source: str) -> Any:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        problem = _short(getattr(exc, "problem", None) or type(exc).__name__)
+        problem = shorten(getattr(exc, "problem", None) or type(exc).__name__, SHOWN_CHARS)
         raise ConfigError(f"{source}: not valid YAML{where}: {problem}") from None
     except RecursionError:  # defence in depth: MAX_DEPTH stops nesting long before this
         raise ConfigError(f"{source}: nested too deeply") from None

@@ -152,7 +152,7 @@ class SoftmaxClassifier(ClassifierMixin, BaseEstimator):
         if warm and not np.array_equal(classes, self.classes_):
             raise ValueError(f"warm_start: y has the classes {classes.tolist()}, the model "
                              f"was fitted on {self.classes_.tolist()}")
-        weight = self._row_weights(X, y_encoded, classes, sample_weight)
+        sample_weight = self._effective_sample_weight(X, y_encoded, classes, sample_weight)
         seed = self._seed()
         n = len(y_encoded)
         val_size = round(self.validation_fraction * n) if self.early_stopping else 0
@@ -173,9 +173,9 @@ class SoftmaxClassifier(ClassifierMixin, BaseEstimator):
         else:
             state = initial_state(config, pre.n_features, len(classes))
         self.classes_ = classes
-        self._train(config, X, y_encoded, split, pre, state, weight)
+        self._train(config, X, y_encoded, split, pre, state, sample_weight)
         self._seed_, self._stats = seed, stats
-        self._warn_if_far_from_optimum(X, y_encoded, split.train_rows, weight)
+        self._warn_if_far_from_optimum(X, y_encoded, split.train_rows, sample_weight)
         return self
 
     def _epochs(self, n_train: int) -> int:
@@ -235,7 +235,8 @@ class SoftmaxClassifier(ClassifierMixin, BaseEstimator):
         if len(unknown):
             raise ValueError(f"y holds labels not in classes: {unknown[:5].tolist()}")
         y_encoded = np.searchsorted(all_classes, y).astype(np.int64)
-        weight = self._row_weights(X, y_encoded, all_classes, sample_weight)
+        sample_weight = self._effective_sample_weight(X, y_encoded, all_classes,
+                                                      sample_weight)
         seed = self._seed() if first else self._seed_
         rows = np.arange(len(y_encoded), dtype=np.int64)
         stats = _RunningStats.of(X, rows)
@@ -252,16 +253,17 @@ class SoftmaxClassifier(ClassifierMixin, BaseEstimator):
         epoch_lr = learning_rate(schedule_config.optim, min(state.epoch, epochs - 1))
         config = self._config(seed, state.epoch + 1, epoch_lr, "constant", None)
         self.classes_ = all_classes
-        self._train(config, X, y_encoded, Split(rows, rows[:0]), pre, state, weight)
+        self._train(config, X, y_encoded, Split(rows, rows[:0]), pre, state, sample_weight)
         self._seed_, self._stats = seed, stats
         return self
 
     def _train(self, config: Config, X: np.ndarray, y_encoded: np.ndarray, split: Split,
-               pre: Preprocessor, state: TrainState, weight: np.ndarray | None) -> None:
+               pre: Preprocessor, state: TrainState, sample_weight: np.ndarray | None
+               ) -> None:
         first_epoch = state.epoch
         try:
             result = fit(config, X, y_encoded, split, pre, len(self.classes_), state=state,
-                         sample_weight=weight)
+                         sample_weight=sample_weight)
         except TrainingDiverged as exc:
             raise ValueError(f"{type(self).__name__}: training diverged in epoch "
                              f"{state.epoch + 1} with lr={self.lr:g}, reg={self.reg:g}; lower "
@@ -303,18 +305,19 @@ class SoftmaxClassifier(ClassifierMixin, BaseEstimator):
             return int(self.random_state)  # validated as the config's seed (>= 0)
         return int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
 
-    def _row_weights(self, X, y_encoded, classes, sample_weight) -> np.ndarray | None:
+    def _effective_sample_weight(self, X, y_encoded, classes, sample_weight
+                                 ) -> np.ndarray | None:
         """sample_weight times class_weight per row (n_samples,) float64, or None for all 1."""
         if sample_weight is None and self.class_weight is None:
             return None
-        weight = _check_sample_weight(sample_weight, X, dtype=np.float64)
+        checked = _check_sample_weight(sample_weight, X, dtype=np.float64)
         if self.class_weight is not None:
             present = np.unique(y_encoded)
             per_class = np.ones(len(classes))
             per_class[present] = compute_class_weight(self.class_weight, classes=classes[present],
                                                       y=classes[y_encoded])
-            weight = weight * per_class[y_encoded]
-        return weight
+            checked = checked * per_class[y_encoded]
+        return checked
 
     def _model_state(self) -> TrainState:
         model = self._model

@@ -1,5 +1,6 @@
-"""Atomic file writes (a reader sees the old file or the new one, never half of one), and
-folder locks (one process at a time writes a run folder or prepares a data root).
+"""Atomic file writes (a reader sees the old file or the new one, never half of one),
+folder locks (one process at a time writes a run folder or prepares a data root), and the
+md5 checksums of data files.
 
 A write that fails (a full disk, a read-only folder) raises OSError naming the file the user
 asked for, never the temporary name.
@@ -10,11 +11,17 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import os
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
+
+from tqdm import tqdm
+
+HASH_BLOCK = 1 << 20  # bytes read at a time to hash a file
+HASH_PROGRESS_BYTES = 64 << 20  # files this large show a progress bar while hashed
 
 
 @contextlib.contextmanager
@@ -112,3 +119,25 @@ def folder_lock(folder: str | os.PathLike, *, wait: bool,
 def _holder(fd: int) -> str:
     text = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
     return text if text.startswith("process ") and text[8:].isdigit() else "another process"
+
+
+def md5_hash(data: bytes = b""):
+    """A hashlib md5 object fed `data`: a checksum of data files, not security (so it also
+    works where FIPS mode forbids md5 for security)."""
+    return hashlib.md5(data, usedforsecurity=False)
+
+
+def file_md5(path: str | os.PathLike, progress: bool = False) -> str:
+    """The md5 hex digest of a file, read HASH_BLOCK bytes at a time; with `progress`, a bar
+    on stderr for a file of HASH_PROGRESS_BYTES or more."""
+    path = Path(path)
+    digest = md5_hash()
+    size = path.stat().st_size
+    with path.open("rb") as handle, tqdm(total=size, unit="B", unit_scale=True,
+                                         desc=f"md5 {path.name}",
+                                         disable=not progress or size < HASH_PROGRESS_BYTES
+                                         ) as bar:
+        while block := handle.read(HASH_BLOCK):
+            digest.update(block)
+            bar.update(len(block))
+    return digest.hexdigest()

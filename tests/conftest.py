@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from softmax_cls.config import config_from_dict
-from softmax_cls.data.cifar import CifarData
+from softmax_cls.data.labelled import LabelledData
 
 REAL_ARCHIVE = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar-10-binary.tar.gz"
 needs_real_data = pytest.mark.skipif(not REAL_ARCHIVE.is_file(),
@@ -16,7 +16,7 @@ needs_real_data = pytest.mark.skipif(not REAL_ARCHIVE.is_file(),
 
 
 def separable_data(n_train: int = 600, n_test: int = 200, classes: int = 4, seed: int = 0,
-                   noise: int = 40) -> CifarData:
+                   noise: int = 40) -> LabelledData:
     """uint8 images (N, 3072) around one random template per class: linearly separable."""
     rng = np.random.default_rng(seed)
     templates = rng.integers(0, 256, size=(classes, 3072))
@@ -28,12 +28,12 @@ def separable_data(n_train: int = 600, n_test: int = 200, classes: int = 4, seed
 
     train_images, train_labels = draw(n_train)
     test_images, test_labels = draw(n_test)
-    return CifarData("synthetic", tuple(f"class{i}" for i in range(classes)), train_images,
+    return LabelledData("synthetic", tuple(f"class{i}" for i in range(classes)), train_images,
                      train_labels, test_images, test_labels, {"synthetic.bin": f"seed{seed}"})
 
 
 @pytest.fixture
-def small_data() -> CifarData:
+def small_data() -> LabelledData:
     return separable_data()
 
 

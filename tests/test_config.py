@@ -7,9 +7,17 @@ from pathlib import Path
 import pytest
 import yaml
 from cli_util import assert_one_line_error, run
+from conftest import separable_data
 
-from softmax_cls.config import Config, config_from_dict, config_to_dict, config_to_yaml, load_config
+from softmax_cls.config import (
+    AugmentConfig,
+    config_from_dict,
+    config_to_dict,
+    config_to_yaml,
+    load_config,
+)
 from softmax_cls.errors import ConfigError
+from softmax_cls.math.preprocess import split_and_fit
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -100,11 +108,6 @@ def test_effective_config_round_trips_through_yaml():
     assert config_from_dict(yaml.safe_load(config_to_yaml(config))) == config
 
 
-@pytest.mark.parametrize("name", ["default.yaml", "quick.yaml"])
-def test_shipped_configs_load(name):
-    assert isinstance(load_config(CONFIGS / name), Config)
-
-
 def test_default_yaml_documents_every_key():
     text = (CONFIGS / "default.yaml").read_text()
     config = load_config(CONFIGS / "default.yaml")
@@ -145,3 +148,52 @@ def test_quick_config_lists_only_what_differs_from_the_defaults():
         for part in key.split("."):
             default = default[part]
         assert value != default, f"{key} repeats its default"
+
+
+@pytest.mark.parametrize("value,rows", [(100, 100), (0.1, 60), (0.25, 150), (0.9999, 599),
+                                        (1e-6, 1)])
+def test_val_size_is_a_count_or_a_fraction_of_the_training_rows(value, rows):
+    config = config_from_dict({"data": {"val_size": value}})
+    assert config.data.val_size == value
+    assert config.data.val_rows(600) == rows
+    data = separable_data()
+    split, _ = split_and_fit(config, data.train_images, data.train_labels)
+    assert len(split.val_rows) == rows
+
+
+@pytest.mark.parametrize("value", ["0", "1.0", "1.5", "-0.5", "true", "null", "abc", "[1]"])
+def test_val_size_neither_a_count_nor_a_fraction_is_refused(value):
+    with pytest.raises(ConfigError, match=r"^data\.val_size: must be an integer >= 1 \(a count\) "
+                                          r"or a number in \(0, 1\) \(a fraction\), got "):
+        load_config(None, [f"data.val_size={value}"])
+
+
+def test_bad_val_size_through_the_console_script(tmp_path):
+    result = run("softmax-train", "--config", str(CONFIGS / "quick.yaml"), "--set",
+                 "data.download=false", "--set", "data.val_size=1.5", cwd=tmp_path)
+    assert_one_line_error(result, 2, "data.val_size", "a count", "a fraction", "1.5")
+
+
+def test_image_augmentations_follow_the_data_set():
+    images = load_config(None).augment
+    assert (images.hflip, images.translate) == (True, 1)
+    features = load_config(None, ["data.dataset=features", "data.train=t.npz"]).augment
+    assert (features.hflip, features.translate) == (False, 0)
+    chosen = load_config(None, ["augment.hflip=false", "augment.translate=3"]).augment
+    assert (chosen.hflip, chosen.translate) == (False, 3)
+
+
+@pytest.mark.parametrize("override", ["augment.hflip=true", "augment.translate=2"])
+def test_an_image_augmentation_asked_for_on_features_is_refused(tmp_path, override):
+    result = run("softmax-train", "--config", str(CONFIGS / "probe.yaml"), "--set",
+                 "data.train=t.npz", "--set", override, cwd=tmp_path)
+    assert_one_line_error(result, 2, override.partition("=")[0], "data.dataset features")
+
+
+def test_default_yaml_keeps_its_effective_values():
+    """The values default.yaml trained with before its augment keys became null."""
+    config = load_config(CONFIGS / "default.yaml")
+    assert config.augment == AugmentConfig(hflip=True, translate=1, padding="edge")
+    assert config.data.val_size == 5000 and type(config.data.val_size) is int
+    text = config_to_yaml(config)
+    assert "  hflip: true\n  translate: 1\n" in text and "  val_size: 5000\n" in text

@@ -21,8 +21,8 @@ from conftest import REAL_ARCHIVE
 from fake_cifar import make_fake, python2_pickle, tar_gz
 from http_server import clear_proxy_env, loopback_servers
 
-from softmax_cls.data import cifar as data_module
-from softmax_cls.data.cifar import load_dataset, prepare_dataset
+from softmax_cls.data import batches
+from softmax_cls.data.cifar import load_dataset
 from softmax_cls.data.datasets import (
     CIFAR10_CLASSES,
     CIFAR100_COARSE_CLASSES,
@@ -30,10 +30,11 @@ from softmax_cls.data.datasets import (
     SPECS,
     get_spec,
 )
+from softmax_cls.data.fetch import prepare_dataset
 from softmax_cls.data.untrusted import restricted_unpickle, safe_extract
 from softmax_cls.errors import ConfigError, DataError, DownloadError
 
-# The published per-file checksums (shared/data/README.md), kept apart from SPECS on purpose.
+# The published per-file checksums, kept apart from SPECS on purpose.
 REAL_MD5 = {
     "data_batch_1.bin": "5dd7e06a14cb22eb9f671a540d1b7c25",
     "data_batch_2.bin": "5ea93a67294ea407fff1d09f752e9692",
@@ -103,7 +104,7 @@ def test_specs_cover_every_dataset_and_format():
     for (dataset, fmt), spec in SPECS.items():
         assert get_spec(dataset, fmt) is spec
         assert spec.url == "https://www.cs.toronto.edu/~kriz/" + spec.archive_name
-        assert set(spec.files) <= set(spec.required_files)
+        assert set(spec.files) <= {*spec.names_files, *spec.train_files, *spec.test_files}
         # every batch file has a published md5
         assert set(spec.train_files + spec.test_files) <= set(spec.files)
     assert get_spec().files == REAL_MD5
@@ -158,7 +159,7 @@ def test_binary_batches_are_read_a_few_records_at_a_time(tmp_path, monkeypatch, 
                                                          labels):
     """7 records per read: every file (20 to 40 records) spans reads and ends in a short
     one, each landing in its own rows of the split."""
-    monkeypatch.setattr(data_module, "READ_RECORDS", 7)
+    monkeypatch.setattr(batches, "READ_RECORDS", 7)
     fake = make_fake(dataset)
     root = tmp_path / "data"
     prepare_dataset(root=root, archive=fake.write(tmp_path / "a.tar.gz"), spec=fake.spec,

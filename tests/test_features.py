@@ -303,3 +303,14 @@ def test_a_file_larger_than_the_allowed_memory_trains_to_the_in_memory_weights(t
     result = fit(in_memory, rows, labels, split, pre, classes)
     np.testing.assert_array_equal(trained.state.W, result.state.W)
     np.testing.assert_array_equal(trained.preprocessor.mean, pre.mean)
+
+
+def test_feature_files_load_without_the_cifar_modules():
+    """features.py and the CIFAR reader share LabelledData through its own module: importing
+    one pulls in neither the CIFAR loader nor the fetching code."""
+    code = ("import sys, softmax_cls.data.features; "
+            "print(*sorted(m for m in sys.modules if m.startswith('softmax_cls.data.')))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+                            check=True)
+    assert result.stdout.split() == ["softmax_cls.data.features", "softmax_cls.data.labelled"]

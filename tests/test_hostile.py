@@ -304,7 +304,7 @@ def test_two_processes_preparing_one_data_root_both_verify(tmp_path):
 import os, pathlib, sys, time
 sys.path.insert(0, {str(TESTS)!r})
 from fake_cifar import make_fake
-from softmax_cls.data import cifar as d
+from softmax_cls.data import fetch as d
 spec = make_fake().spec
 started = pathlib.Path({str(started)!r})
 (started / str(os.getpid())).touch()

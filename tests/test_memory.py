@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from softmax_cls.data import batches
 from softmax_cls.data import cifar as data_module
 from softmax_cls.data.datasets import CIFAR10_BINARY, CIFAR10_CLASSES, IMAGE_BYTES
 from softmax_cls.training import runs
@@ -89,7 +90,7 @@ def test_a_run_holds_only_the_training_rows_while_it_trains(tmp_path, monkeypatc
     held, peak = (value - before for value in seen["loaded"])
     assert train_bytes <= held < train_bytes + SLACK  # the training rows, no test images
     # reads of 1024 records, never a whole 15 MB file, on top of the rows
-    assert peak - held < data_module.READ_RECORDS * RECORD + SLACK
+    assert peak - held < batches.READ_RECORDS * RECORD + SLACK
     assert seen["fit"][0] - before < train_bytes + SLACK  # still no test images
     # the final evaluation: the test images, the training rows freed
     assert test_bytes <= seen["test"][0] - before < test_bytes + SLACK

@@ -1,20 +1,19 @@
 """CIFAR-10 and CIFAR-100 described: files, sizes, checksums, class names. No I/O here.
 
-
 Each (dataset, format) pair is one `DatasetSpec`; CIFAR-100 is CIFAR-10 with a handful of
 attributes overridden (`dataclasses.replace`), as torchvision's `CIFAR100(CIFAR10)` does.
-`data.py` locates, verifies and reads the files these describe.
+softmax_cls.data.fetch locates and verifies the files these describe; softmax_cls.data.batches
+reads them.
 
 Where each checksum comes from (see also `SPECS`):
 
 - Official archive md5s: the CIFAR page's table, as copied in datasets-mila's CIFAR-100
   mirror README and md5sums (CIFAR-100) and in torchvision `datasets/cifar.py` (`tgz_md5`,
-  python archives); cifar-10-binary also from shared/data/README.md. Archive sizes: TFDS
-  `url_checksums/cifar10.txt` and `cifar100.txt` (binary archives) and the git-annex keys
-  of datasets-mila's mirrors, which pair each size with its md5 (all four).
-- CIFAR-10 binary batch md5s: the published per-file checksums (the project's
-  shared/data/README.md). batches.meta.txt has no published md5: its content must equal
-  the known class list.
+  python archives). Archive sizes: TFDS `url_checksums/cifar10.txt` and `cifar100.txt`
+  (binary archives) and the git-annex keys of datasets-mila's mirrors, which pair each size
+  with its md5 (all four).
+- CIFAR-10 binary batch md5s: the published per-file checksums. batches.meta.txt has no
+  published md5: its content must equal the known class list.
 - CIFAR-10 / CIFAR-100 python batch and meta md5s: torchvision `datasets/cifar.py`; the
   exact batch sizes: datasets-mila's git-annex keys (which pair each size with that md5).
 - CIFAR-100 binary train.bin / test.bin md5s: found in only ONE public source,
@@ -90,10 +89,6 @@ class DatasetSpec:
     def label_bytes(self) -> int:
         """Label bytes before each binary record: 1 (CIFAR-10) or 2 (coarse, fine)."""
         return 2 if self.coarse_names else 1
-
-    @property
-    def required_files(self) -> tuple[str, ...]:
-        return self.names_files + self.train_files + self.test_files
 
 
 def _record_sizes(counts: dict[str, int], label_bytes: int) -> dict[str, int]:

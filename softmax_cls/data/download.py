@@ -10,7 +10,6 @@ from __future__ import annotations
 import email.utils
 import errno
 import functools
-import hashlib
 import os
 import re
 import socket
@@ -27,9 +26,11 @@ import urllib3.exceptions
 from tqdm import tqdm
 
 from softmax_cls.errors import DownloadError
-from softmax_cls.fsutil import fsync_dir
+from softmax_cls.fsutil import file_md5, fsync_dir
+from softmax_cls.text import shorten
 
 MAX_DELAY = 30.0
+URL_CHARS = 150  # the most of a URL a message quotes (a config could hold any length)
 # A host name that does not resolve (offline, a typo), a refused connection (no server on that
 # port) or an unreachable network rarely heals within seconds: one quick retry, then the ways
 # forward, instead of the full backoff (which took 31 s to give up on a refused connection).
@@ -118,13 +119,14 @@ def _check_url(url: str) -> None:
     try:
         parts = urlsplit(url)
     except ValueError as exc:
-        raise DownloadError(f"invalid download URL {_shown(url)!r}: {exc}") from exc
+        raise DownloadError(f"invalid download URL {shorten(url, URL_CHARS)!r}: {exc}") from exc
     if parts.scheme.lower() not in ("http", "https"):
         raise DownloadError(
-            f"cannot download {_shown(url)!r}: only http:// and https:// URLs are supported"
+            f"cannot download {shorten(url, URL_CHARS)!r}: only http:// and https:// URLs are "
+            "supported"
         )
     if not parts.hostname:
-        raise DownloadError(f"cannot download {_shown(url)!r}: the URL names no host")
+        raise DownloadError(f"cannot download {shorten(url, URL_CHARS)!r}: the URL names no host")
 
 
 def _with_retries(fetch: Callable[[], bool], url: str, retries: int, backoff: float,
@@ -139,7 +141,8 @@ def _with_retries(fetch: Callable[[], bool], url: str, retries: int, backoff: fl
             continue  # a 416 made us discard the part: start over at once, from byte 0
         except requests.exceptions.SSLError as exc:
             raise DownloadError(
-                f"download failed: {_network_problem(exc, url)} for {_shown(url)}; {ways_forward}"
+                f"download failed: {_network_problem(exc, url)} for "
+                f"{shorten(url, URL_CHARS)}; {ways_forward}"
             ) from exc
         except (
             requests.ConnectionError,
@@ -150,15 +153,15 @@ def _with_retries(fetch: Callable[[], bool], url: str, retries: int, backoff: fl
             if _unreachable(exc):
                 if attempt >= min(retries, UNREACHABLE_RETRIES):
                     raise DownloadError(
-                        f"download failed: {problem} for {_shown(url)} (gave up after "
+                        f"download failed: {problem} for {shorten(url, URL_CHARS)} (gave up after "
                         f"{_attempts(attempt + 1)}); {ways_forward}") from exc
         except _Retry as exc:
             problem, retry_after, cause = str(exc), exc.retry_after, exc
         except requests.RequestException as exc:
-            raise DownloadError(f"download failed: {exc} for {_shown(url)}") from exc
+            raise DownloadError(f"download failed: {exc} for {shorten(url, URL_CHARS)}") from exc
         if attempt >= retries:
             raise DownloadError(
-                f"download failed: {problem} for {_shown(url)} (gave up after "
+                f"download failed: {problem} for {shorten(url, URL_CHARS)} (gave up after "
                 f"{_attempts(attempt + 1)}); {ways_forward}"
             ) from cause
         if isinstance(cause, requests.RequestException) and _unreachable(cause):
@@ -193,7 +196,7 @@ def _fetch_once(session, url, part, bar, expected_size, timeout, chunk_size) -> 
             part.unlink(missing_ok=True)
             raise DownloadError(
                 f"size mismatch for {part.with_suffix('')}: expected {expected_size} bytes, "
-                f"the server offers {total} at {_shown(url)}"
+                f"the server offers {total} at {shorten(url, URL_CHARS)}"
             )
         bar.reset(total=expected_size if total is None else total)
         bar.update(offset)
@@ -212,7 +215,7 @@ def _body_start_and_file_size(response, url, part, offset) -> tuple[int, int | N
     if response.status_code != 206:
         raise DownloadError(
             f"download failed: unexpected HTTP {response.status_code} {response.reason} for "
-            f"{_shown(url)}"
+            f"{shorten(url, URL_CHARS)}"
         )
     start, total = _content_range(response)
     if start != offset:
@@ -226,7 +229,8 @@ def _raise_for_status(response: requests.Response, url: str) -> None:
     if status == 429 or status >= 500:
         raise _Retry(f"HTTP {status} {response.reason}", _retry_after(response))
     if status >= 400:
-        raise DownloadError(f"download failed: HTTP {status} {response.reason} for {_shown(url)}")
+        raise DownloadError(f"download failed: HTTP {status} {response.reason} for "
+                            f"{shorten(url, URL_CHARS)}")
 
 
 def _range_not_satisfiable(response, part, offset, expected_size, bar) -> bool:
@@ -335,11 +339,6 @@ def _network_problem(exc: requests.RequestException, url: str) -> str:
     return f"cannot connect to {where}: {detail}"
 
 
-def _shown(url: str, limit: int = 150) -> str:
-    """A URL as messages show it: cut to `limit` characters (a config could hold any length)."""
-    return url if len(url) <= limit else f"{url[:limit]}...({len(url)} characters)"
-
-
 def _unreachable(exc: BaseException) -> bool:
     """Whether a connection failed because the host name did not resolve, the host refused
     it or the network is unreachable."""
@@ -375,21 +374,13 @@ def _verify(part: Path, dest: Path, expected_size: int | None, expected_md5: str
                 "the partial download was deleted"
             )
     if expected_md5 is not None:
-        actual = _md5_of(part)
+        actual = file_md5(part)
         if actual != expected_md5.lower():
             part.unlink()
             raise DownloadError(
                 f"md5 checksum mismatch for {dest}: expected {expected_md5.lower()}, "
                 f"got {actual}; the partial download was deleted"
             )
-
-
-def _md5_of(path: Path) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _move_into_place(part: Path, dest: Path) -> None:

@@ -18,27 +18,27 @@ allow_pickle=False. The fingerprint is the md5 of each file read, streamed.
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import struct
 import zipfile
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from ..config import DataConfig
 from ..errors import DataError
-from .cifar import CifarData
+from ..fsutil import file_md5
+from ..text import shorten
+from .labelled import LabelledData
 
-HASH_BLOCK = 1 << 20
 CHECK_BYTES = 16 << 20  # bytes of X checked for finiteness (or converted) at a time
 _LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")  # a zip member's local file header (30 bytes)
 
 
-def load_features(data: DataConfig, progress: bool = True) -> CifarData:
+def load_features(data: DataConfig, progress: bool = True) -> LabelledData:
     """The train (and test, when data.test is set) feature files of a config.
 
-    Returns CifarData with dataset "features", train_images X (N, D) float32 (an np.memmap
+    Returns LabelledData with dataset "features", train_images X (N, D) float32 (an np.memmap
     when stored as float32), train_labels (N,) int64, test likewise or (0, D) / (0,) arrays
     when data.test is null, class_names the sorted distinct training labels as strings, and
     fingerprint {"train X.npy": md5, ...}. Raises DataError with one line on a bad file.
@@ -65,7 +65,7 @@ def load_features(data: DataConfig, progress: bool = True) -> CifarData:
             raise DataError(f"{data.test}: label {unknown[0]!r} does not occur in the "
                             f"training labels of {data.train}")
         test_labels = np.searchsorted(classes, test_y).astype(np.int64)
-    return CifarData(dataset="features", class_names=tuple(str(c) for c in classes.tolist()),
+    return LabelledData(dataset="features", class_names=tuple(str(c) for c in classes.tolist()),
                      train_images=X, train_labels=train_labels, test_images=test_X,
                      test_labels=test_labels, fingerprint=fingerprint)
 
@@ -134,7 +134,7 @@ def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
 def _map_npy(path: Path, what: str, handle=None) -> np.ndarray:
     """Memory-map the .npy array starting at the handle's position (or at 0 of `path`)."""
     try:
-        with (path.open("rb") if handle is None else _Borrowed(handle)) as stream:
+        with (path.open("rb") if handle is None else contextlib.nullcontext(handle)) as stream:
             version = np.lib.format.read_magic(stream)
             read_header = {(1, 0): np.lib.format.read_array_header_1_0,
                            (2, 0): np.lib.format.read_array_header_2_0}.get(version)
@@ -161,19 +161,6 @@ def _map_npy(path: Path, what: str, handle=None) -> np.ndarray:
     return np.memmap(path, dtype=dtype, mode="r", shape=shape, offset=offset)
 
 
-class _Borrowed:
-    """A context manager that leaves an open handle open."""
-
-    def __init__(self, handle):
-        self.handle = handle
-
-    def __enter__(self):
-        return self.handle
-
-    def __exit__(self, *exc) -> None:
-        return None
-
-
 def _load_npy(path: Path, what: str) -> np.ndarray:
     try:
         return np.load(path, allow_pickle=False)
@@ -185,7 +172,7 @@ def _reason(exc: Exception) -> str:
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     if "allow_pickle" in text:
         return "an object array, which would need pickle; refused"
-    return text[:200]
+    return shorten(text, 200)
 
 
 def _kind(y: np.ndarray) -> str:
@@ -219,15 +206,3 @@ def _checked(path: Path, X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.n
                                 "(features must be finite)")
     return out, y
 
-
-def file_md5(path: Path, progress: bool = False) -> str:
-    """md5 hex digest of a file, read in 1 MB blocks."""
-    digest = hashlib.md5()
-    size = path.stat().st_size
-    with path.open("rb") as handle, tqdm(total=size, unit="B", unit_scale=True,
-                                         desc=f"md5 {path.name}",
-                                         disable=not progress or size < (64 << 20)) as bar:
-        while block := handle.read(HASH_BLOCK):
-            digest.update(block)
-            bar.update(len(block))
-    return digest.hexdigest()

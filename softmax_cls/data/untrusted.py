@@ -20,10 +20,12 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from softmax_cls.errors import DataError
+from softmax_cls.text import shorten
 
 DEFAULT_MEMBER_CAP = 1 << 30  # bytes of any one member whose size the caller does not know
 DEFAULT_TOTAL_CAP = 4 << 30  # bytes of the whole (decompressed) tar stream
 MAX_MEMBERS = 1000
+NAME_CHARS = 80  # the most of a member name (or a reason) a message quotes
 MAX_READ = 16 << 20  # tarfile reads pax records and long names whole; member data in 1 MB
 
 
@@ -129,12 +131,12 @@ def safe_extract(archive: str | os.PathLike, target: str | os.PathLike, *,
                     out.flush()
                     os.fsync(out.fileno())
     except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError) as exc:
-        reason = " ".join(str(exc).split())[:100]
+        reason = shorten(" ".join(str(exc).split()), 100)
         raise DataError(f"{archive} is not a readable tar archive: {reason}") from exc
     except OSError as exc:
         if exc.errno is None:  # what gzip, bz2 and lzma raise for a damaged stream
             raise DataError(f"{archive} is not a readable tar archive: "
-                            f"{_short(str(exc))}") from exc
+                            f"{shorten(str(exc), NAME_CHARS)}") from exc
         where = f" into {target}" if exc.filename is None else f" ({exc.filename})"
         raise DataError(f"cannot extract {archive}{where}: {exc.strerror or exc}") from exc
 
@@ -144,16 +146,13 @@ def _check_member_size(archive: Path, member: tarfile.TarInfo, sizes: dict[str, 
     """DataError unless the member's declared size is its known size, or at most `cap`."""
     name = "/".join(PurePosixPath(member.name).parts)
     expected = sizes.get(name)
+    shown = shorten(member.name, NAME_CHARS)
     if expected is not None and member.size != expected:
-        raise DataError(f"{_short(member.name)} in {archive.name}: expected {expected} bytes, "
-                        f"found {member.size}")
+        raise DataError(f"{shown} in {archive.name}: expected {expected} bytes, found "
+                        f"{member.size}")
     if expected is None and member.size > cap:
-        raise DataError(f"{_short(member.name)} in {archive.name}: {member.size} bytes, at most "
-                        f"{cap} expected")
-
-
-def _short(name: str, limit: int = 80) -> str:
-    return name if len(name) <= limit else f"{name[:limit]}...({len(name)} characters)"
+        raise DataError(f"{shown} in {archive.name}: {member.size} bytes, at most {cap} "
+                        "expected")
 
 
 _MEMBER_KINDS = {
@@ -165,7 +164,7 @@ _MEMBER_KINDS = {
 
 def _member_destination(base: Path, member: tarfile.TarInfo) -> Path:
     """Where `member` goes inside `base` (a resolved path); DataError if it is unsafe."""
-    name = _short(member.name)
+    name = shorten(member.name, NAME_CHARS)
     if not (member.isfile() or member.isdir()):
         kind = _MEMBER_KINDS.get(member.type, "not a regular file or folder")
         raise DataError(f"refusing unsafe archive member {name!r}: {kind}")
@@ -227,5 +226,5 @@ def restricted_unpickle(fileobj) -> object:
         raise
     except Exception as exc:  # a malformed pickle can raise almost anything
         raise DataError(f"not a valid CIFAR pickle ({type(exc).__name__}: "
-                        f"{_short(str(exc))})") from None
+                        f"{shorten(str(exc), NAME_CHARS)})") from None
     return obj

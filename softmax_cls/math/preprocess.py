@@ -212,7 +212,7 @@ def split_and_fit(config: Config, rows: np.ndarray, labels: np.ndarray
     """The run's split of the training rows (N, P) with labels (N,), and the preprocessing
     statistics fitted on its train rows only: the one way every command makes them."""
     try:
-        split = split_train_val(labels, config.data.val_size, config.seed)
+        split = split_train_val(labels, config.data.val_rows(len(labels)), config.seed)
     except ValueError as exc:
         raise ConfigError(f"data.val_size: {exc}") from None
     pre = fit_preprocessor(rows, config.preprocess.center, config.preprocess.scale,

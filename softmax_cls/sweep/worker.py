@@ -110,7 +110,7 @@ def watch_parent(parent: int, interval: float = 0.5) -> None:
 
 
 def write_cache(cache_dir: str | Path, data, data_section: dict) -> TrainingData:
-    """Write the TRAINING rows and labels of `data` (a CifarData) to .npy files in cache_dir,
+    """Write the TRAINING rows and labels of `data` (a LabelledData) to .npy files in cache_dir,
     then data.json (written last: its presence marks a complete cache). Returns the cache,
     memory-mapped. The test arrays are not touched."""
     from ..fsutil import atomic_write

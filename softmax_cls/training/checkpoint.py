@@ -19,10 +19,11 @@ import numpy as np
 
 from .. import __version__
 from ..config import Config, config_from_dict, parse_yaml
-from ..data.cifar import CifarData
+from ..data.labelled import LabelledData
 from ..errors import ConfigError, DataError
 from ..fsutil import atomic_write
 from ..math.preprocess import Preprocessor
+from ..text import shorten
 from .fit import TrainState
 
 FORMAT_VERSION = 3  # 3: weights (C, D); 2 (read, converted on load): weights (D, C)
@@ -112,13 +113,14 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     except DataError:
         raise
     except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError, TypeError) as exc:
-        raise DataError(f"{path}: corrupt or truncated checkpoint ({str(exc)[:150]})") from None
+        raise DataError(f"{path}: corrupt or truncated checkpoint "
+                        f"({shorten(str(exc), 150)})") from None
     try:
         checkpoint = _from_arrays(path, arrays)
     except (json.JSONDecodeError, ConfigError, KeyError, TypeError, ValueError,
             AttributeError, RecursionError) as exc:
         raise DataError(f"{path}: unreadable checkpoint ({type(exc).__name__}: "
-                        f"{str(exc)[:150]})") from None
+                        f"{shorten(str(exc), 150)})") from None
     _validate(path, checkpoint)
     checkpoint.path = path
     return checkpoint
@@ -160,7 +162,7 @@ def _from_arrays(path: Path, arrays: dict[str, np.ndarray]) -> Checkpoint:
         val_rows=arrays["val_rows"])
 
 
-def check_matches(checkpoint: Checkpoint, data: CifarData, path: str | Path) -> None:
+def check_matches(checkpoint: Checkpoint, data: LabelledData, path: str | Path) -> None:
     """DataError unless the data is the very data (per-file checksums) the checkpoint saw."""
     if len(data.class_names) != checkpoint.W.shape[0]:
         raise DataError(f"{path}: the checkpoint has {checkpoint.W.shape[0]} classes, the data "

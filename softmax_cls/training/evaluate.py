@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from ..data import cifar as data_module
-from ..data.cifar import EVAL_HINTS, CifarData
+from ..data.fetch import EVAL_HINTS
+from ..data.labelled import LabelledData
 from ..errors import DataError
 from ..math.metrics import ClassificationReport, classification_report
 from ..math.preprocess import raw_features
@@ -19,7 +20,7 @@ SPLITS = ("test", "val", "train")
 
 
 def load_data_for(checkpoint: Checkpoint, root: str | Path | None = None,
-                  progress: bool = True, download: bool = False) -> CifarData:
+                  progress: bool = True, download: bool = False) -> LabelledData:
     """The data set the checkpoint was trained on, from `root` (default: the config's root,
     absolute in runs made by this version). Never downloads unless `download`."""
     data = dataclasses.replace(checkpoint.config.data, download=download)
@@ -29,7 +30,7 @@ def load_data_for(checkpoint: Checkpoint, root: str | Path | None = None,
     return data_module.load_config_data(data, progress, hints=EVAL_HINTS)
 
 
-def split_arrays(checkpoint: Checkpoint, data: CifarData, split: str
+def split_arrays(checkpoint: Checkpoint, data: LabelledData, split: str
                  ) -> tuple[np.ndarray | RowSubset, np.ndarray]:
     """(raw rows (N, P), labels (N,) int64) of a split. test is read from disk now when
     `data` left it there; val is the checkpoint's own val_rows; train is every other training

@@ -25,7 +25,8 @@ from ..config import (
     load_config,
     parse_yaml,
 )
-from ..data.cifar import CifarData, load_config_data
+from ..data.cifar import load_config_data
+from ..data.labelled import LabelledData
 from ..engines import get_engine
 from ..errors import ConfigError, SoftmaxClsError
 from ..fsutil import FolderBusy, atomic_write, folder_lock, fsync_dir
@@ -86,12 +87,12 @@ def run_files(out_dir: Path) -> list[str]:
     return [name for name in RUN_FILES if (out_dir / name).exists()]
 
 
-def train_run(config: Config, data: CifarData, out_dir: str | Path,
+def train_run(config: Config, data: LabelledData, out_dir: str | Path,
               resume: Checkpoint | None = None, progress: bool = True, *,
               overwrite: bool = False) -> RunResult:
     """Train on `data` as `config` says, writing the run folder `out_dir`; continue the
     checkpoint `resume` when given. The test split is used once, after training, to evaluate
-    the best weights (read from disk then when `data` left it there: CifarData.with_test).
+    the best weights (read from disk then when `data` left it there: LabelledData.with_test).
 
     One run per folder: the folder is locked while this runs (RunFolderBusy if another
     process has it). A new run refuses a folder that holds another run's files unless
@@ -107,7 +108,7 @@ def train_run(config: Config, data: CifarData, out_dir: str | Path,
 
 
 @contextlib.contextmanager
-def _open_run(config: Config, data: CifarData, out_dir: str | Path,
+def _open_run(config: Config, data: LabelledData, out_dir: str | Path,
               resume: Checkpoint | None, overwrite: bool) -> Iterator[_Run]:
     """The checks of train_run, the split and preprocessing, then the locked, prepared run
     folder (see _Run) until the block ends."""
@@ -170,7 +171,7 @@ class _Run:
     the training rows between the two."""
 
     def __init__(self, config: Config, out_dir: Path, split: Split, pre: Preprocessor,
-                 data: CifarData, state: TrainState):
+                 data: LabelledData, state: TrainState):
         self.config, self.out_dir, self.split, self.pre = config, out_dir, split, pre
         self.class_names, self.fingerprint = data.class_names, data.fingerprint
         self.config_yaml = config_to_yaml(config)
@@ -178,7 +179,7 @@ class _Run:
         self.last = copy_state(state)  # the last completed epoch, as last.npz must hold it
 
     @classmethod
-    def prepare(cls, config: Config, data: CifarData, out_dir: Path,
+    def prepare(cls, config: Config, data: LabelledData, out_dir: Path,
                 resume: Checkpoint | None, overwrite: bool, split: Split, pre: Preprocessor
                 ) -> _Run:
         """Clear the folder as train_run says, write config.yaml, last.npz and the best.npz
@@ -219,7 +220,7 @@ class _Run:
         self.save("last.npz", self.last)
         write_history(self.out_dir / "history.jsonl", self.last.history)
 
-    def train(self, data: CifarData, progress: bool) -> FitResult:
+    def train(self, data: LabelledData, progress: bool) -> FitResult:
         """fit() on data's training rows, a checkpoint after every epoch; on Ctrl-C or SIGTERM
         last.npz is written again and TrainingInterrupted raised."""
         try:
@@ -237,7 +238,7 @@ class _Run:
             error.exit_code = code
             raise error from None
 
-    def finish(self, fitted: FitResult, data: CifarData) -> RunResult:
+    def finish(self, fitted: FitResult, data: LabelledData) -> RunResult:
         """Evaluate the best weights on data's test split (in memory), mark last.npz complete
         and write summary.json."""
         state = fitted.state
