@@ -166,28 +166,31 @@ def test_the_same_config_twice_gets_a_numbered_folder(tmp_path):
 
 # --- a signal outside the training loop -------------------------------------------------------
 
-# softmax-train's command in a child whose data loading never ends (it signals that it began
-# by creating the file argv[1]), so that a signal arrives outside the training loop.
+# A command (argv[2]: train_command, eval_command) in a child whose data loading never ends
+# (it signals that it began by creating the file argv[1]), so that a signal arrives outside
+# the training loop.
 STUCK_LOADING = """
 import sys, time
 from pathlib import Path
 from softmax_cls import cli
-from softmax_cls.training import runs
-started = Path(sys.argv[1])
+from softmax_cls.training import evaluate, runs
+started, command = Path(sys.argv[1]), sys.argv[2]
 def load(*args, **kwargs):
     started.touch()
     time.sleep(600)
-runs.load_config_data = load
-sys.argv = ["softmax-train", *sys.argv[2:]]
-cli.train_command()
+runs.load_config_data = evaluate.load_data_for = load
+sys.argv = [command, *sys.argv[3:]]
+getattr(cli, command)()
 """
 
 
-def stopped_while_loading(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+def stopped_while_loading(tmp_path: Path, *args: str, command: str = "train_command"
+                          ) -> subprocess.CompletedProcess:
     started = tmp_path / "loading"
-    child = subprocess.Popen([sys.executable, "-c", STUCK_LOADING, str(started), *args,
-                              "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True)
+    started.unlink(missing_ok=True)
+    child = subprocess.Popen([sys.executable, "-c", STUCK_LOADING, str(started), command,
+                              *args, "--quiet"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while not started.exists():
         assert child.poll() is None, child.communicate()
@@ -208,12 +211,17 @@ def test_a_signal_outside_training_is_one_line_naming_the_resume_command(tmp_pat
 
     folder = tmp_path / "run"
     assert train("--config", str(config), "--out", str(folder)).returncode == 0
-    (tmp_path / "loading").unlink()
     resumed = stopped_while_loading(tmp_path, "--resume", str(folder / "last.npz"), "--set",
                                     "optim.epochs=4")
     line = assert_one_line_error(resumed, 143, "terminated")
     assert f"softmax-train --resume {folder / 'last.npz'}" in line
     assert f"last completed epoch ({EPOCHS})" in line
+
+    # any command: softmax-eval
+    evaluating = stopped_while_loading(tmp_path, str(folder / "best.npz"),
+                                       command="eval_command")
+    assert evaluating.stderr == "error: terminated\n"
+    assert evaluating.returncode == 143
 
 
 # --- the pictures at the end of a run ---------------------------------------------------------
