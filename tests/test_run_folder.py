@@ -264,3 +264,24 @@ def test_the_pictures_of_a_run_come_from_memory_and_match_softmax_plot(tmp_path,
                                                   str(tmp_path / "again"), "-q"])
     assert again.exit_code == 0, again.output
     assert folder_bytes(tmp_path / "again") == drawn  # the same pictures as from disk
+
+
+def test_an_interrupt_while_drawing_says_the_run_is_complete(tmp_path, monkeypatch):
+    data = separable_data(n_train=300, n_test=60, classes=3, seed=1)
+    monkeypatch.setattr(runs, "load_config_data", lambda config, progress=True, **kw: data)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("softmax_cls.plots.pictures.draw_run_pictures", interrupted)
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"engine": "numpy", "data": {"val_size": 60},
+                                      "optim": {"epochs": 1}}))
+    folder = tmp_path / "run"
+    result = CliRunner().invoke(cli.train_command, ["--config", str(config), "--out",
+                                                    str(folder), "--plots", "-q"])
+    assert result.exit_code == 130
+    assert result.output.splitlines() == [
+        f"error: interrupted while drawing the pictures; the run in {folder} is complete: "
+        f"draw them with softmax-plot {folder}"]
+    assert (folder / "summary.json").is_file()
