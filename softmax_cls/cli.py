@@ -40,6 +40,16 @@ class Command(click.Command):
             _fail(f"{where}{reason}", 1)
         sys.exit(result if isinstance(result, int) else 0)
 
+    def invoke(self, ctx):
+        """The command; Ctrl-C or SIGTERM in it is one error line (click's own handling
+        would print an empty line before it)."""
+        from .interrupts import stop_word_and_code
+
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as exc:
+            _fail(*stop_word_and_code(exc))
+
 
 def _fail(message: str, code: int) -> None:
     click.echo(f"error: {message}", err=True)
@@ -97,11 +107,13 @@ def download_command(dataset, root, fmt, url, archive, force, quiet):
 @config_option
 @set_option
 @click.option("--out", type=click.Path(file_okay=False),
-              help="Run folder (default: output.dir, or the resumed checkpoint's folder).")
+              help="Run folder [default: output.dir (output.dir-2, -3, ... when it holds a "
+              "run), or the resumed checkpoint's folder].")
 @click.option("--resume", type=click.Path(dir_okay=False),
               help="Continue from a last.npz exactly where it stopped.")
 @click.option("--overwrite", is_flag=True,
-              help="Replace the run already in the run folder (its files are deleted first).")
+              help="Replace the run already in the run folder (its files are deleted first; "
+              "only files a run wrote, never through a symbolic link).")
 @click.option("--plots/--no-plots", default=None,
               help="Draw the run's pictures into RUN/plots at the end [default: as "
                    "output.plots says; null = when matplotlib is installed].")
@@ -115,18 +127,32 @@ def train_command(config_path, overrides, out, resume, overwrite, plots, quiet):
     and (with the plot extra) plots/, and prints the test accuracy of the best weights on
     validation.
     """
-    from .training.runs import start_or_resume
+    from .interrupts import stop_word_and_code
+    from .plots.pictures import draw_training_run, plots_wanted
+    from .training.runs import plan_run, run_plan
 
-    result = start_or_resume(config_path, overrides, out, resume, progress=not quiet,
-                             overwrite=overwrite, plots=plots)
+    # -- what to run: the config, the run folder, the checkpoint to continue; no data yet
+    plan = plan_run(config_path, overrides, out, resume, overwrite)
+    draw = plots_wanted(plan.config.output.plots if plots is None else plots)
+    # -- the run: the folder locked, the data loaded, training, the one test evaluation
+    result = run_plan(plan, progress=not quiet, overwrite=overwrite)
+    # -- the pictures, from what the run holds in memory
+    if draw:
+        try:
+            pictures = draw_training_run(result)
+        except KeyboardInterrupt as exc:
+            word, code = stop_word_and_code(exc)
+            _fail(f"{word} while drawing the pictures; the run in {result.out_dir} is complete: "
+                  f"draw them with softmax-plot {result.out_dir}", code)
+        click.echo(f"pictures: {', '.join(str(path) for path in pictures)}")
     state = result.state
     test = ("no test split" if result.test_acc is None else
             f"test accuracy {result.test_acc:.4f} (loss {result.test_loss:.4f})")
+    folder = (f"new run folder {result.out_dir} ({plan.config.output.dir} already holds a run)"
+              if plan.numbered else f"run folder {result.out_dir}")
     click.echo(f"{test} with the best weights on validation: epoch {state.best_epoch}, val "
                f"accuracy {state.best_val_acc:.4f}; {state.epoch} epochs"
-               f"{', stopped early' if result.stopped_early else ''}; run folder {result.out_dir}")
-    if result.pictures:
-        click.echo(f"pictures: {', '.join(str(path) for path in result.pictures)}")
+               f"{', stopped early' if result.stopped_early else ''}; {folder}")
 
 
 @click.command(cls=Command)

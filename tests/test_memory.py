@@ -79,10 +79,11 @@ def test_a_run_holds_only_the_training_rows_while_it_trains(tmp_path, monkeypatc
 
     monkeypatch.setattr(runs, "load_config_data", spy("load", runs.load_config_data))
     monkeypatch.setattr(runs, "fit", spy("fit", runs.fit))
-    monkeypatch.setattr(runs, "validation_metrics", spy("test", runs.validation_metrics))
+    monkeypatch.setattr(runs, "score_split", spy("test", runs.score_split))
     tracemalloc.start()
     try:
-        result = runs.start_or_resume(str(config), out=str(tmp_path / "run"), progress=False)
+        result = runs.run_plan(runs.plan_run(str(config), out=str(tmp_path / "run")),
+                               progress=False)
     finally:
         tracemalloc.stop()
 

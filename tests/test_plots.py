@@ -17,6 +17,7 @@ from conftest import separable_data, small_config
 
 from softmax_cls.errors import DataError, SoftmaxClsError
 from softmax_cls.math.preprocess import Preprocessor
+from softmax_cls.plots import drawing, evaluation
 from softmax_cls.plots import pictures as plots
 from softmax_cls.training.evaluate import evaluate_checkpoint
 from softmax_cls.training.runs import train_run
@@ -91,7 +92,7 @@ def test_template_images_equal_a_pixel_by_pixel_computation():
     rng = np.random.default_rng(0)
     pre = random_preprocessor(rng)
     W = rng.standard_normal((3073, 3)).astype(np.float32).T.copy()
-    templates = plots.template_images(W, pre)
+    templates = evaluation.template_images(W, pre)
     assert templates.shape == (3, 32, 32, 3) and templates.dtype == np.uint8
     assert np.array_equal(templates, loop_templates(W, pre))
     assert (templates.reshape(3, -1).min(axis=1) == 0).all()
@@ -108,13 +109,13 @@ def test_template_of_weights_made_from_an_image_is_that_image():
     image[0, 0, 0], image[31, 31, 2] = 0, 255
     W = rng.standard_normal((3073, 2)).astype(np.float32).T.copy()
     W[1, :3072] = image.transpose(2, 0, 1).ravel() / pre.scale
-    templates = plots.template_images(W, pre)
+    templates = evaluation.template_images(W, pre)
     assert np.array_equal(templates[1], image)
     assert templates[1, 0, 0, 0] == 0 and templates[1, 31, 31, 2] == 255
     W[:, 3072] += 100.0  # the bias column
-    assert np.array_equal(plots.template_images(W, pre), templates)
+    assert np.array_equal(evaluation.template_images(W, pre), templates)
     no_bias = Preprocessor(pre.mean, pre.scale, bias=False)
-    assert np.array_equal(plots.template_images(W[:, :3072], no_bias), templates)
+    assert np.array_equal(evaluation.template_images(W[:, :3072], no_bias), templates)
 
 
 def test_a_constant_template_is_mid_grey():
@@ -122,7 +123,7 @@ def test_a_constant_template_is_mid_grey():
     pre = Preprocessor(mean=rng.uniform(0, 255, 3072), scale=np.full(3072, 1 / 255))
     W = rng.standard_normal((3073, 2)).astype(np.float32).T.copy()
     W[0, :3072] = 0.5
-    templates = plots.template_images(W, pre)
+    templates = evaluation.template_images(W, pre)
     assert (templates[0] == 128).all()
     assert np.array_equal(templates[1], loop_templates(W, pre)[1])
 
@@ -130,25 +131,25 @@ def test_a_constant_template_is_mid_grey():
 def test_templates_need_image_columns():
     pre = Preprocessor(mean=np.zeros(10), scale=np.ones(10))
     with pytest.raises(DataError, match="3072 pixel columns"):
-        plots.template_images(np.zeros((2, 11), np.float32), pre)
+        evaluation.template_images(np.zeros((2, 11), np.float32), pre)
 
 
 @pytest.mark.parametrize("n, shape", [(1, (1, 1)), (2, (1, 2)), (10, (2, 5)), (20, (4, 5)),
                                       (25, (5, 5)), (26, (5, 6)), (100, (10, 10))])
 def test_template_grid_shape(n, shape):
-    assert plots.grid_shape(n) == shape
+    assert drawing.grid_shape(n) == shape
     rows, columns = shape
     assert rows * columns >= n > (rows - 1) * columns
-    assert plots.templates_size(n) == (150 * columns, 165 * rows + 50)
+    assert drawing.templates_size(n) == (150 * columns, 165 * rows + 50)
 
 
 def test_a_hundred_class_template_picture(tmp_path):
     rng = np.random.default_rng(3)
     W = rng.standard_normal((3073, 100)).astype(np.float32).T.copy()
     names = tuple(f"class_name_{i:03d}" for i in range(100))
-    templates = plots.template_images(W, random_preprocessor(rng))
-    path = plots.draw_templates(templates, names, tmp_path / "templates.png")
-    assert plots.templates_size(100) == (1500, 1700)
+    templates = evaluation.template_images(W, random_preprocessor(rng))
+    path = drawing.draw_templates(templates, names, tmp_path / "templates.png")
+    assert drawing.templates_size(100) == (1500, 1700)
     assert_valid_picture(path, (1500, 1700), min_ink=0.4, shows=templates)
 
 
@@ -163,22 +164,22 @@ def test_curves_table_takes_known_keys_and_leaves_gaps_as_nan():
         {"epoch": 3, "lr": 0.025, "train_loss": 1.4, "train_acc": 0.5, "val_loss": None,
          "val_acc": 0.45},
     ]
-    table = plots.curves_table(history)
+    table = evaluation.curves_table(history)
     assert set(table) == {"epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc"}
     assert np.array_equal(table["epoch"], [1, 2, 3])
     assert np.array_equal(table["lr"], [0.1, 0.05, 0.025])
     assert np.array_equal(table["val_acc"], [0.35, 0.45, 0.45])
     assert table["val_loss"][0] == 1.9 and np.isnan(table["val_loss"][1:]).all()
     assert all(array.dtype == np.float64 for array in table.values())
-    assert plots.best_epoch_of(table) == 2  # the first of equal bests, as the trainer keeps it
-    assert plots.best_epoch_of(plots.curves_table([{"epoch": 1}])) is None
+    assert evaluation.best_epoch_of(table) == 2  # the first of equal bests, as the trainer keeps it
+    assert evaluation.best_epoch_of(evaluation.curves_table([{"epoch": 1}])) is None
 
 
 def test_confusion_rates_equal_row_by_row_division():
     rng = np.random.default_rng(4)
     confusion = rng.integers(0, 50, size=(6, 6))
     confusion[2] = 0  # a class with no images
-    rates = plots.confusion_rates(confusion)
+    rates = evaluation.confusion_rates(confusion)
     for i in range(6):
         total = sum(int(v) for v in confusion[i])
         for j in range(6):
@@ -195,15 +196,15 @@ def test_confident_mistakes_are_the_wrong_ones_most_confident_first():
                       [0.2, 0.1, 0.7],     # wrong, 0.7 (tie: later row)
                       [0.1, 0.6, 0.3],     # right
                       [0.2, 0.3, 0.5]])    # right
-    mistakes = plots.confident_mistakes(images, labels, probs, k=2)
+    mistakes = evaluation.confident_mistakes(images, labels, probs, k=2)
     assert mistakes.index.tolist() == [2, 1]
     assert mistakes.true.tolist() == [2, 1] and mistakes.predicted.tolist() == [1, 0]
     assert mistakes.confidence.tolist() == [0.8, 0.7]
     assert mistakes.images.shape == (2, 32, 32, 3) and mistakes.images.dtype == np.uint8
     assert np.array_equal(mistakes.images[0],
                           images[2].reshape(3, 32, 32).transpose(1, 2, 0))
-    assert plots.confident_mistakes(images, labels, probs, k=10).index.tolist() == [2, 1, 3]
-    none = plots.confident_mistakes(images[:1], labels[:1], probs[:1], k=5)
+    assert evaluation.confident_mistakes(images, labels, probs, k=10).index.tolist() == [2, 1, 3]
+    none = evaluation.confident_mistakes(images[:1], labels[:1], probs[:1], k=5)
     assert none.index.size == 0 and none.images.shape == (0, 32, 32, 3)
 
 
@@ -211,26 +212,26 @@ def test_drawers_write_pictures_of_the_stated_size(tmp_path):
     rng = np.random.default_rng(5)
     history = [{"epoch": e, "lr": 0.01 / e, "train_loss": 2 - e / 10, "train_acc": 0.3 + e / 50,
                 "val_loss": 2.1 - e / 12, "val_acc": 0.28 + e / 60} for e in range(1, 11)]
-    path = plots.draw_curves(plots.curves_table(history), 7, tmp_path / "curves.png")
-    assert plots.CURVES_SIZE == (1350, 420)
+    path = drawing.draw_curves(evaluation.curves_table(history), 7, tmp_path / "curves.png")
+    assert drawing.CURVES_SIZE == (1350, 420)
     assert_valid_picture(path, (1350, 420))
 
     names = tuple(f"class{i}" for i in range(10))
     confusion = rng.integers(0, 100, size=(10, 10)) + np.diag(rng.integers(300, 600, 10))
-    path = plots.draw_confusion(confusion, names, tmp_path / "confusion.png")
-    assert plots.confusion_size(10) == (930, 850)
+    path = drawing.draw_confusion(confusion, names, tmp_path / "confusion.png")
+    assert drawing.confusion_size(10) == (930, 850)
     assert_valid_picture(path, (930, 850))
-    wide = plots.draw_confusion(rng.integers(0, 9, size=(100, 100)),
+    wide = drawing.draw_confusion(rng.integers(0, 9, size=(100, 100)),
                                 tuple(f"c{i}" for i in range(100)), tmp_path / "wide.png")
-    assert_valid_picture(wide, plots.confusion_size(100))
+    assert_valid_picture(wide, drawing.confusion_size(100))
 
     images = rng.integers(0, 256, size=(40, 3072)).astype(np.uint8)
     labels = rng.integers(0, 10, size=40)
     probs = rng.dirichlet(np.ones(10), size=40)
     for k, size in ((24, (1280, 620)), (3, (480, 240)), (0, (160, 240))):
-        mistakes = plots.confident_mistakes(images, labels, probs, k=k)
-        assert len(mistakes.index) == k and plots.mistakes_size(k) == size
-        path = plots.draw_mistakes(mistakes, names, tmp_path / f"mistakes{k}.png")
+        mistakes = evaluation.confident_mistakes(images, labels, probs, k=k)
+        assert len(mistakes.index) == k and drawing.mistakes_size(k) == size
+        path = drawing.draw_mistakes(mistakes, names, tmp_path / f"mistakes{k}.png")
         if k:
             assert_valid_picture(path, size, min_ink=0.4, shows=mistakes.images)
         else:
@@ -273,7 +274,7 @@ def float64_probabilities(checkpoint_path: Path, images: np.ndarray) -> np.ndarr
 @pytest.mark.parametrize("split", ["test", "val"])
 def test_run_pictures_show_the_eval_report_and_the_worst_mistakes(patched_data, split):
     run, data = patched_data
-    pictures = plots.run_pictures(run, split=split)
+    pictures = evaluation.saved_run_pictures(run, split=split)
     report = evaluate_checkpoint(run / "best.npz", split)
     assert np.array_equal(pictures.confusion, report.confusion)
     assert pictures.accuracy == report.accuracy
@@ -312,9 +313,9 @@ def test_plot_run_writes_four_pictures_into_the_run_folder(patched_data):
     assert [p.name for p in written] == ["curves.png", "templates.png", "confusion.png",
                                          "mistakes.png"]
     assert all(p.parent == run / "plots" for p in written)
-    sizes = [plots.CURVES_SIZE, plots.templates_size(5), plots.confusion_size(5),
-             plots.mistakes_size(24)]
-    pictures = plots.run_pictures(run)
+    sizes = [drawing.CURVES_SIZE, drawing.templates_size(5), drawing.confusion_size(5),
+             drawing.mistakes_size(24)]
+    pictures = evaluation.saved_run_pictures(run)
     shows = [None, pictures.templates, None, pictures.mistakes.images]
     for path, size, images in zip(written, sizes, shows, strict=True):
         assert_valid_picture(path, size, shows=images)
@@ -322,7 +323,7 @@ def test_plot_run_writes_four_pictures_into_the_run_folder(patched_data):
 
 def test_plot_run_on_a_checkpoint_file_uses_its_own_history(patched_data, tmp_path):
     run, _ = patched_data
-    pictures = plots.run_pictures(run / "last.npz")
+    pictures = evaluation.saved_run_pictures(run / "last.npz")
     with np.load(run / "last.npz") as npz:
         meta = json.loads(str(npz["meta_json"]))
     assert np.array_equal(pictures.curves["epoch"], [row["epoch"] for row in meta["history"]])
@@ -341,7 +342,7 @@ def test_an_empty_split_is_an_error(noisy_run, monkeypatch):
     monkeypatch.setattr("softmax_cls.training.evaluate.load_data_for", lambda *a, **k: no_test)
     with pytest.raises(DataError, match="test split .* is empty: try --split val"):
         plots.plot_run(run)
-    assert plots.run_pictures(run, split="val").confusion.sum() == 100
+    assert evaluation.saved_run_pictures(run, split="val").confusion.sum() == 100
 
 
 def test_plot_run_errors_name_the_path(tmp_path):
@@ -439,7 +440,7 @@ def test_plot_sweep_writes_two_pictures(tmp_path):
     assert_valid_picture(written[0], (900, 700))
     assert_valid_picture(written[1], (1000, 450))
     numeric = plots.plot_sweep(write_sweep(tmp_path / "plain"), tmp_path / "out")
-    assert_valid_picture(numeric[0], plots.SWEEP_SIZE)
+    assert_valid_picture(numeric[0], drawing.SWEEP_SIZE)
 
 
 def test_a_sweep_with_one_key_and_no_trials_yet(tmp_path):
@@ -452,7 +453,7 @@ def test_a_sweep_with_one_key_and_no_trials_yet(tmp_path):
                                        "0,complete,0.001,0.3\n1,complete,0.01,0.35\n")
     assert plots.sweep_table(folder).axes == ("optim.lr",)
     written = plots.plot_sweep(folder)
-    assert_valid_picture(written[0], plots.SWEEP_SIZE)
+    assert_valid_picture(written[0], drawing.SWEEP_SIZE)
 
 
 def test_broken_sweep_files_are_data_errors(tmp_path):
@@ -502,6 +503,21 @@ def test_importing_plots_does_not_import_matplotlib():
     assert result.stdout.strip() == "False", result.stderr
 
 
+def test_the_training_layer_does_not_import_the_pictures():
+    code = ("import sys, softmax_cls.training.runs, softmax_cls.training.evaluate; "
+            "print(sorted(m for m in sys.modules if m.startswith('softmax_cls.plots')))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60)
+    assert result.stdout.strip() == "[]", result.stderr
+
+
+def test_the_evaluation_behind_the_pictures_does_not_import_matplotlib():
+    code = "import sys, softmax_cls.plots.evaluation; print('matplotlib' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60)
+    assert result.stdout.strip() == "False", result.stderr
+
+
 def test_missing_matplotlib_through_a_monkeypatched_import(monkeypatch, tmp_path):
     import builtins
 
@@ -514,8 +530,8 @@ def test_missing_matplotlib_through_a_monkeypatched_import(monkeypatch, tmp_path
 
     monkeypatch.setattr(builtins, "__import__", no_matplotlib)
     with pytest.raises(SoftmaxClsError) as caught:
-        plots.draw_templates(np.zeros((1, 32, 32, 3), np.uint8), ("a",), tmp_path / "t.png")
-    assert str(caught.value) == plots.INSTALL_HINT
+        drawing.draw_templates(np.zeros((1, 32, 32, 3), np.uint8), ("a",), tmp_path / "t.png")
+    assert str(caught.value) == drawing.INSTALL_HINT
     assert "\n" not in str(caught.value)
     assert not (tmp_path / "t.png").exists()
 
@@ -551,8 +567,8 @@ def test_softmax_plot_draws_a_run_folder(noisy_run, tmp_path, monkeypatch):
     assert result.stderr == ""
     names = ["curves.png", "templates.png", "confusion.png", "mistakes.png"]
     assert result.stdout.splitlines() == [str(tmp_path / "pics" / name) for name in names]
-    sizes = [plots.CURVES_SIZE, plots.templates_size(5), plots.confusion_size(5),
-             plots.mistakes_size(24)]
+    sizes = [drawing.CURVES_SIZE, drawing.templates_size(5), drawing.confusion_size(5),
+             drawing.mistakes_size(24)]
     for name, size in zip(names, sizes, strict=True):
         assert_valid_picture(tmp_path / "pics" / name, size)
 
@@ -653,7 +669,7 @@ def test_a_numeric_choice_axis_is_ticked_at_its_choices(tmp_path):
     table = plots.sweep_table(write_sweep(tmp_path / "sweep"))
     ax = Figure().subplots()
     ax.plot([64, 256], [0, 1])
-    plots._label_axis(ax, "x", table, "optim.batch_size")
+    drawing._label_axis(ax, "x", table, "optim.batch_size")
     assert list(ax.get_xticks()) == [64.0, 128.0, 256.0]
-    plots._label_axis(ax, "y", table, "optim.lr")
+    drawing._label_axis(ax, "y", table, "optim.lr")
     assert ax.get_yscale() == "log"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -10,13 +11,32 @@ import numpy as np
 from ..data import cifar as data_module
 from ..data.fetch import EVAL_HINTS
 from ..data.labelled import LabelledData
+from ..engines.contract import Engine
 from ..errors import DataError
 from ..math.metrics import ClassificationReport, classification_report
-from ..math.preprocess import raw_features
+from ..math.preprocess import Preprocessor, raw_features
 from ..math.softmax import predict
 from .checkpoint import Checkpoint, check_matches, load_checkpoint
 
 SPLITS = ("test", "val", "train")
+
+
+@dataclass
+class ScoredSplit:
+    """A split and one model's class scores on it: name ("test", "val" or "train"), images
+    (N, P) raw rows, labels (N,) int64, scores (N, C) in the weights' dtype."""
+
+    name: str
+    images: np.ndarray
+    labels: np.ndarray
+    scores: np.ndarray
+
+
+def score_split(engine: Engine, W: np.ndarray, pre: Preprocessor, name: str,
+                images: np.ndarray, labels: np.ndarray) -> ScoredSplit:
+    """The class scores of weights W (C, D) float32 on raw rows (N, P) with `engine`."""
+    scores = engine.predict_scores(images, W, pre)
+    return ScoredSplit(name, images, labels, scores)
 
 
 def load_data_for(checkpoint: Checkpoint, root: str | Path | None = None,

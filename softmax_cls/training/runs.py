@@ -3,6 +3,11 @@
 A run folder holds config.yaml, history.jsonl, last.npz (after every epoch, and before the
 first), best.npz (the model weights of the best validation epoch so far) and summary.json
 (the one evaluation on the test split, made at the end). Resuming continues last.npz.
+
+softmax-train is plan_run (the config, the folder and the checkpoint to continue, resolved
+before any data is loaded) then train_run, which a new and a resumed run share and which
+reads top to bottom: lock and check the folder, load the data, split and preprocess, write
+the folder's first files, train, evaluate once on the test split, write the summary.
 """
 
 from __future__ import annotations
@@ -11,8 +16,9 @@ import contextlib
 import dataclasses
 import json
 import os
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+import shutil
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,16 +38,21 @@ from ..errors import ConfigError, SoftmaxClsError
 from ..fsutil import FolderBusy, atomic_write, folder_lock, fsync_dir
 from ..interrupts import stop_word_and_code
 from ..math.preprocess import Preprocessor, Split, split_and_fit
-from ..plots.pictures import plot_run, plots_wanted
+from ..math.softmax import softmax_loss_from_scores
 from .checkpoint import Checkpoint, check_matches, load_checkpoint, save_checkpoint
-from .fit import FitResult, TrainState, fit, initial_state, validation_metrics
+from .evaluate import ScoredSplit, score_split
+from .fit import TrainingDiverged, TrainState, fit, initial_state
 
 # What a resumed run may not change: the data, the split, the features and the initial weights.
 FIXED_ON_RESUME = ("seed", "data.dataset", "data.format", "data.labels", "data.val_size",
                    "data.train", "preprocess", "model")
 
-
 RUN_FILES = ("config.yaml", "history.jsonl", "best.npz", "last.npz", "summary.json")
+SUMMARY_KEYS = ("epochs", "best_epoch", "best_val_acc", "test_loss", "test_acc",
+                "stopped_early")
+# The largest config.yaml, history.jsonl or summary.json taken for a run's own: a run writes
+# a few kilobytes (history: about 200 bytes an epoch).
+RUN_TEXT_CAP = 16 << 20
 
 
 class TrainingInterrupted(SoftmaxClsError):
@@ -57,12 +68,33 @@ class RunFolderBusy(SoftmaxClsError):
 
 @dataclass
 class RunResult:
+    """A finished run: its config (paths absolute), final state and folder; the test loss
+    and accuracy of the best weights (None without a test split); whether it stopped early.
+    What its pictures need comes along: the preprocessing, the class names and `scored`, the
+    split of the final evaluation with the best weights' scores (the test split, else the
+    val rows, else None)."""
+
+    config: Config
     state: TrainState
     out_dir: Path
     test_loss: float | None
     test_acc: float | None
     stopped_early: bool
-    pictures: list[Path] = field(default_factory=list)
+    pre: Preprocessor
+    class_names: tuple[str, ...]
+    scored: ScoredSplit | None
+
+
+@dataclass
+class RunPlan:
+    """What softmax-train was asked, resolved before any data is loaded: the config, the run
+    folder, the checkpoint a resumed run continues (None for a new run) and whether the
+    folder is a numbered one (output.dir-2, -3, ...) because output.dir holds a run."""
+
+    config: Config
+    out_dir: Path
+    resume: Checkpoint | None = None
+    numbered: bool = False
 
 
 def copy_state(state: TrainState) -> TrainState:
@@ -83,72 +115,285 @@ def with_absolute_paths(config: Config) -> Config:
 
 
 def run_files(out_dir: Path) -> list[str]:
-    """The run files (RUN_FILES) present in `out_dir`."""
-    return [name for name in RUN_FILES if (out_dir / name).exists()]
+    """The run files (RUN_FILES) present in `out_dir` (a dangling link counts too)."""
+    return [name for name in RUN_FILES if os.path.lexists(out_dir / name)]
 
 
-def train_run(config: Config, data: LabelledData, out_dir: str | Path,
+def plan_run(config_path: str | None, overrides: Iterable[str] = (), out: str | None = None,
+             resume: str | None = None, overwrite: bool = False) -> RunPlan:
+    """Train from a config file, or continue the checkpoint `resume` (its own config, unless
+    a config file is given, plus overrides). The run folder is `out`; else, for a new run,
+    output.dir, or its first numbered sibling holding no run (output.dir-2, -3, ...) when it
+    holds one and not `overwrite`; for a resumed run, the checkpoint's folder. A resumed run
+    does not download data unless the overrides set data.download."""
+    overrides = list(overrides)
+    if resume is None:
+        if config_path is None:
+            raise ConfigError("--config FILE is required (or --resume CHECKPOINT)")
+        config = load_config(config_path, overrides)
+        if out:
+            return RunPlan(config, Path(out))
+        out_dir = Path(config.output.dir)
+        if overwrite or not run_files(out_dir):
+            return RunPlan(config, out_dir)
+        number = 2
+        while run_files(Path(f"{out_dir}-{number}")):
+            number += 1
+        return RunPlan(config, Path(f"{out_dir}-{number}"), numbered=True)
+    checkpoint = load_checkpoint(resume)
+    if config_path is None:
+        config = config_from_dict(parse_yaml(checkpoint.config_yaml, f"{resume} config"),
+                                  overrides)
+    else:
+        config = load_config(config_path, overrides)
+    _check_resumable(checkpoint.config, config)
+    if not any(text.split("=", 1)[0].strip() in ("data", "data.download")
+               for text in overrides):
+        config = dataclasses.replace(config, data=dataclasses.replace(config.data,
+                                                                      download=False))
+    return RunPlan(config, Path(out) if out else Path(resume).parent, checkpoint)
+
+
+def run_plan(plan: RunPlan, progress: bool = True, overwrite: bool = False) -> RunResult:
+    """train_run of the plan, its data loaded once the folder is locked and checked (so a
+    refusal costs no loading) with the test split left on disk until the final evaluation,
+    when the training rows are freed: the two are never in memory together."""
+    data = plan.config.data
+    return train_run(plan.config, lambda: load_config_data(data, progress, keep_test=False),
+                     plan.out_dir, plan.resume, progress, overwrite=overwrite)
+
+
+def train_run(config: Config, data: LabelledData | Callable[[], LabelledData], out_dir: str | Path,
               resume: Checkpoint | None = None, progress: bool = True, *,
               overwrite: bool = False) -> RunResult:
-    """Train on `data` as `config` says, writing the run folder `out_dir`; continue the
+    """Train on `data` (or on what the loader `data()` returns, called once the folder is
+    locked and checked) as `config` says, writing the run folder `out_dir`; continue the
     checkpoint `resume` when given. The test split is used once, after training, to evaluate
     the best weights (read from disk then when `data` left it there: LabelledData.with_test).
 
     One run per folder: the folder is locked while this runs (RunFolderBusy if another
-    process has it). A new run refuses a folder that holds another run's files unless
-    `overwrite`, which deletes them first; a resumed run may write its own folder (the one
-    `resume.path` is in) or an empty one. Resuming needs optim.epochs >= the epochs done.
-    best.npz is always the best epoch's own checkpoint (its state and history) with the model
-    weights as W. Raises TrainingDiverged or TrainingInterrupted; last.npz then holds the
-    last completed epoch, best.npz the best so far, and summary.json is absent until the end.
+    process has it). A new run refuses a folder that holds files of a run's names unless
+    `overwrite`, which deletes them first if a run wrote them all (never through a symbolic
+    link); a resumed run may write its own folder (the one `resume.path` is in) or an empty
+    one. Resuming needs optim.epochs >= the epochs done and the data the checkpoint was
+    trained on. best.npz is always the best epoch's own checkpoint (its state and history)
+    with the model weights as W.
+
+    An error leaves the folder's run files as they were before. TrainingDiverged and
+    TrainingInterrupted (Ctrl-C, SIGTERM) leave a run to resume: last.npz holds the last
+    completed epoch, best.npz the best so far, and summary.json is absent until the end.
     """
-    with _open_run(config, data, out_dir, resume, overwrite) as run:
-        fitted = run.train(data, progress)
-        return run.finish(fitted, data.with_test())
-
-
-@contextlib.contextmanager
-def _open_run(config: Config, data: LabelledData, out_dir: str | Path,
-              resume: Checkpoint | None, overwrite: bool) -> Iterator[_Run]:
-    """The checks of train_run, the split and preprocessing, then the locked, prepared run
-    folder (see _Run) until the block ends."""
+    # -- checks that need neither the folder nor the data
     out_dir = Path(out_dir)
     config = with_absolute_paths(config)
     if resume is not None and config.optim.epochs < resume.state.epoch:
         raise ConfigError(f"optim.epochs: the checkpoint has done {resume.state.epoch} epochs; "
                           f"resuming needs optim.epochs >= {resume.state.epoch}, got "
                           f"{config.optim.epochs}")
-    split, pre = split_and_fit(config, data.train_images, data.train_labels)
-    if resume is not None and not np.array_equal(resume.val_rows, split.val_rows):
-        raise ConfigError("data.val_size: the split differs from the checkpoint's val_rows")
-    with contextlib.ExitStack() as stack:
+    run = None
+    created = _missing_folders(out_dir)
+    with _removed_on_error(created), contextlib.ExitStack() as stack:
+        # -- the folder: locked until the end, checked, its files kept to restore on an error
         _lock_run_folder(stack, out_dir)
-        run = _Run.prepare(config, data, out_dir, resume, overwrite, split, pre)
-        del data  # held no longer here: the caller may free the rows while the run goes on
-        yield run
+        replaced = _check_folder(out_dir, resume, overwrite)
+        stack.enter_context(_restored_on_error(out_dir))
+        try:
+            # -- the data, checked against the checkpoint a resumed run continues
+            if callable(data):
+                data = data()
+            if resume is not None:
+                check_matches(resume, data, resume.path)
+
+            # -- the split and the preprocessing (fitted on the training rows only)
+            split, pre = split_and_fit(config, data.train_images, data.train_labels)
+            if resume is not None and not np.array_equal(resume.val_rows, split.val_rows):
+                raise ConfigError("data.val_size: the split differs from the checkpoint's "
+                                  "val_rows")
+
+            # -- the engine, chosen once: fit() and the final evaluation use the same one
+            engine = get_engine(config.engine)
+            fit_config = dataclasses.replace(config, engine=engine.name)
+
+            # -- the folder's first files: config.yaml, last.npz, the best.npz resumed
+            run = _Run.prepare(config, data, out_dir, resume, replaced, split, pre)
+
+            # -- training: a checkpoint after every epoch
+            fitted = fit(fit_config, data.train_images, data.train_labels, split, pre,
+                         len(data.class_names), state=run.state, on_epoch=run.on_epoch,
+                         progress=progress)
+
+            # -- the final evaluation: the best weights, scored once on the test split (the
+            # training rows freed first when no one else holds them), else on the val rows
+            state = fitted.state
+            if data.n_test:
+                data = data.without_train()
+                data = data.with_test()
+                scored = score_split(engine, state.best_W, pre, "test", data.test_images,
+                                     data.test_labels)
+            elif len(split.val_rows):
+                scored = score_split(engine, state.best_W, pre, "val",
+                                     data.train_images[split.val_rows],
+                                     data.train_labels[split.val_rows])
+            else:
+                scored = None
+            test_loss = test_acc = None
+            if scored is not None and scored.name == "test":
+                test_loss, _ = softmax_loss_from_scores(scored.scores, scored.labels,
+                                                        config.loss.clip)
+                test_acc = float(np.mean(scored.scores.argmax(axis=1) == scored.labels))
+
+            # -- the end: last.npz complete, summary.json
+            run.finish(state, test_loss, test_acc, fitted.stopped_early)
+        except KeyboardInterrupt as exc:
+            raise _interrupted(exc, run, resume) from None
+    return RunResult(config, state, out_dir, test_loss, test_acc, fitted.stopped_early, pre,
+                     data.class_names, scored)
 
 
-def _check_folder(out_dir: Path, resuming: bool, resume_path: str | Path | None,
-                  overwrite: bool) -> list[str]:
+def _interrupted(exc: KeyboardInterrupt, run: _Run | None, resume: Checkpoint | None
+                 ) -> TrainingInterrupted:
+    """The one-line error of a Ctrl-C or SIGTERM: where the last completed epoch is and the
+    command that resumes it. A run under way writes last.npz again first: the signal may
+    have cut that very write."""
+    word, code = stop_word_and_code(exc)
+    if run is not None:
+        run.save_last()
+        checkpoint, epoch = run.out_dir / "last.npz", run.last.epoch
+    elif resume is not None and resume.path is not None:
+        checkpoint, epoch = resume.path, resume.state.epoch
+    else:
+        checkpoint = None
+    message = word if checkpoint is None else (
+        f"{word}: {checkpoint} holds the last completed epoch ({epoch}); resume with "
+        f"softmax-train --resume {checkpoint}")
+    error = TrainingInterrupted(message)
+    error.exit_code = code
+    return error
+
+
+def _lock_run_folder(stack: contextlib.ExitStack, out_dir: Path) -> None:
+    """Hold the run folder's lock until `stack` closes; RunFolderBusy if another process has
+    it."""
+    try:
+        stack.enter_context(folder_lock(out_dir, wait=False))
+    except FolderBusy as exc:
+        raise RunFolderBusy(f"{out_dir} is {exc.strerror} (another softmax-train writing "
+                            "it); wait for it to end or choose another --out") from None
+
+
+def _check_folder(out_dir: Path, resume: Checkpoint | None, overwrite: bool) -> list[str]:
     """The run files in `out_dir` that --overwrite replaces; ConfigError if the folder holds
-    another run and not `overwrite`. A resumed run's own folder holds its own run."""
+    files of a run's names and not `overwrite`, or if `overwrite` would delete through a
+    symbolic link or delete a file no run wrote. A resumed run's own folder holds its own
+    run."""
     present = run_files(out_dir)
-    own_folder = (resume_path is not None
-                  and Path(resume_path).resolve().parent == out_dir.resolve())
+    own_folder = (resume is not None and resume.path is not None
+                  and Path(resume.path).resolve().parent == out_dir.resolve())
     if not present or own_folder:
         return []
     if not overwrite:
-        what = "another run" if resuming else "a run"
+        what = "another run" if resume is not None else "a run"
         raise ConfigError(f"{out_dir} already holds {what}: pass --overwrite to replace it, "
                           f"--resume {out_dir / 'last.npz'} to continue it, or another --out")
+    if out_dir.is_symlink():
+        raise ConfigError(f"{out_dir} is a symbolic link: --overwrite deletes files only in "
+                          f"the folder itself; pass the folder it points to as --out")
+    foreign = [name for name in present if not _written_by_a_run(out_dir / name)]
+    if foreign:
+        raise ConfigError(f"{out_dir}: {', '.join(foreign)} not written by softmax-train; "
+                          f"--overwrite deletes only a run's own files: choose another --out")
     return present
 
 
-def _best_source(resume: Checkpoint | None, resume_path: str | Path | None) -> Path | None:
+def _written_by_a_run(path: Path) -> bool:
+    """Whether the run file `path` is what a run writes, told by its content: a checkpoint
+    that loads, a config.yaml that is a config exactly as a run writes it, a history.jsonl
+    of epoch rows, a summary.json with a run's keys. A symbolic link is not."""
+    if path.is_symlink() or not path.is_file():
+        return False
+    if path.suffix == ".npz":
+        try:
+            load_checkpoint(path)
+        except SoftmaxClsError:
+            return False
+        return True
+    if path.stat().st_size > RUN_TEXT_CAP:
+        return False
+    try:
+        text = path.read_text(encoding="utf-8")
+        if path.name == "config.yaml":
+            return config_to_yaml(config_from_dict(parse_yaml(text, str(path)))) == text
+        if path.name == "summary.json":
+            summary = json.loads(text)
+            return isinstance(summary, dict) and set(SUMMARY_KEYS) <= set(summary)
+        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError, ValueError, SoftmaxClsError):
+        return False
+    return all(isinstance(row, dict) and isinstance(row.get("epoch"), int) for row in rows)
+
+
+@contextlib.contextmanager
+def _restored_on_error(out_dir: Path) -> Iterator[None]:
+    """Until the block ends, keep the run files of `out_dir` as they are now (hard links
+    .NAME.before beside them; copies where links are not possible). An error in the block
+    puts them back and removes the run files it added, so a failed command (a full disk,
+    data that does not match) leaves the folder as it found it. An interrupt or a divergence
+    keeps the folder as the run left it: its last.npz is the run to resume."""
+    kept: dict[str, Path] = {}
+    try:
+        for name in run_files(out_dir):
+            backup = out_dir / f".{name}.before"
+            backup.unlink(missing_ok=True)
+            try:
+                os.link(out_dir / name, backup, follow_symlinks=False)
+            except OSError:
+                shutil.copy2(out_dir / name, backup, follow_symlinks=False)
+            kept[name] = backup
+        yield
+    except (TrainingInterrupted, TrainingDiverged):
+        raise
+    except BaseException:
+        for name in RUN_FILES:
+            if name in kept:  # a no-op when both names are one file: it did not change
+                os.replace(kept[name], out_dir / name)
+            else:
+                (out_dir / name).unlink(missing_ok=True)
+        fsync_dir(out_dir)
+        raise
+    finally:
+        for backup in kept.values():
+            backup.unlink(missing_ok=True)
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """`folder` and those of its parents that do not exist yet, deepest first."""
+    missing = []
+    while not os.path.lexists(folder) and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+@contextlib.contextmanager
+def _removed_on_error(created: list[Path]) -> Iterator[None]:
+    """Remove the folders `created` (deepest first) when the block fails and they hold
+    nothing but the run folder's lock file: a failed command leaves no folder behind."""
+    try:
+        yield
+    except BaseException:
+        for folder in created:
+            with contextlib.suppress(OSError):
+                if [p.name for p in folder.iterdir()] in ([], [".lock"]):
+                    (folder / ".lock").unlink(missing_ok=True)
+                folder.rmdir()
+        raise
+
+
+def _best_source(resume: Checkpoint | None) -> Path | None:
     """The best.npz beside the resumed checkpoint, if it is that run's best epoch."""
-    if resume is None or resume.state.best_epoch == 0 or resume_path is None:
+    if resume is None or resume.state.best_epoch == 0 or resume.path is None:
         return None
-    best = Path(resume_path).parent / "best.npz"
+    best = Path(resume.path).parent / "best.npz"
     return best if _is_best_of(best, resume) else None
 
 
@@ -166,9 +411,9 @@ def _is_best_of(path: Path, resume: Checkpoint) -> bool:
 
 
 class _Run:
-    """A locked run folder being written: the checkpoints after every epoch (train), then the
-    test evaluation and the summary (finish). It holds no data rows, so a caller can free
-    the training rows between the two."""
+    """A locked run folder being written: its first files (prepare), the checkpoints after
+    every epoch (on_epoch), then the summary (finish). It holds no data rows, so a caller
+    can free the training rows before the final evaluation."""
 
     def __init__(self, config: Config, out_dir: Path, split: Split, pre: Preprocessor,
                  data: LabelledData, state: TrainState):
@@ -180,15 +425,14 @@ class _Run:
 
     @classmethod
     def prepare(cls, config: Config, data: LabelledData, out_dir: Path,
-                resume: Checkpoint | None, overwrite: bool, split: Split, pre: Preprocessor
-                ) -> _Run:
-        """Clear the folder as train_run says, write config.yaml, last.npz and the best.npz
-        a resumed run keeps."""
-        resume_path = None if resume is None else resume.path
-        best_source = _best_source(resume, resume_path)
+                resume: Checkpoint | None, replaced: list[str], split: Split,
+                pre: Preprocessor) -> _Run:
+        """Delete the `replaced` files of the run --overwrite replaces, write config.yaml,
+        last.npz and the best.npz a resumed run keeps."""
+        best_source = _best_source(resume)
         if best_source is not None:  # read before --overwrite might delete it
             best_bytes = best_source.read_bytes()
-        for name in _check_folder(out_dir, resume is not None, resume_path, overwrite):
+        for name in replaced:
             (out_dir / name).unlink()
         fsync_dir(out_dir)
         state = (initial_state(config, pre.n_features, len(data.class_names)) if resume is None
@@ -213,133 +457,33 @@ class _Run:
                         self.config_yaml, self.fingerprint, status, self.split.val_rows,
                         W=state.best_W if model else None)
 
+    def save_last(self) -> None:
+        """last.npz and history.jsonl of the last completed epoch."""
+        self.save("last.npz", self.last)
+        write_history(self.out_dir / "history.jsonl", self.last.history)
+
     def on_epoch(self, state: TrainState) -> None:
         self.last = copy_state(state)
         if state.best_epoch == state.epoch:
             self.save("best.npz", self.last, model=True)
-        self.save("last.npz", self.last)
-        write_history(self.out_dir / "history.jsonl", self.last.history)
+        self.save_last()
 
-    def train(self, data: LabelledData, progress: bool) -> FitResult:
-        """fit() on data's training rows, a checkpoint after every epoch; on Ctrl-C or SIGTERM
-        last.npz is written again and TrainingInterrupted raised."""
-        try:
-            return fit(self.config, data.train_images, data.train_labels, self.split, self.pre,
-                       len(self.class_names), state=self.state, on_epoch=self.on_epoch,
-                       progress=progress)
-        except KeyboardInterrupt as exc:
-            last = self.out_dir / "last.npz"
-            self.save("last.npz", self.last)  # again: the signal may have cut that very write
-            write_history(self.out_dir / "history.jsonl", self.last.history)
-            word, code = stop_word_and_code(exc)
-            error = TrainingInterrupted(
-                f"{word}: {last} holds the last completed epoch ({self.last.epoch}); resume "
-                f"with softmax-train --resume {last}")
-            error.exit_code = code
-            raise error from None
-
-    def finish(self, fitted: FitResult, data: LabelledData) -> RunResult:
-        """Evaluate the best weights on data's test split (in memory), mark last.npz complete
-        and write summary.json."""
-        state = fitted.state
-        test_loss = test_acc = None
-        if data.n_test:
-            test_loss, test_acc = validation_metrics(get_engine(self.config.engine),
-                                                     state.best_W, self.pre, data.test_images,
-                                                     data.test_labels, self.config.loss.clip)
-        out_dir = self.out_dir
-        if not (out_dir / "best.npz").exists():  # resumed from a lone last.npz, no better epoch
+    def finish(self, state: TrainState, test_loss: float | None, test_acc: float | None,
+               stopped_early: bool) -> None:
+        """Mark last.npz complete and write summary.json."""
+        if not (self.out_dir / "best.npz").exists():  # resumed from a lone last.npz
             self.save("best.npz", state, model=True, status="best weights only")
         self.save("last.npz", state, status="complete")
-        summary = {"epochs": state.epoch, "best_epoch": state.best_epoch,
-                   "best_val_acc": state.best_val_acc, "test_loss": test_loss,
-                   "test_acc": test_acc, "stopped_early": fitted.stopped_early}
-        with atomic_write(out_dir / "summary.json", "w") as handle:
+        summary = dict(zip(SUMMARY_KEYS, (state.epoch, state.best_epoch, state.best_val_acc,
+                                          test_loss, test_acc, stopped_early), strict=True))
+        with atomic_write(self.out_dir / "summary.json", "w") as handle:
             json.dump(summary, handle, indent=2)
-        return RunResult(state, out_dir, test_loss, test_acc, fitted.stopped_early)
 
 
 def write_history(path: Path, history: list[dict]) -> None:
     """The per-epoch history as JSON lines, rewritten atomically."""
     with atomic_write(path, "w") as handle:
         handle.writelines(json.dumps(row) + "\n" for row in history)
-
-
-def start_or_resume(
-    config_path: str | None,
-    overrides: Iterable[str] = (),
-    out: str | None = None,
-    resume: str | None = None,
-    progress: bool = True,
-    overwrite: bool = False,
-    plots: bool | None = None,
-) -> RunResult:
-    """Train from a config file, or continue the checkpoint `resume` (its own config, unless
-    a config file is given, plus overrides); the run folder is `out`, or else output.dir for a
-    new run and the checkpoint's folder for a resumed one. The folder is checked (see
-    train_run) before the data is loaded. A resumed run does not download data unless the
-    overrides set data.download. At the end the run's pictures are drawn into RUN/plots when
-    `plots` (default: output.plots) says so."""
-    overrides = list(overrides)
-    checkpoint = None
-    if resume is None:
-        if config_path is None:
-            raise ConfigError("--config FILE is required (or --resume CHECKPOINT)")
-        config = load_config(config_path, overrides)
-        out_dir = Path(out or config.output.dir)
-    else:
-        checkpoint = load_checkpoint(resume)
-        if config_path is None:
-            config = config_from_dict(parse_yaml(checkpoint.config_yaml, f"{resume} config"),
-                                      overrides)
-        else:
-            config = load_config(config_path, overrides)
-        _check_resumable(checkpoint.config, config)
-        if config.optim.epochs < checkpoint.state.epoch:
-            raise ConfigError(f"optim.epochs: the checkpoint has done {checkpoint.state.epoch} "
-                              f"epochs; resuming needs optim.epochs >= "
-                              f"{checkpoint.state.epoch}, got {config.optim.epochs}")
-        if not any(text.split("=", 1)[0].strip() in ("data", "data.download")
-                   for text in overrides):
-            config = dataclasses.replace(config, data=dataclasses.replace(config.data,
-                                                                          download=False))
-        out_dir = Path(out) if out else Path(resume).parent
-    _precheck_folder(out_dir, resume, overwrite)
-    want_plots = plots_wanted(config.output.plots if plots is None else plots)
-    # the test split stays on disk during training: it is read after the training rows are
-    # freed, which keeps it (and matplotlib, imported to draw) out of the peak memory
-    data = load_config_data(config.data, progress, keep_test=False)
-    if checkpoint is not None:
-        check_matches(checkpoint, data, resume)
-    with _open_run(config, data, out_dir, checkpoint, overwrite) as run:
-        fitted = run.train(data, progress)
-        if data.n_test:  # the pictures of a run without a test split show its val rows
-            data = data.without_train()
-        data = data.with_test()
-        result = run.finish(fitted, data)
-    if want_plots:
-        split = "test" if data.n_test else "val"
-        result.pictures = plot_run(out_dir, split=split, data=data)
-    return result
-
-
-def _lock_run_folder(stack: contextlib.ExitStack, out_dir: Path) -> None:
-    """Hold the run folder's lock until `stack` closes; RunFolderBusy if another process has
-    it."""
-    try:
-        stack.enter_context(folder_lock(out_dir, wait=False))
-    except FolderBusy as exc:
-        raise RunFolderBusy(f"{out_dir} is {exc.strerror} (another softmax-train writing "
-                            "it); wait for it to end or choose another --out") from None
-
-
-def _precheck_folder(out_dir: Path, resume_path: str | None, overwrite: bool) -> None:
-    """The folder checks of train_run, made early so a refusal costs no data loading."""
-    if not out_dir.is_dir():
-        return
-    with contextlib.ExitStack() as stack:
-        _lock_run_folder(stack, out_dir)
-        _check_folder(out_dir, resume_path is not None, resume_path, overwrite)
 
 
 def _check_resumable(before: Config, after: Config) -> None:

@@ -1,0 +1,287 @@
+"""The run folder through softmax-train: what --overwrite may delete, a failed command leaves
+the folder as it found it, a second run of the same config gets a numbered folder, a signal
+outside the training loop is one line naming the command that resumes, and the pictures at
+the end of a run come from memory."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import resource
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from cli_util import assert_one_line_error, run
+from click.testing import CliRunner
+from conftest import separable_data
+
+from softmax_cls import cli
+from softmax_cls.training import runs
+
+TESTS = Path(__file__).resolve().parent
+EPOCHS = 2
+
+
+def features_config(tmp_path: Path, **output) -> Path:
+    """A config training on a small feature file (tmp_path/train.npz, test.npz) with the numpy
+    engine and no pictures: a run takes a second."""
+    rng = np.random.default_rng(0)
+    centers = rng.normal(0, 3, (3, 8))
+    labels = rng.integers(0, 3, 500)
+    X = (centers[labels] + rng.standard_normal((500, 8))).astype(np.float32)
+    np.savez(tmp_path / "train.npz", X=X[:400], y=labels[:400])
+    np.savez(tmp_path / "test.npz", X=X[400:], y=labels[400:])
+    raw = {"engine": "numpy",
+           "data": {"dataset": "features", "train": str(tmp_path / "train.npz"),
+                    "test": str(tmp_path / "test.npz"), "val_size": 100},
+           "augment": {"hflip": False, "translate": 0},
+           "optim": {"epochs": EPOCHS, "batch_size": 50},
+           "output": {"plots": False, **output}}
+    path = tmp_path / "probe.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def train(*args: str, cwd: Path | None = None, **kwargs) -> subprocess.CompletedProcess:
+    return run("softmax-train", *args, "--quiet", cwd=cwd, **kwargs)
+
+
+def folder_bytes(folder: Path) -> dict[str, bytes]:
+    """Every file of `folder` but the lock file (which notes the last process to lock it)."""
+    return {path.name: path.read_bytes() for path in sorted(folder.iterdir())
+            if path.is_file() and path.name != ".lock"}
+
+
+# --- --overwrite deletes only what a run wrote -----------------------------------------------
+
+def test_overwrite_refuses_the_users_own_config_yaml_in_the_current_folder(tmp_path):
+    config = features_config(tmp_path)
+    own = tmp_path / "config.yaml"
+    own.write_text(config.read_text())  # the user's own config, named as a run's would be
+    result = train("--config", str(own), "--out", ".", "--overwrite", cwd=tmp_path)
+    assert_one_line_error(result, 2, "config.yaml not written by softmax-train")
+    assert own.read_text() == config.read_text()
+    assert not (tmp_path / "last.npz").exists()
+
+
+def test_overwrite_never_deletes_through_a_symlinked_out(tmp_path):
+    config = features_config(tmp_path)
+    real = tmp_path / "real"
+    assert train("--config", str(config), "--out", str(real)).returncode == 0
+    before = folder_bytes(real)
+    link = tmp_path / "link"
+    link.symlink_to(real, target_is_directory=True)
+    result = train("--config", str(config), "--out", str(link), "--overwrite")
+    assert_one_line_error(result, 2, f"{link} is a symbolic link")
+    assert folder_bytes(real) == before
+    # the folder itself: a run's own files are replaced
+    again = train("--config", str(config), "--out", str(real), "--overwrite",
+                  "--set", "optim.epochs=1")
+    assert again.returncode == 0, again.stderr
+    assert json.loads((real / "summary.json").read_text())["epochs"] == 1
+
+
+@pytest.mark.parametrize("name,content", [
+    ("last.npz", b"PK\x03\x04 not a checkpoint"),
+    ("summary.json", b'{"title": "my notes"}'),
+    ("history.jsonl", b"shopping list\n"),
+])
+def test_overwrite_refuses_files_no_run_wrote(tmp_path, name, content):
+    config = features_config(tmp_path)
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / name).write_bytes(content)
+    result = train("--config", str(config), "--out", str(folder), "--overwrite")
+    assert_one_line_error(result, 2, f"{name} not written by softmax-train")
+    assert folder_bytes(folder) == {name: content}
+
+
+# --- a failed command leaves the folder as it found it ----------------------------------------
+
+def small_files(limit: int):
+    """For a child process: files may not grow past `limit` bytes (writes fail with EFBIG,
+    a full disk as far as the command can tell)."""
+    return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+
+def test_a_resume_that_fails_to_write_leaves_the_finished_run_as_it_was(tmp_path):
+    config = features_config(tmp_path)
+    folder = tmp_path / "run"
+    assert train("--config", str(config), "--out", str(folder)).returncode == 0
+    before = folder_bytes(folder)
+    assert len(before["config.yaml"]) < 3000 < len(before["last.npz"])
+    result = train("--resume", str(folder / "last.npz"), "--set", "optim.epochs=4",
+                   preexec_fn=small_files(3000))
+    assert_one_line_error(result, 1, "last.npz", "File too large")
+    assert folder_bytes(folder) == before  # config.yaml says 2 epochs, summary.json is there
+    assert sorted(p.name for p in folder.iterdir()) == sorted([*before, ".lock"])
+
+
+def test_a_new_run_that_fails_leaves_no_folder(tmp_path):
+    config = features_config(tmp_path)
+    result = train("--config", str(config), "--out", str(tmp_path / "runs" / "new"),
+                   preexec_fn=small_files(3000))
+    assert_one_line_error(result, 1, "File too large")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_an_overwrite_that_fails_keeps_the_run_it_would_replace(tmp_path):
+    config = features_config(tmp_path)
+    folder = tmp_path / "run"
+    assert train("--config", str(config), "--out", str(folder)).returncode == 0
+    before = folder_bytes(folder)
+    result = train("--config", str(config), "--out", str(folder), "--overwrite",
+                   preexec_fn=small_files(3000))
+    assert_one_line_error(result, 1, "File too large")
+    assert folder_bytes(folder) == before
+
+
+# --- the same command twice -------------------------------------------------------------------
+
+def test_the_same_config_twice_gets_a_numbered_folder(tmp_path):
+    config = features_config(tmp_path, dir="runs/probe")
+    first = train("--config", str(config), cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.strip().splitlines()[-1].endswith("; run folder runs/probe")
+    for number in (2, 3):
+        again = train("--config", str(config), cwd=tmp_path)
+        assert again.returncode == 0, again.stderr
+        assert again.stdout.strip().splitlines()[-1].endswith(
+            f"; new run folder runs/probe-{number} (runs/probe already holds a run)")
+        assert (tmp_path / f"runs/probe-{number}/summary.json").is_file()
+    # an explicit --out still refuses a folder holding a run; --overwrite replaces output.dir
+    refused = train("--config", str(config), "--out", "runs/probe", cwd=tmp_path)
+    assert_one_line_error(refused, 2, "runs/probe already holds a run")
+    replaced = train("--config", str(config), "--overwrite", cwd=tmp_path)
+    assert replaced.returncode == 0, replaced.stderr
+    assert replaced.stdout.strip().endswith("; run folder runs/probe")
+    assert not (tmp_path / "runs/probe-4").exists()
+
+
+# --- a signal outside the training loop -------------------------------------------------------
+
+# A command (argv[2]: train_command, eval_command) in a child whose data loading never ends
+# (it signals that it began by creating the file argv[1]), so that a signal arrives outside
+# the training loop.
+STUCK_LOADING = """
+import sys, time
+from pathlib import Path
+from softmax_cls import cli
+from softmax_cls.training import evaluate, runs
+started, command = Path(sys.argv[1]), sys.argv[2]
+def load(*args, **kwargs):
+    started.touch()
+    time.sleep(600)
+runs.load_config_data = evaluate.load_data_for = load
+sys.argv = [command, *sys.argv[3:]]
+getattr(cli, command)()
+"""
+
+
+def stopped_while_loading(tmp_path: Path, *args: str, command: str = "train_command"
+                          ) -> subprocess.CompletedProcess:
+    started = tmp_path / "loading"
+    started.unlink(missing_ok=True)
+    child = subprocess.Popen([sys.executable, "-c", STUCK_LOADING, str(started), command,
+                              *args, "--quiet"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not started.exists():
+        assert child.poll() is None, child.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    child.send_signal(signal.SIGTERM)
+    stdout, stderr = child.communicate(timeout=60)
+    return subprocess.CompletedProcess(child.args, child.returncode, stdout, stderr)
+
+
+def test_a_signal_outside_training_is_one_line_naming_the_resume_command(tmp_path):
+    config = features_config(tmp_path)
+    fresh = stopped_while_loading(tmp_path, "--config", str(config), "--out",
+                                  str(tmp_path / "fresh"))
+    assert fresh.stderr == "error: terminated\n"
+    assert fresh.returncode == 143
+    assert not (tmp_path / "fresh").exists()
+
+    folder = tmp_path / "run"
+    assert train("--config", str(config), "--out", str(folder)).returncode == 0
+    resumed = stopped_while_loading(tmp_path, "--resume", str(folder / "last.npz"), "--set",
+                                    "optim.epochs=4")
+    line = assert_one_line_error(resumed, 143, "terminated")
+    assert f"softmax-train --resume {folder / 'last.npz'}" in line
+    assert f"last completed epoch ({EPOCHS})" in line
+
+    # any command: softmax-eval
+    evaluating = stopped_while_loading(tmp_path, str(folder / "best.npz"),
+                                       command="eval_command")
+    assert evaluating.stderr == "error: terminated\n"
+    assert evaluating.returncode == 143
+
+
+# --- the pictures at the end of a run ---------------------------------------------------------
+
+def test_the_pictures_of_a_run_come_from_memory_and_match_softmax_plot(tmp_path, monkeypatch):
+    data = separable_data(n_train=400, n_test=120, classes=4, seed=2, noise=150)
+    monkeypatch.setattr(runs, "load_config_data", lambda config, progress=True, **kw: data)
+    monkeypatch.setattr("softmax_cls.training.evaluate.load_data_for", lambda *a, **k: data)
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"engine": "numpy", "data": {"val_size": 100},
+                                      "optim": {"epochs": 2, "lr": 0.001}}))
+    scored = []
+
+    def counting(function):
+        def call(W, pre, images, *args, **kwargs):
+            scored.append(len(images))
+            return function(W, pre, images, *args, **kwargs)
+        return call
+
+    for name in ("softmax_cls.engines.numpy_engine", "softmax_cls.math.preprocess",
+                 "softmax_cls.plots.evaluation"):  # every name the scoring is called by
+        module = importlib.import_module(name)
+        monkeypatch.setattr(module, "image_scores", counting(module.image_scores))
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("the run's pictures read a checkpoint back")
+
+    monkeypatch.setattr("softmax_cls.training.checkpoint.load_checkpoint", no_reading)
+    monkeypatch.setattr(runs, "load_checkpoint", no_reading)
+    result = CliRunner().invoke(cli.train_command, ["--config", str(config), "--out",
+                                                    str(tmp_path / "run"), "--plots", "-q"])
+    assert result.exit_code == 0, result.output
+    assert scored.count(120) == 1  # the test split, scored once: loss, accuracy, pictures
+    drawn = folder_bytes(tmp_path / "run" / "plots")
+    assert sorted(drawn) == ["confusion.png", "curves.png", "mistakes.png", "templates.png"]
+
+    monkeypatch.undo()
+    monkeypatch.setattr("softmax_cls.training.evaluate.load_data_for", lambda *a, **k: data)
+    again = CliRunner().invoke(cli.plot_command, [str(tmp_path / "run"), "--out",
+                                                  str(tmp_path / "again"), "-q"])
+    assert again.exit_code == 0, again.output
+    assert folder_bytes(tmp_path / "again") == drawn  # the same pictures as from disk
+
+
+def test_an_interrupt_while_drawing_says_the_run_is_complete(tmp_path, monkeypatch):
+    data = separable_data(n_train=300, n_test=60, classes=3, seed=1)
+    monkeypatch.setattr(runs, "load_config_data", lambda config, progress=True, **kw: data)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("softmax_cls.plots.pictures.draw_run_pictures", interrupted)
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"engine": "numpy", "data": {"val_size": 60},
+                                      "optim": {"epochs": 1}}))
+    folder = tmp_path / "run"
+    result = CliRunner().invoke(cli.train_command, ["--config", str(config), "--out",
+                                                    str(folder), "--plots", "-q"])
+    assert result.exit_code == 130
+    assert result.output.splitlines() == [
+        f"error: interrupted while drawing the pictures; the run in {folder} is complete: "
+        f"draw them with softmax-plot {folder}"]
+    assert (folder / "summary.json").is_file()
