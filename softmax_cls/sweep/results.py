@@ -48,6 +48,9 @@ MAX_TRIAL_NUMBER = 2**63 - 1  # optuna's numbers are int64
 
 @dataclass
 class SweepResult:
+    """What run_sweep returns: the folder, the best trial (None: none completed), its test
+    metrics (None without a test split), the count of each trial state and summary.json."""
+
     folder: Path
     best_number: int | None
     best_val_acc: float | None
