@@ -1,8 +1,5 @@
 """Small data and a command runner for sweep tests.
 
-`run_measured(name, *args)` runs an installed console script and returns its result with the
-peak memory and wall time of that one process (for the tests of hostile input).
-
 `sweep_data()` is the conftest's separable images with 30% of the labels redrawn, so the val
 accuracy depends on the hyper-parameters (a tiny learning rate stays near chance) and the
 pruner has something to prune. `write_runner(folder)` writes a script that serves this data
@@ -14,15 +11,10 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import os
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
-from cli_util import script
 from conftest import separable_data
 
 TESTS = Path(__file__).resolve().parent
@@ -61,30 +53,3 @@ def write_runner(folder: Path, n_train: int = 400) -> list[str]:
 def read_trials(folder: Path) -> list[dict]:
     with open(folder / "trials.csv", newline="") as handle:
         return list(csv.DictReader(handle))
-
-
-def run_measured(name: str, *args: str, cwd: str | Path | None = None, timeout: float = 120
-                 ) -> tuple[subprocess.CompletedProcess, float, float]:
-    """(result, peak resident memory in MiB, wall seconds) of the console script `name` run
-    with `args`; the memory is that process's own (os.wait4), not the test's."""
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        started = time.monotonic()
-        process = subprocess.Popen([script(name), *args], stdout=out, stderr=err, cwd=cwd,
-                                   env={**os.environ, "PYTHONUNBUFFERED": "1"}, text=True)
-        deadline = started + timeout
-        while True:
-            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.monotonic() > deadline:
-                process.kill()
-                _, status, usage = os.wait4(process.pid, 0)
-                break
-            time.sleep(0.02)
-        seconds = time.monotonic() - started
-        process.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        result = subprocess.CompletedProcess(process.args, process.returncode, out.read(),
-                                             err.read())
-    return result, usage.ru_maxrss / 1024, seconds

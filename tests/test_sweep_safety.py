@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 from cli_util import assert_one_line_error, run
-from sweep_util import read_trials, run_measured, write_runner
+from sweep_util import read_trials, write_runner
+from test_hostile import run_measured
 
 from softmax_cls.sweep.study import masked, open_storage_for
 
@@ -273,10 +274,10 @@ def grid_sweep(folder: Path, keys: int, values: int) -> Path:
 def test_a_grid_over_the_cap_is_one_error_before_it_is_enumerated(tmp_path, keys, values,
                                                                   points):
     path = grid_sweep(tmp_path, keys, values)
-    result, peak, seconds = run_measured("softmax-sweep", str(path), "--out",
+    result = run_measured("softmax-sweep", str(path), "--out",
                                          str(tmp_path / "out"), cwd=tmp_path)
     assert_one_line_error(result, 2, f"a grid of {points} points", "at most 10000")
-    assert peak < PEAK_MIB and seconds < BOMB_SECONDS, (peak, seconds)
+    assert result.peak_mb < PEAK_MIB and result.seconds < BOMB_SECONDS, result
     assert not (tmp_path / "out").exists()
 
 
@@ -285,10 +286,10 @@ def test_a_2_gb_sweep_file_is_refused_without_reading_it(tmp_path):
     with open(path, "wb") as handle:
         handle.write(b"trials: 2\n")
         handle.truncate(2 << 30)  # sparse: no disk space used
-    result, peak, seconds = run_measured("softmax-sweep", str(path), "--out",
+    result = run_measured("softmax-sweep", str(path), "--out",
                                          str(tmp_path / "out"), cwd=tmp_path)
     assert_one_line_error(result, 2, f"{path}: {2 << 30} bytes; a sweep file is at most")
-    assert peak < PEAK_MIB and seconds < BOMB_SECONDS, (peak, seconds)
+    assert result.peak_mb < PEAK_MIB and result.seconds < BOMB_SECONDS, result
 
 
 @pytest.mark.parametrize(("storage", "needle"), [
@@ -300,10 +301,10 @@ def test_a_2_gb_sweep_file_is_refused_without_reading_it(tmp_path):
 ])
 def test_a_storage_that_cannot_be_opened_is_one_error(tmp_path, storage, needle):
     url = storage.format(tmp=tmp_path)
-    result, peak, seconds = run_measured("softmax-sweep", str(write_sweep(tmp_path)), "--out",
+    result = run_measured("softmax-sweep", str(write_sweep(tmp_path)), "--out",
                                          str(tmp_path / "out"), "--storage", url, cwd=tmp_path)
     assert_one_line_error(result, 1, "cannot open the study", needle)
-    assert seconds < BOMB_SECONDS
+    assert result.seconds < BOMB_SECONDS, result
     assert not (tmp_path / "out" / "sweep.yaml").exists()
 
 
@@ -325,10 +326,10 @@ def trials_folder(tmp_path: Path, rows: list[str]) -> Path:
 def test_a_hostile_trials_csv_is_one_error(tmp_path, rows, needle):
     pytest.importorskip("matplotlib")
     folder = trials_folder(tmp_path, rows)
-    result, peak, seconds = run_measured("softmax-plot", str(folder), "--out",
+    result = run_measured("softmax-plot", str(folder), "--out",
                                          str(tmp_path / "plots"), cwd=tmp_path)
     assert_one_line_error(result, 1, f"{folder / 'trials.csv'}", needle)
-    assert peak < PEAK_MIB and seconds < BOMB_SECONDS, (peak, seconds)
+    assert result.peak_mb < PEAK_MIB and result.seconds < BOMB_SECONDS, result
 
 
 def test_a_2_gb_trials_csv_is_refused_without_reading_it(tmp_path):
@@ -336,7 +337,7 @@ def test_a_2_gb_trials_csv_is_refused_without_reading_it(tmp_path):
     folder = trials_folder(tmp_path, [])
     with open(folder / "trials.csv", "ab") as handle:
         handle.truncate(2 << 30)
-    result, peak, seconds = run_measured("softmax-plot", str(folder), "--out",
+    result = run_measured("softmax-plot", str(folder), "--out",
                                          str(tmp_path / "plots"), cwd=tmp_path)
     assert_one_line_error(result, 1, "trials.csv: more than")
-    assert peak < PEAK_MIB and seconds < BOMB_SECONDS, (peak, seconds)
+    assert result.peak_mb < PEAK_MIB and result.seconds < BOMB_SECONDS, result
