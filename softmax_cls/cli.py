@@ -278,9 +278,10 @@ def sweep_command(sweep_file, trials, workers, out, dask_address, storage, study
                   quiet):
     """Search hyper-parameters on validation accuracy with optuna; resumable and parallel.
 
-    Writes the sweep folder: sweep.yaml, trials.csv, best.yaml (softmax-train --config
-    best.yaml reproduces the best trial), best.npz and summary.json (with the test accuracy of
-    the best trial, evaluated once at the end). Needs pip install 'softmax-cls[sweep]'.
+    Writes the sweep folder (a new or empty one, or this sweep's own): study.json,
+    sweep.yaml, trials.csv, best.yaml (softmax-train --config best.yaml reproduces the best
+    trial), best.npz and summary.json (with the test accuracy of the best trial, evaluated
+    once at the end). Needs pip install 'softmax-cls[sweep]'.
     """
     from .sweep.driver import run_sweep
 

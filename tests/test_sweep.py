@@ -21,10 +21,13 @@ from cli_util import assert_one_line_error, run
 from sweep_util import read_trials, sweep_data, write_runner
 
 import softmax_cls.data.cifar
-from softmax_cls.config import load_config
-from softmax_cls.errors import ConfigError
+from softmax_cls.config import config_from_dict, config_to_dict, load_config
+from softmax_cls.errors import ConfigError, SoftmaxClsError
 from softmax_cls.math.preprocess import split_and_fit
 from softmax_cls.sweep import driver as sweep
+from softmax_cls.sweep import study as sweep_study
+from softmax_cls.sweep.spec import load_sweep, trial_raw_config
+from softmax_cls.sweep.worker import TrialOutcome
 from softmax_cls.training.fit import fit
 
 optuna = pytest.importorskip("optuna")
@@ -58,7 +61,7 @@ def served(monkeypatch):
 
 
 def study_of(folder: Path, name: str = "sweep"):
-    storage = sweep.open_storage_for(folder)
+    storage = sweep_study.open_storage_for(folder)
     return optuna.load_study(study_name=name, storage=storage)
 
 
@@ -107,7 +110,7 @@ def test_bad_sweep_files_are_one_line_errors_with_exit_2(tmp_path, text, needles
     path = tmp_path / "bad.yaml"
     path.write_text(text)
     with pytest.raises(ConfigError) as caught:
-        sweep.load_sweep(path)
+        load_sweep(path)
     for needle in needles:
         assert needle in str(caught.value)
 
@@ -134,7 +137,7 @@ def test_a_sweep_file_reads_base_set_and_every_kind(tmp_path):
         "  optim.epochs: {int: [2, 9]}\n"
         "  optim.early_stopping.patience: {choice: [null, 2]}\n"
         "  augment.hflip: {choice: [true, false]}\n")
-    spec = sweep.load_sweep(path)
+    spec = load_sweep(path)
     assert spec.base_path == (tmp_path / "base.yaml").resolve()
     assert spec.base_config.loss.reg == 0.5 and spec.base_config.optim.momentum == 0.5
     assert spec.space["optim.lr"] == {"log_uniform": [1e-4, 0.1]}
@@ -146,12 +149,12 @@ def test_a_sweep_file_reads_base_set_and_every_kind(tmp_path):
         "optim.lr": {"grid": [0.1, 0.01, 0.001]}, "optim.nesterov": {"grid": [True, False]}})
     text = grid.read_text().replace("trials: null\n", "")
     grid.write_text(text)
-    assert sweep.load_sweep(grid).trials == 6
+    assert load_sweep(grid).trials == 6
 
 
 def test_the_repository_sweep_file_is_valid():
     root = Path(__file__).resolve().parents[1]
-    spec = sweep.load_sweep(root / "configs" / "sweep.yaml")
+    spec = load_sweep(root / "configs" / "sweep.yaml")
     assert spec.base_config == load_config(root / "configs" / "default.yaml")
     assert spec.sampler == "tpe" and spec.trials >= 40
     assert {"optim.lr", "loss.reg", "optim.batch_size", "optim.epochs", "augment.translate",
@@ -238,7 +241,7 @@ def test_best_yaml_and_best_npz_reproduce_the_best_trial(tmp_path, served):
     np.testing.assert_array_equal(checkpoint.W, state.best_W)
     np.testing.assert_array_equal(checkpoint.val_rows, split.val_rows)
     # the summary's test accuracy: the best weights on the test split, counted independently
-    scores = pre.transform(data.test_images, np.float64) @ state.best_W.astype(np.float64)
+    scores = pre.transform(data.test_images, np.float64) @ state.best_W.T.astype(np.float64)
     expected = float(np.mean(scores.argmax(axis=1) == data.test_labels))
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["test_acc"] == pytest.approx(expected)
@@ -376,8 +379,8 @@ def test_ctrl_c_or_sigterm_requeues_the_running_trials(tmp_path, signal_number, 
     process.send_signal(signal_number)
     stdout, stderr = process.communicate(timeout=60)
     result = subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
-    assert_one_line_error(result, code, f"{word}: the running trials were re-queued",
-                          "run the same command to resume")
+    assert_one_line_error(result, code, f"{word}: the running trials were re-queued; to "
+                          f"resume, run: softmax-sweep {path} --out {folder}")
     study = study_of(folder)
     assert not [t for t in study.trials if t.state.name == "RUNNING"]
     interrupted = {int(r["number"]) for r in read_trials(folder) if r["state"] == "interrupted"}
@@ -426,20 +429,20 @@ def test_two_commands_share_one_study_through_a_storage_url(tmp_path):
 def test_only_trials_of_gone_drivers_are_taken_for_interrupted(tmp_path, monkeypatch):
     """Another command's trial is left alone while its driver lives, and while it is being
     asked (created, its driver not yet recorded); a dead driver's trial is re-queued."""
-    study = optuna.create_study(storage=sweep.open_storage_for(tmp_path), study_name="s")
+    study = optuna.create_study(storage=sweep_study.open_storage_for(tmp_path), study_name="s")
     finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                               capture_output=True, text=True, check=True)
-    drivers = {"alive": sweep.this_driver(),
-               "dead": {**sweep.this_driver(), "pid": int(finished.stdout)},
-               "other host": {**sweep.this_driver(), "host": "elsewhere", "pid": 1}}
+    drivers = {"alive": sweep_study.this_driver(),
+               "dead": {**sweep_study.this_driver(), "pid": int(finished.stdout)},
+               "other host": {**sweep_study.this_driver(), "host": "elsewhere", "pid": 1}}
     trials = {}
     for name, driver in [*drivers.items(), ("being asked", None)]:
         trials[name] = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
         if driver is not None:
             trials[name].set_user_attr("driver", driver)
-    assert sweep.requeue_stale(study) == [trials["dead"].number]
-    monkeypatch.setattr(sweep, "OWNERLESS_GRACE_SECONDS", 0.0)  # asked, then killed
-    assert sweep.requeue_stale(study) == [trials["being asked"].number]
+    assert sweep_study.requeue_stale(study) == [trials["dead"].number]
+    monkeypatch.setattr(sweep_study, "OWNERLESS_GRACE_SECONDS", 0.0)  # asked, then killed
+    assert sweep_study.requeue_stale(study) == [trials["being asked"].number]
     states = {t.number: t.state.name for t in study.trials}
     assert [states[trials[name].number] for name in trials] == [
         "RUNNING", "FAIL", "RUNNING", "FAIL"]
@@ -449,12 +452,12 @@ def test_only_trials_of_gone_drivers_are_taken_for_interrupted(tmp_path, monkeyp
 
 def test_a_trial_another_command_took_for_interrupted_is_not_told_again(tmp_path):
     """Its re-queued copy counts; the outcome is dropped, and no best.npz is written."""
-    study = optuna.create_study(storage=sweep.open_storage_for(tmp_path), study_name="s",
+    study = optuna.create_study(storage=sweep_study.open_storage_for(tmp_path), study_name="s",
                                 direction="maximize")
     trial = study.ask()
     study.tell(trial.number, state=optuna.trial.TrialState.FAIL)  # by the other command
     future = cf.Future()
-    future.set_result(sweep.TrialOutcome(trial.number, "complete", best_val_acc=0.9,
+    future.set_result(TrialOutcome(trial.number, "complete", best_val_acc=0.9,
                                          best_epoch=1, epochs=1))
     sweep._tell(study, trial, None, future, tmp_path, {})
     (frozen,) = study.trials
@@ -502,7 +505,7 @@ def test_a_dask_address_nobody_listens_on_is_one_error(tmp_path, served, monkeyp
     pytest.importorskip("distributed")
     monkeypatch.setattr(sweep, "DASK_CONNECT_SECONDS", 1)
     path = write_sweep(tmp_path, trials=1)
-    with pytest.raises(sweep.SoftmaxClsError, match="--dask tcp://127.0.0.1:9: cannot connect"):
+    with pytest.raises(SoftmaxClsError, match="--dask tcp://127.0.0.1:9: cannot connect"):
         sweep.run_sweep(path, dask="tcp://127.0.0.1:9", out=tmp_path / "out", progress=False,
                         plots=False)
 
@@ -523,9 +526,9 @@ def test_a_worker_without_the_cache_loads_and_checks_the_data_itself(tmp_path, s
     from softmax_cls.sweep.worker import TrialTask, run_trial
 
     data, loads = served
-    config = sweep.config_from_dict(sweep.trial_raw_config(
-        sweep.load_sweep(write_sweep(tmp_path)), {"optim.lr": 0.01, "optim.batch_size": 32}))
-    raw = sweep.config_to_dict(config)
+    config = config_from_dict(trial_raw_config(
+        load_sweep(write_sweep(tmp_path)), {"optim.lr": 0.01, "optim.batch_size": 32}))
+    raw = config_to_dict(config)
     task = TrialTask(number=0, trial_id=0, config=raw, cache_dir=str(tmp_path / "elsewhere"),
                      fingerprint=dict(data.fingerprint))
     outcome = run_trial(task)

@@ -30,7 +30,7 @@ from ..fsutil import atomic_write
 from .evaluation import Mistakes, RunPictures, confusion_rates
 
 if TYPE_CHECKING:
-    from .pictures import SweepTable
+    from ..sweep.results import SweepTable
 
 INSTALL_HINT = "softmax-plot needs matplotlib: pip install 'softmax-cls[plot]'"
 DPI = 100  # every size below is in pixels; a figure is (width / DPI, height / DPI) inches

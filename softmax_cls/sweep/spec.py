@@ -1,9 +1,24 @@
-"""Sweep files: reading and validating them into a SweepSpec, and a trial's parameters.
+"""Sweep files: the format, reading and validating one into a SweepSpec, a trial's parameters.
 
-A sweep file (see softmax_cls.sweep.driver) names a base config, fixed overrides (`set`), the
-sampler,
-the budget, the pruner and the searched space. Every problem is one ConfigError line naming
-the file and the key; every searched value is checked by the config schema itself.
+The sweep-file format (this docstring is its one reference; the other modules point here):
+
+    base: default.yaml          # a config file: as given when absolute, else beside the sweep
+                                # file, else in configs/ (default: the config defaults)
+    set: {optim.epochs: 20}     # fixed overrides of the base (optional)
+    sampler: tpe                # tpe | random | grid
+    trials: 40                  # tpe and random; a grid runs each of its points once
+    seed: 0                     # the sampler's seed
+    pruner: median              # median | none, or {name: median, startup_trials: 5,
+                                #                    warmup_epochs: 0}
+    space:                      # any config key but FIXED_KEYS (the data's identity, output.*)
+      optim.lr: {log_uniform: [1.0e-4, 1.0e-1]}
+      optim.epochs: {int: [5, 40]}          # also {int: [..], log: true}, {uniform: [a, b]}
+      optim.batch_size: {choice: [64, 128, 256]}
+      # sampler grid: every key {grid: [v1, v2, ...]}, at most MAX_GRID_POINTS points in all
+
+A sweep file is at most MAX_CONFIG_BYTES (checked before it is read), YAML as parse_yaml reads
+it. Every problem is one ConfigError line naming the file and the key; every searched value is
+checked by the config schema itself.
 """
 
 from __future__ import annotations
@@ -14,11 +29,19 @@ import dataclasses
 import itertools
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import Config, config_from_dict, config_to_dict, load_config, parse_yaml
+from ..config import (
+    MAX_CONFIG_BYTES,
+    Config,
+    config_from_dict,
+    config_to_dict,
+    load_config,
+    parse_yaml,
+)
 from ..errors import ConfigError
 
 SWEEP_KEYS = ("base", "set", "sampler", "trials", "seed", "pruner", "space")
@@ -27,6 +50,7 @@ KINDS = ("log_uniform", "uniform", "int", "choice", "grid")
 PRUNER_KEYS = ("name", "startup_trials", "warmup_epochs")
 DEFAULT_PRUNER = {"name": "median", "startup_trials": 5, "warmup_epochs": 0}
 # Keys a trial may not vary: they name the data every trial shares, or where files go.
+MAX_GRID_POINTS = 10_000  # each point is one enqueued trial in the study, one trials.csv row
 FIXED_KEYS = ("data.dataset", "data.root", "data.format", "data.labels", "data.url",
               "data.archive", "data.download", "data.train", "data.test", "output.dir",
               "output.plots")
@@ -71,13 +95,7 @@ def load_sweep(path: str | os.PathLike) -> SweepSpec:
     file and the key: unknown keys, keys that are not config keys, wrong types, empty or
     inverted ranges, values the config schema rejects."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"sweep file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read sweep file {path}: {exc}") from None
-    raw = parse_yaml(text, str(path))
+    raw = parse_yaml(_read_sweep_text(path), str(path))
     where = str(path)
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a mapping with {', '.join(SWEEP_KEYS)}")
@@ -119,6 +137,32 @@ def load_sweep(path: str | os.PathLike) -> SweepSpec:
     return SweepSpec(path=path, base_path=base_path, base_raw=base_raw,
                      fixed={str(k): v for k, v in fixed.items()}, sampler=sampler,
                      trials=trials, seed=seed, pruner=pruner, space=space)
+
+
+def _read_sweep_text(path: Path) -> str:
+    """The text of a sweep file of at most MAX_CONFIG_BYTES; its size is checked before it
+    is read, and no more than that is ever read."""
+    try:
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size > MAX_CONFIG_BYTES:
+                raise ConfigError(f"{path}: {size} bytes; a sweep file is at most "
+                                  f"{MAX_CONFIG_BYTES} (1 MB)")
+            blob = handle.read(MAX_CONFIG_BYTES + 1)
+    except FileNotFoundError:
+        raise ConfigError(f"sweep file not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"sweep file is a directory: {path}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read sweep file {path}: {exc.strerror or exc}") from None
+    if len(blob) > MAX_CONFIG_BYTES:  # a file that grew, or a pipe: fstat said less
+        raise ConfigError(f"{path}: more than {MAX_CONFIG_BYTES} bytes; a sweep file is at "
+                          "most 1 MB")
+    try:
+        return blob.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"cannot read sweep file {path}: not UTF-8 text (byte "
+                          f"{exc.start})") from None
 
 
 def _resolve_base(sweep_path: Path, base: Any, where: str) -> Path | None:
@@ -225,6 +269,10 @@ def _space(raw: Any, base_raw: dict, fixed: dict, sampler: str, where: str) -> d
     if not isinstance(raw, dict) or not raw:
         raise ConfigError(f"{where}: space: expected a non-empty mapping of config keys to "
                           f"ranges, e.g. optim.lr: {{log_uniform: [1.0e-4, 1.0e-1]}}")
+    if sampler == "grid":
+        _check_grid_size([len(spec["grid"]) for spec in raw.values()
+                          if isinstance(spec, dict) and isinstance(spec.get("grid"), list)],
+                         where)
     space = {}
     for key, spec in raw.items():
         key = str(key)
@@ -271,6 +319,17 @@ def _space(raw: Any, base_raw: dict, fixed: dict, sampler: str, where: str) -> d
         space[key] = {how: [low, high]} if how == "log_uniform" or not log else {
             how: [low, high], "log": True}
     return space
+
+
+def _check_grid_size(sizes: list[int], where: str) -> None:
+    """ConfigError when a grid whose keys have these numbers of values exceeds MAX_GRID_POINTS:
+    checked before any value is validated or any point enumerated."""
+    points = math.prod(sizes)
+    if points > MAX_GRID_POINTS:
+        raise ConfigError(f"{where}: space: a grid of {points} points ("
+                          f"{' x '.join(map(str, sizes))} values); at most "
+                          f"{MAX_GRID_POINTS}: search a space this large with sampler tpe or "
+                          "random")
 
 
 def _range(values: Any, at: str, how: str) -> tuple[float, float]:
@@ -320,11 +379,12 @@ def _check_value(key: str, value: Any, base_raw: dict, at: str) -> Any:
     return node
 
 
-def grid_points(spec: SweepSpec) -> list[dict[str, Any]]:
-    """Every point {dotted key: value} of a grid sweep, the last key varying fastest."""
+def grid_points(spec: SweepSpec) -> Iterator[dict[str, Any]]:
+    """Every point {dotted key: value} of a grid sweep, the last key varying fastest, one at a
+    time (at most MAX_GRID_POINTS)."""
     keys = list(spec.space)
-    return [dict(zip(keys, values, strict=True))
-            for values in itertools.product(*(spec.space[k]["grid"] for k in keys))]
+    for values in itertools.product(*(spec.space[k]["grid"] for k in keys)):
+        yield dict(zip(keys, values, strict=True))
 
 
 def suggest(trial, spec: SweepSpec) -> dict[str, Any]:

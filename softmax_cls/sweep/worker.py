@@ -189,33 +189,14 @@ def _split_and_statistics(config, data: TrainingData) -> tuple[Split, Preprocess
     return _SPLITS[key]
 
 
-def open_storage(storage: str):
-    """An optuna storage: a URL as optuna reads it, or `journal:PATH` for a journal file."""
-    if storage.startswith("journal:"):
-        from optuna.storages import JournalStorage
-        from optuna.storages.journal import JournalFileBackend
-
-        return JournalStorage(JournalFileBackend(storage[len("journal:"):]))
-    return storage
-
-
-def make_pruner(settings: dict | None):
-    """The optuna pruner of a sweep's `pruner` settings ({name, startup_trials,
-    warmup_epochs}); NopPruner for none."""
-    import optuna
-
-    if settings is None or settings["name"] == "none":
-        return optuna.pruners.NopPruner()
-    return optuna.pruners.MedianPruner(n_startup_trials=settings["startup_trials"],
-                                       n_warmup_steps=settings["warmup_epochs"])
-
-
 class _Reporter:
     """Reports each epoch's val accuracy to the trial in the study; raises TrialPruned when the
     pruner says so."""
 
     def __init__(self, task: TrialTask):
         import optuna
+
+        from .study import make_pruner, open_storage
 
         key = (task.storage, task.study_name, json.dumps(task.pruner, sort_keys=True))
         if key not in _STUDIES:
