@@ -3,6 +3,12 @@ folder locks (one process at a time writes a run folder or prepares a data root)
 
 A write that fails (a full disk, a read-only folder) raises OSError naming the file the user
 asked for, never the temporary name.
+
+Folders may be shared: anyone who can write a run folder or a data root can plant a symbolic
+link (or a hard link, a fifo) under a name this tool writes. So a file that is written in
+place (a lock, a download's part) is opened by open_own_file, which never follows a link and
+refuses anything but a regular file with a single name; every other file is written to a
+fresh temporary file and renamed, and a rename replaces a link without following it.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -32,7 +39,9 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
         raise _naming(exc, path) from None
     tmp_name = str(tmp_name)
     try:
-        os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp's 0600 would differ from open()'s mode
+        # mkstemp's 0600 would differ from open()'s mode; fchmod, since the name could be
+        # swapped for a link by the time chmod(name) looked it up
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, mode) as handle:
             yield handle
             handle.flush()
@@ -67,11 +76,48 @@ def _umask() -> int:
 def fsync_dir(directory: str | os.PathLike) -> None:
     """Make a rename inside `directory` durable (best effort where unsupported)."""
     with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+class NotOwnFile(OSError):
+    """A path this tool writes in place holds a link, a fifo, a device or a folder."""
+
+
+def open_own_file(path: str | os.PathLike, flags: int) -> int:
+    """os.open(path, flags) for a file this tool writes in place; the descriptor is returned.
+
+    A symbolic link at `path` is not followed, and anything but a regular file with one name
+    (a fifo, a device, a folder, a file with other hard links) is refused before a byte is
+    read or written: NotOwnFile, an OSError naming `path`. Files are created with mode 0666
+    less the umask. Pass no O_TRUNC (it would act before the check): truncate the returned
+    descriptor.
+    """
+    if flags & os.O_TRUNC:
+        raise ValueError("open_own_file: truncate the returned descriptor instead of O_TRUNC")
+    try:  # O_NONBLOCK: opening a fifo must not wait for a writer before it can be refused
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o666)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise NotOwnFile(errno.ELOOP, "is a symbolic link, not a file this tool made; "
+                             "refusing to follow it (remove it and retry)", str(path)) from None
+        if exc.errno in (errno.EISDIR, errno.ENXIO):
+            raise NotOwnFile(exc.errno, "is not a regular file; refusing it (remove it and "
+                             "retry)", str(path)) from None
+        raise
+    info = os.fstat(fd)
+    problem = (None if stat.S_ISREG(info.st_mode) and info.st_nlink == 1
+               else "is not a regular file" if not stat.S_ISREG(info.st_mode)
+               else f"is a file with {info.st_nlink} names (hard links)")
+    if problem is not None:
+        os.close(fd)
+        raise NotOwnFile(errno.EPERM, f"{problem}, not a file this tool made; refusing it "
+                         "(remove it and retry)", str(path))
+    os.set_blocking(fd, True)
+    return fd
 
 
 class FolderBusy(OSError):
@@ -86,12 +132,14 @@ def folder_lock(folder: str | os.PathLike, *, wait: bool,
     The kernel releases it when the process ends, however it ends, so a lock is never stale.
     With `wait`, block until the holder is done (calling `on_wait(holder)` first); without,
     raise FolderBusy. `holder` describes the holding process ("process 1234") as it wrote
-    itself into the lock file. The folder is created if needed.
+    itself into the lock file. The folder is created if needed. A `.lock` that is a link or
+    not a regular file raises NotOwnFile (see open_own_file): the holder's pid is written
+    into it.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     lock_path = folder / ".lock"
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+    fd = open_own_file(lock_path, os.O_RDWR | os.O_CREAT)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
