@@ -1,4 +1,5 @@
-"""Errors a user can cause. The CLI turns each into one line on stderr and an exit code."""
+"""Errors a user can cause. The CLI turns each into one line on stderr and an exit code;
+`shown` puts a value of any length or content into that one line."""
 
 
 class SoftmaxClsError(Exception):
@@ -19,3 +20,14 @@ class DataError(SoftmaxClsError):
 
 class DownloadError(DataError):
     """A download that failed after its retries, or that cannot start."""
+
+
+def shown(value: object, limit: int = 160, *, quote: bool = False) -> str:
+    """`value` as one line of an error message shows it: str() of it (a numpy string as its
+    plain text), in quotes with control characters escaped as repr() writes them when
+    `quote` or when it holds any, and cut to `limit` characters, saying how long it was."""
+    text = str(value)
+    body = text[:limit]
+    if quote or not body.isprintable():
+        body = repr(body)
+    return body if len(text) <= limit else f"{body}...({len(text)} characters)"

@@ -7,7 +7,13 @@ folder (or the victim's second name inside it) and checks its bytes afterwards.
 
 from __future__ import annotations
 
+import io
+import json
 import os
+import re
+import struct
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -139,3 +145,204 @@ def test_extraction_replaces_a_planted_data_folder_link_without_touching_its_tar
     assert sorted(p.name for p in victim.parent.iterdir()) == ["victim.txt"]
     assert victim.read_bytes() == VICTIM
     assert sorted(p.name for p in root.iterdir()) == [".lock", fake.spec.folder]
+
+
+# --- 2. checkpoints: any file given as one is refused in one line, in bounded time and memory
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """A run folder of a small features run (8 features, 3 classes) made by softmax-train."""
+    folder = tmp_path_factory.mktemp("trained")
+    result = run("softmax-train", "--config", str(features_config(folder)), "--quiet")
+    assert result.returncode == 0, result.stderr
+    return folder
+
+
+def members(path: Path) -> dict[str, bytes]:
+    with zipfile.ZipFile(path) as archive:
+        return {name: archive.read(name) for name in archive.namelist()}
+
+
+def npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def npy_header(shape: tuple, dtype: str = "<f4") -> bytes:
+    """An npy header (version 1.0) declaring `shape` of `dtype`, whatever follows it."""
+    text = repr({"descr": dtype, "fortran_order": False, "shape": shape})
+    text += " " * (63 - (len(text) + 10) % 64) + "\n"
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(text)) + text.encode()
+
+
+def with_members(trained: Path, tmp_path: Path, **changed: bytes) -> Path:
+    """A copy of the run's best.npz with some members' bytes replaced."""
+    contents = members(trained / "run" / "best.npz")
+    contents.update({f"{key}.npy": value for key, value in changed.items()})
+    path = tmp_path / "changed.npz"
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in contents.items():
+            archive.writestr(name, data)
+    return path
+
+
+def with_meta(trained: Path, tmp_path: Path, edit) -> Path:
+    meta_text = str(np.load(io.BytesIO(members(trained / "run" / "best.npz")["meta_json.npy"])))
+    return with_members(trained, tmp_path, meta_json=npy(np.array(edit(meta_text))))
+
+
+def set_meta(key, value):
+    def edit(text: str) -> str:
+        meta = json.loads(text)
+        meta[key] = value
+        return json.dumps(meta)
+    return edit
+
+
+def eval_measured(path: Path | str, *args: str):
+    from test_hostile import run_measured
+
+    return run_measured("softmax-eval", str(path), "--quiet", *args)
+
+
+def assert_refused(result, *needles: str, seconds: float = 20, peak_mb: float = 300) -> str:
+    line = assert_one_line_error(result, 1, *needles)
+    assert len(line) < 400, line
+    assert "pickle" not in line and "np.str_" not in line, line
+    assert result.seconds < seconds, result.seconds
+    assert result.peak_mb < peak_mb, result.peak_mb
+    return line
+
+
+@pytest.mark.parametrize("edit, needle", [
+    (lambda text: re.sub(r'"epoch": \d+, "best', '"epoch": Infinity, "best', text), "Infinity"),
+    (lambda text: text.replace('"best_val_acc": ', '"best_val_acc": -Infinity, "x": '),
+     "-Infinity"),
+    (set_meta("epoch", -3), "epoch is -3"),
+    (set_meta("best_epoch", 10**30), "cannot exceed"),
+    (set_meta("history", "2 epochs"), "history"),
+    (set_meta("history", [[1, 2]]), "history row"),
+    (set_meta("fingerprint", ["X.npy"]), "fingerprint"),
+    (set_meta("format_version", "x" * 100_000), "(100000 characters)"),
+    (lambda text: "[" * 100_000 + "]" * 100_000, "unreadable"),
+])
+def test_damaged_checkpoint_metadata_is_one_line(trained, tmp_path, edit, needle):
+    result = eval_measured(with_meta(trained, tmp_path, edit))
+    assert_refused(result, "changed.npz", needle)
+
+
+def test_checkpoint_for_another_feature_count_is_refused(trained, tmp_path):
+    """Consistent in itself (its fingerprint names the data given), but for 8 features when
+    the data has 5."""
+    from softmax_cls.config import config_from_dict, parse_yaml
+    from softmax_cls.data.features import load_features
+
+    rng = np.random.default_rng(1)
+    np.save(tmp_path / "X.npy", rng.standard_normal((300, 5)).astype(np.float32))
+    np.save(tmp_path / "y.npy", rng.integers(0, 3, 300))
+    best = trained / "run" / "best.npz"
+    config_text = str(np.load(io.BytesIO(members(best)["config_yaml.npy"])))
+    raw = parse_yaml(config_text, "config")
+    raw["data"].update(train=str(tmp_path / "X.npy"), test=None)
+    fingerprint = load_features(config_from_dict(raw).data, progress=False).fingerprint
+    path = with_members(trained, tmp_path, config_yaml=npy(np.array(yaml.safe_dump(raw))))
+    path = with_meta(trained, tmp_path, set_meta("fingerprint", fingerprint))
+    contents = members(path)
+    contents["config_yaml.npy"] = npy(np.array(yaml.safe_dump(raw)))
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in contents.items():
+            archive.writestr(name, data)
+    result = eval_measured(path, "--split", "val")
+    assert_refused(result, "rows of 8 features, the data has 5")
+
+
+@pytest.mark.parametrize("shape", [(10**12, 3), (-1, 3), (2**62, 2**62), (9, -3)])
+def test_npy_header_with_a_huge_or_negative_shape_is_refused(trained, tmp_path, shape):
+    path = with_members(trained, tmp_path, W=npy_header(shape) + bytes(9 * 3 * 4))
+    result = eval_measured(path)
+    assert_refused(result, "changed.npz", "W")
+
+
+def zip_with_deflated(entries: dict[str, tuple[bytes, int, int, int]]) -> bytes:
+    """A zip archive of (raw deflate data, crc32, uncompressed size, method) members."""
+    local, central = bytearray(), bytearray()
+    for name, (data, crc, size, method) in entries.items():
+        encoded = name.encode()
+        header = struct.pack("<4s5H3L2H", b"PK\x03\x04", 20, 0, method, 0, 0, crc, len(data),
+                             size, len(encoded), 0)
+        central += struct.pack("<4s6H3L5H2L", b"PK\x01\x02", 20, 20, 0, method, 0, 0, crc,
+                               len(data), size, len(encoded), 0, 0, 0, 0, 0, len(local))
+        central += encoded
+        local += header + encoded + data
+    end = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, len(entries), len(entries),
+                      len(central), len(local), 0)
+    return bytes(local + central + end)
+
+
+def zeros_bomb_member(header: bytes, total: int) -> tuple[bytes, int, int, int]:
+    """A deflated npy member: `header`, then zeros up to `total` bytes (a few MB deflated)."""
+    chunk = bytes(16 << 20)
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+    head = compressor.compress(header) + compressor.flush(zlib.Z_FULL_FLUSH)
+    body = compressor.compress(chunk) + compressor.flush(zlib.Z_FULL_FLUSH)
+    count, rest = divmod(total - len(header), len(chunk))
+    tail = compressor.compress(bytes(rest)) + compressor.flush()
+    crc = zlib.crc32(header)
+    for _ in range(count):
+        crc = zlib.crc32(chunk, crc)
+    crc = zlib.crc32(bytes(rest), crc)
+    return head + body * count + tail, crc, total, zipfile.ZIP_DEFLATED
+
+
+@pytest.mark.parametrize("rows", [40_000_000, 20_000_000])
+def test_checkpoint_inflating_to_gigabytes_is_refused_before_inflating(trained, tmp_path, rows):
+    """Four weight members of (rows, 3) float32 zeros: 2 GB (each 480 MB) or 1 GB (each
+    240 MB, each under the member cap), from a file of a few MB."""
+    entries = {}
+    for name, data in members(trained / "run" / "best.npz").items():
+        entries[name] = data, zlib.crc32(data), len(data), zipfile.ZIP_STORED
+    header = npy_header((rows, 3))
+    bomb = zeros_bomb_member(header, len(header) + rows * 3 * 4)
+    for key in ("W", "velocity", "average", "best_W"):
+        entries[f"{key}.npy"] = bomb
+    path = tmp_path / "bomb.npz"
+    path.write_bytes(zip_with_deflated(entries))
+    assert path.stat().st_size < 5_000_000
+    result = eval_measured(path)
+    assert_refused(result, "bomb.npz")
+
+
+@pytest.mark.parametrize("content, needle", [
+    (npy(np.zeros((3, 4), np.float32)), "a single .npy array"),
+    (npy(np.array(["a", "b"])), "a single .npy array"),
+    (b"\x80\x04K\x01." + bytes(100), "not a zip archive"),
+    (os.urandom(5000), "not a zip archive"),
+    (b"PK\x03\x04" + os.urandom(5000), "damaged zip"),
+    (b"", "not a zip archive"),
+])
+def test_a_file_that_is_no_checkpoint_is_named_as_such(tmp_path, content, needle):
+    path = tmp_path / "given.npz"
+    path.write_bytes(content)
+    result = eval_measured(path)
+    assert_refused(result, "given.npz", "not a checkpoint of this tool", needle)
+
+
+def test_a_long_path_is_cut_and_a_newline_does_not_split_the_line(tmp_path):
+    result = eval_measured("a" * 100_000 + ".npz")
+    line = assert_refused(result, "(100004 characters)")
+    assert "a" * 161 not in line
+    odd = tmp_path / "two\nlines.npz"
+    odd.write_bytes(b"random")
+    result = eval_measured(odd)
+    assert_refused(result, "two\\nlines.npz", "not a checkpoint of this tool")
+
+
+def test_a_long_label_is_cut_short_not_quoted_whole(tmp_path):
+    label = "L" * 100_000
+    config = features_config(tmp_path)
+    np.save(tmp_path / "y.npy", np.array([label] * 300))
+    result = run("softmax-train", "--config", str(config), "--quiet")
+    line = assert_one_line_error(result, 1, "single class", "(100000 characters)")
+    assert len(line) < 400 and "np.str_" not in line
