@@ -163,7 +163,8 @@ def _check_zip_index(name: str, handle, size: int) -> None:
     tail = handle.read(tail_size)
     at = tail.rfind(b"PK\x05\x06")
     if at < 0 or at + _EOCD.size > len(tail):
-        raise DataError(f"{name}: {NOT_A_CHECKPOINT}; a damaged zip archive (no index)")
+        raise DataError(f"{name}: corrupt or truncated checkpoint (a zip archive without "
+                        "its index)")
     entries, index_size = _EOCD.unpack_from(tail, at)[4:6]
     if entries > MAX_MEMBERS or index_size > MAX_MEMBERS * 1024:
         raise DataError(f"{name}: {NOT_A_CHECKPOINT}; its zip index lists {entries} "
