@@ -10,7 +10,9 @@ from __future__ import annotations
 import io
 import json
 import os
+import random
 import re
+import shutil
 import struct
 import zipfile
 import zlib
@@ -314,19 +316,22 @@ def test_checkpoint_inflating_to_gigabytes_is_refused_before_inflating(trained, 
     assert_refused(result, "bomb.npz")
 
 
-@pytest.mark.parametrize("content, needle", [
-    (npy(np.zeros((3, 4), np.float32)), "a single .npy array"),
-    (npy(np.array(["a", "b"])), "a single .npy array"),
-    (b"\x80\x04K\x01." + bytes(100), "not a zip archive"),
-    (os.urandom(5000), "not a zip archive"),
-    (b"PK\x03\x04" + os.urandom(5000), "damaged zip"),
-    (b"", "not a zip archive"),
+NOISE = random.Random(5).randbytes(5000)
+
+
+@pytest.mark.parametrize("content, needles", [
+    (npy(np.zeros((3, 4), np.float32)), ("not a checkpoint of this tool", "a single .npy")),
+    (npy(np.array(["a", "b"])), ("not a checkpoint of this tool", "a single .npy array")),
+    (b"\x80\x04K\x01." + bytes(100), ("not a checkpoint of this tool", "not a zip archive")),
+    (NOISE, ("not a checkpoint of this tool", "not a zip archive")),
+    (b"", ("not a checkpoint of this tool", "not a zip archive")),
+    (b"PK\x03\x04" + NOISE, ("corrupt or truncated checkpoint", "without its index")),
 ])
-def test_a_file_that_is_no_checkpoint_is_named_as_such(tmp_path, content, needle):
+def test_a_file_that_is_no_checkpoint_is_named_as_such(tmp_path, content, needles):
     path = tmp_path / "given.npz"
     path.write_bytes(content)
     result = eval_measured(path)
-    assert_refused(result, "given.npz", "not a checkpoint of this tool", needle)
+    assert_refused(result, "given.npz", *needles)
 
 
 def test_a_long_path_is_cut_and_a_newline_does_not_split_the_line(tmp_path):
@@ -346,3 +351,67 @@ def test_a_long_label_is_cut_short_not_quoted_whole(tmp_path):
     result = run("softmax-train", "--config", str(config), "--quiet")
     line = assert_one_line_error(result, 1, "single class", "(100000 characters)")
     assert len(line) < 400 and "np.str_" not in line
+
+
+# --- 3. configs and the files beside them -------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["softmax-train", "softmax-gradcheck"])
+def test_a_fifo_given_as_config_is_refused_at_once(tmp_path, command):
+    fifo = tmp_path / "config.yaml"
+    os.mkfifo(fifo)
+    result = run(command, "--config", str(fifo), timeout=30)
+    assert_one_line_error(result, 2, str(fifo), "not a regular file")
+
+
+def test_a_fifo_given_as_sweep_file_is_refused_at_once(tmp_path):
+    fifo = tmp_path / "sweep.yaml"
+    os.mkfifo(fifo)
+    result = run("softmax-sweep", str(fifo), "--out", str(tmp_path / "sweep"), timeout=30)
+    assert_one_line_error(result, 2, str(fifo), "not a regular file")
+
+
+def test_an_init_std_whose_weights_overflow_float32_names_the_key(tmp_path):
+    result = run("softmax-train", "--config", str(features_config(tmp_path)), "--quiet",
+                 "--set", "model.init_std=1e300")
+    assert_one_line_error(result, 2, "model.init_std", "1e+300")
+    assert not (tmp_path / "run").exists()
+
+
+def sparse(path: Path, size: int = 2 << 30) -> Path:
+    """A file of `size` bytes that takes no disk space (a hole)."""
+    with open(path, "wb") as handle:
+        handle.truncate(size)
+    return path
+
+
+def test_a_huge_sweep_file_is_refused_before_it_is_read(tmp_path):
+    from test_hostile import run_measured
+
+    sweep_file = sparse(tmp_path / "sweep.yaml")
+    result = run_measured("softmax-sweep", str(sweep_file), "--out", str(tmp_path / "out"))
+    line = assert_one_line_error(result, 2, str(sweep_file), "bytes")
+    assert result.seconds < 20 and result.peak_mb < 300, (result.seconds, result.peak_mb, line)
+
+
+@pytest.mark.parametrize("name", ["history.jsonl", "summary.json"])
+def test_a_huge_file_in_a_run_folder_is_refused_before_it_is_read(trained, tmp_path, name):
+    pytest.importorskip("matplotlib")
+    from test_hostile import run_measured
+
+    folder = tmp_path / "run"
+    shutil.copytree(trained / "run", folder)
+    sparse(folder / name)
+    result = run_measured("softmax-plot", str(folder), "--quiet")
+    line = assert_one_line_error(result, 1, str(folder / name), "bytes")
+    assert result.seconds < 60 and result.peak_mb < 400, (result.seconds, result.peak_mb, line)
+
+
+@pytest.mark.parametrize("value", ["0", "lots", ""])
+def test_an_invalid_numba_thread_count_is_one_line(tmp_path, monkeypatch, value):
+    pytest.importorskip("numba")
+    config = features_config(tmp_path)
+    monkeypatch.setenv("NUMBA_NUM_THREADS", value)
+    result = run("softmax-train", "--config", str(config), "--quiet", "--set", "engine=numba")
+    assert_one_line_error(result, 1, "NUMBA_NUM_THREADS", f"got '{value}'")
+    assert "warn" not in result.stderr.lower()

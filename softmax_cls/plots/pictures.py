@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError, SoftmaxClsError
-from ..fsutil import atomic_write
+from ..fsutil import atomic_write, read_capped
 from ..math.preprocess import Preprocessor
 
 INSTALL_HINT = "softmax-plot needs matplotlib: pip install 'softmax-cls[plot]'"
@@ -48,6 +48,9 @@ TITLE_HEIGHT = 50
 CONSTANT_TEMPLATE_GREY = 128  # a template with max == min has no contrast to stretch
 HISTORY_KEYS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc")
 TRIAL_COLUMNS = ("number", "state", "best_val_acc", "best_epoch", "epochs", "seconds")
+# The most bytes read of history.jsonl, summary.json, trials.csv or sweep.yaml: a history row
+# is about 200 bytes, so this is some 300,000 epochs.
+TEXT_CAP = 64 << 20
 LOG_DECADES = 2.0  # a numeric choice/grid spanning at least this many decades gets a log axis
 
 
@@ -297,10 +300,13 @@ def sweep_table(folder: str | os.PathLike) -> SweepTable:
 
 
 def _read_text(path: Path) -> str:
+    """The UTF-8 text of a run's or sweep's file, at most TEXT_CAP bytes (checked first)."""
     try:
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"cannot read {path}: {exc}") from None
+        return read_capped(path, TEXT_CAP).decode("utf-8")
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise DataError(f"cannot read {path}: not UTF-8 text (byte {exc.start})") from None
 
 
 def _read_trials(path: Path) -> tuple[list[dict], list[str]]:

@@ -18,8 +18,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import Config, config_from_dict, config_to_dict, load_config, parse_yaml
+from ..config import (
+    MAX_CONFIG_BYTES,
+    Config,
+    config_from_dict,
+    config_to_dict,
+    load_config,
+    parse_yaml,
+)
 from ..errors import ConfigError
+from ..fsutil import read_capped
 
 SWEEP_KEYS = ("base", "set", "sampler", "trials", "seed", "pruner", "space")
 SAMPLERS = ("tpe", "random", "grid")
@@ -72,11 +80,14 @@ def load_sweep(path: str | os.PathLike) -> SweepSpec:
     inverted ranges, values the config schema rejects."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_capped(path, MAX_CONFIG_BYTES).decode("utf-8")
     except FileNotFoundError:
         raise ConfigError(f"sweep file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read sweep file {path}: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read sweep file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"cannot read sweep file {path}: not UTF-8 text (byte "
+                          f"{exc.start})") from None
     raw = parse_yaml(text, str(path))
     where = str(path)
     if not isinstance(raw, dict):
@@ -141,7 +152,7 @@ def _base_mapping(base_path: Path | None) -> dict:
     if base_path is None:
         return {}
     load_config(base_path)  # validates, with the config's own messages
-    raw = parse_yaml(base_path.read_text(encoding="utf-8"), str(base_path))
+    raw = parse_yaml(read_capped(base_path, MAX_CONFIG_BYTES).decode("utf-8"), str(base_path))
     return raw or {}
 
 
