@@ -415,3 +415,20 @@ def test_an_invalid_numba_thread_count_is_one_line(tmp_path, monkeypatch, value)
     result = run("softmax-train", "--config", str(config), "--quiet", "--set", "engine=numba")
     assert_one_line_error(result, 1, "NUMBA_NUM_THREADS", f"got '{value}'")
     assert "warn" not in result.stderr.lower()
+
+
+def test_sweep_never_writes_its_journal_through_a_planted_link(tmp_path, victim):
+    """The victim is empty, so optuna would take it for a fresh journal and append to it."""
+    pytest.importorskip("optuna")
+    victim.write_bytes(b"")
+    features_config(tmp_path)
+    sweep_file = tmp_path / "s.yaml"
+    sweep_file.write_text("base: probe.yaml\ntrials: 1\nsampler: random\n"
+                          "space:\n  optim.lr: {log_uniform: [0.01, 0.1]}\n")
+    folder = tmp_path / "sweep"
+    folder.mkdir()
+    (folder / "study.journal").symlink_to(victim)
+    result = run("softmax-sweep", str(sweep_file), "--out", str(folder), "--quiet", "--no-plots",
+                 timeout=120)
+    assert_one_line_error(result, 1, str(folder / "study.journal"), "refusing")
+    assert victim.read_bytes() == b""

@@ -54,7 +54,7 @@ from ..config import (
 )
 from ..data import cifar as data_module
 from ..errors import ConfigError, DataError, SoftmaxClsError
-from ..fsutil import atomic_write
+from ..fsutil import atomic_write, open_own_file
 from ..interrupts import stop_word_and_code
 from .spec import (
     SweepSpec,
@@ -97,9 +97,14 @@ def require_optuna():
 
 def storage_name(folder: Path, storage: str | None) -> str:
     """`journal:PATH` of the sweep folder's journal file, or the given URL (a value without
-    `://` is taken as a journal file path)."""
+    `://` is taken as a journal file path). The folder may be shared: a study.journal there
+    that is a link, a fifo or a file with other hard links is refused (NotOwnFile), since
+    optuna would append to whatever it names."""
     if storage is None:
-        return f"journal:{(folder / 'study.journal').resolve()}"
+        journal = folder.resolve() / "study.journal"
+        if os.path.lexists(journal):
+            os.close(open_own_file(journal, os.O_RDONLY))
+        return f"journal:{journal}"
     if "://" not in storage and not storage.startswith("journal:"):
         return f"journal:{Path(storage).resolve()}"
     return storage
