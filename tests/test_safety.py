@@ -190,8 +190,12 @@ def with_members(trained: Path, tmp_path: Path, **changed: bytes) -> Path:
     return path
 
 
+def member_text(trained: Path, key: str) -> str:
+    return str(np.load(io.BytesIO(members(trained / "run" / "best.npz")[f"{key}.npy"])))
+
+
 def with_meta(trained: Path, tmp_path: Path, edit) -> Path:
-    meta_text = str(np.load(io.BytesIO(members(trained / "run" / "best.npz")["meta_json.npy"])))
+    meta_text = member_text(trained, "meta_json")
     return with_members(trained, tmp_path, meta_json=npy(np.array(edit(meta_text))))
 
 
@@ -244,18 +248,12 @@ def test_checkpoint_for_another_feature_count_is_refused(trained, tmp_path):
     rng = np.random.default_rng(1)
     np.save(tmp_path / "X.npy", rng.standard_normal((300, 5)).astype(np.float32))
     np.save(tmp_path / "y.npy", rng.integers(0, 3, 300))
-    best = trained / "run" / "best.npz"
-    config_text = str(np.load(io.BytesIO(members(best)["config_yaml.npy"])))
-    raw = parse_yaml(config_text, "config")
+    raw = parse_yaml(member_text(trained, "config_yaml"), "config")
     raw["data"].update(train=str(tmp_path / "X.npy"), test=None)
-    fingerprint = load_features(config_from_dict(raw).data, progress=False).fingerprint
-    path = with_members(trained, tmp_path, config_yaml=npy(np.array(yaml.safe_dump(raw))))
-    path = with_meta(trained, tmp_path, set_meta("fingerprint", fingerprint))
-    contents = members(path)
-    contents["config_yaml.npy"] = npy(np.array(yaml.safe_dump(raw)))
-    with zipfile.ZipFile(path, "w") as archive:
-        for name, data in contents.items():
-            archive.writestr(name, data)
+    meta = json.loads(member_text(trained, "meta_json"))
+    meta["fingerprint"] = load_features(config_from_dict(raw).data, progress=False).fingerprint
+    path = with_members(trained, tmp_path, config_yaml=npy(np.array(yaml.safe_dump(raw))),
+                        meta_json=npy(np.array(json.dumps(meta))))
     result = eval_measured(path, "--split", "val")
     assert_refused(result, "rows of 8 features, the data has 5")
 
@@ -342,6 +340,9 @@ def test_a_long_path_is_cut_and_a_newline_does_not_split_the_line(tmp_path):
     odd.write_bytes(b"random")
     result = eval_measured(odd)
     assert_refused(result, "two\\nlines.npz", "not a checkpoint of this tool")
+    # any message, not only a checkpoint's: the CLI escapes what reaches it
+    result = run("softmax-train", "--config", str(tmp_path / "a\rb\nc.yaml"))
+    assert_one_line_error(result, 2, "config file not found", "a\\rb\\nc.yaml")
 
 
 def test_a_long_label_is_cut_short_not_quoted_whole(tmp_path):
