@@ -433,3 +433,17 @@ def test_sweep_never_writes_its_journal_through_a_planted_link(tmp_path, victim)
                  timeout=120)
     assert_one_line_error(result, 1, str(folder / "study.journal"), "refusing")
     assert victim.read_bytes() == b""
+
+
+def test_pictures_never_land_in_a_folder_a_planted_plots_link_names(trained, tmp_path, victim):
+    pytest.importorskip("matplotlib")
+    folder = tmp_path / "run"
+    shutil.copytree(trained / "run", folder)
+    shutil.rmtree(folder / "plots", ignore_errors=True)
+    drawn = victim.parent / "curves.png"
+    drawn.write_bytes(VICTIM)
+    (folder / "plots").symlink_to(victim.parent, target_is_directory=True)
+    result = run("softmax-plot", str(folder), "--split", "val", "--quiet")
+    assert_one_line_error(result, 1, str(folder / "plots"), "symbolic link")
+    assert drawn.read_bytes() == VICTIM
+    assert sorted(p.name for p in victim.parent.iterdir()) == ["curves.png", "victim.txt"]

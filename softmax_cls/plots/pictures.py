@@ -738,9 +738,14 @@ def draw_run_pictures(pictures: RunPictures, out_dir: str | os.PathLike) -> list
 
 def default_out_dir(path: str | os.PathLike) -> Path:
     """Where pictures go without --out: a run or sweep folder's `plots` folder; for a
-    checkpoint file, `plots-<its name>` beside it."""
+    checkpoint file, `plots-<its name>` beside it. That folder may be shared: a symbolic link
+    there raises DataError rather than leading the pictures into the folder it names."""
     path = Path(path)
-    return path / "plots" if path.is_dir() else path.parent / f"plots-{path.stem}"
+    out_dir = path / "plots" if path.is_dir() else path.parent / f"plots-{path.stem}"
+    if out_dir.is_symlink():
+        raise DataError(f"{out_dir} is a symbolic link; refusing to draw into the folder it "
+                        "names (remove it, or choose the folder with --out)")
+    return out_dir
 
 
 def plot_run(path: str | os.PathLike, out_dir: str | os.PathLike | None = None,
