@@ -447,3 +447,18 @@ def test_pictures_never_land_in_a_folder_a_planted_plots_link_names(trained, tmp
     assert_one_line_error(result, 1, str(folder / "plots"), "symbolic link")
     assert drawn.read_bytes() == VICTIM
     assert sorted(p.name for p in victim.parent.iterdir()) == ["curves.png", "victim.txt"]
+
+
+def test_sweep_never_keeps_its_data_cache_in_a_folder_a_planted_link_names(tmp_path, victim):
+    pytest.importorskip("optuna")
+    features_config(tmp_path)
+    sweep_file = tmp_path / "s.yaml"
+    sweep_file.write_text("base: probe.yaml\ntrials: 1\nsampler: random\n"
+                          "space:\n  optim.lr: {log_uniform: [0.01, 0.1]}\n")
+    folder = tmp_path / "sweep"
+    folder.mkdir()
+    (folder / "cache").symlink_to(victim.parent, target_is_directory=True)
+    result = run("softmax-sweep", str(sweep_file), "--out", str(folder), "--quiet", "--no-plots",
+                 timeout=120)
+    assert_one_line_error(result, 1, str(folder / "cache"), "symbolic link")
+    assert sorted(p.name for p in victim.parent.iterdir()) == ["victim.txt"]
