@@ -130,7 +130,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         with open(path, "rb") as handle:
             _check_zip_index(name, handle, info.st_size)
             with zipfile.ZipFile(handle) as archive:
-                headers = _member_headers(name, archive)
+                _check_member_headers(name, archive)
                 arrays = {key: _read_member(archive, key) for key in REQUIRED}
     except DataError:
         raise
@@ -138,7 +138,6 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             KeyError, TypeError, NotImplementedError) as exc:
         raise DataError(f"{name}: corrupt or truncated checkpoint "
                         f"({shown(exc, 150)})") from None
-    del headers
     try:
         checkpoint = _from_arrays(path, arrays)
     except (json.JSONDecodeError, ConfigError, KeyError, TypeError, ValueError,
@@ -172,10 +171,11 @@ def _check_zip_index(name: str, handle, size: int) -> None:
     handle.seek(0)
 
 
-def _member_headers(name: str, archive: zipfile.ZipFile) -> dict[str, tuple]:
-    """{member: (shape, dtype)} from the npy headers, each of which must describe exactly
-    the bytes the zip index declares; the sizes are capped and the shapes agree (W, velocity,
-    average, best_W (F, C) float32; class_names (C,); pre_mean, pre_scale (F - 1,) or (F,))."""
+def _check_member_headers(name: str, archive: zipfile.ZipFile) -> None:
+    """DataError unless every member is there, each npy header describes exactly the bytes
+    the zip index declares, the sizes are within their caps and the shapes agree (W,
+    velocity, average, best_W (F, C) float32; class_names (C,); pre_mean, pre_scale (F - 1,)
+    or (F,)). Reads the headers only."""
     files = set(archive.namelist())
     missing = [key for key in REQUIRED if f"{key}.npy" not in files]
     if missing:
@@ -212,7 +212,6 @@ def _member_headers(name: str, archive: zipfile.ZipFile) -> dict[str, tuple]:
         if headers[key][0][0] not in (weights[0] - 1, weights[0]):
             raise DataError(f"{name}: {key} holds {headers[key][0][0]} features, the weights "
                             f"{weights[0]} rows")
-    return headers
 
 
 def _npy_header(name: str, key: str, member) -> tuple[tuple[int, ...], np.dtype, int]:
