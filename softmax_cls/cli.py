@@ -14,6 +14,7 @@ import click
 
 from . import __version__
 from .errors import ConfigError, SoftmaxClsError
+from .text import shorten
 
 
 class Command(click.Command):
@@ -33,7 +34,7 @@ class Command(click.Command):
         except SoftmaxClsError as exc:
             _fail(str(exc), exc.exit_code)
         except OSError as exc:  # a folder that cannot be created, a disk that is full, ...
-            where = f"{exc.filename}: " if exc.filename else ""
+            where = f"{shorten(exc.filename)}: " if exc.filename else ""
             reason = exc.strerror or str(exc)
             if isinstance(exc, PermissionError) and "permission" not in reason.lower():
                 reason = f"permission denied ({reason})"
@@ -51,8 +52,16 @@ class Command(click.Command):
             _fail(*stop_word_and_code(exc))
 
 
+MESSAGE_CAP = 1000  # characters of an error line; its values are cut shorter where made
+
+
 def _fail(message: str, code: int) -> None:
-    click.echo(f"error: {message}", err=True)
+    """One `error:` line: control characters (a newline in a path, say) escaped, whatever
+    the message holds, and the line cut at MESSAGE_CAP characters."""
+    line = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+    if len(line) > MESSAGE_CAP:
+        line = f"{line[:MESSAGE_CAP]}...({len(line)} characters)"
+    click.echo(f"error: {line}", err=True)
     sys.exit(code)
 
 

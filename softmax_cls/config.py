@@ -27,6 +27,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
+from .fsutil import FileTooLarge, read_capped
 from .text import shorten
 
 
@@ -69,9 +70,14 @@ class PreprocessConfig:
     bias: bool = True
 
 
+# The largest model.init_std whose Gaussian weights stay finite in float32: a draw past 64
+# standard deviations never happens.
+INIT_STD_MAX = 3.4028234663852886e38 / 64
+
+
 @dataclass
 class ModelConfig:
-    init_std: float = _opt(1e-4, low=0.0)
+    init_std: float = _opt(1e-4, low=0.0, high=INIT_STD_MAX)
     mirror_symmetric: bool = False
 
 
@@ -471,12 +477,10 @@ def load_config(path: str | Path | None, overrides: typing.Iterable[str] = ()) -
         return config_from_dict({}, overrides)
     path = Path(path)
     try:
-        with open(path, "rb") as handle:
-            blob = handle.read(MAX_CONFIG_BYTES + 1)
-        if len(blob) > MAX_CONFIG_BYTES:
-            raise ConfigError(f"{path}: more than {MAX_CONFIG_BYTES} bytes; a config is at most "
-                              "1 MB")
-        text = blob.decode("utf-8")
+        text = read_capped(path, MAX_CONFIG_BYTES).decode("utf-8")
+    except FileTooLarge:
+        raise ConfigError(f"{path}: more than {MAX_CONFIG_BYTES} bytes; a config is at most "
+                          "1 MB") from None
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
     except IsADirectoryError:

@@ -1,4 +1,5 @@
-"""Errors a user can cause. The CLI turns each into one line on stderr and an exit code."""
+"""Errors a user can cause. The CLI turns each into one line on stderr and an exit code;
+softmax_cls.text.shorten puts a value of any length or content into that one line."""
 
 
 class SoftmaxClsError(Exception):

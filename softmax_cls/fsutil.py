@@ -4,6 +4,12 @@ md5 checksums of data files.
 
 A write that fails (a full disk, a read-only folder) raises OSError naming the file the user
 asked for, never the temporary name.
+
+Folders may be shared: anyone who can write a run folder or a data root can plant a symbolic
+link (or a hard link, a fifo) under a name this tool writes. So a file that is written in
+place (a lock, a download's part) is opened by open_own_file, which never follows a link and
+refuses anything but a regular file with a single name; every other file is written to a
+fresh temporary file and renamed, and a rename replaces a link without following it.
 """
 
 from __future__ import annotations
@@ -13,12 +19,15 @@ import errno
 import fcntl
 import hashlib
 import os
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
 from tqdm import tqdm
+
+from .errors import DataError
 
 HASH_BLOCK = 1 << 20  # bytes read at a time to hash a file
 HASH_PROGRESS_BYTES = 64 << 20  # files this large show a progress bar while hashed
@@ -39,7 +48,9 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
         raise _naming(exc, path) from None
     tmp_name = str(tmp_name)
     try:
-        os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp's 0600 would differ from open()'s mode
+        # mkstemp's 0600 would differ from open()'s mode; fchmod, since the name could be
+        # swapped for a link by the time chmod(name) looked it up
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, mode) as handle:
             yield handle
             handle.flush()
@@ -74,11 +85,48 @@ def _umask() -> int:
 def fsync_dir(directory: str | os.PathLike) -> None:
     """Make a rename inside `directory` durable (best effort where unsupported)."""
     with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+class NotOwnFile(OSError):
+    """A path this tool writes in place holds a link, a fifo, a device or a folder."""
+
+
+def open_own_file(path: str | os.PathLike, flags: int) -> int:
+    """os.open(path, flags) for a file this tool writes in place; the descriptor is returned.
+
+    A symbolic link at `path` is not followed, and anything but a regular file with one name
+    (a fifo, a device, a folder, a file with other hard links) is refused before a byte is
+    read or written: NotOwnFile, an OSError naming `path`. Files are created with mode 0666
+    less the umask. Pass no O_TRUNC (it would act before the check): truncate the returned
+    descriptor.
+    """
+    if flags & os.O_TRUNC:
+        raise ValueError("open_own_file: truncate the returned descriptor instead of O_TRUNC")
+    try:  # O_NONBLOCK: opening a fifo must not wait for a writer before it can be refused
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o666)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise NotOwnFile(errno.ELOOP, "is a symbolic link, not a file this tool made; "
+                             "refusing to follow it (remove it and retry)", str(path)) from None
+        if exc.errno in (errno.EISDIR, errno.ENXIO):
+            raise NotOwnFile(exc.errno, "is not a regular file; refusing it (remove it and "
+                             "retry)", str(path)) from None
+        raise
+    info = os.fstat(fd)
+    problem = (None if stat.S_ISREG(info.st_mode) and info.st_nlink == 1
+               else "is not a regular file" if not stat.S_ISREG(info.st_mode)
+               else f"is a file with {info.st_nlink} names (hard links)")
+    if problem is not None:
+        os.close(fd)
+        raise NotOwnFile(errno.EPERM, f"{problem}, not a file this tool made; refusing it "
+                         "(remove it and retry)", str(path))
+    os.set_blocking(fd, True)
+    return fd
 
 
 class FolderBusy(OSError):
@@ -93,12 +141,14 @@ def folder_lock(folder: str | os.PathLike, *, wait: bool,
     The kernel releases it when the process ends, however it ends, so a lock is never stale.
     With `wait`, block until the holder is done (calling `on_wait(holder)` first); without,
     raise FolderBusy. `holder` describes the holding process ("process 1234") as it wrote
-    itself into the lock file. The folder is created if needed.
+    itself into the lock file. The folder is created if needed. A `.lock` that is a link or
+    not a regular file raises NotOwnFile (see open_own_file): the holder's pid is written
+    into it.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     lock_path = folder / ".lock"
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+    fd = open_own_file(lock_path, os.O_RDWR | os.O_CREAT)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -141,3 +191,47 @@ def file_md5(path: str | os.PathLike, progress: bool = False) -> str:
             digest.update(block)
             bar.update(len(block))
     return digest.hexdigest()
+
+
+class FileTooLarge(OSError):
+    """A file larger than the reader's cap; nothing of it was read."""
+
+
+def read_capped(path: str | os.PathLike, cap: int) -> bytes:
+    """The bytes of the regular file `path` (a link to one is followed), at most `cap`.
+
+    Checked before a byte is read: a folder raises IsADirectoryError, anything else but a
+    regular file (a fifo, which would block forever, a device) OSError(EINVAL), a file of
+    more than `cap` bytes FileTooLarge (EFBIG); both name `path`. A file that grows while
+    it is read is refused the same way.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise IsADirectoryError(errno.EISDIR, "is a folder", str(path))
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file (a fifo or a device)", str(path))
+        if info.st_size > cap:
+            raise FileTooLarge(errno.EFBIG, f"{info.st_size} bytes, more than the {cap} this "
+                               "file may have", str(path))
+        os.set_blocking(fd, True)
+        with os.fdopen(os.dup(fd), "rb") as handle:
+            blob = handle.read(cap + 1)
+    finally:
+        os.close(fd)
+    if len(blob) > cap:
+        raise FileTooLarge(errno.EFBIG, f"more than the {cap} bytes this file may have",
+                           str(path))
+    return blob
+
+
+def read_text_file(path: str | os.PathLike, cap: int) -> str:
+    """The UTF-8 text of a file this tool wrote (history.jsonl, summary.json, trials.csv,
+    sweep.yaml) by read_capped; any problem is a DataError naming the file."""
+    try:
+        return read_capped(path, cap).decode("utf-8")
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise DataError(f"cannot read {path}: not UTF-8 text (byte {exc.start})") from None

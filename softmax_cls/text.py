@@ -1,11 +1,16 @@
-"""Text for messages: a user's value, a file or member name, a URL is never quoted whole."""
+"""Text for messages: a user's value, a file or member name, a URL is never quoted whole, and
+never breaks its line."""
 
 from __future__ import annotations
 
 
-def shorten(text: str, limit: int) -> str:
-    """`text` itself when it has at most `limit` characters, else its first `limit` characters
-    followed by `... (N characters)`, N its full length."""
-    if len(text) <= limit:
-        return text
-    return f"{text[:limit]}... ({len(text)} characters)"
+def shorten(value: object, limit: int = 160, *, quote: bool = False) -> str:
+    """`value` as one line of a message shows it: str() of it (a numpy string as its plain
+    text), in quotes with control characters escaped as repr() writes them when `quote` or
+    when it holds any, and cut to its first `limit` characters followed by
+    `... (N characters)`, N its full length, when it is longer."""
+    text = str(value)
+    body = text[:limit]
+    if quote or not body.isprintable():
+        body = repr(body)
+    return body if len(text) <= limit else f"{body}... ({len(text)} characters)"

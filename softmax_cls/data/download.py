@@ -2,7 +2,9 @@
 
 Bytes go to `<dest>.part` beside `dest`. A later attempt (a retry, or the next run) resumes
 from that file with a Range request. Only a complete part that passes the size and md5 checks
-is renamed onto `dest`; a part that fails them is deleted.
+is renamed onto `dest`; a part that fails them is deleted. The part is opened without
+following links (fsutil.open_own_file): a link or fifo planted under its name in a shared data
+root is refused, never written through.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import urllib3.exceptions
 from tqdm import tqdm
 
 from softmax_cls.errors import DownloadError
-from softmax_cls.fsutil import file_md5, fsync_dir
+from softmax_cls.fsutil import file_md5, fsync_dir, open_own_file
 from softmax_cls.text import shorten
 
 MAX_DELAY = 30.0
@@ -180,7 +182,7 @@ def _fetch_once(session, url, part, bar, expected_size, timeout, chunk_size) -> 
 
     Returns False when a 416 showed the part to be useless and it was deleted.
     """
-    offset = part.stat().st_size if part.exists() else 0
+    offset = _part_size(part)
     if expected_size is not None and offset > expected_size:
         part.unlink()  # longer than the whole file, so not a prefix of it
         offset = 0
@@ -206,6 +208,17 @@ def _fetch_once(session, url, part, bar, expected_size, timeout, chunk_size) -> 
     if (announced is not None and received < announced) or (total is not None and end < total):
         raise _Retry(f"transfer stopped after {end} bytes")
     return True
+
+
+def _part_size(part: Path) -> int:
+    """Bytes already in `part` (0 when absent); NotOwnFile if it is not a plain file."""
+    if not os.path.lexists(part):
+        return 0
+    fd = open_own_file(part, os.O_RDONLY)
+    try:
+        return os.fstat(fd).st_size
+    finally:
+        os.close(fd)
 
 
 def _body_start_and_file_size(response, url, part, offset) -> tuple[int, int | None]:
@@ -254,7 +267,10 @@ def _write_body(response, part, offset, bar, chunk_size, limit) -> int:
     Stops early once `part` is longer than `limit`, which the size check then rejects.
     """
     received = 0
-    with open(part, "ab" if offset else "wb") as handle:
+    fd = open_own_file(part, os.O_WRONLY | os.O_CREAT | (os.O_APPEND if offset else 0))
+    if not offset:
+        os.ftruncate(fd, 0)
+    with os.fdopen(fd, "ab" if offset else "wb") as handle:
         try:
             for chunk in _body_chunks(response, chunk_size):
                 handle.write(chunk)
@@ -385,7 +401,10 @@ def _verify(part: Path, dest: Path, expected_size: int | None, expected_md5: str
 
 def _move_into_place(part: Path, dest: Path) -> None:
     """Make the part durable, then rename it onto `dest` in one step."""
-    with open(part, "ab") as handle:
-        os.fsync(handle.fileno())
+    fd = open_own_file(part, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
     os.replace(part, dest)
     fsync_dir(dest.parent)

@@ -47,8 +47,8 @@ def load_features(data: DataConfig, progress: bool = True) -> LabelledData:
     X, y = _read_pair(Path(data.train), "train", fingerprint, progress)
     classes = np.unique(y)
     if len(classes) < 2:
-        raise DataError(f"{data.train}: y holds a single class ({classes[0]!r}); a classifier "
-                        "needs at least 2")
+        raise DataError(f"{data.train}: y holds a single class "
+                        f"({shorten(classes[0], 80, quote=True)}); a classifier needs at least 2")
     train_labels = np.searchsorted(classes, y).astype(np.int64)
     if data.test is None:
         test_X, test_labels = np.empty((0, X.shape[1]), np.float32), np.empty(0, np.int64)
@@ -62,8 +62,8 @@ def load_features(data: DataConfig, progress: bool = True) -> LabelledData:
                             f"{_kind(y)}")
         unknown = np.setdiff1d(test_y, classes)
         if len(unknown):
-            raise DataError(f"{data.test}: label {unknown[0]!r} does not occur in the "
-                            f"training labels of {data.train}")
+            raise DataError(f"{data.test}: label {shorten(unknown[0], 80, quote=True)} does not "
+                            f"occur in the training labels of {data.train}")
         test_labels = np.searchsorted(classes, test_y).astype(np.int64)
     return LabelledData(dataset="features", class_names=tuple(str(c) for c in classes.tolist()),
                      train_images=X, train_labels=train_labels, test_images=test_X,

@@ -19,6 +19,7 @@ import numpy as np
 
 from ..config import Config
 from ..errors import DataError
+from ..fsutil import read_text_file
 from ..math.metrics import confusion_matrix
 from ..math.preprocess import Preprocessor, image_scores
 from ..math.softmax import softmax_probs
@@ -28,6 +29,9 @@ from ..training.runs import RunResult
 IMAGE_SIDE = 32
 N_PIXELS = 3 * IMAGE_SIDE * IMAGE_SIDE  # a CIFAR row: the R, G and B planes, each row-major
 CONSTANT_TEMPLATE_GREY = 128  # a template with max == min has no contrast to stretch
+# The most bytes read of a run's history.jsonl or summary.json: a history row is about 200
+# bytes, so this is some 300,000 epochs.
+TEXT_CAP = 64 << 20
 HISTORY_KEYS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc")
 N_MISTAKES = 24
 
@@ -213,7 +217,7 @@ def _folder_history(folder: Path, history: list[dict], best_epoch: int | None
     history_file = folder / "history.jsonl"
     if history_file.is_file():
         history = []
-        for number, line in enumerate(_text(history_file).splitlines(), 1):
+        for number, line in enumerate(read_text_file(history_file, TEXT_CAP).splitlines(), 1):
             if not line.strip():
                 continue
             try:
@@ -226,7 +230,7 @@ def _folder_history(folder: Path, history: list[dict], best_epoch: int | None
     summary_file = folder / "summary.json"
     if summary_file.is_file():
         try:
-            summary = json.loads(_text(summary_file))
+            summary = json.loads(read_text_file(summary_file, TEXT_CAP))
         except json.JSONDecodeError:
             raise DataError(f"{summary_file}: not valid JSON") from None
         if isinstance(summary, dict) and isinstance(summary.get("best_epoch"), int):
@@ -234,8 +238,3 @@ def _folder_history(folder: Path, history: list[dict], best_epoch: int | None
     return history, best_epoch
 
 
-def _text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"cannot read {path}: {exc}") from None

@@ -13,7 +13,7 @@ import importlib.util
 import os
 from pathlib import Path
 
-from ..errors import SoftmaxClsError
+from ..errors import DataError, SoftmaxClsError
 from ..sweep.results import SweepTable, is_sweep_folder, sweep_table  # noqa: F401
 from ..training.runs import RunResult
 from .drawing import INSTALL_HINT, draw_run_pictures, draw_sweep, draw_trials, require_matplotlib
@@ -30,9 +30,14 @@ def is_run_folder(path: str | os.PathLike) -> bool:
 
 def default_out_dir(path: str | os.PathLike) -> Path:
     """Where pictures go without --out: a run or sweep folder's `plots` folder; for a
-    checkpoint file, `plots-<its name>` beside it."""
+    checkpoint file, `plots-<its name>` beside it. That folder may be shared: a symbolic link
+    there raises DataError rather than leading the pictures into the folder it names."""
     path = Path(path)
-    return path / "plots" if path.is_dir() else path.parent / f"plots-{path.stem}"
+    out_dir = path / "plots" if path.is_dir() else path.parent / f"plots-{path.stem}"
+    if out_dir.is_symlink():
+        raise DataError(f"{out_dir} is a symbolic link; refusing to draw into the folder it "
+                        "names (remove it, or choose the folder with --out)")
+    return out_dir
 
 
 def plot_run(path: str | os.PathLike, out_dir: str | os.PathLike | None = None,

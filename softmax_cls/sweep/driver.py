@@ -38,7 +38,7 @@ import yaml
 
 from ..config import Config, config_from_dict, config_to_dict
 from ..data import cifar as data_module
-from ..errors import ConfigError, SoftmaxClsError
+from ..errors import ConfigError, DataError, SoftmaxClsError
 from ..fsutil import atomic_write
 from ..interrupts import stop_word_and_code
 from .folder import check_folder, mark_folder
@@ -96,10 +96,15 @@ def worker_threads(workers: int):
 
 def prepare_cache(folder: Path, config: Config, progress: bool) -> dict:
     """The sweep's data cache (training rows and labels as .npy files); written once from the
-    config's data, reused while its data section is unchanged. Returns its data.json."""
+    config's data, reused while its data section is unchanged. Returns its data.json. The
+    sweep folder may be shared: a cache folder that is a symbolic link is refused (DataError),
+    so the cache is never written into, nor read from, the folder it names."""
     from .worker import write_cache
 
     cache_dir = folder / "cache"
+    if cache_dir.is_symlink():
+        raise DataError(f"{cache_dir} is a symbolic link; refusing to keep the sweep's data "
+                        "cache in the folder it names (remove it)")
     section = json.loads(json.dumps(config_to_dict(config)["data"]))
     section.pop("val_size")
     meta = cache_meta(cache_dir)

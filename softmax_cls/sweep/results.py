@@ -30,7 +30,7 @@ import numpy as np
 
 from ..config import MAX_CONFIG_BYTES, Config, config_from_dict, config_to_yaml, parse_yaml
 from ..errors import DataError, SoftmaxClsError
-from ..fsutil import atomic_write
+from ..fsutil import atomic_write, read_text_file
 from .spec import SweepSpec, set_dotted, trial_raw_config
 from .study import state_name
 
@@ -182,7 +182,7 @@ def sweep_table(folder: str | os.PathLike) -> SweepTable:
     space: dict = {}
     sweep_file = folder / "sweep.yaml"
     if sweep_file.is_file():
-        raw = parse_yaml(read_bounded(sweep_file, MAX_CONFIG_BYTES), str(sweep_file))
+        raw = parse_yaml(read_text_file(sweep_file, MAX_CONFIG_BYTES), str(sweep_file))
         space = raw.get("space") if isinstance(raw, dict) else None
         if not isinstance(space, dict):
             raise DataError(f"{sweep_file}: no `space:` mapping of searched keys")
@@ -203,28 +203,12 @@ def sweep_table(folder: str | os.PathLike) -> SweepTable:
         val_acc=_floats([r["best_val_acc"] for r in rows]), importances=importances)
 
 
-def read_bounded(path: Path, limit: int) -> str:
-    """The UTF-8 text of a file of at most `limit` bytes (never reading more than that);
-    DataError otherwise."""
-    try:
-        with open(path, "rb") as handle:
-            blob = handle.read(limit + 1)
-    except OSError as exc:
-        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
-    if len(blob) > limit:
-        raise DataError(f"{path}: more than {limit} bytes; not a file this tool wrote")
-    try:
-        return blob.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text (byte {exc.start})") from None
-
-
 def _read_trials(path: Path) -> tuple[list[dict], list[str]]:
     """The rows of trials.csv as {column: cell} and its columns; DataError for a file over
     MAX_TRIALS_CSV_BYTES, a cell over MAX_CELL_CHARS, a missing column or a ragged row."""
     if not path.is_file():
         raise DataError(f"{path}: not found (the sweep has no trials yet?)")
-    reader = csv.DictReader(io.StringIO(read_bounded(path, MAX_TRIALS_CSV_BYTES), newline=""))
+    reader = csv.DictReader(io.StringIO(read_text_file(path, MAX_TRIALS_CSV_BYTES), newline=""))
     try:
         columns = list(reader.fieldnames or [])
         rows = [row for row in reader if any((v or "").strip() for v in row.values())]
@@ -283,7 +267,7 @@ def _importances(path: Path) -> dict[str, float]:
     if not path.is_file():
         return {}
     try:
-        summary = json.loads(read_bounded(path, MAX_JSON_BYTES))
+        summary = json.loads(read_text_file(path, MAX_JSON_BYTES))
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}: not valid JSON ({exc})") from None
     found = summary.get("param_importances") if isinstance(summary, dict) else None

@@ -43,6 +43,7 @@ from ..config import (
     parse_yaml,
 )
 from ..errors import ConfigError
+from ..fsutil import read_capped
 
 SWEEP_KEYS = ("base", "set", "sampler", "trials", "seed", "pruner", "space")
 SAMPLERS = ("tpe", "random", "grid")
@@ -95,7 +96,16 @@ def load_sweep(path: str | os.PathLike) -> SweepSpec:
     file and the key: unknown keys, keys that are not config keys, wrong types, empty or
     inverted ranges, values the config schema rejects."""
     path = Path(path)
-    raw = parse_yaml(_read_sweep_text(path), str(path))
+    try:
+        text = read_capped(path, MAX_CONFIG_BYTES).decode("utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"sweep file not found: {path}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read sweep file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"cannot read sweep file {path}: not UTF-8 text (byte "
+                          f"{exc.start})") from None
+    raw = parse_yaml(text, str(path))
     where = str(path)
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a mapping with {', '.join(SWEEP_KEYS)}")
@@ -139,32 +149,6 @@ def load_sweep(path: str | os.PathLike) -> SweepSpec:
                      trials=trials, seed=seed, pruner=pruner, space=space)
 
 
-def _read_sweep_text(path: Path) -> str:
-    """The text of a sweep file of at most MAX_CONFIG_BYTES; its size is checked before it
-    is read, and no more than that is ever read."""
-    try:
-        with open(path, "rb") as handle:
-            size = os.fstat(handle.fileno()).st_size
-            if size > MAX_CONFIG_BYTES:
-                raise ConfigError(f"{path}: {size} bytes; a sweep file is at most "
-                                  f"{MAX_CONFIG_BYTES} (1 MB)")
-            blob = handle.read(MAX_CONFIG_BYTES + 1)
-    except FileNotFoundError:
-        raise ConfigError(f"sweep file not found: {path}") from None
-    except IsADirectoryError:
-        raise ConfigError(f"sweep file is a directory: {path}") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read sweep file {path}: {exc.strerror or exc}") from None
-    if len(blob) > MAX_CONFIG_BYTES:  # a file that grew, or a pipe: fstat said less
-        raise ConfigError(f"{path}: more than {MAX_CONFIG_BYTES} bytes; a sweep file is at "
-                          "most 1 MB")
-    try:
-        return blob.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"cannot read sweep file {path}: not UTF-8 text (byte "
-                          f"{exc.start})") from None
-
-
 def _resolve_base(sweep_path: Path, base: Any, where: str) -> Path | None:
     """The base config file: as given when absolute, else beside the sweep file, else in
     configs/ (relative to the working folder). None: the defaults."""
@@ -185,7 +169,7 @@ def _base_mapping(base_path: Path | None) -> dict:
     if base_path is None:
         return {}
     load_config(base_path)  # validates, with the config's own messages
-    raw = parse_yaml(base_path.read_text(encoding="utf-8"), str(base_path))
+    raw = parse_yaml(read_capped(base_path, MAX_CONFIG_BYTES).decode("utf-8"), str(base_path))
     return raw or {}
 
 

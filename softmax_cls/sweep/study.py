@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError, SoftmaxClsError
+from ..fsutil import open_own_file
 from .spec import SweepSpec, grid_points
 
 INSTALL_HINT = "softmax-sweep needs optuna: pip install 'softmax-cls[sweep]'"
@@ -48,9 +49,14 @@ def require_optuna():
 
 def storage_name(folder: Path, storage: str | None) -> str:
     """`journal:PATH` of the sweep folder's journal file, or the given URL (a value without
-    `://` is taken as a journal file path)."""
+    `://` is taken as a journal file path). The folder may be shared: a study.journal there
+    that is a link, a fifo or a file with other hard links is refused (NotOwnFile), since
+    optuna would append to whatever it names."""
     if storage is None:
-        return f"journal:{(folder / 'study.journal').resolve()}"
+        journal = folder.resolve() / "study.journal"
+        if os.path.lexists(journal):
+            os.close(open_own_file(journal, os.O_RDONLY))
+        return f"journal:{journal}"
     if "://" not in storage and not storage.startswith("journal:"):
         return f"journal:{Path(storage).resolve()}"
     return storage
@@ -69,7 +75,7 @@ class FlockJournalLock:
 
     def acquire(self) -> bool:
         if self._fd is None:
-            self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o666)
+            self._fd = open_own_file(self._path, os.O_RDWR | os.O_CREAT)
         fcntl.flock(self._fd, fcntl.LOCK_EX)
         return True
 

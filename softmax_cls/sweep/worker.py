@@ -27,10 +27,12 @@ import numpy as np
 from ..config import config_from_dict
 from ..data import cifar as data_module
 from ..errors import DataError, SoftmaxClsError
+from ..fsutil import read_capped
 from ..math.preprocess import Preprocessor, Split, split_and_fit
 from ..training.fit import TrainingDiverged, TrainState, fit
 
 CACHE_IMAGES, CACHE_LABELS, CACHE_META = "train_images.npy", "train_labels.npy", "data.json"
+CACHE_META_CAP = 1 << 20  # bytes of data.json read at most (it holds a few hundred)
 SPLIT_CACHE_SIZE = 4  # (split, statistics) pairs a worker keeps for trials that share them
 
 
@@ -135,8 +137,8 @@ def cache_meta(cache_dir: str | Path) -> dict | None:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+        return json.loads(read_capped(path, CACHE_META_CAP).decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
 
 

@@ -10,7 +10,12 @@ uninterrupted one.
 
 from __future__ import annotations
 
+import errno
 import json
+import math
+import os
+import stat
+import struct
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,14 +33,24 @@ from .fit import TrainState
 
 FORMAT_VERSION = 3  # 3: weights (C, D); 2 (read, converted on load): weights (D, C)
 READABLE_VERSIONS = (2, 3)
-WEIGHTS = ("W", "velocity", "average", "best_W")
-# The most bytes (uncompressed) a checkpoint member may have, checked before it is read: a
-# hostile .npz can declare members that inflate to gigabytes.
-TEXT_CAP = 16 << 20  # config_yaml, meta_json (the history), class_names
-ARRAY_CAP = 1 << 30
-TOTAL_CAP = 2 << 30
+# What a checkpoint may hold, checked from the zip index and each member's npy header before a
+# byte of data is inflated: a hostile .npz can declare members that inflate to gigabytes, or
+# headers whose shapes would allocate as much.
+TEXT_CAP = 16 << 20  # bytes (uncompressed) of config_yaml, meta_json (the history), class_names
+ARRAY_CAP = 256 << 20  # bytes of any other member: 64 million float32 weights
+TOTAL_CAP = 1 << 30  # bytes of all members together
+MAX_MEMBERS = 64  # entries of the zip index (a checkpoint has 11)
+NPY_HEADER_CAP = 4096  # bytes of one npy header (numpy writes about 128)
 REQUIRED = ("W", "velocity", "average", "best_W", "val_rows", "pre_mean", "pre_scale",
             "pre_bias", "class_names", "config_yaml", "meta_json")
+WEIGHTS = ("W", "velocity", "average", "best_W")
+TEXTS = ("config_yaml", "meta_json", "class_names")
+# member -> (dimensions, dtype kinds it may have)
+LAYOUT = {**{key: (2, "f") for key in WEIGHTS}, "val_rows": (1, "i"), "pre_mean": (1, "f"),
+          "pre_scale": (1, "f"), "pre_bias": (0, "b"), "class_names": (1, "U"),
+          "config_yaml": (0, "U"), "meta_json": (0, "U")}
+_EOCD = struct.Struct("<4s4H2LH")  # the zip's end-of-central-directory record
+NOT_A_CHECKPOINT = "not a checkpoint of this tool (softmax-train writes them as .npz files)"
 
 
 @dataclass
@@ -96,85 +111,230 @@ def save_checkpoint(
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
-    """Read and validate a checkpoint; any problem is a DataError naming the file."""
+    """Read and validate a checkpoint; any problem is a DataError naming the file.
+
+    The cheap checks come first: the file's size, the zip index, each member's npy header
+    (shape and dtype against the bytes it declares, and the shapes against each other); only
+    then are the members inflated, and the metadata and arrays checked.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"checkpoint not found: {path}")
+    name = shorten(path)
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            if not isinstance(npz, np.lib.npyio.NpzFile):
-                raise DataError(f"{path}: not a softmax-cls checkpoint (a single array)")
-            missing = [key for key in REQUIRED if key not in npz.files]
-            if missing:
-                raise DataError(f"{path}: not a softmax-cls checkpoint "
-                                f"(missing {', '.join(missing)})")
-            _check_member_sizes(path, npz.zip)
-            arrays = {key: npz[key] for key in REQUIRED}
+        info = os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            raise DataError(f"checkpoint not found: {name}") from None
+        raise DataError(f"cannot read checkpoint {name}: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise DataError(f"checkpoint {name} is not a file")
+    if info.st_size > TOTAL_CAP + TEXT_CAP:
+        raise DataError(f"{name}: {info.st_size} bytes, more than a checkpoint holds; "
+                        "refusing it")
+    try:
+        with open(path, "rb") as handle:
+            _check_zip_index(name, handle, info.st_size)
+            with zipfile.ZipFile(handle) as archive:
+                _check_member_headers(name, archive)
+                arrays = {key: _read_member(archive, key) for key in REQUIRED}
     except DataError:
         raise
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError, TypeError) as exc:
-        raise DataError(f"{path}: corrupt or truncated checkpoint "
-                        f"({shorten(str(exc), 150)})") from None
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError,
+            KeyError, TypeError, NotImplementedError) as exc:
+        raise DataError(f"{name}: corrupt or truncated checkpoint "
+                        f"({shorten(exc, 150)})") from None
     try:
         checkpoint = _from_arrays(path, arrays)
     except (json.JSONDecodeError, ConfigError, KeyError, TypeError, ValueError,
             AttributeError, RecursionError) as exc:
-        raise DataError(f"{path}: unreadable checkpoint ({type(exc).__name__}: "
-                        f"{shorten(str(exc), 150)})") from None
-    _validate(path, checkpoint)
+        raise DataError(f"{name}: unreadable checkpoint ({type(exc).__name__}: "
+                        f"{shorten(exc, 150)})") from None
+    _validate(name, checkpoint)
     checkpoint.path = path
     return checkpoint
 
 
-def _check_member_sizes(path: Path, archive: zipfile.ZipFile) -> None:
-    """DataError if a required member would inflate past its cap (read from the zip index)."""
+def _check_zip_index(name: str, handle, size: int) -> None:
+    """DataError unless the file is a zip archive whose index lists at most MAX_MEMBERS
+    entries (zipfile would read any number of them into memory)."""
+    magic = handle.read(6)
+    if magic.startswith(b"\x93NUMPY"):
+        raise DataError(f"{name}: {NOT_A_CHECKPOINT}; this is a single .npy array")
+    if not magic.startswith(b"PK"):
+        raise DataError(f"{name}: {NOT_A_CHECKPOINT}; this is not a zip archive at all")
+    tail_size = min(size, _EOCD.size + 0xFFFF)
+    handle.seek(size - tail_size)
+    tail = handle.read(tail_size)
+    at = tail.rfind(b"PK\x05\x06")
+    if at < 0 or at + _EOCD.size > len(tail):
+        raise DataError(f"{name}: corrupt or truncated checkpoint (a zip archive without "
+                        "its index)")
+    entries, index_size = _EOCD.unpack_from(tail, at)[4:6]
+    if entries > MAX_MEMBERS or index_size > MAX_MEMBERS * 1024:
+        raise DataError(f"{name}: {NOT_A_CHECKPOINT}; its zip index lists {entries} "
+                        f"entries in {index_size} bytes, a checkpoint has {len(REQUIRED)}")
+    handle.seek(0)
+
+
+def _check_member_headers(name: str, archive: zipfile.ZipFile) -> None:
+    """DataError unless every member is there, each npy header describes exactly the bytes
+    the zip index declares, the sizes are within their caps and the shapes agree (W,
+    velocity, average, best_W (C, F) float32, or (F, C) in format 2; class_names (C,);
+    pre_mean, pre_scale (F - 1,) or (F,)). Reads the headers only."""
+    files = set(archive.namelist())
+    missing = [key for key in REQUIRED if f"{key}.npy" not in files]
+    if missing:
+        raise DataError(f"{name}: {NOT_A_CHECKPOINT}; it lacks {', '.join(missing)}")
     total = 0
+    headers = {}
     for key in REQUIRED:
-        size = archive.getinfo(f"{key}.npy").file_size
-        total += size
-        cap = TEXT_CAP if key in ("config_yaml", "meta_json", "class_names") else ARRAY_CAP
-        if size > cap or total > TOTAL_CAP:
-            raise DataError(f"{path}: member {key} is {size} bytes uncompressed, more than a "
-                            "checkpoint holds; refusing it")
+        declared = archive.getinfo(f"{key}.npy").file_size
+        total += declared
+        cap = TEXT_CAP if key in TEXTS else ARRAY_CAP
+        if declared > cap or total > TOTAL_CAP:
+            raise DataError(f"{name}: member {key} is {declared} bytes uncompressed, more than "
+                            "a checkpoint holds; refusing it")
+        with archive.open(f"{key}.npy") as member:
+            shape, dtype, header_end = _npy_header(name, key, member)
+        ndim, kinds = LAYOUT[key]
+        if len(shape) != ndim or dtype.kind not in kinds or dtype.hasobject:
+            raise DataError(f"{name}: member {key} is a {len(shape)}-d {shorten(dtype.str, 40)} "
+                            f"array, a checkpoint's is {ndim}-d of kind {kinds!r}")
+        if header_end + math.prod(shape) * dtype.itemsize != declared:
+            raise DataError(f"{name}: member {key} declares shape {_shape(shape)} "
+                            f"{dtype.name}, which does not fit its {declared} bytes")
+        headers[key] = shape, dtype
+    weights = headers["W"][0]
+    for key in WEIGHTS:
+        shape, dtype = headers[key]
+        if shape != weights or dtype != np.float32:
+            raise DataError(f"{name}: {key} has shape {_shape(shape)} {dtype.name}, expected "
+                            f"{_shape(weights)} float32")
+    n_names = headers["class_names"][0][0]
+    if n_names not in weights:
+        raise DataError(f"{name}: {n_names} class names for weights of shape "
+                        f"{_shape(weights)}")
+    features = weights[1] if weights[0] == n_names else weights[0]
+    for key in ("pre_mean", "pre_scale"):
+        if headers[key][0][0] not in (features - 1, features):
+            raise DataError(f"{name}: {key} holds {headers[key][0][0]} features, the weights "
+                            f"{features}")
+
+
+def _npy_header(name: str, key: str, member) -> tuple[tuple[int, ...], np.dtype, int]:
+    """(shape, dtype, bytes up to the data) of the npy file `member`, reading only its
+    header; negative or non-integer dimensions raise DataError."""
+    version = np.lib.format.read_magic(member)
+    readers = {(1, 0): np.lib.format.read_array_header_1_0,
+               (2, 0): np.lib.format.read_array_header_2_0}
+    if version not in readers:
+        raise DataError(f"{name}: member {key} is an npy file of version {version}, which "
+                        "this tool does not write")
+    shape, fortran, dtype = readers[version](member, max_header_size=NPY_HEADER_CAP)
+    if any(not isinstance(size, int) or size < 0 for size in shape):
+        raise DataError(f"{name}: member {key} declares the impossible shape {_shape(shape)}")
+    if fortran and len(shape) > 1:
+        raise DataError(f"{name}: member {key} is in Fortran order, which this tool does "
+                        "not write")
+    return tuple(shape), dtype, member.tell()
+
+
+def _shape(shape: tuple) -> str:
+    return shorten(tuple(shape), 60)
+
+
+def _read_member(archive: zipfile.ZipFile, key: str) -> np.ndarray:
+    """One member's array, its header already checked against its declared size."""
+    with archive.open(f"{key}.npy") as member:
+        return np.lib.format.read_array(member, allow_pickle=False)
+
+
+def _finite_json_number(text: str) -> float:
+    raise ValueError(f"the metadata holds {text}, not a finite number")
 
 
 def _from_arrays(path: Path, arrays: dict[str, np.ndarray]) -> Checkpoint:
-    meta = json.loads(str(arrays["meta_json"]))
+    meta = json.loads(str(arrays["meta_json"]), parse_constant=_finite_json_number)
+    name = shorten(path)
+    if not isinstance(meta, dict):
+        raise DataError(f"{name}: the checkpoint's metadata is not a JSON object")
+    version = meta.get("format_version")
+    if version not in READABLE_VERSIONS or type(version) is not int:
+        raise DataError(f"{name}: checkpoint format {shorten(version, 40)} is not supported "
+                        f"(this version reads {', '.join(map(str, READABLE_VERSIONS))})")
+    _check_meta(name, meta)
     config_yaml = str(arrays["config_yaml"])
-    config = config_from_dict(parse_yaml(config_yaml, f"{path} config"))
-    version = meta["format_version"]
-    if version not in READABLE_VERSIONS:
-        raise DataError(f"{path}: checkpoint format {version!r} is not supported (this "
-                        f"version reads {', '.join(map(str, READABLE_VERSIONS))})")
+    config = config_from_dict(parse_yaml(config_yaml, f"{name} config"))
     weights = {key: arrays[key] for key in WEIGHTS}
     if version == 2:  # written before the one (C, D) layout
         weights = {key: np.ascontiguousarray(array.T) for key, array in weights.items()}
     state = TrainState(**weights,
-                       epoch=int(meta["epoch"]), best_epoch=int(meta["best_epoch"]),
+                       epoch=meta["epoch"], best_epoch=meta["best_epoch"],
                        best_val_acc=float(meta["best_val_acc"]),
-                       epochs_since_best=int(meta["epochs_since_best"]),
-                       history=list(meta["history"]))
+                       epochs_since_best=meta["epochs_since_best"],
+                       history=meta["history"])
     return Checkpoint(
         state=state, preprocessor=Preprocessor.from_arrays(arrays),
         class_names=tuple(str(name) for name in arrays["class_names"]),
-        config=config, config_yaml=config_yaml, fingerprint=dict(meta["fingerprint"]),
-        versions=dict(meta["versions"]), status=str(meta["status"]),
+        config=config, config_yaml=config_yaml, fingerprint=meta["fingerprint"],
+        versions=meta["versions"], status=meta["status"],
         val_rows=arrays["val_rows"])
 
 
+def _check_meta(name: str, meta: dict) -> None:
+    """DataError unless the metadata has the types and ranges save_checkpoint writes: epoch
+    counts are integers >= 0, best_val_acc is -1 (none yet) or in [0, 1], the history one
+    row (str -> finite number or null) per epoch, fingerprint and versions str -> str."""
+    def fail(what: str) -> DataError:
+        return DataError(f"{name}: the checkpoint's metadata is damaged: {what}")
+
+    def count(key: str) -> int:
+        value = meta.get(key)
+        if type(value) is not int or value < 0:
+            raise fail(f"{key} is {shorten(value, 40)}, not a count >= 0")
+        return value
+
+    epoch = count("epoch")
+    if count("best_epoch") > epoch or count("epochs_since_best") > epoch:
+        raise fail(f"best_epoch and epochs_since_best cannot exceed epoch ({epoch})")
+    accuracy = meta.get("best_val_acc")
+    if type(accuracy) not in (int, float) or not (accuracy == -1 or 0 <= accuracy <= 1):
+        raise fail(f"best_val_acc is {shorten(accuracy, 40)}, not an accuracy")
+    history = meta.get("history")
+    if not isinstance(history, list) or len(history) != epoch:
+        raise fail(f"history is not a list of {epoch} rows")
+    for row in history:
+        if not isinstance(row, dict) or not all(
+                isinstance(key, str) and (value is None or type(value) in (int, float))
+                for key, value in row.items()):
+            raise fail("a history row is not a table of numbers")
+    for key in ("fingerprint", "versions"):
+        table = meta.get(key)
+        if not isinstance(table, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in table.items()):
+            raise fail(f"{key} is not a table of strings")
+    if not isinstance(meta.get("status"), str):
+        raise fail("status is not a string")
+
+
 def check_matches(checkpoint: Checkpoint, data: LabelledData, path: str | Path) -> None:
-    """DataError unless the data is the very data (per-file checksums) the checkpoint saw."""
+    """DataError unless the data is the very data (per-file checksums) the checkpoint saw,
+    with the checkpoint's classes and raw features per row."""
+    name = shorten(path)
     if len(data.class_names) != checkpoint.W.shape[0]:
-        raise DataError(f"{path}: the checkpoint has {checkpoint.W.shape[0]} classes, the data "
+        raise DataError(f"{name}: the checkpoint has {checkpoint.W.shape[0]} classes, the data "
                         f"{len(data.class_names)}")
-    for name, md5 in checkpoint.fingerprint.items():
-        if data.fingerprint.get(name) != md5:
-            raise DataError(f"{path}: the data does not match the checkpoint: {name} has md5 "
-                            f"{data.fingerprint.get(name, 'missing')}, the checkpoint was "
-                            f"trained on {md5}")
+    raw_features = data.train_images.shape[1]
+    if raw_features != checkpoint.preprocessor.n_raw:
+        raise DataError(f"{name}: the checkpoint is for rows of {checkpoint.preprocessor.n_raw} "
+                        f"features, the data has {raw_features}")
+    for file, md5 in checkpoint.fingerprint.items():
+        if data.fingerprint.get(file) != md5:
+            raise DataError(f"{name}: the data does not match the checkpoint: {shorten(file, 80)} "
+                            f"has md5 {shorten(data.fingerprint.get(file, 'missing'), 40)}, the "
+                            f"checkpoint was trained on {shorten(md5, 40)}")
 
 
-def _validate(path: Path, ckpt: Checkpoint) -> None:
+def _validate(path: str, ckpt: Checkpoint) -> None:
     pre, state = ckpt.preprocessor, ckpt.state
     n_classes = len(ckpt.class_names)
     expected = (n_classes, pre.n_features)

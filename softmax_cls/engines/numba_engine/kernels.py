@@ -49,6 +49,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ...errors import SoftmaxClsError
+from ...text import shorten
+
 
 def _cache_dir_for_numba() -> None:
     """Point NUMBA_CACHE_DIR at a writable per-user folder when the package folder is not
@@ -66,7 +69,19 @@ def _cache_dir_for_numba() -> None:
         sys.modules["numba"].config.CACHE_DIR = str(folder)
 
 
+def _check_thread_count() -> None:
+    """SoftmaxClsError unless NUMBA_NUM_THREADS, when set, is a whole number >= 1: numba
+    raises a traceback at import for 0 and warns at length, then ignores, any other value
+    it cannot use."""
+    text = os.environ.get("NUMBA_NUM_THREADS")
+    if text is not None and not (text.strip().isdigit() and int(text) >= 1):
+        raise SoftmaxClsError(f"NUMBA_NUM_THREADS: must be a whole number >= 1 (the threads "
+                              f"of the numba engine), got {shorten(text, 40, quote=True)}; "
+                              "unset it to use every core")
+
+
 _cache_dir_for_numba()
+_check_thread_count()
 
 import numba  # noqa: E402  (after the cache location is settled)
 from llvmlite import ir  # noqa: E402  (comes with numba)
