@@ -237,7 +237,7 @@ class EngineEpoch:
                  train_rows: np.ndarray, pre, n_classes: int, config, augment: dict | None):
         self.engine = get_engine(engine_name)
         if engine_name == "numba":  # measure the pinned thread count, never the governor's pick
-            from softmax_cls.engines.numba_engine.kernels import THREAD_GOVERNOR
+            from softmax_cls.engines.numba_engine.api import THREAD_GOVERNOR
 
             THREAD_GOVERNOR.enabled = False
         self.name = f"{engine_name}_{'augmented' if augment else 'plain'}"
@@ -453,7 +453,7 @@ def summarise_runs(runs: list[dict]) -> dict:
 
 def bench_default_run(args: argparse.Namespace, scratch: Path) -> dict:
     """The default config, extracted data -> checkpoint and archive -> checkpoint, interleaved."""
-    from softmax_cls.engines.numba_engine.kernels import kernels_are_compiled
+    from softmax_cls.engines.numba_engine.api import kernels_are_compiled
 
     extra = ["--set", "optim.epochs=2"] if args.quick else []
     base = [*console_script("softmax-train"), "--config", str(args.config), "--quiet",

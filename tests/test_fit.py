@@ -248,7 +248,7 @@ def test_weights_and_average_resume_exactly_through_a_checkpoint(tmp_path, engin
 
 
 def test_the_first_numba_run_says_it_compiles_once(tmp_path, monkeypatch, capsys):
-    kernels = pytest.importorskip("softmax_cls.engines.numba_engine.kernels")
+    kernels = pytest.importorskip("softmax_cls.engines.numba_engine.api")
     data = separable_data(n_train=100, classes=2, seed=9)
     config = small_config(tmp_path, engine="numba", optim={"epochs": 1}, data={"val_size": 20})
     split, pre = split_and_fit(config, data.train_images, data.train_labels)

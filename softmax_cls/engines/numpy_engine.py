@@ -207,7 +207,7 @@ FAST_INSTALL = "pip install 'softmax-cls[fast]'"
 
 
 def _numba_kernels() -> ModuleType:
-    from .numba_engine import kernels  # imports numba; ImportError without it
+    from .numba_engine import api as kernels  # imports numba; ImportError without it
 
     return kernels
 

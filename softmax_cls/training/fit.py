@@ -111,7 +111,7 @@ def fit(
     # -- setup: engine, starting state, the fixed parts of every epoch
     engine = get_engine(config.engine)
     if progress and engine.name == "numba":
-        from ..engines.numba_engine.kernels import kernels_are_compiled
+        from ..engines.numba_engine.api import kernels_are_compiled
 
         if not kernels_are_compiled(rows.dtype):
             tqdm.write("compiling the numba kernels once (cached for later runs)",
