@@ -22,7 +22,8 @@ from engine_reference import (
 from softmax_cls.engines import numpy_engine
 
 # Sizes around the numba engine's: TILE_ROWS 8 rows, CHUNK 512 features per score tile,
-# gradient blocks of 256 / 128 columns (C <= 128 / C = 200), predictions in chunks of 64 rows.
+# gradient blocks of 256 / 128 / 64 columns (C <= 128, C = 200, C > 512), predictions in
+# chunks of 64 rows.
 FEATURE_COUNTS = [1, 7, 300, 384, 511, 512, 513, 600]
 BATCH_SIZES = [1, 7, 8, 9, 15, 16, 17]
 PREDICT_ROWS = [1, 7, 8, 9, 63, 64, 65, 127, 129, 513]
@@ -169,7 +170,8 @@ def test_sizes_of_rows_and_features(engine, n_features, batch_size):
     assert_close(actual, expected)
 
 
-@pytest.mark.parametrize("n_classes", [2, 7, 100, 200])  # 200: gradient blocks of 128 columns
+# 200 classes: gradient blocks of 128 columns; 600: of 64, the narrowest
+@pytest.mark.parametrize("n_classes", [2, 7, 100, 200, 600])
 @pytest.mark.parametrize("n_features", [7, 300, 384, 600])
 @pytest.mark.parametrize("grad_clip", [0.0, 0.05])  # the fused update, then the clipped one
 def test_sizes_of_classes_and_features(engine, n_classes, n_features, grad_clip):

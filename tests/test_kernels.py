@@ -199,6 +199,57 @@ def test_non_finite_rows_raise():
         kernels.batch_loss_and_grad(rows, labels, weight, W, mean, scale, True, 0.0, False, 50.0)
 
 
+def epoch_arguments(**changes):
+    """train_epoch's arguments for a small float32 problem (23 rows, 40 features, 10
+    classes), with `changes` made."""
+    rows, labels, W, mean, scale, weight = problem(seed=25)
+    arguments = dict(rows=rows, labels=labels, order=np.arange(23), sample_weight=weight,
+                     flip=np.zeros(0, bool), shift=np.zeros((0, 2), np.int64), padding=0, W=W,
+                     velocity=np.zeros_like(W), average=np.zeros_like(W), avg_alpha=np.zeros(3),
+                     mean=mean, scale=scale, has_bias=True, batch_size=8, lr=0.1, momentum=0.0,
+                     nesterov=False, grad_clip=0.0, reg=0.0, reg_bias=False, clip=50.0)
+    arguments.update(changes)
+    return arguments
+
+
+IMAGES = np.zeros((23, 3072), np.uint8)
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(order=np.array([0, 23])), r"order must index rows in \[0, 23\)"),
+    (dict(order=np.array([-1, 0])), r"order must index rows"),
+    (dict(order=np.zeros((2, 2), np.int64)), "order must be 1-d"),
+    (dict(batch_size=0), "batch_size must be >= 1"),
+    (dict(avg_alpha=np.zeros(2)), r"avg_alpha must have shape \(3,\)"),
+    (dict(sample_weight=np.ones(5, np.float32)), "sample_weight must have shape"),
+    (dict(padding=3), "padding must be 0"),
+    (dict(flip=np.zeros(23, bool)), "augmentation needs image rows"),
+    (dict(rows=IMAGES, mean=np.zeros(3072, np.float32), scale=np.ones(3072, np.float32),
+          W=np.zeros((10, 3073), np.float32), velocity=np.zeros((10, 3073), np.float32),
+          average=np.zeros((10, 3073), np.float32), shift=np.full((23, 2), 9)),
+     r"shift must lie in \[-8, 8\]"),
+    (dict(W=np.zeros((10, 40), np.float32)), r"W must be \(C, 41\)"),
+    (dict(velocity=np.zeros((10, 40), np.float32)), "velocity must be"),
+    (dict(mean=np.zeros(39, np.float32)), r"mean must have shape \(40,\)"),
+])
+def test_bad_arguments_are_refused_before_any_step(changes, message):
+    arguments = epoch_arguments(**changes)
+    W_before = arguments["W"].copy()
+    with pytest.raises(ValueError, match=message):
+        kernels.train_epoch(**arguments)
+    np.testing.assert_array_equal(arguments["W"], W_before)
+
+
+def test_shifts_up_to_eight_pixels_are_taken():
+    arguments = epoch_arguments(rows=IMAGES, mean=np.zeros(3072, np.float32),
+                                scale=np.ones(3072, np.float32),
+                                W=np.zeros((10, 3073), np.float32),
+                                velocity=np.zeros((10, 3073), np.float32),
+                                average=np.zeros((10, 3073), np.float32),
+                                shift=np.tile([[8, -8]], (23, 1)))
+    assert kernels.train_epoch(**arguments)[1] >= 0
+
+
 @pytest.mark.parametrize("bad_label", [-1, 10])  # 10 = the class count: one row past W
 def test_labels_outside_the_classes_are_refused(bad_label):
     rows, labels, W, mean, scale, weight = problem(seed=24)
