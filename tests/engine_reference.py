@@ -1,7 +1,8 @@
-"""Independent float64 references for the engines (ENGINE_API.md), written from the math
-contract with plain numpy: one minibatch's loss and gradient, a whole epoch of SGD with
-momentum, clipping, L2 and averaging, the augmented image; and random problems to run them
-on. Used by tests/test_kernels.py (numba) and tests/test_engines.py (numpy)."""
+"""Independent float64 references for the engines (the interface of
+softmax_cls.engines.numpy_engine), written from the math with plain numpy: one minibatch's
+loss and gradient, a whole epoch of SGD with momentum, clipping, L2 and averaging, the
+augmented image; and random problems to run them on. Used by tests/test_engines.py (both
+engines) and tests/test_kernels.py (the numba engine alone)."""
 
 from __future__ import annotations
 
