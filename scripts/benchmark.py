@@ -239,7 +239,7 @@ class EngineEpoch:
                  train_rows: np.ndarray, pre, n_classes: int, config, augment: dict | None):
         self.engine = get_engine(engine_name)
         if engine_name == "numba":  # measure the pinned thread count, never the governor's pick
-            from softmax_cls.engines.numba_engine.kernels import THREAD_GOVERNOR
+            from softmax_cls.engines.numba_engine.api import THREAD_GOVERNOR
 
             THREAD_GOVERNOR.enabled = False
         self.name = f"{engine_name}_{'augmented' if augment else 'plain'}"

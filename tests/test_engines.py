@@ -136,6 +136,83 @@ def test_a_huge_learning_rate_is_non_finite(engine):
             raise NonFiniteError("non-finite weights")
 
 
+def test_nesterov_differs_from_plain_momentum(engine):
+    p = problem(seed=2)
+    plain, _ = run_engine(engine, p, momentum=0.9)
+    nesterov, _ = run_engine(engine, p, momentum=0.9, nesterov=True)
+    assert not np.allclose(plain[0], nesterov[0])
+
+
+def test_gradient_clipping_clips_every_step(engine):
+    actual, expected = run_engine(engine, problem(seed=4), grad_clip=0.05, momentum=0.5,
+                                  reg=0.01)
+    assert expected[5] == 3  # every step's gradient was longer than 0.05: really clipped
+    assert_close(actual, expected)
+
+
+def test_averaging_alphas_and_zero_alpha_leaves_the_average(engine):
+    p = problem(seed=7)
+    actual, expected = run_engine(engine, p, alphas=np.array([1.0, 0.0, 0.25]))
+    assert_close(actual, expected)
+    untouched, _ = run_engine(engine, p, alphas=np.zeros(3))
+    np.testing.assert_array_equal(untouched[2], p.W * np.float32(0.5))
+
+
+# Sizes around the numba engine's: TILE_ROWS 8 rows, CHUNK 512 features per score tile,
+# gradient blocks of 256 / 128 / 64 columns (C <= 128, C = 200, C > 512), predictions in
+# chunks of 64 rows.
+FEATURE_COUNTS = [1, 7, 300, 384, 511, 512, 513, 600]
+BATCH_SIZES = [1, 7, 8, 9, 15, 16, 17]
+
+
+@pytest.mark.parametrize("n_features", FEATURE_COUNTS)
+@pytest.mark.parametrize("batch_size", BATCH_SIZES)
+def test_sizes_of_rows_and_features(engine, n_features, batch_size):
+    n_rows = 2 * batch_size + (batch_size + 1) // 2  # two full minibatches and a short one
+    p = problem(n_rows=n_rows, n_features=n_features, n_classes=3,
+                seed=n_features + batch_size, weighted=True)
+    actual, expected = run_engine(engine, p, batch_size=batch_size, momentum=0.9, reg=1e-3,
+                                  alphas=np.full(3, 0.5))
+    assert_close(actual, expected)
+
+
+# 200 classes: gradient blocks of 128 columns; 600: of 64, the narrowest
+@pytest.mark.parametrize("n_classes", [2, 7, 100, 200, 600])
+@pytest.mark.parametrize("n_features", [7, 300, 384, 600])
+@pytest.mark.parametrize("grad_clip", [None, 0.05])  # the fused update, then the clipped one
+def test_sizes_of_classes_and_features(engine, n_classes, n_features, grad_clip):
+    p = problem(n_rows=19, n_features=n_features, n_classes=n_classes, seed=n_classes)
+    actual, expected = run_engine(engine, p, batch_size=9, grad_clip=grad_clip, momentum=0.5)
+    assert expected[5] == (3 if grad_clip else 0)
+    assert_close(actual, expected)
+
+
+@pytest.mark.parametrize("n_features", FEATURE_COUNTS)
+@pytest.mark.parametrize("n_rows", [1, 7, 8, 9, 17])
+def test_sizes_of_loss_and_grad(engine, n_features, n_rows):
+    p = problem(n_rows=n_rows, n_features=n_features, n_classes=3, seed=n_rows, weighted=True)
+    W = p.W.astype(np.float64)
+    rule = StepRule(lr=1.0, reg=0.05, penalise_last=True)
+    loss, dW, correct = engine_named(engine).loss_and_grad(p.rows, p.labels, p.sample_weight,
+                                                           W, p.pre, rule)
+    loss_r, dW_r, correct_r, _ = reference_loss_and_grad(p.rows, p.labels, p.sample_weight, W,
+                                                         p.pre, rule)
+    assert loss == pytest.approx(loss_r, rel=1e-10) and correct == correct_r
+    np.testing.assert_allclose(dW, dW_r, rtol=1e-9, atol=1e-12)
+
+
+def test_the_reference_counts_the_clipped_steps():
+    """The reference itself: the tests above read its count of clipped steps."""
+    p = problem(seed=23)
+    state = OptimizerState(p.W, np.zeros_like(p.W), np.zeros_like(p.W))
+    plan = EpochPlan(np.arange(23, dtype=np.int64), 8, np.zeros(3))
+    from engine_reference import reference_epoch
+
+    for clip, clipped in ((1e-6, 3), (1e6, 0)):
+        rule = StepRule(lr=0.1, grad_clip=clip)
+        assert reference_epoch(p.data, plan, rule, p.pre, state)[5] == clipped
+
+
 # ---------------------------------------------------------------------------------------------
 # One minibatch, predictions, ties
 
@@ -172,10 +249,12 @@ def test_non_finite_rows_raise(engine):
         engine_named(engine).loss_and_grad(p.rows, p.labels, None, p.W, p.pre, StepRule(lr=1))
 
 
-@pytest.mark.parametrize("n_rows", [1, 7, 8, 9, 63, 64, 65, 129, 4095, 4097])
+@pytest.mark.parametrize("n_rows", [1, 7, 8, 9, 63, 64, 65, 127, 129, 513, 4095, 4097])
+@pytest.mark.parametrize("n_features", [7, 33, 384, 600])
 @pytest.mark.parametrize("w_dtype", [np.float32, np.float64])
-def test_predict_scores_for_row_counts_around_every_chunk(engine, n_rows, w_dtype, tmp_path):
-    p = problem(n_rows=n_rows, n_features=33, rows_dtype=np.uint8, seed=n_rows)
+def test_predict_scores_for_row_counts_around_every_chunk(engine, n_rows, n_features, w_dtype,
+                                                          tmp_path):
+    p = problem(n_rows=n_rows, n_features=n_features, rows_dtype=np.uint8, seed=n_rows)
     path = tmp_path / "rows.bin"
     p.rows.tofile(path)
     mapped = np.memmap(path, dtype=np.uint8, mode="r", shape=p.rows.shape)
@@ -184,7 +263,7 @@ def test_predict_scores_for_row_counts_around_every_chunk(engine, n_rows, w_dtyp
     expected = p.pre.transform(p.rows, np.float64) @ W.T.astype(np.float64)
     assert scores.dtype == w_dtype and scores.shape == (n_rows, 10)
     np.testing.assert_allclose(scores, expected,
-                               rtol=1e-5 if w_dtype == np.float32 else 1e-12, atol=1e-5)
+                               rtol=1e-4 if w_dtype == np.float32 else 1e-10, atol=1e-4)
 
 
 def test_ties_count_the_first_class_as_numpy_argmax_does(engine):

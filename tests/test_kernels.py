@@ -1,9 +1,8 @@
-"""The numba engine (softmax_cls.engines.numba_engine.kernels) against plain float64 numpy
-from the math of ENGINE_API.md (tests/engine_reference.py; the plain steps are in
-test_engines.py, for both
-engines): one or a few SGD steps, augmentation, predictions,
-the gradient check, thread-count independence, non-finite detection, the cache location.
-Skipped without numba."""
+"""What only the numba engine (softmax_cls.engines.numba_engine) has: the augmented image it
+gathers, bit-identical results whatever the thread count, the thread governor at work, epochs
+in calls of a few steps, non-finite detection, input checks, memory-mapped rows, the compile
+cache, and no read out of bounds (NUMBA_BOUNDSCHECK). The math of both engines against the
+float64 reference (tests/engine_reference.py) is in test_engines.py. Skipped without numba."""
 
 from __future__ import annotations
 
@@ -16,97 +15,37 @@ import numpy as np
 import pytest
 
 # ImportError without numba: skip
-kernels = pytest.importorskip("softmax_cls.engines.numba_engine.kernels")
+kernels = pytest.importorskip("softmax_cls.engines.numba_engine.api")
 numba = pytest.importorskip("numba")
 
-from engine_reference import (  # noqa: E402
-    assert_close,
-    augmented,
-    problem,
-    reference_loss_and_grad,
-    run_engine,
-)
+from engine_reference import problem as contract_problem  # noqa: E402
 
+from softmax_cls.engines.governor import ThreadGovernor  # noqa: E402
+from softmax_cls.engines.numba_engine import cache  # noqa: E402
 from softmax_cls.math.softmax import NonFiniteError  # noqa: E402
 
-
-def run_both(*args, **kwargs):
-    """(kernel W, V, A, loss_sum, correct) and the reference's, on the same inputs."""
-    return run_engine(kernels.train_epoch, *args, **kwargs)
+PAD_MODES = {0: "constant", 1: "edge", 2: "reflect"}
 
 
-# ---------------------------------------------------------------------------------------------
-# SGD steps against the reference
+def problem(**kwargs):
+    """engine_reference.problem as the kernels' flat arguments: (rows, labels, W, mean and
+    scale (P,) float32, sample_weight (N,) float32 or (0,))."""
+    p = contract_problem(**kwargs)
+    mean, scale = p.pre.vectors(np.float32)
+    weight = np.zeros(0, np.float32) if p.sample_weight is None else p.sample_weight
+    return p.rows, p.labels, p.W, mean.copy(), scale.copy(), weight
 
 
-@pytest.mark.parametrize("nesterov", [False, True])
-def test_momentum_and_nesterov(nesterov):
-    rows, labels, W, mean, scale, weight = problem(seed=2)
-    velocity = np.random.default_rng(3).standard_normal(W.shape).astype(np.float32) * 0.1
-    actual, expected = run_both(rows, labels, W, mean, scale, weight, momentum=0.9,
-                                nesterov=nesterov, velocity=velocity)
-    assert_close(actual, expected)
-
-
-def test_nesterov_differs_from_plain_momentum():
-    rows, labels, W, mean, scale, weight = problem(seed=2)
-    plain, _ = run_both(rows, labels, W, mean, scale, weight, momentum=0.9)
-    nesterov, _ = run_both(rows, labels, W, mean, scale, weight, momentum=0.9, nesterov=True)
-    assert not np.allclose(plain[0], nesterov[0])
-
-
-def test_gradient_clipping_clips():
-    rows, labels, W, mean, scale, weight = problem(seed=4)
-    actual, expected = run_both(rows, labels, W, mean, scale, weight, grad_clip=0.05,
-                                momentum=0.5, reg=0.01)
-    assert expected[5] == 3  # every step's gradient was longer than 0.05: really clipped
-    assert_close(actual, expected)
-
-
-@pytest.mark.parametrize("reg_bias", [False, True])
-@pytest.mark.parametrize("has_bias", [True, False])
-def test_l2_penalty_with_and_without_the_bias(reg_bias, has_bias):
-    rows, labels, W, mean, scale, weight = problem(seed=5, has_bias=has_bias)
-    W[:, -1] = 3.0  # a large last column: penalising it or not shows
-    actual, expected = run_both(rows, labels, W, mean, scale, weight, reg=0.2,
-                                reg_bias=reg_bias, has_bias=has_bias, lr=0.1)
-    assert_close(actual, expected)
-
-
-def test_sample_weights():
-    rows, labels, W, mean, scale, weight = problem(seed=6, weighted=True)
-    actual, expected = run_both(rows, labels, W, mean, scale, weight)
-    assert_close(actual, expected)
-    unweighted, _ = run_both(rows, labels, W, mean, scale, np.zeros(0, np.float32))
-    assert not np.allclose(actual[0], unweighted[0])
-
-
-def test_averaging_alphas_and_zero_alpha_leaves_the_average():
-    rows, labels, W, mean, scale, weight = problem(seed=7)
-    alphas = np.array([1.0, 0.0, 0.25])
-    actual, expected = run_both(rows, labels, W, mean, scale, weight, alphas=alphas)
-    assert_close(actual, expected)
-    untouched, _ = run_both(rows, labels, W, mean, scale, weight, alphas=np.zeros(3))
-    np.testing.assert_array_equal(untouched[2], W * 0.5)
-
-
-def test_clipped_scores_follow_the_contract():
-    rows, labels, W, mean, scale, weight = problem(seed=8)
-    W *= 400  # score gaps far beyond clip = 5: the clipped softmax of the contract
-    actual, expected = run_both(rows, labels, W, mean, scale, weight, clip=5.0, lr=1e-3)
-    assert_close(actual, expected)
-
-
-@pytest.mark.parametrize("padding", [0, 1, 2])
-def test_augmented_images_with_100_classes(padding):
-    rows, labels, W, mean, scale, weight = problem(n_rows=13, n_features=3072, n_classes=100,
-                                                   rows_dtype=np.uint8, seed=9)
-    rng = np.random.default_rng(10)
-    flip = rng.random(13) < 0.5
-    shift = rng.integers(-8, 9, size=(13, 2))
-    actual, expected = run_both(rows, labels, W * 0.01, mean, scale, weight, flip=flip,
-                                shift=shift, padding=padding, batch_size=5, momentum=0.9)
-    assert_close(actual, expected)
+def augmented(image: np.ndarray, flip: bool, dy: int, dx: int, padding: int) -> np.ndarray:
+    """(3072,) uint8 by np.pad, the independent oracle of the gather's augmentation: mirror
+    left-right, then move by (dy, dx) with the padding's mode."""
+    planes = image.reshape(3, 32, 32)
+    if flip:
+        planes = planes[:, :, ::-1]
+    if dy or dx:
+        planes = np.pad(planes, ((0, 0), (8, 8), (8, 8)), PAD_MODES[padding])
+        planes = planes[:, 8 - dy : 40 - dy, 8 - dx : 40 - dx]
+    return planes.reshape(-1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -188,64 +127,21 @@ def test_bit_identical_whatever_the_thread_count(monkeypatch):
 # The thread governor: one thread while another process holds a core
 
 
-def governor_after(epochs: list[tuple[int, float]], available: int = 2):
-    """A fresh governor fed epochs of one kind: (the thread count it must choose, the
-    seconds per row that epoch then took)."""
-    governor = kernels.ThreadGovernor()
-    for threads, seconds in epochs:
-        assert governor.choose("kind", available) == threads
-        governor.record("kind", threads, seconds, available)
-    return governor
-
-
-def test_governor_measures_both_counts_then_keeps_the_faster_and_probes_less_often():
-    every = kernels.ThreadGovernor.PROBE_EVERY
-    quiet = [(2, 1.0), (1, 1.6), (2, 1.0)]  # all threads (maybe compiling), one, all again
-    governor = governor_after([*quiet, *[(2, 1.0)] * (every - 1), (1, 1.6),
-                               *[(2, 1.0)] * (2 * every), (1, 1.6),
-                               *[(2, 1.0)] * (4 * every - 1)])
-    assert governor.choose("kind", 2) == 2
-    governor.record("kind", 2, 1.0, 2)
-    assert governor.choose("kind", 2) == 1  # the probes of one thread: after 4, 8, 16 epochs
-    assert governor.choose("other kind", 2) == 2  # kinds are timed apart
-
-
-def test_governor_moves_to_one_thread_when_all_threads_get_slower_and_back_after():
-    every = kernels.ThreadGovernor.PROBE_EVERY
-    quiet = [(2, 1.0), (1, 1.6), (2, 1.0)]
-    contended = [(2, 9.0), *[(1, 1.7)] * every]  # another process takes a core
-    governor = governor_after([*quiet, *contended, (2, 8.0), *[(1, 1.7)] * (2 * every)])
-    assert governor.choose("kind", 2) == 2  # the probe, after twice as many epochs
-    governor.record("kind", 2, 1.0, 2)  # the machine is quiet again
-    assert governor.choose("kind", 2) == 2
-
-
-def test_governor_picks_one_thread_when_the_machine_is_busy_from_the_start():
-    governor = governor_after([(2, 9.0), (1, 1.6), (2, 8.0), (1, 1.6), (1, 1.6)])
-    assert governor.choose("kind", 2) == 1
-
-
-def test_governor_can_be_switched_off_and_has_nothing_to_choose_from_one_thread():
-    governor = governor_after([(2, 9.0), (1, 1.6), (2, 8.0)])
-    governor.enabled = False
-    assert governor.choose("kind", 2) == 2
-    assert governor_after([(1, 1.0), (1, 5.0), (1, 1.0)], available=1).choose("kind", 1) == 1
-
-
 def test_train_epoch_runs_on_the_thread_count_the_governor_picks(monkeypatch):
     if numba.config.NUMBA_NUM_THREADS < 2:
         pytest.skip("numba runs with one thread here (NUMBA_NUM_THREADS)")
     seconds = iter([0.0, 0.9, 1.0, 1.2, 2.0, 2.9])  # 0.9 s on 2 threads, 0.2 s on 1, 0.9 s
-    governor = kernels.ThreadGovernor(clock=lambda: next(seconds, 3.0))
+    governor = ThreadGovernor(numba.get_num_threads, numba.set_num_threads,
+                              clock=lambda: next(seconds, 3.0))
     monkeypatch.setattr(kernels, "THREAD_GOVERNOR", governor)
     threads_seen = []
-    real_kernel = kernels._train_epoch_kernel
+    real_kernel = kernels.train_epoch_kernel
 
     def spy(*args):
         threads_seen.append(numba.get_num_threads())
         return real_kernel(*args)
 
-    monkeypatch.setattr(kernels, "_train_epoch_kernel", spy)
+    monkeypatch.setattr(kernels, "train_epoch_kernel", spy)
     rows, labels, W, mean, scale, weight = problem(seed=16)
     before = numba.get_num_threads()
     numba.set_num_threads(2)
@@ -317,6 +213,72 @@ def test_non_finite_rows_raise():
         kernels.batch_loss_and_grad(rows, labels, weight, W, mean, scale, True, 0.0, False, 50.0)
 
 
+def epoch_arguments(**changes):
+    """train_epoch's arguments for a small float32 problem (23 rows, 40 features, 10
+    classes), with `changes` made."""
+    rows, labels, W, mean, scale, weight = problem(seed=25)
+    arguments = dict(rows=rows, labels=labels, order=np.arange(23), sample_weight=weight,
+                     flip=np.zeros(0, bool), shift=np.zeros((0, 2), np.int64), padding=0, W=W,
+                     velocity=np.zeros_like(W), average=np.zeros_like(W), avg_alpha=np.zeros(3),
+                     mean=mean, scale=scale, has_bias=True, batch_size=8, lr=0.1, momentum=0.0,
+                     nesterov=False, grad_clip=0.0, reg=0.0, reg_bias=False, clip=50.0)
+    arguments.update(changes)
+    return arguments
+
+
+IMAGES = np.zeros((23, 3072), np.uint8)
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(order=np.array([0, 23])), r"order must index rows in \[0, 23\)"),
+    (dict(order=np.array([-1, 0])), r"order must index rows"),
+    (dict(order=np.zeros((2, 2), np.int64)), "order must be 1-d"),
+    (dict(batch_size=0), "batch_size must be >= 1"),
+    (dict(avg_alpha=np.zeros(2)), r"avg_alpha must have shape \(3,\)"),
+    (dict(sample_weight=np.ones(5, np.float32)), "sample_weight must have shape"),
+    (dict(padding=3), "padding must be 0"),
+    (dict(flip=np.zeros(23, bool)), "augmentation needs image rows"),
+    (dict(rows=IMAGES, mean=np.zeros(3072, np.float32), scale=np.ones(3072, np.float32),
+          W=np.zeros((10, 3073), np.float32), velocity=np.zeros((10, 3073), np.float32),
+          average=np.zeros((10, 3073), np.float32), shift=np.full((23, 2), 9)),
+     r"shift must lie in \[-8, 8\]"),
+    (dict(W=np.zeros((10, 40), np.float32)), r"W must be \(C, 41\)"),
+    (dict(velocity=np.zeros((10, 40), np.float32)), "velocity must be"),
+    (dict(mean=np.zeros(39, np.float32)), r"mean must have shape \(40,\)"),
+])
+def test_bad_arguments_are_refused_before_any_step(changes, message):
+    arguments = epoch_arguments(**changes)
+    W_before = arguments["W"].copy()
+    with pytest.raises(ValueError, match=message):
+        kernels.train_epoch(**arguments)
+    np.testing.assert_array_equal(arguments["W"], W_before)
+
+
+def test_shifts_up_to_eight_pixels_are_taken():
+    arguments = epoch_arguments(rows=IMAGES, mean=np.zeros(3072, np.float32),
+                                scale=np.ones(3072, np.float32),
+                                W=np.zeros((10, 3073), np.float32),
+                                velocity=np.zeros((10, 3073), np.float32),
+                                average=np.zeros((10, 3073), np.float32),
+                                shift=np.tile([[8, -8]], (23, 1)))
+    assert kernels.train_epoch(**arguments)[1] >= 0
+
+
+@pytest.mark.parametrize("bad_label", [-1, 10])  # 10 = the class count: one row past W
+def test_labels_outside_the_classes_are_refused(bad_label):
+    rows, labels, W, mean, scale, weight = problem(seed=24)
+    labels[5] = bad_label
+    W_before = W.copy()
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 10\)"):
+        kernels.train_epoch(rows, labels, np.arange(23), weight, np.zeros(0, bool),
+                            np.zeros((0, 2), np.int64), 0, W, np.zeros_like(W),
+                            np.zeros_like(W), np.zeros(3), mean, scale, True, 8, 0.1, 0.0,
+                            False, 0.0, 0.0, False, 50.0)
+    np.testing.assert_array_equal(W, W_before)
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 10\)"):
+        kernels.batch_loss_and_grad(rows, labels, weight, W, mean, scale, True, 0.0, False, 50.0)
+
+
 @pytest.mark.parametrize("rows_dtype", [np.uint8, np.float32])
 @pytest.mark.parametrize("w_dtype", [np.float32, np.float64])
 def test_predict_scores(rows_dtype, w_dtype, tmp_path):
@@ -332,43 +294,6 @@ def test_predict_scores(rows_dtype, w_dtype, tmp_path):
                                rtol=1e-5 if w_dtype == np.float32 else 1e-12, atol=1e-5)
 
 
-def test_batch_loss_and_grad_against_the_reference_and_finite_differences():
-    rows, labels, W, mean, scale, weight = problem(n_rows=11, n_features=20, seed=17,
-                                                   weighted=True)
-    W = W.astype(np.float64) * 5
-    args = (mean, scale, True, 0.05, False, 50.0)
-    loss, dW, correct = kernels.batch_loss_and_grad(rows, labels, weight, W, *args)
-    loss_r, dW_r, correct_r, _ = reference_loss_and_grad(
-        rows, labels, weight, W, mean.astype(np.float64), scale.astype(np.float64), True, 0.05,
-        False, 50.0)
-    assert dW.dtype == np.float64 and correct == correct_r
-    assert loss == pytest.approx(loss_r, rel=1e-12)
-    np.testing.assert_allclose(dW, dW_r, rtol=1e-10, atol=1e-13)
-    h = 1e-5
-    rng = np.random.default_rng(18)
-    coordinates = [(c, j) for c, j in zip(rng.integers(0, 10, 12), rng.integers(0, 21, 12),
-                                          strict=True)] + [(3, 20)]  # 20: the bias column
-    for c, j in coordinates:
-        plus, minus = W.copy(), W.copy()
-        plus[c, j] += h
-        minus[c, j] -= h
-        numeric = (kernels.batch_loss_and_grad(rows, labels, weight, plus, *args)[0]
-                   - kernels.batch_loss_and_grad(rows, labels, weight, minus, *args)[0]) / (2 * h)
-        relative = abs(numeric - dW[c, j]) / max(abs(numeric), abs(dW[c, j]), 1e-12)
-        assert relative < 1e-6, (c, j, numeric, dW[c, j])
-
-
-def test_batch_loss_and_grad_of_uint8_rows_without_bias():
-    rows, labels, W, mean, scale, _ = problem(n_rows=9, n_features=30, rows_dtype=np.uint8,
-                                              has_bias=False, seed=19)
-    W = W.astype(np.float64)
-    loss, dW, correct = kernels.batch_loss_and_grad(rows, labels, np.zeros(0), W, mean, scale,
-                                                    False, 0.1, False, 50.0)
-    loss_r, dW_r, correct_r, _ = reference_loss_and_grad(
-        rows, labels, None, W, mean.astype(np.float64), scale.astype(np.float64), False, 0.1,
-        False, 50.0)
-    assert loss == pytest.approx(loss_r, rel=1e-12) and correct == correct_r
-    np.testing.assert_allclose(dW, dW_r, rtol=1e-10, atol=1e-13)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -377,7 +302,10 @@ def test_batch_loss_and_grad_of_uint8_rows_without_bias():
 
 def test_kernels_are_compiled_after_use():
     rows, labels, W, mean, scale, weight = problem(rows_dtype=np.uint8, seed=20)
-    run_both(rows, labels, W, mean, scale, weight)
+    kernels.train_epoch(rows, labels, np.arange(len(rows)), weight, np.zeros(0, bool),
+                        np.zeros((0, 2), np.int64), 1, W, np.zeros_like(W), W.copy(),
+                        np.zeros(3), mean, scale, True, 8, 0.01, 0.0, False, 0.0, 0.0, False,
+                        50.0)
     kernels.predict_scores(rows, W, mean, scale, True)
     assert kernels.kernels_are_compiled(np.uint8) is True
 
@@ -387,7 +315,7 @@ def test_cache_folder_when_the_package_folder_is_read_only(monkeypatch, tmp_path
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.setattr(numba.config, "CACHE_DIR", numba.config.CACHE_DIR)
     monkeypatch.setattr(os, "access", lambda path, mode: False)
-    kernels._cache_dir_for_numba()
+    cache.cache_dir_for_numba()
     expected = str(tmp_path / "softmax-cls" / "numba")
     assert os.environ["NUMBA_CACHE_DIR"] == expected
     assert numba.config.CACHE_DIR == expected
@@ -396,14 +324,39 @@ def test_cache_folder_when_the_package_folder_is_read_only(monkeypatch, tmp_path
 def test_user_cache_folder_is_kept(monkeypatch, tmp_path):
     monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "mine"))
     monkeypatch.setattr(os, "access", lambda path, mode: False)
-    kernels._cache_dir_for_numba()
+    cache.cache_dir_for_numba()
     assert os.environ["NUMBA_CACHE_DIR"] == str(tmp_path / "mine")
 
 
 def test_import_without_numba_is_an_import_error():
     code = ("import sys; sys.modules['numba'] = None\n"
-            "try:\n    import softmax_cls.engines.numba_engine.kernels\n"
+            "try:\n    import softmax_cls.engines.numba_engine.api\n"
             "except ImportError:\n    print('ImportError')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=Path(__file__).resolve().parents[1], check=True)
     assert out.stdout.strip() == "ImportError"
+
+
+# ---------------------------------------------------------------------------------------------
+# No read out of bounds: a read past a tile's rows would be masked, so let numba check
+
+
+# The sweeps of sizes around every tile, chunk and block size (test_engines.py), the
+# gathered images and memory-mapped predictions: every compiled entry point, with the
+# minibatch, tile and chunk remainders.
+BOUNDSCHECKED = "(numba and sizes) or test_padding_content or test_predict_scores"
+
+
+@pytest.mark.slow
+def test_no_read_out_of_bounds(tmp_path):
+    """The tests above and the sizes of test_engines.py, compiled with NUMBA_BOUNDSCHECK=1
+    into a private cache (numba's cache index does not tell bounds-checked code apart)."""
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, NUMBA_BOUNDSCHECK="1", NUMBA_CACHE_DIR=str(tmp_path / "cache"),
+               PYTHONPATH=os.pathsep.join(filter(None, [str(root),
+                                                       os.environ.get("PYTHONPATH")])))
+    out = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
+                          "tests/test_engines.py", "tests/test_kernels.py", "-k", BOUNDSCHECKED],
+                         capture_output=True, text=True, cwd=root, env=env, timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert " passed" in out.stdout and " skipped" not in out.stdout, out.stdout[-3000:]

@@ -13,7 +13,7 @@ import numpy as np
 
 from ...math.preprocess import Preprocessor
 from ..contract import Engine, EpochPlan, OptimizerState, StepRule, TrainingRows
-from . import kernels
+from . import api as kernels
 
 NO_SAMPLE_WEIGHT = np.zeros(0, np.float32)
 NO_FLIP = np.zeros(0, np.bool_)
