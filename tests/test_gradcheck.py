@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from cli_util import run
 from conftest import random_problem
 
@@ -116,3 +117,15 @@ def test_check_uses_each_engines_objective_on_the_same_problem():
         loss_trainer, grad_trainer = objective(problem.W)
         assert abs(loss_trainer - loss_plain) < 1e-12
         np.testing.assert_allclose(grad_trainer, grad_plain, atol=1e-12)
+
+
+def test_the_first_gradient_check_says_it_compiles_once(monkeypatch, capsys):
+    numba_engine = pytest.importorskip("softmax_cls.engines.numba_engine")
+    monkeypatch.setattr(numba_engine, "_announced", False)
+    monkeypatch.setattr(numba_engine, "_ready", set())
+    asked = []
+    monkeypatch.setattr(numba_engine.kernels, "batch_kernel_is_compiled",
+                        lambda *kinds: asked.append(kinds) or False)
+    gradcheck.run_gradcheck(gradcheck.random_image_problem(samples=20, classes=3), 2)
+    assert capsys.readouterr().err.count("compiling the numba kernels once") == 1
+    assert len(asked) == 1  # checked once per kind of call, not per coordinate

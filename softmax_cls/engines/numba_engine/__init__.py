@@ -41,6 +41,10 @@ def predict_scores(rows: np.ndarray, W: np.ndarray, pre: Preprocessor) -> np.nda
 def loss_and_grad(rows: np.ndarray, labels: np.ndarray, sample_weight: np.ndarray | None,
                   W: np.ndarray, pre: Preprocessor, rule: StepRule
                   ) -> tuple[float, np.ndarray, int]:
+    kinds = (rows.dtype, W.dtype)
+    if kinds not in _ready and not kernels.batch_kernel_is_compiled(*kinds):
+        _announce()  # the gradient check's float64 kernel compiles on its first call
+    _ready.add(kinds)
     mean, scale = pre.vectors(W.dtype)
     return kernels.batch_loss_and_grad(
         rows, labels, NO_SAMPLE_WEIGHT if sample_weight is None else sample_weight, W, mean,
@@ -50,18 +54,24 @@ def loss_and_grad(rows: np.ndarray, labels: np.ndarray, sample_weight: np.ndarra
 kernels_are_compiled = kernels.kernels_are_compiled
 COMPILING = "compiling the numba kernels once (about 20 s; cached for later runs)"
 _announced = False
+_ready: set[tuple[np.dtype, np.dtype]] = set()  # (rows, weights) dtypes loss_and_grad has run
+
+
+def _announce() -> None:
+    """Say once per process that the kernels compile."""
+    global _announced
+    if not _announced:
+        print(COMPILING, file=sys.stderr, flush=True)
+        _announced = True
 
 
 def prepare(rows_dtype: np.dtype) -> None:
     """Compile the training and prediction kernels for rows of `rows_dtype` now, on a
     one-row problem, unless numba's cache holds them; say so on stderr once per process. Done
     before a progress bar starts, the compile stays out of its rate."""
-    global _announced
     if kernels_are_compiled(rows_dtype):
         return
-    if not _announced:
-        print(COMPILING, file=sys.stderr, flush=True)
-        _announced = True
+    _announce()
     n_raw = kernels.N_PIXELS if rows_dtype == np.uint8 else 1
     rows = np.zeros((1, n_raw), rows_dtype)
     pre = Preprocessor(np.zeros(n_raw), np.ones(n_raw))

@@ -229,15 +229,29 @@ def kernels_are_compiled(rows_dtype=np.uint8) -> bool:
                   np.zeros(0, np.bool_), np.zeros((0, 2), np.int64), 0, W, W, W, np.zeros(1),
                   vec, vec, True, 1, f32, f32, True, 0.0, 0.0, True, f32)
     predict_args = (rows, W, vec, vec, True, f32, 64)
+    return _is_compiled(train_epoch_kernel, train_args) and _is_compiled(predict_kernel,
+                                                                          predict_args)
+
+
+def batch_kernel_is_compiled(rows_dtype=np.uint8, w_dtype=np.float64) -> bool:
+    """Whether batch_loss_and_grad on rows of `rows_dtype` and weights of `w_dtype` is
+    compiled in this process or in numba's on-disk cache (as kernels_are_compiled)."""
+    P, C = 4, 2
+    W = np.zeros((C, P + 1), w_dtype)
+    vec = np.zeros(P, w_dtype)
+    args = (_readonly(np.zeros((1, P), rows_dtype)), np.zeros(1, np.int64), np.zeros(0, w_dtype),
+            W, vec, vec, True, 0.0, True, 0.0)
+    return _is_compiled(batch_loss_and_grad_kernel, args)
+
+
+def _is_compiled(kernel, args: tuple) -> bool:
+    """Whether `kernel` has, or numba's cache holds, code for the types of `args`."""
     try:
-        for kernel, args in ((train_epoch_kernel, train_args), (predict_kernel, predict_args)):
-            signature = tuple(numba.typeof(a) for a in args)
-            if signature in kernel.overloads:
-                continue
-            cache = kernel._cache
-            key = cache._index_key(signature, kernel.targetctx.codegen())
-            if key not in cache._cache_file._load_index():
-                return False
+        signature = tuple(numba.typeof(a) for a in args)
+        if signature in kernel.overloads:
+            return True
+        cache = kernel._cache
+        key = cache._index_key(signature, kernel.targetctx.codegen())
+        return key in cache._cache_file._load_index()
     except Exception:  # numba internals moved: assume the worst, the caller prints one line
         return False
-    return True
