@@ -189,8 +189,20 @@ def test_eval_matches_an_independent_computation(tmp_path, monkeypatch):
     result = CliRunner().invoke(cli.eval_command, [str(ckpt), "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["accuracy"] == report.accuracy
+    # the test loss, as the run's summary gives it, and recomputed in float64
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert json.loads(result.output)["loss"] == pytest.approx(summary["test_loss"], rel=1e-5)
+    with np.load(ckpt, allow_pickle=False) as npz:
+        W, mean, scale = npz["W"].astype(np.float64), npz["pre_mean"], npz["pre_scale"]
+    X = np.hstack([(data.test_images - mean) * scale, np.ones((len(data.test_images), 1))])
+    S = X @ W.T
+    S -= S.max(axis=1, keepdims=True)
+    log_p = S - np.log(np.exp(S).sum(axis=1, keepdims=True))
+    expected = -log_p[np.arange(len(S)), data.test_labels].mean()
+    assert report.loss == pytest.approx(expected, rel=1e-5)
     text = CliRunner().invoke(cli.eval_command, [str(ckpt)]).output
     assert "confusion matrix" in text and "class4" in text and "precision" in text
+    assert f"loss: {report.loss:.4f} (mean cross-entropy)" in text
 
 
 def test_eval_refuses_data_that_does_not_match(tmp_path, small_data, monkeypatch):

@@ -9,10 +9,12 @@ import numpy as np
 
 @dataclass
 class ClassificationReport:
-    """confusion (C, C) int64, rows the true class, columns the predicted one."""
+    """confusion (C, C) int64, rows the true class, columns the predicted one; loss the mean
+    cross-entropy of the scores the predictions came from, when known."""
 
     class_names: tuple[str, ...]
     confusion: np.ndarray
+    loss: float | None = None
 
     @property
     def accuracy(self) -> float:
@@ -38,6 +40,7 @@ class ClassificationReport:
     def to_dict(self) -> dict:
         return {
             "accuracy": self.accuracy,
+            "loss": self.loss,
             "n": int(self.confusion.sum()),
             "per_class": [
                 {"class": name, "precision": float(p), "recall": float(r), "f1": float(f),
@@ -63,9 +66,10 @@ def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, n_classes: int
 
 
 def classification_report(labels: np.ndarray, predictions: np.ndarray,
-                          class_names: tuple[str, ...]) -> ClassificationReport:
+                          class_names: tuple[str, ...], loss: float | None = None
+                          ) -> ClassificationReport:
     return ClassificationReport(tuple(class_names),
-                                confusion_matrix(labels, predictions, len(class_names)))
+                                confusion_matrix(labels, predictions, len(class_names)), loss)
 
 
 def format_report(report: ClassificationReport) -> str:
@@ -73,7 +77,10 @@ def format_report(report: ClassificationReport) -> str:
     names = report.class_names
     width = max(len(name) for name in names)
     lines = [f"accuracy: {report.accuracy:.4f} ({int(np.trace(report.confusion))} of "
-             f"{int(report.confusion.sum())})", "",
+             f"{int(report.confusion.sum())})"]
+    if report.loss is not None:
+        lines.append(f"loss: {report.loss:.4f} (mean cross-entropy)")
+    lines += ["",
              f"{'class':<{width}}  precision  recall      f1  support"]
     for name, p, r, f, s in zip(names, report.precision, report.recall, report.f1,
                                 report.support, strict=True):

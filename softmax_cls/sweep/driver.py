@@ -49,6 +49,7 @@ from .results import (
     write_trials_csv,
 )
 from .spec import load_sweep, suggest, trial_raw_config
+from .stops import StopSignals
 from .study import (
     check_study,
     counted,
@@ -142,8 +143,9 @@ def run_sweep(sweep_path: str | os.PathLike, *, trials: int | None = None, worke
     folder = Path(out) if out is not None else Path("runs") / Path(sweep_path).stem
     command = resume_command(sweep_path, folder, storage, study_name, trials, workers, dask)
     try:
-        return _run_sweep(sweep_path, trials, workers, folder, dask, storage, study_name,
-                          progress, plots, command)
+        with StopSignals() as stops:  # a Ctrl-C swallowed by a library is raised again
+            return _run_sweep(sweep_path, trials, workers, folder, dask, storage, study_name,
+                              progress, plots, command, stops)
     except KeyboardInterrupt as exc:
         word, code = stop_word_and_code(exc)
         requeued = "the running trials were re-queued; " if getattr(
@@ -157,7 +159,7 @@ def run_sweep(sweep_path: str | os.PathLike, *, trials: int | None = None, worke
 
 
 def _run_sweep(sweep_path, trials, workers, folder: Path, dask, storage, study_name, progress,
-               plots, command: str) -> SweepResult:
+               plots, command: str, stops: StopSignals) -> SweepResult:
     spec = load_sweep(sweep_path)
     if trials is not None:
         if spec.sampler == "grid":
@@ -179,30 +181,37 @@ def _run_sweep(sweep_path, trials, workers, folder: Path, dask, storage, study_n
     with atomic_write(folder / "sweep.yaml", "w") as handle:
         handle.write(f"# the sweep as run: softmax-sweep {sweep_path}\n")
         yaml.safe_dump(spec.as_dict(), handle, sort_keys=False)
-    study = open_study(spec, url, name)
+    study = open_study(spec, url, name)  # imports numpy.random: see stops.py
+    stops.check()
     requeue_stale(study)
     meta = prepare_cache(folder, spec.base_config, progress)
     write_trials_csv(folder, study, spec)
+    stops.check()
 
-    executor, capacity, local = _executor(dask, workers)
+    executor, capacity, local = _executor(dask, workers, stops)
     tasks = _TaskMaker(spec, study, url, name, folder / "cache", meta, local)
     with contextlib.ExitStack() as stack:
         if local:
             stack.enter_context(worker_threads(workers))
-        _drive(study, spec, folder, executor, capacity, tasks, meta, progress, local, command)
+        _drive(study, spec, folder, executor, capacity, tasks, meta, progress, local, command,
+               stops)
+    stops.check()
     return finish_sweep(folder, study, spec, meta, progress, plots)
 
 
-def _executor(dask: str | None, workers: int):
-    """(executor, trials at once, whether its workers are local processes)."""
+def _executor(dask: str | None, workers: int, stops: StopSignals):
+    """(executor, trials at once, whether its workers are local processes). A local pool's
+    locks and queues are made with a Ctrl-C deferred (they may start multiprocessing's
+    resource tracker process)."""
     if dask is None:
         import multiprocessing
 
         from .worker import watch_parent
 
-        pool = cf.ProcessPoolExecutor(max_workers=workers,
-                                      mp_context=multiprocessing.get_context("spawn"),
-                                      initializer=watch_parent, initargs=(os.getpid(),))
+        with stops.deferred():
+            pool = cf.ProcessPoolExecutor(max_workers=workers,
+                                          mp_context=multiprocessing.get_context("spawn"),
+                                          initializer=watch_parent, initargs=(os.getpid(),))
         return pool, workers, True
     try:
         from distributed import Client
@@ -249,11 +258,14 @@ class _TaskMaker:
 
 
 def _drive(study, spec, folder, executor, capacity, tasks, meta, progress, local,
-           command: str) -> None:
+           command: str, stops: StopSignals) -> None:
     """Keep `capacity` trials in flight until the budget's trials have finished; tell each
     outcome, rewrite trials.csv, keep best.npz on the best complete trial. On any exit but
     the last trial's, the trials this command asked for and left running are re-queued and
-    the workers stopped; `command` resumes."""
+    the workers stopped; `command` resumes. A stop is checked for at each step (`stops`:
+    one swallowed where it landed is raised again), and a local worker process is started
+    with it deferred: a spawned child whose start-up data the parent stopped writing would
+    print a traceback."""
     from optuna.trial import TrialState
     from tqdm import tqdm
 
@@ -264,6 +276,7 @@ def _drive(study, spec, folder, executor, capacity, tasks, meta, progress, local
     _show_best(bar, study)
     try:
         while True:
+            stops.check()
             all_trials = study.get_trials(deepcopy=False)
             done_count = counted(all_trials)
             running = sum(t.state == TrialState.RUNNING for t in all_trials)
@@ -276,7 +289,8 @@ def _drive(study, spec, folder, executor, capacity, tasks, meta, progress, local
                     done_count, running = done_count + 1, running - 1
                     bar.update(1)
                     continue
-                pending[executor.submit(_run_trial, task)] = (trial, task)
+                with stops.deferred() if local else contextlib.nullcontext():
+                    pending[executor.submit(_run_trial, task)] = (trial, task)
             write_trials_csv(folder, study, spec)
             if not pending:
                 if running == 0:

@@ -15,7 +15,7 @@ from ..engines.contract import Engine
 from ..errors import DataError
 from ..math.metrics import ClassificationReport, classification_report
 from ..math.preprocess import Preprocessor, raw_features
-from ..math.softmax import predict
+from ..math.softmax import scores, softmax_loss_from_scores
 from .checkpoint import Checkpoint, check_matches, load_checkpoint
 
 SPLITS = ("test", "val", "train")
@@ -87,10 +87,15 @@ class RowSubset:
         return self.images[self.rows[index]]
 
 
-def predict_checkpoint(checkpoint: Checkpoint, rows: np.ndarray) -> np.ndarray:
-    """Predicted labels (N,) int64 of raw rows (N, P): the preprocessing folded into W, the
+def checkpoint_scores(checkpoint: Checkpoint, rows: np.ndarray) -> np.ndarray:
+    """Class scores (N, C) float32 of raw rows (N, P): the preprocessing folded into W, the
     rows converted to raw features [u, 1] one chunk at a time."""
-    return predict(checkpoint.preprocessor.fold(checkpoint.W), rows, transform=raw_features)
+    return scores(checkpoint.preprocessor.fold(checkpoint.W), rows, transform=raw_features)
+
+
+def predict_checkpoint(checkpoint: Checkpoint, rows: np.ndarray) -> np.ndarray:
+    """Predicted labels (N,) int64 of raw rows (N, P), the argmax of checkpoint_scores."""
+    return checkpoint_scores(checkpoint, rows).argmax(axis=1).astype(np.int64)
 
 
 def evaluate_checkpoint(path: str | Path, split: str = "test", root: str | Path | None = None,
@@ -101,5 +106,7 @@ def evaluate_checkpoint(path: str | Path, split: str = "test", root: str | Path 
     data = load_data_for(checkpoint, root, progress, download)
     check_matches(checkpoint, data, path)
     images, labels = split_arrays(checkpoint, data, split)
-    return classification_report(labels, predict_checkpoint(checkpoint, images),
-                                 checkpoint.class_names)
+    scores = checkpoint_scores(checkpoint, images)
+    loss = (softmax_loss_from_scores(scores, labels, checkpoint.config.loss.clip)[0]
+            if len(labels) else None)
+    return classification_report(labels, scores.argmax(axis=1), checkpoint.class_names, loss)
