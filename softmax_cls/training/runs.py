@@ -35,11 +35,18 @@ from ..data.cifar import load_config_data
 from ..data.labelled import LabelledData
 from ..engines import get_engine
 from ..errors import ConfigError, SoftmaxClsError
-from ..fsutil import FolderBusy, atomic_write, folder_lock, fsync_dir
+from ..fsutil import FolderBusy, atomic_write, folder_lock, fsync_dir, read_capped
 from ..interrupts import stop_word_and_code
 from ..math.preprocess import Preprocessor, Split, split_and_fit
 from ..math.softmax import softmax_loss_from_scores
-from .checkpoint import Checkpoint, check_matches, load_checkpoint, save_checkpoint
+from .checkpoint import (
+    TEXT_CAP,
+    TOTAL_CAP,
+    Checkpoint,
+    check_matches,
+    load_checkpoint,
+    save_checkpoint,
+)
 from .evaluate import ScoredSplit, score_split
 from .fit import TrainingDiverged, TrainState, fit, initial_state
 
@@ -317,10 +324,8 @@ def _written_by_a_run(path: Path) -> bool:
         except SoftmaxClsError:
             return False
         return True
-    if path.stat().st_size > RUN_TEXT_CAP:
-        return False
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_capped(path, RUN_TEXT_CAP).decode("utf-8")
         if path.name == "config.yaml":
             return config_to_yaml(config_from_dict(parse_yaml(text, str(path)))) == text
         if path.name == "summary.json":
@@ -431,7 +436,7 @@ class _Run:
         last.npz and the best.npz a resumed run keeps."""
         best_source = _best_source(resume)
         if best_source is not None:  # read before --overwrite might delete it
-            best_bytes = best_source.read_bytes()
+            best_bytes = read_capped(best_source, TOTAL_CAP + TEXT_CAP)
         for name in replaced:
             (out_dir / name).unlink()
         fsync_dir(out_dir)
