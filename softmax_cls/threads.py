@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 import sys
 
-from .errors import ConfigError
+from .errors import ConfigError, SoftmaxClsError
+from .text import shorten
 
 THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
                     "NUMBA_NUM_THREADS")
@@ -26,3 +27,14 @@ def use_threads(count: int) -> None:
     numba = sys.modules.get("numba")
     if numba is not None:
         numba.set_num_threads(min(count, numba.config.NUMBA_NUM_THREADS))
+
+
+def check_numba_threads_variable() -> None:
+    """SoftmaxClsError unless NUMBA_NUM_THREADS, when set, is a whole number >= 1: numba
+    raises a traceback at import for 0 and warns at length, then ignores, any other value
+    it cannot use. Called before numba is imported."""
+    text = os.environ.get("NUMBA_NUM_THREADS")
+    if text is not None and not (text.strip().isdigit() and int(text) >= 1):
+        raise SoftmaxClsError(f"NUMBA_NUM_THREADS: must be a whole number >= 1 (the threads "
+                              f"of the numba engine), got {shorten(text, 40, quote=True)}; "
+                              "unset it to use every core")

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 from ..errors import SoftmaxClsError
+from ..threads import check_numba_threads_variable
 from .contract import Engine
 
 ENGINE_NAMES = ("auto", "numba", "numpy")
@@ -23,6 +24,7 @@ def get_engine(name: str = "auto") -> Engine:
         from .numpy_engine import ENGINE
 
         return ENGINE
+    check_numba_threads_variable()  # before numba loads: it would fail or warn at length
     try:
         from .numba_engine import ENGINE
     except ImportError:

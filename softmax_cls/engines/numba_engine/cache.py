@@ -13,9 +13,6 @@ import os
 import sys
 from pathlib import Path
 
-from ...errors import SoftmaxClsError
-from ...text import shorten
-
 
 def cache_dir_for_numba() -> None:
     """Point NUMBA_CACHE_DIR at a writable per-user folder when the package folder is not
@@ -33,20 +30,8 @@ def cache_dir_for_numba() -> None:
         sys.modules["numba"].config.CACHE_DIR = str(folder)
 
 
-def check_thread_count() -> None:
-    """SoftmaxClsError unless NUMBA_NUM_THREADS, when set, is a whole number >= 1: numba
-    raises a traceback at import for 0 and warns at length, then ignores, any other value
-    it cannot use."""
-    text = os.environ.get("NUMBA_NUM_THREADS")
-    if text is not None and not (text.strip().isdigit() and int(text) >= 1):
-        raise SoftmaxClsError(f"NUMBA_NUM_THREADS: must be a whole number >= 1 (the threads "
-                              f"of the numba engine), got {shorten(text, 40, quote=True)}; "
-                              "unset it to use every core")
-
-
 cache_dir_for_numba()
-check_thread_count()
 
-from numba import njit  # noqa: E402  (after the cache location and thread count are settled)
+from numba import njit  # noqa: E402  (after the cache location is settled)
 
-__all__ = ["cache_dir_for_numba", "check_thread_count", "njit"]
+__all__ = ["cache_dir_for_numba", "njit"]
