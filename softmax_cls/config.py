@@ -471,28 +471,33 @@ def parse_yaml(text: str, source: str) -> Any:
         raise ConfigError(f"{source}: nested too deeply") from None
 
 
+def read_yaml_text(path: Path, what: str = "config file") -> str:
+    """The text of a YAML file a user names (a config or a sweep file), at most
+    MAX_CONFIG_BYTES, checked to be a regular file first (fsutil.read_capped); every problem
+    is one ConfigError naming `what` and the file."""
+    try:
+        return read_capped(path, MAX_CONFIG_BYTES).decode("utf-8")
+    except FileTooLarge as exc:
+        raise ConfigError(f"{path}: {exc.strerror}; a {what} is at most 1 MB") from None
+    except FileNotFoundError:
+        raise ConfigError(f"{what} not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{what} is a directory: {path}") from None
+    except PermissionError:
+        raise ConfigError(f"cannot read {what} {path}: permission denied") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"cannot read {what} {path}: not UTF-8 text (byte "
+                          f"{exc.start})") from None
+
+
 def load_config(path: str | Path | None, overrides: typing.Iterable[str] = ()) -> Config:
     """Read, override and validate a YAML config file (defaults only when path is None)."""
     if path is None:
         return config_from_dict({}, overrides)
     path = Path(path)
-    try:
-        text = read_capped(path, MAX_CONFIG_BYTES).decode("utf-8")
-    except FileTooLarge:
-        raise ConfigError(f"{path}: more than {MAX_CONFIG_BYTES} bytes; a config is at most "
-                          "1 MB") from None
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    except IsADirectoryError:
-        raise ConfigError(f"config file is a directory: {path}") from None
-    except PermissionError:
-        raise ConfigError(f"cannot read config file {path}: permission denied") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"cannot read config file {path}: not UTF-8 text (byte "
-                          f"{exc.start})") from None
-    return config_from_dict(parse_yaml(text, str(path)), overrides)
+    return config_from_dict(parse_yaml(read_yaml_text(path), str(path)), overrides)
 
 
 def config_to_dict(config: Config) -> dict:

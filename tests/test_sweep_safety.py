@@ -372,7 +372,8 @@ def test_a_2_gb_sweep_file_is_refused_without_reading_it(tmp_path):
         handle.truncate(2 << 30)  # sparse: no disk space used
     result = run_measured("softmax-sweep", str(path), "--out",
                                          str(tmp_path / "out"), cwd=tmp_path)
-    assert_one_line_error(result, 2, f"{path}: {2 << 30} bytes, more than the {1 << 20}")
+    assert_one_line_error(result, 2, f"{path}: {2 << 30} bytes, more than the {1 << 20}",
+                          "a sweep file is at most 1 MB")
     assert result.peak_mb < PEAK_MIB and result.seconds < BOMB_SECONDS, result
 
 

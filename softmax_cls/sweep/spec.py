@@ -35,15 +35,14 @@ from pathlib import Path
 from typing import Any
 
 from ..config import (
-    MAX_CONFIG_BYTES,
     Config,
     config_from_dict,
     config_to_dict,
     load_config,
     parse_yaml,
+    read_yaml_text,
 )
 from ..errors import ConfigError
-from ..fsutil import read_capped
 
 SWEEP_KEYS = ("base", "set", "sampler", "trials", "seed", "pruner", "space")
 SAMPLERS = ("tpe", "random", "grid")
@@ -96,16 +95,7 @@ def load_sweep(path: str | os.PathLike) -> SweepSpec:
     file and the key: unknown keys, keys that are not config keys, wrong types, empty or
     inverted ranges, values the config schema rejects."""
     path = Path(path)
-    try:
-        text = read_capped(path, MAX_CONFIG_BYTES).decode("utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"sweep file not found: {path}") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read sweep file {path}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"cannot read sweep file {path}: not UTF-8 text (byte "
-                          f"{exc.start})") from None
-    raw = parse_yaml(text, str(path))
+    raw = parse_yaml(read_yaml_text(path, "sweep file"), str(path))
     where = str(path)
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a mapping with {', '.join(SWEEP_KEYS)}")
@@ -169,7 +159,7 @@ def _base_mapping(base_path: Path | None) -> dict:
     if base_path is None:
         return {}
     load_config(base_path)  # validates, with the config's own messages
-    raw = parse_yaml(read_capped(base_path, MAX_CONFIG_BYTES).decode("utf-8"), str(base_path))
+    raw = parse_yaml(read_yaml_text(base_path), str(base_path))
     return raw or {}
 
 
