@@ -100,11 +100,13 @@ def fit(
     sample_weight: np.ndarray | None = None,
     on_epoch: Callable[[TrainState], None] | None = None,
     progress: bool = False,
+    engine: Engine | None = None,
 ) -> FitResult:
     """Train on rows[split.train_rows] as `config` says; validate on rows[split.val_rows].
 
     rows (N, P) uint8 pixels or float32 features (a memory map is fine), labels (N,) int64 in
     [0, n_classes), split and pre from preprocess.split_and_fit, sample_weight (N,) or None.
+    Trains with `engine` when given (the caller chose it), else get_engine(config.engine).
     Continues `state` when given (it is updated in place). Calls on_epoch(state) after every
     epoch. Returns the final state (best_W: the model weights of the best validation epoch,
     or of the last epoch when there is no validation row) and whether it stopped early.
@@ -112,7 +114,7 @@ def fit(
     holds the last completed epoch, as it does on KeyboardInterrupt.
     """
     # -- setup: engine, starting state, the fixed parts of every epoch
-    engine = get_engine(config.engine)
+    engine = get_engine(config.engine) if engine is None else engine
     engine.prepare(rows.dtype)  # a compile, if any, before the bar: not in its rate
     state = state or initial_state(config, pre.n_features, n_classes)
     optim, loss_cfg, augment = config.optim, config.loss, config.augment

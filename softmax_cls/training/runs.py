@@ -219,15 +219,14 @@ def train_run(config: Config, data: LabelledData | Callable[[], LabelledData], o
 
             # -- the engine, chosen once: fit() and the final evaluation use the same one
             engine = get_engine(config.engine)
-            fit_config = dataclasses.replace(config, engine=engine.name)
 
             # -- the folder's first files: config.yaml, last.npz, the best.npz resumed
             run = _Run.prepare(config, data, out_dir, resume, replaced, split, pre)
 
             # -- training: a checkpoint after every epoch
-            fitted = fit(fit_config, data.train_images, data.train_labels, split, pre,
+            fitted = fit(config, data.train_images, data.train_labels, split, pre,
                          len(data.class_names), state=run.state, on_epoch=run.on_epoch,
-                         progress=progress)
+                         progress=progress, engine=engine)
 
             # -- the final evaluation: the best weights, scored once on the test split (the
             # training rows freed first when no one else holds them), else on the val rows
