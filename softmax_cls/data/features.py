@@ -14,13 +14,20 @@ converted to float32 in memory (4 bytes per value). X must be finite (checked ch
 chunk). y holds integers or strings; the class names are the sorted distinct training labels
 as strings, and labels are encoded as their index among them. Files load with
 allow_pickle=False. The fingerprint is the md5 of each file read, streamed.
+
+The cheap checks come first, for the train and the test file alike: the npy headers of X and
+y (shapes, dtypes, row counts, feature counts, and the bytes they declare against the file's
+or zip member's size); then the labels are read and checked; then X is checked finite; only
+then are the files hashed. A header that declares more than its file holds is refused before
+a byte of its data is read or inflated.
 """
 
 from __future__ import annotations
 
-import contextlib
+import math
 import struct
 import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +39,40 @@ from ..text import shorten
 from .labelled import LabelledData
 
 CHECK_BYTES = 16 << 20  # bytes of X checked for finiteness (or converted) at a time
+NPY_HEADER_CAP = 4096  # bytes of one npy header (numpy writes about 128)
+LABEL_BYTES_CAP = 1024  # bytes of one label: a U256 string, or 1024 bytes of an S string
 _LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")  # a zip member's local file header (30 bytes)
+
+
+@dataclass
+class _Npy:
+    """The header of one npy array: shape, dtype, and where its data lies (`offset` bytes
+    into `path`, or into the zip member `member` of `path`)."""
+
+    path: Path
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    offset: int
+    member: str | None = None
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
+
+@dataclass
+class _Pair:
+    """One feature file's X and y headers, checked against each other; nothing read yet."""
+
+    path: Path
+    role: str
+    X: _Npy
+    y: _Npy
+    files: list[Path] = field(default_factory=list)  # hashed into the fingerprint
+
+    @property
+    def n_features(self) -> int:
+        return self.X.shape[1]
 
 
 def load_features(data: DataConfig, progress: bool = True) -> LabelledData:
@@ -43,20 +83,21 @@ def load_features(data: DataConfig, progress: bool = True) -> LabelledData:
     when data.test is null, class_names the sorted distinct training labels as strings, and
     fingerprint {"train X.npy": md5, ...}. Raises DataError with one line on a bad file.
     """
-    fingerprint: dict[str, str] = {}
-    X, y = _read_pair(Path(data.train), "train", fingerprint, progress)
+    train = _open_pair(Path(data.train), "train")
+    test = None if data.test is None else _open_pair(Path(data.test), "test")
+    if test is not None and test.n_features != train.n_features:
+        raise DataError(f"{data.test}: X has {test.n_features} features, the training "
+                        f"file {data.train} has {train.n_features}")
+    y = _read_labels(train.y)
     classes = np.unique(y)
     if len(classes) < 2:
         raise DataError(f"{data.train}: y holds a single class "
                         f"({shorten(classes[0], 80, quote=True)}); a classifier needs at least 2")
     train_labels = np.searchsorted(classes, y).astype(np.int64)
-    if data.test is None:
-        test_X, test_labels = np.empty((0, X.shape[1]), np.float32), np.empty(0, np.int64)
+    if test is None:
+        test_X, test_labels = np.empty((0, train.n_features), np.float32), np.empty(0, np.int64)
     else:
-        test_X, test_y = _read_pair(Path(data.test), "test", fingerprint, progress)
-        if test_X.shape[1] != X.shape[1]:
-            raise DataError(f"{data.test}: X has {test_X.shape[1]} features, the training "
-                            f"file {data.train} has {X.shape[1]}")
+        test_y = _read_labels(test.y)
         if test_y.dtype.kind != y.dtype.kind and {test_y.dtype.kind, y.dtype.kind} != {"i", "u"}:
             raise DataError(f"{data.test}: y holds {_kind(test_y)}, the training labels "
                             f"{_kind(y)}")
@@ -65,9 +106,16 @@ def load_features(data: DataConfig, progress: bool = True) -> LabelledData:
             raise DataError(f"{data.test}: label {shorten(unknown[0], 80, quote=True)} does not "
                             f"occur in the training labels of {data.train}")
         test_labels = np.searchsorted(classes, test_y).astype(np.int64)
+    X = _finite_float32(train.path, _map(train.X))
+    if test is not None:
+        test_X = _finite_float32(test.path, _map(test.X))
+    fingerprint: dict[str, str] = {}
+    for pair in (train, test):
+        for path in pair.files if pair is not None else ():
+            fingerprint[f"{pair.role} {path.name}"] = file_md5(path, progress)
     return LabelledData(dataset="features", class_names=tuple(str(c) for c in classes.tolist()),
-                     train_images=X, train_labels=train_labels, test_images=test_X,
-                     test_labels=test_labels, fingerprint=fingerprint)
+                        train_images=X, train_labels=train_labels, test_images=test_X,
+                        test_labels=test_labels, fingerprint=fingerprint)
 
 
 def labels_path(x_path: Path) -> Path:
@@ -80,29 +128,30 @@ def labels_path(x_path: Path) -> Path:
     return x_path.with_name(name[:at] + "y" + name[at + 1:])
 
 
-def _read_pair(path: Path, role: str, fingerprint: dict[str, str], progress: bool
-               ) -> tuple[np.ndarray, np.ndarray]:
-    """(X (N, D) float32, y (N,) integer or string array) of one feature file."""
+def _open_pair(path: Path, role: str) -> _Pair:
+    """The checked headers of one feature file's X and y; reads nothing but headers."""
     if not path.is_file():
         raise DataError(f"data.{role}: feature file not found: {path}")
     if path.suffix == ".npz":
-        X, y = _read_npz(path)
-        fingerprint[f"{role} {path.name}"] = file_md5(path, progress)
+        X, y = _npz_headers(path)
+        files = [path]
     elif path.suffix == ".npy":
         y_path = labels_path(path)
         if not y_path.is_file():
             raise DataError(f"{path}: its labels {y_path} are missing")
-        X = _map_npy(path, "X")
-        y = _load_npy(y_path, "y")
-        fingerprint[f"{role} {path.name}"] = file_md5(path, progress)
-        fingerprint[f"{role} {y_path.name}"] = file_md5(y_path, progress)
+        X, y = _file_header(path, "X"), _file_header(y_path, "y")
+        files = [path, y_path]
     else:
         raise DataError(f"{path}: a feature file must be .npz (X and y) or .npy (X, with y.npy "
                         "beside it)")
-    return _checked(path, X, y)
+    _check_X(X)
+    _check_y(path, y, X.shape[0])
+    return _Pair(path, role, X, y, files)
 
 
-def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def _npz_headers(path: Path) -> tuple[_Npy, _Npy]:
+    """X's and y's headers in an .npz, each checked against the size the zip index declares
+    for its member (so no member inflates past what its header declares)."""
     try:
         with zipfile.ZipFile(path) as archive:
             names = set(archive.namelist())
@@ -110,62 +159,120 @@ def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
                 if member not in names:
                     held = ", ".join(sorted(n.removesuffix(".npy") for n in names))
                     raise DataError(f"{path}: no {member[0]} array in the .npz (it holds "
-                                    f"{held or 'nothing'}); save it with np.savez(path, X=X, y=y)")
-            info = archive.getinfo("X.npy")
-            if info.compress_type != zipfile.ZIP_STORED:
+                                    f"{shorten(held, 80) or 'nothing'}); save it with "
+                                    "np.savez(path, X=X, y=y)")
+            x_info, y_info = archive.getinfo("X.npy"), archive.getinfo("y.npy")
+            if x_info.compress_type != zipfile.ZIP_STORED:
                 raise DataError(f"{path}: X is compressed (np.savez_compressed), so it cannot "
                                 "be memory-mapped; save it with np.savez, or as X.npy")
-            with archive.open("y.npy") as handle:
-                y = np.lib.format.read_array(handle, allow_pickle=False)
+            with archive.open(y_info) as member:
+                y = _npy_header(member, path, "y", "y.npy")
         with path.open("rb") as handle:
-            handle.seek(info.header_offset)
+            handle.seek(x_info.header_offset)
             fields = _LOCAL_HEADER.unpack(handle.read(_LOCAL_HEADER.size))
             if fields[0] != b"PK\x03\x04":
                 raise DataError(f"{path}: corrupt zip member X.npy")
             handle.seek(fields[-2] + fields[-1], 1)  # file name and extra field
-            X = _map_npy(path, "X", handle=handle)
+            start = handle.tell()
+            X = _npy_header(handle, path, "X")  # its offset counted from the file's start
     except zipfile.BadZipFile as exc:
-        raise DataError(f"{path}: not a valid .npz ({exc})") from None
-    except ValueError as exc:
-        raise DataError(f"{path}: y cannot be read ({_reason(exc)})") from None
+        raise DataError(f"{path}: not a valid .npz ({shorten(exc, 120)})") from None
+    except (OSError, EOFError, struct.error) as exc:
+        raise DataError(f"{path}: not a valid .npz ({_reason(exc)})") from None
+    for npy, info, member_start in ((X, x_info, start), (y, y_info, 0)):
+        if npy.offset - member_start + npy.nbytes != info.file_size:
+            raise DataError(f"{path}: {npy.member or 'X.npy'} declares shape "
+                            f"{shorten(npy.shape, 60)} {npy.dtype}, which does not fit its "
+                            f"{info.file_size} bytes")
     return X, y
 
 
-def _map_npy(path: Path, what: str, handle=None) -> np.ndarray:
-    """Memory-map the .npy array starting at the handle's position (or at 0 of `path`)."""
+def _file_header(path: Path, what: str) -> _Npy:
+    with path.open("rb") as handle:
+        return _npy_header(handle, path, what)
+
+
+def _npy_header(stream, path: Path, what: str, member: str | None = None) -> _Npy:
+    """The header of the npy array at the stream's position (offset counted from there);
+    reads at most NPY_HEADER_CAP bytes of header and no data."""
     try:
-        with (path.open("rb") if handle is None else contextlib.nullcontext(handle)) as stream:
-            version = np.lib.format.read_magic(stream)
-            read_header = {(1, 0): np.lib.format.read_array_header_1_0,
-                           (2, 0): np.lib.format.read_array_header_2_0}.get(version)
-            if read_header is None:
-                raise ValueError(f".npy format version {version} (this reads 1.0 and 2.0)")
-            shape, fortran, dtype = read_header(stream)
-            offset = stream.tell()
-    except ValueError as exc:
+        version = np.lib.format.read_magic(stream)
+        read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                       (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+        if read_header is None:
+            raise ValueError(f".npy format version {version} (this reads 1.0 and 2.0)")
+        shape, fortran, dtype = read_header(stream, max_header_size=NPY_HEADER_CAP)
+        offset = stream.tell()
+    except (ValueError, EOFError, OSError, zipfile.BadZipFile) as exc:
         raise DataError(f"{path}: {what} is not a valid .npy array ({_reason(exc)})") from None
     if dtype.hasobject:
-        raise DataError(f"{path}: {what} is an object array (pickled); refusing to load it "
-                        "(allow_pickle=False)")
-    if len(shape) != 2 or fortran:
-        raise DataError(f"{path}: X must be a C-ordered 2-d array (N, D), got shape "
-                        f"{shape}{' in Fortran order' if fortran else ''}")
-    if dtype.kind not in "fiu" or dtype.itemsize > 8:
-        raise DataError(f"{path}: X must hold real numbers (float32 is streamed), got {dtype}")
-    if shape[0] == 0 or shape[1] == 0:
-        raise DataError(f"{path}: X is empty, shape {shape}")
-    needed = offset + int(np.prod(shape)) * dtype.itemsize
-    if path.stat().st_size < needed:
-        raise DataError(f"{path}: truncated: X needs {needed} bytes, the file has "
-                        f"{path.stat().st_size}")
-    return np.memmap(path, dtype=dtype, mode="r", shape=shape, offset=offset)
+        raise DataError(f"{path}: {what} is an object array, which would need pickle; "
+                        "refused (allow_pickle=False)")
+    if any(not isinstance(size, int) or size < 0 for size in shape):
+        raise DataError(f"{path}: {what} declares the impossible shape {shorten(shape, 60)}")
+    if fortran and len(shape) > 1:
+        raise DataError(f"{path}: {what} must be C-ordered, got shape {shorten(shape, 60)} "
+                        "in Fortran order")
+    return _Npy(path, tuple(shape), dtype, offset, member)
 
 
-def _load_npy(path: Path, what: str) -> np.ndarray:
+def _check_X(X: _Npy) -> None:
+    if len(X.shape) != 2:
+        raise DataError(f"{X.path}: X must be a C-ordered 2-d array (N, D), got shape "
+                        f"{shorten(X.shape, 60)}")
+    if X.dtype.kind not in "fiu" or X.dtype.itemsize > 8:
+        raise DataError(f"{X.path}: X must hold real numbers (float32 is streamed), got "
+                        f"{shorten(X.dtype, 40)}")
+    if X.shape[0] == 0 or X.shape[1] == 0:
+        raise DataError(f"{X.path}: X is empty, shape {X.shape}")
+    _check_size(X, "X")
+
+
+def _check_y(path: Path, y: _Npy, n_rows: int) -> None:
+    """y's header against X's row count, before any label is read."""
+    if len(y.shape) != 1:
+        raise DataError(f"{path}: y must be 1-d (N,), got shape {shorten(y.shape, 60)}")
+    if y.shape[0] != n_rows:
+        raise DataError(f"{path}: X has {n_rows} rows but y has {y.shape[0]} labels")
+    if y.dtype.kind not in "iuUS" or (y.dtype.kind in "iu" and y.dtype.itemsize > 8):
+        raise DataError(f"{path}: y must hold integer or string labels, got "
+                        f"{shorten(y.dtype, 40)}")
+    if y.dtype.itemsize > LABEL_BYTES_CAP:
+        raise DataError(f"{path}: y's labels are {y.dtype.itemsize} bytes each "
+                        f"({shorten(y.dtype, 40)}); at most {LABEL_BYTES_CAP} are read")
+    if y.member is None:
+        _check_size(y, "y")
+
+
+def _check_size(npy: _Npy, what: str) -> None:
+    """A truncated .npy file holds fewer bytes than its header declares."""
+    if npy.member is None:
+        size = npy.path.stat().st_size
+        if size < npy.offset + npy.nbytes:
+            raise DataError(f"{npy.path}: truncated: {what} needs {npy.offset + npy.nbytes} "
+                            f"bytes, the file has {size}")
+
+
+def _map(X: _Npy) -> np.memmap:
+    return np.memmap(X.path, dtype=X.dtype, mode="r", shape=X.shape, offset=X.offset)
+
+
+def _read_labels(y: _Npy) -> np.ndarray:
+    """y (N,) as its header (already checked) declares it: integers or str."""
     try:
-        return np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise DataError(f"{path}: {what} cannot be read ({_reason(exc)})") from None
+        if y.member is None:
+            with y.path.open("rb") as handle:
+                labels = np.lib.format.read_array(handle, allow_pickle=False,
+                                                  max_header_size=NPY_HEADER_CAP)
+        else:
+            with zipfile.ZipFile(y.path) as archive, archive.open(y.member) as handle:
+                labels = np.lib.format.read_array(handle, allow_pickle=False,
+                                                  max_header_size=NPY_HEADER_CAP)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise DataError(f"{y.path}: y cannot be read ({_reason(exc)})") from None
+    if labels.shape != y.shape or labels.dtype != y.dtype:  # the file changed under us
+        raise DataError(f"{y.path}: y changed while it was read")
+    return labels.astype(str) if labels.dtype.kind == "S" else labels
 
 
 def _reason(exc: Exception) -> str:
@@ -179,16 +286,8 @@ def _kind(y: np.ndarray) -> str:
     return "integers" if y.dtype.kind in "iu" else "strings"
 
 
-def _checked(path: Path, X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """X as float32 (the memmap itself when it is native float32), checked finite; y checked."""
-    if y.ndim != 1:
-        raise DataError(f"{path}: y must be 1-d (N,), got shape {y.shape}")
-    if len(y) != len(X):
-        raise DataError(f"{path}: X has {len(X)} rows but y has {len(y)} labels")
-    if y.dtype.kind not in "iuUS":
-        raise DataError(f"{path}: y must hold integer or string labels, got {y.dtype}")
-    if y.dtype.kind == "S":
-        y = y.astype(str)
+def _finite_float32(path: Path, X: np.ndarray) -> np.ndarray:
+    """X (N, D) as float32 (the memmap itself when it is native float32), checked finite."""
     native = X.dtype == np.dtype(np.float32) and X.dtype.isnative
     out = X if native else np.empty(X.shape, np.float32)
     step = max(1, CHECK_BYTES // (X.shape[1] * X.dtype.itemsize))
@@ -204,5 +303,4 @@ def _checked(path: Path, X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.n
                 raise DataError(f"{path}: X[{start + row}, {col}] is {X[start + row, col]} "
                                 f"{'after conversion to float32 ' if not native else ''}"
                                 "(features must be finite)")
-    return out, y
-
+    return out
