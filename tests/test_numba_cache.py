@@ -1,0 +1,85 @@
+"""numba's compile cache is never a reason for softmax-train to fail: with no writable cache
+folder anywhere the kernels compile in memory, and a corrupted cache file is recompiled over.
+Each test compiles the kernels (15-60 s) in a child with its own NUMBA_CACHE_DIR."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from cli_util import script
+from test_features import linear_data, write_config
+
+import softmax_cls
+
+pytest.importorskip("numba")
+
+COMPILE_TIMEOUT = 300
+
+
+def train(tmp_path: Path, out: str, **env: str) -> subprocess.CompletedProcess:
+    """softmax-train, engine numba, one epoch on 300 rows of 4 features."""
+    if not (tmp_path / "train.npz").exists():
+        X, y = linear_data(n=300, d=4)
+        np.savez(tmp_path / "train.npz", X=X, y=y)
+    config = write_config(tmp_path, train=str(tmp_path / "train.npz"))
+    environment = {**os.environ, "PYTHONUNBUFFERED": "1", "MPLCONFIGDIR": str(tmp_path / "mpl"),
+                   **env}
+    return subprocess.run([script("softmax-train"), "--config", str(config), "--quiet",
+                           "--set", "engine=numba", "--set", "optim.epochs=1",
+                           "--out", str(tmp_path / out)],
+                          capture_output=True, text=True, env=environment, cwd=tmp_path,
+                          timeout=COMPILE_TIMEOUT)
+
+
+def numba_lines(result: subprocess.CompletedProcess) -> list[str]:
+    return [line for line in result.stderr.splitlines() if line.startswith("numba:")]
+
+
+def test_without_any_writable_cache_folder_training_compiles_in_memory(tmp_path):
+    """The package's __pycache__, NUMBA_CACHE_DIR and the user's cache folder all impossible
+    (beneath a plain file, which not even root can make a folder in). The package runs from
+    a copy, so that its __pycache__ can be one."""
+    site = tmp_path / "site"
+    shutil.copytree(Path(softmax_cls.__file__).parent, site / "softmax_cls",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    (site / "softmax_cls" / "engines" / "numba_engine" / "__pycache__").write_text("a file")
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file, not a folder")
+    env = {"PYTHONPATH": str(site), "NUMBA_CACHE_DIR": str(blocker / "numba"),
+           "XDG_CACHE_HOME": str(blocker / "xdg"), "HOME": str(blocker / "home")}
+    where = subprocess.run([sys.executable, "-c", "import softmax_cls as s; print(s.__file__)"],
+                           capture_output=True, text=True, env={**os.environ, **env},
+                           cwd=tmp_path)
+    assert where.stdout.strip() == str(site / "softmax_cls" / "__init__.py"), where
+
+    result = train(tmp_path, "run", **env)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = numba_lines(result)
+    assert len(lines) == 1 and "no writable cache folder" in lines[0], result.stderr
+    assert (tmp_path / "run" / "best.npz").exists()
+
+
+def test_a_corrupted_cache_file_is_recompiled_over_once(tmp_path):
+    cache = tmp_path / "numba-cache"
+    first = train(tmp_path, "first", NUMBA_CACHE_DIR=str(cache))
+    assert first.returncode == 0 and not numba_lines(first), first.stderr
+    [index] = cache.glob("*/entry.train_epoch_kernel-*.nbi")
+    index.write_bytes(index.read_bytes()[:20])  # truncated
+    [data] = cache.glob("*/entry.predict_kernel-*.nbc")
+    data.write_bytes(bytes(range(256)) * 8)  # garbled
+
+    second = train(tmp_path, "second", NUMBA_CACHE_DIR=str(cache))
+    assert second.returncode == 0, second.stderr
+    assert "Traceback" not in second.stderr
+    lines = numba_lines(second)
+    assert len(lines) == 1 and "unreadable cache files" in lines[0], second.stderr
+
+    third = train(tmp_path, "third", NUMBA_CACHE_DIR=str(cache))  # repaired: no compile
+    assert third.returncode == 0 and third.stderr.strip() == "", third.stderr
