@@ -35,11 +35,11 @@ import numpy as np
 from ..config import DataConfig
 from ..errors import DataError
 from ..fsutil import file_md5
+from ..npy_header import NPY_HEADER_CAP, BadHeader, read_npy_header
 from ..text import shorten
 from .labelled import LabelledData
 
 CHECK_BYTES = 16 << 20  # bytes of X checked for finiteness (or converted) at a time
-NPY_HEADER_CAP = 4096  # bytes of one npy header (numpy writes about 128)
 LABEL_BYTES_CAP = 1024  # bytes of one label: a U256 string, or 1024 bytes of an S string
 _LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")  # a zip member's local file header (30 bytes)
 
@@ -196,24 +196,12 @@ def _npy_header(stream, path: Path, what: str, member: str | None = None) -> _Np
     """The header of the npy array at the stream's position (offset counted from there);
     reads at most NPY_HEADER_CAP bytes of header and no data."""
     try:
-        version = np.lib.format.read_magic(stream)
-        read_header = {(1, 0): np.lib.format.read_array_header_1_0,
-                       (2, 0): np.lib.format.read_array_header_2_0}.get(version)
-        if read_header is None:
-            raise ValueError(f".npy format version {version} (this reads 1.0 and 2.0)")
-        shape, fortran, dtype = read_header(stream, max_header_size=NPY_HEADER_CAP)
-        offset = stream.tell()
+        shape, dtype, offset = read_npy_header(stream)
+    except BadHeader as exc:
+        raise DataError(f"{path}: {what} {exc}") from None
     except (ValueError, EOFError, OSError, zipfile.BadZipFile) as exc:
         raise DataError(f"{path}: {what} is not a valid .npy array ({_reason(exc)})") from None
-    if dtype.hasobject:
-        raise DataError(f"{path}: {what} is an object array, which would need pickle; "
-                        "refused (allow_pickle=False)")
-    if any(not isinstance(size, int) or size < 0 for size in shape):
-        raise DataError(f"{path}: {what} declares the impossible shape {shorten(shape, 60)}")
-    if fortran and len(shape) > 1:
-        raise DataError(f"{path}: {what} must be C-ordered, got shape {shorten(shape, 60)} "
-                        "in Fortran order")
-    return _Npy(path, tuple(shape), dtype, offset, member)
+    return _Npy(path, shape, dtype, offset, member)
 
 
 def _check_X(X: _Npy) -> None:

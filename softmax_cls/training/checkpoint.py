@@ -28,6 +28,7 @@ from ..data.labelled import LabelledData
 from ..errors import ConfigError, DataError
 from ..fsutil import atomic_write
 from ..math.preprocess import Preprocessor
+from ..npy_header import BadHeader, read_npy_header
 from ..text import shorten
 from .fit import TrainState
 
@@ -40,7 +41,6 @@ TEXT_CAP = 16 << 20  # bytes (uncompressed) of config_yaml, meta_json (the histo
 ARRAY_CAP = 256 << 20  # bytes of any other member: 64 million float32 weights
 TOTAL_CAP = 1 << 30  # bytes of all members together
 MAX_MEMBERS = 64  # entries of the zip index (a checkpoint has 11)
-NPY_HEADER_CAP = 4096  # bytes of one npy header (numpy writes about 128)
 REQUIRED = ("W", "velocity", "average", "best_W", "val_rows", "pre_mean", "pre_scale",
             "pre_bias", "class_names", "config_yaml", "meta_json")
 WEIGHTS = ("W", "velocity", "average", "best_W")
@@ -222,20 +222,11 @@ def _check_member_headers(name: str, archive: zipfile.ZipFile) -> None:
 
 def _npy_header(name: str, key: str, member) -> tuple[tuple[int, ...], np.dtype, int]:
     """(shape, dtype, bytes up to the data) of the npy file `member`, reading only its
-    header; negative or non-integer dimensions raise DataError."""
-    version = np.lib.format.read_magic(member)
-    readers = {(1, 0): np.lib.format.read_array_header_1_0,
-               (2, 0): np.lib.format.read_array_header_2_0}
-    if version not in readers:
-        raise DataError(f"{name}: member {key} is an npy file of version {version}, which "
-                        "this tool does not write")
-    shape, fortran, dtype = readers[version](member, max_header_size=NPY_HEADER_CAP)
-    if any(not isinstance(size, int) or size < 0 for size in shape):
-        raise DataError(f"{name}: member {key} declares the impossible shape {_shape(shape)}")
-    if fortran and len(shape) > 1:
-        raise DataError(f"{name}: member {key} is in Fortran order, which this tool does "
-                        "not write")
-    return tuple(shape), dtype, member.tell()
+    header (npy_header.read_npy_header); what it refuses is a DataError naming the member."""
+    try:
+        return read_npy_header(member)
+    except BadHeader as exc:
+        raise DataError(f"{name}: member {key} {exc}") from None
 
 
 def _shape(shape: tuple) -> str:

@@ -14,6 +14,7 @@ import numpy as np
 from ...math.preprocess import Preprocessor
 from ..contract import Engine, EpochPlan, OptimizerState, StepRule, TrainingRows
 from . import api as kernels
+from . import cache
 
 NO_SAMPLE_WEIGHT = np.zeros(0, np.float32)
 NO_FLIP = np.zeros(0, np.bool_)
@@ -58,9 +59,10 @@ _ready: set[tuple[np.dtype, np.dtype]] = set()  # (rows, weights) dtypes loss_an
 
 
 def _announce() -> None:
-    """Say once per process that the kernels compile."""
+    """Say once per process that the kernels compile (unless the cache's own line already
+    said that they compile in memory, uncached)."""
     global _announced
-    if not _announced:
+    if not _announced and not cache.caching_disabled():
         print(COMPILING, file=sys.stderr, flush=True)
         _announced = True
 

@@ -59,6 +59,11 @@ def _say_once(kind: str, line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
 
+def caching_disabled() -> bool:
+    """Whether the kernels compile in memory only (no writable cache folder was found)."""
+    return "none" in _said
+
+
 def _unwritable_reason(folder: str) -> str:
     try:
         os.makedirs(folder, exist_ok=True)
