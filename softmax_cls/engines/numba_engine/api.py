@@ -126,8 +126,10 @@ def train_epoch(rows, labels, order, sample_weight, flip, shift, padding, W, vel
                 avg_alpha, mean, scale, has_bias, batch_size, lr, momentum, nesterov, grad_clip,
                 reg, reg_bias, clip) -> tuple[float, int]:
     """One epoch of minibatch SGD in compiled calls of STEPS_PER_CALL steps each (each run on
-    the thread count THREAD_GOVERNOR picks); the arguments are those of
-    softmax_cls.engines.numpy_engine.train_epoch.
+    the thread count THREAD_GOVERNOR picks). The arguments are the engine contract's objects
+    unpacked flat (softmax_cls.engines.numba_engine.ENGINE does that after the contract's
+    checks); the checks here guard direct callers, since a wrong index would be a write out
+    of bounds in compiled code.
 
     rows (N, P) uint8 or float32 (np.memmap allowed), labels (N,) int, order (n,) int,
     sample_weight (N,) float32 or (0,), flip (n,) bool or (0,), shift (n, 2) int or (0, 2),
