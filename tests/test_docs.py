@@ -169,7 +169,7 @@ def test_heading_anchors_follow_github():
 
 def test_cited_markdown_finds_names_and_paths_only():
     text = ('"""See docs/design.md and README.md; hashlib.md5(blob) is no file.\n'
-            "The spec: https://example.org/spec/FORMAT.md, (./docs/sweeps.md).\"\"\"")
+            "The spec: https://example.org/spec/README.md, (./docs/sweeps.md).\"\"\"")
     assert cited_markdown(text) == ["docs/design.md", "README.md", "docs/sweeps.md"]
 
 
