@@ -73,6 +73,8 @@ class PreprocessConfig:
 # The largest model.init_std whose Gaussian weights stay finite in float32: a draw past 64
 # standard deviations never happens.
 INIT_STD_MAX = 3.4028234663852886e38 / 64
+MAX_SHIFT = 8  # the largest shift, in pixels, augment.translate may ask for (every engine)
+ENGINE_NAMES = ("auto", "numba", "numpy")
 
 
 @dataclass
@@ -128,7 +130,7 @@ class AugmentConfig:
     them, so a built Config never holds None there."""
 
     hflip: bool | None = None
-    translate: int | None = _opt(None, low=0, high=8)
+    translate: int | None = _opt(None, low=0, high=MAX_SHIFT)
     padding: str = _opt("edge", choices=("edge", "zero", "reflect"))
 
 
@@ -141,7 +143,7 @@ class OutputConfig:
 @dataclass
 class Config:
     seed: int = _opt(0, low=0)
-    engine: str = _opt("auto", choices=("auto", "numba", "numpy"))
+    engine: str = _opt("auto", choices=ENGINE_NAMES)
     data: DataConfig = field(default_factory=DataConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     model: ModelConfig = field(default_factory=ModelConfig)

@@ -197,10 +197,10 @@ class SoftmaxClassifier(ClassifierMixin, BaseEstimator):
             features = pre.transform(X[chunk], np.float64)
             chunk_weight = None if weight is None else weight[chunk]
             for name, W in (("model", model), ("zero", np.zeros_like(model))):
-                _, grad = softmax.loss_and_grad(W, features, y_encoded[chunk], 0.0,
+                # the chunks' shares add up to 1, so the L2 term is counted once in all
+                _, grad = softmax.loss_and_grad(W, features, y_encoded[chunk], self.reg,
                                                 sample_weight=chunk_weight)
                 grads[name] += grad * (len(chunk) / len(rows))
-        grads["model"][:, :-1] += 2 * self.reg * model[:, :-1]
         ratio = float(np.linalg.norm(grads["model"]) / max(np.linalg.norm(grads["zero"]),
                                                            1e-300))
         self.gradient_ratio_ = ratio

@@ -8,11 +8,11 @@
 
 from __future__ import annotations
 
+from ..config import ENGINE_NAMES
 from ..errors import SoftmaxClsError
 from ..threads import check_numba_threads_variable
 from .contract import Engine
 
-ENGINE_NAMES = ("auto", "numba", "numpy")
 FAST_INSTALL = "pip install 'softmax-cls[fast]'"
 
 

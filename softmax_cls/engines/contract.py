@@ -33,13 +33,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..config import Config
-from ..math.augment import PADDING_CODES, SIDE
+from ..config import MAX_SHIFT, Config
+from ..data.datasets import IMAGE_BYTES as IMAGE_VALUES
+from ..math.augment import PADDING_CODES
 from ..math.preprocess import Preprocessor
 from ..math.softmax import penalises_last_column
-
-MAX_SHIFT = 8
-IMAGE_VALUES = 3 * SIDE * SIDE
 
 
 @dataclass(frozen=True, eq=False)

@@ -2,7 +2,8 @@
 
 The reference engine and the fallback when numba is not installed. Each step gathers the
 minibatch's rows into preallocated buffers, augments them (math.augment), converts them once
-to float32 raw rows [u, 1], folds the preprocessing into the weights (Preprocessor.fold),
+to float32 raw rows u, folds the preprocessing into the weights (Preprocessor.fold: the
+weights on u and a bias),
 takes the loss and the gradient with respect to the folded weights, unfolds it
 (Preprocessor.unfold_grad) and updates with optim.sgd_step and optim.average_step.
 """
@@ -19,8 +20,8 @@ from .contract import Engine, EpochPlan, OptimizerState, StepRule, TrainingRows
 
 
 class _StepBuffers:
-    """Every array one step needs, allocated once per epoch (a step allocates only what
-    numpy's softmax helper returns, b x C).
+    """The large arrays one step needs, allocated once per epoch (a step still allocates the
+    b x C arrays of numpy's softmax helper and C x D temporaries of the update).
 
     rows (b, P) of the data's dtype (gathered, augmented) and their copy `raw` in the weights'
     dtype; the folded weights W_raw (C, P + 1); scores (b, C); the gradients grad (C, D) and
@@ -116,7 +117,6 @@ def loss_and_grad(rows: np.ndarray, labels: np.ndarray, sample_weight: np.ndarra
                   ) -> tuple[float, np.ndarray, int]:
     """The loss, gradient dW (C, D) in W's dtype and correct predictions of one minibatch
     (b, P), with the code of one train_epoch step."""
-    W = np.ascontiguousarray(W)
     buffers = _StepBuffers(len(rows), rows.shape[1], W.shape[0], W.shape[1], rows.dtype,
                            W.dtype)
     np.copyto(buffers.raw, rows)

@@ -59,10 +59,10 @@ class Preprocessor:
         so that x @ W.T == [u, 1] @ W_raw.T. In W's dtype; into `out` when given. This is
         the reference of the fold every engine makes once per step."""
         P = self.n_raw
-        mean, scale = self.vectors(W.dtype)
+        _, scale = self.vectors(W.dtype)
         W_raw = np.empty((W.shape[0], P + 1), dtype=W.dtype) if out is None else out
         np.multiply(W[:, :P], scale, out=W_raw[:, :P])
-        np.matmul(W_raw[:, :P], -mean, out=W_raw[:, P])
+        np.matmul(W_raw[:, :P], self._negated_mean(W.dtype), out=W_raw[:, P])
         if self.bias:
             W_raw[:, P] += W[:, P]
         return W_raw
@@ -102,6 +102,13 @@ class Preprocessor:
         if self.bias:
             grad[:, P:] = bias_grad
         return grad
+
+    def _negated_mean(self, dtype: np.dtype) -> np.ndarray:
+        """-mean (P,) in `dtype`, cast once, as fold needs it on every step."""
+        key = ("negated", np.dtype(dtype))
+        if key not in self._cast:
+            self._cast[key] = -self.vectors(dtype)[0]
+        return self._cast[key]
 
     def vectors(self, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
         """(mean (P,), scale (P,)) in `dtype`, cast once: fold and unfold_grad run on every

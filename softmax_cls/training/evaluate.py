@@ -14,8 +14,8 @@ from ..data.labelled import LabelledData
 from ..engines.contract import Engine
 from ..errors import DataError
 from ..math.metrics import ClassificationReport, classification_report
-from ..math.preprocess import Preprocessor, raw_features
-from ..math.softmax import scores, softmax_loss_from_scores
+from ..math.preprocess import Preprocessor, image_scores
+from ..math.softmax import softmax_loss_from_scores
 from .checkpoint import Checkpoint, check_matches, load_checkpoint
 
 SPLITS = ("test", "val", "train")
@@ -90,7 +90,7 @@ class RowSubset:
 def checkpoint_scores(checkpoint: Checkpoint, rows: np.ndarray) -> np.ndarray:
     """Class scores (N, C) float32 of raw rows (N, P): the preprocessing folded into W, the
     rows converted to raw features [u, 1] one chunk at a time."""
-    return scores(checkpoint.preprocessor.fold(checkpoint.W), rows, transform=raw_features)
+    return image_scores(checkpoint.W, checkpoint.preprocessor, rows)
 
 
 def predict_checkpoint(checkpoint: Checkpoint, rows: np.ndarray) -> np.ndarray:

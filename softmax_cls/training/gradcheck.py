@@ -198,8 +198,7 @@ def image_problem(
 
     def objective_of(engine: Engine) -> Objective:
         def trainer_objective(w: np.ndarray) -> tuple[float, np.ndarray]:
-            loss, dW, _ = engine.loss_and_grad(images, labels, None, np.ascontiguousarray(w),
-                                               pre, rule)
+            loss, dW, _ = engine.loss_and_grad(images, labels, None, w, pre, rule)
             return loss, dW
 
         return trainer_objective

@@ -1,6 +1,7 @@
 """The numba engine's Python entry points: train_epoch, predict_scores, batch_loss_and_grad
-(the signatures of softmax_cls.engines.numpy_engine's) and kernels_are_compiled. Each checks
-and converts its arguments, calls one compiled entry point (entry.py) and reports.
+(the engine contract's objects unpacked into flat arguments by numba_engine/__init__.py) and
+kernels_are_compiled. Each checks and converts its arguments, calls one compiled entry point
+(entry.py) and reports.
 
 Threads: numba's own thread pool, NUMBA_NUM_THREADS threads (default: the number of CPUs);
 numba.set_num_threads(k) lowers it at run time. No BLAS is called in the compiled code, so no
@@ -22,6 +23,7 @@ import numba
 import numpy as np
 from numba.core.errors import NumbaPerformanceWarning
 
+from ...config import MAX_SHIFT
 from ...math.softmax import NonFiniteError
 from ..governor import ThreadGovernor
 from .entry import (
@@ -31,7 +33,7 @@ from .entry import (
     predict_kernel,
     train_epoch_kernel,
 )
-from .gather import MAX_SHIFT, N_PIXELS
+from .gather import N_PIXELS
 
 
 @contextlib.contextmanager
@@ -187,8 +189,8 @@ def predict_scores(rows, W, mean, scale, has_bias) -> np.ndarray:
     """Scores (N, C) of W's dtype for rows (N, P) uint8 or float32, W (C, D) float32/float64,
     mean / scale (P,): x = [(u - mean) * scale, 1] @ W.T, without BLAS."""
     _check_rows(rows, (np.uint8, np.float32))
-    _check_weights(np.ascontiguousarray(W), rows.shape[1], has_bias, (np.float32, np.float64))
     W = np.ascontiguousarray(W)
+    _check_weights(W, rows.shape[1], has_bias, (np.float32, np.float64))
     if len(rows) == 0:
         return np.empty((0, W.shape[0]), W.dtype)
     return predict_kernel(_readonly(rows), W, _vector(mean, rows.shape[1], W.dtype, "mean"),

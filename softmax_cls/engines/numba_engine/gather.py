@@ -17,10 +17,8 @@ from numba.extending import intrinsic
 from .cache import njit  # before any function is compiled: see cache.py
 
 SIDE = 32
-MAX_SHIFT = 8
 PLANE = SIDE * SIDE
 N_PIXELS = 3 * PLANE
-PADDING_NAMES = ("zero", "edge", "reflect")
 
 
 @njit(cache=True)

@@ -338,7 +338,7 @@ def gradient(U, dS, dS_sum, W, mean, scale, has_bias, two_reg, reg_bias, tiles, 
 
     l2_parts[k] / norm_parts[k] (float64) get block k's sum of penalised W*W (before any
     update) and of G*G. With `update`, each block is also updated right away (no clipping)
-    and the G*G sums are skipped (left at 0).
+    and the G*G sums of the feature columns are skipped (only the bias column's is added).
     """
     n_classes, n_features = W.shape[0], U.shape[1]
     width = acc.shape[2]
