@@ -78,7 +78,8 @@ def download_file(
     longer up to that cap when the server sends Retry-After); each retry resumes the part.
     The finished part is checked against `expected_size` and `expected_md5` when given: on a
     mismatch it is deleted, otherwise it is fsynced and renamed onto `dest`. A host name that
-    does not resolve is retried once, after half a second. Messages about the network end
+    does not resolve, a refused connection or an unreachable network is retried once, after
+    half a second. Messages about the network end
     with `ways_forward` (what the calling command offers instead).
 
     Returns Path(dest). Raises DownloadError with a one-line message on any failure.

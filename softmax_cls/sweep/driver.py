@@ -354,8 +354,7 @@ def _tell(study, trial, task: TrialTask, future: cf.Future, folder: Path, meta: 
     try:
         outcome = future.result()
     except cf.process.BrokenProcessPool:
-        requeue_stale(study, only_numbers={trial.number})  # not this trial's fault
-        raise
+        raise  # not this trial's fault: _drive re-queues every trial this command asked for
     except Exception as exc:  # a bug or a lost Dask worker: this trial failed, the sweep goes on
         outcome = TrialOutcome(trial.number, "failed", error=f"{type(exc).__name__}: {exc}")
     if trial.storage.get_trial(trial._trial_id).state.is_finished():

@@ -15,8 +15,8 @@ import json
 import os
 from pathlib import Path
 
-from ..errors import ConfigError
-from ..fsutil import atomic_write
+from ..errors import ConfigError, DataError
+from ..fsutil import atomic_write, read_text_file
 from .study import masked
 
 FOLDER_FILE = "study.json"
@@ -82,9 +82,8 @@ def _written_by_a_sweep(name: str) -> bool:
 
 def _read_marker(marker: Path) -> dict:
     try:
-        with open(marker, "rb") as handle:
-            found = json.loads(handle.read(MAX_FOLDER_FILE_BYTES).decode("utf-8"))
-    except (OSError, ValueError) as exc:
+        found = json.loads(read_text_file(marker, MAX_FOLDER_FILE_BYTES))
+    except (DataError, ValueError) as exc:
         raise ConfigError(f"{marker}: unreadable ({type(exc).__name__}); not a sweep folder "
                           "this tool wrote: choose another --out") from None
     if not isinstance(found, dict) or set(found) != {"study", "storage"}:

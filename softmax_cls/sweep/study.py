@@ -70,13 +70,23 @@ class FlockJournalLock:
     on itself."""
 
     def __init__(self, journal_path: str):
+        self._journal = journal_path
         self._path = f"{journal_path}.flock"
         self._fd: int | None = None
 
     def acquire(self) -> bool:
+        """Take the lock, then check that the journal optuna is about to append to (by path)
+        is still a plain file of its own: a link planted after storage_name's first check,
+        or seen only by a worker, is refused before anything is written through it."""
         if self._fd is None:
             self._fd = open_own_file(self._path, os.O_RDWR | os.O_CREAT)
         fcntl.flock(self._fd, fcntl.LOCK_EX)
+        if os.path.lexists(self._journal):
+            try:
+                os.close(open_own_file(self._journal, os.O_RDONLY))
+            except OSError:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+                raise
         return True
 
     def release(self) -> None:

@@ -10,7 +10,7 @@ Data, loaded once per worker process and kept for its later trials:
   and `train_labels.npy` (N,) int64, when the worker can see that folder (the same machine, or
   a shared filesystem), so K workers share one copy of the pages;
 - otherwise (a Dask worker on another machine) the config's data through
-  data.load_config_data, checked against the driver's fingerprint; its test arrays are dropped
+  data.cifar.load_config_data, checked against the driver's fingerprint; its test arrays are dropped
   unread.
 """
 
@@ -67,8 +67,8 @@ class TrialTask:
 @dataclass
 class TrialOutcome:
     """state: "complete", "pruned" or "failed". val_accs: the val accuracy of each epoch run.
-    For a complete trial, `state_arrays` holds its final TrainState and the split and
-    statistics it trained with, for its checkpoint."""
+    For a complete trial, `train_state`, `pre` and `val_rows` hold its final TrainState and
+    the statistics and validation rows it trained with, for its checkpoint."""
 
     number: int
     state: str

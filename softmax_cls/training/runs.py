@@ -434,7 +434,9 @@ class _Run:
         """Delete the `replaced` files of the run --overwrite replaces, write config.yaml,
         last.npz and the best.npz a resumed run keeps."""
         best_source = _best_source(resume)
-        if best_source is not None:  # read before --overwrite might delete it
+        best_bytes = None  # read only when it is copied, and before --overwrite deletes it
+        if best_source is not None and (not (out_dir / "best.npz").exists()
+                                        or "best.npz" in replaced):
             best_bytes = read_capped(best_source, TOTAL_CAP + TEXT_CAP)
         for name in replaced:
             (out_dir / name).unlink()
@@ -446,7 +448,7 @@ class _Run:
         with atomic_write(out_dir / "config.yaml", "w") as handle:
             handle.write(run.config_yaml)
         run.save("last.npz", state)
-        if best_source is not None and not (out_dir / "best.npz").exists():
+        if best_bytes is not None:
             with atomic_write(out_dir / "best.npz") as handle:
                 handle.write(best_bytes)
         elif resume is not None and best_source is None:
