@@ -64,3 +64,20 @@ def random_problem(
     W = np.ascontiguousarray((rng.standard_normal((features, classes)) * init_std).T)
     y = rng.integers(0, classes, size=samples)
     return W, X, y
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `cuda` run where a CUDA GPU is present and skip elsewhere."""
+    cuda_items = [item for item in items if item.get_closest_marker("cuda")]
+    if cuda_items and not _cuda_available():
+        skip = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
+        for item in cuda_items:
+            item.add_marker(skip)
