@@ -20,3 +20,12 @@ class DataError(SoftmaxClsError):
 
 class DownloadError(DataError):
     """A download that failed after its retries, or that cannot start."""
+
+
+class InputError(SoftmaxClsError):
+    """An image, array or file handed to a trained model that it cannot take as it is
+    (a wrong layout, size or dtype): refused rather than given silently wrong classes."""
+
+
+class UnreadableImage(DataError):
+    """One image file that cannot be read: not an image, truncated, or too many pixels."""

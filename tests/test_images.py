@@ -1,0 +1,108 @@
+"""data.images: the resize policy, the row layout, and what an unreadable file gets."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+
+import numpy as np
+import pytest
+
+from softmax_cls.data import images
+from softmax_cls.errors import UnreadableImage
+
+Image = pytest.importorskip("PIL.Image")
+
+
+def test_rows_are_colour_planes_first():
+    picture = np.zeros((1, 32, 32, 3), np.uint8)
+    picture[0, 0, 1] = (10, 20, 30)  # row 0, column 1
+    rows = images.to_rows(picture)
+    assert rows.shape == (1, 3072) and rows.dtype == np.uint8
+    assert (rows[0, [1, 1024 + 1, 2048 + 1]] == (10, 20, 30)).all()
+    assert np.count_nonzero(rows) == 3
+    assert (images.from_rows(rows) == picture).all()
+
+
+def test_shorter_side_resized_then_centre_cropped(tmp_path):
+    # 32 rows x 96 columns: three 32 x 32 squares, red, green, blue; the centre crop is green
+    picture = np.zeros((32, 96, 3), np.uint8)
+    for third in range(3):
+        picture[:, 32 * third:32 * (third + 1), third] = 200
+    Image.fromarray(picture).save(tmp_path / "wide.png")
+    read = images.read_image(tmp_path / "wide.png")
+    assert read.shape == (32, 32, 3) and read.dtype == np.uint8
+    assert (read == picture[:, 32:64]).all()
+
+
+def test_downscale_keeps_a_flat_colour_and_a_linear_ramp(tmp_path):
+    Image.new("RGB", (100, 50), (12, 34, 56)).save(tmp_path / "flat.png")
+    assert (images.read_image(tmp_path / "flat.png") == (12, 34, 56)).all()
+    # a horizontal ramp 0..255 over 256 columns, 64 rows: halved and cropped, each output
+    # column is the mean of its source columns (a linear ramp is kept by any symmetric filter)
+    ramp = np.tile(np.arange(256, dtype=np.uint8), (64, 1))
+    Image.fromarray(ramp).save(tmp_path / "ramp.png")
+    read = images.read_image(tmp_path / "ramp.png").astype(float)
+    # 256 x 64 -> 128 x 32, crop columns 48..80: output column j holds source 96 + 2j + 0.5
+    expected = 96 + 2 * np.arange(32) + 0.5
+    assert np.abs(read[:, :, 0] - expected).max() <= 1.0
+
+
+def test_grey_palette_and_alpha_become_rgb(tmp_path):
+    Image.new("L", (32, 32), 77).save(tmp_path / "grey.png")
+    Image.new("RGBA", (32, 32), (1, 2, 3, 0)).save(tmp_path / "alpha.png")
+    Image.new("RGB", (32, 32), (9, 8, 7)).convert("P").save(tmp_path / "palette.gif")
+    assert (images.read_image(tmp_path / "grey.png") == 77).all()
+    assert (images.read_image(tmp_path / "alpha.png") == (1, 2, 3)).all()
+    assert images.read_image(tmp_path / "palette.gif").shape == (32, 32, 3)
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    picture = Image.new("RGB", (64, 32), (0, 0, 0))
+    picture.paste((255, 255, 255), (0, 0, 32, 32))  # left half white
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 clockwise to view": width and height swap
+    picture.save(tmp_path / "rotated.jpg", exif=exif, quality=95)
+    read = images.read_image(tmp_path / "rotated.jpg")
+    assert read.shape == (32, 32, 3)  # read upright: 32 wide x 64 tall, centre crop
+
+
+def test_not_an_image_and_truncated_files_are_named(tmp_path):
+    (tmp_path / "text.png").write_bytes(b"not a picture")
+    Image.new("RGB", (64, 64), (5, 5, 5)).save(tmp_path / "full.jpg")
+    data = (tmp_path / "full.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 3])
+    with pytest.raises(UnreadableImage, match="text.png"):
+        images.read_image(tmp_path / "text.png")
+    with pytest.raises(UnreadableImage, match="cut.jpg"):
+        images.read_image(tmp_path / "cut.jpg")
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (struct.pack(">I", len(body)) + kind + body
+                + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+def test_a_decompression_bomb_is_refused_before_decoding(tmp_path):
+    (tmp_path / "bomb.png").write_bytes(_png_header_only(60000, 60000))
+    with pytest.raises(UnreadableImage, match="bomb.png"):
+        images.read_image(tmp_path / "bomb.png")
+    assert Image.MAX_IMAGE_PIXELS != images.MAX_IMAGE_PIXELS  # Pillow's global restored
+
+
+def test_missing_pillow_is_one_line_naming_pip(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_pil(name, *args, **kwargs):
+        if name == "PIL" or name.startswith("PIL."):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_pil)
+    with pytest.raises(Exception, match=r"pip install 'softmax-cls\[images\]'"):
+        images.require_pillow()
