@@ -149,6 +149,8 @@ def image_rows(x: np.ndarray, layout: str = "auto") -> np.ndarray:
             if batch.shape[1:] == picture and layout in ("auto", name)]
     if len(fits) != 1:
         raise InputError(_layout_problem(batch.shape[1:], layout, shape))
+    if len(batch) == 0:
+        return np.empty((0, IMAGE_BYTES), np.uint8)
     if fits[0] == "nchw":
         return np.ascontiguousarray(batch).reshape(len(batch), IMAGE_BYTES)
     return to_rows(batch)
