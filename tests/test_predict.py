@@ -245,6 +245,8 @@ def test_other_objects_are_refused(trained):
         model.predict({"a": 1})
     with pytest.raises(InputError, match="not a list"):
         model.predict([PIXELS], layout="rows")
+    with pytest.raises(InputError, match="no such image file: nowhere.png"):
+        model.predict("nowhere.png")
 
 
 # -- wrong inputs through the installed command
@@ -304,6 +306,7 @@ def test_wrong_inputs_are_one_error_line(trained, probe, tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "other.npz").write_bytes(trained["new"][0].read_bytes())
     np.savez(tmp_path / "arrays.npz", a=np.zeros(3))
+    np.save(tmp_path / "wide_X.npy", np.zeros((3, 13), np.float32))
     cases = [
         (("softmax-predict", checkpoint, good, str(tmp_path / "notes.png")), 1,
          f"cannot read {tmp_path / 'notes.png'}: not an image Pillow can read"),
@@ -316,6 +319,11 @@ def test_wrong_inputs_are_one_error_line(trained, probe, tmp_path):
          "not a checkpoint of this tool"),
         (("softmax-predict", str(probe["checkpoint"]), good), 1,
          "this checkpoint is a linear probe on 12 features, not an image model"),
+        (("softmax-predict", str(probe["checkpoint"]), str(tmp_path / "wide_X.npy")), 1,
+         f"{tmp_path / 'wide_X.npy'}: this checkpoint takes feature rows (N, 12), got an "
+         "array of shape (3, 13)"),
+        (("softmax-predict", str(probe["checkpoint"]), str(tmp_path / "arrays.npz")), 1,
+         "no X array in the .npz"),
         (("softmax-predict", checkpoint, str(tmp_path / "nowhere.png")), 1,
          "no such file or folder"),
         (("softmax-predict", checkpoint, str(tmp_path / "empty")), 1, "holds no files ending in"),

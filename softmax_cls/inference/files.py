@@ -92,7 +92,7 @@ def read_batch(model: Model, files: list[Path], skip_unreadable: bool = False
                     raise InputError(f"{shorten(path)}: this checkpoint is a linear probe on "
                                      f"{model.n_inputs} features, not an image model; it "
                                      "predicts on .npy / .npz feature files")
-                part = model.rows(read_feature_rows(path))
+                part = _feature_rows(model, path)
                 labels = [f"{path}[{row}]" for row in range(len(part))]
         except DataError as exc:  # UnreadableImage too
             if not skip_unreadable:
@@ -104,6 +104,15 @@ def read_batch(model: Model, files: list[Path], skip_unreadable: bool = False
         parts.append(part)
     empty = np.empty((0, model.n_inputs), np.uint8 if model.is_image_model else np.float32)
     return names, np.concatenate(parts) if parts else empty, skipped
+
+
+def _feature_rows(model: Model, path: Path) -> np.ndarray:
+    """The float32 rows of a feature file; InputError naming it when they do not fit."""
+    rows = read_feature_rows(path)
+    try:
+        return model.rows(rows)
+    except InputError as exc:
+        raise InputError(f"{shorten(path)}: {exc}") from None
 
 
 def _reason(message: str, path: Path) -> str:

@@ -73,6 +73,8 @@ class Model:
             parts = [self.rows(item, layout) for item in x]
             return np.concatenate(parts) if parts else np.empty((0, IMAGE_BYTES), np.uint8)
         if isinstance(x, (str, os.PathLike)):
+            if not os.path.isfile(x):
+                raise InputError(f"no such image file: {shorten(x)}")
             return to_rows(read_image(x)[None])
         if _is_pil_image(x):
             return to_rows(np.asarray(to_square(x), dtype=np.uint8)[None])
