@@ -198,6 +198,9 @@ def test_top_k_orders_by_probability_then_class():
     classes, top = top_k(probabilities, 3)
     assert classes.tolist() == [[1, 3, 0], [0, 2, 1]]
     assert top.tolist() == [[0.4, 0.4, 0.1], [0.7, 0.15, 0.1]]
+    many = np.tile([0.01, 0.03, 0.01, 0.03], (2, 25))  # 100 classes, long runs of ties
+    classes, _ = top_k(many / many.sum(axis=1, keepdims=True), 60)
+    assert classes.tolist() == [list(range(1, 100, 2)) + list(range(0, 20, 2))] * 2
     for k in (0, 5):
         with pytest.raises(InputError, match="between 1 and 4"):
             top_k(probabilities, k)
