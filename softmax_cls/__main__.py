@@ -19,6 +19,8 @@ COMMANDS = {
     "gradcheck": cli.gradcheck_command,
     "plot": cli.plot_command,
     "sweep": cli.sweep_command,
+    "predict": cli.predict_command,
+    "export": cli.export_command,
 }
 
 

@@ -13,7 +13,7 @@ import sys
 import click
 
 from . import __version__
-from .errors import ConfigError, SoftmaxClsError
+from .errors import ConfigError, InputError, SoftmaxClsError
 from .text import shorten
 
 
@@ -301,3 +301,81 @@ def sweep_command(sweep_file, trials, workers, out, dask_address, storage, study
             else f"test accuracy {result.test_acc:.4f}")
     click.echo(f"best trial {result.best_number}: val accuracy {result.best_val_acc:.4f}, "
                f"{test}; trials: {counts}; sweep folder {result.folder}")
+
+
+@click.command(cls=Command)
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.argument("inputs", nargs=-1, required=True, metavar="IMAGE_OR_FOLDER...")
+@click.option("--top-k", "k", type=click.IntRange(1), default=3, show_default=True,
+              help="Classes shown per image, most probable first.")
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON object per image (JSON lines) instead of the table.")
+@click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True,
+              help="Images read and scored at a time.")
+@click.option("--skip-unreadable", is_flag=True,
+              help="Skip files that cannot be read (counted, the first named, on stderr) "
+              "instead of stopping at the first.")
+@quiet_option
+@threads_option
+@click.version_option(__version__)
+def predict_command(checkpoint, inputs, k, as_json, batch_size, skip_unreadable, quiet):
+    """Predict the classes of images (files, or folders of them) with a checkpoint.
+
+    Images of any size are resized: the shorter side to 32 pixels, then the centre 32 x 32
+    is cut out. Prints each image's top-k classes with their probabilities. A linear probe's
+    checkpoint takes .npy / .npz feature files instead (each row one prediction). Needs
+    Pillow for images: pip install 'softmax-cls[images]'.
+    """
+    from tqdm import tqdm
+
+    from .data.images import require_pillow
+    from .inference.files import expand_inputs, input_suffixes, predict_files
+    from .inference.model import Model
+    from .inference.output import Table, json_lines
+
+    model = Model.load(checkpoint)
+    if k > len(model.class_names):
+        raise click.BadParameter(f"{k} is more than the model's {len(model.class_names)} "
+                                 "classes", param_hint="'--top-k'")
+    if model.is_image_model:
+        require_pillow()
+    files = expand_inputs(list(inputs), input_suffixes(model))
+    table = Table(model.class_names, k, max(len(str(path)) for path in files))
+    if not as_json:
+        click.echo(table.header())
+    skipped, predicted = [], 0
+    with tqdm(total=len(files), unit="file", desc="predict", leave=False,
+              disable=quiet or len(files) <= batch_size) as bar:
+        for batch in predict_files(model, files, k, batch_size, skip_unreadable):
+            if not model.is_image_model:
+                table.name_width = max([table.name_width, *map(len, batch.names)])
+            for line in (json_lines(batch, model.class_names) if as_json
+                         else table.lines(batch)):
+                click.echo(line)
+            skipped += batch.skipped
+            predicted += len(batch.names)
+            bar.update(batch.n_files)
+    if skipped:
+        names = ", ".join(shorten(path, 80) for path in skipped[:3])
+        line = (f"{len(skipped)} unreadable file{'s' if len(skipped) > 1 else ''}: "
+                f"{names}{', ...' if len(skipped) > 3 else ''}")
+        if not predicted:
+            raise InputError(f"no file could be read; {line}")
+        click.echo(f"skipped {line}", err=True)
+
+
+@click.command(cls=Command)
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["onnx", "npz"]), required=True,
+              help="onnx: the whole model on uint8 pixels (NHWC), softmax at the end (needs "
+              "pip install 'softmax-cls[onnx]'); npz: W_raw with the preprocessing folded in.")
+@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False),
+              help="The file to write.")
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+@click.version_option(__version__)
+def export_command(checkpoint, fmt, out, overwrite):
+    """Export a checkpoint for other tools: ONNX, or numpy weights with the preprocessing
+    folded in (scores = [raw pixels, 1] @ W_raw.T)."""
+    from .inference.export import export
+
+    click.echo(f"wrote {export(checkpoint, fmt, out, overwrite)}")

@@ -7,7 +7,7 @@ import sys
 
 from cli_util import assert_one_line_error, run
 
-NAMES = ("download", "train", "eval", "gradcheck", "plot", "sweep")
+NAMES = ("download", "train", "eval", "gradcheck", "plot", "sweep", "predict", "export")
 
 
 def test_alone_it_lists_every_command():

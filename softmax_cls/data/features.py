@@ -149,24 +149,45 @@ def _open_pair(path: Path, role: str) -> _Pair:
     return _Pair(path, role, X, y, files)
 
 
-def _npz_headers(path: Path) -> tuple[_Npy, _Npy]:
+def read_feature_rows(path: str | Path) -> np.ndarray:
+    """X (N, D) float32 of one feature file, for prediction: an .npy of X, or an .npz holding
+    X (y, if there, is not read). Checked as training's files are (headers first, finite
+    values); an np.memmap when X is stored as native float32. DataError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"feature file not found: {path}")
+    if path.suffix == ".npz":
+        X = _npz_headers(path, need_y=False)[0]
+    elif path.suffix == ".npy":
+        X = _file_header(path, "X")
+    else:
+        raise DataError(f"{path}: a feature file must be .npz (holding X) or .npy")
+    _check_X(X)
+    return _finite_float32(path, _map(X))
+
+
+def _npz_headers(path: Path, need_y: bool = True) -> tuple[_Npy, _Npy | None]:
     """X's and y's headers in an .npz, each checked against the size the zip index declares
-    for its member (so no member inflates past what its header declares)."""
+    for its member (so no member inflates past what its header declares). Without `need_y`,
+    y may be absent (None)."""
     try:
         with zipfile.ZipFile(path) as archive:
             names = set(archive.namelist())
-            for member in ("X.npy", "y.npy"):
+            for member in ("X.npy", "y.npy") if need_y or "y.npy" in names else ("X.npy",):
                 if member not in names:
                     held = ", ".join(sorted(n.removesuffix(".npy") for n in names))
                     raise DataError(f"{path}: no {member[0]} array in the .npz (it holds "
                                     f"{shorten(held, 80) or 'nothing'}); save it with "
                                     "np.savez(path, X=X, y=y)")
-            x_info, y_info = archive.getinfo("X.npy"), archive.getinfo("y.npy")
+            x_info = archive.getinfo("X.npy")
+            y_info = archive.getinfo("y.npy") if "y.npy" in names else None
             if x_info.compress_type != zipfile.ZIP_STORED:
                 raise DataError(f"{path}: X is compressed (np.savez_compressed), so it cannot "
                                 "be memory-mapped; save it with np.savez, or as X.npy")
-            with archive.open(y_info) as member:
-                y = _npy_header(member, path, "y", "y.npy")
+            y = None
+            if y_info is not None:
+                with archive.open(y_info) as member:
+                    y = _npy_header(member, path, "y", "y.npy")
         with path.open("rb") as handle:
             handle.seek(x_info.header_offset)
             fields = _LOCAL_HEADER.unpack(handle.read(_LOCAL_HEADER.size))
@@ -180,6 +201,8 @@ def _npz_headers(path: Path) -> tuple[_Npy, _Npy]:
     except (OSError, EOFError, struct.error) as exc:
         raise DataError(f"{path}: not a valid .npz ({_reason(exc)})") from None
     for npy, info, member_start in ((X, x_info, start), (y, y_info, 0)):
+        if npy is None:
+            continue
         if npy.offset - member_start + npy.nbytes != info.file_size:
             raise DataError(f"{path}: {npy.member or 'X.npy'} declares shape "
                             f"{shorten(npy.shape, 60)} {npy.dtype}, which does not fit its "

@@ -1,0 +1,207 @@
+"""softmax-export: the npz's folded W_raw and the ONNX model (run in onnxruntime) give the
+tool's own predictions; an existing file, a link, a folder and a missing extra are one line."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from cli_util import assert_one_line_error, run
+from conftest import REAL_ARCHIVE, needs_real_data, separable_data, small_config
+
+from softmax_cls.config import config_from_dict
+from softmax_cls.data.cifar import load_config_data
+from softmax_cls.data.features import load_features
+from softmax_cls.errors import InputError
+from softmax_cls.inference import Model
+from softmax_cls.inference.export import export, onnx_model
+from softmax_cls.training.runs import train_run
+
+onnxruntime = pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("export")
+    config = small_config(root, engine="numpy", preprocess={"scale": "std"})
+    train_run(config, separable_data(), root / "run", progress=False)
+    return root / "run" / "best.npz"
+
+
+def session(path: Path):
+    return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def images(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, 32, 32, 3), np.uint8)
+
+
+def test_npz_scores_are_raw_pixels_times_w_raw(checkpoint, tmp_path):
+    result = run("softmax-export", str(checkpoint), "--format", "npz", "-o",
+                 str(tmp_path / "model.npz"))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"wrote {tmp_path / 'model.npz'}\n"
+    model = Model.load(checkpoint)
+    pictures = images(50)
+    with np.load(tmp_path / "model.npz", allow_pickle=False) as export:
+        W_raw = export["W_raw"]
+        assert W_raw.dtype == np.float64 and W_raw.shape == (4, 3073)
+        assert tuple(export["class_names"]) == model.class_names
+        assert "NHWC" in str(export["input_layout"])
+    # CIFAR order written out here: the R plane, then G, then B, each row after row
+    u = np.stack([np.concatenate([p[:, :, c].ravel() for c in range(3)]) for p in pictures])
+    scores = np.hstack([u, np.ones((len(u), 1))]) @ W_raw.T
+    np.testing.assert_allclose(scores, model.scores(pictures), rtol=1e-4, atol=1e-3)
+    np.testing.assert_array_equal(scores.argmax(axis=1), model.predict(pictures))
+    # and the same as the checkpoint's own W applied to preprocessed pixels
+    with np.load(checkpoint) as arrays:
+        x = (u - arrays["pre_mean"]) * arrays["pre_scale"]
+        direct = np.hstack([x, np.ones((len(x), 1))]) @ arrays["W"].astype(np.float64).T
+    np.testing.assert_allclose(scores, direct, rtol=1e-9, atol=1e-9)
+
+
+def test_onnx_matches_the_tool_on_random_images(checkpoint, tmp_path):
+    out = tmp_path / "model.onnx"
+    result = run("softmax-export", str(checkpoint), "--format", "onnx", "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    runtime = session(out)
+    (graph_input,), (output,) = runtime.get_inputs(), runtime.get_outputs()
+    assert (graph_input.name, graph_input.type, graph_input.shape[1:]) == (
+        "pixels", "tensor(uint8)", [32, 32, 3])
+    assert output.name == "probabilities"
+    model = Model.load(checkpoint)
+    pictures = images(300, seed=1)
+    probabilities = runtime.run(None, {"pixels": pictures})[0]
+    np.testing.assert_array_equal(probabilities.argmax(axis=1), model.predict(pictures))
+    np.testing.assert_allclose(probabilities, model.predict_proba(pictures), atol=1e-5)
+    # the model's own test images too, where the classes are confident
+    test = separable_data().test_images.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    probabilities = runtime.run(None, {"pixels": np.ascontiguousarray(test)})[0]
+    np.testing.assert_array_equal(probabilities.argmax(axis=1), model.predict(test))
+    np.testing.assert_allclose(probabilities, model.predict_proba(test), atol=1e-5)
+
+
+def test_onnx_of_a_probe_takes_float_features(tmp_path):
+    rng = np.random.default_rng(3)
+    centers = rng.normal(0, 3, (3, 10))
+    y = rng.integers(0, 3, 300)
+    X = ((centers[y] + rng.standard_normal((300, 10))) * 5 - 1).astype(np.float32)
+    np.save(tmp_path / "X.npy", X)
+    np.save(tmp_path / "y.npy", y)
+    config = config_from_dict({"engine": "numpy", "data": {"dataset": "features", "val_size": 50,
+                                                           "train": str(tmp_path / "X.npy")},
+                               "preprocess": {"bias": False},
+                               "optim": {"epochs": 2, "batch_size": 64, "lr": 0.01},
+                               "augment": {"hflip": False, "translate": 0}})
+    train_run(config, load_features(config.data, progress=False), tmp_path / "run",
+              progress=False)
+    model = Model.load(tmp_path / "run" / "best.npz")
+    runtime = session(_write(onnx_model(model), tmp_path / "probe.onnx"))
+    assert runtime.get_inputs()[0].name == "features"
+    probabilities = runtime.run(None, {"features": X})[0]
+    np.testing.assert_array_equal(probabilities.argmax(axis=1), model.predict(X))
+    np.testing.assert_allclose(probabilities, model.predict_proba(X), atol=1e-5)
+    result = run("softmax-export", str(tmp_path / "run" / "best.npz"), "--format", "npz", "-o",
+                 str(tmp_path / "probe.npz"))
+    assert result.returncode == 0, result.stderr
+    W_raw = np.load(tmp_path / "probe.npz")["W_raw"]
+    scores = np.hstack([X, np.ones((len(X), 1))]) @ W_raw.T  # no bias column: still [u, 1]
+    np.testing.assert_allclose(scores, model.scores(X), rtol=1e-4, atol=1e-4)
+
+
+def _write(proto, path: Path) -> Path:
+    path.write_bytes(proto.SerializeToString())
+    return path
+
+
+def test_existing_files_links_and_folders_are_refused(checkpoint, tmp_path):
+    out = tmp_path / "model.npz"
+    out.write_text("keep me")
+    assert_one_line_error(run("softmax-export", str(checkpoint), "--format", "npz", "-o",
+                              str(out)), 1, "model.npz exists; pass --overwrite to replace it")
+    assert out.read_text() == "keep me"
+    target = tmp_path / "target.txt"
+    target.write_text("someone else's")
+    link = tmp_path / "link.onnx"
+    link.symlink_to(target)
+    assert_one_line_error(run("softmax-export", str(checkpoint), "--format", "onnx", "-o",
+                              str(link)), 1, "exists; pass --overwrite")
+    dangling = tmp_path / "dangling.npz"
+    dangling.symlink_to(tmp_path / "nowhere")
+    assert_one_line_error(run("softmax-export", str(checkpoint), "--format", "npz", "-o",
+                              str(dangling)), 1, "exists")
+    assert not (tmp_path / "nowhere").exists()
+    replaced = run("softmax-export", str(checkpoint), "--format", "onnx", "-o", str(link),
+                   "--overwrite")
+    assert replaced.returncode == 0, replaced.stderr
+    assert not link.is_symlink() and target.read_text() == "someone else's"  # the link replaced
+    session(link)
+    assert run("softmax-export", str(checkpoint), "--format", "npz", "-o", str(out),
+               "--overwrite").returncode == 0
+    assert np.load(out)["W_raw"].shape == (4, 3073)
+    (tmp_path / "folder").mkdir()
+    assert_one_line_error(run("softmax-export", str(checkpoint), "--format", "npz", "-o",
+                              str(tmp_path / "folder"), "--overwrite"), 2, "is a directory")
+    with pytest.raises(InputError, match="is a folder"):
+        export(checkpoint, "npz", tmp_path / "folder", overwrite=True)
+    assert sorted(os.listdir(tmp_path)) == ["dangling.npz", "folder", "link.onnx", "model.npz",
+                                            "target.txt"]  # no temporary file left
+
+
+def test_bad_arguments_are_one_error_line(checkpoint, tmp_path):
+    out = str(tmp_path / "m.onnx")
+    assert_one_line_error(run("softmax-export", str(tmp_path / "none.npz"), "--format", "onnx",
+                              "-o", out), 1, "checkpoint not found")
+    (tmp_path / "fake.npz").write_bytes(b"PK\x03\x04 not really")
+    assert_one_line_error(run("softmax-export", str(tmp_path / "fake.npz"), "--format", "npz",
+                              "-o", out), 1, "fake.npz")
+    assert_one_line_error(run("softmax-export", str(checkpoint), "--format", "tflite", "-o",
+                              out), 2, "tflite")
+    assert_one_line_error(run("softmax-export", str(checkpoint), "-o", out), 2, "--format")
+    assert_one_line_error(run("softmax-export", str(checkpoint), "--format", "npz"), 2, "-o")
+    assert sorted(os.listdir(tmp_path)) == ["fake.npz"]
+
+
+def test_without_onnx_one_line_names_the_pip_command(checkpoint, tmp_path, monkeypatch):
+    (tmp_path / "sitecustomize.py").write_text("import sys\nsys.modules['onnx'] = None\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    assert_one_line_error(run("softmax-export", str(checkpoint), "--format", "onnx", "-o",
+                              str(tmp_path / "m.onnx")), 1,
+                          "exporting to ONNX needs onnx: pip install 'softmax-cls[onnx]'")
+    assert not (tmp_path / "m.onnx").exists()
+    npz = run("softmax-export", str(checkpoint), "--format", "npz", "-o", str(tmp_path / "m.npz"))
+    assert npz.returncode == 0, npz.stderr  # the npz export needs no onnx
+
+
+def test_umbrella_runs_export(checkpoint, tmp_path):
+    result = run("softmax", "export", str(checkpoint), "--format", "npz", "-o",
+                 str(tmp_path / "m.npz"))
+    assert result.returncode == 0, result.stderr
+
+
+@needs_real_data
+@pytest.mark.slow
+def test_onnx_matches_the_tool_on_the_real_cifar10_test_split(tmp_path):
+    """A short run on real CIFAR-10; its ONNX export on all 10,000 test images: argmax
+    identical, probabilities within 1e-5."""
+    config = small_config(tmp_path, engine="numpy", seed=0,
+                          data={"root": str(tmp_path / "data"), "archive": str(REAL_ARCHIVE),
+                                "val_size": 1000},
+                          optim={"epochs": 1, "batch_size": 200, "lr": 1e-3})
+    data = load_config_data(config.data, progress=False)
+    train_run(config, data, tmp_path / "run", progress=False)
+    model = Model.load(tmp_path / "run" / "best.npz")
+    runtime = session(_write(onnx_model(model), tmp_path / "model.onnx"))
+    test = data.with_test()
+    pictures = np.ascontiguousarray(
+        np.asarray(test.test_images).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+    assert len(pictures) == 10_000
+    probabilities = runtime.run(None, {"pixels": pictures})[0]
+    tool = model.predict_proba(pictures)
+    np.testing.assert_array_equal(probabilities.argmax(axis=1), tool.argmax(axis=1))
+    np.testing.assert_array_equal(probabilities.argmax(axis=1),
+                                  model.predict(np.asarray(test.test_images), layout="rows"))
+    np.testing.assert_allclose(probabilities, tool, atol=1e-5)
+    assert (tool.argmax(axis=1) == test.test_labels).mean() > 0.25

@@ -1,0 +1,428 @@
+"""softmax-predict and inference.Model: a model trained on generated PNG and JPEG images
+predicts new ones, through the command and through Python in both layouts, with the classes
+and probabilities of a float64 recomputation from the checkpoint's arrays written here
+(raw pixels -> pre_mean, pre_scale -> W); every wrong input is one error."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from cli_util import assert_one_line_error, run, script
+from conftest import small_config
+from PIL import Image
+
+from softmax_cls.config import config_from_dict
+from softmax_cls.data.features import load_features
+from softmax_cls.data.images import read_image, to_rows
+from softmax_cls.data.labelled import LabelledData
+from softmax_cls.errors import DataError, InputError
+from softmax_cls.inference import Model
+from softmax_cls.inference.files import expand_inputs
+from softmax_cls.inference.model import top_k
+from softmax_cls.training.runs import train_run
+
+REPO = Path(__file__).resolve().parents[1]
+CLASSES = ("red", "green", "blue", "checker")
+
+
+def class_picture(label: int, rng: np.random.Generator) -> np.ndarray:
+    """(32, 32, 3) uint8: a smooth picture of the class (survives JPEG) plus a little noise."""
+    ramp = np.linspace(40, 215, 32)
+    picture = np.full((32, 32, 3), 60.0)
+    if label < 3:
+        picture[..., label] = ramp[None, :]
+    else:
+        picture[:] = np.where((np.arange(32)[:, None] // 8 + np.arange(32) // 8) % 2, 200, 50
+                              )[..., None]
+    picture += rng.integers(-12, 13, picture.shape)
+    return np.clip(picture, 0, 255).astype(np.uint8)
+
+
+def write_pictures(folder: Path, count: int, seed: int) -> tuple[list[Path], np.ndarray]:
+    """`count` class pictures saved alternately as PNG and JPEG: (paths, labels (count,))."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths, labels = [], rng.integers(0, len(CLASSES), count)
+    for i, label in enumerate(labels):
+        path = folder / f"{i:03d}_{CLASSES[label]}.{'png' if i % 2 == 0 else 'jpg'}"
+        Image.fromarray(class_picture(int(label), rng)).save(path, quality=95)
+        paths.append(path)
+    return paths, labels.astype(np.int64)
+
+
+def decoded(paths: list[Path]) -> np.ndarray:
+    """(N, 32, 32, 3) uint8 of 32 x 32 files, decoded by Pillow here (no resize needed)."""
+    return np.stack([np.asarray(Image.open(path).convert("RGB")) for path in paths])
+
+
+def reference(checkpoint: Path, pictures: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(classes (N,), probabilities (N, C)) in float64 from the checkpoint's own arrays:
+    u = each picture's R plane, G plane, B plane; x = [(u - pre_mean) * pre_scale, 1];
+    scores = x @ W.T, W (C, D)."""
+    with np.load(checkpoint) as arrays:
+        W = arrays["W"].astype(np.float64)
+        mean, scale = arrays["pre_mean"], arrays["pre_scale"]
+        assert bool(arrays["pre_bias"])
+    u = np.stack([np.concatenate([p[:, :, c].ravel() for c in range(3)])
+                  for p in pictures]).astype(np.float64)
+    x = np.hstack([(u - mean) * scale, np.ones((len(u), 1))])
+    scores = x @ W.T
+    probabilities = np.exp(scores - scores.max(axis=1, keepdims=True))
+    probabilities /= probabilities.sum(axis=1, keepdims=True)
+    return scores.argmax(axis=1), probabilities
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> dict:
+    """A model trained on 240 generated PNG and JPEG files, and 16 new files to predict."""
+    root = tmp_path_factory.mktemp("predict")
+    paths, labels = write_pictures(root / "train", 320, seed=0)
+    rows = to_rows(np.stack([read_image(path) for path in paths]))
+    data = LabelledData("synthetic", CLASSES, rows[:240], labels[:240], rows[240:],
+                        labels[240:], {"pictures": "seed0"})
+    config = small_config(root, engine="numpy", data={"val_size": 40},
+                          optim={"epochs": 4, "lr": 0.005})
+    train_run(config, data, root / "run", progress=False)
+    new, new_labels = write_pictures(root / "new", 16, seed=1)
+    checkpoint = root / "run" / "best.npz"
+    expected, probabilities = reference(checkpoint, decoded(new))
+    assert (expected == new_labels).mean() >= 0.9  # the model learned the classes
+    return {"root": root, "checkpoint": checkpoint, "new": new, "expected": expected,
+            "probabilities": probabilities}
+
+
+# -- the command
+
+
+def test_command_gives_the_float64_classes_and_probabilities(trained):
+    result = run("softmax-predict", str(trained["checkpoint"]), str(trained["root"] / "new"),
+                 "--json", "--top-k", "4", "--batch-size", "5")
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["input"] for line in lines] == [str(path) for path in trained["new"]]
+    for line, expected, probabilities in zip(lines, trained["expected"],
+                                             trained["probabilities"], strict=True):
+        top = line["top_k"]
+        assert top[0]["index"] == expected
+        assert [entry["class"] for entry in top] == [CLASSES[e["index"]] for e in top]
+        np.testing.assert_allclose([e["probability"] for e in top],
+                                   probabilities[[e["index"] for e in top]], atol=1e-5)
+        assert [e["probability"] for e in top] == sorted((e["probability"] for e in top),
+                                                         reverse=True)
+
+
+def test_table_is_aligned_one_row_per_image(trained):
+    files = [str(path) for path in trained["new"][:3]]
+    result = run("softmax-predict", str(trained["checkpoint"]), *files)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""  # three files: no progress bar
+    header, *rows = result.stdout.splitlines()
+    assert header.split() == ["input", "top", "1", "top", "2", "top", "3"]
+    assert len(rows) == 3
+    for row, file, expected in zip(rows, files, trained["expected"][:3], strict=True):
+        assert row.startswith(file)
+        assert row.split()[1] == CLASSES[expected]
+        assert row.index(row.split()[1], len(file)) == header.index("top 1")
+        assert row.rindex(row.split()[-2]) == header.index("top 3")
+        assert all(re.fullmatch(r"\d\.\d{4}", cell) for cell in row.split()[2::2])
+
+
+def test_a_picture_of_another_size_is_resized_as_read_image_does(trained, tmp_path):
+    big = np.kron(decoded(trained["new"][:1])[0], np.ones((3, 2, 1), np.uint8))  # 96 x 64
+    Image.fromarray(big).save(tmp_path / "big.png")
+    result = run("softmax-predict", str(trained["checkpoint"]), str(tmp_path / "big.png"),
+                 "--json", "--top-k", "1")
+    assert result.returncode == 0, result.stderr
+    expected, _ = reference(trained["checkpoint"], read_image(tmp_path / "big.png")[None])
+    assert json.loads(result.stdout)["top_k"][0]["index"] == expected[0]
+
+
+def test_progress_bar_only_for_more_than_one_batch(trained):
+    many = run("softmax-predict", str(trained["checkpoint"]), str(trained["root"] / "new"),
+               "--batch-size", "4")
+    assert many.returncode == 0 and "predict" in many.stderr
+    quiet = run("softmax-predict", str(trained["checkpoint"]), str(trained["root"] / "new"),
+                "--batch-size", "4", "--quiet")
+    assert quiet.returncode == 0 and quiet.stderr == ""
+    assert quiet.stdout == many.stdout
+
+
+def test_softmax_predict_by_name(trained):
+    file = str(trained["new"][0])
+    assert (run("softmax", "predict", str(trained["checkpoint"]), file).stdout
+            == run("softmax-predict", str(trained["checkpoint"]), file).stdout)
+
+
+# -- Python
+
+
+def test_model_in_both_layouts_and_every_input_kind(trained):
+    model = Model.load(trained["checkpoint"])
+    pictures = decoded(trained["new"])
+    expected = trained["expected"]
+    assert model.is_image_model and model.class_names == CLASSES
+    np.testing.assert_array_equal(model.predict(pictures), expected)
+    np.testing.assert_array_equal(model.predict(pictures.transpose(0, 3, 1, 2)), expected)
+    np.testing.assert_array_equal(model.predict(pictures, layout="nhwc"), expected)
+    np.testing.assert_array_equal(model.predict(pictures.transpose(0, 3, 1, 2), layout="nchw"),
+                                  expected)
+    np.testing.assert_array_equal(model.predict(to_rows(pictures), layout="rows"), expected)
+    np.testing.assert_array_equal(model.predict(trained["new"]), expected)
+    np.testing.assert_array_equal(model.predict([str(p) for p in trained["new"]]), expected)
+    np.testing.assert_array_equal(model.predict([Image.open(p) for p in trained["new"]]),
+                                  expected)
+    assert model.predict(pictures[3]).tolist() == [expected[3]]  # one (32, 32, 3) image
+    assert model.predict(pictures[3].transpose(2, 0, 1)).tolist() == [expected[3]]
+    assert model.predict(trained["new"][3]).tolist() == [expected[3]]
+    assert model.predict(Image.open(trained["new"][3])).tolist() == [expected[3]]
+    probabilities = model.predict_proba(pictures)
+    assert probabilities.dtype == np.float32 and probabilities.shape == (16, 4)
+    np.testing.assert_allclose(probabilities, trained["probabilities"], atol=1e-5)
+    classes, top = model.top_k(pictures, 2)
+    np.testing.assert_array_equal(classes[:, 0], expected)
+    np.testing.assert_array_equal(top, np.take_along_axis(probabilities, classes, axis=1))
+    assert (top[:, 0] >= top[:, 1]).all()
+    assert model.predict(np.empty((0, 32, 32, 3), np.uint8)).shape == (0,)
+    assert model.predict_proba([]).shape == (0, 4)
+
+
+def test_top_k_orders_by_probability_then_class():
+    probabilities = np.array([[0.1, 0.4, 0.1, 0.4], [0.7, 0.1, 0.15, 0.05]])
+    classes, top = top_k(probabilities, 3)
+    assert classes.tolist() == [[1, 3, 0], [0, 2, 1]]
+    assert top.tolist() == [[0.4, 0.4, 0.1], [0.7, 0.15, 0.1]]
+    many = np.tile([0.01, 0.03, 0.01, 0.03], (2, 25))  # 100 classes, long runs of ties
+    classes, _ = top_k(many / many.sum(axis=1, keepdims=True), 60)
+    assert classes.tolist() == [list(range(1, 100, 2)) + list(range(0, 20, 2))] * 2
+    for k in (0, 5):
+        with pytest.raises(InputError, match="between 1 and 4"):
+            top_k(probabilities, k)
+
+
+PIXELS = np.random.default_rng(5).integers(0, 256, (2, 32, 32, 3), np.uint8)
+WRONG_ARRAYS = {
+    "float in [0, 1]": (PIXELS / 255.0, None, "float pixels in [0, 1] (float64): pass uint8 "
+                        "pixels 0-255, e.g. (x * 255).round().astype(np.uint8)"),
+    "float32 0-255": (PIXELS.astype(np.float32), None, "float pixels (float32): pass uint8"),
+    "NaN": (np.full((1, 32, 32, 3), np.nan), None, "NaN"),
+    "int64": (PIXELS.astype(np.int64), None, "int64 pixels: pass uint8 pixels 0-255 (these "
+              "fit: x.astype(np.uint8))"),
+    "int16 out of range": (PIXELS.astype(np.int16) * 2, None, "int16 pixels: pass uint8"),
+    "bool": (PIXELS > 3, None, "a bool array"),
+    "4-d wrong layout": (PIXELS.transpose(0, 1, 3, 2), None, "neither NHWC"),
+    "nhwc as nchw": (PIXELS, "nchw", "layout='nchw' takes (N, 3, 32, 32), got shape "
+                     "(2, 32, 32, 3)"),
+    "nchw as nhwc": (PIXELS.transpose(0, 3, 1, 2), "nhwc", "layout='nhwc' takes"),
+    "wrong size": (np.zeros((2, 64, 64, 3), np.uint8), None, "resize them first"),
+    "wrong size nchw": (np.zeros((2, 3, 28, 28), np.uint8), None, "resize them first"),
+    "grey": (np.zeros((2, 32, 32), np.uint8), None, "no colour axis"),
+    "flattened": (PIXELS.reshape(2, -1), None, "is ambiguous"),
+    "5-d": (PIXELS[None], None, "a 5-d array"),
+    "1-d": (PIXELS.ravel(), None, "a 1-d array"),
+    "rows wrong width": (PIXELS.reshape(4, -1), "rows", "layout='rows' takes (N, 3072)"),
+    "rows given images": (PIXELS, "rows", "layout='rows' takes"),
+    "unknown layout": (PIXELS, "hwc", "layout must be one of auto, nhwc, nchw, rows"),
+}
+
+
+@pytest.mark.parametrize("name", WRONG_ARRAYS)
+def test_every_wrong_array_is_one_input_error(trained, name):
+    array, layout, message = WRONG_ARRAYS[name]
+    model = Model.load(trained["checkpoint"])
+    with pytest.raises(InputError) as caught:
+        model.predict(array, layout=layout or "auto")
+    assert message in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_other_objects_are_refused(trained):
+    model = Model.load(trained["checkpoint"])
+    with pytest.raises(InputError, match="cannot predict on a dict"):
+        model.predict({"a": 1})
+    with pytest.raises(InputError, match="not a list"):
+        model.predict([PIXELS], layout="rows")
+    with pytest.raises(InputError, match="no such image file: nowhere.png"):
+        model.predict("nowhere.png")
+
+
+# -- wrong inputs through the installed command
+
+
+@pytest.fixture(scope="module")
+def probe(tmp_path_factory) -> dict:
+    """A linear probe trained on 12 features, its checkpoint and new feature rows."""
+    root = tmp_path_factory.mktemp("probe")
+    rng = np.random.default_rng(2)
+    centers = rng.normal(0, 3, (3, 12))
+    y = rng.integers(0, 3, 400)
+    X = (centers[y] + rng.standard_normal((400, 12))).astype(np.float32) * 4 + 2
+    np.save(root / "X.npy", X)
+    np.save(root / "y.npy", y)
+    config = config_from_dict({"engine": "numpy", "data": {"dataset": "features", "val_size": 50,
+                                                           "train": str(root / "X.npy")},
+                               "optim": {"epochs": 3, "batch_size": 64, "lr": 0.01},
+                               "augment": {"hflip": False, "translate": 0}})
+    train_run(config, load_features(config.data, progress=False), root / "run", progress=False)
+    new = (centers[[0, 1, 2, 1]] + rng.standard_normal((4, 12))) * 4 + 2
+    np.save(root / "new_X.npy", new)
+    np.savez(root / "new.npz", X=new.astype(np.float64))
+    return {"root": root, "checkpoint": root / "run" / "best.npz", "new": new}
+
+
+def test_a_probe_predicts_feature_files_and_rows(probe):
+    with np.load(probe["checkpoint"]) as arrays:
+        W, mean, scale = arrays["W"].astype(np.float64), arrays["pre_mean"], arrays["pre_scale"]
+    expected = (((probe["new"] - mean) * scale) @ W[:, :-1].T + W[:, -1]).argmax(axis=1)
+    model = Model.load(probe["checkpoint"])
+    assert not model.is_image_model and model.n_inputs == 12
+    np.testing.assert_array_equal(model.predict(probe["new"]), expected)
+    np.testing.assert_array_equal(model.predict(probe["root"] / "new.npz"), expected)
+    assert model.predict(probe["new"][2]).tolist() == [expected[2]]
+    result = run("softmax-predict", str(probe["checkpoint"]), str(probe["root"] / "new_X.npy"),
+                 str(probe["root"] / "new.npz"), "--json", "--top-k", "1")
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["input"] for line in lines][:2] == [f"{probe['root'] / 'new_X.npy'}[0]",
+                                                    f"{probe['root'] / 'new_X.npy'}[1]"]
+    assert [line["top_k"][0]["index"] for line in lines] == expected.tolist() * 2
+    for wrong, message in ((PIXELS, "feature rows (N, 12)"),
+                           (np.full((1, 12), np.nan), "NaN or inf"),
+                           (np.zeros((2, 11)), "feature rows (N, 12)"),
+                           ([PIXELS[0]], "not an image model")):
+        with pytest.raises(InputError, match=re.escape(message)):
+            model.predict(wrong)
+
+
+def test_wrong_inputs_are_one_error_line(trained, probe, tmp_path):
+    checkpoint = str(trained["checkpoint"])
+    good = str(trained["new"][0])
+    (tmp_path / "notes.png").write_text("not a picture")
+    png = trained["new"][0].read_bytes()
+    (tmp_path / "cut.png").write_bytes(png[: len(png) // 2])
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "other.npz").write_bytes(trained["new"][0].read_bytes())
+    np.savez(tmp_path / "arrays.npz", a=np.zeros(3))
+    np.save(tmp_path / "wide_X.npy", np.zeros((3, 13), np.float32))
+    cases = [
+        (("softmax-predict", checkpoint, good, str(tmp_path / "notes.png")), 1,
+         f"cannot read {tmp_path / 'notes.png'}: not an image Pillow can read"),
+        (("softmax-predict", checkpoint, str(tmp_path / "cut.png")), 1,
+         f"cannot read {tmp_path / 'cut.png'}: cannot be decoded"),
+        (("softmax-predict", str(tmp_path / "missing.npz"), good), 1, "checkpoint not found"),
+        (("softmax-predict", good, good), 1, "not a checkpoint of this tool"),
+        (("softmax-predict", str(tmp_path / "other.npz"), good), 1, "not a checkpoint"),
+        (("softmax-predict", str(tmp_path / "arrays.npz"), good), 1,
+         "not a checkpoint of this tool"),
+        (("softmax-predict", str(probe["checkpoint"]), good), 1,
+         "this checkpoint is a linear probe on 12 features, not an image model"),
+        (("softmax-predict", str(probe["checkpoint"]), str(tmp_path / "wide_X.npy")), 1,
+         f"{tmp_path / 'wide_X.npy'}: this checkpoint takes feature rows (N, 12), got an "
+         "array of shape (3, 13)"),
+        (("softmax-predict", str(probe["checkpoint"]), str(tmp_path / "arrays.npz")), 1,
+         "no X array in the .npz"),
+        (("softmax-predict", checkpoint, str(tmp_path / "nowhere.png")), 1,
+         "no such file or folder"),
+        (("softmax-predict", checkpoint, str(tmp_path / "empty")), 1, "holds no files ending in"),
+        (("softmax-predict", checkpoint, good, "--top-k", "5"), 2,
+         "5 is more than the model's 4 classes"),
+        (("softmax-predict", checkpoint, good, "--top-k", "0"), 2, "--top-k"),
+        (("softmax-predict", checkpoint), 2, "IMAGE_OR_FOLDER"),
+        (("softmax-predict", checkpoint, str(tmp_path / "notes.png"), "--skip-unreadable"), 1,
+         "no file could be read; 1 unreadable file"),
+    ]
+    for args, code, message in cases:
+        result = run(*args)
+        assert_one_line_error(result, code, message)
+        assert len(result.stdout.splitlines()) <= 1, (args, result.stdout)  # the header
+
+
+def test_skip_unreadable_counts_and_names_them(trained, tmp_path):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for i, path in enumerate(trained["new"][:3]):
+        (folder / f"b{i}{path.suffix}").write_bytes(path.read_bytes())
+    for name in ("a_bad.png", "c_bad.jpg"):
+        (folder / name).write_text("no")
+    (folder / "readme.txt").write_text("not an image suffix: never read")
+    result = run("softmax-predict", str(trained["checkpoint"]), str(folder), "--json",
+                 "--skip-unreadable")
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.splitlines()) == 3
+    assert result.stderr.splitlines() == [
+        f"skipped 2 unreadable files: {folder / 'a_bad.png'}, {folder / 'c_bad.jpg'}"]
+
+
+def test_folders_expand_recursively_sorted_by_suffix(tmp_path):
+    for name in ("b/2.PNG", "b/1.jpg", "a.png", "c/notes.txt", "c/d/3.webp"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "link").symlink_to(tmp_path / "b")
+    found = expand_inputs([str(tmp_path), str(tmp_path / "a.png")], (".png", ".jpg", ".webp"))
+    assert [p.relative_to(tmp_path).as_posix() for p in found] == [
+        "a.png", "b/1.jpg", "b/2.PNG", "c/d/3.webp", "a.png"]
+
+
+def test_missing_checkpoint_from_python_is_a_data_error(tmp_path):
+    with pytest.raises(DataError, match="checkpoint not found"):
+        Model.load(tmp_path / "nothing.npz")
+
+
+def test_without_pillow_one_line_names_the_pip_command(trained, tmp_path, monkeypatch):
+    (tmp_path / "sitecustomize.py").write_text("import sys\nsys.modules['PIL'] = None\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    assert_one_line_error(run("softmax-predict", str(trained["checkpoint"]),
+                              str(trained["new"][0])), 1,
+                          "reading images needs Pillow: pip install 'softmax-cls[images]'")
+
+
+# -- the README's Predict section, run as written
+
+
+def readme_predict_section() -> tuple[list[str], list[str]]:
+    """(the bash lines, the Python blocks) of README.md's "## Predict" section."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    section = text.split("\n## Predict\n", 1)[1].split("\n## ", 1)[0]
+    bash = re.findall(r"^```bash\n(.*?)^```", section, re.MULTILINE | re.DOTALL)
+    python = re.findall(r"^```python\n(.*?)^```", section, re.MULTILINE | re.DOTALL)
+    return [line for block in bash for line in block.splitlines() if line.strip()], python
+
+
+def test_readme_predict_section_runs(trained, tmp_path, monkeypatch):
+    commands, blocks = readme_predict_section()
+    assert len(commands) == 2 and len(blocks) == 1
+    (tmp_path / "runs" / "default").mkdir(parents=True)
+    (tmp_path / "runs" / "default" / "best.npz").write_bytes(trained["checkpoint"].read_bytes())
+    (tmp_path / "my_photos").mkdir()
+    for name, source in (("cat.png", trained["new"][0]), ("ship.jpg", trained["new"][1])):
+        (tmp_path / "my_photos" / name).write_bytes(source.read_bytes())
+    outputs = []
+    for command in commands:
+        name, *args = shlex.split(command)
+        result = run(name, *args, cwd=tmp_path)
+        assert result.returncode == 0, (command, result.stderr)
+        outputs.append(result.stdout)
+    predicted = [line.split()[1] for line in outputs[0].splitlines()[1:]]
+    assert predicted == [CLASSES[k] for k in trained["expected"][:2]]
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(blocks[0], "README.md Predict", "exec"), namespace)
+    expected, probabilities = reference(tmp_path / "runs/default/best.npz", namespace["images"])
+    np.testing.assert_array_equal(namespace["labels"], expected)
+    np.testing.assert_allclose(namespace["probabilities"], probabilities, atol=1e-5)
+    np.testing.assert_array_equal(namespace["scores"].argmax(axis=1), expected)
+    assert namespace["classes"][0, 0] == trained["expected"][0]
+
+
+def test_help_and_umbrella_list_predict_and_export():
+    listing = subprocess.run([sys.executable, "-m", "softmax_cls"], capture_output=True,
+                             text=True).stdout
+    assert "predict" in listing and "export" in listing
+    assert "Usage: softmax-predict" in run("softmax-predict", "--help").stdout
+    assert Path(script("softmax-export")).exists()
