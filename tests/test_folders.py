@@ -357,7 +357,7 @@ def test_train_eval_plot_and_checkpoint_on_a_folder(tmp_path):
     train = run("softmax-train", "--config", config, "--set", "optim.epochs=8",
                 "--no-plots", cwd=tmp_path, timeout=300)
     assert train.returncode == 0, train.stderr
-    assert "skipped 3 of 93 files" in train.stderr and "reading images" in train.stderr
+    assert "skipped 3 of 93 files" in train.stderr and "reading train images" in train.stderr
     accuracy = float(train.stdout.split("test accuracy ")[1].split()[0])
     assert accuracy >= 0.9  # chance is 1/3; 18 held-out images
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
@@ -369,7 +369,7 @@ def test_train_eval_plot_and_checkpoint_on_a_folder(tmp_path):
     again = run("softmax-train", "--config", config, "--set", "optim.epochs=1", "-q",
                 "--no-plots", "--out", str(tmp_path / "run2"), cwd=tmp_path, timeout=300)
     assert again.returncode == 0, again.stderr
-    assert "reading images" not in again.stderr  # from the cache
+    assert "reading train images" not in again.stderr  # from the cache
 
     evaluated = run("softmax-eval", str(tmp_path / "run" / "best.npz"), "--json", "-q")
     assert evaluated.returncode == 0, evaluated.stderr

@@ -235,7 +235,7 @@ def _write_cache(scan: FolderScan, parent: Path, cache: Path, strict: bool,
         block = np.empty((WRITE_ROWS, IMAGE_BYTES), np.uint8)
         filled = 0
         with open(part / ROWS_FILE, "xb") as handle, tqdm(
-                total=len(scan.files), unit="image", desc=f"reading {scan.root.name}",
+                total=len(scan.files), unit="image", desc=f"reading {scan.role} images",
                 disable=not progress, file=sys.stderr) as bar:
             for rel, label in scan.files:
                 bar.update(1)
