@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -289,6 +291,33 @@ def test_links_out_of_the_folder_and_to_folders_are_not_followed(tmp_path, capsy
         folders.load_folders(data_config(images, tmp_path / "data", strict=True))
 
 
+def test_an_image_cache_folder_that_is_a_link_is_refused(tmp_path):
+    images = make_folder(tmp_path / "images", per_class=2)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "image-cache").symlink_to(elsewhere)
+    with pytest.raises(DataError, match="image-cache is a symbolic link; refusing"):
+        folders.load_folders(data_config(images, tmp_path / "data"), progress=False)
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_without_pillow_a_new_folder_names_the_extra_and_a_cached_one_loads(tmp_path):
+    images = make_folder(tmp_path / "images", per_class=3)
+    config = write_config(tmp_path, train=str(images))
+    code = ("import sys; sys.modules['PIL'] = None\n"
+            "from softmax_cls.cli import train_command\n"
+            f"train_command.main(['--config', {config!r}, '-q', '--no-plots', "
+            "'--set', 'optim.epochs=1', '--set', 'engine=numpy'])\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120)
+    assert_one_line_error(result, 1, "pip install 'softmax-cls[images]'")
+    folders.load_folders(data_config(images, tmp_path / "data"), progress=False)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+
+
 # -- wrong configs and folders: one error line --------------------------------------------
 
 def write_config(tmp_path: Path, **data) -> str:
@@ -304,6 +333,11 @@ def one_class(tmp_path: Path) -> str:
     (tmp_path / "one" / "cat").mkdir(parents=True)
     Image.new("RGB", (8, 8)).save(tmp_path / "one" / "cat" / "a.png")
     return str(tmp_path / "one")
+
+
+def empty_folder(tmp_path: Path) -> str:
+    (tmp_path / "empty").mkdir()
+    return str(tmp_path / "empty")
 
 
 def empty_class(tmp_path: Path) -> str:
@@ -326,6 +360,8 @@ def unreadable_class(tmp_path: Path) -> str:
     (lambda p: {"train": one_class(p)}, 1, ["has 1 class folder (cat)", "at least 2"]),
     (lambda p: {"train": empty_class(p)}, 1, ["class folder 'empty'", "holds no images"]),
     (lambda p: {"train": unreadable_class(p)}, 1, ["'broken'", "holds no readable images"]),
+    (lambda p: {"train": str(make_folder(p / "images", 2)), "test": empty_folder(p)}, 1,
+     ["data.test: ", "has no class folders"]),
     (lambda p: {"train": str(p), "test": str(p), "test_fraction": 0.1}, 2,
      ["data.test_fraction: give either data.test"]),
     (lambda p: {"train": str(p), "test_fraction": 1.5}, 2, ["data.test_fraction: must be < 1"]),

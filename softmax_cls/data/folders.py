@@ -78,8 +78,8 @@ class FolderScan:
 
 def scan_folder(path: str | os.PathLike, role: str = "train") -> FolderScan:
     """The scan of the image folder `path` (see the module doc); DataError (one line naming
-    data.<role>) when it is missing, not a folder, has a class folder without images, or (for
-    the training folder) fewer than 2 classes."""
+    data.<role>) when it is missing, not a folder, has a class folder without images, or no
+    class folder (the training folder: fewer than 2)."""
     given = str(path)
     where = f"data.{role}"
     if not os.path.exists(path):
@@ -99,7 +99,7 @@ def scan_folder(path: str | os.PathLike, role: str = "train") -> FolderScan:
             elif entry.is_dir(follow_symlinks=False):
                 classes.append(entry.name)
     classes.sort()
-    if role == "train" and len(classes) < 2:
+    if len(classes) < (2 if role == "train" else 1):
         found = f"1 class folder ({shorten(classes[0], 40)})" if classes else "no class folders"
         raise DataError(f"{where}: {shorten(given)} has {found}; a classifier needs at least 2 "
                         "(one sub-folder of images per class)")
