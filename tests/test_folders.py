@@ -86,6 +86,8 @@ def test_classes_are_the_sorted_sub_folders_and_images_are_found_at_any_depth(tm
     (images / "README.txt").write_text("top-level files belong to no class")
     (images / ".hidden").mkdir()
     (images / "a_cat" / ".DS_Store").write_bytes(b"\0")
+    (images / "a_cat" / ".ipynb_checkpoints").mkdir()
+    Image.new("RGB", (8, 8)).save(images / "a_cat" / ".ipynb_checkpoints" / "copy.png")
     scan = folders.scan_folder(images)
     assert scan.class_names == ("C_bird", "a_cat", "b_dog")  # Python's sorted(), as torchvision
     assert scan.files == [(f"{name}/{rel}", index)  # a folder's files, then its sub-folders
@@ -151,6 +153,33 @@ def test_a_changed_folder_is_read_again(tmp_path, counted_reads, change):
     assert len(second.train_labels) == 12 + {"add": 1, "remove": -1}.get(change, 0)
 
 
+def test_the_fingerprint_sees_each_name_size_and_modification_time(tmp_path):
+    images = tmp_path / "images"
+    for name in ("a", "b"):
+        (images / name).mkdir(parents=True)
+        Image.new("RGB", (8, 8), (5, 6, 7)).save(images / name / "x.png")
+    target = images / "a" / "x.png"
+    stamp = target.stat().st_mtime_ns
+    base = folders.scan_folder(images).fingerprint
+    assert folders.scan_folder(images).fingerprint == base
+
+    os.utime(target, ns=(stamp, stamp + 10**9))  # the modification time alone
+    assert folders.scan_folder(images).fingerprint != base
+    os.utime(target, ns=(stamp, stamp))
+    assert folders.scan_folder(images).fingerprint == base
+
+    with target.open("ab") as handle:  # the size alone
+        handle.write(b"\0")
+    os.utime(target, ns=(stamp, stamp))
+    assert folders.scan_folder(images).fingerprint != base
+    os.truncate(target, target.stat().st_size - 1)
+    os.utime(target, ns=(stamp, stamp))
+    assert folders.scan_folder(images).fingerprint == base
+
+    target.rename(images / "a" / "y.png")  # the name alone (a rename keeps the mtime)
+    assert folders.scan_folder(images).fingerprint != base
+
+
 def test_the_cache_is_under_the_data_root_never_in_the_image_folder(tmp_path):
     images = make_folder(tmp_path / "images", per_class=3)
     before = listing(images)
@@ -198,6 +227,9 @@ def test_the_held_out_split_is_stratified_and_fixed():
     other = np.repeat(np.arange(3), [10, 25, 1])
     assert np.array_equal(folders.held_out_rows(other, 3, 0.2)[1][:2], test[:2])
     assert len(folders.held_out_rows(labels, 3, 0)[1]) == 0
+    # round(0.6 x 1) = 1 would take the one image of class 2: it stays in training
+    assert np.bincount(labels[folders.held_out_rows(labels, 3, 0.6)[1]],
+                       minlength=3).tolist() == [6, 12, 0]
 
 
 def test_the_config_seed_does_not_move_the_held_out_split(tmp_path):
@@ -266,6 +298,15 @@ def test_strict_refuses_them_from_the_folder_and_from_the_cache(tmp_path):
         folders.load_folders(strict, progress=False)
     (images / "red" / "text.jpg").unlink()
     assert len(folders.load_folders(strict, progress=False).class_names) == 3
+
+
+def test_strict_refuses_a_file_named_as_no_image_before_decoding_any(tmp_path,
+                                                                      counted_reads):
+    images = make_folder(tmp_path / "images", per_class=2)
+    (images / "green" / "notes.txt").write_text("a note")
+    with pytest.raises(DataError, match="data.strict: .*green/notes.txt: not an image file name"):
+        folders.load_folders(data_config(images, tmp_path / "data", strict=True))
+    assert counted_reads == []
 
 
 def test_links_out_of_the_folder_and_to_folders_are_not_followed(tmp_path, capsys):
