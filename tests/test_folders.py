@@ -309,6 +309,20 @@ def test_strict_refuses_a_file_named_as_no_image_before_decoding_any(tmp_path,
     assert counted_reads == []
 
 
+def test_a_sub_folder_that_cannot_be_listed_is_a_skip_not_a_silent_loss(tmp_path, monkeypatch):
+    images = make_folder(tmp_path / "images", per_class=2)
+    real_walk = os.walk
+
+    def walk(top, **kwargs):  # as os.walk reports a folder it may not list (root reads all)
+        if Path(top).name == "red":
+            kwargs["onerror"](PermissionError(13, "Permission denied", str(Path(top) / "x")))
+        yield from real_walk(top, **kwargs)
+
+    monkeypatch.setattr(folders.os, "walk", walk)
+    assert folders.scan_folder(images).skipped == [
+        ("red/x", "a folder that cannot be read (Permission denied)")]
+
+
 def test_links_out_of_the_folder_and_to_folders_are_not_followed(tmp_path, capsys):
     images = make_folder(tmp_path / "images", per_class=3)
     outside = tmp_path / "outside"

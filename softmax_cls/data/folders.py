@@ -125,7 +125,9 @@ def scan_folder(path: str | os.PathLike, role: str = "train") -> FolderScan:
 def _walk(root: Path, class_name: str):
     """(relative path, stat of the file, None) for each image file below root/class_name in
     sorted order, or (relative path, None, reason) for one skipped without decoding."""
-    for folder, dirs, names in os.walk(root / class_name, followlinks=False):
+    unreadable: list[OSError] = []
+    for folder, dirs, names in os.walk(root / class_name, followlinks=False,
+                                       onerror=unreadable.append):
         dirs.sort()
         here = Path(folder)
         for name in list(dirs):
@@ -153,6 +155,9 @@ def _walk(root: Path, class_name: str):
                 yield rel, None, "not an image file name"
             else:
                 yield rel, info, None
+    for exc in unreadable:  # a sub-folder that cannot be listed: its files are not silently lost
+        yield (_relative(root, Path(exc.filename)), None,
+               f"a folder that cannot be read ({exc.strerror or exc})")
 
 
 def _relative(root: Path, path: Path) -> str:
@@ -228,7 +233,6 @@ def _write_cache(scan: FolderScan, parent: Path, cache: Path, strict: bool,
     parent.mkdir(parents=True, exist_ok=True)
     part = Path(tempfile.mkdtemp(dir=parent, prefix=f".{scan.fingerprint}.", suffix=".part"))
     try:
-        os.chmod(part, 0o777 & ~_umask())  # mkdtemp's 0700 would hide the cache from others
         skipped = list(scan.skipped)
         labels: list[int] = []
         digest = md5_hash()
@@ -270,6 +274,7 @@ def _write_cache(scan: FolderScan, parent: Path, cache: Path, strict: bool,
                 "skipped_first": skipped[:SHOWN_SKIPS]}
         with open(part / META_FILE, "x") as handle:
             json.dump(meta, handle, indent=1)
+        os.chmod(part, 0o777 & ~_umask())  # mkdtemp's 0700 would hide the cache from others
         try:
             os.rename(part, cache)
         except OSError as exc:  # another process made the same cache first: use that one
