@@ -500,3 +500,16 @@ def test_a_sweep_on_a_folder(tmp_path):
     assert cached["class_names"] == ["green", "red", "stripes"]
     assert cached["data"]["folder_fingerprints"] == {"train": folders.scan_folder(images)
                                                      .fingerprint}
+
+
+@pytest.mark.parametrize("key", ["data.test_fraction", "data.strict"])
+def test_a_sweep_may_not_vary_the_folder_split_or_strictness(tmp_path, key):
+    pytest.importorskip("optuna")
+    images = make_folder(tmp_path / "images", per_class=2)
+    write_config(tmp_path, train=str(images))
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(yaml.safe_dump({"base": "folder.yaml", "sampler": "grid",
+                                     "space": {key: {"grid": [0.1, 0.2] if "fraction" in key
+                                                     else [True, False]}}}))
+    result = run("softmax-sweep", str(sweep), "--out", str(tmp_path / "sweep"), "-q")
+    assert_one_line_error(result, 2, key, "cannot vary between trials")
