@@ -101,8 +101,9 @@ def scan_folder(path: str | os.PathLike, role: str = "train") -> FolderScan:
     classes.sort()
     if len(classes) < (2 if role == "train" else 1):
         found = f"1 class folder ({shorten(classes[0], 40)})" if classes else "no class folders"
-        raise DataError(f"{where}: {shorten(given)} has {found}; a classifier needs at least 2 "
-                        "(one sub-folder of images per class)")
+        need = "a classifier needs at least 2" if role == "train" else "it needs at least 1"
+        raise DataError(f"{where}: {shorten(given)} has {found}; {need} (one sub-folder of "
+                        "images per class)")
     files: list[tuple[str, int]] = []
     entries_seen: list[tuple[str, int, int]] = []
     for index, name in enumerate(classes):
