@@ -43,7 +43,7 @@ def _opt(default: Any, *, choices: tuple | None = None, low: float | None = None
 
 @dataclass
 class DataConfig:
-    dataset: str = _opt("cifar10", choices=("cifar10", "cifar100", "features"))
+    dataset: str = _opt("cifar10", choices=("cifar10", "cifar100", "features", "folder"))
     root: str = "data"
     format: str = _opt("binary", choices=("binary", "python"))
     labels: str = _opt("fine", choices=("fine", "coarse"))
@@ -53,6 +53,10 @@ class DataConfig:
     val_size: int | float = _opt(5000, low=1, fraction=True)
     train: str | None = None
     test: str | None = None
+    # folder only: the share of each class's images held out as the test split when data.test
+    # is null (null: FOLDER_TEST_FRACTION then); 0 = no test split
+    test_fraction: float | None = _opt(None, low=0.0, high=1.0, high_open=True)
+    strict: bool = False  # folder only: refuse, rather than skip, files that are not images
 
     def val_rows(self, n_train: int) -> int:
         """How many of `n_train` training rows are held out for validation: val_size when it
@@ -158,6 +162,7 @@ _TYPE_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a 
 # features (image augmentations move pixels: they do not apply to features).
 IMAGE_AUGMENT = {"hflip": True, "translate": 1}
 FEATURE_AUGMENT = {"hflip": False, "translate": 0}
+FOLDER_TEST_FRACTION = 0.2  # data.test_fraction of an image folder without data.test
 
 
 def _split_optional(annotation: Any) -> tuple[Any, bool]:
@@ -349,6 +354,9 @@ def config_from_dict(raw: Any, overrides: typing.Iterable[str] = ()) -> Config:
     config = _build(Config, apply_overrides(raw, overrides), "")
     _check_combinations(config)
     _resolve_augment(config)
+    if config.data.dataset == "folder" and config.data.test is None \
+            and config.data.test_fraction is None:
+        config.data.test_fraction = FOLDER_TEST_FRACTION
     return config
 
 
@@ -379,14 +387,30 @@ def _check_combinations(config: Config) -> None:
                                   f"{'false' if key == 'hflip' else '0'}")
         if config.model.mirror_symmetric:
             raise ConfigError("model.mirror_symmetric: needs images, not data.dataset features")
+    elif data.dataset == "folder":
+        if data.train is None:
+            raise ConfigError("data.train: data.dataset folder needs the path of an image "
+                              "folder (one sub-folder of images per class)")
+        if data.labels != "fine":
+            raise ConfigError("data.labels: an image folder's classes are its sub-folders; "
+                              "use fine")
+        if data.test is not None and data.test_fraction is not None:
+            raise ConfigError("data.test_fraction: give either data.test (a test folder) or "
+                              "data.test_fraction (a share held out of data.train), not both")
     else:
         if data.dataset == "cifar10" and data.labels == "coarse":
             raise ConfigError("data.labels: cifar10 has no coarse labels (only cifar100 has); "
                               "use fine")
         for key in ("train", "test"):
             if getattr(data, key) is not None:
-                raise ConfigError(f"data.{key}: only for data.dataset features (feature files), "
-                                  f"not {data.dataset}")
+                raise ConfigError(f"data.{key}: only for data.dataset features (feature files) "
+                                  f"or folder (image folders), not {data.dataset}")
+    if data.dataset != "folder":
+        if data.test_fraction is not None:
+            raise ConfigError(f"data.test_fraction: only for data.dataset folder, not "
+                              f"{data.dataset}")
+        if data.strict:
+            raise ConfigError(f"data.strict: only for data.dataset folder, not {data.dataset}")
     if config.model.mirror_symmetric and not config.preprocess.bias:
         raise ConfigError("model.mirror_symmetric: needs preprocess.bias true (the mirrored "
                           "mean image moves into the bias)")

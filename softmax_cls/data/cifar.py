@@ -2,7 +2,8 @@
 
 `load_dataset` locates the data folder (softmax_cls.data.fetch: downloaded, extracted and
 verified as needed) and reads its batch files (softmax_cls.data.batches);
-`load_config_data` loads what a config's data section names, CIFAR or feature files.
+`load_config_data` loads what a config's data section names: CIFAR, feature files or image
+folders.
 """
 
 from __future__ import annotations
@@ -73,9 +74,14 @@ def load_config_data(data: DataConfig, progress: bool = True, hints: DataHints =
     """The data set a config's `data` section names, located, verified and read; error
     messages give `hints` (default: the config's own keys, `--set data.archive=PATH`...).
     Without `keep_test` a CIFAR test split is checked but left on disk (see load_dataset);
-    feature files are loaded as softmax_cls.data.features does, whatever `keep_test`."""
+    feature files and image folders are loaded as softmax_cls.data.features and
+    softmax_cls.data.folders do, whatever `keep_test`."""
     if data.dataset == "features":
         return load_features(data, progress)
+    if data.dataset == "folder":
+        from softmax_cls.data.folders import load_folders
+
+        return load_folders(data, progress)
     return load_dataset(data.dataset, data.root, data.format, url=data.url, archive=data.archive,
                         labels=data.labels, download=data.download, progress=progress,
                         hints=hints, keep_test=keep_test)

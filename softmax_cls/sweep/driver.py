@@ -97,9 +97,10 @@ def worker_threads(workers: int):
 
 def prepare_cache(folder: Path, config: Config, progress: bool) -> dict:
     """The sweep's data cache (training rows and labels as .npy files); written once from the
-    config's data, reused while its data section is unchanged. Returns its data.json. The
-    sweep folder may be shared: a cache folder that is a symbolic link is refused (DataError),
-    so the cache is never written into, nor read from, the folder it names."""
+    config's data, reused while its data section (and, for image folders, their fingerprints)
+    is unchanged. Returns its data.json. The sweep folder may be shared: a cache folder that
+    is a symbolic link is refused (DataError), so the cache is never written into, nor read
+    from, the folder it names."""
     from .worker import write_cache
 
     cache_dir = folder / "cache"
@@ -108,6 +109,10 @@ def prepare_cache(folder: Path, config: Config, progress: bool) -> dict:
                         "cache in the folder it names (remove it)")
     section = json.loads(json.dumps(config_to_dict(config)["data"]))
     section.pop("val_size")
+    if config.data.dataset == "folder":  # the same paths may hold other images by now
+        from ..data.folders import folder_fingerprints
+
+        section["folder_fingerprints"] = folder_fingerprints(config.data)
     meta = cache_meta(cache_dir)
     if meta is not None and meta.get("data") == section:
         return meta

@@ -52,8 +52,8 @@ DEFAULT_PRUNER = {"name": "median", "startup_trials": 5, "warmup_epochs": 0}
 MAX_GRID_POINTS = 10_000  # each point is one enqueued trial in the study, one trials.csv row
 # Keys a trial may not vary: they name the data every trial shares, or where files go.
 FIXED_KEYS = ("data.dataset", "data.root", "data.format", "data.labels", "data.url",
-              "data.archive", "data.download", "data.train", "data.test", "output.dir",
-              "output.plots")
+              "data.archive", "data.download", "data.train", "data.test",
+              "data.test_fraction", "data.strict", "output.dir", "output.plots")
 
 
 @dataclass(frozen=True)

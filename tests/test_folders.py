@@ -1,0 +1,515 @@
+"""data.dataset folder: image folders scanned, cached, split, and used by every command."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from softmax_cls.config import FOLDER_TEST_FRACTION, config_from_dict
+from softmax_cls.data import folders
+from softmax_cls.errors import DataError
+from softmax_cls.training.checkpoint import load_checkpoint
+from tests.cli_util import assert_one_line_error, run
+
+Image = pytest.importorskip("PIL.Image")
+
+# three classes told apart by colour and by pattern, whatever the noise
+CLASSES = {"red": (200, 40, 40), "green": (40, 180, 60), "stripes": (120, 120, 120)}
+
+
+def picture(name: str, rng: np.random.Generator, size: tuple[int, int] = (40, 48)) -> np.ndarray:
+    """One noisy (height, width, 3) uint8 picture of class `name`."""
+    pixels = np.array(CLASSES[name], float) + rng.normal(0, 20, (*size, 3))
+    if name == "stripes":
+        pixels[::4] = 250
+    return np.clip(pixels, 0, 255).astype(np.uint8)
+
+
+def make_folder(path: Path, per_class: int = 20, seed: int = 0) -> Path:
+    """An image folder: one sub-folder per class, PNG and JPEG files alternating, some of each
+    class one folder deeper."""
+    rng = np.random.default_rng(seed)
+    for name in CLASSES:
+        for i in range(per_class):
+            folder = path / name / ("deeper" if i % 5 == 4 else "")
+            folder.mkdir(parents=True, exist_ok=True)
+            suffix = "png" if i % 2 else "jpg"
+            Image.fromarray(picture(name, rng)).save(folder / f"{name}{i:02d}.{suffix}")
+    return path
+
+
+def data_config(train: Path, root: Path, **keys):
+    return config_from_dict({"data": {"dataset": "folder", "train": str(train),
+                                      "root": str(root), **keys}}).data
+
+
+def listing(folder: Path) -> list[tuple[str, int, int]]:
+    """Every entry below `folder`, hidden ones included, with size and mtime."""
+    found = []
+    for where, dirs, names in os.walk(folder):
+        for name in dirs + names:
+            info = os.lstat(Path(where) / name)
+            found.append((str(Path(where, name).relative_to(folder)), info.st_size,
+                          info.st_mtime_ns))
+    return sorted(found)
+
+
+@pytest.fixture
+def counted_reads(monkeypatch):
+    """Counts the images data.folders decodes."""
+    calls = []
+    real = folders.read_image
+
+    def counting(path, *args, **kwargs):
+        calls.append(Path(path).name)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(folders, "read_image", counting)
+    return calls
+
+
+# -- discovery ----------------------------------------------------------------------------
+
+def test_classes_are_the_sorted_sub_folders_and_images_are_found_at_any_depth(tmp_path):
+    images = tmp_path / "images"
+    for name in ("b_dog", "a_cat", "C_bird"):
+        (images / name / "sub").mkdir(parents=True)
+        Image.new("RGB", (8, 8), (1, 2, 3)).save(images / name / "z.png")
+        Image.new("RGB", (8, 8), (1, 2, 3)).save(images / name / "sub" / "a.JPG")
+    (images / "README.txt").write_text("top-level files belong to no class")
+    (images / ".hidden").mkdir()
+    (images / "a_cat" / ".DS_Store").write_bytes(b"\0")
+    (images / "a_cat" / ".ipynb_checkpoints").mkdir()
+    Image.new("RGB", (8, 8)).save(images / "a_cat" / ".ipynb_checkpoints" / "copy.png")
+    scan = folders.scan_folder(images)
+    assert scan.class_names == ("C_bird", "a_cat", "b_dog")  # Python's sorted(), as torchvision
+    assert scan.files == [(f"{name}/{rel}", index)  # a folder's files, then its sub-folders
+                          for index, name in enumerate(scan.class_names)
+                          for rel in ("z.png", "sub/a.JPG")]
+    assert scan.skipped == []
+
+
+def test_labels_follow_the_class_order_and_rows_are_the_cifar_layout(tmp_path):
+    images = tmp_path / "images"
+    for name, colour in (("zebra", (0, 0, 250)), ("apple", (250, 0, 0))):
+        (images / name).mkdir(parents=True)
+        Image.new("RGB", (64, 32), colour).save(images / name / "one.png")
+    loaded = folders.load_folders(data_config(images, tmp_path / "data", test_fraction=0),
+                                  progress=False)
+    assert loaded.class_names == ("apple", "zebra")
+    assert loaded.train_labels.tolist() == [0, 1]
+    assert loaded.train_images.shape == (2, 3072) and loaded.train_images.dtype == np.uint8
+    red, blue = loaded.train_images
+    assert (red[:1024] == 250).all() and (red[1024:] == 0).all()  # R plane first
+    assert (blue[2048:] == 250).all() and (blue[:2048] == 0).all()
+
+
+# -- the cache ----------------------------------------------------------------------------
+
+def test_the_second_load_decodes_nothing(tmp_path, counted_reads):
+    images = make_folder(tmp_path / "images", per_class=4)
+    data = data_config(images, tmp_path / "data")
+    first = folders.load_folders(data, progress=False)
+    assert len(counted_reads) == 12
+    cache = next((tmp_path / "data" / "image-cache").iterdir())
+    stamps = listing(cache)
+    second = folders.load_folders(data, progress=False)
+    assert len(counted_reads) == 12  # nothing decoded the second time
+    assert listing(cache) == stamps  # nor written
+    assert second.fingerprint == first.fingerprint
+    assert np.array_equal(second.train_images, first.train_images)
+    assert np.array_equal(second.test_labels, first.test_labels)
+
+
+@pytest.mark.parametrize("change", ["add", "remove", "rename", "modify"])
+def test_a_changed_folder_is_read_again(tmp_path, counted_reads, change):
+    images = make_folder(tmp_path / "images", per_class=4)
+    data = data_config(images, tmp_path / "data", test_fraction=0)
+    before = folders.scan_folder(images).fingerprint
+    first = folders.load_folders(data, progress=False)
+    target = images / "red" / "red00.jpg"
+    if change == "add":
+        Image.new("RGB", (9, 9), (0, 0, 0)).save(images / "green" / "new.png")
+    elif change == "remove":
+        target.unlink()
+    elif change == "rename":
+        target.rename(target.with_name("renamed.jpg"))
+    else:  # other pixels, same size and the same modification time would not be noticed:
+        info = target.stat()  # a file rewritten gets a new mtime
+        Image.new("RGB", (40, 48), (0, 0, 255)).save(target, quality=100)
+        os.utime(target, ns=(info.st_atime_ns, info.st_mtime_ns + 1_000_000))
+    assert folders.scan_folder(images).fingerprint != before
+    reads = len(counted_reads)
+    second = folders.load_folders(data, progress=False)
+    assert len(counted_reads) > reads
+    assert second.fingerprint != first.fingerprint
+    assert len(second.train_labels) == 12 + {"add": 1, "remove": -1}.get(change, 0)
+
+
+def test_the_fingerprint_sees_each_name_size_and_modification_time(tmp_path):
+    images = tmp_path / "images"
+    for name in ("a", "b"):
+        (images / name).mkdir(parents=True)
+        Image.new("RGB", (8, 8), (5, 6, 7)).save(images / name / "x.png")
+    target = images / "a" / "x.png"
+    stamp = target.stat().st_mtime_ns
+    base = folders.scan_folder(images).fingerprint
+    assert folders.scan_folder(images).fingerprint == base
+
+    os.utime(target, ns=(stamp, stamp + 10**9))  # the modification time alone
+    assert folders.scan_folder(images).fingerprint != base
+    os.utime(target, ns=(stamp, stamp))
+    assert folders.scan_folder(images).fingerprint == base
+
+    with target.open("ab") as handle:  # the size alone
+        handle.write(b"\0")
+    os.utime(target, ns=(stamp, stamp))
+    assert folders.scan_folder(images).fingerprint != base
+    os.truncate(target, target.stat().st_size - 1)
+    os.utime(target, ns=(stamp, stamp))
+    assert folders.scan_folder(images).fingerprint == base
+
+    target.rename(images / "a" / "y.png")  # the name alone (a rename keeps the mtime)
+    assert folders.scan_folder(images).fingerprint != base
+
+
+def test_the_cache_is_under_the_data_root_never_in_the_image_folder(tmp_path):
+    images = make_folder(tmp_path / "images", per_class=3)
+    before = listing(images)
+    loaded = folders.load_folders(data_config(images, tmp_path / "data"), progress=False)
+    assert listing(images) == before
+    caches = list((tmp_path / "data" / "image-cache").iterdir())
+    assert [cache.name for cache in caches] == [folders.scan_folder(images).fingerprint]
+    assert sorted(path.name for path in caches[0].iterdir()) == ["labels.npy", "meta.json",
+                                                                   "rows.u8"]
+    assert len(loaded.train_labels) + len(loaded.test_labels) == 9
+    # a data.root inside the image folder is refused before anything is written
+    with pytest.raises(DataError, match="data.root: the image cache .* would be inside"):
+        folders.load_folders(data_config(images, images / "red" / "data"), progress=False)
+    assert listing(images) == before
+
+
+def test_a_half_written_cache_is_never_used(tmp_path, counted_reads, monkeypatch):
+    images = make_folder(tmp_path / "images", per_class=3)
+    data = data_config(images, tmp_path / "data")
+    real = folders.read_image
+
+    def failing(path, *args, **kwargs):
+        if len(counted_reads) == 5:
+            raise KeyboardInterrupt
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(folders, "read_image", failing)
+    with pytest.raises(KeyboardInterrupt):
+        folders.load_folders(data, progress=False)
+    assert list((tmp_path / "data" / "image-cache").iterdir()) == []  # no part file left
+    monkeypatch.setattr(folders, "read_image", real)
+    assert len(folders.load_folders(data, progress=False).class_names) == 3
+
+
+# -- the held-out split -------------------------------------------------------------------
+
+def test_the_held_out_split_is_stratified_and_fixed():
+    labels = np.repeat(np.arange(3), [10, 20, 1])
+    train, test = folders.held_out_rows(labels, 3, 0.2)
+    assert np.bincount(labels[test], minlength=3).tolist() == [2, 4, 0]  # never a whole class
+    assert np.array_equal(np.sort(np.concatenate([train, test])), np.arange(31))
+    again_train, again_test = folders.held_out_rows(labels, 3, 0.2)
+    assert np.array_equal(test, again_test) and np.array_equal(train, again_train)
+    # a class's split depends on its own rows only
+    other = np.repeat(np.arange(3), [10, 25, 1])
+    assert np.array_equal(folders.held_out_rows(other, 3, 0.2)[1][:2], test[:2])
+    assert len(folders.held_out_rows(labels, 3, 0)[1]) == 0
+    # round(0.6 x 1) = 1 would take the one image of class 2: it stays in training
+    assert np.bincount(labels[folders.held_out_rows(labels, 3, 0.6)[1]],
+                       minlength=3).tolist() == [6, 12, 0]
+
+
+def test_the_config_seed_does_not_move_the_held_out_split(tmp_path):
+    images = make_folder(tmp_path / "images", per_class=10)
+    splits = []
+    for seed in (0, 1):
+        data = config_from_dict({"seed": seed, "data": {
+            "dataset": "folder", "train": str(images), "root": str(tmp_path / "data")}}).data
+        assert data.test_fraction == FOLDER_TEST_FRACTION
+        splits.append(folders.load_folders(data, progress=False).test_images)
+    assert len(splits[0]) == 6 and np.array_equal(*splits)
+
+
+def test_a_test_folder_takes_the_training_class_indices(tmp_path):
+    train = make_folder(tmp_path / "train", per_class=3)
+    test = tmp_path / "test"
+    (test / "stripes").mkdir(parents=True)
+    Image.fromarray(picture("stripes", np.random.default_rng(1))).save(test / "stripes" / "a.png")
+    loaded = folders.load_folders(data_config(train, tmp_path / "data", test=str(test)),
+                                  progress=False)
+    assert loaded.test_labels.tolist() == [loaded.class_names.index("stripes")]
+    assert len(loaded.train_labels) == 9 and set(loaded.fingerprint) == {"train folder",
+                                                                          "test folder"}
+    (test / "cow").mkdir()
+    Image.new("RGB", (8, 8)).save(test / "cow" / "a.png")
+    with pytest.raises(DataError, match="data.test: class folder 'cow' .* is not a class"):
+        folders.load_folders(data_config(train, tmp_path / "data", test=str(test)))
+
+
+# -- files that are not images, and links -------------------------------------------------
+
+def bad_files(images: Path) -> None:
+    png = (images / "red" / "red01.png").read_bytes()
+    (images / "red" / "truncated.png").write_bytes(png[: len(png) // 2])
+    (images / "green" / "text.jpg").write_text("not a picture")
+    (images / "green" / "notes.txt").write_text("a note")
+
+
+def test_unreadable_files_are_skipped_with_a_count_and_the_first_names(tmp_path, capsys):
+    images = make_folder(tmp_path / "images", per_class=4)
+    bad_files(images)
+    data = data_config(images, tmp_path / "data", test_fraction=0)
+    for _ in range(2):  # the same line from the cache
+        loaded = folders.load_folders(data, progress=False)
+        assert len(loaded.train_labels) == 12
+        lines = capsys.readouterr().err.splitlines()
+        assert len(lines) == 1, lines
+        assert lines[0].startswith("warning: data.train: skipped 3 of 15 files in ")
+        assert "green/notes.txt (not an image file name)" in lines[0]
+        assert "green/text.jpg (not an image Pillow can read)" in lines[0]
+        assert "red/truncated.png (cannot be decoded" in lines[0]
+        assert "data.strict=true" in lines[0]
+
+
+def test_strict_refuses_them_from_the_folder_and_from_the_cache(tmp_path):
+    images = make_folder(tmp_path / "images", per_class=4)
+    (images / "red" / "text.jpg").write_text("not a picture")
+    data = data_config(images, tmp_path / "data")
+    strict = data_config(images, tmp_path / "data", strict=True)
+    with pytest.raises(DataError, match=r"data.strict: .*red/text.jpg: not an image Pillow"):
+        folders.load_folders(strict, progress=False)
+    assert not (tmp_path / "data" / "image-cache").exists() or not any(
+        (tmp_path / "data" / "image-cache").iterdir())
+    folders.load_folders(data, progress=False)  # skipped, cached
+    with pytest.raises(DataError, match="data.strict: .*red/text.jpg"):
+        folders.load_folders(strict, progress=False)
+    (images / "red" / "text.jpg").unlink()
+    assert len(folders.load_folders(strict, progress=False).class_names) == 3
+
+
+def test_strict_refuses_a_file_named_as_no_image_before_decoding_any(tmp_path,
+                                                                      counted_reads):
+    images = make_folder(tmp_path / "images", per_class=2)
+    (images / "green" / "notes.txt").write_text("a note")
+    with pytest.raises(DataError, match="data.strict: .*green/notes.txt: not an image file name"):
+        folders.load_folders(data_config(images, tmp_path / "data", strict=True))
+    assert counted_reads == []
+
+
+def test_a_sub_folder_that_cannot_be_listed_is_a_skip_not_a_silent_loss(tmp_path, monkeypatch):
+    images = make_folder(tmp_path / "images", per_class=2)
+    real_walk = os.walk
+
+    def walk(top, **kwargs):  # as os.walk reports a folder it may not list (root reads all)
+        if Path(top).name == "red":
+            kwargs["onerror"](PermissionError(13, "Permission denied", str(Path(top) / "x")))
+        yield from real_walk(top, **kwargs)
+
+    monkeypatch.setattr(folders.os, "walk", walk)
+    assert folders.scan_folder(images).skipped == [
+        ("red/x", "a folder that cannot be read (Permission denied)")]
+
+
+def test_links_out_of_the_folder_and_to_folders_are_not_followed(tmp_path, capsys):
+    images = make_folder(tmp_path / "images", per_class=3)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    Image.new("RGB", (8, 8), (9, 9, 9)).save(outside / "secret.png")
+    (images / "red" / "secret.png").symlink_to(outside / "secret.png")  # out: skipped
+    (images / "red" / "twin.png").symlink_to(images / "green" / "green01.png")  # in: read
+    (images / "red" / "loop").symlink_to(images)  # a loop: never entered
+    (images / "elsewhere").symlink_to(outside)  # a class folder elsewhere: not a class
+    scan = folders.scan_folder(images)
+    assert scan.class_names == ("green", "red", "stripes")
+    assert ("red/twin.png", 1) in scan.files
+    assert dict(scan.skipped) == {"elsewhere": "a link to a folder, not followed",
+                                  "red/loop": "a link to a folder, not followed",
+                                  "red/secret.png": "a link out of the folder, not followed"}
+    loaded = folders.load_folders(data_config(images, tmp_path / "data", test_fraction=0),
+                                  progress=False)
+    assert len(loaded.train_labels) == 10
+    assert "skipped 3 of 13 files" in capsys.readouterr().err
+    with pytest.raises(DataError, match="data.strict: "):
+        folders.load_folders(data_config(images, tmp_path / "data", strict=True))
+
+
+def test_an_image_cache_folder_that_is_a_link_is_refused(tmp_path):
+    images = make_folder(tmp_path / "images", per_class=2)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "image-cache").symlink_to(elsewhere)
+    with pytest.raises(DataError, match="image-cache is a symbolic link; refusing"):
+        folders.load_folders(data_config(images, tmp_path / "data"), progress=False)
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_without_pillow_a_new_folder_names_the_extra_and_a_cached_one_loads(tmp_path):
+    images = make_folder(tmp_path / "images", per_class=3)
+    config = write_config(tmp_path, train=str(images))
+    code = ("import sys; sys.modules['PIL'] = None\n"
+            "from softmax_cls.cli import train_command\n"
+            f"train_command.main(['--config', {config!r}, '-q', '--no-plots', "
+            "'--set', 'optim.epochs=1', '--set', 'engine=numpy'])\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120)
+    assert_one_line_error(result, 1, "pip install 'softmax-cls[images]'")
+    folders.load_folders(data_config(images, tmp_path / "data"), progress=False)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+
+
+# -- wrong configs and folders: one error line --------------------------------------------
+
+def write_config(tmp_path: Path, **data) -> str:
+    path = tmp_path / "folder.yaml"
+    path.write_text(yaml.safe_dump({"data": {"dataset": "folder", "val_size": 0.2,
+                                             "root": str(tmp_path / "data"), **data},
+                                    "optim": {"epochs": 2},
+                                    "output": {"dir": str(tmp_path / "run")}}))
+    return str(path)
+
+
+def one_class(tmp_path: Path) -> str:
+    (tmp_path / "one" / "cat").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(tmp_path / "one" / "cat" / "a.png")
+    return str(tmp_path / "one")
+
+
+def empty_folder(tmp_path: Path) -> str:
+    (tmp_path / "empty").mkdir()
+    return str(tmp_path / "empty")
+
+
+def empty_class(tmp_path: Path) -> str:
+    images = make_folder(tmp_path / "images", per_class=2)
+    (images / "empty").mkdir()
+    return str(images)
+
+
+def unreadable_class(tmp_path: Path) -> str:
+    images = make_folder(tmp_path / "images", per_class=2)
+    (images / "broken").mkdir()
+    (images / "broken" / "a.png").write_text("no picture")
+    return str(images)
+
+
+@pytest.mark.parametrize("keys, code, needles", [
+    (lambda p: {"train": None}, 2, ["data.train: data.dataset folder needs the path"]),
+    (lambda p: {"train": str(p / "missing")}, 1, ["data.train: image folder not found"]),
+    (lambda p: {"train": write_config(p)}, 1, ["data.train: ", "is not a folder"]),
+    (lambda p: {"train": one_class(p)}, 1, ["has 1 class folder (cat)", "at least 2"]),
+    (lambda p: {"train": empty_class(p)}, 1, ["class folder 'empty'", "holds no images"]),
+    (lambda p: {"train": unreadable_class(p)}, 1, ["'broken'", "holds no readable images"]),
+    (lambda p: {"train": str(make_folder(p / "images", 2)), "test": empty_folder(p)}, 1,
+     ["data.test: ", "has no class folders"]),
+    (lambda p: {"train": str(p), "test": str(p), "test_fraction": 0.1}, 2,
+     ["data.test_fraction: give either data.test"]),
+    (lambda p: {"train": str(p), "test_fraction": 1.5}, 2, ["data.test_fraction: must be < 1"]),
+    (lambda p: {"train": str(p), "labels": "coarse"}, 2, ["data.labels: an image folder"]),
+    (lambda p: {"dataset": "cifar10", "test_fraction": 0.1}, 2,
+     ["data.test_fraction: only for data.dataset folder"]),
+    (lambda p: {"dataset": "cifar10", "strict": True}, 2,
+     ["data.strict: only for data.dataset folder"]),
+])
+def test_wrong_folder_configs_are_one_error_line(tmp_path, keys, code, needles):
+    result = run("softmax-train", "--config", write_config(tmp_path, **keys(tmp_path)), "-q")
+    assert_one_line_error(result, code, *needles)
+
+
+def test_strict_from_the_command_line_is_one_error_line(tmp_path):
+    images = make_folder(tmp_path / "images", per_class=3)
+    (images / "red" / "text.jpg").write_text("not a picture")
+    result = run("softmax-train", "--config", write_config(tmp_path, train=str(images)), "-q",
+                 "--set", "data.strict=true")
+    assert_one_line_error(result, 1, "data.strict: ", "red/text.jpg: not an image Pillow can read")
+
+
+# -- every command on a folder ------------------------------------------------------------
+
+def test_train_eval_plot_and_checkpoint_on_a_folder(tmp_path):
+    images = make_folder(tmp_path / "images", per_class=30)
+    bad_files(images)
+    config = write_config(tmp_path, train=str(images))
+    train = run("softmax-train", "--config", config, "--set", "optim.epochs=8",
+                "--no-plots", cwd=tmp_path, timeout=300)
+    assert train.returncode == 0, train.stderr
+    assert "skipped 3 of 93 files" in train.stderr and "reading train images" in train.stderr
+    accuracy = float(train.stdout.split("test accuracy ")[1].split()[0])
+    assert accuracy >= 0.9  # chance is 1/3; 18 held-out images
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["data"]["test_fraction"] == FOLDER_TEST_FRACTION
+    assert saved["augment"]["hflip"] is True and saved["augment"]["translate"] == 1
+    checkpoint = load_checkpoint(tmp_path / "run" / "best.npz")
+    assert checkpoint.class_names == ("green", "red", "stripes")
+
+    again = run("softmax-train", "--config", config, "--set", "optim.epochs=1", "-q",
+                "--no-plots", "--out", str(tmp_path / "run2"), cwd=tmp_path, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert "reading train images" not in again.stderr  # from the cache
+
+    evaluated = run("softmax-eval", str(tmp_path / "run" / "best.npz"), "--json", "-q")
+    assert evaluated.returncode == 0, evaluated.stderr
+    report = json.loads(evaluated.stdout)
+    assert report["accuracy"] == pytest.approx(accuracy)
+    assert [row["class"] for row in report["per_class"]] == ["green", "red", "stripes"]
+
+    pytest.importorskip("matplotlib")
+    plotted = run("softmax-plot", str(tmp_path / "run"), "-q", timeout=300)
+    assert plotted.returncode == 0, plotted.stderr
+    assert {"templates.png", "confusion.png", "mistakes.png"} <= {
+        Path(line).name for line in plotted.stdout.split()}
+
+    # a changed folder no longer matches the checkpoint
+    for bad in ("red/truncated.png", "green/text.jpg", "green/notes.txt"):
+        (images / bad).unlink()
+    Image.fromarray(picture("red", np.random.default_rng(9))).save(images / "red" / "new.png")
+    changed = run("softmax-eval", str(tmp_path / "run" / "best.npz"), "-q")
+    assert_one_line_error(changed, 1, "the data does not match the checkpoint")
+
+
+def test_a_sweep_on_a_folder(tmp_path):
+    pytest.importorskip("optuna")
+    images = make_folder(tmp_path / "images", per_class=10)
+    write_config(tmp_path, train=str(images))
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(yaml.safe_dump({"base": "folder.yaml", "sampler": "random", "trials": 2,
+                                     "seed": 0, "pruner": "none",
+                                     "space": {"optim.lr": {"log_uniform": [0.001, 0.1]}}}))
+    result = run("softmax-sweep", str(sweep), "--out", str(tmp_path / "sweep"), "-q",
+                 "--no-plots", timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "2 complete" in result.stdout and "test accuracy" in result.stdout
+    summary = json.loads((tmp_path / "sweep" / "summary.json").read_text())
+    assert summary["test_acc"] >= 0.8
+    cached = json.loads((tmp_path / "sweep" / "cache" / "data.json").read_text())
+    assert cached["class_names"] == ["green", "red", "stripes"]
+    assert cached["data"]["folder_fingerprints"] == {"train": folders.scan_folder(images)
+                                                     .fingerprint}
+
+
+@pytest.mark.parametrize("key", ["data.test_fraction", "data.strict"])
+def test_a_sweep_may_not_vary_the_folder_split_or_strictness(tmp_path, key):
+    pytest.importorskip("optuna")
+    images = make_folder(tmp_path / "images", per_class=2)
+    write_config(tmp_path, train=str(images))
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(yaml.safe_dump({"base": "folder.yaml", "sampler": "grid",
+                                     "space": {key: {"grid": [0.1, 0.2] if "fraction" in key
+                                                     else [True, False]}}}))
+    result = run("softmax-sweep", str(sweep), "--out", str(tmp_path / "sweep"), "-q")
+    assert_one_line_error(result, 2, key, "cannot vary between trials")
