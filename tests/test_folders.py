@@ -513,3 +513,44 @@ def test_a_sweep_may_not_vary_the_folder_split_or_strictness(tmp_path, key):
                                                      else [True, False]}}}))
     result = run("softmax-sweep", str(sweep), "--out", str(tmp_path / "sweep"), "-q")
     assert_one_line_error(result, 2, key, "cannot vary between trials")
+
+
+def test_a_model_trained_on_a_folder_predicts_new_files_by_its_class_names(tmp_path):
+    """Trained through softmax-train on a folder; new files of another size predicted through
+    softmax-predict and through Model in both layouts give the classes of a float64
+    recomputation from the checkpoint's own arrays."""
+    from softmax_cls.data.images import read_image
+    from softmax_cls.inference.model import Model
+
+    images = make_folder(tmp_path / "images", per_class=20)
+    config = write_config(tmp_path, train=str(images))
+    train = run("softmax-train", "--config", config, "--set", "optim.epochs=4", "-q",
+                "--no-plots", cwd=tmp_path, timeout=300)
+    assert train.returncode == 0, train.stderr
+    checkpoint = tmp_path / "run" / "best.npz"
+
+    rng = np.random.default_rng(5)
+    new, truth = tmp_path / "new", []
+    new.mkdir()
+    for i, name in enumerate(["red", "stripes", "green", "red", "green", "stripes"]):
+        Image.fromarray(picture(name, rng, size=(50, 70))).save(new / f"{i}.png")
+        truth.append(name)
+    pictures = np.stack([read_image(new / f"{i}.png") for i in range(len(truth))])
+
+    with np.load(checkpoint) as arrays:
+        W = arrays["W"].astype(np.float64)
+        mean, scale = arrays["pre_mean"], arrays["pre_scale"]
+    planes = pictures.transpose(0, 3, 1, 2).reshape(len(pictures), -1).astype(np.float64)
+    scores = np.hstack([(planes - mean) * scale, np.ones((len(planes), 1))]) @ W.T
+    names = ["green", "red", "stripes"]
+    expected = [names[i] for i in scores.argmax(axis=1)]
+    assert expected == truth  # the classes are easy: the model learned them
+
+    predicted = run("softmax-predict", str(checkpoint), str(new), "--json", "--top-k", "1")
+    assert predicted.returncode == 0, predicted.stderr
+    lines = [json.loads(line) for line in predicted.stdout.splitlines()]
+    assert [line["top_k"][0]["class"] for line in lines] == expected
+
+    model = Model.load(checkpoint)
+    assert list(model.predict(pictures)) == list(scores.argmax(axis=1))
+    assert list(model.predict(pictures.transpose(0, 3, 1, 2))) == list(scores.argmax(axis=1))
