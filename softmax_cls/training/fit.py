@@ -267,7 +267,7 @@ def fit_full_batch(config: Config, rows: np.ndarray, labels: np.ndarray, split: 
     state.history.append({"epoch": state.epoch, "lr": None, "train_loss": result.loss,
                           "train_acc": None, "val_loss": val_loss, "val_acc": val_acc,
                           "grad_max": result.grad_max,
-                          "seconds": time.perf_counter() - started, **result.summary()})
+                          "seconds": time.perf_counter() - started, **result.numbers()})
     if on_epoch is not None:
         on_epoch(state)
     return FitResult(state, False, result.summary())

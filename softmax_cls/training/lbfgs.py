@@ -53,9 +53,14 @@ class LbfgsResult:
 
     def summary(self) -> dict:
         """What summary.json and the sweep record of a fit."""
-        return {"solver": "lbfgs", "iterations": self.iterations,
-                "evaluations": self.evaluations, "final_loss": self.loss,
-                "grad_max": self.grad_max, "converged": self.converged}
+        return {"solver": "lbfgs", **self.numbers(), "converged": self.converged}
+
+    def numbers(self) -> dict:
+        """The report as numbers only, as a checkpoint's history row holds it (converged 1
+        or 0)."""
+        return {"iterations": self.iterations, "evaluations": self.evaluations,
+                "final_loss": self.loss, "grad_max": self.grad_max,
+                "converged": int(self.converged)}
 
 
 def require_scipy():
@@ -93,12 +98,12 @@ def minimize(objective: Callable[[np.ndarray, str], tuple[float, np.ndarray]],
         def fun(flat: np.ndarray) -> tuple[float, np.ndarray]:
             loss, grad = objective(flat.reshape(shape), precision)
             done["evaluations"] += 1
-            last.update(x=flat.copy(), loss=loss, grad=grad)
+            last.update(loss=loss, grad=grad)
             return loss, grad.ravel()
 
         def callback(flat: np.ndarray) -> None:
-            done["iterations"] += 1
-            if on_iteration is not None and np.array_equal(flat, last.get("x")):
+            done["iterations"] += 1  # the iterate is the last point evaluated: its loss
+            if on_iteration is not None:
                 on_iteration(done["iterations"], last["loss"],
                              float(np.abs(last["grad"]).max()))
 

@@ -140,6 +140,7 @@ def plan_run(config_path: str | None, overrides: Iterable[str] = (), out: str | 
         if config_path is None:
             raise ConfigError("--config FILE is required (or --resume CHECKPOINT)")
         config = load_config(config_path, overrides)
+        _check_solver_installed(config)
         if out:
             return RunPlan(config, Path(out))
         out_dir = Path(config.output.dir)
@@ -156,11 +157,20 @@ def plan_run(config_path: str | None, overrides: Iterable[str] = (), out: str | 
     else:
         config = load_config(config_path, overrides)
     _check_resumable(checkpoint.config, config)
+    _check_solver_installed(config)
     if not any(text.split("=", 1)[0].strip() in ("data", "data.download")
                for text in overrides):
         config = dataclasses.replace(config, data=dataclasses.replace(config.data,
                                                                       download=False))
     return RunPlan(config, Path(out) if out else Path(resume).parent, checkpoint)
+
+
+def _check_solver_installed(config: Config) -> None:
+    """optim.solver lbfgs needs SciPy: one error line naming the extra, before any data."""
+    if config.optim.solver == "lbfgs":
+        from .lbfgs import require_scipy
+
+        require_scipy()
 
 
 def run_plan(plan: RunPlan, progress: bool = True, overwrite: bool = False) -> RunResult:
