@@ -133,18 +133,22 @@ def predict_scores(rows: np.ndarray, W: np.ndarray, pre: Preprocessor) -> np.nda
     return image_scores(W, pre, rows)
 
 
-FULL_BATCH_CHUNK = 1024  # rows: a float32 CIFAR chunk (12 MB) stays in cache between products
+# Values (rows x raw values) per chunk of the full-batch objective: 4 MB of float32 (1365
+# CIFAR rows, 2048 rows of 512 features), few enough BLAS calls that a loaded machine's
+# thread hand-offs do not dominate, small enough to stay in cache between the products
+FULL_BATCH_VALUES = 1 << 20
 
 
 def full_loss_and_grad(data: TrainingRows, index: np.ndarray, W: np.ndarray, pre: Preprocessor,
                        rule: StepRule, views: tuple, padding: str, precision: str,
-                       chunk: int = FULL_BATCH_CHUNK) -> tuple[float, np.ndarray]:
+                       chunk: int | None = None) -> tuple[float, np.ndarray]:
     """The full-batch objective of the contract over data.rows[index] and `views`, and its
     gradient (C, D) float64, for W (C, D) float64.
 
-    Per chunk of `chunk` rows: one gather, then per view one pass that converts and centres
-    the raw rows into `precision` (x_c = u - mean; the scale is folded into the weights),
-    the scores x_c @ (W * scale).T (a BLAS product in `precision`, both cores), the softmax
+    Per chunk of `chunk` rows (default: FULL_BATCH_VALUES values): one gather, then per
+    view one pass (on blas_threads() threads) that converts and centres the raw rows into
+    `precision` (x_c = u - mean; the scale is folded into the weights), the scores
+    x_c @ (W * scale).T (a BLAS product in `precision`, every BLAS thread), the softmax
     and its loss in float64 (softmax.softmax_loss_from_scores), and x_c.T @ dS (a BLAS
     product in `precision`) added into a float64 sum. Centring before the product keeps the
     float32 products as accurate as on standardised features (folding the mean into a bias
@@ -162,13 +166,14 @@ def full_loss_and_grad(data: TrainingRows, index: np.ndarray, W: np.ndarray, pre
     grad_pc = np.zeros((P, n_classes))  # sum of x_c.T @ dS, float64
     grad_bias = np.zeros(n_classes)
     loss_sum = 0.0
+    chunk = max(64, FULL_BATCH_VALUES // P) if chunk is None else chunk
     size = min(chunk, len(index))
     gathered = np.empty((size, P), dtype=rows.dtype)
     centred = np.empty((size, P), dtype=dtype)
     scores = np.empty((size, n_classes), dtype=dtype)
     product = np.empty((P, n_classes), dtype=dtype)
     contiguous = bool(np.all(np.diff(index) == 1))
-    workers = max(1, min(os.cpu_count() or 1, 8))
+    workers = blas_threads()
     pool = ThreadPoolExecutor(workers) if workers > 1 else None
     for start in range(0, len(index), size):
         stop = min(start + size, len(index))
@@ -202,6 +207,16 @@ def full_loss_and_grad(data: TrainingRows, index: np.ndarray, W: np.ndarray, pre
     penalty, penalty_grad = softmax.l2_penalty(W, rule.reg, rule.penalise_last)
     grad += penalty_grad
     return softmax.finite_loss(loss_sum / total + penalty), grad
+
+
+def blas_threads() -> int:
+    """The threads BLAS uses (OPENBLAS_NUM_THREADS or OMP_NUM_THREADS, else every CPU), at
+    most 8: the conversion pass uses as many."""
+    for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
+        text = os.environ.get(name, "")
+        if text.strip().isdigit() and int(text) >= 1:
+            return min(int(text), 8)
+    return max(1, min(os.cpu_count() or 1, 8))
 
 
 def _centre(u: np.ndarray, mean: np.ndarray | None, out: np.ndarray, pool, workers: int
