@@ -190,6 +190,34 @@ def test_minimize_reaches_the_tolerance_and_reports_it():
     np.testing.assert_allclose(result.W, target, atol=1e-8)
 
 
+def test_converged_means_the_gradient_reached_tol():
+    curvature = np.array([[1.0, 10.0, 100.0], [3.0, 30.0, 300.0]])
+
+    def objective(W, precision):
+        return float((curvature * (W - 1) ** 2).sum()), 2 * curvature * (W - 1)
+
+    first = lbfgs.minimize(objective, np.zeros((2, 3)), 1e-12, 1)
+    assert first.iterations == 1 and not first.converged
+    half = lbfgs.minimize(objective, np.zeros((2, 3)), first.grad_max / 2, 1)
+    assert half.grad_max == first.grad_max and not half.converged
+    assert lbfgs.minimize(objective, np.zeros((2, 3)), first.grad_max * 2, 1).converged
+
+
+def test_the_tolerance_is_met_in_float64_after_the_float32_run():
+    target = np.arange(6.0).reshape(2, 3)
+    asked = []
+
+    def objective(W, precision):  # float32 rounding, exaggerated: a slightly wrong optimum
+        asked.append(precision)
+        shifted = target + (1e-3 if precision == "float32" else 0.0)
+        return float(((W - shifted) ** 2).sum()), 2 * (W - shifted)
+
+    result = lbfgs.minimize(objective, np.zeros((2, 3)), 1e-8, 100)
+    assert asked[0] == "float32" and asked[-1] == "float64"
+    assert result.converged and result.grad_max <= 1e-8
+    np.testing.assert_allclose(result.W, target, atol=1e-8)
+
+
 def test_tol_and_max_iter_reach_scipy():
     data, pre, _ = image_problem(n=200, weighted=False)
     config = config_from_dict({"optim": {"solver": "lbfgs", "tol": 1e-2},
