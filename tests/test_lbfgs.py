@@ -218,6 +218,17 @@ def test_the_tolerance_is_met_in_float64_after_the_float32_run():
     np.testing.assert_allclose(result.W, target, atol=1e-8)
 
 
+def test_a_line_search_that_finds_no_decrease_is_reported_as_such():
+    def objective(W, precision):  # a gradient that points uphill: no step decreases the loss
+        return float((W ** 2).sum()), -2 * W
+
+    result = lbfgs.minimize(objective, np.ones((2, 3)), 1e-8, 100)
+    assert not result.converged and result.iterations < 100
+    line = lbfgs.not_converged_line(result, 100, 1e-8)
+    assert "stopped after" in line and "max_iter" not in line
+    assert "raise optim.max_iter" in lbfgs.not_converged_line(result, result.iterations, 1e-8)
+
+
 def test_tol_and_max_iter_reach_scipy():
     data, pre, _ = image_problem(n=200, weighted=False)
     config = config_from_dict({"optim": {"solver": "lbfgs", "tol": 1e-2},

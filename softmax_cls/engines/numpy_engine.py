@@ -158,8 +158,7 @@ def full_loss_and_grad(data: TrainingRows, index: np.ndarray, W: np.ndarray, pre
     rows, labels, weights = data.rows, data.labels, data.sample_weight
     dtype = np.dtype(precision)
     n_classes, P = W.shape[0], pre.n_raw
-    mean, scale = pre.vectors(dtype)
-    mean = mean if pre.mean.any() else None
+    mean = pre.vectors(dtype)[0] if pre.mean.any() else None
     W_scaled = np.ascontiguousarray((W[:, :P] * pre.scale).T, dtype=dtype)  # (P, C)
     bias = W[:, P].copy() if pre.bias else np.zeros(n_classes)
     total = len(index) * len(views)

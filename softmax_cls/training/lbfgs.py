@@ -160,11 +160,22 @@ def fit_lbfgs(config: Config, rows: np.ndarray, labels: np.ndarray, split: Split
     optim = config.optim
     result = minimize(objective, W0, optim.tol, optim.max_iter, on_iteration)
     if not result.converged:
-        line = (f"L-BFGS did not converge: {result.iterations} iterations (optim.max_iter "
-                f"{optim.max_iter}), gradient max-norm {result.grad_max:.3g} > optim.tol "
-                f"{optim.tol:g}; raise optim.max_iter")
+        line = not_converged_line(result, optim.max_iter, optim.tol)
         if warn is None:
             warnings.warn(line, ConvergenceWarning, stacklevel=2)
         else:
             warn(line)
     return result
+
+
+def not_converged_line(result: LbfgsResult, max_iter: int, tol: float) -> str:
+    """The one warning line of a fit that stopped short of tol: at max_iter, or earlier when
+    the line search found no decrease."""
+    if result.iterations >= max_iter:
+        return (f"L-BFGS did not converge: {result.iterations} iterations (optim.max_iter "
+                f"{max_iter}), gradient max-norm {result.grad_max:.3g} > optim.tol {tol:g}; "
+                "raise optim.max_iter")
+    return (f"L-BFGS did not converge: it stopped after {result.iterations} iterations "
+            f"({result.message.lower()}) with gradient max-norm {result.grad_max:.3g} > "
+            f"optim.tol {tol:g}; optim.tol may be below what float64 rounding of the loss "
+            "allows")
