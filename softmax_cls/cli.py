@@ -159,6 +159,13 @@ def train_command(config_path, overrides, out, resume, overwrite, plots, quiet):
             f"test accuracy {result.test_acc:.4f} (loss {result.test_loss:.4f})")
     folder = (f"new run folder {result.out_dir} ({plan.config.output.dir} already holds a run)"
               if plan.numbered else f"run folder {result.out_dir}")
+    if result.solver is not None:
+        solver = result.solver
+        click.echo(f"{test} at the L-BFGS optimum: val accuracy {state.best_val_acc:.4f}; "
+                   f"{solver['iterations']} iterations, loss {solver['final_loss']:.6f}, "
+                   f"gradient max-norm {solver['grad_max']:.2e} "
+                   f"({'converged' if solver['converged'] else 'not converged'}); {folder}")
+        return
     click.echo(f"{test} with the best weights on validation: epoch {state.best_epoch}, val "
                f"accuracy {state.best_val_acc:.4f}; {state.epoch} epochs"
                f"{', stopped early' if result.stopped_early else ''}; {folder}")

@@ -114,8 +114,14 @@ class AveragingConfig:
     decay: float = _opt(0.999, low=0.0, high=1.0, high_open=True)
 
 
+SOLVERS = ("sgd", "lbfgs")
+
+
 @dataclass
 class OptimConfig:
+    solver: str = _opt("sgd", choices=SOLVERS)
+    tol: float = _opt(1e-5, low=0.0, low_open=True)
+    max_iter: int = _opt(500, low=1)
     epochs: int = _opt(60, low=1)
     batch_size: int = _opt(128, low=1)
     lr: float = _opt(0.0297, low=0.0, low_open=True)
@@ -411,9 +417,29 @@ def _check_combinations(config: Config) -> None:
                               f"{data.dataset}")
         if data.strict:
             raise ConfigError(f"data.strict: only for data.dataset folder, not {data.dataset}")
+    if config.optim.solver == "lbfgs":
+        _check_lbfgs(config)
     if config.model.mirror_symmetric and not config.preprocess.bias:
         raise ConfigError("model.mirror_symmetric: needs preprocess.bias true (the mirrored "
                           "mean image moves into the bias)")
+
+
+def _check_lbfgs(config: Config) -> None:
+    """optim.solver lbfgs minimises the objective exactly: the SGD keys (epochs, batch_size,
+    lr, momentum, nesterov, schedule, averaging) and model.init_std are ignored
+    (docs/lbfgs.md); keys that would change what a user expects of the result are refused."""
+    optim = config.optim
+    if optim.early_stopping.patience is not None:
+        raise ConfigError("optim.early_stopping.patience: optim.solver lbfgs runs to the "
+                          "optimum (optim.tol, optim.max_iter), it does not stop early; set "
+                          "it to null")
+    if optim.grad_clip is not None:
+        raise ConfigError("optim.grad_clip: clips SGD steps, and optim.solver lbfgs takes "
+                          "none; set it to null")
+    if config.model.mirror_symmetric:
+        raise ConfigError("model.mirror_symmetric: not with optim.solver lbfgs (the optimum "
+                          "is not made mirror-symmetric); use augment.hflip for the "
+                          "symmetric objective")
 
 
 MAX_DEPTH = 20  # a config nests 4 levels; sweep files a few more

@@ -1,8 +1,9 @@
 """SoftmaxClassifier: this tool's softmax regression behind scikit-learn's estimator interface.
 
-A multinomial (softmax) linear classifier trained by minibatch SGD through the very fit() and
-SGD step the CLI uses (softmax_cls.training.fit.fit): the same loss, the same engines, the same
-preprocessing folded into the weights. Needs the optional extra:
+A multinomial (softmax) linear classifier trained by minibatch SGD, or by full-batch L-BFGS
+to the exact optimum (solver="lbfgs", which needs pip install 'softmax-cls[lbfgs]'), through
+the very fit() the CLI uses (softmax_cls.training.fit.fit): the same loss, the same engines,
+the same preprocessing folded into the weights. Needs the optional extra:
 pip install 'softmax-cls[sklearn]'.
 """
 
@@ -46,11 +47,13 @@ _PARAMETER_OF_KEY = {
     "optim.batch_size": "batch_size", "optim.lr": "lr", "optim.momentum": "momentum",
     "optim.nesterov": "nesterov", "optim.schedule.name": "schedule",
     "optim.early_stopping.patience": "patience", "preprocess.center": "standardize",
+    "optim.solver": "solver", "optim.tol": "tol", "optim.max_iter": "max_iter",
 }
 
 
 class SoftmaxClassifier(ClassifierMixin, BaseEstimator):
-    """Multinomial logistic (softmax) regression trained by minibatch SGD with momentum.
+    """Multinomial logistic (softmax) regression trained by minibatch SGD with momentum, or
+    solved exactly by full-batch L-BFGS (solver="lbfgs").
 
     Always multinomial, for any number of classes from 2 and any labels (ints, strings).
     Training computes in float32 (float64 and integer X are converted); fitted coefficients
@@ -60,6 +63,15 @@ class SoftmaxClassifier(ClassifierMixin, BaseEstimator):
 
     Parameters
     ----------
+    solver : "sgd" or "lbfgs" (optim.solver). "lbfgs" minimises the same objective exactly
+        (SciPy's L-BFGS-B, docs/lbfgs.md) from zero weights, or from the current model with
+        warm_start; lr, epochs, batch_size, momentum, nesterov and schedule are then unused
+        and early_stopping is refused. With standardize=False it is LogisticRegression(
+        solver="lbfgs", C=1 / (2 * reg * n_samples)) on the same rows.
+    tol : float > 0, solver="lbfgs" stops when the gradient's max-norm is at most tol
+        (optim.tol; scikit-learn's gtol).
+    max_iter : int >= 1, solver="lbfgs" stops after this many iterations, with a
+        ConvergenceWarning (optim.max_iter).
     lr : float, learning rate of the first epoch (optim.lr).
     reg : float, L2 strength: the loss adds reg * sum(W ** 2) over the coefficients (not the
         intercepts; loss.reg). Note: sklearn's SGDClassifier `alpha` is 2 * reg.
@@ -80,7 +92,8 @@ class SoftmaxClassifier(ClassifierMixin, BaseEstimator):
     class_weight : dict {label: weight}, "balanced" or None, multiplied into sample_weight.
     warm_start : bool, start fit from the current model (the function X -> scores is kept
         exactly while the standardisation is refitted on the new X); velocity and the
-        learning-rate schedule start afresh.
+        learning-rate schedule start afresh. With solver="lbfgs", a path of decreasing reg
+        values fitted one after the other each starts from the previous optimum.
     random_state : int >= 0, RandomState or None. An int is the config's seed, so
         SoftmaxClassifier(random_state=s) trains exactly as `softmax-train` with seed s.
     engine : "numpy", "numba" or "auto" (numba when installed). numpy by default: on float32
@@ -108,7 +121,8 @@ class SoftmaxClassifier(ClassifierMixin, BaseEstimator):
     weights_ : (C, n_features_in_ + 1) float64, every class's weights in the original
         feature space, the intercepts in the last column.
     n_features_in_ : int, feature_names_in_ : (n_features_in_,) when X had string column names.
-    n_iter_ : int, epochs run by the last fit (1 per partial_fit call).
+    n_iter_ : int, epochs run by the last fit (1 per partial_fit call); L-BFGS iterations
+        with solver="lbfgs".
     gradient_ratio_ : float, the full-batch gradient of the training objective at the model
         as a fraction of its size at W = 0 (fit only): near 0 at the optimum.
     best_epoch_ : int, the epoch whose weights are the model (the best on validation with
@@ -122,7 +136,8 @@ class SoftmaxClassifier(ClassifierMixin, BaseEstimator):
                  schedule: str = "cosine", early_stopping: bool = False,
                  validation_fraction: float = 0.1, patience: int = 5, standardize: bool = True,
                  class_weight=None, warm_start: bool = False, random_state=None,
-                 engine: str = "numpy"):
+                 engine: str = "numpy", solver: str = "sgd", tol: float = 1e-5,
+                 max_iter: int = 500):
         self.lr = lr
         self.reg = reg
         self.epochs = epochs
@@ -138,6 +153,9 @@ class SoftmaxClassifier(ClassifierMixin, BaseEstimator):
         self.warm_start = warm_start
         self.random_state = random_state
         self.engine = engine
+        self.solver = solver
+        self.tol = tol
+        self.max_iter = max_iter
 
     # -- training
 
@@ -159,6 +177,9 @@ class SoftmaxClassifier(ClassifierMixin, BaseEstimator):
         if self.early_stopping and not 0 < self.validation_fraction < 1:
             raise ValueError(f"validation_fraction: must be in (0, 1), got "
                              f"{self.validation_fraction!r}")
+        if self.early_stopping and self.solver == "lbfgs":
+            raise ValueError("early_stopping: not with solver='lbfgs', which runs to the "
+                             "optimum (tol, max_iter)")
         if val_size >= n:
             raise ValueError(f"validation_fraction: {self.validation_fraction} of {n} rows "
                              "leaves no training row")
@@ -175,18 +196,23 @@ class SoftmaxClassifier(ClassifierMixin, BaseEstimator):
         self.classes_ = classes
         self._train(config, X, y_encoded, split, pre, state, sample_weight)
         self._seed_, self._stats = seed, stats
-        self._warn_if_far_from_optimum(X, y_encoded, split.train_rows, sample_weight)
+        # L-BFGS warned itself when it stopped short of tol
+        self._warn_if_far_from_optimum(X, y_encoded, split.train_rows, sample_weight,
+                                       warn=self.solver != "lbfgs")
         return self
 
     def _epochs(self, n_train: int) -> int:
         """The epochs of a fit on n_train rows: the parameter, or "auto"'s count."""
+        if self.solver == "lbfgs":
+            return 1  # unused by L-BFGS: any valid optim.epochs
         if isinstance(self.epochs, str) and self.epochs == "auto":
             steps_per_epoch = math.ceil(n_train / max(1, min(self.batch_size, n_train)))
             return max(AUTO_MIN_EPOCHS, math.ceil(AUTO_MIN_STEPS / steps_per_epoch))
         return self.epochs
 
     def _warn_if_far_from_optimum(self, X: np.ndarray, y_encoded: np.ndarray,
-                                  rows: np.ndarray, weight: np.ndarray | None) -> None:
+                                  rows: np.ndarray, weight: np.ndarray | None,
+                                  warn: bool = True) -> None:
         """ConvergenceWarning when the gradient of the training objective (mean weighted
         cross-entropy plus the L2 term) at the model is more than FAR_FROM_OPTIMUM of its
         size at W = 0; computed in float64, PREDICT_CHUNK rows at a time."""
@@ -204,7 +230,7 @@ class SoftmaxClassifier(ClassifierMixin, BaseEstimator):
         ratio = float(np.linalg.norm(grads["model"]) / max(np.linalg.norm(grads["zero"]),
                                                            1e-300))
         self.gradient_ratio_ = ratio
-        if ratio > FAR_FROM_OPTIMUM:
+        if warn and ratio > FAR_FROM_OPTIMUM:
             warnings.warn(
                 f"{type(self).__name__} ended far from the optimum after {self.n_iter_} epochs: "
                 f"the training objective's gradient is {ratio:.0%} of its size at zero "
@@ -218,6 +244,9 @@ class SoftmaxClassifier(ClassifierMixin, BaseEstimator):
         statistics (the model's function is unchanged by that) before its epoch. Call k
         (from 0) uses the learning rate the schedule gives to epoch min(k, epochs - 1); no
         validation split, no early stopping. Returns self."""
+        if self.solver == "lbfgs":
+            raise ValueError("partial_fit: takes SGD epochs; solver='lbfgs' solves in fit "
+                             "(with warm_start=True to continue from the current model)")
         first = not hasattr(self, "_model")
         X, y = validate_data(self, X, y, dtype=np.float32, order="C", reset=first)
         check_classification_targets(y)
@@ -263,7 +292,7 @@ class SoftmaxClassifier(ClassifierMixin, BaseEstimator):
         first_epoch = state.epoch
         try:
             result = fit(config, X, y_encoded, split, pre, len(self.classes_), state=state,
-                         sample_weight=sample_weight)
+                         sample_weight=sample_weight, warn=_convergence_warning)
         except TrainingDiverged as exc:
             raise ValueError(f"{type(self).__name__}: training diverged in epoch "
                              f"{state.epoch + 1} with lr={self.lr:g}, reg={self.reg:g}; lower "
@@ -288,7 +317,8 @@ class SoftmaxClassifier(ClassifierMixin, BaseEstimator):
             "preprocess": {"center": self.standardize,
                            "scale": "std" if self.standardize is True else "none", "bias": True},
             "loss": {"reg": self.reg},
-            "optim": {"epochs": epochs, "batch_size": self.batch_size, "lr": lr,
+            "optim": {"solver": self.solver, "tol": self.tol, "max_iter": self.max_iter,
+                      "epochs": epochs, "batch_size": self.batch_size, "lr": lr,
                       "momentum": self.momentum, "nesterov": self.nesterov,
                       "schedule": {"name": schedule}, "early_stopping": {"patience": patience}},
             "augment": {"hflip": False, "translate": 0},
@@ -372,6 +402,12 @@ class SoftmaxClassifier(ClassifierMixin, BaseEstimator):
     def predict_proba(self, X) -> np.ndarray:
         """P(class | x) (n_samples, C) float64, columns in classes_ order, rows sum to 1."""
         return np.exp(self.predict_log_proba(X))
+
+
+def _convergence_warning(line: str) -> None:
+    """L-BFGS's line when it stopped at max_iter, as scikit-learn's ConvergenceWarning."""
+    warnings.warn(line.replace("optim.max_iter", "max_iter").replace("optim.tol", "tol"),
+                  ConvergenceWarning, stacklevel=5)
 
 
 def _check_two_classes(classes: np.ndarray) -> None:

@@ -19,6 +19,15 @@ and optionally a `prepare(rows_dtype)` that compiles what the first call would:
 - predict_scores(rows, W, pre) -> (N, C) scores in W's dtype: pre.transform(rows) @ W.T.
 - loss_and_grad(rows, labels, sample_weight, W, pre, rule) -> (loss, dW, correct): one
   minibatch through the same code as a train_epoch step, without the update.
+- full_loss_and_grad(data, index, W, pre, rule, views, padding, precision) -> (loss, dW)
+  (optional; the L-BFGS solver's, training/lbfgs.py): the exact objective over the rows
+  data.rows[index] (read chunk by chunk, never gathered whole) and every augmented view
+  (flip, dy, dx) of each (math.augment.augmented_views), W (C, D) float64:
+      loss = sum_v sum_i w_i CE_iv / (n V) + rule.reg * sum(W*W) over the penalised columns
+  with CE_iv softmax.softmax_loss_from_scores' clipped, max-shifted cross-entropy of
+  pre.transform(view v of row i) @ W.T, w_i the sample weights (1 without), n = len(index),
+  V = len(views): softmax.loss_and_grad of all n V augmented rows at once. dW (C, D) float64.
+  `precision` "float32" or "float64" is the dtype of the products (sums are float64).
 The functions of softmax_cls.math named above are the reference, in plain numpy; an engine
 that compiles its own arithmetic is tested against them (tests/test_engines.py).
 
@@ -28,13 +37,14 @@ so an engine may assume what the docstrings of the objects below state.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..config import MAX_SHIFT, Config
 from ..data.datasets import IMAGE_BYTES as IMAGE_VALUES
+from ..errors import SoftmaxClsError
 from ..math.augment import PADDING_CODES
 from ..math.preprocess import Preprocessor
 from ..math.softmax import penalises_last_column
@@ -200,14 +210,15 @@ def check_rule(rule: StepRule) -> None:
 
 @dataclass(frozen=True)
 class Engine:
-    """An engine's name and its three functions (the contract above); calling through the
-    Engine checks the arguments first."""
+    """An engine's name and its three functions, and the optional ones (the contract above);
+    calling through the Engine checks the arguments first."""
 
     name: str
     epoch_function: Callable[..., tuple[float, int]]
     scores_function: Callable[..., np.ndarray]
     loss_and_grad_function: Callable[..., tuple[float, np.ndarray, int]]
     prepare_function: Callable[[np.dtype], None] | None = None
+    full_loss_and_grad_function: Callable[..., tuple[float, np.ndarray]] | None = None
 
     def prepare(self, rows_dtype: np.dtype) -> None:
         """Make the engine ready for rows of `rows_dtype` before any timing starts (a
@@ -239,3 +250,43 @@ class Engine:
             raise ValueError(f"sample_weight must be ({len(rows)},) or None")
         check_rule(rule)
         return self.loss_and_grad_function(rows, labels, sample_weight, W, pre, rule)
+
+    def full_loss_and_grad(self, data: TrainingRows, index: np.ndarray, W: np.ndarray,
+                           pre: Preprocessor, rule: StepRule,
+                           views: Sequence[tuple[bool, int, int]] = ((False, 0, 0),),
+                           padding: str = "edge", precision: str = "float32"
+                           ) -> tuple[float, np.ndarray]:
+        """The full-batch objective and its gradient (C, D) float64 (the contract above)."""
+        if self.full_loss_and_grad_function is None:
+            raise SoftmaxClsError(f"engine {self.name} has no full-batch loss and gradient "
+                                  "(optim.solver lbfgs): use engine numpy")
+        check_full_batch(data, index, W, pre, rule, views, padding, precision)
+        return self.full_loss_and_grad_function(data, index, W, pre, rule, tuple(views),
+                                                padding, precision)
+
+
+def check_full_batch(data: TrainingRows, index: np.ndarray, W: np.ndarray, pre: Preprocessor,
+                     rule: StepRule, views, padding: str, precision: str) -> None:
+    """Raise TypeError / ValueError unless the arguments of full_loss_and_grad are as stated."""
+    rows = data.rows
+    check_rows(rows, pre)
+    check_weights(W, pre, (np.float64,))
+    check_labels(data.labels, len(rows), W.shape[0])
+    check_sample_weight(data.sample_weight, len(rows))
+    if index.ndim != 1 or index.dtype != np.int64 or len(index) == 0:
+        raise ValueError(f"index must be (n,) int64 with n >= 1, got {index.dtype} "
+                         f"{index.shape}")
+    if index.min() < 0 or index.max() >= len(rows):
+        raise ValueError(f"index must hold rows in [0, {len(rows)})")
+    if not views or any(len(v) != 3 or abs(v[1]) > MAX_SHIFT or abs(v[2]) > MAX_SHIFT
+                        for v in views):
+        raise ValueError(f"views must be (flip, dy, dx) with shifts in [-{MAX_SHIFT}, "
+                         f"{MAX_SHIFT}], at least one")
+    if any(tuple(v) != (False, 0, 0) for v in views) and (
+            rows.dtype != np.uint8 or rows.shape[1] != IMAGE_VALUES):
+        raise ValueError(f"flips and shifts need image rows: (N, {IMAGE_VALUES}) uint8")
+    if padding not in PADDING_CODES:
+        raise ValueError(f"padding must be one of {', '.join(PADDING_CODES)}, got {padding!r}")
+    if precision not in ("float32", "float64"):
+        raise ValueError(f"precision must be float32 or float64, got {precision!r}")
+    check_rule(rule)

@@ -49,3 +49,28 @@ def apply_augmentation(batch: np.ndarray, flip: np.ndarray, shift: np.ndarray,
             continue
         chosen = np.flatnonzero((shift[:, 0] == dy) & (shift[:, 1] == dx))
         images[chosen] = padded[chosen, :, T - dy : T - dy + SIDE, T - dx : T - dx + SIDE]
+
+
+def augmented_views(hflip: bool, translate: int) -> list[tuple[bool, int, int]]:
+    """Every augmented copy of an image that the draws above can make: (flip, dy, dx) for
+    flip in (False, True) when hflip (else False only) and dy, dx in [-translate, translate].
+    The identity view (False, 0, 0) comes first. An exact solver's objective is the mean over
+    these views of every training image (docs/lbfgs.md)."""
+    flips = (False, True) if hflip else (False,)
+    shifts = range(-translate, translate + 1)
+    views = [(flip, dy, dx) for flip in flips for dy in shifts for dx in shifts]
+    views.remove((False, 0, 0))
+    return [(False, 0, 0), *views]
+
+
+def apply_view(rows: np.ndarray, view: tuple[bool, int, int], padding: str = "edge"
+               ) -> np.ndarray:
+    """A copy of images (b, 3072) uint8 in the augmented view (flip, dy, dx): every image
+    flipped and shifted alike, by apply_augmentation."""
+    out = rows.copy()
+    flip, dy, dx = view
+    n = len(out)
+    apply_augmentation(out, np.full(n if flip else 0, True),
+                       np.tile(np.array([[dy, dx]], np.int64), (n if dy or dx else 0, 1)),
+                       padding)
+    return out

@@ -14,6 +14,10 @@ tells the outcome. Workers only report per-epoch val accuracies to the pruner. S
 validation only: the test split is read once, after the last trial, to evaluate the best
 trial's weights.
 
+A grid over loss.reg alone with optim.solver lbfgs is a regularisation path instead
+(softmax_cls.sweep.path): its points are solved in this process, largest reg first, each
+warm-started from the previous solution; the folder's files are the same.
+
 Resuming: the same command continues the study; Ctrl-C or SIGTERM re-queue the running trials
 and print that command. A trial left running by a crashed or killed sweep process on this
 machine is marked failed ("interrupted" in trials.csv, not counted) and enqueued again with
@@ -42,6 +46,7 @@ from ..errors import ConfigError, DataError, SoftmaxClsError
 from ..fsutil import atomic_write
 from ..interrupts import stop_word_and_code
 from .folder import check_folder, mark_folder
+from .path import is_reg_path, run_path
 from .results import (
     SweepResult,
     finish_sweep,
@@ -174,7 +179,17 @@ def _run_sweep(sweep_path, trials, workers, folder: Path, dask, storage, study_n
         spec = dataclasses.replace(spec, trials=trials)
     if workers < 1:
         raise ConfigError(f"--workers: must be >= 1, got {workers}")
+    path = is_reg_path(spec)
+    if path and (workers > 1 or dask is not None):
+        raise ConfigError(f"--{'dask' if dask is not None else 'workers'}: a regularisation "
+                          "path (a grid over loss.reg alone with optim.solver lbfgs) solves "
+                          "its points one after the other, each from the previous; leave it "
+                          "out (BLAS uses every core)")
     require_optuna()
+    if path:
+        from ..training.lbfgs import require_scipy
+
+        require_scipy()
     name = study_name or Path(sweep_path).stem
     url = storage_name(folder, storage)
     check_folder(folder, name, storage)
@@ -192,6 +207,10 @@ def _run_sweep(sweep_path, trials, workers, folder: Path, dask, storage, study_n
     meta = prepare_cache(folder, spec.base_config, progress)
     write_trials_csv(folder, study, spec)
     stops.check()
+    if path:
+        run_path(study, spec, folder, meta, progress, warn=_warn_line)
+        stops.check()
+        return finish_sweep(folder, study, spec, meta, progress, plots)
 
     executor, capacity, local = _executor(dask, workers, stops)
     tasks = _TaskMaker(spec, study, url, name, folder / "cache", meta, local)
@@ -202,6 +221,13 @@ def _run_sweep(sweep_path, trials, workers, folder: Path, dask, storage, study_n
                stops)
     stops.check()
     return finish_sweep(folder, study, spec, meta, progress, plots)
+
+
+def _warn_line(line: str) -> None:
+    """A warning of a path's solve (L-BFGS not converged) as one line on stderr."""
+    import sys
+
+    print(f"warning: {line}", file=sys.stderr, flush=True)
 
 
 def _executor(dask: str | None, workers: int, stops: StopSignals):

@@ -52,15 +52,24 @@ class TrainState:
 
 @dataclass
 class FitResult:
+    """The final state, whether it stopped early, and for optim.solver lbfgs what the solver
+    reports (LbfgsResult.summary(): iterations, evaluations, final_loss, grad_max,
+    converged), else None."""
+
     state: TrainState
     stopped_early: bool
+    solver: dict | None = None
 
 
 def initial_state(config: Config, n_features: int, n_classes: int) -> TrainState:
-    """Gaussian weights (C, D) float32 with std model.init_std, seeded by config.seed.
+    """Gaussian weights (C, D) float32 with std model.init_std, seeded by config.seed
+    (zeros for optim.solver lbfgs: the optimum does not depend on the start).
 
     The draws are made in (D, C) order and transposed, so a seed gives the weights it gave
     when the package stored W as (D, C)."""
+    if config.optim.solver == "lbfgs":
+        W = np.zeros((n_classes, n_features), np.float32)
+        return TrainState(W=W, velocity=W.copy(), average=W.copy(), best_W=W.copy())
     rng = np.random.default_rng(config.seed)
     draws = rng.standard_normal((n_features, n_classes)) * config.model.init_std
     W = np.ascontiguousarray(draws.T, dtype=np.float32)
@@ -101,6 +110,7 @@ def fit(
     on_epoch: Callable[[TrainState], None] | None = None,
     progress: bool = False,
     engine: Engine | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> FitResult:
     """Train on rows[split.train_rows] as `config` says; validate on rows[split.val_rows].
 
@@ -112,7 +122,14 @@ def fit(
     or of the last epoch when there is no validation row) and whether it stopped early.
     Raises TrainingDiverged when the loss or weights stop being finite; `state` then still
     holds the last completed epoch, as it does on KeyboardInterrupt.
+
+    With optim.solver lbfgs it is fit_full_batch's instead: one L-BFGS solve (`warn` takes
+    its line when it does not converge).
     """
+    if config.optim.solver == "lbfgs":
+        return fit_full_batch(config, rows, labels, split, pre, n_classes, state=state,
+                              sample_weight=sample_weight, on_epoch=on_epoch,
+                              progress=progress, engine=engine, warn=warn)
     # -- setup: engine, starting state, the fixed parts of every epoch
     engine = get_engine(config.engine) if engine is None else engine
     engine.prepare(rows.dtype)  # a compile, if any, before the bar: not in its rate
@@ -193,3 +210,64 @@ def fit(
     finally:
         epochs.close()
     return FitResult(state, stopped_early)
+
+
+def fit_full_batch(config: Config, rows: np.ndarray, labels: np.ndarray, split: Split,
+                   pre: Preprocessor, n_classes: int, *, state: TrainState | None = None,
+                   sample_weight: np.ndarray | None = None,
+                   on_epoch: Callable[[TrainState], None] | None = None,
+                   progress: bool = False, engine: Engine | None = None,
+                   warn: Callable[[str], None] | None = None) -> FitResult:
+    """fit() for optim.solver lbfgs: training.lbfgs.fit_lbfgs from state.W (zeros for a new
+    state: initial_state), the solution validated once.
+
+    The state's history gets one row per L-BFGS iteration (epoch: the iteration, train_loss
+    and grad_max, no val metrics) and a last row with the solution's val metrics; W, average
+    and best_W are the solution (float32), best_epoch and epoch the iterations so far.
+    on_epoch(state) is called once, at the end. Raises TrainingDiverged when the objective
+    stops being finite.
+    """
+    from .lbfgs import fit_lbfgs
+
+    engine = get_engine(config.engine) if engine is None else engine
+    state = state or initial_state(config, pre.n_features, n_classes)
+    first = state.epoch
+    started = time.perf_counter()
+    bar = tqdm(desc="L-BFGS", disable=not progress, unit="it")
+
+    def on_iteration(iteration: int, loss: float, grad_max: float) -> None:
+        state.history.append({"epoch": first + iteration, "lr": None, "train_loss": loss,
+                              "train_acc": None, "val_loss": None, "val_acc": None,
+                              "grad_max": grad_max,
+                              "seconds": time.perf_counter() - started})
+        bar.update()
+        bar.set_postfix(loss=f"{loss:.5f}", grad=f"{grad_max:.2e}")
+
+    try:
+        result = fit_lbfgs(config, rows, labels, split, pre, state.W.astype(np.float64),
+                           sample_weight=sample_weight, engine=engine,
+                           on_iteration=on_iteration, warn=warn)
+    except softmax.NonFiniteError as exc:
+        raise TrainingDiverged(
+            f"L-BFGS diverged ({exc}) with loss.reg = {config.loss.reg:g}: raise loss.reg or "
+            "check the features for huge values") from None
+    finally:
+        bar.close()
+    W = result.W.astype(np.float32)
+    val_rows = split.val_rows
+    val_loss, val_acc = (validation_metrics(engine, W, pre, rows[val_rows], labels[val_rows],
+                                            config.loss.clip)
+                         if len(val_rows) else (None, None))
+    state.W, state.velocity, state.average, state.best_W = W, np.zeros_like(W), W.copy(), W
+    state.epoch = state.best_epoch = first + result.iterations
+    state.best_val_acc = -1.0 if val_acc is None else val_acc
+    state.epochs_since_best = 0
+    if state.history and state.history[-1]["epoch"] == state.epoch:
+        state.history.pop()  # the last iteration's row, written again with the val metrics
+    state.history.append({"epoch": state.epoch, "lr": None, "train_loss": result.loss,
+                          "train_acc": None, "val_loss": val_loss, "val_acc": val_acc,
+                          "grad_max": result.grad_max,
+                          "seconds": time.perf_counter() - started, **result.numbers()})
+    if on_epoch is not None:
+        on_epoch(state)
+    return FitResult(state, False, result.summary())

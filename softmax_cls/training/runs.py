@@ -17,6 +17,7 @@ import dataclasses
 import json
 import os
 import shutil
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,6 +91,7 @@ class RunResult:
     pre: Preprocessor
     class_names: tuple[str, ...]
     scored: ScoredSplit | None
+    solver: dict | None = None  # optim.solver lbfgs: FitResult.solver
 
 
 @dataclass
@@ -138,6 +140,7 @@ def plan_run(config_path: str | None, overrides: Iterable[str] = (), out: str | 
         if config_path is None:
             raise ConfigError("--config FILE is required (or --resume CHECKPOINT)")
         config = load_config(config_path, overrides)
+        _check_solver_installed(config)
         if out:
             return RunPlan(config, Path(out))
         out_dir = Path(config.output.dir)
@@ -154,11 +157,20 @@ def plan_run(config_path: str | None, overrides: Iterable[str] = (), out: str | 
     else:
         config = load_config(config_path, overrides)
     _check_resumable(checkpoint.config, config)
+    _check_solver_installed(config)
     if not any(text.split("=", 1)[0].strip() in ("data", "data.download")
                for text in overrides):
         config = dataclasses.replace(config, data=dataclasses.replace(config.data,
                                                                       download=False))
     return RunPlan(config, Path(out) if out else Path(resume).parent, checkpoint)
+
+
+def _check_solver_installed(config: Config) -> None:
+    """optim.solver lbfgs needs SciPy: one error line naming the extra, before any data."""
+    if config.optim.solver == "lbfgs":
+        from .lbfgs import require_scipy
+
+        require_scipy()
 
 
 def run_plan(plan: RunPlan, progress: bool = True, overwrite: bool = False) -> RunResult:
@@ -193,7 +205,8 @@ def train_run(config: Config, data: LabelledData | Callable[[], LabelledData], o
     # -- checks that need neither the folder nor the data
     out_dir = Path(out_dir)
     config = with_absolute_paths(config)
-    if resume is not None and config.optim.epochs < resume.state.epoch:
+    if resume is not None and config.optim.solver == "sgd" \
+            and config.optim.epochs < resume.state.epoch:
         raise ConfigError(f"optim.epochs: the checkpoint has done {resume.state.epoch} epochs; "
                           f"resuming needs optim.epochs >= {resume.state.epoch}, got "
                           f"{config.optim.epochs}")
@@ -226,7 +239,7 @@ def train_run(config: Config, data: LabelledData | Callable[[], LabelledData], o
             # -- training: a checkpoint after every epoch
             fitted = fit(config, data.train_images, data.train_labels, split, pre,
                          len(data.class_names), state=run.state, on_epoch=run.on_epoch,
-                         progress=progress, engine=engine)
+                         progress=progress, engine=engine, warn=_warn_line)
 
             # -- the final evaluation: the best weights, scored once on the test split (the
             # training rows freed first when no one else holds them), else on the val rows
@@ -249,11 +262,16 @@ def train_run(config: Config, data: LabelledData | Callable[[], LabelledData], o
                 test_acc = float(np.mean(scored.scores.argmax(axis=1) == scored.labels))
 
             # -- the end: last.npz complete, summary.json
-            run.finish(state, test_loss, test_acc, fitted.stopped_early)
+            run.finish(state, test_loss, test_acc, fitted.stopped_early, fitted.solver)
         except KeyboardInterrupt as exc:
             raise _interrupted(exc, run, resume) from None
     return RunResult(config, state, out_dir, test_loss, test_acc, fitted.stopped_early, pre,
-                     data.class_names, scored)
+                     data.class_names, scored, fitted.solver)
+
+
+def _warn_line(line: str) -> None:
+    """A warning of the run (L-BFGS not converged) as one line on stderr."""
+    print(f"warning: {line}", file=sys.stderr)
 
 
 def _interrupted(exc: KeyboardInterrupt, run: _Run | None, resume: Checkpoint | None
@@ -475,13 +493,15 @@ class _Run:
         self.save_last()
 
     def finish(self, state: TrainState, test_loss: float | None, test_acc: float | None,
-               stopped_early: bool) -> None:
-        """Mark last.npz complete and write summary.json."""
+               stopped_early: bool, solver: dict | None = None) -> None:
+        """Mark last.npz complete and write summary.json (with L-BFGS's `solver` report:
+        iterations, evaluations, final_loss, grad_max, converged)."""
         if not (self.out_dir / "best.npz").exists():  # resumed from a lone last.npz
             self.save("best.npz", state, model=True, status="best weights only")
         self.save("last.npz", state, status="complete")
         summary = dict(zip(SUMMARY_KEYS, (state.epoch, state.best_epoch, state.best_val_acc,
                                           test_loss, test_acc, stopped_early), strict=True))
+        summary.update(solver or {})
         with atomic_write(self.out_dir / "summary.json", "w") as handle:
             json.dump(summary, handle, indent=2)
 

@@ -12,6 +12,7 @@ import sys
 import numpy as np
 
 from ...math.preprocess import Preprocessor
+from .. import numpy_engine
 from ..contract import Engine, EpochPlan, OptimizerState, StepRule, TrainingRows
 from . import api as kernels
 from . import cache
@@ -84,4 +85,6 @@ def prepare(rows_dtype: np.dtype) -> None:
     predict_scores(rows, W, pre)
 
 
-ENGINE = Engine("numba", train_epoch, predict_scores, loss_and_grad, prepare)
+# The full-batch objective is two BLAS products per chunk: numpy's code is the fast one.
+ENGINE = Engine("numba", train_epoch, predict_scores, loss_and_grad, prepare,
+                full_loss_and_grad_function=numpy_engine.full_loss_and_grad)

@@ -1,0 +1,511 @@
+"""optim.solver lbfgs: the engines' full-batch objective against the plain-numpy reference,
+augmented views, L-BFGS to the tolerance, run folders, the estimator against scikit-learn's
+LogisticRegression, and warm-started regularisation paths through softmax-sweep."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from click.testing import CliRunner
+from conftest import separable_data, small_config
+
+from softmax_cls import cli
+from softmax_cls.config import config_from_dict
+from softmax_cls.engines import get_engine, numpy_engine
+from softmax_cls.engines.contract import StepRule, TrainingRows
+from softmax_cls.errors import ConfigError, SoftmaxClsError
+from softmax_cls.math import softmax
+from softmax_cls.math.augment import apply_augmentation, apply_view, augmented_views
+from softmax_cls.math.preprocess import Preprocessor, Split, fit_preprocessor
+from softmax_cls.training import lbfgs, runs
+from softmax_cls.training.checkpoint import load_checkpoint
+from softmax_cls.training.runs import train_run
+
+pytest.importorskip("scipy")
+IDENTITY = ((False, 0, 0),)
+TESTS = Path(__file__).resolve().parent
+
+
+def image_problem(n: int = 120, classes: int = 4, seed: int = 0, weighted: bool = True):
+    rng = np.random.default_rng(seed)
+    rows = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+    labels = rng.integers(0, classes, n).astype(np.int64)
+    weight = rng.uniform(0.2, 2.0, n).astype(np.float32) if weighted else None
+    pre = fit_preprocessor(rows, scale="std")
+    W = rng.standard_normal((classes, 3073)) * 0.02
+    return TrainingRows(rows, labels, weight), pre, W
+
+
+def reference(data: TrainingRows, index, W, pre, rule, views, padding="edge"):
+    """softmax.loss_and_grad of every (view, row) pair, built explicitly in float64."""
+    rows = data.rows[index]
+    X = np.concatenate([pre.transform(apply_view(rows, v, padding) if v != (False, 0, 0)
+                                      else rows, np.float64) for v in views])
+    weight = None if data.sample_weight is None else np.tile(data.sample_weight[index],
+                                                             len(views))
+    return softmax.loss_and_grad(W, X, np.tile(data.labels[index], len(views)), rule.reg,
+                                 rule.clip, rule.penalise_last, weight)
+
+
+# --- the objective ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("weighted", [True, False])
+@pytest.mark.parametrize("penalise_last", [True, False])
+@pytest.mark.parametrize("views", [IDENTITY, tuple(augmented_views(True, 1))])
+def test_full_loss_and_grad_is_the_reference_in_float64(weighted, penalise_last, views):
+    data, pre, W = image_problem(weighted=weighted)
+    index = np.sort(np.random.default_rng(1).choice(120, 90, replace=False)).astype(np.int64)
+    rule = StepRule(lr=1.0, reg=0.05, penalise_last=penalise_last, clip=20.0)
+    loss, grad = numpy_engine.full_loss_and_grad(data, index, W, pre, rule, views, "reflect",
+                                                 "float64", chunk=32)
+    want_loss, want_grad = reference(data, index, W, pre, rule, views, "reflect")
+    assert loss == pytest.approx(want_loss, rel=1e-12)
+    np.testing.assert_allclose(grad, want_grad, rtol=1e-9, atol=1e-13)
+    # float32 products, float64 sums: close to the float64 answer
+    loss32, grad32 = get_engine("numpy").full_loss_and_grad(data, index, W, pre, rule, views,
+                                                            "reflect", "float32")
+    assert loss32 == pytest.approx(want_loss, rel=1e-6)
+    assert np.abs(grad32 - want_grad).max() <= 1e-5 * np.abs(want_grad).max()
+
+
+def test_features_without_centring_or_bias_and_a_contiguous_slice():
+    rng = np.random.default_rng(3)
+    rows = rng.standard_normal((50, 7)).astype(np.float32) * 3 + 1
+    labels = rng.integers(0, 3, 50).astype(np.int64)
+    for pre in (Preprocessor(np.zeros(7), np.ones(7), bias=False),
+                Preprocessor(rows.mean(0).astype(np.float64), np.full(7, 0.5), bias=True)):
+        W = rng.standard_normal((3, pre.n_features))
+        rule = StepRule(lr=1.0, reg=0.01, penalise_last=not pre.bias)
+        index = np.arange(5, 45, dtype=np.int64)
+        got = get_engine("numpy").full_loss_and_grad(TrainingRows(rows, labels), index, W, pre,
+                                                     rule, IDENTITY, "edge", "float64")
+        want = reference(TrainingRows(rows, labels), index, W, pre, rule, IDENTITY)
+        assert got[0] == pytest.approx(want[0], rel=1e-12)
+        np.testing.assert_allclose(got[1], want[1], rtol=1e-9, atol=1e-13)
+
+
+def test_the_gradient_is_the_derivative_of_the_loss():
+    data, pre, W = image_problem(n=40, classes=3)
+    index = np.arange(40, dtype=np.int64)
+    rule = StepRule(lr=1.0, reg=0.1)
+    views = tuple(augmented_views(True, 1))
+
+    def f(W):
+        return numpy_engine.full_loss_and_grad(data, index, W, pre, rule, views, "edge",
+                                               "float64")
+
+    _, grad = f(W)
+    rng = np.random.default_rng(5)
+    for _ in range(6):
+        c, d = rng.integers(0, 3), rng.choice([0, 5, 1000, 3071, 3072])
+        step = np.zeros_like(W)
+        step[c, d] = 1e-5
+        numeric = (f(W + step)[0] - f(W - step)[0]) / 2e-5
+        assert numeric == pytest.approx(grad[c, d], rel=1e-5, abs=1e-9)
+
+
+def test_a_memory_map_is_read_in_chunks_with_the_same_result(tmp_path):
+    data, pre, W = image_problem(weighted=False)
+    path = tmp_path / "rows.u8"
+    data.rows.tofile(path)
+    mapped = np.memmap(path, dtype=np.uint8, mode="r", shape=data.rows.shape)
+    index = np.arange(10, 120, dtype=np.int64)
+    rule = StepRule(lr=1.0, reg=0.01)
+    whole = numpy_engine.full_loss_and_grad(data, index, W, pre, rule, IDENTITY, "edge",
+                                            "float64", chunk=1000)
+    chunked = numpy_engine.full_loss_and_grad(TrainingRows(mapped, data.labels), index, W, pre,
+                                              rule, IDENTITY, "edge", "float64", chunk=7)
+    assert chunked[0] == pytest.approx(whole[0], rel=1e-13)
+    np.testing.assert_allclose(chunked[1], whole[1], rtol=1e-11, atol=1e-15)
+
+
+def test_the_numba_engine_gives_the_numpy_objective():
+    pytest.importorskip("numba")
+    data, pre, W = image_problem()
+    index = np.arange(120, dtype=np.int64)
+    rule = StepRule(lr=1.0, reg=0.01)
+    a = get_engine("numba").full_loss_and_grad(data, index, W, pre, rule)
+    b = get_engine("numpy").full_loss_and_grad(data, index, W, pre, rule)
+    assert a[0] == b[0] and np.array_equal(a[1], b[1])
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda a: {**a, "W": a["W"].astype(np.float32)}, "float64"),
+    (lambda a: {**a, "index": np.array([0, 500])}, "index must hold rows"),
+    (lambda a: {**a, "index": np.zeros(0, np.int64)}, "n >= 1"),
+    (lambda a: {**a, "views": ((False, 9, 0),)}, "views must be"),
+    (lambda a: {**a, "views": ()}, "views must be"),
+    (lambda a: {**a, "precision": "float16"}, "precision"),
+    (lambda a: {**a, "padding": "wrap"}, "padding"),
+])
+def test_the_contract_checks_the_arguments(change, message):
+    data, pre, W = image_problem(n=10)
+    args = {"data": data, "index": np.arange(10), "W": W, "pre": pre,
+            "rule": StepRule(lr=1.0), "views": IDENTITY, "padding": "edge",
+            "precision": "float32"}
+    with pytest.raises(ValueError, match=message):
+        get_engine("numpy").full_loss_and_grad(**change(args))
+
+
+def test_views_need_image_rows():
+    rows = np.zeros((4, 5), np.float32)
+    data = TrainingRows(rows, np.zeros(4, np.int64))
+    pre = Preprocessor(np.zeros(5), np.ones(5))
+    with pytest.raises(ValueError, match="image rows"):
+        get_engine("numpy").full_loss_and_grad(data, np.arange(4), np.zeros((2, 6)), pre,
+                                               StepRule(lr=1.0), ((True, 0, 0),))
+
+
+def test_augmented_views_are_every_copy_the_draws_can_make():
+    assert augmented_views(False, 0) == [(False, 0, 0)]
+    views = augmented_views(True, 1)
+    assert views[0] == (False, 0, 0) and len(views) == len(set(views)) == 18
+    assert len(augmented_views(False, 2)) == 25
+    images = np.random.default_rng(0).integers(0, 256, (5, 3072), dtype=np.uint8)
+    for view in views:
+        expected = images.copy()
+        apply_augmentation(expected, np.full(5, view[0]), np.tile(view[1:], (5, 1)), "zero")
+        assert np.array_equal(apply_view(images, view, "zero"), expected)
+
+
+# --- the solver ------------------------------------------------------------------------------
+
+def quadratic(target):
+    def objective(W, precision):
+        return float(((W - target) ** 2).sum()), 2 * (W - target)
+    return objective
+
+
+def test_minimize_reaches_the_tolerance_and_reports_it():
+    target = np.arange(6.0).reshape(2, 3)
+    result = lbfgs.minimize(quadratic(target), np.zeros((2, 3)), 1e-8, 100)
+    assert result.converged and result.grad_max <= 1e-8
+    np.testing.assert_allclose(result.W, target, atol=1e-8)
+
+
+def test_converged_means_the_gradient_reached_tol():
+    curvature = np.array([[1.0, 10.0, 100.0], [3.0, 30.0, 300.0]])
+
+    def objective(W, precision):
+        return float((curvature * (W - 1) ** 2).sum()), 2 * curvature * (W - 1)
+
+    first = lbfgs.minimize(objective, np.zeros((2, 3)), 1e-12, 1)
+    assert first.iterations == 1 and not first.converged
+    half = lbfgs.minimize(objective, np.zeros((2, 3)), first.grad_max / 2, 1)
+    assert half.grad_max == first.grad_max and not half.converged
+    assert lbfgs.minimize(objective, np.zeros((2, 3)), first.grad_max * 2, 1).converged
+
+
+def test_the_tolerance_is_met_in_float64_after_the_float32_run():
+    target = np.arange(6.0).reshape(2, 3)
+    asked = []
+
+    def objective(W, precision):  # float32 rounding, exaggerated: a slightly wrong optimum
+        asked.append(precision)
+        shifted = target + (1e-3 if precision == "float32" else 0.0)
+        return float(((W - shifted) ** 2).sum()), 2 * (W - shifted)
+
+    result = lbfgs.minimize(objective, np.zeros((2, 3)), 1e-8, 100)
+    assert asked[0] == "float32" and asked[-1] == "float64"
+    assert result.converged and result.grad_max <= 1e-8
+    np.testing.assert_allclose(result.W, target, atol=1e-8)
+
+
+def test_a_line_search_that_finds_no_decrease_is_reported_as_such():
+    def objective(W, precision):  # a gradient that points uphill: no step decreases the loss
+        return float((W ** 2).sum()), -2 * W
+
+    result = lbfgs.minimize(objective, np.ones((2, 3)), 1e-8, 100)
+    assert not result.converged and result.iterations < 100
+    line = lbfgs.not_converged_line(result, 100, 1e-8)
+    assert "stopped after" in line and "max_iter" not in line
+    assert "raise optim.max_iter" in lbfgs.not_converged_line(result, result.iterations, 1e-8)
+
+
+def test_tol_and_max_iter_reach_scipy():
+    data, pre, _ = image_problem(n=200, weighted=False)
+    config = config_from_dict({"optim": {"solver": "lbfgs", "tol": 1e-2},
+                               "loss": {"reg": 1e-3}, "augment": {"translate": 0,
+                                                                  "hflip": False}})
+    split = Split(np.arange(200, dtype=np.int64), np.zeros(0, np.int64))
+    W0 = np.zeros((4, 3073))
+    loose = lbfgs.fit_lbfgs(config, data.rows, data.labels, split, pre, W0)
+    config.optim.tol = 1e-6
+    tight = lbfgs.fit_lbfgs(config, data.rows, data.labels, split, pre, W0)
+    assert loose.converged and tight.converged
+    assert tight.grad_max <= 1e-6 < loose.grad_max <= 1e-2
+    assert tight.iterations > loose.iterations
+    config.optim.max_iter = 3
+    lines = []
+    short = lbfgs.fit_lbfgs(config, data.rows, data.labels, split, pre, W0, warn=lines.append)
+    assert short.iterations == 3 and not short.converged
+    assert len(lines) == 1 and "3 iterations" in lines[0] and "optim.max_iter" in lines[0]
+    with pytest.warns(lbfgs.ConvergenceWarning, match="did not converge"):
+        lbfgs.fit_lbfgs(config, data.rows, data.labels, split, pre, W0)
+    # a warm start at the optimum has nothing left to do
+    config.optim.max_iter = 500
+    again = lbfgs.fit_lbfgs(config, data.rows, data.labels, split, pre, tight.W)
+    assert again.iterations <= 1 and again.converged
+
+
+def test_without_scipy_one_line_names_the_extra(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "scipy", None)
+    with pytest.raises(SoftmaxClsError, match=r'pip install "softmax-cls\[lbfgs\]"'):
+        lbfgs.require_scipy()
+    config = tmp_path / "c.yaml"
+    config.write_text("optim: {solver: lbfgs}\n")
+    code = ("import sys; sys.modules['scipy'] = None\nfrom softmax_cls import cli\n"
+            f"sys.argv = ['softmax-train', '--config', {str(config)!r}, '--out', "
+            f"{str(tmp_path / 'run')!r}]\ncli.train_command()\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "softmax-cls[lbfgs]" in lines[0]
+    assert not (tmp_path / "run").exists()
+
+
+# --- config ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("raw", "message"), [
+    ({"optim": {"solver": "newton"}}, "optim.solver: must be one of sgd, lbfgs"),
+    ({"optim": {"tol": 0}}, "optim.tol: must be > 0"),
+    ({"optim": {"max_iter": 0}}, "optim.max_iter: must be >= 1"),
+    ({"optim": {"solver": "lbfgs", "early_stopping": {"patience": 3}}},
+     "optim.early_stopping.patience"),
+    ({"optim": {"solver": "lbfgs", "grad_clip": 1.0}}, "optim.grad_clip"),
+    ({"optim": {"solver": "lbfgs"}, "model": {"mirror_symmetric": True}},
+     "model.mirror_symmetric"),
+])
+def test_lbfgs_config_errors(raw, message):
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict(raw)
+
+
+def test_a_bad_solver_is_one_line_through_the_console_script(tmp_path):
+    from cli_util import assert_one_line_error, run
+
+    config = tmp_path / "c.yaml"
+    config.write_text("optim: {solver: lbfgs, early_stopping: {patience: 2}}\n")
+    assert_one_line_error(run("softmax-train", "--config", str(config)), 2,
+                          "optim.early_stopping.patience")
+
+
+# --- run folders -----------------------------------------------------------------------------
+
+def test_a_run_with_lbfgs_writes_the_usual_folder_and_resumes_warm(tmp_path, monkeypatch):
+    data = separable_data(noise=120)
+    config = small_config(tmp_path, optim={"solver": "lbfgs", "tol": 1e-6},
+                          loss={"reg": 1e-3})
+    result = train_run(config, data, tmp_path / "run", progress=False)
+    folder = result.out_dir
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["solver"] == "lbfgs" and summary["converged"] is True
+    assert summary["grad_max"] <= 1e-6 and summary["iterations"] == result.state.epoch > 0
+    history = [json.loads(line) for line in (folder / "history.jsonl").read_text().split("\n")
+               if line]
+    assert [row["epoch"] for row in history] == list(range(1, result.state.epoch + 1))
+    assert history[-1]["val_acc"] == result.state.best_val_acc and history[-1]["converged"]
+    best = load_checkpoint(folder / "best.npz")
+    np.testing.assert_array_equal(best.W, result.state.best_W)
+    assert result.test_acc >= 0.95
+    # the CLI's line, and a resumed run that starts at the optimum
+    monkeypatch.setattr(runs, "load_config_data", lambda config, progress=True, **kw: data)
+    out = CliRunner().invoke(cli.train_command, ["--resume", str(folder / "last.npz"), "-q"])
+    assert out.exit_code == 0, out.output
+    assert "L-BFGS optimum" in out.output and "converged" in out.output
+    again = json.loads((folder / "summary.json").read_text())
+    assert again["iterations"] <= 1
+
+
+def test_lbfgs_minimises_the_augmented_objective(tmp_path):
+    data = separable_data(n_train=200, noise=120)
+    config = small_config(tmp_path, optim={"solver": "lbfgs"}, loss={"reg": 1e-2},
+                          augment={"hflip": True, "translate": 1})
+    result = train_run(config, data, tmp_path / "run", progress=False)
+    assert result.solver["converged"]
+    split, pre = runs.split_and_fit(config, data.train_images, data.train_labels)
+    rule = StepRule.from_config(config, 1.0, True)
+    W = result.state.best_W.astype(np.float64)
+    _, grad = reference(TrainingRows(data.train_images, data.train_labels), split.train_rows,
+                        W, pre, rule, tuple(augmented_views(True, 1)))
+    assert np.abs(grad).max() < 1e-4  # float32 weights of a float64 optimum
+    _, unaugmented = reference(TrainingRows(data.train_images, data.train_labels),
+                               split.train_rows, W, pre, rule, IDENTITY)
+    assert np.abs(unaugmented).max() > 10 * np.abs(grad).max()
+
+
+# --- the estimator against scikit-learn -------------------------------------------------------
+
+def logistic_problem(n=3000, p=40, classes=5, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, p)).astype(np.float32)
+    y = (X @ rng.standard_normal((classes, p)).T + 2 * rng.standard_normal((n, classes))
+         ).argmax(1)
+    return X, y
+
+
+@pytest.mark.parametrize("classes", [2, 5])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_the_estimator_is_logistic_regression_at_c_one_over_2_reg_n(classes, weighted):
+    sklearn_linear = pytest.importorskip("sklearn.linear_model")
+    from softmax_cls.estimator import SoftmaxClassifier
+
+    X, y = logistic_problem(classes=classes)
+    weight = np.random.default_rng(1).uniform(0.5, 2, len(y)) if weighted else None
+    reg = 1e-3
+    ours = SoftmaxClassifier(solver="lbfgs", reg=reg, standardize=False, tol=1e-7).fit(
+        X, y, sample_weight=weight)
+    # two classes: scikit-learn fits one logistic model d = w1 - w0, and at our optimum
+    # w0 = -w1, so reg * (|w0|^2 + |w1|^2) = reg / 2 * |d|^2: C = 1 / (reg N) there
+    C = 1 / (2 * reg * len(y)) if classes > 2 else 1 / (reg * len(y))
+    theirs = sklearn_linear.LogisticRegression(C=C, tol=1e-10,
+                                               max_iter=10_000).fit(
+        X.astype(np.float64), y, sample_weight=weight)
+    if classes == 2:  # both report w1 - w0 and b1 - b0
+        coef, theirs_coef = ours.coef_, theirs.coef_
+        bias, theirs_bias = ours.intercept_, theirs.intercept_
+    else:  # intercepts are unpenalised: defined up to one constant
+        coef, theirs_coef = ours.coef_, theirs.coef_
+        bias = ours.intercept_ - ours.intercept_.mean()
+        theirs_bias = theirs.intercept_ - theirs.intercept_.mean()
+    scale = np.abs(theirs_coef).max()
+    assert np.abs(coef - theirs_coef).max() <= 1e-3 * scale
+    assert np.abs(bias - theirs_bias).max() <= 1e-3 * max(np.abs(theirs_bias).max(), scale)
+    X_test, _ = logistic_problem(n=5000, classes=classes, seed=9)
+    assert np.mean(ours.predict(X_test) == theirs.predict(X_test)) >= 0.999
+
+
+def test_grid_search_and_warm_starts_with_lbfgs():
+    model_selection = pytest.importorskip("sklearn.model_selection")
+    from sklearn.exceptions import ConvergenceWarning
+
+    from softmax_cls.estimator import SoftmaxClassifier
+
+    X, y = logistic_problem(n=600, p=20)
+    search = model_selection.GridSearchCV(SoftmaxClassifier(solver="lbfgs"),
+                                          {"reg": [1e-4, 1e-2, 1.0]}, cv=3).fit(X, y)
+    assert search.best_params_["reg"] in (1e-4, 1e-2)
+    assert search.best_estimator_.n_iter_ > 0
+    # a warm start from the optimum of a nearby reg takes fewer iterations to the same optimum
+    cold = SoftmaxClassifier(solver="lbfgs", reg=1e-3, tol=1e-7).fit(X, y)
+    warm = SoftmaxClassifier(solver="lbfgs", reg=2e-3, tol=1e-7, warm_start=True).fit(X, y)
+    warm.set_params(reg=1e-3).fit(X, y)
+    assert warm.n_iter_ < cold.n_iter_
+    np.testing.assert_allclose(warm.coef_, cold.coef_, atol=1e-4 * np.abs(cold.coef_).max())
+    with pytest.warns(ConvergenceWarning, match="max_iter"):
+        SoftmaxClassifier(solver="lbfgs", max_iter=2).fit(X, y)
+    with pytest.raises(ValueError, match="early_stopping"):
+        SoftmaxClassifier(solver="lbfgs", early_stopping=True).fit(X, y)
+    with pytest.raises(ValueError, match="partial_fit"):
+        SoftmaxClassifier(solver="lbfgs").partial_fit(X, y, classes=np.unique(y))
+    with pytest.raises(ValueError, match="solver"):
+        SoftmaxClassifier(solver="newton").fit(X, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # converged: no warning of any kind
+        SoftmaxClassifier(solver="lbfgs").fit(X, y)
+
+
+# --- regularisation paths --------------------------------------------------------------------
+
+REGS = [1.0e-4, 1.0e-1, 3.0e-3, 1.0]
+
+
+def path_sweep(folder: Path, **fields) -> Path:
+    raw = {"set": {"engine": "numpy", "data.val_size": 100, "optim.solver": "lbfgs",
+                   "augment.hflip": False, "augment.translate": 0},
+           "sampler": "grid", "seed": 0, "pruner": "none",
+           "space": {"loss.reg": {"grid": REGS}}}
+    raw.update(fields)
+    path = folder / "path.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def served(monkeypatch):
+    optuna = pytest.importorskip("optuna")
+    from sweep_util import sweep_data
+
+    import softmax_cls.data.cifar
+
+    data = sweep_data()
+    monkeypatch.setattr(softmax_cls.data.cifar, "load_config_data",
+                        lambda section, progress=True, **kw: data)
+    return data, optuna
+
+
+def test_a_reg_grid_with_lbfgs_is_one_warm_started_path(tmp_path, served, capsys,
+                                                        monkeypatch):
+    from sweep_util import read_trials
+
+    from softmax_cls.sweep import driver, path
+    from softmax_cls.training import lbfgs as solver
+
+    data, _ = served
+    starts = []
+    real = solver.fit_lbfgs
+
+    def spy(config, *args, **kwargs):
+        result = real(config, *args, **kwargs)
+        starts.append((config.loss.reg, float(np.abs(args[4]).max()), result.iterations))
+        return result
+
+    monkeypatch.setattr(path, "fit_lbfgs", spy)
+    pytest.importorskip("matplotlib")
+    result = driver.run_sweep(path_sweep(tmp_path), out=tmp_path / "out", progress=True,
+                              plots=True)
+    # largest reg first, from zeros; each next one from the previous solution
+    assert [reg for reg, _, _ in starts] == sorted(REGS, reverse=True)
+    assert starts[0][1] == 0 and all(start > 0 for _, start, _ in starts[1:])
+    rows = read_trials(tmp_path / "out")
+    assert [float(r["loss.reg"]) for r in rows] == sorted(REGS, reverse=True)
+    assert [r["state"] for r in rows] == ["complete"] * 4
+    accs = {float(r["loss.reg"]): float(r["best_val_acc"]) for r in rows}
+    assert result.best_val_acc == max(accs.values())
+    table = capsys.readouterr().out
+    assert "loss.reg" in table and table.count("\n") >= 5
+    assert (tmp_path / "out" / "plots" / "sweep.png").is_file()
+    # best.npz: the best reg's optimum, as a cold solve finds it
+    best_reg = float(result.summary["best_params"]["loss.reg"])
+    config = config_from_dict({**yaml.safe_load((tmp_path / "out" / "best.yaml").read_text())})
+    assert config.loss.reg == best_reg
+    split, pre = runs.split_and_fit(config, data.train_images, data.train_labels)
+    cold = real(config, data.train_images, data.train_labels, split, pre,
+                np.zeros((4, 3073)))
+    best = load_checkpoint(tmp_path / "out" / "best.npz")
+    assert np.abs(best.W - cold.W).max() <= 1e-3 * np.abs(cold.W).max()
+    # the same command again solves nothing
+    starts.clear()
+    driver.run_sweep(path_sweep(tmp_path), out=tmp_path / "out", progress=False, plots=False)
+    assert starts == []
+
+
+def test_a_path_refuses_workers(tmp_path, served):
+    from softmax_cls.sweep import driver
+
+    with pytest.raises(ConfigError, match="--workers: a regularisation path"):
+        driver.run_sweep(path_sweep(tmp_path), out=tmp_path / "out", workers=2,
+                         progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_other_grids_with_lbfgs_run_as_trials(tmp_path, served):
+    from softmax_cls.sweep import path
+    from softmax_cls.sweep.spec import load_sweep
+
+    spec = load_sweep(path_sweep(tmp_path, space={"loss.reg": {"grid": REGS},
+                                                  "optim.tol": {"grid": [1e-4, 1e-5]}}))
+    assert not path.is_reg_path(spec)
+    assert path.is_reg_path(load_sweep(path_sweep(tmp_path)))
+    sgd = path_sweep(tmp_path)
+    sgd.write_text(sgd.read_text().replace("optim.solver: lbfgs", "optim.solver: sgd"))
+    assert not path.is_reg_path(load_sweep(sgd))
+    assert path.path_order([1e-3, 1.0, 1e-3, 0.1]) == [1.0, 0.1, 1e-3]
