@@ -200,14 +200,16 @@ def check_rule(rule: StepRule) -> None:
 
 @dataclass(frozen=True)
 class Engine:
-    """An engine's name and its three functions (the contract above); calling through the
-    Engine checks the arguments first."""
+    """An engine's name and its three functions (the contract above), and the device it
+    computes on ("cpu", or a torch device such as "cuda:0"); calling through the Engine
+    checks the arguments first."""
 
     name: str
     epoch_function: Callable[..., tuple[float, int]]
     scores_function: Callable[..., np.ndarray]
     loss_and_grad_function: Callable[..., tuple[float, np.ndarray, int]]
     prepare_function: Callable[[np.dtype], None] | None = None
+    device: str = "cpu"
 
     def prepare(self, rows_dtype: np.dtype) -> None:
         """Make the engine ready for rows of `rows_dtype` before any timing starts (a

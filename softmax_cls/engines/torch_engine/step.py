@@ -1,0 +1,214 @@
+"""One minibatch on the device: the gather and augmentation of its rows, its loss and
+gradient with the preprocessing folded into the weights, and the SGD and averaging update.
+
+The math is the engine contract's (softmax_cls.engines.contract), written with torch ops
+that never read a tensor's value on the host, so the same code runs eagerly or inside a
+captured CUDA graph: the learning rate and the averaging factor may be 0-d device tensors,
+and the gradient clip is a `where`, not a branch. Shapes: b rows of P raw values, C classes,
+W (C, D) with D = P + 1 (bias column last) or P.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ...math.augment import SIDE
+from ...math.preprocess import Preprocessor
+from ..contract import StepRule
+
+TORCH_DTYPES = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}
+
+
+@dataclass(frozen=True)
+class Folding:
+    """The preprocessing on the device: mean, neg_mean and scale (P,) in the weights' dtype,
+    bias (whether W has the bias column)."""
+
+    mean: torch.Tensor
+    neg_mean: torch.Tensor
+    scale: torch.Tensor
+    bias: bool
+
+    @classmethod
+    def of(cls, pre: Preprocessor, dtype: torch.dtype, device) -> Folding:
+        mean = torch.as_tensor(pre.mean, dtype=dtype, device=device)
+        return cls(mean, -mean, torch.as_tensor(pre.scale, dtype=dtype, device=device),
+                   pre.bias)
+
+    def load(self, pre: Preprocessor) -> None:
+        """Copy pre's statistics into these tensors (a captured graph reads them in place)."""
+        self.mean.copy_(torch.from_numpy(pre.mean))
+        torch.neg(self.mean, out=self.neg_mean)
+        self.scale.copy_(torch.from_numpy(pre.scale))
+
+
+class StepBuffers:
+    """The tensors one step writes, allocated once: gathered (b, P) rows as stored, raw (b, P)
+    in the weights' dtype, the folded weights Wp (C, P) and wb (C,), scores (b, C), the
+    gradient gp (C, P) with respect to Wp, grad (C, D), a (C, D) scratch `update`, and the
+    pixel positions 0..31 used by augmentation."""
+
+    def __init__(self, batch: int, n_raw: int, n_classes: int, n_cols: int,
+                 rows_dtype: torch.dtype, dtype: torch.dtype, device):
+        def empty(*shape, kind=dtype):
+            return torch.empty(shape, dtype=kind, device=device)
+
+        self.gathered = empty(batch, n_raw, kind=rows_dtype)
+        self.raw = empty(batch, n_raw)
+        self.Wp, self.wb = empty(n_classes, n_raw), empty(n_classes)
+        self.scores = empty(batch, n_classes)
+        self.gp = empty(n_classes, n_raw)
+        self.grad, self.update = empty(n_classes, n_cols), empty(n_classes, n_cols)
+        self.positions = torch.arange(SIDE, device=device)
+
+
+# ---------------------------------------------------------------------------------------------
+# The minibatch's rows
+
+
+def _padded(index: torch.Tensor, padding: str) -> torch.Tensor:
+    """Source positions in [0, 31] for positions `index` that may lie up to 8 outside: edge
+    repeats the border pixel, reflect mirrors about it, zero clamps (its mask zeroes them)."""
+    if padding == "reflect":
+        index = torch.where(index < 0, -index, index)
+        return torch.where(index > SIDE - 1, 2 * (SIDE - 1) - index, index)
+    return index.clamp(0, SIDE - 1)
+
+
+def augment(images: torch.Tensor, flip: torch.Tensor | None, shift: torch.Tensor | None,
+            padding: str, positions: torch.Tensor) -> torch.Tensor:
+    """Images (b, 3072) uint8 mirrored where flip (b,) bool, then moved by shift (b, 2) =
+    (dy, dx): out[i, j] = image[pad(i - dy), pad(j - dx)], as augment.apply_augmentation.
+    Two gathers along the columns and the rows; returns a new (b, 3072) uint8 tensor."""
+    b = images.shape[0]
+    planes = images.view(b, 3, SIDE, SIDE)
+    cols = positions.expand(b, SIDE)
+    rows = None
+    inside = None
+    if shift is not None:
+        rows = positions - shift[:, :1]
+        cols = positions - shift[:, 1:]
+        if padding == "zero":
+            inside = ((rows >= 0) & (rows < SIDE))[:, :, None] \
+                & ((cols >= 0) & (cols < SIDE))[:, None, :]
+        rows, cols = _padded(rows, padding), _padded(cols, padding)
+    if flip is not None:
+        cols = torch.where(flip[:, None], SIDE - 1 - cols, cols)
+    out = torch.gather(planes, 3, cols[:, None, None, :].expand(b, 3, SIDE, SIDE))
+    if rows is not None:
+        out = torch.gather(out, 2, rows[:, None, :, None].expand(b, 3, SIDE, SIDE))
+    if inside is not None:
+        out = out.masked_fill(~inside[:, None], 0)
+    return out.reshape(b, -1)
+
+
+def gather_rows(rows: torch.Tensor, index: torch.Tensor, flip: torch.Tensor | None,
+                shift: torch.Tensor | None, padding: str, buffers: StepBuffers
+                ) -> torch.Tensor:
+    """raw (n, P) in the weights' dtype: rows[index] (n,) after the flips and shifts, in a
+    view of buffers.raw. Rows already in that dtype are gathered straight into it."""
+    n = index.shape[0]
+    raw = buffers.raw[:n]
+    if flip is None and shift is None and rows.dtype == raw.dtype:
+        return torch.index_select(rows, 0, index, out=raw)
+    gathered = torch.index_select(rows, 0, index, out=buffers.gathered[:n])
+    if flip is not None or shift is not None:
+        gathered = augment(gathered, flip, shift, padding, buffers.positions)
+    return raw.copy_(gathered)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loss and gradient
+
+
+def fold(W: torch.Tensor, folding: Folding, Wp: torch.Tensor, wb: torch.Tensor) -> None:
+    """Preprocessor.fold into Wp (C, P) and wb (C,): Wp = W[:, :P] * scale, wb = Wp @ -mean
+    (+ W[:, P] with the bias column), so that x @ W.T == u @ Wp.T + wb for raw rows u."""
+    P = Wp.shape[1]
+    torch.mul(W[:, :P], folding.scale, out=Wp)
+    torch.mv(Wp, folding.neg_mean, out=wb)
+    if folding.bias:
+        wb.add_(W[:, P])
+
+
+def loss_and_grad(W: torch.Tensor, raw: torch.Tensor, labels: torch.Tensor,
+                  weight: torch.Tensor | None, folding: Folding, rule: StepRule,
+                  buffers: StepBuffers) -> tuple[torch.Tensor, torch.Tensor]:
+    """Loss and gradient of one minibatch, the gradient into buffers.grad (C, D).
+
+    W (C, D), raw (n, P) in W's dtype, labels (n,) int64, weight (n,) or None. Returns 0-d
+    tensors (loss incl. the L2 penalty, in W's dtype; correct, int64: rows whose first
+    maximal score is their label). Non-finite scores give a non-finite loss.
+    """
+    n, P = raw.shape
+    Wp, wb = buffers.Wp, buffers.wb
+    fold(W, folding, Wp, wb)
+    scores = torch.addmm(wb, raw, Wp.T, out=buffers.scores[:n])
+    correct = (scores.argmax(dim=1) == labels).sum()
+    # max-shifted scores clipped from below: softmax.softmax_loss_from_scores
+    shifted = (scores - scores.amax(dim=1, keepdim=True)).clamp_(min=-rule.clip)
+    exp = shifted.exp()
+    sum_exp = exp.sum(dim=1)
+    labels_2d = labels[:, None]
+    row_losses = sum_exp.log() - shifted.gather(1, labels_2d).squeeze(1)
+    data_loss = row_losses.mean() if weight is None else torch.dot(weight, row_losses) / n
+    dscores = exp.div_(sum_exp[:, None])
+    dscores.scatter_(1, labels_2d, dscores.gather(1, labels_2d) - 1)
+    if weight is not None:
+        dscores.mul_(weight[:, None])
+    dscores.div_(n)
+    # the gradient with respect to the folded weights, then unfolded (unfold_grad)
+    gp = torch.mm(dscores.T, raw, out=buffers.gp)
+    raw_bias_grad = dscores.sum(dim=0)
+    gp.addr_(raw_bias_grad, folding.mean, alpha=-1)
+    grad = buffers.grad
+    torch.mul(gp, folding.scale, out=grad[:, :P])
+    if folding.bias:
+        grad[:, P] = raw_bias_grad
+    loss = data_loss
+    if rule.reg:
+        flat = W.view(-1)
+        squares = torch.dot(flat, flat)
+        penalised, penalised_grad = W, grad
+        if not rule.penalise_last:  # W's last column is the bias column: left out
+            squares = squares - torch.dot(W[:, -1], W[:, -1])
+            penalised, penalised_grad = W[:, :-1], grad[:, :-1]
+        scratch = buffers.update[:, : penalised.shape[1]]
+        torch.mul(penalised, 2 * rule.reg, out=scratch)
+        penalised_grad.add_(scratch)
+        loss = loss + rule.reg * squares
+    return loss, correct
+
+
+# ---------------------------------------------------------------------------------------------
+# The update
+
+
+def sgd_update(W: torch.Tensor, velocity: torch.Tensor, grad: torch.Tensor, rule: StepRule,
+               neg_lr, buffers: StepBuffers) -> None:
+    """optim.sgd_step in place: grad (used up) rescaled to norm grad_clip when longer, then
+    velocity = momentum * velocity + grad and W -= lr * (grad + momentum * velocity) with
+    Nesterov, else W -= lr * velocity. neg_lr is -lr, a float or a 0-d tensor."""
+    if rule.grad_clip is not None:
+        norm = torch.linalg.vector_norm(grad)
+        grad.mul_(torch.where(norm > rule.grad_clip, rule.grad_clip / norm,
+                              torch.ones_like(norm)))
+    velocity.mul_(rule.momentum).add_(grad)
+    step = velocity
+    if rule.nesterov:
+        torch.mul(velocity, rule.momentum, out=buffers.update)
+        step = grad.add_(buffers.update)
+    torch.mul(step, neg_lr, out=buffers.update)
+    W.add_(buffers.update)
+
+
+def average_update(average: torch.Tensor, W: torch.Tensor, alpha,
+                   buffers: StepBuffers) -> None:
+    """optim.average_step: average += alpha * (W - average); alpha a float or a 0-d tensor
+    (a captured graph applies alpha 0 too, which leaves a finite average as it is)."""
+    torch.sub(W, average, out=buffers.update)
+    buffers.update.mul_(alpha)
+    average.add_(buffers.update)
