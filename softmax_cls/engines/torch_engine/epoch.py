@@ -62,12 +62,11 @@ def run_steps(rows: DeviceRows, t: EpochTensors, batch_size: int, padding: str,
         weight = None if rows.sample_weight is None else rows.sample_weight[index]
         loss, correct = loss_and_grad(t.W, raw, rows.labels[index], weight, folding, rule,
                                       buffers)
-        sgd_update(t.W, t.velocity, buffers.grad, rule, t.neg_lr, buffers)
+        sgd_update(t.W, t.velocity, buffers.grad, rule, t.neg_lr)
         if averaging:
             alpha = t.alphas[step]
             if not (host_alphas and alpha == 0):
-                average_update(t.average, t.W, float(alpha) if host_alphas else alpha,
-                               buffers)
+                average_update(t.average, t.W, float(alpha) if host_alphas else alpha)
         t.loss.add_(loss, alpha=n)
         t.correct.add_(correct)
 

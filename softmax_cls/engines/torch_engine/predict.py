@@ -41,7 +41,7 @@ def batch_loss_and_grad(device, rows: np.ndarray, labels: np.ndarray,
     rows_t = as_tensor(rows, device)
     buffers = StepBuffers(len(rows), pre.n_raw, W.shape[0], W.shape[1], rows_t.dtype, dtype,
                           device)
-    raw = buffers.raw.copy_(rows_t)
+    raw = buffers.raw[: len(rows)].copy_(rows_t)
     weight = None if sample_weight is None else torch.as_tensor(
         np.asarray(sample_weight), dtype=dtype, device=device)
     loss, correct = loss_and_grad(as_tensor(W, device), raw, as_tensor(labels, device), weight,

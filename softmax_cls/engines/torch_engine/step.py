@@ -46,10 +46,11 @@ class Folding:
 
 
 class StepBuffers:
-    """The tensors one step writes, allocated once: gathered (b, P) rows as stored, raw (b, P)
-    in the weights' dtype, the folded weights Wp (C, P) and wb (C,), scores (b, C), the
-    gradient gp (C, P) with respect to Wp, grad (C, D), a (C, D) scratch `update`, and the
-    pixel positions 0..31 used by augmentation."""
+    """The tensors one step writes, allocated once: gathered (b, P) rows as stored, raw
+    (b + 1, P) and dscores (b + 1, C) in the weights' dtype (one row more than the
+    minibatch: see loss_and_grad), the folded weights Wp (C, P) and wb (C,), scores (b, C),
+    the gradient gp (C, P) with respect to Wp, grad (C, D), and the pixel positions 0..31
+    used by augmentation."""
 
     def __init__(self, batch: int, n_raw: int, n_classes: int, n_cols: int,
                  rows_dtype: torch.dtype, dtype: torch.dtype, device):
@@ -57,11 +58,12 @@ class StepBuffers:
             return torch.empty(shape, dtype=kind, device=device)
 
         self.gathered = empty(batch, n_raw, kind=rows_dtype)
-        self.raw = empty(batch, n_raw)
+        self.raw = empty(batch + 1, n_raw)
+        self.dscores = empty(batch + 1, n_classes)
         self.Wp, self.wb = empty(n_classes, n_raw), empty(n_classes)
         self.scores = empty(batch, n_classes)
         self.gp = empty(n_classes, n_raw)
-        self.grad, self.update = empty(n_classes, n_cols), empty(n_classes, n_cols)
+        self.grad = empty(n_classes, n_cols)
         self.positions = torch.arange(SIDE, device=device)
 
 
@@ -108,8 +110,8 @@ def augment(images: torch.Tensor, flip: torch.Tensor | None, shift: torch.Tensor
 def gather_rows(rows: torch.Tensor, index: torch.Tensor, flip: torch.Tensor | None,
                 shift: torch.Tensor | None, padding: str, buffers: StepBuffers
                 ) -> torch.Tensor:
-    """raw (n, P) in the weights' dtype: rows[index] (n,) after the flips and shifts, in a
-    view of buffers.raw. Rows already in that dtype are gathered straight into it."""
+    """raw (n, P) in the weights' dtype: rows[index] (n,) after the flips and shifts, in the
+    first n rows of buffers.raw. Rows already in that dtype are gathered straight there."""
     n = index.shape[0]
     raw = buffers.raw[:n]
     if flip is None and shift is None and rows.dtype == raw.dtype:
@@ -139,9 +141,14 @@ def loss_and_grad(W: torch.Tensor, raw: torch.Tensor, labels: torch.Tensor,
                   buffers: StepBuffers) -> tuple[torch.Tensor, torch.Tensor]:
     """Loss and gradient of one minibatch, the gradient into buffers.grad (C, D).
 
-    W (C, D), raw (n, P) in W's dtype, labels (n,) int64, weight (n,) or None. Returns 0-d
-    tensors (loss incl. the L2 penalty, in W's dtype; correct, int64: rows whose first
-    maximal score is their label). Non-finite scores give a non-finite loss.
+    W (C, D), raw (n, P) in W's dtype: the first n rows of buffers.raw, labels (n,) int64,
+    weight (n,) or None. Returns 0-d tensors (loss incl. the L2 penalty, in W's dtype;
+    correct, int64: rows whose first maximal score is their label). Non-finite scores give a
+    non-finite loss.
+
+    The unfold's outer product rides in the gradient's GEMM: row n of raw holds -mean and
+    row n of dscores the bias gradient, so dscores[:n + 1].T @ raw[:n + 1] is
+    grad_raw[:, :P] - outer(grad_raw[:, P], mean), which unfold_grad then scales.
     """
     n, P = raw.shape
     Wp, wb = buffers.Wp, buffers.wb
@@ -150,7 +157,7 @@ def loss_and_grad(W: torch.Tensor, raw: torch.Tensor, labels: torch.Tensor,
     correct = (scores.argmax(dim=1) == labels).sum()
     # max-shifted scores clipped from below: softmax.softmax_loss_from_scores
     shifted = (scores - scores.amax(dim=1, keepdim=True)).clamp_(min=-rule.clip)
-    exp = shifted.exp()
+    exp = torch.exp(shifted, out=buffers.dscores[:n])
     sum_exp = exp.sum(dim=1)
     labels_2d = labels[:, None]
     row_losses = sum_exp.log() - shifted.gather(1, labels_2d).squeeze(1)
@@ -161,9 +168,9 @@ def loss_and_grad(W: torch.Tensor, raw: torch.Tensor, labels: torch.Tensor,
         dscores.mul_(weight[:, None])
     dscores.div_(n)
     # the gradient with respect to the folded weights, then unfolded (unfold_grad)
-    gp = torch.mm(dscores.T, raw, out=buffers.gp)
-    raw_bias_grad = dscores.sum(dim=0)
-    gp.addr_(raw_bias_grad, folding.mean, alpha=-1)
+    raw_bias_grad = torch.sum(dscores, dim=0, out=buffers.dscores[n])
+    buffers.raw[n].copy_(folding.neg_mean)
+    gp = torch.mm(buffers.dscores[: n + 1].T, buffers.raw[: n + 1], out=buffers.gp)
     grad = buffers.grad
     torch.mul(gp, folding.scale, out=grad[:, :P])
     if folding.bias:
@@ -176,9 +183,7 @@ def loss_and_grad(W: torch.Tensor, raw: torch.Tensor, labels: torch.Tensor,
         if not rule.penalise_last:  # W's last column is the bias column: left out
             squares = squares - torch.dot(W[:, -1], W[:, -1])
             penalised, penalised_grad = W[:, :-1], grad[:, :-1]
-        scratch = buffers.update[:, : penalised.shape[1]]
-        torch.mul(penalised, 2 * rule.reg, out=scratch)
-        penalised_grad.add_(scratch)
+        penalised_grad.add_(penalised, alpha=2 * rule.reg)
         loss = loss + rule.reg * squares
     return loss, correct
 
@@ -188,27 +193,25 @@ def loss_and_grad(W: torch.Tensor, raw: torch.Tensor, labels: torch.Tensor,
 
 
 def sgd_update(W: torch.Tensor, velocity: torch.Tensor, grad: torch.Tensor, rule: StepRule,
-               neg_lr, buffers: StepBuffers) -> None:
+               neg_lr) -> None:
     """optim.sgd_step in place: grad (used up) rescaled to norm grad_clip when longer, then
     velocity = momentum * velocity + grad and W -= lr * (grad + momentum * velocity) with
-    Nesterov, else W -= lr * velocity. neg_lr is -lr, a float or a 0-d tensor."""
+    Nesterov, else W -= lr * velocity. neg_lr is -lr, a float or a 0-d tensor. Each line is
+    one pass over the (C, D) arrays (their rounding may differ from numpy's two-operation
+    forms by an ulp: the engines agree within float32 tolerance, not bit for bit)."""
     if rule.grad_clip is not None:
         norm = torch.linalg.vector_norm(grad)
         grad.mul_(torch.where(norm > rule.grad_clip, rule.grad_clip / norm,
                               torch.ones_like(norm)))
-    velocity.mul_(rule.momentum).add_(grad)
-    step = velocity
-    if rule.nesterov:
-        torch.mul(velocity, rule.momentum, out=buffers.update)
-        step = grad.add_(buffers.update)
-    torch.mul(step, neg_lr, out=buffers.update)
-    W.add_(buffers.update)
+    torch.add(grad, velocity, alpha=rule.momentum, out=velocity)
+    step = grad.add_(velocity, alpha=rule.momentum) if rule.nesterov else velocity
+    if isinstance(neg_lr, torch.Tensor):
+        W.addcmul_(step, neg_lr)
+    else:
+        W.add_(step, alpha=neg_lr)
 
 
-def average_update(average: torch.Tensor, W: torch.Tensor, alpha,
-                   buffers: StepBuffers) -> None:
-    """optim.average_step: average += alpha * (W - average); alpha a float or a 0-d tensor
-    (a captured graph applies alpha 0 too, which leaves a finite average as it is)."""
-    torch.sub(W, average, out=buffers.update)
-    buffers.update.mul_(alpha)
-    average.add_(buffers.update)
+def average_update(average: torch.Tensor, W: torch.Tensor, alpha) -> None:
+    """optim.average_step: average += alpha * (W - average) (lerp), alpha a float or a 0-d
+    tensor (a captured graph applies alpha 0 too, which leaves a finite average as it is)."""
+    average.lerp_(W, alpha)
