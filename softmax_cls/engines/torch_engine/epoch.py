@@ -58,7 +58,8 @@ def run_steps(rows: DeviceRows, t: EpochTensors, batch_size: int, padding: str,
         n = len(index)
         raw = gather_rows(rows.rows, index,
                           None if t.flip is None else t.flip[start:stop],
-                          None if t.shift is None else t.shift[start:stop], padding, buffers)
+                          None if t.shift is None else t.shift[start:stop], padding,
+                          folding.scale, buffers)
         weight = None if rows.sample_weight is None else rows.sample_weight[index]
         loss, correct = loss_and_grad(t.W, raw, rows.labels[index], weight, folding, rule,
                                       buffers)

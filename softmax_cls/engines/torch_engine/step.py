@@ -24,33 +24,32 @@ TORCH_DTYPES = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch
 
 @dataclass(frozen=True)
 class Folding:
-    """The preprocessing on the device: mean, neg_mean and scale (P,) in the weights' dtype,
-    bias (whether W has the bias column)."""
+    """The preprocessing x = (u - mean) * scale on the device, split in two: scale (P,),
+    applied to the raw rows u as they are converted to float (scaled rows u * scale), and
+    offset = -mean * scale (P,), folded into the bias; both in the weights' dtype. bias:
+    whether W has the bias column."""
 
-    mean: torch.Tensor
-    neg_mean: torch.Tensor
     scale: torch.Tensor
+    offset: torch.Tensor
     bias: bool
 
     @classmethod
     def of(cls, pre: Preprocessor, dtype: torch.dtype, device) -> Folding:
-        mean = torch.as_tensor(pre.mean, dtype=dtype, device=device)
-        return cls(mean, -mean, torch.as_tensor(pre.scale, dtype=dtype, device=device),
+        scale = torch.as_tensor(pre.scale, dtype=dtype, device=device)
+        return cls(scale, torch.as_tensor(-pre.mean * pre.scale, dtype=dtype, device=device),
                    pre.bias)
 
     def load(self, pre: Preprocessor) -> None:
         """Copy pre's statistics into these tensors (a captured graph reads them in place)."""
-        self.mean.copy_(torch.from_numpy(pre.mean))
-        torch.neg(self.mean, out=self.neg_mean)
         self.scale.copy_(torch.from_numpy(pre.scale))
+        self.offset.copy_(torch.from_numpy(-pre.mean * pre.scale))
 
 
 class StepBuffers:
     """The tensors one step writes, allocated once: gathered (b, P) rows as stored, raw
-    (b + 1, P) and dscores (b + 1, C) in the weights' dtype (one row more than the
-    minibatch: see loss_and_grad), the folded weights Wp (C, P) and wb (C,), scores (b, C),
-    the gradient gp (C, P) with respect to Wp, grad (C, D), and the pixel positions 0..31
-    used by augmentation."""
+    (b + 1, P) scaled rows and dscores (b + 1, C) in the weights' dtype (one row more than
+    the minibatch: see loss_and_grad), the bias of the scores wb (C,), scores (b, C), grad
+    (C, D), and the pixel positions 0..31 used by augmentation."""
 
     def __init__(self, batch: int, n_raw: int, n_classes: int, n_cols: int,
                  rows_dtype: torch.dtype, dtype: torch.dtype, device):
@@ -60,9 +59,8 @@ class StepBuffers:
         self.gathered = empty(batch, n_raw, kind=rows_dtype)
         self.raw = empty(batch + 1, n_raw)
         self.dscores = empty(batch + 1, n_classes)
-        self.Wp, self.wb = empty(n_classes, n_raw), empty(n_classes)
+        self.wb = empty(n_classes)
         self.scores = empty(batch, n_classes)
-        self.gp = empty(n_classes, n_raw)
         self.grad = empty(n_classes, n_cols)
         self.positions = torch.arange(SIDE, device=device)
 
@@ -108,32 +106,34 @@ def augment(images: torch.Tensor, flip: torch.Tensor | None, shift: torch.Tensor
 
 
 def gather_rows(rows: torch.Tensor, index: torch.Tensor, flip: torch.Tensor | None,
-                shift: torch.Tensor | None, padding: str, buffers: StepBuffers
-                ) -> torch.Tensor:
-    """raw (n, P) in the weights' dtype: rows[index] (n,) after the flips and shifts, in the
-    first n rows of buffers.raw. Rows already in that dtype are gathered straight there."""
+                shift: torch.Tensor | None, padding: str, scale: torch.Tensor,
+                buffers: StepBuffers) -> torch.Tensor:
+    """Scaled rows (n, P) in the weights' dtype: rows[index] (n,) after the flips and shifts,
+    times scale (P,), in the first n rows of buffers.raw. The scale rides in the conversion
+    to float (uint8 rows), or is one pass over the gathered float rows: n x P values, fewer
+    than the C x P of folding it into the weights once classes outnumber the rows."""
     n = index.shape[0]
     raw = buffers.raw[:n]
     if flip is None and shift is None and rows.dtype == raw.dtype:
-        return torch.index_select(rows, 0, index, out=raw)
+        return torch.index_select(rows, 0, index, out=raw).mul_(scale)
     gathered = torch.index_select(rows, 0, index, out=buffers.gathered[:n])
     if flip is not None or shift is not None:
         gathered = augment(gathered, flip, shift, padding, buffers.positions)
-    return raw.copy_(gathered)
+    return torch.mul(gathered, scale, out=raw)
 
 
 # ---------------------------------------------------------------------------------------------
 # Loss and gradient
 
 
-def fold(W: torch.Tensor, folding: Folding, Wp: torch.Tensor, wb: torch.Tensor) -> None:
-    """Preprocessor.fold into Wp (C, P) and wb (C,): Wp = W[:, :P] * scale, wb = Wp @ -mean
-    (+ W[:, P] with the bias column), so that x @ W.T == u @ Wp.T + wb for raw rows u."""
-    P = Wp.shape[1]
-    torch.mul(W[:, :P], folding.scale, out=Wp)
-    torch.mv(Wp, folding.neg_mean, out=wb)
+def score_bias(W: torch.Tensor, folding: Folding, out: torch.Tensor) -> torch.Tensor:
+    """The mean folded into the bias: wb (C,) = W[:, :P] @ offset (+ W[:, P] with the bias
+    column), so that x @ W.T == (u * scale) @ W[:, :P].T + wb for raw rows u (P values)."""
+    P = folding.scale.shape[0]
+    torch.mv(W[:, :P], folding.offset, out=out)
     if folding.bias:
-        wb.add_(W[:, P])
+        out.add_(W[:, P])
+    return out
 
 
 def loss_and_grad(W: torch.Tensor, raw: torch.Tensor, labels: torch.Tensor,
@@ -141,19 +141,21 @@ def loss_and_grad(W: torch.Tensor, raw: torch.Tensor, labels: torch.Tensor,
                   buffers: StepBuffers) -> tuple[torch.Tensor, torch.Tensor]:
     """Loss and gradient of one minibatch, the gradient into buffers.grad (C, D).
 
-    W (C, D), raw (n, P) in W's dtype: the first n rows of buffers.raw, labels (n,) int64,
-    weight (n,) or None. Returns 0-d tensors (loss incl. the L2 penalty, in W's dtype;
-    correct, int64: rows whose first maximal score is their label). Non-finite scores give a
-    non-finite loss.
+    W (C, D), raw (n, P) scaled rows in W's dtype (gather_rows: the first n rows of
+    buffers.raw), labels (n,) int64, weight (n,) or None. Returns 0-d tensors (loss incl. the
+    L2 penalty, in W's dtype; correct, int64: rows whose first maximal score is their label).
+    Non-finite scores give a non-finite loss.
 
-    The unfold's outer product rides in the gradient's GEMM: row n of raw holds -mean and
-    row n of dscores the bias gradient, so dscores[:n + 1].T @ raw[:n + 1] is
-    grad_raw[:, :P] - outer(grad_raw[:, P], mean), which unfold_grad then scales.
+    The features x = u * scale + offset are never built: the scores read W as it is, the
+    offset folded into their bias (score_bias), and the gradient's GEMM carries the offset
+    as one extra row: row n of raw holds offset and row n of dscores the bias gradient
+    (dscores' column sums), so dscores[:n + 1].T @ raw[:n + 1] is dscores.T @ x, the
+    gradient of W[:, :P], written straight into grad. This is Preprocessor.fold and
+    unfold_grad with the scale moved to the rows: no pass over a (C, P) array.
     """
     n, P = raw.shape
-    Wp, wb = buffers.Wp, buffers.wb
-    fold(W, folding, Wp, wb)
-    scores = torch.addmm(wb, raw, Wp.T, out=buffers.scores[:n])
+    wb = score_bias(W, folding, buffers.wb)
+    scores = torch.addmm(wb, raw, W[:, :P].T, out=buffers.scores[:n])
     correct = (scores.argmax(dim=1) == labels).sum()
     # max-shifted scores clipped from below: softmax.softmax_loss_from_scores
     shifted = (scores - scores.amax(dim=1, keepdim=True)).clamp_(min=-rule.clip)
@@ -167,12 +169,11 @@ def loss_and_grad(W: torch.Tensor, raw: torch.Tensor, labels: torch.Tensor,
     if weight is not None:
         dscores.mul_(weight[:, None])
     dscores.div_(n)
-    # the gradient with respect to the folded weights, then unfolded (unfold_grad)
+    # the gradient: dscores.T @ x, the offset's outer product inside the GEMM
     raw_bias_grad = torch.sum(dscores, dim=0, out=buffers.dscores[n])
-    buffers.raw[n].copy_(folding.neg_mean)
-    gp = torch.mm(buffers.dscores[: n + 1].T, buffers.raw[: n + 1], out=buffers.gp)
+    buffers.raw[n].copy_(folding.offset)
     grad = buffers.grad
-    torch.mul(gp, folding.scale, out=grad[:, :P])
+    torch.mm(buffers.dscores[: n + 1].T, buffers.raw[: n + 1], out=grad[:, :P])
     if folding.bias:
         grad[:, P] = raw_bias_grad
     loss = data_loss
