@@ -315,3 +315,20 @@ def test_cuda_runs_repeat_bit_for_bit(tmp_path, small_data):
     cpu = train(torch_config(tmp_path, **options), small_data, tmp_path / "c",
                 progress=False).state.W
     np.testing.assert_allclose(first, cpu, rtol=1e-3, atol=1e-5)
+
+
+@no_gpu_only
+def test_auto_without_a_gpu_does_not_import_torch_for_numba():
+    """Where no GPU driver is present, `engine: auto` at 10 classes picks numba without
+    loading torch (a second and some hundred MB of a default run)."""
+    import subprocess
+
+    from softmax_cls.engines.torch_engine.device import gpu_driver_present
+
+    if gpu_driver_present():
+        pytest.skip("a GPU driver is present: auto asks torch")
+    code = ("import sys; from softmax_cls.engines import get_engine; "
+            "print(get_engine('auto', 'auto', 10).name, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["numba", "False"]
