@@ -61,7 +61,8 @@ time kept in the JSON; ratios also as medians of per-repetition ratios, "paired"
 - --probe (no CIFAR needed): a linear probe's shape, scaled by --scale: 500,000 * scale rows
   of 1024 standardised float32 features, --probe-classes classes (random labels), batch
   --probe-batch, no augmentation: numpy, numba, torch_engine, torch and torch_manual epochs,
-  interleaved as above (no floor).
+  interleaved as above (no floor), and torch_engine_momentum_only: the torch engine on the
+  baselines' own rule (momentum, no Nesterov, no L2, no averaging), the same SGD as theirs.
 
 Targets (pass/fail in the JSON, at batch 256 with 2 threads): numba augmented epoch <= 0.6x
 the floor and >= 3x PyTorch's throughput; numpy plain epoch <= 1.3x the floor; default run
@@ -72,6 +73,7 @@ issue 10); its peak RSS <= 310 MB.
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import gc
 import json
@@ -443,7 +445,13 @@ def probe_methods(n_rows: int, n_classes: int, config, torch, threads: int, devi
     engines = ("numpy", "numba") if torch is None else ("numpy", "numba", "torch")
     methods = [EngineEpoch(engine, rows, labels, train_rows, pre, n_classes, config, None,
                            device) for engine in engines]
-    if torch is not None:
+    if torch is not None:  # and the torch engine on the baselines' own rule: momentum alone
+        bare = copy.deepcopy(config)
+        bare.optim.nesterov, bare.loss.reg, bare.optim.averaging.name = False, 0.0, "none"
+        same_sgd = EngineEpoch("torch", rows, labels, train_rows, pre, n_classes, bare, None,
+                               device)
+        same_sgd.name = "torch_engine_momentum_only"
+        methods.append(same_sgd)
         X = pre.transform(rows)
         for baseline in (Torch, TorchManual):
             methods.append(baseline(torch, X, labels, n_classes, threads, config.optim.lr,

@@ -20,8 +20,9 @@ from .contract import Engine
 
 FAST_INSTALL = "pip install 'softmax-cls[fast]'"
 # On the CPU the torch engine overtakes the numba kernel from this many classes on
-# (scripts/benchmark.py, docs/development.md: numba ahead at 10 classes, torch at 100, 1000)
-TORCH_CPU_FROM_CLASSES = 16
+# (scripts/benchmark.py --probe, docs/development.md: 1024 features, batch 256, 1 thread:
+# numba ahead up to 32 classes, level at 48, torch 1.09x at 64, 1.2x at 100, 2.5x at 1000)
+TORCH_CPU_FROM_CLASSES = 64
 
 
 def auto_engine_name(n_classes: int | None, device: str = "auto", *, has_torch: bool,
