@@ -332,3 +332,18 @@ def test_auto_without_a_gpu_does_not_import_torch_for_numba():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.split()
     assert out == ["numba", "False"]
+
+
+def test_running_out_of_device_memory_is_one_line_naming_the_batch_size(monkeypatch):
+    from softmax_cls.engines.torch_engine import epoch
+
+    def no_memory(*args):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(epoch, "eager_epoch", no_memory)
+    p = problem(seed=1)
+    state = OptimizerState(p.W.copy(), np.zeros_like(p.W), p.W.copy())
+    plan = EpochPlan(np.arange(23, dtype=np.int64), 8, np.zeros(3))
+    with pytest.raises(SoftmaxClsError, match="out of memory on cpu in a training epoch: "
+                                              "lower optim.batch_size"):
+        make_engine("cpu").train_epoch(p.data, plan, StepRule(lr=0.1), p.pre, state)

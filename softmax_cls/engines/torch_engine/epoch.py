@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ...errors import SoftmaxClsError
 from ...math.preprocess import Preprocessor
 from ...math.softmax import NonFiniteError
 from ..contract import EpochPlan, OptimizerState, StepRule, TrainingRows
@@ -189,6 +190,16 @@ class EpochRunner:
 
     def __call__(self, data: TrainingRows, plan: EpochPlan, rule: StepRule, pre: Preprocessor,
                  state: OptimizerState) -> tuple[float, int]:
+        try:
+            return self._epoch(data, plan, rule, pre, state)
+        except torch.OutOfMemoryError:
+            self.captured = None
+            raise SoftmaxClsError(
+                f"out of memory on {self.device} in a training epoch: lower optim.batch_size, "
+                "or train with --set device=cpu") from None
+
+    def _epoch(self, data: TrainingRows, plan: EpochPlan, rule: StepRule, pre: Preprocessor,
+               state: OptimizerState) -> tuple[float, int]:
         if not self.cuda_graphs:
             return eager_epoch(self.device, data, plan, rule, pre, state)
         with torch.cuda.device(self.device):
