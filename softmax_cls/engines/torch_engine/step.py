@@ -1,5 +1,6 @@
 """One minibatch on the device: the gather and augmentation of its rows, its loss and
-gradient with the preprocessing folded into the weights, and the SGD and averaging update.
+gradient (the preprocessing's scale applied to the rows as they become float, its mean
+folded into the bias: the features are never built), and the SGD and averaging update.
 
 The math is the engine contract's (softmax_cls.engines.contract), written with torch ops
 that never read a tensor's value on the host, so the same code runs eagerly or inside a
