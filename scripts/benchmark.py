@@ -2,6 +2,9 @@
 
     python scripts/benchmark.py [--root DIR] [--archive PATH] [--threads N] [--reps 5]
                                 [--batch-sizes 64,256,1024] [--out FILE] [--skip-torch] [--quick]
+                                [--device cpu|cuda|cuda:N] [--skip-runs]
+    python scripts/benchmark.py --probe [--scale 0.02] [--probe-classes 100,1000]
+                                [--probe-batch 1024] [--device ...] [--threads N] [--reps 5]
 
 Threads are pinned: the script re-executes itself with OMP_NUM_THREADS, OPENBLAS_NUM_THREADS,
 MKL_NUM_THREADS (BLAS: floor, numpy engine, PyTorch via torch.set_num_threads too) and
@@ -34,7 +37,11 @@ time kept in the JSON; ratios also as medians of per-repetition ratios, "paired"
   * torch (unless --skip-torch or torch is missing): nn.Linear(3073, C, bias=False) on the
     same preprocessed float32 X, CrossEntropyLoss, torch.optim.SGD(lr, momentum=0.9,
     weight_decay=0), the same gather: a fresh permutation, X.index_select(0, idx) per
-    minibatch. torch.set_num_threads(--threads).
+    minibatch. torch.set_num_threads(--threads). On --device.
+  * torch_manual: the same SGD written by hand, without autograd: S = Xb @ W.T, softmax,
+    dW = (P - Y).T @ Xb / B, heavy-ball momentum: the least PyTorch an epoch needs.
+  * torch_engine (plain, augmented): the torch engine's train_epoch on --device (its CUDA
+    graph when that is a GPU), like numpy and numba.
   Cases: CIFAR-10 shape (C = 10) at every batch size; CIFAR-100 shape (C = 100: random
   labels over the CIFAR-10 pixels) at batch 256. Floor and torch do not augment.
 - default_run: `softmax-train --config configs/default.yaml --quiet` in child processes, run
@@ -49,6 +56,13 @@ time kept in the JSON; ratios also as medians of per-repetition ratios, "paired"
   kernels_are_compiled() as it was before that run).
 - eval: predict_scores of each engine on the 10,000 test images with the warm run's
   best.npz weights (argmax; median of --reps), and the `softmax-eval` CLI once (wall).
+  --skip-runs leaves out the default runs and eval (epochs only). With --device cuda the
+  default run trains with engine torch on that device.
+- --probe (no CIFAR needed): a linear probe's shape, scaled by --scale: 500,000 * scale rows
+  of 1024 standardised float32 features, --probe-classes classes (random labels), batch
+  --probe-batch, no augmentation: numpy, numba, torch_engine, torch and torch_manual epochs,
+  interleaved as above (no floor), and torch_engine_momentum_only: the torch engine on the
+  baselines' own rule (momentum, no Nesterov, no L2, no averaging), the same SGD as theirs.
 
 Targets (pass/fail in the JSON, at batch 256 with 2 threads): numba augmented epoch <= 0.6x
 the floor and >= 3x PyTorch's throughput; numpy plain epoch <= 1.3x the floor; default run
@@ -59,6 +73,7 @@ issue 10); its peak RSS <= 310 MB.
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import gc
 import json
@@ -128,6 +143,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="the default run's config (default configs/default.yaml)")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     parser.add_argument("--skip-torch", action="store_true", help="do not measure PyTorch")
+    parser.add_argument("--device", default="cpu",
+                        help="where the torch engine and PyTorch run: cpu, cuda, cuda:N "
+                        "(default cpu)")
+    parser.add_argument("--skip-runs", action="store_true",
+                        help="epochs only: no default runs, no eval")
+    parser.add_argument("--probe", action="store_true",
+                        help="the linear-probe shape instead of CIFAR-10 (see --scale)")
+    parser.add_argument("--scale", type=float, default=0.02,
+                        help="probe rows = 500,000 * scale (default 0.02: 10,000 rows)")
+    parser.add_argument("--probe-classes", default="100,1000",
+                        help="comma-separated class counts of the probe (default 100,1000)")
+    parser.add_argument("--probe-batch", type=int, default=1024,
+                        help="probe batch size (default 1024)")
     parser.add_argument("--quick", action="store_true", help="smoke run of about a minute: "
                         "2 repetitions, batch 256 only, 2-epoch default runs (numbers not "
                         "comparable to the targets)")
@@ -142,6 +170,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--reps, --cold-train-reps and --threads must be at least 1")
     if args.quick:
         args.reps, args.cold_train_reps, args.batch_sizes = min(args.reps, 2), 1, [256]
+    try:
+        args.probe_classes = [int(c) for c in args.probe_classes.split(",") if c.strip()]
+    except ValueError:
+        parser.error(f"--probe-classes: expected integers like 100,1000, got "
+                     f"{args.probe_classes}")
+    if not args.probe_classes or min(args.probe_classes) < 2 or not 0 < args.scale <= 1 \
+            or args.probe_batch < 1:
+        parser.error("--probe-classes >= 2, --scale in (0, 1] and --probe-batch >= 1")
     return args
 
 
@@ -236,13 +272,15 @@ class EngineEpoch:
     """engine.train_epoch over the training rows, as fit() calls it for one epoch."""
 
     def __init__(self, engine_name: str, rows: np.ndarray, labels: np.ndarray,
-                 train_rows: np.ndarray, pre, n_classes: int, config, augment: dict | None):
-        self.engine = get_engine(engine_name)
+                 train_rows: np.ndarray, pre, n_classes: int, config, augment: dict | None,
+                 device: str = "cpu"):
+        self.engine = get_engine(engine_name, device if engine_name == "torch" else "cpu")
         if engine_name == "numba":  # measure the pinned thread count, never the governor's pick
             from softmax_cls.engines.numba_engine.api import THREAD_GOVERNOR
 
             THREAD_GOVERNOR.enabled = False
-        self.name = f"{engine_name}_{'augmented' if augment else 'plain'}"
+        label = "torch_engine" if engine_name == "torch" else engine_name
+        self.name = f"{label}_{'augmented' if augment else 'plain'}"
         self.rows, self.labels, self.train_rows, self.pre = rows, labels, train_rows, pre
         self.config, self.augment = config, augment
         self.data = TrainingRows(rows, labels)
@@ -265,7 +303,7 @@ class EngineEpoch:
         started = time.perf_counter()
         self.engine.train_epoch(self.data, plan, StepRule.from_config(self.config, optim.lr,
                                                                        self.pre.bias),
-                                self.pre, self.state)
+                                self.pre, self.state)  # returns after the device finished
         return time.perf_counter() - started
 
 
@@ -275,11 +313,11 @@ class Torch:
     name = "torch"
 
     def __init__(self, torch, X: np.ndarray, y: np.ndarray, n_classes: int, threads: int,
-                 lr: float, momentum: float):
+                 lr: float, momentum: float, device: str = "cpu"):
         torch.set_num_threads(threads)
-        self.torch = torch
-        self.X, self.y = torch.from_numpy(X), torch.from_numpy(y)
-        self.model = torch.nn.Linear(X.shape[1], n_classes, bias=False)
+        self.torch, self.device = torch, torch.device(device)
+        self.X, self.y = torch.from_numpy(X).to(device), torch.from_numpy(y).to(device)
+        self.model = torch.nn.Linear(X.shape[1], n_classes, bias=False, device=device)
         torch.nn.init.zeros_(self.model.weight)
         self.loss = torch.nn.CrossEntropyLoss()
         self.optim = torch.optim.SGD(self.model.parameters(), lr=lr, momentum=momentum,
@@ -289,7 +327,8 @@ class Torch:
     def epoch(self, batch_size: int) -> float:
         torch, X, y, model, optim, loss_fn = (self.torch, self.X, self.y, self.model,
                                               self.optim, self.loss)
-        order = torch.from_numpy(self.rng.permutation(len(X)))
+        order = torch.from_numpy(self.rng.permutation(len(X))).to(self.device)
+        synchronize(torch, self.device)
         started = time.perf_counter()
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
@@ -298,6 +337,44 @@ class Torch:
             loss = loss_fn(model(xb), yb)
             loss.backward()
             optim.step()
+        synchronize(torch, self.device)
+        return time.perf_counter() - started
+
+
+def synchronize(torch, device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class TorchManual:
+    """The same SGD by hand in PyTorch, no autograd: S = Xb @ W.T, softmax, dW = (P - Y).T @
+    Xb / B, velocity = momentum * velocity + dW, W -= lr * velocity."""
+
+    name = "torch_manual"
+
+    def __init__(self, torch, X: np.ndarray, y: np.ndarray, n_classes: int, threads: int,
+                 lr: float, momentum: float, device: str = "cpu"):
+        torch.set_num_threads(threads)
+        self.torch, self.device, self.lr, self.momentum = torch, torch.device(device), lr, momentum
+        self.X, self.y = torch.from_numpy(X).to(device), torch.from_numpy(y).to(device)
+        self.W = torch.zeros((n_classes, X.shape[1]), device=device)
+        self.velocity = torch.zeros_like(self.W)
+        self.rng = np.random.default_rng(0)
+
+    def epoch(self, batch_size: int) -> float:
+        torch, X, y, W, velocity = self.torch, self.X, self.y, self.W, self.velocity
+        order = torch.from_numpy(self.rng.permutation(len(X))).to(self.device)
+        synchronize(torch, self.device)
+        started = time.perf_counter()
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            xb, yb = X.index_select(0, idx), y.index_select(0, idx)
+            P = torch.softmax(xb @ W.T, dim=1)
+            P[torch.arange(len(idx), device=self.device), yb] -= 1
+            grad = P.T @ xb
+            velocity.mul_(self.momentum).add_(grad, alpha=1 / len(idx))
+            W.sub_(velocity, alpha=self.lr)
+        synchronize(torch, self.device)
         return time.perf_counter() - started
 
 
@@ -321,7 +398,7 @@ def augmentation_of(config) -> dict:
 
 
 def shape_methods(data: LabelledData, labels: np.ndarray, n_classes: int, config, torch,
-                  threads: int) -> list:
+                  threads: int, device: str = "cpu") -> list:
     """Floor, the engines plain and augmented, and torch for one label set."""
     split = split_train_val(labels, VAL_SIZE, 0)
     pre = fit_preprocessor(data.train_images, config.preprocess.center, config.preprocess.scale,
@@ -330,12 +407,15 @@ def shape_methods(data: LabelledData, labels: np.ndarray, n_classes: int, config
     y = labels[split.train_rows]
     lr = config.optim.lr
     methods = [Floor(X, y, n_classes, lr)]
+    engines = ("numpy", "numba") if torch is None else ("numpy", "numba", "torch")
     for augment in (None, augmentation_of(config)):
-        for engine in ("numpy", "numba"):
+        for engine in engines:
             methods.append(EngineEpoch(engine, data.train_images, labels, split.train_rows, pre,
-                                       n_classes, config, augment))
+                                       n_classes, config, augment, device))
     if torch is not None:
-        methods.append(Torch(torch, X, y, n_classes, threads, lr, config.optim.momentum))
+        for baseline in (Torch, TorchManual):
+            methods.append(baseline(torch, X, y, n_classes, threads, lr, config.optim.momentum,
+                                    device))
     return methods
 
 
@@ -343,11 +423,56 @@ def bench_epochs(data: LabelledData, args: argparse.Namespace, config, torch) ->
     """Interleaved epochs of every method, case by case, repetition by repetition."""
     random_labels = np.random.default_rng(100).integers(0, 100, len(data.train_labels))
     shapes = {"cifar10": shape_methods(data, data.train_labels, 10, config, torch,
-                                       args.threads),
+                                       args.threads, args.device),
               "cifar100_shape_random_labels": shape_methods(data, random_labels, 100, config,
-                                                            torch, args.threads)}
+                                                            torch, args.threads, args.device)}
     cases = [("cifar10", b) for b in args.batch_sizes]
     cases.append(("cifar100_shape_random_labels", TARGETS["at_batch_size"]))
+    return interleaved_epochs(shapes, cases, args.reps) | {
+        "augmented_means": augmentation_of(config)}
+
+
+def probe_methods(n_rows: int, n_classes: int, config, torch, threads: int, device: str,
+                  n_features: int = 1024) -> list:
+    """The engines and PyTorch on a random probe: standardised float32 features (N, F)."""
+    from softmax_cls.math.preprocess import Preprocessor
+
+    rng = np.random.default_rng(n_classes)
+    rows = rng.standard_normal((n_rows, n_features), dtype=np.float32)
+    labels = rng.integers(0, n_classes, n_rows).astype(np.int64)
+    pre = Preprocessor(np.zeros(n_features), np.ones(n_features), bias=True)
+    train_rows = np.arange(n_rows, dtype=np.int64)
+    engines = ("numpy", "numba") if torch is None else ("numpy", "numba", "torch")
+    methods = [EngineEpoch(engine, rows, labels, train_rows, pre, n_classes, config, None,
+                           device) for engine in engines]
+    if torch is not None:  # and the torch engine on the baselines' own rule: momentum alone
+        bare = copy.deepcopy(config)
+        bare.optim.nesterov, bare.loss.reg, bare.optim.averaging.name = False, 0.0, "none"
+        same_sgd = EngineEpoch("torch", rows, labels, train_rows, pre, n_classes, bare, None,
+                               device)
+        same_sgd.name = "torch_engine_momentum_only"
+        methods.append(same_sgd)
+        X = pre.transform(rows)
+        for baseline in (Torch, TorchManual):
+            methods.append(baseline(torch, X, labels, n_classes, threads, config.optim.lr,
+                                    config.optim.momentum, device))
+    return methods
+
+
+def bench_probe(args: argparse.Namespace, config, torch) -> dict:
+    """Interleaved probe epochs at each class count."""
+    n_rows = round(500_000 * args.scale)
+    shapes = {f"probe_{n_rows}x1024_C={c}": probe_methods(n_rows, c, config, torch,
+                                                          args.threads, args.device)
+              for c in args.probe_classes}
+    cases = [(shape, args.probe_batch) for shape in shapes]
+    return interleaved_epochs(shapes, cases, args.reps) | {"rows": n_rows, "features": 1024}
+
+
+def interleaved_epochs(shapes: dict[str, list], cases: list[tuple[str, int]],
+                       reps: int) -> dict:
+    """A warm-up epoch of every method, then `reps` rounds of every case, the methods of a
+    case in a rotating order; medians and ratios per case."""
     raw = {f"{shape}/B={b}": {m.name: [] for m in shapes[shape]} for shape, b in cases}
     note("warm-up epochs (not counted; the first numba call loads or compiles the kernels)")
     for shape, b in cases:
@@ -355,7 +480,7 @@ def bench_epochs(data: LabelledData, args: argparse.Namespace, config, torch) ->
             time.sleep(IDLE_S)
             method.epoch(b)
     meter = CpuMeter()
-    for rep in range(args.reps):
+    for rep in range(reps):
         for shape, b in cases:
             methods = shapes[shape]
             turn = rep % len(methods)
@@ -364,10 +489,9 @@ def bench_epochs(data: LabelledData, args: argparse.Namespace, config, torch) ->
                 time.sleep(IDLE_S)
                 raw[f"{shape}/B={b}"][method.name].append(method.epoch(b))
             times = raw[f"{shape}/B={b}"]
-            note(f"rep {rep + 1}/{args.reps} {shape} B={b}: " + ", ".join(
+            note(f"rep {rep + 1}/{reps} {shape} B={b}: " + ", ".join(
                 f"{name} {values[-1]:.3f}" for name, values in times.items()))
     return {"cases": {key: summarise_case(times) for key, times in raw.items()},
-            "augmented_means": augmentation_of(config),
             "other_processes": meter.report()}
 
 
@@ -376,16 +500,18 @@ def summarise_case(times: dict[str, list[float]]) -> dict:
     medians = {name: median(values) for name, values in times.items()}
     ratios, paired = {}, {}
     for name in medians:
-        if name in ("floor", "torch"):
+        if name in ("floor", "torch", "torch_manual"):
             continue
-        ratios[f"{name}_over_floor"] = medians[name] / medians["floor"]
-        paired[f"{name}_over_floor"] = median(
-            [a / f for a, f in zip(times[name], times["floor"], strict=True)])
-        if "torch" in medians:  # how many times torch's throughput (torch time / ours)
-            ratios[f"torch_over_{name}"] = medians["torch"] / medians[name]
-            paired[f"torch_over_{name}"] = median(
-                [t / a for t, a in zip(times["torch"], times[name], strict=True)])
-    if "torch" in medians:
+        if "floor" in medians:
+            ratios[f"{name}_over_floor"] = medians[name] / medians["floor"]
+            paired[f"{name}_over_floor"] = median(
+                [a / f for a, f in zip(times[name], times["floor"], strict=True)])
+        for base in ("torch", "torch_manual"):  # how many times PyTorch's throughput
+            if base in medians:  # (its time / ours)
+                ratios[f"{base}_over_{name}"] = medians[base] / medians[name]
+                paired[f"{base}_over_{name}"] = median(
+                    [t / a for t, a in zip(times[base], times[name], strict=True)])
+    if "torch" in medians and "floor" in medians:
         ratios["torch_over_floor"] = medians["torch"] / medians["floor"]
     return {"median_s": medians, "ratios": ratios, "paired_ratios": paired, "raw_s": times}
 
@@ -458,6 +584,8 @@ def bench_default_run(args: argparse.Namespace, scratch: Path) -> dict:
     from softmax_cls.engines.numba_engine import kernels_are_compiled
 
     extra = ["--set", "optim.epochs=2"] if args.quick else []
+    if args.device.startswith("cuda"):
+        extra += ["--set", "engine=torch", "--set", f"device={args.device}"]
     base = [*console_script("softmax-train"), "--config", str(args.config), "--quiet",
             "--set", "data.download=false", *extra]
     archive = args.archive if args.archive.is_file() else None
@@ -575,6 +703,8 @@ def targets(epochs: dict, default_run: dict, quick: bool) -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     pin_threads(args.threads)
+    if args.probe:
+        return probe_main(args)
     if not (args.root / "cifar-10-batches-bin").is_dir():
         sys.exit(f"error: no extracted CIFAR-10 in {args.root} (cifar-10-batches-bin/); "
                  "pass --root DIR")
@@ -588,9 +718,12 @@ def main(argv: list[str] | None = None) -> int:
         scratch = Path(tmp)
         epochs = bench_epochs(data, args, config, torch)
         gc.collect()
-        default_run = bench_default_run(args, scratch)
-        evaluation = bench_eval(data, Path(default_run["checkpoint"]), args.root, args.reps,
-                                scratch)
+        if args.skip_runs:
+            default_run = evaluation = None
+        else:
+            default_run = bench_default_run(args, scratch)
+            evaluation = bench_eval(data, Path(default_run["checkpoint"]), args.root,
+                                    args.reps, scratch)
     info["load_average_end"] = list(os.getloadavg())
     info["other_processes_whole_run"] = whole.report()
     if (info["other_processes_whole_run"] or {}).get("contended"):
@@ -600,9 +733,27 @@ def main(argv: list[str] | None = None) -> int:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "quick": args.quick, "reps": args.reps, "batch_sizes": args.batch_sizes,
         "machine": info, "before": BEFORE,
-        "targets": targets(epochs, default_run, args.quick),
+        "device": args.device,
+        "targets": None if default_run is None else targets(epochs, default_run, args.quick),
         "epochs": epochs, "default_run": default_run, "eval": evaluation,
     }
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+    return 0
+
+
+def probe_main(args: argparse.Namespace) -> int:
+    """--probe: the probe epochs alone, one JSON object."""
+    torch = import_torch(args.skip_torch)
+    info = machine_info(torch, args.threads)
+    config = load_config(args.config if args.config.is_file() else None)
+    probe = bench_probe(args, config, torch)
+    info["load_average_end"] = list(os.getloadavg())
+    report = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "probe": True, "scale": args.scale, "reps": args.reps, "device": args.device,
+              "machine": info, "epochs": probe}
     text = json.dumps(report, indent=2)
     print(text)
     if args.out:

@@ -180,16 +180,20 @@ def train_command(config_path, overrides, out, resume, overwrite, plots, quiet):
               help="Data folder (default: the one the checkpoint was trained with).")
 @click.option("--download", is_flag=True,
               help="Download the data if it is not there (by default eval never downloads).")
+@click.option("--engine", default="numpy", show_default=True, metavar="NAME",
+              help="Engine that scores the rows: numpy, numba, torch or auto.")
+@click.option("--device", default="auto", show_default=True, metavar="DEVICE",
+              help="Where the torch engine computes: auto, cpu, cuda or cuda:N.")
 @quiet_option
 @threads_option
 @click.version_option(__version__)
-def eval_command(checkpoint, split, as_json, root, download, quiet):
+def eval_command(checkpoint, split, as_json, root, download, engine, device, quiet):
     """Accuracy, per-class precision / recall / F1 and the confusion matrix of a checkpoint."""
     from .math.metrics import format_report
     from .training.evaluate import evaluate_checkpoint
 
     report = evaluate_checkpoint(checkpoint, split, root, progress=not quiet,
-                                 download=download)
+                                 download=download, engine=engine, device=device)
     if as_json:
         click.echo(json.dumps({"checkpoint": str(checkpoint), "split": split, **report.to_dict()},
                               indent=2))

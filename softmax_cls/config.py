@@ -18,6 +18,7 @@ import contextlib
 import copy
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -78,7 +79,9 @@ class PreprocessConfig:
 # standard deviations never happens.
 INIT_STD_MAX = 3.4028234663852886e38 / 64
 MAX_SHIFT = 8  # the largest shift, in pixels, augment.translate may ask for (every engine)
-ENGINE_NAMES = ("auto", "numba", "numpy")
+ENGINE_NAMES = ("auto", "numba", "numpy", "torch")
+# where the torch engine computes: auto (a CUDA GPU when torch sees one), cpu, cuda, cuda:N
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
 @dataclass
@@ -154,6 +157,7 @@ class OutputConfig:
 class Config:
     seed: int = _opt(0, low=0)
     engine: str = _opt("auto", choices=ENGINE_NAMES)
+    device: str = "auto"
     data: DataConfig = field(default_factory=DataConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -376,6 +380,12 @@ def _resolve_augment(config: Config) -> None:
 
 def _check_combinations(config: Config) -> None:
     """Rules that tie several keys together; each error names the key to change."""
+    if not DEVICE_PATTERN.fullmatch(config.device):
+        raise ConfigError(f"device: must be auto, cpu, cuda or cuda:N, got "
+                          f"{shorten(config.device, 40, quote=True)}")
+    if config.device.startswith("cuda") and config.engine in ("numba", "numpy"):
+        raise ConfigError(f"device: {config.device} needs engine torch (or auto); engine "
+                          f"{config.engine} runs on the CPU")
     schedule = config.optim.schedule
     if schedule.name == "cosine" and schedule.min_lr > config.optim.lr:
         raise ConfigError(f"optim.schedule.min_lr: must be <= optim.lr ({config.optim.lr:g}) "

@@ -43,7 +43,8 @@ FAR_FROM_OPTIMUM = 0.05
 
 # config key -> estimator parameter, so that a config error names the parameter
 _PARAMETER_OF_KEY = {
-    "seed": "random_state", "engine": "engine", "loss.reg": "reg", "optim.epochs": "epochs",
+    "seed": "random_state", "engine": "engine", "device": "device", "loss.reg": "reg",
+    "optim.epochs": "epochs",
     "optim.batch_size": "batch_size", "optim.lr": "lr", "optim.momentum": "momentum",
     "optim.nesterov": "nesterov", "optim.schedule.name": "schedule",
     "optim.early_stopping.patience": "patience", "preprocess.center": "standardize",
@@ -96,9 +97,12 @@ class SoftmaxClassifier(ClassifierMixin, BaseEstimator):
         values fitted one after the other each starts from the previous optimum.
     random_state : int >= 0, RandomState or None. An int is the config's seed, so
         SoftmaxClassifier(random_state=s) trains exactly as `softmax-train` with seed s.
-    engine : "numpy", "numba" or "auto" (numba when installed). numpy by default: on float32
-        feature rows the numba kernel measured 2.5 times slower, on uint8 pixels as fast
-        (scripts/benchmark_estimator.py); both give the same accuracy.
+    engine : "numpy", "numba", "torch" or "auto" (picked by the class count and the device:
+        docs/engines.md). numpy by default: on float32 feature rows the numba kernel measured
+        2.5 times slower, on uint8 pixels as fast (scripts/benchmark_estimator.py); all give
+        the same accuracy.
+    device : "auto", "cpu", "cuda" or "cuda:N", where the torch engine computes (the config's
+        `device`); auto is a CUDA GPU when PyTorch sees one.
 
     The defaults (lr 0.01, reg 1e-4, batches of 256, Nesterov momentum 0.9, cosine schedule,
     standardised features, and 5 epochs on CIFAR-sized data) were chosen on validation
@@ -136,8 +140,8 @@ class SoftmaxClassifier(ClassifierMixin, BaseEstimator):
                  schedule: str = "cosine", early_stopping: bool = False,
                  validation_fraction: float = 0.1, patience: int = 5, standardize: bool = True,
                  class_weight=None, warm_start: bool = False, random_state=None,
-                 engine: str = "numpy", solver: str = "sgd", tol: float = 1e-5,
-                 max_iter: int = 500):
+                 engine: str = "numpy", device: str = "auto", solver: str = "sgd",
+                 tol: float = 1e-5, max_iter: int = 500):
         self.lr = lr
         self.reg = reg
         self.epochs = epochs
@@ -153,6 +157,7 @@ class SoftmaxClassifier(ClassifierMixin, BaseEstimator):
         self.warm_start = warm_start
         self.random_state = random_state
         self.engine = engine
+        self.device = device
         self.solver = solver
         self.tol = tol
         self.max_iter = max_iter
@@ -313,7 +318,7 @@ class SoftmaxClassifier(ClassifierMixin, BaseEstimator):
                 patience: int | None) -> Config:
         """The training Config of these parameters (features: no image augmentation)."""
         raw = {
-            "seed": seed, "engine": self.engine,
+            "seed": seed, "engine": self.engine, "device": self.device,
             "preprocess": {"center": self.standardize,
                            "scale": "std" if self.standardize is True else "none", "bias": True},
             "loss": {"reg": self.reg},

@@ -18,7 +18,8 @@ THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"
 
 
 def use_threads(count: int) -> None:
-    """Compute on `count` threads (1 <= count <= the CPUs): BLAS, OpenMP, MKL and numba."""
+    """Compute on `count` threads (1 <= count <= the CPUs): BLAS, OpenMP, MKL, numba and
+    torch."""
     cpus = os.cpu_count() or 1
     if not 1 <= count <= cpus:
         raise ConfigError(f"--threads: must be between 1 and {cpus} (the CPUs here), got "
@@ -27,6 +28,9 @@ def use_threads(count: int) -> None:
     numba = sys.modules.get("numba")
     if numba is not None:
         numba.set_num_threads(min(count, numba.config.NUMBA_NUM_THREADS))
+    torch = sys.modules.get("torch")  # it read OMP_NUM_THREADS when it was imported
+    if torch is not None:
+        torch.set_num_threads(count)
 
 
 def check_numba_threads_variable() -> None:

@@ -19,7 +19,7 @@ from softmax_cls.math.augment import apply_augmentation
 from softmax_cls.math.optim import average_step, sgd_step
 from softmax_cls.math.preprocess import Preprocessor
 
-ENGINES = ["numpy", "numba"]
+ENGINES = ["numpy", "numba", "torch"]  # torch on its CPU device where no GPU is seen
 
 
 def engine_named(name: str):

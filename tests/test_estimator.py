@@ -60,7 +60,7 @@ def reference_one_step(X, y, classes, lr, reg, init_W):
     return np.hstack([coef, (W[:, -1] - coef @ mean)[:, None]])
 
 
-@pytest.mark.parametrize("engine", ["numpy", "auto"])
+@pytest.mark.parametrize("engine", ["numpy", "auto", "torch"])
 def test_one_full_batch_step_matches_float64_reference(engine):
     X, y = blobs()
     model = SoftmaxClassifier(lr=0.5, reg=0.01, epochs=1, batch_size=len(X), momentum=0.0,
@@ -210,6 +210,8 @@ def test_estimator_trains_exactly_as_the_cli_path(tmp_path):
     ({"schedule": "linear"}, "schedule: must be one of"),
     ({"random_state": -3}, "random_state: must be >= 0"),
     ({"engine": "gpu"}, "engine: must be one of"),
+    ({"device": "tpu"}, "device: must be auto, cpu, cuda or cuda:N"),
+    ({"engine": "numba", "device": "cuda"}, "device: cuda needs engine torch"),
     ({"early_stopping": True, "validation_fraction": 1.5}, "validation_fraction"),
 ])
 def test_bad_parameters_name_the_parameter(params, match):

@@ -1,12 +1,17 @@
 """Training engines: one epoch of minibatch SGD behind one contract (engines.contract).
 
 - numpy (engines.numpy_engine): the reference and the fallback;
-- numba (engines.numba_engine, the optional extra `softmax-cls[fast]`): compiled kernels.
+- numba (engines.numba_engine, the optional extra `softmax-cls[fast]`): compiled kernels;
+- torch (engines.torch_engine, the optional extra `softmax-cls[torch]`): PyTorch on the CPU
+  or a CUDA GPU.
 
-`get_engine` is the one place an engine is chosen by name.
+`get_engine` is the one place an engine is chosen by name, and `auto_engine_name` the one
+place `engine: auto` is decided.
 """
 
 from __future__ import annotations
+
+import importlib.util
 
 from ..config import ENGINE_NAMES
 from ..errors import SoftmaxClsError
@@ -14,12 +19,56 @@ from ..threads import check_numba_threads_variable
 from .contract import Engine
 
 FAST_INSTALL = "pip install 'softmax-cls[fast]'"
+# On the CPU the torch engine overtakes the numba kernel from this many classes on
+# (scripts/benchmark.py --probe, docs/development.md: 1024 features, batch 256, 1 thread:
+# numba ahead up to 32 classes, level at 48, torch 1.09x at 64, 1.2x at 100, 2.5x at 1000)
+TORCH_CPU_FROM_CLASSES = 64
 
 
-def get_engine(name: str = "auto") -> Engine:
-    """The engine called `name`: numba, numpy, or auto (numba when it is installed)."""
+def auto_engine_name(n_classes: int | None, device: str = "auto", *, has_torch: bool,
+                     has_numba: bool, has_cuda: bool) -> str:
+    """The engine `engine: auto` runs for a problem of n_classes classes (None: unknown) on
+    `device` (auto, cpu, cuda, cuda:N), given what is installed and whether torch sees a GPU.
+
+    A GPU (asked for, or visible with device auto) goes to torch; on the CPU numba below
+    TORCH_CPU_FROM_CLASSES classes (or when the class count is unknown), torch from there
+    on, each when installed; numpy when neither is.
+    """
+    if has_torch and (device.startswith("cuda") or (device == "auto" and has_cuda)):
+        return "torch"
+    many_classes = n_classes is not None and n_classes >= TORCH_CPU_FROM_CLASSES
+    if has_torch and (many_classes or not has_numba):
+        return "torch"
+    return "numba" if has_numba else "numpy"
+
+
+def _installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def get_engine(name: str = "auto", device: str = "auto", n_classes: int | None = None
+               ) -> Engine:
+    """The engine called `name` (auto, numba, numpy or torch) on `device` (auto, cpu, cuda,
+    cuda:N: where the torch engine computes; numba and numpy run on the CPU). auto picks by
+    the problem's class count (auto_engine_name). SoftmaxClsError (one line) for a name,
+    a device or an extra that is not there."""
+    from .torch_engine.device import check_device_text, cuda_available
+
     if name not in ENGINE_NAMES:
         raise SoftmaxClsError(f"engine: must be one of {', '.join(ENGINE_NAMES)}, got {name!r}")
+    check_device_text(device)
+    if name == "auto":
+        has_torch = _installed("torch")
+        name = auto_engine_name(n_classes, device, has_torch=has_torch,
+                                has_numba=_installed("numba"),
+                                has_cuda=has_torch and device == "auto" and cuda_available())
+    if name != "torch" and device.startswith("cuda"):
+        raise SoftmaxClsError(f"device {device}: only engine torch runs on a GPU (set engine "
+                              f"torch or auto, or device cpu), got engine {name}")
+    if name == "torch":
+        from .torch_engine import make_engine
+
+        return make_engine(device)
     if name == "numpy":
         from .numpy_engine import ENGINE
 
@@ -28,10 +77,6 @@ def get_engine(name: str = "auto") -> Engine:
     try:
         from .numba_engine import ENGINE
     except ImportError:
-        if name == "auto":
-            from .numpy_engine import ENGINE
-
-            return ENGINE
         raise SoftmaxClsError(f"engine numba needs numba: {FAST_INSTALL} (or --set "
                               "engine=numpy)") from None
     return ENGINE

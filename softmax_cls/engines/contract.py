@@ -210,7 +210,8 @@ def check_rule(rule: StepRule) -> None:
 
 @dataclass(frozen=True)
 class Engine:
-    """An engine's name and its three functions, and the optional ones (the contract above);
+    """An engine's name and its three functions, and the optional ones (the contract
+    above), and the device it computes on ("cpu", or a torch device such as "cuda:0");
     calling through the Engine checks the arguments first."""
 
     name: str
@@ -219,6 +220,7 @@ class Engine:
     loss_and_grad_function: Callable[..., tuple[float, np.ndarray, int]]
     prepare_function: Callable[[np.dtype], None] | None = None
     full_loss_and_grad_function: Callable[..., tuple[float, np.ndarray]] | None = None
+    device: str = "cpu"
 
     def prepare(self, rows_dtype: np.dtype) -> None:
         """Make the engine ready for rows of `rows_dtype` before any timing starts (a

@@ -61,7 +61,7 @@ def run_path(study, spec: SweepSpec, folder: Path, meta: dict, progress: bool = 
                       if state_name(t) == "complete"), default=-1.0)
     first = config_from_dict(trial_raw_config(spec, {REG_KEY: grid[0]}))
     split, pre = split_and_fit(first, data.rows, data.labels)
-    engine = get_engine(first.engine)
+    engine = get_engine(first.engine, first.device, len(data.class_names))
     W = np.zeros((len(data.class_names), pre.n_features))
     rows: list[dict] = []
     for reg in path_order(grid):

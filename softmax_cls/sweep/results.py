@@ -376,9 +376,10 @@ def finish_sweep(folder: Path, study, spec: SweepSpec, meta: dict, progress: boo
     test_loss = test_acc = None
     if len(loaded.test_labels):
         checkpoint = load_checkpoint(checkpoint_path)
-        test_loss, test_acc = validation_metrics(get_engine(config.engine), checkpoint.W,
-                                                 checkpoint.preprocessor, loaded.test_images,
-                                                 loaded.test_labels, config.loss.clip)
+        engine = get_engine(config.engine, config.device, checkpoint.W.shape[0])
+        test_loss, test_acc = validation_metrics(engine, checkpoint.W, checkpoint.preprocessor,
+                                                 loaded.test_images, loaded.test_labels,
+                                                 config.loss.clip)
     del loaded
 
     best_run = config_from_dict(set_dotted(raw, "output.dir", str(folder / "best-run")))

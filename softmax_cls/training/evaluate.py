@@ -99,14 +99,20 @@ def predict_checkpoint(checkpoint: Checkpoint, rows: np.ndarray) -> np.ndarray:
 
 
 def evaluate_checkpoint(path: str | Path, split: str = "test", root: str | Path | None = None,
-                        progress: bool = True, download: bool = False) -> ClassificationReport:
+                        progress: bool = True, download: bool = False, engine: str = "numpy",
+                        device: str = "auto") -> ClassificationReport:
     """Load a checkpoint and its data, check they match, and report on one split. The data
-    is downloaded only when `download`."""
+    is downloaded only when `download`. The scores come from `engine` on `device`
+    (engines.get_engine); the train split, read chunk by chunk, from numpy's."""
+    from ..engines import get_engine
+
+    scorer = get_engine(engine, device, None)  # a bad name or device fails before the data
     checkpoint = load_checkpoint(path)
     data = load_data_for(checkpoint, root, progress, download)
     check_matches(checkpoint, data, path)
     images, labels = split_arrays(checkpoint, data, split)
-    scores = checkpoint_scores(checkpoint, images)
+    scores = (scorer.predict_scores(images, checkpoint.W, checkpoint.preprocessor)
+              if isinstance(images, np.ndarray) else checkpoint_scores(checkpoint, images))
     loss = (softmax_loss_from_scores(scores, labels, checkpoint.config.loss.clip)[0]
             if len(labels) else None)
     return classification_report(labels, scores.argmax(axis=1), checkpoint.class_names, loss)

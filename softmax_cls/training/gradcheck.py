@@ -177,10 +177,11 @@ class GradcheckProblem:
 
 
 def available_engines() -> list[Engine]:
-    """The numpy engine, and the numba engine when numba is installed."""
+    """The numpy engine, and the numba and torch (on the CPU) engines where installed."""
     engines = [get_engine("numpy")]
-    with contextlib.suppress(SoftmaxClsError):
-        engines.append(get_engine("numba"))
+    for name in ("numba", "torch"):
+        with contextlib.suppress(SoftmaxClsError):
+            engines.append(get_engine(name, "cpu"))
     return engines
 
 

@@ -231,7 +231,7 @@ def train_run(config: Config, data: LabelledData | Callable[[], LabelledData], o
                                   "val_rows")
 
             # -- the engine, chosen once: fit() and the final evaluation use the same one
-            engine = get_engine(config.engine)
+            engine = get_engine(config.engine, config.device, len(data.class_names))
 
             # -- the folder's first files: config.yaml, last.npz, the best.npz resumed
             run = _Run.prepare(config, data, out_dir, resume, replaced, split, pre)

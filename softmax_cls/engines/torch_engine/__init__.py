@@ -1,0 +1,31 @@
+"""The torch engine: the engine contract (softmax_cls.engines.contract) with PyTorch, on the
+CPU or a CUDA GPU (the optional extra `softmax-cls[torch]`).
+
+- device: the `device` setting (auto | cpu | cuda | cuda:N) and the missing-torch error;
+- rows: the training rows moved to the device once;
+- step: one minibatch (gather, augmentation, folded loss and gradient, update);
+- epoch: the steps of an epoch, eager or captured in a CUDA graph;
+- predict: scores and one minibatch's loss and gradient.
+
+`make_engine(device)` is the one constructor; importing this package imports torch.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+from ..contract import Engine
+from .device import require_torch, resolve_device
+
+
+def make_engine(device: str = "auto", cuda_graphs: bool = True) -> Engine:
+    """The torch engine on `device` (auto, cpu, cuda or cuda:N); with cuda_graphs (the
+    default) a CUDA device runs each epoch as one captured graph, else step by step.
+    SoftmaxClsError (one line) without torch or without the device."""
+    require_torch()
+    from .epoch import EpochRunner
+    from .predict import batch_loss_and_grad, predict_scores
+
+    where = resolve_device(device)
+    return Engine("torch", EpochRunner(where, cuda_graphs), partial(predict_scores, where),
+                  partial(batch_loss_and_grad, where), device=str(where))

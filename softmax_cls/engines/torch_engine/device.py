@@ -1,0 +1,75 @@
+"""Which torch device the engine computes on: the `device` setting (auto | cpu | cuda |
+cuda:N) checked against what this machine has, and PyTorch itself, with one error line when
+it is not installed."""
+
+from __future__ import annotations
+
+import glob
+import os
+import sys
+
+from ...config import DEVICE_PATTERN
+from ...errors import SoftmaxClsError
+
+TORCH_INSTALL = 'pip install "softmax-cls[torch]"'
+
+
+def require_torch():
+    """The torch module, or SoftmaxClsError naming the pip command when it is missing."""
+    try:
+        import torch
+    except ImportError:
+        raise SoftmaxClsError(f"engine torch needs PyTorch: {TORCH_INSTALL} (or --set "
+                              "engine=numpy)") from None
+    return torch
+
+
+def check_device_text(text: str) -> str:
+    """`text` itself when it is auto, cpu, cuda or cuda:N, else SoftmaxClsError. Needs no
+    torch."""
+    if not isinstance(text, str) or not DEVICE_PATTERN.fullmatch(text):
+        raise SoftmaxClsError(f"device: must be auto, cpu, cuda or cuda:N, got {text!r}")
+    return text
+
+
+def gpu_driver_present() -> bool:
+    """False only where there surely is no CUDA GPU: Linux without NVIDIA's driver files
+    (/proc/driver/nvidia, /dev/nvidia0...) or WSL's GPU device (/dev/dxg). Cheap: lets
+    `engine: auto` on a machine without a GPU skip importing torch (a second and some
+    hundred MB) when it then picks numba."""
+    if not sys.platform.startswith("linux"):
+        return True
+    return (os.path.exists("/proc/driver/nvidia") or os.path.exists("/dev/dxg")
+            or bool(glob.glob("/dev/nvidia[0-9]*")))
+
+
+def cuda_available() -> bool:
+    """Whether torch is installed and sees a CUDA GPU (False without torch); torch is
+    imported only where a GPU driver is present."""
+    if not gpu_driver_present():
+        return False
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def resolve_device(text: str = "auto"):
+    """The torch.device for `text`: auto is the first CUDA GPU when one is visible, else the
+    CPU; cuda and cuda:N must exist. SoftmaxClsError otherwise (one line)."""
+    torch = require_torch()
+    check_device_text(text)
+    if text == "auto":
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    if text == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise SoftmaxClsError(f"device {text}: PyTorch sees no CUDA GPU here "
+                              "(torch.cuda.is_available() is false); use --set device=cpu")
+    index = int(text.partition(":")[2] or 0)
+    count = torch.cuda.device_count()
+    if index >= count:
+        raise SoftmaxClsError(f"device {text}: PyTorch sees {count} CUDA GPU(s), numbered from "
+                              f"0 to {count - 1}")
+    return torch.device("cuda", index)

@@ -1,0 +1,211 @@
+"""One epoch of the contract on the device: eager steps, or (on CUDA) the epoch's steps
+captured once in a CUDA graph and replayed every epoch.
+
+A minibatch of a few hundred rows is microseconds of GPU work, so eager PyTorch would spend
+the epoch launching kernels. The captured epoch reads everything that changes from epoch to
+epoch (order, flips, shifts, averaging factors, learning rate, weights, statistics) from
+static device tensors that are refilled before each replay, so one capture serves every
+epoch of the same shape; the short last minibatch is captured with the rest.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ...errors import SoftmaxClsError
+from ...math.preprocess import Preprocessor
+from ...math.softmax import NonFiniteError
+from ..contract import EpochPlan, OptimizerState, StepRule, TrainingRows
+from .rows import DeviceRows, as_tensor, device_rows
+from .step import Folding, StepBuffers, average_update, gather_rows, loss_and_grad, sgd_update
+
+
+@dataclass
+class EpochTensors:
+    """Everything the steps of one epoch read and write, on one device: the plan's order
+    (n,) int64, flip (n,) bool or None, shift (n, 2) int64 or None, alphas (steps,) (a numpy
+    array, or a tensor in a captured graph), neg_lr (-lr: a float or a 0-d tensor), the
+    state W, velocity, average (C, D) float32, and the totals loss (0-d float64) and correct
+    (0-d int64)."""
+
+    order: torch.Tensor
+    flip: torch.Tensor | None
+    shift: torch.Tensor | None
+    alphas: object
+    neg_lr: object
+    W: torch.Tensor
+    velocity: torch.Tensor
+    average: torch.Tensor
+    loss: torch.Tensor
+    correct: torch.Tensor
+
+
+def run_steps(rows: DeviceRows, t: EpochTensors, batch_size: int, padding: str,
+              averaging: bool, rule: StepRule, folding: Folding, buffers: StepBuffers,
+              limit: int | None = None) -> None:
+    """The SGD steps of the epoch (the first `limit` of them when given), totals included."""
+    t.loss.zero_()
+    t.correct.zero_()
+    host_alphas = isinstance(t.alphas, np.ndarray)
+    for step, start in enumerate(range(0, len(t.order), batch_size)):
+        if limit is not None and step >= limit:
+            break
+        stop = start + batch_size
+        index = t.order[start:stop]
+        n = len(index)
+        raw = gather_rows(rows.rows, index,
+                          None if t.flip is None else t.flip[start:stop],
+                          None if t.shift is None else t.shift[start:stop], padding,
+                          folding.scale, buffers)
+        weight = None if rows.sample_weight is None else rows.sample_weight[index]
+        loss, correct = loss_and_grad(t.W, raw, rows.labels[index], weight, folding, rule,
+                                      buffers)
+        sgd_update(t.W, t.velocity, buffers.grad, rule, t.neg_lr)
+        if averaging:
+            alpha = t.alphas[step]
+            if not (host_alphas and alpha == 0):
+                average_update(t.average, t.W, float(alpha) if host_alphas else alpha)
+        t.loss.add_(loss, alpha=n)
+        t.correct.add_(correct)
+
+
+def _buffers(rows: DeviceRows, plan: EpochPlan, W_shape: tuple[int, int], device
+             ) -> StepBuffers:
+    return StepBuffers(min(plan.batch_size, len(plan.order)), rows.rows.shape[1], W_shape[0],
+                       W_shape[1], rows.rows.dtype, torch.float32, device)
+
+
+def _totals(device) -> tuple[torch.Tensor, torch.Tensor]:
+    return (torch.zeros((), dtype=torch.float64, device=device),
+            torch.zeros((), dtype=torch.int64, device=device))
+
+
+def _finish(loss: torch.Tensor, correct: torch.Tensor) -> tuple[float, int]:
+    loss_sum = float(loss)
+    if not math.isfinite(loss_sum):
+        raise NonFiniteError(f"non-finite loss ({loss_sum}): inf or NaN in the scores")
+    return loss_sum, int(correct)
+
+
+def _plan_tensors(plan: EpochPlan, device):
+    return (as_tensor(plan.order, device),
+            None if plan.flip is None else as_tensor(plan.flip, device),
+            None if plan.shift is None else as_tensor(plan.shift, device))
+
+
+def eager_epoch(device, data: TrainingRows, plan: EpochPlan, rule: StepRule,
+                pre: Preprocessor, state: OptimizerState) -> tuple[float, int]:
+    """The epoch step by step. On the CPU the state's arrays are updated in place through
+    tensors that share their memory; elsewhere they are copied there and back."""
+    rows = device_rows(data, device)
+    order, flip, shift = _plan_tensors(plan, device)
+    W, velocity, average = (as_tensor(a, device) for a in (state.W, state.velocity,
+                                                            state.average))
+    t = EpochTensors(order, flip, shift, plan.avg_alpha, -rule.lr, W, velocity, average,
+                     *_totals(device))
+    run_steps(rows, t, plan.batch_size, plan.padding, bool(plan.avg_alpha.any()), rule,
+              Folding.of(pre, torch.float32, device), _buffers(rows, plan, W.shape, device))
+    if device.type != "cpu":
+        _copy_back(t, state)
+    return _finish(t.loss, t.correct)
+
+
+def _copy_back(t: EpochTensors, state: OptimizerState) -> None:
+    for tensor, array in ((t.W, state.W), (t.velocity, state.velocity),
+                          (t.average, state.average)):
+        np.copyto(array, tensor.cpu().numpy())
+
+
+class CapturedEpoch:
+    """An epoch's steps captured in one CUDA graph, for plans and rules of one shape (`key`);
+    `run` refills its static tensors and replays it."""
+
+    def __init__(self, key: tuple, device, rows: DeviceRows, plan: EpochPlan, rule: StepRule,
+                 pre: Preprocessor, state: OptimizerState):
+        self.key, self.device, self.rows, self.rule = key, device, rows, rule
+        self.batch_size, self.padding = plan.batch_size, plan.padding
+        self.averaging = bool(plan.avg_alpha.any())
+        order, flip, shift = _plan_tensors(plan, device)
+        W, velocity, average = (as_tensor(a, device) for a in (state.W, state.velocity,
+                                                                state.average))
+        alphas = torch.zeros(plan.steps, dtype=torch.float32, device=device)
+        neg_lr = torch.zeros((), dtype=torch.float32, device=device)
+        self.tensors = EpochTensors(order, flip, shift, alphas, neg_lr, W, velocity, average,
+                                    *_totals(device))
+        self.folding = Folding.of(pre, torch.float32, device)
+        self.buffers = _buffers(rows, plan, W.shape, device)
+        self._capture()
+
+    def _steps(self, limit: int | None = None) -> None:
+        run_steps(self.rows, self.tensors, self.batch_size, self.padding, self.averaging,
+                  self.rule, self.folding, self.buffers, limit)
+
+    def _capture(self) -> None:
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            self._steps(limit=2)  # cuBLAS handles and workspaces, made outside the capture
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self._steps()
+
+    def run(self, plan: EpochPlan, rule: StepRule, pre: Preprocessor,
+            state: OptimizerState) -> tuple[float, int]:
+        t = self.tensors
+        for tensor, array in ((t.order, plan.order), (t.flip, plan.flip),
+                              (t.shift, plan.shift), (t.W, state.W),
+                              (t.velocity, state.velocity), (t.average, state.average)):
+            if tensor is not None:
+                tensor.copy_(torch.from_numpy(array))
+        t.alphas.copy_(torch.from_numpy(plan.avg_alpha))
+        t.neg_lr.fill_(-rule.lr)
+        self.folding.load(pre)
+        self.graph.replay()
+        _copy_back(t, state)
+        return _finish(t.loss, t.correct)
+
+
+def epoch_key(rows: DeviceRows, plan: EpochPlan, rule: StepRule, pre: Preprocessor,
+              state: OptimizerState) -> tuple:
+    """What a captured epoch is specific to: everything but the values that change."""
+    return (id(rows), len(plan.order), plan.batch_size, plan.flip is None,
+            plan.shift is None, plan.padding, bool(plan.avg_alpha.any()),
+            (rule.momentum, rule.nesterov, rule.grad_clip, rule.reg, rule.penalise_last,
+             rule.clip), pre.bias, pre.n_raw, state.W.shape)
+
+
+class EpochRunner:
+    """train_epoch on one device: eager on the CPU (and on CUDA with cuda_graphs False),
+    else through a CapturedEpoch kept until a plan of another shape comes."""
+
+    def __init__(self, device, cuda_graphs: bool = True):
+        self.device = device
+        self.cuda_graphs = cuda_graphs and device.type == "cuda"
+        self.captured: CapturedEpoch | None = None
+
+    def __call__(self, data: TrainingRows, plan: EpochPlan, rule: StepRule, pre: Preprocessor,
+                 state: OptimizerState) -> tuple[float, int]:
+        try:
+            return self._epoch(data, plan, rule, pre, state)
+        except torch.OutOfMemoryError:
+            self.captured = None
+            raise SoftmaxClsError(
+                f"out of memory on {self.device} in a training epoch: lower optim.batch_size, "
+                "or train with --set device=cpu") from None
+
+    def _epoch(self, data: TrainingRows, plan: EpochPlan, rule: StepRule, pre: Preprocessor,
+               state: OptimizerState) -> tuple[float, int]:
+        if not self.cuda_graphs:
+            return eager_epoch(self.device, data, plan, rule, pre, state)
+        with torch.cuda.device(self.device):
+            rows = device_rows(data, self.device)
+            key = epoch_key(rows, plan, rule, pre, state)
+            if self.captured is None or self.captured.key != key:
+                self.captured = None  # its graph's memory goes before the next one is made
+                self.captured = CapturedEpoch(key, self.device, rows, plan, rule, pre, state)
+            return self.captured.run(plan, rule, pre, state)

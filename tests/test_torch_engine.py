@@ -1,0 +1,349 @@
+"""The torch engine beyond the shared engine tests (tests/test_engines.py runs those on its
+CPU device): the device setting, the missing-torch error, `engine: auto`'s choice, bit-
+identical repeats and exact resume, the console scripts and the estimator with engine torch,
+and on a CUDA GPU the captured epoch against eager steps and the float64 reference."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+import yaml
+from cli_util import assert_one_line_error, run
+from conftest import small_config
+from engine_reference import assert_close, problem, run_engine
+
+from softmax_cls.engines import TORCH_CPU_FROM_CLASSES, auto_engine_name, get_engine
+from softmax_cls.engines.contract import EpochPlan, OptimizerState, StepRule
+from softmax_cls.engines.torch_engine import make_engine
+from softmax_cls.engines.torch_engine.device import (
+    TORCH_INSTALL,
+    check_device_text,
+    require_torch,
+    resolve_device,
+)
+from softmax_cls.errors import SoftmaxClsError
+from softmax_cls.training.checkpoint import load_checkpoint
+from softmax_cls.training.runs import train_run as train
+
+torch = pytest.importorskip("torch")
+NO_GPU = not torch.cuda.is_available()
+no_gpu_only = pytest.mark.skipif(not NO_GPU, reason="a CUDA GPU is present")
+
+
+# ---------------------------------------------------------------------------------------------
+# The device and the extra
+
+
+@pytest.mark.parametrize("text", ["auto", "cpu", "cuda", "cuda:0", "cuda:12"])
+def test_device_names_that_are_accepted(text):
+    assert check_device_text(text) == text
+
+
+@pytest.mark.parametrize("text", ["", "gpu", "CPU", "cuda:", "cuda:-1", "cuda:x", "cpu:0",
+                                  " cpu", None])
+def test_device_names_that_are_refused(text):
+    with pytest.raises(SoftmaxClsError, match="device: must be auto, cpu, cuda or cuda:N"):
+        check_device_text(text)
+
+
+def test_cpu_and_auto_resolve_without_a_gpu():
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cpu" if NO_GPU else "cuda")
+    assert make_engine("cpu").device == "cpu"
+
+
+@no_gpu_only
+@pytest.mark.parametrize("text", ["cuda", "cuda:1"])
+def test_a_gpu_that_is_not_there_is_one_error(text):
+    with pytest.raises(SoftmaxClsError, match=f"device {text}: PyTorch sees no CUDA GPU"):
+        resolve_device(text)
+
+
+def test_a_gpu_number_past_the_last_is_refused(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
+    with pytest.raises(SoftmaxClsError, match="sees 2 CUDA GPU"):
+        resolve_device("cuda:2")
+
+
+def test_missing_torch_is_one_line_naming_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` raises ImportError
+    with pytest.raises(SoftmaxClsError) as caught:
+        require_torch()
+    message = str(caught.value)
+    assert TORCH_INSTALL in message and "\n" not in message
+    assert TORCH_INSTALL == 'pip install "softmax-cls[torch]"'
+    with pytest.raises(SoftmaxClsError, match="softmax-cls\\[torch\\]"):
+        get_engine("torch", "cpu")
+
+
+def test_missing_torch_through_the_console_script(tmp_path, monkeypatch):
+    """A `torch` that fails to import shadows the installed one: softmax-train says so in
+    one line naming the extra."""
+    fake = tmp_path / "shadow" / "torch"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('no torch here')\n")
+    config = features_config(tmp_path, engine="torch", device="cpu")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "shadow"))
+    result = run("softmax-train", "--config", str(config), "--quiet", cwd=tmp_path)
+    assert_one_line_error(result, 1, TORCH_INSTALL)
+
+
+def test_device_and_engine_combinations_are_refused_by_get_engine():
+    with pytest.raises(SoftmaxClsError, match="only engine torch runs on a GPU"):
+        get_engine("numba", "cuda:0")
+    with pytest.raises(SoftmaxClsError, match="device: must be"):
+        get_engine("torch", "gpu")
+
+
+# ---------------------------------------------------------------------------------------------
+# engine: auto
+
+
+@pytest.mark.parametrize("classes, device, has_torch, has_numba, has_cuda, expected", [
+    (10, "auto", True, True, True, "torch"),       # a GPU: torch
+    (10, "cuda:1", True, True, False, "torch"),    # asked for a GPU: torch (it reports)
+    (10, "cpu", True, True, True, "numba"),        # the CPU asked for: by classes
+    (10, "auto", True, True, False, "numba"),
+    (TORCH_CPU_FROM_CLASSES - 1, "auto", True, True, False, "numba"),
+    (TORCH_CPU_FROM_CLASSES, "auto", True, True, False, "torch"),
+    (1000, "cpu", True, True, False, "torch"),
+    (None, "auto", True, True, False, "numba"),   # classes unknown: the CIFAR-10 choice
+    (1000, "auto", False, True, False, "numba"),  # what is installed
+    (10, "auto", True, False, False, "torch"),
+    (10, "auto", False, False, False, "numpy"),
+    (1000, "auto", False, False, False, "numpy"),
+])
+def test_auto_picks_by_device_and_classes(classes, device, has_torch, has_numba, has_cuda,
+                                          expected):
+    assert auto_engine_name(classes, device, has_torch=has_torch, has_numba=has_numba,
+                            has_cuda=has_cuda) == expected
+
+
+def test_auto_on_this_machine():
+    many = get_engine("auto", "auto", 1000)
+    assert many.name == "torch"
+    assert get_engine("auto", "cpu", 10).name in ("numba", "numpy")
+
+
+# ---------------------------------------------------------------------------------------------
+# Repeats, resume, and agreement with the other engines over whole runs
+
+
+def torch_config(tmp_path, **sections):
+    return small_config(tmp_path, engine="torch", device="cpu", **sections)
+
+
+def test_same_seed_gives_bit_identical_weights(tmp_path, small_data):
+    options = {"augment": {"hflip": True, "translate": 2, "padding": "reflect"},
+               "optim": {"nesterov": True, "grad_clip": 1.0, "averaging": {"name": "ema"}}}
+    first = train(torch_config(tmp_path, **options), small_data, tmp_path / "a",
+                  progress=False).state
+    second = train(torch_config(tmp_path, **options), small_data, tmp_path / "b",
+                   progress=False).state
+    assert np.array_equal(first.W, second.W) and np.array_equal(first.average, second.average)
+
+
+def test_resume_is_exact(tmp_path, small_data):
+    options = {"augment": {"hflip": True, "translate": 1}}
+    exponential = {"schedule": {"name": "exponential"}}
+    full = train(torch_config(tmp_path, **options, optim={"epochs": 4, **exponential}),
+                 small_data, tmp_path / "full", progress=False)
+    train(torch_config(tmp_path, **options, optim={"epochs": 2, **exponential}), small_data,
+          tmp_path / "part", progress=False)
+    resumed = train(torch_config(tmp_path, **options, optim={"epochs": 4, **exponential}),
+                    small_data, tmp_path / "part",
+                    resume=load_checkpoint(tmp_path / "part" / "last.npz"), progress=False)
+    assert np.array_equal(full.state.W, resumed.state.W)
+    assert np.array_equal(full.state.best_W, resumed.state.best_W)
+
+
+def test_a_run_agrees_with_the_numpy_engine(tmp_path, small_data):
+    options = {"augment": {"hflip": True, "translate": 2, "padding": "zero"},
+               "optim": {"momentum": 0.9, "averaging": {"name": "uniform", "start": 0.3}}}
+    ours = train(torch_config(tmp_path, **options), small_data, tmp_path / "t",
+                 progress=False)
+    numpy_run = train(small_config(tmp_path, engine="numpy", **options), small_data,
+                      tmp_path / "n", progress=False)
+    np.testing.assert_allclose(ours.state.W, numpy_run.state.W, rtol=1e-3, atol=1e-5)
+    assert [round(r["val_acc"], 6) for r in ours.state.history] == [
+        round(r["val_acc"], 6) for r in numpy_run.state.history]
+
+
+def test_rows_are_shared_not_copied_on_the_cpu():
+    """On the CPU the engine reads the numpy rows in place (no float32 or device copy)."""
+    from softmax_cls.engines.contract import TrainingRows
+    from softmax_cls.engines.torch_engine.rows import device_rows
+
+    rows = np.zeros((5, 4), np.uint8)
+    moved = device_rows(TrainingRows(rows, np.zeros(5, np.int64)), torch.device("cpu"))
+    assert moved.rows.data_ptr() == rows.ctypes.data and moved.rows.dtype == torch.uint8
+
+
+# ---------------------------------------------------------------------------------------------
+# The console scripts and the estimator
+
+
+def features_config(tmp_path, **top) -> str:
+    rng = np.random.default_rng(0)
+    centers = rng.normal(0, 3, (20, 8))
+    labels = rng.integers(0, 20, 600)
+    X = (centers[labels] + rng.standard_normal((600, 8))).astype(np.float32)
+    np.savez(tmp_path / "train.npz", X=X[:500], y=labels[:500])
+    np.savez(tmp_path / "test.npz", X=X[500:], y=labels[500:])
+    raw = {**top, "data": {"dataset": "features", "train": str(tmp_path / "train.npz"),
+                           "test": str(tmp_path / "test.npz"), "val_size": 100},
+           "preprocess": {"scale": "std"}, "augment": {"hflip": False, "translate": 0},
+           "optim": {"epochs": 4, "batch_size": 50, "lr": 0.1},
+           "output": {"plots": False, "dir": str(tmp_path / "run")}}
+    path = tmp_path / "probe.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return str(path)
+
+
+def test_train_and_eval_with_engine_torch_through_the_console_scripts(tmp_path):
+    config = features_config(tmp_path, engine="torch", device="cpu")
+    result = run("softmax-train", "--config", config, "--quiet", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["test_acc"] > 0.8
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["device"] == "cpu"
+    checkpoint = str(tmp_path / "run" / "best.npz")
+    scored = [run("softmax-eval", checkpoint, "--json", *extra, cwd=tmp_path)
+              for extra in ([], ["--engine", "torch", "--device", "cpu"])]
+    for result in scored:
+        assert result.returncode == 0, result.stderr
+    reports = [json.loads(result.stdout) for result in scored]
+    assert reports[0]["accuracy"] == reports[1]["accuracy"] == summary["test_acc"]
+
+
+@pytest.mark.parametrize("sets, needle", [
+    (["device=tpu"], "device: must be auto, cpu, cuda or cuda:N"),
+    (["engine=numpy", "device=cuda"], "device: cuda needs engine torch"),
+    (["engine=jax"], "engine: must be one of auto, numba, numpy, torch"),
+])
+def test_bad_engine_or_device_is_one_line(tmp_path, sets, needle):
+    config = features_config(tmp_path)
+    args = [arg for item in sets for arg in ("--set", item)]
+    result = run("softmax-train", "--config", config, *args, "--quiet", cwd=tmp_path)
+    assert_one_line_error(result, 2, needle)
+
+
+@no_gpu_only
+def test_asking_for_a_gpu_without_one_is_one_line(tmp_path):
+    config = features_config(tmp_path, engine="torch", device="cuda")
+    result = run("softmax-train", "--config", config, "--quiet", cwd=tmp_path)
+    assert_one_line_error(result, 1, "device cuda: PyTorch sees no CUDA GPU")
+    result = run("softmax-eval", str(tmp_path / "nothing.npz"), "--engine", "torch",
+                 "--device", "cuda:0", cwd=tmp_path)
+    assert_one_line_error(result, 1, "device cuda:0: PyTorch sees no CUDA GPU")
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_the_estimator_with_engine_torch():
+    from sklearn.datasets import load_digits
+
+    from softmax_cls.estimator import SoftmaxClassifier
+
+    X, y = load_digits(return_X_y=True)
+    params = dict(epochs=5, random_state=0)
+    ours = SoftmaxClassifier(engine="torch", device="cpu", **params).fit(X, y)
+    reference = SoftmaxClassifier(engine="numpy", **params).fit(X, y)
+    assert ours.get_params()["device"] == "cpu"
+    np.testing.assert_allclose(ours.weights_, reference.weights_, rtol=1e-3, atol=1e-4)
+    assert abs(ours.score(X, y) - reference.score(X, y)) <= 0.002
+
+
+# ---------------------------------------------------------------------------------------------
+# On a CUDA GPU
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("augment", [False, True])
+def test_captured_epochs_equal_eager_steps_on_cuda(augment):
+    p = problem(n_rows=300, n_features=3072, n_classes=10, rows_dtype=np.uint8, seed=5,
+                weighted=True)
+    rng = np.random.default_rng(2)
+    n = len(p.rows)
+    flip = rng.random(n) < 0.5 if augment else None
+    shift = rng.integers(-3, 4, (n, 2)) if augment else None
+    rule = StepRule(lr=0.05, momentum=0.9, nesterov=True, grad_clip=0.5, reg=1e-3)
+    captured, eager = make_engine("cuda"), make_engine("cuda", cuda_graphs=False)
+    states = []
+    for engine in (captured, eager):
+        state = OptimizerState(p.W.copy(), np.zeros_like(p.W), p.W.copy())
+        totals = []
+        for epoch in range(3):  # the graph captured once serves the later epochs
+            order = np.random.default_rng(epoch).permutation(n)
+            plan = EpochPlan(order, 64, np.full(5, 0.5), flip, shift, "reflect")
+            totals.append(engine.train_epoch(p.data, plan, rule, p.pre, state))
+        states.append((state, totals))
+    (graph_state, graph_totals), (eager_state, eager_totals) = states
+    np.testing.assert_allclose(graph_state.W, eager_state.W, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(graph_state.average, eager_state.average, rtol=1e-5, atol=1e-6)
+    assert [c for _, c in graph_totals] == [c for _, c in eager_totals]
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("cuda_graphs", [True, False])
+@pytest.mark.parametrize("padding", ["zero", "edge", "reflect"])
+def test_cuda_epochs_against_the_reference(cuda_graphs, padding, monkeypatch):
+    import engine_reference
+
+    p = problem(n_rows=40, n_features=3072, n_classes=100, rows_dtype=np.uint8, seed=9)
+    rng = np.random.default_rng(3)
+    engine = make_engine("cuda", cuda_graphs=cuda_graphs)
+    monkeypatch.setattr(engine_reference, "engine_named", lambda name: engine)
+    actual, expected = run_engine("torch", p, flip=rng.random(40) < 0.5,
+                                  shift=rng.integers(-8, 9, (40, 2)), padding=padding,
+                                  alphas=np.array([1.0, 0.0, 0.5, 0.25, 0.1]), momentum=0.9,
+                                  grad_clip=0.5, reg=0.01)
+    assert_close(actual, expected)
+
+
+@pytest.mark.cuda
+def test_cuda_runs_repeat_bit_for_bit(tmp_path, small_data):
+    options = {"augment": {"hflip": True, "translate": 2}, "optim": {"nesterov": True}}
+    config = small_config(tmp_path, engine="torch", device="cuda", **options)
+    first = train(config, small_data, tmp_path / "a", progress=False).state.W
+    second = train(config, small_data, tmp_path / "b", progress=False).state.W
+    assert np.array_equal(first, second)
+    cpu = train(torch_config(tmp_path, **options), small_data, tmp_path / "c",
+                progress=False).state.W
+    np.testing.assert_allclose(first, cpu, rtol=1e-3, atol=1e-5)
+
+
+@no_gpu_only
+def test_auto_without_a_gpu_does_not_import_torch_for_numba():
+    """Where no GPU driver is present, `engine: auto` at 10 classes picks numba without
+    loading torch (a second and some hundred MB of a default run)."""
+    import subprocess
+
+    from softmax_cls.engines.torch_engine.device import gpu_driver_present
+
+    if gpu_driver_present():
+        pytest.skip("a GPU driver is present: auto asks torch")
+    code = ("import sys; from softmax_cls.engines import get_engine; "
+            "print(get_engine('auto', 'auto', 10).name, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["numba", "False"]
+
+
+def test_running_out_of_device_memory_is_one_line_naming_the_batch_size(monkeypatch):
+    from softmax_cls.engines.torch_engine import epoch
+
+    def no_memory(*args):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(epoch, "eager_epoch", no_memory)
+    p = problem(seed=1)
+    state = OptimizerState(p.W.copy(), np.zeros_like(p.W), p.W.copy())
+    plan = EpochPlan(np.arange(23, dtype=np.int64), 8, np.zeros(3))
+    with pytest.raises(SoftmaxClsError, match="out of memory on cpu in a training epoch: "
+                                              "lower optim.batch_size"):
+        make_engine("cpu").train_epoch(p.data, plan, StepRule(lr=0.1), p.pre, state)
