@@ -58,13 +58,35 @@ def test_grey_palette_and_alpha_become_rgb(tmp_path):
 
 
 def test_exif_orientation_is_applied(tmp_path):
+    # stored 64 wide x 32 tall, left half white; the tag says "rotate 90 degrees clockwise to
+    # view": upright it is 32 wide x 64 tall with the white half on top, so the centre crop's
+    # top rows are white and its bottom rows black (read as stored, left white, right black)
     picture = Image.new("RGB", (64, 32), (0, 0, 0))
-    picture.paste((255, 255, 255), (0, 0, 32, 32))  # left half white
+    picture.paste((255, 255, 255), (0, 0, 32, 32))
     exif = Image.Exif()
-    exif[0x0112] = 6  # "rotate 90 clockwise to view": width and height swap
+    exif[0x0112] = 6
     picture.save(tmp_path / "rotated.jpg", exif=exif, quality=95)
-    read = images.read_image(tmp_path / "rotated.jpg")
-    assert read.shape == (32, 32, 3)  # read upright: 32 wide x 64 tall, centre crop
+    read = images.read_image(tmp_path / "rotated.jpg").astype(float)
+    assert read[:12].mean() > 200 and read[-12:].mean() < 50
+
+
+def test_a_tall_picture_keeps_its_middle(tmp_path):
+    # 96 rows x 32 columns: three squares stacked, red, green, blue; the centre crop is green
+    picture = np.zeros((96, 32, 3), np.uint8)
+    for third in range(3):
+        picture[32 * third:32 * (third + 1), :, third] = 200
+    Image.fromarray(picture).save(tmp_path / "tall.png")
+    assert (images.read_image(tmp_path / "tall.png") == picture[32:64]).all()
+
+
+def test_downscaling_is_antialiased(tmp_path):
+    # columns alternating 0 and 255, halved: an antialiased filter averages them to about 128,
+    # nearest-neighbour sampling would keep 0s or 255s
+    stripes = np.zeros((64, 64, 3), np.uint8)
+    stripes[:, ::2] = 255
+    Image.fromarray(stripes).save(tmp_path / "stripes.png")
+    read = images.read_image(tmp_path / "stripes.png").astype(float)
+    assert np.abs(read[:, 1:-1] - 127.5).max() <= 2  # the edge columns see one side only
 
 
 def test_not_an_image_and_truncated_files_are_named(tmp_path):
