@@ -106,3 +106,22 @@ def test_missing_pillow_is_one_line_naming_pip(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_pil)
     with pytest.raises(Exception, match=r"pip install 'softmax-cls\[images\]'"):
         images.require_pillow()
+
+
+def test_sixteen_bit_grey_is_scaled_not_clipped(tmp_path):
+    # a mid-grey 16-bit PNG (Pillow's I;16) and PGM (Pillow's I) are mid-grey, not white
+    Image.fromarray(np.full((40, 40), 32768, np.uint16)).save(tmp_path / "grey16.png")
+    (tmp_path / "grey16.pgm").write_bytes(b"P5\n8 8\n65535\n"
+                                          + np.full(64, 32768, ">u2").tobytes())
+    for name in ("grey16.png", "grey16.pgm"):
+        assert (images.read_image(tmp_path / name) == 128).all(), name
+    assert (np.asarray(images.to_square(Image.open(tmp_path / "grey16.png"))) == 128).all()
+
+
+def test_float_and_wide_integer_pixels_are_refused(tmp_path):
+    # mode F has no stated scale ([0, 1] would read as black), nor I beyond 16 bits
+    Image.fromarray(np.full((8, 8), 0.5, np.float32)).save(tmp_path / "float.tif")
+    Image.fromarray(np.full((8, 8), 1 << 20, np.int32)).save(tmp_path / "wide.tif")
+    for name in ("float.tif", "wide.tif"):
+        with pytest.raises(UnreadableImage, match=name):
+            images.read_image(tmp_path / name)

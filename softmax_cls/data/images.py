@@ -5,7 +5,10 @@ then green, then blue, each 32 x 32 row-major. A picture of another size is made
 way torchvision's `Resize(size)` + `CenterCrop(size)` do it: the shorter side is resized to
 `size` (bilinear, antialiased), then the centre `size` x `size` is cut out. EXIF orientation
 is applied first, so a phone photo is read upright. Every mode Pillow reads (palette, grey,
-alpha, 16-bit) is converted to RGB; an alpha channel is dropped, not composited.
+alpha, 16-bit) is converted to RGB; an alpha channel is dropped, not composited. 16-bit grey
+(Pillow's I;16, and I as its PGM reader gives 16-bit values) keeps its high byte, as 16-bit
+colour does; float pixels (mode F) and integers beyond 16 bits have no stated 0-255 scale
+and are refused rather than clipped.
 
 Pillow is the optional extra `images`; `require_pillow` is the one place that says so.
 """
@@ -38,10 +41,27 @@ def require_pillow():
     return Image
 
 
-def to_square(image, size: int = IMAGE_SIZE):
-    """A PIL image resized (shorter side to `size`) and centre-cropped to size x size, RGB."""
+def eight_bit(image):
+    """A PIL image whose channels are 8-bit: 16-bit grey scaled by 1/256 (Pillow's own
+    convert would clip it: mid-grey would read as white); UnreadableImage for float pixels
+    and for integers beyond 0-65535."""
     Image = require_pillow()
-    image = image.convert("RGB")
+    if image.mode == "F":
+        raise UnreadableImage("float pixels (mode F) have no stated 0-255 scale")
+    if image.mode == "I" or image.mode.startswith("I;16"):
+        values = np.asarray(image)
+        if values.size and (values.min() < 0 or values.max() > 65535):
+            raise UnreadableImage("integer pixels beyond 16 bits (mode I) have no stated "
+                                  "0-255 scale")
+        return Image.fromarray((values >> 8).astype(np.uint8))
+    return image
+
+
+def to_square(image, size: int = IMAGE_SIZE):
+    """A PIL image resized (shorter side to `size`) and centre-cropped to size x size, RGB
+    (eight_bit first)."""
+    Image = require_pillow()
+    image = eight_bit(image).convert("RGB")
     width, height = image.size
     if (width, height) != (size, size):
         scale = size / min(width, height)
@@ -76,6 +96,10 @@ def read_image(path: str | Path, size: int = IMAGE_SIZE) -> np.ndarray:
                     opened.draft("RGB", (size, size))  # JPEG: decode at a reduced scale
                     image = ImageOps.exif_transpose(opened)
                     image.load()
+                    try:
+                        image = eight_bit(image)
+                    except UnreadableImage as exc:
+                        raise UnreadableImage(f"{name}: {exc}") from None
             finally:
                 Image.MAX_IMAGE_PIXELS = previous
     except UnreadableImage:
