@@ -331,7 +331,7 @@ def predict_command(checkpoint, inputs, k, as_json, batch_size, skip_unreadable,
     from .data.images import require_pillow
     from .inference.files import expand_inputs, input_suffixes, predict_files
     from .inference.model import Model
-    from .inference.output import Table, json_lines
+    from .inference.output import Table, display_name, json_lines
 
     model = Model.load(checkpoint)
     if k > len(model.class_names):
@@ -340,7 +340,7 @@ def predict_command(checkpoint, inputs, k, as_json, batch_size, skip_unreadable,
     if model.is_image_model:
         require_pillow()
     files = expand_inputs(list(inputs), input_suffixes(model))
-    table = Table(model.class_names, k, max(len(str(path)) for path in files))
+    table = Table(model.class_names, k, max(len(display_name(path)) for path in files))
     if not as_json:
         click.echo(table.header())
     skipped, predicted = [], 0
@@ -348,7 +348,8 @@ def predict_command(checkpoint, inputs, k, as_json, batch_size, skip_unreadable,
               disable=quiet or len(files) <= batch_size) as bar:
         for batch in predict_files(model, files, k, batch_size, skip_unreadable):
             if not model.is_image_model:
-                table.name_width = max([table.name_width, *map(len, batch.names)])
+                table.name_width = max([table.name_width,
+                                        *(len(display_name(name)) for name in batch.names)])
             for line in (json_lines(batch, model.class_names) if as_json
                          else table.lines(batch)):
                 click.echo(line)

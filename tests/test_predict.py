@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -133,6 +134,21 @@ def test_table_is_aligned_one_row_per_image(trained):
         assert row.rindex(row.split()[-2]) == header.index("top 3")
         assert all(re.fullmatch(r"\d\.\d{4}", cell) for cell in row.split()[2::2])
 
+
+
+def test_a_file_name_with_a_newline_or_escapes_stays_one_escaped_row(trained, tmp_path):
+    # a name may hold a newline or a terminal escape sequence: each row stays one line, the
+    # name escaped as shorten() writes it (a raw ESC would reach the user's terminal)
+    odd = [tmp_path / "two\nlines.png", tmp_path / "\x1b[2Jclear.png"]
+    for path in odd:
+        shutil.copy(trained["new"][0], path)
+    result = run("softmax-predict", str(trained["checkpoint"]), *map(str, odd))
+    assert result.returncode == 0, result.stderr
+    header, *rows = result.stdout.splitlines()
+    assert len(rows) == 2
+    assert "two\\nlines.png" in rows[0] and "\\x1b[2Jclear.png" in rows[1]
+    for row in rows:
+        assert row.index(row.split()[-2]) == header.index("top 3")  # still aligned
 
 def test_a_picture_of_another_size_is_resized_as_read_image_does(trained, tmp_path):
     big = np.kron(decoded(trained["new"][:1])[0], np.ones((3, 2, 1), np.uint8))  # 96 x 64
