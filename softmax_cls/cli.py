@@ -379,4 +379,4 @@ def export_command(checkpoint, fmt, out, overwrite):
     folded in (scores = [raw pixels, 1] @ W_raw.T)."""
     from .inference.export import export
 
-    click.echo(f"wrote {export(checkpoint, fmt, out, overwrite)}")
+    click.echo(f"wrote {shorten(export(checkpoint, fmt, out, overwrite))}")

@@ -205,3 +205,11 @@ def test_onnx_matches_the_tool_on_the_real_cifar10_test_split(tmp_path):
                                   model.predict(np.asarray(test.test_images), layout="rows"))
     np.testing.assert_allclose(probabilities, tool, atol=1e-5)
     assert (tool.argmax(axis=1) == test.test_labels).mean() > 0.25
+
+
+def test_the_wrote_line_stays_one_line_for_any_name(checkpoint, tmp_path):
+    out = tmp_path / "two\nlines.npz"
+    result = run("softmax-export", str(checkpoint), "--format", "npz", "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [f"wrote {repr(str(out))}"]
+    assert np.load(out)["W_raw"].shape == (4, 3073)
