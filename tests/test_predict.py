@@ -25,8 +25,9 @@ from softmax_cls.data.images import read_image, to_rows
 from softmax_cls.data.labelled import LabelledData
 from softmax_cls.errors import DataError, InputError
 from softmax_cls.inference import Model
-from softmax_cls.inference.files import expand_inputs
+from softmax_cls.inference.files import Predictions, expand_inputs
 from softmax_cls.inference.model import top_k
+from softmax_cls.inference.output import Table
 from softmax_cls.training.runs import train_run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -149,6 +150,19 @@ def test_a_file_name_with_a_newline_or_escapes_stays_one_escaped_row(trained, tm
     assert "two\\nlines.png" in rows[0] and "\\x1b[2Jclear.png" in rows[1]
     for row in rows:
         assert row.index(row.split()[-2]) == header.index("top 3")  # still aligned
+
+
+def test_class_names_with_a_newline_or_escapes_stay_in_one_aligned_row():
+    # a probe's classes are its labels, any strings: each cell escaped as shorten() writes it
+    names = ("plain", "two\nlines", "\x1b[2Jclear")
+    table = Table(names, 3, len("a.npy[0]"))
+    batch = Predictions(["a.npy[0]"], np.array([[1, 2, 0]]),
+                        np.array([[0.5, 0.3, 0.2]], np.float32))
+    (row,) = table.lines(batch)
+    assert "\n" not in row and "\x1b" not in row
+    assert row.split() == ["a.npy[0]", "'two\\nlines'", "0.5000", "'\\x1b[2Jclear'", "0.3000",
+                           "plain", "0.2000"]
+    assert row.index("plain") == table.header().index("top 3")
 
 def test_a_picture_of_another_size_is_resized_as_read_image_does(trained, tmp_path):
     big = np.kron(decoded(trained["new"][:1])[0], np.ones((3, 2, 1), np.uint8))  # 96 x 64

@@ -18,12 +18,13 @@ def display_name(name: object) -> str:
 
 class Table:
     """Rows `name  class p  class p ...`, the columns aligned across every batch: names
-    (display_name) are padded to `name_width`, class names to the longest of the model's."""
+    and class names (display_name both) are padded to `name_width` and to the longest class
+    name."""
 
     def __init__(self, class_names: tuple[str, ...], k: int, name_width: int):
-        self.class_names, self.k = class_names, k
+        self.class_names, self.k = tuple(map(display_name, class_names)), k
         self.name_width = max(name_width, len("input"))
-        self.class_width = max(map(len, class_names))
+        self.class_width = max(map(len, self.class_names))
         self.cell_width = self.class_width + 1 + PROBABILITY_DIGITS + 2
 
     def header(self) -> str:
