@@ -408,7 +408,20 @@ def unreadable_class(tmp_path: Path) -> str:
     return str(images)
 
 
+def odd_class(tmp_path: Path, name: str) -> str:
+    """An image folder with a class folder `name` (a str, or bytes that are not UTF-8)."""
+    images = make_folder(tmp_path / "images", per_class=2)
+    odd = images / os.fsdecode(name)
+    odd.mkdir()
+    Image.new("RGB", (8, 8)).save(odd / "a.png")
+    return str(images)
+
+
 @pytest.mark.parametrize("keys, code, needles", [
+    (lambda p: {"train": odd_class(p, "two\nlines")}, 1,
+     ["class folder 'two\\nlines'", "not printable text"]),
+    (lambda p: {"train": odd_class(p, "\x1b[2Jclear")}, 1, ["'\\x1b[2Jclear'"]),
+    (lambda p: {"train": odd_class(p, b"caf\xe9")}, 1, ["'caf\\udce9'", "rename it"]),
     (lambda p: {"train": None}, 2, ["data.train: data.dataset folder needs the path"]),
     (lambda p: {"train": str(p / "missing")}, 1, ["data.train: image folder not found"]),
     (lambda p: {"train": write_config(p)}, 1, ["data.train: ", "is not a folder"]),

@@ -2,7 +2,8 @@
 
 The layout is torchvision's `ImageFolder` (and Keras' `image_dataset_from_directory`):
 `data.train` holds one sub-folder per class, the class names are the sorted sub-folder
-names, and each class's images are found at any depth below its sub-folder by their suffix
+names (printable text: a name with a control character or bytes that are not UTF-8 is
+refused, as it could not be printed, plotted or exported), and each class's images are found at any depth below its sub-folder by their suffix
 (data.images.IMAGE_SUFFIXES). Names starting with a dot are ignored, and so are files
 directly in `data.train` (they belong to no class). The test split is `data.test`, a folder
 of the same layout (its classes a subset of the training classes), or else a stratified
@@ -99,6 +100,11 @@ def scan_folder(path: str | os.PathLike, role: str = "train") -> FolderScan:
             elif entry.is_dir(follow_symlinks=False):
                 classes.append(entry.name)
     classes.sort()
+    for name in classes:  # a class name is printed, plotted and written as UTF-8 text
+        if not name.isprintable():
+            raise DataError(f"{where}: class folder {shorten(name, 60, quote=True)} in "
+                            f"{shorten(given)}: its name is not printable text (a control "
+                            "character, or bytes that are not UTF-8); rename it")
     if len(classes) < (2 if role == "train" else 1):
         found = f"1 class folder ({shorten(classes[0], 40)})" if classes else "no class folders"
         need = "a classifier needs at least 2" if role == "train" else "it needs at least 1"
