@@ -1,14 +1,15 @@
 """Your own image folders: `data.dataset: folder`, one sub-folder of images per class.
 
 The layout is torchvision's `ImageFolder` (and Keras' `image_dataset_from_directory`):
-`data.train` holds one sub-folder per class, the class names are the sorted sub-folder
-names (printable text: a name with a control character or bytes that are not UTF-8 is
-refused, as it could not be printed, plotted or exported), and each class's images are found at any depth below its sub-folder by their suffix
-(data.images.IMAGE_SUFFIXES). Names starting with a dot are ignored, and so are files
-directly in `data.train` (they belong to no class). The test split is `data.test`, a folder
-of the same layout (its classes a subset of the training classes), or else a stratified
-share `data.test_fraction` of each class held out of `data.train` (the same images every
-run: a fixed seed per class, not the config's seed, so a sweep's trials share one split).
+`data.train` holds one sub-folder per class, the class names are the sorted sub-folder names
+(printable text: a name with a control character or bytes that are not UTF-8 is refused, as
+it could not be printed, plotted or exported), and each class's images are found at any
+depth below its sub-folder by their suffix (data.images.IMAGE_SUFFIXES). Names starting with
+a dot are ignored, and so are files directly in `data.train` (they belong to no class). The
+test split is `data.test`, a folder of the same layout (its classes a subset of the training
+classes), or else a stratified share `data.test_fraction` of each class held out of
+`data.train` (the same images every run: a fixed seed per class, not the config's seed, so a
+sweep's trials share one split).
 
 Symbolic links: a link to a folder is never followed (so no loop and nothing outside); a
 link to a file is read when its target lies inside the image folder, and skipped otherwise.
