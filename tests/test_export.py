@@ -213,3 +213,25 @@ def test_the_wrote_line_stays_one_line_for_any_name(checkpoint, tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [f"wrote {repr(str(out))}"]
     assert np.load(out)["W_raw"].shape == (4, 3073)
+
+
+def test_onnx_refuses_class_names_its_one_per_line_metadata_cannot_hold(tmp_path):
+    # a probe's classes are its string labels: one with a newline would shift every class
+    # after it in the metadata's list, one with bytes that are not UTF-8 cannot be written
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 3, 200)
+    X = (np.eye(3)[y] * 4 + rng.standard_normal((200, 3))).astype(np.float32)
+    labels = np.array(["two\nlines", "caf\udce9", "plain"])[y]
+    np.savez(tmp_path / "train.npz", X=X, y=labels)
+    config = config_from_dict({"engine": "numpy", "data": {"dataset": "features", "val_size": 50,
+                                                           "train": str(tmp_path / "train.npz")},
+                               "optim": {"epochs": 1, "batch_size": 64},
+                               "augment": {"hflip": False, "translate": 0}})
+    train_run(config, load_features(config.data, progress=False), tmp_path / "run",
+              progress=False)
+    result = run("softmax-export", str(tmp_path / "run" / "best.npz"), "--format", "onnx",
+                 "-o", str(tmp_path / "probe.onnx"))
+    assert_one_line_error(result, 1, "class name 'caf\\udce9'", "--format npz")
+    assert not (tmp_path / "probe.onnx").exists()
+    assert run("softmax-export", str(tmp_path / "run" / "best.npz"), "--format", "npz", "-o",
+               str(tmp_path / "probe.npz")).returncode == 0
