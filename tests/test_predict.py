@@ -6,6 +6,7 @@ and probabilities of a float64 recomputation from the checkpoint's arrays writte
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import shutil
@@ -372,6 +373,14 @@ def test_wrong_inputs_are_one_error_line(trained, probe, tmp_path):
         assert_one_line_error(result, code, message)
         assert len(result.stdout.splitlines()) <= 1, (args, result.stdout)  # the header
 
+
+
+def test_a_named_pipe_or_device_is_refused_not_waited_on(trained, tmp_path):
+    # opening a FIFO blocks until someone writes to it: the command would hang for ever
+    os.mkfifo(tmp_path / "pipe.png")
+    for path in (str(tmp_path / "pipe.png"), "/dev/zero"):
+        result = run("softmax-predict", str(trained["checkpoint"]), path, timeout=30)
+        assert_one_line_error(result, 1, f"{path} is not a regular file")
 
 def test_skip_unreadable_counts_and_names_them(trained, tmp_path):
     folder = tmp_path / "mixed"
