@@ -281,6 +281,9 @@ def test_other_objects_are_refused(trained):
         model.predict([PIXELS], layout="rows")
     with pytest.raises(InputError, match="no such image file: nowhere.png"):
         model.predict("nowhere.png")
+    folder = str(trained["root"] / "new")
+    with pytest.raises(InputError, match=f"{re.escape(folder)} is a folder: pass its files"):
+        model.predict(folder)
 
 
 # -- wrong inputs through the installed command

@@ -73,6 +73,9 @@ class Model:
             parts = [self.rows(item, layout) for item in x]
             return np.concatenate(parts) if parts else np.empty((0, IMAGE_BYTES), np.uint8)
         if isinstance(x, (str, os.PathLike)):
+            if os.path.isdir(x):
+                raise InputError(f"{shorten(x)} is a folder: pass its files (softmax-predict "
+                                 "takes folders)")
             if not os.path.isfile(x):
                 raise InputError(f"no such image file: {shorten(x)}")
             return to_rows(read_image(x)[None])
