@@ -20,6 +20,7 @@ from softmax_cls.inference.export import export, onnx_model
 from softmax_cls.training.runs import train_run
 
 onnxruntime = pytest.importorskip("onnxruntime")
+Image = pytest.importorskip("PIL.Image")
 
 
 @pytest.fixture(scope="module")
@@ -235,3 +236,15 @@ def test_onnx_refuses_class_names_its_one_per_line_metadata_cannot_hold(tmp_path
     assert not (tmp_path / "probe.onnx").exists()
     assert run("softmax-export", str(tmp_path / "run" / "best.npz"), "--format", "npz", "-o",
                str(tmp_path / "probe.npz")).returncode == 0
+
+
+def test_an_export_given_back_as_a_checkpoint_says_what_it_is(checkpoint, tmp_path):
+    out = tmp_path / "model.npz"
+    assert run("softmax-export", str(checkpoint), "--format", "npz", "-o",
+               str(out)).returncode == 0
+    picture = tmp_path / "a.png"
+    Image.new("RGB", (32, 32)).save(picture)
+    for command in (("softmax-predict", str(out), str(picture)),
+                    ("softmax-export", str(out), "--format", "onnx", "-o", str(tmp_path / "m"))):
+        assert_one_line_error(run(*command), 1, "model.npz: an export of softmax-export",
+                              "not a checkpoint", "best.npz")
