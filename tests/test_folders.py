@@ -417,7 +417,16 @@ def odd_class(tmp_path: Path, name: str) -> str:
     return str(images)
 
 
+def split_layout(tmp_path: Path) -> str:
+    """photos/train/<class>, photos/test/<class>: a data set as downloaded, one level up."""
+    make_folder(tmp_path / "photos" / "train", per_class=2)
+    make_folder(tmp_path / "photos" / "test", per_class=1)
+    return str(tmp_path / "photos")
+
+
 @pytest.mark.parametrize("keys, code, needles", [
+    (lambda p: {"train": split_layout(p)}, 1,
+     ["class folders are test, train", "one level too high", "photos/train"]),
     (lambda p: {"train": odd_class(p, "two\nlines")}, 1,
      ["class folder 'two\\nlines'", "not printable text"]),
     (lambda p: {"train": odd_class(p, "\x1b[2Jclear")}, 1, ["'\\x1b[2Jclear'"]),

@@ -58,6 +58,8 @@ CACHE_VERSION = 1  # bump when the reading policy or the cache's files change
 ROWS_FILE, LABELS_FILE, META_FILE = "rows.u8", "labels.npy", "meta.json"
 META_CAP = 1 << 20  # bytes of meta.json read at most
 SPLIT_SEED = 0  # the held-out split's seed (with the class index): fixed, not config.seed
+# sub-folder names that are a data set's splits, not classes (photos/train/cat, photos/test/cat)
+SPLIT_NAMES = {"train", "training", "test", "testing", "val", "valid", "validation", "eval"}
 SHOWN_SKIPS = 3  # names the skip warning shows
 WRITE_ROWS = 256  # rows decoded before they are written to the cache file
 
@@ -106,6 +108,11 @@ def scan_folder(path: str | os.PathLike, role: str = "train") -> FolderScan:
             raise DataError(f"{where}: class folder {shorten(name, 60, quote=True)} in "
                             f"{shorten(given)}: its name is not printable text (a control "
                             "character, or bytes that are not UTF-8); rename it")
+    if classes and all(name.lower() in SPLIT_NAMES for name in classes):
+        split = next((name for name in classes if name.lower().startswith(role)), classes[0])
+        raise DataError(f"{where}: the class folders are {', '.join(classes)} in "
+                        f"{shorten(given)}: a data set's splits, one level too high; set "
+                        f"data.{role}: {shorten(os.path.join(given, split))}")
     if len(classes) < (2 if role == "train" else 1):
         found = f"1 class folder ({shorten(classes[0], 40)})" if classes else "no class folders"
         need = "a classifier needs at least 2" if role == "train" else "it needs at least 1"
