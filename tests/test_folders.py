@@ -427,6 +427,10 @@ def split_layout(tmp_path: Path) -> str:
 @pytest.mark.parametrize("keys, code, needles", [
     (lambda p: {"train": split_layout(p)}, 1,
      ["class folders are test, train", "one level too high", "photos/train"]),
+    (lambda p: {"train": str(make_folder(p / "images", 2)), "test": str(p / "images")}, 1,
+     ["data.test: ", "is the training folder"]),
+    (lambda p: {"train": str(make_folder(p / "images", 2)), "test": str(p / "images/../images")},
+     1, ["is the training folder"]),
     (lambda p: {"train": odd_class(p, "two\nlines")}, 1,
      ["class folder 'two\\nlines'", "not printable text"]),
     (lambda p: {"train": odd_class(p, "\x1b[2Jclear")}, 1, ["'\\x1b[2Jclear'"]),

@@ -377,6 +377,11 @@ def load_folders(data: DataConfig, progress: bool = True) -> LabelledData:
     train_scan = scan_folder(data.train, "train")
     test_scan = None if data.test is None else scan_folder(data.test, "test")
     if test_scan is not None:
+        if _inside(train_scan.root, test_scan.root) or _inside(test_scan.root, train_scan.root):
+            raise DataError(f"data.test: {shorten(test_scan.given)} is the training folder "
+                            f"{shorten(train_scan.given)}, or overlaps it: a test of training "
+                            "images measures nothing (give another folder, or null to hold "
+                            "out data.test_fraction)")
         unknown = sorted(set(test_scan.class_names) - set(train_scan.class_names))
         if unknown:
             raise DataError(f"data.test: class folder {shorten(unknown[0], 60, quote=True)} in "
