@@ -54,7 +54,7 @@ from .images import IMAGE_SIZE, IMAGE_SUFFIXES, read_image, require_pillow
 from .labelled import LabelledData
 
 CACHE_FOLDER = "image-cache"  # under data.root
-CACHE_VERSION = 1  # bump when the reading policy or the cache's files change
+CACHE_VERSION = 2  # bump when the reading policy or the cache's files change (2: 16-bit grey)
 ROWS_FILE, LABELS_FILE, META_FILE = "rows.u8", "labels.npy", "meta.json"
 META_CAP = 1 << 20  # bytes of meta.json read at most
 SPLIT_SEED = 0  # the held-out split's seed (with the class index): fixed, not config.seed
