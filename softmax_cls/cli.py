@@ -306,8 +306,9 @@ def sweep_command(sweep_file, trials, workers, out, dask_address, storage, study
 @click.command(cls=Command)
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
 @click.argument("inputs", nargs=-1, required=True, metavar="IMAGE_OR_FOLDER...")
-@click.option("--top-k", "k", type=click.IntRange(1), default=3, show_default=True,
-              help="Classes shown per image, most probable first.")
+@click.option("--top-k", "k", type=click.IntRange(1), default=None,
+              help="Classes shown per image, most probable first [default: 3, or every class "
+              "of a model with fewer].")
 @click.option("--json", "as_json", is_flag=True,
               help="One JSON object per image (JSON lines) instead of the table.")
 @click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True,
@@ -334,6 +335,8 @@ def predict_command(checkpoint, inputs, k, as_json, batch_size, skip_unreadable,
     from .inference.output import Table, display_name, json_lines
 
     model = Model.load(checkpoint)
+    if k is None:
+        k = min(3, len(model.class_names))
     if k > len(model.class_names):
         raise click.BadParameter(f"{k} is more than the model's {len(model.class_names)} "
                                  "classes", param_hint="'--top-k'")

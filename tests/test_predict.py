@@ -334,6 +334,29 @@ def test_a_probe_predicts_feature_files_and_rows(probe):
             model.predict(wrong)
 
 
+
+def test_the_default_top_k_fits_a_two_class_model(tmp_path):
+    # the default, 3, is cut to the classes there are: a yes/no model works without --top-k;
+    # a --top-k given larger than the classes stays an error
+    rng = np.random.default_rng(6)
+    y = rng.integers(0, 2, 200)
+    X = (np.eye(2)[y] * 4 + rng.standard_normal((200, 2))).astype(np.float32)
+    np.savez(tmp_path / "train.npz", X=X, y=np.array(["no", "yes"])[y])
+    config = config_from_dict({"engine": "numpy", "data": {"dataset": "features", "val_size": 50,
+                                                           "train": str(tmp_path / "train.npz")},
+                               "optim": {"epochs": 1, "batch_size": 64},
+                               "augment": {"hflip": False, "translate": 0}})
+    train_run(config, load_features(config.data, progress=False), tmp_path / "run",
+              progress=False)
+    np.save(tmp_path / "new_X.npy", X[:3])
+    checkpoint, new = str(tmp_path / "run" / "best.npz"), str(tmp_path / "new_X.npy")
+    result = run("softmax-predict", checkpoint, new)
+    assert result.returncode == 0, result.stderr
+    header, *rows = result.stdout.splitlines()
+    assert header.split() == ["input", "top", "1", "top", "2"] and len(rows) == 3
+    assert_one_line_error(run("softmax-predict", checkpoint, new, "--top-k", "3"), 2,
+                          "3 is more than the model's 2 classes")
+
 def test_wrong_inputs_are_one_error_line(trained, probe, tmp_path):
     checkpoint = str(trained["checkpoint"])
     good = str(trained["new"][0])
