@@ -431,6 +431,10 @@ def split_layout(tmp_path: Path) -> str:
      ["data.test: ", "is the training folder"]),
     (lambda p: {"train": str(make_folder(p / "images", 2)), "test": str(p / "images/../images")},
      1, ["is the training folder"]),
+    (lambda p: {"train": str(make_folder(p / "images", 5)), "test": str(p / "images" / "red")},
+     1, ["or overlaps it"]),
+    (lambda p: {"train": str(make_folder(p / "images" / "inner", 2)), "test": str(p / "images")},
+     1, ["or overlaps it"]),
     (lambda p: {"train": odd_class(p, "two\nlines")}, 1,
      ["class folder 'two\\nlines'", "not printable text"]),
     (lambda p: {"train": odd_class(p, "\x1b[2Jclear")}, 1, ["'\\x1b[2Jclear'"]),
@@ -455,6 +459,16 @@ def split_layout(tmp_path: Path) -> str:
 def test_wrong_folder_configs_are_one_error_line(tmp_path, keys, code, needles):
     result = run("softmax-train", "--config", write_config(tmp_path, **keys(tmp_path)), "-q")
     assert_one_line_error(result, code, *needles)
+
+
+def test_a_class_named_like_a_split_among_others_is_a_class(tmp_path):
+    # only class folders that are all split names are refused: "test" beside "cat" is a class
+    for name in ("test", "val"):
+        (tmp_path / name / name).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / name / name / "a.png")
+        (tmp_path / name / "cat").mkdir()
+        Image.new("RGB", (8, 8)).save(tmp_path / name / "cat" / "a.png")
+        assert folders.scan_folder(tmp_path / name).class_names == ("cat", name)
 
 
 def test_strict_from_the_command_line_is_one_error_line(tmp_path):
