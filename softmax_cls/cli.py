@@ -329,6 +329,7 @@ def predict_command(checkpoint, inputs, k, as_json, batch_size, skip_unreadable,
     """
     from tqdm import tqdm
 
+    from .data.features import feature_file_rows
     from .data.images import require_pillow
     from .inference.files import expand_inputs, input_suffixes, predict_files
     from .inference.model import Model
@@ -343,7 +344,11 @@ def predict_command(checkpoint, inputs, k, as_json, batch_size, skip_unreadable,
     if model.is_image_model:
         require_pillow()
     files = expand_inputs(list(inputs), input_suffixes(model))
-    table = Table(model.class_names, k, max(len(display_name(path)) for path in files))
+    table = Table(model.class_names, k, max(map(len, map(display_name, files))))
+    if not model.is_image_model:  # rows are named file[i]: the widest is the last row's
+        rows = [(path, feature_file_rows(path)) for path in files]
+        table.name_width = max([table.name_width, *(len(display_name(f"{path}[{n - 1}]"))
+                                                    for path, n in rows if n)])
     if not as_json:
         click.echo(table.header())
     skipped, predicted = [], 0

@@ -335,6 +335,17 @@ def test_a_probe_predicts_feature_files_and_rows(probe):
 
 
 
+
+def test_a_probe_table_is_aligned_under_its_header(probe):
+    # rows are named file[i]: the header is padded to the longest, known from the headers
+    files = [str(probe["root"] / "new_X.npy"), str(probe["root"] / "new.npz")]
+    result = run("softmax-predict", str(probe["checkpoint"]), *files, "--top-k", "1")
+    assert result.returncode == 0, result.stderr
+    header, *rows = result.stdout.splitlines()
+    assert len(rows) == 8 and rows[-1].startswith(f"{files[1]}[3] ")
+    for row in rows:
+        assert row.index(row.split()[1], len(row.split()[0])) == header.index("top 1"), row
+
 def test_the_default_top_k_fits_a_two_class_model(tmp_path):
     # the default, 3, is cut to the classes there are: a yes/no model works without --top-k;
     # a --top-k given larger than the classes stays an error
