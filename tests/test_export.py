@@ -248,3 +248,14 @@ def test_an_export_given_back_as_a_checkpoint_says_what_it_is(checkpoint, tmp_pa
                     ("softmax-export", str(out), "--format", "onnx", "-o", str(tmp_path / "m"))):
         assert_one_line_error(run(*command), 1, "model.npz: an export of softmax-export",
                               "not a checkpoint", "best.npz")
+
+
+def test_the_checkpoint_itself_is_never_overwritten(checkpoint, tmp_path):
+    copy = tmp_path / "best.npz"
+    copy.write_bytes(checkpoint.read_bytes())
+    (tmp_path / "link.npz").symlink_to(copy)
+    os.link(copy, tmp_path / "hard.npz")
+    for out in (copy, tmp_path / "link.npz", tmp_path / "hard.npz"):
+        assert_one_line_error(run("softmax-export", str(copy), "--format", "npz", "-o", str(out),
+                                  "--overwrite"), 1, "is the checkpoint itself")
+    assert copy.read_bytes() == checkpoint.read_bytes()

@@ -131,6 +131,9 @@ def export(checkpoint: str | os.PathLike, fmt: str, out: str | os.PathLike,
     if os.path.lexists(out):
         if out.is_dir() and not out.is_symlink():
             raise InputError(f"{shorten(out)} is a folder; name the file to write")
+        if os.path.exists(out) and os.path.exists(checkpoint) and os.path.samefile(out,
+                                                                                 checkpoint):
+            raise InputError(f"{shorten(out)} is the checkpoint itself; name another file")
         if not overwrite:
             raise InputError(f"{shorten(out)} exists; pass --overwrite to replace it")
     model = Model.load(checkpoint)
