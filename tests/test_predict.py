@@ -10,6 +10,7 @@ import os
 import re
 import shlex
 import shutil
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -418,6 +419,30 @@ def test_a_named_pipe_or_device_is_refused_not_waited_on(trained, tmp_path):
     for path in (str(tmp_path / "pipe.png"), "/dev/zero"):
         result = run("softmax-predict", str(trained["checkpoint"]), path, timeout=30)
         assert_one_line_error(result, 1, f"{path} is not a regular file")
+
+
+def tiff_with_a_tag_past_the_end(compression: int) -> bytes:
+    """A 2 x 2 grey TIFF whose Software tag says its text lies past the end of the file (Pillow
+    warns while it opens it), compressed by `compression` (99: a scheme that does not exist)."""
+    entries = [(256, 3, 1, 2), (257, 3, 1, 2), (258, 3, 1, 8), (259, 3, 1, compression),
+               (262, 3, 1, 1), (273, 4, 1, 8), (277, 3, 1, 1), (278, 3, 1, 2), (279, 4, 1, 4),
+               (305, 2, 1000, 99999)]
+    ifd = struct.pack("<H", len(entries)) + b"".join(
+        struct.pack("<HHII", *entry) for entry in entries) + struct.pack("<I", 0)
+    return b"II*\x00" + struct.pack("<I", 12) + bytes([0, 80, 160, 240]) + ifd
+
+
+def test_pillows_warnings_about_a_damaged_file_are_not_printed(trained, tmp_path):
+    # Pillow warns (several lines, with its source file) about a damaged header: the file is
+    # still one error line, or read without a word
+    (tmp_path / "bad.tif").write_bytes(tiff_with_a_tag_past_the_end(99))
+    assert_one_line_error(run("softmax-predict", str(trained["checkpoint"]),
+                              str(tmp_path / "bad.tif")), 1, "bad.tif")
+    (tmp_path / "odd.tif").write_bytes(tiff_with_a_tag_past_the_end(1))
+    result = run("softmax-predict", str(trained["checkpoint"]), str(tmp_path / "bad.tif"),
+                 str(tmp_path / "odd.tif"), "--skip-unreadable")
+    assert result.returncode == 0 and len(result.stdout.splitlines()) == 2
+    assert result.stderr.splitlines() == [f"skipped 1 unreadable file: {tmp_path / 'bad.tif'}"]
 
 def test_skip_unreadable_counts_and_names_them(trained, tmp_path):
     folder = tmp_path / "mixed"

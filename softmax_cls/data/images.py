@@ -95,6 +95,9 @@ def read_image(path: str | Path, size: int = IMAGE_SIZE) -> np.ndarray:
     name = Path(path).name
     try:
         with warnings.catch_warnings():
+            # Pillow's warnings about damage it tolerates (a tag past the end of the file,
+            # corrupt EXIF) would be lines of its source on stderr: the file is read or refused
+            warnings.simplefilter("ignore")
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, MAX_IMAGE_PIXELS
             try:
