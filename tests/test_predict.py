@@ -368,6 +368,10 @@ def test_the_default_top_k_fits_a_two_class_model(tmp_path):
     assert header.split() == ["input", "top", "1", "top", "2"] and len(rows) == 3
     assert_one_line_error(run("softmax-predict", checkpoint, new, "--top-k", "3"), 2,
                           "3 is more than the model's 2 classes")
+    classes, probabilities = Model.load(checkpoint).top_k(X[:3])  # Python: the same default
+    assert classes.shape == probabilities.shape == (3, 2)
+    with pytest.raises(InputError, match="between 1 and 2"):
+        Model.load(checkpoint).top_k(X[:3], k=3)
 
 def test_wrong_inputs_are_one_error_line(trained, probe, tmp_path):
     checkpoint = str(trained["checkpoint"])
