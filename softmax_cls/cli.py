@@ -317,8 +317,9 @@ def sweep_command(sweep_file, trials, workers, out, dask_address, storage, study
 @click.command(cls=Command)
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
 @click.argument("inputs", nargs=-1, required=True, metavar="IMAGE_OR_FOLDER...")
-@click.option("--top-k", "k", type=click.IntRange(1), default=3, show_default=True,
-              help="Classes shown per image, most probable first.")
+@click.option("--top-k", "k", type=click.IntRange(1), default=None,
+              help="Classes shown per image, most probable first [default: 3, or every class "
+              "of a model with fewer].")
 @click.option("--json", "as_json", is_flag=True,
               help="One JSON object per image (JSON lines) instead of the table.")
 @click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True,
@@ -339,19 +340,26 @@ def predict_command(checkpoint, inputs, k, as_json, batch_size, skip_unreadable,
     """
     from tqdm import tqdm
 
+    from .data.features import feature_file_rows
     from .data.images import require_pillow
     from .inference.files import expand_inputs, input_suffixes, predict_files
     from .inference.model import Model
-    from .inference.output import Table, json_lines
+    from .inference.output import Table, display_name, json_lines
 
     model = Model.load(checkpoint)
+    if k is None:
+        k = min(3, len(model.class_names))
     if k > len(model.class_names):
         raise click.BadParameter(f"{k} is more than the model's {len(model.class_names)} "
                                  "classes", param_hint="'--top-k'")
     if model.is_image_model:
         require_pillow()
     files = expand_inputs(list(inputs), input_suffixes(model))
-    table = Table(model.class_names, k, max(len(str(path)) for path in files))
+    table = Table(model.class_names, k, max(map(len, map(display_name, files))))
+    if not model.is_image_model:  # rows are named file[i]: the widest is the last row's
+        rows = [(path, feature_file_rows(path)) for path in files]
+        table.name_width = max([table.name_width, *(len(display_name(f"{path}[{n - 1}]"))
+                                                    for path, n in rows if n)])
     if not as_json:
         click.echo(table.header())
     skipped, predicted = [], 0
@@ -359,7 +367,8 @@ def predict_command(checkpoint, inputs, k, as_json, batch_size, skip_unreadable,
               disable=quiet or len(files) <= batch_size) as bar:
         for batch in predict_files(model, files, k, batch_size, skip_unreadable):
             if not model.is_image_model:
-                table.name_width = max([table.name_width, *map(len, batch.names)])
+                table.name_width = max([table.name_width,
+                                        *(len(display_name(name)) for name in batch.names)])
             for line in (json_lines(batch, model.class_names) if as_json
                          else table.lines(batch)):
                 click.echo(line)
@@ -389,4 +398,4 @@ def export_command(checkpoint, fmt, out, overwrite):
     folded in (scores = [raw pixels, 1] @ W_raw.T)."""
     from .inference.export import export
 
-    click.echo(f"wrote {export(checkpoint, fmt, out, overwrite)}")
+    click.echo(f"wrote {shorten(export(checkpoint, fmt, out, overwrite))}")

@@ -20,6 +20,7 @@ from softmax_cls.inference.export import export, onnx_model
 from softmax_cls.training.runs import train_run
 
 onnxruntime = pytest.importorskip("onnxruntime")
+Image = pytest.importorskip("PIL.Image")
 
 
 @pytest.fixture(scope="module")
@@ -205,3 +206,56 @@ def test_onnx_matches_the_tool_on_the_real_cifar10_test_split(tmp_path):
                                   model.predict(np.asarray(test.test_images), layout="rows"))
     np.testing.assert_allclose(probabilities, tool, atol=1e-5)
     assert (tool.argmax(axis=1) == test.test_labels).mean() > 0.25
+
+
+def test_the_wrote_line_stays_one_line_for_any_name(checkpoint, tmp_path):
+    out = tmp_path / "two\nlines.npz"
+    result = run("softmax-export", str(checkpoint), "--format", "npz", "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [f"wrote {repr(str(out))}"]
+    assert np.load(out)["W_raw"].shape == (4, 3073)
+
+
+def test_onnx_refuses_class_names_its_one_per_line_metadata_cannot_hold(tmp_path):
+    # a probe's classes are its string labels: one with a newline would shift every class
+    # after it in the metadata's list, one with bytes that are not UTF-8 cannot be written
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 3, 200)
+    X = (np.eye(3)[y] * 4 + rng.standard_normal((200, 3))).astype(np.float32)
+    labels = np.array(["two\nlines", "caf\udce9", "plain"])[y]
+    np.savez(tmp_path / "train.npz", X=X, y=labels)
+    config = config_from_dict({"engine": "numpy", "data": {"dataset": "features", "val_size": 50,
+                                                           "train": str(tmp_path / "train.npz")},
+                               "optim": {"epochs": 1, "batch_size": 64},
+                               "augment": {"hflip": False, "translate": 0}})
+    train_run(config, load_features(config.data, progress=False), tmp_path / "run",
+              progress=False)
+    result = run("softmax-export", str(tmp_path / "run" / "best.npz"), "--format", "onnx",
+                 "-o", str(tmp_path / "probe.onnx"))
+    assert_one_line_error(result, 1, "class name 'caf\\udce9'", "--format npz")
+    assert not (tmp_path / "probe.onnx").exists()
+    assert run("softmax-export", str(tmp_path / "run" / "best.npz"), "--format", "npz", "-o",
+               str(tmp_path / "probe.npz")).returncode == 0
+
+
+def test_an_export_given_back_as_a_checkpoint_says_what_it_is(checkpoint, tmp_path):
+    out = tmp_path / "model.npz"
+    assert run("softmax-export", str(checkpoint), "--format", "npz", "-o",
+               str(out)).returncode == 0
+    picture = tmp_path / "a.png"
+    Image.new("RGB", (32, 32)).save(picture)
+    for command in (("softmax-predict", str(out), str(picture)),
+                    ("softmax-export", str(out), "--format", "onnx", "-o", str(tmp_path / "m"))):
+        assert_one_line_error(run(*command), 1, "model.npz: an export of softmax-export",
+                              "not a checkpoint", "best.npz")
+
+
+def test_the_checkpoint_itself_is_never_overwritten(checkpoint, tmp_path):
+    copy = tmp_path / "best.npz"
+    copy.write_bytes(checkpoint.read_bytes())
+    (tmp_path / "link.npz").symlink_to(copy)
+    os.link(copy, tmp_path / "hard.npz")
+    for out in (copy, tmp_path / "link.npz", tmp_path / "hard.npz"):
+        assert_one_line_error(run("softmax-export", str(copy), "--format", "npz", "-o", str(out),
+                                  "--overwrite"), 1, "is the checkpoint itself")
+    assert copy.read_bytes() == checkpoint.read_bytes()

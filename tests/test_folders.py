@@ -408,7 +408,37 @@ def unreadable_class(tmp_path: Path) -> str:
     return str(images)
 
 
+def odd_class(tmp_path: Path, name: str) -> str:
+    """An image folder with a class folder `name` (a str, or bytes that are not UTF-8)."""
+    images = make_folder(tmp_path / "images", per_class=2)
+    odd = images / os.fsdecode(name)
+    odd.mkdir()
+    Image.new("RGB", (8, 8)).save(odd / "a.png")
+    return str(images)
+
+
+def split_layout(tmp_path: Path) -> str:
+    """photos/train/<class>, photos/test/<class>: a data set as downloaded, one level up."""
+    make_folder(tmp_path / "photos" / "train", per_class=2)
+    make_folder(tmp_path / "photos" / "test", per_class=1)
+    return str(tmp_path / "photos")
+
+
 @pytest.mark.parametrize("keys, code, needles", [
+    (lambda p: {"train": split_layout(p)}, 1,
+     ["class folders are test, train", "one level too high", "photos/train"]),
+    (lambda p: {"train": str(make_folder(p / "images", 2)), "test": str(p / "images")}, 1,
+     ["data.test: ", "is the training folder"]),
+    (lambda p: {"train": str(make_folder(p / "images", 2)), "test": str(p / "images/../images")},
+     1, ["is the training folder"]),
+    (lambda p: {"train": str(make_folder(p / "images", 5)), "test": str(p / "images" / "red")},
+     1, ["or overlaps it"]),
+    (lambda p: {"train": str(make_folder(p / "images" / "inner", 2)), "test": str(p / "images")},
+     1, ["or overlaps it"]),
+    (lambda p: {"train": odd_class(p, "two\nlines")}, 1,
+     ["class folder 'two\\nlines'", "not printable text"]),
+    (lambda p: {"train": odd_class(p, "\x1b[2Jclear")}, 1, ["'\\x1b[2Jclear'"]),
+    (lambda p: {"train": odd_class(p, b"caf\xe9")}, 1, ["'caf\\udce9'", "rename it"]),
     (lambda p: {"train": None}, 2, ["data.train: data.dataset folder needs the path"]),
     (lambda p: {"train": str(p / "missing")}, 1, ["data.train: image folder not found"]),
     (lambda p: {"train": write_config(p)}, 1, ["data.train: ", "is not a folder"]),
@@ -429,6 +459,16 @@ def unreadable_class(tmp_path: Path) -> str:
 def test_wrong_folder_configs_are_one_error_line(tmp_path, keys, code, needles):
     result = run("softmax-train", "--config", write_config(tmp_path, **keys(tmp_path)), "-q")
     assert_one_line_error(result, code, *needles)
+
+
+def test_a_class_named_like_a_split_among_others_is_a_class(tmp_path):
+    # only class folders that are all split names are refused: "test" beside "cat" is a class
+    for name in ("test", "val"):
+        (tmp_path / name / name).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / name / name / "a.png")
+        (tmp_path / name / "cat").mkdir()
+        Image.new("RGB", (8, 8)).save(tmp_path / name / "cat" / "a.png")
+        assert folders.scan_folder(tmp_path / name).class_names == ("cat", name)
 
 
 def test_strict_from_the_command_line_is_one_error_line(tmp_path):

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import struct
+import subprocess
+import sys
 import zlib
 
 import numpy as np
@@ -128,3 +131,48 @@ def test_missing_pillow_is_one_line_naming_pip(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_pil)
     with pytest.raises(Exception, match=r"pip install 'softmax-cls\[images\]'"):
         images.require_pillow()
+
+
+def test_sixteen_bit_grey_is_scaled_not_clipped(tmp_path):
+    # a mid-grey 16-bit PNG (Pillow's I;16) and PGM (Pillow's I) are mid-grey, not white
+    Image.fromarray(np.full((40, 40), 32768, np.uint16)).save(tmp_path / "grey16.png")
+    (tmp_path / "grey16.pgm").write_bytes(b"P5\n8 8\n65535\n"
+                                          + np.full(64, 32768, ">u2").tobytes())
+    for name in ("grey16.png", "grey16.pgm"):
+        assert (images.read_image(tmp_path / name) == 128).all(), name
+    assert (np.asarray(images.to_square(Image.open(tmp_path / "grey16.png"))) == 128).all()
+
+
+def test_float_and_wide_integer_pixels_are_refused(tmp_path):
+    # mode F has no stated scale ([0, 1] would read as black), nor I beyond 16 bits
+    Image.fromarray(np.full((8, 8), 0.5, np.float32)).save(tmp_path / "float.tif")
+    Image.fromarray(np.full((8, 8), 1 << 20, np.int32)).save(tmp_path / "wide.tif")
+    for name in ("float.tif", "wide.tif"):
+        with pytest.raises(UnreadableImage, match=name):
+            images.read_image(tmp_path / name)
+
+
+def test_a_long_strip_is_read_in_bounded_memory(tmp_path):
+    # 20 million x 1 pixels is under the pixel cap, but resized shorter side first it would
+    # be 640 million x 32 (60 GB): the centre square is resized alone. A 1 GB address space
+    # limit in a fresh process makes the unbounded way fail at once rather than swap.
+    Image.new("RGB", (20_000_000, 1), (10, 200, 30)).save(tmp_path / "strip.png")
+    Image.new("RGB", (1, 3_000_000), (40, 50, 60)).save(tmp_path / "tall.png")
+    code = ("import resource, sys; from softmax_cls.data.images import read_image; "
+            "resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30)); "
+            "print(read_image(sys.argv[1])[16, 16].tolist(), read_image(sys.argv[2]).shape)")
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "strip.png"),
+                             str(tmp_path / "tall.png")], capture_output=True, text=True,
+                            timeout=120, env={**os.environ, "OPENBLAS_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["[10,", "200,", "30]", "(32,", "32,", "3)"]
+
+
+def test_the_strip_way_matches_resize_then_crop_within_one_step(monkeypatch):
+    rng = np.random.default_rng(2)
+    pictures = [Image.fromarray(rng.integers(0, 256, (h, w, 3), np.uint8))
+                for h, w in ((3, 700), (500, 2), (40, 90), (33, 32))]
+    usual = [np.asarray(images.to_square(p), dtype=int) for p in pictures]
+    monkeypatch.setattr(images, "MAX_RESIZED_PIXELS", 0)
+    for picture, expected in zip(pictures, usual, strict=True):
+        assert np.abs(np.asarray(images.to_square(picture), dtype=int) - expected).max() <= 1

@@ -673,3 +673,27 @@ def test_a_numeric_choice_axis_is_ticked_at_its_choices(tmp_path):
     assert list(ax.get_xticks()) == [64.0, 128.0, 256.0]
     drawing._label_axis(ax, "y", table, "optim.lr")
     assert ax.get_yscale() == "log"
+
+
+def test_confusion_of_very_many_classes_stays_the_size_of_cifar100s(tmp_path):
+    # an image folder may have any number of classes: a 1000-class matrix drawn at 20 pixels a
+    # cell was a 20330-pixel square (92 s and 15 GB, so a few thousand classes were an OOM)
+    assert drawing.confusion_size(100) == (2330, 2250)
+    for n in (101, 1000, 100_000):
+        assert drawing.confusion_size(n) == drawing.confusion_size(100)
+    names = tuple(f"class {i}" for i in range(250))
+    counts = np.random.default_rng(1).integers(0, 5, (250, 250))
+    path = drawing.draw_confusion(counts, names, tmp_path / "many.png")
+    assert_valid_picture(path, drawing.confusion_size(250))
+
+
+def test_confusion_of_very_many_classes_names_every_kth_class(tmp_path, monkeypatch):
+    # 250 names in 2000 pixels would overlap: every third class is named, its support too
+    figures = []
+    monkeypatch.setattr(drawing, "_save", lambda figure, path: figures.append(figure))
+    counts = np.ones((250, 250), np.int64)
+    drawing.draw_confusion(counts, tuple(f"class {i}" for i in range(250)), tmp_path / "x.png")
+    ax = figures[0].axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == [f"class {i}"
+                                                            for i in range(0, 250, 3)]
+    assert ax.get_yticklabels()[1].get_text() == "class 3 (250)"

@@ -6,8 +6,11 @@ and probabilities of a float64 recomputation from the checkpoint's arrays writte
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
+import shutil
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -24,8 +27,9 @@ from softmax_cls.data.images import read_image, to_rows
 from softmax_cls.data.labelled import LabelledData
 from softmax_cls.errors import DataError, InputError
 from softmax_cls.inference import Model
-from softmax_cls.inference.files import expand_inputs
+from softmax_cls.inference.files import Predictions, expand_inputs
 from softmax_cls.inference.model import top_k
+from softmax_cls.inference.output import Table
 from softmax_cls.training.runs import train_run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -133,6 +137,34 @@ def test_table_is_aligned_one_row_per_image(trained):
         assert row.rindex(row.split()[-2]) == header.index("top 3")
         assert all(re.fullmatch(r"\d\.\d{4}", cell) for cell in row.split()[2::2])
 
+
+
+def test_a_file_name_with_a_newline_or_escapes_stays_one_escaped_row(trained, tmp_path):
+    # a name may hold a newline or a terminal escape sequence: each row stays one line, the
+    # name escaped as shorten() writes it (a raw ESC would reach the user's terminal)
+    odd = [tmp_path / "two\nlines.png", tmp_path / "\x1b[2Jclear.png"]
+    for path in odd:
+        shutil.copy(trained["new"][0], path)
+    result = run("softmax-predict", str(trained["checkpoint"]), *map(str, odd))
+    assert result.returncode == 0, result.stderr
+    header, *rows = result.stdout.splitlines()
+    assert len(rows) == 2
+    assert "two\\nlines.png" in rows[0] and "\\x1b[2Jclear.png" in rows[1]
+    for row in rows:
+        assert row.index(row.split()[-2]) == header.index("top 3")  # still aligned
+
+
+def test_class_names_with_a_newline_or_escapes_stay_in_one_aligned_row():
+    # a probe's classes are its labels, any strings: each cell escaped as shorten() writes it
+    names = ("plain", "two\nlines", "\x1b[2Jclear")
+    table = Table(names, 3, len("a.npy[0]"))
+    batch = Predictions(["a.npy[0]"], np.array([[1, 2, 0]]),
+                        np.array([[0.5, 0.3, 0.2]], np.float32))
+    (row,) = table.lines(batch)
+    assert "\n" not in row and "\x1b" not in row
+    assert row.split() == ["a.npy[0]", "'two\\nlines'", "0.5000", "'\\x1b[2Jclear'", "0.3000",
+                           "plain", "0.2000"]
+    assert row.index("plain") == table.header().index("top 3")
 
 def test_a_picture_of_another_size_is_resized_as_read_image_does(trained, tmp_path):
     big = np.kron(decoded(trained["new"][:1])[0], np.ones((3, 2, 1), np.uint8))  # 96 x 64
@@ -250,6 +282,9 @@ def test_other_objects_are_refused(trained):
         model.predict([PIXELS], layout="rows")
     with pytest.raises(InputError, match="no such image file: nowhere.png"):
         model.predict("nowhere.png")
+    folder = str(trained["root"] / "new")
+    with pytest.raises(InputError, match=f"{re.escape(folder)} is a folder: pass its files"):
+        model.predict(folder)
 
 
 # -- wrong inputs through the installed command
@@ -300,6 +335,44 @@ def test_a_probe_predicts_feature_files_and_rows(probe):
             model.predict(wrong)
 
 
+
+
+def test_a_probe_table_is_aligned_under_its_header(probe):
+    # rows are named file[i]: the header is padded to the longest, known from the headers
+    files = [str(probe["root"] / "new_X.npy"), str(probe["root"] / "new.npz")]
+    result = run("softmax-predict", str(probe["checkpoint"]), *files, "--top-k", "1")
+    assert result.returncode == 0, result.stderr
+    header, *rows = result.stdout.splitlines()
+    assert len(rows) == 8 and rows[-1].startswith(f"{files[1]}[3] ")
+    for row in rows:
+        assert row.index(row.split()[1], len(row.split()[0])) == header.index("top 1"), row
+
+def test_the_default_top_k_fits_a_two_class_model(tmp_path):
+    # the default, 3, is cut to the classes there are: a yes/no model works without --top-k;
+    # a --top-k given larger than the classes stays an error
+    rng = np.random.default_rng(6)
+    y = rng.integers(0, 2, 200)
+    X = (np.eye(2)[y] * 4 + rng.standard_normal((200, 2))).astype(np.float32)
+    np.savez(tmp_path / "train.npz", X=X, y=np.array(["no", "yes"])[y])
+    config = config_from_dict({"engine": "numpy", "data": {"dataset": "features", "val_size": 50,
+                                                           "train": str(tmp_path / "train.npz")},
+                               "optim": {"epochs": 1, "batch_size": 64},
+                               "augment": {"hflip": False, "translate": 0}})
+    train_run(config, load_features(config.data, progress=False), tmp_path / "run",
+              progress=False)
+    np.save(tmp_path / "new_X.npy", X[:3])
+    checkpoint, new = str(tmp_path / "run" / "best.npz"), str(tmp_path / "new_X.npy")
+    result = run("softmax-predict", checkpoint, new)
+    assert result.returncode == 0, result.stderr
+    header, *rows = result.stdout.splitlines()
+    assert header.split() == ["input", "top", "1", "top", "2"] and len(rows) == 3
+    assert_one_line_error(run("softmax-predict", checkpoint, new, "--top-k", "3"), 2,
+                          "3 is more than the model's 2 classes")
+    classes, probabilities = Model.load(checkpoint).top_k(X[:3])  # Python: the same default
+    assert classes.shape == probabilities.shape == (3, 2)
+    with pytest.raises(InputError, match="between 1 and 2"):
+        Model.load(checkpoint).top_k(X[:3], k=3)
+
 def test_wrong_inputs_are_one_error_line(trained, probe, tmp_path):
     checkpoint = str(trained["checkpoint"])
     good = str(trained["new"][0])
@@ -342,6 +415,38 @@ def test_wrong_inputs_are_one_error_line(trained, probe, tmp_path):
         assert_one_line_error(result, code, message)
         assert len(result.stdout.splitlines()) <= 1, (args, result.stdout)  # the header
 
+
+
+def test_a_named_pipe_or_device_is_refused_not_waited_on(trained, tmp_path):
+    # opening a FIFO blocks until someone writes to it: the command would hang for ever
+    os.mkfifo(tmp_path / "pipe.png")
+    for path in (str(tmp_path / "pipe.png"), "/dev/zero"):
+        result = run("softmax-predict", str(trained["checkpoint"]), path, timeout=30)
+        assert_one_line_error(result, 1, f"{path} is not a regular file")
+
+
+def tiff_with_a_tag_past_the_end(compression: int) -> bytes:
+    """A 2 x 2 grey TIFF whose Software tag says its text lies past the end of the file (Pillow
+    warns while it opens it), compressed by `compression` (99: a scheme that does not exist)."""
+    entries = [(256, 3, 1, 2), (257, 3, 1, 2), (258, 3, 1, 8), (259, 3, 1, compression),
+               (262, 3, 1, 1), (273, 4, 1, 8), (277, 3, 1, 1), (278, 3, 1, 2), (279, 4, 1, 4),
+               (305, 2, 1000, 99999)]
+    ifd = struct.pack("<H", len(entries)) + b"".join(
+        struct.pack("<HHII", *entry) for entry in entries) + struct.pack("<I", 0)
+    return b"II*\x00" + struct.pack("<I", 12) + bytes([0, 80, 160, 240]) + ifd
+
+
+def test_pillows_warnings_about_a_damaged_file_are_not_printed(trained, tmp_path):
+    # Pillow warns (several lines, with its source file) about a damaged header: the file is
+    # still one error line, or read without a word
+    (tmp_path / "bad.tif").write_bytes(tiff_with_a_tag_past_the_end(99))
+    assert_one_line_error(run("softmax-predict", str(trained["checkpoint"]),
+                              str(tmp_path / "bad.tif")), 1, "bad.tif")
+    (tmp_path / "odd.tif").write_bytes(tiff_with_a_tag_past_the_end(1))
+    result = run("softmax-predict", str(trained["checkpoint"]), str(tmp_path / "bad.tif"),
+                 str(tmp_path / "odd.tif"), "--skip-unreadable")
+    assert result.returncode == 0 and len(result.stdout.splitlines()) == 2
+    assert result.stderr.splitlines() == [f"skipped 1 unreadable file: {tmp_path / 'bad.tif'}"]
 
 def test_skip_unreadable_counts_and_names_them(trained, tmp_path):
     folder = tmp_path / "mixed"

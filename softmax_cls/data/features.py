@@ -166,6 +166,18 @@ def read_feature_rows(path: str | Path) -> np.ndarray:
     return _finite_float32(path, _map(X))
 
 
+def feature_file_rows(path: str | Path) -> int | None:
+    """The number of rows the X of a feature file declares, from its header alone; None when
+    it cannot be told (read_feature_rows then says why)."""
+    path = Path(path)
+    try:
+        X = (_npz_headers(path, need_y=False)[0] if path.suffix == ".npz"
+             else _file_header(path, "X"))
+    except (DataError, OSError):
+        return None
+    return X.shape[0] if X.shape else None
+
+
 def _npz_headers(path: Path, need_y: bool = True) -> tuple[_Npy, _Npy | None]:
     """X's and y's headers in an .npz, each checked against the size the zip index declares
     for its member (so no member inflates past what its header declares). Without `need_y`,

@@ -1,13 +1,15 @@
 """Your own image folders: `data.dataset: folder`, one sub-folder of images per class.
 
 The layout is torchvision's `ImageFolder` (and Keras' `image_dataset_from_directory`):
-`data.train` holds one sub-folder per class, the class names are the sorted sub-folder
-names, and each class's images are found at any depth below its sub-folder by their suffix
-(data.images.IMAGE_SUFFIXES). Names starting with a dot are ignored, and so are files
-directly in `data.train` (they belong to no class). The test split is `data.test`, a folder
-of the same layout (its classes a subset of the training classes), or else a stratified
-share `data.test_fraction` of each class held out of `data.train` (the same images every
-run: a fixed seed per class, not the config's seed, so a sweep's trials share one split).
+`data.train` holds one sub-folder per class, the class names are the sorted sub-folder names
+(printable text: a name with a control character or bytes that are not UTF-8 is refused, as
+it could not be printed, plotted or exported), and each class's images are found at any
+depth below its sub-folder by their suffix (data.images.IMAGE_SUFFIXES). Names starting with
+a dot are ignored, and so are files directly in `data.train` (they belong to no class). The
+test split is `data.test`, a folder of the same layout (its classes a subset of the training
+classes), or else a stratified share `data.test_fraction` of each class held out of
+`data.train` (the same images every run: a fixed seed per class, not the config's seed, so a
+sweep's trials share one split).
 
 Symbolic links: a link to a folder is never followed (so no loop and nothing outside); a
 link to a file is read when its target lies inside the image folder, and skipped otherwise.
@@ -52,10 +54,12 @@ from .images import IMAGE_SIZE, IMAGE_SUFFIXES, read_image, require_pillow
 from .labelled import LabelledData
 
 CACHE_FOLDER = "image-cache"  # under data.root
-CACHE_VERSION = 1  # bump when the reading policy or the cache's files change
+CACHE_VERSION = 2  # bump when the reading policy or the cache's files change (2: 16-bit grey)
 ROWS_FILE, LABELS_FILE, META_FILE = "rows.u8", "labels.npy", "meta.json"
 META_CAP = 1 << 20  # bytes of meta.json read at most
 SPLIT_SEED = 0  # the held-out split's seed (with the class index): fixed, not config.seed
+# sub-folder names that are a data set's splits, not classes (photos/train/cat, photos/test/cat)
+SPLIT_NAMES = {"train", "training", "test", "testing", "val", "valid", "validation", "eval"}
 SHOWN_SKIPS = 3  # names the skip warning shows
 WRITE_ROWS = 256  # rows decoded before they are written to the cache file
 
@@ -99,6 +103,16 @@ def scan_folder(path: str | os.PathLike, role: str = "train") -> FolderScan:
             elif entry.is_dir(follow_symlinks=False):
                 classes.append(entry.name)
     classes.sort()
+    for name in classes:  # a class name is printed, plotted and written as UTF-8 text
+        if not name.isprintable():
+            raise DataError(f"{where}: class folder {shorten(name, 60, quote=True)} in "
+                            f"{shorten(given)}: its name is not printable text (a control "
+                            "character, or bytes that are not UTF-8); rename it")
+    if classes and all(name.lower() in SPLIT_NAMES for name in classes):
+        split = next((name for name in classes if name.lower().startswith(role)), classes[0])
+        raise DataError(f"{where}: the class folders are {', '.join(classes)} in "
+                        f"{shorten(given)}: a data set's splits, one level too high; set "
+                        f"data.{role}: {shorten(os.path.join(given, split))}")
     if len(classes) < (2 if role == "train" else 1):
         found = f"1 class folder ({shorten(classes[0], 40)})" if classes else "no class folders"
         need = "a classifier needs at least 2" if role == "train" else "it needs at least 1"
@@ -363,6 +377,11 @@ def load_folders(data: DataConfig, progress: bool = True) -> LabelledData:
     train_scan = scan_folder(data.train, "train")
     test_scan = None if data.test is None else scan_folder(data.test, "test")
     if test_scan is not None:
+        if _inside(train_scan.root, test_scan.root) or _inside(test_scan.root, train_scan.root):
+            raise DataError(f"data.test: {shorten(test_scan.given)} is the training folder "
+                            f"{shorten(train_scan.given)}, or overlaps it: a test of training "
+                            "images measures nothing (give another folder, or null to hold "
+                            "out data.test_fraction)")
         unknown = sorted(set(test_scan.class_names) - set(train_scan.class_names))
         if unknown:
             raise DataError(f"data.test: class folder {shorten(unknown[0], 60, quote=True)} in "

@@ -9,7 +9,8 @@ ONNX (opset 17, built with onnx.helper): an image model takes `pixels` uint8
 (N, 32, 32, 3), height x width x RGB (NHWC), and computes Cast to float32, Transpose to
 (N, 3, 32, 32), Reshape to (N, 3072), MatMul by W_raw[:, :P].T, Add W_raw[:, P], Softmax:
 the output `probabilities` (N, C) float32. A feature model takes `features` float32 (N, P).
-The ONNX weights are folded in float32 exactly as softmax-eval folds them.
+The ONNX weights are folded in float32 exactly as softmax-eval folds them. Its metadata holds
+the class names one per line, so a class name that is not printable text is refused.
 
 Files are written atomically (fsutil.atomic_write: a temporary file renamed over OUT, so a
 symbolic link at OUT is replaced, never written through); an existing OUT is refused unless
@@ -75,6 +76,13 @@ def onnx_model(model: Model):
     onnx = require_onnx()
     from onnx import TensorProto, helper, numpy_helper
 
+    for name in model.class_names:  # the metadata lists them one per line, in UTF-8
+        if not name.isprintable():
+            raise InputError(f"class name {shorten(name, 60, quote=True)} is not printable text "
+                             "(a newline, a control character or bytes that are not UTF-8): "
+                             "the ONNX metadata lists class names one per line; --format npz "
+                             "keeps them as they are")
+
     W_raw = model.checkpoint.preprocessor.fold(model.checkpoint.W).astype(np.float32)
     P = model.n_inputs
     C = len(model.class_names)
@@ -123,6 +131,9 @@ def export(checkpoint: str | os.PathLike, fmt: str, out: str | os.PathLike,
     if os.path.lexists(out):
         if out.is_dir() and not out.is_symlink():
             raise InputError(f"{shorten(out)} is a folder; name the file to write")
+        if os.path.exists(out) and os.path.exists(checkpoint) and os.path.samefile(out,
+                                                                                 checkpoint):
+            raise InputError(f"{shorten(out)} is the checkpoint itself; name another file")
         if not overwrite:
             raise InputError(f"{shorten(out)} exists; pass --overwrite to replace it")
     model = Model.load(checkpoint)

@@ -34,7 +34,8 @@ def input_suffixes(model: Model) -> tuple[str, ...]:
 def expand_inputs(arguments: list[str], suffixes: tuple[str, ...]) -> list[Path]:
     """The files named (each as given) and those inside the folders named (recursively,
     sorted by path, with a name ending in one of `suffixes`, any case), in argument order.
-    InputError for a path that does not exist and for a folder that holds no such file."""
+    InputError for a path that does not exist, is no regular file (a pipe, a device) or is a
+    folder that holds no such file."""
     files: list[Path] = []
     for argument in arguments:
         path = Path(argument)
@@ -44,8 +45,10 @@ def expand_inputs(arguments: list[str], suffixes: tuple[str, ...]) -> list[Path]
                 raise InputError(f"{shorten(path)} holds no files ending in "
                                  f"{', '.join(suffixes)}")
             files += found
-        elif path.exists():
+        elif path.is_file():
             files.append(path)
+        elif path.exists():  # a FIFO would block the read for ever, a device never end
+            raise InputError(f"{shorten(path)} is not a regular file")
         else:
             raise InputError(f"no such file or folder: {shorten(path)}")
     return files

@@ -73,6 +73,9 @@ class Model:
             parts = [self.rows(item, layout) for item in x]
             return np.concatenate(parts) if parts else np.empty((0, IMAGE_BYTES), np.uint8)
         if isinstance(x, (str, os.PathLike)):
+            if os.path.isdir(x):
+                raise InputError(f"{shorten(x)} is a folder: pass its files (softmax-predict "
+                                 "takes folders)")
             if not os.path.isfile(x):
                 raise InputError(f"no such image file: {shorten(x)}")
             return to_rows(read_image(x)[None])
@@ -96,9 +99,13 @@ class Model:
         """Class indices (N,) int64 into class_names: the argmax of the scores."""
         return self.scores(x, layout).argmax(axis=1).astype(np.int64)
 
-    def top_k(self, x, k: int = 3, layout: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+    def top_k(self, x, k: int | None = None, layout: str = "auto"
+              ) -> tuple[np.ndarray, np.ndarray]:
         """(classes (N, k) int64, probabilities (N, k) float32): each row's k most probable
-        classes, most probable first (equal probabilities: the lower class index first)."""
+        classes (k: 3, or every class of a model with fewer, as softmax-predict's default),
+        most probable first (equal probabilities: the lower class index first)."""
+        if k is None:
+            k = min(3, len(self.class_names))
         return top_k(self.predict_proba(x, layout), k)
 
     def _feature_rows(self, x) -> np.ndarray:

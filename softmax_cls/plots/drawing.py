@@ -41,6 +41,7 @@ TEMPLATE_CELL = (150, 165)  # one class panel: its image and its name
 MISTAKE_CELL = (160, 190)  # one image panel: the image and two lines of text
 MISTAKE_COLUMNS = 8
 TITLE_HEIGHT = 50
+CONFUSION_CLASSES = 100  # beyond, the matrix keeps this many cells' size and names every k-th
 
 
 def require_matplotlib():
@@ -68,9 +69,12 @@ def templates_size(n_classes: int) -> tuple[int, int]:
 
 def confusion_size(n_classes: int) -> tuple[int, int]:
     """(width, height) in pixels of confusion.png: a square cell per pair of classes (60
-    pixels up to 20 classes, with its count written in it; 20 beyond) plus margins for names."""
+    pixels up to 20 classes, with its count written in it; 20 beyond) plus margins for names;
+    beyond CONFUSION_CLASSES classes the matrix keeps CIFAR-100's 2000 pixels (the drawing's
+    memory grows with its area: 1000 classes at 20 pixels took 15 GB)."""
     cell = 60 if n_classes <= 20 else 20
-    return n_classes * cell + 330, n_classes * cell + 250
+    side = min(n_classes, CONFUSION_CLASSES) * cell
+    return side + 330, side + 250
 
 
 def mistakes_size(n_images: int) -> tuple[int, int]:
@@ -152,7 +156,8 @@ def draw_confusion(confusion: np.ndarray, class_names: tuple[str, ...],
                    path: str | os.PathLike, title: str = "confusion matrix") -> Path:
     """confusion.png, confusion_size(C): confusion_rates of the (C, C) counts as a sequential
     heat map (0 white, 1 dark blue, on a square-root scale), counts written in the cells up
-    to 20 classes, each row named with its class and support."""
+    to 20 classes, each row named with its class and support (beyond CONFUSION_CLASSES
+    classes, every k-th class is named, so that the names do not overlap)."""
     confusion = np.asarray(confusion)
     rates = confusion_rates(confusion)
     n = len(class_names)
@@ -165,10 +170,11 @@ def draw_confusion(confusion: np.ndarray, class_names: tuple[str, ...],
     image = ax.imshow(rates, cmap="Blues", norm=PowerNorm(0.5, vmin=0, vmax=1),
                       interpolation="nearest")
     font = 10 if n <= 20 else 7
-    ax.set_xticks(range(n), class_names, rotation=60, ha="right", rotation_mode="anchor",
-                  fontsize=font)
-    ax.set_yticks(range(n), [f"{name} ({support})" for name, support in
-                             zip(class_names, confusion.sum(axis=1), strict=True)], fontsize=font)
+    shown = range(0, n, math.ceil(n / CONFUSION_CLASSES))  # names 20 pixels apart at least
+    ax.set_xticks(shown, [class_names[i] for i in shown], rotation=60, ha="right",
+                  rotation_mode="anchor", fontsize=font)
+    support = confusion.sum(axis=1)
+    ax.set_yticks(shown, [f"{class_names[i]} ({support[i]})" for i in shown], fontsize=font)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class (images)")
     ax.set_title(title)

@@ -182,6 +182,9 @@ def _check_member_headers(name: str, archive: zipfile.ZipFile) -> None:
     pre_mean, pre_scale (F - 1,) or (F,)). Reads the headers only."""
     files = set(archive.namelist())
     missing = [key for key in REQUIRED if f"{key}.npy" not in files]
+    if missing and "W_raw.npy" in files:  # what inference.export writes: the weights alone
+        raise DataError(f"{name}: an export of softmax-export (W_raw), not a checkpoint: give "
+                        "the run's best.npz")
     if missing:
         raise DataError(f"{name}: {NOT_A_CHECKPOINT}; it lacks {', '.join(missing)}")
     total = 0
