@@ -94,6 +94,21 @@ def check_against_the_reference(engine, device, weighted, penalise_last, views, 
 
 
 @pytest.mark.parametrize("engine", ENGINES)
+def test_scores_clipped_below_minus_clip_as_the_reference(engine):
+    data, pre, W = image_problem(n=60)
+    W *= 40  # score gaps of hundreds: most rows' lowest scores are clipped at -clip
+    index = np.arange(60, dtype=np.int64)
+    rule = StepRule(lr=1.0, reg=0.01, clip=5.0)
+    views = ((False, 0, 0), (True, 0, 1))
+    S = pre.transform(data.rows, np.float64) @ W.T
+    assert ((S - S.max(1, keepdims=True)) < -rule.clip).mean() > 0.3
+    got = full_function(engine)(data, index, W, pre, rule, views, "edge", "float64")
+    want = reference(data, index, W, pre, rule, views)
+    assert got[0] == pytest.approx(want[0], rel=1e-12)
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-9, atol=1e-13)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
 def test_features_without_centring_or_bias_and_a_contiguous_slice(engine):
     full_function(engine)
     rng = np.random.default_rng(3)
