@@ -27,9 +27,13 @@ from ..contract import StepRule, TrainingRows
 from .rows import as_tensor, device_rows, resident_rows
 from .step import TORCH_DTYPES, augment
 
-# Values (rows x raw values) per chunk: the numpy engine's 4 MB of float32 on the CPU;
-# on a GPU 64 M values (256 MB of float32): few enough launches to keep it busy
-CHUNK_VALUES = {"cpu": 1 << 20, "cuda": 1 << 26}
+# Values (rows x raw values) per chunk. CPU: 8 M (32 MB of float32; 16,384 rows of 512
+# features), eight times the numpy engine's: each of the dozen element-wise ops per chunk
+# ends at an OpenMP barrier, which on a loaded machine waits for a descheduled thread
+# (20,000 x 512, 100 classes, 2 threads, load 3 on 2 cores: 0.71 s per evaluation in
+# chunks of 2,048 rows, 0.24 s in one chunk). GPU: 64 M values (256 MB of float32), few
+# enough launches to keep it busy.
+CHUNK_VALUES = {"cpu": 1 << 23, "cuda": 1 << 26}
 
 
 def full_loss_and_grad(device, data: TrainingRows, index: np.ndarray, W: np.ndarray,
