@@ -423,6 +423,20 @@ def test_engine_torch_solves_lbfgs_to_numpys_optimum_through_the_console_script(
     check_same_optimum_as_numpy(tmp_path, "cpu")
 
 
+def test_the_estimator_with_engine_torch_and_lbfgs():
+    pytest.importorskip("torch")
+    from softmax_cls.estimator import SoftmaxClassifier
+
+    X, y = logistic_problem(n=800, p=12, classes=4)
+    weight = np.random.default_rng(2).uniform(0.5, 2, len(y))
+    fits = [SoftmaxClassifier(solver="lbfgs", reg=1e-3, tol=1e-7, engine=engine,
+                              device="cpu" if engine == "torch" else "auto").fit(
+                                  X, y, sample_weight=weight) for engine in ("numpy", "torch")]
+    assert fits[1].get_params()["engine"] == "torch"
+    np.testing.assert_allclose(fits[1].coef_, fits[0].coef_,
+                               atol=1e-5 * np.abs(fits[0].coef_).max())
+
+
 @pytest.mark.cuda
 def test_engine_torch_solves_lbfgs_on_cuda(tmp_path):
     check_same_optimum_as_numpy(tmp_path, "cuda")
