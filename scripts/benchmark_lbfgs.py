@@ -21,6 +21,13 @@ are unpenalised), test accuracies, and the time of one loss-and-gradient evaluat
 scikit-learn's time per iteration. Prints Markdown; --json writes JSON.
 
     python scripts/benchmark_lbfgs.py --cifar-rows 10000 --feature-rows 50000 --repeats 3
+
+--engine NAME (repeatable: numpy, numba, torch) times only one full-batch evaluation per
+engine and precision, on random float32 features of --eval-shape ROWSxFEATURESxCLASSES
+(standardised, with the bias column, reg 1e-4), interleaved, medians of --repeats; torch
+on --device (cpu, cuda, ...). No scikit-learn there:
+
+    python scripts/benchmark_lbfgs.py --engine numpy --engine torch --eval-shape 20000x512x100
 """
 
 from __future__ import annotations
@@ -133,6 +140,39 @@ def per_evaluation(rows, labels, pre, reg: float, repeats: int = 5) -> dict:
     return {name: statistics.median(times) for name, times in spent.items()}
 
 
+def engine_evaluations(engines: list[str], shape: str, device: str, repeats: int) -> dict:
+    """Median seconds of one full-batch loss and gradient per engine and precision, at W =
+    0.01 on random standardised features of `shape` (ROWSxFEATURESxCLASSES), interleaved."""
+    from softmax_cls.engines import get_engine
+    from softmax_cls.engines.contract import StepRule, TrainingRows
+    from softmax_cls.math.preprocess import fit_preprocessor
+
+    n, p, classes = (int(part) for part in shape.lower().split("x"))
+    rng = np.random.default_rng(0)
+    rows = rng.standard_normal((n, p), dtype=np.float32)
+    data = TrainingRows(rows, rng.integers(0, classes, n).astype(np.int64))
+    pre = fit_preprocessor(rows, scale="std")
+    W = np.full((classes, pre.n_features), 0.01)
+    index = np.arange(n, dtype=np.int64)
+    rule = StepRule(lr=1.0, reg=1e-4)
+    calls = {}
+    for name in engines:
+        engine = get_engine(name, device if name == "torch" else "auto", classes)
+        for precision in ("float32", "float64"):
+            calls[f"{name} ({engine.device}) {precision}"] = (
+                lambda engine=engine, precision=precision: engine.full_loss_and_grad(
+                    data, index, W, pre, rule, precision=precision))
+    for call in calls.values():  # warm up: imports, first allocations, a GPU's copy
+        call()
+    spent: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, call in calls.items():
+            started = time.perf_counter()
+            call()
+            spent[name].append(time.perf_counter() - started)
+    return {name: statistics.median(times) for name, times in spent.items()}
+
+
 def accuracy_ours(fit: dict, X_test) -> float:
     pre = fit["pre"]
     scores = pre.transform(X_test, np.float64)[:, :-1] @ fit["coef"].T + fit["intercept"]
@@ -188,7 +228,23 @@ def main() -> None:
     parser.add_argument("--max-iter", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--engine", action="append", choices=["numpy", "numba", "torch"],
+                        help="only time one evaluation of this engine (repeatable)")
+    parser.add_argument("--eval-shape", default="20000x512x100",
+                        help="ROWSxFEATURESxCLASSES of --engine's evaluations")
+    parser.add_argument("--device", default="auto", help="the torch engine's device")
     args = parser.parse_args()
+    if args.engine:
+        print(f"one evaluation, {args.eval_shape}, medians of {args.repeats}, load average "
+              f"{os.getloadavg()[0]:.1f}, OPENBLAS_NUM_THREADS="
+              f"{os.environ.get('OPENBLAS_NUM_THREADS', '-')}")
+        print("\n| engine (device) precision | seconds |\n|---|---|")
+        times = engine_evaluations(args.engine, args.eval_shape, args.device, args.repeats)
+        for name, seconds in times.items():
+            print(f"| {name} | {seconds:.4f} |")
+        if args.json:
+            Path(args.json).write_text(json.dumps(times, indent=2))
+        return
     import scipy
     import sklearn
 

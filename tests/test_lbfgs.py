@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import warnings
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,17 @@ from softmax_cls.training.runs import train_run
 pytest.importorskip("scipy")
 IDENTITY = ((False, 0, 0),)
 TESTS = Path(__file__).resolve().parent
+ENGINES = ["numpy", "torch"]  # the full-batch functions of their own (numba uses numpy's)
+
+
+def full_function(engine: str, device: str = "cpu"):
+    """The engine's full_loss_and_grad itself (it takes `chunk`), not through the Engine."""
+    if engine == "numpy":
+        return numpy_engine.full_loss_and_grad
+    torch = pytest.importorskip("torch")
+    from softmax_cls.engines.torch_engine import full
+
+    return partial(full.full_loss_and_grad, torch.device(device))
 
 
 def image_problem(n: int = 120, classes: int = 4, seed: int = 0, weighted: bool = True):
@@ -59,23 +71,46 @@ def reference(data: TrainingRows, index, W, pre, rule, views, padding="edge"):
 @pytest.mark.parametrize("weighted", [True, False])
 @pytest.mark.parametrize("penalise_last", [True, False])
 @pytest.mark.parametrize("views", [IDENTITY, tuple(augmented_views(True, 1))])
-def test_full_loss_and_grad_is_the_reference_in_float64(weighted, penalise_last, views):
+@pytest.mark.parametrize("engine", ENGINES)
+def test_full_loss_and_grad_is_the_reference_in_float64(engine, weighted, penalise_last,
+                                                        views):
+    check_against_the_reference(engine, "cpu", weighted, penalise_last, views, "reflect")
+
+
+def check_against_the_reference(engine, device, weighted, penalise_last, views, padding):
     data, pre, W = image_problem(weighted=weighted)
     index = np.sort(np.random.default_rng(1).choice(120, 90, replace=False)).astype(np.int64)
     rule = StepRule(lr=1.0, reg=0.05, penalise_last=penalise_last, clip=20.0)
-    loss, grad = numpy_engine.full_loss_and_grad(data, index, W, pre, rule, views, "reflect",
-                                                 "float64", chunk=32)
-    want_loss, want_grad = reference(data, index, W, pre, rule, views, "reflect")
+    loss, grad = full_function(engine, device)(data, index, W, pre, rule, views, padding,
+                                               "float64", chunk=32)
+    want_loss, want_grad = reference(data, index, W, pre, rule, views, padding)
     assert loss == pytest.approx(want_loss, rel=1e-12)
     np.testing.assert_allclose(grad, want_grad, rtol=1e-9, atol=1e-13)
-    # float32 products, float64 sums: close to the float64 answer
-    loss32, grad32 = get_engine("numpy").full_loss_and_grad(data, index, W, pre, rule, views,
-                                                            "reflect", "float32")
+    # float32 products, float64 sums: close to the float64 answer (and not float64 itself)
+    loss32, grad32 = get_engine(engine, device).full_loss_and_grad(
+        data, index, W, pre, rule, views, padding, "float32")
     assert loss32 == pytest.approx(want_loss, rel=1e-6)
-    assert np.abs(grad32 - want_grad).max() <= 1e-5 * np.abs(want_grad).max()
+    assert 0 < np.abs(grad32 - want_grad).max() <= 1e-5 * np.abs(want_grad).max()
 
 
-def test_features_without_centring_or_bias_and_a_contiguous_slice():
+@pytest.mark.parametrize("engine", ENGINES)
+def test_scores_clipped_below_minus_clip_as_the_reference(engine):
+    data, pre, W = image_problem(n=60)
+    W *= 40  # score gaps of hundreds: most rows' lowest scores are clipped at -clip
+    index = np.arange(60, dtype=np.int64)
+    rule = StepRule(lr=1.0, reg=0.01, clip=5.0)
+    views = ((False, 0, 0), (True, 0, 1))
+    S = pre.transform(data.rows, np.float64) @ W.T
+    assert ((S - S.max(1, keepdims=True)) < -rule.clip).mean() > 0.3
+    got = full_function(engine)(data, index, W, pre, rule, views, "edge", "float64")
+    want = reference(data, index, W, pre, rule, views)
+    assert got[0] == pytest.approx(want[0], rel=1e-12)
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-9, atol=1e-13)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_features_without_centring_or_bias_and_a_contiguous_slice(engine):
+    full_function(engine)
     rng = np.random.default_rng(3)
     rows = rng.standard_normal((50, 7)).astype(np.float32) * 3 + 1
     labels = rng.integers(0, 3, 50).astype(np.int64)
@@ -84,8 +119,8 @@ def test_features_without_centring_or_bias_and_a_contiguous_slice():
         W = rng.standard_normal((3, pre.n_features))
         rule = StepRule(lr=1.0, reg=0.01, penalise_last=not pre.bias)
         index = np.arange(5, 45, dtype=np.int64)
-        got = get_engine("numpy").full_loss_and_grad(TrainingRows(rows, labels), index, W, pre,
-                                                     rule, IDENTITY, "edge", "float64")
+        got = get_engine(engine, "cpu").full_loss_and_grad(
+            TrainingRows(rows, labels), index, W, pre, rule, IDENTITY, "edge", "float64")
         want = reference(TrainingRows(rows, labels), index, W, pre, rule, IDENTITY)
         assert got[0] == pytest.approx(want[0], rel=1e-12)
         np.testing.assert_allclose(got[1], want[1], rtol=1e-9, atol=1e-13)
@@ -111,19 +146,23 @@ def test_the_gradient_is_the_derivative_of_the_loss():
         assert numeric == pytest.approx(grad[c, d], rel=1e-5, abs=1e-9)
 
 
-def test_a_memory_map_is_read_in_chunks_with_the_same_result(tmp_path):
-    data, pre, W = image_problem(weighted=False)
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_memory_map_is_read_in_chunks_with_the_same_result(engine, tmp_path):
+    function = full_function(engine)
+    data, pre, W = image_problem(weighted=True)
     path = tmp_path / "rows.u8"
     data.rows.tofile(path)
     mapped = np.memmap(path, dtype=np.uint8, mode="r", shape=data.rows.shape)
-    index = np.arange(10, 120, dtype=np.int64)
     rule = StepRule(lr=1.0, reg=0.01)
-    whole = numpy_engine.full_loss_and_grad(data, index, W, pre, rule, IDENTITY, "edge",
-                                            "float64", chunk=1000)
-    chunked = numpy_engine.full_loss_and_grad(TrainingRows(mapped, data.labels), index, W, pre,
-                                              rule, IDENTITY, "edge", "float64", chunk=7)
-    assert chunked[0] == pytest.approx(whole[0], rel=1e-13)
-    np.testing.assert_allclose(chunked[1], whole[1], rtol=1e-11, atol=1e-15)
+    views = ((False, 0, 0), (True, 1, -2))
+    for index in (np.arange(10, 120, dtype=np.int64),  # a slice of the file, and a gather
+                  np.arange(3, 120, 2, dtype=np.int64)):
+        whole = numpy_engine.full_loss_and_grad(data, index, W, pre, rule, views, "zero",
+                                                "float64", chunk=1000)
+        chunked = function(TrainingRows(mapped, data.labels, data.sample_weight), index, W,
+                           pre, rule, views, "zero", "float64", chunk=7)
+        assert chunked[0] == pytest.approx(whole[0], rel=1e-13)
+        np.testing.assert_allclose(chunked[1], whole[1], rtol=1e-11, atol=1e-15)
 
 
 def test_the_numba_engine_gives_the_numpy_objective():
@@ -340,6 +379,93 @@ def test_lbfgs_minimises_the_augmented_objective(tmp_path):
     _, unaugmented = reference(TrainingRows(data.train_images, data.train_labels),
                                split.train_rows, W, pre, rule, IDENTITY)
     assert np.abs(unaugmented).max() > 10 * np.abs(grad).max()
+
+
+def features_problem(folder: Path, engine: str, device: str = "cpu") -> str:
+    """A tiny features problem (float32, 8 values, 5 classes) and its lbfgs config."""
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 5, 400)
+    X = (rng.normal(0, 2, (5, 8))[labels] + rng.standard_normal((400, 8)) * 2).astype(
+        np.float32)
+    np.savez(folder / "train.npz", X=X[:300], y=labels[:300])
+    np.savez(folder / "test.npz", X=X[300:], y=labels[300:])
+    raw = {"engine": engine, "device": device,
+           "data": {"dataset": "features", "train": str(folder / "train.npz"),
+                    "test": str(folder / "test.npz"), "val_size": 50},
+           "preprocess": {"scale": "std"}, "augment": {"hflip": False, "translate": 0},
+           "optim": {"solver": "lbfgs", "tol": 1e-7}, "loss": {"reg": 1e-2},
+           "output": {"plots": False, "dir": str(folder / f"run-{engine}-{device}")}}
+    path = folder / f"{engine}-{device}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return str(path)
+
+
+def check_same_optimum_as_numpy(tmp_path, device):
+    from cli_util import run
+
+    pytest.importorskip("torch")
+    solutions = []
+    for engine, where in (("numpy", "cpu"), ("torch", device)):
+        config = features_problem(tmp_path, engine, where)
+        result = run("softmax-train", "--config", config, "--quiet", cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        folder = tmp_path / f"run-{engine}-{where}"
+        summary = json.loads((folder / "summary.json").read_text())
+        assert summary["solver"] == "lbfgs" and summary["converged"] is True
+        assert yaml.safe_load((folder / "config.yaml").read_text())["engine"] == engine
+        solutions.append(load_checkpoint(folder / "best.npz").W)
+    ours, numpys = solutions
+    # float32 checkpoints of two float64 optima within tol 1e-9 of each other
+    assert np.abs(ours - numpys).max() <= 1e-6 * np.abs(numpys).max()
+
+
+def test_engine_torch_solves_lbfgs_to_numpys_optimum_through_the_console_script(tmp_path):
+    check_same_optimum_as_numpy(tmp_path, "cpu")
+
+
+def test_the_estimator_with_engine_torch_and_lbfgs():
+    pytest.importorskip("torch")
+    from softmax_cls.estimator import SoftmaxClassifier
+
+    X, y = logistic_problem(n=800, p=12, classes=4)
+    weight = np.random.default_rng(2).uniform(0.5, 2, len(y))
+    fits = [SoftmaxClassifier(solver="lbfgs", reg=1e-3, tol=1e-7, engine=engine,
+                              device="cpu" if engine == "torch" else "auto").fit(
+                                  X, y, sample_weight=weight) for engine in ("numpy", "torch")]
+    assert fits[1].get_params()["engine"] == "torch"
+    np.testing.assert_allclose(fits[1].coef_, fits[0].coef_,
+                               atol=1e-5 * np.abs(fits[0].coef_).max())
+
+
+@pytest.mark.cuda
+def test_engine_torch_solves_lbfgs_on_cuda(tmp_path):
+    check_same_optimum_as_numpy(tmp_path, "cuda")
+    for views in (IDENTITY, tuple(augmented_views(True, 2))):
+        for padding in ("zero", "edge", "reflect"):
+            check_against_the_reference("torch", "cuda", True, False, views, padding)
+
+
+@pytest.mark.cuda
+def test_resident_rows_on_cuda_give_the_chunked_result():
+    torch = pytest.importorskip("torch")
+    from softmax_cls.engines.torch_engine.rows import device_rows, resident_rows
+
+    data, pre, W = image_problem()
+    device = torch.device("cuda")
+    index = np.arange(5, 100, 3, dtype=np.int64)
+    rule = StepRule(lr=1.0, reg=0.01)
+    views = tuple(augmented_views(True, 1))
+    want = numpy_engine.full_loss_and_grad(data, index, W, pre, rule, views, "edge", "float64")
+    assert resident_rows(data, device) is None
+    moved = full_function("torch", "cuda")(data, index, W, pre, rule, views, "edge", "float64",
+                                           chunk=16)
+    assert resident_rows(data, device) is not None  # small rows: moved once, to stay
+    device_rows(data, device)
+    again = full_function("torch", "cuda")(data, index, W, pre, rule, views, "edge", "float64",
+                                           chunk=16)
+    for got in (moved, again):
+        assert got[0] == pytest.approx(want[0], rel=1e-12)
+        np.testing.assert_allclose(got[1], want[1], rtol=1e-9, atol=1e-13)
 
 
 # --- the estimator against scikit-learn -------------------------------------------------------

@@ -5,7 +5,8 @@ CPU or a CUDA GPU (the optional extra `softmax-cls[torch]`).
 - rows: the training rows moved to the device once;
 - step: one minibatch (gather, augmentation, folded loss and gradient, update);
 - epoch: the steps of an epoch, eager or captured in a CUDA graph;
-- predict: scores and one minibatch's loss and gradient.
+- predict: scores and one minibatch's loss and gradient;
+- full: the full-batch loss and gradient of the L-BFGS solver.
 
 `make_engine(device)` is the one constructor; importing this package imports torch.
 """
@@ -24,8 +25,11 @@ def make_engine(device: str = "auto", cuda_graphs: bool = True) -> Engine:
     SoftmaxClsError (one line) without torch or without the device."""
     require_torch()
     from .epoch import EpochRunner
+    from .full import full_loss_and_grad
     from .predict import batch_loss_and_grad, predict_scores
 
     where = resolve_device(device)
     return Engine("torch", EpochRunner(where, cuda_graphs), partial(predict_scores, where),
-                  partial(batch_loss_and_grad, where), device=str(where))
+                  partial(batch_loss_and_grad, where),
+                  full_loss_and_grad_function=partial(full_loss_and_grad, where),
+                  device=str(where))

@@ -48,12 +48,21 @@ def as_tensor(array: np.ndarray, device):
             "fewer rows or --set device=cpu") from None
 
 
+def resident_rows(data: TrainingRows, device) -> DeviceRows | None:
+    """The tensors of `data` on `device` when an earlier device_rows moved them there, else
+    None (nothing is moved)."""
+    held = _resident.get(id(data))
+    if held is not None and held[0]() is data and held[1] == str(device):
+        return held[2]
+    return None
+
+
 def device_rows(data: TrainingRows, device) -> DeviceRows:
     """The tensors of `data` on `device`, moved there on the first call for this `data`."""
     key = id(data)
-    held = _resident.get(key)
-    if held is not None and held[0]() is data and held[1] == str(device):
-        return held[2]
+    held = resident_rows(data, device)
+    if held is not None:
+        return held
     moved = DeviceRows(as_tensor(data.rows, device), as_tensor(data.labels, device),
                        None if data.sample_weight is None
                        else as_tensor(data.sample_weight, device))

@@ -1,0 +1,145 @@
+"""The full-batch objective on the device: the engine contract's full_loss_and_grad (the
+L-BFGS solver's, training/lbfgs.py) with torch ops, the numpy engine's arithmetic step for
+step (numpy_engine.full_loss_and_grad).
+
+Per chunk of rows: the rows on the device (an index_select of the resident rows, or the
+chunk gathered on the host and moved there), per augmented view one device augmentation
+(step.augment, the training steps' own), the rows centred in `precision` (x_c = u - mean;
+the scale folded into the weights), the scores x_c @ (W * scale).T in `precision`, the
+softmax and its loss in float64, and x_c.T @ dS in `precision` added into a float64 sum.
+Centring before the product, not step.Folding's offset in the bias, keeps float32 products
+as accurate as the numpy engine's (the offset would cancel large terms near the optimum).
+Matmuls run without TF32 on CUDA: the float32 products are IEEE float32, as docs/lbfgs.md's
+tolerances assume.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+
+from ...math import softmax
+from ...math.augment import SIDE
+from ...math.preprocess import Preprocessor
+from ..contract import StepRule, TrainingRows
+from .rows import as_tensor, device_rows, resident_rows
+from .step import TORCH_DTYPES, augment
+
+# Values (rows x raw values) per chunk. CPU: 8 M (32 MB of float32; 16,384 rows of 512
+# features), eight times the numpy engine's: each of the dozen element-wise ops per chunk
+# ends at an OpenMP barrier, which on a loaded machine waits for a descheduled thread
+# (20,000 x 512, 100 classes, 2 threads, load 3 on 2 cores: 0.71 s per evaluation in
+# chunks of 2,048 rows, 0.24 s in one chunk). GPU: 64 M values (256 MB of float32), few
+# enough launches to keep it busy.
+CHUNK_VALUES = {"cpu": 1 << 23, "cuda": 1 << 26}
+
+
+def full_loss_and_grad(device, data: TrainingRows, index: np.ndarray, W: np.ndarray,
+                       pre: Preprocessor, rule: StepRule, views: tuple, padding: str,
+                       precision: str, chunk: int | None = None) -> tuple[float, np.ndarray]:
+    """The full-batch objective of the contract over data.rows[index] (rows (N, P) uint8 or
+    float32, index (n,) int64) and `views` ((flip, dy, dx), math.augment.augmented_views), and
+    its gradient (C, D) float64 numpy, for W (C, D) float64, computed on `device` with
+    products in `precision` ("float32" or "float64") and float64 sums.
+
+    The rows stay where they are: resident on the device when they already are (or on a GPU
+    when they fit in half its free memory, moved once per TrainingRows object as the epochs
+    do), else `chunk` rows at a time (default CHUNK_VALUES values) gathered on the host and
+    moved to the device: a memory-mapped file larger than memory is fine.
+    """
+    with _ieee_float32(device):
+        return _evaluate(device, data, index, W, pre, rule, views, padding, precision, chunk)
+
+
+def _evaluate(device, data, index, W, pre, rule, views, padding, precision, chunk):
+    rows, labels, weights = data.rows, data.labels, data.sample_weight
+    dtype = np.dtype(precision)
+    kind = TORCH_DTYPES[dtype]
+    n_classes, P = W.shape[0], pre.n_raw
+    f64 = dict(dtype=torch.float64, device=device)
+    mean = (torch.as_tensor(pre.vectors(dtype)[0], device=device) if pre.mean.any()
+            else None)
+    W_scaled = torch.as_tensor(np.ascontiguousarray((W[:, :P] * pre.scale).T, dtype=dtype),
+                               device=device)  # (P, C)
+    bias = torch.as_tensor(W[:, P] if pre.bias else np.zeros(n_classes), **f64)
+    total = len(index) * len(views)
+    grad_pc = torch.zeros((P, n_classes), **f64)  # sum of x_c.T @ dS
+    grad_bias = torch.zeros(n_classes, **f64)
+    loss_sum = torch.zeros((), **f64)
+    resident = _resident(data, device)
+    if chunk is None:
+        chunk = max(64, CHUNK_VALUES["cpu" if device.type == "cpu" else "cuda"] // P)
+    contiguous = bool(np.all(np.diff(index) == 1))
+    index_t = torch.as_tensor(index, device=device) if resident is not None else None
+    positions = torch.arange(SIDE, device=device)
+    for start in range(0, len(index), chunk):
+        stop = min(start + chunk, len(index))
+        n = stop - start
+        if resident is not None:
+            block = torch.index_select(resident.rows, 0, index_t[start:stop])
+        elif contiguous:  # a slice of the file: no gather copy on the host
+            block = as_tensor(rows[index[start] : index[start] + n], device)
+        else:
+            block = as_tensor(np.take(rows, index[start:stop], axis=0), device)
+        chunk_labels = as_tensor(labels[index[start:stop]], device)[:, None]
+        chunk_weight = (None if weights is None else
+                        torch.as_tensor(weights[index[start:stop]], **f64)[:, None])
+        for flip, dy, dx in views:
+            u = block
+            if flip or dy or dx:
+                u = augment(block, torch.ones(n, dtype=torch.bool, device=device)
+                            if flip else None,
+                            torch.tensor([[dy, dx]], device=device).expand(n, 2)
+                            if dy or dx else None, padding, positions)
+            x = u.to(kind) if mean is None else torch.sub(u.to(kind), mean)
+            S = torch.mm(x, W_scaled).to(torch.float64).add_(bias)
+            # softmax.softmax_loss_from_scores: max-shifted scores clipped from below
+            Z = S.sub_(S.amax(dim=1, keepdim=True)).clamp_(min=-rule.clip)
+            exp = Z.exp()
+            sum_exp = exp.sum(dim=1, keepdim=True)
+            row_losses = sum_exp.log() - Z.gather(1, chunk_labels)
+            dS = exp.div_(sum_exp)
+            dS.scatter_add_(1, chunk_labels, torch.full_like(row_losses, -1.0))
+            if chunk_weight is not None:
+                row_losses = row_losses * chunk_weight
+                dS.mul_(chunk_weight)
+            loss_sum += row_losses.sum()
+            dS.div_(total)
+            grad_bias += dS.sum(dim=0)
+            grad_pc += torch.mm(x.T, dS.to(kind))
+    grad = np.empty_like(W)
+    np.multiply(grad_pc.T.cpu().numpy(), pre.scale, out=grad[:, :P])
+    if pre.bias:
+        grad[:, P] = grad_bias.cpu().numpy()
+    penalty, penalty_grad = softmax.l2_penalty(W, rule.reg, rule.penalise_last)
+    grad += penalty_grad
+    return softmax.finite_loss(float(loss_sum) / total + penalty), grad
+
+
+def _resident(data: TrainingRows, device):
+    """The rows' DeviceRows when they are on the device to stay: already resident, or on a
+    GPU when they fit in half its free memory (then moved now, once); else None (the CPU
+    reads the host's rows in place)."""
+    if device.type == "cpu":
+        return None
+    held = resident_rows(data, device)
+    if held is not None:
+        return held
+    free, _ = torch.cuda.mem_get_info(device)
+    return device_rows(data, device) if data.rows.nbytes <= free // 2 else None
+
+
+@contextmanager
+def _ieee_float32(device):
+    """TF32 matmuls off on CUDA for the duration (restored after): float32 means float32."""
+    if device.type != "cuda":
+        yield
+        return
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
