@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from softmax_cls.config import config_from_dict
+from softmax_cls.data.features import load_features
 from softmax_cls.data.labelled import LabelledData
+from softmax_cls.training.runs import train_run
 
 REAL_ARCHIVE = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar-10-binary.tar.gz"
 needs_real_data = pytest.mark.skipif(not REAL_ARCHIVE.is_file(),
@@ -50,6 +52,22 @@ def small_config(tmp_path: Path, **sections):
         else:
             raw[key] = value
     return config_from_dict(raw)
+
+
+def train_probe(folder: Path, X: np.ndarray, y: np.ndarray, **sections) -> Path:
+    """Trains a small linear probe (engine numpy, 50 validation rows, no augmentation) on
+    features X (N, D) float32 with labels y (N,) (integers or strings), saved as
+    folder/train.npz; keyword arguments override sections as small_config's. Returns the
+    run's best.npz."""
+    np.savez(folder / "train.npz", X=X, y=y)
+    settings = {"engine": "numpy", **sections,
+                "data": {"dataset": "features", "val_size": 50,
+                         "train": str(folder / "train.npz"), **sections.get("data", {})},
+                "augment": {"hflip": False, "translate": 0}}
+    config = small_config(folder, **settings)
+    train_run(config, load_features(config.data, progress=False), folder / "run",
+              progress=False)
+    return folder / "run" / "best.npz"
 
 
 def random_problem(

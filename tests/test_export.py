@@ -9,11 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from cli_util import assert_one_line_error, run
-from conftest import REAL_ARCHIVE, needs_real_data, separable_data, small_config
+from conftest import REAL_ARCHIVE, needs_real_data, separable_data, small_config, train_probe
 
-from softmax_cls.config import config_from_dict
 from softmax_cls.data.cifar import load_config_data
-from softmax_cls.data.features import load_features
 from softmax_cls.errors import InputError
 from softmax_cls.inference import Model
 from softmax_cls.inference.export import export, onnx_model
@@ -89,15 +87,7 @@ def test_onnx_of_a_probe_takes_float_features(tmp_path):
     centers = rng.normal(0, 3, (3, 10))
     y = rng.integers(0, 3, 300)
     X = ((centers[y] + rng.standard_normal((300, 10))) * 5 - 1).astype(np.float32)
-    np.save(tmp_path / "X.npy", X)
-    np.save(tmp_path / "y.npy", y)
-    config = config_from_dict({"engine": "numpy", "data": {"dataset": "features", "val_size": 50,
-                                                           "train": str(tmp_path / "X.npy")},
-                               "preprocess": {"bias": False},
-                               "optim": {"epochs": 2, "batch_size": 64, "lr": 0.01},
-                               "augment": {"hflip": False, "translate": 0}})
-    train_run(config, load_features(config.data, progress=False), tmp_path / "run",
-              progress=False)
+    train_probe(tmp_path, X, y, preprocess={"bias": False})
     model = Model.load(tmp_path / "run" / "best.npz")
     runtime = session(_write(onnx_model(model), tmp_path / "probe.onnx"))
     assert runtime.get_inputs()[0].name == "features"
@@ -223,13 +213,7 @@ def test_onnx_refuses_class_names_its_one_per_line_metadata_cannot_hold(tmp_path
     y = rng.integers(0, 3, 200)
     X = (np.eye(3)[y] * 4 + rng.standard_normal((200, 3))).astype(np.float32)
     labels = np.array(["two\nlines", "caf\udce9", "plain"])[y]
-    np.savez(tmp_path / "train.npz", X=X, y=labels)
-    config = config_from_dict({"engine": "numpy", "data": {"dataset": "features", "val_size": 50,
-                                                           "train": str(tmp_path / "train.npz")},
-                               "optim": {"epochs": 1, "batch_size": 64},
-                               "augment": {"hflip": False, "translate": 0}})
-    train_run(config, load_features(config.data, progress=False), tmp_path / "run",
-              progress=False)
+    train_probe(tmp_path, X, labels)
     result = run("softmax-export", str(tmp_path / "run" / "best.npz"), "--format", "onnx",
                  "-o", str(tmp_path / "probe.onnx"))
     assert_one_line_error(result, 1, "class name 'caf\\udce9'", "--format npz")

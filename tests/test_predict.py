@@ -18,11 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from cli_util import assert_one_line_error, run, script
-from conftest import small_config
+from conftest import small_config, train_probe
 from PIL import Image
 
-from softmax_cls.config import config_from_dict
-from softmax_cls.data.features import load_features
 from softmax_cls.data.images import read_image, to_rows
 from softmax_cls.data.labelled import LabelledData
 from softmax_cls.errors import DataError, InputError
@@ -298,17 +296,11 @@ def probe(tmp_path_factory) -> dict:
     centers = rng.normal(0, 3, (3, 12))
     y = rng.integers(0, 3, 400)
     X = (centers[y] + rng.standard_normal((400, 12))).astype(np.float32) * 4 + 2
-    np.save(root / "X.npy", X)
-    np.save(root / "y.npy", y)
-    config = config_from_dict({"engine": "numpy", "data": {"dataset": "features", "val_size": 50,
-                                                           "train": str(root / "X.npy")},
-                               "optim": {"epochs": 3, "batch_size": 64, "lr": 0.01},
-                               "augment": {"hflip": False, "translate": 0}})
-    train_run(config, load_features(config.data, progress=False), root / "run", progress=False)
+    checkpoint = train_probe(root, X, y)
     new = (centers[[0, 1, 2, 1]] + rng.standard_normal((4, 12))) * 4 + 2
     np.save(root / "new_X.npy", new)
     np.savez(root / "new.npz", X=new.astype(np.float64))
-    return {"root": root, "checkpoint": root / "run" / "best.npz", "new": new}
+    return {"root": root, "checkpoint": checkpoint, "new": new}
 
 
 def test_a_probe_predicts_feature_files_and_rows(probe):
@@ -353,13 +345,7 @@ def test_the_default_top_k_fits_a_two_class_model(tmp_path):
     rng = np.random.default_rng(6)
     y = rng.integers(0, 2, 200)
     X = (np.eye(2)[y] * 4 + rng.standard_normal((200, 2))).astype(np.float32)
-    np.savez(tmp_path / "train.npz", X=X, y=np.array(["no", "yes"])[y])
-    config = config_from_dict({"engine": "numpy", "data": {"dataset": "features", "val_size": 50,
-                                                           "train": str(tmp_path / "train.npz")},
-                               "optim": {"epochs": 1, "batch_size": 64},
-                               "augment": {"hflip": False, "translate": 0}})
-    train_run(config, load_features(config.data, progress=False), tmp_path / "run",
-              progress=False)
+    train_probe(tmp_path, X, np.array(["no", "yes"])[y])
     np.save(tmp_path / "new_X.npy", X[:3])
     checkpoint, new = str(tmp_path / "run" / "best.npz"), str(tmp_path / "new_X.npy")
     result = run("softmax-predict", checkpoint, new)
