@@ -34,7 +34,7 @@ from ..config import (
 )
 from ..data.cifar import load_config_data
 from ..data.labelled import LabelledData
-from ..engines import get_engine
+from ..engines import check_device, get_engine
 from ..errors import ConfigError, SoftmaxClsError
 from ..fsutil import FolderBusy, atomic_write, folder_lock, fsync_dir, read_capped
 from ..interrupts import stop_word_and_code
@@ -166,7 +166,9 @@ def plan_run(config_path: str | None, overrides: Iterable[str] = (), out: str | 
 
 
 def _check_solver_installed(config: Config) -> None:
-    """optim.solver lbfgs needs SciPy: one error line naming the extra, before any data."""
+    """optim.solver lbfgs needs SciPy, and a CUDA device a GPU: one error line naming what is
+    missing, before any data."""
+    check_device(config.engine, config.device)
     if config.optim.solver == "lbfgs":
         from .lbfgs import require_scipy
 
