@@ -347,3 +347,25 @@ def test_running_out_of_device_memory_is_one_line_naming_the_batch_size(monkeypa
     with pytest.raises(SoftmaxClsError, match="out of memory on cpu in a training epoch: "
                                               "lower optim.batch_size"):
         make_engine("cpu").train_epoch(p.data, plan, StepRule(lr=0.1), p.pre, state)
+
+
+def test_softmax_eval_hints_name_no_option_it_lacks(tmp_path, monkeypatch):
+    """softmax-eval has --engine and --device, no --set: its one error line for a missing
+    GPU, PyTorch or numba said `use --set device=cpu` or `(or --set engine=numpy)`."""
+    config = features_config(tmp_path, engine="numpy")
+    assert run("softmax-train", "--config", config, "--quiet", cwd=tmp_path).returncode == 0
+    checkpoint = str(tmp_path / "run" / "best.npz")
+    lines = []
+    if NO_GPU:
+        result = run("softmax-eval", checkpoint, "--engine", "torch", "--device", "cuda",
+                     cwd=tmp_path)
+        lines.append(assert_one_line_error(result, 1, "no CUDA GPU", "device cpu"))
+    for module, engine in (("torch", "torch"), ("numba", "numba")):
+        shadow = tmp_path / f"shadow-{module}"
+        (shadow / module).mkdir(parents=True)
+        (shadow / module / "__init__.py").write_text(f"raise ImportError('no {module}')\n")
+        monkeypatch.setenv("PYTHONPATH", str(shadow))
+        result = run("softmax-eval", checkpoint, "--engine", engine, cwd=tmp_path)
+        lines.append(assert_one_line_error(result, 1, "pip install", "engine numpy"))
+    for line in lines:
+        assert "--set" not in line, line

@@ -95,6 +95,6 @@ def get_engine(name: str = "auto", device: str = "auto", n_classes: int | None =
     try:
         from .numba_engine import ENGINE
     except ImportError:
-        raise SoftmaxClsError(f"engine numba needs numba: {FAST_INSTALL} (or --set "
-                              "engine=numpy)") from None
+        raise SoftmaxClsError(f"engine numba needs numba: {FAST_INSTALL} (or use engine "
+                              "numpy)") from None
     return ENGINE
