@@ -369,3 +369,21 @@ def test_softmax_eval_hints_name_no_option_it_lacks(tmp_path, monkeypatch):
         lines.append(assert_one_line_error(result, 1, "pip install", "engine numpy"))
     for line in lines:
         assert "--set" not in line, line
+
+
+def test_the_run_folder_says_which_engine_auto_ran(tmp_path):
+    """engine auto's choice was recorded nowhere: config.yaml says auto, summary.json said
+    nothing, so a user could not tell numba's run from torch's (they agree within float32
+    tolerance, not bit for bit)."""
+    config = features_config(tmp_path)  # engine auto, device auto, 20 classes
+    result = run("softmax-train", "--config", config, "--quiet", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    expected = get_engine("auto", "auto", 20)
+    assert (summary["engine"], summary["device"]) == (expected.name, expected.device)
+    assert summary["device"] == ("cpu" if NO_GPU else "cuda:0")
+    config = features_config(tmp_path, engine="torch", device="cpu")
+    result = run("softmax-train", "--config", config, "--quiet", "--overwrite", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert (summary["engine"], summary["device"]) == ("torch", "cpu")

@@ -264,7 +264,8 @@ def train_run(config: Config, data: LabelledData | Callable[[], LabelledData], o
                 test_acc = float(np.mean(scored.scores.argmax(axis=1) == scored.labels))
 
             # -- the end: last.npz complete, summary.json
-            run.finish(state, test_loss, test_acc, fitted.stopped_early, fitted.solver)
+            run.finish(state, test_loss, test_acc, fitted.stopped_early, fitted.solver,
+                       {"engine": engine.name, "device": engine.device})
         except KeyboardInterrupt as exc:
             raise _interrupted(exc, run, resume) from None
     return RunResult(config, state, out_dir, test_loss, test_acc, fitted.stopped_early, pre,
@@ -495,15 +496,18 @@ class _Run:
         self.save_last()
 
     def finish(self, state: TrainState, test_loss: float | None, test_acc: float | None,
-               stopped_early: bool, solver: dict | None = None) -> None:
+               stopped_early: bool, solver: dict | None = None,
+               ran: dict | None = None) -> None:
         """Mark last.npz complete and write summary.json (with L-BFGS's `solver` report:
-        iterations, evaluations, final_loss, grad_max, converged)."""
+        iterations, evaluations, final_loss, grad_max, converged, and `ran`: the engine and
+        device that ran, engine auto's choice)."""
         if not (self.out_dir / "best.npz").exists():  # resumed from a lone last.npz
             self.save("best.npz", state, model=True, status="best weights only")
         self.save("last.npz", state, status="complete")
         summary = dict(zip(SUMMARY_KEYS, (state.epoch, state.best_epoch, state.best_val_acc,
                                           test_loss, test_acc, stopped_early), strict=True))
         summary.update(solver or {})
+        summary.update(ran or {})
         with atomic_write(self.out_dir / "summary.json", "w") as handle:
             json.dump(summary, handle, indent=2)
 
