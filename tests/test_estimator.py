@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -263,3 +265,19 @@ def test_a_fit_far_from_the_optimum_warns():
     # the ratio is the objective's: the same model refitted to convergence has a small one
     assert SoftmaxClassifier(epochs=400, lr=0.05, random_state=0).fit(
         X_train, y_train).gradient_ratio_ < 0.01
+
+
+def test_an_lbfgs_convergence_warning_points_at_the_callers_line():
+    """The ConvergenceWarning of solver="lbfgs" was attributed to numpy's errstate wrapper
+    (numpy/_core/_ufunc_config.py, `return func(*args, **kwargs)`), so a filter on the
+    user's module missed it and every fit's warning shared numpy's location."""
+    pytest.importorskip("scipy")
+    from sklearn.exceptions import ConvergenceWarning
+
+    X, y = blobs()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        SoftmaxClassifier(solver="lbfgs", max_iter=1).fit(X, y)  # the caller's line
+    found = [w for w in caught if issubclass(w.category, ConvergenceWarning)]
+    assert len(found) == 1 and "max_iter 1" in str(found[0].message)
+    assert found[0].filename == __file__
