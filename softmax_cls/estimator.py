@@ -332,7 +332,7 @@ class SoftmaxClassifier(ClassifierMixin, BaseEstimator):
             "augment": {"hflip": False, "translate": 0},
         }
         try:
-            return config_from_dict(raw)
+            return config_from_dict(_python_scalars(raw))
         except ConfigError as exc:
             key, _, problem = str(exc).partition(": ")
             raise ValueError(f"{_PARAMETER_OF_KEY.get(key, key)}: {problem}") from None
@@ -417,6 +417,14 @@ def _convergence_warning(line: str) -> None:
     attributed to the line that called fit (called from _train, called from fit)."""
     warnings.warn(line.replace("optim.max_iter", "max_iter").replace("optim.tol", "tol"),
                   ConvergenceWarning, stacklevel=4)
+
+
+def _python_scalars(raw: dict) -> dict:
+    """`raw` with numpy scalars (np.int64 from GridSearchCV over np.arange, np.float32, ...)
+    as the Python numbers the config schema takes, mapping into mapping."""
+    return {key: _python_scalars(value) if isinstance(value, dict)
+            else value.item() if isinstance(value, np.generic) else value
+            for key, value in raw.items()}
 
 
 def _check_two_classes(classes: np.ndarray) -> None:

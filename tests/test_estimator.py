@@ -281,3 +281,22 @@ def test_an_lbfgs_convergence_warning_points_at_the_callers_line():
     found = [w for w in caught if issubclass(w.category, ConvergenceWarning)]
     assert len(found) == 1 and "max_iter 1" in str(found[0].message)
     assert found[0].filename == __file__
+
+
+def test_numpy_scalars_are_parameters_as_python_numbers():
+    """GridSearchCV over np.arange(...) or a float32 array hands out numpy scalars:
+    max_iter=np.int64(50) was refused with "max_iter: must be an integer, got np.int64(50)"
+    (and epochs, batch_size, lr, tol alike), where scikit-learn's own estimators take them."""
+    pytest.importorskip("scipy")
+    from sklearn.model_selection import GridSearchCV
+
+    X, y = blobs()
+    search = GridSearchCV(SoftmaxClassifier(solver="lbfgs"),
+                          {"max_iter": np.array([20, 200]),
+                           "tol": np.array([1e-4], dtype=np.float32)}, cv=2).fit(X, y)
+    assert search.best_params_["max_iter"] in (20, 200)
+    plain = SoftmaxClassifier(epochs=3, batch_size=32, lr=0.0625, random_state=0).fit(X, y)
+    numpy = SoftmaxClassifier(epochs=np.int64(3), batch_size=np.int32(32), lr=np.float32(0.0625),
+                              random_state=np.int64(0), nesterov=np.bool_(True),
+                              standardize=np.bool_(True)).fit(X, y)
+    np.testing.assert_allclose(numpy.coef_, plain.coef_, rtol=1e-6)
