@@ -387,3 +387,30 @@ def test_the_run_folder_says_which_engine_auto_ran(tmp_path):
     assert result.returncode == 0, result.stderr
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert (summary["engine"], summary["device"]) == ("torch", "cpu")
+
+
+def test_softmax_eval_engine_auto_picks_by_the_checkpoints_class_count(tmp_path, monkeypatch):
+    """softmax-eval --engine auto picked as if the class count were unknown (numba on the
+    CPU) for a 64-class checkpoint, where engine auto picks torch (engines.md)."""
+    import softmax_cls.engines
+    from softmax_cls.data.cifar import load_config_data
+    from softmax_cls.training.evaluate import evaluate_checkpoint
+
+    rng = np.random.default_rng(0)
+    labels = np.arange(400) % TORCH_CPU_FROM_CLASSES
+    X = rng.standard_normal((400, 4)).astype(np.float32)
+    np.savez(tmp_path / "train.npz", X=X[:300], y=labels[:300])
+    np.savez(tmp_path / "test.npz", X=X[300:], y=labels[300:])
+    config = small_config(tmp_path, engine="numpy",
+                          data={"dataset": "features", "train": str(tmp_path / "train.npz"),
+                                "test": str(tmp_path / "test.npz"), "val_size": 0.2},
+                          optim={"epochs": 1})
+    train(config, lambda: load_config_data(config.data, False), tmp_path / "run",
+          progress=False)
+    chosen = []
+    real = softmax_cls.engines.get_engine
+    monkeypatch.setattr(softmax_cls.engines, "get_engine",
+                        lambda *args: chosen.append(real(*args)) or chosen[-1])
+    evaluate_checkpoint(tmp_path / "run" / "best.npz", progress=False, engine="auto",
+                        device="cpu")
+    assert [engine.name for engine in chosen] == ["torch"]

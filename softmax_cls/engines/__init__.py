@@ -52,12 +52,18 @@ def check_device(name: str, device: str) -> None:
     engine, PyTorch missing, or no such GPU. torch is imported only when a GPU is asked for."""
     from .torch_engine.device import check_device_text, resolve_device
 
+    _check_name(name)
     check_device_text(device)
     if not device.startswith("cuda"):
         return
     if name not in ("torch", "auto"):
         raise _cpu_engine_on_gpu(name, device)
     resolve_device(device)
+
+
+def _check_name(name: str) -> None:
+    if name not in ENGINE_NAMES:
+        raise SoftmaxClsError(f"engine: must be one of {', '.join(ENGINE_NAMES)}, got {name!r}")
 
 
 def _cpu_engine_on_gpu(name: str, device: str) -> SoftmaxClsError:
@@ -73,8 +79,7 @@ def get_engine(name: str = "auto", device: str = "auto", n_classes: int | None =
     a device or an extra that is not there."""
     from .torch_engine.device import check_device_text, cuda_available
 
-    if name not in ENGINE_NAMES:
-        raise SoftmaxClsError(f"engine: must be one of {', '.join(ENGINE_NAMES)}, got {name!r}")
+    _check_name(name)
     check_device_text(device)
     if name == "auto":
         has_torch = _installed("torch")
