@@ -41,3 +41,36 @@ def test_a_failed_line_search_is_named_and_explained(tmp_path):
     assert len(warnings) == 1, result.stderr
     assert "abnormal" not in warnings[0].lower() and "line search" in warnings[0]
     assert "preprocess.scale" in warnings[0]
+
+
+def test_an_interrupted_solve_says_it_keeps_no_partial_result(tmp_path):
+    """Ctrl-C during an L-BFGS solve said `last.npz holds the last completed epoch (0)`: in
+    SGD's words, as if part of the solve were kept; resuming starts the solve again."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from test_train import TRAINER  # softmax-train's command on 30,000 synthetic images
+
+    config = tmp_path / "config.yaml"
+    config.write_text("optim: {solver: lbfgs, tol: 1.0e-12}\ndata: {val_size: 100}\n"
+                      "engine: numpy\n")
+    out = tmp_path / "run"
+    code = TRAINER.format(tests=str(Path(__file__).parent),
+                          args=["--config", str(config), "--out", str(out), "-q"])
+    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (out / "last.npz").exists():
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.01)
+    time.sleep(1.0)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: interrupted"), stderr
+    assert "epoch" not in lines[0] and "L-BFGS" in lines[0], lines[0]
+    assert f"--resume {out / 'last.npz'}" in lines[0]

@@ -290,9 +290,16 @@ def _interrupted(exc: KeyboardInterrupt, run: _Run | None, resume: Checkpoint | 
         checkpoint, epoch = resume.path, resume.state.epoch
     else:
         checkpoint = None
-    message = word if checkpoint is None else (
-        f"{word}: {checkpoint} holds the last completed epoch ({epoch}); resume with "
-        f"softmax-train --resume {checkpoint}")
+    lbfgs = run is not None and run.config.optim.solver == "lbfgs"
+    if checkpoint is None:
+        message = word
+    elif lbfgs:
+        message = (f"{word}: an L-BFGS solve keeps no partial result; {checkpoint} holds the "
+                   f"weights it started from; solve again with softmax-train --resume "
+                   f"{checkpoint}")
+    else:
+        message = (f"{word}: {checkpoint} holds the last completed epoch ({epoch}); resume "
+                   f"with softmax-train --resume {checkpoint}")
     error = TrainingInterrupted(message)
     error.exit_code = code
     return error
