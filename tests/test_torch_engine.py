@@ -414,3 +414,27 @@ def test_softmax_eval_engine_auto_picks_by_the_checkpoints_class_count(tmp_path,
     evaluate_checkpoint(tmp_path / "run" / "best.npz", progress=False, engine="auto",
                         device="cpu")
     assert [engine.name for engine in chosen] == ["torch"]
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--engine", "jax"], "engine: must be one of"),
+    (["--engine", "numpy", "--device", "cuda"], "only engine torch runs on a GPU"),
+    (["--device", "tpu"], "device: must be auto, cpu, cuda or cuda:N"),
+])
+def test_softmax_eval_checks_engine_and_device_before_the_checkpoint(tmp_path, args, needle):
+    result = run("softmax-eval", str(tmp_path / "nothing.npz"), *args, cwd=tmp_path)
+    assert_one_line_error(result, 1, needle)
+
+
+def test_summary_json_names_the_device_the_engine_ran_on(tmp_path, small_data, monkeypatch):
+    import dataclasses
+
+    from softmax_cls.engines import numpy_engine
+    from softmax_cls.training import runs
+
+    elsewhere = dataclasses.replace(numpy_engine.ENGINE, device="cuda:3")
+    monkeypatch.setattr(runs, "get_engine", lambda *args: elsewhere)
+    train(small_config(tmp_path, engine="numpy", optim={"epochs": 1}), small_data,
+          tmp_path / "run", progress=False)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert (summary["engine"], summary["device"]) == ("numpy", "cuda:3")
