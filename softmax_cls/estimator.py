@@ -415,8 +415,10 @@ class SoftmaxClassifier(ClassifierMixin, BaseEstimator):
 def _convergence_warning(line: str) -> None:
     """L-BFGS's line when it stopped short of tol, as scikit-learn's ConvergenceWarning,
     attributed to the line that called fit (called from _train, called from fit)."""
-    warnings.warn(line.replace("optim.max_iter", "max_iter").replace("optim.tol", "tol"),
-                  ConvergenceWarning, stacklevel=4)
+    for key, parameter in (("optim.max_iter", "max_iter"), ("optim.tol", "tol"),
+                           ("preprocess.scale std", "standardize=True")):
+        line = line.replace(key, parameter)
+    warnings.warn(line, ConvergenceWarning, stacklevel=4)
 
 
 def _python_scalars(raw: dict) -> dict:

@@ -300,3 +300,20 @@ def test_numpy_scalars_are_parameters_as_python_numbers():
                               random_state=np.int64(0), nesterov=np.bool_(True),
                               standardize=np.bool_(True)).fit(X, y)
     np.testing.assert_allclose(numpy.coef_, plain.coef_, rtol=1e-6)
+
+
+def test_an_lbfgs_warning_names_the_estimators_parameters():
+    """L-BFGS stopping early on unstandardised features of size 1e18 (gradient max-norm
+    8e4) blamed only `tol ... below what float64 rounding allows`; and the advice on scale
+    must name the estimator's parameter, not the config key preprocess.scale."""
+    pytest.importorskip("scipy")
+    from sklearn.exceptions import ConvergenceWarning
+
+    X, y = blobs()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        SoftmaxClassifier(solver="lbfgs", standardize=False, reg=0.0).fit(X * 1e18, y)
+    found = [str(w.message) for w in caught if issubclass(w.category, ConvergenceWarning)]
+    assert len(found) == 1, found
+    assert "standardize=True" in found[0] and "preprocess" not in found[0]
+    assert "optim." not in found[0] and "or tol set below" in found[0]

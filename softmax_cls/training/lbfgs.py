@@ -178,12 +178,10 @@ def not_converged_line(result: LbfgsResult, max_iter: int, tol: float) -> str:
                 "raise optim.max_iter")
     status, _, detail = result.message.partition(":")
     if status.strip() == "ABNORMAL":  # SciPy's line search found no lower loss
-        why, advice = ("the line search found no lower loss", "huge or badly scaled features "
-                       "can cause it (preprocess.scale std), or an optim.tol below what "
-                       "float64 rounding of the loss allows")
+        why = "the line search found no lower loss"
     else:
         why = (detail.strip() or status.strip()).lower() or "no reason given"
-        advice = "optim.tol may be below what float64 rounding of the loss allows"
     return (f"L-BFGS did not converge: it stopped after {result.iterations} iterations "
             f"({why}) with gradient max-norm {result.grad_max:.3g} > optim.tol {tol:g}; "
-            f"{advice}")
+            "huge or badly scaled features can cause it (preprocess.scale std), or "
+            "optim.tol set below what float64 rounding of the loss allows")
