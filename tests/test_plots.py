@@ -13,6 +13,7 @@ from pathlib import Path
 import cli_util
 import numpy as np
 import pytest
+import yaml
 from conftest import separable_data, small_config
 
 from softmax_cls.errors import DataError, SoftmaxClsError
@@ -697,3 +698,32 @@ def test_confusion_of_very_many_classes_names_every_kth_class(tmp_path, monkeypa
     assert [t.get_text() for t in ax.get_xticklabels()] == [f"class {i}"
                                                             for i in range(0, 250, 3)]
     assert ax.get_yticklabels()[1].get_text() == "class 3 (250)"
+
+
+def test_a_reg_path_with_zero_in_its_grid_gets_a_symlog_axis(tmp_path):
+    """A regularisation path's grid [0.1, ..., 1e-5, 0] (the unpenalised end) was drawn on a
+    linear axis: every point below 0.01 piled up at the left edge with overlapping tick
+    labels. Its axis is symlog, linear only below the smallest positive value."""
+    import matplotlib.pyplot as plt
+
+    folder = tmp_path / "path"
+    folder.mkdir()
+    grid = [0.1, 0.01, 0.001, 0.0001, 1.0e-5, 0.0]
+    (folder / "sweep.yaml").write_text(yaml.safe_dump({
+        "base": None, "set": {"optim.solver": "lbfgs"}, "sampler": "grid", "trials": 6,
+        "seed": 0, "pruner": {"name": "none"}, "space": {"loss.reg": {"grid": grid}}}))
+    rows = "".join(f"{i},complete,{reg},{0.3 + i / 100},10,10,1.0\n"
+                   for i, reg in enumerate(grid))
+    (folder / "trials.csv").write_text("number,state,loss.reg,best_val_acc,best_epoch,"
+                                       "epochs,seconds\n" + rows)
+    (folder / "summary.json").write_text(json.dumps({"best_trial": 5}))
+    table = plots.sweep_table(folder)
+    assert table.is_log("loss.reg")
+    figure, ax = plt.subplots()
+    try:
+        drawing._label_axis(ax, "x", table, "loss.reg")
+        assert ax.get_xscale() == "symlog"
+        assert ax.xaxis.get_transform().linthresh == 1.0e-5
+    finally:
+        plt.close(figure)
+    assert_valid_picture(plots.plot_path(folder)[0], (900, 700))

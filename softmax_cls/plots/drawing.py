@@ -279,7 +279,9 @@ def _label_axis(ax, axis: str, table: SweepTable, key: str) -> None:
     label = key + (f" (importance {importance:.2f})" if importance is not None else "")
     getattr(ax, f"set_{axis}label")(label)
     listed = table.specs.get(key, {}).get("choice", table.specs.get(key, {}).get("grid"))
-    if table.is_log(key):
+    if table.is_log(key) and table.zero_listed(key) is not None:  # 0 has no log position
+        getattr(ax, f"set_{axis}scale")("symlog", linthresh=table.zero_listed(key))
+    elif table.is_log(key):
         getattr(ax, f"set_{axis}scale")("log")
     elif table.is_numeric(key) and isinstance(listed, list) and listed:
         getattr(ax, f"set_{axis}ticks")(sorted(float(v) for v in listed))  # the choices only
