@@ -74,3 +74,16 @@ def test_an_interrupted_solve_says_it_keeps_no_partial_result(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error: interrupted"), stderr
     assert "epoch" not in lines[0] and "L-BFGS" in lines[0], lines[0]
     assert f"--resume {out / 'last.npz'}" in lines[0]
+
+
+def test_resuming_an_lbfgs_run_with_sgd_says_its_iterations_count_as_epochs(tmp_path):
+    """--resume of an L-BFGS run with optim.solver=sgd said `the checkpoint has done 45
+    epochs`: it had done 45 L-BFGS iterations, which its epoch count holds."""
+    from cli_util import assert_one_line_error
+
+    config = features_config(tmp_path)
+    assert run("softmax-train", "--config", config, "--quiet", cwd=tmp_path).returncode == 0
+    last = str(tmp_path / "run" / "last.npz")
+    result = run("softmax-train", "--resume", last, "--quiet", "--set", "optim.solver=sgd",
+                 "--set", "optim.epochs=2", cwd=tmp_path)
+    assert_one_line_error(result, 2, "L-BFGS iterations", "optim.epochs >=")

@@ -209,7 +209,9 @@ def train_run(config: Config, data: LabelledData | Callable[[], LabelledData], o
     config = with_absolute_paths(config)
     if resume is not None and config.optim.solver == "sgd" \
             and config.optim.epochs < resume.state.epoch:
-        raise ConfigError(f"optim.epochs: the checkpoint has done {resume.state.epoch} epochs; "
+        done = ("L-BFGS iterations, counted as epochs"
+                if resume.config.optim.solver == "lbfgs" else "epochs")
+        raise ConfigError(f"optim.epochs: the checkpoint has done {resume.state.epoch} {done}; "
                           f"resuming needs optim.epochs >= {resume.state.epoch}, got "
                           f"{config.optim.epochs}")
     run = None
