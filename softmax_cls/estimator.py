@@ -295,13 +295,16 @@ class SoftmaxClassifier(ClassifierMixin, BaseEstimator):
                pre: Preprocessor, state: TrainState, sample_weight: np.ndarray | None
                ) -> None:
         first_epoch = state.epoch
+        lines: list[str] = []  # L-BFGS's warning, given once fit() is back (stacklevel)
         try:
             result = fit(config, X, y_encoded, split, pre, len(self.classes_), state=state,
-                         sample_weight=sample_weight, warn=_convergence_warning)
+                         sample_weight=sample_weight, warn=lines.append)
         except TrainingDiverged as exc:
             raise ValueError(f"{type(self).__name__}: training diverged in epoch "
                              f"{state.epoch + 1} with lr={self.lr:g}, reg={self.reg:g}; lower "
                              f"lr ({exc.__cause__ or 'non-finite loss or weights'})") from None
+        for line in lines:
+            _convergence_warning(line)
         self._state, self._pre, self._model = result.state, pre, result.state.best_W
         self.n_iter_ = result.state.epoch - first_epoch
         self.best_epoch_ = result.state.best_epoch
@@ -329,7 +332,7 @@ class SoftmaxClassifier(ClassifierMixin, BaseEstimator):
             "augment": {"hflip": False, "translate": 0},
         }
         try:
-            return config_from_dict(raw)
+            return config_from_dict(_python_scalars(raw))
         except ConfigError as exc:
             key, _, problem = str(exc).partition(": ")
             raise ValueError(f"{_PARAMETER_OF_KEY.get(key, key)}: {problem}") from None
@@ -410,9 +413,20 @@ class SoftmaxClassifier(ClassifierMixin, BaseEstimator):
 
 
 def _convergence_warning(line: str) -> None:
-    """L-BFGS's line when it stopped at max_iter, as scikit-learn's ConvergenceWarning."""
-    warnings.warn(line.replace("optim.max_iter", "max_iter").replace("optim.tol", "tol"),
-                  ConvergenceWarning, stacklevel=5)
+    """L-BFGS's line when it stopped short of tol, as scikit-learn's ConvergenceWarning,
+    attributed to the line that called fit (called from _train, called from fit)."""
+    for key, parameter in (("optim.max_iter", "max_iter"), ("optim.tol", "tol"),
+                           ("preprocess.scale std", "standardize=True")):
+        line = line.replace(key, parameter)
+    warnings.warn(line, ConvergenceWarning, stacklevel=4)
+
+
+def _python_scalars(raw: dict) -> dict:
+    """`raw` with numpy scalars (np.int64 from GridSearchCV over np.arange, np.float32, ...)
+    as the Python numbers the config schema takes, mapping into mapping."""
+    return {key: _python_scalars(value) if isinstance(value, dict)
+            else value.item() if isinstance(value, np.generic) else value
+            for key, value in raw.items()}
 
 
 def _check_two_classes(classes: np.ndarray) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -263,3 +265,55 @@ def test_a_fit_far_from_the_optimum_warns():
     # the ratio is the objective's: the same model refitted to convergence has a small one
     assert SoftmaxClassifier(epochs=400, lr=0.05, random_state=0).fit(
         X_train, y_train).gradient_ratio_ < 0.01
+
+
+def test_an_lbfgs_convergence_warning_points_at_the_callers_line():
+    """The ConvergenceWarning of solver="lbfgs" was attributed to numpy's errstate wrapper
+    (numpy/_core/_ufunc_config.py, `return func(*args, **kwargs)`), so a filter on the
+    user's module missed it and every fit's warning shared numpy's location."""
+    pytest.importorskip("scipy")
+    from sklearn.exceptions import ConvergenceWarning
+
+    X, y = blobs()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        SoftmaxClassifier(solver="lbfgs", max_iter=1).fit(X, y)  # the caller's line
+    found = [w for w in caught if issubclass(w.category, ConvergenceWarning)]
+    assert len(found) == 1 and "max_iter 1" in str(found[0].message)
+    assert found[0].filename == __file__
+
+
+def test_numpy_scalars_are_parameters_as_python_numbers():
+    """GridSearchCV over np.arange(...) or a float32 array hands out numpy scalars:
+    max_iter=np.int64(50) was refused with "max_iter: must be an integer, got np.int64(50)"
+    (and epochs, batch_size, lr, tol alike), where scikit-learn's own estimators take them."""
+    pytest.importorskip("scipy")
+    from sklearn.model_selection import GridSearchCV
+
+    X, y = blobs()
+    search = GridSearchCV(SoftmaxClassifier(solver="lbfgs"),
+                          {"max_iter": np.array([20, 200]),
+                           "tol": np.array([1e-4], dtype=np.float32)}, cv=2).fit(X, y)
+    assert search.best_params_["max_iter"] in (20, 200)
+    plain = SoftmaxClassifier(epochs=3, batch_size=32, lr=0.0625, random_state=0).fit(X, y)
+    numpy = SoftmaxClassifier(epochs=np.int64(3), batch_size=np.int32(32), lr=np.float32(0.0625),
+                              random_state=np.int64(0), nesterov=np.bool_(True),
+                              standardize=np.bool_(True)).fit(X, y)
+    np.testing.assert_allclose(numpy.coef_, plain.coef_, rtol=1e-6)
+
+
+def test_an_lbfgs_warning_names_the_estimators_parameters():
+    """L-BFGS stopping early on unstandardised features of size 1e18 (gradient max-norm
+    8e4) blamed only `tol ... below what float64 rounding allows`; and the advice on scale
+    must name the estimator's parameter, not the config key preprocess.scale."""
+    pytest.importorskip("scipy")
+    from sklearn.exceptions import ConvergenceWarning
+
+    X, y = blobs()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        SoftmaxClassifier(solver="lbfgs", standardize=False, reg=0.0).fit(X * 1e18, y)
+    found = [str(w.message) for w in caught if issubclass(w.category, ConvergenceWarning)]
+    assert len(found) == 1, found
+    assert "standardize=True" in found[0] and "preprocess" not in found[0]
+    assert "optim." not in found[0] and "or tol set below" in found[0]

@@ -13,6 +13,7 @@ from pathlib import Path
 import cli_util
 import numpy as np
 import pytest
+import yaml
 from conftest import separable_data, small_config
 
 from softmax_cls.errors import DataError, SoftmaxClsError
@@ -165,7 +166,8 @@ def test_curves_table_takes_known_keys_and_leaves_gaps_as_nan():
          "val_acc": 0.45},
     ]
     table = evaluation.curves_table(history)
-    assert set(table) == {"epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc"}
+    assert set(table) == {"epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc",
+                          "grad_max"}
     assert np.array_equal(table["epoch"], [1, 2, 3])
     assert np.array_equal(table["lr"], [0.1, 0.05, 0.025])
     assert np.array_equal(table["val_acc"], [0.35, 0.45, 0.45])
@@ -697,3 +699,61 @@ def test_confusion_of_very_many_classes_names_every_kth_class(tmp_path, monkeypa
     assert [t.get_text() for t in ax.get_xticklabels()] == [f"class {i}"
                                                             for i in range(0, 250, 3)]
     assert ax.get_yticklabels()[1].get_text() == "class 3 (250)"
+
+
+def test_a_reg_path_with_zero_in_its_grid_gets_a_symlog_axis(tmp_path):
+    """A regularisation path's grid [0.1, ..., 1e-5, 0] (the unpenalised end) was drawn on a
+    linear axis: every point below 0.01 piled up at the left edge with overlapping tick
+    labels. Its axis is symlog, linear only below the smallest positive value."""
+    import matplotlib.pyplot as plt
+
+    folder = tmp_path / "path"
+    folder.mkdir()
+    grid = [0.1, 0.01, 0.001, 0.0001, 1.0e-5, 0.0]
+    (folder / "sweep.yaml").write_text(yaml.safe_dump({
+        "base": None, "set": {"optim.solver": "lbfgs"}, "sampler": "grid", "trials": 6,
+        "seed": 0, "pruner": {"name": "none"}, "space": {"loss.reg": {"grid": grid}}}))
+    rows = "".join(f"{i},complete,{reg},{0.3 + i / 100},10,10,1.0\n"
+                   for i, reg in enumerate(grid))
+    (folder / "trials.csv").write_text("number,state,loss.reg,best_val_acc,best_epoch,"
+                                       "epochs,seconds\n" + rows)
+    (folder / "summary.json").write_text(json.dumps({"best_trial": 5}))
+    table = plots.sweep_table(folder)
+    assert table.is_log("loss.reg")
+    figure, ax = plt.subplots()
+    try:
+        drawing._label_axis(ax, "x", table, "loss.reg")
+        assert ax.get_xscale() == "symlog"
+        assert ax.xaxis.get_transform().linthresh == 1.0e-5
+    finally:
+        plt.close(figure)
+    assert_valid_picture(plots.plot_path(folder)[0], (900, 700))
+
+
+def test_an_lbfgs_run_draws_iterations_and_the_gradient_not_epochs_and_lr(tmp_path,
+                                                                         monkeypatch):
+    """curves.png of an optim.solver lbfgs run had an empty learning-rate panel (lr is null),
+    an empty `train (running)` line and `epoch` under every axis: its history has one row
+    per L-BFGS iteration with the gradient's max-norm, and val metrics in the last row."""
+    history = [{"epoch": i, "lr": None, "train_loss": 1 / i, "train_acc": None,
+                "val_loss": None, "val_acc": None, "grad_max": 10.0 ** -i}
+               for i in range(1, 9)]
+    history[-1].update(val_loss=0.5, val_acc=0.8)
+    figures = []
+    real = drawing._save
+    monkeypatch.setattr(drawing, "_save", lambda figure, path: figures.append(figure)
+                        or real(figure, path))
+    path = drawing.draw_curves(evaluation.curves_table(history), 8, tmp_path / "curves.png")
+    assert_valid_picture(path, (1350, 420))
+    loss_ax, acc_ax, third = figures[0].axes[:3]
+    assert {ax.get_xlabel() for ax in (loss_ax, acc_ax, third)} == {"L-BFGS iteration"}
+    assert third.get_title() == "gradient max-norm" and third.get_yscale() == "log"
+    assert np.allclose(third.lines[0].get_ydata(), [10.0 ** -i for i in range(1, 9)])
+    labels = acc_ax.get_legend_handles_labels()[1]
+    assert "train (running)" not in labels and "best val 80.00%" in labels
+    # an SGD run's picture is as it was
+    sgd = [{"epoch": e, "lr": 0.1 / e, "train_loss": 1.0, "train_acc": 0.5, "val_loss": 1.0,
+            "val_acc": 0.5} for e in range(1, 4)]
+    drawing.draw_curves(evaluation.curves_table(sgd), 3, tmp_path / "sgd.png")
+    assert figures[1].axes[2].get_title() == "learning rate"
+    assert figures[1].axes[2].get_xlabel() == "epoch"

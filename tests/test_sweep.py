@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import yaml
 from cli_util import assert_one_line_error, run
+from conftest import _cuda_available
 from sweep_util import read_trials, sweep_data, write_runner
 
 import softmax_cls.data.cifar
@@ -548,3 +549,35 @@ def test_without_optuna_the_command_names_the_extra(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=60)
     assert_one_line_error(result, 1, "pip install 'softmax-cls[sweep]'")
+
+
+@pytest.mark.skipif(_cuda_available(), reason="needs a machine without a CUDA GPU")
+@pytest.mark.parametrize("space", [
+    {"loss.reg": {"grid": [1.0e-2, 1.0e-3]}},              # a regularisation path
+    {"optim.lr": {"grid": [1.0e-2, 1.0e-3]}},              # trials
+])
+def test_a_gpu_that_is_not_there_is_refused_before_the_sweep_folder(tmp_path, space):
+    """device cuda on a machine without a GPU made the folder, its cache and study, failed
+    every trial (or the path), and then refused the corrected sweep as another sweep."""
+    path = tmp_path / "gpu.yaml"
+    path.write_text(yaml.safe_dump({
+        "set": {**FAST, "optim.solver": "lbfgs", "engine": "torch", "device": "cuda",
+                "data.download": False},
+        "sampler": "grid", "seed": 0, "pruner": "none", "space": space}))
+    result = run("softmax-sweep", str(path), "--out", str(tmp_path / "out"), cwd=tmp_path,
+                 timeout=60)
+    assert_one_line_error(result, 1, "device cuda", "no CUDA GPU")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(_cuda_available(), reason="needs a machine without a CUDA GPU")
+def test_softmax_train_refuses_a_gpu_that_is_not_there_before_reading_data(tmp_path):
+    config = tmp_path / "gpu.yaml"
+    config.write_text(yaml.safe_dump({
+        "engine": "torch", "device": "cuda:0",
+        "data": {"dataset": "features", "train": str(tmp_path / "missing.npz")},
+        "output": {"dir": str(tmp_path / "run")}}))
+    result = run("softmax-train", "--config", str(config), "--quiet", cwd=tmp_path,
+                 timeout=60)
+    assert_one_line_error(result, 1, "device cuda:0", "no CUDA GPU")
+    assert not (tmp_path / "run").exists()

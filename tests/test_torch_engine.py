@@ -347,3 +347,94 @@ def test_running_out_of_device_memory_is_one_line_naming_the_batch_size(monkeypa
     with pytest.raises(SoftmaxClsError, match="out of memory on cpu in a training epoch: "
                                               "lower optim.batch_size"):
         make_engine("cpu").train_epoch(p.data, plan, StepRule(lr=0.1), p.pre, state)
+
+
+def test_softmax_eval_hints_name_no_option_it_lacks(tmp_path, monkeypatch):
+    """softmax-eval has --engine and --device, no --set: its one error line for a missing
+    GPU, PyTorch or numba said `use --set device=cpu` or `(or --set engine=numpy)`."""
+    config = features_config(tmp_path, engine="numpy")
+    assert run("softmax-train", "--config", config, "--quiet", cwd=tmp_path).returncode == 0
+    checkpoint = str(tmp_path / "run" / "best.npz")
+    lines = []
+    if NO_GPU:
+        result = run("softmax-eval", checkpoint, "--engine", "torch", "--device", "cuda",
+                     cwd=tmp_path)
+        lines.append(assert_one_line_error(result, 1, "no CUDA GPU", "device cpu"))
+    for module, engine in (("torch", "torch"), ("numba", "numba")):
+        shadow = tmp_path / f"shadow-{module}"
+        (shadow / module).mkdir(parents=True)
+        (shadow / module / "__init__.py").write_text(f"raise ImportError('no {module}')\n")
+        monkeypatch.setenv("PYTHONPATH", str(shadow))
+        result = run("softmax-eval", checkpoint, "--engine", engine, cwd=tmp_path)
+        lines.append(assert_one_line_error(result, 1, "pip install", "engine numpy"))
+    for line in lines:
+        assert "--set" not in line, line
+
+
+def test_the_run_folder_says_which_engine_auto_ran(tmp_path):
+    """engine auto's choice was recorded nowhere: config.yaml says auto, summary.json said
+    nothing, so a user could not tell numba's run from torch's (they agree within float32
+    tolerance, not bit for bit)."""
+    config = features_config(tmp_path)  # engine auto, device auto, 20 classes
+    result = run("softmax-train", "--config", config, "--quiet", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    expected = get_engine("auto", "auto", 20)
+    assert (summary["engine"], summary["device"]) == (expected.name, expected.device)
+    assert summary["device"] == ("cpu" if NO_GPU else "cuda:0")
+    config = features_config(tmp_path, engine="torch", device="cpu")
+    result = run("softmax-train", "--config", config, "--quiet", "--overwrite", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert (summary["engine"], summary["device"]) == ("torch", "cpu")
+
+
+def test_softmax_eval_engine_auto_picks_by_the_checkpoints_class_count(tmp_path, monkeypatch):
+    """softmax-eval --engine auto picked as if the class count were unknown (numba on the
+    CPU) for a 64-class checkpoint, where engine auto picks torch (engines.md)."""
+    import softmax_cls.engines
+    from softmax_cls.data.cifar import load_config_data
+    from softmax_cls.training.evaluate import evaluate_checkpoint
+
+    rng = np.random.default_rng(0)
+    labels = np.arange(400) % TORCH_CPU_FROM_CLASSES
+    X = rng.standard_normal((400, 4)).astype(np.float32)
+    np.savez(tmp_path / "train.npz", X=X[:300], y=labels[:300])
+    np.savez(tmp_path / "test.npz", X=X[300:], y=labels[300:])
+    config = small_config(tmp_path, engine="numpy",
+                          data={"dataset": "features", "train": str(tmp_path / "train.npz"),
+                                "test": str(tmp_path / "test.npz"), "val_size": 0.2},
+                          optim={"epochs": 1})
+    train(config, lambda: load_config_data(config.data, False), tmp_path / "run",
+          progress=False)
+    chosen = []
+    real = softmax_cls.engines.get_engine
+    monkeypatch.setattr(softmax_cls.engines, "get_engine",
+                        lambda *args: chosen.append(real(*args)) or chosen[-1])
+    evaluate_checkpoint(tmp_path / "run" / "best.npz", progress=False, engine="auto",
+                        device="cpu")
+    assert [engine.name for engine in chosen] == ["torch"]
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--engine", "jax"], "engine: must be one of"),
+    (["--engine", "numpy", "--device", "cuda"], "only engine torch runs on a GPU"),
+    (["--device", "tpu"], "device: must be auto, cpu, cuda or cuda:N"),
+])
+def test_softmax_eval_checks_engine_and_device_before_the_checkpoint(tmp_path, args, needle):
+    result = run("softmax-eval", str(tmp_path / "nothing.npz"), *args, cwd=tmp_path)
+    assert_one_line_error(result, 1, needle)
+
+
+def test_summary_json_names_the_device_the_engine_ran_on(tmp_path, small_data, monkeypatch):
+    import dataclasses
+
+    from softmax_cls.engines import numpy_engine
+    from softmax_cls.training import runs
+
+    elsewhere = dataclasses.replace(numpy_engine.ENGINE, device="cuda:3")
+    monkeypatch.setattr(runs, "get_engine", lambda *args: elsewhere)
+    train(small_config(tmp_path, engine="numpy", optim={"epochs": 1}), small_data,
+          tmp_path / "run", progress=False)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert (summary["engine"], summary["device"]) == ("numpy", "cuda:3")

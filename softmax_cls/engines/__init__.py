@@ -46,6 +46,31 @@ def _installed(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
+def check_device(name: str, device: str) -> None:
+    """SoftmaxClsError (one line) at once, before any data is read or folder made, when
+    `device` asks for a CUDA GPU (cuda, cuda:N) that engine `name` cannot use here: a CPU
+    engine, PyTorch missing, or no such GPU. torch is imported only when a GPU is asked for."""
+    from .torch_engine.device import check_device_text, resolve_device
+
+    _check_name(name)
+    check_device_text(device)
+    if not device.startswith("cuda"):
+        return
+    if name not in ("torch", "auto"):
+        raise _cpu_engine_on_gpu(name, device)
+    resolve_device(device)
+
+
+def _check_name(name: str) -> None:
+    if name not in ENGINE_NAMES:
+        raise SoftmaxClsError(f"engine: must be one of {', '.join(ENGINE_NAMES)}, got {name!r}")
+
+
+def _cpu_engine_on_gpu(name: str, device: str) -> SoftmaxClsError:
+    return SoftmaxClsError(f"device {device}: only engine torch runs on a GPU (set engine "
+                           f"torch or auto, or device cpu), got engine {name}")
+
+
 def get_engine(name: str = "auto", device: str = "auto", n_classes: int | None = None
                ) -> Engine:
     """The engine called `name` (auto, numba, numpy or torch) on `device` (auto, cpu, cuda,
@@ -54,8 +79,7 @@ def get_engine(name: str = "auto", device: str = "auto", n_classes: int | None =
     a device or an extra that is not there."""
     from .torch_engine.device import check_device_text, cuda_available
 
-    if name not in ENGINE_NAMES:
-        raise SoftmaxClsError(f"engine: must be one of {', '.join(ENGINE_NAMES)}, got {name!r}")
+    _check_name(name)
     check_device_text(device)
     if name == "auto":
         has_torch = _installed("torch")
@@ -63,8 +87,7 @@ def get_engine(name: str = "auto", device: str = "auto", n_classes: int | None =
                                 has_numba=_installed("numba"),
                                 has_cuda=has_torch and device == "auto" and cuda_available())
     if name != "torch" and device.startswith("cuda"):
-        raise SoftmaxClsError(f"device {device}: only engine torch runs on a GPU (set engine "
-                              f"torch or auto, or device cpu), got engine {name}")
+        raise _cpu_engine_on_gpu(name, device)
     if name == "torch":
         from .torch_engine import make_engine
 
@@ -77,6 +100,6 @@ def get_engine(name: str = "auto", device: str = "auto", n_classes: int | None =
     try:
         from .numba_engine import ENGINE
     except ImportError:
-        raise SoftmaxClsError(f"engine numba needs numba: {FAST_INSTALL} (or --set "
-                              "engine=numpy)") from None
+        raise SoftmaxClsError(f"engine numba needs numba: {FAST_INSTALL} (or use engine "
+                              "numpy)") from None
     return ENGINE

@@ -102,28 +102,39 @@ def _save(figure, path: str | os.PathLike) -> Path:
 def draw_curves(table: dict[str, np.ndarray], best_epoch: int | None,
                 path: str | os.PathLike) -> Path:
     """curves.png, 1350 x 420: loss, accuracy and learning rate per epoch (from curves_table),
-    a dashed line at the best epoch."""
+    a dashed line at the best epoch. An optim.solver lbfgs run's history (no learning rate,
+    a gradient max-norm per iteration) gets loss, the solution's val accuracy and the
+    gradient max-norm (log scale) per L-BFGS iteration instead."""
     figure = _figure(CURVES_SIZE)
-    loss_ax, acc_ax, lr_ax = figure.subplots(1, 3)
+    loss_ax, acc_ax, third_ax = figure.subplots(1, 3)
     epochs = table["epoch"]
+    grad_max = table.get("grad_max", np.full(len(epochs), np.nan))
+    lbfgs = np.isfinite(grad_max).any() and not np.isfinite(table["lr"]).any()
+    step, best = ("L-BFGS iteration", "solution") if lbfgs else ("epoch", "best epoch")
     marker = "o" if len(epochs) <= 30 else None
     loss_ax.plot(epochs, table["train_loss"], marker=marker, label="train (with L2 penalty)")
     loss_ax.plot(epochs, table["val_loss"], marker=marker, label="val")
-    acc_ax.plot(epochs, 100 * table["train_acc"], marker=marker, label="train (running)")
+    if np.isfinite(table["train_acc"]).any():
+        acc_ax.plot(epochs, 100 * table["train_acc"], marker=marker, label="train (running)")
     acc_ax.plot(epochs, 100 * table["val_acc"], marker=marker, label="val")
-    lr_ax.plot(epochs, table["lr"], marker=marker, color="tab:green")
+    if lbfgs:
+        third_ax.plot(epochs, grad_max, marker=marker, color="tab:green")
+        third_ax.set_yscale("log")
+        third = ("gradient max-norm", "max |gradient|")
+    else:
+        third_ax.plot(epochs, table["lr"], marker=marker, color="tab:green")
+        third_ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
+        third = ("learning rate", "learning rate")
     for ax, title, ylabel in ((loss_ax, "loss", "cross-entropy"),
-                              (acc_ax, "accuracy", "accuracy (%)"),
-                              (lr_ax, "learning rate", "learning rate")):
+                              (acc_ax, "accuracy", "accuracy (%)"), (third_ax, *third)):
         ax.set_title(title)
-        ax.set_xlabel("epoch")
+        ax.set_xlabel(step)
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         ax.xaxis.get_major_locator().set_params(integer=True)
         if best_epoch is not None:
             ax.axvline(best_epoch, color="black", linestyle="--", linewidth=1,
-                       label=f"best epoch ({best_epoch})")
-    lr_ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
+                       label=f"{best} ({best_epoch})")
     if best_epoch is not None and best_epoch in epochs:
         best_val = 100 * table["val_acc"][list(epochs).index(best_epoch)]
         acc_ax.plot([best_epoch], [best_val], marker="*", markersize=14, color="black",
@@ -279,7 +290,9 @@ def _label_axis(ax, axis: str, table: SweepTable, key: str) -> None:
     label = key + (f" (importance {importance:.2f})" if importance is not None else "")
     getattr(ax, f"set_{axis}label")(label)
     listed = table.specs.get(key, {}).get("choice", table.specs.get(key, {}).get("grid"))
-    if table.is_log(key):
+    if table.is_log(key) and table.zero_listed(key) is not None:  # 0 has no log position
+        getattr(ax, f"set_{axis}scale")("symlog", linthresh=table.zero_listed(key))
+    elif table.is_log(key):
         getattr(ax, f"set_{axis}scale")("log")
     elif table.is_numeric(key) and isinstance(listed, list) and listed:
         getattr(ax, f"set_{axis}ticks")(sorted(float(v) for v in listed))  # the choices only

@@ -32,7 +32,8 @@ CONSTANT_TEMPLATE_GREY = 128  # a template with max == min has no contrast to st
 # The most bytes read of a run's history.jsonl or summary.json: a history row is about 200
 # bytes, so this is some 300,000 epochs.
 TEXT_CAP = 64 << 20
-HISTORY_KEYS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc")
+# grad_max: the rows of an optim.solver lbfgs run, one per iteration
+HISTORY_KEYS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "grad_max")
 N_MISTAKES = 24
 
 

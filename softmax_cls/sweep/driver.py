@@ -42,6 +42,7 @@ import yaml
 
 from ..config import Config, config_from_dict, config_to_dict
 from ..data import cifar as data_module
+from ..engines import check_device
 from ..errors import ConfigError, DataError, SoftmaxClsError
 from ..fsutil import atomic_write
 from ..interrupts import stop_word_and_code
@@ -190,6 +191,8 @@ def _run_sweep(sweep_path, trials, workers, folder: Path, dask, storage, study_n
         from ..training.lbfgs import require_scipy
 
         require_scipy()
+    base = spec.base_config
+    check_device(base.engine, base.device)  # a GPU that is not here: before the folder
     name = study_name or Path(sweep_path).stem
     url = storage_name(folder, storage)
     check_folder(folder, name, storage)

@@ -122,7 +122,8 @@ class SweepTable:
 
     def is_log(self, key: str) -> bool:
         """True for a log_uniform key (or a spec with `log: true`), and for a numeric choice or
-        grid of positive values that spans LOG_DECADES decades or more."""
+        grid whose positive values span LOG_DECADES decades or more, with 0 as the only other
+        value allowed (a regularisation path's unpenalised end: see zero_listed)."""
         spec = self.specs.get(key, {})
         if not self.is_numeric(key):
             return False
@@ -130,9 +131,18 @@ class SweepTable:
             return True
         listed = spec.get("choice", spec.get("grid"))
         if isinstance(listed, list) and listed and all(_is_number(v) for v in listed):
-            low, high = min(listed), max(listed)
-            return low > 0 and math.log10(high / low) >= LOG_DECADES
+            positive = [v for v in listed if v > 0]
+            return (len(positive) >= 2 and all(v >= 0 for v in listed)
+                    and math.log10(max(positive) / min(positive)) >= LOG_DECADES)
         return False
+
+    def zero_listed(self, key: str) -> float | None:
+        """For a log key whose choice or grid lists 0: its smallest positive value (where a
+        symlog axis turns linear), else None."""
+        listed = self.specs.get(key, {}).get("choice", self.specs.get(key, {}).get("grid"))
+        if not (self.is_log(key) and isinstance(listed, list) and 0 in listed):
+            return None
+        return float(min(v for v in listed if v > 0))
 
     def categories(self, key: str) -> list[str]:
         """The values of a categorical key in the order sweep.yaml lists them (then any others

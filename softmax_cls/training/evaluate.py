@@ -104,10 +104,11 @@ def evaluate_checkpoint(path: str | Path, split: str = "test", root: str | Path 
     """Load a checkpoint and its data, check they match, and report on one split. The data
     is downloaded only when `download`. The scores come from `engine` on `device`
     (engines.get_engine); the train split, read chunk by chunk, from numpy's."""
-    from ..engines import get_engine
+    from ..engines import check_device, get_engine
 
-    scorer = get_engine(engine, device, None)  # a bad name or device fails before the data
+    check_device(engine, device)  # a bad name or device fails before the checkpoint
     checkpoint = load_checkpoint(path)
+    scorer = get_engine(engine, device, checkpoint.W.shape[0])  # auto: by its class count
     data = load_data_for(checkpoint, root, progress, download)
     check_matches(checkpoint, data, path)
     images, labels = split_arrays(checkpoint, data, split)

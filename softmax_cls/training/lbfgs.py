@@ -176,7 +176,12 @@ def not_converged_line(result: LbfgsResult, max_iter: int, tol: float) -> str:
         return (f"L-BFGS did not converge: {result.iterations} iterations (optim.max_iter "
                 f"{max_iter}), gradient max-norm {result.grad_max:.3g} > optim.tol {tol:g}; "
                 "raise optim.max_iter")
+    status, _, detail = result.message.partition(":")
+    if status.strip() == "ABNORMAL":  # SciPy's line search found no lower loss
+        why = "the line search found no lower loss"
+    else:
+        why = (detail.strip() or status.strip()).lower() or "no reason given"
     return (f"L-BFGS did not converge: it stopped after {result.iterations} iterations "
-            f"({result.message.lower()}) with gradient max-norm {result.grad_max:.3g} > "
-            f"optim.tol {tol:g}; optim.tol may be below what float64 rounding of the loss "
-            "allows")
+            f"({why}) with gradient max-norm {result.grad_max:.3g} > optim.tol {tol:g}; "
+            "huge or badly scaled features can cause it (preprocess.scale std), or "
+            "optim.tol set below what float64 rounding of the loss allows")

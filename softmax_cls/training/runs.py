@@ -34,7 +34,7 @@ from ..config import (
 )
 from ..data.cifar import load_config_data
 from ..data.labelled import LabelledData
-from ..engines import get_engine
+from ..engines import check_device, get_engine
 from ..errors import ConfigError, SoftmaxClsError
 from ..fsutil import FolderBusy, atomic_write, folder_lock, fsync_dir, read_capped
 from ..interrupts import stop_word_and_code
@@ -166,7 +166,9 @@ def plan_run(config_path: str | None, overrides: Iterable[str] = (), out: str | 
 
 
 def _check_solver_installed(config: Config) -> None:
-    """optim.solver lbfgs needs SciPy: one error line naming the extra, before any data."""
+    """optim.solver lbfgs needs SciPy, and a CUDA device a GPU: one error line naming what is
+    missing, before any data."""
+    check_device(config.engine, config.device)
     if config.optim.solver == "lbfgs":
         from .lbfgs import require_scipy
 
@@ -207,7 +209,9 @@ def train_run(config: Config, data: LabelledData | Callable[[], LabelledData], o
     config = with_absolute_paths(config)
     if resume is not None and config.optim.solver == "sgd" \
             and config.optim.epochs < resume.state.epoch:
-        raise ConfigError(f"optim.epochs: the checkpoint has done {resume.state.epoch} epochs; "
+        done = ("L-BFGS iterations, counted as epochs"
+                if resume.config.optim.solver == "lbfgs" else "epochs")
+        raise ConfigError(f"optim.epochs: the checkpoint has done {resume.state.epoch} {done}; "
                           f"resuming needs optim.epochs >= {resume.state.epoch}, got "
                           f"{config.optim.epochs}")
     run = None
@@ -262,7 +266,8 @@ def train_run(config: Config, data: LabelledData | Callable[[], LabelledData], o
                 test_acc = float(np.mean(scored.scores.argmax(axis=1) == scored.labels))
 
             # -- the end: last.npz complete, summary.json
-            run.finish(state, test_loss, test_acc, fitted.stopped_early, fitted.solver)
+            run.finish(state, test_loss, test_acc, fitted.stopped_early, fitted.solver,
+                       {"engine": engine.name, "device": engine.device})
         except KeyboardInterrupt as exc:
             raise _interrupted(exc, run, resume) from None
     return RunResult(config, state, out_dir, test_loss, test_acc, fitted.stopped_early, pre,
@@ -287,9 +292,16 @@ def _interrupted(exc: KeyboardInterrupt, run: _Run | None, resume: Checkpoint | 
         checkpoint, epoch = resume.path, resume.state.epoch
     else:
         checkpoint = None
-    message = word if checkpoint is None else (
-        f"{word}: {checkpoint} holds the last completed epoch ({epoch}); resume with "
-        f"softmax-train --resume {checkpoint}")
+    lbfgs = run is not None and run.config.optim.solver == "lbfgs"
+    if checkpoint is None:
+        message = word
+    elif lbfgs:
+        message = (f"{word}: an L-BFGS solve keeps no partial result; {checkpoint} holds the "
+                   f"weights it started from; solve again with softmax-train --resume "
+                   f"{checkpoint}")
+    else:
+        message = (f"{word}: {checkpoint} holds the last completed epoch ({epoch}); resume "
+                   f"with softmax-train --resume {checkpoint}")
     error = TrainingInterrupted(message)
     error.exit_code = code
     return error
@@ -493,15 +505,18 @@ class _Run:
         self.save_last()
 
     def finish(self, state: TrainState, test_loss: float | None, test_acc: float | None,
-               stopped_early: bool, solver: dict | None = None) -> None:
+               stopped_early: bool, solver: dict | None = None,
+               ran: dict | None = None) -> None:
         """Mark last.npz complete and write summary.json (with L-BFGS's `solver` report:
-        iterations, evaluations, final_loss, grad_max, converged)."""
+        iterations, evaluations, final_loss, grad_max, converged, and `ran`: the engine and
+        device that ran, engine auto's choice)."""
         if not (self.out_dir / "best.npz").exists():  # resumed from a lone last.npz
             self.save("best.npz", state, model=True, status="best weights only")
         self.save("last.npz", state, status="complete")
         summary = dict(zip(SUMMARY_KEYS, (state.epoch, state.best_epoch, state.best_val_acc,
                                           test_loss, test_acc, stopped_early), strict=True))
         summary.update(solver or {})
+        summary.update(ran or {})
         with atomic_write(self.out_dir / "summary.json", "w") as handle:
             json.dump(summary, handle, indent=2)
 

@@ -19,8 +19,8 @@ def require_torch():
     try:
         import torch
     except ImportError:
-        raise SoftmaxClsError(f"engine torch needs PyTorch: {TORCH_INSTALL} (or --set "
-                              "engine=numpy)") from None
+        raise SoftmaxClsError(f"engine torch needs PyTorch: {TORCH_INSTALL} (or use engine "
+                              "numpy)") from None
     return torch
 
 
@@ -66,7 +66,7 @@ def resolve_device(text: str = "auto"):
         return torch.device("cpu")
     if not torch.cuda.is_available():
         raise SoftmaxClsError(f"device {text}: PyTorch sees no CUDA GPU here "
-                              "(torch.cuda.is_available() is false); use --set device=cpu")
+                              "(torch.cuda.is_available() is false); use device cpu")
     index = int(text.partition(":")[2] or 0)
     count = torch.cuda.device_count()
     if index >= count:

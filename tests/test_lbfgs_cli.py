@@ -1,0 +1,89 @@
+"""optim.solver lbfgs as a user meets it through the console scripts: what the hostile review
+of issue 21 found (each test failed before its fix)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import yaml
+from cli_util import run
+
+pytest.importorskip("scipy")
+
+
+def features_config(folder, scale: float = 1.0, **top) -> str:
+    """A 5-class features problem (500 training rows of 8 features, times `scale`)."""
+    rng = np.random.default_rng(0)
+    centers = rng.normal(0, 3, (5, 8))
+    labels = rng.integers(0, 5, 600)
+    X = ((centers[labels] + rng.standard_normal((600, 8))) * scale).astype(np.float32)
+    np.savez(folder / "train.npz", X=X[:500], y=labels[:500])
+    np.savez(folder / "test.npz", X=X[500:], y=labels[500:])
+    raw = {"engine": "numpy", "data": {"dataset": "features", "train": str(folder / "train.npz"),
+                                       "test": str(folder / "test.npz"), "val_size": 100},
+           "optim": {"solver": "lbfgs"}, "output": {"plots": False, "dir": str(folder / "run")},
+           **top}
+    path = folder / "probe.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return str(path)
+
+
+def test_a_failed_line_search_is_named_and_explained(tmp_path):
+    """Features of size 1e18 left unscaled: the warning read `it stopped after 156
+    iterations (abnormal: ) ... optim.tol may be below what float64 rounding of the loss
+    allows`: SciPy's bare status word, and a cause that was not this one."""
+    config = features_config(tmp_path, scale=1e18, preprocess={"center": False,
+                                                               "scale": "none"},
+                             loss={"reg": 0.0})
+    result = run("softmax-train", "--config", config, "--quiet", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1, result.stderr
+    assert "abnormal" not in warnings[0].lower() and "line search" in warnings[0]
+    assert "preprocess.scale" in warnings[0]
+
+
+def test_an_interrupted_solve_says_it_keeps_no_partial_result(tmp_path):
+    """Ctrl-C during an L-BFGS solve said `last.npz holds the last completed epoch (0)`: in
+    SGD's words, as if part of the solve were kept; resuming starts the solve again."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from test_train import TRAINER  # softmax-train's command on 30,000 synthetic images
+
+    config = tmp_path / "config.yaml"
+    config.write_text("optim: {solver: lbfgs, tol: 1.0e-12}\ndata: {val_size: 100}\n"
+                      "engine: numpy\n")
+    out = tmp_path / "run"
+    code = TRAINER.format(tests=str(Path(__file__).parent),
+                          args=["--config", str(config), "--out", str(out), "-q"])
+    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (out / "last.npz").exists():
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.01)
+    time.sleep(1.0)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: interrupted"), stderr
+    assert "epoch" not in lines[0] and "L-BFGS" in lines[0], lines[0]
+    assert f"--resume {out / 'last.npz'}" in lines[0]
+
+
+def test_resuming_an_lbfgs_run_with_sgd_says_its_iterations_count_as_epochs(tmp_path):
+    """--resume of an L-BFGS run with optim.solver=sgd said `the checkpoint has done 45
+    epochs`: it had done 45 L-BFGS iterations, which its epoch count holds."""
+    from cli_util import assert_one_line_error
+
+    config = features_config(tmp_path)
+    assert run("softmax-train", "--config", config, "--quiet", cwd=tmp_path).returncode == 0
+    last = str(tmp_path / "run" / "last.npz")
+    result = run("softmax-train", "--resume", last, "--quiet", "--set", "optim.solver=sgd",
+                 "--set", "optim.epochs=2", cwd=tmp_path)
+    assert_one_line_error(result, 2, "L-BFGS iterations", "optim.epochs >=")
