@@ -30,6 +30,9 @@ LBFGS_INSTALL = 'pip install "softmax-cls[lbfgs]"'
 # it (64 machine epsilons), so that optim.tol on the gradient is what stops a fit.
 FTOL = 64 * np.finfo(float).eps
 MAX_LINE_SEARCH = 50  # as scikit-learn
+# The float32 run's: where float32 rounding in the loss stops the line search finding a
+# decrease, each try is an evaluation wasted before the float64 run takes over
+MAX_LINE_SEARCH_FAST = 5
 # The dtype of the products while far from the optimum; the last iterations run in float64.
 FAST_PRECISION = "float32"
 
@@ -143,7 +146,8 @@ def minimize(objective: Callable[[np.ndarray, str], tuple[float, np.ndarray]],
             found = optimize.minimize(
                 fun, start.ravel(), method="L-BFGS-B", jac=True, callback=callback,
                 options={"maxiter": iterations_left, "gtol": 0.0, "ftol": FTOL,
-                         "maxls": MAX_LINE_SEARCH})
+                         "maxls": MAX_LINE_SEARCH if precision == "float64"
+                         else MAX_LINE_SEARCH_FAST})
         except _StartMeetsTol:
             return start, TOL_MESSAGE
         message = str(found.message)

@@ -16,8 +16,8 @@ H0 = L L^T (Cholesky, L lower), W = V L^{-1} gives f(V L^{-1}) the curvature L^{
 V0 = W0 L. The optimum W is unchanged: this is a reparametrisation, not a different
 objective. docs/lbfgs.md is the long form.
 
-S is estimated on SAMPLE_ROWS training rows drawn with a fixed seed (each in one of the
-objective's augmented views, drawn too), in float32 products summed to float64: a few
+S is estimated on SAMPLE_ROWS of the objective's rows (pairs of a training row and one of its
+augmented views) drawn with a fixed seed, in float32 products summed to float64: a few
 evaluations' worth of work at most. A regularisation path computes it once and refactors H0
 per reg value.
 """
@@ -42,24 +42,25 @@ def second_moment(rows: np.ndarray, index: np.ndarray, pre: Preprocessor,
                   sample_weight: np.ndarray | None = None,
                   views: list | tuple = ((False, 0, 0),), padding: str = "edge",
                   sample_rows: int = SAMPLE_ROWS, seed: int = SAMPLE_SEED) -> np.ndarray:
-    """S (D, D) float64: the weighted second moment (1/m) sum_j w_j x_j x_j^T of the
-    preprocessed rows x_j = pre.transform(view of rows[j]) (D values, the bias column
-    included) over m = min(sample_rows, len(index)) of the rows rows[index] drawn without
-    replacement (fixed seed), each in one of `views` drawn at random. rows (N, P) uint8 or
-    float32; sample_weight (N,) or None (all ones). float32 products, float64 result."""
-    rng = np.random.default_rng(seed)
+    """S (D, D) float64: the weighted second moment (1/m) sum_j w_j x_j x_j^T of m =
+    min(sample_rows, len(index) * len(views)) preprocessed augmented rows x_j =
+    pre.transform(view v_j of rows[i_j]) (D values, the bias column included), the pairs
+    (i_j, v_j) of a row of rows[index] and one of `views` drawn without replacement (fixed
+    seed; every pair when there are at most sample_rows). rows (N, P) uint8 or float32;
+    sample_weight (N,) or None (all ones). float32 products, float64 result."""
     index = np.asarray(index, dtype=np.int64)
-    m = min(sample_rows, len(index))
-    picked = np.sort(index[rng.choice(len(index), m, replace=False)]) if m < len(index) \
-        else index
-    raw = np.asarray(rows[picked])
-    which = rng.integers(0, len(views), m)
+    pairs = len(index) * len(views)
+    m = min(sample_rows, pairs)
+    picked = (np.sort(np.random.default_rng(seed).choice(pairs, m, replace=False))
+              if m < pairs else np.arange(pairs))
+    chosen, which = index[picked // len(views)], picked % len(views)
+    raw = np.asarray(rows[chosen])
     for v, view in enumerate(views):
         if view != (False, 0, 0) and np.any(which == v):
             raw[which == v] = apply_view(raw[which == v], view, padding)
     X = pre.transform(raw, np.float32)
     if sample_weight is not None:  # a negative weight (no sense, but allowed) counts as 0
-        X *= np.sqrt(np.maximum(np.asarray(sample_weight, dtype=np.float32)[picked], 0))[:, None]
+        X *= np.sqrt(np.maximum(np.asarray(sample_weight, dtype=np.float32)[chosen], 0))[:, None]
     S = (X.T @ X).astype(np.float64)  # numpy makes X.T @ X one symmetric product (syrk)
     S /= max(m, 1)
     return (S + S.T) / 2  # exactly symmetric, whatever the product's rounding
