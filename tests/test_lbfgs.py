@@ -737,6 +737,20 @@ def test_grid_search_and_warm_starts_with_lbfgs():
         SoftmaxClassifier(solver="lbfgs").fit(X, y)
 
 
+def test_the_estimators_precondition_is_optim_precondition():
+    pytest.importorskip("sklearn")
+    from softmax_cls.estimator import SoftmaxClassifier
+
+    X, y = correlated_problem()
+    plain = SoftmaxClassifier(solver="lbfgs", reg=1e-4, tol=1e-6, precondition=False).fit(X, y)
+    fast = SoftmaxClassifier(solver="lbfgs", reg=1e-4, tol=1e-6).fit(X, y)
+    assert fast.get_params()["precondition"] is True
+    assert fast.n_iter_ * 3 <= plain.n_iter_
+    assert np.mean(fast.predict(X) == plain.predict(X)) >= 0.999
+    with pytest.raises(ValueError, match="precondition"):
+        SoftmaxClassifier(solver="lbfgs", precondition="sometimes").fit(X, y)
+
+
 # --- regularisation paths --------------------------------------------------------------------
 
 REGS = [1.0e-4, 1.0e-1, 3.0e-3, 1.0]
