@@ -376,6 +376,23 @@ def test_it_stops_on_the_gradient_with_respect_to_w_not_v(size):
     np.testing.assert_allclose(result.W, 1.0, atol=1e-6)
 
 
+def test_it_stops_at_the_first_iteration_whose_gradient_meets_tol():
+    curvature = np.linspace(1.0, 30.0, 12).reshape(2, 6)
+
+    def objective(W, precision):
+        return float((curvature * (W - 1) ** 2).sum()), 2 * curvature * (W - 1)
+
+    precondition = Preconditioner(np.diag(np.linspace(0.5, 2.0, 6)))
+    seen = []
+    lbfgs.minimize(objective, np.zeros((2, 6)), 1e-14, 200,
+                   lambda i, loss, grad_max: seen.append(grad_max), precondition)
+    # the first iteration to reach a new low, past the first few: tol exactly its gradient
+    k = next(i for i in range(3, len(seen)) if seen[i] < min(seen[:i]))
+    result = lbfgs.minimize(objective, np.zeros((2, 6)), seen[k], 200,
+                            precondition=precondition)
+    assert result.iterations == k + 1 and result.converged and result.grad_max == seen[k]
+
+
 def test_a_start_that_meets_tol_makes_no_iteration():
     curvature = np.linspace(1.0, 3.0, 12).reshape(2, 6)
     evaluated = []
