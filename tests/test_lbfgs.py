@@ -269,6 +269,19 @@ def test_a_line_search_that_finds_no_decrease_is_reported_as_such():
     assert "raise optim.max_iter" in lbfgs.not_converged_line(result, result.iterations, 1e-8)
 
 
+def test_a_float32_line_search_that_fails_gives_way_to_float64_soon():
+    asked = []
+
+    def objective(W, precision):  # float32 rounding at its worst: no step ever decreases
+        asked.append(precision)
+        sign = -1.0 if precision == "float32" else 1.0
+        return float(((W - 1) ** 2).sum()), sign * 2 * (W - 1)
+
+    result = lbfgs.minimize(objective, np.zeros((2, 3)), 1e-8, 100)
+    assert result.converged
+    assert asked.count("float32") <= 1 + lbfgs.MAX_LINE_SEARCH_FAST < lbfgs.MAX_LINE_SEARCH
+
+
 def test_tol_and_max_iter_reach_scipy():
     data, pre, _ = image_problem(n=200, weighted=False)
     config = config_from_dict({"optim": {"solver": "lbfgs", "tol": 1e-2},
