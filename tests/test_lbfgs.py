@@ -497,6 +497,20 @@ def test_the_second_moment_draws_the_objectives_views():
                                atol=1e-5 * np.abs(S).max())
 
 
+def test_the_preconditioner_weighs_the_rows_as_the_objective(monkeypatch):
+    data, pre, _ = image_problem(n=30, classes=3, weighted=True)
+    split = Split(np.arange(30, dtype=np.int64), np.zeros(0, np.int64))
+    made = []
+    real = lbfgs.second_moment
+    monkeypatch.setattr(lbfgs, "second_moment", lambda *a, **k: made.append(real(*a, **k))
+                        or made[-1])
+    lbfgs.fit_lbfgs(lbfgs_config(True, tol=1e-3), data.rows, data.labels, split, pre,
+                    np.zeros((3, 3073)), sample_weight=data.sample_weight)
+    weighted = real(data.rows, split.train_rows, pre, data.sample_weight)
+    np.testing.assert_array_equal(made[0], weighted)
+    assert not np.allclose(weighted, real(data.rows, split.train_rows, pre))
+
+
 def test_a_warm_start_maps_to_its_variables():
     data, pre, _ = image_problem(n=80, classes=3, weighted=False)
     split = Split(np.arange(80, dtype=np.int64), np.zeros(0, np.int64))
