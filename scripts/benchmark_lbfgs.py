@@ -11,14 +11,16 @@ Two problems (docs/lbfgs.md has the mapping of conventions, C = 1 / (2 reg N)):
 
 Ours: the run's own path, softmax_cls.training.lbfgs.fit_lbfgs on the raw rows (uint8 pixels
 as softmax-train reads them) with the standardisation folded in, timed with fitting the
-statistics. scikit-learn: StandardScaler then LogisticRegression(solver="lbfgs", C, tol,
-max_iter) on float64, timed with the scaler. Both stop at the same gradient tolerance (--tol,
-the max-norm of the mean loss's gradient; scikit-learn's gtol). Each repetition fits ours
-then theirs; the table gives median seconds, their ratio, iterations, the coefficients'
-largest difference relative to scikit-learn's largest coefficient (intercepts centred: they
-are unpenalised), test accuracies, and the time of one loss-and-gradient evaluation, ours
-(float32 and float64 products) and scikit-learn's (interleaved, medians of 5), beside
-scikit-learn's time per iteration. Prints Markdown; --json writes JSON.
+statistics and the preconditioner (--precondition on, the default; off: the plain iteration,
+optim.precondition false). scikit-learn: StandardScaler then
+LogisticRegression(solver="lbfgs", C, tol, max_iter) on float64, timed with the scaler. Both
+stop at the same gradient tolerance (--tol, the max-norm of the mean loss's gradient;
+scikit-learn's gtol). Each repetition fits ours then theirs; the table gives median seconds,
+their ratio, iterations, the coefficients' largest difference relative to scikit-learn's
+largest coefficient (intercepts centred: they are unpenalised), test accuracies, and the
+time of one loss-and-gradient evaluation, ours (float32 and float64 products) and
+scikit-learn's (interleaved, medians of 5), beside scikit-learn's time per iteration. Prints
+Markdown; --json writes JSON.
 
     python scripts/benchmark_lbfgs.py --cifar-rows 10000 --feature-rows 50000 --repeats 3
 
@@ -62,14 +64,16 @@ def feature_problem(rows: int):
     return X, y, X_test, y_test
 
 
-def ours(rows, labels, reg: float, tol: float, max_iter: int) -> dict:
+def ours(rows, labels, reg: float, tol: float, max_iter: int, precondition: bool = True
+         ) -> dict:
     from softmax_cls.config import config_from_dict
     from softmax_cls.math.preprocess import Split, fit_preprocessor
     from softmax_cls.training.lbfgs import fit_lbfgs
 
     config = config_from_dict({
         "engine": "numpy", "preprocess": {"center": True, "scale": "std", "bias": True},
-        "loss": {"reg": reg}, "optim": {"solver": "lbfgs", "tol": tol, "max_iter": max_iter},
+        "loss": {"reg": reg}, "optim": {"solver": "lbfgs", "tol": tol, "max_iter": max_iter,
+                                       "precondition": precondition},
         "augment": {"hflip": False, "translate": 0}})
     started = time.perf_counter()
     pre = fit_preprocessor(rows, center=True, scale="std")
@@ -179,10 +183,11 @@ def accuracy_ours(fit: dict, X_test) -> float:
     return scores.argmax(axis=1)
 
 
-def compare(name, rows, labels, X_test, y_test, reg, tol, max_iter, repeats) -> dict:
+def compare(name, rows, labels, X_test, y_test, reg, tol, max_iter, repeats,
+            precondition: bool = True) -> dict:
     runs = {"ours": [], "sklearn": []}
     for _ in range(repeats):  # interleaved: a load change hits both
-        runs["ours"].append(ours(rows, labels, reg, tol, max_iter))
+        runs["ours"].append(ours(rows, labels, reg, tol, max_iter, precondition))
         runs["sklearn"].append(theirs(rows, labels, reg, tol, max_iter))
     a, b = runs["ours"][-1], runs["sklearn"][-1]
     scale = np.abs(b["coef"]).max()
@@ -197,7 +202,8 @@ def compare(name, rows, labels, X_test, y_test, reg, tol, max_iter, repeats) -> 
     theirs_s = statistics.median(r["seconds"] for r in runs["sklearn"])
     evaluation = per_evaluation(rows, labels, a["pre"], reg)
     return {
-        "problem": name, "rows": len(rows), "features": rows.shape[1], "reg": reg, "tol": tol,
+        "problem": name, "precondition": precondition, "rows": len(rows),
+        "features": rows.shape[1], "reg": reg, "tol": tol,
         "C": 1 / (2 * reg * len(rows)),
         "ours_s": ours_s, "sklearn_s": theirs_s, "ratio": theirs_s / ours_s,
         "ours_s_all": [r["seconds"] for r in runs["ours"]],
@@ -227,6 +233,8 @@ def main() -> None:
     parser.add_argument("--tol", type=float, default=1e-5)
     parser.add_argument("--max-iter", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--precondition", choices=["on", "off"], default="on",
+                        help="ours with optim.precondition true (default) or false")
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--engine", action="append", choices=["numpy", "numba", "torch"],
                         help="only time one evaluation of this engine (repeatable)")
@@ -265,7 +273,7 @@ def main() -> None:
     for name, load, reg in problems:
         rows, labels, X_test, y_test = load()
         row = compare(name, rows, labels, X_test, y_test, reg, args.tol, args.max_iter,
-                      args.repeats)
+                      args.repeats, args.precondition == "on")
         report["rows"].append(row)
         print(json.dumps(row), flush=True)
     report["machine"]["loadavg_end"] = os.getloadavg()

@@ -125,6 +125,7 @@ class OptimConfig:
     solver: str = _opt("sgd", choices=SOLVERS)
     tol: float = _opt(1e-5, low=0.0, low_open=True)
     max_iter: int = _opt(500, low=1)
+    precondition: bool = True
     epochs: int = _opt(60, low=1)
     batch_size: int = _opt(128, low=1)
     lr: float = _opt(0.0297, low=0.0, low_open=True)

@@ -4,8 +4,9 @@ warm-started sequence of L-BFGS solves.
 softmax-sweep takes this route (run_sweep) when the sweep file's sampler is grid, its space
 is only loss.reg and the base config's optim.solver is lbfgs. The reg values are solved from
 the largest to the smallest, each from the previous solution (a larger reg's optimum is near
-the next one's, so each solve takes a few iterations), in the driver's process: one split
-and one set of statistics (reg changes neither), every point scored on the validation split.
+the next one's, so each solve takes a few iterations), in the driver's process: one split,
+one set of statistics and one second moment of the rows for the preconditioner (reg changes
+none of them), every point scored on the validation split.
 Each solved point is a complete trial of the study, so trials.csv, best.npz, best.yaml,
 summary.json and sweep.png (val accuracy against reg) are the files of any sweep; a resumed
 path solves only the points not yet in the study.
@@ -21,7 +22,7 @@ import numpy as np
 from ..config import config_from_dict
 from ..engines import get_engine
 from ..training.fit import TrainState, validation_metrics
-from ..training.lbfgs import fit_lbfgs
+from ..training.lbfgs import fit_lbfgs, precondition_moment
 from .results import save_trial_checkpoint, write_trials_csv
 from .spec import SweepSpec, trial_raw_config
 from .study import state_name
@@ -63,6 +64,7 @@ def run_path(study, spec: SweepSpec, folder: Path, meta: dict, progress: bool = 
     split, pre = split_and_fit(first, data.rows, data.labels)
     engine = get_engine(first.engine, first.device, len(data.class_names))
     W = np.zeros((len(data.class_names), pre.n_features))
+    moment = precondition_moment(first, data.rows, split, pre)  # reg changes only H0
     rows: list[dict] = []
     for reg in path_order(grid):
         if reg in done:
@@ -72,7 +74,7 @@ def run_path(study, spec: SweepSpec, folder: Path, meta: dict, progress: bool = 
         config = config_from_dict(raw)
         started = time.perf_counter()
         result = fit_lbfgs(config, data.rows, data.labels, split, pre, W, engine=engine,
-                           warn=warn)
+                           moment=moment, warn=warn)
         W = result.W
         model = W.astype(np.float32)
         val_loss, val_acc = validation_metrics(engine, model, pre, data.rows[split.val_rows],

@@ -23,12 +23,16 @@ from ..engines.contract import Engine, StepRule, TrainingRows
 from ..errors import SoftmaxClsError
 from ..math.augment import augmented_views
 from ..math.preprocess import Preprocessor, Split
+from .precondition import Preconditioner, second_moment
 
 LBFGS_INSTALL = 'pip install "softmax-cls[lbfgs]"'
 # L-BFGS-B's other stopping rule, on the relative decrease of the loss: as scikit-learn sets
 # it (64 machine epsilons), so that optim.tol on the gradient is what stops a fit.
 FTOL = 64 * np.finfo(float).eps
 MAX_LINE_SEARCH = 50  # as scikit-learn
+# The float32 run's: where float32 rounding in the loss stops the line search finding a
+# decrease, each try is an evaluation wasted before the float64 run takes over
+MAX_LINE_SEARCH_FAST = 5
 # The dtype of the products while far from the optimum; the last iterations run in float64.
 FAST_PRECISION = "float32"
 
@@ -78,11 +82,24 @@ def objective_views(config: Config) -> list[tuple[bool, int, int]]:
     return augmented_views(bool(config.augment.hflip), int(config.augment.translate or 0))
 
 
+class _StartMeetsTol(Exception):
+    """The first point of a run already meets the tolerance: no iteration to make."""
+
+
+TOL_MESSAGE = "CONVERGENCE: GRADIENT MAX-NORM <= OPTIM.TOL"
+
+
 def minimize(objective: Callable[[np.ndarray, str], tuple[float, np.ndarray]],
              W0: np.ndarray, tol: float, max_iter: int,
-             on_iteration: Callable[[int, float, float], None] | None = None
-             ) -> LbfgsResult:
+             on_iteration: Callable[[int, float, float], None] | None = None,
+             precondition: Preconditioner | None = None) -> LbfgsResult:
     """L-BFGS-B from W0 (C, D) on objective(W (C, D) float64, precision) -> (loss, grad).
+
+    With `precondition`, L-BFGS-B's variables are V = W L (precondition.variables), the
+    weights W = V L^{-1} and the gradient it sees grad_W L^{-T}; without, V = W. Either way it
+    stops when the max-norm of the gradient with respect to W is at most `tol` (SciPy's own
+    test, on V's gradient, is off: gtol 0; the callback stops it), checked after every
+    iteration and at the start.
 
     The products run in FAST_PRECISION until that run stops (tolerance reached in float32,
     or the line search meeting float32's rounding in the loss), then L-BFGS continues from
@@ -91,49 +108,82 @@ def minimize(objective: Callable[[np.ndarray, str], tuple[float, np.ndarray]],
     """
     optimize = require_scipy()
     shape = W0.shape
+    to_weights = (lambda V: V) if precondition is None else precondition.weights
+    to_gradient = (lambda G: G) if precondition is None else precondition.gradient
     done = {"iterations": 0, "evaluations": 0}
     last: dict = {}
 
-    def run(start: np.ndarray, precision: str, iterations_left: int):
-        def fun(flat: np.ndarray) -> tuple[float, np.ndarray]:
-            loss, grad = objective(flat.reshape(shape), precision)
-            done["evaluations"] += 1
-            last.update(loss=loss, grad=grad)
-            return loss, grad.ravel()
-
-        def callback(flat: np.ndarray) -> None:
-            done["iterations"] += 1  # the iterate is the last point evaluated: its loss
-            if on_iteration is not None:
-                on_iteration(done["iterations"], last["loss"],
-                             float(np.abs(last["grad"]).max()))
-
-        return optimize.minimize(
-            fun, start.ravel(), method="L-BFGS-B", jac=True, callback=callback,
-            options={"maxiter": iterations_left, "gtol": tol, "ftol": FTOL,
-                     "maxls": MAX_LINE_SEARCH})
-
-    start = np.ascontiguousarray(W0, dtype=np.float64)
-    if FAST_PRECISION != "float64":
-        found = run(start, FAST_PRECISION, max_iter)
-        start = found.x.reshape(shape)
-    left = max_iter - done["iterations"]
-    loss, grad = objective(start, "float64")
-    done["evaluations"] += 1
-    message = "" if FAST_PRECISION == "float64" else str(found.message)
-    if float(np.abs(grad).max()) > tol and left > 0:
-        found = run(start, "float64", left)
-        start = found.x.reshape(shape)
-        loss, grad = objective(start, "float64")
+    def evaluate(V: np.ndarray, precision: str) -> tuple[float, np.ndarray]:
+        """The loss and W's gradient at V, remembered: a run's first point is the previous
+        run's last, evaluated once."""
+        if last.get("precision") == precision and np.array_equal(last["V"], V):
+            return last["loss"], last["grad"]
+        loss, grad = objective(to_weights(V), precision)
         done["evaluations"] += 1
+        last.update(V=V.copy(), precision=precision, loss=loss, grad=grad)
+        return loss, grad
+
+    def run(start: np.ndarray, precision: str, iterations_left: int) -> tuple[np.ndarray, str]:
+        """L-BFGS-B from the variables `start` (C, D): (its last iterate, SciPy's message)."""
+        calls = [0]
+
+        def fun(flat: np.ndarray) -> tuple[float, np.ndarray]:
+            loss, grad = evaluate(flat.reshape(shape), precision)
+            calls[0] += 1
+            if calls[0] == 1 and float(np.abs(grad).max()) <= tol:
+                raise _StartMeetsTol
+            return loss, to_gradient(grad).ravel()
+
+        def callback(intermediate_result) -> None:
+            done["iterations"] += 1  # the iterate is the last point evaluated: its loss
+            grad_max = float(np.abs(last["grad"]).max())
+            if on_iteration is not None:
+                on_iteration(done["iterations"], last["loss"], grad_max)
+            if grad_max <= tol:
+                raise StopIteration
+
+        try:
+            found = optimize.minimize(
+                fun, start.ravel(), method="L-BFGS-B", jac=True, callback=callback,
+                options={"maxiter": iterations_left, "gtol": 0.0, "ftol": FTOL,
+                         "maxls": MAX_LINE_SEARCH if precision == "float64"
+                         else MAX_LINE_SEARCH_FAST})
+        except _StartMeetsTol:
+            return start, TOL_MESSAGE
         message = str(found.message)
+        return found.x.reshape(shape), TOL_MESSAGE if "StopIteration" in message else message
+
+    V = np.ascontiguousarray(W0, dtype=np.float64)
+    if precondition is not None:
+        V = precondition.variables(V)
+    message = ""
+    if FAST_PRECISION != "float64":
+        V, message = run(V, FAST_PRECISION, max_iter)
+    left = max_iter - done["iterations"]
+    loss, grad = evaluate(V, "float64")
+    if float(np.abs(grad).max()) > tol and left > 0:
+        V, message = run(V, "float64", left)
+        loss, grad = evaluate(V, "float64")
     grad_max = float(np.abs(grad).max())
-    return LbfgsResult(np.ascontiguousarray(start), done["iterations"], done["evaluations"],
-                       float(loss), grad_max, grad_max <= tol, message)
+    return LbfgsResult(np.ascontiguousarray(to_weights(V)), done["iterations"],
+                       done["evaluations"], float(loss), grad_max, grad_max <= tol, message)
+
+
+def precondition_moment(config: Config, rows: np.ndarray, split: Split, pre: Preprocessor,
+                        sample_weight: np.ndarray | None = None) -> np.ndarray | None:
+    """The second moment S (D, D) float64 of the training rows that the preconditioner of
+    fit_lbfgs is made of (precondition.second_moment, over the objective's views), or None
+    when optim.precondition is off. It depends on neither loss.reg nor W: a path makes it
+    once."""
+    if not config.optim.precondition:
+        return None
+    return second_moment(rows, np.asarray(split.train_rows, dtype=np.int64), pre,
+                         sample_weight, objective_views(config), config.augment.padding)
 
 
 def fit_lbfgs(config: Config, rows: np.ndarray, labels: np.ndarray, split: Split,
               pre: Preprocessor, W0: np.ndarray, *, sample_weight: np.ndarray | None = None,
-              engine: Engine | None = None,
+              engine: Engine | None = None, moment: np.ndarray | None = None,
               on_iteration: Callable[[int, float, float], None] | None = None,
               warn: Callable[[str], None] | None = None) -> LbfgsResult:
     """Minimise the config's objective over rows[split.train_rows] from W0 (C, D).
@@ -142,7 +192,9 @@ def fit_lbfgs(config: Config, rows: np.ndarray, labels: np.ndarray, split: Split
     chunk), labels (N,) int64, sample_weight (N,) or None. Starts at W0 (zeros for a new fit,
     the previous solution for a warm start). Not reaching optim.tol within optim.max_iter is
     one line given to `warn` (default: warnings.warn with ConvergenceWarning). Raises
-    softmax.NonFiniteError when the objective stops being finite.
+    softmax.NonFiniteError when the objective stops being finite. With optim.precondition,
+    L-BFGS runs on preconditioned variables (training.precondition) made of `moment` (S from
+    precondition_moment; computed here when None).
     """
     require_scipy()
     engine = (get_engine(config.engine, config.device, W0.shape[0]) if engine is None
@@ -159,7 +211,13 @@ def fit_lbfgs(config: Config, rows: np.ndarray, labels: np.ndarray, split: Split
                                          config.augment.padding, precision)
 
     optim = config.optim
-    result = minimize(objective, W0, optim.tol, optim.max_iter, on_iteration)
+    precondition = None
+    if optim.precondition:
+        if moment is None:
+            moment = precondition_moment(config, rows, split, pre, data.sample_weight)
+        precondition = Preconditioner.from_moment(moment, W0.shape[0], rule.reg,
+                                                  rule.penalise_last)
+    result = minimize(objective, W0, optim.tol, optim.max_iter, on_iteration, precondition)
     if not result.converged:
         line = not_converged_line(result, optim.max_iter, optim.tol)
         if warn is None:
