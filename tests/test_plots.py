@@ -318,6 +318,12 @@ def test_tiles_fill_their_cells_without_overlapping(kind, n):
     assert len({(int(a), int(b)) for a, b in corners}) == n
 
 
+def test_tiles_of_a_narrow_cell_take_its_width_less_the_margins():
+    corners, side = drawing.tile_boxes(3, 3, (100, 300), 20, 400)
+    assert side == 100 - 2 * drawing.TILE_MARGIN
+    assert corners[:, 0].tolist() == [4, 104, 204]
+
+
 @pytest.mark.parametrize("k", [24, 5])
 def test_mistakes_are_drawn_pixel_for_pixel_under_their_labels(tmp_path, monkeypatch, k):
     rng = np.random.default_rng(7)
@@ -421,6 +427,10 @@ def test_confusion_names_fit_beside_the_matrix(tmp_path, monkeypatch, names):
     gaps = np.array([drawn.x0, width - drawn.x1, drawn.y0, height - drawn.y1])
     across, down = gaps[:2], gaps[2:]
     assert (np.abs(across - drawing.EDGE) <= 3).all() or (np.abs(down - drawing.EDGE) <= 3).all()
+    if len(names[0]) < 30:  # the colour bar fits beside the matrix: centred the other way
+        assert abs(across[0] - across[1]) <= 4 and abs(down[0] - down[1]) <= 4
+    # the colour bar is at least as long as its label
+    assert bar.height >= figure.axes[1].yaxis.label.get_window_extent(renderer).height
 
 
 # --- a run folder, end to end -----------------------------------------------------------------
