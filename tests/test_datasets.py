@@ -225,6 +225,71 @@ def test_a_test_file_changed_after_loading_is_refused(tmp_path, published_md5):
         data.with_test()
 
 
+
+def damage(folder: Path, name: str, offset: int = 4000) -> bytes:
+    """Flip one byte of folder/name; returns the damaged content."""
+    content = bytearray((folder / name).read_bytes())
+    content[offset] ^= 0xFF
+    (folder / name).write_bytes(bytes(content))
+    return bytes(content)
+
+
+@pytest.mark.parametrize("keep_test", [True, False])
+def test_files_read_at_once_still_report_the_first_damaged_file(tmp_path, monkeypatch,
+                                                                keep_test):
+    """The batch files are read by several threads; when several are damaged, the error
+    names the first in order (train files, then test files) even when a later one fails
+    first (the first file's read is slowed down here)."""
+    import time
+
+    fake = make_fake()
+    folder = prepare_dataset(root=tmp_path / "data", archive=fake.write(tmp_path / "a.tgz"),
+                             spec=fake.spec, **QUIET)
+    slow_name = fake.spec.train_files[0]
+    real = batches.BatchReader.stream_batch
+
+    def slow_first(self, name, *args, **kwargs):
+        if name == slow_name:
+            time.sleep(0.3)
+        return real(self, name, *args, **kwargs)
+
+    monkeypatch.setattr(batches.BatchReader, "stream_batch", slow_first)
+    for name in (*fake.spec.train_files, *fake.spec.test_files):
+        damage(folder, name)
+    for expected in (*fake.spec.train_files, *fake.spec.test_files):
+        with pytest.raises(DataError, match=f"{re.escape(str(folder / expected))}: md5"):
+            load_dataset(root=folder, spec=fake.spec, download=False, keep_test=keep_test,
+                         **QUIET)
+        damage(folder, expected)  # repaired: the next file is the first damaged one
+
+
+def test_files_are_read_by_several_threads_and_listed_in_file_order(tmp_path, monkeypatch):
+    """The two training files are read at the same time: each read waits (10 s at most)
+    until the other has started."""
+    import threading
+
+    fake = make_fake()
+    folder = prepare_dataset(root=tmp_path / "data", archive=fake.write(tmp_path / "a.tgz"),
+                             spec=fake.spec, **QUIET)
+    both_started = threading.Barrier(2, timeout=10)
+    real = batches.BatchReader.stream_batch
+
+    def together(self, name, *args, **kwargs):
+        if name in fake.spec.train_files:
+            both_started.wait()  # BrokenBarrierError unless another thread reads the other
+        return real(self, name, *args, **kwargs)
+
+    monkeypatch.setattr(batches.BatchReader, "stream_batch", together)
+    data = load_dataset(root=folder, spec=fake.spec, download=False, keep_test=False,
+                        **QUIET)
+    assert batches.READ_THREADS == 2
+    assert list(data.fingerprint) == [*fake.spec.names_files, *fake.spec.train_files,
+                                      *fake.spec.test_files]
+    assert data.fingerprint == {name: hashlib.md5(content).hexdigest()
+                                for name, content in fake.members.items()}
+    np.testing.assert_array_equal(data.train_images, fake.train_images)
+    np.testing.assert_array_equal(data.train_labels, fake.train_fine)
+
 def test_coarse_labels_do_not_exist_for_cifar10(tmp_path):
     with pytest.raises(ConfigError, match="data.labels: cifar10 has no coarse labels"):
         load_dataset(root=tmp_path, labels="coarse", download=False, **QUIET)

@@ -240,6 +240,201 @@ def test_drawers_write_pictures_of_the_stated_size(tmp_path):
             assert_valid_picture(path, size, min_colours=2)
 
 
+# --- the fixed layouts: images pixel for pixel, every text inside the picture ------------------
+
+
+def read_pixels(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def capture_figures(monkeypatch) -> list:
+    """Make drawing._save keep each (figure, tiles) it writes, and still write it."""
+    kept = []
+    save = drawing._save
+
+    def keep(figure, path, tiles=None):
+        kept.append((figure, tiles))
+        return save(figure, path, tiles)
+
+    monkeypatch.setattr(drawing, "_save", keep)
+    return kept
+
+
+def assert_texts_inside(figure) -> None:
+    """Everything drawn of the figure lies within it (1 pixel of rounding allowed): its own
+    texts and each Axes with what it draws around it (the ticks and labels in view, titles,
+    legends), as matplotlib's tight bounding boxes measure them."""
+    renderer = figure.canvas.get_renderer()
+    width, height = figure.bbox.width, figure.bbox.height
+    boxes = [(t.get_text(), t.get_window_extent(renderer)) for t in figure.texts]
+    boxes += [(f"axes {k}", ax.get_tightbbox(renderer)) for k, ax in enumerate(figure.axes)]
+    for what, box in boxes:
+        assert box.x0 >= -1 and box.y0 >= -1 and box.x1 <= width + 1 and box.y1 <= height + 1, \
+            f"{what!r} at {box} leaves the {width} x {height} picture"
+
+
+@pytest.mark.parametrize("side", [32, 16, 141, 152, 33])
+def test_enlarge_is_nearest_neighbour_pixel_by_pixel(side):
+    rng = np.random.default_rng(side)
+    images = rng.integers(0, 256, size=(3, 32, 32, 3)).astype(np.uint8)
+    enlarged = drawing.enlarge(images, side)
+    assert enlarged.shape == (3, side, side, 3) and enlarged.dtype == np.uint8
+    for i in range(side):
+        for j in range(side):
+            # the source pixel whose extent [k, k + 1) * side / 32 holds the centre i + 0.5
+            row, column = math.floor((i + 0.5) * 32 / side), math.floor((j + 0.5) * 32 / side)
+            assert np.array_equal(enlarged[:, i, j], images[:, row, column])
+    if side == 32:
+        assert np.array_equal(enlarged, images)
+
+
+@pytest.mark.parametrize("kind, n", [("templates", 1), ("templates", 10), ("templates", 26),
+                                     ("templates", 100), ("mistakes", 1), ("mistakes", 3),
+                                     ("mistakes", 8), ("mistakes", 24)])
+def test_tiles_fill_their_cells_without_overlapping(kind, n):
+    if kind == "templates":
+        rows, columns = drawing.grid_shape(n)
+        width, height = drawing.templates_size(n)
+        cell, label = drawing.TEMPLATE_CELL, drawing.TEMPLATE_LABEL
+    else:
+        columns = min(n, drawing.MISTAKE_COLUMNS)
+        rows = math.ceil(n / columns)
+        width, height = drawing.mistakes_size(n)
+        cell, label = drawing.MISTAKE_CELL, drawing.MISTAKE_LABEL
+    corners, side = drawing.tile_boxes(n, columns, cell, label, height)
+    assert side == {"templates": 141, "mistakes": 152}[kind]  # the sizes the Axes had
+    assert corners.shape == (n, 2)
+    x, y = corners[:, 0], corners[:, 1]
+    assert (x >= 0).all() and (x + side <= width).all()
+    assert (y - label >= drawing.GRID_TOP).all() and (y + side <= height).all()
+    for k in range(n):  # row by row, each image inside its own column's cell
+        assert x[k] // cell[0] == k % columns
+        assert y[k] == y[(k // columns) * columns]
+    # a row's labels start below the previous row's images
+    row_tops = sorted(set(y.tolist()))
+    assert len(row_tops) == rows
+    assert all(b - label >= a + side for a, b in zip(row_tops, row_tops[1:], strict=False))
+    assert len({(int(a), int(b)) for a, b in corners}) == n
+
+
+def test_tiles_of_a_narrow_cell_take_its_width_less_the_margins():
+    corners, side = drawing.tile_boxes(3, 3, (100, 300), 20, 400)
+    assert side == 100 - 2 * drawing.TILE_MARGIN
+    assert corners[:, 0].tolist() == [4, 104, 204]
+
+
+@pytest.mark.parametrize("k", [24, 5])
+def test_mistakes_are_drawn_pixel_for_pixel_under_their_labels(tmp_path, monkeypatch, k):
+    rng = np.random.default_rng(7)
+    images = rng.integers(0, 256, size=(60, 3072)).astype(np.uint8)
+    labels = rng.integers(0, 10, size=60)
+    probs = rng.dirichlet(np.ones(10), size=60)
+    mistakes = evaluation.confident_mistakes(images, labels, probs, k=k)
+    names = tuple(f"class{i}" for i in range(10))
+    kept = capture_figures(monkeypatch)
+    path = drawing.draw_mistakes(mistakes, names, tmp_path / "m.png", title="the title")
+    pixels = read_pixels(path)
+    figure, tiles = kept[0]
+    assert len(tiles.corners) == k
+    enlarged = drawing.enlarge(mistakes.images, 152)
+    for (x, y), image in zip(tiles.corners, enlarged, strict=True):
+        assert np.array_equal(pixels[y:y + 152, x:x + 152], image)
+    texts = [t.get_text() for t in figure.texts]
+    assert texts[0] == "the title"
+    assert texts[1:] == [f"true: {names[t]}\npredicted: {names[p]} {c:.0%}" for t, p, c in
+                          zip(mistakes.true, mistakes.predicted, mistakes.confidence,
+                              strict=True)]
+    height = figure.bbox.height
+    renderer = figure.canvas.get_renderer()
+    for (x, y), label in zip(tiles.corners, figure.texts[1:], strict=True):
+        box = label.get_window_extent(renderer)  # centred over its image, just above it
+        assert abs((box.x0 + box.x1) / 2 - (x + 76)) <= 1
+        assert 0 <= y - (height - box.y0) <= drawing.LABEL_GAP + 4
+        assert (height - box.y1) >= y - drawing.MISTAKE_LABEL - 1
+    assert_texts_inside(figure)
+    assert not figure.axes  # no Axes at all: one array copy per image
+
+
+def test_templates_are_drawn_pixel_for_pixel_under_their_names(tmp_path, monkeypatch):
+    rng = np.random.default_rng(8)
+    templates = rng.integers(0, 256, size=(10, 32, 32, 3)).astype(np.uint8)
+    names = tuple(f"name {i}" for i in range(10))
+    kept = capture_figures(monkeypatch)
+    pixels = read_pixels(drawing.draw_templates(templates, names, tmp_path / "t.png"))
+    figure, tiles = kept[0]
+    for (x, y), image in zip(tiles.corners, drawing.enlarge(templates, 141), strict=True):
+        assert np.array_equal(pixels[y:y + 141, x:x + 141], image)
+    assert figure.texts[0].get_text().startswith("class templates:")
+    assert [t.get_text() for t in figure.texts][1:] == list(names)
+    assert_texts_inside(figure)
+    # everything outside the images and their names is the white background
+    blank = np.ones(pixels.shape[:2], dtype=bool)
+    for x, y in tiles.corners:
+        blank[y - drawing.TEMPLATE_LABEL:y + 141, x:x + 141] = False
+    blank[:drawing.GRID_TOP] = False
+    assert (pixels[blank] == 255).all()
+
+
+def test_curves_keep_every_text_inside_and_apart(tmp_path, monkeypatch):
+    kept = capture_figures(monkeypatch)
+    for scale in (1.0, 1e-5, 1e4):  # tick labels of several widths
+        history = [{"epoch": e, "lr": 0.03 * scale / e, "train_loss": scale * (2 - e / 70),
+                    "train_acc": 0.3 + e / 200, "val_loss": scale * (2.1 - e / 80),
+                    "val_acc": 0.28 + e / 250} for e in range(1, 61)]
+        drawing.draw_curves(evaluation.curves_table(history), 45, tmp_path / "curves.png")
+        figure, _ = kept[-1]
+        assert_texts_inside(figure)
+        renderer = figure.canvas.get_renderer()
+        axes = figure.axes
+        assert len(axes) == 3
+        for left, right in zip(axes, axes[1:], strict=False):
+            # the right panel's y tick labels and y label stay clear of the left panel
+            assert right.yaxis.get_tightbbox(renderer).x0 > left.get_window_extent(renderer).x1
+
+
+@pytest.mark.parametrize("names", [
+    tuple(f"class{i}" for i in range(10)),
+    ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
+    tuple(f"a very very long class name number {i} indeed" for i in range(5)),
+    tuple(f"n{i:08d} a longer name" for i in range(250)),
+])
+def test_confusion_names_fit_beside_the_matrix(tmp_path, monkeypatch, names):
+    kept = capture_figures(monkeypatch)
+    n = len(names)
+    counts = np.random.default_rng(n).integers(0, 50, (n, n))
+    drawing.draw_confusion(counts, names, tmp_path / "c.png", title="a title")
+    figure, _ = kept[0]
+    assert_texts_inside(figure)
+    renderer = figure.canvas.get_renderer()
+    matrix, bar = figure.axes[0].get_window_extent(renderer), figure.axes[1].get_window_extent(
+        renderer)
+    assert abs(matrix.width - matrix.height) < 1  # square cells
+    assert bar.x0 > matrix.x1  # the colour bar at its right, clear of it
+    ax = figure.axes[0]
+    assert ax.yaxis.get_tightbbox(renderer).x1 < matrix.x0
+    assert ax.xaxis.get_tightbbox(renderer).y1 < matrix.y0
+    title = ax.title.get_window_extent(renderer)
+    assert title.y0 > matrix.y1
+    shown = len(range(0, n, math.ceil(n / drawing.CONFUSION_CLASSES)))
+    assert len(ax.get_xticklabels()) == len(ax.get_yticklabels()) == shown
+    # the square is as large as the names leave room for: what is drawn reaches the figure's
+    # margins across or down, and is centred the other way
+    from matplotlib.transforms import Bbox
+
+    drawn = Bbox.union([a.get_tightbbox(renderer) for a in figure.axes])
+    width, height = figure.bbox.width, figure.bbox.height
+    gaps = np.array([drawn.x0, width - drawn.x1, drawn.y0, height - drawn.y1])
+    across, down = gaps[:2], gaps[2:]
+    assert (np.abs(across - drawing.EDGE) <= 3).all() or (np.abs(down - drawing.EDGE) <= 3).all()
+    if len(names[0]) < 30:  # the colour bar fits beside the matrix: centred the other way
+        assert abs(across[0] - across[1]) <= 4 and abs(down[0] - down[1]) <= 4
+    # the colour bar is at least as long as its label
+    assert bar.height >= figure.axes[1].yaxis.label.get_window_extent(renderer).height
+
+
 # --- a run folder, end to end -----------------------------------------------------------------
 
 
@@ -443,6 +638,18 @@ def test_plot_sweep_writes_two_pictures(tmp_path):
     assert_valid_picture(written[1], (1000, 450))
     numeric = plots.plot_sweep(write_sweep(tmp_path / "plain"), tmp_path / "out")
     assert_valid_picture(numeric[0], drawing.SWEEP_SIZE)
+
+
+def test_the_sweep_pictures_keep_their_legends_inside(tmp_path, monkeypatch):
+    # trials.png's legend stands right of its Axes: matplotlib's constrained layout makes room
+    kept = capture_figures(monkeypatch)
+    plots.plot_sweep(write_sweep(tmp_path / "sweep", IMPORTANCES), tmp_path / "out")
+    assert len(kept) == 2
+    for figure, _ in kept:
+        assert_texts_inside(figure)
+        # and the plot takes the height the texts leave (matplotlib's default margins: 77%)
+        renderer = figure.canvas.get_renderer()
+        assert figure.axes[0].get_window_extent(renderer).height > 0.8 * figure.bbox.height
 
 
 def test_a_sweep_with_one_key_and_no_trials_yet(tmp_path):

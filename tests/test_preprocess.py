@@ -45,6 +45,50 @@ def test_statistics_come_from_the_given_rows_only(images):
                                1 / images[rows].std(axis=0))
 
 
+
+def float64_mean_std(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The statistics summed in float64 over the whole selection at once (exact for uint8),
+    then mean = sum / N and std = sqrt(max(sum_sq / N - mean^2, 0)): pixel_mean_std's rule."""
+    values = rows.astype(np.float64)
+    mean = values.sum(axis=0) / len(rows)
+    return mean, np.sqrt(np.maximum((values * values).sum(axis=0) / len(rows) - mean * mean,
+                                    0.0))
+
+
+@pytest.mark.parametrize("n", [1, 255, 256, 700])
+def test_uint8_statistics_summed_in_integers_equal_float64_sums_bit_for_bit(n):
+    """uint8 pixels are summed in int64 in chunks of STATS_CHUNK rows: the mean and std are
+    the float64 ones to the last bit, extreme pixels included (255 squared needs 16 bits)."""
+    from softmax_cls.math import preprocess
+
+    rng = np.random.default_rng(n)
+    images = rng.integers(0, 256, size=(n + 20, 3072), dtype=np.uint8)
+    images[:, :5] = 255
+    images[:, 5:9] = 0
+    rows = np.sort(rng.permutation(n + 20)[:n])
+    mean, std = preprocess.pixel_mean_std(images, rows)
+    reference = float64_mean_std(images[rows])
+    assert np.array_equal(mean, reference[0]) and np.array_equal(std, reference[1])
+    assert mean.dtype == std.dtype == np.float64
+    only, none = preprocess.pixel_mean_std(images, rows, std=False)
+    assert np.array_equal(only, mean) and none is None
+    # float features take the float64 path, with the same result for the same values
+    as_float = preprocess.pixel_mean_std(images.astype(np.float32), rows)
+    assert np.array_equal(as_float[0], mean) and np.array_equal(as_float[1], std)
+    whole = preprocess.pixel_mean_std(images)
+    assert np.array_equal(whole[0], float64_mean_std(images)[0])
+
+
+@pytest.mark.parametrize("scale", ["none", "unit", "std"])
+@pytest.mark.parametrize("center", [True, False])
+def test_preprocessor_statistics_are_the_float64_ones(images, scale, center):
+    rows = np.arange(0, 300, 2)
+    pre = fit_preprocessor(images, center=center, scale=scale, rows=rows)
+    mean, std = float64_mean_std(images[rows])
+    assert np.array_equal(pre.mean, mean if center else np.zeros(3072))
+    expected = {"none": np.ones(3072), "unit": np.full(3072, 1 / 255), "std": 1 / std}[scale]
+    assert np.array_equal(pre.scale, expected)
+
 @pytest.mark.parametrize("bias", [True, False])
 def test_folded_weights_give_the_same_scores_and_gradient(images, bias):
     pre = fit_preprocessor(images, bias=bias)

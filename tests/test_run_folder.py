@@ -285,3 +285,113 @@ def test_an_interrupt_while_drawing_says_the_run_is_complete(tmp_path, monkeypat
         f"error: interrupted while drawing the pictures; the run in {folder} is complete: "
         f"draw them with softmax-plot {folder}"]
     assert (folder / "summary.json").is_file()
+
+
+# --- an epoch's files, written while the next epoch trains -------------------------------------
+
+def small_run(tmp_path: Path, epochs: int):
+    from conftest import small_config
+
+    data = separable_data(n_train=300, n_test=60, classes=3, seed=5)
+    return small_config(tmp_path, optim={"epochs": epochs}), data
+
+
+def writer_threads() -> list[str]:
+    import threading
+
+    return [t.name for t in threading.enumerate() if t.name.startswith("softmax-run-files")]
+
+
+def test_epoch_files_are_written_in_the_background_and_complete_before_the_run_ends(
+        tmp_path, monkeypatch):
+    """A slow disk for the epoch files: each checkpoint write in the background takes 0.2 s.
+    They are written off the training thread, in order, and every one of them is on disk,
+    with last.npz marked complete (the run's own last write), when train_run returns; no
+    writer thread is left behind."""
+    import threading
+
+    from softmax_cls.training.checkpoint import load_checkpoint
+
+    calls = []
+    real = runs.save_checkpoint
+
+    def slow(path, state, *args, **kwargs):
+        if threading.current_thread() is not threading.main_thread():
+            time.sleep(0.2)
+        calls.append((Path(path).name, state.epoch, threading.current_thread().name))
+        return real(path, state, *args, **kwargs)
+
+    monkeypatch.setattr(runs, "save_checkpoint", slow)
+    config, data = small_run(tmp_path, epochs=4)
+    result = runs.train_run(config, data, tmp_path / "run", progress=False)
+    run = tmp_path / "run"
+    last = load_checkpoint(run / "last.npz")
+    assert last.status == "complete" and last.state.epoch == 4
+    assert [row["epoch"] for row in last.state.history] == [1, 2, 3, 4]
+    history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in history] == [1, 2, 3, 4]
+    best = load_checkpoint(run / "best.npz")
+    assert best.state.epoch == result.state.best_epoch
+    assert np.array_equal(best.W, result.state.best_W)
+    epoch_writes = [(name, epoch) for name, epoch, thread in calls
+                    if thread.startswith("softmax-run-files")]
+    assert [w for w in epoch_writes if w[0] == "last.npz"] == [("last.npz", e)
+                                                              for e in range(1, 5)]
+    # the first last.npz (epoch 0) and the final one are written by the run itself
+    assert [(n, e) for n, e, thread in calls if not thread.startswith("softmax-run-files")
+            ] == [("last.npz", 0), ("last.npz", 4)]
+    assert writer_threads() == []
+
+
+@pytest.mark.parametrize("epochs, failing", [(3, 1), (3, 3), (1, 1)])
+def test_an_epoch_file_that_fails_to_write_fails_the_run_and_leaves_no_folder(
+        tmp_path, monkeypatch, epochs, failing):
+    """history.jsonl of epoch `failing` cannot be written (a full disk): the run fails with
+    that error, raised at the next epoch or at the end, and leaves nothing behind."""
+    import errno
+
+    real = runs.write_history
+    path = tmp_path / "runs" / "new"
+
+    def full_disk(target, history):
+        if len(history) == failing:
+            raise OSError(errno.ENOSPC, "No space left on device", str(target))
+        return real(target, history)
+
+    monkeypatch.setattr(runs, "write_history", full_disk)
+    config, data = small_run(tmp_path, epochs)
+    with pytest.raises(OSError, match="No space left on device"):
+        runs.train_run(config, data, path, progress=False)
+    assert not (tmp_path / "runs").exists()
+    assert writer_threads() == []
+
+
+def test_an_interrupt_saves_the_last_epoch_after_the_files_under_way(tmp_path, monkeypatch):
+    """Ctrl-C after epoch 2 while its files are still being written (slowly): last.npz and
+    history.jsonl hold epoch 2, whole, and the run is left to resume."""
+    from softmax_cls.training.checkpoint import load_checkpoint
+
+    real_history = runs.write_history
+
+    def slow_history(target, history):
+        time.sleep(0.1)
+        return real_history(target, history)
+
+    real_fit = runs.fit
+
+    def interrupted_fit(*args, on_epoch, **kwargs):
+        def then_stop(state):
+            on_epoch(state)
+            if state.epoch == 2:
+                raise KeyboardInterrupt
+        return real_fit(*args, on_epoch=then_stop, **kwargs)
+
+    monkeypatch.setattr(runs, "write_history", slow_history)
+    monkeypatch.setattr(runs, "fit", interrupted_fit)
+    config, data = small_run(tmp_path, epochs=4)
+    with pytest.raises(runs.TrainingInterrupted, match=r"last completed epoch \(2\)"):
+        runs.train_run(config, data, tmp_path / "run", progress=False)
+    assert load_checkpoint(tmp_path / "run" / "last.npz").state.epoch == 2
+    lines = (tmp_path / "run" / "history.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+    assert writer_threads() == []

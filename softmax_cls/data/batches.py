@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,7 @@ SMALL_FILE_CAP = 64 << 10
 # Binary records read at a time (about 3 MB): a batch file goes straight into its rows of the
 # data set's array, never held whole (a whole file would add 30-150 MB to the peak memory).
 READ_RECORDS = 1024
+READ_THREADS = 2  # batch files read at once (read_split)
 
 
 @dataclass(frozen=True)
@@ -307,16 +309,21 @@ def verify_folder(folder: Path, spec: DatasetSpec,
     return reader.fingerprint
 
 
-def read_split(reader: BatchReader, names: tuple[str, ...], labels: str
-               ) -> tuple[np.ndarray, np.ndarray]:
-    """Concatenate batch files: images (N, 3072) uint8 C-contiguous, labels (N,) int64.
+def read_split(reader: BatchReader, names: tuple[str, ...], labels: str,
+               check: tuple[str, ...] = ()) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenate batch files: images (N, 3072) uint8 C-contiguous, labels (N,) int64; the
+    files `check` are checked alongside (as `check_batch` does), their rows kept nowhere.
 
-    Each file is read into its own rows of the result, binary ones chunk by chunk."""
+    Each file is read into its own rows of the result, binary ones chunk by chunk, by
+    READ_THREADS threads at once: reading, md5 and the copies release the GIL, so a data set
+    loads in about half the time on two cores. Whatever fails, the error raised is the one
+    of the first failing file in the order given (names, then check), as a one-file-at-a-time
+    read would raise it, and reader.fingerprint lists the files in that order."""
     total = sum(reader.spec.counts[name] for name in names)
     images = np.empty((total, IMAGE_BYTES), dtype=np.uint8)
     targets = np.empty(total, dtype=np.int64)
-    start = 0
-    for name in names:
+
+    def read_one(name: str, start: int) -> None:
         stop = start + reader.spec.counts[name]
         if reader.streams(name):
             reader.stream_batch(name, images[start:stop], targets[start:stop],
@@ -325,5 +332,17 @@ def read_split(reader: BatchReader, names: tuple[str, ...], labels: str
             batch_images, fine, coarse = reader.batch(name)
             images[start:stop] = batch_images
             targets[start:stop] = coarse if labels == "coarse" else fine
-        start = stop
+
+    starts = np.cumsum([0, *(reader.spec.counts[name] for name in names)])
+    executor = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="softmax-read")
+    try:
+        jobs = [executor.submit(read_one, name, int(start))
+                for name, start in zip(names, starts, strict=False)]
+        jobs += [executor.submit(reader.check_batch, name) for name in check]
+        for job in jobs:
+            job.result()
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)
+    for name in (*names, *check):  # in file order, as one file at a time would list them
+        reader.fingerprint[name] = reader.fingerprint.pop(name)
     return images, targets

@@ -2,7 +2,12 @@
 
 Each drawer takes the numbers a picture shows (plots/evaluation.py for a run, the trials
 table for a sweep) and writes a PNG of a stated pixel size through
-matplotlib.figure.Figure and the Agg canvas: no pyplot, no global state, no display.
+matplotlib.figure.Figure and the Agg canvas: no pyplot, no global state, no display. A
+run's pictures are drawn at the end of every training run, so they are laid out at fixed
+pixel positions (the confusion matrix's and the curves' margins from their labels' measured
+extents) rather than by matplotlib's constrained layout, and the image grids (templates,
+mistakes) are pasted into the rendered picture pixel for pixel rather than drawn as one
+Axes per image; the sweep's pictures keep the constrained layout.
 matplotlib is imported only to draw, so importing this module never fails; without it,
 drawing raises one SoftmaxClsError line.
 
@@ -20,8 +25,9 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
@@ -35,13 +41,33 @@ if TYPE_CHECKING:
 INSTALL_HINT = "softmax-plot needs matplotlib: pip install 'softmax-cls[plot]'"
 DPI = 100  # every size below is in pixels; a figure is (width / DPI, height / DPI) inches
 CURVES_SIZE = (1350, 420)
+# the three panels of curves.png in pixels: top edge (room for a title), bottom margin (room
+# for the x tick labels, whole epochs, and the x label), and the space left of the first
+# panel, right of the last and between panels beside what their y labels take
+CURVES_TOP, CURVES_BOTTOM, CURVES_EDGE, CURVES_GAP = 26, 48, 4, 9
 SWEEP_SIZE = (900, 700)
 TRIALS_SIZE = (1000, 450)
 TEMPLATE_CELL = (150, 165)  # one class panel: its image and its name
 MISTAKE_CELL = (160, 190)  # one image panel: the image and two lines of text
 MISTAKE_COLUMNS = 8
 TITLE_HEIGHT = 50
+TITLE_TOP = 5  # pixels from the top edge to a figure title's top
+GRID_TOP = 26  # pixels from the top edge to the first row of a grid's labels
+TILE_MARGIN = 4  # pixels between an image of a grid and its cell's edges
+LABEL_GAP = 4  # pixels between an image of a grid and its label above
+TEMPLATE_LABEL = 20  # pixels above a template for its class name (11 points: 15 pixels)
+MISTAKE_LABEL = 34  # pixels above a mistake for its two lines (8 points: 28 pixels)
 CONFUSION_CLASSES = 100  # beyond, the matrix keeps this many cells' size and names every k-th
+NAME_ROTATION = 60  # degrees: the confusion matrix's column names
+# its colour bar: pixels from the matrix, pixels wide, height as a fraction of the matrix's
+BAR_GAP, BAR_WIDTH, BAR_SHRINK = 30, 30, 0.95
+BAR_LABEL = "fraction of the true class's images"
+EDGE = 8  # pixels between the confusion matrix's outermost texts and the figure's edge
+AXIS_LABEL_SIZE, TITLE_SIZE = 10, 12  # points: matplotlib's defaults ("medium", "large")
+POINT = DPI / 72  # pixels
+# points, matplotlib's defaults: a tick (3.5) and its label's pad (3.5); an axis label's pad;
+# an Axes title's pad
+TICK_ROOM, LABEL_PAD, TITLE_PAD = 7, 4, 6
 
 
 def require_matplotlib():
@@ -85,18 +111,129 @@ def mistakes_size(n_images: int) -> tuple[int, int]:
     return columns * MISTAKE_CELL[0], rows * MISTAKE_CELL[1] + TITLE_HEIGHT
 
 
-def _figure(size: tuple[int, int]):
+def _figure(size: tuple[int, int], constrained: bool = False):
+    """A Figure of `size` pixels on an Agg canvas. The run's pictures place everything at
+    fixed pixel positions (constrained layout measured every artist twice: a third of their
+    drawing time); the sweep's pictures, whose legends and labels vary more, keep
+    matplotlib's constrained layout."""
     Figure, FigureCanvasAgg = require_matplotlib()
-    figure = Figure(figsize=(size[0] / DPI, size[1] / DPI), dpi=DPI, layout="constrained")
+    figure = Figure(figsize=(size[0] / DPI, size[1] / DPI), dpi=DPI,
+                    layout="constrained" if constrained else None)
     FigureCanvasAgg(figure)
     return figure
 
 
-def _save(figure, path: str | os.PathLike) -> Path:
+def _save(figure, path: str | os.PathLike, tiles: Tiles | None = None) -> Path:
+    """Render the figure on its Agg canvas, put the `tiles` (images placed pixel for pixel)
+    over it, and write it as an RGB PNG. zlib level 1 (Pillow's default is 6) takes a third
+    of the encoding time for files about 10% larger; the pixels are the same."""
+    from PIL import Image
+
+    figure.canvas.draw()  # runs the layout engine, if the figure has one
+    # the figure is opaque: RGB carries all of it
+    pixels = np.ascontiguousarray(np.asarray(figure.canvas.buffer_rgba())[..., :3])
+    if tiles is not None:
+        for (x, y), image in zip(tiles.corners, tiles.images, strict=True):
+            pixels[y:y + image.shape[0], x:x + image.shape[1]] = image
     path = Path(path)
     with atomic_write(path) as handle:
-        figure.savefig(handle, format="png", dpi=DPI)
+        Image.fromarray(pixels).save(handle, format="png", compress_level=1)
     return path
+
+
+def _pixel_box(figure, left: float, top: float, width: float, height: float) -> list[float]:
+    """[left, bottom, width, height] in figure fractions (what add_axes takes) of a box given
+    in pixels from the figure's top-left corner."""
+    figure_width, figure_height = figure.bbox.width, figure.bbox.height
+    return [left / figure_width, 1 - (top + height) / figure_height, width / figure_width,
+            height / figure_height]
+
+
+def _text_at(figure, x: float, y: float, text: str, **kwargs):
+    """figure.text at (x, y) pixels from the figure's top-left corner."""
+    return figure.text(x / figure.bbox.width, 1 - y / figure.bbox.height, text, **kwargs)
+
+
+def _text_extents(figure, texts: list[str], size: float) -> np.ndarray:
+    """(len(texts), 2) float64: the width and height in pixels of each text drawn at `size`
+    points in the figure's default font (one row of zeros for no texts)."""
+    from matplotlib.cbook import is_math_text
+    from matplotlib.font_manager import FontProperties
+
+    renderer = figure.canvas.get_renderer()
+    prop = FontProperties(size=size)
+    return np.array([renderer.get_text_width_height_descent(text, prop,
+                                                            ismath=is_math_text(text))[:2]
+                     for text in texts] or [(0.0, 0.0)], dtype=np.float64)
+
+
+def _y_axis_room(ax) -> float:
+    """Pixels an Axes needs at its left for its y tick labels and its y label, measured as
+    matplotlib draws them (the locator's ticks formatted together, those in view shown)
+    without drawing the figure."""
+    figure = ax.get_figure()
+    axis = ax.yaxis
+    ticks = axis.get_major_locator()()
+    labels = axis.get_major_formatter().format_ticks(ticks)
+    low, high = sorted(axis.get_view_interval())
+    slack = 1e-10 * (high - low)
+    shown = [label for tick, label in zip(ticks, labels, strict=True)
+             if low - slack <= tick <= high + slack]
+    size = axis.get_majorticklabels()[0].get_fontsize() if shown else AXIS_LABEL_SIZE
+    widest = _text_extents(figure, shown, size)[:, 0].max()
+    label = _text_extents(figure, [axis.label.get_text()], axis.label.get_fontsize())[0, 1]
+    return (TICK_ROOM + LABEL_PAD) * POINT + widest + label
+
+
+def _title(figure, text: str):
+    """The figure's title, 12 points, centred, TITLE_TOP pixels below the top edge."""
+    return _text_at(figure, figure.bbox.width / 2, TITLE_TOP, text, ha="center", va="top",
+                    fontsize=12)
+
+
+def tile_boxes(n: int, columns: int, cell: tuple[int, int], label_height: int,
+               height: int) -> tuple[np.ndarray, int]:
+    """(n, 2) int64 top-left pixel corners (x, y) of the n images of a grid of `columns`
+    cells of `cell` (width, height) pixels, row by row, in a figure `height` pixels high,
+    and the side of each (square) image: a cell holds `label_height` pixels of text, then
+    the image, TILE_MARGIN pixels from its cell's other edges. The rows share the height
+    below the title's GRID_TOP pixels evenly, as matplotlib's constrained layout placed them."""
+    side = min(cell[0] - 2 * TILE_MARGIN, cell[1] - label_height - TILE_MARGIN)
+    k = np.arange(n)
+    pitch = (height - GRID_TOP) / max(1, math.ceil(n / columns))
+    x = (k % columns) * cell[0] + (cell[0] - side) // 2
+    y = np.round(GRID_TOP + (k // columns) * pitch).astype(np.int64) + label_height
+    return np.stack([x, y], axis=1), side
+
+
+def enlarge(images: np.ndarray, side: int) -> np.ndarray:
+    """(N, side, side, 3) uint8: the (N, h, w, 3) uint8 images enlarged nearest-neighbour,
+    each output pixel taking the source pixel whose extent holds its centre."""
+    rows = (np.arange(side) * 2 + 1) * images.shape[1] // (2 * side)
+    columns = (np.arange(side) * 2 + 1) * images.shape[2] // (2 * side)
+    return images[:, rows][:, :, columns]
+
+
+@dataclass(frozen=True)
+class Tiles:
+    """Images to put into a rendered picture pixel for pixel: (N, side, side, 3) uint8
+    `images`, the top-left pixel (x, y) of each in `corners` (N, 2)."""
+
+    corners: np.ndarray
+    images: np.ndarray
+
+
+def _draw_tiles(figure, images: np.ndarray, labels: list[str], columns: int,
+                cell: tuple[int, int], label_height: int, fontsize: float) -> Tiles:
+    """Label each image of a grid (its text of `labels`, centred, LABEL_GAP pixels above the
+    image) and return the images enlarged and placed, for _save to put in: one array copy
+    each, where an Axes per image cost matplotlib's layout, resampling and ticks."""
+    corners, side = tile_boxes(len(images), columns, cell, label_height,
+                               round(figure.bbox.height))
+    for (x, y), label in zip(corners, labels, strict=True):
+        _text_at(figure, x + side / 2, y - LABEL_GAP, label, ha="center", va="bottom",
+                 fontsize=fontsize)
+    return Tiles(corners, enlarge(images, side))
 
 
 def draw_curves(table: dict[str, np.ndarray], best_epoch: int | None,
@@ -106,7 +243,9 @@ def draw_curves(table: dict[str, np.ndarray], best_epoch: int | None,
     a gradient max-norm per iteration) gets loss, the solution's val accuracy and the
     gradient max-norm (log scale) per L-BFGS iteration instead."""
     figure = _figure(CURVES_SIZE)
-    loss_ax, acc_ax, third_ax = figure.subplots(1, 3)
+    height = CURVES_SIZE[1] - CURVES_TOP - CURVES_BOTTOM
+    loss_ax, acc_ax, third_ax = panels = [figure.add_axes(_pixel_box(figure, 0, CURVES_TOP, 1,
+                                                                     height)) for _ in range(3)]
     epochs = table["epoch"]
     grad_max = table.get("grad_max", np.full(len(epochs), np.nan))
     lbfgs = np.isfinite(grad_max).any() and not np.isfinite(table["lr"]).any()
@@ -141,6 +280,15 @@ def draw_curves(table: dict[str, np.ndarray], best_epoch: int | None,
                     linestyle="none", label=f"best val {best_val:.2f}%")
     loss_ax.legend()
     acc_ax.legend(loc="lower right")
+    # the panels share the width that their y labels leave (the y ticks depend on the height
+    # alone, so the widths do not change them)
+    rooms = [_y_axis_room(ax) for ax in panels]
+    width = (CURVES_SIZE[0] - sum(rooms) - 2 * CURVES_EDGE - 2 * CURVES_GAP) / 3
+    left = CURVES_EDGE
+    for ax, room in zip(panels, rooms, strict=True):
+        left += room
+        ax.set_position(_pixel_box(figure, left, CURVES_TOP, width, height))
+        left += width + CURVES_GAP
     return _save(figure, path)
 
 
@@ -148,19 +296,13 @@ def draw_templates(templates: np.ndarray, class_names: tuple[str, ...],
                    path: str | os.PathLike) -> Path:
     """templates.png, templates_size(C): each (32, 32, 3) uint8 template as an RGB image
     (nearest-neighbour, no colormap) under its class name, in a grid_shape(C) grid."""
-    n = len(templates)
-    figure = _figure(templates_size(n))
-    rows, columns = grid_shape(n)
-    axes = np.atleast_1d(figure.subplots(rows, columns)).ravel()
-    font = 11 if n <= 25 else 9
-    for ax in axes:
-        ax.set_axis_off()
-    for ax, image, name in zip(axes, templates, class_names, strict=False):
-        ax.imshow(image, interpolation="nearest")
-        ax.set_title(name, fontsize=font)
-    figure.suptitle("class templates: each class's weights on raw pixels, stretched to 0-255",
-                    fontsize=12)
-    return _save(figure, path)
+    n = min(len(templates), len(class_names))
+    figure = _figure(templates_size(len(templates)))
+    _, columns = grid_shape(len(templates))
+    _title(figure, "class templates: each class's weights on raw pixels, stretched to 0-255")
+    tiles = _draw_tiles(figure, templates[:n], list(class_names[:n]), columns, TEMPLATE_CELL,
+                        TEMPLATE_LABEL, fontsize=11 if len(templates) <= 25 else 9)
+    return _save(figure, path, tiles)
 
 
 def draw_confusion(confusion: np.ndarray, class_names: tuple[str, ...],
@@ -173,19 +315,22 @@ def draw_confusion(confusion: np.ndarray, class_names: tuple[str, ...],
     rates = confusion_rates(confusion)
     n = len(class_names)
     figure = _figure(confusion_size(n))
-    ax = figure.subplots()
+    font = 10 if n <= 20 else 7
+    shown = range(0, n, math.ceil(n / CONFUSION_CLASSES))  # names 20 pixels apart at least
+    support = confusion.sum(axis=1)
+    x_names = [class_names[i] for i in shown]
+    y_names = [f"{class_names[i]} ({support[i]})" for i in shown]
+    layout = confusion_layout(figure, x_names, y_names, font, title)
+    ax = figure.add_axes(_pixel_box(figure, layout.left, layout.top, layout.side, layout.side))
     from matplotlib.colors import PowerNorm
 
     # a square-root colour scale: off-diagonal rates are mostly a few percent, and they are
     # what a confusion matrix is read for; the colour bar shows the scale
     image = ax.imshow(rates, cmap="Blues", norm=PowerNorm(0.5, vmin=0, vmax=1),
                       interpolation="nearest")
-    font = 10 if n <= 20 else 7
-    shown = range(0, n, math.ceil(n / CONFUSION_CLASSES))  # names 20 pixels apart at least
-    ax.set_xticks(shown, [class_names[i] for i in shown], rotation=60, ha="right",
-                  rotation_mode="anchor", fontsize=font)
-    support = confusion.sum(axis=1)
-    ax.set_yticks(shown, [f"{class_names[i]} ({support[i]})" for i in shown], fontsize=font)
+    ax.set_xticks(shown, x_names, rotation=NAME_ROTATION, ha="right", rotation_mode="anchor",
+                  fontsize=font)
+    ax.set_yticks(shown, y_names, fontsize=font)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class (images)")
     ax.set_title(title)
@@ -193,8 +338,51 @@ def draw_confusion(confusion: np.ndarray, class_names: tuple[str, ...],
         for (i, j), count in np.ndenumerate(confusion):
             ax.text(j, i, str(count), ha="center", va="center", fontsize=9,
                     color="white" if rates[i, j] > 0.4 else "black")
-    figure.colorbar(image, ax=ax, label="fraction of the true class's images", shrink=0.8)
+    figure.colorbar(image, cax=figure.add_axes(_pixel_box(figure, *layout.bar)),
+                    label=BAR_LABEL)
     return _save(figure, path)
+
+
+class ConfusionLayout(NamedTuple):
+    """Where confusion.png's parts go, in pixels from the figure's top-left corner: the
+    matrix, a square (left, top, side), and its colour bar (left, top, width, height)."""
+
+    left: float
+    top: float
+    side: float
+    bar: tuple[float, float, float, float]
+
+
+def confusion_layout(figure, x_names: list[str], y_names: list[str], fontsize: float,
+                     title: str) -> ConfusionLayout:
+    """The largest matrix that leaves room, within the figure, for the class names (their
+    extents measured with the Agg renderer, as matplotlib's constrained layout did, but only
+    theirs), the axis labels, the title and the colour bar at its right, whose height is
+    BAR_SHRINK of the matrix's (at least its label's length). The room the square leaves in
+    one direction is shared on both sides."""
+    def extents(texts: list[str], size: float) -> np.ndarray:
+        return _text_extents(figure, texts, size)
+
+    label_width, label_height = extents([BAR_LABEL], AXIS_LABEL_SIZE)[0]
+    ticks = TICK_ROOM * POINT
+    axis_label = label_height + LABEL_PAD * POINT
+    angle = math.radians(NAME_ROTATION)
+    x = extents(x_names, fontsize)
+    left = EDGE + axis_label + ticks + extents(y_names, fontsize)[:, 0].max()
+    bottom = EDGE + axis_label + ticks + (x[:, 0] * math.sin(angle)
+                                          + x[:, 1] * math.cos(angle)).max()
+    top = EDGE + extents([title], TITLE_SIZE)[0, 1] + TITLE_PAD * POINT
+    right = (EDGE + axis_label + ticks + extents(["0.0"], AXIS_LABEL_SIZE)[0, 0] + BAR_WIDTH
+             + BAR_GAP)
+    width, height = figure.bbox.width, figure.bbox.height
+    across, down = width - left - right, height - top - bottom
+    side = max(min(across, down), 1.0)
+    left += max(across - side, 0) / 2
+    top += max(down - side, 0) / 2
+    bar_height = min(max(BAR_SHRINK * side, label_width + 2 * EDGE), height - 2 * EDGE)
+    bar_top = min(max(top + (side - bar_height) / 2, EDGE), height - EDGE - bar_height)
+    return ConfusionLayout(left, top, side,
+                           (left + side + BAR_GAP, bar_top, BAR_WIDTH, bar_height))
 
 
 def draw_mistakes(mistakes: Mistakes, class_names: tuple[str, ...], path: str | os.PathLike,
@@ -203,29 +391,23 @@ def draw_mistakes(mistakes: Mistakes, class_names: tuple[str, ...], path: str | 
     the probability the model gave it."""
     n = len(mistakes.index)
     figure = _figure(mistakes_size(n))
-    figure.suptitle(title, fontsize=12)
+    _title(figure, title)
     if n == 0:
         figure.text(0.5, 0.5, "no mistakes", ha="center", va="center", fontsize=14)
         return _save(figure, path)
-    columns = max(1, min(n, MISTAKE_COLUMNS))
-    rows = math.ceil(n / columns)
-    axes = np.atleast_1d(figure.subplots(rows, columns)).ravel()
-    for ax in axes:
-        ax.set_axis_off()
-    for ax, image, true, predicted, p in zip(axes, mistakes.images, mistakes.true,
-                                             mistakes.predicted, mistakes.confidence,
-                                             strict=False):
-        ax.imshow(image, interpolation="nearest")
-        ax.set_title(f"true: {class_names[true]}\npredicted: {class_names[predicted]} "
-                     f"{p:.0%}", fontsize=8)
-    return _save(figure, path)
+    labels = [f"true: {class_names[true]}\npredicted: {class_names[predicted]} {p:.0%}"
+              for true, predicted, p in zip(mistakes.true, mistakes.predicted,
+                                            mistakes.confidence, strict=True)]
+    tiles = _draw_tiles(figure, mistakes.images, labels, max(1, min(n, MISTAKE_COLUMNS)),
+                        MISTAKE_CELL, MISTAKE_LABEL, fontsize=8)
+    return _save(figure, path, tiles)
 
 
 def draw_sweep(table: SweepTable, path: str | os.PathLike) -> Path:
     """sweep.png, 900 x 700: each trial's val accuracy (colour) over the two most important
     keys (log axes where the space is logarithmic); pruned trials as triangles, trials without
     an accuracy as grey crosses, the best trial ringed in red. One key: accuracy over it."""
-    figure = _figure(SWEEP_SIZE)
+    figure = _figure(SWEEP_SIZE, constrained=True)
     ax = figure.subplots()
     keys = table.axes
     if not keys:
@@ -308,7 +490,7 @@ def draw_trials(table: SweepTable, path: str | os.PathLike) -> Path:
     so far as a step line."""
     from matplotlib.transforms import blended_transform_factory
 
-    figure = _figure(TRIALS_SIZE)
+    figure = _figure(TRIALS_SIZE, constrained=True)
     ax = figure.subplots()
     colours = {"complete": "tab:blue", "pruned": "tab:orange", "failed": "tab:red",
                "running": "tab:grey"}

@@ -19,6 +19,7 @@ import os
 import shutil
 import sys
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -239,6 +240,7 @@ def train_run(config: Config, data: LabelledData | Callable[[], LabelledData], o
 
             # -- the folder's first files: config.yaml, last.npz, the best.npz resumed
             run = _Run.prepare(config, data, out_dir, resume, replaced, split, pre)
+            stack.enter_context(run.writing())  # closed before the restore and the lock
 
             # -- training: a checkpoint after every epoch
             fitted = fit(config, data.train_images, data.train_labels, split, pre,
@@ -447,7 +449,14 @@ def _is_best_of(path: Path, resume: Checkpoint) -> bool:
 class _Run:
     """A locked run folder being written: its first files (prepare), the checkpoints after
     every epoch (on_epoch), then the summary (finish). It holds no data rows, so a caller
-    can free the training rows before the final evaluation."""
+    can free the training rows before the final evaluation.
+
+    An epoch's files are written by one background thread while the next epoch trains:
+    they wait on the disk (two fsyncs and a rename a file), not on the CPU, and cost a run
+    of 60 epochs 0.4 to 1.4 s on the development machine when written in line. Writes stay
+    in order, one at a time; every other write of the folder waits for the one under way
+    first (`wait`), an error of one is raised by the next `wait`, and the folder's lock is
+    not released while one is under way (`writing`)."""
 
     def __init__(self, config: Config, out_dir: Path, split: Split, pre: Preprocessor,
                  data: LabelledData, state: TrainState):
@@ -456,6 +465,8 @@ class _Run:
         self.config_yaml = config_to_yaml(config)
         self.state = state
         self.last = copy_state(state)  # the last completed epoch, as last.npz must hold it
+        self._writer: ThreadPoolExecutor | None = None
+        self._pending: Future | None = None  # the epoch files being written
 
     @classmethod
     def prepare(cls, config: Config, data: LabelledData, out_dir: Path,
@@ -494,15 +505,61 @@ class _Run:
                         W=state.best_W if model else None)
 
     def save_last(self) -> None:
-        """last.npz and history.jsonl of the last completed epoch."""
-        self.save("last.npz", self.last)
-        write_history(self.out_dir / "history.jsonl", self.last.history)
+        """last.npz and history.jsonl of the last completed epoch, written now (after the
+        epoch files under way, whose error, if any, gives way to this write's own)."""
+        self.wait(raise_error=False)
+        self._write_last(self.last)
+
+    def _write_last(self, last: TrainState) -> None:
+        self.save("last.npz", last)
+        write_history(self.out_dir / "history.jsonl", last.history)
+
+    def _write_epoch(self, last: TrainState, best: bool) -> None:
+        if best:
+            self.save("best.npz", last, model=True)
+        self._write_last(last)
 
     def on_epoch(self, state: TrainState) -> None:
+        """Start writing the epoch's files: best.npz when it is the best epoch, then last.npz
+        and history.jsonl (after the previous epoch's, whose error is raised here)."""
+        self.wait()
         self.last = copy_state(state)
-        if state.best_epoch == state.epoch:
-            self.save("best.npz", self.last, model=True)
-        self.save_last()
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(max_workers=1,
+                                              thread_name_prefix="softmax-run-files")
+        self._pending = self._writer.submit(self._write_epoch, self.last,
+                                            state.best_epoch == state.epoch)
+
+    def wait(self, raise_error: bool = True) -> None:
+        """Wait for the epoch files under way; raise their error if `raise_error`."""
+        if self._pending is None:
+            return
+        try:
+            self._pending.result()
+        except Exception:
+            self._pending = None
+            if raise_error:
+                raise
+        self._pending = None
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        """The block in which epoch files may be under way: its end waits for them (and
+        raises their error when the block itself raised none) and stops the thread."""
+        try:
+            yield
+        except BaseException:
+            self._close(raise_error=False)
+            raise
+        self._close(raise_error=True)
+
+    def _close(self, raise_error: bool) -> None:
+        try:
+            self.wait(raise_error)
+        finally:
+            if self._writer is not None:
+                self._writer.shutdown(wait=True)
+                self._writer = None
 
     def finish(self, state: TrainState, test_loss: float | None, test_acc: float | None,
                stopped_early: bool, solver: dict | None = None,
@@ -510,6 +567,7 @@ class _Run:
         """Mark last.npz complete and write summary.json (with L-BFGS's `solver` report:
         iterations, evaluations, final_loss, grad_max, converged, and `ran`: the engine and
         device that ran, engine auto's choice)."""
+        self.wait()
         if not (self.out_dir / "best.npz").exists():  # resumed from a lone last.npz
             self.save("best.npz", state, model=True, status="best weights only")
         self.save("last.npz", state, status="complete")
