@@ -266,6 +266,9 @@ def test_a_line_search_that_finds_no_decrease_is_reported_as_such():
     assert not result.converged and result.iterations < 100
     line = lbfgs.not_converged_line(result, 100, 1e-8)
     assert "stopped after" in line and "max_iter" not in line
+    abnormal = lbfgs.LbfgsResult(np.zeros((2, 3)), 7, 60, 1.0, 0.5, False, "ABNORMAL: ")
+    line = lbfgs.not_converged_line(abnormal, 100, 1e-8)  # SciPy's words for it, bare
+    assert "(the line search found no lower loss)" in line and "abnormal" not in line.lower()
     assert "raise optim.max_iter" in lbfgs.not_converged_line(result, result.iterations, 1e-8)
 
 
@@ -459,6 +462,25 @@ def test_an_indefinite_moment_gets_more_jitter():
     H = precondition.L @ precondition.L.T
     assert np.all(np.linalg.eigvalsh(H) > 0)
     assert np.abs(H - S).max() < 1e-2  # the smallest power of ten that is enough
+
+
+def test_a_moment_with_no_usable_factor_gives_the_plain_iteration():
+    # a moment that no jitter makes definite (here not finite: it was an endless loop, or a
+    # factor of NaN) leaves W = V: L-BFGS on the weights themselves
+    for S in (np.full((3, 3), np.nan), -np.eye(3) * 1e300):
+        np.testing.assert_array_equal(Preconditioner.from_moment(S, 2, 0.1, False).L,
+                                      np.eye(3))
+
+
+def test_the_second_moment_of_huge_features_does_not_overflow():
+    # features of 1e19 unscaled: their squares summed overflowed float32's products to inf
+    rng = np.random.default_rng(5)
+    rows = (rng.standard_normal((300, 4)) * 1e19).astype(np.float32)
+    pre = Preprocessor(mean=np.zeros(4), scale=np.ones(4), bias=True)
+    S = second_moment(rows, np.arange(300), pre)
+    X = np.hstack([rows.astype(np.float64), np.ones((300, 1))])
+    expected = X.T @ X / 300
+    np.testing.assert_allclose(S, expected, rtol=1e-5, atol=1e-6 * np.abs(expected).max())
 
 
 def test_the_second_moment_of_preprocessed_rows_and_weights():

@@ -36,6 +36,7 @@ SAMPLE_SEED = 0
 # Added to H0's diagonal, relative to its mean diagonal entry: float32 rounding of S may leave
 # it a little indefinite where the rows are (nearly) collinear and the column unpenalised
 JITTER = 1e-6
+JITTER_TRIES = 12  # each ten times the last; then the identity (no preconditioning)
 
 
 def second_moment(rows: np.ndarray, index: np.ndarray, pre: Preprocessor,
@@ -61,8 +62,13 @@ def second_moment(rows: np.ndarray, index: np.ndarray, pre: Preprocessor,
     X = pre.transform(raw, np.float32)
     if sample_weight is not None:  # a negative weight (no sense, but allowed) counts as 0
         X *= np.sqrt(np.maximum(np.asarray(sample_weight, dtype=np.float32)[chosen], 0))[:, None]
+    # each column divided by its largest magnitude first: unscaled features of 1e18 would
+    # overflow float32's products (their squares summed), and S is scaled back in float64
+    column_scale = np.abs(X).max(axis=0).astype(np.float64)
+    column_scale[column_scale == 0] = 1.0
+    X /= column_scale.astype(np.float32)
     S = (X.T @ X).astype(np.float64)  # numpy makes X.T @ X one symmetric product (syrk)
-    S /= max(m, 1)
+    S *= np.outer(column_scale, column_scale) / max(m, 1)
     return (S + S.T) / 2  # exactly symmetric, whatever the product's rounding
 
 
@@ -87,11 +93,16 @@ class Preconditioner:
             penalty[-1] = 0.0
         H[np.diag_indices(D)] += penalty
         jitter = JITTER * max(float(np.trace(H)) / D, np.finfo(float).tiny)
-        while True:
+        for _ in range(JITTER_TRIES):
             try:
-                return cls(cholesky(H + jitter * np.eye(D), lower=True, check_finite=False))
+                L = cholesky(H + jitter * np.eye(D), lower=True, check_finite=False)
             except LinAlgError:  # float32 rounding made S indefinite by more than jitter
                 jitter *= 10
+                continue
+            if np.isfinite(L).all():
+                return cls(L)
+            break
+        return cls(np.eye(D))  # no usable factor: the plain iteration, W = V
 
     def weights(self, V: np.ndarray) -> np.ndarray:
         """W = V L^{-1} (C, D) of variables V (C, D)."""
