@@ -272,6 +272,23 @@ def test_a_line_search_that_finds_no_decrease_is_reported_as_such():
     assert "raise optim.max_iter" in lbfgs.not_converged_line(result, result.iterations, 1e-8)
 
 
+def test_scipys_evaluation_cap_never_stops_a_fit_before_max_iter(monkeypatch):
+    # SciPy stops at 15,000 evaluations unless told: max_iter 100,000 was silently less
+    from scipy import optimize
+
+    seen = []
+    real = optimize.minimize
+
+    def spy(*args, options, **kwargs):
+        seen.append(options)
+        return real(*args, options=options, **kwargs)
+
+    monkeypatch.setattr(optimize, "minimize", spy)
+    lbfgs.minimize(lambda W, precision: (float((W ** 2).sum()), 2 * W), np.ones((2, 3)),
+                   1e-8, 100_000)
+    assert seen and all(o["maxfun"] >= (o["maxiter"] + 1) * (o["maxls"] + 1) for o in seen)
+
+
 def test_a_float32_line_search_that_fails_gives_way_to_float64_soon():
     asked = []
 

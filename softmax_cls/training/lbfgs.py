@@ -142,12 +142,15 @@ def minimize(objective: Callable[[np.ndarray, str], tuple[float, np.ndarray]],
             if grad_max <= tol:
                 raise StopIteration
 
+        line_search = MAX_LINE_SEARCH if precision == "float64" else MAX_LINE_SEARCH_FAST
         try:
             found = optimize.minimize(
                 fun, start.ravel(), method="L-BFGS-B", jac=True, callback=callback,
+                # maxfun: SciPy's own cap (15,000 evaluations) would stop a long fit short of
+                # optim.max_iter; every iteration's line search fits in this one
                 options={"maxiter": iterations_left, "gtol": 0.0, "ftol": FTOL,
-                         "maxls": MAX_LINE_SEARCH if precision == "float64"
-                         else MAX_LINE_SEARCH_FAST})
+                         "maxls": line_search,
+                         "maxfun": max(15000, (iterations_left + 1) * (line_search + 1))})
         except _StartMeetsTol:
             return start, TOL_MESSAGE
         message = str(found.message)
