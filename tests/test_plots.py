@@ -958,6 +958,8 @@ def test_an_lbfgs_run_draws_iterations_and_the_gradient_not_epochs_and_lr(tmp_pa
     assert np.allclose(third.lines[0].get_ydata(), [10.0 ** -i for i in range(1, 9)])
     labels = acc_ax.get_legend_handles_labels()[1]
     assert "train (running)" not in labels and "best val 80.00%" in labels
+    # its one point is drawn over the iterations' range, not alone on an axis around it
+    assert acc_ax.get_xlim() == loss_ax.get_xlim() and acc_ax.get_xlim()[0] < 2
     # an SGD run's picture is as it was
     sgd = [{"epoch": e, "lr": 0.1 / e, "train_loss": 1.0, "train_acc": 0.5, "val_loss": 1.0,
             "val_acc": 0.5} for e in range(1, 4)]

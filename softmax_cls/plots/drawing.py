@@ -278,6 +278,8 @@ def draw_curves(table: dict[str, np.ndarray], best_epoch: int | None,
         best_val = 100 * table["val_acc"][list(epochs).index(best_epoch)]
         acc_ax.plot([best_epoch], [best_val], marker="*", markersize=14, color="black",
                     linestyle="none", label=f"best val {best_val:.2f}%")
+    if lbfgs:  # val accuracy is known at the solution alone: keep the iterations' range
+        acc_ax.set_xlim(loss_ax.get_xlim())
     loss_ax.legend()
     acc_ax.legend(loc="lower right")
     # the panels share the width that their y labels leave (the y ticks depend on the height
