@@ -16,7 +16,7 @@ import yaml
 from cli_util import assert_one_line_error, run, script
 
 from softmax_cls.config import config_from_dict
-from softmax_cls.data.features import labels_path, load_features
+from softmax_cls.data.features import labels_path, load_features, read_feature_rows
 from softmax_cls.math.preprocess import split_and_fit
 from softmax_cls.training.checkpoint import load_checkpoint
 from softmax_cls.training.fit import fit
@@ -67,6 +67,45 @@ def test_npy_pair_string_labels_no_test_and_float64_conversion(tmp_path):
     np.testing.assert_array_equal(data.train_labels, [1, 0, 1, 2, 0])
     assert data.test_images.shape == (0, 3) and data.test_labels.shape == (0,)
     assert set(data.fingerprint) == {"train train_X.npy", "train train_y.npy"}
+
+
+@pytest.mark.parametrize("container", ["npz", "npy"])
+def test_float16_X_is_memory_mapped_as_stored(tmp_path, container):
+    X, y = linear_data(n=7, d=5)
+    X16 = X.astype(np.float16)
+    if container == "npz":
+        np.savez(tmp_path / "train.npz", X=X16, y=y)
+        path = tmp_path / "train.npz"
+    else:
+        np.save(tmp_path / "X.npy", X16)
+        np.save(tmp_path / "y.npy", y)
+        path = tmp_path / "X.npy"
+    data = load_features(data_config(train=str(path), test=str(path)), progress=False)
+    for rows in (data.train_images, data.test_images, read_feature_rows(path)):
+        assert isinstance(rows, np.memmap) and rows.dtype == np.float16  # no float32 copy
+        np.testing.assert_array_equal(rows, X16)
+
+
+def test_a_float16_file_trains_as_its_float32_conversion(tmp_path):
+    """softmax-train on a float16 file and on the float32 file of the same values: the same
+    weights, bit for bit (every float16 is a float32; the engines convert per minibatch)."""
+    X, y = linear_data(n=400)
+    X16 = X.astype(np.float16)
+    np.savez(tmp_path / "half.npz", X=X16, y=y)
+    np.savez(tmp_path / "single.npz", X=X16.astype(np.float32), y=y)
+    weights = []
+    for name in ("half", "single"):
+        config = write_config(tmp_path, train=str(tmp_path / f"{name}.npz"),
+                              test=str(tmp_path / f"{name}.npz"))
+        result = run("softmax-train", "--config", str(config), "--quiet", "--out",
+                     str(tmp_path / name))
+        assert result.returncode == 0, result.stderr
+        weights.append(load_checkpoint(tmp_path / name / "best.npz").W)
+        report = run("softmax-eval", str(tmp_path / name / "best.npz"), "--json", "--quiet")
+        assert report.returncode == 0, report.stderr
+        weights.append(json.loads(report.stdout)["accuracy"])
+    np.testing.assert_array_equal(weights[0], weights[2])
+    assert weights[1] == weights[3]
 
 
 @pytest.mark.parametrize("name, expected", [("X.npy", "y.npy"), ("train_X.npy", "train_y.npy"),
@@ -122,6 +161,14 @@ def bad_file(tmp_path: Path, kind: str) -> tuple[str, str | None, str]:
         X64[5, 0] = 1e300
         np.savez(train, X=X64, y=y)
         return str(train), None, "after conversion to float32"
+    if kind == "float16 inf":
+        X16 = X.astype(np.float16)
+        X16[9, 3] = np.inf
+        np.savez(train, X=X16, y=y)
+        return str(train), None, "X[9, 3] is inf"
+    if kind == "bfloat16":  # what np.save writes for an ml_dtypes bfloat16 array: '<V2'
+        np.savez(train, X=X.astype(np.float16).view(np.dtype("V2")), y=y)
+        return str(train), None, "bfloat16, which the .npy format has no type for"
     if kind == "float labels":
         np.savez(train, X=X, y=y.astype(np.float64))
         return str(train), None, "integer or string labels"
@@ -159,7 +206,8 @@ def bad_file(tmp_path: Path, kind: str) -> tuple[str, str | None, str]:
 
 
 BAD_KINDS = ["missing", "csv", "not a zip", "X 1-d", "no y", "length", "nan", "inf",
-             "float64 overflow", "float labels", "object labels", "object X", "compressed",
+             "float64 overflow", "float16 inf", "bfloat16", "float labels", "object labels",
+             "object X", "compressed",
              "one class", "no y.npy", "truncated", "D mismatch", "unknown test label"]
 
 
