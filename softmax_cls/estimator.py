@@ -27,7 +27,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
                       "pip install 'softmax-cls[sklearn]'") from exc
 
 from .config import Config, config_from_dict
-from .errors import ConfigError
+from .errors import ConfigError, DeviceOutOfMemory
 from .math import softmax
 from .math.optim import learning_rate
 from .math.preprocess import MIN_STD, Preprocessor, Split, pixel_mean_std, split_train_val
@@ -304,6 +304,8 @@ class SoftmaxClassifier(ClassifierMixin, BaseEstimator):
         try:
             result = fit(config, X, y_encoded, split, pre, len(self.classes_), state=state,
                          sample_weight=sample_weight, warn=lines.append)
+        except DeviceOutOfMemory as exc:
+            raise exc.spelled(_spell_parameter, f"{type(self).__name__}: ") from None
         except TrainingDiverged as exc:
             raise ValueError(f"{type(self).__name__}: training diverged in epoch "
                              f"{state.epoch + 1} with lr={self.lr:g}, reg={self.reg:g}; lower "
@@ -425,6 +427,15 @@ def _convergence_warning(line: str) -> None:
                            ("preprocess.scale std", "standardize=True")):
         line = line.replace(key, parameter)
     warnings.warn(line, ConvergenceWarning, stacklevel=4)
+
+
+def _spell_parameter(key: str, value: str) -> str | None:
+    """A config setting as this estimator's parameter: ("device", "cpu") -> device="cpu",
+    ("optim.batch_size", "N") -> batch_size=N; None for a key without a parameter."""
+    name = _PARAMETER_OF_KEY.get(key)
+    if name is None:
+        return None
+    return f"{name}={value}" if value == "N" else f'{name}="{value}"'
 
 
 def _python_scalars(raw: dict) -> dict:

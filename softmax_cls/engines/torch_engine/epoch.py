@@ -17,10 +17,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ...errors import SoftmaxClsError
+from ...errors import DeviceOutOfMemory
 from ...math.preprocess import Preprocessor
 from ...math.softmax import NonFiniteError
 from ..contract import EpochPlan, OptimizerState, StepRule, TrainingRows
+from .device import out_of_memory_as_error
 from .rows import DeviceRows, RowStream, as_tensor, device_rows, torch_dtype
 from .step import Folding, StepBuffers, average_update, gather_rows, loss_and_grad, sgd_update
 
@@ -210,12 +211,12 @@ class EpochRunner:
     def __call__(self, data: TrainingRows, plan: EpochPlan, rule: StepRule, pre: Preprocessor,
                  state: OptimizerState) -> tuple[float, int]:
         try:
-            return self._epoch(data, plan, rule, pre, state)
-        except torch.OutOfMemoryError:
-            self.captured = None
-            raise SoftmaxClsError(
-                f"out of memory on {self.device} in a training epoch: lower optim.batch_size, "
-                "or train with --set device=cpu") from None
+            with out_of_memory_as_error(self.device, "in a training epoch", batch_size=True):
+                return self._epoch(data, plan, rule, pre, state)
+        except DeviceOutOfMemory:
+            self.captured = None  # its graph's memory
+            self.stream = None
+            raise
 
     def _epoch(self, data: TrainingRows, plan: EpochPlan, rule: StepRule, pre: Preprocessor,
                state: OptimizerState) -> tuple[float, int]:

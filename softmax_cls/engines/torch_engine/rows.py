@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ...errors import SoftmaxClsError
 from ..contract import TrainingRows
+from .device import out_of_memory_as_error
 
 # Device memory kept free beside resident rows, for the step buffers, a captured graph and
 # PyTorch's allocator: a tenth of the free memory, at least RESERVE_BYTES
@@ -53,12 +53,8 @@ def as_tensor(array: np.ndarray, device):
         tensor = torch.from_numpy(np.asarray(array))
     if device.type == "cpu":
         return tensor
-    try:
+    with out_of_memory_as_error(device, f"moving {array.nbytes / 1e9:.2f} GB there"):
         return tensor.to(device)
-    except torch.cuda.OutOfMemoryError:
-        raise SoftmaxClsError(
-            f"out of memory on {device} moving {array.nbytes / 1e9:.2f} GB of rows there: use "
-            "fewer rows or --set device=cpu") from None
 
 
 def _held(data: TrainingRows, device) -> DeviceRows | None:
