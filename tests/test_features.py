@@ -86,6 +86,16 @@ def test_float16_X_is_memory_mapped_as_stored(tmp_path, container):
         np.testing.assert_array_equal(rows, X16)
 
 
+def test_big_endian_float16_is_converted_to_native_float32(tmp_path):
+    """Only native float16 is mapped as stored: the engines take native dtypes only."""
+    X, y = linear_data(n=7, d=5)
+    np.savez(tmp_path / "train.npz", X=X.astype(">f2"), y=y)
+    rows = load_features(data_config(train=str(tmp_path / "train.npz")),
+                         progress=False).train_images
+    assert not isinstance(rows, np.memmap) and rows.dtype == np.dtype("=f4")
+    np.testing.assert_array_equal(rows, X.astype(np.float16))
+
+
 def test_a_float16_file_trains_as_its_float32_conversion(tmp_path):
     """softmax-train on a float16 file and on the float32 file of the same values: the same
     weights, bit for bit (every float16 is a float32; the engines convert per minibatch)."""

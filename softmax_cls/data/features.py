@@ -324,7 +324,7 @@ def _kind(y: np.ndarray) -> str:
 def _finite_rows(path: Path, X: np.ndarray) -> np.ndarray:
     """X (N, D) checked finite: the memmap itself when it is native float32 or float16
     (MAPPED_DTYPES), else converted to float32 in memory."""
-    native = X.dtype in MAPPED_DTYPES and X.dtype.isnative
+    native = X.dtype in MAPPED_DTYPES  # dtype equality counts the byte order: native only
     out = X if native else np.empty(X.shape, np.float32)
     step = max(1, CHECK_BYTES // (X.shape[1] * X.dtype.itemsize))
     with np.errstate(over="ignore", invalid="ignore"):
