@@ -363,6 +363,62 @@ def test_a_file_larger_than_the_allowed_memory_trains_to_the_in_memory_weights(t
     np.testing.assert_array_equal(trained.preprocessor.mean, pre.mean)
 
 
+@pytest.mark.slow  # about 20 s: writing and hashing 160 MB, two runs of two epochs
+@pytest.mark.parametrize("engine", ["numpy", "torch"])
+def test_a_float16_file_trains_without_a_float32_copy(tmp_path, engine):
+    """A 160 MB float16 X.npy whose float32 conversion is 320 MB: softmax-train trains it
+    (the numpy engine under an RLIMIT_DATA of 200 MB; the torch engine's import alone needs
+    more, its OpenBLAS buffers) with an RssAnon peak far below the conversion, to the
+    weights of fit() on the float32 conversion held in memory."""
+    if engine == "torch":
+        pytest.importorskip("torch")
+    import resource
+
+    n, d, classes = 160_000, 512, 4
+    X = np.lib.format.open_memmap(tmp_path / "X.npy", mode="w+", dtype=np.float16,
+                                  shape=(n, d))
+    rng = np.random.default_rng(0)
+    centers = rng.normal(0, 1, (classes, d)).astype(np.float32)
+    y = rng.integers(0, classes, n)
+    for start in range(0, n, 20_000):
+        stop = start + 20_000
+        X[start:stop] = centers[y[start:stop]] + rng.standard_normal((stop - start, d),
+                                                                    dtype=np.float32)
+    X.flush()
+    del X
+    np.save(tmp_path / "y.npy", y)
+    config = write_config(tmp_path, train=str(tmp_path / "X.npy"), val_size=1000)
+    limit = 200 << 20
+    assert limit < n * d * 4
+
+    def limit_memory():
+        if engine == "numpy":
+            resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([script("softmax-train"), "--config", str(config), "--quiet",
+                                "--set", "optim.epochs=2", "--set", f"engine={engine}",
+                                "--set", "device=cpu"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=env,
+                               preexec_fn=limit_memory)
+    peak = _anon_peak(process.pid, process)
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr
+    print(f"{engine}: peak RssAnon {peak / 2**20:.1f} MB")
+    # measured: numpy 62 MB; torch 185 MB, most of it PyTorch's own (a float32 copy alone
+    # would be 312 MB more)
+    assert 0 < peak < n * d * 4 // (2 if engine == "numpy" else 1), peak
+    trained = load_checkpoint(tmp_path / "run" / "last.npz")
+
+    in_memory = config_from_dict(yaml.safe_load(config.read_text()),
+                                 ["optim.epochs=2", f"engine={engine}", "device=cpu"])
+    rows = np.load(tmp_path / "X.npy").astype(np.float32)
+    labels = np.searchsorted(np.unique(y), y).astype(np.int64)
+    split, pre = split_and_fit(in_memory, rows, labels)
+    result = fit(in_memory, rows, labels, split, pre, classes)
+    np.testing.assert_array_equal(trained.state.W, result.state.W)
+
+
 def test_feature_files_load_without_the_cifar_modules():
     """features.py and the CIFAR reader share LabelledData through its own module: importing
     one pulls in neither the CIFAR loader nor the fetching code."""
