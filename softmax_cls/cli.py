@@ -13,8 +13,17 @@ import sys
 import click
 
 from . import __version__
-from .errors import ConfigError, InputError, SoftmaxClsError
+from .errors import ConfigError, DeviceOutOfMemory, InputError, SoftmaxClsError
 from .text import shorten
+
+# How a command's one error line names a config setting (key, value) that the user can change
+# (DeviceOutOfMemory): as its --set override, or as softmax-eval's own option; commands not
+# named here (softmax-sweep: its file) keep the config's `key: value`
+OPTION_SPELLING = {
+    "train": lambda key, value: f"--set {key}={value}",
+    "gradcheck": lambda key, value: f"--set {key}={value}",
+    "eval": lambda key, value: f"--{key} {value}" if key in ("device", "engine") else None,
+}
 
 
 class Command(click.Command):
@@ -31,6 +40,9 @@ class Command(click.Command):
             _fail(exc.format_message(), exc.exit_code)
         except click.Abort as exc:
             _fail(*stop_word_and_code(exc.__cause__))
+        except DeviceOutOfMemory as exc:
+            spell = OPTION_SPELLING.get(self.name)
+            _fail(str(exc.spelled(spell) if spell else exc), exc.exit_code)
         except SoftmaxClsError as exc:
             _fail(str(exc), exc.exit_code)
         except OSError as exc:  # a folder that cannot be created, a disk that is full, ...

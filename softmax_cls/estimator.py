@@ -27,7 +27,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
                       "pip install 'softmax-cls[sklearn]'") from exc
 
 from .config import Config, config_from_dict
-from .errors import ConfigError
+from .errors import ConfigError, DeviceOutOfMemory
 from .math import softmax
 from .math.optim import learning_rate
 from .math.preprocess import MIN_STD, Preprocessor, Split, pixel_mean_std, split_train_val
@@ -40,6 +40,10 @@ AUTO_MIN_EPOCHS = 5
 # warns that it ended far from the optimum (digits: 5 epochs 0.61, 0.854 accuracy; 200
 # epochs 0.026, 0.961; LogisticRegression 0.972).
 FAR_FROM_OPTIMUM = 0.05
+
+# X as training takes it: float32, or float16 as it is (the engines convert each minibatch,
+# exactly); other dtypes are converted to float32
+_TRAINING_DTYPES = [np.float32, np.float16]
 
 # config key -> estimator parameter, so that a config error names the parameter
 _PARAMETER_OF_KEY = {
@@ -58,10 +62,11 @@ class SoftmaxClassifier(ClassifierMixin, BaseEstimator):
     solved exactly by full-batch L-BFGS (solver="lbfgs").
 
     Always multinomial, for any number of classes from 2 and any labels (ints, strings).
-    Training computes in float32 (float64 and integer X are converted); fitted coefficients
-    and every prediction are float64. Each fit goes through softmax_cls.training.fit.fit with a
-    Config built from these parameters, so the CLI, the sweep and this estimator share one
-    loss and one SGD step.
+    Training computes in float32 (float64 and integer X are converted; float16 X is used as
+    it is, converted a minibatch at a time, with the weights of its float32 conversion);
+    fitted coefficients and every prediction are float64. Each fit goes through
+    softmax_cls.training.fit.fit with a Config built from these parameters, so the CLI, the
+    sweep and this estimator share one loss and one SGD step.
 
     Parameters
     ----------
@@ -173,7 +178,7 @@ class SoftmaxClassifier(ClassifierMixin, BaseEstimator):
         """Train on X (n_samples, n_features) array-like of numbers, y (n_samples,) labels,
         sample_weight (n_samples,) or None. Returns self."""
         warm = self.warm_start and hasattr(self, "_model")
-        X, y = validate_data(self, X, y, dtype=np.float32, order="C", reset=not warm)
+        X, y = validate_data(self, X, y, dtype=_TRAINING_DTYPES, order="C", reset=not warm)
         check_classification_targets(y)
         classes, y_encoded = np.unique(y, return_inverse=True)
         _check_two_classes(classes)
@@ -258,7 +263,7 @@ class SoftmaxClassifier(ClassifierMixin, BaseEstimator):
             raise ValueError("partial_fit: takes SGD epochs; solver='lbfgs' solves in fit "
                              "(with warm_start=True to continue from the current model)")
         first = not hasattr(self, "_model")
-        X, y = validate_data(self, X, y, dtype=np.float32, order="C", reset=first)
+        X, y = validate_data(self, X, y, dtype=_TRAINING_DTYPES, order="C", reset=first)
         check_classification_targets(y)
         if first:
             if classes is None:
@@ -304,6 +309,8 @@ class SoftmaxClassifier(ClassifierMixin, BaseEstimator):
         try:
             result = fit(config, X, y_encoded, split, pre, len(self.classes_), state=state,
                          sample_weight=sample_weight, warn=lines.append)
+        except DeviceOutOfMemory as exc:
+            raise exc.spelled(_spell_parameter, f"{type(self).__name__}: ") from None
         except TrainingDiverged as exc:
             raise ValueError(f"{type(self).__name__}: training diverged in epoch "
                              f"{state.epoch + 1} with lr={self.lr:g}, reg={self.reg:g}; lower "
@@ -425,6 +432,15 @@ def _convergence_warning(line: str) -> None:
                            ("preprocess.scale std", "standardize=True")):
         line = line.replace(key, parameter)
     warnings.warn(line, ConvergenceWarning, stacklevel=4)
+
+
+def _spell_parameter(key: str, value: str) -> str | None:
+    """A config setting as this estimator's parameter: ("device", "cpu") -> device="cpu",
+    ("optim.batch_size", "N") -> batch_size=N; None for a key without a parameter."""
+    name = _PARAMETER_OF_KEY.get(key)
+    if name is None:
+        return None
+    return f"{name}={value}" if value == "N" else f'{name}="{value}"'
 
 
 def _python_scalars(raw: dict) -> dict:

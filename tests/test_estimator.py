@@ -111,6 +111,34 @@ def test_float32_and_float64_input_train_the_same():
     np.testing.assert_array_equal(a.coef_, b.coef_)
 
 
+@pytest.mark.parametrize("engine", ["numpy", "torch"])
+@pytest.mark.parametrize("solver", ["sgd", "lbfgs"])
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")  # 3 epochs
+def test_float16_input_is_used_as_it_is_with_the_weights_of_float32(engine, solver,
+                                                                    monkeypatch):
+    if engine == "torch":
+        pytest.importorskip("torch")
+    from softmax_cls import estimator
+
+    seen = []
+    real = estimator.fit
+    monkeypatch.setattr(estimator, "fit", lambda config, X, *args, **kwargs: seen.append(
+        X.dtype) or real(config, X, *args, **kwargs))
+    X, y = blobs()
+    half = X.astype(np.float16)
+    params = dict(epochs=3, random_state=1, engine=engine, device="cpu", solver=solver)
+    a = SoftmaxClassifier(**params).fit(half, y)
+    b = SoftmaxClassifier(**params).fit(half.astype(np.float32), y)
+    assert seen == [np.float16, np.float32]  # no float32 copy of float16 X
+    np.testing.assert_array_equal(a.coef_, b.coef_)
+    np.testing.assert_array_equal(a.intercept_, b.intercept_)
+    if solver == "sgd":
+        a.partial_fit(half, y)
+        b.partial_fit(half.astype(np.float32), y)
+        np.testing.assert_array_equal(a.coef_, b.coef_)
+    np.testing.assert_array_equal(a.predict_proba(half), b.predict_proba(half))
+
+
 def test_sample_weight_and_class_weight_enter_the_loss_as_row_weights():
     X, y = blobs()
     params = dict(epochs=3, random_state=0, engine="numpy")

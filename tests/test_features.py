@@ -16,7 +16,7 @@ import yaml
 from cli_util import assert_one_line_error, run, script
 
 from softmax_cls.config import config_from_dict
-from softmax_cls.data.features import labels_path, load_features
+from softmax_cls.data.features import labels_path, load_features, read_feature_rows
 from softmax_cls.math.preprocess import split_and_fit
 from softmax_cls.training.checkpoint import load_checkpoint
 from softmax_cls.training.fit import fit
@@ -67,6 +67,55 @@ def test_npy_pair_string_labels_no_test_and_float64_conversion(tmp_path):
     np.testing.assert_array_equal(data.train_labels, [1, 0, 1, 2, 0])
     assert data.test_images.shape == (0, 3) and data.test_labels.shape == (0,)
     assert set(data.fingerprint) == {"train train_X.npy", "train train_y.npy"}
+
+
+@pytest.mark.parametrize("container", ["npz", "npy"])
+def test_float16_X_is_memory_mapped_as_stored(tmp_path, container):
+    X, y = linear_data(n=7, d=5)
+    X16 = X.astype(np.float16)
+    if container == "npz":
+        np.savez(tmp_path / "train.npz", X=X16, y=y)
+        path = tmp_path / "train.npz"
+    else:
+        np.save(tmp_path / "X.npy", X16)
+        np.save(tmp_path / "y.npy", y)
+        path = tmp_path / "X.npy"
+    data = load_features(data_config(train=str(path), test=str(path)), progress=False)
+    for rows in (data.train_images, data.test_images, read_feature_rows(path)):
+        assert isinstance(rows, np.memmap) and rows.dtype == np.float16  # no float32 copy
+        np.testing.assert_array_equal(rows, X16)
+
+
+def test_big_endian_float16_is_converted_to_native_float32(tmp_path):
+    """Only native float16 is mapped as stored: the engines take native dtypes only."""
+    X, y = linear_data(n=7, d=5)
+    np.savez(tmp_path / "train.npz", X=X.astype(">f2"), y=y)
+    rows = load_features(data_config(train=str(tmp_path / "train.npz")),
+                         progress=False).train_images
+    assert not isinstance(rows, np.memmap) and rows.dtype == np.dtype("=f4")
+    np.testing.assert_array_equal(rows, X.astype(np.float16))
+
+
+def test_a_float16_file_trains_as_its_float32_conversion(tmp_path):
+    """softmax-train on a float16 file and on the float32 file of the same values: the same
+    weights, bit for bit (every float16 is a float32; the engines convert per minibatch)."""
+    X, y = linear_data(n=400)
+    X16 = X.astype(np.float16)
+    np.savez(tmp_path / "half.npz", X=X16, y=y)
+    np.savez(tmp_path / "single.npz", X=X16.astype(np.float32), y=y)
+    weights = []
+    for name in ("half", "single"):
+        config = write_config(tmp_path, train=str(tmp_path / f"{name}.npz"),
+                              test=str(tmp_path / f"{name}.npz"))
+        result = run("softmax-train", "--config", str(config), "--quiet", "--out",
+                     str(tmp_path / name))
+        assert result.returncode == 0, result.stderr
+        weights.append(load_checkpoint(tmp_path / name / "best.npz").W)
+        report = run("softmax-eval", str(tmp_path / name / "best.npz"), "--json", "--quiet")
+        assert report.returncode == 0, report.stderr
+        weights.append(json.loads(report.stdout)["accuracy"])
+    np.testing.assert_array_equal(weights[0], weights[2])
+    assert weights[1] == weights[3]
 
 
 @pytest.mark.parametrize("name, expected", [("X.npy", "y.npy"), ("train_X.npy", "train_y.npy"),
@@ -122,6 +171,14 @@ def bad_file(tmp_path: Path, kind: str) -> tuple[str, str | None, str]:
         X64[5, 0] = 1e300
         np.savez(train, X=X64, y=y)
         return str(train), None, "after conversion to float32"
+    if kind == "float16 inf":
+        X16 = X.astype(np.float16)
+        X16[9, 3] = np.inf
+        np.savez(train, X=X16, y=y)
+        return str(train), None, "X[9, 3] is inf"
+    if kind == "bfloat16":  # what np.save writes for an ml_dtypes bfloat16 array: '<V2'
+        np.savez(train, X=X.astype(np.float16).view(np.dtype("V2")), y=y)
+        return str(train), None, "bfloat16, which the .npy format has no type for"
     if kind == "float labels":
         np.savez(train, X=X, y=y.astype(np.float64))
         return str(train), None, "integer or string labels"
@@ -159,7 +216,8 @@ def bad_file(tmp_path: Path, kind: str) -> tuple[str, str | None, str]:
 
 
 BAD_KINDS = ["missing", "csv", "not a zip", "X 1-d", "no y", "length", "nan", "inf",
-             "float64 overflow", "float labels", "object labels", "object X", "compressed",
+             "float64 overflow", "float16 inf", "bfloat16", "float labels", "object labels",
+             "object X", "compressed",
              "one class", "no y.npy", "truncated", "D mismatch", "unknown test label"]
 
 
@@ -303,6 +361,62 @@ def test_a_file_larger_than_the_allowed_memory_trains_to_the_in_memory_weights(t
     result = fit(in_memory, rows, labels, split, pre, classes)
     np.testing.assert_array_equal(trained.state.W, result.state.W)
     np.testing.assert_array_equal(trained.preprocessor.mean, pre.mean)
+
+
+@pytest.mark.slow  # about 20 s: writing and hashing 160 MB, two runs of two epochs
+@pytest.mark.parametrize("engine", ["numpy", "torch"])
+def test_a_float16_file_trains_without_a_float32_copy(tmp_path, engine):
+    """A 160 MB float16 X.npy whose float32 conversion is 320 MB: softmax-train trains it
+    (the numpy engine under an RLIMIT_DATA of 200 MB; the torch engine's import alone needs
+    more, its OpenBLAS buffers) with an RssAnon peak far below the conversion, to the
+    weights of fit() on the float32 conversion held in memory."""
+    if engine == "torch":
+        pytest.importorskip("torch")
+    import resource
+
+    n, d, classes = 160_000, 512, 4
+    X = np.lib.format.open_memmap(tmp_path / "X.npy", mode="w+", dtype=np.float16,
+                                  shape=(n, d))
+    rng = np.random.default_rng(0)
+    centers = rng.normal(0, 1, (classes, d)).astype(np.float32)
+    y = rng.integers(0, classes, n)
+    for start in range(0, n, 20_000):
+        stop = start + 20_000
+        X[start:stop] = centers[y[start:stop]] + rng.standard_normal((stop - start, d),
+                                                                    dtype=np.float32)
+    X.flush()
+    del X
+    np.save(tmp_path / "y.npy", y)
+    config = write_config(tmp_path, train=str(tmp_path / "X.npy"), val_size=1000)
+    limit = 200 << 20
+    assert limit < n * d * 4
+
+    def limit_memory():
+        if engine == "numpy":
+            resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([script("softmax-train"), "--config", str(config), "--quiet",
+                                "--set", "optim.epochs=2", "--set", f"engine={engine}",
+                                "--set", "device=cpu"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=env,
+                               preexec_fn=limit_memory)
+    peak = _anon_peak(process.pid, process)
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr
+    print(f"{engine}: peak RssAnon {peak / 2**20:.1f} MB")
+    # measured: numpy 62 MB; torch 185 MB, most of it PyTorch's own (a float32 copy alone
+    # would be 312 MB more)
+    assert 0 < peak < n * d * 4 // (2 if engine == "numpy" else 1), peak
+    trained = load_checkpoint(tmp_path / "run" / "last.npz")
+
+    in_memory = config_from_dict(yaml.safe_load(config.read_text()),
+                                 ["optim.epochs=2", f"engine={engine}", "device=cpu"])
+    rows = np.load(tmp_path / "X.npy").astype(np.float32)
+    labels = np.searchsorted(np.unique(y), y).astype(np.int64)
+    split, pre = split_and_fit(in_memory, rows, labels)
+    result = fit(in_memory, rows, labels, split, pre, classes)
+    np.testing.assert_array_equal(trained.state.W, result.state.W)
 
 
 def test_feature_files_load_without_the_cifar_modules():

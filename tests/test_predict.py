@@ -288,6 +288,26 @@ def test_other_objects_are_refused(trained):
 # -- wrong inputs through the installed command
 
 
+def test_float16_feature_rows_are_scored_as_their_float32_conversion(probe, tmp_path,
+                                                                      monkeypatch):
+    from softmax_cls.inference import model as model_module
+
+    seen = []
+    real = model_module.checkpoint_scores
+    monkeypatch.setattr(model_module, "checkpoint_scores",
+                        lambda checkpoint, rows: seen.append(rows.dtype) or real(checkpoint,
+                                                                                 rows))
+    model = Model.load(probe["checkpoint"])
+    half = probe["new"].astype(np.float16)
+    np.save(tmp_path / "half_X.npy", half)
+    expected = model.scores(half.astype(np.float32))
+    np.testing.assert_array_equal(model.scores(half), expected)
+    np.testing.assert_array_equal(model.scores(tmp_path / "half_X.npy"), expected)
+    assert seen == [np.float32, np.float16, np.float16]  # no float32 copy of float16 rows
+    with pytest.raises(InputError, match="NaN or inf"):
+        model.predict(np.full((1, 12), np.inf, np.float16))
+
+
 @pytest.fixture(scope="module")
 def probe(tmp_path_factory) -> dict:
     """A linear probe trained on 12 features, its checkpoint and new feature rows."""

@@ -345,7 +345,7 @@ def test_running_out_of_device_memory_is_one_line_naming_the_batch_size(monkeypa
     state = OptimizerState(p.W.copy(), np.zeros_like(p.W), p.W.copy())
     plan = EpochPlan(np.arange(23, dtype=np.int64), 8, np.zeros(3))
     with pytest.raises(SoftmaxClsError, match="out of memory on cpu in a training epoch: "
-                                              "lower optim.batch_size"):
+                                              "lower the batch size"):
         make_engine("cpu").train_epoch(p.data, plan, StepRule(lr=0.1), p.pre, state)
 
 

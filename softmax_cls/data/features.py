@@ -9,11 +9,14 @@ A feature file is either
   X_test.npy -> y_test.npy.
 
 X is memory-mapped read-only, so a file larger than memory streams through the minibatches.
-Only native float32 X maps as it is; any other real dtype (float16/float64, integers) is
-converted to float32 in memory (4 bytes per value). X must be finite (checked chunk by
-chunk). y holds integers or strings; the class names are the sorted distinct training labels
-as strings, and labels are encoded as their index among them. Files load with
-allow_pickle=False. The fingerprint is the md5 of each file read, streamed.
+Native float32 and float16 X map as they are (float16 rows become float32 per minibatch, in
+the engines: every float16 value is exactly a float32, so training on a float16 file equals
+training on its float32 conversion, at half the memory); any other real dtype (float64,
+integers) is converted to float32 in memory (4 bytes per value). bfloat16 is refused: the
+.npy format has no type for it (numpy saves it as 2-byte raw values, `|V2`). X must be
+finite (checked chunk by chunk). y holds integers or strings; the class names are the sorted
+distinct training labels as strings, and labels are encoded as their index among them. Files
+load with allow_pickle=False. The fingerprint is the md5 of each file read, streamed.
 
 The cheap checks come first, for the train and the test file alike: the npy headers of X and
 y (shapes, dtypes, row counts, feature counts, and the bytes they declare against the file's
@@ -41,6 +44,8 @@ from .labelled import LabelledData
 
 CHECK_BYTES = 16 << 20  # bytes of X checked for finiteness (or converted) at a time
 LABEL_BYTES_CAP = 1024  # bytes of one label: a U256 string, or 1024 bytes of an S string
+# X dtypes used as stored (memory-mapped); the engines convert them per minibatch
+MAPPED_DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
 _LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")  # a zip member's local file header (30 bytes)
 
 
@@ -78,8 +83,9 @@ class _Pair:
 def load_features(data: DataConfig, progress: bool = True) -> LabelledData:
     """The train (and test, when data.test is set) feature files of a config.
 
-    Returns LabelledData with dataset "features", train_images X (N, D) float32 (an np.memmap
-    when stored as float32), train_labels (N,) int64, test likewise or (0, D) / (0,) arrays
+    Returns LabelledData with dataset "features", train_images X (N, D) float32 or float16 (an
+    np.memmap when stored as native float32 or float16: MAPPED_DTYPES), train_labels (N,)
+    int64, test likewise or (0, D) / (0,) arrays
     when data.test is null, class_names the sorted distinct training labels as strings, and
     fingerprint {"train X.npy": md5, ...}. Raises DataError with one line on a bad file.
     """
@@ -106,9 +112,9 @@ def load_features(data: DataConfig, progress: bool = True) -> LabelledData:
             raise DataError(f"{data.test}: label {shorten(unknown[0], 80, quote=True)} does not "
                             f"occur in the training labels of {data.train}")
         test_labels = np.searchsorted(classes, test_y).astype(np.int64)
-    X = _finite_float32(train.path, _map(train.X))
+    X = _finite_rows(train.path, _map(train.X))
     if test is not None:
-        test_X = _finite_float32(test.path, _map(test.X))
+        test_X = _finite_rows(test.path, _map(test.X))
     fingerprint: dict[str, str] = {}
     for pair in (train, test):
         for path in pair.files if pair is not None else ():
@@ -150,9 +156,10 @@ def _open_pair(path: Path, role: str) -> _Pair:
 
 
 def read_feature_rows(path: str | Path) -> np.ndarray:
-    """X (N, D) float32 of one feature file, for prediction: an .npy of X, or an .npz holding
-    X (y, if there, is not read). Checked as training's files are (headers first, finite
-    values); an np.memmap when X is stored as native float32. DataError naming the file."""
+    """X (N, D) float32 or float16 of one feature file, for prediction: an .npy of X, or an
+    .npz holding X (y, if there, is not read). Checked as training's files are (headers first,
+    finite values); an np.memmap when X is stored as native float32 or float16. DataError
+    naming the file."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"feature file not found: {path}")
@@ -163,7 +170,7 @@ def read_feature_rows(path: str | Path) -> np.ndarray:
     else:
         raise DataError(f"{path}: a feature file must be .npz (holding X) or .npy")
     _check_X(X)
-    return _finite_float32(path, _map(X))
+    return _finite_rows(path, _map(X))
 
 
 def feature_file_rows(path: str | Path) -> int | None:
@@ -243,8 +250,13 @@ def _check_X(X: _Npy) -> None:
     if len(X.shape) != 2:
         raise DataError(f"{X.path}: X must be a C-ordered 2-d array (N, D), got shape "
                         f"{shorten(X.shape, 60)}")
+    if X.dtype.kind == "V" and X.dtype.itemsize == 2 and X.dtype.names is None:
+        raise DataError(f"{X.path}: X holds 2-byte raw values ({X.dtype.str}), as numpy saves "
+                        "bfloat16, which the .npy format has no type for; save X as float16 "
+                        "or float32")
     if X.dtype.kind not in "fiu" or X.dtype.itemsize > 8:
-        raise DataError(f"{X.path}: X must hold real numbers (float32 is streamed), got "
+        raise DataError(f"{X.path}: X must hold real numbers (float32 and float16 are "
+                        f"streamed), got "
                         f"{shorten(X.dtype, 40)}")
     if X.shape[0] == 0 or X.shape[1] == 0:
         raise DataError(f"{X.path}: X is empty, shape {X.shape}")
@@ -309,9 +321,10 @@ def _kind(y: np.ndarray) -> str:
     return "integers" if y.dtype.kind in "iu" else "strings"
 
 
-def _finite_float32(path: Path, X: np.ndarray) -> np.ndarray:
-    """X (N, D) as float32 (the memmap itself when it is native float32), checked finite."""
-    native = X.dtype == np.dtype(np.float32) and X.dtype.isnative
+def _finite_rows(path: Path, X: np.ndarray) -> np.ndarray:
+    """X (N, D) checked finite: the memmap itself when it is native float32 or float16
+    (MAPPED_DTYPES), else converted to float32 in memory."""
+    native = X.dtype in MAPPED_DTYPES  # dtype equality counts the byte order: native only
     out = X if native else np.empty(X.shape, np.float32)
     step = max(1, CHECK_BYTES // (X.shape[1] * X.dtype.itemsize))
     with np.errstate(over="ignore", invalid="ignore"):

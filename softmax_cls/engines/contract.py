@@ -1,7 +1,9 @@
 """The engine contract: what an engine is given, what it must do, checked once here for all.
 
-Shapes: N rows of P raw values (uint8 pixels, or float32 features); D = P + 1 features with
-the bias column, else P; C classes. Weights are (C, D) everywhere, one row per class.
+Shapes: N rows of P raw values (uint8 pixels, or float32 or float16 features: an engine
+converts float16 rows to float32 per minibatch or chunk, exactly; numba, which cannot read
+float16, keeps one float32 copy); D = P + 1 features with the bias column, else P; C
+classes. Weights are (C, D) everywhere, one row per class.
 
 An engine is three functions behind an `Engine` (docs/engine-contract.md is the long form),
 and optionally a `prepare(rows_dtype)` that compiles what the first call would:
@@ -52,8 +54,8 @@ from ..math.softmax import penalises_last_column
 
 @dataclass(frozen=True, eq=False)
 class TrainingRows:
-    """The rows an epoch reads: rows (N, P) uint8 or float32 (a read-only memory map is
-    fine), labels (N,) int64 in [0, C), sample_weight (N,) float32 or None (all ones)."""
+    """The rows an epoch reads: rows (N, P) uint8, float32 or float16 (a read-only memory
+    map is fine), labels (N,) int64 in [0, C), sample_weight (N,) float32 or None (all ones)."""
 
     rows: np.ndarray
     labels: np.ndarray
@@ -126,9 +128,12 @@ class OptimizerState:
 # The checks, once for every engine
 
 
+ROW_DTYPES = (np.dtype(np.uint8), np.dtype(np.float32), np.dtype(np.float16))
+
+
 def check_rows(rows: np.ndarray, pre: Preprocessor) -> None:
-    if rows.ndim != 2 or rows.dtype not in (np.uint8, np.float32):
-        raise TypeError(f"rows must be a 2-d uint8 or float32 array, got {rows.dtype} "
+    if rows.ndim != 2 or rows.dtype not in ROW_DTYPES:
+        raise TypeError(f"rows must be a 2-d uint8, float32 or float16 array, got {rows.dtype} "
                         f"{rows.shape}")
     if rows.shape[1] != pre.n_raw:
         raise ValueError(f"rows have {rows.shape[1]} values, the preprocessing {pre.n_raw}")

@@ -127,7 +127,9 @@ class Model:
                                 "model)" if x.shape[-3:] in (NHWC, NCHW) else ""))
         if x.dtype.kind not in "fiu":
             raise InputError(f"feature rows must hold real numbers, got {shorten(x.dtype, 40)}")
-        rows = x.astype(np.float32, copy=False)
+        # float16 rows are scored as they are (converted chunk by chunk, exactly): a float16
+        # file needs no float32 copy to be predicted on
+        rows = x if x.dtype == np.float16 else x.astype(np.float32, copy=False)
         if not np.isfinite(rows).all():
             row = int(np.argwhere(~np.isfinite(rows))[0][0])
             raise InputError(f"feature row {row} holds NaN or inf (features must be finite)")

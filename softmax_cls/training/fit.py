@@ -114,8 +114,9 @@ def fit(
 ) -> FitResult:
     """Train on rows[split.train_rows] as `config` says; validate on rows[split.val_rows].
 
-    rows (N, P) uint8 pixels or float32 features (a memory map is fine), labels (N,) int64 in
-    [0, n_classes), split and pre from preprocess.split_and_fit, sample_weight (N,) or None.
+    rows (N, P) uint8 pixels or float32 or float16 features (a memory map is fine), labels
+    (N,) int64 in [0, n_classes), split and pre from preprocess.split_and_fit, sample_weight
+    (N,) or None.
     Trains with `engine` when given (the caller chose it), else get_engine(config.engine,
     config.device, n_classes).
     Continues `state` when given (it is updated in place). Calls on_epoch(state) after every

@@ -191,8 +191,9 @@ def fit_lbfgs(config: Config, rows: np.ndarray, labels: np.ndarray, split: Split
               warn: Callable[[str], None] | None = None) -> LbfgsResult:
     """Minimise the config's objective over rows[split.train_rows] from W0 (C, D).
 
-    rows (N, P) uint8 pixels or float32 features (a memory map is fine: read chunk by
-    chunk), labels (N,) int64, sample_weight (N,) or None. Starts at W0 (zeros for a new fit,
+    rows (N, P) uint8 pixels or float32 or float16 features (a memory map is fine: read
+    chunk by chunk), labels (N,) int64, sample_weight (N,) or None. Starts at W0 (zeros for a
+    new fit,
     the previous solution for a warm start). Not reaching optim.tol within optim.max_iter is
     one line given to `warn` (default: warnings.warn with ConvergenceWarning). Raises
     softmax.NonFiniteError when the objective stops being finite. With optim.precondition,

@@ -7,9 +7,10 @@ from __future__ import annotations
 import glob
 import os
 import sys
+from contextlib import contextmanager
 
 from ...config import DEVICE_PATTERN
-from ...errors import SoftmaxClsError
+from ...errors import DeviceOutOfMemory, SoftmaxClsError
 
 TORCH_INSTALL = 'pip install "softmax-cls[torch]"'
 
@@ -73,3 +74,22 @@ def resolve_device(text: str = "auto"):
         raise SoftmaxClsError(f"device {text}: PyTorch sees {count} CUDA GPU(s), numbered from "
                               f"0 to {count - 1}")
     return torch.device("cuda", index)
+
+
+LOWER_BATCH_SIZE = ("lower the batch size", "optim.batch_size", "N")
+ON_THE_CPU = ("run on the CPU", "device", "cpu")
+
+
+@contextmanager
+def out_of_memory_as_error(device, during: str, batch_size: bool = False):
+    """torch.OutOfMemoryError inside the block as DeviceOutOfMemory, one line naming what to
+    lower: the batch size when `batch_size` (it sizes the work), the device (CPU) when it is
+    not the CPU already."""
+    import torch
+
+    try:
+        yield
+    except torch.OutOfMemoryError:
+        remedies = ((LOWER_BATCH_SIZE,) if batch_size else ()) + (
+            (ON_THE_CPU,) if device.type != "cpu" else ())
+        raise DeviceOutOfMemory(device, during, remedies) from None

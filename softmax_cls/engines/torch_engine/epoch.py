@@ -11,16 +11,18 @@ epoch of the same shape; the short last minibatch is captured with the rest.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from ...errors import SoftmaxClsError
+from ...errors import DeviceOutOfMemory
 from ...math.preprocess import Preprocessor
 from ...math.softmax import NonFiniteError
 from ..contract import EpochPlan, OptimizerState, StepRule, TrainingRows
-from .rows import DeviceRows, as_tensor, device_rows
+from .device import out_of_memory_as_error
+from .rows import DeviceRows, RowStream, as_tensor, device_rows, torch_dtype
 from .step import Folding, StepBuffers, average_update, gather_rows, loss_and_grad, sgd_update
 
 
@@ -46,8 +48,10 @@ class EpochTensors:
 
 def run_steps(rows: DeviceRows, t: EpochTensors, batch_size: int, padding: str,
               averaging: bool, rule: StepRule, folding: Folding, buffers: StepBuffers,
-              limit: int | None = None) -> None:
-    """The SGD steps of the epoch (the first `limit` of them when given), totals included."""
+              limit: int | None = None, batches: Iterator | None = None) -> None:
+    """The SGD steps of the epoch (the first `limit` of them when given), totals included;
+    the minibatches' rows gathered from rows.rows, or taken from `batches` (one (n, P) tensor
+    per step, in the order's minibatches: RowStream.batches) when rows.rows is None."""
     t.loss.zero_()
     t.correct.zero_()
     host_alphas = isinstance(t.alphas, np.ndarray)
@@ -57,7 +61,8 @@ def run_steps(rows: DeviceRows, t: EpochTensors, batch_size: int, padding: str,
         stop = start + batch_size
         index = t.order[start:stop]
         n = len(index)
-        raw = gather_rows(rows.rows, index,
+        raw = gather_rows(rows.rows if batches is None else next(batches),
+                          index if batches is None else None,
                           None if t.flip is None else t.flip[start:stop],
                           None if t.shift is None else t.shift[start:stop], padding,
                           folding.scale, buffers)
@@ -73,10 +78,14 @@ def run_steps(rows: DeviceRows, t: EpochTensors, batch_size: int, padding: str,
         t.correct.add_(correct)
 
 
-def _buffers(rows: DeviceRows, plan: EpochPlan, W_shape: tuple[int, int], device
+def _buffers(data: TrainingRows, plan: EpochPlan, W_shape: tuple[int, int], device
              ) -> StepBuffers:
-    return StepBuffers(min(plan.batch_size, len(plan.order)), rows.rows.shape[1], W_shape[0],
-                       W_shape[1], rows.rows.dtype, torch.float32, device)
+    return StepBuffers(_batch(plan), data.rows.shape[1], W_shape[0], W_shape[1],
+                       torch_dtype(data.rows.dtype), torch.float32, device)
+
+
+def _batch(plan: EpochPlan) -> int:
+    return min(plan.batch_size, len(plan.order))
 
 
 def _totals(device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -98,17 +107,24 @@ def _plan_tensors(plan: EpochPlan, device):
 
 
 def eager_epoch(device, data: TrainingRows, plan: EpochPlan, rule: StepRule,
-                pre: Preprocessor, state: OptimizerState) -> tuple[float, int]:
-    """The epoch step by step. On the CPU the state's arrays are updated in place through
-    tensors that share their memory; elsewhere they are copied there and back."""
-    rows = device_rows(data, device)
+                pre: Preprocessor, state: OptimizerState, rows: DeviceRows | None = None,
+                stream: RowStream | None = None) -> tuple[float, int]:
+    """The epoch step by step, on `rows` (default: device_rows(data, device)); when their
+    rows stream (rows.rows None), each minibatch comes from `stream`. On the CPU the state's
+    arrays are updated in place through tensors that share their memory; elsewhere they are
+    copied there and back."""
+    rows = device_rows(data, device) if rows is None else rows
+    batches = None
+    if rows.rows is None:
+        batches = stream.batches(plan.order, plan.batch_size)
     order, flip, shift = _plan_tensors(plan, device)
     W, velocity, average = (as_tensor(a, device) for a in (state.W, state.velocity,
                                                             state.average))
     t = EpochTensors(order, flip, shift, plan.avg_alpha, -rule.lr, W, velocity, average,
                      *_totals(device))
     run_steps(rows, t, plan.batch_size, plan.padding, bool(plan.avg_alpha.any()), rule,
-              Folding.of(pre, torch.float32, device), _buffers(rows, plan, W.shape, device))
+              Folding.of(pre, torch.float32, device), _buffers(data, plan, W.shape, device),
+              batches=batches)
     if device.type != "cpu":
         _copy_back(t, state)
     return _finish(t.loss, t.correct)
@@ -124,8 +140,8 @@ class CapturedEpoch:
     """An epoch's steps captured in one CUDA graph, for plans and rules of one shape (`key`);
     `run` refills its static tensors and replays it."""
 
-    def __init__(self, key: tuple, device, rows: DeviceRows, plan: EpochPlan, rule: StepRule,
-                 pre: Preprocessor, state: OptimizerState):
+    def __init__(self, key: tuple, device, data: TrainingRows, rows: DeviceRows,
+                 plan: EpochPlan, rule: StepRule, pre: Preprocessor, state: OptimizerState):
         self.key, self.device, self.rows, self.rule = key, device, rows, rule
         self.batch_size, self.padding = plan.batch_size, plan.padding
         self.averaging = bool(plan.avg_alpha.any())
@@ -137,7 +153,7 @@ class CapturedEpoch:
         self.tensors = EpochTensors(order, flip, shift, alphas, neg_lr, W, velocity, average,
                                     *_totals(device))
         self.folding = Folding.of(pre, torch.float32, device)
-        self.buffers = _buffers(rows, plan, W.shape, device)
+        self.buffers = _buffers(data, plan, W.shape, device)
         self._capture()
 
     def _steps(self, limit: int | None = None) -> None:
@@ -180,32 +196,50 @@ def epoch_key(rows: DeviceRows, plan: EpochPlan, rule: StepRule, pre: Preprocess
 
 
 class EpochRunner:
-    """train_epoch on one device: eager on the CPU (and on CUDA with cuda_graphs False),
-    else through a CapturedEpoch kept until a plan of another shape comes."""
+    """train_epoch on one device: eager on the CPU (and on CUDA with cuda_graphs False, or
+    when the rows stream), else through a CapturedEpoch kept until a plan of another shape
+    comes. Rows larger than `memory_budget` bytes (rows.fits; default: what the device has
+    free) stream from the host through a RowStream, kept for plans of one batch size."""
 
-    def __init__(self, device, cuda_graphs: bool = True):
+    def __init__(self, device, cuda_graphs: bool = True, memory_budget: int | None = None):
         self.device = device
         self.cuda_graphs = cuda_graphs and device.type == "cuda"
+        self.memory_budget = memory_budget
         self.captured: CapturedEpoch | None = None
+        self.stream: RowStream | None = None
 
     def __call__(self, data: TrainingRows, plan: EpochPlan, rule: StepRule, pre: Preprocessor,
                  state: OptimizerState) -> tuple[float, int]:
         try:
-            return self._epoch(data, plan, rule, pre, state)
-        except torch.OutOfMemoryError:
-            self.captured = None
-            raise SoftmaxClsError(
-                f"out of memory on {self.device} in a training epoch: lower optim.batch_size, "
-                "or train with --set device=cpu") from None
+            with out_of_memory_as_error(self.device, "in a training epoch", batch_size=True):
+                return self._epoch(data, plan, rule, pre, state)
+        except DeviceOutOfMemory:
+            self.captured = None  # its graph's memory
+            self.stream = None
+            raise
 
     def _epoch(self, data: TrainingRows, plan: EpochPlan, rule: StepRule, pre: Preprocessor,
                state: OptimizerState) -> tuple[float, int]:
+        rows = device_rows(data, self.device, self.memory_budget)
+        if rows.rows is None:
+            self.captured = None
+            return eager_epoch(self.device, data, plan, rule, pre, state, rows,
+                               self._stream(data, plan))
         if not self.cuda_graphs:
-            return eager_epoch(self.device, data, plan, rule, pre, state)
+            return eager_epoch(self.device, data, plan, rule, pre, state, rows)
         with torch.cuda.device(self.device):
-            rows = device_rows(data, self.device)
             key = epoch_key(rows, plan, rule, pre, state)
             if self.captured is None or self.captured.key != key:
                 self.captured = None  # its graph's memory goes before the next one is made
-                self.captured = CapturedEpoch(key, self.device, rows, plan, rule, pre, state)
+                self.captured = CapturedEpoch(key, self.device, data, rows, plan, rule, pre,
+                                              state)
             return self.captured.run(plan, rule, pre, state)
+
+    def _stream(self, data: TrainingRows, plan: EpochPlan) -> RowStream:
+        """The RowStream of data.rows for minibatches of the plan's size (kept while they
+        stay the same rows and size)."""
+        s = self.stream
+        if s is None or s.rows is not data.rows or s.host[0].shape[0] != _batch(plan):
+            self.stream = None
+            self.stream = RowStream(data.rows, _batch(plan), self.device)
+        return self.stream

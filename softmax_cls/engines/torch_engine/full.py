@@ -24,6 +24,7 @@ from ...math import softmax
 from ...math.augment import SIDE
 from ...math.preprocess import Preprocessor
 from ..contract import StepRule, TrainingRows
+from .device import out_of_memory_as_error
 from .rows import as_tensor, device_rows, resident_rows
 from .step import TORCH_DTYPES, augment
 
@@ -49,7 +50,7 @@ def full_loss_and_grad(device, data: TrainingRows, index: np.ndarray, W: np.ndar
     do), else `chunk` rows at a time (default CHUNK_VALUES values) gathered on the host and
     moved to the device: a memory-mapped file larger than memory is fine.
     """
-    with _ieee_float32(device):
+    with _ieee_float32(device), out_of_memory_as_error(device, "in the L-BFGS objective"):
         return _evaluate(device, data, index, W, pre, rule, views, padding, precision, chunk)
 
 

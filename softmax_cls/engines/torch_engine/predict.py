@@ -10,6 +10,7 @@ import torch
 from ...math.preprocess import Preprocessor
 from ...math.softmax import PREDICT_CHUNK, NonFiniteError
 from ..contract import StepRule
+from .device import out_of_memory_as_error
 from .rows import as_tensor
 from .step import TORCH_DTYPES, Folding, StepBuffers, loss_and_grad, score_bias
 
@@ -18,6 +19,11 @@ def predict_scores(device, rows: np.ndarray, W: np.ndarray, pre: Preprocessor) -
     """Class scores (N, C) in W's dtype (float32 or float64) of raw rows (N, P) under W
     (C, D): (u * scale) @ W[:, :P].T + score_bias, PREDICT_CHUNK rows at a time through one
     reused buffer."""
+    with out_of_memory_as_error(device, "scoring rows"):
+        return _scores(device, rows, W, pre)
+
+
+def _scores(device, rows: np.ndarray, W: np.ndarray, pre: Preprocessor) -> np.ndarray:
     dtype = TORCH_DTYPES[W.dtype]
     W_t = as_tensor(W, device)
     folding = Folding.of(pre, dtype, device)
@@ -37,6 +43,11 @@ def batch_loss_and_grad(device, rows: np.ndarray, labels: np.ndarray,
                         rule: StepRule) -> tuple[float, np.ndarray, int]:
     """(loss, dW (C, D) in W's dtype, correct) of one minibatch of raw rows (b, P), computed
     in W's dtype by the code of a training step."""
+    with out_of_memory_as_error(device, "in one minibatch's gradient"):
+        return _batch(device, rows, labels, sample_weight, W, pre, rule)
+
+
+def _batch(device, rows, labels, sample_weight, W, pre, rule):
     dtype = TORCH_DTYPES[W.dtype]
     rows_t = as_tensor(rows, device)
     buffers = StepBuffers(len(rows), pre.n_raw, W.shape[0], W.shape[1], rows_t.dtype, dtype,

@@ -106,18 +106,22 @@ def augment(images: torch.Tensor, flip: torch.Tensor | None, shift: torch.Tensor
     return out.reshape(b, -1)
 
 
-def gather_rows(rows: torch.Tensor, index: torch.Tensor, flip: torch.Tensor | None,
+def gather_rows(rows: torch.Tensor, index: torch.Tensor | None, flip: torch.Tensor | None,
                 shift: torch.Tensor | None, padding: str, scale: torch.Tensor,
                 buffers: StepBuffers) -> torch.Tensor:
     """Scaled rows (n, P) in the weights' dtype: rows[index] (n,) after the flips and shifts,
-    times scale (P,), in the first n rows of buffers.raw. The scale rides in the conversion
-    to float (uint8 rows), or is one pass over the gathered float rows: n x P values, fewer
-    than the C x P of folding it into the weights once classes outnumber the rows."""
-    n = index.shape[0]
+    times scale (P,), in the first n rows of buffers.raw; with index None, rows (n, P) are the
+    minibatch itself (streamed: already gathered). The scale rides in the conversion to float
+    (uint8 or float16 rows), or is one pass over the gathered float32 rows: n x P values,
+    fewer than the C x P of folding it into the weights once classes outnumber the rows."""
+    n = rows.shape[0] if index is None else index.shape[0]
     raw = buffers.raw[:n]
-    if flip is None and shift is None and rows.dtype == raw.dtype:
+    if index is None:
+        gathered = rows
+    elif flip is None and shift is None and rows.dtype == raw.dtype:
         return torch.index_select(rows, 0, index, out=raw).mul_(scale)
-    gathered = torch.index_select(rows, 0, index, out=buffers.gathered[:n])
+    else:
+        gathered = torch.index_select(rows, 0, index, out=buffers.gathered[:n])
     if flip is not None or shift is not None:
         gathered = augment(gathered, flip, shift, padding, buffers.positions)
     return torch.mul(gathered, scale, out=raw)
