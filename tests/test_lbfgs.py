@@ -403,7 +403,7 @@ def test_it_stops_on_the_gradient_with_respect_to_w_not_v(size):
     seen = []
     precondition = Preconditioner(size * np.eye(6))
     result = lbfgs.minimize(objective, np.zeros((2, 6)), 1e-6, 200,
-                            lambda i, loss, grad_max: seen.append(grad_max), precondition)
+                            lambda i, loss, grad_max, W: seen.append(grad_max), precondition)
     assert result.converged and result.grad_max <= 1e-6
     assert seen[-1] <= 1e-6 and all(g > 1e-6 for g in seen[:-1])
     np.testing.assert_allclose(result.W, 1.0, atol=1e-6)
@@ -418,7 +418,7 @@ def test_it_stops_at_the_first_iteration_whose_gradient_meets_tol():
     precondition = Preconditioner(np.diag(np.linspace(0.5, 2.0, 6)))
     seen = []
     lbfgs.minimize(objective, np.zeros((2, 6)), 1e-14, 200,
-                   lambda i, loss, grad_max: seen.append(grad_max), precondition)
+                   lambda i, loss, grad_max, W: seen.append(grad_max), precondition)
     # the first iteration to reach a new low, past the first few: tol exactly its gradient
     k = next(i for i in range(3, len(seen)) if seen[i] < min(seen[:i]))
     result = lbfgs.minimize(objective, np.zeros((2, 6)), seen[k], 200,
