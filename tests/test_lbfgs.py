@@ -935,3 +935,27 @@ def test_other_grids_with_lbfgs_run_as_trials(tmp_path, served):
     sgd.write_text(sgd.read_text().replace("optim.solver: lbfgs", "optim.solver: sgd"))
     assert not path.is_reg_path(load_sweep(sgd))
     assert path.path_order([1e-3, 1.0, 1e-3, 0.1]) == [1.0, 0.1, 1e-3]
+
+
+def test_the_benchmark_times_its_calls_interleaved_and_gives_medians():
+    """scripts/benchmark_lbfgs.py's one timing loop: one call of each per round (a load
+    change hits every call alike), the median of each call's times."""
+    import sys
+    import time
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from benchmark_lbfgs import interleaved_medians
+
+    order: list[str] = []
+    pauses = {"a": iter([0.0, 0.09, 0.0]), "b": iter([0.02, 0.02, 0.02])}
+
+    def call(name):
+        def timed():
+            order.append(name)
+            time.sleep(next(pauses[name]))
+        return timed
+
+    medians = interleaved_medians({"a": call("a"), "b": call("b")}, 3)
+    assert order == ["a", "b"] * 3
+    assert medians["a"] < 0.02 <= medians["b"]  # a's mean would be 0.03
