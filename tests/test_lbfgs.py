@@ -959,3 +959,26 @@ def test_the_benchmark_times_its_calls_interleaved_and_gives_medians():
     medians = interleaved_medians({"a": call("a"), "b": call("b")}, 3)
     assert order == ["a", "b"] * 3
     assert medians["a"] < 0.02 <= medians["b"]  # a's mean would be 0.03
+
+
+def test_each_iteration_reports_the_weights_of_the_iterate_it_accepted():
+    """on_iteration's W (what an interrupted run keeps) is the iterate's weights W = V L^-1,
+    not L-BFGS's variables V: its loss and gradient are the ones reported with it."""
+    curvature = np.linspace(1.0, 30.0, 12).reshape(2, 6)
+
+    def objective(W, precision):
+        return float((curvature * (W - 1) ** 2).sum()), 2 * curvature * (W - 1)
+
+    precondition = Preconditioner(np.diag(np.linspace(0.5, 2.0, 6)))
+    seen = []
+    result = lbfgs.minimize(objective, np.zeros((2, 6)), 1e-8, 200,
+                            lambda i, loss, grad_max, W: seen.append((loss, grad_max,
+                                                                      W.copy())),
+                            precondition)
+    assert len(seen) == result.iterations >= 3
+    for loss, grad_max, W in seen:
+        assert W.shape == (2, 6) and W.dtype == np.float64
+        value, grad = objective(W, "float64")
+        assert value == pytest.approx(loss, rel=1e-12, abs=1e-300)
+        assert np.abs(grad).max() == pytest.approx(grad_max, rel=1e-12)
+    np.testing.assert_allclose(seen[-1][2], result.W)

@@ -141,6 +141,14 @@ def test_an_interrupted_solve_keeps_its_last_iterate_and_resume_finishes_it(tmp_
     assert f"{history[-1]['grad_max']:.3g}" in lines[0]
     assert not (tmp_path / "run" / "summary.json").exists()
 
+    # resumed, then interrupted again in its first evaluation: no new iterate to claim
+    code = INTERRUPTED_TRAINER.format(at=1, args=["--resume", str(last), "-q"])
+    again = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           cwd=tmp_path, timeout=120)
+    assert again.returncode == 130 and "before its first iteration" in again.stderr, \
+        again.stderr
+    assert load_checkpoint(last).state.epoch == k
+
     resumed = run("softmax-train", "--resume", str(last), "--quiet", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
