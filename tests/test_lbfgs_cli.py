@@ -135,6 +135,8 @@ def test_an_interrupted_solve_keeps_its_last_iterate_and_resume_finishes_it(tmp_
     assert 1 <= k < 6, k  # an iteration takes at least one evaluation
     assert f"iteration {k}," in lines[0] and f"--resume {last}" in lines[0], lines[0]
     assert np.abs(saved.state.W).max() > 0  # not the zeros it started from
+    # as a finished solve's: the average is W (what SGD resumed from it would average from)
+    np.testing.assert_array_equal(saved.state.average, saved.state.W)
     history = [json.loads(line) for line in (tmp_path / "run" / "history.jsonl"
                                              ).read_text().splitlines()]
     assert [row["epoch"] for row in history] == list(range(1, k + 1))
