@@ -106,6 +106,18 @@ def theirs(rows, labels, reg: float, tol: float, max_iter: int) -> dict:
             "model": model}
 
 
+def interleaved_medians(calls: dict, repeats: int) -> dict[str, float]:
+    """Median seconds of each of `calls` (name -> function of no arguments), timed `repeats`
+    times in turn, one of each per round: a load change hits them all."""
+    spent: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, call in calls.items():
+            started = time.perf_counter()
+            call()
+            spent[name].append(time.perf_counter() - started)
+    return {name: statistics.median(times) for name, times in spent.items()}
+
+
 def per_evaluation(rows, labels, pre, reg: float, repeats: int = 5) -> dict:
     """Median seconds of one full-batch loss and gradient at W = 0.01: ours with float32 and
     with float64 products, and scikit-learn's own (LinearModelLoss.loss_gradient, what its
@@ -135,13 +147,7 @@ def per_evaluation(rows, labels, pre, reg: float, repeats: int = 5) -> dict:
         "sklearn": lambda: theirs.loss_gradient(coef, X, y, l2_reg_strength=1 / len(rows),
                                                 n_threads=1),
     }
-    spent: dict[str, list[float]] = {name: [] for name in calls}
-    for _ in range(repeats):
-        for name, call in calls.items():
-            started = time.perf_counter()
-            call()
-            spent[name].append(time.perf_counter() - started)
-    return {name: statistics.median(times) for name, times in spent.items()}
+    return interleaved_medians(calls, repeats)
 
 
 def engine_evaluations(engines: list[str], shape: str, device: str, repeats: int) -> dict:
@@ -168,13 +174,7 @@ def engine_evaluations(engines: list[str], shape: str, device: str, repeats: int
                     data, index, W, pre, rule, precision=precision))
     for call in calls.values():  # warm up: imports, first allocations, a GPU's copy
         call()
-    spent: dict[str, list[float]] = {name: [] for name in calls}
-    for _ in range(repeats):
-        for name, call in calls.items():
-            started = time.perf_counter()
-            call()
-            spent[name].append(time.perf_counter() - started)
-    return {name: statistics.median(times) for name, times in spent.items()}
+    return interleaved_medians(calls, repeats)
 
 
 def accuracy_ours(fit: dict, X_test) -> float:

@@ -403,7 +403,7 @@ def test_it_stops_on_the_gradient_with_respect_to_w_not_v(size):
     seen = []
     precondition = Preconditioner(size * np.eye(6))
     result = lbfgs.minimize(objective, np.zeros((2, 6)), 1e-6, 200,
-                            lambda i, loss, grad_max: seen.append(grad_max), precondition)
+                            lambda i, loss, grad_max, W: seen.append(grad_max), precondition)
     assert result.converged and result.grad_max <= 1e-6
     assert seen[-1] <= 1e-6 and all(g > 1e-6 for g in seen[:-1])
     np.testing.assert_allclose(result.W, 1.0, atol=1e-6)
@@ -418,7 +418,7 @@ def test_it_stops_at_the_first_iteration_whose_gradient_meets_tol():
     precondition = Preconditioner(np.diag(np.linspace(0.5, 2.0, 6)))
     seen = []
     lbfgs.minimize(objective, np.zeros((2, 6)), 1e-14, 200,
-                   lambda i, loss, grad_max: seen.append(grad_max), precondition)
+                   lambda i, loss, grad_max, W: seen.append(grad_max), precondition)
     # the first iteration to reach a new low, past the first few: tol exactly its gradient
     k = next(i for i in range(3, len(seen)) if seen[i] < min(seen[:i]))
     result = lbfgs.minimize(objective, np.zeros((2, 6)), seen[k], 200,
@@ -935,3 +935,50 @@ def test_other_grids_with_lbfgs_run_as_trials(tmp_path, served):
     sgd.write_text(sgd.read_text().replace("optim.solver: lbfgs", "optim.solver: sgd"))
     assert not path.is_reg_path(load_sweep(sgd))
     assert path.path_order([1e-3, 1.0, 1e-3, 0.1]) == [1.0, 0.1, 1e-3]
+
+
+def test_the_benchmark_times_its_calls_interleaved_and_gives_medians():
+    """scripts/benchmark_lbfgs.py's one timing loop: one call of each per round (a load
+    change hits every call alike), the median of each call's times."""
+    import sys
+    import time
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from benchmark_lbfgs import interleaved_medians
+
+    order: list[str] = []
+    pauses = {"a": iter([0.0, 0.09, 0.0]), "b": iter([0.02, 0.02, 0.02])}
+
+    def call(name):
+        def timed():
+            order.append(name)
+            time.sleep(next(pauses[name]))
+        return timed
+
+    medians = interleaved_medians({"a": call("a"), "b": call("b")}, 3)
+    assert order == ["a", "b"] * 3
+    assert medians["a"] < 0.02 <= medians["b"]  # a's mean would be 0.03
+
+
+def test_each_iteration_reports_the_weights_of_the_iterate_it_accepted():
+    """on_iteration's W (what an interrupted run keeps) is the iterate's weights W = V L^-1,
+    not L-BFGS's variables V: its loss and gradient are the ones reported with it."""
+    curvature = np.linspace(1.0, 30.0, 12).reshape(2, 6)
+
+    def objective(W, precision):
+        return float((curvature * (W - 1) ** 2).sum()), 2 * curvature * (W - 1)
+
+    precondition = Preconditioner(np.diag(np.linspace(0.5, 2.0, 6)))
+    seen = []
+    result = lbfgs.minimize(objective, np.zeros((2, 6)), 1e-8, 200,
+                            lambda i, loss, grad_max, W: seen.append((loss, grad_max,
+                                                                      W.copy())),
+                            precondition)
+    assert len(seen) == result.iterations >= 3
+    for loss, grad_max, W in seen:
+        assert W.shape == (2, 6) and W.dtype == np.float64
+        value, grad = objective(W, "float64")
+        assert value == pytest.approx(loss, rel=1e-12, abs=1e-300)
+        assert np.abs(grad).max() == pytest.approx(grad_max, rel=1e-12)
+    np.testing.assert_allclose(seen[-1][2], result.W)

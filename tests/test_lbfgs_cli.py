@@ -46,9 +46,9 @@ def test_a_failed_line_search_is_named_and_explained(tmp_path, precondition):
     assert "abnormal" not in warnings[0].lower() and "preprocess.scale" in warnings[0]
 
 
-def test_an_interrupted_solve_says_it_keeps_no_partial_result(tmp_path):
+def test_an_interrupted_solve_is_reported_in_iterations_not_epochs(tmp_path):
     """Ctrl-C during an L-BFGS solve said `last.npz holds the last completed epoch (0)`: in
-    SGD's words, as if part of the solve were kept; resuming starts the solve again."""
+    SGD's words, not the solve's."""
     import signal
     import subprocess
     import sys
@@ -90,3 +90,94 @@ def test_resuming_an_lbfgs_run_with_sgd_says_its_iterations_count_as_epochs(tmp_
     result = run("softmax-train", "--resume", last, "--quiet", "--set", "optim.solver=sgd",
                  "--set", "optim.epochs=2", cwd=tmp_path)
     assert_one_line_error(result, 2, "L-BFGS iterations", "optim.epochs >=")
+
+
+# softmax-train whose process sends itself SIGINT (a real Ctrl-C) at the start of the
+# full-batch evaluation number `at`: mid-solve, after a few accepted iterations
+INTERRUPTED_TRAINER = """
+import os, signal, sys
+from softmax_cls import cli
+from softmax_cls.engines.contract import Engine
+calls = [0]
+evaluate = Engine.full_loss_and_grad
+def counted(self, *args, **kwargs):
+    calls[0] += 1
+    if calls[0] == {at}:
+        os.kill(os.getpid(), signal.SIGINT)
+    return evaluate(self, *args, **kwargs)
+Engine.full_loss_and_grad = counted
+sys.argv = ["softmax-train", *{args!r}]
+cli.train_command()
+"""
+
+
+def test_an_interrupted_solve_keeps_its_last_iterate_and_resume_finishes_it(tmp_path):
+    """Ctrl-C mid-solve kept nothing: last.npz held the zeros the solve started from. Now it
+    holds the last accepted iterate (its history rows, its iteration count as epochs), the
+    error line names it, and --resume continues to the same optimum as an uninterrupted
+    solve."""
+    import json
+    import subprocess
+    import sys
+
+    from softmax_cls.training.checkpoint import load_checkpoint
+
+    config = features_config(tmp_path)
+    code = INTERRUPTED_TRAINER.format(at=6, args=["--config", config, "-q"])
+    process = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             cwd=tmp_path, timeout=120)
+    assert process.returncode == 130, process.stderr
+    lines = [line for line in process.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: interrupted"), process.stderr
+    last = tmp_path / "run" / "last.npz"
+    saved = load_checkpoint(last)
+    k = saved.state.epoch
+    assert 1 <= k < 6, k  # an iteration takes at least one evaluation
+    assert f"iteration {k}," in lines[0] and f"--resume {last}" in lines[0], lines[0]
+    assert np.abs(saved.state.W).max() > 0  # not the zeros it started from
+    # as a finished solve's: the average is W (what SGD resumed from it would average from)
+    np.testing.assert_array_equal(saved.state.average, saved.state.W)
+    history = [json.loads(line) for line in (tmp_path / "run" / "history.jsonl"
+                                             ).read_text().splitlines()]
+    assert [row["epoch"] for row in history] == list(range(1, k + 1))
+    assert f"{history[-1]['grad_max']:.3g}" in lines[0]
+    assert not (tmp_path / "run" / "summary.json").exists()
+
+    # resumed, then interrupted again in its first evaluation: no new iterate to claim
+    code = INTERRUPTED_TRAINER.format(at=1, args=["--resume", str(last), "-q"])
+    again = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           cwd=tmp_path, timeout=120)
+    assert again.returncode == 130 and "before its first iteration" in again.stderr, \
+        again.stderr
+    assert load_checkpoint(last).state.epoch == k
+
+    resumed = run("softmax-train", "--resume", str(last), "--quiet", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["converged"] and summary["epochs"] > k
+    whole = tmp_path / "whole"
+    whole.mkdir()
+    assert run("softmax-train", "--config", features_config(whole), "--quiet",
+               cwd=whole).returncode == 0
+    W_resumed = load_checkpoint(last).state.W
+    W_whole = load_checkpoint(whole / "run" / "last.npz").state.W
+    assert np.abs(W_resumed - W_whole).max() <= 1e-3 * np.abs(W_whole).max()
+
+
+def test_a_solve_interrupted_before_its_first_iteration_says_it_kept_the_start(tmp_path):
+    """Interrupted in its first evaluation, the solve has no iterate to keep: the line says
+    last.npz holds the weights it started from, and no iteration is claimed."""
+    import subprocess
+    import sys
+
+    from softmax_cls.training.checkpoint import load_checkpoint
+
+    config = features_config(tmp_path)
+    code = INTERRUPTED_TRAINER.format(at=1, args=["--config", config, "-q"])
+    process = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             cwd=tmp_path, timeout=120)
+    assert process.returncode == 130, process.stderr
+    lines = [line for line in process.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "before its first iteration" in lines[0], process.stderr
+    saved = load_checkpoint(tmp_path / "run" / "last.npz")
+    assert saved.state.epoch == 0 and not saved.state.W.any()

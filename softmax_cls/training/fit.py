@@ -226,8 +226,10 @@ def fit_full_batch(config: Config, rows: np.ndarray, labels: np.ndarray, split: 
     The state's history gets one row per L-BFGS iteration (epoch: the iteration, train_loss
     and grad_max, no val metrics) and a last row with the solution's val metrics; W, average
     and best_W are the solution (float32), best_epoch and epoch the iterations so far.
-    on_epoch(state) is called once, at the end. Raises TrainingDiverged when the objective
-    stops being finite.
+    on_epoch(state) is called once, at the end, or on KeyboardInterrupt (Ctrl-C, SIGTERM)
+    after an iteration: the state then holds the last accepted iterate as W and average (not
+    validated: best_W and best_epoch unchanged), epoch the iterations so far, and the
+    interrupt is raised again. Raises TrainingDiverged when the objective stops being finite.
     """
     from .lbfgs import fit_lbfgs
 
@@ -238,11 +240,14 @@ def fit_full_batch(config: Config, rows: np.ndarray, labels: np.ndarray, split: 
     started = time.perf_counter()
     bar = tqdm(desc="L-BFGS", disable=not progress, unit="it")
 
-    def on_iteration(iteration: int, loss: float, grad_max: float) -> None:
+    accepted: list[np.ndarray] = []  # the last iterate L-BFGS accepted
+
+    def on_iteration(iteration: int, loss: float, grad_max: float, W: np.ndarray) -> None:
         state.history.append({"epoch": first + iteration, "lr": None, "train_loss": loss,
                               "train_acc": None, "val_loss": None, "val_acc": None,
                               "grad_max": grad_max,
                               "seconds": time.perf_counter() - started})
+        accepted[:] = [W]
         bar.update()
         bar.set_postfix(loss=f"{loss:.5f}", grad=f"{grad_max:.2e}")
 
@@ -250,6 +255,14 @@ def fit_full_batch(config: Config, rows: np.ndarray, labels: np.ndarray, split: 
         result = fit_lbfgs(config, rows, labels, split, pre, state.W.astype(np.float64),
                            sample_weight=sample_weight, engine=engine,
                            on_iteration=on_iteration, warn=warn)
+    except KeyboardInterrupt:
+        if accepted:  # kept as SGD keeps its last completed epoch; resuming warm-starts
+            state.W = accepted[0].astype(np.float32)
+            state.average = state.W.copy()
+            state.epoch = state.history[-1]["epoch"]
+            if on_epoch is not None:
+                on_epoch(state)
+        raise
     except softmax.NonFiniteError as exc:
         raise TrainingDiverged(
             f"L-BFGS diverged ({exc}) with loss.reg = {config.loss.reg:g}: raise loss.reg or "

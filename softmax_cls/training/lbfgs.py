@@ -91,7 +91,7 @@ TOL_MESSAGE = "CONVERGENCE: GRADIENT MAX-NORM <= OPTIM.TOL"
 
 def minimize(objective: Callable[[np.ndarray, str], tuple[float, np.ndarray]],
              W0: np.ndarray, tol: float, max_iter: int,
-             on_iteration: Callable[[int, float, float], None] | None = None,
+             on_iteration: Callable[[int, float, float, np.ndarray], None] | None = None,
              precondition: Preconditioner | None = None) -> LbfgsResult:
     """L-BFGS-B from W0 (C, D) on objective(W (C, D) float64, precision) -> (loss, grad).
 
@@ -104,7 +104,8 @@ def minimize(objective: Callable[[np.ndarray, str], tuple[float, np.ndarray]],
     The products run in FAST_PRECISION until that run stops (tolerance reached in float32,
     or the line search meeting float32's rounding in the loss), then L-BFGS continues from
     there in float64 until the float64 gradient's max-norm is at most `tol` (or max_iter
-    iterations in all). on_iteration(iteration, loss, grad max-norm) after each iteration.
+    iterations in all). on_iteration(iteration, loss, grad max-norm, W (C, D) float64) after
+    each iteration, with the iterate it accepted (what an interrupted run keeps).
     """
     optimize = require_scipy()
     shape = W0.shape
@@ -138,7 +139,8 @@ def minimize(objective: Callable[[np.ndarray, str], tuple[float, np.ndarray]],
             done["iterations"] += 1  # the iterate is the last point evaluated: its loss
             grad_max = float(np.abs(last["grad"]).max())
             if on_iteration is not None:
-                on_iteration(done["iterations"], last["loss"], grad_max)
+                on_iteration(done["iterations"], last["loss"], grad_max,
+                             to_weights(last["V"]))
             if grad_max <= tol:
                 raise StopIteration
 
@@ -187,7 +189,7 @@ def precondition_moment(config: Config, rows: np.ndarray, split: Split, pre: Pre
 def fit_lbfgs(config: Config, rows: np.ndarray, labels: np.ndarray, split: Split,
               pre: Preprocessor, W0: np.ndarray, *, sample_weight: np.ndarray | None = None,
               engine: Engine | None = None, moment: np.ndarray | None = None,
-              on_iteration: Callable[[int, float, float], None] | None = None,
+              on_iteration: Callable[[int, float, float, np.ndarray], None] | None = None,
               warn: Callable[[str], None] | None = None) -> LbfgsResult:
     """Minimise the config's objective over rows[split.train_rows] from W0 (C, D).
 

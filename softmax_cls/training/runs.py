@@ -297,10 +297,14 @@ def _interrupted(exc: KeyboardInterrupt, run: _Run | None, resume: Checkpoint | 
     lbfgs = run is not None and run.config.optim.solver == "lbfgs"
     if checkpoint is None:
         message = word
+    elif lbfgs and run.last.epoch > run.first_epoch:
+        message = (f"{word}: {checkpoint} holds the last accepted L-BFGS iterate (iteration "
+                   f"{epoch}, gradient max-norm {run.last.history[-1]['grad_max']:.3g}); "
+                   f"continue the solve from it with softmax-train --resume {checkpoint}")
     elif lbfgs:
-        message = (f"{word}: an L-BFGS solve keeps no partial result; {checkpoint} holds the "
-                   f"weights it started from; solve again with softmax-train --resume "
-                   f"{checkpoint}")
+        message = (f"{word}: the L-BFGS solve stopped before its first iteration; "
+                   f"{checkpoint} holds the weights it started from; solve again with "
+                   f"softmax-train --resume {checkpoint}")
     else:
         message = (f"{word}: {checkpoint} holds the last completed epoch ({epoch}); resume "
                    f"with softmax-train --resume {checkpoint}")
@@ -464,6 +468,7 @@ class _Run:
         self.class_names, self.fingerprint = data.class_names, data.fingerprint
         self.config_yaml = config_to_yaml(config)
         self.state = state
+        self.first_epoch = state.epoch  # where this process started (an interrupt's report)
         self.last = copy_state(state)  # the last completed epoch, as last.npz must hold it
         self._writer: ThreadPoolExecutor | None = None
         self._pending: Future | None = None  # the epoch files being written
