@@ -153,6 +153,31 @@ def test_get_engine_reads_the_thread_count_and_augmentation(monkeypatch):
     assert get_engine("auto", "cpu", 1000).name == "numba"
 
 
+@pytest.mark.parametrize("augment, solver, expected", [
+    ({"hflip": True, "translate": 0}, "sgd", True),
+    ({"hflip": False, "translate": 1}, "sgd", True),
+    ({"hflip": False, "translate": 0}, "sgd", False),
+    ({"hflip": True, "translate": 1}, "lbfgs", False),  # L-BFGS augments nothing per step
+])
+def test_a_run_tells_auto_whether_sgd_augments(tmp_path, small_data, monkeypatch, augment,
+                                               solver, expected):
+    import softmax_cls.training.fit as fit_module
+    import softmax_cls.training.runs as runs_module
+
+    told = []
+
+    def recording(name, device, n_classes, augmented=False):
+        told.append(augmented)
+        return get_engine(name, device, n_classes, augmented)
+
+    monkeypatch.setattr(runs_module, "get_engine", recording)
+    monkeypatch.setattr(fit_module, "get_engine", recording)
+    config = small_config(tmp_path, engine="numpy", augment=augment,
+                          optim={"solver": solver, "epochs": 1})
+    train(config, small_data, tmp_path / "run", progress=False)
+    assert told and set(told) == {expected}
+
+
 def test_auto_on_this_machine(monkeypatch):
     monkeypatch.setenv("NUMBA_NUM_THREADS", "1")
     many = get_engine("auto", "auto", 1000)
