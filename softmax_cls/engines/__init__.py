@@ -23,10 +23,10 @@ FAST_INSTALL = "pip install 'softmax-cls[fast]'"
 # thread and without image augmentation (scripts/benchmark.py, docs/development.md,
 # 2026-12-05: 1024 features, batch 256, 1 thread: numba ahead up to 32 classes, level at
 # 48, torch 1.09x at 64, 1.2x at 100, 2.5x at 1000; 3072 pixels at 100 classes: torch 1.15x
-# plain, numba 1.27x augmented). On 2 threads of the 2-core machine numba led at every
-# shape measured (10 to 1000 classes): each of torch's many OpenMP regions per step waits
+# plain, numba 1.27x augmented). On 2 threads of the 2-core shared machine numba led at
+# every probe shape (10 to 1000 classes): each of torch's many OpenMP regions per step waits
 # for a thread another process holds, and numba's thread governor moves such work to one
-# thread.
+# thread (one exception measured: 100 classes of unaugmented pixels, torch 1.19x).
 TORCH_CPU_FROM_CLASSES = 64
 
 
