@@ -147,6 +147,11 @@ class AugmentConfig:
     translate: int | None = _opt(None, low=0, high=MAX_SHIFT)
     padding: str = _opt("edge", choices=("edge", "zero", "reflect"))
 
+    @property
+    def active(self) -> bool:
+        """Whether SGD's minibatches are augmented (a flip or a shift)."""
+        return bool(self.hflip or self.translate)
+
 
 @dataclass
 class OutputConfig:

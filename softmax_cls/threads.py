@@ -33,6 +33,13 @@ def use_threads(count: int) -> None:
         torch.set_num_threads(count)
 
 
+def compute_threads() -> int:
+    """The threads the compute libraries run on: NUMBA_NUM_THREADS when it is a whole number
+    >= 1 (--threads sets it), else every CPU (numba's default)."""
+    text = os.environ.get("NUMBA_NUM_THREADS", "").strip()
+    return int(text) if text.isdigit() and int(text) >= 1 else os.cpu_count() or 1
+
+
 def check_numba_threads_variable() -> None:
     """SoftmaxClsError unless NUMBA_NUM_THREADS, when set, is a whole number >= 1: numba
     raises a traceback at import for 0 and warns at length, then ignores, any other value

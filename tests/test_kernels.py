@@ -95,6 +95,39 @@ def test_edge_and_reflect_on_a_known_image():
 # Determinism, errors, predictions, the gradient check
 
 
+@pytest.mark.parametrize("n_features", [1, 63, 64, 65, 255, 256, 257, 3072])
+@pytest.mark.parametrize("n_classes", [3, 10, 200])
+@pytest.mark.parametrize("has_bias", [True, False])
+def test_fold_in_blocks_is_the_preprocessors_and_any_block_order_gives_the_same_bits(
+        n_features, n_classes, has_bias):
+    """The update regions fold the next step's weights block by block, the blocks in
+    whatever order the threads reach them; the per-block sums are added in block order."""
+    from softmax_cls.engines.numba_engine import step
+    from softmax_cls.math.preprocess import Preprocessor
+
+    rng = np.random.default_rng(n_features + n_classes)
+    W = rng.standard_normal((n_classes, n_features + has_bias)).astype(np.float32)
+    mean = rng.uniform(0, 255, n_features).astype(np.float32)
+    scale = rng.uniform(0.001, 0.01, n_features).astype(np.float32)
+    W_fold, bias_fold = np.empty((n_classes, n_features), np.float32), np.empty(n_classes,
+                                                                                np.float32)
+    step.fold(W, mean, scale, has_bias, W_fold, bias_fold)
+    reference = Preprocessor(mean.astype(np.float64), scale.astype(np.float64),
+                             bias=has_bias).fold(W.astype(np.float64))
+    np.testing.assert_allclose(W_fold, reference[:, :n_features], rtol=1e-6)
+    np.testing.assert_allclose(bias_fold, reference[:, n_features], rtol=1e-5, atol=1e-5)
+    width = step.block_width(n_classes)
+    count = step.block_count(n_classes, n_features)
+    assert count == max(1, -(-n_features // width))
+    blocked, parts = np.full_like(W_fold, np.nan), np.full((count, n_classes), np.nan)
+    for block in reversed(range(count)):
+        step.fold_columns(W, mean, scale, blocked, block * width,
+                          min(n_features, (block + 1) * width), parts[block])
+    blocked_bias = np.empty_like(bias_fold)
+    step.fold_bias(W, has_bias, parts, blocked_bias)
+    assert np.array_equal(blocked, W_fold) and np.array_equal(blocked_bias, bias_fold)
+
+
 def test_bit_identical_whatever_the_thread_count(monkeypatch):
     if numba.config.NUMBA_NUM_THREADS < 2:
         pytest.skip("numba runs with one thread here (NUMBA_NUM_THREADS)")

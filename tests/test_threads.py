@@ -41,3 +41,17 @@ def test_threads_one_runs_blas_and_numba_on_one_thread():
 def test_a_thread_count_outside_the_cpus_is_one_line(command, count):
     args = ["--threads", count] + (["x.npz"] if command == "softmax-eval" else [])
     assert_one_line_error(run(command, *args), 2, "--threads")
+
+
+@pytest.mark.parametrize("value, expected", [("3", 3), ("1", 1), (None, os.cpu_count() or 1),
+                                             ("0", os.cpu_count() or 1),
+                                             ("lots", os.cpu_count() or 1)])
+def test_compute_threads_follows_numba_num_threads(monkeypatch, value, expected):
+    """engine auto's choice on the CPU depends on the thread count (engines.md)."""
+    from softmax_cls.threads import compute_threads
+
+    if value is None:
+        monkeypatch.delenv("NUMBA_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("NUMBA_NUM_THREADS", value)
+    assert compute_threads() == expected

@@ -121,10 +121,65 @@ def test_device_and_engine_combinations_are_refused_by_get_engine():
 def test_auto_picks_by_device_and_classes(classes, device, has_torch, has_numba, has_cuda,
                                           expected):
     assert auto_engine_name(classes, device, has_torch=has_torch, has_numba=has_numba,
-                            has_cuda=has_cuda) == expected
+                            has_cuda=has_cuda, threads=1) == expected
 
 
-def test_auto_on_this_machine():
+@pytest.mark.parametrize("classes, threads, augmented, expected", [
+    (TORCH_CPU_FROM_CLASSES, 1, False, "torch"),  # the one place torch measured faster
+    (1000, 1, False, "torch"),
+    (TORCH_CPU_FROM_CLASSES - 1, 1, False, "numba"),
+    (TORCH_CPU_FROM_CLASSES, 2, False, "numba"),  # 2 threads: numba led at every shape
+    (1000, 2, False, "numba"),
+    (1000, 16, False, "numba"),  # not measured: no pick of torch without a measurement
+    (100, 1, True, "numba"),  # augmented pixels, 100 classes: numba 1.27x on one thread
+    (1000, 1, True, "numba"),
+])
+def test_auto_on_the_cpu_picks_torch_only_on_one_thread_without_augmentation(
+        classes, threads, augmented, expected):
+    assert auto_engine_name(classes, "cpu", has_torch=True, has_numba=True, has_cuda=False,
+                            threads=threads, augmented=augmented) == expected
+    # a GPU goes to torch whatever the threads and augmentation; without numba, torch
+    assert auto_engine_name(classes, "cuda", has_torch=True, has_numba=True, has_cuda=True,
+                            threads=threads, augmented=augmented) == "torch"
+    assert auto_engine_name(classes, "cpu", has_torch=True, has_numba=False, has_cuda=False,
+                            threads=threads, augmented=augmented) == "torch"
+
+
+def test_get_engine_reads_the_thread_count_and_augmentation(monkeypatch):
+    monkeypatch.setenv("NUMBA_NUM_THREADS", "1")
+    assert get_engine("auto", "cpu", 1000).name == "torch"
+    assert get_engine("auto", "cpu", 1000, augmented=True).name == "numba"
+    monkeypatch.setenv("NUMBA_NUM_THREADS", "2")
+    assert get_engine("auto", "cpu", 1000).name == "numba"
+
+
+@pytest.mark.parametrize("augment, solver, expected", [
+    ({"hflip": True, "translate": 0}, "sgd", True),
+    ({"hflip": False, "translate": 1}, "sgd", True),
+    ({"hflip": False, "translate": 0}, "sgd", False),
+    ({"hflip": True, "translate": 1}, "lbfgs", False),  # L-BFGS augments nothing per step
+])
+def test_a_run_tells_auto_whether_sgd_augments(tmp_path, small_data, monkeypatch, augment,
+                                               solver, expected):
+    import softmax_cls.training.fit as fit_module
+    import softmax_cls.training.runs as runs_module
+
+    told = []
+
+    def recording(name, device, n_classes, augmented=False):
+        told.append(augmented)
+        return get_engine(name, device, n_classes, augmented)
+
+    monkeypatch.setattr(runs_module, "get_engine", recording)
+    monkeypatch.setattr(fit_module, "get_engine", recording)
+    config = small_config(tmp_path, engine="numpy", augment=augment,
+                          optim={"solver": solver, "epochs": 1})
+    train(config, small_data, tmp_path / "run", progress=False)
+    assert told and set(told) == {expected}
+
+
+def test_auto_on_this_machine(monkeypatch):
+    monkeypatch.setenv("NUMBA_NUM_THREADS", "1")
     many = get_engine("auto", "auto", 1000)
     assert many.name == "torch"
     assert get_engine("auto", "cpu", 10).name in ("numba", "numpy")
@@ -411,6 +466,7 @@ def test_softmax_eval_engine_auto_picks_by_the_checkpoints_class_count(tmp_path,
     real = softmax_cls.engines.get_engine
     monkeypatch.setattr(softmax_cls.engines, "get_engine",
                         lambda *args: chosen.append(real(*args)) or chosen[-1])
+    monkeypatch.setenv("NUMBA_NUM_THREADS", "1")  # on one thread torch leads from 64 classes
     evaluate_checkpoint(tmp_path / "run" / "best.npz", progress=False, engine="auto",
                         device="cpu")
     assert [engine.name for engine in chosen] == ["torch"]

@@ -15,29 +15,38 @@ import importlib.util
 
 from ..config import ENGINE_NAMES
 from ..errors import SoftmaxClsError
-from ..threads import check_numba_threads_variable
+from ..threads import check_numba_threads_variable, compute_threads
 from .contract import Engine
 
 FAST_INSTALL = "pip install 'softmax-cls[fast]'"
-# On the CPU the torch engine overtakes the numba kernel from this many classes on
-# (scripts/benchmark.py --probe, docs/development.md: 1024 features, batch 256, 1 thread:
-# numba ahead up to 32 classes, level at 48, torch 1.09x at 64, 1.2x at 100, 2.5x at 1000)
+# On the CPU the torch engine overtakes the numba kernel from this many classes on, on one
+# thread and without image augmentation (scripts/benchmark.py, docs/development.md,
+# 2026-12-05: 1024 features, batch 256, 1 thread: numba ahead up to 32 classes, level at
+# 48, torch 1.09x at 64, 1.2x at 100, 2.5x at 1000; 3072 pixels at 100 classes: torch 1.15x
+# plain, numba 1.27x augmented). On 2 threads of the 2-core shared machine numba led at
+# every probe shape (10 to 1000 classes): each of torch's many OpenMP regions per step waits
+# for a thread another process holds, and numba's thread governor moves such work to one
+# thread (one exception measured: 100 classes of unaugmented pixels, torch 1.19x).
 TORCH_CPU_FROM_CLASSES = 64
 
 
 def auto_engine_name(n_classes: int | None, device: str = "auto", *, has_torch: bool,
-                     has_numba: bool, has_cuda: bool) -> str:
+                     has_numba: bool, has_cuda: bool, threads: int = 1,
+                     augmented: bool = False) -> str:
     """The engine `engine: auto` runs for a problem of n_classes classes (None: unknown) on
-    `device` (auto, cpu, cuda, cuda:N), given what is installed and whether torch sees a GPU.
+    `device` (auto, cpu, cuda, cuda:N) with `threads` compute threads, training with image
+    augmentation or not, given what is installed and whether torch sees a GPU.
 
-    A GPU (asked for, or visible with device auto) goes to torch; on the CPU numba below
-    TORCH_CPU_FROM_CLASSES classes (or when the class count is unknown), torch from there
-    on, each when installed; numpy when neither is.
+    A GPU (asked for, or visible with device auto) goes to torch. On the CPU torch only
+    where the benchmark measured it faster: one thread, TORCH_CPU_FROM_CLASSES classes or
+    more, no augmentation; numba everywhere else (also when the class count is unknown),
+    each when installed; numpy when neither is.
     """
     if has_torch and (device.startswith("cuda") or (device == "auto" and has_cuda)):
         return "torch"
-    many_classes = n_classes is not None and n_classes >= TORCH_CPU_FROM_CLASSES
-    if has_torch and (many_classes or not has_numba):
+    torch_faster = (n_classes is not None and n_classes >= TORCH_CPU_FROM_CLASSES
+                    and threads == 1 and not augmented)
+    if has_torch and (torch_faster or not has_numba):
         return "torch"
     return "numba" if has_numba else "numpy"
 
@@ -71,12 +80,13 @@ def _cpu_engine_on_gpu(name: str, device: str) -> SoftmaxClsError:
                            f"torch or auto, or device cpu), got engine {name}")
 
 
-def get_engine(name: str = "auto", device: str = "auto", n_classes: int | None = None
-               ) -> Engine:
+def get_engine(name: str = "auto", device: str = "auto", n_classes: int | None = None,
+               augmented: bool = False) -> Engine:
     """The engine called `name` (auto, numba, numpy or torch) on `device` (auto, cpu, cuda,
     cuda:N: where the torch engine computes; numba and numpy run on the CPU). auto picks by
-    the problem's class count (auto_engine_name). SoftmaxClsError (one line) for a name,
-    a device or an extra that is not there."""
+    the problem's class count, the thread count (compute_threads) and whether the training
+    augments images (auto_engine_name). SoftmaxClsError (one line) for a name, a device or
+    an extra that is not there."""
     from .torch_engine.device import check_device_text, cuda_available
 
     _check_name(name)
@@ -85,7 +95,8 @@ def get_engine(name: str = "auto", device: str = "auto", n_classes: int | None =
         has_torch = _installed("torch")
         name = auto_engine_name(n_classes, device, has_torch=has_torch,
                                 has_numba=_installed("numba"),
-                                has_cuda=has_torch and device == "auto" and cuda_available())
+                                has_cuda=has_torch and device == "auto" and cuda_available(),
+                                threads=compute_threads(), augmented=augmented)
     if name != "torch" and device.startswith("cuda"):
         raise _cpu_engine_on_gpu(name, device)
     if name == "torch":

@@ -21,8 +21,10 @@ from .step import (
     CHUNK,
     TILE_ROWS,
     all_finite,
+    block_count,
     block_width,
     fold,
+    fold_bias,
     forward,
     gradient,
     group_scores,
@@ -37,7 +39,7 @@ def _workspace(batch_size, n_features, W):
     """Buffers of one minibatch of up to batch_size rows (besides the gathered rows)."""
     n_classes, n_cols = W.shape
     width = block_width(n_classes)
-    n_blocks = max(1, (n_features + width - 1) // width)
+    n_blocks = block_count(n_classes, n_features)
     n_groups = (batch_size + TILE_ROWS - 1) // TILE_ROWS
     dtype = W.dtype
     return (np.empty((batch_size, n_classes), dtype), np.empty((batch_size, n_classes), dtype),
@@ -48,7 +50,8 @@ def _workspace(batch_size, n_features, W):
             np.empty((n_blocks, TILE_ROWS, width), dtype),
             np.empty((n_blocks, n_classes, width), dtype), np.empty((n_classes, n_cols), dtype),
             np.empty(n_blocks), np.empty(n_blocks), np.empty((n_classes, n_features), dtype),
-            np.empty(n_classes, dtype), np.empty(n_classes, dtype))
+            np.empty(n_classes, dtype), np.empty(n_classes, dtype),
+            np.empty((n_blocks, n_classes)))
 
 
 @njit(cache=True)
@@ -80,16 +83,16 @@ def train_epoch_kernel(rows, labels, order, sample_weight, flip, shift, padding,
     batch = min(batch_size, n)
     U = np.empty((batch, n_features), rows.dtype)
     S, dS, row_loss, row_correct, row_ok, lines, tiles, grad_tiles, acc, G, l2_parts, \
-        norm_parts, W_fold, bias_fold, dS_sum = _workspace(batch, n_features, W)
+        norm_parts, W_fold, bias_fold, dS_sum, fold_parts = _workspace(batch, n_features, W)
     zero, one, two_reg = _cast(W, 0), _cast(W, 1), _cast(W, 2 * reg)
     loss_sum, correct = 0.0, 0
     n_steps = (n + batch - 1) // batch
     fused = grad_clip <= 0
+    fold(W, mean, scale, has_bias, W_fold, bias_fold)  # later steps': the update regions'
     for step in range(n_steps):
         start = step * batch
         b = min(batch, n - start)
         batch_rows = order[start:start + b]
-        fold(W, mean, scale, has_bias, W_fold, bias_fold)
         forward(rows, order, batch_rows, True, labels, sample_weight, start, flip, shift,
                  padding, W_fold, bias_fold, clip, U[:b], S[:b], dS[:b], row_loss,
                  row_correct, row_ok, lines, tiles, zero)
@@ -103,7 +106,7 @@ def train_epoch_kernel(rows, labels, order, sample_weight, flip, shift, padding,
         _column_sums(dS[:b], zero, dS_sum)
         gradient(U[:b], dS[:b], dS_sum, W, mean, scale, has_bias, two_reg, reg_bias,
                   grad_tiles, acc, G, l2_parts, norm_parts, fused, velocity, average, lr,
-                  momentum, nesterov, alpha, zero, one)
+                  momentum, nesterov, alpha, zero, one, W_fold, fold_parts)
         l2, norm = 0.0, 0.0
         for k in range(l2_parts.shape[0]):
             l2 += l2_parts[k]
@@ -112,7 +115,9 @@ def train_epoch_kernel(rows, labels, order, sample_weight, flip, shift, padding,
             factor = one
             if norm > grad_clip * grad_clip:
                 factor = _cast(W, grad_clip / np.sqrt(norm))
-            update_weights(G, W, velocity, average, lr, momentum, nesterov, alpha, factor)
+            update_weights(G, W, velocity, average, lr, momentum, nesterov, alpha, factor,
+                           mean, scale, W_fold, fold_parts)
+        fold_bias(W, has_bias, fold_parts, bias_fold)
         loss_sum += (data_loss + reg * l2) * b
     if not all_finite(W):
         return loss_sum, correct, BAD_WEIGHTS, n_steps - 1
@@ -125,7 +130,7 @@ def batch_loss_and_grad_kernel(rows, labels, sample_weight, W, mean, scale, has_
     """Returns (loss, dW (C, D), correct, ok) for one minibatch, with train_epoch's code."""
     b, n_features = rows.shape
     S, dS, row_loss, row_correct, row_ok, lines, tiles, grad_tiles, acc, G, l2_parts, \
-        norm_parts, W_fold, bias_fold, dS_sum = _workspace(b, n_features, W)
+        norm_parts, W_fold, bias_fold, dS_sum, fold_parts = _workspace(b, n_features, W)
     zero, one = _cast(W, 0), _cast(W, 1)
     U = rows.copy()
     batch_rows = np.arange(b)
@@ -143,7 +148,8 @@ def batch_loss_and_grad_kernel(rows, labels, sample_weight, W, mean, scale, has_
         correct += row_correct[i]
     _column_sums(dS, zero, dS_sum)
     gradient(U, dS, dS_sum, W, mean, scale, has_bias, _cast(W, 2 * reg), reg_bias, grad_tiles,
-              acc, G, l2_parts, norm_parts, False, G, G, one, one, False, one, zero, one)
+              acc, G, l2_parts, norm_parts, False, G, G, one, one, False, one, zero, one,
+              W_fold, fold_parts)
     l2 = 0.0
     for k in range(l2_parts.shape[0]):
         l2 += l2_parts[k]

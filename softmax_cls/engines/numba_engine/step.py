@@ -7,6 +7,9 @@ rows U (b, P) uint8 or float32 as they are stored. Per SGD step:
 
 0. The preprocessing x = [(u - mean) * scale, 1] is folded into the weights (fold), so
    that the kernels compute with the raw rows u as they are: scores u @ W_fold.T + bias_fold.
+   Only a run's first step calls fold; every update region folds its own blocks for the
+   next step (fold_columns), and the per-block sums of bias_fold are added up serially in
+   block order (fold_bias): C times the number of blocks additions between the regions.
 1. Forward (forward), in parallel over tiles of TILE_ROWS minibatch rows: each row is
    gathered into U (gather.py) unless U already is the minibatch; the tile is converted
    chunk by chunk into a small float buffer of W's dtype that lives in the L1 cache; then
@@ -126,19 +129,55 @@ def _tile_scores(tile, m, W, j0, S, i, n, add, zero):
 
 
 @njit(cache=True, fastmath={"reassoc", "contract"})
-def fold(W, mean, scale, has_bias, W_fold, bias_fold):
-    """The preprocessing folded into the weights: x @ W.T == u @ W_fold.T + bias_fold for
-    x = [(u - mean) * scale, 1], with W_fold (C, P) = W[:, :P] * scale and bias_fold (C,) =
-    W[:, P] - W_fold @ mean (summed in float64), so that the rows are used as they are."""
-    n_features = W_fold.shape[1]
+def fold_columns(W, mean, scale, W_fold, j0, j1, parts):
+    """W_fold[:, j0:j1] = W[:, j0:j1] * scale[j0:j1], and parts[c] (float64) = the sum of
+    W_fold[c, j0:j1] * mean[j0:j1]: one block's share of fold. Reassociated (vectorised)
+    within this one loop, which one task runs for a whole block, whatever the thread count."""
+    first = np.uint64(j0)
     for c in range(W.shape[0]):
         w, folded = W[c], W_fold[c]
         total = 0.0
-        for jj in range(n_features):
-            j = np.uint64(jj)
+        for jj in range(j1 - j0):
+            j = first + np.uint64(jj)
             folded[j] = w[j] * scale[j]
             total += np.float64(folded[j]) * mean[j]
-        bias_fold[c] = (np.float64(w[n_features]) if has_bias else 0.0) - total
+        parts[c] = total
+
+
+@njit(cache=True)
+def fold_bias(W, has_bias, fold_parts, bias_fold):
+    """bias_fold (C,) = W[:, P] (0 without a bias column) - the sum of fold_parts (blocks, C)
+    float64 over the blocks, in block order."""
+    n_features = W.shape[1] - (1 if has_bias else 0)
+    for c in range(W.shape[0]):
+        total = 0.0
+        for k in range(fold_parts.shape[0]):
+            total += fold_parts[k, c]
+        bias_fold[c] = (np.float64(W[c, n_features]) if has_bias else 0.0) - total
+
+
+@njit(cache=True)
+def block_count(n_classes, n_features):
+    """The number of feature blocks of block_width(n_classes) columns (at least one)."""
+    width = block_width(n_classes)
+    return max(1, (n_features + width - 1) // width)
+
+
+@njit(cache=True)
+def fold(W, mean, scale, has_bias, W_fold, bias_fold):
+    """The preprocessing folded into the weights: x @ W.T == u @ W_fold.T + bias_fold for
+    x = [(u - mean) * scale, 1], with W_fold (C, P) = W[:, :P] * scale and bias_fold (C,) =
+    W[:, P] - W_fold @ mean (summed in float64), so that the rows are used as they are.
+    Summed per block of block_width(C) columns (fold_columns), the blocks in order
+    (fold_bias): the same sums as the parallel gradient / update_weights regions, which fold
+    the next step's weights block by block as they update them."""
+    n_classes, n_features = W_fold.shape
+    width = block_width(n_classes)
+    parts = np.empty((block_count(n_classes, n_features), n_classes))
+    for block in range(parts.shape[0]):
+        fold_columns(W, mean, scale, W_fold, block * width,
+                     min(n_features, (block + 1) * width), parts[block])
+    fold_bias(W, has_bias, parts, bias_fold)
 
 
 @njit(cache=True)
@@ -331,7 +370,7 @@ def _sum_squares(a, j0, j1):
 @njit(cache=True, parallel=True)
 def gradient(U, dS, dS_sum, W, mean, scale, has_bias, two_reg, reg_bias, tiles, acc, G,
               l2_parts, norm_parts, update, velocity, average, lr, momentum, nesterov, alpha,
-              zero, one):
+              zero, one, W_fold, fold_parts):
     """G (C, D) = dS.T @ X (+ the bias column dS_sum, the sums of dS over the rows) + the L2
     gradient, with X the preprocessed minibatch U, in parallel over blocks of
     block_width(C) feature columns (the last block also does the bias column).
@@ -369,16 +408,23 @@ def gradient(U, dS, dS_sum, W, mean, scale, has_bias, two_reg, reg_bias, tiles, 
         if update:
             _update_columns(G, W, velocity, average, j0, stop, lr, momentum, nesterov, alpha,
                             one)
+            fold_columns(W, mean, scale, W_fold, j0, j1, fold_parts[block])
 
 
 @njit(cache=True, parallel=True)
-def update_weights(G, W, velocity, average, lr, momentum, nesterov, alpha, factor):
-    """The SGD update of every column, in parallel over blocks of columns."""
-    n_cols = W.shape[1]
+def update_weights(G, W, velocity, average, lr, momentum, nesterov, alpha, factor, mean, scale,
+                   W_fold, fold_parts):
+    """The SGD update of every column, in parallel over gradient's blocks of feature columns
+    (the last one also updates the bias column), each block then folded for the next step
+    as gradient does (fold_columns into W_fold and fold_parts; the caller's fold_bias)."""
+    n_cols, n_features = W.shape[1], W_fold.shape[1]
     width = block_width(W.shape[0])
-    for block in prange((n_cols + width - 1) // width):
-        j0, j1 = block * width, min(n_cols, (block + 1) * width)
-        _update_columns(G, W, velocity, average, j0, j1, lr, momentum, nesterov, alpha, factor)
+    count = fold_parts.shape[0]
+    for block in prange(count):
+        j0, j1 = block * width, min(n_features, (block + 1) * width)
+        stop = n_cols if block == count - 1 else j1
+        _update_columns(G, W, velocity, average, j0, stop, lr, momentum, nesterov, alpha, factor)
+        fold_columns(W, mean, scale, W_fold, j0, j1, fold_parts[block])
 
 
 @njit(cache=True)
