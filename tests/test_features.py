@@ -299,6 +299,36 @@ def _anon_peak(pid: int, process: subprocess.Popen) -> int:
     return peak
 
 
+BIG_ROWS, BIG_FEATURES, BIG_CLASSES = 160_000, 512, 4
+
+
+def _write_big_features(tmp_path: Path, dtype) -> np.ndarray:
+    """X.npy (BIG_ROWS, BIG_FEATURES) of `dtype`, written in slices through a memory map
+    (never whole in memory): BIG_CLASSES Gaussian clusters; y.npy beside it. Returns y."""
+    X = np.lib.format.open_memmap(tmp_path / "X.npy", mode="w+", dtype=dtype,
+                                  shape=(BIG_ROWS, BIG_FEATURES))
+    rng = np.random.default_rng(0)
+    centers = rng.normal(0, 1, (BIG_CLASSES, BIG_FEATURES)).astype(np.float32)
+    y = rng.integers(0, BIG_CLASSES, BIG_ROWS)
+    for start in range(0, BIG_ROWS, 20_000):
+        stop = start + 20_000
+        X[start:stop] = centers[y[start:stop]] + rng.standard_normal(
+            (stop - start, BIG_FEATURES), dtype=np.float32)
+    X.flush()
+    del X
+    np.save(tmp_path / "y.npy", y)
+    return y
+
+
+def _fit_in_memory(config: Path, overrides: list[str], rows: np.ndarray, y: np.ndarray):
+    """(FitResult, Preprocessor) of fit() on rows held in memory, as the run `config` with
+    `overrides` splits and trains them."""
+    in_memory = config_from_dict(yaml.safe_load(config.read_text()), overrides)
+    labels = np.searchsorted(np.unique(y), y).astype(np.int64)
+    split, pre = split_and_fit(in_memory, rows, labels)
+    return fit(in_memory, rows, labels, split, pre, BIG_CLASSES), pre
+
+
 @pytest.mark.slow  # about 14 s: writing and hashing 320 MB, two epochs, the in-memory fit
 def test_a_file_larger_than_the_allowed_memory_trains_to_the_in_memory_weights(tmp_path):
     """A 320 MB float32 X.npy, trained by softmax-train under RLIMIT_DATA 200 MB (private
@@ -306,19 +336,8 @@ def test_a_file_larger_than_the_allowed_memory_trains_to_the_in_memory_weights(t
     RssAnon is polled; the weights equal fit() on the same data loaded into memory."""
     import resource
 
-    n, d, classes = 160_000, 512, 4
-    X = np.lib.format.open_memmap(tmp_path / "X.npy", mode="w+", dtype=np.float32,
-                                  shape=(n, d))
-    rng = np.random.default_rng(0)
-    centers = rng.normal(0, 1, (classes, d)).astype(np.float32)
-    y = rng.integers(0, classes, n)
-    for start in range(0, n, 20_000):
-        stop = start + 20_000
-        X[start:stop] = centers[y[start:stop]] + rng.standard_normal((stop - start, d),
-                                                                    dtype=np.float32)
-    X.flush()
-    del X
-    np.save(tmp_path / "y.npy", y)
+    n = BIG_ROWS
+    y = _write_big_features(tmp_path, np.float32)
     file_size = (tmp_path / "X.npy").stat().st_size
     config = write_config(tmp_path, train=str(tmp_path / "X.npy"), val_size=1000)
     limit = 200 << 20
@@ -353,12 +372,9 @@ def test_a_file_larger_than_the_allowed_memory_trains_to_the_in_memory_weights(t
                              env=env, preexec_fn=limit_memory, timeout=120)
     assert control.returncode != 0 and "MemoryError" in control.stderr, control.stderr
 
-    in_memory = config_from_dict(yaml.safe_load(config.read_text()), ["optim.epochs=2"])
     rows = np.load(tmp_path / "X.npy")  # the whole file in memory, not a memory map
     assert not isinstance(rows, np.memmap)
-    labels = np.searchsorted(np.unique(y), y).astype(np.int64)
-    split, pre = split_and_fit(in_memory, rows, labels)
-    result = fit(in_memory, rows, labels, split, pre, classes)
+    result, pre = _fit_in_memory(config, ["optim.epochs=2"], rows, y)
     np.testing.assert_array_equal(trained.state.W, result.state.W)
     np.testing.assert_array_equal(trained.preprocessor.mean, pre.mean)
 
@@ -374,19 +390,8 @@ def test_a_float16_file_trains_without_a_float32_copy(tmp_path, engine):
         pytest.importorskip("torch")
     import resource
 
-    n, d, classes = 160_000, 512, 4
-    X = np.lib.format.open_memmap(tmp_path / "X.npy", mode="w+", dtype=np.float16,
-                                  shape=(n, d))
-    rng = np.random.default_rng(0)
-    centers = rng.normal(0, 1, (classes, d)).astype(np.float32)
-    y = rng.integers(0, classes, n)
-    for start in range(0, n, 20_000):
-        stop = start + 20_000
-        X[start:stop] = centers[y[start:stop]] + rng.standard_normal((stop - start, d),
-                                                                    dtype=np.float32)
-    X.flush()
-    del X
-    np.save(tmp_path / "y.npy", y)
+    n, d = BIG_ROWS, BIG_FEATURES
+    y = _write_big_features(tmp_path, np.float16)
     config = write_config(tmp_path, train=str(tmp_path / "X.npy"), val_size=1000)
     limit = 200 << 20
     assert limit < n * d * 4
@@ -410,12 +415,9 @@ def test_a_float16_file_trains_without_a_float32_copy(tmp_path, engine):
     assert 0 < peak < n * d * 4 // (2 if engine == "numpy" else 1), peak
     trained = load_checkpoint(tmp_path / "run" / "last.npz")
 
-    in_memory = config_from_dict(yaml.safe_load(config.read_text()),
-                                 ["optim.epochs=2", f"engine={engine}", "device=cpu"])
     rows = np.load(tmp_path / "X.npy").astype(np.float32)
-    labels = np.searchsorted(np.unique(y), y).astype(np.int64)
-    split, pre = split_and_fit(in_memory, rows, labels)
-    result = fit(in_memory, rows, labels, split, pre, classes)
+    result, _ = _fit_in_memory(config, ["optim.epochs=2", f"engine={engine}", "device=cpu"],
+                               rows, y)
     np.testing.assert_array_equal(trained.state.W, result.state.W)
 
 

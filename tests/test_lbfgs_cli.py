@@ -111,24 +111,33 @@ cli.train_command()
 """
 
 
+def _interrupted(tmp_path, at: int, args: list[str]) -> list[str]:
+    """The stderr lines of softmax-train `args` run in tmp_path and sent SIGINT in its
+    evaluation number `at` (INTERRUPTED_TRAINER); asserts exit 130 and one line."""
+    import subprocess
+    import sys
+
+    code = INTERRUPTED_TRAINER.format(at=at, args=args)
+    process = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             cwd=tmp_path, timeout=120)
+    assert process.returncode == 130, process.stderr
+    lines = [line for line in process.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, process.stderr
+    return lines
+
+
 def test_an_interrupted_solve_keeps_its_last_iterate_and_resume_finishes_it(tmp_path):
     """Ctrl-C mid-solve kept nothing: last.npz held the zeros the solve started from. Now it
     holds the last accepted iterate (its history rows, its iteration count as epochs), the
     error line names it, and --resume continues to the same optimum as an uninterrupted
     solve."""
     import json
-    import subprocess
-    import sys
 
     from softmax_cls.training.checkpoint import load_checkpoint
 
     config = features_config(tmp_path)
-    code = INTERRUPTED_TRAINER.format(at=6, args=["--config", config, "-q"])
-    process = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                             cwd=tmp_path, timeout=120)
-    assert process.returncode == 130, process.stderr
-    lines = [line for line in process.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: interrupted"), process.stderr
+    lines = _interrupted(tmp_path, 6, ["--config", config, "-q"])
+    assert lines[0].startswith("error: interrupted"), lines
     last = tmp_path / "run" / "last.npz"
     saved = load_checkpoint(last)
     k = saved.state.epoch
@@ -144,11 +153,8 @@ def test_an_interrupted_solve_keeps_its_last_iterate_and_resume_finishes_it(tmp_
     assert not (tmp_path / "run" / "summary.json").exists()
 
     # resumed, then interrupted again in its first evaluation: no new iterate to claim
-    code = INTERRUPTED_TRAINER.format(at=1, args=["--resume", str(last), "-q"])
-    again = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                           cwd=tmp_path, timeout=120)
-    assert again.returncode == 130 and "before its first iteration" in again.stderr, \
-        again.stderr
+    again = _interrupted(tmp_path, 1, ["--resume", str(last), "-q"])
+    assert "before its first iteration" in again[0], again
     assert load_checkpoint(last).state.epoch == k
 
     resumed = run("softmax-train", "--resume", str(last), "--quiet", cwd=tmp_path)
@@ -167,17 +173,11 @@ def test_an_interrupted_solve_keeps_its_last_iterate_and_resume_finishes_it(tmp_
 def test_a_solve_interrupted_before_its_first_iteration_says_it_kept_the_start(tmp_path):
     """Interrupted in its first evaluation, the solve has no iterate to keep: the line says
     last.npz holds the weights it started from, and no iteration is claimed."""
-    import subprocess
-    import sys
 
     from softmax_cls.training.checkpoint import load_checkpoint
 
     config = features_config(tmp_path)
-    code = INTERRUPTED_TRAINER.format(at=1, args=["--config", config, "-q"])
-    process = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                             cwd=tmp_path, timeout=120)
-    assert process.returncode == 130, process.stderr
-    lines = [line for line in process.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and "before its first iteration" in lines[0], process.stderr
+    lines = _interrupted(tmp_path, 1, ["--config", config, "-q"])
+    assert "before its first iteration" in lines[0], lines
     saved = load_checkpoint(tmp_path / "run" / "last.npz")
     assert saved.state.epoch == 0 and not saved.state.W.any()
