@@ -104,6 +104,26 @@ def test_scores_probabilities_and_labels_agree(classes):
     assert model.n_features_in_ == 5 and model.n_iter_ == 5 and len(model.history_) == 5
 
 
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")  # 1 epoch
+def test_auto_leaves_numba_out_of_a_float16_fit_whose_copy_does_not_fit(monkeypatch):
+    """SoftmaxClassifier(engine="auto") on float16 X, the host's available memory faked at
+    the reserve (a budget of 0 bytes): fit() gives get_engine the rows, so auto picks the
+    torch engine (it uses them as stored) instead of numba and its float32 copy."""
+    pytest.importorskip("torch")
+    import softmax_cls.engines as engines
+    from softmax_cls.engines.memory import RESERVE_BYTES
+    from softmax_cls.training import fit as fit_module
+
+    monkeypatch.setattr(engines, "host_available_bytes", lambda: RESERVE_BYTES)
+    chosen = []
+    real = fit_module.get_engine
+    monkeypatch.setattr(fit_module, "get_engine", lambda *args: chosen.append(real(*args)) or
+                        chosen[-1])
+    X, y = blobs()
+    SoftmaxClassifier(epochs=1, engine="auto", device="cpu").fit(X.astype(np.float16), y)
+    assert [engine.name for engine in chosen] == ["torch"]
+
+
 def test_float32_and_float64_input_train_the_same():
     X, y = blobs()
     a = SoftmaxClassifier(epochs=3, random_state=1).fit(X.astype(np.float32), y)

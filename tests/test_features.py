@@ -299,6 +299,36 @@ def _anon_peak(pid: int, process: subprocess.Popen) -> int:
     return peak
 
 
+def _one_blas_thread() -> dict[str, str]:
+    return {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+
+
+def _limit_data(limit: int | None):
+    """A child's preexec_fn: RLIMIT_DATA (private writable memory: heap and anonymous maps,
+    not file-backed read-only maps) of `limit` bytes; None: no limit."""
+    import resource
+
+    def limit_memory():
+        if limit is not None:
+            resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+
+    return limit_memory
+
+
+def _train_polled(config: Path, overrides: list[str], limit: int | None) -> int:
+    """softmax-train on `config` for 2 epochs with `overrides` (--set), one BLAS thread,
+    under _limit_data(limit), its RssAnon polled; asserts it succeeded. Returns the peak."""
+    sets = [arg for override in ["optim.epochs=2", *overrides] for arg in ("--set", override)]
+    process = subprocess.Popen([script("softmax-train"), "--config", str(config), "--quiet",
+                                *sets], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, env=_one_blas_thread(),
+                               preexec_fn=_limit_data(limit))
+    peak = _anon_peak(process.pid, process)
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr
+    return peak
+
+
 BIG_ROWS, BIG_FEATURES, BIG_CLASSES = 160_000, 512, 4
 
 
@@ -334,25 +364,14 @@ def test_a_file_larger_than_the_allowed_memory_trains_to_the_in_memory_weights(t
     """A 320 MB float32 X.npy, trained by softmax-train under RLIMIT_DATA 200 MB (private
     writable memory: heap and anonymous maps, not the file-backed read-only map) while its
     RssAnon is polled; the weights equal fit() on the same data loaded into memory."""
-    import resource
 
     n = BIG_ROWS
     y = _write_big_features(tmp_path, np.float32)
     file_size = (tmp_path / "X.npy").stat().st_size
     config = write_config(tmp_path, train=str(tmp_path / "X.npy"), val_size=1000)
     limit = 200 << 20
-
-    def limit_memory():
-        resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
-
-    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen([script("softmax-train"), "--config", str(config), "--quiet",
-                                "--set", "optim.epochs=2"], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, env=env,
-                               preexec_fn=limit_memory)
-    peak = _anon_peak(process.pid, process)
-    stdout, stderr = process.communicate(timeout=300)
-    assert process.returncode == 0, stderr
+    limit_memory, env = _limit_data(limit), _one_blas_thread()
+    peak = _train_polled(config, [], limit)
     assert file_size > 300 << 20 and limit < file_size
     print(f"peak RssAnon {peak / 2**20:.1f} MB, X.npy {file_size / 2**20:.0f} MB")
     assert 0 < peak < 100 << 20, peak  # measured: 38 MB
@@ -388,27 +407,14 @@ def test_a_float16_file_trains_without_a_float32_copy(tmp_path, engine):
     weights of fit() on the float32 conversion held in memory."""
     if engine == "torch":
         pytest.importorskip("torch")
-    import resource
 
     n, d = BIG_ROWS, BIG_FEATURES
     y = _write_big_features(tmp_path, np.float16)
     config = write_config(tmp_path, train=str(tmp_path / "X.npy"), val_size=1000)
     limit = 200 << 20
     assert limit < n * d * 4
-
-    def limit_memory():
-        if engine == "numpy":
-            resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
-
-    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen([script("softmax-train"), "--config", str(config), "--quiet",
-                                "--set", "optim.epochs=2", "--set", f"engine={engine}",
-                                "--set", "device=cpu"], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, env=env,
-                               preexec_fn=limit_memory)
-    peak = _anon_peak(process.pid, process)
-    stdout, stderr = process.communicate(timeout=300)
-    assert process.returncode == 0, stderr
+    peak = _train_polled(config, [f"engine={engine}", "device=cpu"],
+                         limit if engine == "numpy" else None)
     print(f"{engine}: peak RssAnon {peak / 2**20:.1f} MB")
     # measured: numpy 62 MB; torch 185 MB, most of it PyTorch's own (a float32 copy alone
     # would be 312 MB more)

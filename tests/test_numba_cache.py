@@ -84,3 +84,49 @@ def test_a_corrupted_cache_file_is_recompiled_over_once(tmp_path):
 
     third = train(tmp_path, "third", NUMBA_CACHE_DIR=str(cache))  # repaired: no compile
     assert third.returncode == 0 and third.stderr.strip() == "", third.stderr
+
+
+# A child's view of predict_kernel (entry.py, which calls fold in step.py): whether numba's
+# cache holds it before the call (api._is_compiled, what kernels_are_compiled asks of each
+# kernel), then one score of zero weights, which fold's bias term alone decides.
+SCORE_ONE_ROW = """
+import numpy as np
+from softmax_cls.engines.numba_engine import api, entry
+rows, W = api._readonly(np.ones((1, 4), np.float32)), np.zeros((2, 5), np.float32)
+zeros, ones = np.zeros(4, np.float32), np.ones(4, np.float32)
+cached = api._is_compiled(entry.predict_kernel, (rows, W, zeros, ones, True, np.float32(0), 64))
+print(cached, api.predict_scores(rows, W, zeros, ones, True)[0, 0])
+"""
+
+
+@pytest.mark.slow  # about 15 s: predict_kernel compiles three times in children
+def test_a_kernel_recompiles_when_only_a_helper_in_another_module_changes(tmp_path):
+    """numba stamps a kernel's cache entry with its own file only; an edit of step.py alone
+    (a line added, then a digit changed: the same size) must still reach
+    entry.predict_kernel, in the package's own __pycache__, and the cached-or-not answer
+    must follow."""
+    site = tmp_path / "site"
+    shutil.copytree(Path(softmax_cls.__file__).parent, site / "softmax_cls",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    env = {key: value for key, value in os.environ.items() if key != "NUMBA_CACHE_DIR"}
+    env["PYTHONPATH"] = str(site)
+    env["PYTHONDONTWRITEBYTECODE"] = "1"  # no step.pyc whose stamp (mtime, size) could miss
+    #                                       a same-size edit within the second
+
+    def score() -> str:
+        result = subprocess.run([sys.executable, "-c", SCORE_ONE_ROW], capture_output=True,
+                                text=True, env=env, cwd=tmp_path, timeout=COMPILE_TIMEOUT)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip()
+
+    assert score() == "False 0.0"
+    assert score() == "True 0.0"  # from the cache
+    step = site / "softmax_cls" / "engines" / "numba_engine" / "step.py"
+    source = step.read_text()
+    folded = "    fold_bias(W, has_bias, parts, bias_fold)\n"
+    assert source.count(folded) == 1
+    step.write_text(source.replace(folded, folded + "    bias_fold += 1.0\n"))
+    assert score() == "False 1.0"  # the edited helper runs
+    assert score() == "True 1.0"  # and is cached in place of the stale code
+    step.write_text(source.replace(folded, folded + "    bias_fold += 2.0\n"))
+    assert score() == "False 2.0"  # an edit that keeps the file's size, too

@@ -6,6 +6,7 @@ and on a CUDA GPU the captured epoch against eager steps and the float64 referen
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 
 import numpy as np
@@ -17,6 +18,7 @@ from engine_reference import assert_close, problem, run_engine
 
 from softmax_cls.engines import TORCH_CPU_FROM_CLASSES, auto_engine_name, get_engine
 from softmax_cls.engines.contract import EpochPlan, OptimizerState, StepRule
+from softmax_cls.engines.memory import RESERVE_BYTES
 from softmax_cls.engines.torch_engine import make_engine
 from softmax_cls.engines.torch_engine.device import (
     TORCH_INSTALL,
@@ -166,9 +168,9 @@ def test_a_run_tells_auto_whether_sgd_augments(tmp_path, small_data, monkeypatch
 
     told = []
 
-    def recording(name, device, n_classes, augmented=False):
+    def recording(name, device, n_classes, augmented=False, rows=None):
         told.append(augmented)
-        return get_engine(name, device, n_classes, augmented)
+        return get_engine(name, device, n_classes, augmented, rows)
 
     monkeypatch.setattr(runs_module, "get_engine", recording)
     monkeypatch.setattr(fit_module, "get_engine", recording)
@@ -176,6 +178,71 @@ def test_a_run_tells_auto_whether_sgd_augments(tmp_path, small_data, monkeypatch
                           optim={"solver": solver, "epochs": 1})
     train(config, small_data, tmp_path / "run", progress=False)
     assert told and set(told) == {expected}
+
+
+@pytest.mark.parametrize("copy, budget, has_torch, expected", [
+    (100, 100, True, "numba"),  # the float32 copy fits
+    (101, 100, True, "torch"),  # it does not: the fastest engine that reads float16
+    (101, 100, False, "numpy"),
+    (101, None, True, "numba"),  # the host's memory unknown: as before
+    (0, -1, True, "numba"),  # rows numba reads as stored: no copy, whatever the memory
+])
+def test_auto_leaves_numba_out_where_its_float32_copy_does_not_fit(copy, budget, has_torch,
+                                                                   expected):
+    assert auto_engine_name(10, "cpu", has_torch=has_torch, has_numba=True, has_cuda=False,
+                            threads=2, numba_copy_bytes=copy, host_budget=budget) == expected
+    # a GPU still goes to torch; numba's own picks (here 1000 classes on one thread) stay
+    assert auto_engine_name(10, "auto", has_torch=True, has_numba=True, has_cuda=True,
+                            numba_copy_bytes=copy, host_budget=budget) == "torch"
+    assert auto_engine_name(1000, "cpu", has_torch=True, has_numba=True, has_cuda=False,
+                            threads=1, numba_copy_bytes=copy, host_budget=budget) == "torch"
+
+
+# softmax-train in a child whose host memory reads as argv[1] bytes available
+TRAIN_WITH_AVAILABLE_MEMORY = """
+import sys
+import softmax_cls.engines as engines
+engines.host_available_bytes = lambda: int(sys.argv[1])
+from softmax_cls.cli import train_command
+train_command(sys.argv[2:])
+"""
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+def test_a_float16_file_trains_with_auto_by_the_memory_its_float32_copy_needs(tmp_path,
+                                                                              dtype):
+    """softmax-train, engine auto, a features file of 500 rows x 8, 20 classes (numba's at
+    any thread count; its float32 copy of float16 rows: 16,000 bytes), the host's available
+    memory faked at the budget's edge: one byte short of the copy (after
+    memory.memory_budget's reserve) trains with torch, the copy's size with numba; float32
+    rows (read as stored) with numba either way."""
+    config = features_config(tmp_path, engine="auto", device="cpu")
+    with np.load(tmp_path / "train.npz") as stored:
+        rows, labels = stored["X"].astype(dtype), stored["y"]
+    np.savez(tmp_path / "train.npz", X=rows, y=labels)
+    copy = rows.size * 4
+    for available, expected in ((RESERVE_BYTES + copy - 1, "torch"),
+                                (RESERVE_BYTES + copy, "numba")):
+        result = subprocess.run([sys.executable, "-c", TRAIN_WITH_AVAILABLE_MEMORY,
+                                 str(available), "--config", config, "--quiet", "--overwrite"],
+                                capture_output=True, text=True, cwd=tmp_path, timeout=300)
+        assert result.returncode == 0, result.stderr
+        summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+        assert summary["engine"] == (expected if dtype == np.float16 else "numba")
+
+
+def test_the_hosts_available_memory_is_memavailable(tmp_path, monkeypatch):
+    import softmax_cls.engines.memory as memory
+
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       16000000 kB\nMemFree:           1000 kB\n"
+                       "MemAvailable:    8000000 kB\n")
+    monkeypatch.setattr(memory, "MEMINFO", meminfo)
+    assert memory.host_available_bytes() == 8000000 * 1024
+    meminfo.write_text("MemTotal:       16000000 kB\n")  # kernels before 3.14 lack it
+    assert memory.host_available_bytes() is None
+    monkeypatch.setattr(memory, "MEMINFO", tmp_path / "absent")  # not Linux
+    assert memory.host_available_bytes() is None
 
 
 def test_auto_on_this_machine(monkeypatch):
@@ -376,8 +443,6 @@ def test_cuda_runs_repeat_bit_for_bit(tmp_path, small_data):
 def test_auto_without_a_gpu_does_not_import_torch_for_numba():
     """Where no GPU driver is present, `engine: auto` at 10 classes picks numba without
     loading torch (a second and some hundred MB of a default run)."""
-    import subprocess
-
     from softmax_cls.engines.torch_engine.device import gpu_driver_present
 
     if gpu_driver_present():

@@ -10,6 +10,7 @@ import pytest
 from engine_reference import assert_close, problem, reference_epoch
 
 from softmax_cls.engines.contract import EpochPlan, OptimizerState, StepRule, TrainingRows
+from softmax_cls.engines.memory import RESERVE_BYTES, memory_budget
 
 torch = pytest.importorskip("torch")
 
@@ -126,10 +127,54 @@ def test_the_default_cuda_budget_is_the_free_memory_less_a_reserve(monkeypatch):
     Rows.nbytes = budget + 1
     assert not rows_module.fits(TrainingRows(Rows(), None), gpu)
     free = 1 << 30  # the reserve is at least RESERVE_BYTES
-    Rows.nbytes = free - rows_module.RESERVE_BYTES
+    Rows.nbytes = free - RESERVE_BYTES
     assert rows_module.fits(TrainingRows(Rows(), None), gpu)
     Rows.nbytes += 1
     assert not rows_module.fits(TrainingRows(Rows(), None), gpu)
+
+
+def test_the_budget_is_the_free_memory_less_a_tenth_at_least_the_reserve():
+    assert memory_budget(10 << 30) == (10 << 30) - (1 << 30)
+    assert memory_budget(2 << 30) == (2 << 30) - RESERVE_BYTES  # a tenth is less
+    assert memory_budget(RESERVE_BYTES) == 0
+
+
+def test_the_lbfgs_objective_keeps_rows_on_a_gpu_by_the_epochs_budget(monkeypatch):
+    """full._resident, on a faked CUDA device with 10 GB free: rows of the training budget's
+    size (memory_budget: 9 GB, not half the free memory) are moved there, a byte more are
+    not; a given budget decides instead of the free memory."""
+    from softmax_cls.engines.torch_engine import full
+
+    free = 10 << 30
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (free, 80 << 30))
+    monkeypatch.setattr(full, "resident_rows", lambda data, device: None)
+    moved = []
+    monkeypatch.setattr(full, "device_rows", lambda data, device, budget=None:
+                        moved.append(budget) or "resident")
+
+    class Rows:
+        nbytes = memory_budget(free)
+
+    gpu, data = torch.device("cuda", 0), TrainingRows(Rows(), None)
+    assert full._resident(data, gpu) == "resident"
+    Rows.nbytes += 1
+    assert full._resident(data, gpu) is None
+    assert full._resident(data, gpu, Rows.nbytes) == "resident"
+    assert full._resident(data, gpu, Rows.nbytes - 1) is None
+    assert moved == [None, Rows.nbytes]
+
+
+def test_the_engines_memory_budget_reaches_the_lbfgs_objective(monkeypatch):
+    from softmax_cls.engines.torch_engine import full
+
+    seen = []
+    monkeypatch.setattr(full, "_resident", lambda data, device, budget=None:
+                        seen.append(budget))  # None: the rows stay on the host
+    p = problem(seed=2)
+    for budget in (None, 123):
+        make_engine("cpu", memory_budget=budget).full_loss_and_grad(
+            p.data, np.arange(len(p.rows)), p.W.astype(np.float64), p.pre, StepRule(lr=1.0))
+    assert seen == [None, 123]
 
 
 @pytest.mark.cuda

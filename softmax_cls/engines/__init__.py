@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import importlib.util
 
+import numpy as np
+
 from ..config import ENGINE_NAMES
 from ..errors import SoftmaxClsError
 from ..threads import check_numba_threads_variable, compute_threads
 from .contract import Engine
+from .memory import host_available_bytes, memory_budget
 
 FAST_INSTALL = "pip install 'softmax-cls[fast]'"
 # On the CPU the torch engine overtakes the numba kernel from this many classes on, on one
@@ -32,18 +35,25 @@ TORCH_CPU_FROM_CLASSES = 64
 
 def auto_engine_name(n_classes: int | None, device: str = "auto", *, has_torch: bool,
                      has_numba: bool, has_cuda: bool, threads: int = 1,
-                     augmented: bool = False) -> str:
+                     augmented: bool = False, numba_copy_bytes: int = 0,
+                     host_budget: int | None = None) -> str:
     """The engine `engine: auto` runs for a problem of n_classes classes (None: unknown) on
     `device` (auto, cpu, cuda, cuda:N) with `threads` compute threads, training with image
     augmentation or not, given what is installed and whether torch sees a GPU.
+    numba_copy_bytes: the bytes of the float32 copy the numba engine would make of the
+    training rows (float16 rows; 0 for rows it reads as stored); host_budget: the bytes the
+    host can hold (memory.memory_budget of its available memory; None: unknown).
 
-    A GPU (asked for, or visible with device auto) goes to torch. On the CPU torch only
-    where the benchmark measured it faster: one thread, TORCH_CPU_FROM_CLASSES classes or
-    more, no augmentation; numba everywhere else (also when the class count is unknown),
+    A GPU (asked for, or visible with device auto) goes to torch. numba is left out when its
+    copy exceeds host_budget (torch and numpy use float16 rows as stored). On the CPU torch
+    only where the benchmark measured it faster: one thread, TORCH_CPU_FROM_CLASSES classes
+    or more, no augmentation; numba everywhere else (also when the class count is unknown),
     each when installed; numpy when neither is.
     """
     if has_torch and (device.startswith("cuda") or (device == "auto" and has_cuda)):
         return "torch"
+    if numba_copy_bytes and host_budget is not None and numba_copy_bytes > host_budget:
+        has_numba = False  # its float32 copy would not fit in memory
     torch_faster = (n_classes is not None and n_classes >= TORCH_CPU_FROM_CLASSES
                     and threads == 1 and not augmented)
     if has_torch and (torch_faster or not has_numba):
@@ -81,22 +91,28 @@ def _cpu_engine_on_gpu(name: str, device: str) -> SoftmaxClsError:
 
 
 def get_engine(name: str = "auto", device: str = "auto", n_classes: int | None = None,
-               augmented: bool = False) -> Engine:
+               augmented: bool = False, rows: np.ndarray | None = None) -> Engine:
     """The engine called `name` (auto, numba, numpy or torch) on `device` (auto, cpu, cuda,
     cuda:N: where the torch engine computes; numba and numpy run on the CPU). auto picks by
-    the problem's class count, the thread count (compute_threads) and whether the training
-    augments images (auto_engine_name). SoftmaxClsError (one line) for a name, a device or
-    an extra that is not there."""
+    the problem's class count, the thread count (compute_threads), whether the training
+    augments images and, for float16 training `rows` (N, P) given, whether the numba
+    engine's float32 copy of them fits the host's memory (auto_engine_name).
+    SoftmaxClsError (one line) for a name, a device or an extra that is not there."""
     from .torch_engine.device import check_device_text, cuda_available
 
     _check_name(name)
     check_device_text(device)
     if name == "auto":
         has_torch = _installed("torch")
+        copy = rows.size * 4 if rows is not None and rows.dtype == np.float16 else 0
+        available = host_available_bytes() if copy else None
         name = auto_engine_name(n_classes, device, has_torch=has_torch,
                                 has_numba=_installed("numba"),
                                 has_cuda=has_torch and device == "auto" and cuda_available(),
-                                threads=compute_threads(), augmented=augmented)
+                                threads=compute_threads(), augmented=augmented,
+                                numba_copy_bytes=copy,
+                                host_budget=None if available is None
+                                else memory_budget(available))
     if name != "torch" and device.startswith("cuda"):
         raise _cpu_engine_on_gpu(name, device)
     if name == "torch":

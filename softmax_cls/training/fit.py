@@ -118,7 +118,7 @@ def fit(
     (N,) int64 in [0, n_classes), split and pre from preprocess.split_and_fit, sample_weight
     (N,) or None.
     Trains with `engine` when given (the caller chose it), else get_engine(config.engine,
-    config.device, n_classes, config.augment.active).
+    config.device, n_classes, config.augment.active, rows).
     Continues `state` when given (it is updated in place). Calls on_epoch(state) after every
     epoch. Returns the final state (best_W: the model weights of the best validation epoch,
     or of the last epoch when there is no validation row) and whether it stopped early.
@@ -133,7 +133,7 @@ def fit(
                               sample_weight=sample_weight, on_epoch=on_epoch,
                               progress=progress, engine=engine, warn=warn)
     # -- setup: engine, starting state, the fixed parts of every epoch
-    engine = (get_engine(config.engine, config.device, n_classes, config.augment.active)
+    engine = (get_engine(config.engine, config.device, n_classes, config.augment.active, rows)
               if engine is None else engine)
     engine.prepare(rows.dtype)  # a compile, if any, before the bar: not in its rate
     state = state or initial_state(config, pre.n_features, n_classes)

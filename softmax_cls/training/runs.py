@@ -236,8 +236,10 @@ def train_run(config: Config, data: LabelledData | Callable[[], LabelledData], o
                                   "val_rows")
 
             # -- the engine, chosen once: fit() and the final evaluation use the same one
+            sgd = config.optim.solver == "sgd"  # (L-BFGS: no engine copies the rows)
             engine = get_engine(config.engine, config.device, len(data.class_names),
-                                config.optim.solver == "sgd" and config.augment.active)
+                                sgd and config.augment.active,
+                                data.train_images if sgd else None)
 
             # -- the folder's first files: config.yaml, last.npz, the best.npz resumed
             run = _Run.prepare(config, data, out_dir, resume, replaced, split, pre)

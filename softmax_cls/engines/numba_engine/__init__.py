@@ -7,7 +7,8 @@ arguments; this adapter is the one place that unpacks the contract's objects for
 numba has no float16 type on the CPU (an array of it does not compile), so float16 rows are
 converted here: the training rows once per TrainingRows object to a float32 copy in memory
 (twice the file; the numpy and torch engines convert per minibatch instead), the rows to
-score or to differentiate chunk by chunk.
+score or to differentiate chunk by chunk. `engine: auto` leaves this engine out where that
+copy would not fit in memory (engines.auto_engine_name).
 """
 
 from __future__ import annotations

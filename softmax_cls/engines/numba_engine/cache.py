@@ -7,6 +7,13 @@ writable, else in NUMBA_CACHE_DIR, which this module sets to $XDG_CACHE_HOME/sof
 function is decorated, so every module of the engine takes its `njit` from here: importing
 it settles the folder first. Importing this module without numba installed raises ImportError.
 
+numba keys a kernel's cache entry on its own source file only, so a kernel whose helpers live
+in another module (entry.py calling step.py calling gather.py) would load its stale machine
+code after an edit of only the helper's file (a branch switch, an upgrade of one file).
+RecoveringCache therefore adds SOURCE_DIGEST, a digest of every module of the engine, to
+each index's source stamp: a change to any of them makes every index stale, and each kernel
+recompiles (and is cached afresh, in place) on its next use.
+
 The cache is a convenience, never a reason to fail: where numba finds no writable folder at
 all, the kernels compile in memory for this process only; where a cache file is unreadable
 (truncated, garbled, written by something else), its index is removed and the kernel
@@ -15,6 +22,7 @@ recompiles (and is cached afresh). Each says so in one line on stderr, once per 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 from pathlib import Path
@@ -37,6 +45,23 @@ def cache_dir_for_numba() -> None:
 
 
 cache_dir_for_numba()
+
+
+def source_digest(folder: Path) -> str:
+    """sha256 hex digest of the names and contents of the *.py files of `folder`, in name
+    order (a file that cannot be read counts by its name and error)."""
+    digest = hashlib.sha256()
+    for path in sorted(folder.glob("*.py")):
+        try:
+            content = path.read_bytes()
+        except OSError as exc:
+            content = type(exc).__name__.encode()
+        digest.update(f"{path.name}\0{len(content)}\0".encode())
+        digest.update(content)
+    return digest.hexdigest()
+
+
+SOURCE_DIGEST = source_digest(Path(__file__).resolve().parent)  # the kernels' source files
 
 import numba  # noqa: E402  (after the cache location is settled)
 
@@ -76,7 +101,13 @@ if FunctionCache is not None:
     class RecoveringCache(FunctionCache):
         """numba's FunctionCache, except that an unreadable index or data file means a
         recompile (its index removed, so the new code is cached in its place), and a failed
-        write means the code stays in memory."""
+        write means the code stays in memory. The index's source stamp includes
+        SOURCE_DIGEST (the module's docstring says why)."""
+
+        def __init__(self, py_func):
+            super().__init__(py_func)
+            cache_file = self._cache_file
+            cache_file._source_stamp = (cache_file._source_stamp, SOURCE_DIGEST)
 
         def load_overload(self, sig, target_context):
             try:

@@ -24,8 +24,9 @@ def make_engine(device: str = "auto", cuda_graphs: bool = True,
     """The torch engine on `device` (auto, cpu, cuda or cuda:N); with cuda_graphs (the
     default) a CUDA device runs each epoch as one captured graph, else step by step.
     Training rows of more than `memory_budget` bytes stream from the host minibatch by
-    minibatch (default: on CUDA what fits in the free memory, on the CPU no limit: the rows
-    are read in place). SoftmaxClsError (one line) without torch or without the device."""
+    minibatch, in the epochs and in the L-BFGS objective alike (default: on CUDA what fits
+    in the free memory, memory.memory_budget; on the CPU no limit: the rows are read in
+    place). SoftmaxClsError (one line) without torch or without the device."""
     require_torch()
     from .epoch import EpochRunner
     from .full import full_loss_and_grad
@@ -35,5 +36,6 @@ def make_engine(device: str = "auto", cuda_graphs: bool = True,
     return Engine("torch", EpochRunner(where, cuda_graphs, memory_budget),
                   partial(predict_scores, where),
                   partial(batch_loss_and_grad, where),
-                  full_loss_and_grad_function=partial(full_loss_and_grad, where),
+                  full_loss_and_grad_function=partial(full_loss_and_grad, where,
+                                                      memory_budget=memory_budget),
                   device=str(where))

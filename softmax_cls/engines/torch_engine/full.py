@@ -25,7 +25,7 @@ from ...math.augment import SIDE
 from ...math.preprocess import Preprocessor
 from ..contract import StepRule, TrainingRows
 from .device import out_of_memory_as_error
-from .rows import as_tensor, device_rows, resident_rows
+from .rows import as_tensor, device_rows, fits, resident_rows
 from .step import TORCH_DTYPES, augment
 
 # Values (rows x raw values) per chunk. CPU: 8 M (32 MB of float32; 16,384 rows of 512
@@ -39,22 +39,26 @@ CHUNK_VALUES = {"cpu": 1 << 23, "cuda": 1 << 26}
 
 def full_loss_and_grad(device, data: TrainingRows, index: np.ndarray, W: np.ndarray,
                        pre: Preprocessor, rule: StepRule, views: tuple, padding: str,
-                       precision: str, chunk: int | None = None) -> tuple[float, np.ndarray]:
+                       precision: str, chunk: int | None = None,
+                       memory_budget: int | None = None) -> tuple[float, np.ndarray]:
     """The full-batch objective of the contract over data.rows[index] (rows (N, P) uint8 or
     float32, index (n,) int64) and `views` ((flip, dy, dx), math.augment.augmented_views), and
     its gradient (C, D) float64 numpy, for W (C, D) float64, computed on `device` with
     products in `precision` ("float32" or "float64") and float64 sums.
 
     The rows stay where they are: resident on the device when they already are (or on a GPU
-    when they fit in half its free memory, moved once per TrainingRows object as the epochs
-    do), else `chunk` rows at a time (default CHUNK_VALUES values) gathered on the host and
-    moved to the device: a memory-mapped file larger than memory is fine.
+    when they fit `memory_budget` bytes, by default the epochs' budget: rows.fits; moved once
+    per TrainingRows object as the epochs do), else `chunk` rows at a time (default
+    CHUNK_VALUES values) gathered on the host and moved to the device: a memory-mapped file
+    larger than memory is fine.
     """
     with _ieee_float32(device), out_of_memory_as_error(device, "in the L-BFGS objective"):
-        return _evaluate(device, data, index, W, pre, rule, views, padding, precision, chunk)
+        return _evaluate(device, data, index, W, pre, rule, views, padding, precision, chunk,
+                         memory_budget)
 
 
-def _evaluate(device, data, index, W, pre, rule, views, padding, precision, chunk):
+def _evaluate(device, data, index, W, pre, rule, views, padding, precision, chunk,
+              memory_budget):
     rows, labels, weights = data.rows, data.labels, data.sample_weight
     dtype = np.dtype(precision)
     kind = TORCH_DTYPES[dtype]
@@ -69,7 +73,7 @@ def _evaluate(device, data, index, W, pre, rule, views, padding, precision, chun
     grad_pc = torch.zeros((P, n_classes), **f64)  # sum of x_c.T @ dS
     grad_bias = torch.zeros(n_classes, **f64)
     loss_sum = torch.zeros((), **f64)
-    resident = _resident(data, device)
+    resident = _resident(data, device, memory_budget)
     if chunk is None:
         chunk = max(64, CHUNK_VALUES["cpu" if device.type == "cpu" else "cuda"] // P)
     contiguous = bool(np.all(np.diff(index) == 1))
@@ -119,17 +123,16 @@ def _evaluate(device, data, index, W, pre, rule, views, padding, precision, chun
     return softmax.finite_loss(float(loss_sum) / total + penalty), grad
 
 
-def _resident(data: TrainingRows, device):
+def _resident(data: TrainingRows, device, budget: int | None = None):
     """The rows' DeviceRows when they are on the device to stay: already resident, or on a
-    GPU when they fit in half its free memory (then moved now, once); else None (the CPU
-    reads the host's rows in place)."""
+    GPU when they fit `budget` bytes (rows.fits: the epochs' rule; then moved now, once);
+    else None (the CPU reads the host's rows in place)."""
     if device.type == "cpu":
         return None
     held = resident_rows(data, device)
     if held is not None:
         return held
-    free, _ = torch.cuda.mem_get_info(device)
-    return device_rows(data, device) if data.rows.nbytes <= free // 2 else None
+    return device_rows(data, device, budget) if fits(data, device, budget) else None
 
 
 @contextmanager

@@ -23,11 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..contract import TrainingRows
+from ..memory import memory_budget
 from .device import out_of_memory_as_error
-
-# Device memory kept free beside resident rows, for the step buffers, a captured graph and
-# PyTorch's allocator: a tenth of the free memory, at least RESERVE_BYTES
-RESERVE_BYTES = 512 << 20
 
 
 @dataclass(frozen=True, eq=False)
@@ -91,15 +88,15 @@ def device_rows(data: TrainingRows, device, budget: int | None = None) -> Device
 
 def fits(data: TrainingRows, device, budget: int | None = None) -> bool:
     """Whether the rows of `data` may be resident on `device`: their bytes at most `budget`;
-    without one, on the CPU always (they are read in place), on CUDA when they fit the free
-    memory less a tenth of it (at least RESERVE_BYTES)."""
+    without one, on the CPU always (they are read in place), on CUDA when they fit
+    memory.memory_budget of its free memory (less a tenth, at least RESERVE_BYTES)."""
     if budget is None:
         if device.type == "cpu":
             return True
         import torch
 
         free, _ = torch.cuda.mem_get_info(device)
-        budget = free - max(RESERVE_BYTES, free // 10)
+        budget = memory_budget(free)
     return data.rows.nbytes <= budget
 
 
