@@ -121,12 +121,14 @@ def interleaved_medians(calls: dict, repeats: int) -> dict[str, float]:
 def per_evaluation(rows, labels, pre, reg: float, repeats: int = 5) -> dict:
     """Median seconds of one full-batch loss and gradient at W = 0.01: ours with float32 and
     with float64 products, and scikit-learn's own (LinearModelLoss.loss_gradient, what its
-    L-BFGS calls, on the standardised float64 rows), interleaved."""
+    L-BFGS calls, on the standardised float64 rows, on as many threads as ours),
+    interleaved."""
     from sklearn._loss.loss import HalfMultinomialLoss
     from sklearn.linear_model._linear_loss import LinearModelLoss
 
     from softmax_cls.engines import get_engine
     from softmax_cls.engines.contract import StepRule, TrainingRows
+    from softmax_cls.engines.numpy_engine import blas_threads
 
     engine = get_engine("numpy")
     data = TrainingRows(rows, np.asarray(labels, np.int64))
@@ -145,7 +147,7 @@ def per_evaluation(rows, labels, pre, reg: float, repeats: int = 5) -> dict:
                                                      StepRule(lr=1.0, reg=reg),
                                                      precision="float64"),
         "sklearn": lambda: theirs.loss_gradient(coef, X, y, l2_reg_strength=1 / len(rows),
-                                                n_threads=1),
+                                                n_threads=blas_threads()),
     }
     return interleaved_medians(calls, repeats)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import warnings
 from functools import partial
 from pathlib import Path
@@ -174,6 +175,66 @@ def test_the_numba_engine_gives_the_numpy_objective():
     a = get_engine("numba").full_loss_and_grad(data, index, W, pre, rule)
     b = get_engine("numpy").full_loss_and_grad(data, index, W, pre, rule)
     assert a[0] == b[0] and np.array_equal(a[1], b[1])
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3, 5, 40])
+@pytest.mark.parametrize("contiguous", [True, False])
+def test_the_chunks_split_over_workers_give_the_reference(workers, contiguous):
+    data, pre, W = image_problem()
+    index = (np.arange(7, 118, dtype=np.int64) if contiguous  # 16 chunks of 7 (the last 6)
+             else np.sort(np.random.default_rng(2).choice(120, 97, replace=False)))
+    rule = StepRule(lr=1.0, reg=0.02)
+    views = ((False, 0, 0), (True, 1, 0))
+    got = numpy_engine.full_loss_and_grad(data, index, W, pre, rule, views, "edge",
+                                          "float64", chunk=7, workers=workers)
+    want = reference(data, index, W, pre, rule, views)
+    assert got[0] == pytest.approx(want[0], rel=1e-12)
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-9, atol=1e-13)
+
+
+def blas_threads_now() -> int:
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    return min(info["num_threads"] for info in threadpoolctl.threadpool_info()
+               if info["user_api"] == "blas")
+
+
+def test_the_workers_each_run_on_their_own_thread_with_one_blas_thread(monkeypatch):
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    seen: dict[int, int] = {}
+    original = softmax.softmax_loss_from_scores
+    both = threading.Barrier(2, timeout=20)  # breaks unless two runs are under way at once
+
+    def spy(*args, **kwargs):
+        if threading.get_ident() not in seen:
+            seen[threading.get_ident()] = blas_threads_now()
+            both.wait()
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(softmax, "softmax_loss_from_scores", spy)
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "2")  # the default workers: BLAS's threads
+    data, pre, W = image_problem()
+    with threadpoolctl.threadpool_limits(limits=2, user_api="blas"):
+        if blas_threads_now() != 2:
+            pytest.skip("BLAS cannot run on two threads here")
+        numpy_engine.full_loss_and_grad(data, np.arange(120), W, pre, StepRule(lr=1.0),
+                                        IDENTITY, "edge", "float32", chunk=10)
+        assert blas_threads_now() == 2  # given back after the evaluation
+    assert len(seen) == 2 and set(seen.values()) == {1}
+
+
+def test_the_workers_are_blas_threads_or_one_without_threadpoolctl(monkeypatch):
+    pytest.importorskip("threadpoolctl")
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "3")
+    assert numpy_engine.parallel_workers() == 3
+    monkeypatch.setitem(sys.modules, "threadpoolctl", None)  # import raises ImportError
+    assert numpy_engine.parallel_workers() == 1
+    data, pre, W = image_problem(n=40)
+    index = np.arange(40, dtype=np.int64)
+    rule = StepRule(lr=1.0, reg=0.01)
+    got = numpy_engine.full_loss_and_grad(data, index, W, pre, rule, IDENTITY, "edge",
+                                          "float64", chunk=9)
+    want = reference(data, index, W, pre, rule, IDENTITY)
+    assert got[0] == pytest.approx(want[0], rel=1e-12)
 
 
 @pytest.mark.parametrize(("change", "message"), [

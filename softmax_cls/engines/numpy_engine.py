@@ -141,19 +141,25 @@ FULL_BATCH_VALUES = 1 << 20
 
 def full_loss_and_grad(data: TrainingRows, index: np.ndarray, W: np.ndarray, pre: Preprocessor,
                        rule: StepRule, views: tuple, padding: str, precision: str,
-                       chunk: int | None = None) -> tuple[float, np.ndarray]:
+                       chunk: int | None = None, workers: int | None = None
+                       ) -> tuple[float, np.ndarray]:
     """The full-batch objective of the contract over data.rows[index] and `views`, and its
     gradient (C, D) float64, for W (C, D) float64.
 
     Per chunk of `chunk` rows (default: FULL_BATCH_VALUES values): one gather, then per
-    view one pass (on blas_threads() threads) that converts and centres the raw rows into
-    `precision` (x_c = u - mean; the scale is folded into the weights), the scores
-    x_c @ (W * scale).T (a BLAS product in `precision`, every BLAS thread), the softmax
-    and its loss in float64 (softmax.softmax_loss_from_scores), and x_c.T @ dS (a BLAS
-    product in `precision`) added into a float64 sum. Centring before the product keeps the
-    float32 products as accurate as on standardised features (folding the mean into a bias
-    would cancel large terms). The float32 mean differs from the float64 one by its rounding
-    only; docs/lbfgs.md says what float32 products cost in agreement with float64.
+    view one pass that converts and centres the raw rows into `precision` (x_c = u - mean;
+    the scale is folded into the weights), the scores x_c @ (W * scale).T (a BLAS product
+    in `precision`), the softmax and its loss in float64
+    (softmax.softmax_loss_from_scores), and x_c.T @ dS (a BLAS product in `precision`)
+    added into a float64 sum. The chunks are split into `workers` runs of consecutive
+    chunks (default parallel_workers()), one per thread, each with its own float64 sums
+    added in order at the end (the result depends on the worker count by float64 rounding
+    only) and BLAS held to one thread meanwhile: on a few cores that is faster than
+    BLAS's own threads on these narrow products (docs/development.md). Centring before the
+    product keeps the float32 products as accurate as on standardised features (folding
+    the mean into a bias would cancel large terms). The float32 mean differs from the
+    float64 one by its rounding only; docs/lbfgs.md says what float32 products cost in
+    agreement with float64.
     """
     rows, labels, weights = data.rows, data.labels, data.sample_weight
     dtype = np.dtype(precision)
@@ -162,47 +168,61 @@ def full_loss_and_grad(data: TrainingRows, index: np.ndarray, W: np.ndarray, pre
     W_scaled = np.ascontiguousarray((W[:, :P] * pre.scale).T, dtype=dtype)  # (P, C)
     bias = W[:, P].copy() if pre.bias else np.zeros(n_classes)
     total = len(index) * len(views)
-    grad_pc = np.zeros((P, n_classes))  # sum of x_c.T @ dS, float64
-    grad_bias = np.zeros(n_classes)
-    loss_sum = 0.0
     chunk = max(64, FULL_BATCH_VALUES // P) if chunk is None else chunk
     size = min(chunk, len(index))
-    gathered = np.empty((size, P), dtype=rows.dtype)
-    centred = np.empty((size, P), dtype=dtype)
-    scores = np.empty((size, n_classes), dtype=dtype)
-    product = np.empty((P, n_classes), dtype=dtype)
+    starts = range(0, len(index), size)
     contiguous = bool(np.all(np.diff(index) == 1))
-    workers = blas_threads()
-    pool = ThreadPoolExecutor(workers) if workers > 1 else None
-    for start in range(0, len(index), size):
-        stop = min(start + size, len(index))
-        n = stop - start
-        if contiguous:  # a slice of the file: no gather copy
-            block = rows[index[start] : index[start] + n]
-        else:
-            block = np.take(rows, index[start:stop], axis=0, out=gathered[:n])
-        chunk_labels = labels[index[start:stop]]
-        chunk_weight = None if weights is None else weights[index[start:stop]].astype(
-            np.float64)
-        for view in views:
-            u = block if view == (False, 0, 0) else apply_view(block, view, padding)
-            x = centred[:n]
-            _centre(u, mean, x, pool, workers)
-            S = np.matmul(x, W_scaled, out=scores[:n]).astype(np.float64)
-            S += bias
-            loss, dS = softmax.softmax_loss_from_scores(S, chunk_labels, rule.clip,
-                                                        chunk_weight)
-            loss_sum += loss * n
-            dS *= n / total  # softmax_loss_from_scores divided by n
-            grad_bias += dS.sum(axis=0)
-            np.matmul(x.T, dS.astype(dtype), out=product)
-            grad_pc += product
-    if pool is not None:
-        pool.shutdown()
+
+    def run(first: int, stop_chunk: int) -> tuple[float, np.ndarray, np.ndarray]:
+        """(loss sum, sum of x_c.T @ dS (P, C), sum of dS (C,)), float64, over the chunks
+        starts[first:stop_chunk]."""
+        grad_pc = np.zeros((P, n_classes))
+        grad_bias = np.zeros(n_classes)
+        loss_sum = 0.0
+        gathered = np.empty((size, P), dtype=rows.dtype)
+        centred = np.empty((size, P), dtype=dtype)
+        scores = np.empty((size, n_classes), dtype=dtype)
+        product = np.empty((P, n_classes), dtype=dtype)
+        for start in starts[first:stop_chunk]:
+            stop = min(start + size, len(index))
+            n = stop - start
+            if contiguous:  # a slice of the file: no gather copy
+                block = rows[index[start] : index[start] + n]
+            else:
+                block = np.take(rows, index[start:stop], axis=0, out=gathered[:n])
+            chunk_labels = labels[index[start:stop]]
+            chunk_weight = None if weights is None else weights[index[start:stop]].astype(
+                np.float64)
+            for view in views:
+                u = block if view == (False, 0, 0) else apply_view(block, view, padding)
+                x = centred[:n]
+                if mean is None:
+                    np.copyto(x, u)
+                else:
+                    np.subtract(u, mean, out=x, dtype=dtype)
+                S = np.matmul(x, W_scaled, out=scores[:n]).astype(np.float64)
+                S += bias
+                loss, dS = softmax.softmax_loss_from_scores(S, chunk_labels, rule.clip,
+                                                            chunk_weight)
+                loss_sum += loss * n
+                dS *= n / total  # softmax_loss_from_scores divided by n
+                grad_bias += dS.sum(axis=0)
+                np.matmul(x.T, dS.astype(dtype), out=product)
+                grad_pc += product
+        return loss_sum, grad_pc, grad_bias
+
+    workers = min(len(starts), parallel_workers() if workers is None else workers)
+    if workers <= 1:
+        sums = [run(0, len(starts))]
+    else:
+        cuts = [k * len(starts) // workers for k in range(workers + 1)]
+        with ThreadPoolExecutor(workers) as pool, one_blas_thread():
+            sums = list(pool.map(run, cuts[:-1], cuts[1:]))
+    loss_sum = sum(part[0] for part in sums)
     grad = np.empty_like(W)
-    np.multiply(grad_pc.T, pre.scale, out=grad[:, :P])
+    np.multiply(sum(part[1] for part in sums).T, pre.scale, out=grad[:, :P])
     if pre.bias:
-        grad[:, P] = grad_bias
+        grad[:, P] = sum(part[2] for part in sums)
     penalty, penalty_grad = softmax.l2_penalty(W, rule.reg, rule.penalise_last)
     grad += penalty_grad
     return softmax.finite_loss(loss_sum / total + penalty), grad
@@ -210,7 +230,7 @@ def full_loss_and_grad(data: TrainingRows, index: np.ndarray, W: np.ndarray, pre
 
 def blas_threads() -> int:
     """The threads BLAS uses (OPENBLAS_NUM_THREADS or OMP_NUM_THREADS, else every CPU), at
-    most 8: the conversion pass uses as many."""
+    most 8."""
     for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
         text = os.environ.get(name, "")
         if text.strip().isdigit() and int(text) >= 1:
@@ -218,21 +238,22 @@ def blas_threads() -> int:
     return max(1, min(os.cpu_count() or 1, 8))
 
 
-def _centre(u: np.ndarray, mean: np.ndarray | None, out: np.ndarray, pool, workers: int
-            ) -> None:
-    """out = u - mean (or u without a mean) in out's dtype, the rows split over `workers`
-    threads (numpy releases the GIL): the one pass over the raw values that is not BLAS."""
-    def part(i: int) -> None:
-        rows = slice(i * len(u) // workers, (i + 1) * len(u) // workers)
-        if mean is None:
-            np.copyto(out[rows], u[rows])
-        else:
-            np.subtract(u[rows], mean, out=out[rows], dtype=out.dtype)
+def parallel_workers() -> int:
+    """The threads full_loss_and_grad splits its chunks over: blas_threads(), or 1 without
+    threadpoolctl (the lbfgs extra brings it), which holds BLAS to one thread per worker;
+    then BLAS's own threads share each product."""
+    try:
+        import threadpoolctl  # noqa: F401
+    except ImportError:
+        return 1
+    return blas_threads()
 
-    if pool is None:
-        part(0)
-    else:
-        list(pool.map(part, range(workers)))
+
+def one_blas_thread():
+    """A context in which BLAS (every BLAS library loaded) runs on one thread."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 ENGINE = Engine("numpy", train_epoch, predict_scores, loss_and_grad,
