@@ -8,6 +8,7 @@ and a non-zero exit code: 2 for usage and config errors, 1 for the others, 130 f
 from __future__ import annotations
 
 import json
+import math
 import sys
 
 import click
@@ -97,6 +98,24 @@ threads_option = click.option(
     "--threads", type=int, expose_value=False, callback=_use_threads, metavar="N",
     help="Compute on N threads (BLAS and numba) [default: every CPU, or the OPENBLAS_NUM_THREADS "
          "/ NUMBA_NUM_THREADS already set].")
+
+
+class PositiveFinite(click.FloatRange):
+    """A float > 0 and finite: click's FloatRange(0, min_open=True) lets nan through (every
+    comparison with nan is false), and inf."""
+
+    name = "positive finite float"
+
+    def __init__(self):
+        super().__init__(0, min_open=True)
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"must be a finite number > 0, got {number}", param, ctx)
+        return number
+
+
 config_option = click.option("--config", "config_path", type=click.Path(dir_okay=False),
                              help="YAML config file (see configs/default.yaml).")
 
@@ -223,11 +242,11 @@ def eval_command(checkpoint, split, as_json, root, download, engine, device, qui
               help="Classes of the random problem (with --config: the data set's).")
 @click.option("--checks", default=10, show_default=True, type=click.IntRange(1),
               help="Random coordinates of W checked per objective.")
-@click.option("--step", default=1e-5, show_default=True, type=click.FloatRange(0, min_open=True),
+@click.option("--step", default=1e-5, show_default=True, type=PositiveFinite(),
               help="h of the centred differences.")
-@click.option("--tol", default=1e-7, show_default=True, type=click.FloatRange(0, min_open=True),
+@click.option("--tol", default=1e-7, show_default=True, type=PositiveFinite(),
               help="Largest relative error that passes.")
-@click.option("--reg", default=None, type=click.FloatRange(0, min_open=True),
+@click.option("--reg", default=None, type=PositiveFinite(),
               help="The reg > 0 of the second check [default: loss.reg, or 0.01].")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0))
 @threads_option

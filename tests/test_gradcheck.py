@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 import pytest
-from cli_util import run
+from cli_util import assert_one_line_error, run
 from conftest import random_problem
 
 from softmax_cls.math import softmax
@@ -129,3 +129,12 @@ def test_the_first_gradient_check_says_it_compiles_once(monkeypatch, capsys):
     gradcheck.run_gradcheck(gradcheck.random_image_problem(samples=20, classes=3), 2)
     assert capsys.readouterr().err.count("compiling the numba kernels once") == 1
     assert len(asked) == 1  # checked once per kind of call, not per coordinate
+
+
+@pytest.mark.parametrize("option", ["--step", "--tol", "--reg"])
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_a_non_finite_step_tolerance_or_reg_is_a_command_line_error(option, value):
+    """nan passes a `> 0` range (every comparison with it is false): --step nan ended in
+    `non-finite scores`, --tol nan in a FAILED check with every error 0, exit 1."""
+    result = run("softmax-gradcheck", "--samples", "5", "--checks", "2", option, value)
+    assert_one_line_error(result, 2, option, "finite")
