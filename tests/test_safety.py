@@ -259,6 +259,28 @@ def test_checkpoint_for_another_feature_count_is_refused(trained, tmp_path):
     assert_refused(result, "rows of 8 features, the data has 5")
 
 
+def test_a_checkpoint_saved_big_endian_is_read_as_the_same_model(trained, tmp_path):
+    """What np.savez writes on a big-endian machine (every array '>'): the same report and
+    predictions. It was refused with 'W has shape (3, 9) float32, expected (3, 9) float32'."""
+    def swapped(data: bytes) -> bytes:
+        array = np.load(io.BytesIO(data), allow_pickle=False)
+        return npy(array.astype(array.dtype.newbyteorder(">")))
+
+    path = with_members(trained, tmp_path, **{
+        name[:-4]: swapped(data) for name, data in members(trained / "run" / "best.npz").items()})
+    with np.load(path) as arrays:
+        assert arrays["W"].dtype.str == ">f4" and arrays["class_names"].dtype.byteorder == ">"
+    reports = [run("softmax-eval", str(checkpoint), "--split", "val", "--json", "--quiet")
+               for checkpoint in (trained / "run" / "best.npz", path)]
+    assert reports[1].returncode == 0, reports[1].stderr
+    assert ({k: v for k, v in json.loads(reports[1].stdout).items() if k != "checkpoint"}
+            == {k: v for k, v in json.loads(reports[0].stdout).items() if k != "checkpoint"})
+    predictions = [run("softmax-predict", str(checkpoint), str(trained / "X.npy"), "--json")
+                   for checkpoint in (trained / "run" / "best.npz", path)]
+    assert predictions[1].returncode == 0, predictions[1].stderr
+    assert predictions[1].stdout == predictions[0].stdout
+
+
 @pytest.mark.parametrize("shape", [(10**12, 3), (-1, 3), (2**62, 2**62), (9, -3)])
 def test_npy_header_with_a_huge_or_negative_shape_is_refused(trained, tmp_path, shape):
     path = with_members(trained, tmp_path, W=npy_header(shape) + bytes(9 * 3 * 4))
