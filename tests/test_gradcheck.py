@@ -138,3 +138,13 @@ def test_a_non_finite_step_tolerance_or_reg_is_a_command_line_error(option, valu
     `non-finite scores`, --tol nan in a FAILED check with every error 0, exit 1."""
     result = run("softmax-gradcheck", "--samples", "5", "--checks", "2", option, value)
     assert_one_line_error(result, 2, option, "finite")
+
+
+@pytest.mark.slow
+def test_correct_gradients_pass_at_ten_thousand_rows():
+    """The numba objective sums its row losses one after another: at 10000 rows its rounding
+    exceeded the 2-row bound 8 eps |f| / h and the correct gradient FAILED (2.0e-06)."""
+    result = run("softmax-gradcheck", "--samples", "10000", "--classes", "3", "--checks", "20",
+                 timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr
+    assert "gradient check passed" in result.stdout
