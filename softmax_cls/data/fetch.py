@@ -21,7 +21,7 @@ from softmax_cls.data.batches import SMALL_FILE_CAP, verify_folder
 from softmax_cls.data.datasets import SPECS, DatasetSpec, get_spec
 from softmax_cls.data.untrusted import safe_extract
 from softmax_cls.errors import DataError
-from softmax_cls.fsutil import folder_lock, fsync_dir
+from softmax_cls.fsutil import folder_lock, fsync_dir, missing_folders, removed_on_error
 
 MIRROR_ENV = "SOFTMAX_CLS_MIRROR"
 ARCHIVE_SLACK = 4 << 20  # tar headers, padding and small extra members in a whole archive
@@ -108,7 +108,8 @@ def locate(spec: DatasetSpec, root: Path, *, url, archive, force, download, prog
         if progress:
             print(f"waiting for {holder}, which is preparing {root}", file=sys.stderr)
 
-    with folder_lock(root, wait=True, on_wait=note):
+    with removed_on_error(missing_folders(root)), \
+            folder_lock(root, wait=True, on_wait=note):
         existing = _existing_folder(spec, root)
         if existing is not None and not force:
             return existing, None
