@@ -46,6 +46,8 @@ class Command(click.Command):
             _fail(str(exc.spelled(spell) if spell else exc), exc.exit_code)
         except SoftmaxClsError as exc:
             _fail(str(exc), exc.exit_code)
+        except MemoryError as exc:  # the host's memory (numpy names the array it could not get)
+            _fail(f"out of memory{': ' + shorten(exc, 200) if str(exc) else ''}", 1)
         except OSError as exc:  # a folder that cannot be created, a disk that is full, ...
             where = f"{shorten(exc.filename)}: " if exc.filename else ""
             reason = exc.strerror or str(exc)

@@ -148,3 +148,18 @@ def test_correct_gradients_pass_at_ten_thousand_rows():
                  timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr
     assert "gradient check passed" in result.stdout
+
+
+def test_a_problem_larger_than_memory_is_one_error_line():
+    """100000 classes x 3073 features of float64 (2.3 GiB) under a 1 GiB data limit: numpy's
+    MemoryError was a traceback."""
+    import resource
+
+    limit = 1 << 30
+
+    def limit_memory():
+        resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+
+    result = run("softmax-gradcheck", "--samples", "10", "--classes", "100000", "--checks", "2",
+                 preexec_fn=limit_memory)
+    assert_one_line_error(result, 1, "out of memory", "GiB")
