@@ -393,8 +393,6 @@ def predict_command(checkpoint, inputs, k, as_json, batch_size, skip_unreadable,
         rows = [(path, feature_file_rows(path)) for path in files]
         table.name_width = max([table.name_width, *(len(display_name(f"{path}[{n - 1}]"))
                                                     for path, n in rows if n)])
-    if not as_json:
-        click.echo(table.header())
     skipped, predicted = [], 0
     with tqdm(total=len(files), unit="file", desc="predict", leave=False,
               disable=quiet or len(files) <= batch_size) as bar:
@@ -402,6 +400,8 @@ def predict_command(checkpoint, inputs, k, as_json, batch_size, skip_unreadable,
             if not model.is_image_model:
                 table.name_width = max([table.name_width,
                                         *(len(display_name(name)) for name in batch.names)])
+            if not (as_json or predicted or not batch.names):  # no header above an error
+                click.echo(table.header())
             for line in (json_lines(batch, model.class_names) if as_json
                          else table.lines(batch)):
                 click.echo(line)
