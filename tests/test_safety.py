@@ -233,6 +233,7 @@ def assert_refused(result, *needles: str, seconds: float = 20, peak_mb: float = 
     (set_meta("history", [[1, 2]]), "history row"),
     (set_meta("fingerprint", ["X.npy"]), "fingerprint"),
     (set_meta("format_version", "x" * 100_000), "(100000 characters)"),
+    (set_meta("format_version", "3"), "format '3' is not supported (this version reads 2, 3)"),
     (lambda text: "[" * 100_000 + "]" * 100_000, "unreadable"),
 ])
 def test_damaged_checkpoint_metadata_is_one_line(trained, tmp_path, edit, needle):

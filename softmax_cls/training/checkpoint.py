@@ -256,7 +256,8 @@ def _from_arrays(path: Path, arrays: dict[str, np.ndarray]) -> Checkpoint:
         raise DataError(f"{name}: the checkpoint's metadata is not a JSON object")
     version = meta.get("format_version")
     if version not in READABLE_VERSIONS or type(version) is not int:
-        raise DataError(f"{name}: checkpoint format {shorten(version, 40)} is not supported "
+        raise DataError(f"{name}: checkpoint format "
+                        f"{shorten(version, 40, quote=isinstance(version, str))} is not supported "
                         f"(this version reads {', '.join(map(str, READABLE_VERSIONS))})")
     _check_meta(name, meta)
     config_yaml = str(arrays["config_yaml"])
