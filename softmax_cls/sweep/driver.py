@@ -171,7 +171,7 @@ def run_sweep(sweep_path: str | os.PathLike, *, trials: int | None = None, worke
 
 def _run_sweep(sweep_path, trials, workers, folder: Path, dask, storage, study_name, progress,
                plots, command: str, stops: StopSignals) -> SweepResult:
-    spec = load_sweep(sweep_path)
+    spec = load_sweep(sweep_path, trials)
     if trials is not None:
         if spec.sampler == "grid":
             raise ConfigError("--trials: a grid sweep runs each of its points once")
