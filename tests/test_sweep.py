@@ -531,6 +531,19 @@ def test_a_dask_address_nobody_listens_on_is_one_error(tmp_path, served, monkeyp
                         plots=False)
 
 
+@pytest.mark.parametrize("address", ["notanaddress", "tcp://host:port", "bogus://x:1"])
+def test_a_dask_address_that_is_no_address_is_one_line_before_the_folder(tmp_path, address):
+    """'notanaddress' (no port) was distributed's ValueError as a traceback, then 20 s of
+    'Exception ignored in Client.__del__', with the sweep folder and its cache left behind."""
+    pytest.importorskip("distributed")
+    path = write_sweep(tmp_path, trials=1)
+    result = run("softmax-sweep", str(path), "--dask", address, "--out", str(tmp_path / "out"),
+                 cwd=tmp_path, timeout=60)
+    assert_one_line_error(result, 2, f"--dask {address}: not a scheduler address",
+                          "tcp://host:8786")
+    assert not (tmp_path / "out").exists()
+
+
 def test_another_sweep_in_the_same_folder_is_refused(tmp_path, served):
     sweep.run_sweep(write_sweep(tmp_path, trials=1), out=tmp_path / "out", progress=False,
                     plots=False)

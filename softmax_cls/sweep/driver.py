@@ -46,6 +46,7 @@ from ..engines import check_device
 from ..errors import ConfigError, DataError, SoftmaxClsError
 from ..fsutil import atomic_write
 from ..interrupts import stop_word_and_code
+from ..text import shorten
 from .folder import check_folder, mark_folder
 from .path import is_reg_path, run_path
 from .results import (
@@ -180,6 +181,8 @@ def _run_sweep(sweep_path, trials, workers, folder: Path, dask, storage, study_n
         spec = dataclasses.replace(spec, trials=trials)
     if workers < 1:
         raise ConfigError(f"--workers: must be >= 1, got {workers}")
+    if dask is not None:
+        _check_dask_address(dask)
     path = is_reg_path(spec)
     if path and (workers > 1 or dask is not None):
         raise ConfigError(f"--{'dask' if dask is not None else 'workers'}: a regularisation "
@@ -259,6 +262,21 @@ def _executor(dask: str | None, workers: int, stops: StopSignals):
     executor = client.get_executor(pure=False)
     executor.client = client  # closed with the executor, in _shutdown
     return executor, capacity, False
+
+
+def _check_dask_address(dask: str) -> None:
+    """ConfigError unless `dask` is a scheduler address distributed can connect to (a scheme
+    it knows, a host and a port); checked before the sweep folder exists. distributed's
+    Client raised a ValueError for it, then hung 20 s in its __del__."""
+    try:
+        from distributed.comm.addressing import get_address_host_port
+    except ImportError:
+        raise SoftmaxClsError(DASK_HINT) from None
+    try:
+        get_address_host_port(dask)
+    except ValueError as exc:
+        raise ConfigError(f"--dask {shorten(dask, 100)}: not a scheduler address "
+                          f"({shorten(exc, 150)}); give one such as tcp://host:8786") from None
 
 
 class _TaskMaker:
