@@ -44,7 +44,7 @@ from ..config import Config, config_from_dict, config_to_dict
 from ..data import cifar as data_module
 from ..engines import check_device
 from ..errors import ConfigError, DataError, SoftmaxClsError
-from ..fsutil import atomic_write
+from ..fsutil import atomic_write, missing_folders, removed_on_error
 from ..interrupts import stop_word_and_code
 from ..text import shorten
 from .folder import check_folder, mark_folder
@@ -155,7 +155,8 @@ def run_sweep(sweep_path: str | os.PathLike, *, trials: int | None = None, worke
     folder = Path(out) if out is not None else Path("runs") / Path(sweep_path).stem
     command = resume_command(sweep_path, folder, storage, study_name, trials, workers, dask)
     try:
-        with StopSignals() as stops:  # a Ctrl-C swallowed by a library is raised again
+        with removed_on_error(missing_folders(folder)), \
+                StopSignals() as stops:  # a Ctrl-C swallowed by a library is raised again
             return _run_sweep(sweep_path, trials, workers, folder, dask, storage, study_name,
                               progress, plots, command, stops)
     except KeyboardInterrupt as exc:
