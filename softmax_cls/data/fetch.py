@@ -195,6 +195,11 @@ def _extract_verified(spec: DatasetSpec, archive: Path, root: Path, ours: bool
     sizes = {f"{spec.folder}/{name}": size for name, size in spec.sizes.items()}
     total = sum(sizes.values()) + SMALL_FILE_CAP * len(spec.names_files) + ARCHIVE_SLACK
     hint = f"the archive {archive} is corrupt or not the official {spec.dataset} data"
+    named = [other for other in SPECS.values() if other.archive_name == archive.name]
+    if named and named[0].archive_name != spec.archive_name:  # --format or --dataset off
+        hint = (f"{archive.name} is the name of the {named[0].dataset} {named[0].fmt}-format "
+                f"archive; this command wants the {spec.dataset} {spec.fmt}-format one, "
+                f"{spec.archive_name}")
     if ours:
         hint += " (deleted it)"
     try:
