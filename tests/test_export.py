@@ -161,6 +161,14 @@ def test_a_fifo_or_socket_at_out_is_never_replaced_even_with_overwrite(checkpoin
     assert sorted(os.listdir(tmp_path)) == ["pipe.npz", "sock.npz"]
 
 
+def test_an_out_ending_in_a_slash_names_a_folder_not_a_file(checkpoint, tmp_path):
+    """`-o exports/` wrote a file named `exports` (pathlib drops the slash)."""
+    result = run("softmax-export", str(checkpoint), "--format", "npz", "-o",
+                 f"{tmp_path / 'exports'}/", timeout=60)
+    assert_one_line_error(result, 1, "exports/ ends in /", "name the file to write")
+    assert os.listdir(tmp_path) == []
+
+
 def test_bad_arguments_are_one_error_line(checkpoint, tmp_path):
     out = str(tmp_path / "m.onnx")
     assert_one_line_error(run("softmax-export", str(tmp_path / "none.npz"), "--format", "onnx",
