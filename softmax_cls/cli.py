@@ -8,6 +8,7 @@ and a non-zero exit code: 2 for usage and config errors, 1 for the others, 130 f
 from __future__ import annotations
 
 import json
+import math
 import sys
 
 import click
@@ -45,6 +46,8 @@ class Command(click.Command):
             _fail(str(exc.spelled(spell) if spell else exc), exc.exit_code)
         except SoftmaxClsError as exc:
             _fail(str(exc), exc.exit_code)
+        except MemoryError as exc:  # the host's memory (numpy names the array it could not get)
+            _fail(f"out of memory{': ' + shorten(exc, 200) if str(exc) else ''}", 1)
         except OSError as exc:  # a folder that cannot be created, a disk that is full, ...
             where = f"{shorten(exc.filename)}: " if exc.filename else ""
             reason = exc.strerror or str(exc)
@@ -97,6 +100,24 @@ threads_option = click.option(
     "--threads", type=int, expose_value=False, callback=_use_threads, metavar="N",
     help="Compute on N threads (BLAS and numba) [default: every CPU, or the OPENBLAS_NUM_THREADS "
          "/ NUMBA_NUM_THREADS already set].")
+
+
+class PositiveFinite(click.FloatRange):
+    """A float > 0 and finite: click's FloatRange(0, min_open=True) lets nan through (every
+    comparison with nan is false), and inf."""
+
+    name = "positive finite float"
+
+    def __init__(self):
+        super().__init__(0, min_open=True)
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"must be a finite number > 0, got {number}", param, ctx)
+        return number
+
+
 config_option = click.option("--config", "config_path", type=click.Path(dir_okay=False),
                              help="YAML config file (see configs/default.yaml).")
 
@@ -223,11 +244,11 @@ def eval_command(checkpoint, split, as_json, root, download, engine, device, qui
               help="Classes of the random problem (with --config: the data set's).")
 @click.option("--checks", default=10, show_default=True, type=click.IntRange(1),
               help="Random coordinates of W checked per objective.")
-@click.option("--step", default=1e-5, show_default=True, type=click.FloatRange(0, min_open=True),
+@click.option("--step", default=1e-5, show_default=True, type=PositiveFinite(),
               help="h of the centred differences.")
-@click.option("--tol", default=1e-7, show_default=True, type=click.FloatRange(0, min_open=True),
+@click.option("--tol", default=1e-7, show_default=True, type=PositiveFinite(),
               help="Largest relative error that passes.")
-@click.option("--reg", default=None, type=click.FloatRange(0, min_open=True),
+@click.option("--reg", default=None, type=PositiveFinite(),
               help="The reg > 0 of the second check [default: loss.reg, or 0.01].")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0))
 @threads_option
@@ -372,8 +393,6 @@ def predict_command(checkpoint, inputs, k, as_json, batch_size, skip_unreadable,
         rows = [(path, feature_file_rows(path)) for path in files]
         table.name_width = max([table.name_width, *(len(display_name(f"{path}[{n - 1}]"))
                                                     for path, n in rows if n)])
-    if not as_json:
-        click.echo(table.header())
     skipped, predicted = [], 0
     with tqdm(total=len(files), unit="file", desc="predict", leave=False,
               disable=quiet or len(files) <= batch_size) as bar:
@@ -381,6 +400,8 @@ def predict_command(checkpoint, inputs, k, as_json, batch_size, skip_unreadable,
             if not model.is_image_model:
                 table.name_width = max([table.name_width,
                                         *(len(display_name(name)) for name in batch.names)])
+            if not (as_json or predicted or not batch.names):  # no header above an error
+                click.echo(table.header())
             for line in (json_lines(batch, model.class_names) if as_json
                          else table.lines(batch)):
                 click.echo(line)

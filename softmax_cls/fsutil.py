@@ -166,6 +166,30 @@ def folder_lock(folder: str | os.PathLike, *, wait: bool,
         os.close(fd)  # releases the lock
 
 
+def missing_folders(folder: Path) -> list[Path]:
+    """`folder` and those of its parents that do not exist yet, deepest first."""
+    missing = []
+    while not os.path.lexists(folder) and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+@contextlib.contextmanager
+def removed_on_error(created: list[Path]) -> Iterator[None]:
+    """Remove the folders `created` (deepest first) when the block fails and they hold
+    nothing but a folder_lock's lock file: a failed command leaves no folder behind."""
+    try:
+        yield
+    except BaseException:
+        for folder in created:
+            with contextlib.suppress(OSError):
+                if [p.name for p in folder.iterdir()] in ([], [".lock"]):
+                    (folder / ".lock").unlink(missing_ok=True)
+                folder.rmdir()
+        raise
+
+
 def _holder(fd: int) -> str:
     text = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
     return text if text.startswith("process ") and text[8:].isdigit() else "another process"

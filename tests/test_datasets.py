@@ -672,6 +672,25 @@ def test_a_folder_of_the_other_format_is_named(tmp_path):
         load_dataset(root=folder, fmt="binary", download=False, **QUIET)
 
 
+@pytest.mark.parametrize(("args", "wanted"), [
+    (["--format", "python"], "the cifar10 python-format one, cifar-10-python.tar.gz"),
+    (["--dataset", "cifar100"], "the cifar100 binary-format one, cifar-100-binary.tar.gz"),
+])
+def test_the_official_archive_of_another_format_or_data_set_is_named(tmp_path, args, wanted):
+    """The binary archive (by its official name) given for --format python was 'corrupt or
+    not the official cifar10 data', which it is."""
+    from cli_util import assert_one_line_error, run
+
+    archive = tmp_path / "cifar-10-binary.tar.gz"
+    archive.write_bytes(tar_gz([("cifar-10-batches-bin/", None),
+                                ("cifar-10-batches-bin/data_batch_1.bin", bytes(100_000))]))
+    result = run("softmax-download", "--archive", str(archive), "--root",
+                 str(tmp_path / "data"), *args, "--quiet")
+    assert_one_line_error(result, 1, "cifar-10-binary.tar.gz is the name of the cifar10 "
+                          f"binary-format archive; this command wants {wanted}")
+    assert "corrupt" not in result.stderr
+
+
 def test_corrupted_file_in_existing_folder_is_reported_and_left_alone(tmp_path):
     fake = make_fake()
     root = tmp_path / "data"

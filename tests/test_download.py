@@ -277,3 +277,21 @@ def test_softmax_download_fails_fast_with_no_server(tmp_path):
                  f"http://127.0.0.1:{port}/cifar-10-binary.tar.gz", "--quiet")
     assert_one_line_error(result, 1, "refused", "--archive")
     assert time.monotonic() - started < 10  # was 31 s of backoff
+
+
+@pytest.mark.parametrize("how", ["no server", "not an archive"])
+def test_a_failed_softmax_download_leaves_no_folder_it_created(tmp_path, how):
+    """A new --root (and its missing parents) is removed when the command fails, as a failed
+    softmax-train removes its run folder; it was left holding only `.lock`."""
+    from cli_util import assert_one_line_error, run
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    (tmp_path / "photo.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(200))
+    source = (["--url", f"http://127.0.0.1:{port}/cifar-10-binary.tar.gz"] if how == "no server"
+              else ["--archive", str(tmp_path / "photo.png")])
+    result = run("softmax-download", "--root", str(tmp_path / "new" / "data"), *source,
+                 "--quiet")
+    assert_one_line_error(result, 1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["photo.png"]

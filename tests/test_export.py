@@ -141,6 +141,34 @@ def test_existing_files_links_and_folders_are_refused(checkpoint, tmp_path):
                                             "target.txt"]  # no temporary file left
 
 
+def test_a_fifo_or_socket_at_out_is_never_replaced_even_with_overwrite(checkpoint, tmp_path):
+    """--overwrite renamed the export over whatever OUT was: `-o /dev/null --overwrite`, run
+    as root, replaced the system's /dev/null with a regular file. A fifo or a socket stands
+    in for the device here."""
+    import socket
+    import stat
+
+    fifo = tmp_path / "pipe.npz"
+    os.mkfifo(fifo)
+    sock = tmp_path / "sock.npz"
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(str(sock))
+        for out, kind in ((fifo, stat.S_ISFIFO), (sock, stat.S_ISSOCK)):
+            result = run("softmax-export", str(checkpoint), "--format", "npz", "-o", str(out),
+                         "--overwrite", timeout=60)
+            assert_one_line_error(result, 1, f"{out.name} is not a regular file")
+            assert kind(os.lstat(out).st_mode)
+    assert sorted(os.listdir(tmp_path)) == ["pipe.npz", "sock.npz"]
+
+
+def test_an_out_ending_in_a_slash_names_a_folder_not_a_file(checkpoint, tmp_path):
+    """`-o exports/` wrote a file named `exports` (pathlib drops the slash)."""
+    result = run("softmax-export", str(checkpoint), "--format", "npz", "-o",
+                 f"{tmp_path / 'exports'}/", timeout=60)
+    assert_one_line_error(result, 1, "exports/ ends in /", "name the file to write")
+    assert os.listdir(tmp_path) == []
+
+
 def test_bad_arguments_are_one_error_line(checkpoint, tmp_path):
     out = str(tmp_path / "m.onnx")
     assert_one_line_error(run("softmax-export", str(tmp_path / "none.npz"), "--format", "onnx",

@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 import pytest
-from cli_util import run
+from cli_util import assert_one_line_error, run
 from conftest import random_problem
 
 from softmax_cls.math import softmax
@@ -129,3 +129,37 @@ def test_the_first_gradient_check_says_it_compiles_once(monkeypatch, capsys):
     gradcheck.run_gradcheck(gradcheck.random_image_problem(samples=20, classes=3), 2)
     assert capsys.readouterr().err.count("compiling the numba kernels once") == 1
     assert len(asked) == 1  # checked once per kind of call, not per coordinate
+
+
+@pytest.mark.parametrize("option", ["--step", "--tol", "--reg"])
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_a_non_finite_step_tolerance_or_reg_is_a_command_line_error(option, value):
+    """nan passes a `> 0` range (every comparison with it is false): --step nan ended in
+    `non-finite scores`, --tol nan in a FAILED check with every error 0, exit 1."""
+    result = run("softmax-gradcheck", "--samples", "5", "--checks", "2", option, value)
+    assert_one_line_error(result, 2, option, "finite")
+
+
+@pytest.mark.slow
+def test_correct_gradients_pass_at_ten_thousand_rows():
+    """The numba objective sums its row losses one after another: at 10000 rows its rounding
+    exceeded the 2-row bound 8 eps |f| / h and the correct gradient FAILED (2.0e-06)."""
+    result = run("softmax-gradcheck", "--samples", "10000", "--classes", "3", "--checks", "20",
+                 timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr
+    assert "gradient check passed" in result.stdout
+
+
+def test_a_problem_larger_than_memory_is_one_error_line():
+    """100000 classes x 3073 features of float64 (2.3 GiB) under a 1 GiB data limit: numpy's
+    MemoryError was a traceback."""
+    import resource
+
+    limit = 1 << 30
+
+    def limit_memory():
+        resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+
+    result = run("softmax-gradcheck", "--samples", "10", "--classes", "100000", "--checks", "2",
+                 preexec_fn=limit_memory)
+    assert_one_line_error(result, 1, "out of memory", "GiB")

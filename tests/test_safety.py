@@ -233,6 +233,7 @@ def assert_refused(result, *needles: str, seconds: float = 20, peak_mb: float = 
     (set_meta("history", [[1, 2]]), "history row"),
     (set_meta("fingerprint", ["X.npy"]), "fingerprint"),
     (set_meta("format_version", "x" * 100_000), "(100000 characters)"),
+    (set_meta("format_version", "3"), "format '3' is not supported (this version reads 2, 3)"),
     (lambda text: "[" * 100_000 + "]" * 100_000, "unreadable"),
 ])
 def test_damaged_checkpoint_metadata_is_one_line(trained, tmp_path, edit, needle):
@@ -257,6 +258,28 @@ def test_checkpoint_for_another_feature_count_is_refused(trained, tmp_path):
                         meta_json=npy(np.array(json.dumps(meta))))
     result = eval_measured(path, "--split", "val")
     assert_refused(result, "rows of 8 features, the data has 5")
+
+
+def test_a_checkpoint_saved_big_endian_is_read_as_the_same_model(trained, tmp_path):
+    """What np.savez writes on a big-endian machine (every array '>'): the same report and
+    predictions. It was refused with 'W has shape (3, 9) float32, expected (3, 9) float32'."""
+    def swapped(data: bytes) -> bytes:
+        array = np.load(io.BytesIO(data), allow_pickle=False)
+        return npy(array.astype(array.dtype.newbyteorder(">")))
+
+    path = with_members(trained, tmp_path, **{
+        name[:-4]: swapped(data) for name, data in members(trained / "run" / "best.npz").items()})
+    with np.load(path) as arrays:
+        assert arrays["W"].dtype.str == ">f4" and arrays["class_names"].dtype.byteorder == ">"
+    reports = [run("softmax-eval", str(checkpoint), "--split", "val", "--json", "--quiet")
+               for checkpoint in (trained / "run" / "best.npz", path)]
+    assert reports[1].returncode == 0, reports[1].stderr
+    assert ({k: v for k, v in json.loads(reports[1].stdout).items() if k != "checkpoint"}
+            == {k: v for k, v in json.loads(reports[0].stdout).items() if k != "checkpoint"})
+    predictions = [run("softmax-predict", str(checkpoint), str(trained / "X.npy"), "--json")
+                   for checkpoint in (trained / "run" / "best.npz", path)]
+    assert predictions[1].returncode == 0, predictions[1].stderr
+    assert predictions[1].stdout == predictions[0].stdout
 
 
 @pytest.mark.parametrize("shape", [(10**12, 3), (-1, 3), (2**62, 2**62), (9, -3)])

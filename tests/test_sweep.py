@@ -127,6 +127,26 @@ def test_bad_sweep_files_through_the_console_script(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_trials_from_the_command_line_stand_in_for_a_sweep_file_without_them(tmp_path):
+    """commands.md: --trials N, default the sweep file's trials. A file without trials: and
+    --trials 2 was refused with 'trials: required for sampler tpe'."""
+    path = write_sweep(tmp_path, sampler="random")
+    raw = yaml.safe_load(path.read_text())
+    del raw["trials"]
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    folder = tmp_path / "out"
+    result = subprocess.run([*write_runner(tmp_path), str(path), "--out", str(folder),
+                             "--trials", "2", "--no-plots", "--quiet"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert states(folder) == ["complete", "complete"]
+    result = subprocess.run([*write_runner(tmp_path), str(path), "--out", str(tmp_path / "b"),
+                             "--trials", "0"], capture_output=True, text=True, timeout=60)
+    assert_one_line_error(result, 2, "--trials: must be >= 1, got 0")
+    result = run("softmax-sweep", str(path), "--out", str(tmp_path / "c"), timeout=60)
+    assert_one_line_error(result, 2, "trials: required for sampler random", "--trials")
+
+
 def test_a_sweep_file_reads_base_set_and_every_kind(tmp_path):
     (tmp_path / "base.yaml").write_text("optim: {epochs: 7}\nloss: {reg: 0.5}\n")
     path = tmp_path / "s.yaml"
@@ -509,6 +529,19 @@ def test_a_dask_address_nobody_listens_on_is_one_error(tmp_path, served, monkeyp
     with pytest.raises(SoftmaxClsError, match="--dask tcp://127.0.0.1:9: cannot connect"):
         sweep.run_sweep(path, dask="tcp://127.0.0.1:9", out=tmp_path / "out", progress=False,
                         plots=False)
+
+
+@pytest.mark.parametrize("address", ["notanaddress", "tcp://host:port", "bogus://x:1"])
+def test_a_dask_address_that_is_no_address_is_one_line_before_the_folder(tmp_path, address):
+    """'notanaddress' (no port) was distributed's ValueError as a traceback, then 20 s of
+    'Exception ignored in Client.__del__', with the sweep folder and its cache left behind."""
+    pytest.importorskip("distributed")
+    path = write_sweep(tmp_path, trials=1)
+    result = run("softmax-sweep", str(path), "--dask", address, "--out", str(tmp_path / "out"),
+                 cwd=tmp_path, timeout=60)
+    assert_one_line_error(result, 2, f"--dask {address}: not a scheduler address",
+                          "tcp://host:8786")
+    assert not (tmp_path / "out").exists()
 
 
 def test_another_sweep_in_the_same_folder_is_refused(tmp_path, served):

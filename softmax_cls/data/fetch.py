@@ -21,7 +21,7 @@ from softmax_cls.data.batches import SMALL_FILE_CAP, verify_folder
 from softmax_cls.data.datasets import SPECS, DatasetSpec, get_spec
 from softmax_cls.data.untrusted import safe_extract
 from softmax_cls.errors import DataError
-from softmax_cls.fsutil import folder_lock, fsync_dir
+from softmax_cls.fsutil import folder_lock, fsync_dir, missing_folders, removed_on_error
 
 MIRROR_ENV = "SOFTMAX_CLS_MIRROR"
 ARCHIVE_SLACK = 4 << 20  # tar headers, padding and small extra members in a whole archive
@@ -108,7 +108,8 @@ def locate(spec: DatasetSpec, root: Path, *, url, archive, force, download, prog
         if progress:
             print(f"waiting for {holder}, which is preparing {root}", file=sys.stderr)
 
-    with folder_lock(root, wait=True, on_wait=note):
+    with removed_on_error(missing_folders(root)), \
+            folder_lock(root, wait=True, on_wait=note):
         existing = _existing_folder(spec, root)
         if existing is not None and not force:
             return existing, None
@@ -194,6 +195,11 @@ def _extract_verified(spec: DatasetSpec, archive: Path, root: Path, ours: bool
     sizes = {f"{spec.folder}/{name}": size for name, size in spec.sizes.items()}
     total = sum(sizes.values()) + SMALL_FILE_CAP * len(spec.names_files) + ARCHIVE_SLACK
     hint = f"the archive {archive} is corrupt or not the official {spec.dataset} data"
+    named = [other for other in SPECS.values() if other.archive_name == archive.name]
+    if named and named[0].archive_name != spec.archive_name:  # --format or --dataset off
+        hint = (f"{archive.name} is the name of the {named[0].dataset} {named[0].fmt}-format "
+                f"archive; this command wants the {spec.dataset} {spec.fmt}-format one, "
+                f"{spec.archive_name}")
     if ours:
         hint += " (deleted it)"
     try:

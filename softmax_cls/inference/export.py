@@ -14,13 +14,14 @@ the class names one per line, so a class name that is not printable text is refu
 
 Files are written atomically (fsutil.atomic_write: a temporary file renamed over OUT, so a
 symbolic link at OUT is replaced, never written through); an existing OUT is refused unless
-`overwrite`.
+`overwrite`, and one that is not a regular file (a device, a fifo, a socket) always.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -131,6 +132,9 @@ def export(checkpoint: str | os.PathLike, fmt: str, out: str | os.PathLike,
     if os.path.lexists(out):
         if out.is_dir() and not out.is_symlink():
             raise InputError(f"{shorten(out)} is a folder; name the file to write")
+        if not (out.is_symlink() or stat.S_ISREG(os.lstat(out).st_mode)):  # /dev/null, a fifo
+            raise InputError(f"{shorten(out)} is not a regular file (a device, a fifo or a "
+                             "socket), which an export never replaces; name a file to write")
         if os.path.exists(out) and os.path.exists(checkpoint) and os.path.samefile(out,
                                                                                  checkpoint):
             raise InputError(f"{shorten(out)} is the checkpoint itself; name another file")

@@ -44,8 +44,9 @@ from ..config import Config, config_from_dict, config_to_dict
 from ..data import cifar as data_module
 from ..engines import check_device
 from ..errors import ConfigError, DataError, SoftmaxClsError
-from ..fsutil import atomic_write
+from ..fsutil import atomic_write, missing_folders, removed_on_error
 from ..interrupts import stop_word_and_code
+from ..text import shorten
 from .folder import check_folder, mark_folder
 from .path import is_reg_path, run_path
 from .results import (
@@ -154,7 +155,8 @@ def run_sweep(sweep_path: str | os.PathLike, *, trials: int | None = None, worke
     folder = Path(out) if out is not None else Path("runs") / Path(sweep_path).stem
     command = resume_command(sweep_path, folder, storage, study_name, trials, workers, dask)
     try:
-        with StopSignals() as stops:  # a Ctrl-C swallowed by a library is raised again
+        with removed_on_error(missing_folders(folder)), \
+                StopSignals() as stops:  # a Ctrl-C swallowed by a library is raised again
             return _run_sweep(sweep_path, trials, workers, folder, dask, storage, study_name,
                               progress, plots, command, stops)
     except KeyboardInterrupt as exc:
@@ -171,7 +173,7 @@ def run_sweep(sweep_path: str | os.PathLike, *, trials: int | None = None, worke
 
 def _run_sweep(sweep_path, trials, workers, folder: Path, dask, storage, study_name, progress,
                plots, command: str, stops: StopSignals) -> SweepResult:
-    spec = load_sweep(sweep_path)
+    spec = load_sweep(sweep_path, trials)
     if trials is not None:
         if spec.sampler == "grid":
             raise ConfigError("--trials: a grid sweep runs each of its points once")
@@ -180,6 +182,8 @@ def _run_sweep(sweep_path, trials, workers, folder: Path, dask, storage, study_n
         spec = dataclasses.replace(spec, trials=trials)
     if workers < 1:
         raise ConfigError(f"--workers: must be >= 1, got {workers}")
+    if dask is not None:
+        _check_dask_address(dask)
     path = is_reg_path(spec)
     if path and (workers > 1 or dask is not None):
         raise ConfigError(f"--{'dask' if dask is not None else 'workers'}: a regularisation "
@@ -259,6 +263,21 @@ def _executor(dask: str | None, workers: int, stops: StopSignals):
     executor = client.get_executor(pure=False)
     executor.client = client  # closed with the executor, in _shutdown
     return executor, capacity, False
+
+
+def _check_dask_address(dask: str) -> None:
+    """ConfigError unless `dask` is a scheduler address distributed can connect to (a scheme
+    it knows, a host and a port); checked before the sweep folder exists. distributed's
+    Client raised a ValueError for it, then hung 20 s in its __del__."""
+    try:
+        from distributed.comm.addressing import get_address_host_port
+    except ImportError:
+        raise SoftmaxClsError(DASK_HINT) from None
+    try:
+        get_address_host_port(dask)
+    except ValueError as exc:
+        raise ConfigError(f"--dask {shorten(dask, 100)}: not a scheduler address "
+                          f"({shorten(exc, 150)}); give one such as tcp://host:8786") from None
 
 
 class _TaskMaker:

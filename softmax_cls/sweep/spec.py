@@ -90,10 +90,11 @@ class SweepSpec:
                 "seed": self.seed, "pruner": self.pruner, "space": self.space}
 
 
-def load_sweep(path: str | os.PathLike) -> SweepSpec:
+def load_sweep(path: str | os.PathLike, trials: int | None = None) -> SweepSpec:
     """Read and validate a sweep file. Every problem raises ConfigError, one line naming the
     file and the key: unknown keys, keys that are not config keys, wrong types, empty or
-    inverted ranges, values the config schema rejects."""
+    inverted ranges, values the config schema rejects. `trials` (the command's --trials, not
+    checked here) stands in for a tpe or random sweep file's missing trials."""
     path = Path(path)
     raw = parse_yaml(read_yaml_text(path, "sweep file"), str(path))
     where = str(path)
@@ -130,10 +131,11 @@ def load_sweep(path: str | os.PathLike) -> SweepSpec:
                               "remove trials")
         trials = math.prod(len(spec["grid"]) for spec in space.values())
     else:
-        if "trials" not in raw:
+        if "trials" in raw:
+            trials = _integer(raw["trials"], f"{where}: trials", low=1)
+        elif trials is None:
             raise ConfigError(f"{where}: trials: required for sampler {sampler} (the number "
-                              "of trials to run)")
-        trials = _integer(raw["trials"], f"{where}: trials", low=1)
+                              "of trials to run), or --trials N")
     return SweepSpec(path=path, base_path=base_path, base_raw=base_raw,
                      fixed={str(k): v for k, v in fixed.items()}, sampler=sampler,
                      trials=trials, seed=seed, pruner=pruner, space=space)

@@ -198,6 +198,7 @@ def _check_member_headers(name: str, archive: zipfile.ZipFile) -> None:
                             "a checkpoint holds; refusing it")
         with archive.open(f"{key}.npy") as member:
             shape, dtype, header_end = _npy_header(name, key, member)
+        dtype = dtype.newbyteorder("=")  # as _read_member gives it (a big-endian machine's)
         ndim, kinds = LAYOUT[key]
         if len(shape) != ndim or dtype.kind not in kinds:  # object dtypes: refused already
             raise DataError(f"{name}: member {key} is a {len(shape)}-d {shorten(dtype.str, 40)} "
@@ -237,9 +238,11 @@ def _shape(shape: tuple) -> str:
 
 
 def _read_member(archive: zipfile.ZipFile, key: str) -> np.ndarray:
-    """One member's array, its header already checked against its declared size."""
+    """One member's array in this machine's byte order (np.savez on a big-endian machine
+    writes '>f4'), its header already checked against its declared size."""
     with archive.open(f"{key}.npy") as member:
-        return np.lib.format.read_array(member, allow_pickle=False)
+        array = np.lib.format.read_array(member, allow_pickle=False)
+    return array.astype(array.dtype.newbyteorder("="), copy=False)
 
 
 def _finite_json_number(text: str) -> float:
@@ -253,7 +256,8 @@ def _from_arrays(path: Path, arrays: dict[str, np.ndarray]) -> Checkpoint:
         raise DataError(f"{name}: the checkpoint's metadata is not a JSON object")
     version = meta.get("format_version")
     if version not in READABLE_VERSIONS or type(version) is not int:
-        raise DataError(f"{name}: checkpoint format {shorten(version, 40)} is not supported "
+        raise DataError(f"{name}: checkpoint format "
+                        f"{shorten(version, 40, quote=isinstance(version, str))} is not supported "
                         f"(this version reads {', '.join(map(str, READABLE_VERSIONS))})")
     _check_meta(name, meta)
     config_yaml = str(arrays["config_yaml"])

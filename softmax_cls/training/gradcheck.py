@@ -6,7 +6,9 @@ column when that exceeds 1 (raw pixels reach 255), which keeps the truncation er
 h^2 f'''/6 below the rounding error.
 
 The difference quotient carries a rounding error: f is computed to a few ulps, so n is known
-only to about `rounding = NOISE_FACTOR * eps * max|f(w +- h)| / h` (absolute). Each coordinate
+only to about `rounding = NOISE_FACTOR * eps * sqrt(N) * max|f(w +- h)| / h` (absolute), f
+being a mean over N rows: a sum of N row losses added one after another (the numba kernel's)
+carries a rounding error that grows as sqrt(N) ulps of f, a random walk. Each coordinate
 reports its relative error beyond that rounding, max(0, |a - n| - rounding) / max(|a|, |n|),
 and passes when it is at most the tolerance. The error depends on a, n, f and h, never on the
 tolerance; a derivative too small for float64 differences to show a relative error of tol is
@@ -41,7 +43,8 @@ from ..math.softmax import penalises_last_column
 EPS = float(np.finfo(np.float64).eps)
 # f is a sum of thousands of products, a log-sum-exp and a mean: it carries a few ulps of
 # rounding each side of h; measured at 2 samples x 3000 coordinates, |a - n| reached 1.5x
-# 2 eps |f| / h, so 8 eps |f| / h is the bound (with room).
+# 2 eps |f| / h, so 8 eps |f| / h is the bound (with room), times sqrt(N) for the sum over N
+# rows (the numba objective at 10000 and 45000 rows exceeded 8 eps |f| / h by up to 6x).
 NOISE_FACTOR = 8.0
 NO_POWER_RATIO = 1e-3  # resolution / largest derivative above this: the check cannot fail
 DEFAULT_STEP = 1e-5
@@ -102,12 +105,14 @@ def check_gradient(
     tolerance: float = DEFAULT_TOLERANCE,
     name: str = "gradient",
     column_scale: np.ndarray | None = None,
+    rows: int = 1,
 ) -> CheckResult:
     """Compare f's analytic gradient at W (C, D) float64 with centred differences.
 
-    f(W) returns (loss, dW). column_scale (D,) is the RMS of each feature column; the step of
-    a coordinate in column j is step / max(1, column_scale[j]). The last column (the bias
-    column) is always among the coordinates checked. W is left unchanged. Raises
+    f(W) returns (loss, dW), the loss a mean over `rows` rows (its rounding grows with them).
+    column_scale (D,) is the RMS of each feature column; the step of a coordinate in column j
+    is step / max(1, column_scale[j]). The last column (the bias column) is always among the
+    coordinates checked. W is left unchanged. Raises
     GradcheckRefused when the step cannot resolve the largest derivative checked (see the
     module docstring).
     """
@@ -129,7 +134,7 @@ def check_gradient(
         f_minus, _ = f(work)
         work[coord] = W[coord]
         numeric = (f_plus - f_minus) / (2 * h)
-        rounding = NOISE_FACTOR * EPS * max(abs(f_plus), abs(f_minus)) / h
+        rounding = NOISE_FACTOR * EPS * np.sqrt(max(rows, 1)) * max(abs(f_plus), abs(f_minus)) / h
         a = float(analytic[coord])
         checks.append(CoordinateCheck(tuple(int(i) for i in coord), a, numeric,
                                       relative_error(a, numeric, rounding), rounding))
@@ -253,11 +258,11 @@ def run_gradcheck(
             return softmax.loss_and_grad(w, X, y, reg, clip, penalise_last)
 
         results.append(check_gradient(objective, W, num_checks, rng, step, tolerance,
-                                      f"loss_and_grad, reg={reg:g}", column_scale))
+                                      f"loss_and_grad, reg={reg:g}", column_scale, len(X)))
     for name, objective in problem.trainer_objectives.items():
         results.append(check_gradient(objective, W, num_checks, rng, step, tolerance,
                                       f"{name} engine minibatch objective, reg={problem.reg:g}",
-                                      column_scale))
+                                      column_scale, len(X)))
     extra = results[-1].extra
     extra.update(compare_with_loop(W, X, y, problem.reg, clip, penalise_last))
     plain_loss, plain_grad = softmax.loss_and_grad(W, X, y, problem.reg, clip, penalise_last)

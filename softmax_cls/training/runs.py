@@ -37,7 +37,15 @@ from ..data.cifar import load_config_data
 from ..data.labelled import LabelledData
 from ..engines import check_device, get_engine
 from ..errors import ConfigError, SoftmaxClsError
-from ..fsutil import FolderBusy, atomic_write, folder_lock, fsync_dir, read_capped
+from ..fsutil import (
+    FolderBusy,
+    atomic_write,
+    folder_lock,
+    fsync_dir,
+    missing_folders,
+    read_capped,
+    removed_on_error,
+)
 from ..interrupts import stop_word_and_code
 from ..math.preprocess import Preprocessor, Split, split_and_fit
 from ..math.softmax import softmax_loss_from_scores
@@ -216,8 +224,7 @@ def train_run(config: Config, data: LabelledData | Callable[[], LabelledData], o
                           f"resuming needs optim.epochs >= {resume.state.epoch}, got "
                           f"{config.optim.epochs}")
     run = None
-    created = _missing_folders(out_dir)
-    with _removed_on_error(created), contextlib.ExitStack() as stack:
+    with removed_on_error(missing_folders(out_dir)), contextlib.ExitStack() as stack:
         # -- the folder: locked until the end, checked, its files kept to restore on an error
         _lock_run_folder(stack, out_dir)
         replaced = _check_folder(out_dir, resume, overwrite)
@@ -406,30 +413,6 @@ def _restored_on_error(out_dir: Path) -> Iterator[None]:
     finally:
         for backup in kept.values():
             backup.unlink(missing_ok=True)
-
-
-def _missing_folders(folder: Path) -> list[Path]:
-    """`folder` and those of its parents that do not exist yet, deepest first."""
-    missing = []
-    while not os.path.lexists(folder) and folder != folder.parent:
-        missing.append(folder)
-        folder = folder.parent
-    return missing
-
-
-@contextlib.contextmanager
-def _removed_on_error(created: list[Path]) -> Iterator[None]:
-    """Remove the folders `created` (deepest first) when the block fails and they hold
-    nothing but the run folder's lock file: a failed command leaves no folder behind."""
-    try:
-        yield
-    except BaseException:
-        for folder in created:
-            with contextlib.suppress(OSError):
-                if [p.name for p in folder.iterdir()] in ([], [".lock"]):
-                    (folder / ".lock").unlink(missing_ok=True)
-                folder.rmdir()
-        raise
 
 
 def _best_source(resume: Checkpoint | None) -> Path | None:
