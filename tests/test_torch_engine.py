@@ -147,7 +147,18 @@ def test_auto_on_the_cpu_picks_torch_only_on_one_thread_without_augmentation(
                             threads=threads, augmented=augmented) == "torch"
 
 
-def test_get_engine_reads_the_thread_count_and_augmentation(monkeypatch):
+@pytest.fixture
+def numba_imported():
+    """numba imported before a test sets NUMBA_NUM_THREADS: numba reads the variable at its
+    import and keeps it, so a first import under the test's value would make the session's
+    later in-process launches and compiles fail ("Cannot set NUMBA_NUM_THREADS...")."""
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        pass
+
+
+def test_get_engine_reads_the_thread_count_and_augmentation(numba_imported, monkeypatch):
     monkeypatch.setenv("NUMBA_NUM_THREADS", "1")
     assert get_engine("auto", "cpu", 1000).name == "torch"
     assert get_engine("auto", "cpu", 1000, augmented=True).name == "numba"
@@ -245,7 +256,7 @@ def test_the_hosts_available_memory_is_memavailable(tmp_path, monkeypatch):
     assert memory.host_available_bytes() is None
 
 
-def test_auto_on_this_machine(monkeypatch):
+def test_auto_on_this_machine(numba_imported, monkeypatch):
     monkeypatch.setenv("NUMBA_NUM_THREADS", "1")
     many = get_engine("auto", "auto", 1000)
     assert many.name == "torch"
@@ -509,7 +520,8 @@ def test_the_run_folder_says_which_engine_auto_ran(tmp_path):
     assert (summary["engine"], summary["device"]) == ("torch", "cpu")
 
 
-def test_softmax_eval_engine_auto_picks_by_the_checkpoints_class_count(tmp_path, monkeypatch):
+def test_softmax_eval_engine_auto_picks_by_the_checkpoints_class_count(tmp_path, numba_imported,
+                                                                      monkeypatch):
     """softmax-eval --engine auto picked as if the class count were unknown (numba on the
     CPU) for a 64-class checkpoint, where engine auto picks torch (engines.md)."""
     import softmax_cls.engines
