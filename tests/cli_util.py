@@ -35,3 +35,15 @@ def assert_one_line_error(result: subprocess.CompletedProcess, code: int, *needl
     for needle in needles:
         assert needle in lines[0], (needle, lines[0])
     return lines[0]
+
+
+def limit_data(limit: int | None):
+    """A child's preexec_fn: RLIMIT_DATA (private writable memory: heap and anonymous maps,
+    not file-backed read-only maps) of `limit` bytes; None: no limit."""
+    import resource
+
+    def limit_memory():
+        if limit is not None:
+            resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+
+    return limit_memory

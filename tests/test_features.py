@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from cli_util import assert_one_line_error, run, script
+from cli_util import assert_one_line_error, limit_data, run, script
 
 from softmax_cls.config import config_from_dict
 from softmax_cls.data.features import labels_path, load_features, read_feature_rows
@@ -303,26 +303,14 @@ def _one_blas_thread() -> dict[str, str]:
     return {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
 
 
-def _limit_data(limit: int | None):
-    """A child's preexec_fn: RLIMIT_DATA (private writable memory: heap and anonymous maps,
-    not file-backed read-only maps) of `limit` bytes; None: no limit."""
-    import resource
-
-    def limit_memory():
-        if limit is not None:
-            resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
-
-    return limit_memory
-
-
 def _train_polled(config: Path, overrides: list[str], limit: int | None) -> int:
     """softmax-train on `config` for 2 epochs with `overrides` (--set), one BLAS thread,
-    under _limit_data(limit), its RssAnon polled; asserts it succeeded. Returns the peak."""
+    under limit_data(limit), its RssAnon polled; asserts it succeeded. Returns the peak."""
     sets = [arg for override in ["optim.epochs=2", *overrides] for arg in ("--set", override)]
     process = subprocess.Popen([script("softmax-train"), "--config", str(config), "--quiet",
                                 *sets], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True, env=_one_blas_thread(),
-                               preexec_fn=_limit_data(limit))
+                               preexec_fn=limit_data(limit))
     peak = _anon_peak(process.pid, process)
     stdout, stderr = process.communicate(timeout=300)
     assert process.returncode == 0, stderr
@@ -370,7 +358,7 @@ def test_a_file_larger_than_the_allowed_memory_trains_to_the_in_memory_weights(t
     file_size = (tmp_path / "X.npy").stat().st_size
     config = write_config(tmp_path, train=str(tmp_path / "X.npy"), val_size=1000)
     limit = 200 << 20
-    limit_memory, env = _limit_data(limit), _one_blas_thread()
+    limit_memory, env = limit_data(limit), _one_blas_thread()
     peak = _train_polled(config, [], limit)
     assert file_size > 300 << 20 and limit < file_size
     print(f"peak RssAnon {peak / 2**20:.1f} MB, X.npy {file_size / 2**20:.0f} MB")

@@ -12,13 +12,13 @@ import sys
 import numpy as np
 import pytest
 import yaml
-from cli_util import assert_one_line_error, run
+from cli_util import assert_one_line_error, limit_data, run, script
 from conftest import small_config
 from engine_reference import assert_close, problem, run_engine
 
 from softmax_cls.engines import TORCH_CPU_FROM_CLASSES, auto_engine_name, get_engine
 from softmax_cls.engines.contract import EpochPlan, OptimizerState, StepRule
-from softmax_cls.engines.memory import RESERVE_BYTES
+from softmax_cls.engines.memory import RESERVE_BYTES, memory_budget
 from softmax_cls.engines.torch_engine import make_engine
 from softmax_cls.engines.torch_engine.device import (
     TORCH_INSTALL,
@@ -147,7 +147,18 @@ def test_auto_on_the_cpu_picks_torch_only_on_one_thread_without_augmentation(
                             threads=threads, augmented=augmented) == "torch"
 
 
-def test_get_engine_reads_the_thread_count_and_augmentation(monkeypatch):
+@pytest.fixture
+def numba_imported():
+    """numba imported before a test sets NUMBA_NUM_THREADS: numba reads the variable at its
+    import and keeps it, so a first import under the test's value would make the session's
+    later in-process launches and compiles fail ("Cannot set NUMBA_NUM_THREADS...")."""
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        pass
+
+
+def test_get_engine_reads_the_thread_count_and_augmentation(numba_imported, monkeypatch):
     monkeypatch.setenv("NUMBA_NUM_THREADS", "1")
     assert get_engine("auto", "cpu", 1000).name == "torch"
     assert get_engine("auto", "cpu", 1000, augmented=True).name == "numba"
@@ -231,21 +242,147 @@ def test_a_float16_file_trains_with_auto_by_the_memory_its_float32_copy_needs(tm
         assert summary["engine"] == (expected if dtype == np.float16 else "numba")
 
 
-def test_the_hosts_available_memory_is_memavailable(tmp_path, monkeypatch):
+@pytest.fixture
+def fake_proc(tmp_path, monkeypatch):
+    """engines.memory's sources pointed at an empty tree under tmp_path (every file missing):
+    its meminfo, status, cgroup and sys/fs/cgroup paths. Returns (memory module, tree)."""
     import softmax_cls.engines.memory as memory
 
-    meminfo = tmp_path / "meminfo"
-    meminfo.write_text("MemTotal:       16000000 kB\nMemFree:           1000 kB\n"
-                       "MemAvailable:    8000000 kB\n")
-    monkeypatch.setattr(memory, "MEMINFO", meminfo)
-    assert memory.host_available_bytes() == 8000000 * 1024
-    meminfo.write_text("MemTotal:       16000000 kB\n")  # kernels before 3.14 lack it
-    assert memory.host_available_bytes() is None
-    monkeypatch.setattr(memory, "MEMINFO", tmp_path / "absent")  # not Linux
-    assert memory.host_available_bytes() is None
+    monkeypatch.setattr(memory, "MEMINFO", tmp_path / "meminfo")
+    monkeypatch.setattr(memory, "SELF_STATUS", tmp_path / "status")
+    monkeypatch.setattr(memory, "SELF_CGROUP", tmp_path / "cgroup")
+    monkeypatch.setattr(memory, "CGROUP_ROOT", tmp_path / "sys" / "fs" / "cgroup")
+    return memory, tmp_path
 
 
-def test_auto_on_this_machine(monkeypatch):
+def write_files(folder, files: dict[str, str]):
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (folder / name).write_text(text)
+
+
+def test_the_hosts_available_memory_is_memavailable(fake_proc):
+    memory, tree = fake_proc
+    assert memory.meminfo_available() is None  # not Linux
+    (tree / "meminfo").write_text("MemTotal:       16000000 kB\nMemFree:           1000 kB\n"
+                                  "MemAvailable:    8000000 kB\n")
+    assert memory.meminfo_available() == 8000000 * 1024
+    (tree / "meminfo").write_text("MemTotal:       16000000 kB\n")  # kernels before 3.14
+    assert memory.meminfo_available() is None
+    (tree / "meminfo").write_text("MemAvailable:    lots kB\n")
+    assert memory.meminfo_available() is None
+
+
+def test_the_cgroup_v2_limit_left_binds_from_the_process_group_or_a_parent(fake_proc):
+    memory, tree = fake_proc
+    root = tree / "sys" / "fs" / "cgroup"
+    assert memory.cgroup_v2_left() is None  # no /proc/self/cgroup
+    (tree / "cgroup").write_text("0::/docker/abc\n")
+    assert memory.cgroup_v2_left() is None  # no memory files
+    write_files(root / "docker" / "abc", {"memory.max": "4000\n", "memory.current": "1500\n"})
+    assert memory.cgroup_v2_left() == 2500
+    write_files(root / "docker", {"memory.max": "max\n", "memory.current": "9000\n"})
+    assert memory.cgroup_v2_left() == 2500  # "max": no limit
+    write_files(root / "docker", {"memory.max": "10000\n", "memory.current": "9000\n"})
+    assert memory.cgroup_v2_left() == 1000  # the parent's binds
+    write_files(root / "docker" / "abc", {"memory.max": "max\n"})
+    assert memory.cgroup_v2_left() == 1000
+    write_files(root / "docker", {"memory.max": "9000\n", "memory.current": "9500\n"})
+    assert memory.cgroup_v2_left() == 0  # over its limit: nothing left, never negative
+    for garbage in ("a lot\n", "\u00b2\n", "-1\n", ""):
+        write_files(root / "docker", {"memory.max": garbage})
+        assert memory.cgroup_v2_left() is None, garbage  # no limit
+    (root / "docker" / "memory.max").write_bytes(b"\xff\xfe")
+    assert memory.cgroup_v2_left() is None
+    (tree / "cgroup").write_text("0::/\n")  # a container's own namespace: its limit at the root
+    write_files(root, {"memory.max": "3000\n", "memory.current": "2000\n"})
+    assert memory.cgroup_v2_left() == 1000
+    (tree / "cgroup").write_text("4:memory:/docker/abc\n")  # cgroup v1 only
+    assert memory.cgroup_v2_left() is None
+
+
+def test_the_cgroup_v1_limit_left(fake_proc):
+    memory, tree = fake_proc
+    v1 = tree / "sys" / "fs" / "cgroup" / "memory"
+    assert memory.cgroup_v1_left() is None
+    write_files(v1, {"memory.limit_in_bytes": "4000\n", "memory.usage_in_bytes": "1000\n"})
+    assert memory.cgroup_v1_left() == 3000
+    write_files(v1, {"memory.limit_in_bytes": "9223372036854771712\n"})  # v1's "no limit"
+    assert memory.cgroup_v1_left() is None
+    write_files(v1, {"memory.limit_in_bytes": "-1\n"})
+    assert memory.cgroup_v1_left() is None
+
+
+# prints engines.memory.rlimit_left() with /proc/self/status read from argv[1]
+PRINT_RLIMIT_LEFT = """
+import sys
+import softmax_cls.engines.memory as memory
+from pathlib import Path
+memory.SELF_STATUS = Path(sys.argv[1])
+print(memory.rlimit_left())
+"""
+
+
+@pytest.mark.parametrize("limit_name, expected", [
+    ("RLIMIT_DATA", (300 << 20) - 1000 * 1024),  # less VmData
+    ("RLIMIT_AS", (300 << 20) - 5000 * 1024),  # less VmSize
+    (None, None),
+])
+def test_a_soft_rlimit_less_the_process_size_is_what_is_left(tmp_path, limit_name, expected):
+    """A child under a 300 MB soft RLIMIT_DATA or RLIMIT_AS (hard: unlimited) whose status
+    reads VmSize 5000 kB, VmData 1000 kB."""
+    import resource
+
+    status = tmp_path / "status"
+    status.write_text("Name:\tpython\nVmSize:\t    5000 kB\nVmData:\t    1000 kB\n")
+
+    def limit():
+        if limit_name:
+            limit_id = getattr(resource, limit_name)
+            resource.setrlimit(limit_id, (300 << 20, resource.getrlimit(limit_id)[1]))
+
+    result = subprocess.run([sys.executable, "-c", PRINT_RLIMIT_LEFT, str(status)],
+                            capture_output=True, text=True, preexec_fn=limit, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(expected)
+
+
+def test_the_available_memory_is_the_least_of_its_sources(fake_proc, monkeypatch):
+    memory, _ = fake_proc
+    assert memory.host_available_bytes() is None  # none known
+    sources = ("meminfo_available", "cgroup_v2_left", "cgroup_v1_left", "rlimit_left")
+    for least in sources:
+        for value, name in enumerate(sources):
+            monkeypatch.setattr(memory, name, lambda v=value: 10 + v)
+        monkeypatch.setattr(memory, least, lambda: 5)
+        assert memory.host_available_bytes() == 5
+        monkeypatch.setattr(memory, least, lambda: None)  # unknown: no limit
+        assert memory.host_available_bytes() == (11 if least == "meminfo_available" else 10)
+
+
+def test_auto_leaves_numba_out_under_a_data_limit(tmp_path):
+    """softmax-train, engine auto, the float16 features file of the test above (numba's float32
+    copy: 16,000 bytes) under a real RLIMIT_DATA of 400 MB: what is left of it (the process
+    holds about 70 MB when auto picks) is under memory.RESERVE_BYTES, so no copy fits and
+    torch trains; without the limit, numba where the host's memory holds the copy."""
+    import softmax_cls.engines.memory as memory
+
+    config = features_config(tmp_path, engine="auto", device="cpu")
+    with np.load(tmp_path / "train.npz") as stored:
+        rows, labels = stored["X"].astype(np.float16), stored["y"]
+    np.savez(tmp_path / "train.npz", X=rows, y=labels)
+    available = memory.host_available_bytes()
+    free = "numba" if available is None or memory_budget(available) >= rows.size * 4 else "torch"
+    for limit, expected in ((400 << 20, "torch"), (None, free)):
+        result = subprocess.run([script("softmax-train"), "--config", config, "--quiet",
+                                 "--overwrite"], capture_output=True, text=True, cwd=tmp_path,
+                                preexec_fn=limit_data(limit), timeout=300)
+        assert result.returncode == 0, result.stderr
+        summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+        assert summary["engine"] == expected, limit
+
+
+def test_auto_on_this_machine(numba_imported, monkeypatch):
     monkeypatch.setenv("NUMBA_NUM_THREADS", "1")
     many = get_engine("auto", "auto", 1000)
     assert many.name == "torch"
@@ -509,7 +646,8 @@ def test_the_run_folder_says_which_engine_auto_ran(tmp_path):
     assert (summary["engine"], summary["device"]) == ("torch", "cpu")
 
 
-def test_softmax_eval_engine_auto_picks_by_the_checkpoints_class_count(tmp_path, monkeypatch):
+def test_softmax_eval_engine_auto_picks_by_the_checkpoints_class_count(tmp_path, numba_imported,
+                                                                      monkeypatch):
     """softmax-eval --engine auto picked as if the class count were unknown (numba on the
     CPU) for a 64-class checkpoint, where engine auto picks torch (engines.md)."""
     import softmax_cls.engines

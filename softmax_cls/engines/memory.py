@@ -13,6 +13,11 @@ from pathlib import Path
 
 RESERVE_BYTES = 512 << 20
 MEMINFO = Path("/proc/meminfo")
+SELF_CGROUP = Path("/proc/self/cgroup")
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+SELF_STATUS = Path("/proc/self/status")
+# cgroup v1 writes "no limit" as a page-rounded LONG_MAX; anything from 2**60 up is none
+CGROUP_V1_NO_LIMIT = 1 << 60
 
 
 def memory_budget(free: int) -> int:
@@ -22,15 +27,81 @@ def memory_budget(free: int) -> int:
 
 
 def host_available_bytes() -> int | None:
-    """The host's memory available to new allocations without swapping: MemAvailable of
-    /proc/meminfo (Linux), else None (unknown)."""
+    """Bytes this process may still allocate without swapping or being killed: the smallest
+    of the host's MemAvailable, its cgroup's limit left (v2 and v1) and its soft
+    RLIMIT_AS / RLIMIT_DATA left; None where none of them is known (not Linux). Parts that
+    are unknown or unreadable count as no limit."""
+    known = [n for n in (meminfo_available(), cgroup_v2_left(), cgroup_v1_left(),
+                         rlimit_left()) if n is not None]
+    return min(known) if known else None
+
+
+def _read(path: Path) -> str | None:
     try:
-        text = MEMINFO.read_text()
-    except OSError:
+        return path.read_text()
+    except (OSError, UnicodeDecodeError):
         return None
-    for line in text.splitlines():
-        if line.startswith("MemAvailable:"):
-            fields = line.split()
-            if len(fields) >= 2 and fields[1].isdigit():
-                return int(fields[1]) * 1024  # kB
+
+
+def _int(text: str | None) -> int | None:
+    text = (text or "").strip()
+    return int(text) if text.isdecimal() else None  # isdigit() passes "²"
+
+
+def _status_kb(text: str | None, key: str) -> int | None:
+    """The value in bytes of the `key:` line (in kB) of /proc/meminfo or /proc/self/status."""
+    for line in (text or "").splitlines():
+        fields = line.split()
+        if len(fields) >= 2 and fields[0] == key + ":" and fields[1].isdecimal():
+            return int(fields[1]) * 1024
     return None
+
+
+def meminfo_available() -> int | None:
+    """The host's MemAvailable (/proc/meminfo; kernels before 3.14 lack it), else None."""
+    return _status_kb(_read(MEMINFO), "MemAvailable")
+
+
+def cgroup_v2_left() -> int | None:
+    """The least memory.max - memory.current over this process's cgroup v2 ("0::/path" of
+    /proc/self/cgroup) and its parents up to the root ("max": no limit), else None."""
+    lines = (_read(SELF_CGROUP) or "").splitlines()
+    path = next((line[3:] for line in lines if line.startswith("0::/")), None)
+    if path is None:
+        return None
+    group = CGROUP_ROOT / path.strip().lstrip("/")
+    left = []
+    for folder in (group, *group.parents):
+        limit, used = _int(_read(folder / "memory.max")), _int(_read(folder / "memory.current"))
+        if limit is not None and used is not None:
+            left.append(max(limit - used, 0))
+        if folder == CGROUP_ROOT:
+            break
+    return min(left) if left else None
+
+
+def cgroup_v1_left() -> int | None:
+    """memory.limit_in_bytes - memory.usage_in_bytes of the cgroup v1 memory controller as
+    mounted in a container (CGROUP_ROOT/memory), else None (also for the no-limit value)."""
+    limit = _int(_read(CGROUP_ROOT / "memory" / "memory.limit_in_bytes"))
+    used = _int(_read(CGROUP_ROOT / "memory" / "memory.usage_in_bytes"))
+    if limit is None or used is None or limit >= CGROUP_V1_NO_LIMIT:
+        return None
+    return max(limit - used, 0)
+
+
+def rlimit_left() -> int | None:
+    """The least soft RLIMIT_AS - VmSize and RLIMIT_DATA - VmData (/proc/self/status) of
+    this process, for the finite ones, else None."""
+    try:
+        import resource
+    except ImportError:  # not Unix
+        return None
+    status = _read(SELF_STATUS)
+    left = []
+    for limit, key in ((resource.RLIMIT_AS, "VmSize"), (resource.RLIMIT_DATA, "VmData")):
+        soft = resource.getrlimit(limit)[0]
+        used = _status_kb(status, key)
+        if soft != resource.RLIM_INFINITY and used is not None:
+            left.append(max(soft - used, 0))
+    return min(left) if left else None
