@@ -190,6 +190,9 @@ def test_the_chunks_split_over_workers_give_the_reference(workers, contiguous):
     want = reference(data, index, W, pre, rule, views)
     assert got[0] == pytest.approx(want[0], rel=1e-12)
     np.testing.assert_allclose(got[1], want[1], rtol=1e-9, atol=1e-13)
+    one = numpy_engine.full_loss_and_grad(data, index, W, pre, rule, views, "edge",
+                                          "float64", chunk=7, workers=1)
+    assert got[0] == one[0] and np.array_equal(got[1], one[1])  # bit for bit, any count
 
 
 def blas_threads_now() -> int:

@@ -137,6 +137,10 @@ def predict_scores(rows: np.ndarray, W: np.ndarray, pre: Preprocessor) -> np.nda
 # CIFAR rows, 2048 rows of 512 features), few enough BLAS calls that a loaded machine's
 # thread hand-offs do not dominate, small enough to stay in cache between the products
 FULL_BATCH_VALUES = 1 << 20
+# Runs of consecutive chunks whose sums the full-batch objective adds at the end: a constant,
+# not the thread count, so that one thread and many add the same numbers in the same order
+# (blas_threads(), hence the workers, is at most 8 too)
+SUM_RUNS = 8
 
 
 def full_loss_and_grad(data: TrainingRows, index: np.ndarray, W: np.ndarray, pre: Preprocessor,
@@ -151,11 +155,13 @@ def full_loss_and_grad(data: TrainingRows, index: np.ndarray, W: np.ndarray, pre
     the scale is folded into the weights), the scores x_c @ (W * scale).T (a BLAS product
     in `precision`), the softmax and its loss in float64
     (softmax.softmax_loss_from_scores), and x_c.T @ dS (a BLAS product in `precision`)
-    added into a float64 sum. The chunks are split into `workers` runs of consecutive
-    chunks (default parallel_workers()), one per thread, each with its own float64 sums
-    added in order at the end (the result depends on the worker count by float64 rounding
-    only) and BLAS held to one thread meanwhile: on a few cores that is faster than
-    BLAS's own threads on these narrow products (docs/development.md). Centring before the
+    added into a float64 sum. The chunks are summed in SUM_RUNS runs of consecutive
+    chunks (fewer when there are fewer chunks), each with its own float64 sums, added in run
+    order at the end: the same runs and order for any thread count, so that the result is
+    bit for bit the same on one thread or many. `workers` threads (default
+    parallel_workers()) take the runs, with BLAS held to one thread meanwhile: on a few
+    cores that is faster than BLAS's own threads on these narrow products
+    (docs/development.md). Centring before the
     product keeps the float32 products as accurate as on standardised features (folding
     the mean into a bias would cancel large terms). The float32 mean differs from the
     float64 one by its rounding only; docs/lbfgs.md says what float32 products cost in
@@ -211,11 +217,12 @@ def full_loss_and_grad(data: TrainingRows, index: np.ndarray, W: np.ndarray, pre
                 grad_pc += product
         return loss_sum, grad_pc, grad_bias
 
-    workers = min(len(starts), parallel_workers() if workers is None else workers)
+    runs = min(len(starts), SUM_RUNS)
+    cuts = [k * len(starts) // runs for k in range(runs + 1)]
+    workers = min(runs, parallel_workers() if workers is None else workers)
     if workers <= 1:
-        sums = [run(0, len(starts))]
+        sums = [run(first, stop) for first, stop in zip(cuts[:-1], cuts[1:], strict=True)]
     else:
-        cuts = [k * len(starts) // workers for k in range(workers + 1)]
         with ThreadPoolExecutor(workers) as pool, one_blas_thread():
             sums = list(pool.map(run, cuts[:-1], cuts[1:]))
     loss_sum = sum(part[0] for part in sums)
