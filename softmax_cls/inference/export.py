@@ -14,7 +14,8 @@ the class names one per line, so a class name that is not printable text is refu
 
 Files are written atomically (fsutil.atomic_write: a temporary file renamed over OUT, so a
 symbolic link at OUT is replaced, never written through); an existing OUT is refused unless
-`overwrite`, and one that is not a regular file (a device, a fifo, a socket) always.
+`overwrite`, and one that is not a regular file (a device, a fifo, a socket) always, as is an
+OUT that ends in / (a folder's name).
 """
 
 from __future__ import annotations
@@ -126,6 +127,9 @@ def export(checkpoint: str | os.PathLike, fmt: str, out: str | os.PathLike,
     if fmt not in FORMATS:
         raise InputError(f"format must be one of {', '.join(FORMATS)}, got "
                          f"{shorten(fmt, 40, quote=True)}")
+    if os.fspath(out).endswith(("/", os.sep)):  # Path() would drop the slash: a file "exports"
+        raise InputError(f"{shorten(os.fspath(out))} ends in /, a folder; name the file to "
+                         "write")
     out = Path(out)
     if fmt == "onnx":
         require_onnx()  # before the checkpoint is read
