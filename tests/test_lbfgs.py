@@ -1046,3 +1046,21 @@ def test_each_iteration_reports_the_weights_of_the_iterate_it_accepted():
         assert value == pytest.approx(loss, rel=1e-12, abs=1e-300)
         assert np.abs(grad).max() == pytest.approx(grad_max, rel=1e-12)
     np.testing.assert_allclose(seen[-1][2], result.W)
+
+
+def test_the_preconditioner_is_the_same_on_one_blas_thread_or_two():
+    """OpenBLAS's threaded Cholesky and solves round differently on two threads; a fit's
+    weights must not depend on --threads."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from softmax_cls.training.precondition import Preconditioner
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((700, 600))
+    S, V = X.T @ X / len(X), rng.standard_normal((10, 600))
+    got = {}
+    for threads in (1, 2):
+        with threadpoolctl.threadpool_limits(limits=threads, user_api="blas"):
+            p = Preconditioner.from_moment(S, 10, 1e-3, False)
+            got[threads] = (p.L, p.weights(V), p.variables(V), p.gradient(V))
+    for one, two in zip(got[1], got[2], strict=True):
+        assert np.array_equal(one, two)

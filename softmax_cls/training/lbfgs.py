@@ -23,7 +23,7 @@ from ..engines.contract import Engine, StepRule, TrainingRows
 from ..errors import SoftmaxClsError
 from ..math.augment import augmented_views
 from ..math.preprocess import Preprocessor, Split
-from .precondition import Preconditioner, second_moment
+from .precondition import Preconditioner, one_thread, second_moment
 
 LBFGS_INSTALL = 'pip install "softmax-cls[lbfgs]"'
 # L-BFGS-B's other stopping rule, on the relative decrease of the loss: as scikit-learn sets
@@ -146,13 +146,14 @@ def minimize(objective: Callable[[np.ndarray, str], tuple[float, np.ndarray]],
 
         line_search = MAX_LINE_SEARCH if precision == "float64" else MAX_LINE_SEARCH_FAST
         try:
-            found = optimize.minimize(
-                fun, start.ravel(), method="L-BFGS-B", jac=True, callback=callback,
-                # maxfun: SciPy's own cap (15,000 evaluations) would stop a long fit short of
-                # optim.max_iter; every iteration's line search fits in this one
-                options={"maxiter": iterations_left, "gtol": 0.0, "ftol": FTOL,
-                         "maxls": line_search,
-                         "maxfun": max(15000, (iterations_left + 1) * (line_search + 1))})
+            with one_thread():  # the iteration's own BLAS calls; evaluations set their own
+                found = optimize.minimize(
+                    fun, start.ravel(), method="L-BFGS-B", jac=True, callback=callback,
+                    # maxfun: SciPy's own cap (15,000 evaluations) would stop a long fit short
+                    # of optim.max_iter; every iteration's line search fits in this one
+                    options={"maxiter": iterations_left, "gtol": 0.0, "ftol": FTOL,
+                             "maxls": line_search,
+                             "maxfun": max(15000, (iterations_left + 1) * (line_search + 1))})
         except _StartMeetsTol:
             return start, TOL_MESSAGE
         message = str(found.message)

@@ -24,10 +24,12 @@ per reg value.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
 
+from ..engines.numpy_engine import one_blas_thread
 from ..math.augment import apply_view
 from ..math.preprocess import Preprocessor
 
@@ -95,7 +97,8 @@ class Preconditioner:
         jitter = JITTER * max(float(np.trace(H)) / D, np.finfo(float).tiny)
         for _ in range(JITTER_TRIES):
             try:
-                L = cholesky(H + jitter * np.eye(D), lower=True, check_finite=False)
+                with one_thread():
+                    L = cholesky(H + jitter * np.eye(D), lower=True, check_finite=False)
             except LinAlgError:  # float32 rounding made S indefinite by more than jitter
                 jitter *= 10
                 continue
@@ -108,15 +111,31 @@ class Preconditioner:
         """W = V L^{-1} (C, D) of variables V (C, D)."""
         from scipy.linalg import solve_triangular
 
-        return solve_triangular(self.L, V.T, lower=True, trans="T", check_finite=False).T
+        with one_thread():
+            return solve_triangular(self.L, V.T, lower=True, trans="T", check_finite=False).T
 
     def variables(self, W: np.ndarray) -> np.ndarray:
         """V = W L (C, D): the variables whose weights are W (a warm start)."""
-        return W @ self.L
+        with one_thread():
+            return W @ self.L
 
     def gradient(self, grad_W: np.ndarray) -> np.ndarray:
         """The gradient with respect to V (C, D), grad_W L^{-T}, of the gradient with respect
         to W (C, D)."""
         from scipy.linalg import solve_triangular
 
-        return solve_triangular(self.L, grad_W.T, lower=True, check_finite=False).T
+        with one_thread():
+            return solve_triangular(self.L, grad_W.T, lower=True, check_finite=False).T
+
+
+def one_thread():
+    """BLAS and LAPACK on one thread for the duration, where threadpoolctl (the lbfgs extra)
+    is installed: OpenBLAS's threaded Cholesky factor, triangular solves and products round
+    differently on one thread and on two (measured at D = 600 to 3073), as do its level-1
+    routines on long vectors (SciPy's L-BFGS-B iteration, lbfgs.minimize), and a fit must give
+    the same weights bit for bit whatever --threads says. The factor is one O(D^3 / 3)
+    product (about 10 GFLOP at D = 3073), the solves O(C D^2) per iteration."""
+    try:
+        return one_blas_thread()
+    except ImportError:
+        return nullcontext()
