@@ -1064,3 +1064,22 @@ def test_the_preconditioner_is_the_same_on_one_blas_thread_or_two():
             got[threads] = (p.L, p.weights(V), p.variables(V), p.gradient(V))
     for one, two in zip(got[1], got[2], strict=True):
         assert np.array_equal(one, two)
+
+
+def test_a_fit_is_the_same_on_one_blas_thread_or_two():
+    """The objective's own BLAS calls (the L2 term's vdot over 30,000 weights: OpenBLAS
+    threads it) round differently on two threads; lbfgs.minimize holds BLAS to one."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    rng = np.random.default_rng(0)
+    A, B = rng.uniform(0.5, 50.0, (10, 3000)), rng.standard_normal((10, 3000))
+
+    def objective(W, precision):
+        penalty, penalty_grad = softmax.l2_penalty(W, 0.3)
+        return float(0.5 * np.sum(A * (W - B) ** 2)) + penalty, A * (W - B) + penalty_grad
+
+    got = {}
+    for threads in (1, 2):
+        with threadpoolctl.threadpool_limits(limits=threads, user_api="blas"):
+            result = lbfgs.minimize(objective, np.zeros((10, 3000)), 1e-10, 30, None, None)
+            got[threads] = (result.W, result.loss)
+    assert np.array_equal(got[1][0], got[2][0]) and got[1][1] == got[2][1]

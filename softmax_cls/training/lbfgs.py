@@ -146,33 +146,37 @@ def minimize(objective: Callable[[np.ndarray, str], tuple[float, np.ndarray]],
 
         line_search = MAX_LINE_SEARCH if precision == "float64" else MAX_LINE_SEARCH_FAST
         try:
-            with one_thread():  # the iteration's own BLAS calls; evaluations set their own
-                found = optimize.minimize(
-                    fun, start.ravel(), method="L-BFGS-B", jac=True, callback=callback,
-                    # maxfun: SciPy's own cap (15,000 evaluations) would stop a long fit short
-                    # of optim.max_iter; every iteration's line search fits in this one
-                    options={"maxiter": iterations_left, "gtol": 0.0, "ftol": FTOL,
-                             "maxls": line_search,
-                             "maxfun": max(15000, (iterations_left + 1) * (line_search + 1))})
+            found = optimize.minimize(
+                fun, start.ravel(), method="L-BFGS-B", jac=True, callback=callback,
+                # maxfun: SciPy's own cap (15,000 evaluations) would stop a long fit short of
+                # optim.max_iter; every iteration's line search fits in this one
+                options={"maxiter": iterations_left, "gtol": 0.0, "ftol": FTOL,
+                         "maxls": line_search,
+                         "maxfun": max(15000, (iterations_left + 1) * (line_search + 1))})
         except _StartMeetsTol:
             return start, TOL_MESSAGE
         message = str(found.message)
         return found.x.reshape(shape), TOL_MESSAGE if "StopIteration" in message else message
 
-    V = np.ascontiguousarray(W0, dtype=np.float64)
-    if precondition is not None:
-        V = precondition.variables(V)
-    message = ""
-    if FAST_PRECISION != "float64":
-        V, message = run(V, FAST_PRECISION, max_iter)
-    left = max_iter - done["iterations"]
-    loss, grad = evaluate(V, "float64")
-    if float(np.abs(grad).max()) > tol and left > 0:
-        V, message = run(V, "float64", left)
+    # BLAS on one thread for the iteration and the objective's own BLAS calls (the L2 term's
+    # vdot, threaded on long vectors, rounds by the thread count); an evaluation splits its
+    # chunks over the threads itself
+    with one_thread():
+        V = np.ascontiguousarray(W0, dtype=np.float64)
+        if precondition is not None:
+            V = precondition.variables(V)
+        message = ""
+        if FAST_PRECISION != "float64":
+            V, message = run(V, FAST_PRECISION, max_iter)
+        left = max_iter - done["iterations"]
         loss, grad = evaluate(V, "float64")
-    grad_max = float(np.abs(grad).max())
-    return LbfgsResult(np.ascontiguousarray(to_weights(V)), done["iterations"],
-                       done["evaluations"], float(loss), grad_max, grad_max <= tol, message)
+        if float(np.abs(grad).max()) > tol and left > 0:
+            V, message = run(V, "float64", left)
+            loss, grad = evaluate(V, "float64")
+        grad_max = float(np.abs(grad).max())
+        W = np.ascontiguousarray(to_weights(V))
+    return LbfgsResult(W, done["iterations"], done["evaluations"], float(loss), grad_max,
+                       grad_max <= tol, message)
 
 
 def precondition_moment(config: Config, rows: np.ndarray, split: Split, pre: Preprocessor,

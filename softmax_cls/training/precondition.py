@@ -131,8 +131,8 @@ class Preconditioner:
 def one_thread():
     """BLAS and LAPACK on one thread for the duration, where threadpoolctl (the lbfgs extra)
     is installed: OpenBLAS's threaded Cholesky factor, triangular solves and products round
-    differently on one thread and on two (measured at D = 600 to 3073), as do its level-1
-    routines on long vectors (SciPy's L-BFGS-B iteration, lbfgs.minimize), and a fit must give
+    differently on one thread and on two (measured at D = 600 to 3073), as does the L2
+    term's vdot over a long W (lbfgs.minimize holds the whole fit to one), and a fit must give
     the same weights bit for bit whatever --threads says. The factor is one O(D^3 / 3)
     product (about 10 GFLOP at D = 3073), the solves O(C D^2) per iteration."""
     try:
