@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 
 import numpy as np
 
@@ -257,9 +258,12 @@ def parallel_workers() -> int:
 
 
 def one_blas_thread():
-    """A context in which BLAS (every BLAS library loaded) runs on one thread."""
-    from threadpoolctl import threadpool_limits
-
+    """A context in which BLAS (every BLAS library loaded) runs on one thread; a context that
+    changes nothing without threadpoolctl (the lbfgs extra brings it)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return nullcontext()
     return threadpool_limits(limits=1, user_api="blas")
 
 

@@ -20,10 +20,11 @@ import numpy as np
 from ..config import Config
 from ..engines import get_engine
 from ..engines.contract import Engine, StepRule, TrainingRows
+from ..engines.numpy_engine import one_blas_thread
 from ..errors import SoftmaxClsError
 from ..math.augment import augmented_views
 from ..math.preprocess import Preprocessor, Split
-from .precondition import Preconditioner, one_thread, second_moment
+from .precondition import Preconditioner, second_moment
 
 LBFGS_INSTALL = 'pip install "softmax-cls[lbfgs]"'
 # L-BFGS-B's other stopping rule, on the relative decrease of the loss: as scikit-learn sets
@@ -161,7 +162,7 @@ def minimize(objective: Callable[[np.ndarray, str], tuple[float, np.ndarray]],
     # BLAS on one thread for the iteration and the objective's own BLAS calls (the L2 term's
     # vdot, threaded on long vectors, rounds by the thread count); an evaluation splits its
     # chunks over the threads itself
-    with one_thread():
+    with one_blas_thread():
         V = np.ascontiguousarray(W0, dtype=np.float64)
         if precondition is not None:
             V = precondition.variables(V)

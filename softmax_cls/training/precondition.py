@@ -24,7 +24,6 @@ per reg value.
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -97,7 +96,9 @@ class Preconditioner:
         jitter = JITTER * max(float(np.trace(H)) / D, np.finfo(float).tiny)
         for _ in range(JITTER_TRIES):
             try:
-                with one_thread():
+                # OpenBLAS's threaded factor and solves round by the thread count (measured at
+                # D = 600 to 3073): one thread, so that --threads never changes a fit
+                with one_blas_thread():
                     L = cholesky(H + jitter * np.eye(D), lower=True, check_finite=False)
             except LinAlgError:  # float32 rounding made S indefinite by more than jitter
                 jitter *= 10
@@ -111,12 +112,12 @@ class Preconditioner:
         """W = V L^{-1} (C, D) of variables V (C, D)."""
         from scipy.linalg import solve_triangular
 
-        with one_thread():
+        with one_blas_thread():
             return solve_triangular(self.L, V.T, lower=True, trans="T", check_finite=False).T
 
     def variables(self, W: np.ndarray) -> np.ndarray:
         """V = W L (C, D): the variables whose weights are W (a warm start)."""
-        with one_thread():
+        with one_blas_thread():
             return W @ self.L
 
     def gradient(self, grad_W: np.ndarray) -> np.ndarray:
@@ -124,18 +125,6 @@ class Preconditioner:
         to W (C, D)."""
         from scipy.linalg import solve_triangular
 
-        with one_thread():
+        with one_blas_thread():
             return solve_triangular(self.L, grad_W.T, lower=True, check_finite=False).T
 
-
-def one_thread():
-    """BLAS and LAPACK on one thread for the duration, where threadpoolctl (the lbfgs extra)
-    is installed: OpenBLAS's threaded Cholesky factor, triangular solves and products round
-    differently on one thread and on two (measured at D = 600 to 3073), as does the L2
-    term's vdot over a long W (lbfgs.minimize holds the whole fit to one), and a fit must give
-    the same weights bit for bit whatever --threads says. The factor is one O(D^3 / 3)
-    product (about 10 GFLOP at D = 3073), the solves O(C D^2) per iteration."""
-    try:
-        return one_blas_thread()
-    except ImportError:
-        return nullcontext()
