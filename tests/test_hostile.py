@@ -450,7 +450,10 @@ def test_gradcheck_reports_errors_independent_of_the_tolerance():
 
 
 def test_gradcheck_passes_correct_gradients_at_two_samples_and_thousands_of_checks():
-    result = run_measured("softmax-gradcheck", "--samples", "2", "--checks", "2000",
+    # 3000 checks reach pixels the two samples share (std 0, scale 1000): the engines' folded
+    # scores cancel terms 100x the loss, whose rounding the allowance must include (at 3000
+    # the torch objective failed on one such pixel; its gradient agreed with loss_and_grad).
+    result = run_measured("softmax-gradcheck", "--samples", "2", "--checks", "3000",
                           timeout=300)
     assert result.returncode == 0, result.stdout[-3000:]
     assert "gradient check passed" in result.stdout
