@@ -118,8 +118,8 @@ def check_gradient(
     f(W) returns (loss, dW), the loss a mean over `rows` rows (its rounding grows with them).
     column_scale (D,) is the RMS of each feature column; the step of a coordinate in column j
     is step / max(1, column_scale[j]). magnitude: the largest sum of |products| in one of f's
-    scores (score_magnitude), which bounds their rounding with |f|. The last column (the bias column) is always among the
-    coordinates checked. W is left unchanged. Raises
+    scores (score_magnitude), which bounds their rounding with |f|. The last column (the bias
+    column) is always among the coordinates checked. W is left unchanged. Raises
     GradcheckRefused when the step cannot resolve the largest derivative checked (see the
     module docstring).
     """
