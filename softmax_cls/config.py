@@ -75,9 +75,10 @@ class PreprocessConfig:
     bias: bool = True
 
 
+FLOAT32_MAX = 3.4028234663852886e38
 # The largest model.init_std whose Gaussian weights stay finite in float32: a draw past 64
 # standard deviations never happens.
-INIT_STD_MAX = 3.4028234663852886e38 / 64
+INIT_STD_MAX = FLOAT32_MAX / 64
 MAX_SHIFT = 8  # the largest shift, in pixels, augment.translate may ask for (every engine)
 ENGINE_NAMES = ("auto", "numba", "numpy", "torch")
 # where the torch engine computes: auto (a CUDA GPU when torch sees one), cpu, cuda, cuda:N
@@ -94,7 +95,8 @@ class ModelConfig:
 class LossConfig:
     reg: float = _opt(2.94e-06, low=0.0)
     reg_bias: bool = False
-    clip: float = _opt(50.0, low=0.0, low_open=True)
+    # -clip is compared with float32 scores: past float32's range it overflowed to -inf
+    clip: float = _opt(50.0, low=0.0, low_open=True, high=FLOAT32_MAX)
 
 
 @dataclass

@@ -556,3 +556,32 @@ def test_gzip_header_of_a_normal_archive_still_extracts(tmp_path):
         data = load_dataset(root=tmp_path / archive.stem, archive=archive, spec=fake.spec,
                             progress=False)
         assert np.array_equal(data.train_images, fake.train_images)
+
+
+def feature_files(folder: Path) -> Path:
+    """train_X.npy / train_y.npy: 200 rows of 6 float32 features, 3 classes."""
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 200)
+    np.save(folder / "train_X.npy", (rng.normal(0, 3, (3, 6))[y]
+                                     + rng.standard_normal((200, 6))).astype(np.float32))
+    np.save(folder / "train_y.npy", y)
+    return folder / "train_X.npy"
+
+
+@pytest.mark.parametrize("clip", ["1e308", "3.5e38"])
+def test_a_loss_clip_beyond_float32_is_one_line_not_a_warning(tmp_path, clip):
+    """-clip meets float32 scores: past float32's range it was accepted and overflowed to
+    -inf (on CIFAR with numpy's RuntimeWarning, a line of the package's source, on stderr)."""
+    X = feature_files(tmp_path)
+    config = str(write_config(tmp_path / "c.yaml"))
+    result = run_measured("softmax-train", "--config", config, "--set", "data.dataset=features", "--set",
+                          f"data.train={X}", "--set", "data.val_size=20", "--set",
+                          f"loss.clip={clip}", "--out", str(tmp_path / "run"), "--quiet")
+    one_line(result, 2, "loss.clip: must be <= 3.40282e+38")
+    assert not (tmp_path / "run").exists()
+    result = run_measured("softmax-train", "--config", config, "--set",
+                          "data.dataset=features", "--set",
+                          f"data.train={X}", "--set", "data.val_size=20", "--set",
+                          "loss.clip=3e38", "--set", "optim.epochs=1", "--set",
+                          "output.plots=false", "--out", str(tmp_path / "run"), "--quiet")
+    assert result.returncode == 0 and result.stderr == "", result.stderr
