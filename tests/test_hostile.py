@@ -576,7 +576,8 @@ def test_a_loss_clip_beyond_float32_is_one_line_not_a_warning(tmp_path, clip):
     config = str(write_config(tmp_path / "c.yaml"))
     result = run_measured("softmax-train", "--config", config, "--set",
                           "data.dataset=features", "--set", f"data.train={X}", "--set",
-                          "data.val_size=20", "--set", f"loss.clip={clip}", "--out", str(tmp_path / "run"), "--quiet")
+                          "data.val_size=20", "--set", f"loss.clip={clip}", "--out",
+                          str(tmp_path / "run"), "--quiet")
     one_line(result, 2, "loss.clip: must be <= 3.40282e+38")
     assert not (tmp_path / "run").exists()
     result = run_measured("softmax-train", "--config", config, "--set",
