@@ -256,6 +256,8 @@ def _check_value(key: str, value: Any, kind: type, nullable: bool, meta: Any) ->
         raise ConfigError(f"{key}: must be {_TYPE_NAMES[kind]}, got {_show(value)}")
     if kind is float and not math.isfinite(value):
         raise ConfigError(f"{key}: must be a finite number, got {_show(value)}")
+    if kind is str and "\0" in value:  # YAML's "\0": no path or name can hold one
+        raise ConfigError(f"{key}: must not hold a NUL character, got {_show(value)}")
     choices, low, high = meta.get("choices"), meta.get("low"), meta.get("high")
     if choices and value not in choices:
         raise ConfigError(f"{key}: must be one of {', '.join(choices)}, got {_show(value)}")

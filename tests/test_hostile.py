@@ -586,3 +586,15 @@ def test_a_loss_clip_beyond_float32_is_one_line_not_a_warning(tmp_path, clip):
                           "loss.clip=3e38", "--set", "optim.epochs=1", "--set",
                           "output.plots=false", "--out", str(tmp_path / "run"), "--quiet")
     assert result.returncode == 0 and result.stderr == "", result.stderr
+
+
+@pytest.mark.parametrize("key", ["output.dir", "data.root"])
+def test_a_nul_character_in_a_config_path_is_one_line(tmp_path, key):
+    """YAML's "\\0" reaches a path: os functions raise ValueError (embedded null byte), which
+    came out as a traceback from the run folder's cleanup."""
+    section, name = key.split(".")
+    config = tmp_path / "c.yaml"
+    config.write_text(f'optim: {{epochs: 1}}\n{section}: {{{name}: "run\\0x"}}\n')
+    result = run_measured("softmax-train", "--config", str(config), "--quiet", cwd=tmp_path)
+    one_line(result, 2, f"{key}: must not hold a NUL character")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml"]
