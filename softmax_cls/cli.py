@@ -38,7 +38,10 @@ class Command(click.Command):
             with sigterm_as_interrupt():
                 result = super().main(args, prog_name, standalone_mode=False, **extra)
         except click.ClickException as exc:
-            _fail(exc.format_message(), exc.exit_code)
+            message = exc.format_message()
+            if isinstance(exc, click.MissingParameter):  # click lists a Choice's values one
+                message = message.replace("\n\t", " ")  # per line: they fit on one
+            _fail(message, exc.exit_code)
         except click.Abort as exc:
             _fail(*stop_word_and_code(exc.__cause__))
         except DeviceOutOfMemory as exc:

@@ -178,7 +178,9 @@ def test_bad_arguments_are_one_error_line(checkpoint, tmp_path):
                               "-o", out), 1, "fake.npz")
     assert_one_line_error(run("softmax-export", str(checkpoint), "--format", "tflite", "-o",
                               out), 2, "tflite")
-    assert_one_line_error(run("softmax-export", str(checkpoint), "-o", out), 2, "--format")
+    line = assert_one_line_error(run("softmax-export", str(checkpoint), "-o", out), 2,
+                                 "--format", "Choose from: onnx, npz")
+    assert "\\" not in line, line  # click's one-per-line list, not escaped newlines and tabs
     assert_one_line_error(run("softmax-export", str(checkpoint), "--format", "npz"), 2, "-o")
     assert sorted(os.listdir(tmp_path)) == ["fake.npz"]
 
