@@ -598,3 +598,28 @@ def test_a_nul_character_in_a_config_path_is_one_line(tmp_path, key):
     result = run_measured("softmax-train", "--config", str(config), "--quiet", cwd=tmp_path)
     one_line(result, 2, f"{key}: must not hold a NUL character")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml"]
+
+
+def test_an_output_folder_that_is_a_link_to_nothing_is_named_as_such(tmp_path):
+    """--out / -o / --root naming a link whose target is missing: mkdir's bare "File exists"
+    said nothing of the link; each command names it and its target, and writes nothing."""
+    X = feature_files(tmp_path)
+    (tmp_path / "out").symlink_to(tmp_path / "gone")
+    config = str(write_config(tmp_path / "c.yaml"))
+    train = ("softmax-train", "--config", config, "--set", "data.dataset=features", "--set",
+             f"data.train={X}", "--set", f"data.test={X}", "--set", "data.val_size=20",
+             "--quiet")
+    needle = f"is a link to {tmp_path / 'gone'}, which does not exist"
+    one_line(run_measured(*train, "--out", str(tmp_path / "out")), 1, "out: " + needle)
+    assert run_measured(*train, "--out", str(tmp_path / "run")).returncode == 0
+    for command in (("softmax-plot", str(tmp_path / "run"), "--out", str(tmp_path / "out")),
+                    ("softmax-export", str(tmp_path / "run" / "best.npz"), "--format", "npz",
+                     "-o", str(tmp_path / "out" / "m.npz")),
+                    ("softmax-download", "--root", str(tmp_path / "out"))):
+        one_line(run_measured(*command), 1, "out: " + needle)
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(f"base: c.yaml\ntrials: 1\nset: {{data.dataset: features, data.train: "
+                     f"'{X}', data.val_size: 20}}\nspace: {{optim.lr: {{choice: [0.1]}}}}\n")
+    one_line(run_measured("softmax-sweep", str(sweep), "--out", str(tmp_path / "out")), 1,
+             "out: " + needle)
+    assert not (tmp_path / "gone").exists()

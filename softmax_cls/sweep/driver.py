@@ -44,7 +44,7 @@ from ..config import Config, config_from_dict, config_to_dict
 from ..data import cifar as data_module
 from ..engines import check_device
 from ..errors import ConfigError, DataError, SoftmaxClsError
-from ..fsutil import atomic_write, missing_folders, removed_on_error
+from ..fsutil import atomic_write, make_folder, missing_folders, removed_on_error
 from ..interrupts import stop_word_and_code
 from ..text import shorten
 from .folder import check_folder, mark_folder
@@ -200,7 +200,7 @@ def _run_sweep(sweep_path, trials, workers, folder: Path, dask, storage, study_n
     name = study_name or Path(sweep_path).stem
     url = storage_name(folder, storage)
     check_folder(folder, name, storage)
-    folder.mkdir(parents=True, exist_ok=True)
+    make_folder(folder)
     check_study(spec, url, name, own_journal=storage is None)
 
     # Every check passed: from here on the folder is this sweep's.
