@@ -623,3 +623,24 @@ def test_an_output_folder_that_is_a_link_to_nothing_is_named_as_such(tmp_path):
     one_line(run_measured("softmax-sweep", str(sweep), "--out", str(tmp_path / "out")), 1,
              "out: " + needle)
     assert not (tmp_path / "gone").exists()
+
+
+@pytest.mark.parametrize("args", [
+    ("softmax-train", "--config", "c.yaml", "--out", ""),
+    ("softmax-train", "--config", ""),
+    ("softmax-train", "--resume", ""),
+    ("softmax-eval", ""),
+    ("softmax-predict", "best.npz", "x.png", ""),
+    ("softmax-plot", "run", "--out", ""),
+    ("softmax-plot", ""),
+    ("softmax-sweep", ""),
+    ("softmax-download", "--root", ""),
+    ("softmax-export", "best.npz", "--format", "npz", "-o", ""),
+], ids=lambda args: " ".join(args))
+def test_an_empty_path_is_one_line_not_the_current_folder(tmp_path, args):
+    """'' names no file (POSIX: ENOENT), but Path('') is '.': --out '' trained into or drew
+    the plots into the current folder, and softmax-predict read every image under it."""
+    write_config(tmp_path / "c.yaml")
+    result = run_measured(*args, cwd=tmp_path)
+    one_line(result, 2, "is empty; name a file or folder")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml"]
