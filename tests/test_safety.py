@@ -370,6 +370,19 @@ def test_a_checkpoint_of_weights_over_256_mb_loads_unless_memory_is_short(traine
     assert_one_line_error(short, 1, "big.npz", "needs 1,0", "MB of memory")
 
 
+def test_a_stored_member_declaring_more_bytes_than_the_file_holds_is_refused(trained,
+                                                                            tmp_path):
+    """Stored members are not capped (their bytes are in the file): one whose index declares
+    3 GB (a header of (250 M, 3) float32) in a small file is refused before reading."""
+    entries = {name: (data, zlib.crc32(data), len(data), zipfile.ZIP_STORED)
+               for name, data in members(trained / "run" / "best.npz").items()}
+    header = npy_header((250_000_000, 3))
+    entries["W.npy"] = header + bytes(64), 0, len(header) + 3_000_000_000, zipfile.ZIP_STORED
+    path = tmp_path / "liar.npz"
+    path.write_bytes(zip_with_deflated(entries))
+    assert_refused(eval_measured(path), "liar.npz", "member W declares")
+
+
 NOISE = random.Random(5).randbytes(5000)
 
 
