@@ -333,6 +333,11 @@ def test_the_cgroup_v1_limit_left_binds_from_the_process_group_or_a_parent(fake_
     assert memory.cgroup_v1_left() == 1000
     write_files(v1 / "user.slice", {"memory.usage_in_bytes": "12000\n"})
     assert memory.cgroup_v1_left() == 0  # over its limit: never negative
+    write_files(v1 / "user.slice", {"memory.usage_in_bytes": "9500\n"})
+    (tree / "cgroup").write_text("4:blkio,memory:/user.slice/job\n")  # controllers together
+    assert memory.cgroup_v1_left() == 500
+    write_files(v1.parent, {"memory.limit_in_bytes": "100\n", "memory.usage_in_bytes": "0\n"})
+    assert memory.cgroup_v1_left() == 500  # nothing above the controller's root is read
     (tree / "cgroup").write_text("4:memory,blkio:/elsewhere\n")  # a container's view: the
     write_files(v1, {"memory.limit_in_bytes": "3000\n",  # host path is not mounted:
                      "memory.usage_in_bytes": "1000\n"})
