@@ -644,3 +644,23 @@ def test_an_empty_path_is_one_line_not_the_current_folder(tmp_path, args):
     result = run_measured(*args, cwd=tmp_path)
     one_line(result, 2, "is empty; name a file or folder")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml"]
+
+
+def test_a_sweep_whose_data_cannot_be_read_leaves_no_folder_behind(tmp_path):
+    """The data is read before the folder is claimed: a sweep file with a wrong data path
+    left a sweep folder (study.json, sweep.yaml, a journal) with no trials, and the sweep
+    file corrected (as the error line said) was then refused as 'another sweep'."""
+    write_config(tmp_path / "c.yaml")
+    sweep = tmp_path / "sweep.yaml"
+    text = ("base: c.yaml\nsampler: grid\nset: {{data.dataset: features, data.train: '{X}', "
+            "data.val_size: 20, optim.epochs: 1, output.plots: false}}\n"
+            "space: {{optim.lr: {{grid: [0.1]}}}}\n")
+    sweep.write_text(text.format(X=tmp_path / "missing_X.npy"))
+    out = tmp_path / "sweeps" / "s"
+    result = run_measured("softmax-sweep", str(sweep), "--out", str(out), "--quiet")
+    one_line(result, 1, "missing_X.npy")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml", "sweep.yaml"]
+    sweep.write_text(text.format(X=feature_files(tmp_path)))
+    result = run_measured("softmax-sweep", str(sweep), "--out", str(out), "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert (out / "best.npz").is_file()

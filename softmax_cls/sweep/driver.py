@@ -201,7 +201,19 @@ def _run_sweep(sweep_path, trials, workers, folder: Path, dask, storage, study_n
     url = storage_name(folder, storage)
     check_folder(folder, name, storage)
     make_folder(folder)
+    journal = folder / "study.journal"
+    new_journal = storage is None and not os.path.lexists(journal)
     check_study(spec, url, name, own_journal=storage is None)
+    # The data before the folder is claimed: data that cannot be read (a wrong data.root)
+    # leaves no sweep behind, which the corrected sweep file would find "another sweep";
+    # the empty journal check_study made goes too, so a folder made here is removed.
+    try:
+        meta = prepare_cache(folder, spec.base_config, progress)
+    except BaseException:
+        if new_journal and journal.is_file() and journal.stat().st_size == 0:
+            journal.unlink()
+        raise
+    stops.check()
 
     # Every check passed: from here on the folder is this sweep's.
     mark_folder(folder, name, storage)
@@ -211,7 +223,6 @@ def _run_sweep(sweep_path, trials, workers, folder: Path, dask, storage, study_n
     study = open_study(spec, url, name)  # imports numpy.random: see stops.py
     stops.check()
     requeue_stale(study)
-    meta = prepare_cache(folder, spec.base_config, progress)
     write_trials_csv(folder, study, spec)
     stops.check()
     if path:
