@@ -365,12 +365,15 @@ def _schema_type(keys: list[str]) -> Any:
     return cls
 
 
-def config_from_dict(raw: Any, overrides: typing.Iterable[str] = ()) -> Config:
-    """Validate a raw mapping (as from YAML) plus overrides into a Config."""
+def config_from_dict(raw: Any, overrides: typing.Iterable[str] = (),
+                     source: str = "config") -> Config:
+    """Validate a raw mapping (as from YAML) plus overrides into a Config; `source` names
+    where the mapping came from (a file) when it is not one."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"config: expected a mapping of keys at the top level, got {_show(raw)}")
+        raise ConfigError(f"{source}: expected a mapping of keys at the top level, got "
+                          f"{_show(raw)}")
     config = _build(Config, apply_overrides(raw, overrides), "")
     _check_combinations(config)
     _resolve_augment(config)
@@ -569,7 +572,8 @@ def load_config(path: str | Path | None, overrides: typing.Iterable[str] = ()) -
     if path is None:
         return config_from_dict({}, overrides)
     path = Path(path)
-    return config_from_dict(parse_yaml(read_yaml_text(path), str(path)), overrides)
+    return config_from_dict(parse_yaml(read_yaml_text(path), str(path)), overrides,
+                            f"config {shorten(path)}")
 
 
 def config_to_dict(config: Config) -> dict:

@@ -664,3 +664,15 @@ def test_a_sweep_whose_data_cannot_be_read_leaves_no_folder_behind(tmp_path):
     result = run_measured("softmax-sweep", str(sweep), "--out", str(out), "--quiet")
     assert result.returncode == 0, result.stderr
     assert (out / "best.npz").is_file()
+
+
+@pytest.mark.parametrize("command", ["softmax-train", "softmax-sweep"])
+def test_a_config_file_that_is_no_mapping_is_named(tmp_path, command):
+    """A file of plain text or a list given as a config (or a sweep's base): the line said
+    'config: expected a mapping', not which file."""
+    (tmp_path / "notes.yaml").write_text("remember the milk\n")
+    (tmp_path / "sweep.yaml").write_text("base: notes.yaml\nspace: {optim.lr: {choice: [1]}}\n")
+    args = (("--config", "notes.yaml") if command == "softmax-train" else ("sweep.yaml",))
+    result = run_measured(command, *args, cwd=tmp_path)
+    line = one_line(result, 2, "notes.yaml: expected a mapping of keys at the top level")
+    assert line.startswith("error: config "), line
