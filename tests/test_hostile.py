@@ -676,3 +676,15 @@ def test_a_config_file_that_is_no_mapping_is_named(tmp_path, command):
     result = run_measured(command, *args, cwd=tmp_path)
     line = one_line(result, 2, "notes.yaml: expected a mapping of keys at the top level")
     assert line.startswith("error: config "), line
+
+
+def test_a_sweeps_missing_data_names_the_sweep_files_keys_not_set_options(tmp_path):
+    """softmax-sweep has no --set: its data hints name the sweep file's set: keys."""
+    write_config(tmp_path / "c.yaml")
+    (tmp_path / "sweep.yaml").write_text(
+        "base: c.yaml\ntrials: 1\nset: {data.root: nodata, data.download: false}\n"
+        "space: {optim.lr: {choice: [0.1]}}\n")
+    result = run_measured("softmax-sweep", "sweep.yaml", "--out", "s", cwd=tmp_path)
+    line = one_line(result, 1, "set in the sweep file data.root: DIR where it is")
+    assert "--set" not in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml", "sweep.yaml"]

@@ -42,6 +42,7 @@ import yaml
 
 from ..config import Config, config_from_dict, config_to_dict
 from ..data import cifar as data_module
+from ..data.fetch import SWEEP_HINTS
 from ..engines import check_device
 from ..errors import ConfigError, DataError, SoftmaxClsError
 from ..fsutil import atomic_write, make_folder, missing_folders, removed_on_error
@@ -123,7 +124,7 @@ def prepare_cache(folder: Path, config: Config, progress: bool) -> dict:
     meta = cache_meta(cache_dir)
     if meta is not None and meta.get("data") == section:
         return meta
-    loaded = data_module.load_config_data(config.data, progress)
+    loaded = data_module.load_config_data(config.data, progress, hints=SWEEP_HINTS)
     write_cache(cache_dir, loaded, section)
     del loaded  # only the training rows were read from it
     return cache_meta(cache_dir)
