@@ -38,7 +38,10 @@ class Command(click.Command):
             with sigterm_as_interrupt():
                 result = super().main(args, prog_name, standalone_mode=False, **extra)
         except click.ClickException as exc:
-            _fail(exc.format_message(), exc.exit_code)
+            message = exc.format_message()
+            if isinstance(exc, click.MissingParameter):  # click lists a Choice's values one
+                message = message.replace("\n\t", " ")  # per line: they fit on one
+            _fail(message, exc.exit_code)
         except click.Abort as exc:
             _fail(*stop_word_and_code(exc.__cause__))
         except DeviceOutOfMemory as exc:
@@ -102,6 +105,16 @@ threads_option = click.option(
          "/ NUMBA_NUM_THREADS already set].")
 
 
+class NamedPath(click.Path):
+    """A path that is not empty: '' is no file or folder (POSIX's ENOENT), where Path('')
+    would be the current folder (--out '' wrote a run's plots there, a predict read it)."""
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and value == "":
+            self.fail("is empty; name a file or folder ('.' for this one)", param, ctx)
+        return super().convert(value, param, ctx)
+
+
 class PositiveFinite(click.FloatRange):
     """A float > 0 and finite: click's FloatRange(0, min_open=True) lets nan through (every
     comparison with nan is false), and inf."""
@@ -118,19 +131,20 @@ class PositiveFinite(click.FloatRange):
         return number
 
 
-config_option = click.option("--config", "config_path", type=click.Path(dir_okay=False),
+config_option = click.option("--config", "config_path", type=NamedPath(dir_okay=False),
                              help="YAML config file (see configs/default.yaml).")
 
 
 @click.command(cls=Command)
 @click.option("--dataset", type=click.Choice(["cifar10", "cifar100"]), default="cifar10",
               show_default=True)
-@click.option("--root", default="data", show_default=True, help="Folder the data lands in.")
+@click.option("--root", default="data", show_default=True, type=NamedPath(file_okay=False),
+              help="Folder the data lands in.")
 @click.option("--format", "fmt", type=click.Choice(["binary", "python"]), default="binary",
               show_default=True, help="The binary version needs no pickle at all.")
 @click.option("--url", help="Archive URL of a mirror (default: the official one, or "
               "$SOFTMAX_CLS_MIRROR/<archive name>).")
-@click.option("--archive", type=click.Path(dir_okay=False),
+@click.option("--archive", type=NamedPath(dir_okay=False),
               help="A local copy of the archive to verify and extract instead of downloading.")
 @click.option("--force", is_flag=True, help="Download and extract again; the old copy is "
               "replaced only once the new one verified.")
@@ -148,10 +162,10 @@ def download_command(dataset, root, fmt, url, archive, force, quiet):
 @click.command(cls=Command)
 @config_option
 @set_option
-@click.option("--out", type=click.Path(file_okay=False),
+@click.option("--out", type=NamedPath(file_okay=False),
               help="Run folder [default: output.dir (output.dir-2, -3, ... when it holds a "
               "run), or the resumed checkpoint's folder].")
-@click.option("--resume", type=click.Path(dir_okay=False),
+@click.option("--resume", type=NamedPath(dir_okay=False),
               help="Continue from a last.npz exactly where it stopped.")
 @click.option("--overwrite", is_flag=True,
               help="Replace the run already in the run folder (its files are deleted first; "
@@ -205,11 +219,11 @@ def train_command(config_path, overrides, out, resume, overwrite, plots, quiet):
 
 
 @click.command(cls=Command)
-@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.argument("checkpoint", type=NamedPath(dir_okay=False))
 @click.option("--split", type=click.Choice(["test", "val", "train"]), default="test",
               show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@click.option("--root", type=click.Path(file_okay=False),
+@click.option("--root", type=NamedPath(file_okay=False),
               help="Data folder (default: the one the checkpoint was trained with).")
 @click.option("--download", is_flag=True,
               help="Download the data if it is not there (by default eval never downloads).")
@@ -279,13 +293,13 @@ def gradcheck_command(config_path, overrides, samples, classes, checks, step, to
 
 
 @click.command(cls=Command)
-@click.argument("path", type=click.Path())
-@click.option("--out", type=click.Path(file_okay=False),
+@click.argument("path", type=NamedPath())
+@click.option("--out", type=NamedPath(file_okay=False),
               help="Folder for the PNGs [default: PATH/plots; for a checkpoint file, "
               "plots-<name> beside it].")
 @click.option("--split", type=click.Choice(["test", "val"]), default="test", show_default=True,
               help="The split of confusion.png and mistakes.png.")
-@click.option("--root", type=click.Path(file_okay=False),
+@click.option("--root", type=NamedPath(file_okay=False),
               help="Data folder (default: the one the checkpoint was trained with).")
 @quiet_option
 @click.version_option(__version__)
@@ -306,14 +320,14 @@ def plot_command(path, out, split, root, quiet):
 
 
 @click.command(cls=Command)
-@click.argument("sweep_file", type=click.Path(dir_okay=False))
+@click.argument("sweep_file", type=NamedPath(dir_okay=False))
 @click.option("--trials", type=int, help="Trials to run in all [default: the sweep file's "
               "trials; a grid runs each point once].")
 @click.option("--workers", type=click.IntRange(1), default=1, show_default=True,
               help="Trials at once: local processes sharing one memory-mapped copy of the "
               "training data, each with cores / workers threads (with --dask: trials in "
               "flight, default the cluster's threads).")
-@click.option("--out", type=click.Path(file_okay=False),
+@click.option("--out", type=NamedPath(file_okay=False),
               help="Sweep folder [default: runs/<sweep file name>]. The same command resumes.")
 @click.option("--dask", "dask_address", metavar="ADDRESS",
               help="Run the trials on this Dask scheduler, e.g. tcp://host:8786.")
@@ -348,8 +362,9 @@ def sweep_command(sweep_file, trials, workers, out, dask_address, storage, study
 
 
 @click.command(cls=Command)
-@click.argument("checkpoint", type=click.Path(dir_okay=False))
-@click.argument("inputs", nargs=-1, required=True, metavar="IMAGE_OR_FOLDER...")
+@click.argument("checkpoint", type=NamedPath(dir_okay=False))
+@click.argument("inputs", nargs=-1, required=True, metavar="IMAGE_OR_FOLDER...",
+                type=NamedPath())
 @click.option("--top-k", "k", type=click.IntRange(1), default=None,
               help="Classes shown per image, most probable first [default: 3, or every class "
               "of a model with fewer].")
@@ -418,11 +433,11 @@ def predict_command(checkpoint, inputs, k, as_json, batch_size, skip_unreadable,
 
 
 @click.command(cls=Command)
-@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.argument("checkpoint", type=NamedPath(dir_okay=False))
 @click.option("--format", "fmt", type=click.Choice(["onnx", "npz"]), required=True,
               help="onnx: the whole model on uint8 pixels (NHWC), softmax at the end (needs "
               "pip install 'softmax-cls[onnx]'); npz: W_raw with the preprocessing folded in.")
-@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False),
+@click.option("-o", "--out", required=True, type=NamedPath(dir_okay=False),
               help="The file to write.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @click.version_option(__version__)

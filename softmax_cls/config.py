@@ -75,9 +75,10 @@ class PreprocessConfig:
     bias: bool = True
 
 
+FLOAT32_MAX = 3.4028234663852886e38
 # The largest model.init_std whose Gaussian weights stay finite in float32: a draw past 64
 # standard deviations never happens.
-INIT_STD_MAX = 3.4028234663852886e38 / 64
+INIT_STD_MAX = FLOAT32_MAX / 64
 MAX_SHIFT = 8  # the largest shift, in pixels, augment.translate may ask for (every engine)
 ENGINE_NAMES = ("auto", "numba", "numpy", "torch")
 # where the torch engine computes: auto (a CUDA GPU when torch sees one), cpu, cuda, cuda:N
@@ -94,7 +95,8 @@ class ModelConfig:
 class LossConfig:
     reg: float = _opt(2.94e-06, low=0.0)
     reg_bias: bool = False
-    clip: float = _opt(50.0, low=0.0, low_open=True)
+    # -clip is compared with float32 scores: past float32's range it overflowed to -inf
+    clip: float = _opt(50.0, low=0.0, low_open=True, high=FLOAT32_MAX)
 
 
 @dataclass
@@ -254,6 +256,8 @@ def _check_value(key: str, value: Any, kind: type, nullable: bool, meta: Any) ->
         raise ConfigError(f"{key}: must be {_TYPE_NAMES[kind]}, got {_show(value)}")
     if kind is float and not math.isfinite(value):
         raise ConfigError(f"{key}: must be a finite number, got {_show(value)}")
+    if kind is str and "\0" in value:  # YAML's "\0": no path or name can hold one
+        raise ConfigError(f"{key}: must not hold a NUL character, got {_show(value)}")
     choices, low, high = meta.get("choices"), meta.get("low"), meta.get("high")
     if choices and value not in choices:
         raise ConfigError(f"{key}: must be one of {', '.join(choices)}, got {_show(value)}")
@@ -361,12 +365,15 @@ def _schema_type(keys: list[str]) -> Any:
     return cls
 
 
-def config_from_dict(raw: Any, overrides: typing.Iterable[str] = ()) -> Config:
-    """Validate a raw mapping (as from YAML) plus overrides into a Config."""
+def config_from_dict(raw: Any, overrides: typing.Iterable[str] = (),
+                     source: str = "config") -> Config:
+    """Validate a raw mapping (as from YAML) plus overrides into a Config; `source` names
+    where the mapping came from (a file) when it is not one."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"config: expected a mapping of keys at the top level, got {_show(raw)}")
+        raise ConfigError(f"{source}: expected a mapping of keys at the top level, got "
+                          f"{_show(raw)}")
     config = _build(Config, apply_overrides(raw, overrides), "")
     _check_combinations(config)
     _resolve_augment(config)
@@ -565,7 +572,8 @@ def load_config(path: str | Path | None, overrides: typing.Iterable[str] = ()) -
     if path is None:
         return config_from_dict({}, overrides)
     path = Path(path)
-    return config_from_dict(parse_yaml(read_yaml_text(path), str(path)), overrides)
+    return config_from_dict(parse_yaml(read_yaml_text(path), str(path)), overrides,
+                            f"config {shorten(path)}")
 
 
 def config_to_dict(config: Config) -> dict:

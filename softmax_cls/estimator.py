@@ -100,6 +100,9 @@ class SoftmaxClassifier(ClassifierMixin, BaseEstimator):
         training rows (preprocess center true, scale std). The statistics are folded into
         coef_ and intercept_, which act on the original features.
     class_weight : dict {label: weight}, "balanced" or None, multiplied into sample_weight.
+        A row weight below 0 (from either) is a ValueError: it would reward misclassifying
+        its row, the objective has no minimum but where the loss clip stops it (scikit-learn's
+        LogisticRegression accepts such weights and fits that non-convex objective).
     warm_start : bool, start fit from the current model (the function X -> scores is kept
         exactly while the standardisation is refitted on the new X); velocity and the
         learning-rate schedule start afresh. With solver="lbfgs", a path of decreasing reg
@@ -368,6 +371,11 @@ class SoftmaxClassifier(ClassifierMixin, BaseEstimator):
             per_class[present] = compute_class_weight(self.class_weight, classes=classes[present],
                                                       y=classes[y_encoded])
             checked = checked * per_class[y_encoded]
+        if (checked < 0).any():
+            row = int(np.argmax(checked < 0))
+            raise ValueError(f"sample weights must be >= 0 (with class_weight multiplied in): "
+                             f"row {row} has {checked[row]:g}; a negative weight rewards "
+                             "misclassifying its row, and the loss has no minimum")
         return checked
 
     def _model_state(self) -> TrainState:

@@ -42,7 +42,12 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     """
     path = Path(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_folder(path.parent)
+    except FileExistsError:
+        raise  # names what holds the folder's name
+    except OSError as exc:
+        raise _naming(exc, path) from None
+    try:
         fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as exc:
         raise _naming(exc, path) from None
@@ -63,6 +68,19 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
             raise _naming(exc, path) from None
         raise
     fsync_dir(path.parent)
+
+
+def make_folder(folder: Path) -> None:
+    """mkdir -p `folder`. Where a file or a link to nothing holds its name (or a parent's),
+    FileExistsError names it and says what it is (mkdir's own "File exists" did not)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        blocker = next((p for p in (folder, *folder.parents)
+                        if os.path.lexists(p) and not p.is_dir()), folder)
+        reason = (f"is a link to {os.readlink(blocker)}, which does not exist"
+                  if blocker.is_symlink() else "is a file, not a folder")
+        raise FileExistsError(errno.EEXIST, reason, str(blocker)) from None
 
 
 def _naming(exc: OSError, path: Path) -> OSError:
@@ -146,7 +164,7 @@ def folder_lock(folder: str | os.PathLike, *, wait: bool,
     into it.
     """
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    make_folder(folder)
     lock_path = folder / ".lock"
     fd = open_own_file(lock_path, os.O_RDWR | os.O_CREAT)
     try:

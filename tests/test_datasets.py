@@ -709,7 +709,7 @@ def test_corrupted_file_in_existing_folder_is_reported_and_left_alone(tmp_path):
         assert str(batch) in message and "md5 checksum mismatch" in message
         assert fake.spec.files["data_batch_2.bin"] in message
         assert hashlib.md5(content).hexdigest() in message
-        assert "--force" in message
+        assert f"softmax-download --force --root {root}" in message  # the one with --force
 
     assert snapshot(folder) == before
     assert entries(root) == listing

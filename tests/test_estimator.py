@@ -176,6 +176,27 @@ def test_sample_weight_and_class_weight_enter_the_loss_as_row_weights():
     np.testing.assert_array_equal(balanced.coef_, manual.coef_)
 
 
+@pytest.mark.parametrize("method", ["fit", "partial_fit"])
+@pytest.mark.parametrize("weights", [
+    dict(sample_weight=[1.0, -0.5]), dict(class_weight={0: 1.0, 1: -2.0, 2: 1.0}),
+])
+def test_negative_row_weights_are_refused_before_training(method, weights):
+    """A negative weight (given, or from class_weight) would reward misclassifying its row:
+    one ValueError naming the row, nothing fitted (LogisticRegression fits it silently)."""
+    X, y = blobs()
+    sample_weight = weights.get("sample_weight")
+    if sample_weight is not None:
+        sample_weight = np.where(np.arange(len(y)) == 4, sample_weight[1], sample_weight[0])
+    model = SoftmaxClassifier(epochs=2, random_state=0, engine="numpy",
+                              class_weight=weights.get("class_weight"))
+    extra = {"classes": [0, 1, 2]} if method == "partial_fit" else {}
+    with pytest.raises(ValueError, match=r"sample weights must be >= 0 .*: row \d+ has -"):
+        getattr(model, method)(X, y, sample_weight=sample_weight, **extra)
+    assert not hasattr(model, "coef_")
+    zero = np.where(np.arange(len(y)) == 4, 0.0, 1.0)  # zero weights stay allowed
+    SoftmaxClassifier(epochs=2, random_state=0, engine="numpy").fit(X, y, sample_weight=zero)
+
+
 def test_partial_fit_once_is_one_epoch_of_fit():
     X, y = blobs()
     one = SoftmaxClassifier(epochs=1, schedule="constant", random_state=4).fit(X, y)

@@ -178,7 +178,9 @@ def test_bad_arguments_are_one_error_line(checkpoint, tmp_path):
                               "-o", out), 1, "fake.npz")
     assert_one_line_error(run("softmax-export", str(checkpoint), "--format", "tflite", "-o",
                               out), 2, "tflite")
-    assert_one_line_error(run("softmax-export", str(checkpoint), "-o", out), 2, "--format")
+    line = assert_one_line_error(run("softmax-export", str(checkpoint), "-o", out), 2,
+                                 "--format", "Choose from: onnx, npz")
+    assert "\\" not in line, line  # click's one-per-line list, not escaped newlines and tabs
     assert_one_line_error(run("softmax-export", str(checkpoint), "--format", "npz"), 2, "-o")
     assert sorted(os.listdir(tmp_path)) == ["fake.npz"]
 
@@ -271,3 +273,38 @@ def test_the_checkpoint_itself_is_never_overwritten(checkpoint, tmp_path):
         assert_one_line_error(run("softmax-export", str(copy), "--format", "npz", "-o", str(out),
                                   "--overwrite"), 1, "is the checkpoint itself")
     assert copy.read_bytes() == checkpoint.read_bytes()
+
+
+def file_size_limit(limit: int):
+    """A child's preexec_fn: files of at most `limit` bytes; a longer write is an error
+    (EFBIG), not the SIGXFSZ that would kill the process."""
+    import resource
+    import signal
+
+    def limit_files():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return limit_files
+
+
+@pytest.mark.parametrize("fmt", ["npz", "onnx"])
+def test_a_failed_export_removes_exactly_the_folders_it_made(checkpoint, tmp_path, fmt):
+    """-o below missing folders creates them; when the write then fails (here: the file size
+    limit), the folders it made are removed again, and folders that were there stay, an
+    empty one and one holding a user's file alike."""
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "kept" / "user.txt").write_text("mine")
+    (tmp_path / "empty").mkdir()
+    for parent in ("kept", "empty"):
+        out = tmp_path / parent / "new" / "deeper" / f"model.{fmt}"
+        result = run("softmax-export", str(checkpoint), "--format", fmt, "-o", str(out),
+                     preexec_fn=file_size_limit(1000))
+        assert_one_line_error(result, 1, f"model.{fmt}")
+        assert not (tmp_path / parent / "new").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "kept"]
+    assert [p.name for p in (tmp_path / "kept").iterdir()] == ["user.txt"]
+    assert list((tmp_path / "empty").iterdir()) == []
+    out = tmp_path / "kept" / "new" / "deeper" / f"model.{fmt}"
+    assert run("softmax-export", str(checkpoint), "--format", fmt, "-o", str(out)).returncode == 0
+    assert out.is_file()

@@ -11,6 +11,7 @@ from cli_util import assert_one_line_error, run
 from conftest import random_problem
 
 from softmax_cls.math import softmax
+from softmax_cls.math.preprocess import Preprocessor
 from softmax_cls.training import gradcheck
 
 
@@ -163,3 +164,20 @@ def test_a_problem_larger_than_memory_is_one_error_line():
     result = run("softmax-gradcheck", "--samples", "10", "--classes", "100000", "--checks", "2",
                  preexec_fn=limit_memory)
     assert_one_line_error(result, 1, "out of memory", "GiB")
+
+
+def test_folded_magnitude_sums_every_product_of_the_folded_scores():
+    """The rounding allowance of the engines' objectives: per row and class, the sum of
+    |u_j scale_j W_cj| and |mean_j scale_j W_cj| (the offset folded into the bias) and the
+    bias |W_cP|, the largest over rows and classes; written out term by term here."""
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, (4, 6)).astype(np.uint8)
+    pre = Preprocessor(rng.uniform(50, 200, 6), rng.uniform(0.01, 2, 6), bias=True)
+    W = rng.standard_normal((3, 7))
+    expected = max(sum(abs(images[i, j] * pre.scale[j] * W[c, j])
+                       + abs(pre.mean[j] * pre.scale[j] * W[c, j]) for j in range(6))
+                   + abs(W[c, 6]) for i in range(4) for c in range(3))
+    assert gradcheck.folded_magnitude(images, pre, W) == pytest.approx(expected, rel=1e-12)
+    assert gradcheck.score_magnitude(pre.transform(images, np.float64), W) == pytest.approx(
+        max(np.abs(pre.transform(images, np.float64)[i]) @ np.abs(W[c])
+            for i in range(4) for c in range(3)), rel=1e-12)

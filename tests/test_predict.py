@@ -538,3 +538,18 @@ def test_help_and_umbrella_list_predict_and_export():
     assert "predict" in listing and "export" in listing
     assert "Usage: softmax-predict" in run("softmax-predict", "--help").stdout
     assert Path(script("softmax-export")).exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("size", [(10_000, 10_000), (1, 60_000_000)], ids=["square", "strip"])
+def test_a_huge_image_is_read_in_little_more_memory_than_its_pixels(trained, tmp_path, size):
+    """100 megapixels (a camera's) decoded once: the EXIF transpose and the RGB conversion
+    of an RGB image each made a copy (1.2 GB peak for 300 MB of pixels; the 1 x 60 million
+    strip, whose 60 million row pointers double each copy, 2.1 GB)."""
+    from test_hostile import run_measured
+
+    Image.new("RGB", size, (200, 30, 30)).save(tmp_path / "big.png")
+    result = run_measured("softmax-predict", str(trained["checkpoint"]),
+                          str(tmp_path / "big.png"), "--top-k", "1", timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.peak_mb < 850, result.peak_mb

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from cli_util import assert_one_line_error, run
+from cli_util import assert_one_line_error, limit_data, run
 from fake_cifar import make_fake
 from http_server import clear_proxy_env, loopback_servers
 
@@ -336,6 +336,51 @@ def test_checkpoint_inflating_to_gigabytes_is_refused_before_inflating(trained, 
     assert path.stat().st_size < 5_000_000
     result = eval_measured(path)
     assert_refused(result, "bomb.npz")
+
+
+@pytest.mark.slow
+def test_a_checkpoint_of_weights_over_256_mb_loads_unless_memory_is_short(trained, tmp_path):
+    """What softmax-train writes loads again whatever its size: 33,000 classes x 2,048
+    features are four 270 MB weight arrays (the loader once refused any over 256 MB, so a
+    trained model could not be used). With less memory than it needs, one line says so."""
+    from dataclasses import replace
+
+    from softmax_cls.math.preprocess import Preprocessor
+    from softmax_cls.training.checkpoint import load_checkpoint, save_checkpoint
+
+    small = load_checkpoint(trained / "run" / "best.npz")
+    classes, raw = 33_000, 2047
+    W = np.zeros((classes, raw + 1), np.float32)
+    W[1, -1] = 1  # every row: class c1
+    path = tmp_path / "big.npz"
+    save_checkpoint(path, replace(small.state, W=W, velocity=W, average=W, best_W=W),
+                    Preprocessor(np.zeros(raw), np.ones(raw)),
+                    tuple(f"c{i}" for i in range(classes)), small.config_yaml,
+                    small.fingerprint, "done", small.val_rows)
+    del W
+    assert path.stat().st_size > 4 * (256 << 20)
+    np.save(tmp_path / "rows.npy", np.zeros((2, raw), np.float32))
+    result = run("softmax-predict", str(path), str(tmp_path / "rows.npy"), "--json",
+                 timeout=300)
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [row["top_k"][0]["class"] for row in rows] == ["c1", "c1"], rows
+    short = run("softmax-predict", str(path), str(tmp_path / "rows.npy"),
+                preexec_fn=limit_data(700 << 20))
+    assert_one_line_error(short, 1, "big.npz", "needs 1,0", "MB of memory")
+
+
+def test_a_stored_member_declaring_more_bytes_than_the_file_holds_is_refused(trained,
+                                                                            tmp_path):
+    """Stored members are not capped (their bytes are in the file): one whose index declares
+    3 GB (a header of (250 M, 3) float32) in a small file is refused before reading."""
+    entries = {name: (data, zlib.crc32(data), len(data), zipfile.ZIP_STORED)
+               for name, data in members(trained / "run" / "best.npz").items()}
+    header = npy_header((250_000_000, 3))
+    entries["W.npy"] = header + bytes(64), 0, len(header) + 3_000_000_000, zipfile.ZIP_STORED
+    path = tmp_path / "liar.npz"
+    path.write_bytes(zip_with_deflated(entries))
+    assert_refused(eval_measured(path), "liar.npz", "member W declares")
 
 
 NOISE = random.Random(5).randbytes(5000)

@@ -313,6 +313,37 @@ def test_the_cgroup_v1_limit_left(fake_proc):
     assert memory.cgroup_v1_left() is None
 
 
+def test_the_cgroup_v1_limit_left_binds_from_the_process_group_or_a_parent(fake_proc):
+    """On a host, the process's v1 group is nested (/proc/self/cgroup "4:memory:/path"): its
+    own files and each parent's up to the controller's root are read, as for v2."""
+    memory, tree = fake_proc
+    v1 = tree / "sys" / "fs" / "cgroup" / "memory"
+    no_limit = "9223372036854771712\n"
+    write_files(v1, {"memory.limit_in_bytes": no_limit, "memory.usage_in_bytes": "90000\n"})
+    (tree / "cgroup").write_text("5:cpu,cpuacct:/user.slice\n4:memory:/user.slice/job\n"
+                                 "0::/user.slice\n")
+    assert memory.cgroup_v1_left() is None  # no group limits anything
+    write_files(v1 / "user.slice" / "job", {"memory.limit_in_bytes": "4000\n",
+                                            "memory.usage_in_bytes": "1500\n"})
+    assert memory.cgroup_v1_left() == 2500  # the process's own group
+    write_files(v1 / "user.slice", {"memory.limit_in_bytes": "10000\n",
+                                    "memory.usage_in_bytes": "9000\n"})
+    assert memory.cgroup_v1_left() == 1000  # the parent's binds
+    write_files(v1 / "user.slice" / "job", {"memory.limit_in_bytes": no_limit})
+    assert memory.cgroup_v1_left() == 1000
+    write_files(v1 / "user.slice", {"memory.usage_in_bytes": "12000\n"})
+    assert memory.cgroup_v1_left() == 0  # over its limit: never negative
+    write_files(v1 / "user.slice", {"memory.usage_in_bytes": "9500\n"})
+    (tree / "cgroup").write_text("4:blkio,memory:/user.slice/job\n")  # controllers together
+    assert memory.cgroup_v1_left() == 500
+    write_files(v1.parent, {"memory.limit_in_bytes": "100\n", "memory.usage_in_bytes": "0\n"})
+    assert memory.cgroup_v1_left() == 500  # nothing above the controller's root is read
+    (tree / "cgroup").write_text("4:memory,blkio:/elsewhere\n")  # a container's view: the
+    write_files(v1, {"memory.limit_in_bytes": "3000\n",  # host path is not mounted:
+                     "memory.usage_in_bytes": "1000\n"})
+    assert memory.cgroup_v1_left() == 2000  # the controller's root is the group
+
+
 # prints engines.memory.rlimit_left() with /proc/self/status read from argv[1]
 PRINT_RLIMIT_LEFT = """
 import sys

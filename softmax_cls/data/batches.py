@@ -59,8 +59,10 @@ class CifarSplitOnDisk:
 
 
 def folder_hint(folder: Path) -> str:
-    return (f"the copy in {folder} is damaged: rerun with --force to replace it, or point "
-            "--root at a fresh copy")
+    """The end of a damaged file's message, true for every command (only softmax-download
+    has --force: softmax-train and softmax-eval told users to rerun with it)."""
+    return (f"the copy in {folder} is damaged: replace it with softmax-download --force "
+            f"--root {folder.parent}, or use a fresh copy")
 
 
 class BatchReader:

@@ -65,7 +65,9 @@ def to_square(image, size: int = IMAGE_SIZE):
     """A PIL image resized (shorter side to `size`) and centre-cropped to size x size, RGB
     (eight_bit first)."""
     Image = require_pillow()
-    image = eight_bit(image).convert("RGB")
+    image = eight_bit(image)
+    if image.mode != "RGB":  # convert("RGB") of an RGB image is a copy: 400 MB at 100 MP
+        image = image.convert("RGB")
     width, height = image.size
     if (width, height) != (size, size):
         scale = size / min(width, height)
@@ -103,8 +105,9 @@ def read_image(path: str | Path, size: int = IMAGE_SIZE) -> np.ndarray:
             try:
                 with Image.open(path) as opened:  # refuses a bomb from its header alone
                     opened.draft("RGB", (size, size))  # JPEG: decode at a reduced scale
-                    image = ImageOps.exif_transpose(opened)
-                    image.load()
+                    opened.load()
+                    # in place: a copy of a 100-megapixel image is 400 MB more at the peak
+                    image = ImageOps.exif_transpose(opened, in_place=True) or opened
                     try:
                         image = eight_bit(image)
                     except UnreadableImage as exc:

@@ -81,13 +81,28 @@ def cgroup_v2_left() -> int | None:
 
 
 def cgroup_v1_left() -> int | None:
-    """memory.limit_in_bytes - memory.usage_in_bytes of the cgroup v1 memory controller as
-    mounted in a container (CGROUP_ROOT/memory), else None (also for the no-limit value)."""
-    limit = _int(_read(CGROUP_ROOT / "memory" / "memory.limit_in_bytes"))
-    used = _int(_read(CGROUP_ROOT / "memory" / "memory.usage_in_bytes"))
-    if limit is None or used is None or limit >= CGROUP_V1_NO_LIMIT:
-        return None
-    return max(limit - used, 0)
+    """The least memory.limit_in_bytes - memory.usage_in_bytes of the cgroup v1 memory
+    controller (CGROUP_ROOT/memory) over this process's group (the "memory" line of
+    /proc/self/cgroup, "4:memory:/path") and its parents up to the controller's root (as
+    mounted in a container, that root is the container's group), else None (also for the
+    no-limit value). A nested group's own files do not show its parents' limits."""
+    root = CGROUP_ROOT / "memory"
+    path = ""
+    for line in (_read(SELF_CGROUP) or "").splitlines():
+        fields = line.split(":", 2)
+        if len(fields) == 3 and "memory" in fields[1].split(","):
+            path = fields[2].strip().lstrip("/")
+            break
+    group = root / path
+    left = []
+    for folder in (group, *group.parents):
+        limit = _int(_read(folder / "memory.limit_in_bytes"))
+        used = _int(_read(folder / "memory.usage_in_bytes"))
+        if limit is not None and used is not None and limit < CGROUP_V1_NO_LIMIT:
+            left.append(max(limit - used, 0))
+        if folder == root:
+            break
+    return min(left) if left else None
 
 
 def rlimit_left() -> int | None:

@@ -15,7 +15,8 @@ the class names one per line, so a class name that is not printable text is refu
 Files are written atomically (fsutil.atomic_write: a temporary file renamed over OUT, so a
 symbolic link at OUT is replaced, never written through); an existing OUT is refused unless
 `overwrite`, and one that is not a regular file (a device, a fifo, a socket) always, as is an
-OUT that ends in / (a folder's name).
+OUT that ends in / (a folder's name). OUT's missing parent folders are made, and removed again
+when the export fails (those that were there stay, empty or not).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import numpy as np
 from .. import __version__
 from ..data.datasets import IMAGE_SHAPE
 from ..errors import InputError, SoftmaxClsError
-from ..fsutil import atomic_write
+from ..fsutil import atomic_write, missing_folders, removed_on_error
 from ..text import shorten
 from .model import Model
 
@@ -146,6 +147,6 @@ def export(checkpoint: str | os.PathLike, fmt: str, out: str | os.PathLike,
             raise InputError(f"{shorten(out)} exists; pass --overwrite to replace it")
     model = Model.load(checkpoint)
     blob = npz_bytes(model) if fmt == "npz" else onnx_model(model).SerializeToString()
-    with atomic_write(out) as handle:
-        handle.write(blob)
+    with removed_on_error(missing_folders(out.parent)), atomic_write(out) as handle:
+        handle.write(blob)  # atomic_write makes OUT's missing folders; a failure removes them
     return out

@@ -42,9 +42,10 @@ import yaml
 
 from ..config import Config, config_from_dict, config_to_dict
 from ..data import cifar as data_module
+from ..data.fetch import SWEEP_HINTS
 from ..engines import check_device
 from ..errors import ConfigError, DataError, SoftmaxClsError
-from ..fsutil import atomic_write, missing_folders, removed_on_error
+from ..fsutil import atomic_write, make_folder, missing_folders, removed_on_error
 from ..interrupts import stop_word_and_code
 from ..text import shorten
 from .folder import check_folder, mark_folder
@@ -123,7 +124,7 @@ def prepare_cache(folder: Path, config: Config, progress: bool) -> dict:
     meta = cache_meta(cache_dir)
     if meta is not None and meta.get("data") == section:
         return meta
-    loaded = data_module.load_config_data(config.data, progress)
+    loaded = data_module.load_config_data(config.data, progress, hints=SWEEP_HINTS)
     write_cache(cache_dir, loaded, section)
     del loaded  # only the training rows were read from it
     return cache_meta(cache_dir)
@@ -200,8 +201,20 @@ def _run_sweep(sweep_path, trials, workers, folder: Path, dask, storage, study_n
     name = study_name or Path(sweep_path).stem
     url = storage_name(folder, storage)
     check_folder(folder, name, storage)
-    folder.mkdir(parents=True, exist_ok=True)
+    make_folder(folder)
+    journal = folder / "study.journal"
+    new_journal = storage is None and not os.path.lexists(journal)
     check_study(spec, url, name, own_journal=storage is None)
+    # The data before the folder is claimed: data that cannot be read (a wrong data.root)
+    # leaves no sweep behind, which the corrected sweep file would find "another sweep";
+    # the empty journal check_study made goes too, so a folder made here is removed.
+    try:
+        meta = prepare_cache(folder, spec.base_config, progress)
+    except BaseException:
+        if new_journal and journal.is_file() and journal.stat().st_size == 0:
+            journal.unlink()
+        raise
+    stops.check()
 
     # Every check passed: from here on the folder is this sweep's.
     mark_folder(folder, name, storage)
@@ -211,7 +224,6 @@ def _run_sweep(sweep_path, trials, workers, folder: Path, dask, storage, study_n
     study = open_study(spec, url, name)  # imports numpy.random: see stops.py
     stops.check()
     requeue_stale(study)
-    meta = prepare_cache(folder, spec.base_config, progress)
     write_trials_csv(folder, study, spec)
     stops.check()
     if path:

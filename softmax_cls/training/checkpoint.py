@@ -25,6 +25,7 @@ import numpy as np
 from .. import __version__
 from ..config import Config, config_from_dict, parse_yaml
 from ..data.labelled import LabelledData
+from ..engines.memory import host_available_bytes
 from ..errors import ConfigError, DataError
 from ..fsutil import atomic_write
 from ..math.preprocess import Preprocessor
@@ -36,10 +37,14 @@ FORMAT_VERSION = 3  # 3: weights (C, D); 2 (read, converted on load): weights (D
 READABLE_VERSIONS = (2, 3)
 # What a checkpoint may hold, checked from the zip index and each member's npy header before a
 # byte of data is inflated: a hostile .npz can declare members that inflate to gigabytes, or
-# headers whose shapes would allocate as much.
+# headers whose shapes would allocate as much. softmax-train writes the members stored (np.savez
+# does not compress): their bytes are in the file, so they cannot inflate, and any size that
+# fits in memory loads (a 100,000-class model on 2,048 features is four 820 MB arrays). A
+# deflated member (a recompressed file) could inflate a thousandfold: it is held to the caps.
 TEXT_CAP = 16 << 20  # bytes (uncompressed) of config_yaml, meta_json (the history), class_names
-ARRAY_CAP = 256 << 20  # bytes of any other member: 64 million float32 weights
-TOTAL_CAP = 1 << 30  # bytes of all members together
+ARRAY_CAP = 256 << 20  # bytes of any other deflated member: 64 million float32 weights
+TOTAL_CAP = 1 << 30  # bytes of all deflated members together
+UNKNOWN_MEMORY = 1 << 40  # bytes a checkpoint may need where free memory is not known
 MAX_MEMBERS = 64  # entries of the zip index (a checkpoint has 11)
 REQUIRED = ("W", "velocity", "average", "best_W", "val_rows", "pre_mean", "pre_scale",
             "pre_bias", "class_names", "config_yaml", "meta_json")
@@ -127,14 +132,12 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise DataError(f"cannot read checkpoint {name}: {exc.strerror or exc}") from None
     if not stat.S_ISREG(info.st_mode):
         raise DataError(f"checkpoint {name} is not a file")
-    if info.st_size > TOTAL_CAP + TEXT_CAP:
-        raise DataError(f"{name}: {info.st_size} bytes, more than a checkpoint holds; "
-                        "refusing it")
+    _check_memory(name, info.st_size)
     try:
         with open(path, "rb") as handle:
             _check_zip_index(name, handle, info.st_size)
             with zipfile.ZipFile(handle) as archive:
-                _check_member_headers(name, archive)
+                _check_member_headers(name, archive, info.st_size)
                 arrays = {key: _read_member(archive, key) for key in REQUIRED}
     except DataError:
         raise
@@ -151,6 +154,21 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     _validate(name, checkpoint)
     checkpoint.path = path
     return checkpoint
+
+
+def loadable_bytes() -> int:
+    """Bytes of checkpoint that may be read into memory now: what this process may still
+    allocate (engines.memory.host_available_bytes), UNKNOWN_MEMORY where that is not known."""
+    available = host_available_bytes()
+    return UNKNOWN_MEMORY if available is None else available
+
+
+def _check_memory(name: str, size: int) -> None:
+    """DataError when `size` bytes of arrays would not fit in the memory left."""
+    available = loadable_bytes()
+    if size > available:
+        raise DataError(f"{name}: loading it needs {size / 1e6:,.0f} MB of memory, only "
+                        f"{max(available, 0) / 1e6:,.0f} MB are free")
 
 
 def _check_zip_index(name: str, handle, size: int) -> None:
@@ -175,9 +193,10 @@ def _check_zip_index(name: str, handle, size: int) -> None:
     handle.seek(0)
 
 
-def _check_member_headers(name: str, archive: zipfile.ZipFile) -> None:
+def _check_member_headers(name: str, archive: zipfile.ZipFile, file_size: int) -> None:
     """DataError unless every member is there, each npy header describes exactly the bytes
-    the zip index declares, the sizes are within their caps and the shapes agree (W,
+    the zip index declares, stored members declare bytes that are in the file (`file_size`
+    bytes) and deflated ones are within their caps, all fit in memory, and the shapes agree (W,
     velocity, average, best_W (C, F) float32, or (F, C) in format 2; class_names (C,);
     pre_mean, pre_scale (F - 1,) or (F,)). Reads the headers only."""
     files = set(archive.namelist())
@@ -187,15 +206,25 @@ def _check_member_headers(name: str, archive: zipfile.ZipFile) -> None:
                         "the run's best.npz")
     if missing:
         raise DataError(f"{name}: {NOT_A_CHECKPOINT}; it lacks {', '.join(missing)}")
-    total = 0
+    total = stored = inflated = 0
     headers = {}
     for key in REQUIRED:
-        declared = archive.getinfo(f"{key}.npy").file_size
+        member = archive.getinfo(f"{key}.npy")
+        declared = member.file_size
         total += declared
-        cap = TEXT_CAP if key in TEXTS else ARRAY_CAP
-        if declared > cap or total > TOTAL_CAP:
-            raise DataError(f"{name}: member {key} is {declared} bytes uncompressed, more than "
-                            "a checkpoint holds; refusing it")
+        if member.compress_type == zipfile.ZIP_STORED:
+            stored += member.compress_size
+            if declared != member.compress_size or stored > file_size:
+                raise DataError(f"{name}: corrupt or truncated checkpoint (member {key} "
+                                f"declares {declared} bytes the file does not hold)")
+        else:
+            inflated += declared
+            cap = TEXT_CAP if key in TEXTS else ARRAY_CAP
+            if declared > cap or inflated > TOTAL_CAP:
+                raise DataError(f"{name}: member {key} inflates to {declared} bytes, more than "
+                                "a compressed checkpoint may; refusing it (softmax-train "
+                                "writes them uncompressed)")
+        _check_memory(name, total)
         with archive.open(f"{key}.npy") as member:
             shape, dtype, header_end = _npy_header(name, key, member)
         dtype = dtype.newbyteorder("=")  # as _read_member gives it (a big-endian machine's)

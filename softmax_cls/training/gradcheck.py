@@ -5,10 +5,15 @@ For K random coordinates w of W (always one of the bias column among them): nume
 column when that exceeds 1 (raw pixels reach 255), which keeps the truncation error
 h^2 f'''/6 below the rounding error.
 
-The difference quotient carries a rounding error: f is computed to a few ulps, so n is known
-only to about `rounding = NOISE_FACTOR * eps * sqrt(N) * max|f(w +- h)| / h` (absolute), f
-being a mean over N rows: a sum of N row losses added one after another (the numba kernel's)
-carries a rounding error that grows as sqrt(N) ulps of f, a random walk. Each coordinate
+The difference quotient carries a rounding error: f is computed to a few ulps of the largest
+value it is summed from, so n is known only to about
+`rounding = NOISE_FACTOR * eps * sqrt(N) * max(|f(w +- h)|, M) / h` (absolute), f being a mean
+over N rows: a sum of N row losses added one after another (the numba kernel's) carries a
+rounding error that grows as sqrt(N) ulps, a random walk. M is the largest sum of |products|
+in one score (score_magnitude): the engines fold the preprocessing into W, so their scores
+are u @ (W * scale).T minus an offset (mean * scale) @ W.T, two large sums that cancel. Where a
+pixel's std is near 0 (two samples that agree in a pixel: scale up to 1000), M reaches 100
+times |f| and the scores, hence f, carry rounding that |f| alone does not predict. Each coordinate
 reports its relative error beyond that rounding, max(0, |a - n| - rounding) / max(|a|, |n|),
 and passes when it is at most the tolerance. The error depends on a, n, f and h, never on the
 tolerance; a derivative too small for float64 differences to show a relative error of tol is
@@ -106,13 +111,15 @@ def check_gradient(
     name: str = "gradient",
     column_scale: np.ndarray | None = None,
     rows: int = 1,
+    magnitude: float = 0.0,
 ) -> CheckResult:
     """Compare f's analytic gradient at W (C, D) float64 with centred differences.
 
     f(W) returns (loss, dW), the loss a mean over `rows` rows (its rounding grows with them).
     column_scale (D,) is the RMS of each feature column; the step of a coordinate in column j
-    is step / max(1, column_scale[j]). The last column (the bias column) is always among the
-    coordinates checked. W is left unchanged. Raises
+    is step / max(1, column_scale[j]). magnitude: the largest sum of |products| in one of f's
+    scores (score_magnitude), which bounds their rounding with |f|. The last column (the bias
+    column) is always among the coordinates checked. W is left unchanged. Raises
     GradcheckRefused when the step cannot resolve the largest derivative checked (see the
     module docstring).
     """
@@ -134,7 +141,8 @@ def check_gradient(
         f_minus, _ = f(work)
         work[coord] = W[coord]
         numeric = (f_plus - f_minus) / (2 * h)
-        rounding = NOISE_FACTOR * EPS * np.sqrt(max(rows, 1)) * max(abs(f_plus), abs(f_minus)) / h
+        rounding = (NOISE_FACTOR * EPS * np.sqrt(max(rows, 1))
+                    * max(abs(f_plus), abs(f_minus), magnitude) / h)
         a = float(analytic[coord])
         checks.append(CoordinateCheck(tuple(int(i) for i in coord), a, numeric,
                                       relative_error(a, numeric, rounding), rounding))
@@ -179,6 +187,22 @@ class GradcheckProblem:
     clip: float
     penalise_last: bool
     trainer_objectives: dict[str, Objective]
+    trainer_magnitude: float = 0.0  # score_magnitude of the folded scores the engines compute
+
+
+def score_magnitude(rows: np.ndarray, W: np.ndarray) -> float:
+    """The largest sum of |products| in one score of rows (N, K) @ W.T (W (C, K)), float64:
+    the size of the terms a score's rounding error is relative to."""
+    return float(np.max(np.abs(rows) @ np.abs(W).T, initial=0.0))
+
+
+def folded_magnitude(images: np.ndarray, pre: Preprocessor, W: np.ndarray) -> float:
+    """score_magnitude of the engines' folded scores [u, 1] @ fold(W).T for raw rows (N, P):
+    u @ (W * scale).T and the offset mean @ (W * scale).T summed term by term, plus the bias."""
+    P = pre.n_raw
+    scaled = np.abs(W[:, :P] * pre.scale)
+    offset = np.abs(pre.mean) @ scaled.T + (np.abs(W[:, P]) if pre.bias else 0.0)
+    return float(np.max(np.abs(images.astype(np.float64)) @ scaled.T + offset, initial=0.0))
 
 
 def available_engines() -> list[Engine]:
@@ -211,7 +235,8 @@ def image_problem(
 
     return GradcheckProblem(W, pre.transform(images, np.float64), labels, reg, clip,
                             rule.penalise_last,
-                            {engine.name: objective_of(engine) for engine in available_engines()})
+                            {engine.name: objective_of(engine) for engine in available_engines()},
+                            folded_magnitude(images, pre, W))
 
 
 def random_image_problem(samples: int = 500, classes: int = 10, seed: int = 0,
@@ -258,11 +283,12 @@ def run_gradcheck(
             return softmax.loss_and_grad(w, X, y, reg, clip, penalise_last)
 
         results.append(check_gradient(objective, W, num_checks, rng, step, tolerance,
-                                      f"loss_and_grad, reg={reg:g}", column_scale, len(X)))
+                                      f"loss_and_grad, reg={reg:g}", column_scale, len(X),
+                                      score_magnitude(X, W)))
     for name, objective in problem.trainer_objectives.items():
         results.append(check_gradient(objective, W, num_checks, rng, step, tolerance,
                                       f"{name} engine minibatch objective, reg={problem.reg:g}",
-                                      column_scale, len(X)))
+                                      column_scale, len(X), problem.trainer_magnitude))
     extra = results[-1].extra
     extra.update(compare_with_loop(W, X, y, problem.reg, clip, penalise_last))
     plain_loss, plain_grad = softmax.loss_and_grad(W, X, y, problem.reg, clip, penalise_last)

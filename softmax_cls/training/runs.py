@@ -50,11 +50,10 @@ from ..interrupts import stop_word_and_code
 from ..math.preprocess import Preprocessor, Split, split_and_fit
 from ..math.softmax import softmax_loss_from_scores
 from .checkpoint import (
-    TEXT_CAP,
-    TOTAL_CAP,
     Checkpoint,
     check_matches,
     load_checkpoint,
+    loadable_bytes,
     save_checkpoint,
 )
 from .evaluate import ScoredSplit, score_split
@@ -469,7 +468,7 @@ class _Run:
         best_bytes = None  # read only when it is copied, and before --overwrite deletes it
         if best_source is not None and (not (out_dir / "best.npz").exists()
                                         or "best.npz" in replaced):
-            best_bytes = read_capped(best_source, TOTAL_CAP + TEXT_CAP)
+            best_bytes = read_capped(best_source, loadable_bytes())
         for name in replaced:
             (out_dir / name).unlink()
         fsync_dir(out_dir)
