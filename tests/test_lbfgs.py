@@ -182,8 +182,9 @@ def test_a_non_finite_score_is_the_non_finite_error(engine):
     rows[33, 2] = np.nan  # in the last chunk and run
     pre = Preprocessor(np.zeros(5), np.ones(5))
     data = TrainingRows(rows, rng.integers(0, 3, 40).astype(np.int64))
+    message = "non-finite" if engine == "torch" else "non-finite scores"
     for precision in ("float32", "float64"):
-        with pytest.raises(softmax.NonFiniteError, match="non-finite"):
+        with pytest.raises(softmax.NonFiniteError, match=message):
             function(data, np.arange(40, dtype=np.int64), rng.standard_normal((3, 6)), pre,
                      StepRule(lr=1.0), IDENTITY, "edge", precision, chunk=4)
 
@@ -216,7 +217,7 @@ def test_the_numba_evaluation_is_the_same_bit_for_bit_on_any_thread_count(precis
     rule = StepRule(lr=1.0, reg=0.02)
     views = ((False, 0, 0), (True, 1, -1))
     got = [function(data, index, W, pre, rule, views, "edge", precision, chunk=5, workers=k)
-           for k in (1, 2, 3)]
+           for k in (2, 3, 1)]
     for loss, grad in got[1:]:
         assert loss == got[0][0] and np.array_equal(grad, got[0][1])
     lines = []
