@@ -235,6 +235,32 @@ def test_the_numba_evaluation_is_the_same_bit_for_bit_on_any_thread_count(precis
     assert numba.get_num_threads() == numba.config.NUMBA_NUM_THREADS  # given back
 
 
+def test_the_numba_evaluation_runs_on_the_thread_count_the_governor_picks(monkeypatch):
+    """Without `workers` (the engine's calls), numba's THREAD_GOVERNOR runs each evaluation,
+    as it runs SGD's calls: on a busy machine one thread beats two waiting for each other."""
+    function = full_function("numba")
+    from softmax_cls.engines.numba_engine import api
+
+    calls = []
+    original = api.THREAD_GOVERNOR.run
+
+    def spy(kind, rows, call):
+        calls.append((kind[0], rows))
+        return original(kind, rows, call)
+
+    monkeypatch.setattr(api.THREAD_GOVERNOR, "run", spy)
+    data, pre, W = image_problem(n=40)
+    index = np.arange(40, dtype=np.int64)
+    views = ((False, 0, 0), (True, 0, 1))
+    rule = StepRule(lr=1.0, reg=0.01)
+    got = get_engine("numba").full_loss_and_grad(data, index, W, pre, rule, views)
+    assert calls == [("full", 80)]  # timed per row: 40 rows in 2 views
+    want = function(data, index, W, pre, rule, views, "edge", "float32", workers=1)
+    assert got[0] == want[0] and np.array_equal(got[1], want[1])
+    function(data, index, W, pre, rule, views, "edge", "float32", workers=2)
+    assert len(calls) == 1  # `workers` given: that count, not the governor's
+
+
 def test_float16_bits_convert_exactly_in_the_numba_kernel():
     """Every one of the 65,536 float16 bit patterns, as numpy converts it to float32."""
     pytest.importorskip("numba")

@@ -34,7 +34,7 @@ from ...math import softmax
 from ...math.augment import PADDING_CODES
 from ...math.preprocess import Preprocessor
 from ..contract import StepRule, TrainingRows
-from .api import _is_compiled, _readonly
+from .api import THREAD_GOVERNOR, _is_compiled, _readonly
 from .cache import njit  # before any function is compiled: see cache.py
 from .gather import _augment_row
 from .step import TILE_ROWS, _tile_scores
@@ -218,9 +218,11 @@ def full_loss_and_grad(data: TrainingRows, index: np.ndarray, W: np.ndarray, pre
     gradient (C, D) float64, for W (C, D) float64 (arguments checked by the Engine), in one
     compiled pass (full_kernel): products in `precision`, the softmax, the loss and every
     sum across chunks in float64. `chunk` rows per chunk (default CHUNK_VALUES values);
-    `workers` threads (default: numba's, which --threads sets); the result does not depend
-    on them. rows may be a memory map of any size (read in place, never copied) and float16
-    (converted row by row in the kernel). `on_compile` is called first when the kernel must
+    `workers` threads (default: numba's, which --threads sets, or one while the engine's
+    THREAD_GOVERNOR measures one faster: on a busy machine a parallel region waits for a
+    descheduled thread); the result does not depend on them. rows may be a memory map of
+    any size (read in place, never copied) and float16 (converted row by row in the
+    kernel). `on_compile` is called first when the kernel must
     compile for these dtypes (it is neither in memory nor in numba's disk cache)."""
     dtype = np.dtype(precision)
     rows = data.rows
@@ -253,7 +255,12 @@ def full_loss_and_grad(data: TrainingRows, index: np.ndarray, W: np.ndarray, pre
     if workers is not None:
         numba.set_num_threads(max(1, min(int(workers), numba.config.NUMBA_NUM_THREADS)))
     try:
-        loss_sum, grad_raw, grad_bias, ok = full_kernel(*arguments)
+        if workers is None:  # numba's threads, or one while that is faster (a busy machine)
+            call = ("full", rows.dtype.str, P, n_classes, len(views_array), dtype.str)
+            loss_sum, grad_raw, grad_bias, ok = THREAD_GOVERNOR.run(
+                call, total, lambda: full_kernel(*arguments))
+        else:
+            loss_sum, grad_raw, grad_bias, ok = full_kernel(*arguments)
     finally:
         numba.set_num_threads(before)
     if not ok:
