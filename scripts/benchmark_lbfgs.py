@@ -198,13 +198,13 @@ def accuracy_ours(fit: dict, X_test) -> float:
 
 def compare(name, rows, labels, X_test, y_test, reg, tol, max_iter, repeats,
             precondition: bool = True, engine: str = "auto", others: tuple = ()) -> dict:
-    runs = {"ours": [], "sklearn": [], **{name: [] for name in others}}
-    for name in (engine, *others):  # numba: compile (or load from its cache) once
-        ours(rows[:256], labels[:256], reg, tol, 2, precondition, name)
+    runs = {"ours": [], "sklearn": [], **{other: [] for other in others}}
+    for other in (engine, *others):  # numba: compile (or load from its cache) once
+        ours(rows[:256], labels[:256], reg, tol, 2, precondition, other)
     for _ in range(repeats):  # interleaved: a load change hits both
         runs["ours"].append(ours(rows, labels, reg, tol, max_iter, precondition, engine))
-        for name in others:
-            runs[name].append(ours(rows, labels, reg, tol, max_iter, precondition, name))
+        for other in others:
+            runs[other].append(ours(rows, labels, reg, tol, max_iter, precondition, other))
         runs["sklearn"].append(theirs(rows, labels, reg, tol, max_iter))
     a, b = runs["ours"][-1], runs["sklearn"][-1]
     scale = np.abs(b["coef"]).max()
@@ -225,7 +225,8 @@ def compare(name, rows, labels, X_test, y_test, reg, tol, max_iter, repeats,
         "C": 1 / (2 * reg * len(rows)),
         "ours_s": ours_s, "sklearn_s": theirs_s, "ratio": theirs_s / ours_s,
         "ours_s_all": [r["seconds"] for r in runs["ours"]],
-        "other_engines_s_all": {name: [r["seconds"] for r in runs[name]] for name in others},
+        "other_engines_s_all": {other: [r["seconds"] for r in runs[other]]
+                                for other in others},
         "sklearn_s_all": [r["seconds"] for r in runs["sklearn"]],
         "ours_iterations": a["iterations"], "ours_evaluations": a["evaluations"],
         "sklearn_iterations": b["iterations"],

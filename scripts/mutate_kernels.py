@@ -41,7 +41,7 @@ BOUNDSCHECK_TEST = ["tests/test_kernels.py::test_no_read_out_of_bounds"]
 FULL = f"{ENGINE}/full.py"
 FULL_TESTS = ("tests/test_lbfgs.py", "tests/test_float16.py", "-k",
               "(numba and (reference or clipped or centring or memory_map or non_finite or "
-              "full_batch or governor)) or bit_for_bit or float16_bits")
+              "full_batch or governor or many_classes)) or bit_for_bit or float16_bits")
 
 
 @dataclass(frozen=True)
@@ -227,6 +227,8 @@ MUTANTS = [
            "np.float32(2.0 ** -23)", FULL_TESTS),
     Mutant("full_half_inf_nan_exponent_kept", FULL, "out += np.uint32((128 - 16) << 23)",
            "out += np.uint32(0)", FULL_TESTS),
+    Mutant("full_blas_from_one_class_more", FULL, "if W.shape[0] >= BLAS_FROM_CLASSES:",
+           "if W.shape[0] > BLAS_FROM_CLASSES:", FULL_TESTS),
     Mutant("full_governor_bypassed", FULL, "        if workers is None:  # numba's",
            "        if False:  # numba's", FULL_TESTS),
     Mutant("full_non_finite_scores_unchecked", FULL, "if not np.isfinite(z[c]):",

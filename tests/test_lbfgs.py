@@ -261,6 +261,29 @@ def test_the_numba_evaluation_runs_on_the_thread_count_the_governor_picks(monkey
     assert len(calls) == 1  # `workers` given: that count, not the governor's
 
 
+@pytest.mark.parametrize("classes", [63, 64])
+def test_the_numba_engine_evaluates_many_classes_with_numpy_blas(classes):
+    """From BLAS_FROM_CLASSES classes on, numba's evaluation is numpy's (bit for bit); below,
+    its own kernel (the same objective, rounded differently)."""
+    function = full_function("numba")
+    from softmax_cls.engines.numba_engine.full import BLAS_FROM_CLASSES
+
+    assert BLAS_FROM_CLASSES == 64
+    rng = np.random.default_rng(7)
+    rows = rng.standard_normal((300, 9)).astype(np.float32)
+    data = TrainingRows(rows, rng.integers(0, classes, 300).astype(np.int64))
+    pre = Preprocessor(rows.mean(0).astype(np.float64), np.full(9, 0.7))
+    W = rng.standard_normal((classes, 10)) * 0.3
+    index = np.arange(300, dtype=np.int64)
+    rule = StepRule(lr=1.0, reg=0.01)
+    got = function(data, index, W, pre, rule, IDENTITY, "edge", "float32")
+    blas = numpy_engine.full_loss_and_grad(data, index, W, pre, rule, IDENTITY, "edge",
+                                           "float32")
+    assert (got[0] == blas[0] and np.array_equal(got[1], blas[1])) == (classes == 64)
+    want = reference(data, index, W, pre, rule, IDENTITY)
+    assert got[0] == pytest.approx(want[0], rel=1e-6)
+
+
 def test_float16_bits_convert_exactly_in_the_numba_kernel():
     """Every one of the 65,536 float16 bit patterns, as numpy converts it to float32."""
     pytest.importorskip("numba")

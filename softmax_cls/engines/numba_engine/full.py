@@ -33,12 +33,16 @@ from numba import prange
 from ...math import softmax
 from ...math.augment import PADDING_CODES
 from ...math.preprocess import Preprocessor
+from .. import numpy_engine
 from ..contract import StepRule, TrainingRows
 from .api import THREAD_GOVERNOR, _is_compiled, _readonly
 from .cache import njit  # before any function is compiled: see cache.py
 from .gather import _augment_row
 from .step import TILE_ROWS, _tile_scores
 
+# From this many classes an evaluation is numpy's (two BLAS products per chunk): the wide
+# products are BLAS's strength, and at 64 and 100 classes the kernel measured no faster
+BLAS_FROM_CLASSES = 64
 RUNS = 16  # runs of consecutive chunks whose float64 sums are added at the end
 RUN_BYTES = 1 << 28  # at most this many bytes of float64 run sums (C x P x 8 each)
 CHUNK_VALUES = 1 << 18  # values (rows x P) per chunk: 512 rows of 512 features
@@ -222,8 +226,12 @@ def full_loss_and_grad(data: TrainingRows, index: np.ndarray, W: np.ndarray, pre
     THREAD_GOVERNOR measures one faster: on a busy machine a parallel region waits for a
     descheduled thread); the result does not depend on them. rows may be a memory map of
     any size (read in place, never copied) and float16 (converted row by row in the
-    kernel). `on_compile` is called first when the kernel must
+    kernel). From BLAS_FROM_CLASSES classes on, numpy_engine.full_loss_and_grad computes
+    it instead. `on_compile` is called first when the kernel must
     compile for these dtypes (it is neither in memory nor in numba's disk cache)."""
+    if W.shape[0] >= BLAS_FROM_CLASSES:
+        return numpy_engine.full_loss_and_grad(data, index, W, pre, rule, views, padding,
+                                               precision, chunk, workers)
     dtype = np.dtype(precision)
     rows = data.rows
     half = rows.dtype == np.float16
