@@ -90,11 +90,12 @@ def check_against_the_reference(engine, device, weighted, penalise_last, views, 
     data, pre, W = image_problem(weighted=weighted)
     index = np.sort(np.random.default_rng(1).choice(120, 90, replace=False)).astype(np.int64)
     rule = StepRule(lr=1.0, reg=0.05, penalise_last=penalise_last, clip=20.0)
-    loss, grad = full_function(engine, device)(data, index, W, pre, rule, views, padding,
-                                               "float64", chunk=32)
     want_loss, want_grad = reference(data, index, W, pre, rule, views, padding)
-    assert loss == pytest.approx(want_loss, rel=1e-12)
-    np.testing.assert_allclose(grad, want_grad, rtol=1e-9, atol=1e-13)
+    for chunk in (32, 2):  # 2: 45 chunks, several to each of numpy's and numba's runs
+        loss, grad = full_function(engine, device)(data, index, W, pre, rule, views, padding,
+                                                   "float64", chunk=chunk)
+        assert loss == pytest.approx(want_loss, rel=1e-12)
+        np.testing.assert_allclose(grad, want_grad, rtol=1e-9, atol=1e-13)
     # float32 products, float64 sums: close to the float64 answer (and not float64 itself)
     loss32, grad32 = get_engine(engine, device).full_loss_and_grad(
         data, index, W, pre, rule, views, padding, "float32")
