@@ -12,7 +12,9 @@ Two problems (docs/lbfgs.md has the mapping of conventions, C = 1 / (2 reg N)):
 Ours: the run's own path, softmax_cls.training.lbfgs.fit_lbfgs on the raw rows (uint8 pixels
 as softmax-train reads them) with the standardisation folded in, timed with fitting the
 statistics and the preconditioner (--precondition on, the default; off: the plain iteration,
-optim.precondition false). scikit-learn: StandardScaler then
+optim.precondition false), on --ours-engine (default auto: the engine engine auto picks for
+it on the CPU, named in the table; numba's kernels are compiled or loaded from its cache
+before the first repetition). scikit-learn: StandardScaler then
 LogisticRegression(solver="lbfgs", C, tol, max_iter) on float64, timed with the scaler. Both
 stop at the same gradient tolerance (--tol, the max-norm of the mean loss's gradient;
 scikit-learn's gtol). Each repetition fits ours then theirs; the table gives median seconds,
@@ -64,14 +66,14 @@ def feature_problem(rows: int):
     return X, y, X_test, y_test
 
 
-def ours(rows, labels, reg: float, tol: float, max_iter: int, precondition: bool = True
-         ) -> dict:
+def ours(rows, labels, reg: float, tol: float, max_iter: int, precondition: bool = True,
+         engine: str = "auto") -> dict:
     from softmax_cls.config import config_from_dict
     from softmax_cls.math.preprocess import Split, fit_preprocessor
     from softmax_cls.training.lbfgs import fit_lbfgs
 
     config = config_from_dict({
-        "engine": "numpy", "preprocess": {"center": True, "scale": "std", "bias": True},
+        "engine": engine, "preprocess": {"center": True, "scale": "std", "bias": True},
         "loss": {"reg": reg}, "optim": {"solver": "lbfgs", "tol": tol, "max_iter": max_iter,
                                        "precondition": precondition},
         "augment": {"hflip": False, "translate": 0}})
@@ -118,11 +120,12 @@ def interleaved_medians(calls: dict, repeats: int) -> dict[str, float]:
     return {name: statistics.median(times) for name, times in spent.items()}
 
 
-def per_evaluation(rows, labels, pre, reg: float, repeats: int = 5) -> dict:
-    """Median seconds of one full-batch loss and gradient at W = 0.01: ours with float32 and
-    with float64 products, and scikit-learn's own (LinearModelLoss.loss_gradient, what its
-    L-BFGS calls, on the standardised float64 rows, on as many threads as ours),
-    interleaved."""
+def per_evaluation(rows, labels, pre, reg: float, repeats: int = 5, name: str = "auto"
+                   ) -> dict:
+    """Median seconds of one full-batch loss and gradient at W = 0.01: ours (engine `name`)
+    with float32 and with float64 products, and scikit-learn's own
+    (LinearModelLoss.loss_gradient, what its L-BFGS calls, on the standardised float64 rows,
+    on as many threads as ours), interleaved."""
     from sklearn._loss.loss import HalfMultinomialLoss
     from sklearn.linear_model._linear_loss import LinearModelLoss
 
@@ -130,10 +133,10 @@ def per_evaluation(rows, labels, pre, reg: float, repeats: int = 5) -> dict:
     from softmax_cls.engines.contract import StepRule, TrainingRows
     from softmax_cls.engines.numpy_engine import blas_threads
 
-    engine = get_engine("numpy")
+    classes = int(labels.max()) + 1
+    engine = get_engine(name, "cpu", classes)
     data = TrainingRows(rows, np.asarray(labels, np.int64))
     index = np.arange(len(rows), dtype=np.int64)
-    classes = int(labels.max()) + 1
     W = np.full((classes, pre.n_features), 0.01)
     X = pre.transform(rows, np.float64)[:, :-1]
     theirs = LinearModelLoss(HalfMultinomialLoss(n_classes=classes), fit_intercept=True)
@@ -179,6 +182,14 @@ def engine_evaluations(engines: list[str], shape: str, device: str, repeats: int
     return interleaved_medians(calls, repeats)
 
 
+def resolved_engine(name: str, classes: int) -> str:
+    """The engine `name` (auto included) runs for an L-BFGS fit of `classes` classes on the
+    CPU, as fit_lbfgs asks for it."""
+    from softmax_cls.engines import get_engine
+
+    return get_engine(name, "cpu", classes).name
+
+
 def accuracy_ours(fit: dict, X_test) -> float:
     pre = fit["pre"]
     scores = pre.transform(X_test, np.float64)[:, :-1] @ fit["coef"].T + fit["intercept"]
@@ -186,10 +197,14 @@ def accuracy_ours(fit: dict, X_test) -> float:
 
 
 def compare(name, rows, labels, X_test, y_test, reg, tol, max_iter, repeats,
-            precondition: bool = True) -> dict:
-    runs = {"ours": [], "sklearn": []}
+            precondition: bool = True, engine: str = "auto", others: tuple = ()) -> dict:
+    runs = {"ours": [], "sklearn": [], **{other: [] for other in others}}
+    for other in (engine, *others):  # numba: compile (or load from its cache) once
+        ours(rows[:256], labels[:256], reg, tol, 2, precondition, other)
     for _ in range(repeats):  # interleaved: a load change hits both
-        runs["ours"].append(ours(rows, labels, reg, tol, max_iter, precondition))
+        runs["ours"].append(ours(rows, labels, reg, tol, max_iter, precondition, engine))
+        for other in others:
+            runs[other].append(ours(rows, labels, reg, tol, max_iter, precondition, other))
         runs["sklearn"].append(theirs(rows, labels, reg, tol, max_iter))
     a, b = runs["ours"][-1], runs["sklearn"][-1]
     scale = np.abs(b["coef"]).max()
@@ -202,13 +217,16 @@ def compare(name, rows, labels, X_test, y_test, reg, tol, max_iter, repeats,
         np.asarray(X_test, np.float64)))
     ours_s = statistics.median(r["seconds"] for r in runs["ours"])
     theirs_s = statistics.median(r["seconds"] for r in runs["sklearn"])
-    evaluation = per_evaluation(rows, labels, a["pre"], reg)
+    evaluation = per_evaluation(rows, labels, a["pre"], reg, name=engine)
     return {
         "problem": name, "precondition": precondition, "rows": len(rows),
+        "engine": resolved_engine(engine, int(labels.max()) + 1),
         "features": rows.shape[1], "reg": reg, "tol": tol,
         "C": 1 / (2 * reg * len(rows)),
         "ours_s": ours_s, "sklearn_s": theirs_s, "ratio": theirs_s / ours_s,
         "ours_s_all": [r["seconds"] for r in runs["ours"]],
+        "other_engines_s_all": {other: [r["seconds"] for r in runs[other]]
+                                for other in others},
         "sklearn_s_all": [r["seconds"] for r in runs["sklearn"]],
         "ours_iterations": a["iterations"], "ours_evaluations": a["evaluations"],
         "sklearn_iterations": b["iterations"],
@@ -238,6 +256,12 @@ def main() -> None:
     parser.add_argument("--precondition", choices=["on", "off"], default="on",
                         help="ours with optim.precondition true (default) or false")
     parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--ours-engine", action="append",
+                        choices=["auto", "numpy", "numba", "torch"],
+                        help="the engine of our fit and its one-evaluation times (default "
+                             "auto: what engine auto picks for an L-BFGS fit on the CPU); "
+                             "again: more engines' fits, in each repetition's turn "
+                             "(their seconds in the JSON line, other_engines_s_all)")
     parser.add_argument("--engine", action="append", choices=["numpy", "numba", "torch"],
                         help="only time one evaluation of this engine (repeatable)")
     parser.add_argument("--eval-shape", default="20000x512x100",
@@ -272,19 +296,22 @@ def main() -> None:
     if args.feature_rows:
         problems.append(("probe features", lambda: feature_problem(args.feature_rows),
                          args.feature_reg))
+    engines = args.ours_engine or ["auto"]
     for name, load, reg in problems:
         rows, labels, X_test, y_test = load()
         row = compare(name, rows, labels, X_test, y_test, reg, args.tol, args.max_iter,
-                      args.repeats, args.precondition == "on")
+                      args.repeats, args.precondition == "on", engines[0],
+                      tuple(engines[1:]))
         report["rows"].append(row)
         print(json.dumps(row), flush=True)
     report["machine"]["loadavg_end"] = os.getloadavg()
-    print("\n| problem | rows x features | ours s | sklearn s | sklearn / ours | iterations "
-          "(ours / sklearn) | coef rel. diff | test acc ours / sklearn | ours s/eval f32 "
-          "(f64) | sklearn s/eval | sklearn s/iter |")
+    print("\n| problem | rows x features | ours (engine) s | sklearn s | sklearn / ours | "
+          "iterations (ours / sklearn) | coef rel. diff | test acc ours / sklearn | "
+          "ours s/eval f32 (f64) | sklearn s/eval | sklearn s/iter |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in report["rows"]:
-        print(f"| {r['problem']} | {r['rows']:,} x {r['features']} | {r['ours_s']:.1f} | "
+        print(f"| {r['problem']} | {r['rows']:,} x {r['features']} | {r['ours_s']:.2f} "
+              f"({r['engine']}) | "
               f"{r['sklearn_s']:.1f} | {r['ratio']:.2f} | {r['ours_iterations']} / "
               f"{r['sklearn_iterations']} | {r['coef_rel_diff']:.1e} | "
               f"{100 * r['ours_test_acc']:.2f} / {100 * r['sklearn_test_acc']:.2f} | "

@@ -37,6 +37,11 @@ GOVERNOR = "softmax_cls/engines/governor.py"
 PLAIN_TESTS = ["tests/test_governor.py", "tests/test_engines.py", "tests/test_kernels.py",
                "-k", "(numba or test_kernels or test_governor) and not no_read_out"]
 BOUNDSCHECK_TEST = ["tests/test_kernels.py::test_no_read_out_of_bounds"]
+# The full-batch objective's tests (full.py): numba's against the float64 reference
+FULL = f"{ENGINE}/full.py"
+FULL_TESTS = ("tests/test_lbfgs.py", "tests/test_float16.py", "-k",
+              "(numba and (reference or clipped or centring or memory_map or non_finite or "
+              "full_batch or governor or many_classes)) or bit_for_bit or float16_bits")
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,7 @@ class Mutant:
     path: str  # relative to the repository root
     old: str  # a piece of one line, found exactly once in the file
     new: str
+    tests: tuple[str, ...] = ()  # pytest arguments, when not PLAIN_TESTS
 
 
 MUTANTS = [
@@ -188,6 +194,45 @@ MUTANTS = [
     Mutant("governor_does_not_restore_the_threads", GOVERNOR,
            "            if threads != available:\n                self.set_threads(available)",
            "            if threads == available:\n                self.set_threads(available)"),
+    # -- the full-batch objective (full.py)
+    Mutant("full_no_max_shift", FULL, "top = max(top, z[c])", "top = 0.0", FULL_TESTS),
+    Mutant("full_no_clip", FULL, "z[c] = max(z[c] - top, -clip)", "z[c] = z[c] - top",
+           FULL_TESTS),
+    Mutant("full_loss_unweighted", FULL, "loss += w * (np.log", "loss += (np.log", FULL_TESTS),
+    Mutant("full_gradient_unweighted", FULL, "g = g * w / total", "g = g / total", FULL_TESTS),
+    Mutant("full_bias_left_out_of_the_scores", FULL, "np.float64(scores[r, c]) + bias[c]",
+           "np.float64(scores[r, c])", FULL_TESTS),
+    Mutant("full_bias_gradient_dropped", FULL, "bias_sum[c] += g", "bias_sum[c] += 0.0",
+           FULL_TESTS),
+    Mutant("full_tile_gradient_drops_its_last_row", FULL, "(d6 * t6[j] + d7 * t7[j])",
+           "(d6 * t6[j])", FULL_TESTS),
+    Mutant("full_chunk_accumulator_not_reset", FULL, "            G[:] = 0",
+           "            pass", FULL_TESTS),
+    Mutant("full_views_ignored", FULL, "if not plain:", "if False:", FULL_TESTS),
+    Mutant("full_mean_not_subtracted", FULL, "out[j] = src[j] - mean[j]", "out[j] = src[j]",
+           FULL_TESTS),
+    Mutant("full_runs_by_thread_count", FULL,
+           "runs = max(1, min(n_chunks, RUNS, RUN_BYTES // (8 * n_classes * P)))",
+           "runs = max(1, min(n_chunks, numba.get_num_threads()))", FULL_TESTS),
+    Mutant("full_run_sums_skip_the_last_run", FULL, "for k in range(runs):  # in run order",
+           "for k in range(runs - 1):  # in run order", FULL_TESTS),
+    Mutant("full_threads_not_restored", FULL, "        numba.set_num_threads(before)",
+           "        pass", FULL_TESTS),
+    Mutant("full_penalty_ignores_penalise_last", FULL,
+           "l2_penalty(W, rule.reg, rule.penalise_last)", "l2_penalty(W, rule.reg, False)",
+           FULL_TESTS),
+    Mutant("full_precision_ignored", FULL, "W[:, :P] * pre.scale, dtype=dtype)",
+           "W[:, :P] * pre.scale, dtype=np.float32)", FULL_TESTS),
+    Mutant("full_half_subnormals_scaled_twice", FULL, "np.float32(_TWO_TO_MINUS_24)",
+           "np.float32(2.0 ** -23)", FULL_TESTS),
+    Mutant("full_half_inf_nan_exponent_kept", FULL, "out += np.uint32((128 - 16) << 23)",
+           "out += np.uint32(0)", FULL_TESTS),
+    Mutant("full_blas_from_one_class_more", FULL, "if W.shape[0] >= BLAS_FROM_CLASSES:",
+           "if W.shape[0] > BLAS_FROM_CLASSES:", FULL_TESTS),
+    Mutant("full_governor_bypassed", FULL, "        if workers is None:  # numba's",
+           "        if False:  # numba's", FULL_TESTS),
+    Mutant("full_non_finite_scores_unchecked", FULL, "if not np.isfinite(z[c]):",
+           "if False:", FULL_TESTS),
 ]
 
 
@@ -229,7 +274,7 @@ def run_mutant(mutant: Mutant, timeout: float) -> dict:
         tree = Path(folder)
         copy_tree(tree)
         apply(mutant, tree)
-        outcome, tail = pytest(tree, PLAIN_TESTS, timeout)
+        outcome, tail = pytest(tree, list(mutant.tests) or PLAIN_TESTS, timeout)
         caught_by = "plain tests"
         if outcome == "passed":
             outcome, tail = pytest(tree, BOUNDSCHECK_TEST, timeout)

@@ -4,7 +4,9 @@ LogisticRegression, and warm-started regularisation paths through softmax-sweep.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -34,13 +36,18 @@ from softmax_cls.training.runs import train_run
 pytest.importorskip("scipy")
 IDENTITY = ((False, 0, 0),)
 TESTS = Path(__file__).resolve().parent
-ENGINES = ["numpy", "torch"]  # the full-batch functions of their own (numba uses numpy's)
+ENGINES = ["numpy", "numba", "torch"]  # each has a full-batch function of its own
 
 
 def full_function(engine: str, device: str = "cpu"):
     """The engine's full_loss_and_grad itself (it takes `chunk`), not through the Engine."""
     if engine == "numpy":
         return numpy_engine.full_loss_and_grad
+    if engine == "numba":
+        pytest.importorskip("numba")
+        from softmax_cls.engines.numba_engine import full
+
+        return full.full_loss_and_grad
     torch = pytest.importorskip("torch")
     from softmax_cls.engines.torch_engine import full
 
@@ -83,11 +90,12 @@ def check_against_the_reference(engine, device, weighted, penalise_last, views, 
     data, pre, W = image_problem(weighted=weighted)
     index = np.sort(np.random.default_rng(1).choice(120, 90, replace=False)).astype(np.int64)
     rule = StepRule(lr=1.0, reg=0.05, penalise_last=penalise_last, clip=20.0)
-    loss, grad = full_function(engine, device)(data, index, W, pre, rule, views, padding,
-                                               "float64", chunk=32)
     want_loss, want_grad = reference(data, index, W, pre, rule, views, padding)
-    assert loss == pytest.approx(want_loss, rel=1e-12)
-    np.testing.assert_allclose(grad, want_grad, rtol=1e-9, atol=1e-13)
+    for chunk in (32, 2):  # 2: 45 chunks, several to each of numpy's and numba's runs
+        loss, grad = full_function(engine, device)(data, index, W, pre, rule, views, padding,
+                                                   "float64", chunk=chunk)
+        assert loss == pytest.approx(want_loss, rel=1e-12)
+        np.testing.assert_allclose(grad, want_grad, rtol=1e-9, atol=1e-13)
     # float32 products, float64 sums: close to the float64 answer (and not float64 itself)
     loss32, grad32 = get_engine(engine, device).full_loss_and_grad(
         data, index, W, pre, rule, views, padding, "float32")
@@ -167,14 +175,129 @@ def test_a_memory_map_is_read_in_chunks_with_the_same_result(engine, tmp_path):
         np.testing.assert_allclose(chunked[1], whole[1], rtol=1e-11, atol=1e-15)
 
 
-def test_the_numba_engine_gives_the_numpy_objective():
-    pytest.importorskip("numba")
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_non_finite_score_is_the_non_finite_error(engine):
+    function = full_function(engine)
+    rng = np.random.default_rng(6)
+    rows = rng.standard_normal((40, 5)).astype(np.float32)
+    rows[33, 2] = np.nan  # in the last chunk and run
+    pre = Preprocessor(np.zeros(5), np.ones(5))
+    data = TrainingRows(rows, rng.integers(0, 3, 40).astype(np.int64))
+    message = "non-finite" if engine == "torch" else "non-finite scores"
+    for precision in ("float32", "float64"):
+        with pytest.raises(softmax.NonFiniteError, match=message):
+            function(data, np.arange(40, dtype=np.int64), rng.standard_normal((3, 6)), pre,
+                     StepRule(lr=1.0), IDENTITY, "edge", precision, chunk=4)
+
+
+NUMBA_ON_THREADS = """
+import hashlib, sys
+import numpy as np
+sys.path.insert(0, {tests!r})
+import numba
+from test_lbfgs import full_function, image_problem
+from softmax_cls.engines.contract import StepRule
+data, pre, W = image_problem()
+index = np.sort(np.random.default_rng(4).choice(120, 101, replace=False)).astype(np.int64)
+loss, grad = full_function("numba")(data, index, W, pre, StepRule(lr=1.0, reg=0.02),
+                                    ((False, 0, 0), (True, 1, -1)), "edge", {precision!r},
+                                    chunk=5)
+print(numba.get_num_threads(), loss.hex(), hashlib.sha256(grad.tobytes()).hexdigest())
+"""
+
+
+@pytest.mark.parametrize("precision", ["float32", "float64"])
+def test_the_numba_evaluation_is_the_same_bit_for_bit_on_any_thread_count(precision):
+    """The chunks, the runs and the order of every sum depend on the problem alone: one
+    thread, two, and five (more threads than runs of a short problem) give the same bits."""
+    function = full_function("numba")
+    import numba
+
     data, pre, W = image_problem()
-    index = np.arange(120, dtype=np.int64)
+    index = np.sort(np.random.default_rng(4).choice(120, 101, replace=False)).astype(np.int64)
+    rule = StepRule(lr=1.0, reg=0.02)
+    views = ((False, 0, 0), (True, 1, -1))
+    got = [function(data, index, W, pre, rule, views, "edge", precision, chunk=5, workers=k)
+           for k in (2, 3, 1)]
+    for loss, grad in got[1:]:
+        assert loss == got[0][0] and np.array_equal(grad, got[0][1])
+    lines = []
+    for threads in ("1", "5"):
+        done = subprocess.run(
+            [sys.executable, "-c", NUMBA_ON_THREADS.format(tests=str(TESTS),
+                                                           precision=precision)],
+            capture_output=True, text=True, timeout=300,
+            env={**os.environ, "NUMBA_NUM_THREADS": threads})
+        assert done.returncode == 0, done.stderr
+        lines.append(done.stdout.split())
+    assert [line[0] for line in lines] == ["1", "5"]
+    assert lines[0][1:] == lines[1][1:] == [
+        float(got[0][0]).hex(), hashlib.sha256(got[0][1].tobytes()).hexdigest()]
+    assert numba.get_num_threads() == numba.config.NUMBA_NUM_THREADS  # given back
+
+
+def test_the_numba_evaluation_runs_on_the_thread_count_the_governor_picks(monkeypatch):
+    """Without `workers` (the engine's calls), numba's THREAD_GOVERNOR runs each evaluation,
+    as it runs SGD's calls: on a busy machine one thread beats two waiting for each other."""
+    function = full_function("numba")
+    from softmax_cls.engines.numba_engine import api
+
+    calls = []
+    original = api.THREAD_GOVERNOR.run
+
+    def spy(kind, rows, call):
+        calls.append((kind[0], rows))
+        return original(kind, rows, call)
+
+    monkeypatch.setattr(api.THREAD_GOVERNOR, "run", spy)
+    data, pre, W = image_problem(n=40)
+    index = np.arange(40, dtype=np.int64)
+    views = ((False, 0, 0), (True, 0, 1))
     rule = StepRule(lr=1.0, reg=0.01)
-    a = get_engine("numba").full_loss_and_grad(data, index, W, pre, rule)
-    b = get_engine("numpy").full_loss_and_grad(data, index, W, pre, rule)
-    assert a[0] == b[0] and np.array_equal(a[1], b[1])
+    got = get_engine("numba").full_loss_and_grad(data, index, W, pre, rule, views)
+    assert calls == [("full", 80)]  # timed per row: 40 rows in 2 views
+    want = function(data, index, W, pre, rule, views, "edge", "float32", workers=1)
+    assert got[0] == want[0] and np.array_equal(got[1], want[1])
+    function(data, index, W, pre, rule, views, "edge", "float32", workers=2)
+    assert len(calls) == 1  # `workers` given: that count, not the governor's
+
+
+@pytest.mark.parametrize("classes", [63, 64])
+def test_the_numba_engine_evaluates_many_classes_with_numpy_blas(classes):
+    """From BLAS_FROM_CLASSES classes on, numba's evaluation is numpy's (bit for bit); below,
+    its own kernel (the same objective, rounded differently)."""
+    function = full_function("numba")
+    from softmax_cls.engines.numba_engine.full import BLAS_FROM_CLASSES
+
+    assert BLAS_FROM_CLASSES == 64
+    rng = np.random.default_rng(7)
+    rows = rng.standard_normal((300, 9)).astype(np.float32)
+    data = TrainingRows(rows, rng.integers(0, classes, 300).astype(np.int64))
+    pre = Preprocessor(rows.mean(0).astype(np.float64), np.full(9, 0.7))
+    W = rng.standard_normal((classes, 10)) * 0.3
+    index = np.arange(300, dtype=np.int64)
+    rule = StepRule(lr=1.0, reg=0.01)
+    got = function(data, index, W, pre, rule, IDENTITY, "edge", "float32")
+    blas = numpy_engine.full_loss_and_grad(data, index, W, pre, rule, IDENTITY, "edge",
+                                           "float32")
+    assert (got[0] == blas[0] and np.array_equal(got[1], blas[1])) == (classes == 64)
+    want = reference(data, index, W, pre, rule, IDENTITY)
+    assert got[0] == pytest.approx(want[0], rel=1e-6)
+
+
+def test_float16_bits_convert_exactly_in_the_numba_kernel():
+    """Every one of the 65,536 float16 bit patterns, as numpy converts it to float32."""
+    pytest.importorskip("numba")
+    from softmax_cls.engines.numba_engine.full import _half_bits_to_float
+
+    bits = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
+    want = bits.view(np.float16).astype(np.float32)
+    values = np.empty(len(bits), np.float32)
+    _half_bits_to_float(bits, values.view(np.uint32), values)
+    finite = ~np.isnan(want)
+    np.testing.assert_array_equal(values[finite].view(np.uint32),
+                                  want[finite].view(np.uint32))
+    assert np.isnan(values[~finite]).all()
 
 
 @pytest.mark.parametrize("workers", [1, 2, 3, 5, 40])

@@ -8,22 +8,23 @@ numba has no float16 type on the CPU (an array of it does not compile), so float
 converted here: the training rows once per TrainingRows object to a float32 copy in memory
 (twice the file; the numpy and torch engines convert per minibatch instead), the rows to
 score or to differentiate chunk by chunk. `engine: auto` leaves this engine out where that
-copy would not fit in memory (engines.auto_engine_name).
+copy would not fit in memory (engines.auto_engine_name). The full-batch objective (full.py)
+makes no copy: it reads float16 rows as their bits and converts them row by row.
 """
 
 from __future__ import annotations
 
 import sys
 import weakref
+from functools import partial
 
 import numpy as np
 
 from ...math.preprocess import Preprocessor
 from ...math.softmax import PREDICT_CHUNK
-from .. import numpy_engine
 from ..contract import Engine, EpochPlan, OptimizerState, StepRule, TrainingRows
 from . import api as kernels
-from . import cache
+from . import cache, full
 
 NO_SAMPLE_WEIGHT = np.zeros(0, np.float32)
 NO_FLIP = np.zeros(0, np.bool_)
@@ -121,6 +122,7 @@ def prepare(rows_dtype: np.dtype) -> None:
     predict_scores(rows, W, pre)
 
 
-# The full-batch objective is two BLAS products per chunk: numpy's code is the fast one.
+# The full-batch objective (L-BFGS): its own kernel, one pass over each row (full.py)
 ENGINE = Engine("numba", train_epoch, predict_scores, loss_and_grad, prepare,
-                full_loss_and_grad_function=numpy_engine.full_loss_and_grad)
+                full_loss_and_grad_function=partial(full.full_loss_and_grad,
+                                                    on_compile=_announce))
