@@ -4,7 +4,8 @@ regularisation, time and agreement, interleaved repetitions, medians.
 Two problems (docs/lbfgs.md has the mapping of conventions, C = 1 / (2 reg N)):
 - CIFAR-10 pixels: the training images (uint8, standardised, no augmentation), --cifar-rows
   of them (the first ones; 0 skips the problem), read from the archive --archive (default
-  /work/shared/data/cifar-10-binary.tar.gz, extracted once into --root); tested on the
+  shared/data/cifar-10-binary.tar.gz in the repository's parent folder, as
+  scripts/benchmark.py, extracted once into --root); tested on the
   10,000 test images;
 - the estimator benchmark's synthetic probe features (scripts/benchmark_estimator.py's
   linear_features), --feature-rows x 512 float32 (200,000 in the issue), 50,000 test rows.
@@ -49,6 +50,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+# A local copy of the CIFAR-10 binary archive beside the repository (as scripts/benchmark.py)
+DEFAULT_ARCHIVE = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar-10-binary.tar.gz"
 
 
 def cifar_problem(archive: str, root: str, rows: int):
@@ -244,7 +248,7 @@ def compare(name, rows, labels, X_test, y_test, reg, tol, max_iter, repeats,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--archive", default="/work/shared/data/cifar-10-binary.tar.gz")
+    parser.add_argument("--archive", default=str(DEFAULT_ARCHIVE))
     parser.add_argument("--root", default="/tmp/lbfgs-bench-data")
     parser.add_argument("--cifar-rows", type=int, default=50_000)
     parser.add_argument("--feature-rows", type=int, default=200_000)
