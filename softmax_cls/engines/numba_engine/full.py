@@ -242,16 +242,17 @@ def full_loss_and_grad(data: TrainingRows, index: np.ndarray, W: np.ndarray, pre
     mean = np.ascontiguousarray(pre.vectors(dtype)[0])
     W_scaled = np.ascontiguousarray(W[:, :P] * pre.scale, dtype=dtype)  # (C, P)
     bias = W[:, P].copy() if pre.bias else np.zeros(n_classes)
-    index = np.ascontiguousarray(index, dtype=np.int64)
+    index = _readonly(np.asarray(index, dtype=np.int64))  # read-only, as rows: one signature
     views_array = np.array([(int(bool(f)), int(dy), int(dx)) for f, dy, dx in views],
                            np.int64).reshape(-1, 3)
-    weight = (np.zeros(0, np.float32) if data.sample_weight is None
-              else np.ascontiguousarray(data.sample_weight, dtype=np.float32))
+    weight = _readonly(np.zeros(0, np.float32) if data.sample_weight is None
+                       else np.asarray(data.sample_weight, dtype=np.float32))
+    labels = _readonly(np.asarray(data.labels, dtype=np.int64))
     chunk = max(64, CHUNK_VALUES // P) if chunk is None else int(chunk)
     n_chunks = -(-len(index) // chunk)
     runs = max(1, min(n_chunks, RUNS, RUN_BYTES // (8 * n_classes * P)))
     total = len(index) * len(views_array)
-    arguments = (rows, index, np.ascontiguousarray(data.labels, dtype=np.int64), weight,
+    arguments = (rows, index, labels, weight,
                  views_array, PADDING_CODES[padding], half, mean, W_scaled, bias,
                  float(rule.clip), chunk, runs, float(total))
     kind = (rows.dtype, dtype)
