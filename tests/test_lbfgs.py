@@ -180,7 +180,7 @@ def test_a_non_finite_score_is_the_non_finite_error(engine):
     function = full_function(engine)
     rng = np.random.default_rng(6)
     rows = rng.standard_normal((40, 5)).astype(np.float32)
-    rows[33, 2] = np.nan  # in the last chunk and run
+    rows[33, 2] = np.nan  # chunk 8 of 10: numpy's last run, not numba's (a run per chunk)
     pre = Preprocessor(np.zeros(5), np.ones(5))
     data = TrainingRows(rows, rng.integers(0, 3, 40).astype(np.int64))
     message = "non-finite" if engine == "torch" else "non-finite scores"
