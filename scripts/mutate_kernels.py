@@ -41,7 +41,8 @@ BOUNDSCHECK_TEST = ["tests/test_kernels.py::test_no_read_out_of_bounds"]
 FULL = f"{ENGINE}/full.py"
 FULL_TESTS = ("tests/test_lbfgs.py", "tests/test_float16.py", "-k",
               "(numba and (reference or clipped or centring or memory_map or non_finite or "
-              "full_batch or governor or many_classes)) or bit_for_bit or float16_bits")
+              "full_batch or governor or many_classes or read_only)) or bit_for_bit or "
+              "float16_bits")
 
 
 @dataclass(frozen=True)
@@ -231,6 +232,21 @@ MUTANTS = [
            "if W.shape[0] > BLAS_FROM_CLASSES:", FULL_TESTS),
     Mutant("full_governor_bypassed", FULL, "        if workers is None:  # numba's",
            "        if False:  # numba's", FULL_TESTS),
+    Mutant("full_weight_of_the_tile_position", FULL, "w = weight[row] if",
+           "w = weight[i + r] if", FULL_TESTS),
+    Mutant("full_label_of_the_tile_position", FULL, "y = labels[row]", "y = labels[i + r]",
+           FULL_TESTS),
+    Mutant("full_only_the_last_runs_finiteness", FULL, "ok = ok and ok_runs[k]",
+           "ok = ok_runs[k]", FULL_TESTS),
+    Mutant("full_writable_labels_signature", FULL,
+           "labels = _readonly(np.asarray(data.labels, dtype=np.int64))",
+           "labels = np.ascontiguousarray(data.labels, dtype=np.int64)", FULL_TESTS),
+    Mutant("full_writable_index_signature", FULL,
+           "index = _readonly(np.asarray(index, dtype=np.int64))",
+           "index = np.ascontiguousarray(index, dtype=np.int64)", FULL_TESTS),
+    Mutant("full_writable_weight_signature", FULL,
+           "weight = _readonly(np.zeros(0, np.float32) if",
+           "weight = np.ascontiguousarray(np.zeros(0, np.float32) if", FULL_TESTS),
     Mutant("full_non_finite_scores_unchecked", FULL, "if not np.isfinite(z[c]):",
            "if False:", FULL_TESTS),
 ]

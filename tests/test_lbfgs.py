@@ -180,7 +180,7 @@ def test_a_non_finite_score_is_the_non_finite_error(engine):
     function = full_function(engine)
     rng = np.random.default_rng(6)
     rows = rng.standard_normal((40, 5)).astype(np.float32)
-    rows[33, 2] = np.nan  # in the last chunk and run
+    rows[33, 2] = np.nan  # chunk 8 of 10: numpy's last run, not numba's (a run per chunk)
     pre = Preprocessor(np.zeros(5), np.ones(5))
     data = TrainingRows(rows, rng.integers(0, 3, 40).astype(np.int64))
     message = "non-finite" if engine == "torch" else "non-finite scores"
@@ -283,6 +283,32 @@ def test_the_numba_engine_evaluates_many_classes_with_numpy_blas(classes):
     assert (got[0] == blas[0] and np.array_equal(got[1], blas[1])) == (classes == 64)
     want = reference(data, index, W, pre, rule, IDENTITY)
     assert got[0] == pytest.approx(want[0], rel=1e-6)
+
+
+def test_read_only_labels_index_and_weights_need_no_second_numba_compile():
+    """One compiled signature per rows dtype and precision: read-only labels, index and
+    sample weights (a sweep worker's memory-mapped labels) reuse the writable arrays' code
+    (numba would else compile, and cache, a variant for each, with no line saying so)."""
+    function = full_function("numba")
+    from softmax_cls.engines.numba_engine.full import full_kernel
+
+    rng = np.random.default_rng(8)
+    rows = rng.standard_normal((30, 4)).astype(np.float32)
+    labels = rng.integers(0, 3, 30).astype(np.int64)
+    weight = rng.uniform(0.5, 2.0, 30).astype(np.float32)
+    index = np.arange(2, 30, dtype=np.int64)
+    pre = Preprocessor(np.zeros(4), np.ones(4))
+    W = rng.standard_normal((3, 5))
+    rule = StepRule(lr=1.0)
+    want = function(TrainingRows(rows, labels, weight), index, W, pre, rule, IDENTITY, "edge",
+                    "float32")
+    compiled = len(full_kernel.overloads)
+    for array in (labels, weight, index):
+        array.flags.writeable = False
+    got = function(TrainingRows(rows, labels, weight), index, W, pre, rule, IDENTITY, "edge",
+                   "float32")
+    assert got[0] == want[0] and np.array_equal(got[1], want[1])
+    assert len(full_kernel.overloads) == compiled
 
 
 def test_float16_bits_convert_exactly_in_the_numba_kernel():

@@ -81,8 +81,12 @@ def _centre(src, mean, out):
 @njit(cache=True)
 def _load_tile(rows, index, i, n, view, padding, half, mean, tile, image, line, bits,
                values):
-    """tile[r] = centred view `view` (flip, dy, dx) of rows[index[i + r]] for r < n, in
-    tile's dtype; rows n..TILE_ROWS-1 zero."""
+    """tile (TILE_ROWS, P) of the products' dtype: tile[r] = the view `view` (3,) int64
+    (flip, dy, dx) of rows[index[i + r]], centred (minus mean (P,)), for the tile's n real
+    rows r < n; rows n..TILE_ROWS-1 zero. rows (N, P) uint8, float32, or uint16 float16 bits
+    when `half`; index (n_index,) int64; padding 0 zero, 1 edge, 2 reflect. Scratch: image
+    and line (P,) of rows' dtype (the augmented row), values (P,) float32 and bits (P,)
+    uint32, the same buffer (the converted float16 row)."""
     flip, dy, dx = view[0] != 0, view[1], view[2]
     plain = not flip and dy == 0 and dx == 0
     for r in range(TILE_ROWS):
@@ -103,13 +107,16 @@ def _load_tile(rows, index, i, n, view, padding, half, mean, tile, image, line, 
 
 @njit(cache=True)
 def _tile_softmax(scores, n, labels, weight, index, i, bias, clip, total, d, bias_sum):
-    """For the n real rows of a tile: scores (TILE_ROWS, C) plus bias in float64, max-shifted
-    and clipped below at -clip; returns (the sum of w * row loss, all scores finite);
-    d (TILE_ROWS, C) = (p - onehot) * w / total in d's dtype, rows n.. zero; bias_sum (C,)
-    float64 += the float64 d rows."""
+    """For the n real rows of a tile, rows[index[i + r]] for r < n: scores (TILE_ROWS, C) of
+    the products' dtype, plus bias (C,) float64, in float64, max-shifted and clipped below at
+    -clip; labels (N,) int64 and weight (N,) float32, or (0,) for all ones, of the data set's
+    rows. Returns (the sum of w * row loss, all scores finite); d (TILE_ROWS, C) of the
+    products' dtype = (p - onehot) * w / total, rows n.. zero; bias_sum (C,) float64 += the
+    float64 d rows. At the first non-finite score it returns (partial sum, False), d and
+    bias_sum half done: the caller raises."""
     n_classes = scores.shape[1]
     z = np.empty(n_classes)
-    e = np.empty(n_classes)
+    exp_z = np.empty(n_classes)
     loss = 0.0
     for r in range(TILE_ROWS):
         if r >= n:
@@ -125,13 +132,13 @@ def _tile_softmax(scores, n, labels, weight, index, i, bias, clip, total, d, bia
         total_exp = 0.0
         for c in range(n_classes):
             z[c] = max(z[c] - top, -clip)
-            e[c] = np.exp(z[c])
-            total_exp += e[c]
+            exp_z[c] = np.exp(z[c])
+            total_exp += exp_z[c]
         y = labels[row]
         w = weight[row] if weight.shape[0] else 1.0
         loss += w * (np.log(total_exp) - z[y])
         for c in range(n_classes):
-            g = e[c] / total_exp
+            g = exp_z[c] / total_exp
             if c == y:
                 g -= 1.0
             g = g * w / total
@@ -142,8 +149,9 @@ def _tile_softmax(scores, n, labels, weight, index, i, bias, clip, total, d, bia
 
 @njit(cache=True, fastmath=_ORDERED_MATH)
 def _tile_gradient(tile, d, G):
-    """G (C, P) += d (TILE_ROWS, C)^T @ tile (TILE_ROWS, P), each entry's eight products
-    added in row order."""
+    """G (C, P) += d (TILE_ROWS, C)^T @ tile (TILE_ROWS, P), all of the products' dtype, each
+    entry's eight products (TILE_ROWS is 8: the rows are unrolled here) added in pairs,
+    then pairs of pairs, the same order every time."""
     for c in range(G.shape[0]):
         g = G[c]
         d0, d1, d2, d3 = d[0, c], d[1, c], d[2, c], d[3, c]
@@ -158,9 +166,15 @@ def _tile_gradient(tile, d, G):
 @njit(cache=True, parallel=True)
 def full_kernel(rows, index, labels, weight, views, padding, half, mean, W_scaled, bias,
                 clip, chunk, runs, total):
-    """(loss sum (the sum of w * row loss), grad (C, P) float64 = the sum of dS^T x_c,
-    bias grad (C,) float64 = the sum of dS, all scores finite) over rows[index] in every view
-    of views (V, 3) int64 (flip, dy, dx). See the module's docstring."""
+    """(loss sum float64 = the sum of w * row loss, grad (C, P) float64 = the sum of
+    dS^T x_c, bias grad (C,) float64 = the sum of dS, all scores finite) over rows[index] in
+    every view of views (V, 3) int64 (flip, dy, dx).
+
+    rows (N, P) uint8, float32, or uint16 (float16 bits, `half`); index (n,) int64; labels
+    (N,) int64; weight (N,) float32, or (0,) for all ones; padding 0 zero, 1 edge, 2
+    reflect; mean (P,) and W_scaled (C, P) of the products' dtype; bias (C,) float64; clip
+    > 0; `chunk` rows per chunk; `runs` runs of consecutive chunks; total = n * V, the
+    divisor of dS. See the module's docstring."""
     n = index.shape[0]
     n_classes, P = W_scaled.shape
     dtype = W_scaled.dtype
@@ -181,21 +195,21 @@ def full_kernel(rows, index, labels, weight, views, padding, half, mean, W_scale
         bits = values.view(np.uint32)
         run_grad, run_bias = grad_runs[k], bias_runs[k]
         loss = 0.0
-        for ch in range(k * n_chunks // runs, (k + 1) * n_chunks // runs):
-            start, stop = ch * chunk, min(n, (ch + 1) * chunk)
+        for chunk_number in range(k * n_chunks // runs, (k + 1) * n_chunks // runs):
+            start, stop = chunk_number * chunk, min(n, (chunk_number + 1) * chunk)
             G[:] = 0
             for v in range(views.shape[0]):
                 for i in range(start, stop, TILE_ROWS):
-                    m = min(TILE_ROWS, stop - i)
-                    _load_tile(rows, index, i, m, views[v], padding, half, mean, tile, image,
-                               line, bits, values)
-                    _tile_scores(tile, P, W_scaled, 0, scores, 0, m, False, zero)
-                    part, ok = _tile_softmax(scores, m, labels, weight, index, i, bias, clip,
-                                             total, d, run_bias)
+                    real_rows = min(TILE_ROWS, stop - i)
+                    _load_tile(rows, index, i, real_rows, views[v], padding, half, mean, tile,
+                               image, line, bits, values)
+                    _tile_scores(tile, P, W_scaled, 0, scores, 0, real_rows, False, zero)
+                    tile_loss, ok = _tile_softmax(scores, real_rows, labels, weight, index, i,
+                                                  bias, clip, total, d, run_bias)
                     if not ok:
                         ok_runs[k] = False
                         break
-                    loss += part
+                    loss += tile_loss
                     _tile_gradient(tile, d, G)
             for c in range(n_classes):
                 for j in range(P):
@@ -225,10 +239,11 @@ def full_loss_and_grad(data: TrainingRows, index: np.ndarray, W: np.ndarray, pre
     `workers` threads (default: numba's, which --threads sets, or one while the engine's
     THREAD_GOVERNOR measures one faster: on a busy machine a parallel region waits for a
     descheduled thread); the result does not depend on them. rows may be a memory map of
-    any size (read in place, never copied) and float16 (converted row by row in the
-    kernel). From BLAS_FROM_CLASSES classes on, numpy_engine.full_loss_and_grad computes
-    it instead. `on_compile` is called first when the kernel must
-    compile for these dtypes (it is neither in memory nor in numba's disk cache)."""
+    any size (read in place when C-contiguous, as the data loaders make them; another
+    layout is copied) and float16 (converted row by row in the kernel). From
+    BLAS_FROM_CLASSES classes on, numpy_engine.full_loss_and_grad computes it instead.
+    `on_compile` is called first when the kernel must compile for these dtypes (it is
+    neither in memory nor in numba's disk cache)."""
     if W.shape[0] >= BLAS_FROM_CLASSES:
         return numpy_engine.full_loss_and_grad(data, index, W, pre, rule, views, padding,
                                                precision, chunk, workers)
@@ -242,16 +257,17 @@ def full_loss_and_grad(data: TrainingRows, index: np.ndarray, W: np.ndarray, pre
     mean = np.ascontiguousarray(pre.vectors(dtype)[0])
     W_scaled = np.ascontiguousarray(W[:, :P] * pre.scale, dtype=dtype)  # (C, P)
     bias = W[:, P].copy() if pre.bias else np.zeros(n_classes)
-    index = np.ascontiguousarray(index, dtype=np.int64)
+    index = _readonly(np.asarray(index, dtype=np.int64))  # read-only, as rows: one signature
     views_array = np.array([(int(bool(f)), int(dy), int(dx)) for f, dy, dx in views],
                            np.int64).reshape(-1, 3)
-    weight = (np.zeros(0, np.float32) if data.sample_weight is None
-              else np.ascontiguousarray(data.sample_weight, dtype=np.float32))
+    weight = _readonly(np.zeros(0, np.float32) if data.sample_weight is None
+                       else np.asarray(data.sample_weight, dtype=np.float32))
+    labels = _readonly(np.asarray(data.labels, dtype=np.int64))
     chunk = max(64, CHUNK_VALUES // P) if chunk is None else int(chunk)
     n_chunks = -(-len(index) // chunk)
     runs = max(1, min(n_chunks, RUNS, RUN_BYTES // (8 * n_classes * P)))
     total = len(index) * len(views_array)
-    arguments = (rows, index, np.ascontiguousarray(data.labels, dtype=np.int64), weight,
+    arguments = (rows, index, labels, weight,
                  views_array, PADDING_CODES[padding], half, mean, W_scaled, bias,
                  float(rule.clip), chunk, runs, float(total))
     kind = (rows.dtype, dtype)
