@@ -168,3 +168,57 @@ def gather_row(rows, r, position, flip, shift, padding, line, u):
         src = rows[r]
         for j in range(u.shape[0]):
             u[j] = src[j]
+
+
+@njit(cache=True)
+def prefetch_columns(rows, order, first, stop, j0, j1):
+    """prefetch_rows for the columns j0:j1 of each row alone (clamped to the row), the part a
+    column range of the gather reads: callers widen j0:j1 by the lines a shift may read."""
+    step = max(1, CACHE_LINE // rows.itemsize)
+    lo, hi = max(0, j0), min(rows.shape[1], j1)
+    for k in range(first, min(stop, order.shape[0])):
+        for j in range(lo, hi, step):
+            _prefetch(rows, order[k], j)
+
+
+@njit(cache=True)
+def gather_columns(rows, r, position, flip, shift, padding, j0, j1, u):
+    """u[j0:j1] = gather_row's u[j0:j1] (u (P,)) for this row and position, computed for
+    those columns alone. With an augmentation, j0 and j1 are multiples of SIDE (whole lines
+    of a (3072,) image): output line y, column x of a plane is the source's line
+    _padded_index(y - dy), column _padded_index(x - dx) of the image as flipped (source
+    column 31 - x), or 0 where either index is -1 (zero padding): the pixels _augment_row
+    writes, since its border lines copy output lines that are made the same way."""
+    do_flip = flip.shape[0] > 0 and flip[position]
+    dy = shift[position, 0] if shift.shape[0] > 0 else 0
+    dx = shift[position, 1] if shift.shape[0] > 0 else 0
+    src = rows[r]
+    if not (do_flip or dy != 0 or dx != 0):
+        for j in range(j0, j1):
+            u[np.uint64(j)] = src[np.uint64(j)]
+        return
+    left, right = max(0, dx), SIDE + min(0, dx)  # output columns read from inside
+    for line in range(j0 // SIDE, j1 // SIDE):
+        plane, y = line // SIDE, line % SIDE
+        out = np.uint64(line * SIDE)
+        sy = _padded_index(y - dy, padding)
+        if sy < 0:
+            for x in range(SIDE):
+                u[out + np.uint64(x)] = 0
+            continue
+        base = plane * PLANE + sy * SIDE
+        if do_flip:
+            last = np.uint64(base + SIDE - 1 + dx)  # source of output column x: last - x
+            for x in range(left, right):
+                u[out + np.uint64(x)] = src[last - np.uint64(x)]
+        else:
+            first = np.uint64(base - dx)
+            for x in range(left, right):
+                u[out + np.uint64(x)] = src[first + np.uint64(x)]
+        for border in range(SIDE - (right - left)):  # columns 0..left-1, then right..31
+            x = border if border < left else border + right - left
+            sx = _padded_index(x - dx, padding)
+            if sx < 0:
+                u[out + np.uint64(x)] = 0
+            else:
+                u[out + np.uint64(x)] = src[np.uint64(base + (SIDE - 1 - sx if do_flip else sx))]
