@@ -171,7 +171,7 @@ def test_column_split_gather_against_np_pad(padding):
             u = np.full(3072, 7, np.uint8)
             for j0 in range(0, 3072, 512):
                 gather.gather_columns(rows, 1, 0, np.array([flip]), np.array([[dy, dx]]),
-                                      padding, j0, j0 + 512, u)
+                                      padding, j0, j0 + 512, np.zeros(3072, np.uint8), u)
             np.testing.assert_array_equal(u, augmented(rows[1], flip, dy, dx, padding),
                                           err_msg=f"flip {flip} shift ({dy}, {dx})")
 
@@ -207,8 +207,8 @@ def _forward_outputs(split, threads, augment, b=77):
                          bias, clip, U, S, dS, row_loss, row_correct, row_ok, lines, tiles,
                          partial, threads, zero)
         else:
-            step.forward_columns(rows, order, batch, split, start, flip, shift, 1, W, U, tiles,
-                                 partial, zero)
+            step.forward_columns(rows, order, batch, split, start, flip, shift, 1, W, U, lines,
+                                 tiles, partial, zero)
             step.finish_rows(batch, labels, weight, bias, clip, partial, S, dS, row_loss,
                              row_correct, row_ok, zero)
     finally:

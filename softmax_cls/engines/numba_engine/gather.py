@@ -182,13 +182,74 @@ def prefetch_columns(rows, order, first, stop, j0, j1):
 
 
 @njit(cache=True)
-def gather_columns(rows, r, position, flip, shift, padding, j0, j1, u):
+def _mirror_line_range(src, first, stop, image):
+    """image[line] = src[line] mirrored left-right for the lines first..stop-1 of 96 (image
+    (3072,) uint8, 8-byte aligned: our own buffer), as _mirror_lines does for all of them."""
+    start, end = np.uint64(first * SIDE), np.uint64(stop * SIDE)
+    for k in range(end - start):
+        image[start + np.uint64(k)] = src[start + np.uint64(k)]
+    words = image.view(np.uint64)
+    m8, m16 = np.uint64(0x00FF00FF00FF00FF), np.uint64(0x0000FFFF0000FFFF)
+    s8, s16, s32 = np.uint64(8), np.uint64(16), np.uint64(32)
+    for line in range(first, stop):
+        base = np.uint64(4 * line)
+        for w in range(2):
+            near, far = base + np.uint64(w), base + np.uint64(3 - w)
+            x, y = words[near], words[far]
+            words[near] = _bswap(y, m8, m16, s8, s16, s32)
+            words[far] = _bswap(x, m8, m16, s8, s16, s32)
+
+
+@njit(cache=True)
+def _shift_lines(image, plane, y0, y1, dy, dx, padding, u):
+    """Output lines y0..y1-1 of one plane of _shift_into(image, dy, dx, padding, u), made from
+    image alone: the lines inside as one flat copy, then their |dx| border columns; the
+    border lines (those that read outside the image) line by line from the image line that
+    the padding names."""
+    top, bottom = max(0, dy), min(SIDE, SIDE + dy)  # output lines read from inside the image
+    left, right = max(0, dx), SIDE + min(0, dx)  # output columns read from inside
+    base = plane * PLANE
+    inner_top, inner_bottom = max(top, y0), min(bottom, y1)
+    if inner_bottom > inner_top:
+        offset = dy * SIDE + dx
+        n_inner = np.uint64((inner_bottom - 1 - inner_top) * SIDE + right - left)
+        start = np.uint64(base + inner_top * SIDE + left)
+        first = np.uint64(base + inner_top * SIDE + left - offset)
+        for k in range(n_inner):
+            u[start + k] = image[first + k]
+        for border in range(SIDE - (right - left)):  # columns 0..left-1, then right..31
+            col = border if border < left else border + right - left
+            s = _padded_index(col - dx, padding)
+            out = np.uint64(base + inner_top * SIDE + col)
+            if s < 0:
+                for row in range(inner_bottom - inner_top):
+                    u[out + np.uint64(row * SIDE)] = 0
+            else:
+                read = np.uint64(base + (inner_top - dy) * SIDE + s)
+                for row in range(inner_bottom - inner_top):
+                    u[out + np.uint64(row * SIDE)] = image[read + np.uint64(row * SIDE)]
+    for y in range(y0, y1):
+        if inner_top <= y < inner_bottom:
+            continue
+        out = np.uint64(base + y * SIDE)
+        sy = _padded_index(y - dy, padding)
+        if sy < 0:
+            for x in range(SIDE):
+                u[out + np.uint64(x)] = 0
+            continue
+        line = base + sy * SIDE
+        for x in range(SIDE):
+            sx = _padded_index(x - dx, padding)
+            u[out + np.uint64(x)] = 0 if sx < 0 else image[np.uint64(line + sx)]
+
+
+@njit(cache=True)
+def gather_columns(rows, r, position, flip, shift, padding, j0, j1, line, u):
     """u[j0:j1] = gather_row's u[j0:j1] (u (P,)) for this row and position, computed for
-    those columns alone. With an augmentation, j0 and j1 are multiples of SIDE (whole lines
-    of a (3072,) image): output line y, column x of a plane is the source's line
-    _padded_index(y - dy), column _padded_index(x - dx) of the image as flipped (source
-    column 31 - x), or 0 where either index is -1 (zero padding): the pixels _augment_row
-    writes, since its border lines copy output lines that are made the same way."""
+    those columns alone; line (3072,) uint8 is scratch for the mirrored lines. With an
+    augmentation, j0 and j1 are multiples of SIDE (whole lines of a (3072,) image): per
+    plane, its lines in j0:j1 as _shift_into makes them (_shift_lines), from the source lines
+    they read (at most MAX_SHIFT beyond them), mirrored first when flipped."""
     do_flip = flip.shape[0] > 0 and flip[position]
     dy = shift[position, 0] if shift.shape[0] > 0 else 0
     dx = shift[position, 1] if shift.shape[0] > 0 else 0
@@ -197,28 +258,13 @@ def gather_columns(rows, r, position, flip, shift, padding, j0, j1, u):
         for j in range(j0, j1):
             u[np.uint64(j)] = src[np.uint64(j)]
         return
-    left, right = max(0, dx), SIDE + min(0, dx)  # output columns read from inside
-    for line in range(j0 // SIDE, j1 // SIDE):
-        plane, y = line // SIDE, line % SIDE
-        out = np.uint64(line * SIDE)
-        sy = _padded_index(y - dy, padding)
-        if sy < 0:
-            for x in range(SIDE):
-                u[out + np.uint64(x)] = 0
-            continue
-        base = plane * PLANE + sy * SIDE
+    for plane in range(j0 // PLANE, (j1 + PLANE - 1) // PLANE):
+        y0 = max(0, j0 // SIDE - plane * SIDE)
+        y1 = min(SIDE, j1 // SIDE - plane * SIDE)
         if do_flip:
-            last = np.uint64(base + SIDE - 1 + dx)  # source of output column x: last - x
-            for x in range(left, right):
-                u[out + np.uint64(x)] = src[last - np.uint64(x)]
+            reach = abs(dy)
+            _mirror_line_range(src, plane * SIDE + max(0, y0 - reach),
+                               plane * SIDE + min(SIDE, y1 + reach), line)
+            _shift_lines(line, plane, y0, y1, dy, dx, padding, u)
         else:
-            first = np.uint64(base - dx)
-            for x in range(left, right):
-                u[out + np.uint64(x)] = src[first + np.uint64(x)]
-        for border in range(SIDE - (right - left)):  # columns 0..left-1, then right..31
-            x = border if border < left else border + right - left
-            sx = _padded_index(x - dx, padding)
-            if sx < 0:
-                u[out + np.uint64(x)] = 0
-            else:
-                u[out + np.uint64(x)] = src[np.uint64(base + (SIDE - 1 - sx if do_flip else sx))]
+            _shift_lines(src, plane, y0, y1, dy, dx, padding, u)

@@ -264,7 +264,7 @@ def forward(rows, order, batch_rows, gather, labels, sample_weight, position, fl
                      row_ok, lines, tiles, zero)
     else:
         forward_columns(rows, order, batch_rows, groups, position, flip, shift, padding,
-                        W_fold, U, tiles, partial, zero)
+                        W_fold, U, lines, tiles, partial, zero)
         finish_rows(batch_rows, labels, sample_weight, bias_fold, clip, partial, S, dS,
                     row_loss, row_correct, row_ok, zero)
 
@@ -304,7 +304,7 @@ def forward_rows(rows, order, batch_rows, gather, labels, sample_weight, positio
 
 @njit(cache=True, parallel=True)
 def forward_columns(rows, order, batch_rows, groups, position, flip, shift, padding, W_fold, U,
-                    tiles, partial, zero):
+                    lines, tiles, partial, zero):
     """The gather and the scores split by columns: group g of `groups` (one per thread, in
     order: numba's static schedule gives thread g task g) takes the chunks of CHUNK features
     from n_chunks * g // groups to n_chunks * (g + 1) // groups, the columns that the same
@@ -324,7 +324,7 @@ def forward_columns(rows, order, batch_rows, groups, position, flip, shift, padd
             prefetch_columns(rows, order, ahead, ahead + TILE_ROWS, j0 - SIDE, j1 + SIDE)
             for r in range(i, i + n):
                 gather_columns(rows, batch_rows[r], position + r, flip, shift, padding, j0, j1,
-                               U[r])
+                               lines[g], U[r])
             for k in range(k0, k1):
                 c0 = k * CHUNK
                 m = min(CHUNK, n_features - c0)
