@@ -57,8 +57,7 @@ def _timed_steps(rows, labels, order, flip, shift, W, velocity, average, mean, s
     n, n_features = order.shape[0], rows.shape[1]
     U = np.empty((BATCH, n_features), rows.dtype)
     S, dS, row_loss, row_correct, row_ok, lines, tiles, grad_tiles, acc, G, l2_parts, \
-        norm_parts, W_fold, bias_fold, dS_sum, fold_parts, partial = entry._workspace(
-            BATCH, n_features, W)
+        norm_parts, W_fold, bias_fold, dS_sum, fold_parts = entry._workspace(BATCH, n_features, W)
     zero, one, two_reg = entry._cast(W, 0), entry._cast(W, 1), entry._cast(W, 2 * 2.94e-6)
     lr, momentum, clip, alpha = entry._cast(W, 0.03), entry._cast(W, 0.9), entry._cast(W, 50), zero
     no_weights = np.empty(0, W.dtype)
@@ -68,7 +67,7 @@ def _timed_steps(rows, labels, order, flip, shift, W, velocity, average, mean, s
         t0 = _cycles()
         forward(rows, order, order[start:start + BATCH], True, labels, no_weights, start, flip,
                 shift, 1, W_fold, bias_fold, clip, U, S, dS, row_loss, row_correct, row_ok,
-                lines, tiles, partial, numba.get_num_threads(), zero)
+                lines, tiles, zero)
         t1 = _cycles()
         entry._column_sums(dS, zero, dS_sum)
         t2 = _cycles()

@@ -157,96 +157,6 @@ def test_bit_identical_whatever_the_thread_count(monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------------
-# The forward split by columns (on two threads and more) against the one split by rows
-
-
-@pytest.mark.parametrize("padding", [0, 1, 2])
-def test_column_split_gather_against_np_pad(padding):
-    """gather_columns, one chunk of columns at a time, writes the image np.pad makes."""
-    from softmax_cls.engines.numba_engine import gather
-
-    rows = np.random.default_rng(21).integers(0, 256, (2, 3072)).astype(np.uint8)
-    for flip in (False, True):
-        for dy, dx in [(0, 0), (3, -2), (-8, 8), (8, -8), (0, 5), (-1, 0), (1, 1), (2, 7)]:
-            u = np.full(3072, 7, np.uint8)
-            for j0 in range(0, 3072, 512):
-                gather.gather_columns(rows, 1, 0, np.array([flip]), np.array([[dy, dx]]),
-                                      padding, j0, j0 + 512, np.zeros(3072, np.uint8), u)
-            np.testing.assert_array_equal(u, augmented(rows[1], flip, dy, dx, padding),
-                                          err_msg=f"flip {flip} shift ({dy}, {dx})")
-
-
-def _forward_outputs(split, threads, augment, b=77):
-    """(U, S, dS, row_loss, row_correct, row_ok) of one minibatch of b rows (the last tile
-    short) from forward_rows (split "rows"), forward_columns + finish_rows in `split` groups
-    (an int), or forward itself (split "auto"), on `threads` numba threads."""
-    from softmax_cls.engines.numba_engine import entry, step
-
-    rng = np.random.default_rng(22)
-    n, P, C = 200, 3072, 10
-    rows = rng.integers(0, 256, (n, P)).astype(np.uint8)
-    labels, order = rng.integers(0, C, n), rng.permutation(n)
-    W = (rng.standard_normal((C, P)) * 0.01).astype(np.float32)
-    bias = rng.standard_normal(C).astype(np.float32)
-    flip = rng.random(n) < 0.5 if augment else np.zeros(0, np.bool_)
-    shift = rng.integers(-2, 3, (n, 2)) if augment else np.zeros((0, 2), np.int64)
-    weight = rng.uniform(0.5, 2, n).astype(np.float32)
-    U = np.zeros((b, P), np.uint8)
-    S, dS, row_loss, row_correct, row_ok, lines, tiles, *_, partial = entry._workspace(b, P, W)
-    zero, clip, start = np.float32(0), np.float32(50), 9
-    batch = order[start:start + b]
-    before = numba.get_num_threads()
-    try:
-        numba.set_num_threads(threads)
-        if split == "rows":
-            step.forward_rows(rows, order, batch, True, labels, weight, start, flip, shift, 1, W,
-                              bias, clip, U, S, dS, row_loss, row_correct, row_ok, lines, tiles,
-                              zero)
-        elif split == "auto":
-            step.forward(rows, order, batch, True, labels, weight, start, flip, shift, 1, W,
-                         bias, clip, U, S, dS, row_loss, row_correct, row_ok, lines, tiles,
-                         partial, threads, zero)
-        else:
-            step.forward_columns(rows, order, batch, split, start, flip, shift, 1, W, U, lines,
-                                 tiles, partial, zero)
-            step.finish_rows(batch, labels, weight, bias, clip, partial, S, dS, row_loss,
-                             row_correct, row_ok, zero)
-    finally:
-        numba.set_num_threads(before)
-    expected_U = np.stack([augmented(rows[r], bool(flip[start + i]), *shift[start + i], 1)
-                           if augment else rows[r] for i, r in enumerate(batch)])
-    np.testing.assert_array_equal(U, expected_U)  # the np.pad oracle
-    reference = U.astype(np.float64) @ W.T.astype(np.float64) + bias
-    np.testing.assert_allclose(S[:b], reference, rtol=1e-4, atol=1e-3)
-    return U, S[:b], dS[:b], row_loss[:b], row_correct[:b], row_ok[:b]
-
-
-@pytest.mark.parametrize("augment", [False, True])
-def test_column_split_forward_gives_the_row_splits_bits(augment):
-    if numba.config.NUMBA_NUM_THREADS < 2:
-        pytest.skip("numba runs with one thread here (NUMBA_NUM_THREADS)")
-    expected = _forward_outputs("rows", 1, augment)
-    splits = [("rows", 2), (1, 1), (2, 1), (2, 2), (3, 2), (4, 2), (6, 2), ("auto", 2)]
-    for split, threads in splits:
-        got = _forward_outputs(split, threads, augment)
-        for name, a, b in zip(("U", "S", "dS", "loss", "correct", "ok"), expected, got,
-                              strict=True):
-            assert np.array_equal(a, b), f"{name} differs: split {split}, {threads} threads"
-
-
-def test_the_column_split_is_chosen_where_it_fits():
-    from softmax_cls.engines.numba_engine import step
-
-    assert step.column_groups(True, 3072, 16, 2) == 2
-    assert step.column_groups(True, 3072, 16, 6) == 6
-    assert step.column_groups(True, 3072, 16, 1) == 0  # one thread: the row split
-    assert step.column_groups(False, 3072, 16, 2) == 0  # the minibatch as it is: no gather
-    assert step.column_groups(True, 3072, 16, 7) == 0  # more threads than chunks
-    assert step.column_groups(True, 3072, 1, 2) == 0  # fewer tiles (scratch) than threads
-    assert step.column_groups(True, 512, 16, 2) == 0
-
-
-# ---------------------------------------------------------------------------------------------
 # The thread governor: one thread while another process holds a core
 
 
@@ -467,8 +377,7 @@ def test_import_without_numba_is_an_import_error():
 # The sweeps of sizes around every tile, chunk and block size (test_engines.py), the
 # gathered images and memory-mapped predictions: every compiled entry point, with the
 # minibatch, tile and chunk remainders.
-BOUNDSCHECKED = ("(numba and sizes) or test_padding_content or test_predict_scores or "
-                 "column_split")
+BOUNDSCHECKED = "(numba and sizes) or test_padding_content or test_predict_scores"
 
 
 @pytest.mark.slow

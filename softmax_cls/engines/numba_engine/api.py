@@ -174,8 +174,7 @@ def train_epoch(rows, labels, order, sample_weight, flip, shift, padding, W, vel
             float(reg), bool(reg_bias), dtype(clip))
         with _quiet_compilation():
             part_loss, part_correct, status, step = THREAD_GOVERNOR.run(
-                kind, stop - start, lambda arguments=arguments: train_epoch_kernel(*arguments,
-                                                               numba.get_num_threads()))
+                kind, stop - start, lambda arguments=arguments: train_epoch_kernel(*arguments))
         if status == BAD_SCORES:
             raise NonFiniteError(f"non-finite scores in minibatch {first_step + step + 1} (inf "
                                  "or NaN in the inputs or the weights)")
@@ -232,7 +231,7 @@ def kernels_are_compiled(rows_dtype=np.uint8) -> bool:
     vec, f32 = np.zeros(P, np.float32), np.float32(0)
     train_args = (rows, np.zeros(1, np.int64), np.zeros(1, np.int64), np.zeros(0, np.float32),
                   np.zeros(0, np.bool_), np.zeros((0, 2), np.int64), 0, W, W, W, np.zeros(1),
-                  vec, vec, True, 1, f32, f32, True, 0.0, 0.0, True, f32, 1)
+                  vec, vec, True, 1, f32, f32, True, 0.0, 0.0, True, f32)
     predict_args = (rows, W, vec, vec, True, f32, 64)
     return _is_compiled(train_epoch_kernel, train_args) and _is_compiled(predict_kernel,
                                                                           predict_args)

@@ -36,8 +36,7 @@ OK, BAD_SCORES, BAD_WEIGHTS = 0, 1, 2  # train_epoch_kernel's status
 
 @njit(cache=True)
 def _workspace(batch_size, n_features, W):
-    """Buffers of one minibatch of up to batch_size rows (besides the gathered rows); the
-    last, partial (chunks, batch_size, C), is the column-split forward's per-chunk scores."""
+    """Buffers of one minibatch of up to batch_size rows (besides the gathered rows)."""
     n_classes, n_cols = W.shape
     width = block_width(n_classes)
     n_blocks = block_count(n_classes, n_features)
@@ -52,8 +51,7 @@ def _workspace(batch_size, n_features, W):
             np.empty((n_blocks, n_classes, width), dtype), np.empty((n_classes, n_cols), dtype),
             np.empty(n_blocks), np.empty(n_blocks), np.empty((n_classes, n_features), dtype),
             np.empty(n_classes, dtype), np.empty(n_classes, dtype),
-            np.empty((n_blocks, n_classes)),
-            np.empty(((n_features + CHUNK - 1) // CHUNK, batch_size, n_classes), dtype))
+            np.empty((n_blocks, n_classes)))
 
 
 @njit(cache=True)
@@ -77,17 +75,15 @@ def _cast(like, value):
 @njit(cache=True, parallel=True)  # see NESTED_PARALLEL_NOTE
 def train_epoch_kernel(rows, labels, order, sample_weight, flip, shift, padding, W, velocity,
                         average, avg_alpha, mean, scale, has_bias, batch_size, lr, momentum,
-                        nesterov, grad_clip, reg, reg_bias, clip, threads):
+                        nesterov, grad_clip, reg, reg_bias, clip):
     """Returns (loss_sum, correct, status, step): status 0 fine, 1 non-finite scores in
-    `step`, 2 non-finite weights after the epoch. lr, momentum and clip have W's dtype;
-    threads is numba.get_num_threads() (for forward's choice of split)."""
+    `step`, 2 non-finite weights after the epoch. lr, momentum and clip have W's dtype."""
     n = order.shape[0]
     n_features = rows.shape[1]
     batch = min(batch_size, n)
     U = np.empty((batch, n_features), rows.dtype)
     S, dS, row_loss, row_correct, row_ok, lines, tiles, grad_tiles, acc, G, l2_parts, \
-        norm_parts, W_fold, bias_fold, dS_sum, fold_parts, partial = _workspace(batch, n_features,
-                                                                                W)
+        norm_parts, W_fold, bias_fold, dS_sum, fold_parts = _workspace(batch, n_features, W)
     zero, one, two_reg = _cast(W, 0), _cast(W, 1), _cast(W, 2 * reg)
     loss_sum, correct = 0.0, 0
     n_steps = (n + batch - 1) // batch
@@ -99,7 +95,7 @@ def train_epoch_kernel(rows, labels, order, sample_weight, flip, shift, padding,
         batch_rows = order[start:start + b]
         forward(rows, order, batch_rows, True, labels, sample_weight, start, flip, shift,
                  padding, W_fold, bias_fold, clip, U[:b], S[:b], dS[:b], row_loss,
-                 row_correct, row_ok, lines, tiles, partial, threads, zero)
+                 row_correct, row_ok, lines, tiles, zero)
         data_loss = 0.0
         for i in range(b):
             if not row_ok[i]:
@@ -134,7 +130,7 @@ def batch_loss_and_grad_kernel(rows, labels, sample_weight, W, mean, scale, has_
     """Returns (loss, dW (C, D), correct, ok) for one minibatch, with train_epoch's code."""
     b, n_features = rows.shape
     S, dS, row_loss, row_correct, row_ok, lines, tiles, grad_tiles, acc, G, l2_parts, \
-        norm_parts, W_fold, bias_fold, dS_sum, fold_parts, partial = _workspace(b, n_features, W)
+        norm_parts, W_fold, bias_fold, dS_sum, fold_parts = _workspace(b, n_features, W)
     zero, one = _cast(W, 0), _cast(W, 1)
     U = rows.copy()
     batch_rows = np.arange(b)
@@ -143,7 +139,7 @@ def batch_loss_and_grad_kernel(rows, labels, sample_weight, W, mean, scale, has_
     fold(W, mean, scale, has_bias, W_fold, bias_fold)
     forward(rows, batch_rows[:0], batch_rows, False, labels, sample_weight, 0, no_flip,
              no_shift, 0, W_fold, bias_fold, _cast(W, clip), U, S, dS, row_loss, row_correct,
-             row_ok, lines, tiles, partial, 1, zero)
+             row_ok, lines, tiles, zero)
     data_loss, correct = 0.0, 0
     for i in range(b):
         if not row_ok[i]:

@@ -33,7 +33,7 @@ import numpy as np
 from numba import prange
 
 from .cache import njit  # before any function is compiled: see cache.py
-from .gather import SIDE, gather_columns, gather_row, prefetch_columns, prefetch_rows
+from .gather import gather_row, prefetch_rows
 
 TILE_ROWS = 8  # minibatch rows per tile: 8 score sums share each load of W, 8 gradient rows
 #                each load and store of the accumulators
@@ -228,66 +228,20 @@ def _softmax_row(S, i, label, weight, inv_b, clip, dS, row_loss, row_correct, ze
     return True
 
 
-@njit(cache=True)
-def column_groups(gather, n_features, n_tiles, threads):
-    """The number of column groups of the column-split forward (forward_columns), one per
-    thread, or 0 for the row-split one (forward_rows). threads is numba.get_num_threads() at
-    the call (passed in: numba cannot cache compiled code that reads it), n_tiles the number
-    of scratch tiles (one per TILE_ROWS rows of the minibatch). The column split needs the
-    rows to be gathered (it keeps on each core the columns of U that the same thread's
-    gradient blocks read), at least two threads, and no more threads than chunks of CHUNK
-    features or scratch tiles. Both give the same bits; this is the one place that chooses."""
-    n_chunks = (n_features + CHUNK - 1) // CHUNK
-    if gather and 2 <= threads <= min(n_chunks, n_tiles):
-        return threads
-    return 0
-
-
-@njit(cache=True, parallel=True)  # calls parallel kernels: see entry's NESTED_PARALLEL_NOTE
+@njit(cache=True, parallel=True)
 def forward(rows, order, batch_rows, gather, labels, sample_weight, position, flip, shift,
-            padding, W_fold, bias_fold, clip, U, S, dS, row_loss, row_correct, row_ok, lines,
-            tiles, partial, threads, zero):
+             padding, W_fold, bias_fold, clip, U, S, dS, row_loss, row_correct, row_ok, lines,
+             tiles, zero):
     """Give every minibatch row its scores S, gradient row dS, loss term, correctness and
     finiteness; with `gather`, first copy rows[batch_rows] into U (b, P) (augmented as flip
     and shift say for the positions position, position + 1, ...), else U is the minibatch.
     batch_rows = order[position:position + b]; the rows of later positions are prefetched.
 
-    lines (tiles, 3072) uint8 and tiles (tiles, TILE_ROWS, CHUNK) are per-task scratch,
-    partial (chunks, >= b, C) of S's dtype the column split's per-chunk scores. Split by rows
-    (forward_rows) or by columns (forward_columns then finish_rows) as column_groups says:
-    the same bits either way.
+    Parallel over tiles of TILE_ROWS rows; lines (tiles, 3072) uint8 and tiles (tiles,
+    TILE_ROWS, CHUNK) are each tile's scratch.
     """
-    groups = column_groups(gather, U.shape[1], tiles.shape[0], threads)
-    if groups == 0:
-        forward_rows(rows, order, batch_rows, gather, labels, sample_weight, position, flip,
-                     shift, padding, W_fold, bias_fold, clip, U, S, dS, row_loss, row_correct,
-                     row_ok, lines, tiles, zero)
-    else:
-        forward_columns(rows, order, batch_rows, groups, position, flip, shift, padding,
-                        W_fold, U, lines, tiles, partial, zero)
-        finish_rows(batch_rows, labels, sample_weight, bias_fold, clip, partial, S, dS,
-                    row_loss, row_correct, row_ok, zero)
-
-
-@njit(cache=True)
-def _finish_row_tile(batch_rows, i, n, labels, sample_weight, clip, S, dS, row_loss,
-                     row_correct, row_ok, zero):
-    """The softmax rows of the n rows from i on, whose scores S are in place."""
-    inv_b = 1.0 / batch_rows.shape[0]
-    for r in range(i, i + n):
-        row = batch_rows[r]
-        weight = sample_weight[row] if sample_weight.shape[0] > 0 else 1.0
-        row_ok[r] = _softmax_row(S, r, labels[row], weight, inv_b, clip, dS, row_loss,
-                                 row_correct, zero)
-
-
-@njit(cache=True, parallel=True)
-def forward_rows(rows, order, batch_rows, gather, labels, sample_weight, position, flip, shift,
-                 padding, W_fold, bias_fold, clip, U, S, dS, row_loss, row_correct, row_ok,
-                 lines, tiles, zero):
-    """forward split by rows: in parallel over tiles of TILE_ROWS rows, each gathered
-    (gather_row), scored (group_scores) and given its softmax rows by one task."""
     b = batch_rows.shape[0]
+    inv_b = 1.0 / b
     for group in prange((b + TILE_ROWS - 1) // TILE_ROWS):
         i = group * TILE_ROWS
         n = min(TILE_ROWS, b - i)
@@ -296,63 +250,13 @@ def forward_rows(rows, order, batch_rows, gather, labels, sample_weight, positio
             prefetch_rows(rows, order, ahead, ahead + TILE_ROWS)
             for r in range(i, i + n):
                 gather_row(rows, batch_rows[r], position + r, flip, shift, padding,
-                           lines[group], U[r])
+                            lines[group], U[r])
         group_scores(U, i, n, W_fold, bias_fold, tiles[group], S, zero)
-        _finish_row_tile(batch_rows, i, n, labels, sample_weight, clip, S, dS, row_loss,
-                         row_correct, row_ok, zero)
-
-
-@njit(cache=True, parallel=True)
-def forward_columns(rows, order, batch_rows, groups, position, flip, shift, padding, W_fold, U,
-                    lines, tiles, partial, zero):
-    """The gather and the scores split by columns: group g of `groups` (one per thread, in
-    order: numba's static schedule gives thread g task g) takes the chunks of CHUNK features
-    from n_chunks * g // groups to n_chunks * (g + 1) // groups, the columns that the same
-    thread's gradient blocks read. For every tile of TILE_ROWS rows it gathers those columns
-    (gather_columns) into U and writes partial[k, i:i+n] = the chunk k sums of _tile_scores,
-    the very call group_scores makes for that tile and chunk (finish_rows adds them up)."""
-    b = batch_rows.shape[0]
-    n_features = U.shape[1]
-    n_chunks = (n_features + CHUNK - 1) // CHUNK
-    for g in prange(groups):
-        k0, k1 = n_chunks * g // groups, n_chunks * (g + 1) // groups
-        j0, j1 = k0 * CHUNK, min(n_features, k1 * CHUNK)
-        tile = tiles[g]
-        for i in range(0, b, TILE_ROWS):
-            n = min(TILE_ROWS, b - i)
-            ahead = position + i + TILE_ROWS  # the next tile's rows, maybe the next minibatch's
-            prefetch_columns(rows, order, ahead, ahead + TILE_ROWS, j0 - SIDE, j1 + SIDE)
-            for r in range(i, i + n):
-                gather_columns(rows, batch_rows[r], position + r, flip, shift, padding, j0, j1,
-                               lines[g], U[r])
-            for k in range(k0, k1):
-                c0 = k * CHUNK
-                m = min(CHUNK, n_features - c0)
-                _tile(U, i, n, c0, m, tile)
-                _tile_scores(tile, m, W_fold, c0, partial[k], i, n, False, zero)
-
-
-@njit(cache=True, parallel=True)
-def finish_rows(batch_rows, labels, sample_weight, bias_fold, clip, partial, S, dS, row_loss,
-                row_correct, row_ok, zero):
-    """After forward_columns, in parallel over tiles of TILE_ROWS rows: S[r] = partial[0, r],
-    then += partial[1, r], ... in chunk order, then += bias_fold, the additions group_scores
-    makes in its order (so the same bits), and the softmax rows."""
-    b = batch_rows.shape[0]
-    n_chunks, n_classes = partial.shape[0], S.shape[1]
-    for group in prange((b + TILE_ROWS - 1) // TILE_ROWS):
-        i = group * TILE_ROWS
-        n = min(TILE_ROWS, b - i)
         for r in range(i, i + n):
-            for c in range(n_classes):
-                S[r, c] = partial[0, r, c]
-            for k in range(1, n_chunks):
-                for c in range(n_classes):
-                    S[r, c] += partial[k, r, c]
-            for c in range(n_classes):
-                S[r, c] += bias_fold[c]
-        _finish_row_tile(batch_rows, i, n, labels, sample_weight, clip, S, dS, row_loss,
-                         row_correct, row_ok, zero)
+            row = batch_rows[r]
+            weight = sample_weight[row] if sample_weight.shape[0] > 0 else 1.0
+            row_ok[r] = _softmax_row(S, r, labels[row], weight, inv_b, clip, dS, row_loss,
+                                     row_correct, zero)
 
 
 # ---------------------------------------------------------------------------------------------
