@@ -383,6 +383,21 @@ def test_a_stored_member_declaring_more_bytes_than_the_file_holds_is_refused(tra
     assert_refused(eval_measured(path), "liar.npz", "member W declares")
 
 
+@pytest.mark.parametrize("key", ["config_yaml", "meta_json"])
+def test_a_stored_text_member_over_its_cap_is_refused_before_parsing(trained, tmp_path, key):
+    """A config or history of 80 MB, stored (its bytes are in the file, so the arrays' lack
+    of a cap would let it load): the texts keep their 16 MB cap however they are stored,
+    refused from the zip index before a byte of them is read (the process stays near its
+    start-up size; reading the member first took 80 MB more and more again to decode it)."""
+    entries = {name: (data, zlib.crc32(data), len(data), zipfile.ZIP_STORED)
+               for name, data in members(trained / "run" / "best.npz").items()}
+    text = npy(np.array("x" * 20_000_000))  # 80 MB of UTF-32
+    entries[f"{key}.npy"] = text, zlib.crc32(text), len(text), zipfile.ZIP_STORED
+    path = tmp_path / "talk.npz"
+    path.write_bytes(zip_with_deflated(entries))
+    assert_refused(eval_measured(path), "talk.npz", f"member {key} is", "text", peak_mb=150)
+
+
 NOISE = random.Random(5).randbytes(5000)
 
 

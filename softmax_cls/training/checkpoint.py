@@ -41,6 +41,7 @@ READABLE_VERSIONS = (2, 3)
 # does not compress): their bytes are in the file, so they cannot inflate, and any size that
 # fits in memory loads (a 100,000-class model on 2,048 features is four 820 MB arrays). A
 # deflated member (a recompressed file) could inflate a thousandfold: it is held to the caps.
+# The texts are capped however they are stored: they are parsed (YAML, JSON) in Python.
 TEXT_CAP = 16 << 20  # bytes (uncompressed) of config_yaml, meta_json (the history), class_names
 ARRAY_CAP = 256 << 20  # bytes of any other deflated member: 64 million float32 weights
 TOTAL_CAP = 1 << 30  # bytes of all deflated members together
@@ -212,6 +213,9 @@ def _check_member_headers(name: str, archive: zipfile.ZipFile, file_size: int) -
         member = archive.getinfo(f"{key}.npy")
         declared = member.file_size
         total += declared
+        if key in TEXTS and declared > TEXT_CAP:  # parsed as YAML or JSON: bounded time
+            raise DataError(f"{name}: member {key} is {declared} bytes, more than a "
+                            "checkpoint's text holds; refusing it")
         if member.compress_type == zipfile.ZIP_STORED:
             stored += member.compress_size
             if declared != member.compress_size or stored > file_size:
@@ -219,8 +223,7 @@ def _check_member_headers(name: str, archive: zipfile.ZipFile, file_size: int) -
                                 f"declares {declared} bytes the file does not hold)")
         else:
             inflated += declared
-            cap = TEXT_CAP if key in TEXTS else ARRAY_CAP
-            if declared > cap or inflated > TOTAL_CAP:
+            if declared > ARRAY_CAP or inflated > TOTAL_CAP:
                 raise DataError(f"{name}: member {key} inflates to {declared} bytes, more than "
                                 "a compressed checkpoint may; refusing it (softmax-train "
                                 "writes them uncompressed)")
