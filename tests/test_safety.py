@@ -398,6 +398,40 @@ def test_a_stored_text_member_over_its_cap_is_refused_before_parsing(trained, tm
     assert_refused(eval_measured(path), "talk.npz", f"member {key} is", "text", peak_mb=150)
 
 
+
+def with_encryption_flag(data: bytes) -> bytes:
+    """The zip archive `data` with every member's 'encrypted' flag set (local and central)."""
+    data = bytearray(data)
+    for signature, flags_at in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+        at = data.find(signature)
+        while at >= 0:
+            data[at + flags_at] |= 1
+            at = data.find(signature, at + 1)
+    return bytes(data)
+
+
+@pytest.mark.parametrize("method, data, needles", [
+    (zipfile.ZIP_DEFLATED, b"\x00garbage" * 10, ("corrupt or truncated", "decompressing")),
+    (zipfile.ZIP_LZMA, b"\x09\x14\x05\x00" + b"\xff" * 5 + b"garbage" * 20,
+     ("corrupt or truncated", "options")),
+    (zipfile.ZIP_STORED, None, ("member W is encrypted", "not a checkpoint")),
+], ids=["deflate", "lzma", "encrypted"])
+def test_a_damaged_compressed_or_encrypted_member_is_one_line(trained, tmp_path, method, data,
+                                                             needles):
+    """W's deflated or LZMA data damaged (zlib.error and LZMAError are no ValueError), or the
+    members flagged encrypted (zipfile.open raises RuntimeError): each printed a traceback."""
+    entries = {name: (data, zlib.crc32(data), len(data), zipfile.ZIP_STORED)
+               for name, data in members(trained / "run" / "best.npz").items()}
+    if data is not None:
+        entries["W.npy"] = data, 0, len(entries["W.npy"][0]), method
+    content = zip_with_deflated(entries)
+    path = tmp_path / "damaged.npz"
+    path.write_bytes(content if data is not None else with_encryption_flag(content))
+    assert_refused(eval_measured(path), "damaged.npz", *needles)
+    predicted = run("softmax-predict", str(path), str(trained / "X.npy"))
+    assert_one_line_error(predicted, 1, "damaged.npz", *needles)
+
+
 NOISE = random.Random(5).randbytes(5000)
 
 

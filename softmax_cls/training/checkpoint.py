@@ -17,6 +17,7 @@ import os
 import stat
 import struct
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,11 @@ from .fit import TrainState
 
 FORMAT_VERSION = 3  # 3: weights (C, D); 2 (read, converted on load): weights (D, C)
 READABLE_VERSIONS = (2, 3)
+try:  # what zipfile's decompressors raise on damaged data (lzma may be missing from a build)
+    from lzma import LZMAError
+    INFLATE_ERRORS: tuple[type[Exception], ...] = (zlib.error, LZMAError)
+except ImportError:
+    INFLATE_ERRORS = (zlib.error,)
 # What a checkpoint may hold, checked from the zip index and each member's npy header before a
 # byte of data is inflated: a hostile .npz can declare members that inflate to gigabytes, or
 # headers whose shapes would allocate as much. softmax-train writes the members stored (np.savez
@@ -143,7 +149,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     except DataError:
         raise
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError,
-            KeyError, TypeError, NotImplementedError) as exc:
+            KeyError, TypeError, NotImplementedError, *INFLATE_ERRORS) as exc:
         raise DataError(f"{name}: corrupt or truncated checkpoint "
                         f"({shorten(exc, 150)})") from None
     try:
@@ -228,6 +234,8 @@ def _check_member_headers(name: str, archive: zipfile.ZipFile, file_size: int) -
                                 "a compressed checkpoint may; refusing it (softmax-train "
                                 "writes them uncompressed)")
         _check_memory(name, total)
+        if member.flag_bits & 0x1:  # zipfile.open raises RuntimeError: no password
+            raise DataError(f"{name}: member {key} is encrypted; {NOT_A_CHECKPOINT}")
         with archive.open(f"{key}.npy") as member:
             shape, dtype, header_end = _npy_header(name, key, member)
         dtype = dtype.newbyteorder("=")  # as _read_member gives it (a big-endian machine's)
