@@ -432,6 +432,27 @@ def test_a_damaged_compressed_or_encrypted_member_is_one_line(trained, tmp_path,
     assert_one_line_error(predicted, 1, "damaged.npz", *needles)
 
 
+
+def test_class_names_of_no_bytes_each_are_refused_from_their_header(trained, tmp_path):
+    """30 million class names of dtype '<U0' (no bytes each) beside weights of shape
+    (30 M, 0): an 8 KB file whose every member fits its declared bytes. Each name became a
+    Python str before the weights' shape was refused (4.5 s and 290 MB here; a larger count
+    had no bound); a zero-byte dtype is refused from the header."""
+    entries = {name: (data, zlib.crc32(data), len(data), zipfile.ZIP_STORED)
+               for name, data in members(trained / "run" / "best.npz").items()}
+    classes = 30_000_000
+    changed = {key: npy_header((classes, 0)) for key in ("W", "velocity", "average", "best_W")}
+    changed["class_names"] = npy_header((classes,), "<U0")
+    changed["pre_mean"] = changed["pre_scale"] = npy_header((0,), "<f8")
+    for key, data in changed.items():
+        entries[f"{key}.npy"] = data, zlib.crc32(data), len(data), zipfile.ZIP_STORED
+    path = tmp_path / "nameless.npz"
+    path.write_bytes(zip_with_deflated(entries))
+    assert path.stat().st_size < 20_000
+    assert_refused(eval_measured(path), "nameless.npz", "class_names", "<U0", seconds=2,
+                   peak_mb=150)
+
+
 NOISE = random.Random(5).randbytes(5000)
 
 

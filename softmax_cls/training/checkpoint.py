@@ -243,6 +243,9 @@ def _check_member_headers(name: str, archive: zipfile.ZipFile, file_size: int) -
         if len(shape) != ndim or dtype.kind not in kinds:  # object dtypes: refused already
             raise DataError(f"{name}: member {key} is a {len(shape)}-d {shorten(dtype.str, 40)} "
                             f"array, a checkpoint's is {ndim}-d of kind {kinds!r}")
+        if dtype.itemsize == 0:  # '<U0': any count fits no bytes, each becomes a Python str
+            raise DataError(f"{name}: member {key} is of {dtype.str}, elements of no bytes "
+                            "(numpy writes no such array)")
         if header_end + math.prod(shape) * dtype.itemsize != declared:
             raise DataError(f"{name}: member {key} declares shape {_shape(shape)} "
                             f"{dtype.name}, which does not fit its {declared} bytes")
