@@ -600,6 +600,21 @@ def test_a_nul_character_in_a_config_path_is_one_line(tmp_path, key):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml"]
 
 
+def test_an_export_folder_that_is_a_link_to_a_file_is_named_as_such(tmp_path):
+    """-o LINK/m.npz where LINK points at a file: it was named 'a link to FILE, which does
+    not exist' (the file is there, it is no folder)."""
+    X = feature_files(tmp_path)
+    config = str(write_config(tmp_path / "c.yaml"))
+    train = run_measured("softmax-train", "--config", config, "--set", "data.dataset=features",
+                         "--set", f"data.train={X}", "--set", f"data.test={X}", "--set",
+                         "data.val_size=20", "--quiet", "--out", str(tmp_path / "run"))
+    assert train.returncode == 0, train.stderr
+    (tmp_path / "link").symlink_to(X)
+    result = run_measured("softmax-export", str(tmp_path / "run" / "best.npz"), "--format",
+                          "npz", "-o", str(tmp_path / "link" / "m.npz"))
+    line = one_line(result, 1, f"link: is a link to {X}, a file, not a folder")
+    assert "does not exist" not in line
+
 def test_an_output_folder_that_is_a_link_to_nothing_is_named_as_such(tmp_path):
     """--out / -o / --root naming a link whose target is missing: mkdir's bare "File exists"
     said nothing of the link; each command names it and its target, and writes nothing."""
