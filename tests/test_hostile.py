@@ -543,6 +543,23 @@ def test_unreadable_data_file_is_a_permission_error_not_damage(tmp_path):
     assert contents(folder) == before
 
 
+def test_a_damaged_root_holding_the_files_itself_names_no_force_that_refuses_it(tmp_path):
+    """--root mine, a folder holding the batch files itself (not in cifar-10-batches-bin):
+    its damage was to be fixed by 'softmax-download --force --root <mine's parent>', which
+    downloads beside mine, leaving it damaged ('--force --root mine' is refused)."""
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    for name in ("batches.meta.txt", "data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin",
+                 "data_batch_4.bin", "data_batch_5.bin", "test_batch.bin"):
+        (folder / name).write_bytes(b"x")
+    line = one_line(run_measured("softmax-download", "--root", "mine", "-q", cwd=tmp_path), 1,
+                    "the copy in mine is damaged", "cifar-10-batches-bin")
+    assert "--force" not in line
+    (tmp_path / "data").mkdir()
+    folder.rename(tmp_path / "data" / "cifar-10-batches-bin")
+    one_line(run_measured("softmax-download", "--root", "data", "-q", cwd=tmp_path), 1,
+             "softmax-download --force --root data")
+
 def test_gzip_header_of_a_normal_archive_still_extracts(tmp_path):
     """The bounded reader reads what every real archive has: a plain tar, and gzip."""
     from fake_cifar import make_fake
