@@ -17,7 +17,6 @@ import os
 import stat
 import struct
 import zipfile
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,17 +29,12 @@ from ..engines.memory import host_available_bytes
 from ..errors import ConfigError, DataError
 from ..fsutil import atomic_write
 from ..math.preprocess import Preprocessor
-from ..npy_header import BadHeader, read_npy_header
+from ..npy_header import INFLATE_ERRORS, BadHeader, read_npy_header
 from ..text import shorten
 from .fit import TrainState
 
 FORMAT_VERSION = 3  # 3: weights (C, D); 2 (read, converted on load): weights (D, C)
 READABLE_VERSIONS = (2, 3)
-try:  # what zipfile's decompressors raise on damaged data (lzma may be missing from a build)
-    from lzma import LZMAError
-    INFLATE_ERRORS: tuple[type[Exception], ...] = (zlib.error, LZMAError)
-except ImportError:
-    INFLATE_ERRORS = (zlib.error,)
 # What a checkpoint may hold, checked from the zip index and each member's npy header before a
 # byte of data is inflated: a hostile .npz can declare members that inflate to gigabytes, or
 # headers whose shapes would allocate as much. softmax-train writes the members stored (np.savez
