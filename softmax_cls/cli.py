@@ -364,7 +364,7 @@ def sweep_command(sweep_file, trials, workers, out, dask_address, storage, study
 @click.command(cls=Command)
 @click.argument("checkpoint", type=NamedPath(dir_okay=False))
 @click.argument("inputs", nargs=-1, required=True, metavar="IMAGE_OR_FOLDER...",
-                type=NamedPath())
+                type=NamedPath(readable=False))  # --skip-unreadable skips what it may not read
 @click.option("--top-k", "k", type=click.IntRange(1), default=None,
               help="Classes shown per image, most probable first [default: 3, or every class "
               "of a model with fewer].")

@@ -71,15 +71,20 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
 
 
 def make_folder(folder: Path) -> None:
-    """mkdir -p `folder`. Where a file or a link to nothing holds its name (or a parent's),
-    FileExistsError names it and says what it is (mkdir's own "File exists" did not)."""
+    """mkdir -p `folder`. Where a file, a link to nothing or a link to a file holds its name
+    (or a parent's), FileExistsError names it and says what it is (mkdir's own "File exists"
+    did not)."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
         blocker = next((p for p in (folder, *folder.parents)
                         if os.path.lexists(p) and not p.is_dir()), folder)
-        reason = (f"is a link to {os.readlink(blocker)}, which does not exist"
-                  if blocker.is_symlink() else "is a file, not a folder")
+        if not blocker.is_symlink():
+            reason = "is a file, not a folder"
+        elif os.path.exists(blocker):  # a link to a file (a loop "exists" not: no target)
+            reason = f"is a link to {os.readlink(blocker)}, a file, not a folder"
+        else:
+            reason = f"is a link to {os.readlink(blocker)}, which does not exist"
         raise FileExistsError(errno.EEXIST, reason, str(blocker)) from None
 
 

@@ -3,9 +3,17 @@ before a byte of data is read (a hostile header can declare gigabytes)."""
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 
 NPY_HEADER_CAP = 4096  # bytes of one npy header (numpy writes about 128)
+try:  # what zipfile's decompressors raise on a damaged member (not ValueError nor OSError);
+    from lzma import LZMAError  # lzma may be missing from a Python build
+
+    INFLATE_ERRORS: tuple[type[Exception], ...] = (zlib.error, LZMAError)
+except ImportError:
+    INFLATE_ERRORS = (zlib.error,)
 
 
 class BadHeader(ValueError):

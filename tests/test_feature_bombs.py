@@ -113,3 +113,44 @@ def test_a_label_count_mismatch_is_reported_before_any_file_is_hashed(tmp_path, 
         np.savez(tmp_path / "test.npz", X=np.zeros((5, 1024), np.float32), y=labels[:4])
         refused(tmp_path, tmp_path / "X.npy", "X has 5 rows but y has 4 labels",
                 test=tmp_path / "test.npz")
+
+
+@pytest.mark.parametrize("method, data, needles", [
+    (zipfile.ZIP_DEFLATED, b"\x00garbage" * 10, ("y is not a valid .npy", "decompressing")),
+    (zipfile.ZIP_LZMA, b"\x09\x14\x05\x00" + b"\xff" * 5 + b"garbage" * 20,
+     ("y is not a valid .npy", "options")),
+    (zipfile.ZIP_DEFLATED, "header", ("y cannot be read", "decompressing")),
+    (99, b"\x00garbage" * 10, ("not a valid .npz", "compression method")),
+    (zipfile.ZIP_STORED, None, ("y is encrypted",)),
+], ids=["deflate", "lzma", "deflate-after-header", "method-99", "encrypted"])
+def test_npz_whose_y_member_is_damaged_or_encrypted_is_one_line(tmp_path, method, data,
+                                                                 needles):
+    """y's deflated or LZMA data damaged (zlib.error, LZMAError), compressed by a method
+    zipfile lacks (NotImplementedError) or flagged encrypted (RuntimeError): each printed
+    a traceback from softmax-train."""
+    import zlib
+
+    from test_safety import with_encryption_flag, zip_with_deflated
+
+    X, y = linear_data(n=N, d=4)
+    members = {}
+    for name, array in (("X.npy", X), ("y.npy", y)):
+        buffer = io.BytesIO()
+        np.save(buffer, array)
+        raw = buffer.getvalue()
+        members[name] = raw, zlib.crc32(raw), len(raw), zipfile.ZIP_STORED
+    if data == "header":  # y's header and first 64 KB inflate, the rest is damaged
+        letters = np.random.default_rng(0).integers(97, 123, (N, 100), np.uint8)
+        buffer = io.BytesIO()
+        np.save(buffer, np.array([bytes(row).decode() for row in letters]))
+        raw = buffer.getvalue()
+        compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+        data = compressor.compress(raw[:65536]) + compressor.flush(zlib.Z_FULL_FLUSH)
+        data += b"\xff" * 64
+        members["y.npy"] = raw, 0, len(raw), method
+    if data is not None:
+        members["y.npy"] = data, 0, members["y.npy"][2], method
+    content = zip_with_deflated(members)
+    train = tmp_path / "train.npz"
+    train.write_bytes(content if data is not None else with_encryption_flag(content))
+    refused(tmp_path, train, "train.npz", *needles)

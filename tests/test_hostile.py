@@ -543,6 +543,23 @@ def test_unreadable_data_file_is_a_permission_error_not_damage(tmp_path):
     assert contents(folder) == before
 
 
+def test_a_damaged_root_holding_the_files_itself_names_no_force_that_refuses_it(tmp_path):
+    """--root mine, a folder holding the batch files itself (not in cifar-10-batches-bin):
+    its damage was to be fixed by 'softmax-download --force --root <mine's parent>', which
+    downloads beside mine, leaving it damaged ('--force --root mine' is refused)."""
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    for name in ("batches.meta.txt", "data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin",
+                 "data_batch_4.bin", "data_batch_5.bin", "test_batch.bin"):
+        (folder / name).write_bytes(b"x")
+    line = one_line(run_measured("softmax-download", "--root", "mine", "-q", cwd=tmp_path), 1,
+                    "the copy in mine is damaged", "cifar-10-batches-bin")
+    assert "--force" not in line
+    (tmp_path / "data").mkdir()
+    folder.rename(tmp_path / "data" / "cifar-10-batches-bin")
+    one_line(run_measured("softmax-download", "--root", "data", "-q", cwd=tmp_path), 1,
+             "softmax-download --force --root data")
+
 def test_gzip_header_of_a_normal_archive_still_extracts(tmp_path):
     """The bounded reader reads what every real archive has: a plain tar, and gzip."""
     from fake_cifar import make_fake
@@ -599,6 +616,21 @@ def test_a_nul_character_in_a_config_path_is_one_line(tmp_path, key):
     one_line(result, 2, f"{key}: must not hold a NUL character")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml"]
 
+
+def test_an_export_folder_that_is_a_link_to_a_file_is_named_as_such(tmp_path):
+    """-o LINK/m.npz where LINK points at a file: it was named 'a link to FILE, which does
+    not exist' (the file is there, it is no folder)."""
+    X = feature_files(tmp_path)
+    config = str(write_config(tmp_path / "c.yaml"))
+    train = run_measured("softmax-train", "--config", config, "--set", "data.dataset=features",
+                         "--set", f"data.train={X}", "--set", f"data.test={X}", "--set",
+                         "data.val_size=20", "--quiet", "--out", str(tmp_path / "run"))
+    assert train.returncode == 0, train.stderr
+    (tmp_path / "link").symlink_to(X)
+    result = run_measured("softmax-export", str(tmp_path / "run" / "best.npz"), "--format",
+                          "npz", "-o", str(tmp_path / "link" / "m.npz"))
+    line = one_line(result, 1, f"link: is a link to {X}, a file, not a folder")
+    assert "does not exist" not in line
 
 def test_an_output_folder_that_is_a_link_to_nothing_is_named_as_such(tmp_path):
     """--out / -o / --root naming a link whose target is missing: mkdir's bare "File exists"

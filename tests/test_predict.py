@@ -471,6 +471,26 @@ def test_skip_unreadable_counts_and_names_them(trained, tmp_path):
         f"skipped 2 unreadable files: {folder / 'a_bad.png'}, {folder / 'c_bad.jpg'}"]
 
 
+
+def test_skip_unreadable_skips_a_named_file_it_may_not_read(trained, tmp_path):
+    """A file named on the command line that this user may not read (mode 000) is skipped
+    like a damaged one: click's path check (the inputs' empty-path refusal) refused it first,
+    'Path ... is not readable', exit 2, so --skip-unreadable could not skip it."""
+    from test_hostile import run_measured
+
+    if os.geteuid() == 0 and shutil.which("setpriv") is None:
+        pytest.skip("root reads any file, and setpriv is not here to drop that power")
+    good, locked = trained["new"][0], tmp_path / f"locked{trained['new'][1].suffix}"
+    locked.write_bytes(trained["new"][1].read_bytes())
+    locked.chmod(0o000)
+    result = run_measured("softmax-predict", str(trained["checkpoint"]), str(good),
+                          str(locked), "--json", "--skip-unreadable",
+                          without_root_powers=os.geteuid() == 0)
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.splitlines()) == 1
+    assert result.stderr.splitlines() == [f"skipped 1 unreadable file: {locked}"]
+
+
 def test_folders_expand_recursively_sorted_by_suffix(tmp_path):
     for name in ("b/2.PNG", "b/1.jpg", "a.png", "c/notes.txt", "c/d/3.webp"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)

@@ -398,6 +398,61 @@ def test_a_stored_text_member_over_its_cap_is_refused_before_parsing(trained, tm
     assert_refused(eval_measured(path), "talk.npz", f"member {key} is", "text", peak_mb=150)
 
 
+
+def with_encryption_flag(data: bytes) -> bytes:
+    """The zip archive `data` with every member's 'encrypted' flag set (local and central)."""
+    data = bytearray(data)
+    for signature, flags_at in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+        at = data.find(signature)
+        while at >= 0:
+            data[at + flags_at] |= 1
+            at = data.find(signature, at + 1)
+    return bytes(data)
+
+
+@pytest.mark.parametrize("method, data, needles", [
+    (zipfile.ZIP_DEFLATED, b"\x00garbage" * 10, ("corrupt or truncated", "decompressing")),
+    (zipfile.ZIP_LZMA, b"\x09\x14\x05\x00" + b"\xff" * 5 + b"garbage" * 20,
+     ("corrupt or truncated", "options")),
+    (zipfile.ZIP_STORED, None, ("member W is encrypted", "not a checkpoint")),
+], ids=["deflate", "lzma", "encrypted"])
+def test_a_damaged_compressed_or_encrypted_member_is_one_line(trained, tmp_path, method, data,
+                                                             needles):
+    """W's deflated or LZMA data damaged (zlib.error and LZMAError are no ValueError), or the
+    members flagged encrypted (zipfile.open raises RuntimeError): each printed a traceback."""
+    entries = {name: (data, zlib.crc32(data), len(data), zipfile.ZIP_STORED)
+               for name, data in members(trained / "run" / "best.npz").items()}
+    if data is not None:
+        entries["W.npy"] = data, 0, len(entries["W.npy"][0]), method
+    content = zip_with_deflated(entries)
+    path = tmp_path / "damaged.npz"
+    path.write_bytes(content if data is not None else with_encryption_flag(content))
+    assert_refused(eval_measured(path), "damaged.npz", *needles)
+    predicted = run("softmax-predict", str(path), str(trained / "X.npy"))
+    assert_one_line_error(predicted, 1, "damaged.npz", *needles)
+
+
+
+def test_class_names_of_no_bytes_each_are_refused_from_their_header(trained, tmp_path):
+    """30 million class names of dtype '<U0' (no bytes each) beside weights of shape
+    (30 M, 0): an 8 KB file whose every member fits its declared bytes. Each name became a
+    Python str before the weights' shape was refused (4.5 s and 290 MB here; a larger count
+    had no bound); a zero-byte dtype is refused from the header."""
+    entries = {name: (data, zlib.crc32(data), len(data), zipfile.ZIP_STORED)
+               for name, data in members(trained / "run" / "best.npz").items()}
+    classes = 30_000_000
+    changed = {key: npy_header((classes, 0)) for key in ("W", "velocity", "average", "best_W")}
+    changed["class_names"] = npy_header((classes,), "<U0")
+    changed["pre_mean"] = changed["pre_scale"] = npy_header((0,), "<f8")
+    for key, data in changed.items():
+        entries[f"{key}.npy"] = data, zlib.crc32(data), len(data), zipfile.ZIP_STORED
+    path = tmp_path / "nameless.npz"
+    path.write_bytes(zip_with_deflated(entries))
+    assert path.stat().st_size < 20_000
+    assert_refused(eval_measured(path), "nameless.npz", "class_names", "<U0", seconds=2,
+                   peak_mb=150)
+
+
 NOISE = random.Random(5).randbytes(5000)
 
 

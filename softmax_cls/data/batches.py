@@ -48,7 +48,7 @@ class CifarSplitOnDisk:
     def read(self, fingerprint: dict[str, str]) -> tuple[np.ndarray, np.ndarray]:
         """(images (N, 3072) uint8, labels (N,) int64), checked like any read (size, md5,
         labels) and against `fingerprint`, the md5s found when the data set was loaded."""
-        reader = BatchReader(self.folder, self.spec, hint=folder_hint(self.folder))
+        reader = BatchReader(self.folder, self.spec, hint=folder_hint(self.folder, self.spec))
         images, labels = read_split(reader, self.files, self.labels)
         for name in self.files:
             before, now = fingerprint.get(name), reader.fingerprint[name]
@@ -58,9 +58,14 @@ class CifarSplitOnDisk:
         return images, labels
 
 
-def folder_hint(folder: Path) -> str:
+def folder_hint(folder: Path, spec: DatasetSpec) -> str:
     """The end of a damaged file's message, true for every command (only softmax-download
-    has --force: softmax-train and softmax-eval told users to rerun with it)."""
+    has --force: softmax-train and softmax-eval told users to rerun with it). A root that
+    holds the files itself under another name is no folder --force replaces (it refuses
+    that root, and --root at its parent would download beside it): no command is named."""
+    if folder.name != spec.folder:
+        return (f"the copy in {folder} is damaged: replace its files with a fresh copy "
+                f"(softmax-download --root DIR puts one in DIR/{spec.folder})")
     return (f"the copy in {folder} is damaged: replace it with softmax-download --force "
             f"--root {folder.parent}, or use a fresh copy")
 
@@ -304,7 +309,7 @@ def verify_folder(folder: Path, spec: DatasetSpec,
 
     Files are read one at a time. Returns {file name: md5}; raises DataError on a problem.
     """
-    reader = BatchReader(folder, spec, describe=describe, hint=hint or folder_hint(folder))
+    reader = BatchReader(folder, spec, describe=describe, hint=hint or folder_hint(folder, spec))
     reader.check_class_names()
     for name in spec.train_files + spec.test_files:
         reader.check_batch(name)

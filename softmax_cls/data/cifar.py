@@ -50,7 +50,7 @@ def load_dataset(dataset: str = "cifar10", root: str | os.PathLike = "data",
     _check_label_choice(spec, labels)
     folder, verified = locate(spec, Path(root), url=url, archive=archive, force=force,
                               download=download, progress=progress, hints=hints)
-    reader = BatchReader(folder, spec, verified=verified, hint=folder_hint(folder))
+    reader = BatchReader(folder, spec, verified=verified, hint=folder_hint(folder, spec))
     reader.check_class_names()
     train_images, train_labels = read_split(reader, spec.train_files, labels,
                                             check=() if keep_test else spec.test_files)

@@ -38,7 +38,7 @@ import numpy as np
 from ..config import DataConfig
 from ..errors import DataError
 from ..fsutil import file_md5
-from ..npy_header import NPY_HEADER_CAP, BadHeader, read_npy_header
+from ..npy_header import INFLATE_ERRORS, NPY_HEADER_CAP, BadHeader, read_npy_header
 from ..text import shorten
 from .labelled import LabelledData
 
@@ -204,6 +204,8 @@ def _npz_headers(path: Path, need_y: bool = True) -> tuple[_Npy, _Npy | None]:
                 raise DataError(f"{path}: X is compressed (np.savez_compressed), so it cannot "
                                 "be memory-mapped; save it with np.savez, or as X.npy")
             y = None
+            if y_info is not None and y_info.flag_bits & 0x1:  # zipfile.open: RuntimeError
+                raise DataError(f"{path}: y is encrypted; save it with np.savez(path, X=X, y=y)")
             if y_info is not None:
                 with archive.open(y_info) as member:
                     y = _npy_header(member, path, "y", "y.npy")
@@ -215,7 +217,7 @@ def _npz_headers(path: Path, need_y: bool = True) -> tuple[_Npy, _Npy | None]:
             handle.seek(fields[-2] + fields[-1], 1)  # file name and extra field
             start = handle.tell()
             X = _npy_header(handle, path, "X")  # its offset counted from the file's start
-    except zipfile.BadZipFile as exc:
+    except (zipfile.BadZipFile, NotImplementedError) as exc:  # an unknown compression method
         raise DataError(f"{path}: not a valid .npz ({shorten(exc, 120)})") from None
     except (OSError, EOFError, struct.error) as exc:
         raise DataError(f"{path}: not a valid .npz ({_reason(exc)})") from None
@@ -241,7 +243,7 @@ def _npy_header(stream, path: Path, what: str, member: str | None = None) -> _Np
         shape, dtype, offset = read_npy_header(stream)
     except BadHeader as exc:
         raise DataError(f"{path}: {what} {exc}") from None
-    except (ValueError, EOFError, OSError, zipfile.BadZipFile) as exc:
+    except (ValueError, EOFError, OSError, zipfile.BadZipFile, *INFLATE_ERRORS) as exc:
         raise DataError(f"{path}: {what} is not a valid .npy array ({_reason(exc)})") from None
     return _Npy(path, shape, dtype, offset, member)
 
@@ -303,7 +305,7 @@ def _read_labels(y: _Npy) -> np.ndarray:
             with zipfile.ZipFile(y.path) as archive, archive.open(y.member) as handle:
                 labels = np.lib.format.read_array(handle, allow_pickle=False,
                                                   max_header_size=NPY_HEADER_CAP)
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, *INFLATE_ERRORS) as exc:
         raise DataError(f"{y.path}: y cannot be read ({_reason(exc)})") from None
     if labels.shape != y.shape or labels.dtype != y.dtype:  # the file changed under us
         raise DataError(f"{y.path}: y changed while it was read")

@@ -29,7 +29,7 @@ from ..engines.memory import host_available_bytes
 from ..errors import ConfigError, DataError
 from ..fsutil import atomic_write
 from ..math.preprocess import Preprocessor
-from ..npy_header import BadHeader, read_npy_header
+from ..npy_header import INFLATE_ERRORS, BadHeader, read_npy_header
 from ..text import shorten
 from .fit import TrainState
 
@@ -143,7 +143,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     except DataError:
         raise
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError,
-            KeyError, TypeError, NotImplementedError) as exc:
+            KeyError, TypeError, NotImplementedError, *INFLATE_ERRORS) as exc:
         raise DataError(f"{name}: corrupt or truncated checkpoint "
                         f"({shorten(exc, 150)})") from None
     try:
@@ -228,6 +228,8 @@ def _check_member_headers(name: str, archive: zipfile.ZipFile, file_size: int) -
                                 "a compressed checkpoint may; refusing it (softmax-train "
                                 "writes them uncompressed)")
         _check_memory(name, total)
+        if member.flag_bits & 0x1:  # zipfile.open raises RuntimeError: no password
+            raise DataError(f"{name}: member {key} is encrypted; {NOT_A_CHECKPOINT}")
         with archive.open(f"{key}.npy") as member:
             shape, dtype, header_end = _npy_header(name, key, member)
         dtype = dtype.newbyteorder("=")  # as _read_member gives it (a big-endian machine's)
@@ -235,6 +237,9 @@ def _check_member_headers(name: str, archive: zipfile.ZipFile, file_size: int) -
         if len(shape) != ndim or dtype.kind not in kinds:  # object dtypes: refused already
             raise DataError(f"{name}: member {key} is a {len(shape)}-d {shorten(dtype.str, 40)} "
                             f"array, a checkpoint's is {ndim}-d of kind {kinds!r}")
+        if dtype.itemsize == 0:  # '<U0': any count fits no bytes, each becomes a Python str
+            raise DataError(f"{name}: member {key} is of {dtype.str}, elements of no bytes "
+                            "(numpy writes no such array)")
         if header_end + math.prod(shape) * dtype.itemsize != declared:
             raise DataError(f"{name}: member {key} declares shape {_shape(shape)} "
                             f"{dtype.name}, which does not fit its {declared} bytes")
