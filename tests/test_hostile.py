@@ -559,6 +559,9 @@ def test_a_damaged_root_holding_the_files_itself_names_no_force_that_refuses_it(
     folder.rename(tmp_path / "data" / "cifar-10-batches-bin")
     one_line(run_measured("softmax-download", "--root", "data", "-q", cwd=tmp_path), 1,
              "softmax-download --force --root data")
+    (tmp_path / "data").rename(tmp_path / "my data")  # the command pastes into a shell
+    one_line(run_measured("softmax-download", "--root", "my data", "-q", cwd=tmp_path), 1,
+             "softmax-download --force --root 'my data',")
 
 def test_gzip_header_of_a_normal_archive_still_extracts(tmp_path):
     """The bounded reader reads what every real archive has: a plain tar, and gzip."""

@@ -9,6 +9,7 @@ Locating and extracting the folder is softmax_cls.data.fetch's job.
 from __future__ import annotations
 
 import io
+import shlex
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -62,12 +63,13 @@ def folder_hint(folder: Path, spec: DatasetSpec) -> str:
     """The end of a damaged file's message, true for every command (only softmax-download
     has --force: softmax-train and softmax-eval told users to rerun with it). A root that
     holds the files itself under another name is no folder --force replaces (it refuses
-    that root, and --root at its parent would download beside it): no command is named."""
+    that root, and --root at its parent would download beside it): no command is named. The
+    command is quoted for a shell, to be pasted as it is."""
     if folder.name != spec.folder:
         return (f"the copy in {folder} is damaged: replace its files with a fresh copy "
                 f"(softmax-download --root DIR puts one in DIR/{spec.folder})")
     return (f"the copy in {folder} is damaged: replace it with softmax-download --force "
-            f"--root {folder.parent}, or use a fresh copy")
+            f"--root {shlex.quote(str(folder.parent))}, or use a fresh copy")
 
 
 class BatchReader:
