@@ -49,7 +49,7 @@ from ..data.datasets import IMAGE_BYTES as IMAGE_VALUES
 from ..errors import SoftmaxClsError
 from ..math.augment import PADDING_CODES
 from ..math.preprocess import Preprocessor
-from ..math.softmax import penalises_last_column
+from ..math.softmax import finite_loss, l2_penalty, penalises_last_column
 
 
 @dataclass(frozen=True, eq=False)
@@ -297,3 +297,21 @@ def check_full_batch(data: TrainingRows, index: np.ndarray, W: np.ndarray, pre: 
     if precision not in ("float32", "float64"):
         raise ValueError(f"precision must be float32 or float64, got {precision!r}")
     check_rule(rule)
+
+
+def full_objective(W: np.ndarray, pre: Preprocessor, rule: StepRule, loss_sum: float,
+                   total: int, grad_scaled: np.ndarray, grad_bias: np.ndarray
+                   ) -> tuple[float, np.ndarray]:
+    """The full-batch objective and its gradient (C, D) float64 for W (C, D) float64, from
+    the sums every engine's full_loss_and_grad computes over its `total` rows: loss_sum of
+    w * row loss, grad_scaled (C, P) float64 = sum of dS^T x_c in the scaled coordinates
+    (the scale folded into the weights), grad_bias (C,) float64 = sum of dS; dS already
+    divided by total. Unfolds the scale, adds the bias column and the L2 term."""
+    P = pre.n_raw
+    grad = np.empty_like(W)
+    np.multiply(grad_scaled, pre.scale, out=grad[:, :P])
+    if pre.bias:
+        grad[:, P] = grad_bias
+    penalty, penalty_grad = l2_penalty(W, rule.reg, rule.penalise_last)
+    grad += penalty_grad
+    return finite_loss(loss_sum / total + penalty), grad

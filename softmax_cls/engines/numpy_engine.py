@@ -20,7 +20,7 @@ from ..math import softmax
 from ..math.augment import apply_augmentation, apply_view
 from ..math.optim import average_step, sgd_step
 from ..math.preprocess import Preprocessor, image_scores
-from .contract import Engine, EpochPlan, OptimizerState, StepRule, TrainingRows
+from .contract import Engine, EpochPlan, OptimizerState, StepRule, TrainingRows, full_objective
 
 
 class _StepBuffers:
@@ -226,14 +226,8 @@ def full_loss_and_grad(data: TrainingRows, index: np.ndarray, W: np.ndarray, pre
     else:
         with ThreadPoolExecutor(workers) as pool, one_blas_thread():
             sums = list(pool.map(run, cuts[:-1], cuts[1:]))
-    loss_sum = sum(part[0] for part in sums)
-    grad = np.empty_like(W)
-    np.multiply(sum(part[1] for part in sums).T, pre.scale, out=grad[:, :P])
-    if pre.bias:
-        grad[:, P] = sum(part[2] for part in sums)
-    penalty, penalty_grad = softmax.l2_penalty(W, rule.reg, rule.penalise_last)
-    grad += penalty_grad
-    return softmax.finite_loss(loss_sum / total + penalty), grad
+    return full_objective(W, pre, rule, sum(part[0] for part in sums), total,
+                          sum(part[1] for part in sums).T, sum(part[2] for part in sums))
 
 
 def blas_threads() -> int:

@@ -34,7 +34,7 @@ from ...math import softmax
 from ...math.augment import PADDING_CODES
 from ...math.preprocess import Preprocessor
 from .. import numpy_engine
-from ..contract import StepRule, TrainingRows
+from ..contract import StepRule, TrainingRows, full_objective
 from .api import THREAD_GOVERNOR, _is_compiled, _readonly
 from .cache import njit  # before any function is compiled: see cache.py
 from .gather import _augment_row
@@ -290,10 +290,4 @@ def full_loss_and_grad(data: TrainingRows, index: np.ndarray, W: np.ndarray, pre
     if not ok:
         raise softmax.NonFiniteError("non-finite scores (inf or NaN in the inputs or the "
                                      "weights)")
-    grad = np.empty_like(W)
-    np.multiply(grad_raw, pre.scale, out=grad[:, :P])
-    if pre.bias:
-        grad[:, P] = grad_bias
-    penalty, penalty_grad = softmax.l2_penalty(W, rule.reg, rule.penalise_last)
-    grad += penalty_grad
-    return softmax.finite_loss(loss_sum / total + penalty), grad
+    return full_objective(W, pre, rule, loss_sum, total, grad_raw, grad_bias)

@@ -20,10 +20,9 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-from ...math import softmax
 from ...math.augment import SIDE
 from ...math.preprocess import Preprocessor
-from ..contract import StepRule, TrainingRows
+from ..contract import StepRule, TrainingRows, full_objective
 from .device import out_of_memory_as_error
 from .rows import as_tensor, device_rows, fits, resident_rows
 from .step import TORCH_DTYPES, augment
@@ -114,13 +113,8 @@ def _evaluate(device, data, index, W, pre, rule, views, padding, precision, chun
             dS.div_(total)
             grad_bias += dS.sum(dim=0)
             grad_pc += torch.mm(x.T, dS.to(kind))
-    grad = np.empty_like(W)
-    np.multiply(grad_pc.T.cpu().numpy(), pre.scale, out=grad[:, :P])
-    if pre.bias:
-        grad[:, P] = grad_bias.cpu().numpy()
-    penalty, penalty_grad = softmax.l2_penalty(W, rule.reg, rule.penalise_last)
-    grad += penalty_grad
-    return softmax.finite_loss(float(loss_sum) / total + penalty), grad
+    return full_objective(W, pre, rule, float(loss_sum), total, grad_pc.T.cpu().numpy(),
+                          grad_bias.cpu().numpy())
 
 
 def _resident(data: TrainingRows, device, budget: int | None = None):
