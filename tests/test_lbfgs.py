@@ -416,16 +416,17 @@ def test_views_need_image_rows():
                                                StepRule(lr=1.0), ((True, 0, 0),))
 
 
-def test_augmented_views_are_every_copy_the_draws_can_make():
+@pytest.mark.parametrize("padding", ["zero", "edge", "reflect"])
+def test_augmented_views_are_every_copy_the_draws_can_make(padding):
     assert augmented_views(False, 0) == [(False, 0, 0)]
     views = augmented_views(True, 1)
     assert views[0] == (False, 0, 0) and len(views) == len(set(views)) == 18
     assert len(augmented_views(False, 2)) == 25
     images = np.random.default_rng(0).integers(0, 256, (5, 3072), dtype=np.uint8)
-    for view in views:
+    for view in augmented_views(True, 2):  # apply_view gathers columns: the draws' copies
         expected = images.copy()
-        apply_augmentation(expected, np.full(5, view[0]), np.tile(view[1:], (5, 1)), "zero")
-        assert np.array_equal(apply_view(images, view, "zero"), expected)
+        apply_augmentation(expected, np.full(5, view[0]), np.tile(view[1:], (5, 1)), padding)
+        assert np.array_equal(apply_view(images, view, padding), expected)
 
 
 # --- the solver ------------------------------------------------------------------------------
