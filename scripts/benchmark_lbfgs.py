@@ -28,11 +28,31 @@ Markdown; --json writes JSON.
     python scripts/benchmark_lbfgs.py --cifar-rows 10000 --feature-rows 50000 --repeats 3
 
 --engine NAME (repeatable: numpy, numba, torch) times only one full-batch evaluation per
-engine and precision, on random float32 features of --eval-shape ROWSxFEATURESxCLASSES
-(standardised, with the bias column, reg 1e-4), interleaved, medians of --repeats; torch
-on --device (cpu, cuda, ...). No scikit-learn there:
+engine, row dtype (--row-dtype float32, float16: the rows as stored) and precision
+(--precision), on random features of --eval-shape ROWSxFEATURESxCLASSES (standardised, with
+the bias column, reg 1e-4), interleaved, medians of --repeats; torch on --device (cpu,
+cuda, ...). --baseline torch adds the same objective written in plain PyTorch on the CPU
+(float32 rows, X @ W, F.cross_entropy, backward), --baseline sklearn scikit-learn's own
+loss and gradient (what LogisticRegression(lbfgs) evaluates per iteration, float64), in
+the same rounds:
 
     python scripts/benchmark_lbfgs.py --engine numpy --engine torch --eval-shape 20000x512x100
+    python scripts/benchmark_lbfgs.py --engine numpy --engine numba --engine torch \
+        --eval-shape 160000x2048x1000 --precision float32 --row-dtype float32 \
+        --row-dtype float16 --baseline torch --baseline sklearn
+
+--path-shape ROWSxFEATURESxCLASSES times only a warm-started regularisation path over
+--path-regs (10 values from 1e-1 to 1e-4 by default), on the estimator benchmark's
+synthetic features of that shape with a quarter as many validation rows: ours is
+SoftmaxClassifier(solver="lbfgs", warm_start=True) with set_params(reg=...) then fit per
+point (engine --path-engine), scikit-learn's StandardScaler then
+LogisticRegression(lbfgs, warm_start=True) with C = 1 / (2 reg N), both at --tol and
+--max-iter; each repetition ours then theirs. It prints the total seconds of each, and per
+point the iterations and seconds of each, the coefficients' agreement, the share of the
+same validation predictions and the validation accuracies, and the reg each side's
+validation picks:
+
+    python scripts/benchmark_lbfgs.py --path-shape 40000x512x100 --repeats 2
 """
 
 from __future__ import annotations
@@ -130,22 +150,14 @@ def per_evaluation(rows, labels, pre, reg: float, repeats: int = 5, name: str = 
     with float32 and with float64 products, and scikit-learn's own
     (LinearModelLoss.loss_gradient, what its L-BFGS calls, on the standardised float64 rows,
     on as many threads as ours), interleaved."""
-    from sklearn._loss.loss import HalfMultinomialLoss
-    from sklearn.linear_model._linear_loss import LinearModelLoss
-
     from softmax_cls.engines import get_engine
     from softmax_cls.engines.contract import StepRule, TrainingRows
-    from softmax_cls.engines.numpy_engine import blas_threads
 
     classes = int(labels.max()) + 1
     engine = get_engine(name, "cpu", classes)
     data = TrainingRows(rows, np.asarray(labels, np.int64))
     index = np.arange(len(rows), dtype=np.int64)
     W = np.full((classes, pre.n_features), 0.01)
-    X = pre.transform(rows, np.float64)[:, :-1]
-    theirs = LinearModelLoss(HalfMultinomialLoss(n_classes=classes), fit_intercept=True)
-    coef = np.full(classes * (X.shape[1] + 1), 0.01)
-    y = np.asarray(labels, np.float64)
     calls = {
         "float32": lambda: engine.full_loss_and_grad(data, index, W, pre,
                                                      StepRule(lr=1.0, reg=reg),
@@ -153,37 +165,114 @@ def per_evaluation(rows, labels, pre, reg: float, repeats: int = 5, name: str = 
         "float64": lambda: engine.full_loss_and_grad(data, index, W, pre,
                                                      StepRule(lr=1.0, reg=reg),
                                                      precision="float64"),
-        "sklearn": lambda: theirs.loss_gradient(coef, X, y, l2_reg_strength=1 / len(rows),
-                                                n_threads=blas_threads()),
+        "sklearn": sklearn_evaluation(pre.transform(rows, np.float64)[:, :-1], labels,
+                                      classes),
     }
     return interleaved_medians(calls, repeats)
 
 
-def engine_evaluations(engines: list[str], shape: str, device: str, repeats: int) -> dict:
-    """Median seconds of one full-batch loss and gradient per engine and precision, at W =
-    0.01 on random standardised features of `shape` (ROWSxFEATURESxCLASSES), interleaved."""
+def sklearn_evaluation(X, labels, classes: int):
+    """A call of no arguments: scikit-learn's own loss and gradient of the multinomial
+    objective (LinearModelLoss.loss_gradient, what its LogisticRegression(lbfgs) calls once
+    per evaluation) at coefficients 0.01, on X (N, P) float64 (the standardised rows; it
+    adds the intercept itself) and labels (N,), on as many threads as ours."""
+    from sklearn._loss.loss import HalfMultinomialLoss
+    from sklearn.linear_model._linear_loss import LinearModelLoss
+
+    from softmax_cls.engines.numpy_engine import blas_threads
+
+    theirs = LinearModelLoss(HalfMultinomialLoss(n_classes=classes), fit_intercept=True)
+    coef = np.full(classes * (X.shape[1] + 1), 0.01)
+    y = np.asarray(labels, np.float64)
+    return lambda: theirs.loss_gradient(coef, X, y, l2_reg_strength=1 / len(X),
+                                        n_threads=blas_threads())
+
+
+# Plain PyTorch's logits per chunk: at most this many values (512 MB of float32)
+TORCH_PLAIN_LOGITS = 1 << 27
+
+
+def torch_plain_evaluation(X, labels, W, reg: float):
+    """A call of no arguments returning (loss float, gradient (C, P + 1) float64): the
+    objective written in plain PyTorch on the CPU as a user would, on X (N, P) float32 (the
+    rows as they are, shared with torch, no copy), labels (N,) and W (C, P + 1) (the bias
+    column last): per chunk of TORCH_PLAIN_LOGITS // C rows, logits = X @ W^T + b in
+    float32, F.cross_entropy summed and divided by N, backward into W's gradient; then
+    reg * sum(W*W) over the weights (not the bias), backward. The value it computes is our
+    objective on rows preprocessed by the identity."""
+    import torch
+    import torch.nn.functional as F
+
+    X_t = torch.from_numpy(np.ascontiguousarray(X, np.float32))
+    y_t = torch.from_numpy(np.asarray(labels, np.int64))
+    W_t = torch.tensor(W[:, :-1], dtype=torch.float32, requires_grad=True)
+    b_t = torch.tensor(W[:, -1], dtype=torch.float32, requires_grad=True)
+    n = len(X_t)
+    rows = max(1, TORCH_PLAIN_LOGITS // len(W))
+
+    def evaluation():
+        W_t.grad = b_t.grad = None
+        loss = 0.0
+        for start in range(0, n, rows):
+            part = F.cross_entropy(X_t[start:start + rows] @ W_t.T + b_t,
+                                   y_t[start:start + rows], reduction="sum") / n
+            part.backward()
+            loss += part.item()
+        penalty = reg * (W_t * W_t).sum()
+        penalty.backward()
+        loss += penalty.item()
+        grad = np.concatenate([W_t.grad.numpy(), b_t.grad.numpy()[:, None]], axis=1)
+        return loss, grad.astype(np.float64)
+
+    return evaluation
+
+
+def engine_evaluations(engines: list[str], shape: str, device: str, repeats: int,
+                       row_dtypes: tuple = ("float32",),
+                       precisions: tuple = ("float32", "float64"),
+                       baselines: tuple = ()) -> dict:
+    """Median seconds of one full-batch loss and gradient per row dtype, engine and
+    precision, at W = 0.01 on random standardised features of `shape`
+    (ROWSxFEATURESxCLASSES; float32, or float16 as stored), reg 1e-4, interleaved; with
+    `baselines` the same objective's evaluation by others on the float32 rows, in the same
+    rounds: "torch" (torch_plain_evaluation, float32) and "sklearn" (sklearn_evaluation,
+    float64)."""
     from softmax_cls.engines import get_engine
     from softmax_cls.engines.contract import StepRule, TrainingRows
     from softmax_cls.math.preprocess import fit_preprocessor
 
-    n, p, classes = (int(part) for part in shape.lower().split("x"))
+    n, p, classes = parse_shape(shape)
     rng = np.random.default_rng(0)
     rows = rng.standard_normal((n, p), dtype=np.float32)
-    data = TrainingRows(rows, rng.integers(0, classes, n).astype(np.int64))
+    labels = rng.integers(0, classes, n).astype(np.int64)
     pre = fit_preprocessor(rows, scale="std")
     W = np.full((classes, pre.n_features), 0.01)
     index = np.arange(n, dtype=np.int64)
     rule = StepRule(lr=1.0, reg=1e-4)
     calls = {}
-    for name in engines:
-        engine = get_engine(name, device if name == "torch" else "auto", classes)
-        for precision in ("float32", "float64"):
-            calls[f"{name} ({engine.device}) {precision}"] = (
-                lambda engine=engine, precision=precision: engine.full_loss_and_grad(
-                    data, index, W, pre, rule, precision=precision))
+    for dtype in row_dtypes:
+        data = TrainingRows(rows if dtype == "float32" else rows.astype(dtype), labels)
+        for name in engines:
+            engine = get_engine(name, device if name == "torch" else "auto", classes)
+            for precision in precisions:
+                calls[f"{name} ({engine.device}) {dtype} rows, {precision}"] = (
+                    lambda engine=engine, data=data, precision=precision:
+                    engine.full_loss_and_grad(data, index, W, pre, rule,
+                                              precision=precision))
+    if "torch" in baselines:
+        calls["plain PyTorch (cpu) float32"] = torch_plain_evaluation(rows, labels, W, 1e-4)
+    if "sklearn" in baselines:  # its own float64 copy, as LogisticRegression makes
+        calls["scikit-learn loss_gradient float64"] = sklearn_evaluation(
+            rows.astype(np.float64), labels, classes)
     for call in calls.values():  # warm up: imports, first allocations, a GPU's copy
         call()
     return interleaved_medians(calls, repeats)
+
+
+def parse_shape(shape: str) -> tuple[int, int, int]:
+    """ROWSxFEATURESxCLASSES as three ints."""
+    n, p, classes = (int(part) for part in shape.lower().split("x"))
+    return n, p, classes
 
 
 def resolved_engine(name: str, classes: int) -> str:
@@ -192,6 +281,115 @@ def resolved_engine(name: str, classes: int) -> str:
     from softmax_cls.engines import get_engine
 
     return get_engine(name, "cpu", classes).name
+
+
+def agreement(coef_a, intercept_a, coef_b, intercept_b) -> tuple[float, float]:
+    """(the coefficients' largest difference, the intercepts' after centring each over the
+    classes: they are unpenalised), each relative to b's largest coefficient (the
+    intercepts' to the larger of that and b's largest centred intercept)."""
+    scale = np.abs(coef_b).max()
+    coef_diff = float(np.abs(coef_a - coef_b).max() / scale)
+    bias_a, bias_b = intercept_a - intercept_a.mean(), intercept_b - intercept_b.mean()
+    bias_diff = float(np.abs(bias_a - bias_b).max() / max(np.abs(bias_b).max(), scale))
+    return coef_diff, bias_diff
+
+
+def path_ours(X, y, X_val, regs, tol: float, max_iter: int, engine: str) -> dict:
+    """The project's warm-started path as a user runs it from Python:
+    SoftmaxClassifier(solver="lbfgs", warm_start=True), set_params(reg=...) then fit, for
+    each reg of `regs` (largest first): _path's result, coef_ acting on X as given."""
+    from softmax_cls.estimator import SoftmaxClassifier
+
+    model = SoftmaxClassifier(solver="lbfgs", warm_start=True, tol=tol, max_iter=max_iter,
+                              engine=engine)
+    return _path(model, lambda reg: {"reg": reg}, X, y, X_val, regs, lambda m: m.n_iter_)
+
+
+def path_theirs(X, y, X_val, regs, tol: float, max_iter: int) -> dict:
+    """scikit-learn's: StandardScaler, then LogisticRegression(lbfgs, warm_start=True) on the
+    float64 standardised rows, C = 1 / (2 reg N) for each reg of `regs` (largest first):
+    _path's result (its seconds with the scaler's), coef_ acting on the standardised rows,
+    and the scaler."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    started = time.perf_counter()
+    scaler = StandardScaler()
+    X_std = scaler.fit_transform(np.asarray(X, dtype=np.float64))
+    model = LogisticRegression(solver="lbfgs", warm_start=True, tol=tol, max_iter=max_iter)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        result = _path(model, lambda reg: {"C": 1 / (2 * reg * len(X))}, X_std, y,
+                       scaler.transform(np.asarray(X_val, np.float64)), regs,
+                       lambda m: int(m.n_iter_[0]))
+    result["seconds"] = time.perf_counter() - started
+    result["scaler"] = scaler
+    return result
+
+
+def _path(model, params, X, y, X_val, regs, iterations) -> dict:
+    """{"seconds": total, "points": [{reg, seconds, iterations, coef, intercept,
+    val_predictions}]}: `model` fitted for each reg of `regs`, largest first, with
+    set_params(**params(reg)) in between (a warm start when the model keeps its solution)."""
+    points = []
+    started = time.perf_counter()
+    for reg in sorted(regs, reverse=True):
+        model.set_params(**params(reg))
+        fitted = time.perf_counter()
+        model.fit(X, y)
+        points.append({"reg": reg, "seconds": time.perf_counter() - fitted,
+                       "iterations": iterations(model), "coef": model.coef_.copy(),
+                       "intercept": model.intercept_.copy(),
+                       "val_predictions": model.predict(X_val)})
+    return {"seconds": time.perf_counter() - started, "points": points}
+
+
+def compare_paths(shape: str, regs, tol: float, max_iter: int, repeats: int,
+                  engine: str = "auto") -> dict:
+    """The regularisation path, ours against scikit-learn's, on the estimator benchmark's
+    synthetic features of `shape` (ROWSxFEATURESxCLASSES) with a validation set of a quarter
+    as many rows drawn from the same model: each repetition ours then theirs (interleaved),
+    median total seconds; per point (from the last repetition) the iterations and seconds of
+    each, the coefficients' agreement, the share of the same validation predictions, and
+    each side's validation accuracy; and the reg each side's validation picks."""
+    from benchmark_estimator import linear_features
+
+    n, p, classes = parse_shape(shape)
+    X, y, X_val, y_val, _ = linear_features(n_train=n, n_test=max(1, n // 4), dim=p,
+                                            classes=classes)
+    with warnings.catch_warnings():  # numba: compile (or load from its cache) once
+        warnings.simplefilter("ignore")
+        path_ours(X[:256], y[:256], X_val[:8], regs[:1], tol, 2, engine)
+    runs: dict[str, list] = {"ours": [], "sklearn": []}
+    for _ in range(repeats):
+        runs["ours"].append(path_ours(X, y, X_val, regs, tol, max_iter, engine))
+        runs["sklearn"].append(path_theirs(X, y, X_val, regs, tol, max_iter))
+    ours_path, their_path = runs["ours"][-1], runs["sklearn"][-1]
+    points = []
+    scaler = their_path["scaler"]
+    for a, b in zip(ours_path["points"], their_path["points"], strict=True):
+        # ours act on the rows as given: the same function on the standardised rows
+        coef_diff, bias_diff = agreement(a["coef"] * scaler.scale_,
+                                         a["intercept"] + a["coef"] @ scaler.mean_,
+                                         b["coef"], b["intercept"])
+        points.append({
+            "reg": a["reg"], "C": 1 / (2 * a["reg"] * n),
+            "ours_iterations": a["iterations"], "sklearn_iterations": b["iterations"],
+            "ours_s": a["seconds"], "sklearn_s": b["seconds"],
+            "coef_rel_diff": coef_diff, "intercept_rel_diff": bias_diff,
+            "same_predictions": float(np.mean(a["val_predictions"] == b["val_predictions"])),
+            "ours_val_acc": float(np.mean(a["val_predictions"] == y_val)),
+            "sklearn_val_acc": float(np.mean(b["val_predictions"] == y_val))})
+    return {
+        "shape": shape, "tol": tol, "engine": resolved_engine(engine, classes),
+        "ours_s": statistics.median(r["seconds"] for r in runs["ours"]),
+        "sklearn_s": statistics.median(r["seconds"] for r in runs["sklearn"]),
+        "ours_s_all": [r["seconds"] for r in runs["ours"]],
+        "sklearn_s_all": [r["seconds"] for r in runs["sklearn"]],
+        "ours_pick": max(points, key=lambda q: q["ours_val_acc"])["reg"],
+        "sklearn_pick": max(points, key=lambda q: q["sklearn_val_acc"])["reg"],
+        "points": points}
 
 
 def accuracy_ours(fit: dict, X_test) -> float:
@@ -211,11 +409,7 @@ def compare(name, rows, labels, X_test, y_test, reg, tol, max_iter, repeats,
             runs[other].append(ours(rows, labels, reg, tol, max_iter, precondition, other))
         runs["sklearn"].append(theirs(rows, labels, reg, tol, max_iter))
     a, b = runs["ours"][-1], runs["sklearn"][-1]
-    scale = np.abs(b["coef"]).max()
-    coef_diff = float(np.abs(a["coef"] - b["coef"]).max() / scale)
-    bias_a, bias_b = a["intercept"] - a["intercept"].mean(), b["intercept"] - b[
-        "intercept"].mean()
-    bias_diff = float(np.abs(bias_a - bias_b).max() / max(np.abs(bias_b).max(), scale))
+    coef_diff, bias_diff = agreement(a["coef"], a["intercept"], b["coef"], b["intercept"])
     predicted_ours = accuracy_ours(a, X_test)
     predicted_theirs = b["model"].predict(b["scaler"].transform(
         np.asarray(X_test, np.float64)))
@@ -246,6 +440,11 @@ def compare(name, rows, labels, X_test, y_test, reg, tol, max_iter, repeats,
     }
 
 
+def load_line() -> str:
+    """The load averages over 1, 5 and 15 minutes, as uptime prints them."""
+    return "load average " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--archive", default=str(DEFAULT_ARCHIVE))
@@ -271,17 +470,59 @@ def main() -> None:
     parser.add_argument("--eval-shape", default="20000x512x100",
                         help="ROWSxFEATURESxCLASSES of --engine's evaluations")
     parser.add_argument("--device", default="auto", help="the torch engine's device")
+    parser.add_argument("--row-dtype", action="append", choices=["float32", "float16"],
+                        help="--engine's rows stored as this (repeatable; default float32)")
+    parser.add_argument("--precision", action="append", choices=["float32", "float64"],
+                        help="--engine's products (repeatable; default both)")
+    parser.add_argument("--baseline", action="append", choices=["torch", "sklearn"],
+                        help="with --engine: also time the same evaluation in plain PyTorch "
+                             "on the CPU, or scikit-learn's (repeatable)")
+    parser.add_argument("--path-shape",
+                        help="only the regularisation path, ours against scikit-learn's, on "
+                             "synthetic features of ROWSxFEATURESxCLASSES")
+    parser.add_argument("--path-regs", type=float, nargs="+",
+                        default=list(np.geomspace(1e-1, 1e-4, 10)),
+                        help="the path's reg values (default 10 from 1e-1 to 1e-4)")
+    parser.add_argument("--path-engine", default="auto",
+                        choices=["auto", "numpy", "numba", "torch"])
     args = parser.parse_args()
     if args.engine:
-        print(f"one evaluation, {args.eval_shape}, medians of {args.repeats}, load average "
-              f"{os.getloadavg()[0]:.1f}, OPENBLAS_NUM_THREADS="
+        print(f"one evaluation, {args.eval_shape}, medians of {args.repeats}, "
+              f"{load_line()}, OPENBLAS_NUM_THREADS="
               f"{os.environ.get('OPENBLAS_NUM_THREADS', '-')}")
-        print("\n| engine (device) precision | seconds |\n|---|---|")
-        times = engine_evaluations(args.engine, args.eval_shape, args.device, args.repeats)
+        print("\n| engine (device) rows, products | seconds |\n|---|---|")
+        times = engine_evaluations(args.engine, args.eval_shape, args.device, args.repeats,
+                                   tuple(args.row_dtype or ["float32"]),
+                                   tuple(args.precision or ["float32", "float64"]),
+                                   tuple(args.baseline or ()))
         for name, seconds in times.items():
             print(f"| {name} | {seconds:.4f} |")
+        print(f"\nat the end: {load_line()}")
         if args.json:
             Path(args.json).write_text(json.dumps(times, indent=2))
+        return
+    if args.path_shape:
+        print(f"regularisation path, {args.path_shape}, tol {args.tol}, "
+              f"{len(args.path_regs)} points, {args.repeats} repetitions, {load_line()}",
+              flush=True)
+        path = compare_paths(args.path_shape, args.path_regs, args.tol, args.max_iter,
+                             args.repeats, args.path_engine)
+        print(f"at the end: {load_line()}\n\nours ({path['engine']}) "
+              f"{path['ours_s']:.2f} s, scikit-learn {path['sklearn_s']:.2f} s (medians; "
+              f"each: {', '.join(f'{t:.2f}' for t in path['ours_s_all'])} / "
+              f"{', '.join(f'{t:.2f}' for t in path['sklearn_s_all'])}); validation picks "
+              f"reg {path['ours_pick']:.3g} (ours), {path['sklearn_pick']:.3g} (scikit-learn)")
+        print("\n| reg | C | iterations ours / sklearn | s ours / sklearn | coef rel. diff | "
+              "intercept rel. diff | same val. predictions | val acc ours / sklearn |")
+        print("|---|---|---|---|---|---|---|---|")
+        for q in path["points"]:
+            print(f"| {q['reg']:.3g} | {q['C']:.3g} | {q['ours_iterations']} / "
+                  f"{q['sklearn_iterations']} | {q['ours_s']:.2f} / {q['sklearn_s']:.2f} | "
+                  f"{q['coef_rel_diff']:.1e} | {q['intercept_rel_diff']:.1e} | "
+                  f"{100 * q['same_predictions']:.2f}% | {100 * q['ours_val_acc']:.2f} / "
+                  f"{100 * q['sklearn_val_acc']:.2f} |")
+        if args.json:
+            Path(args.json).write_text(json.dumps(path, indent=2))
         return
     import scipy
     import sklearn

@@ -27,8 +27,9 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
                       "pip install 'softmax-cls[sklearn]'") from exc
 
 from .config import Config, config_from_dict
+from .engines import numpy_engine
+from .engines.contract import StepRule, TrainingRows
 from .errors import ConfigError, DeviceOutOfMemory
-from .math import softmax
 from .math.optim import learning_rate
 from .math.preprocess import MIN_STD, Preprocessor, Split, pixel_mean_std, split_train_val
 from .math.softmax import PREDICT_CHUNK
@@ -232,21 +233,19 @@ class SoftmaxClassifier(ClassifierMixin, BaseEstimator):
                                   rows: np.ndarray, weight: np.ndarray | None,
                                   warn: bool = True) -> None:
         """ConvergenceWarning when the gradient of the training objective (mean weighted
-        cross-entropy plus the L2 term) at the model is more than FAR_FROM_OPTIMUM of its
-        size at W = 0; computed in float64, PREDICT_CHUNK rows at a time."""
+        cross-entropy plus the L2 term, the bias unpenalised) at the model is more than
+        FAR_FROM_OPTIMUM of its size at W = 0; computed with float64 products by the numpy
+        engine's full-batch evaluation (on every core, without a copy of the rows: the
+        reference softmax.loss_and_grad chunk by chunk on one core was most of a
+        warm-started L-BFGS fit's time at 100 classes, docs/development.md)."""
         pre, model = self._pre, self._model.astype(np.float64)
-        grads = {"model": np.zeros_like(model), "zero": np.zeros_like(model)}
-        for start in range(0, len(rows), PREDICT_CHUNK):
-            chunk = rows[start : start + PREDICT_CHUNK]
-            features = pre.transform(X[chunk], np.float64)
-            chunk_weight = None if weight is None else weight[chunk]
-            for name, W in (("model", model), ("zero", np.zeros_like(model))):
-                # the chunks' shares add up to 1, so the L2 term is counted once in all
-                _, grad = softmax.loss_and_grad(W, features, y_encoded[chunk], self.reg,
-                                                sample_weight=chunk_weight)
-                grads[name] += grad * (len(chunk) / len(rows))
-        ratio = float(np.linalg.norm(grads["model"]) / max(np.linalg.norm(grads["zero"]),
-                                                           1e-300))
+        data = TrainingRows(X, y_encoded.astype(np.int64),
+                            None if weight is None else weight.astype(np.float32))
+        index, rule = np.asarray(rows, np.int64), StepRule(lr=1.0, reg=self.reg)
+        grads = [numpy_engine.full_loss_and_grad(data, index, W, pre, rule, ((False, 0, 0),),
+                                                 "edge", "float64")[1]
+                 for W in (model, np.zeros_like(model))]
+        ratio = float(np.linalg.norm(grads[0]) / max(np.linalg.norm(grads[1]), 1e-300))
         self.gradient_ratio_ = ratio
         if warn and ratio > FAR_FROM_OPTIMUM:
             warnings.warn(

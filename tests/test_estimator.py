@@ -336,6 +336,32 @@ def test_a_fit_far_from_the_optimum_warns():
         X_train, y_train).gradient_ratio_ < 0.01
 
 
+@pytest.mark.parametrize("solver", ["sgd", "lbfgs"])
+def test_the_gradient_ratio_is_the_reference_objectives(solver):
+    """gradient_ratio_ (computed by the numpy engine's full-batch evaluation) is the ratio of
+    the reference gradient's norms (softmax.loss_and_grad: mean weighted cross-entropy plus
+    reg * |W|^2, the bias unpenalised) at the model and at zero weights, over every training
+    row with its sample weight, on float16 rows too."""
+    from softmax_cls.math.softmax import loss_and_grad
+
+    X_train, _, y_train, _ = digits_split()
+    weight = np.random.default_rng(0).uniform(0.2, 3.0, len(y_train))
+    for X in (X_train.astype(np.float32), X_train.astype(np.float16)):
+        model = SoftmaxClassifier(epochs=3, reg=0.05, random_state=0, solver=solver,
+                                  max_iter=3)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model.fit(X, y_train, sample_weight=weight)
+        features = model._pre.transform(X, np.float64)
+        labels = np.searchsorted(model.classes_, y_train)
+        W = model._model.astype(np.float64)
+        norms = [np.linalg.norm(loss_and_grad(at, features, labels, 0.05,
+                                              sample_weight=weight)[1])
+                 for at in (W, np.zeros_like(W))]
+        assert 0.01 < model.gradient_ratio_ < 1
+        assert model.gradient_ratio_ == pytest.approx(norms[0] / norms[1], rel=1e-7)
+
+
 def test_an_lbfgs_convergence_warning_points_at_the_callers_line():
     """The ConvergenceWarning of solver="lbfgs" was attributed to numpy's errstate wrapper
     (numpy/_core/_ufunc_config.py, `return func(*args, **kwargs)`), so a filter on the

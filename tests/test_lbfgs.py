@@ -1151,15 +1151,20 @@ def test_other_grids_with_lbfgs_run_as_trials(tmp_path, served):
     assert path.path_order([1e-3, 1.0, 1e-3, 0.1]) == [1.0, 0.1, 1e-3]
 
 
+def benchmark_script():
+    """scripts/benchmark_lbfgs.py as a module (it imports its sibling scripts)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import benchmark_lbfgs
+
+    return benchmark_lbfgs
+
+
 def test_the_benchmark_times_its_calls_interleaved_and_gives_medians():
     """scripts/benchmark_lbfgs.py's one timing loop: one call of each per round (a load
     change hits every call alike), the median of each call's times."""
-    import sys
     import time
-    from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-    from benchmark_lbfgs import interleaved_medians
+    interleaved_medians = benchmark_script().interleaved_medians
 
     order: list[str] = []
     pauses = {"a": iter([0.0, 0.09, 0.0]), "b": iter([0.02, 0.02, 0.02])}
@@ -1173,6 +1178,70 @@ def test_the_benchmark_times_its_calls_interleaved_and_gives_medians():
     medians = interleaved_medians({"a": call("a"), "b": call("b")}, 3)
     assert order == ["a", "b"] * 3
     assert medians["a"] < 0.02 <= medians["b"]  # a's mean would be 0.03
+
+
+def test_the_benchmarks_plain_pytorch_evaluation_is_our_objective(monkeypatch):
+    """The plain-PyTorch baseline of scripts/benchmark_lbfgs.py computes the objective our
+    engines compute (rows preprocessed by the identity, the bias unpenalised), over chunks
+    of rows as over one: it is timed beside them as the same work."""
+    pytest.importorskip("torch")
+    bench = benchmark_script()
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((50, 7), dtype=np.float32)
+    y = rng.integers(0, 4, 50)
+    W = rng.normal(0.0, 0.3, (4, 8))
+    pre = Preprocessor(np.zeros(7), np.ones(7))
+    expected, grad = numpy_engine.full_loss_and_grad(
+        TrainingRows(X, y), np.arange(50), W, pre, StepRule(lr=1.0, reg=0.05),
+        ((False, 0, 0),), "edge", "float64")
+    monkeypatch.setattr(bench, "TORCH_PLAIN_LOGITS", 4 * 16)  # 4 chunks of 16 rows or less
+    evaluation = bench.torch_plain_evaluation(X, y, W, 0.05)
+    for _ in range(2):  # a second call starts from a zero gradient again
+        loss, theirs = evaluation()
+        assert loss == pytest.approx(expected, rel=1e-6)
+        np.testing.assert_allclose(theirs, grad, rtol=1e-5, atol=1e-7)
+
+
+def test_the_benchmark_times_every_evaluation_at_a_tiny_shape():
+    """--engine with float16 rows, one precision and both baselines: one median for each
+    row dtype, engine and precision, and for each baseline."""
+    pytest.importorskip("sklearn")
+    pytest.importorskip("torch")
+    times = benchmark_script().engine_evaluations(
+        ["numpy", "torch"], "40x5x3", "cpu", 1, ("float32", "float16"), ("float32",),
+        ("torch", "sklearn"))
+    assert list(times) == [f"{engine} (cpu) {rows} rows, float32"
+                           for rows in ("float32", "float16") for engine in ("numpy", "torch")
+                           ] + ["plain PyTorch (cpu) float32",
+                                "scikit-learn loss_gradient float64"]
+    assert all(seconds > 0 for seconds in times.values())
+
+
+def test_the_benchmarks_path_agrees_with_scikit_learns_at_each_point():
+    """--path-shape: our estimator's warm-started path and scikit-learn's, largest reg
+    first, C = 1 / (2 reg N): each point's coefficients (ours taken to the standardised
+    rows) within 1e-3 and the same validation predictions; validation picks a point.
+    scikit-learn's path is warm-started: its last point takes fewer iterations than a fit
+    from zeros (ours is the estimator's own warm start, tested with the estimator)."""
+    pytest.importorskip("sklearn")
+    from benchmark_estimator import linear_features
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    regs = [1e-3, 1e-1, 1e-2]
+    path = benchmark_script().compare_paths("600x6x3", regs, 1e-7, 500, 1, "numpy")
+    X, y = linear_features(n_train=600, n_test=150, dim=6, classes=3)[:2]
+    cold_theirs = LogisticRegression(C=1 / (2 * 1e-3 * 600), tol=1e-7).fit(
+        StandardScaler().fit_transform(X.astype(np.float64)), y).n_iter_[0]
+    assert path["points"][-1]["sklearn_iterations"] < cold_theirs
+    assert [q["reg"] for q in path["points"]] == [1e-1, 1e-2, 1e-3]
+    for q in path["points"]:
+        assert q["coef_rel_diff"] < 1e-3 and q["intercept_rel_diff"] < 1e-3
+        assert q["same_predictions"] >= 0.99
+        assert q["ours_iterations"] >= 1 and q["sklearn_iterations"] >= 1
+    assert path["points"][0]["ours_val_acc"] < path["points"][-1]["ours_val_acc"]
+    assert path["ours_pick"] in regs and path["sklearn_pick"] in regs
+    assert len(path["ours_s_all"]) == len(path["sklearn_s_all"]) == 1
 
 
 def test_each_iteration_reports_the_weights_of_the_iterate_it_accepted():
