@@ -255,6 +255,14 @@ def test_features_run_trains_and_evaluates(tmp_path):
     assert val.returncode == 0 and json.loads(val.stdout)["accuracy"] == pytest.approx(
         best.state.best_val_acc)
 
+    # --root names no place a probe reads (its feature files are where it was trained): it
+    # was ignored without a word
+    for command in ("softmax-eval", "softmax-plot"):
+        assert_one_line_error(
+            run(command, str(tmp_path / "whole" / "best.npz"), "--root", str(tmp_path / "x"),
+                "--quiet"), 2, "--root", "linear probe", str(tmp_path / "X.npy"))
+    assert not (tmp_path / "x").exists()
+
     # changed data: the fingerprint refuses it
     np.savez(tmp_path / "test.npz", X=Xt + 1, y=yt)
     changed = run("softmax-eval", str(tmp_path / "whole" / "best.npz"), "--quiet")
