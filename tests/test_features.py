@@ -262,6 +262,8 @@ def test_features_run_trains_and_evaluates(tmp_path):
             run(command, str(tmp_path / "whole" / "best.npz"), "--root", str(tmp_path / "x"),
                 "--quiet"), 2, "--root", "linear probe", str(tmp_path / "X.npy"))
     assert not (tmp_path / "x").exists()
+    assert_one_line_error(run("softmax-eval", str(tmp_path / "whole" / "best.npz"),
+                              "--download", "--quiet"), 2, "--download", "nothing to download")
 
     # changed data: the fingerprint refuses it
     np.savez(tmp_path / "test.npz", X=Xt + 1, y=yt)
