@@ -158,6 +158,12 @@ def test_early_stopping_patience_counts_epochs_without_improvement(tmp_path):
     best = int(np.argmax(accs))  # the first epoch reaching the maximum
     assert result.stopped_early and len(accs) == best + 1 + 2
     assert result.state.best_epoch == best + 1 and result.state.best_val_acc == accs[best]
+    # the patience running out in the last epoch stops nothing: the run did all its epochs
+    config = small_config(tmp_path, engine="numpy", optim={"epochs": len(accs), "lr": 0.05,
+                                                           "early_stopping": {"patience": 2}})
+    whole = fit(config, data.train_images, data.train_labels, split, pre, 3)
+    assert [row["val_acc"] for row in whole.state.history] == accs
+    assert not whole.stopped_early
 
 
 def test_fit_without_validation_rows_keeps_the_last_weights(tmp_path):

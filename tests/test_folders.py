@@ -507,6 +507,8 @@ def test_train_eval_plot_and_checkpoint_on_a_folder(tmp_path):
     report = json.loads(evaluated.stdout)
     assert report["accuracy"] == pytest.approx(accuracy)
     assert [row["class"] for row in report["per_class"]] == ["green", "red", "stripes"]
+    assert_one_line_error(run("softmax-eval", str(tmp_path / "run" / "best.npz"), "--download",
+                              "-q"), 2, "--download", "data.dataset folder")
 
     pytest.importorskip("matplotlib")
     plotted = run("softmax-plot", str(tmp_path / "run"), "-q", timeout=300)

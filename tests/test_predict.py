@@ -472,6 +472,46 @@ def test_skip_unreadable_counts_and_names_them(trained, tmp_path):
 
 
 
+def test_a_dangling_link_or_a_pipe_in_a_folder_is_unreadable_not_left_out(trained, tmp_path):
+    """A folder's names of image suffixes that are no regular file were left out without a
+    word, skipped or not; a pipe must not be opened (it waits for a writer for ever)."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "b_good.png").write_bytes(trained["new"][0].read_bytes())
+    (folder / "a_gone.png").symlink_to(tmp_path / "deleted.png")
+    (folder / "c_loop.png").symlink_to(folder / "c_loop.png")
+    os.mkfifo(folder / "d_pipe.png")
+    result = run("softmax-predict", str(trained["checkpoint"]), str(folder), timeout=30)
+    assert_one_line_error(result, 1, f"{folder / 'a_gone.png'}: a link to nothing")
+    assert result.stdout == ""
+    result = run("softmax-predict", str(trained["checkpoint"]), str(folder), "--json",
+                 "--skip-unreadable", timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert [json.loads(line)["input"] for line in result.stdout.splitlines()] == [
+        str(folder / "b_good.png")]
+    assert result.stderr.splitlines() == [
+        f"skipped 3 unreadable files: {folder / 'a_gone.png'}, {folder / 'c_loop.png'}, "
+        f"{folder / 'd_pipe.png'}"]
+    result = run("softmax-predict", str(trained["checkpoint"]), str(folder / "d_pipe.png"),
+                 str(folder / "b_good.png"), "--skip-unreadable", timeout=30)
+    assert result.returncode == 1 and "is not a regular file" in result.stderr
+
+
+def test_a_pipe_in_a_folder_of_feature_files_is_not_opened(probe, tmp_path):
+    """A probe's table measures each file's rows from its header first: a pipe's would wait
+    for a writer for ever."""
+    folder = tmp_path / "features"
+    folder.mkdir()
+    np.save(folder / "a_X.npy", probe["new"])
+    os.mkfifo(folder / "b_X.npy")
+    result = run("softmax-predict", str(probe["checkpoint"]), str(folder), timeout=30)
+    assert_one_line_error(result, 1, f"{folder / 'b_X.npy'}: not a regular file")
+    result = run("softmax-predict", str(probe["checkpoint"]), str(folder), "--skip-unreadable",
+                 timeout=30)
+    assert result.returncode == 0 and len(result.stdout.splitlines()) == 1 + len(probe["new"])
+    assert result.stderr.splitlines() == [f"skipped 1 unreadable file: {folder / 'b_X.npy'}"]
+
+
 def test_skip_unreadable_skips_a_named_file_it_may_not_read(trained, tmp_path):
     """A file named on the command line that this user may not read (mode 000) is skipped
     like a damaged one: click's path check (the inputs' empty-path refusal) refused it first,

@@ -102,6 +102,63 @@ def test_overwrite_refuses_files_no_run_wrote(tmp_path, name, content):
     assert folder_bytes(folder) == {name: content}
 
 
+# --- a resumed run writes over only its own run's files ---------------------------------------
+
+def test_resuming_beside_files_no_run_wrote_is_refused_and_leaves_them(tmp_path):
+    """A checkpoint kept in a folder of the user's own (a config.yaml, a link where the history
+    goes): resuming there would write over them."""
+    config = features_config(tmp_path)
+    assert train("--config", str(config), "--out", str(tmp_path / "run")).returncode == 0
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "last.npz").write_bytes((tmp_path / "run" / "last.npz").read_bytes())
+    (mine / "config.yaml").write_text("my own notes\n")
+    (tmp_path / "elsewhere.txt").write_text("kept\n")
+    (mine / "history.jsonl").symlink_to(tmp_path / "elsewhere.txt")
+    before = folder_bytes(mine)
+    result = train("--resume", str(mine / "last.npz"), "--set", "optim.epochs=3")
+    assert_one_line_error(result, 2, "config.yaml, history.jsonl not written by softmax-train",
+                          "--out")
+    assert folder_bytes(mine) == before
+    assert (mine / "history.jsonl").is_symlink()
+
+
+def test_a_run_folder_of_an_older_version_is_its_checkpoints_own(tmp_path):
+    """An older version's config.yaml is not what this version writes, but it is the text of
+    the checkpoint's own config: the run resumes in place (here it stops later, at its
+    feature file, which is not on this machine)."""
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "last.npz").write_bytes((TESTS / "data" / "checkpoint_format2.npz").read_bytes())
+    with np.load(old / "last.npz") as raw:
+        (old / "config.yaml").write_text(str(raw["config_yaml"]))
+    result = train("--resume", str(old / "last.npz"), "--set", "optim.epochs=3")
+    assert "not written by softmax-train" not in result.stderr, result.stderr
+
+
+def test_resuming_an_earlier_checkpoint_in_place_does_not_drop_the_later_epochs(tmp_path):
+    """best.npz, or a copy of an earlier last.npz, resumed in its run's folder would replace a
+    last.npz epochs ahead of it; a later checkpoint beside an earlier last.npz resumes."""
+    config = features_config(tmp_path)
+    folder = tmp_path / "run"
+    assert train("--config", str(config), "--out", str(folder)).returncode == 0
+    (folder / "early.npz").write_bytes((folder / "last.npz").read_bytes())
+    assert train("--resume", str(folder / "last.npz"), "--set", "optim.epochs=4").returncode == 0
+    before = folder_bytes(folder)
+    result = train("--resume", str(folder / "early.npz"), "--set", "optim.epochs=4")
+    assert_one_line_error(result, 2, "last.npz holds epoch 4, past the checkpoint's epoch 2",
+                          "--overwrite")
+    assert folder_bytes(folder) == before
+    # the run ahead of the folder's last.npz continues in place
+    (folder / "late.npz").write_bytes(before["last.npz"])
+    (folder / "last.npz").write_bytes(before["early.npz"])
+    assert train("--resume", str(folder / "late.npz"), "--set", "optim.epochs=5").returncode == 0
+    # --overwrite goes back to the earlier epoch on purpose
+    assert train("--resume", str(folder / "early.npz"), "--set", "optim.epochs=3",
+                 "--overwrite").returncode == 0
+    assert json.loads((folder / "summary.json").read_text())["epochs"] == 3
+
+
 # --- a failed command leaves the folder as it found it ----------------------------------------
 
 def small_files(limit: int):

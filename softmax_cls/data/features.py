@@ -175,8 +175,11 @@ def read_feature_rows(path: str | Path) -> np.ndarray:
 
 def feature_file_rows(path: str | Path) -> int | None:
     """The number of rows the X of a feature file declares, from its header alone; None when
-    it cannot be told (read_feature_rows then says why)."""
+    it cannot be told (read_feature_rows then says why), as for anything but a regular file:
+    a pipe would block the read until someone writes to it."""
     path = Path(path)
+    if not path.is_file():
+        return None
     try:
         X = (_npz_headers(path, need_y=False)[0] if path.suffix == ".npz"
              else _file_header(path, "X"))

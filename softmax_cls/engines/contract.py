@@ -131,6 +131,20 @@ class OptimizerState:
 ROW_DTYPES = (np.dtype(np.uint8), np.dtype(np.float32), np.dtype(np.float16))
 
 
+def gather_rows(rows: np.ndarray, index: np.ndarray, out: np.ndarray | None = None
+                ) -> np.ndarray:
+    """rows[index] (n, P) in rows' dtype, into `out` (n, P) C-contiguous when given. np.take
+    copies an unaligned array whole on every call (X memory-mapped from an .npz: its data
+    starts at an odd offset in the zip), 50 MB for 64 rows of a 200,000 x 64 file; the
+    rows' bytes, always aligned, are gathered instead: the same bits, only those rows."""
+    if rows.flags.aligned or not rows.flags.c_contiguous:
+        return np.take(rows, index, axis=0, out=out)
+    if out is None:
+        out = np.empty((len(index), *rows.shape[1:]), rows.dtype)
+    np.take(rows.view(np.uint8), index, axis=0, out=out.view(np.uint8))
+    return out
+
+
 def check_rows(rows: np.ndarray, pre: Preprocessor) -> None:
     if rows.ndim != 2 or rows.dtype not in ROW_DTYPES:
         raise TypeError(f"rows must be a 2-d uint8, float32 or float16 array, got {rows.dtype} "

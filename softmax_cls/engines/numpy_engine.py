@@ -20,7 +20,15 @@ from ..math import softmax
 from ..math.augment import apply_augmentation, apply_view
 from ..math.optim import average_step, sgd_step
 from ..math.preprocess import Preprocessor, image_scores
-from .contract import Engine, EpochPlan, OptimizerState, StepRule, TrainingRows, full_objective
+from .contract import (
+    Engine,
+    EpochPlan,
+    OptimizerState,
+    StepRule,
+    TrainingRows,
+    full_objective,
+    gather_rows,
+)
 
 
 class _StepBuffers:
@@ -98,7 +106,7 @@ def train_epoch(data: TrainingRows, plan: EpochPlan, rule: StepRule, pre: Prepro
         batch_rows = plan.order[start : start + plan.batch_size]
         n = len(batch_rows)
         gathered, raw = buffers.gathered[:n], buffers.raw[:n]
-        np.take(rows, batch_rows, axis=0, out=gathered)
+        gather_rows(rows, batch_rows, gathered)
         if augmenting:
             apply_augmentation(
                 gathered, no_flip if plan.flip is None else plan.flip[start : start + n],
@@ -196,7 +204,7 @@ def full_loss_and_grad(data: TrainingRows, index: np.ndarray, W: np.ndarray, pre
             if contiguous:  # a slice of the file: no gather copy
                 block = rows[index[start] : index[start] + n]
             else:
-                block = np.take(rows, index[start:stop], axis=0, out=gathered[:n])
+                block = gather_rows(rows, index[start:stop], gathered[:n])
             chunk_labels = labels[index[start:stop]]
             chunk_weight = None if weights is None else weights[index[start:stop]].astype(
                 np.float64)

@@ -5,8 +5,9 @@ memory.
 An image model reads image files (a folder: those ending in data.images.IMAGE_SUFFIXES, any
 case); a feature model reads .npy / .npz feature files, each row of one a prediction.
 Symbolic links to folders are not followed inside a folder (a link named on the command line
-is). A file that cannot be read stops the command with one line naming it, or, when
-skip_unreadable, is skipped and counted.
+is). A file that cannot be read (inside a folder too: a dangling link, a pipe of an image's
+name) stops the command with one line naming it, or, when skip_unreadable, is skipped and
+counted.
 """
 
 from __future__ import annotations
@@ -55,11 +56,12 @@ def expand_inputs(arguments: list[str], suffixes: tuple[str, ...]) -> list[Path]
 
 
 def _walk(folder: Path, suffixes: tuple[str, ...]) -> Iterator[Path]:
+    # every name of the suffixes that is no folder, a regular file or not: a dangling link or
+    # a pipe is an input that read_batch refuses (or skips), never one silently left out
     for root, _, names in os.walk(folder, followlinks=False):
         for name in names:
-            path = Path(root, name)
-            if name.lower().endswith(suffixes) and path.is_file():
-                yield path
+            if name.lower().endswith(suffixes):
+                yield Path(root, name)
 
 
 def batches(items: list, size: int) -> Iterator[list]:
@@ -87,6 +89,10 @@ def read_batch(model: Model, files: list[Path], skip_unreadable: bool = False
     names, parts, skipped = [], [], []
     for path in files:
         try:
+            if not path.is_file():  # opening a pipe would wait for a writer for ever
+                raise DataError("a link to nothing (dangling, or a loop)"
+                                if path.is_symlink() and not path.exists()
+                                else "not a regular file (a pipe, a device or a socket)")
             if model.is_image_model:
                 part = to_rows(read_image(path)[None])
                 labels = [str(path)]

@@ -12,10 +12,11 @@ from ..data import cifar as data_module
 from ..data.fetch import EVAL_HINTS
 from ..data.labelled import LabelledData
 from ..engines.contract import Engine
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..math.metrics import ClassificationReport, classification_report
 from ..math.preprocess import Preprocessor, image_scores
 from ..math.softmax import softmax_loss_from_scores
+from ..text import shorten
 from .checkpoint import Checkpoint, check_matches, load_checkpoint
 
 SPLITS = ("test", "val", "train")
@@ -42,8 +43,17 @@ def score_split(engine: Engine, W: np.ndarray, pre: Preprocessor, name: str,
 def load_data_for(checkpoint: Checkpoint, root: str | Path | None = None,
                   progress: bool = True, download: bool = False) -> LabelledData:
     """The data set the checkpoint was trained on, from `root` (default: the config's root,
-    absolute in runs made by this version). Never downloads unless `download`."""
+    absolute in runs made by this version). Never downloads unless `download`. A linear
+    probe's data are its feature files, read where it was trained, and an image folder's is
+    no download: `root` and `download` would be ignored, so they are a ConfigError."""
     data = dataclasses.replace(checkpoint.config.data, download=download)
+    if root is not None and data.dataset == "features":
+        files = ", ".join(shorten(path, 80) for path in (data.train, data.test) if path)
+        raise ConfigError(f"--root: this checkpoint is a linear probe; it reads its feature "
+                          f"files where it was trained ({files}), not under a data root")
+    if download and data.dataset in ("features", "folder"):
+        raise ConfigError(f"--download: this checkpoint was trained on data.dataset "
+                          f"{data.dataset}, your own files: there is nothing to download")
     if root is not None:
         data = dataclasses.replace(data, root=str(root))
     # looked up at call time, so a stand-in for softmax_cls.data.cifar.load_config_data applies here

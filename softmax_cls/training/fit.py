@@ -212,7 +212,8 @@ def fit(
             f"--set optim.lr={optim.lr / 10:g}) or the L2 strength loss.reg") from None
     finally:
         epochs.close()
-    return FitResult(state, stopped_early)
+    # patience that runs out in the last epoch stopped nothing: every epoch was trained
+    return FitResult(state, stopped_early and state.epoch < optim.epochs)
 
 
 def fit_full_batch(config: Config, rows: np.ndarray, labels: np.ndarray, split: Split,

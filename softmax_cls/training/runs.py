@@ -336,10 +336,12 @@ def _check_folder(out_dir: Path, resume: Checkpoint | None, overwrite: bool) -> 
     """The run files in `out_dir` that --overwrite replaces; ConfigError if the folder holds
     files of a run's names and not `overwrite`, or if `overwrite` would delete through a
     symbolic link or delete a file no run wrote. A resumed run's own folder holds its own
-    run."""
+    run: its files are written over, so they must be that run's (_check_own_folder)."""
     present = run_files(out_dir)
     own_folder = (resume is not None and resume.path is not None
                   and Path(resume.path).resolve().parent == out_dir.resolve())
+    if own_folder and present:
+        _check_own_folder(out_dir, present, resume, overwrite)
     if not present or own_folder:
         return []
     if not overwrite:
@@ -354,6 +356,49 @@ def _check_folder(out_dir: Path, resume: Checkpoint | None, overwrite: bool) -> 
         raise ConfigError(f"{out_dir}: {', '.join(foreign)} not written by softmax-train; "
                           f"--overwrite deletes only a run's own files: choose another --out")
     return present
+
+
+def _check_own_folder(out_dir: Path, present: list[str], resume: Checkpoint,
+                      overwrite: bool) -> None:
+    """ConfigError unless the run files beside the resumed checkpoint are its run's, which a
+    resumed run writes over: a file no run wrote (the user's own config.yaml, a link), or,
+    unless `overwrite`, a last.npz the checkpoint does not continue (a later epoch of the
+    run: resuming its best.npz would drop the epochs after the best; another run's)."""
+    resumed = Path(resume.path)
+    foreign = [name for name in present
+               if not (_same_file(out_dir / name, resumed) or _written_by_a_run(out_dir / name)
+                       or (name == "config.yaml" and _holds_text(out_dir / name,
+                                                                 resume.config_yaml)))]
+    if foreign:
+        raise ConfigError(f"{out_dir}: {', '.join(foreign)} not written by softmax-train, "
+                          f"which resuming {resumed.name} in that folder would replace: move "
+                          "them, or pass --out for another folder")
+    last = out_dir / "last.npz"
+    if overwrite or "last.npz" not in present or _same_file(last, resumed):
+        return
+    kept = load_checkpoint(last)
+    same_data = kept.fingerprint == resume.fingerprint
+    if same_data and kept.state.history == resume.state.history[:len(kept.state.history)]:
+        return  # an earlier epoch of the run the checkpoint continues
+    what = (f"epoch {kept.state.epoch}, past the checkpoint's epoch {resume.state.epoch}"
+            if same_data and kept.state.history[:len(resume.state.history)]
+            == resume.state.history else "a run the checkpoint does not continue")
+    raise ConfigError(f"{last} holds {what}; resuming {resumed} there would replace it: "
+                      f"resume {last} to continue it, pass --out for another folder, or "
+                      "--overwrite to replace it")
+
+
+def _same_file(path: Path, other: Path) -> bool:
+    return path.exists() and other.exists() and os.path.samefile(path, other)
+
+
+def _holds_text(path: Path, text: str) -> bool:
+    """Whether the regular file `path` (not a link) holds exactly `text`."""
+    try:
+        return (not path.is_symlink() and path.is_file()
+                and read_capped(path, RUN_TEXT_CAP).decode("utf-8") == text)
+    except (OSError, UnicodeDecodeError, SoftmaxClsError):
+        return False
 
 
 def _written_by_a_run(path: Path) -> bool:

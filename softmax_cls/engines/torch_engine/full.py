@@ -22,7 +22,7 @@ import torch
 
 from ...math.augment import SIDE
 from ...math.preprocess import Preprocessor
-from ..contract import StepRule, TrainingRows, full_objective
+from ..contract import StepRule, TrainingRows, full_objective, gather_rows
 from .device import out_of_memory_as_error
 from .rows import as_tensor, device_rows, fits, resident_rows
 from .step import TORCH_DTYPES, augment
@@ -86,7 +86,7 @@ def _evaluate(device, data, index, W, pre, rule, views, padding, precision, chun
         elif contiguous:  # a slice of the file: no gather copy on the host
             block = as_tensor(rows[index[start] : index[start] + n], device)
         else:
-            block = as_tensor(np.take(rows, index[start:stop], axis=0), device)
+            block = as_tensor(gather_rows(rows, index[start:stop]), device)
         chunk_labels = as_tensor(labels[index[start:stop]], device)[:, None]
         chunk_weight = (None if weights is None else
                         torch.as_tensor(weights[index[start:stop]], **f64)[:, None])

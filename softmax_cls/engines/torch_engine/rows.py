@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..contract import TrainingRows
+from ..contract import TrainingRows, gather_rows
 from ..memory import memory_budget
 from .device import out_of_memory_as_error
 
@@ -156,7 +156,7 @@ class RowStream:
         slot, n = k % self.DEPTH, len(index)
         if self.copied[slot] is not None:
             self.copied[slot].synchronize()  # the host buffer's last copy has left it
-        np.take(self.rows, index, axis=0, out=self.host[slot].numpy()[:n])
+        gather_rows(self.rows, index, self.host[slot].numpy()[:n])
         if not self.cuda:
             return
         with torch.cuda.stream(self.copy_stream):
