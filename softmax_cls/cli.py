@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 
 import click
@@ -16,6 +17,8 @@ import click
 from . import __version__
 from .errors import ConfigError, DeviceOutOfMemory, InputError, SoftmaxClsError
 from .text import shorten
+
+CHECKPOINT_NAMES = ("best.npz", "last.npz")  # what a run folder holds; a sweep's: best.npz
 
 # How a command's one error line names a config setting (key, value) that the user can change
 # (DeviceOutOfMemory): as its --set override, or as softmax-eval's own option; commands not
@@ -107,11 +110,30 @@ threads_option = click.option(
 
 class NamedPath(click.Path):
     """A path that is not empty: '' is no file or folder (POSIX's ENOENT), where Path('')
-    would be the current folder (--out '' wrote a run's plots there, a predict read it)."""
+    would be the current folder (--out '' wrote a run's plots there, a predict read it).
+    A CheckpointPath names the checkpoints of a run or sweep folder given in its place
+    (click's own line said only that it is a directory)."""
 
     def convert(self, value, param, ctx):
         if isinstance(value, str) and value == "":
             self.fail("is empty; name a file or folder ('.' for this one)", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+class CheckpointPath(NamedPath):
+    """A checkpoint file (.npz); a run or sweep folder in its place is one line naming the
+    checkpoints it holds."""
+
+    def __init__(self):
+        super().__init__(dir_okay=False)
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and value and os.path.isdir(value):
+            held = [os.path.join(value, name) for name in CHECKPOINT_NAMES
+                    if os.path.isfile(os.path.join(value, name))]
+            if held:
+                self.fail(f"{click.format_filename(value)!r} is a folder; name a checkpoint "
+                          f"in it: {' or '.join(map(repr, held))}", param, ctx)
         return super().convert(value, param, ctx)
 
 
@@ -165,7 +187,7 @@ def download_command(dataset, root, fmt, url, archive, force, quiet):
 @click.option("--out", type=NamedPath(file_okay=False),
               help="Run folder [default: output.dir (output.dir-2, -3, ... when it holds a "
               "run), or the resumed checkpoint's folder].")
-@click.option("--resume", type=NamedPath(dir_okay=False),
+@click.option("--resume", type=CheckpointPath(),
               help="Continue from a last.npz exactly where it stopped.")
 @click.option("--overwrite", is_flag=True,
               help="Replace the run already in the run folder (its files are deleted first; "
@@ -219,7 +241,7 @@ def train_command(config_path, overrides, out, resume, overwrite, plots, quiet):
 
 
 @click.command(cls=Command)
-@click.argument("checkpoint", type=NamedPath(dir_okay=False))
+@click.argument("checkpoint", type=CheckpointPath())
 @click.option("--split", type=click.Choice(["test", "val", "train"]), default="test",
               show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
@@ -362,7 +384,7 @@ def sweep_command(sweep_file, trials, workers, out, dask_address, storage, study
 
 
 @click.command(cls=Command)
-@click.argument("checkpoint", type=NamedPath(dir_okay=False))
+@click.argument("checkpoint", type=CheckpointPath())
 @click.argument("inputs", nargs=-1, required=True, metavar="IMAGE_OR_FOLDER...",
                 type=NamedPath(readable=False))  # --skip-unreadable skips what it may not read
 @click.option("--top-k", "k", type=click.IntRange(1), default=None,
@@ -433,7 +455,7 @@ def predict_command(checkpoint, inputs, k, as_json, batch_size, skip_unreadable,
 
 
 @click.command(cls=Command)
-@click.argument("checkpoint", type=NamedPath(dir_okay=False))
+@click.argument("checkpoint", type=CheckpointPath())
 @click.option("--format", "fmt", type=click.Choice(["onnx", "npz"]), required=True,
               help="onnx: the whole model on uint8 pixels (NHWC), softmax at the end (needs "
               "pip install 'softmax-cls[onnx]'); npz: W_raw with the preprocessing folded in.")

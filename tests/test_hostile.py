@@ -681,6 +681,24 @@ def test_an_empty_path_is_one_line_not_the_current_folder(tmp_path, args):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml"]
 
 
+@pytest.mark.parametrize("args", [
+    ("softmax-eval", "run"),
+    ("softmax-predict", "run", "x.png"),
+    ("softmax-export", "run", "--format", "npz", "-o", "model.npz"),
+    ("softmax-train", "--resume", "run"),
+], ids=lambda args: " ".join(args))
+def test_a_run_folder_given_for_a_checkpoint_is_one_line_naming_its_checkpoints(tmp_path, args):
+    """A run folder where a checkpoint file is wanted: click's line said only 'is a
+    directory'; the line names the folder's best.npz and last.npz, and nothing is written."""
+    (tmp_path / "run").mkdir()
+    for name in ("best.npz", "last.npz"):
+        (tmp_path / "run" / name).write_bytes(b"")
+    result = run_measured(*args, cwd=tmp_path)
+    one_line(result, 2, "'run' is a folder; name a checkpoint in it: 'run/best.npz' or "
+                        "'run/last.npz'")
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["best.npz", "last.npz", "run"]
+
+
 def test_a_sweep_whose_data_cannot_be_read_leaves_no_folder_behind(tmp_path):
     """The data is read before the folder is claimed: a sweep file with a wrong data path
     left a sweep folder (study.json, sweep.yaml, a journal) with no trials, and the sweep
