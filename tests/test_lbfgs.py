@@ -888,7 +888,7 @@ def features_problem(folder: Path, engine: str, device: str = "cpu") -> str:
            "data": {"dataset": "features", "train": str(folder / "train.npz"),
                     "test": str(folder / "test.npz"), "val_size": 50},
            "preprocess": {"scale": "std"}, "augment": {"hflip": False, "translate": 0},
-           "optim": {"solver": "lbfgs", "tol": 1e-7}, "loss": {"reg": 1e-2},
+           "optim": {"solver": "lbfgs", "tol": 1e-8}, "loss": {"reg": 1e-2},
            "output": {"plots": False, "dir": str(folder / f"run-{engine}-{device}")}}
     path = folder / f"{engine}-{device}.yaml"
     path.write_text(yaml.safe_dump(raw))
@@ -910,7 +910,8 @@ def check_same_optimum_as_numpy(tmp_path, device):
         assert yaml.safe_load((folder / "config.yaml").read_text())["engine"] == engine
         solutions.append(load_checkpoint(folder / "best.npz").W)
     ours, numpys = solutions
-    # float32 checkpoints of two float64 optima within tol 1e-9 of each other
+    # float32 checkpoints of two float64 optima, each with gradient max-norm <= 1e-8: they
+    # meet within a float32 rounding (at tol 1e-7 they were 1.3e-6 apart, about the bound)
     assert np.abs(ours - numpys).max() <= 1e-6 * np.abs(numpys).max()
 
 
