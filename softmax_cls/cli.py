@@ -16,7 +16,7 @@ import click
 
 from . import __version__
 from .errors import ConfigError, DeviceOutOfMemory, InputError, SoftmaxClsError
-from .text import shorten
+from .text import counted, shorten
 
 CHECKPOINT_NAMES = ("best.npz", "last.npz")  # what a run folder holds; a sweep's: best.npz
 SKIPPED_NAMED = 3  # files softmax-predict --skip-unreadable names in its line
@@ -232,12 +232,13 @@ def train_command(config_path, overrides, out, resume, overwrite, plots, quiet):
     if result.solver is not None:
         solver = result.solver
         click.echo(f"{test} at the L-BFGS optimum: val accuracy {state.best_val_acc:.4f}; "
-                   f"{solver['iterations']} iterations, loss {solver['final_loss']:.6f}, "
+                   f"{counted(solver['iterations'], 'iteration')}, "
+                   f"loss {solver['final_loss']:.6f}, "
                    f"gradient max-norm {solver['grad_max']:.2e} "
                    f"({'converged' if solver['converged'] else 'not converged'}); {folder}")
         return
     click.echo(f"{test} with the best weights on validation: epoch {state.best_epoch}, val "
-               f"accuracy {state.best_val_acc:.4f}; {state.epoch} epochs"
+               f"accuracy {state.best_val_acc:.4f}; {counted(state.epoch, 'epoch')}"
                f"{', stopped early' if result.stopped_early else ''}; {folder}")
 
 

@@ -33,6 +33,7 @@ from .errors import ConfigError, DeviceOutOfMemory
 from .math.optim import learning_rate
 from .math.preprocess import MIN_STD, Preprocessor, Split, pixel_mean_std, split_train_val
 from .math.softmax import PREDICT_CHUNK
+from .text import counted
 from .training.fit import TrainingDiverged, TrainState, fit, initial_state
 
 AUTO_MIN_STEPS = 1000  # epochs="auto": enough epochs for this many SGD steps, at least 5
@@ -249,7 +250,8 @@ class SoftmaxClassifier(ClassifierMixin, BaseEstimator):
         self.gradient_ratio_ = ratio
         if warn and ratio > FAR_FROM_OPTIMUM:
             warnings.warn(
-                f"{type(self).__name__} ended far from the optimum after {self.n_iter_} epochs: "
+                f"{type(self).__name__} ended far from the optimum after "
+                f"{counted(self.n_iter_, 'epoch')}: "
                 f"the training objective's gradient is {ratio:.0%} of its size at zero "
                 f"weights; raise epochs (or lr)", ConvergenceWarning, stacklevel=3)
 

@@ -334,6 +334,8 @@ def test_a_fit_far_from_the_optimum_warns():
     # the ratio is the objective's: the same model refitted to convergence has a small one
     assert SoftmaxClassifier(epochs=400, lr=0.05, random_state=0).fit(
         X_train, y_train).gradient_ratio_ < 0.01
+    with pytest.warns(ConvergenceWarning, match=r"far from the optimum after 1 epoch: "):
+        SoftmaxClassifier(epochs=1, random_state=0).fit(X_train, y_train)
 
 
 @pytest.mark.parametrize("solver", ["sgd", "lbfgs"])

@@ -463,3 +463,14 @@ def test_feature_files_load_without_the_cifar_modules():
                             env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
                             check=True)
     assert result.stdout.split() == ["softmax_cls.data.features", "softmax_cls.data.labelled"]
+
+
+@pytest.mark.parametrize("epochs, said", [(1, "; 1 epoch; "), (2, "; 2 epochs; ")])
+def test_the_last_line_counts_epochs_in_the_singular_or_plural(tmp_path, epochs, said):
+    X, y = linear_data(n=300)
+    np.savez(tmp_path / "train.npz", X=X, y=y)
+    config = write_config(tmp_path, train=str(tmp_path / "train.npz"))
+    result = run("softmax-train", "--config", str(config), "--quiet", "--no-plots",
+                 "--set", f"optim.epochs={epochs}")
+    assert result.returncode == 0, result.stderr
+    assert said in result.stdout.splitlines()[-1]

@@ -966,3 +966,19 @@ def test_an_lbfgs_run_draws_iterations_and_the_gradient_not_epochs_and_lr(tmp_pa
     drawing.draw_curves(evaluation.curves_table(sgd), 3, tmp_path / "sgd.png")
     assert figures[1].axes[2].get_title() == "learning rate"
     assert figures[1].axes[2].get_xlabel() == "epoch"
+
+
+def test_a_sweep_of_one_trial_is_titled_in_the_singular(tmp_path, monkeypatch):
+    from softmax_cls.plots import drawing
+    from softmax_cls.sweep.results import SweepTable
+
+    titles = []
+    monkeypatch.setattr(drawing, "_save", lambda figure, path, tiles=None: titles.extend(
+        ax.get_title() for ax in figure.axes))
+    table = SweepTable(keys=("optim.lr",), specs={"optim.lr": {"log_uniform": [1e-4, 1e-1]}},
+                       number=np.array([0]), state=np.array(["complete"]),
+                       values={"optim.lr": np.array([0.01])}, val_acc=np.array([0.4]))
+    drawing.draw_trials(table, tmp_path / "trials.png")
+    drawing.draw_sweep(table, tmp_path / "sweep.png")
+    assert "sweep: 1 trial" in titles
+    assert any(title.startswith("sweep: val accuracy of 1 trial over") for title in titles)

@@ -33,6 +33,7 @@ import numpy as np
 
 from ..errors import SoftmaxClsError
 from ..fsutil import atomic_write
+from ..text import counted
 from .evaluation import Mistakes, RunPictures, confusion_rates
 
 if TYPE_CHECKING:
@@ -455,7 +456,7 @@ def draw_sweep(table: SweepTable, path: str | os.PathLike) -> Path:
         if text.get_text().startswith(("complete", "pruned", "other states")):
             handle.set_array(None)  # a marker shape, not one trial's colour
             handle.set_facecolor("lightgrey")
-    ax.set_title(f"sweep: val accuracy of {len(table.number)} trials over "
+    ax.set_title(f"sweep: val accuracy of {counted(len(table.number), 'trial')} over "
                  f"{' and '.join(keys)}")
     return _save(figure, path)
 
@@ -523,7 +524,7 @@ def draw_trials(table: SweepTable, path: str | os.PathLike) -> Path:
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=9)
-    ax.set_title(f"sweep: {len(table.number)} trials")
+    ax.set_title(f"sweep: {counted(len(table.number), 'trial')}")
     return _save(figure, path)
 
 
