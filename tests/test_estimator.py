@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -414,3 +415,24 @@ def test_an_lbfgs_warning_names_the_estimators_parameters():
     assert len(found) == 1, found
     assert "standardize=True" in found[0] and "preprocess" not in found[0]
     assert "optim." not in found[0] and "or tol set below" in found[0]
+
+
+def test_the_documented_auto_epoch_counts_are_what_auto_gives():
+    """The docstring and docs/estimator.md give epochs="auto"'s count on CIFAR-10 and on
+    digits; they said 5 on CIFAR-10, where 50,000 rows in batches of 256 get 6."""
+    import math
+    import re
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "estimator.md").read_text()
+    auto = SoftmaxClassifier()
+    for text in (" ".join(SoftmaxClassifier.__doc__.split()), page):
+        cifar = re.search(r"(\d+) on CIFAR-10's ([\d,]+) training images", text)
+        digits = re.search(r"(\d+) on the ([\d,]+) rows of a 70% split of scikit-learn's digits",
+                           text)
+        assert cifar and digits
+        for count, rows in (cifar.groups(), digits.groups()):
+            assert auto._epochs(int(rows.replace(",", ""))) == int(count)
+    assert len(digits_split()[0]) == 1257
+    docstring = " ".join(SoftmaxClassifier.__doc__.split())
+    steps = re.search(r"where 5 epochs are (\d+) steps", docstring)
+    assert steps and int(steps.group(1)) == 5 * math.ceil(1257 / auto.batch_size)
