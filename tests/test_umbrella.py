@@ -44,3 +44,15 @@ def test_each_summary_is_a_whole_sentence():
         paragraph = " ".join(command.help.strip().split("\n\n")[0].split())
         assert summaries[name] == paragraph
         assert paragraph.endswith("."), (name, paragraph)
+
+
+def test_a_summary_that_runs_onto_a_second_line_is_listed_whole(monkeypatch):
+    import click
+
+    import softmax_cls.__main__ as umbrella
+
+    long = click.Command("long", help="Do a thing that takes a summary running\n"
+                                      "    onto a second line.\n\n    Details.")
+    monkeypatch.setattr(umbrella, "COMMANDS", {"long": long})
+    assert umbrella.listing().splitlines()[-1] == (
+        "  long  Do a thing that takes a summary running onto a second line.")
