@@ -164,7 +164,8 @@ config_option = click.option("--config", "config_path", type=NamedPath(dir_okay=
 @click.option("--root", default="data", show_default=True, type=NamedPath(file_okay=False),
               help="Folder the data lands in.")
 @click.option("--format", "fmt", type=click.Choice(["binary", "python"]), default="binary",
-              show_default=True, help="The binary version needs no pickle at all.")
+              show_default=True, help="The archive's format: binary (read without any pickle) "
+              "or python (pickled batches).")
 @click.option("--url", help="Archive URL of a mirror (default: the official one, or "
               "$SOFTMAX_CLS_MIRROR/<archive name>).")
 @click.option("--archive", type=NamedPath(dir_okay=False),
