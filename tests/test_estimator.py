@@ -436,3 +436,15 @@ def test_the_documented_auto_epoch_counts_are_what_auto_gives():
     docstring = " ".join(SoftmaxClassifier.__doc__.split())
     steps = re.search(r"where 5 epochs are (\d+) steps", docstring)
     assert steps and int(steps.group(1)) == 5 * math.ceil(1257 / auto.batch_size)
+
+
+def test_the_estimator_pages_example_runs():
+    """docs/estimator.md's first example, as written, on scikit-learn's digits."""
+    import re
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "estimator.md").read_text()
+    block = re.search(r"^```python\n(.*?)^```", page, re.MULTILINE | re.DOTALL).group(1)
+    X_train, X_test, y_train, y_test = digits_split()
+    namespace = {"X_train": X_train, "X_test": X_test, "y_train": y_train, "y_test": y_test}
+    exec(compile(block, "estimator.md example", "exec"), namespace)
+    assert namespace["clf"].score(X_test, y_test) > 0.9
