@@ -251,18 +251,24 @@ def draw_curves(table: dict[str, np.ndarray], best_epoch: int | None,
     grad_max = table.get("grad_max", np.full(len(epochs), np.nan))
     lbfgs = np.isfinite(grad_max).any() and not np.isfinite(table["lr"]).any()
     step, best = ("L-BFGS iteration", "solution") if lbfgs else ("epoch", "best epoch")
-    marker = "o" if len(epochs) <= 30 else None
-    loss_ax.plot(epochs, table["train_loss"], marker=marker, label="train (with L2 penalty)")
-    loss_ax.plot(epochs, table["val_loss"], marker=marker, label="val")
+    def marker(values: np.ndarray) -> str | None:
+        """Dots where a series has few points: an L-BFGS run's val loss, known at the
+        solution alone, is one point, which a line without them does not show."""
+        return "o" if np.isfinite(values).sum() <= 30 else None
+
+    loss_ax.plot(epochs, table["train_loss"], marker=marker(table["train_loss"]),
+                 label="train (with L2 penalty)")
+    loss_ax.plot(epochs, table["val_loss"], marker=marker(table["val_loss"]), label="val")
     if np.isfinite(table["train_acc"]).any():
-        acc_ax.plot(epochs, 100 * table["train_acc"], marker=marker, label="train (running)")
-    acc_ax.plot(epochs, 100 * table["val_acc"], marker=marker, label="val")
+        acc_ax.plot(epochs, 100 * table["train_acc"], marker=marker(table["train_acc"]),
+                    label="train (running)")
+    acc_ax.plot(epochs, 100 * table["val_acc"], marker=marker(table["val_acc"]), label="val")
     if lbfgs:
-        third_ax.plot(epochs, grad_max, marker=marker, color="tab:green")
+        third_ax.plot(epochs, grad_max, marker=marker(grad_max), color="tab:green")
         third_ax.set_yscale("log")
         third = ("gradient max-norm", "max |gradient|")
     else:
-        third_ax.plot(epochs, table["lr"], marker=marker, color="tab:green")
+        third_ax.plot(epochs, table["lr"], marker=marker(table["lr"]), color="tab:green")
         third_ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
         third = ("learning rate", "learning rate")
     for ax, title, ylabel in ((loss_ax, "loss", "cross-entropy"),
