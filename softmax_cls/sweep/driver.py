@@ -248,7 +248,7 @@ def _compile_before_workers(config: Config, cache_dir: Path) -> None:
     start, when the base config trains with it: each worker process would else compile them
     at the same moment as the others and say so, once per worker; they load them from numba's
     disk cache instead. Picks the engine as a trial does (within worker_threads)."""
-    if config.optim.solver != "sgd":
+    if config.optim.solver != "sgd" or config.engine not in ("auto", "numba"):
         return
     from ..engines import get_engine
     from .worker import open_cache
