@@ -453,7 +453,7 @@ def predict_command(checkpoint, inputs, k, as_json, batch_size, skip_unreadable,
             bar.update(batch.n_files)
     if skipped:
         names = ", ".join(shorten(path, 80) for path in skipped[:SKIPPED_NAMED])
-        line = (f"{len(skipped)} unreadable file{'s' if len(skipped) > 1 else ''}: "
+        line = (f"{counted(len(skipped), 'unreadable file')}: "
                 f"{names}{', ...' if len(skipped) > SKIPPED_NAMED else ''}")
         if not predicted:
             raise InputError(f"no file could be read; {line}")
