@@ -25,12 +25,13 @@ COMMANDS = {
 
 
 def listing() -> str:
-    """One line per command: its name and the first line of its help."""
+    """One line per command: its name and its help's first paragraph (a whole sentence:
+    the first line alone cut a summary that ran onto a second line mid-sentence)."""
     width = max(map(len, COMMANDS))
     lines = ["usage: softmax COMMAND [OPTIONS]   (or softmax-COMMAND; COMMAND --help for more)",
              "", "commands:"]
     for name, command in COMMANDS.items():
-        summary = (command.help or "").strip().splitlines()[0]
+        summary = " ".join((command.help or "").strip().split("\n\n")[0].split())
         lines.append(f"  {name:<{width}}  {summary}")
     return "\n".join(lines)
 

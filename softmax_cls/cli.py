@@ -16,9 +16,10 @@ import click
 
 from . import __version__
 from .errors import ConfigError, DeviceOutOfMemory, InputError, SoftmaxClsError
-from .text import shorten
+from .text import counted, shorten
 
 CHECKPOINT_NAMES = ("best.npz", "last.npz")  # what a run folder holds; a sweep's: best.npz
+SKIPPED_NAMED = 3  # files softmax-predict --skip-unreadable names in its line
 
 # How a command's one error line names a config setting (key, value) that the user can change
 # (DeviceOutOfMemory): as its --set override, or as softmax-eval's own option; commands not
@@ -159,11 +160,12 @@ config_option = click.option("--config", "config_path", type=NamedPath(dir_okay=
 
 @click.command(cls=Command)
 @click.option("--dataset", type=click.Choice(["cifar10", "cifar100"]), default="cifar10",
-              show_default=True)
+              show_default=True, help="The data set to fetch.")
 @click.option("--root", default="data", show_default=True, type=NamedPath(file_okay=False),
               help="Folder the data lands in.")
 @click.option("--format", "fmt", type=click.Choice(["binary", "python"]), default="binary",
-              show_default=True, help="The binary version needs no pickle at all.")
+              show_default=True, help="The archive's format: binary (read without any pickle) "
+              "or python (pickled batches).")
 @click.option("--url", help="Archive URL of a mirror (default: the official one, or "
               "$SOFTMAX_CLS_MIRROR/<archive name>).")
 @click.option("--archive", type=NamedPath(dir_okay=False),
@@ -231,19 +233,21 @@ def train_command(config_path, overrides, out, resume, overwrite, plots, quiet):
     if result.solver is not None:
         solver = result.solver
         click.echo(f"{test} at the L-BFGS optimum: val accuracy {state.best_val_acc:.4f}; "
-                   f"{solver['iterations']} iterations, loss {solver['final_loss']:.6f}, "
+                   f"{counted(solver['iterations'], 'iteration')}, "
+                   f"loss {solver['final_loss']:.6f}, "
                    f"gradient max-norm {solver['grad_max']:.2e} "
                    f"({'converged' if solver['converged'] else 'not converged'}); {folder}")
         return
     click.echo(f"{test} with the best weights on validation: epoch {state.best_epoch}, val "
-               f"accuracy {state.best_val_acc:.4f}; {state.epoch} epochs"
+               f"accuracy {state.best_val_acc:.4f}; {counted(state.epoch, 'epoch')}"
                f"{', stopped early' if result.stopped_early else ''}; {folder}")
 
 
 @click.command(cls=Command)
 @click.argument("checkpoint", type=CheckpointPath())
 @click.option("--split", type=click.Choice(["test", "val", "train"]), default="test",
-              show_default=True)
+              show_default=True, help="The split to evaluate: test, val (the checkpoint's own "
+              "validation rows) or train (every other training row).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--root", type=NamedPath(file_okay=False),
               help="Data folder (default: the one the checkpoint was trained with).")
@@ -286,7 +290,8 @@ def eval_command(checkpoint, split, as_json, root, download, engine, device, qui
               help="Largest relative error that passes.")
 @click.option("--reg", default=None, type=PositiveFinite(),
               help="The reg > 0 of the second check [default: loss.reg, or 0.01].")
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(0))
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0),
+              help="Seed of the random problem and of the coordinates checked.")
 @threads_option
 @click.version_option(__version__)
 def gradcheck_command(config_path, overrides, samples, classes, checks, step, tol, reg, seed):
@@ -395,8 +400,9 @@ def sweep_command(sweep_file, trials, workers, out, dask_address, storage, study
 @click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True,
               help="Images read and scored at a time.")
 @click.option("--skip-unreadable", is_flag=True,
-              help="Skip files that cannot be read (counted, the first named, on stderr) "
-              "instead of stopping at the first.")
+              help="Skip the files that cannot be read or decoded and go on; one line on "
+              f"stderr at the end counts them and names the first {SKIPPED_NAMED}. Without "
+              "it, the first such file ends the command with an error.")
 @quiet_option
 @threads_option
 @click.version_option(__version__)
@@ -446,9 +452,9 @@ def predict_command(checkpoint, inputs, k, as_json, batch_size, skip_unreadable,
             predicted += len(batch.names)
             bar.update(batch.n_files)
     if skipped:
-        names = ", ".join(shorten(path, 80) for path in skipped[:3])
-        line = (f"{len(skipped)} unreadable file{'s' if len(skipped) > 1 else ''}: "
-                f"{names}{', ...' if len(skipped) > 3 else ''}")
+        names = ", ".join(shorten(path, 80) for path in skipped[:SKIPPED_NAMED])
+        line = (f"{counted(len(skipped), 'unreadable file')}: "
+                f"{names}{', ...' if len(skipped) > SKIPPED_NAMED else ''}")
         if not predicted:
             raise InputError(f"no file could be read; {line}")
         click.echo(f"skipped {line}", err=True)
@@ -464,8 +470,11 @@ def predict_command(checkpoint, inputs, k, as_json, batch_size, skip_unreadable,
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @click.version_option(__version__)
 def export_command(checkpoint, fmt, out, overwrite):
-    """Export a checkpoint for other tools: ONNX, or numpy weights with the preprocessing
-    folded in (scores = [raw pixels, 1] @ W_raw.T)."""
+    """Export a checkpoint for other tools: ONNX, or numpy weights with preprocessing folded in.
+
+    onnx: the whole model on uint8 pixels, probabilities out. npz: W_raw, the weights with the
+    preprocessing folded in (scores = [raw pixels, 1] @ W_raw.T).
+    """
     from .inference.export import export
 
     click.echo(f"wrote {shorten(export(checkpoint, fmt, out, overwrite))}")

@@ -14,3 +14,9 @@ def shorten(value: object, limit: int = 160, *, quote: bool = False) -> str:
     if quote or not body.isprintable():
         body = repr(body)
     return body if len(text) <= limit else f"{body}... ({len(text)} characters)"
+
+
+def counted(count: int, noun: str, plural: str | None = None) -> str:
+    """`count noun` with the noun in the plural unless count is 1: "1 epoch", "3 epochs"
+    (`plural` where adding s is wrong: counted(n, "class", "classes"))."""
+    return f"{count} {noun if count == 1 else plural or noun + 's'}"

@@ -67,3 +67,29 @@ def test_readme_probe_command_runs_on_a_small_feature_file(tmp_path):
                  *[arg for item in TINY for arg in ("--set", item)], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "run" / "summary.json").is_file()
+
+
+def test_the_documented_lbfgs_probe_command_runs_and_without_null_is_one_error(tmp_path):
+    """docs/estimator.md's L-BFGS probe command, as written, on small feature files: it
+    solves to the optimum; leaving out its patience=null is one error line naming the key."""
+    import shlex
+
+    from cli_util import assert_one_line_error
+
+    pytest.importorskip("scipy")
+    page = (CONFIGS.parent / "docs" / "estimator.md").read_text(encoding="utf-8")
+    block = next(block for block in page.split("\n\n") if "optim.solver=lbfgs" in block
+                 and block.lstrip().startswith("softmax-train"))
+    argv = shlex.split(block.replace("\\\n", " "))
+    assert argv[:3] == ["softmax-train", "--config", "configs/probe.yaml"]
+    argv[2] = str(CONFIGS / "probe.yaml")
+    (tmp_path / "test.npz").write_bytes(write_features(tmp_path).read_bytes())  # train.npz
+    tiny = ["--set", "output.plots=false", "--set", "engine=numpy", "--quiet"]  # no compile
+    result = run(*argv, *tiny, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "at the L-BFGS optimum" in result.stdout and "(converged)" in result.stdout
+    without = [arg for arg in argv if arg != "optim.early_stopping.patience=null"]
+    assert without[-1] == "--set"
+    refused = run(*without[:-1], *tiny, "--out", "other", cwd=tmp_path)
+    assert_one_line_error(refused, 2, "optim.early_stopping.patience", "set it to null")
+    assert not (tmp_path / "other").exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import random
 import socket
+from pathlib import Path
 
 import pytest
 from http_server import clear_proxy_env, loopback_servers
@@ -295,3 +296,37 @@ def test_a_failed_softmax_download_leaves_no_folder_it_created(tmp_path, how):
                  "--quiet")
     assert_one_line_error(result, 1)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["photo.png"]
+
+
+def test_softmax_train_offline_names_data_root_first(tmp_path):
+    """The first run of a new user without the network: the line names data.root (the data
+    they may already have), then data.archive and data.url, as docs/offline.md says."""
+    from cli_util import assert_one_line_error, run
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = Path(__file__).resolve().parents[1] / "configs" / "quick.yaml"
+    result = run("softmax-train", "--config", str(config), "--quiet", "--set",
+                 f"data.url=http://127.0.0.1:{port}/cifar-10-binary.tar.gz", cwd=tmp_path)
+    line = assert_one_line_error(result, 1, "refused", "offline?")
+    hints = line.split("offline?", 1)[1]
+    assert hints.index("--set data.root=DIR") < hints.index("data.archive=PATH") \
+        < hints.index("data.url=URL")
+    assert not (tmp_path / "data").exists() and not (tmp_path / "runs").exists()
+
+
+def test_softmax_sweep_offline_names_the_sweep_files_data_root(tmp_path):
+    pytest.importorskip("optuna")
+    from cli_util import assert_one_line_error, run
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    (tmp_path / "s.yaml").write_text(
+        f"trials: 1\nset: {{data.url: 'http://127.0.0.1:{port}/cifar-10-binary.tar.gz'}}\n"
+        "space: {optim.lr: {choice: [0.1]}}\n")
+    result = run("softmax-sweep", "s.yaml", "--out", "s", "--quiet", cwd=tmp_path)
+    line = assert_one_line_error(result, 1, "refused", "offline?")
+    assert "set in the sweep file data.root: DIR of your copy" in line
+    assert "--set" not in line

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -334,6 +335,8 @@ def test_a_fit_far_from_the_optimum_warns():
     # the ratio is the objective's: the same model refitted to convergence has a small one
     assert SoftmaxClassifier(epochs=400, lr=0.05, random_state=0).fit(
         X_train, y_train).gradient_ratio_ < 0.01
+    with pytest.warns(ConvergenceWarning, match=r"far from the optimum after 1 epoch: "):
+        SoftmaxClassifier(epochs=1, random_state=0).fit(X_train, y_train)
 
 
 @pytest.mark.parametrize("solver", ["sgd", "lbfgs"])
@@ -412,3 +415,36 @@ def test_an_lbfgs_warning_names_the_estimators_parameters():
     assert len(found) == 1, found
     assert "standardize=True" in found[0] and "preprocess" not in found[0]
     assert "optim." not in found[0] and "or tol set below" in found[0]
+
+
+def test_the_documented_auto_epoch_counts_are_what_auto_gives():
+    """The docstring and docs/estimator.md give epochs="auto"'s count on CIFAR-10 and on
+    digits; they said 5 on CIFAR-10, where 50,000 rows in batches of 256 get 6."""
+    import math
+    import re
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "estimator.md").read_text()
+    auto = SoftmaxClassifier()
+    for text in (" ".join(SoftmaxClassifier.__doc__.split()), page):
+        cifar = re.search(r"(\d+) on CIFAR-10's ([\d,]+) training images", text)
+        digits = re.search(r"(\d+) on the ([\d,]+) rows of a 70% split of scikit-learn's digits",
+                           text)
+        assert cifar and digits
+        for count, rows in (cifar.groups(), digits.groups()):
+            assert auto._epochs(int(rows.replace(",", ""))) == int(count)
+    assert len(digits_split()[0]) == 1257
+    docstring = " ".join(SoftmaxClassifier.__doc__.split())
+    steps = re.search(r"where 5 epochs are (\d+) steps", docstring)
+    assert steps and int(steps.group(1)) == 5 * math.ceil(1257 / auto.batch_size)
+
+
+def test_the_estimator_pages_example_runs():
+    """docs/estimator.md's first example, as written, on scikit-learn's digits."""
+    import re
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "estimator.md").read_text()
+    block = re.search(r"^```python\n(.*?)^```", page, re.MULTILINE | re.DOTALL).group(1)
+    X_train, X_test, y_train, y_test = digits_split()
+    namespace = {"X_train": X_train, "X_test": X_test, "y_train": y_train, "y_test": y_test}
+    exec(compile(block, "estimator.md example", "exec"), namespace)
+    assert namespace["clf"].score(X_test, y_test) > 0.9

@@ -463,3 +463,34 @@ def test_feature_files_load_without_the_cifar_modules():
                             env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
                             check=True)
     assert result.stdout.split() == ["softmax_cls.data.features", "softmax_cls.data.labelled"]
+
+
+@pytest.mark.parametrize("epochs, said", [(1, "; 1 epoch; "), (2, "; 2 epochs; ")])
+def test_the_last_line_counts_epochs_in_the_singular_or_plural(tmp_path, epochs, said):
+    X, y = linear_data(n=300)
+    np.savez(tmp_path / "train.npz", X=X, y=y)
+    config = write_config(tmp_path, train=str(tmp_path / "train.npz"))
+    result = run("softmax-train", "--config", str(config), "--quiet", "--no-plots",
+                 "--set", f"optim.epochs={epochs}")
+    assert result.returncode == 0, result.stderr
+    assert said in result.stdout.splitlines()[-1]
+
+
+def test_softmax_train_prints_the_pictures_then_its_one_line(tmp_path):
+    """commands.md: the pictures it drew, then the line of the test accuracy, the best epoch
+    and its val accuracy, the epochs run and the run folder."""
+    import re
+
+    pytest.importorskip("matplotlib")
+    X, y = linear_data(n=300)
+    np.savez(tmp_path / "train.npz", X=X, y=y)
+    train = str(tmp_path / "train.npz")
+    config = write_config(tmp_path, train=train, test=train)
+    result = run("softmax-train", "--config", str(config), "--quiet", "--plots",
+                 "--set", "optim.epochs=2")
+    assert result.returncode == 0, result.stderr
+    pictures, last = result.stdout.splitlines()
+    assert pictures.startswith("pictures: ") and "curves.png" in pictures
+    assert re.fullmatch(r"test accuracy [\d.]+ \(loss [\d.]+\) with the best weights on "
+                        r"validation: epoch [12], val accuracy [\d.]+; 2 epochs; run folder "
+                        + re.escape(str(tmp_path / "run")), last), last

@@ -596,3 +596,24 @@ def test_a_model_trained_on_a_folder_predicts_new_files_by_its_class_names(tmp_p
     model = Model.load(checkpoint)
     assert list(model.predict(pictures)) == list(scores.argmax(axis=1))
     assert list(model.predict(pictures.transpose(0, 3, 1, 2))) == list(scores.argmax(axis=1))
+
+
+def test_the_images_page_example_config_trains_into_its_output_dir(tmp_path):
+    """docs/images.md's folder.yaml, as written, on a small photos/ folder, run as its first
+    line says: the run lands in the folder its output.dir names (it named none, and the run
+    went to runs/default, or runs/default-2 beside a CIFAR run)."""
+    page = (Path(__file__).resolve().parents[1] / "docs" / "images.md").read_text()
+    example = page.split("```yaml\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "folder.yaml").write_text(example)
+    command = example.splitlines()[0].lstrip("# ").split(": ", 1)[1].split()
+    assert command == ["softmax-train", "--config", "folder.yaml"]
+    make_folder(tmp_path / "photos", per_class=10)
+    (tmp_path / "runs" / "default").mkdir(parents=True)  # a CIFAR run's folder, say
+    tiny = ["--set", "optim.epochs=1", "--set", "engine=numpy", "--no-plots", "--quiet"]
+    result = run(*command, *tiny, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / yaml.safe_load(example)["output"]["dir"]
+    assert (out / "summary.json").is_file()
+    assert result.stdout.rstrip().endswith(f"run folder {out.relative_to(tmp_path)}")
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["default", out.name]
+    assert load_checkpoint(out / "best.npz").class_names == tuple(sorted(CLASSES))

@@ -422,8 +422,8 @@ def test_offline_first_command_fails_fast_with_hints_for_softmax_train(tmp_path)
     default = TESTS.parent / "configs" / "default.yaml"
     argv = [sys.executable, "-c", OFFLINE.format(args=["--config", str(default), "-q"])]
     result = finish(start(argv, tmp_path))
-    line = one_line(result, 1, "cannot resolve host name", "--set data.archive=PATH",
-                    "copy it into data/", "--set data.url=URL")
+    line = one_line(result, 1, "cannot resolve host name", "--set data.root=DIR",
+                    "data.archive=PATH", "copy it into data/", "data.url=URL")
     assert " --archive" not in line and " --url" not in line  # softmax-train has neither
     assert result.seconds < 10
     assert not (tmp_path / "data").exists()  # the data root it made is removed again

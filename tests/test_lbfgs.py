@@ -1303,3 +1303,13 @@ def test_a_fit_is_the_same_on_one_blas_thread_or_two():
             result = lbfgs.minimize(objective, np.zeros((10, 3000)), 1e-10, 30, None, None)
             got[threads] = (result.W, result.loss)
     assert np.array_equal(got[1][0], got[2][0]) and got[1][1] == got[2][1]
+
+
+def test_the_not_converged_line_counts_one_iteration_in_the_singular():
+    from softmax_cls.training.lbfgs import LbfgsResult, not_converged_line
+
+    result = LbfgsResult(W=np.zeros((2, 2)), iterations=1, evaluations=2, loss=1.0,
+                         grad_max=0.5, converged=False, message="STOP: TOTAL NO. OF ITERATIONS")
+    assert "converge: 1 iteration (optim.max_iter 1)" in not_converged_line(result, 1, 1e-5)
+    stopped = LbfgsResult(**{**vars(result), "message": "ABNORMAL: "})
+    assert "stopped after 1 iteration (" in not_converged_line(stopped, 5, 1e-5)

@@ -130,3 +130,25 @@ def test_a_kernel_recompiles_when_only_a_helper_in_another_module_changes(tmp_pa
     assert score() == "True 1.0"  # and is cached in place of the stale code
     step.write_text(source.replace(folded, folded + "    bias_fold += 2.0\n"))
     assert score() == "False 2.0"  # an edit that keeps the file's size, too
+
+
+@pytest.mark.slow  # the kernels compile once (15-60 s), then two workers load them
+def test_a_sweep_of_two_workers_says_it_compiles_once(tmp_path):
+    """The sweep compiles the kernels before its workers start; each worker compiled them
+    itself, at the same moment, and said so: the line came once per worker."""
+    pytest.importorskip("optuna")
+    from softmax_cls.engines.numba_engine import COMPILING
+
+    X, y = linear_data(n=300, d=4)
+    np.savez(tmp_path / "train.npz", X=X, y=y)
+    write_config(tmp_path, train=str(tmp_path / "train.npz"))
+    (tmp_path / "s.yaml").write_text(
+        "base: probe.yaml\nset: {engine: numba, optim.epochs: 1, output.plots: false}\n"
+        "sampler: grid\nspace: {seed: {grid: [0, 1]}}\n")
+    environment = {**os.environ, "PYTHONUNBUFFERED": "1",
+                   "NUMBA_CACHE_DIR": str(tmp_path / "numba")}
+    result = subprocess.run([script("softmax-sweep"), "s.yaml", "--workers", "2", "--quiet",
+                             "--out", "sweep"], capture_output=True, text=True,
+                            env=environment, cwd=tmp_path, timeout=COMPILE_TIMEOUT)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count(COMPILING) == 1, result.stderr

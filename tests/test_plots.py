@@ -966,3 +966,39 @@ def test_an_lbfgs_run_draws_iterations_and_the_gradient_not_epochs_and_lr(tmp_pa
     drawing.draw_curves(evaluation.curves_table(sgd), 3, tmp_path / "sgd.png")
     assert figures[1].axes[2].get_title() == "learning rate"
     assert figures[1].axes[2].get_xlabel() == "epoch"
+
+
+def test_a_sweep_of_one_trial_is_titled_in_the_singular(tmp_path, monkeypatch):
+    from softmax_cls.plots import drawing
+    from softmax_cls.sweep.results import SweepTable
+
+    titles = []
+    monkeypatch.setattr(drawing, "_save", lambda figure, path, tiles=None: titles.extend(
+        ax.get_title() for ax in figure.axes))
+    table = SweepTable(keys=("optim.lr",), specs={"optim.lr": {"log_uniform": [1e-4, 1e-1]}},
+                       number=np.array([0]), state=np.array(["complete"]),
+                       values={"optim.lr": np.array([0.01])}, val_acc=np.array([0.4]))
+    drawing.draw_trials(table, tmp_path / "trials.png")
+    drawing.draw_sweep(table, tmp_path / "sweep.png")
+    assert "sweep: 1 trial" in titles
+    assert any(title.startswith("sweep: val accuracy of 1 trial over") for title in titles)
+
+
+def test_every_curve_in_a_legend_shows_after_many_lbfgs_iterations(tmp_path, monkeypatch):
+    """An L-BFGS run of more than 30 iterations (the real CIFAR-10 default took 34) drew its
+    curves without dots; its val loss, known at the solution alone, is one point, so the
+    loss panel's legend named a `val` curve that did not show."""
+    history = [{"epoch": i, "lr": None, "train_loss": 1 / i, "train_acc": None,
+                "val_loss": None, "val_acc": None, "grad_max": 10.0 ** -i}
+               for i in range(1, 41)]
+    history[-1].update(val_loss=0.5, val_acc=0.8)
+    figures = []
+    monkeypatch.setattr(drawing, "_save", lambda figure, path: figures.append(figure))
+    drawing.draw_curves(evaluation.curves_table(history), 40, tmp_path / "curves.png")
+    for ax in figures[0].axes[:3]:
+        for line in ax.lines:
+            shown = np.isfinite(np.asarray(line.get_ydata(), float)).sum()
+            if not line.get_label().startswith("_") and shown == 1:
+                assert line.get_marker() not in (None, "None", ""), (ax.get_title(),
+                                                                       line.get_label())
+    assert any(line.get_label() == "val" for line in figures[0].axes[0].lines)

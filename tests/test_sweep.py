@@ -614,3 +614,32 @@ def test_softmax_train_refuses_a_gpu_that_is_not_there_before_reading_data(tmp_p
                  timeout=60)
     assert_one_line_error(result, 1, "device cuda:0", "no CUDA GPU")
     assert not (tmp_path / "run").exists()
+
+
+def sweep_folder_table() -> dict[str, str]:
+    """docs/sweeps.md's table of the sweep folder: each name in its first column (a folder
+    ends in /) -> the row's description."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "sweeps.md").read_text()
+    table = text.split("## The sweep folder", 1)[1].split("\n## ", 1)[0]
+    rows = {}
+    for line in table.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) == 2 and cells[0].startswith("`"):
+            for name in cells[0].split(", "):
+                rows[name.strip("`")] = cells[1]
+    return rows
+
+
+def test_the_sweep_folder_table_is_what_a_sweep_writes(tmp_path, served):
+    """Every file and folder a finished sweep leaves has a row in docs/sweeps.md, every row
+    is written, and a folder's row names each file in it."""
+    pytest.importorskip("matplotlib")
+    path = write_sweep(tmp_path, trials=2)
+    sweep.run_sweep(path, workers=1, out=tmp_path / "out", progress=False, plots=True)
+    table = sweep_folder_table()
+    written = {entry.name + ("/" if entry.is_dir() else "")
+               for entry in (tmp_path / "out").iterdir()}
+    assert written == set(table)
+    for folder in (name for name in written if name.endswith("/")):
+        inside = sorted(entry.name for entry in (tmp_path / "out" / folder).iterdir())
+        assert inside and all(f"`{name}`" in table[folder] for name in inside), (folder, inside)

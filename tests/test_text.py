@@ -54,3 +54,11 @@ def test_file_md5_is_the_md5_of_the_bytes(tmp_path, size):
     data = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
     path.write_bytes(data)
     assert file_md5(path) == hashlib.md5(data).hexdigest() == md5_hash(data).hexdigest()
+
+
+def test_counted_says_one_in_the_singular_and_others_in_the_plural():
+    from softmax_cls.text import counted
+
+    assert [counted(n, "epoch") for n in (0, 1, 2)] == ["0 epochs", "1 epoch", "2 epochs"]
+    assert counted(1, "class", "classes") == "1 class"
+    assert counted(3, "class", "classes") == "3 classes"

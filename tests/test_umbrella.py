@@ -30,3 +30,29 @@ def test_a_command_runs_by_name_as_its_console_script_does():
 def test_an_unknown_command_is_one_line():
     assert_one_line_error(run("softmax", "fit"), 2, "no command 'fit'", "train")
     assert_one_line_error(run("softmax", "train", "--bogus"), 2, "--bogus")
+
+
+def test_each_summary_is_a_whole_sentence():
+    """A summary is its command's first help paragraph, whole: the listing once cut the one
+    that ran onto a second line mid-sentence."""
+    from softmax_cls.__main__ import COMMANDS
+
+    result = run("softmax", "--help")
+    summaries = {line.split()[0]: line.split(None, 1)[1] for line in result.stdout.splitlines()
+                 if line.startswith("  ")}
+    for name, command in COMMANDS.items():
+        paragraph = " ".join(command.help.strip().split("\n\n")[0].split())
+        assert summaries[name] == paragraph
+        assert paragraph.endswith("."), (name, paragraph)
+
+
+def test_a_summary_that_runs_onto_a_second_line_is_listed_whole(monkeypatch):
+    import click
+
+    import softmax_cls.__main__ as umbrella
+
+    long = click.Command("long", help="Do a thing that takes a summary running\n"
+                                      "    onto a second line.\n\n    Details.")
+    monkeypatch.setattr(umbrella, "COMMANDS", {"long": long})
+    assert umbrella.listing().splitlines()[-1] == (
+        "  long  Do a thing that takes a summary running onto a second line.")

@@ -48,13 +48,13 @@ DOWNLOAD_HINTS = DataHints(
 CONFIG_HINTS = DataHints(
     missing="--set data.root=DIR where it is, --set data.archive=PATH to a local {name} (or copy "
             "it into {root}/), or --set data.download=true to download it",
-    offline="offline? --set data.archive=PATH to a local {name} (or copy it into {root}/), or "
-            "--set data.url=URL of a mirror")
+    offline="offline? --set data.root=DIR of your copy, data.archive=PATH to a {name} (or "
+            "copy it into {root}/) or data.url=URL of a mirror")
 SWEEP_HINTS = DataHints(  # softmax-sweep has no --set: the sweep file's `set:` holds them
     missing="set in the sweep file data.root: DIR where it is, data.archive: PATH to a local "
             "{name} (or copy it into {root}/), or data.download: true",
-    offline="offline? set in the sweep file data.archive: PATH to a local {name} (or copy it "
-            "into {root}/), or data.url: URL of a mirror")
+    offline="offline? set in the sweep file data.root: DIR of your copy, data.archive: PATH "
+            "to a {name} (or copy it into {root}/) or data.url: URL of a mirror")
 EVAL_HINTS = DataHints(
     missing="pass --root DIR where it is, or --download to download it",
     offline="offline? pass --root DIR where the data is, or first run softmax-download "

@@ -33,6 +33,7 @@ import numpy as np
 
 from ..errors import SoftmaxClsError
 from ..fsutil import atomic_write
+from ..text import counted
 from .evaluation import Mistakes, RunPictures, confusion_rates
 
 if TYPE_CHECKING:
@@ -250,18 +251,24 @@ def draw_curves(table: dict[str, np.ndarray], best_epoch: int | None,
     grad_max = table.get("grad_max", np.full(len(epochs), np.nan))
     lbfgs = np.isfinite(grad_max).any() and not np.isfinite(table["lr"]).any()
     step, best = ("L-BFGS iteration", "solution") if lbfgs else ("epoch", "best epoch")
-    marker = "o" if len(epochs) <= 30 else None
-    loss_ax.plot(epochs, table["train_loss"], marker=marker, label="train (with L2 penalty)")
-    loss_ax.plot(epochs, table["val_loss"], marker=marker, label="val")
+    def marker(values: np.ndarray) -> str | None:
+        """Dots where a series has few points: an L-BFGS run's val loss, known at the
+        solution alone, is one point, which a line without them does not show."""
+        return "o" if np.isfinite(values).sum() <= 30 else None
+
+    loss_ax.plot(epochs, table["train_loss"], marker=marker(table["train_loss"]),
+                 label="train (with L2 penalty)")
+    loss_ax.plot(epochs, table["val_loss"], marker=marker(table["val_loss"]), label="val")
     if np.isfinite(table["train_acc"]).any():
-        acc_ax.plot(epochs, 100 * table["train_acc"], marker=marker, label="train (running)")
-    acc_ax.plot(epochs, 100 * table["val_acc"], marker=marker, label="val")
+        acc_ax.plot(epochs, 100 * table["train_acc"], marker=marker(table["train_acc"]),
+                    label="train (running)")
+    acc_ax.plot(epochs, 100 * table["val_acc"], marker=marker(table["val_acc"]), label="val")
     if lbfgs:
-        third_ax.plot(epochs, grad_max, marker=marker, color="tab:green")
+        third_ax.plot(epochs, grad_max, marker=marker(grad_max), color="tab:green")
         third_ax.set_yscale("log")
         third = ("gradient max-norm", "max |gradient|")
     else:
-        third_ax.plot(epochs, table["lr"], marker=marker, color="tab:green")
+        third_ax.plot(epochs, table["lr"], marker=marker(table["lr"]), color="tab:green")
         third_ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
         third = ("learning rate", "learning rate")
     for ax, title, ylabel in ((loss_ax, "loss", "cross-entropy"),
@@ -455,7 +462,7 @@ def draw_sweep(table: SweepTable, path: str | os.PathLike) -> Path:
         if text.get_text().startswith(("complete", "pruned", "other states")):
             handle.set_array(None)  # a marker shape, not one trial's colour
             handle.set_facecolor("lightgrey")
-    ax.set_title(f"sweep: val accuracy of {len(table.number)} trials over "
+    ax.set_title(f"sweep: val accuracy of {counted(len(table.number), 'trial')} over "
                  f"{' and '.join(keys)}")
     return _save(figure, path)
 
@@ -523,7 +530,7 @@ def draw_trials(table: SweepTable, path: str | os.PathLike) -> Path:
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=9)
-    ax.set_title(f"sweep: {len(table.number)} trials")
+    ax.set_title(f"sweep: {counted(len(table.number), 'trial')}")
     return _save(figure, path)
 
 

@@ -236,10 +236,28 @@ def _run_sweep(sweep_path, trials, workers, folder: Path, dask, storage, study_n
     with contextlib.ExitStack() as stack:
         if local:
             stack.enter_context(worker_threads(workers))
+            _compile_before_workers(spec.base_config, folder / "cache")
         _drive(study, spec, folder, executor, capacity, tasks, meta, progress, local, command,
                stops)
     stops.check()
     return finish_sweep(folder, study, spec, meta, progress, plots)
+
+
+def _compile_before_workers(config: Config, cache_dir: Path) -> None:
+    """Compile the numba engine's training kernels here, once, before the local workers
+    start, when the base config trains with it: each worker process would else compile them
+    at the same moment as the others and say so, once per worker; they load them from numba's
+    disk cache instead. Picks the engine as a trial does (within worker_threads)."""
+    if config.optim.solver != "sgd" or config.engine not in ("auto", "numba"):
+        return
+    from ..engines import get_engine
+    from .worker import open_cache
+
+    data = open_cache(cache_dir)
+    engine = get_engine(config.engine, config.device, len(data.class_names),
+                        config.augment.active, data.rows)
+    if engine.name == "numba":
+        engine.prepare(data.rows.dtype)
 
 
 def _warn_line(line: str) -> None:

@@ -24,6 +24,7 @@ from ..engines.numpy_engine import one_blas_thread
 from ..errors import SoftmaxClsError
 from ..math.augment import augmented_views
 from ..math.preprocess import Preprocessor, Split
+from ..text import counted
 from .precondition import Preconditioner, second_moment
 
 LBFGS_INSTALL = 'pip install "softmax-cls[lbfgs]"'
@@ -243,15 +244,16 @@ def not_converged_line(result: LbfgsResult, max_iter: int, tol: float) -> str:
     """The one warning line of a fit that stopped short of tol: at max_iter, or earlier when
     the line search found no decrease."""
     if result.iterations >= max_iter:
-        return (f"L-BFGS did not converge: {result.iterations} iterations (optim.max_iter "
-                f"{max_iter}), gradient max-norm {result.grad_max:.3g} > optim.tol {tol:g}; "
+        return (f"L-BFGS did not converge: {counted(result.iterations, 'iteration')} "
+                f"(optim.max_iter {max_iter}), gradient max-norm {result.grad_max:.3g} > "
+                f"optim.tol {tol:g}; "
                 "raise optim.max_iter")
     status, _, detail = result.message.partition(":")
     if status.strip() == "ABNORMAL":  # SciPy's line search found no lower loss
         why = "the line search found no lower loss"
     else:
         why = (detail.strip() or status.strip()).lower() or "no reason given"
-    return (f"L-BFGS did not converge: it stopped after {result.iterations} iterations "
+    return (f"L-BFGS did not converge: it stopped after {counted(result.iterations, 'iteration')} "
             f"({why}) with gradient max-norm {result.grad_max:.3g} > optim.tol {tol:g}; "
             "huge or badly scaled features can cause it (preprocess.scale std), or "
             "optim.tol set below what float64 rounding of the loss allows")
