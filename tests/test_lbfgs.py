@@ -374,6 +374,42 @@ def test_the_workers_each_run_on_their_own_thread_with_one_blas_thread(monkeypat
     assert len(seen) == 2 and set(seen.values()) == {1}
 
 
+def test_one_blas_thread_in_two_threads_at_once_gives_blas_its_threads_back():
+    """Two threads' contexts interleaved (A in, B in, A out, B out), as two estimator fits in
+    threads do since gradient_ratio_ runs the numpy engine's evaluation: each restored the
+    limit it found, out of order (and threadpoolctl lets only the thread that set a limit
+    change it), so BLAS stayed on one thread for the rest of the process."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    before = blas_threads_now()
+    if before < 2:
+        pytest.skip("BLAS runs on one thread here")
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+    inside = []
+
+    def first():
+        with numpy_engine.one_blas_thread():
+            a_in.set()
+            b_in.wait(20)
+            inside.append(blas_threads_now())
+        a_out.set()
+
+    def second():
+        a_in.wait(20)
+        with numpy_engine.one_blas_thread():
+            b_in.set()
+            a_out.wait(20)
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    after = blas_threads_now()
+    if after != before:  # the later tests of this process get their threads back
+        threadpoolctl.threadpool_limits(limits=before, user_api="blas")
+    assert inside == [1] and after == before
+
+
 def test_the_workers_are_blas_threads_or_one_without_threadpoolctl(monkeypatch):
     pytest.importorskip("threadpoolctl")
     monkeypatch.setenv("OPENBLAS_NUM_THREADS", "3")

@@ -794,6 +794,15 @@ def test_softmax_plot_draws_a_sweep_folder(tmp_path):
                                           str(folder / "plots" / "trials.png")]
 
 
+def test_softmax_plot_root_on_a_sweep_folder_is_an_error_not_ignored(tmp_path):
+    """A sweep's pictures come from its trials.csv and read no data: --root was ignored
+    without a word (as on a linear probe's checkpoint before)."""
+    folder = write_sweep(tmp_path / "sweep", IMPORTANCES)
+    result = cli_util.run("softmax-plot", str(folder), "--root", str(tmp_path / "data"))
+    cli_util.assert_one_line_error(result, 2, "--root", "sweep folder")
+    assert not (folder / "plots").exists() and not (tmp_path / "data").exists()
+
+
 def test_softmax_plot_errors_are_one_line(tmp_path):
     missing = tmp_path / "missing"
     cli_util.assert_one_line_error(cli_util.run("softmax-plot", str(missing)), 1,

@@ -495,6 +495,12 @@ def test_a_dangling_link_or_a_pipe_in_a_folder_is_unreadable_not_left_out(traine
     result = run("softmax-predict", str(trained["checkpoint"]), str(folder / "d_pipe.png"),
                  str(folder / "b_good.png"), "--skip-unreadable", timeout=30)
     assert result.returncode == 1 and "is not a regular file" in result.stderr
+    # a link to the pipe leads somewhere: not a regular file, not "a link to nothing"
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    (linked / "e.png").symlink_to(folder / "d_pipe.png")
+    result = run("softmax-predict", str(trained["checkpoint"]), str(linked), timeout=30)
+    assert_one_line_error(result, 1, f"{linked / 'e.png'}: not a regular file")
 
 
 def test_a_pipe_in_a_folder_of_feature_files_is_not_opened(probe, tmp_path):

@@ -123,6 +123,21 @@ def test_resuming_beside_files_no_run_wrote_is_refused_and_leaves_them(tmp_path)
     assert (mine / "history.jsonl").is_symlink()
 
 
+def test_a_link_to_the_resumed_checkpoint_is_a_file_no_run_wrote(tmp_path):
+    """last.npz a link to the best.npz resumed beside it: the run would replace the user's
+    link by a file; that it names the checkpoint's own file does not make it the run's."""
+    config = features_config(tmp_path)
+    folder = tmp_path / "run"
+    assert train("--config", str(config), "--out", str(folder)).returncode == 0
+    (folder / "last.npz").unlink()
+    (folder / "last.npz").symlink_to("best.npz")
+    before = folder_bytes(folder)
+    result = train("--resume", str(folder / "best.npz"), "--set", "optim.epochs=3")
+    assert_one_line_error(result, 2, "last.npz not written by softmax-train", "--out")
+    assert folder_bytes(folder) == before
+    assert (folder / "last.npz").is_symlink()
+
+
 def test_a_run_folder_of_an_older_version_is_its_checkpoints_own(tmp_path):
     """An older version's config.yaml is not what this version writes, but it is the text of
     the checkpoint's own config: the run resumes in place (here it stops later, at its

@@ -11,8 +11,9 @@ takes the loss and the gradient with respect to the folded weights, unfolds it
 from __future__ import annotations
 
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -259,14 +260,30 @@ def parallel_workers() -> int:
     return blas_threads()
 
 
+_BLAS_LIMITED = threading.Lock()  # held by the thread whose one_blas_thread set the limit
+
+
+@contextmanager
 def one_blas_thread():
     """A context in which BLAS (every BLAS library loaded) runs on one thread; a context that
-    changes nothing without threadpoolctl (the lbfgs extra brings it)."""
+    changes nothing without threadpoolctl (the lbfgs extra brings it). One thread at a time
+    sets and restores the limit; a thread that finds it set meanwhile leaves it alone. Each
+    thread's own limit (an estimator fit in each of two threads) restored the one it found,
+    out of order, and threadpoolctl lets only the thread that set a limit change it: BLAS
+    stayed on one thread for the rest of the process."""
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:
-        return nullcontext()
-    return threadpool_limits(limits=1, user_api="blas")
+        yield
+        return
+    if not _BLAS_LIMITED.acquire(blocking=False):
+        yield
+        return
+    try:
+        with threadpool_limits(limits=1, user_api="blas"):
+            yield
+    finally:
+        _BLAS_LIMITED.release()
 
 
 ENGINE = Engine("numpy", train_epoch, predict_scores, loss_and_grad,

@@ -13,7 +13,7 @@ import importlib.util
 import os
 from pathlib import Path
 
-from ..errors import DataError, SoftmaxClsError
+from ..errors import ConfigError, DataError, SoftmaxClsError
 from ..sweep.results import SweepTable, is_sweep_folder, sweep_table  # noqa: F401
 from ..training.runs import RunResult
 from .drawing import INSTALL_HINT, draw_run_pictures, draw_sweep, draw_trials, require_matplotlib
@@ -70,8 +70,12 @@ def plot_sweep(folder: str | os.PathLike, out_dir: str | os.PathLike | None = No
 def plot_path(path: str | os.PathLike, out_dir: str | os.PathLike | None = None,
               split: str = "test", root: str | os.PathLike | None = None,
               progress: bool = False) -> list[Path]:
-    """plot_sweep for a sweep folder, plot_run for anything else (a run folder, a checkpoint)."""
+    """plot_sweep for a sweep folder, plot_run for anything else (a run folder, a checkpoint).
+    `root` on a sweep folder, whose pictures read no data, is a ConfigError (not ignored)."""
     if is_sweep_folder(path):
+        if root is not None:
+            raise ConfigError("--root: a sweep folder's pictures come from its trials.csv and "
+                              "read no data; --root is for a run folder or a checkpoint")
         return plot_sweep(path, out_dir)
     return plot_run(path, out_dir, split, root, progress)
 

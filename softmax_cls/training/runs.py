@@ -389,7 +389,9 @@ def _check_own_folder(out_dir: Path, present: list[str], resume: Checkpoint,
 
 
 def _same_file(path: Path, other: Path) -> bool:
-    return path.exists() and other.exists() and os.path.samefile(path, other)
+    """Whether `path`, not a link (which a run would replace by a file), is the file `other`."""
+    return (not path.is_symlink() and path.exists() and other.exists()
+            and os.path.samefile(path, other))
 
 
 def _holds_text(path: Path, text: str) -> bool:
