@@ -125,12 +125,13 @@ class CheckpointPath(NamedPath):
     """A checkpoint file (.npz); a run or sweep folder in its place is one line naming the
     checkpoints it holds."""
 
-    def __init__(self):
+    def __init__(self, names: tuple[str, ...] = CHECKPOINT_NAMES):
         super().__init__(dir_okay=False)
+        self.names = names  # in the order the line suggests them
 
     def convert(self, value, param, ctx):
         if isinstance(value, str) and value and os.path.isdir(value):
-            held = [os.path.join(value, name) for name in CHECKPOINT_NAMES
+            held = [os.path.join(value, name) for name in self.names
                     if os.path.isfile(os.path.join(value, name))]
             if held:
                 self.fail(f"{click.format_filename(value)!r} is a folder; name a checkpoint "
@@ -189,7 +190,7 @@ def download_command(dataset, root, fmt, url, archive, force, quiet):
 @click.option("--out", type=NamedPath(file_okay=False),
               help="Run folder [default: output.dir (output.dir-2, -3, ... when it holds a "
               "run), or the resumed checkpoint's folder].")
-@click.option("--resume", type=CheckpointPath(),
+@click.option("--resume", type=CheckpointPath(names=tuple(reversed(CHECKPOINT_NAMES))),
               help="Continue from a last.npz exactly where it stopped.")
 @click.option("--overwrite", is_flag=True,
               help="Replace the run already in the run folder (its files are deleted first; "

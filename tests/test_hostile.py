@@ -689,13 +689,16 @@ def test_an_empty_path_is_one_line_not_the_current_folder(tmp_path, args):
 ], ids=lambda args: " ".join(args))
 def test_a_run_folder_given_for_a_checkpoint_is_one_line_naming_its_checkpoints(tmp_path, args):
     """A run folder where a checkpoint file is wanted: click's line said only 'is a
-    directory'; the line names the folder's best.npz and last.npz, and nothing is written."""
+    directory'; the line names the folder's best.npz and last.npz (last.npz first for
+    --resume, the one that continues a run), and nothing is written."""
     (tmp_path / "run").mkdir()
     for name in ("best.npz", "last.npz"):
         (tmp_path / "run" / name).write_bytes(b"")
     result = run_measured(*args, cwd=tmp_path)
-    one_line(result, 2, "'run' is a folder; name a checkpoint in it: 'run/best.npz' or "
-                        "'run/last.npz'")
+    held = ["'run/best.npz'", "'run/last.npz'"]
+    if "--resume" in args:
+        held.reverse()
+    one_line(result, 2, f"'run' is a folder; name a checkpoint in it: {' or '.join(held)}")
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["best.npz", "last.npz", "run"]
 
 
