@@ -1347,6 +1347,11 @@ def test_the_benchmarks_path_agrees_with_scikit_learns_at_each_point():
     assert path["points"][0]["ours_val_acc"] < path["points"][-1]["ours_val_acc"]
     assert path["ours_pick"] in regs and path["sklearn_pick"] in regs
     assert len(path["ours_s_all"]) == len(path["sklearn_s_all"]) == 1
+    alone = bench.compare_paths("600x6x3", regs, 1e-7, 500, 2, "numpy", ours_only=True)
+    assert "sklearn_s" not in alone and len(alone["ours_s_all"]) == 2
+    assert [(q["reg"], q["ours_iterations"]) for q in alone["points"]] == [
+        (q["reg"], q["ours_iterations"]) for q in path["points"]]
+    assert all(q["ours_evaluations"] > q["ours_iterations"] for q in alone["points"])
 
 
 def test_each_iteration_reports_the_weights_of_the_iterate_it_accepted():
