@@ -548,6 +548,23 @@ def test_a_float32_line_search_that_fails_with_memory_gives_way_at_once():
     np.testing.assert_array_equal(asked[first64][1], fast[-1][1])
 
 
+def test_a_float32_line_search_has_all_its_tries_before_giving_way():
+    """Only tries past MAX_LINE_SEARCH_FAST since the last iterate (or the start) give way:
+    here the first float32 line search takes its last try."""
+    asked, accepted = [], []
+
+    def objective(W, precision):  # log 2 cosh: far from quadratic, a long first search
+        asked.append(precision)
+        z = 5.0 * (W - 1)
+        return float(np.logaddexp(z, -z).sum()), 5.0 * np.tanh(z)
+
+    result = lbfgs.minimize(objective, np.full((2, 3), 3.7), 1e-6, 100,
+                            lambda iteration, loss, grad_max, W: accepted.append(len(asked)))
+    assert result.converged
+    assert accepted[0] == 1 + lbfgs.MAX_LINE_SEARCH_FAST and asked[:accepted[0]] == [
+        "float32"] * accepted[0]
+
+
 def test_the_float64_run_keeps_scipys_whole_line_search(monkeypatch):
     """Only float32 gives way at a failed line search: in float64 SciPy's line search
     makes all its tries and then starts again along the steepest descent, and the fit goes
