@@ -50,7 +50,8 @@ LogisticRegression(lbfgs, warm_start=True) with C = 1 / (2 reg N), both at --tol
 --max-iter; each repetition ours then theirs. It prints the total seconds of each, and per
 point the iterations and seconds of each, the coefficients' agreement, the share of the
 same validation predictions and the validation accuracies, and the reg each side's
-validation picks:
+validation picks. --path-ours-only runs ours alone (the path of two versions of ours, in
+turns), with each point's evaluations:
 
     python scripts/benchmark_lbfgs.py --path-shape 40000x512x100 --repeats 2
 """
@@ -302,7 +303,9 @@ def path_ours(X, y, X_val, regs, tol: float, max_iter: int, engine: str) -> dict
 
     model = SoftmaxClassifier(solver="lbfgs", warm_start=True, tol=tol, max_iter=max_iter,
                               engine=engine)
-    return _path(model, lambda reg: {"reg": reg}, X, y, X_val, regs, lambda m: m.n_iter_)
+    path = _path(model, lambda reg: {"reg": reg}, X, y, X_val, regs, lambda m: m.n_iter_,
+                 lambda m: m.history_[-1]["evaluations"])
+    return path
 
 
 def path_theirs(X, y, X_val, regs, tol: float, max_iter: int) -> dict:
@@ -328,9 +331,9 @@ def path_theirs(X, y, X_val, regs, tol: float, max_iter: int) -> dict:
     return result
 
 
-def _path(model, params, X, y, X_val, regs, iterations) -> dict:
-    """{"seconds": total, "points": [{reg, seconds, iterations, coef, intercept,
-    val_predictions}]}: `model` fitted for each reg of `regs`, largest first, with
+def _path(model, params, X, y, X_val, regs, iterations, evaluations=lambda m: None) -> dict:
+    """{"seconds": total, "points": [{reg, seconds, iterations, evaluations, coef,
+    intercept, val_predictions}]}: `model` fitted for each reg of `regs`, largest first, with
     set_params(**params(reg)) in between (a warm start when the model keeps its solution)."""
     points = []
     started = time.perf_counter()
@@ -339,20 +342,22 @@ def _path(model, params, X, y, X_val, regs, iterations) -> dict:
         fitted = time.perf_counter()
         model.fit(X, y)
         points.append({"reg": reg, "seconds": time.perf_counter() - fitted,
-                       "iterations": iterations(model), "coef": model.coef_.copy(),
+                       "iterations": iterations(model), "evaluations": evaluations(model),
+                       "coef": model.coef_.copy(),
                        "intercept": model.intercept_.copy(),
                        "val_predictions": model.predict(X_val)})
     return {"seconds": time.perf_counter() - started, "points": points}
 
 
 def compare_paths(shape: str, regs, tol: float, max_iter: int, repeats: int,
-                  engine: str = "auto") -> dict:
+                  engine: str = "auto", ours_only: bool = False) -> dict:
     """The regularisation path, ours against scikit-learn's, on the estimator benchmark's
     synthetic features of `shape` (ROWSxFEATURESxCLASSES) with a validation set of a quarter
     as many rows drawn from the same model: each repetition ours then theirs (interleaved),
     median total seconds; per point (from the last repetition) the iterations and seconds of
     each, the coefficients' agreement, the share of the same validation predictions, and
-    each side's validation accuracy; and the reg each side's validation picks."""
+    each side's validation accuracy; and the reg each side's validation picks. ours_only:
+    ours alone, per point its iterations, evaluations, seconds and validation accuracy."""
     from benchmark_estimator import linear_features
 
     n, p, classes = parse_shape(shape)
@@ -364,7 +369,18 @@ def compare_paths(shape: str, regs, tol: float, max_iter: int, repeats: int,
     runs: dict[str, list] = {"ours": [], "sklearn": []}
     for _ in range(repeats):
         runs["ours"].append(path_ours(X, y, X_val, regs, tol, max_iter, engine))
-        runs["sklearn"].append(path_theirs(X, y, X_val, regs, tol, max_iter))
+        if not ours_only:
+            runs["sklearn"].append(path_theirs(X, y, X_val, regs, tol, max_iter))
+    if ours_only:
+        points = [{"reg": a["reg"], "ours_iterations": a["iterations"],
+                   "ours_evaluations": a["evaluations"], "ours_s": a["seconds"],
+                   "ours_val_acc": float(np.mean(a["val_predictions"] == y_val))}
+                  for a in runs["ours"][-1]["points"]]
+        return {"shape": shape, "tol": tol, "engine": resolved_engine(engine, classes),
+                "ours_s": statistics.median(r["seconds"] for r in runs["ours"]),
+                "ours_s_all": [r["seconds"] for r in runs["ours"]],
+                "ours_pick": max(points, key=lambda q: q["ours_val_acc"])["reg"],
+                "points": points}
     ours_path, their_path = runs["ours"][-1], runs["sklearn"][-1]
     points = []
     scaler = their_path["scaler"]
@@ -440,6 +456,21 @@ def compare(name, rows, labels, X_test, y_test, reg, tol, max_iter, repeats,
     }
 
 
+def print_ours_path(path: dict) -> None:
+    """--path-ours-only's report: the total seconds, and per point the iterations,
+    evaluations (loss-and-gradient, float32 and float64), seconds and validation accuracy."""
+    points = path["points"]
+    print(f"at the end: {load_line()}\n\nours ({path['engine']}) {path['ours_s']:.2f} s "
+          f"(median; each: {', '.join(f'{t:.2f}' for t in path['ours_s_all'])}); "
+          f"{sum(q['ours_iterations'] for q in points)} iterations, "
+          f"{sum(q['ours_evaluations'] for q in points)} evaluations; validation picks reg "
+          f"{path['ours_pick']:.3g}")
+    print("\n| reg | iterations | evaluations | s | val acc |\n|---|---|---|---|---|")
+    for q in points:
+        print(f"| {q['reg']:.3g} | {q['ours_iterations']} | {q['ours_evaluations']} | "
+              f"{q['ours_s']:.2f} | {100 * q['ours_val_acc']:.2f} |")
+
+
 def load_line() -> str:
     """The load averages over 1, 5 and 15 minutes, as uptime prints them."""
     return "load average " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
@@ -485,6 +516,8 @@ def main() -> None:
                         help="the path's reg values (default 10 from 1e-1 to 1e-4)")
     parser.add_argument("--path-engine", default="auto",
                         choices=["auto", "numpy", "numba", "torch"])
+    parser.add_argument("--path-ours-only", action="store_true",
+                        help="the path of ours alone (before and after a change of ours)")
     args = parser.parse_args()
     if args.engine:
         print(f"one evaluation, {args.eval_shape}, medians of {args.repeats}, "
@@ -506,7 +539,12 @@ def main() -> None:
               f"{len(args.path_regs)} points, {args.repeats} repetitions, {load_line()}",
               flush=True)
         path = compare_paths(args.path_shape, args.path_regs, args.tol, args.max_iter,
-                             args.repeats, args.path_engine)
+                             args.repeats, args.path_engine, args.path_ours_only)
+        if args.path_ours_only:
+            print_ours_path(path)
+            if args.json:
+                Path(args.json).write_text(json.dumps(path, indent=2))
+            return
         print(f"at the end: {load_line()}\n\nours ({path['engine']}) "
               f"{path['ours_s']:.2f} s, scikit-learn {path['sklearn_s']:.2f} s (medians; "
               f"each: {', '.join(f'{t:.2f}' for t in path['ours_s_all'])} / "

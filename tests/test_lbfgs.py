@@ -552,6 +552,127 @@ def test_a_float32_line_search_that_fails_gives_way_to_float64_soon():
     assert asked.count("float32") <= 1 + lbfgs.MAX_LINE_SEARCH_FAST < lbfgs.MAX_LINE_SEARCH
 
 
+def quantised_in_float32(curvature):
+    """A quadratic whose float32 loss is rounded to 3 decimals (float32 rounding,
+    exaggerated): float32 line searches fail near the optimum, after some iterations."""
+    def objective(W, precision):
+        loss = float((curvature * (W - 1) ** 2).sum())
+        return (round(loss, 3) if precision == "float32" else loss), 2 * curvature * (W - 1)
+    return objective
+
+
+def test_a_float32_line_search_that_fails_with_memory_gives_way_at_once():
+    """SciPy, its line search failed with a memory, would start again along the steepest
+    descent (MAX_LINE_SEARCH_FAST more evaluations in float32): float64 takes over at once,
+    from the last iterate the float32 run accepted."""
+    quadratic = quantised_in_float32(np.linspace(1.0, 30.0, 12).reshape(2, 6))
+    asked, accepted = [], []
+
+    def objective(W, precision):
+        asked.append((precision, W.copy()))
+        return quadratic(W, precision)
+
+    def on_iteration(iteration, loss, grad_max, W):
+        accepted.append((len(asked), asked[-1][0], W.copy()))
+
+    result = lbfgs.minimize(objective, np.zeros((2, 6)), 1e-6, 200, on_iteration)
+    assert result.converged and result.grad_max <= 1e-6
+    fast = [(n, W) for n, precision, W in accepted if precision == "float32"]
+    assert len(fast) >= 2  # the failing line search had a memory
+    first64 = next(i for i, (precision, _) in enumerate(asked) if precision == "float64")
+    assert first64 - fast[-1][0] == lbfgs.MAX_LINE_SEARCH_FAST  # the failed tries, no more
+    np.testing.assert_array_equal(asked[first64][1], fast[-1][1])
+
+
+def test_a_float32_line_search_has_all_its_tries_before_giving_way():
+    """Only tries past MAX_LINE_SEARCH_FAST since the last iterate (or the start) give way:
+    here the first float32 line search takes its last try."""
+    asked, accepted = [], []
+
+    def objective(W, precision):  # log 2 cosh: far from quadratic, a long first search
+        asked.append(precision)
+        z = 5.0 * (W - 1)
+        return float(np.logaddexp(z, -z).sum()), 5.0 * np.tanh(z)
+
+    result = lbfgs.minimize(objective, np.full((2, 3), 3.7), 1e-6, 100,
+                            lambda iteration, loss, grad_max, W: accepted.append(len(asked)))
+    assert result.converged
+    assert accepted[0] == 1 + lbfgs.MAX_LINE_SEARCH_FAST and asked[:accepted[0]] == [
+        "float32"] * accepted[0]
+
+
+def test_the_float64_run_keeps_scipys_whole_line_search(monkeypatch):
+    """Only float32 gives way at a failed line search: in float64 SciPy's line search
+    makes all its tries and then starts again along the steepest descent, and the fit goes
+    on to tol. Here the float64 loss rises along every line from the first float64 iterate
+    but the steepest descent, so the line search from there fails."""
+    monkeypatch.setattr(lbfgs, "MAX_LINE_SEARCH", 8)  # 8 tries that do not shrink to nothing
+    curvature = np.linspace(1.0, 30.0, 12).reshape(2, 6)
+    honest = quantised_in_float32(curvature)
+    asked, rising = [], {"from": None, "float64 iterations": 0}
+
+    def objective(W, precision):
+        asked.append(precision)
+        base = rising["from"]
+        if base is not None and precision == "float64":
+            base_loss, base_grad = honest(base, precision)
+            step, slope = float(np.linalg.norm(W - base)), float(np.linalg.norm(base_grad))
+            if step > 0 and -float(((W - base) * base_grad).sum()) < (1 - 1e-9) * step * slope:
+                return base_loss + slope * step, slope * (W - base) / step
+        return honest(W, precision)
+
+    def on_iteration(iteration, loss, grad_max, W):
+        rising["float64 iterations"] += asked[-1] == "float64"
+        rising["from"] = W.copy() if rising["float64 iterations"] == 1 else None
+
+    result = lbfgs.minimize(objective, np.zeros((2, 6)), 1e-6, 200, on_iteration)
+    assert result.converged and result.grad_max <= 1e-6
+    assert asked.count("float64") > 3 + 8  # the start, 2 to the first iterate, 8 tries
+
+
+def test_a_converged_fit_reports_convergence_whatever_ended_the_float32_run():
+    def objective(W, precision):  # float32's gradient uphill and 10 times too large
+        sign = -10.0 if precision == "float32" else 1.0
+        return float(((W - 1) ** 2).sum()), sign * 2 * (W - 1)
+
+    result = lbfgs.minimize(objective, np.full((2, 3), 1 + 1e-7), 1e-6, 100)
+    assert result.converged and result.iterations == 0
+    assert result.message == lbfgs.TOL_MESSAGE  # not the float32 run's "ABNORMAL: "
+
+
+def test_a_fit_that_stops_at_max_iter_says_so_though_float32_met_tol():
+    def objective(W, precision):  # float32's gradient 1,000 times too small
+        scale = 1e-3 if precision == "float32" else 1.0
+        return float(((W - 1) ** 2).sum()), scale * 2 * (W - 1)
+
+    result = lbfgs.minimize(objective, np.zeros((2, 3)), 1.5e-3, 1)
+    assert result.iterations == 1 and not result.converged
+    assert result.message == lbfgs.MAX_ITER_MESSAGE
+
+
+def test_the_iterate_is_not_evaluated_again_and_the_iterates_never_rise():
+    """A line search whose step shrinks below the weights' rounding asks for the iterate
+    again: it is not evaluated again, and what each iteration reports is the point SciPy
+    took (its loss never above the one before)."""
+    curvature = np.random.default_rng(0).uniform(1.0, 30.0, (2, 6))
+    asked, accepted = [], []
+
+    def objective(W, precision):  # noise in the loss: line searches that shrink to nothing
+        digest = hashlib.blake2b(W.tobytes(), digest_size=8).digest()
+        noise = 1e-6 * (int.from_bytes(digest, "little") / 2 ** 64 - 0.5)
+        asked.append((precision, W.tobytes()))
+        return float((curvature * (W - 1) ** 2).sum()) + noise, 2 * curvature * (W - 1)
+
+    def on_iteration(iteration, loss, grad_max, W):
+        accepted.append((asked[-1][0], W.tobytes(), loss))
+
+    lbfgs.minimize(objective, np.zeros((2, 6)), 1e-12, 200, on_iteration)
+    assert len(accepted) > 10
+    assert all(asked.count((precision, W)) == 1 for precision, W, _ in accepted)
+    losses = [loss for *_, loss in accepted]
+    assert all(b <= a for a, b in zip(losses, losses[1:], strict=False))
+
+
 def test_tol_and_max_iter_reach_scipy():
     data, pre, _ = image_problem(n=200, weighted=False)
     config = config_from_dict({"optim": {"solver": "lbfgs", "tol": 1e-2},
@@ -1261,12 +1382,13 @@ def test_the_benchmarks_path_agrees_with_scikit_learns_at_each_point():
     scikit-learn's path is warm-started: its last point takes fewer iterations than a fit
     from zeros (ours is the estimator's own warm start, tested with the estimator)."""
     pytest.importorskip("sklearn")
+    bench = benchmark_script()  # puts scripts/ on the path: benchmark_estimator
     from benchmark_estimator import linear_features
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
     regs = [1e-3, 1e-1, 1e-2]
-    path = benchmark_script().compare_paths("600x6x3", regs, 1e-7, 500, 1, "numpy")
+    path = bench.compare_paths("600x6x3", regs, 1e-7, 500, 1, "numpy")
     X, y = linear_features(n_train=600, n_test=150, dim=6, classes=3)[:2]
     cold_theirs = LogisticRegression(C=1 / (2 * 1e-3 * 600), tol=1e-7).fit(
         StandardScaler().fit_transform(X.astype(np.float64)), y).n_iter_[0]
@@ -1279,6 +1401,11 @@ def test_the_benchmarks_path_agrees_with_scikit_learns_at_each_point():
     assert path["points"][0]["ours_val_acc"] < path["points"][-1]["ours_val_acc"]
     assert path["ours_pick"] in regs and path["sklearn_pick"] in regs
     assert len(path["ours_s_all"]) == len(path["sklearn_s_all"]) == 1
+    alone = bench.compare_paths("600x6x3", regs, 1e-7, 500, 2, "numpy", ours_only=True)
+    assert "sklearn_s" not in alone and len(alone["ours_s_all"]) == 2
+    assert [(q["reg"], q["ours_iterations"]) for q in alone["points"]] == [
+        (q["reg"], q["ours_iterations"]) for q in path["points"]]
+    assert all(q["ours_evaluations"] > q["ours_iterations"] for q in alone["points"])
 
 
 def test_each_iteration_reports_the_weights_of_the_iterate_it_accepted():

@@ -88,7 +88,14 @@ class _StartMeetsTol(Exception):
     """The first point of a run already meets the tolerance: no iteration to make."""
 
 
+class _FastLineSearchFailed(Exception):
+    """A float32 line search found no acceptable point: the float64 run takes over from the
+    last accepted iterate."""
+
+
 TOL_MESSAGE = "CONVERGENCE: GRADIENT MAX-NORM <= OPTIM.TOL"
+FAST_FAILED_MESSAGE = "ABNORMAL: THE FLOAT32 LINE SEARCH FAILED"
+MAX_ITER_MESSAGE = "STOP: TOTAL NO. OF ITERATIONS REACHED LIMIT"  # SciPy's words
 
 
 def minimize(objective: Callable[[np.ndarray, str], tuple[float, np.ndarray]],
@@ -104,41 +111,66 @@ def minimize(objective: Callable[[np.ndarray, str], tuple[float, np.ndarray]],
     iteration and at the start.
 
     The products run in FAST_PRECISION until that run stops (tolerance reached in float32,
-    or the line search meeting float32's rounding in the loss), then L-BFGS continues from
-    there in float64 until the float64 gradient's max-norm is at most `tol` (or max_iter
-    iterations in all). on_iteration(iteration, loss, grad max-norm, W (C, D) float64) after
-    each iteration, with the iterate it accepted (what an interrupted run keeps).
+    or its first line search that fails: float32 rounding in the loss), then L-BFGS continues
+    in float64 from the last iterate the float32 run accepted, until the float64 gradient's
+    max-norm is at most `tol` (or max_iter iterations in all); the float64 run keeps SciPy's
+    whole line search, its restart along the steepest descent included. on_iteration(
+    iteration, loss, grad max-norm, W (C, D) float64) after each iteration, with the iterate
+    it accepted (what an interrupted run keeps). The result's message says what ended the
+    fit: TOL_MESSAGE when it converged.
     """
     optimize = require_scipy()
     shape = W0.shape
     to_weights = (lambda V: V) if precondition is None else precondition.weights
     to_gradient = (lambda G: G) if precondition is None else precondition.gradient
     done = {"iterations": 0, "evaluations": 0}
-    last: dict = {}
+    last: dict = {}  # the last point evaluated
+    kept: dict = {}  # the run's last accepted iterate (or its start), where it may end
 
     def evaluate(V: np.ndarray, precision: str) -> tuple[float, np.ndarray]:
         """The loss and W's gradient at V, remembered: a run's first point is the previous
-        run's last, evaluated once."""
-        if last.get("precision") == precision and np.array_equal(last["V"], V):
-            return last["loss"], last["grad"]
+        run's last, and a line search's step too short to move (SciPy asks for the iterate
+        again), evaluated once."""
+        for seen in (last, kept):
+            if seen.get("precision") == precision and np.array_equal(seen["V"], V):
+                last.update(seen)
+                return seen["loss"], seen["grad"]
         loss, grad = objective(to_weights(V), precision)
         done["evaluations"] += 1
         last.update(V=V.copy(), precision=precision, loss=loss, grad=grad)
         return loss, grad
 
     def run(start: np.ndarray, precision: str, iterations_left: int) -> tuple[np.ndarray, str]:
-        """L-BFGS-B from the variables `start` (C, D): (its last iterate, SciPy's message)."""
+        """L-BFGS-B from the variables `start` (C, D): (its last accepted iterate, SciPy's
+        message or FAST_FAILED_MESSAGE)."""
+        line_search = MAX_LINE_SEARCH if precision == "float64" else MAX_LINE_SEARCH_FAST
+        fast = precision != "float64"
         calls = [0]
+        tries = [0]  # evaluations since the last accepted iterate (or the start)
 
         def fun(flat: np.ndarray) -> tuple[float, np.ndarray]:
+            # SciPy evaluates at most maxls points per line search and restores the last
+            # iterate when none will do; with a memory it then starts again along the
+            # steepest descent. A point past maxls is that restart: in float32 the failure is
+            # float32's rounding in the loss, and the float64 run takes over at once. (A
+            # point asked twice in a row reaches no fun, SciPy's cache answers: uncounted,
+            # the restart is then caught a try later.)
+            if fast and tries[0] >= line_search:
+                raise _FastLineSearchFailed
             loss, grad = evaluate(flat.reshape(shape), precision)
             calls[0] += 1
-            if calls[0] == 1 and float(np.abs(grad).max()) <= tol:
-                raise _StartMeetsTol
+            if calls[0] == 1:
+                kept.update(last)
+                if float(np.abs(grad).max()) <= tol:
+                    raise _StartMeetsTol
+            else:
+                tries[0] += 1
             return loss, to_gradient(grad).ravel()
 
         def callback(intermediate_result) -> None:
-            done["iterations"] += 1  # the iterate is the last point evaluated: its loss
+            tries[0] = 0  # the iterate is the last point evaluated: its loss
+            kept.update(last)
+            done["iterations"] += 1
             grad_max = float(np.abs(last["grad"]).max())
             if on_iteration is not None:
                 on_iteration(done["iterations"], last["loss"], grad_max,
@@ -146,7 +178,6 @@ def minimize(objective: Callable[[np.ndarray, str], tuple[float, np.ndarray]],
             if grad_max <= tol:
                 raise StopIteration
 
-        line_search = MAX_LINE_SEARCH if precision == "float64" else MAX_LINE_SEARCH_FAST
         try:
             found = optimize.minimize(
                 fun, start.ravel(), method="L-BFGS-B", jac=True, callback=callback,
@@ -157,6 +188,8 @@ def minimize(objective: Callable[[np.ndarray, str], tuple[float, np.ndarray]],
                          "maxfun": max(15000, (iterations_left + 1) * (line_search + 1))})
         except _StartMeetsTol:
             return start, TOL_MESSAGE
+        except _FastLineSearchFailed:
+            return kept["V"], FAST_FAILED_MESSAGE
         message = str(found.message)
         return found.x.reshape(shape), TOL_MESSAGE if "StopIteration" in message else message
 
@@ -177,6 +210,10 @@ def minimize(objective: Callable[[np.ndarray, str], tuple[float, np.ndarray]],
             loss, grad = evaluate(V, "float64")
         grad_max = float(np.abs(grad).max())
         W = np.ascontiguousarray(to_weights(V))
+    if grad_max <= tol:  # the float32 run's own ending is not the fit's
+        message = TOL_MESSAGE
+    elif done["iterations"] >= max_iter:
+        message = MAX_ITER_MESSAGE
     return LbfgsResult(W, done["iterations"], done["evaluations"], float(loss), grad_max,
                        grad_max <= tol, message)
 
