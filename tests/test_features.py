@@ -476,6 +476,17 @@ def test_the_last_line_counts_epochs_in_the_singular_or_plural(tmp_path, epochs,
     assert said in result.stdout.splitlines()[-1]
 
 
+def test_the_lbfgs_last_line_counts_one_iteration_in_the_singular(tmp_path):
+    pytest.importorskip("scipy")
+    X, y = linear_data(n=300)
+    np.savez(tmp_path / "train.npz", X=X, y=y)
+    config = write_config(tmp_path, train=str(tmp_path / "train.npz"))
+    result = run("softmax-train", "--config", str(config), "--quiet", "--no-plots",
+                 "--set", "optim.solver=lbfgs", "--set", "optim.max_iter=1")
+    assert result.returncode == 0, result.stderr
+    assert "; 1 iteration, loss " in result.stdout.splitlines()[-1], result.stdout
+
+
 def test_softmax_train_prints_the_pictures_then_its_one_line(tmp_path):
     """commands.md: the pictures it drew, then the line of the test accuracy, the best epoch
     and its val accuracy, the epochs run and the run folder."""

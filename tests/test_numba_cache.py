@@ -152,3 +152,33 @@ def test_a_sweep_of_two_workers_says_it_compiles_once(tmp_path):
                             env=environment, cwd=tmp_path, timeout=COMPILE_TIMEOUT)
     assert result.returncode == 0, result.stderr
     assert result.stderr.count(COMPILING) == 1, result.stderr
+
+
+
+@pytest.mark.parametrize("overrides, disabled, compiles", [
+    (["engine=numba"], False, True), (["engine=auto"], False, True),  # auto picks numba here
+    (["engine=numba"], True, False),
+    (["engine=numba", "optim.solver=lbfgs", "optim.early_stopping.patience=null"], False, False)])
+def test_a_sweep_compiles_before_its_workers_only_where_they_can_load_the_cache(
+        tmp_path, monkeypatch, overrides, disabled, compiles):
+    """The sweep's own process compiles the SGD kernels for its workers to load from the
+    cache; not with no writable cache folder (each worker compiles in memory anyway: a
+    compile first would only delay them), nor for L-BFGS (its own kernel)."""
+    import dataclasses
+
+    import softmax_cls.engines as engines
+    import softmax_cls.engines.numba_engine as numba_engine
+    from softmax_cls.config import load_config
+    from softmax_cls.sweep import driver
+
+    X, y = linear_data(n=300, d=4)
+    np.savez(tmp_path / "train.npz", X=X, y=y)
+    config = load_config(write_config(tmp_path, train=str(tmp_path / "train.npz")), overrides)
+    driver.prepare_cache(tmp_path, config, progress=False)
+    prepared = []
+    monkeypatch.setattr(numba_engine, "ENGINE", dataclasses.replace(
+        numba_engine.ENGINE, prepare_function=prepared.append))
+    monkeypatch.setattr(numba_engine.cache, "caching_disabled", lambda: disabled)
+    monkeypatch.setattr(engines, "auto_engine_name", lambda *args, **kwargs: "numba")
+    driver._compile_before_workers(config, tmp_path / "cache")
+    assert bool(prepared) is compiles

@@ -639,3 +639,7 @@ def test_skip_unreadable_names_as_many_as_its_help_says(trained, tmp_path):
     helped = " ".join(run("softmax-predict", "--help").stdout.split())
     assert f"names the first {SKIPPED_NAMED}." in helped
     assert "the first such file ends the command with an error" in helped
+    row = next(line for line in (Path(__file__).resolve().parents[1] / "docs" / "commands.md")
+               .read_text().splitlines() if line.startswith("| `--skip-unreadable`"))
+    words = {"two": 2, "three": 3, "four": 4, "five": 5}
+    assert words[re.search(r"name the first (\w+)", row).group(1)] == SKIPPED_NAMED, row

@@ -247,7 +247,8 @@ def _compile_before_workers(config: Config, cache_dir: Path) -> None:
     """Compile the numba engine's training kernels here, once, before the local workers
     start, when the base config trains with it: each worker process would else compile them
     at the same moment as the others and say so, once per worker; they load them from numba's
-    disk cache instead. Picks the engine as a trial does (within worker_threads)."""
+    disk cache instead. Picks the engine as a trial does (within worker_threads). Not where
+    numba has no writable cache folder: each worker compiles in memory anyway."""
     if config.optim.solver != "sgd" or config.engine not in ("auto", "numba"):
         return
     from ..engines import get_engine
@@ -257,7 +258,10 @@ def _compile_before_workers(config: Config, cache_dir: Path) -> None:
     engine = get_engine(config.engine, config.device, len(data.class_names),
                         config.augment.active, data.rows)
     if engine.name == "numba":
-        engine.prepare(data.rows.dtype)
+        from ..engines.numba_engine import cache
+
+        if not cache.caching_disabled():
+            engine.prepare(data.rows.dtype)
 
 
 def _warn_line(line: str) -> None:
