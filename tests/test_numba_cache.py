@@ -133,17 +133,21 @@ def test_a_kernel_recompiles_when_only_a_helper_in_another_module_changes(tmp_pa
 
 
 @pytest.mark.slow  # the kernels compile once (15-60 s), then two workers load them
-def test_a_sweep_of_two_workers_says_it_compiles_once(tmp_path):
+@pytest.mark.parametrize("solver", ["optim.epochs: 1", "optim.solver: lbfgs"])
+def test_a_sweep_of_two_workers_says_it_compiles_once(tmp_path, solver):
     """The sweep compiles the kernels before its workers start; each worker compiled them
-    itself, at the same moment, and said so: the line came once per worker."""
+    itself, at the same moment, and said so: the line came once per worker (L-BFGS's
+    full-batch kernel too, after SGD's were compiled up front)."""
     pytest.importorskip("optuna")
+    if "lbfgs" in solver:
+        pytest.importorskip("scipy")
     from softmax_cls.engines.numba_engine import COMPILING
 
     X, y = linear_data(n=300, d=4)
     np.savez(tmp_path / "train.npz", X=X, y=y)
     write_config(tmp_path, train=str(tmp_path / "train.npz"))
     (tmp_path / "s.yaml").write_text(
-        "base: probe.yaml\nset: {engine: numba, optim.epochs: 1, output.plots: false}\n"
+        f"base: probe.yaml\nset: {{engine: numba, {solver}, output.plots: false}}\n"
         "sampler: grid\nspace: {seed: {grid: [0, 1]}}\n")
     environment = {**os.environ, "PYTHONUNBUFFERED": "1",
                    "NUMBA_CACHE_DIR": str(tmp_path / "numba")}
