@@ -13,6 +13,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -430,6 +431,23 @@ def test_a_named_pipe_or_device_is_refused_not_waited_on(trained, tmp_path):
     for path in (str(tmp_path / "pipe.png"), "/dev/zero"):
         result = run("softmax-predict", str(trained["checkpoint"]), path, timeout=30)
         assert_one_line_error(result, 1, f"{path} is not a regular file")
+
+
+@pytest.mark.parametrize("kind", ["trained", "probe"])
+def test_the_python_api_refuses_a_pipe_path_without_opening_it(trained, probe, tmp_path, kind):
+    """Model.predict on a pipe's path said "no such image file" (it exists), or opened it
+    and waited for a writer for ever (a probe's feature file)."""
+    fifo = tmp_path / ("pipe.png" if kind == "trained" else "pipe_X.npy")
+    os.mkfifo(fifo)
+    # a writer after 5 s frees a reader that opened the pipe (the defect): a failure, no hang
+    writer = threading.Timer(5, lambda: open(fifo, "wb").close())
+    writer.daemon = True
+    writer.start()
+    model = Model.load({"trained": trained, "probe": probe}[kind]["checkpoint"])
+    with pytest.raises((InputError, DataError), match=f"{fifo}: not a regular file"):
+        model.predict(str(fifo))
+    writer.cancel()
+    os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))  # frees a writer already waiting
 
 
 def tiff_with_a_tag_past_the_end(compression: int) -> bytes:
