@@ -271,9 +271,45 @@ def engine_evaluations(engines: list[str], shape: str, device: str, repeats: int
 
 
 def parse_shape(shape: str) -> tuple[int, int, int]:
-    """ROWSxFEATURESxCLASSES as three ints."""
-    n, p, classes = (int(part) for part in shape.lower().split("x"))
+    """ROWSxFEATURESxCLASSES as three ints (rows and features >= 1, classes >= 2); ValueError
+    saying what is wrong otherwise."""
+    parts = shape.lower().split("x")
+    if len(parts) != 3 or not all(part.strip().isdigit() for part in parts):
+        raise ValueError(f"expected ROWSxFEATURESxCLASSES like 20000x512x100, got {shape!r}")
+    n, p, classes = (int(part) for part in parts)
+    if n < 1 or p < 1 or classes < 2:
+        raise ValueError(f"{shape!r}: needs at least 1 row, 1 feature and 2 classes")
     return n, p, classes
+
+
+def shape_argument(shape: str) -> str:
+    """An argparse type: `shape` as given, once parse_shape accepts it."""
+    try:
+        parse_shape(shape)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return shape
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a finite float > 0 (a reg: scikit-learn's C = 1 / (2 reg N))."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def json_path(text: str) -> str:
+    """An argparse type: a file path whose folder exists (checked before any timing)."""
+    folder = Path(text).parent
+    if not folder.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: folder {folder} does not exist")
+    if Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder; name a file to write")
+    return text
 
 
 def resolved_engine(name: str, classes: int) -> str:
@@ -489,7 +525,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--precondition", choices=["on", "off"], default="on",
                         help="ours with optim.precondition true (default) or false")
-    parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--json", type=json_path, help="write the results here")
     parser.add_argument("--ours-engine", action="append",
                         choices=["auto", "numpy", "numba", "torch"],
                         help="the engine of our fit and its one-evaluation times (default "
@@ -498,7 +534,7 @@ def main() -> None:
                              "(their seconds in the JSON line, other_engines_s_all)")
     parser.add_argument("--engine", action="append", choices=["numpy", "numba", "torch"],
                         help="only time one evaluation of this engine (repeatable)")
-    parser.add_argument("--eval-shape", default="20000x512x100",
+    parser.add_argument("--eval-shape", default="20000x512x100", type=shape_argument,
                         help="ROWSxFEATURESxCLASSES of --engine's evaluations")
     parser.add_argument("--device", default="auto", help="the torch engine's device")
     parser.add_argument("--row-dtype", action="append", choices=["float32", "float16"],
@@ -508,10 +544,10 @@ def main() -> None:
     parser.add_argument("--baseline", action="append", choices=["torch", "sklearn"],
                         help="with --engine: also time the same evaluation in plain PyTorch "
                              "on the CPU, or scikit-learn's (repeatable)")
-    parser.add_argument("--path-shape",
+    parser.add_argument("--path-shape", type=shape_argument,
                         help="only the regularisation path, ours against scikit-learn's, on "
                              "synthetic features of ROWSxFEATURESxCLASSES")
-    parser.add_argument("--path-regs", type=float, nargs="+",
+    parser.add_argument("--path-regs", type=positive_float, nargs="+",
                         default=list(np.geomspace(1e-1, 1e-4, 10)),
                         help="the path's reg values (default 10 from 1e-1 to 1e-4)")
     parser.add_argument("--path-engine", default="auto",

@@ -378,6 +378,18 @@ class SoftmaxClassifier(ClassifierMixin, BaseEstimator):
             raise ValueError(f"sample weights must be >= 0 (with class_weight multiplied in): "
                              f"row {row} has {checked[row]:g}; a negative weight rewards "
                              "misclassifying its row, and the loss has no minimum")
+        with np.errstate(over="ignore"):
+            as_trained = checked.astype(np.float32)  # training's weights are float32
+        if not np.isfinite(as_trained).all():
+            row = int(np.argmax(~np.isfinite(as_trained)))
+            raise ValueError(f"sample weights must be finite and representable in float32 "
+                             f"(at most {np.finfo(np.float32).max:.4g}, with class_weight "
+                             f"multiplied in): row {row} has {checked[row]:g}")
+        if not (as_trained > 0).any():
+            raise ValueError("sample weights must have at least one positive weight in "
+                             "float32 (with class_weight multiplied in): all are 0 or round to "
+                             f"0 (the smallest positive float32 is "
+                             f"{np.finfo(np.float32).smallest_subnormal:.4g})")
         return checked
 
     def _model_state(self) -> TrainState:

@@ -240,6 +240,24 @@ def file_md5(path: str | os.PathLike, progress: bool = False) -> str:
     return digest.hexdigest()
 
 
+NOT_REGULAR = "not a regular file (a pipe, a device or a socket)"
+
+
+def file_problem(path: str | os.PathLike) -> str | None:
+    """Why `path` cannot be read as a regular file, from a stat alone (a link is followed;
+    nothing is opened, so a pipe never blocks): "not found", "a folder", NOT_REGULAR, or
+    the OS's reason; None for a regular file."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return "not found"
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    if stat.S_ISDIR(info.st_mode):
+        return "a folder"
+    return None if stat.S_ISREG(info.st_mode) else NOT_REGULAR
+
+
 class FileTooLarge(OSError):
     """A file larger than the reader's cap; nothing of it was read."""
 

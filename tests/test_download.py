@@ -280,6 +280,33 @@ def test_softmax_download_fails_fast_with_no_server(tmp_path):
     assert time.monotonic() - started < 10  # was 31 s of backoff
 
 
+@pytest.mark.parametrize("how", ["refused", "404"])
+def test_a_failed_download_leaves_no_empty_progress_bar_above_its_error(serve, tmp_path, how):
+    """softmax-eval --download and softmax-download (not --quiet) drew an empty bar per attempt
+    (`cifar-10-binary.tar.gz: 0.00B [00:00, ?B/s]`) before the error: stderr is the error."""
+    from cli_util import assert_one_line_error, run
+    from test_hostile import train, write_config
+
+    if how == "404":
+        url = serve({}).url_for("/cifar-10-binary.tar.gz")  # every path is 404
+    else:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            url = f"http://127.0.0.1:{probe.getsockname()[1]}/cifar-10-binary.tar.gz"
+    needle = "HTTP 404" if how == "404" else "refused"
+    config = write_config(tmp_path / "c.yaml")
+    assert train("--config", str(config), "--out", str(tmp_path / "run"), "-q", "--set",
+                 f"data.url={url}", "--set", "optim.epochs=1", n_train=600).returncode == 0
+    result = run("softmax-eval", str(tmp_path / "run" / "best.npz"), "--root",
+                 str(tmp_path / "data"), "--download", timeout=60)
+    assert_one_line_error(result, 1, needle)
+    assert result.stderr.startswith("error: "), repr(result.stderr)
+    result = run("softmax-download", "--root", str(tmp_path / "data"), "--url", url, timeout=60)
+    assert_one_line_error(result, 1, needle)
+    assert result.stderr.startswith("error: "), repr(result.stderr)
+    assert not (tmp_path / "data").exists()
+
+
 @pytest.mark.parametrize("how", ["no server", "not an archive"])
 def test_a_failed_softmax_download_leaves_no_folder_it_created(tmp_path, how):
     """A new --root (and its missing parents) is removed when the command fails, as a failed

@@ -198,6 +198,32 @@ def test_negative_row_weights_are_refused_before_training(method, weights):
     SoftmaxClassifier(epochs=2, random_state=0, engine="numpy").fit(X, y, sample_weight=zero)
 
 
+@pytest.mark.parametrize("method, solver", [("fit", "sgd"), ("fit", "lbfgs"),
+                                            ("partial_fit", "sgd")])
+@pytest.mark.parametrize("row_4, others, class_weight, message", [
+    (1e39, 1.0, None, r"finite and representable in float32 .*: row 4 has 1e\+39"),
+    (1e30, 1e30, {0: 1.0, 1: 1e10, 2: 1.0},
+     r"finite and representable in float32 .*: row \d+ has 1e\+40"),
+    (1e-46, 1e-46, None, r"at least one positive weight in float32"),
+])
+def test_row_weights_float32_cannot_hold_are_refused_before_training(
+        method, solver, row_4, others, class_weight, message):
+    """Training's weights are float32: 1e39 became inf ("training diverged ... lower lr", the
+    wrong cause) and weights that all round to 0 fitted nothing, without a word."""
+    X, y = blobs()
+    model = SoftmaxClassifier(epochs=2, max_iter=5, random_state=0, engine="numpy",
+                              solver=solver, class_weight=class_weight)
+    extra = {"classes": [0, 1, 2]} if method == "partial_fit" else {}
+    with pytest.raises(ValueError, match=message):
+        getattr(model, method)(X, y, sample_weight=np.where(np.arange(len(y)) == 4, row_4,
+                                                            others), **extra)
+    assert not hasattr(model, "coef_")
+    # the edges pass: the largest float32, and the smallest positive one alone
+    for edge in (float(np.finfo(np.float32).max), float(np.finfo(np.float32).smallest_subnormal)):
+        model._effective_sample_weight(X, y, np.arange(3), np.where(np.arange(len(y)) == 4,
+                                                                    edge, 0.0))
+
+
 def test_partial_fit_once_is_one_epoch_of_fit():
     X, y = blobs()
     one = SoftmaxClassifier(epochs=1, schedule="constant", random_state=4).fit(X, y)

@@ -1317,6 +1317,30 @@ def benchmark_script():
     return benchmark_lbfgs
 
 
+@pytest.mark.parametrize("args, needle", [
+    (["--engine", "numpy", "--eval-shape", "10x4"], "argument --eval-shape: expected ROWS"),
+    (["--engine", "numpy", "--eval-shape", "axbxc"], "argument --eval-shape: expected ROWS"),
+    (["--engine", "numpy", "--eval-shape", "0x4x3"], "argument --eval-shape: '0x4x3': needs"),
+    (["--engine", "numpy", "--eval-shape", "10x4x1"], "needs at least 1 row, 1 feature and 2"),
+    (["--path-shape", "20x3x3", "--path-regs", "0.1", "-0.001"],
+     "argument --path-regs: must be a finite number > 0, got -0.001"),
+    (["--path-shape", "20x3x3", "--path-regs", "0"], "argument --path-regs: must be"),
+    (["--engine", "numpy", "--eval-shape", "10x4x3", "--json", "{tmp}/missing/t.json"],
+     "argument --json: {tmp}/missing/t.json: folder {tmp}/missing does not exist"),
+])
+def test_the_benchmarks_bad_arguments_are_usage_errors(tmp_path, args, needle):
+    """A bad shape, reg or --json folder was a traceback, the last after the whole timing."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "benchmark_lbfgs.py"
+    result = subprocess.run([sys.executable, str(script),
+                             *(a.format(tmp=tmp_path) for a in args)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    last = result.stderr.splitlines()[-1]
+    assert last.startswith("benchmark_lbfgs.py: error: "), result.stderr
+    assert needle.format(tmp=tmp_path) in last, last
+    assert result.stdout == ""
+
+
 def test_the_benchmark_times_its_calls_interleaved_and_gives_medians():
     """scripts/benchmark_lbfgs.py's one timing loop: one call of each per round (a load
     change hits every call alike), the median of each call's times."""

@@ -133,17 +133,21 @@ def test_a_kernel_recompiles_when_only_a_helper_in_another_module_changes(tmp_pa
 
 
 @pytest.mark.slow  # the kernels compile once (15-60 s), then two workers load them
-def test_a_sweep_of_two_workers_says_it_compiles_once(tmp_path):
+@pytest.mark.parametrize("solver", ["optim.epochs: 1", "optim.solver: lbfgs"])
+def test_a_sweep_of_two_workers_says_it_compiles_once(tmp_path, solver):
     """The sweep compiles the kernels before its workers start; each worker compiled them
-    itself, at the same moment, and said so: the line came once per worker."""
+    itself, at the same moment, and said so: the line came once per worker (L-BFGS's
+    full-batch kernel too, after SGD's were compiled up front)."""
     pytest.importorskip("optuna")
+    if "lbfgs" in solver:
+        pytest.importorskip("scipy")
     from softmax_cls.engines.numba_engine import COMPILING
 
     X, y = linear_data(n=300, d=4)
     np.savez(tmp_path / "train.npz", X=X, y=y)
     write_config(tmp_path, train=str(tmp_path / "train.npz"))
     (tmp_path / "s.yaml").write_text(
-        "base: probe.yaml\nset: {engine: numba, optim.epochs: 1, output.plots: false}\n"
+        f"base: probe.yaml\nset: {{engine: numba, {solver}, output.plots: false}}\n"
         "sampler: grid\nspace: {seed: {grid: [0, 1]}}\n")
     environment = {**os.environ, "PYTHONUNBUFFERED": "1",
                    "NUMBA_CACHE_DIR": str(tmp_path / "numba")}
@@ -155,15 +159,20 @@ def test_a_sweep_of_two_workers_says_it_compiles_once(tmp_path):
 
 
 
-@pytest.mark.parametrize("overrides, disabled, compiles", [
-    (["engine=numba"], False, True), (["engine=auto"], False, True),  # auto picks numba here
-    (["engine=numba"], True, False),
-    (["engine=numba", "optim.solver=lbfgs", "optim.early_stopping.patience=null"], False, False)])
+LBFGS = ["optim.solver=lbfgs", "optim.early_stopping.patience=null"]
+
+
+@pytest.mark.parametrize("overrides, disabled, compiled", [
+    (["engine=numba"], False, "sgd"), (["engine=auto"], False, "sgd"),  # auto picks numba
+    (["engine=numba"], True, None),
+    (["engine=numba", *LBFGS], False, "lbfgs"), (["engine=auto", *LBFGS], False, "lbfgs"),
+    (["engine=numba", *LBFGS], True, None)])
 def test_a_sweep_compiles_before_its_workers_only_where_they_can_load_the_cache(
-        tmp_path, monkeypatch, overrides, disabled, compiles):
-    """The sweep's own process compiles the SGD kernels for its workers to load from the
-    cache; not with no writable cache folder (each worker compiles in memory anyway: a
-    compile first would only delay them), nor for L-BFGS (its own kernel)."""
+        tmp_path, monkeypatch, overrides, disabled, compiled):
+    """The sweep's own process compiles the kernels its workers will use (SGD's training
+    kernels, or L-BFGS's full-batch one) for them to load from the cache; not with no
+    writable cache folder (each worker compiles in memory anyway: a compile first would only
+    delay them)."""
     import dataclasses
 
     import softmax_cls.engines as engines
@@ -175,10 +184,13 @@ def test_a_sweep_compiles_before_its_workers_only_where_they_can_load_the_cache(
     np.savez(tmp_path / "train.npz", X=X, y=y)
     config = load_config(write_config(tmp_path, train=str(tmp_path / "train.npz")), overrides)
     driver.prepare_cache(tmp_path, config, progress=False)
-    prepared = []
+    prepared = {"sgd": [], "lbfgs": []}
     monkeypatch.setattr(numba_engine, "ENGINE", dataclasses.replace(
-        numba_engine.ENGINE, prepare_function=prepared.append))
+        numba_engine.ENGINE, prepare_function=prepared["sgd"].append))
+    monkeypatch.setattr(numba_engine, "prepare_full",
+                        lambda *args: prepared["lbfgs"].append(args))
     monkeypatch.setattr(numba_engine.cache, "caching_disabled", lambda: disabled)
     monkeypatch.setattr(engines, "auto_engine_name", lambda *args, **kwargs: "numba")
     driver._compile_before_workers(config, tmp_path / "cache")
-    assert bool(prepared) is compiles
+    assert [kind for kind, calls in prepared.items() if calls] == (
+        [compiled] if compiled else [])

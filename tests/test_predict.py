@@ -13,6 +13,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -432,6 +433,23 @@ def test_a_named_pipe_or_device_is_refused_not_waited_on(trained, tmp_path):
         assert_one_line_error(result, 1, f"{path} is not a regular file")
 
 
+@pytest.mark.parametrize("kind", ["trained", "probe"])
+def test_the_python_api_refuses_a_pipe_path_without_opening_it(trained, probe, tmp_path, kind):
+    """Model.predict on a pipe's path said "no such image file" (it exists), or opened it
+    and waited for a writer for ever (a probe's feature file)."""
+    fifo = tmp_path / ("pipe.png" if kind == "trained" else "pipe_X.npy")
+    os.mkfifo(fifo)
+    # a writer after 5 s frees a reader that opened the pipe (the defect): a failure, no hang
+    writer = threading.Timer(5, lambda: open(fifo, "wb").close())
+    writer.daemon = True
+    writer.start()
+    model = Model.load({"trained": trained, "probe": probe}[kind]["checkpoint"])
+    with pytest.raises((InputError, DataError), match=f"{fifo}: not a regular file"):
+        model.predict(str(fifo))
+    writer.cancel()
+    os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))  # frees a writer already waiting
+
+
 def tiff_with_a_tag_past_the_end(compression: int) -> bytes:
     """A 2 x 2 grey TIFF whose Software tag says its text lies past the end of the file (Pillow
     warns while it opens it), compressed by `compression` (99: a scheme that does not exist)."""
@@ -494,7 +512,8 @@ def test_a_dangling_link_or_a_pipe_in_a_folder_is_unreadable_not_left_out(traine
         f"{folder / 'd_pipe.png'}"]
     result = run("softmax-predict", str(trained["checkpoint"]), str(folder / "d_pipe.png"),
                  str(folder / "b_good.png"), "--skip-unreadable", timeout=30)
-    assert result.returncode == 1 and "is not a regular file" in result.stderr
+    # named on the command line it is refused, skipping or not, in one line and at once
+    assert_one_line_error(result, 1, f"{folder / 'd_pipe.png'} is not a regular file")
     # a link to the pipe leads somewhere: not a regular file, not "a link to nothing"
     linked = tmp_path / "linked"
     linked.mkdir()

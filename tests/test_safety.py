@@ -513,6 +513,44 @@ def test_a_fifo_given_as_sweep_file_is_refused_at_once(tmp_path):
     assert_one_line_error(result, 2, str(fifo), "not a regular file")
 
 
+def test_a_fifo_given_as_sweep_base_is_refused_not_called_missing(tmp_path):
+    os.mkfifo(tmp_path / "base.yaml")
+    (tmp_path / "s.yaml").write_text("base: base.yaml\nspace:\n  optim.lr: [0.1]\n")
+    result = run("softmax-sweep", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "sweep"),
+                 timeout=30)
+    assert_one_line_error(result, 2, str(tmp_path / "base.yaml"), "not a regular file")
+
+
+@pytest.mark.parametrize("role", ["train", "test", "labels"])
+def test_a_fifo_given_as_feature_file_is_refused_not_opened(tmp_path, role):
+    """A pipe is no missing file, and opening it would wait for a writer for ever."""
+    config = features_config(tmp_path)
+    raw = yaml.safe_load(config.read_text())
+    fifo = tmp_path / ("y.npy" if role == "labels" else "pipe_X.npy")
+    if role == "labels":
+        fifo.unlink()
+    else:
+        raw["data"][role] = str(fifo)
+    os.mkfifo(fifo)
+    config.write_text(yaml.safe_dump(raw))
+    result = run("softmax-train", "--config", str(config), "--quiet", timeout=30)
+    line = assert_one_line_error(result, 1, str(fifo), "not a regular file")
+    assert "not found" not in line and "missing" not in line
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("command", [("softmax-eval",), ("softmax-predict", "X.npy"),
+                                     ("softmax-train", "--resume")])
+def test_a_fifo_given_as_checkpoint_is_refused_not_opened(tmp_path, command):
+    fifo = tmp_path / "best.npz"
+    os.mkfifo(fifo)
+    np.save(tmp_path / "X.npy", np.zeros((2, 3), np.float32))
+    args = ([command[0], "--resume", str(fifo)] if command[-1] == "--resume"
+            else [command[0], str(fifo), *command[1:]])
+    result = run(*args, cwd=tmp_path, timeout=30)
+    assert_one_line_error(result, 1, f"checkpoint {fifo} is not a regular file")
+
+
 def test_an_init_std_whose_weights_overflow_float32_names_the_key(tmp_path):
     result = run("softmax-train", "--config", str(features_config(tmp_path)), "--quiet",
                  "--set", "model.init_std=1e300")

@@ -89,15 +89,8 @@ def download_file(
     part = dest.with_name(dest.name + ".part")
     own_session = session is None
     session = session if session is not None else requests.Session()
-    bar = tqdm(
-        total=expected_size,
-        desc=dest.name,
-        unit="B",
-        unit_scale=True,
-        unit_divisor=1024,
-        file=sys.stderr,
-        disable=not progress,
-    )
+    bar = _LazyBar(desc=dest.name, unit="B", unit_scale=True, unit_divisor=1024,
+                   file=sys.stderr, disable=not progress)
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         fetch = functools.partial(
@@ -116,6 +109,28 @@ def download_file(
         if own_session:
             session.close()
     return dest
+
+
+class _LazyBar:
+    """A tqdm bar drawn from its first reset (a reply whose body is about to be written), so a
+    download that fails before any reply leaves no empty bar above its error line."""
+
+    def __init__(self, **options):
+        self._options = options
+        self._bar: tqdm | None = None
+
+    def reset(self, total: int | None) -> None:
+        if self._bar is None:
+            self._bar = tqdm(total=total, **self._options)
+        else:
+            self._bar.reset(total=total)
+
+    def update(self, n: int) -> None:
+        self._bar.update(n)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
 
 
 def _check_url(url: str) -> None:

@@ -244,24 +244,36 @@ def _run_sweep(sweep_path, trials, workers, folder: Path, dask, storage, study_n
 
 
 def _compile_before_workers(config: Config, cache_dir: Path) -> None:
-    """Compile the numba engine's training kernels here, once, before the local workers
-    start, when the base config trains with it: each worker process would else compile them
-    at the same moment as the others and say so, once per worker; they load them from numba's
-    disk cache instead. Picks the engine as a trial does (within worker_threads). Not where
-    numba has no writable cache folder: each worker compiles in memory anyway."""
-    if config.optim.solver != "sgd" or config.engine not in ("auto", "numba"):
+    """Compile the numba engine's kernels here, once, before the local workers start, when
+    the base config trains with it: SGD's training kernels, or L-BFGS's full-batch one. Each
+    worker process would else compile them at the same moment as the others and say so, once
+    per worker; they load them from numba's disk cache instead. Picks the engine as a trial
+    does (within worker_threads): fit, or fit_lbfgs. Not where numba has no writable cache
+    folder: each worker compiles in memory anyway."""
+    if config.engine not in ("auto", "numba"):
         return
     from ..engines import get_engine
     from .worker import open_cache
 
     data = open_cache(cache_dir)
-    engine = get_engine(config.engine, config.device, len(data.class_names),
-                        config.augment.active, data.rows)
-    if engine.name == "numba":
-        from ..engines.numba_engine import cache
+    n_classes = len(data.class_names)
+    if config.optim.solver == "lbfgs":
+        engine = get_engine(config.engine, config.device, n_classes)
+    else:
+        engine = get_engine(config.engine, config.device, n_classes, config.augment.active,
+                            data.rows)
+    if engine.name != "numba":
+        return
+    from ..engines.numba_engine import cache
 
-        if not cache.caching_disabled():
-            engine.prepare(data.rows.dtype)
+    if cache.caching_disabled():
+        return
+    if config.optim.solver == "lbfgs":
+        from ..engines.numba_engine import prepare_full
+
+        prepare_full(data.rows.dtype, n_classes)
+    else:
+        engine.prepare(data.rows.dtype)
 
 
 def _warn_line(line: str) -> None:

@@ -151,7 +151,7 @@ def _resolve_base(sweep_path: Path, base: Any, where: str) -> Path | None:
     candidates = [Path(base)] if Path(base).is_absolute() else [
         sweep_path.parent / base, Path("configs") / base]
     for candidate in candidates:
-        if candidate.is_file():
+        if candidate.exists():  # a pipe or a folder: read_yaml_text says so, opening nothing
             return candidate.resolve()
     raise ConfigError(f"{where}: base: config file not found: {base} (looked in "
                       f"{', '.join(str(c.parent) for c in candidates)})")

@@ -27,7 +27,7 @@ from ..config import Config, config_from_dict, parse_yaml
 from ..data.labelled import LabelledData
 from ..engines.memory import host_available_bytes
 from ..errors import ConfigError, DataError
-from ..fsutil import atomic_write
+from ..fsutil import NOT_REGULAR, atomic_write
 from ..math.preprocess import Preprocessor
 from ..npy_header import INFLATE_ERRORS, BadHeader, read_npy_header
 from ..text import shorten
@@ -132,7 +132,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             raise DataError(f"checkpoint not found: {name}") from None
         raise DataError(f"cannot read checkpoint {name}: {exc.strerror or exc}") from None
     if not stat.S_ISREG(info.st_mode):
-        raise DataError(f"checkpoint {name} is not a file")
+        raise DataError(f"checkpoint {name} is {NOT_REGULAR}")
     _check_memory(name, info.st_size)
     try:
         with open(path, "rb") as handle:

@@ -122,6 +122,21 @@ def prepare(rows_dtype: np.dtype) -> None:
     predict_scores(rows, W, pre)
 
 
+def prepare_full(rows_dtype: np.dtype, n_classes: int,
+                 precisions: tuple[str, ...] = ("float32", "float64")) -> None:
+    """Compile the full-batch (L-BFGS) kernel for rows of `rows_dtype` in each of
+    `precisions` now, on a one-row problem of `n_classes` classes, unless numba's cache holds
+    it (from full.BLAS_FROM_CLASSES classes numpy computes it: nothing compiles); say so on
+    stderr once per process, as prepare."""
+    n_raw = kernels.N_PIXELS if rows_dtype == np.uint8 else 1
+    data = TrainingRows(np.zeros((1, n_raw), rows_dtype), np.zeros(1, np.int64))
+    pre = Preprocessor(np.zeros(n_raw), np.ones(n_raw))
+    W = np.zeros((n_classes, n_raw + 1))
+    for precision in precisions:
+        full.full_loss_and_grad(data, np.zeros(1, np.int64), W, pre, StepRule(lr=1.0),
+                                ((False, 0, 0),), "edge", precision, on_compile=_announce)
+
+
 # The full-batch objective (L-BFGS): its own kernel, one pass over each row (full.py)
 ENGINE = Engine("numba", train_epoch, predict_scores, loss_and_grad, prepare,
                 full_loss_and_grad_function=partial(full.full_loss_and_grad,
