@@ -186,6 +186,44 @@ def test_two_commands_on_one_study_draw_distinct_points(tmp_path, shared):
     assert len(drivers) == (2 if shared == "folder" else 3)
 
 
+def test_a_command_writing_the_cache_another_has_written_keeps_its_data_json(tmp_path,
+                                                                           monkeypatch):
+    """Two commands on one sweep folder that both found no data cache both write it: the
+    second's write removed the first's data.json, so the first, reading it back, had none
+    and crashed ('NoneType' object is not subscriptable), and a worker could find no cache.
+    The same data's data.json now stays while its rows are written again, and each command
+    keeps the data.json it wrote."""
+    import numpy as np
+    from test_features import linear_data, write_config
+
+    from softmax_cls.config import load_config
+    from softmax_cls.sweep import driver, worker
+
+    X, y = linear_data(n=300, d=4)
+    np.savez(tmp_path / "train.npz", X=X, y=y)
+    config = load_config(write_config(tmp_path, train=str(tmp_path / "train.npz")))
+    first = driver.prepare_cache(tmp_path, config, progress=False)
+    meta_path = tmp_path / "cache" / worker.CACHE_META
+    assert first["fingerprint"] and meta_path.is_file()
+
+    saved = []  # whether data.json was there as each array was written again
+    real_save = np.save
+    monkeypatch.setattr(worker.np, "save", lambda *args, **kwargs: (
+        saved.append(meta_path.is_file()), real_save(*args, **kwargs)))
+    # this command looked before the other's data.json was written, which is there now
+    monkeypatch.setattr(driver, "cache_meta", lambda folder: None)
+    second = driver.prepare_cache(tmp_path, config, progress=False)
+    assert saved == [True, True]
+    assert second == first == worker.cache_meta(tmp_path / "cache")
+
+    # and what a command returns is what it wrote, whatever the folder holds by then
+    monkeypatch.setattr(driver, "cache_meta", lambda folder: None)
+    real_write = worker.write_cache
+    monkeypatch.setattr(worker, "write_cache", lambda *args: (
+        real_write(*args), meta_path.unlink())[0])
+    assert driver.prepare_cache(tmp_path, config, progress=False) == first
+
+
 def test_a_sweep_alone_draws_the_same_points_from_the_same_seed(tmp_path):
     runner = write_runner(tmp_path)
     path = write_sweep(tmp_path, trials=3, set={**FAST, "optim.epochs": 1})

@@ -125,9 +125,8 @@ def prepare_cache(folder: Path, config: Config, progress: bool) -> dict:
     if meta is not None and meta.get("data") == section:
         return meta
     loaded = data_module.load_config_data(config.data, progress, hints=SWEEP_HINTS)
-    write_cache(cache_dir, loaded, section)
-    del loaded  # only the training rows were read from it
-    return cache_meta(cache_dir)
+    # what this command wrote, not read back: another command on the folder may be writing
+    return write_cache(cache_dir, loaded, section)
 
 
 def resume_command(sweep_path, folder: Path, storage: str | None, study_name: str | None,

@@ -111,24 +111,31 @@ def watch_parent(parent: int, interval: float = 0.5) -> None:
     threading.Thread(target=watch, name="watch-parent", daemon=True).start()
 
 
-def write_cache(cache_dir: str | Path, data, data_section: dict) -> TrainingData:
+def write_cache(cache_dir: str | Path, data, data_section: dict) -> dict:
     """Write the TRAINING rows and labels of `data` (a LabelledData) to .npy files in cache_dir,
-    then data.json (written last: its presence marks a complete cache). Returns the cache,
-    memory-mapped. The test arrays are not touched."""
+    then data.json (written last: its presence marks a complete cache). Returns the data.json
+    written. The test arrays are not touched.
+
+    Another sweep command on the same folder may have written the same cache meanwhile: its
+    data.json, which describes these very rows, stays in place while they are written again
+    (removing it made that command, or its workers, find no cache). A data.json of other data
+    goes first, so that it never vouches for rows it does not describe."""
     from ..fsutil import atomic_write
 
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    (cache_dir / CACHE_META).unlink(missing_ok=True)
+    meta = json.loads(json.dumps(
+        {"data": data_section, "class_names": list(data.class_names),
+         "fingerprint": data.fingerprint, "dataset": data.dataset,
+         "shape": list(data.train_images.shape), "dtype": str(data.train_images.dtype)}))
+    if cache_meta(cache_dir) != meta:
+        (cache_dir / CACHE_META).unlink(missing_ok=True)
     for name, array in ((CACHE_IMAGES, data.train_images), (CACHE_LABELS, data.train_labels)):
         with atomic_write(cache_dir / name) as handle:
             np.save(handle, np.ascontiguousarray(array))
-    meta = {"data": data_section, "class_names": list(data.class_names),
-            "fingerprint": data.fingerprint, "dataset": data.dataset,
-            "shape": list(data.train_images.shape), "dtype": str(data.train_images.dtype)}
     with atomic_write(cache_dir / CACHE_META, "w") as handle:
         json.dump(meta, handle, indent=2)
-    return open_cache(cache_dir)
+    return meta
 
 
 def cache_meta(cache_dir: str | Path) -> dict | None:
