@@ -501,10 +501,17 @@ def print_ours_path(path: dict) -> None:
           f"{sum(q['ours_iterations'] for q in points)} iterations, "
           f"{sum(q['ours_evaluations'] for q in points)} evaluations; validation picks reg "
           f"{path['ours_pick']:.3g}")
-    print("\n| reg | iterations | evaluations | s | val acc |\n|---|---|---|---|---|")
-    for q in points:
-        print(f"| {q['reg']:.3g} | {q['ours_iterations']} | {q['ours_evaluations']} | "
-              f"{q['ours_s']:.2f} | {100 * q['ours_val_acc']:.2f} |")
+    print_table(["reg", "iterations", "evaluations", "s", "val acc"],
+                ([f"{q['reg']:.3g}", str(q["ours_iterations"]), str(q["ours_evaluations"]),
+                  f"{q['ours_s']:.2f}", f"{100 * q['ours_val_acc']:.2f}"] for q in points))
+
+
+def print_table(header: list[str], rows) -> None:
+    """A markdown table after an empty line: the header's cells, then each row's (strings)."""
+    print("\n| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for cells in rows:
+        print("| " + " | ".join(cells) + " |")
 
 
 def load_line() -> str:
@@ -559,13 +566,12 @@ def main() -> None:
         print(f"one evaluation, {args.eval_shape}, medians of {args.repeats}, "
               f"{load_line()}, OPENBLAS_NUM_THREADS="
               f"{os.environ.get('OPENBLAS_NUM_THREADS', '-')}")
-        print("\n| engine (device) rows, products | seconds |\n|---|---|")
         times = engine_evaluations(args.engine, args.eval_shape, args.device, args.repeats,
                                    tuple(args.row_dtype or ["float32"]),
                                    tuple(args.precision or ["float32", "float64"]),
                                    tuple(args.baseline or ()))
-        for name, seconds in times.items():
-            print(f"| {name} | {seconds:.4f} |")
+        print_table(["engine (device) rows, products", "seconds"],
+                    ([name, f"{seconds:.4f}"] for name, seconds in times.items()))
         print(f"\nat the end: {load_line()}")
         if args.json:
             Path(args.json).write_text(json.dumps(times, indent=2))
@@ -586,15 +592,15 @@ def main() -> None:
               f"each: {', '.join(f'{t:.2f}' for t in path['ours_s_all'])} / "
               f"{', '.join(f'{t:.2f}' for t in path['sklearn_s_all'])}); validation picks "
               f"reg {path['ours_pick']:.3g} (ours), {path['sklearn_pick']:.3g} (scikit-learn)")
-        print("\n| reg | C | iterations ours / sklearn | s ours / sklearn | coef rel. diff | "
-              "intercept rel. diff | same val. predictions | val acc ours / sklearn |")
-        print("|---|---|---|---|---|---|---|---|")
-        for q in path["points"]:
-            print(f"| {q['reg']:.3g} | {q['C']:.3g} | {q['ours_iterations']} / "
-                  f"{q['sklearn_iterations']} | {q['ours_s']:.2f} / {q['sklearn_s']:.2f} | "
-                  f"{q['coef_rel_diff']:.1e} | {q['intercept_rel_diff']:.1e} | "
-                  f"{100 * q['same_predictions']:.2f}% | {100 * q['ours_val_acc']:.2f} / "
-                  f"{100 * q['sklearn_val_acc']:.2f} |")
+        print_table(["reg", "C", "iterations ours / sklearn", "s ours / sklearn",
+                     "coef rel. diff", "intercept rel. diff", "same val. predictions",
+                     "val acc ours / sklearn"],
+                    ([f"{q['reg']:.3g}", f"{q['C']:.3g}",
+                      f"{q['ours_iterations']} / {q['sklearn_iterations']}",
+                      f"{q['ours_s']:.2f} / {q['sklearn_s']:.2f}", f"{q['coef_rel_diff']:.1e}",
+                      f"{q['intercept_rel_diff']:.1e}", f"{100 * q['same_predictions']:.2f}%",
+                      f"{100 * q['ours_val_acc']:.2f} / {100 * q['sklearn_val_acc']:.2f}"]
+                     for q in path["points"]))
         if args.json:
             Path(args.json).write_text(json.dumps(path, indent=2))
         return
@@ -624,18 +630,17 @@ def main() -> None:
         report["rows"].append(row)
         print(json.dumps(row), flush=True)
     report["machine"]["loadavg_end"] = os.getloadavg()
-    print("\n| problem | rows x features | ours (engine) s | sklearn s | sklearn / ours | "
-          "iterations (ours / sklearn) | coef rel. diff | test acc ours / sklearn | "
-          "ours s/eval f32 (f64) | sklearn s/eval | sklearn s/iter |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for r in report["rows"]:
-        print(f"| {r['problem']} | {r['rows']:,} x {r['features']} | {r['ours_s']:.2f} "
-              f"({r['engine']}) | "
-              f"{r['sklearn_s']:.1f} | {r['ratio']:.2f} | {r['ours_iterations']} / "
-              f"{r['sklearn_iterations']} | {r['coef_rel_diff']:.1e} | "
-              f"{100 * r['ours_test_acc']:.2f} / {100 * r['sklearn_test_acc']:.2f} | "
-              f"{r['ours_eval_s_float32']:.3f} ({r['ours_eval_s_float64']:.3f}) | "
-              f"{r['sklearn_eval_s']:.3f} | {r['sklearn_s_per_iteration']:.3f} |")
+    print_table(["problem", "rows x features", "ours (engine) s", "sklearn s", "sklearn / ours",
+                 "iterations (ours / sklearn)", "coef rel. diff", "test acc ours / sklearn",
+                 "ours s/eval f32 (f64)", "sklearn s/eval", "sklearn s/iter"],
+                ([r["problem"], f"{r['rows']:,} x {r['features']}",
+                  f"{r['ours_s']:.2f} ({r['engine']})", f"{r['sklearn_s']:.1f}",
+                  f"{r['ratio']:.2f}", f"{r['ours_iterations']} / {r['sklearn_iterations']}",
+                  f"{r['coef_rel_diff']:.1e}",
+                  f"{100 * r['ours_test_acc']:.2f} / {100 * r['sklearn_test_acc']:.2f}",
+                  f"{r['ours_eval_s_float32']:.3f} ({r['ours_eval_s_float64']:.3f})",
+                  f"{r['sklearn_eval_s']:.3f}", f"{r['sklearn_s_per_iteration']:.3f}"]
+                 for r in report["rows"]))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
 

@@ -27,7 +27,7 @@ from typing import IO
 
 from tqdm import tqdm
 
-from .errors import DataError
+from .errors import DataError, SoftmaxClsError
 
 HASH_BLOCK = 1 << 20  # bytes read at a time to hash a file
 HASH_PROGRESS_BYTES = 64 << 20  # files this large show a progress bar while hashed
@@ -256,6 +256,18 @@ def file_problem(path: str | os.PathLike) -> str | None:
     if stat.S_ISDIR(info.st_mode):
         return "a folder"
     return None if stat.S_ISREG(info.st_mode) else NOT_REGULAR
+
+
+def require_file(path: str | os.PathLike, missing: str, named: str,
+                 error: type[SoftmaxClsError] = DataError) -> None:
+    """Return when `path` is a regular file (file_problem is None); else raise `error`:
+    `missing` when nothing is there, f"{named}: {why}" for a folder, a pipe, a device or an
+    OS error. Nothing is opened."""
+    problem = file_problem(path)
+    if problem == "not found":
+        raise error(missing)
+    if problem is not None:
+        raise error(f"{named}: {problem}")
 
 
 class FileTooLarge(OSError):

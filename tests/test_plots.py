@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import struct
 import subprocess
 import sys
@@ -817,6 +818,28 @@ def test_softmax_plot_errors_are_one_line(tmp_path):
     cli_util.assert_one_line_error(cli_util.run("softmax-plot", str(run), "--split", "train"),
                                    2, "--split")
     assert not (run / "plots").exists()
+
+
+def test_softmax_plot_on_a_sweep_whose_trials_csv_is_a_pipe_or_a_folder(tmp_path):
+    """trials.csv as a named pipe or a folder was 'not found (the sweep has no trials
+    yet?)'; it is named for what it is, as a feature file or an image is, and the pipe is
+    never opened (no writer: an open would wait)."""
+    folder = write_sweep(tmp_path / "sweep")
+    trials = folder / "trials.csv"
+    trials.unlink()
+    os.mkfifo(trials)
+    line = cli_util.assert_one_line_error(cli_util.run("softmax-plot", str(folder), timeout=60),
+                                          1, f"{trials}: not a regular file")
+    assert "not found" not in line
+    trials.unlink()
+    trials.mkdir()
+    line = cli_util.assert_one_line_error(cli_util.run("softmax-plot", str(folder), timeout=60),
+                                          1, f"{trials}: a folder")
+    assert "not found" not in line
+    trials.rmdir()
+    cli_util.assert_one_line_error(cli_util.run("softmax-plot", str(folder), timeout=60), 1,
+                                   f"{trials}: not found (the sweep has no trials yet?)")
+    assert not (folder / "plots").exists()
 
 
 def test_softmax_plot_without_matplotlib(tmp_path, monkeypatch):

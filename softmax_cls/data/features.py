@@ -37,7 +37,7 @@ import numpy as np
 
 from ..config import DataConfig
 from ..errors import DataError
-from ..fsutil import file_md5, file_problem
+from ..fsutil import file_md5, require_file
 from ..npy_header import INFLATE_ERRORS, NPY_HEADER_CAP, BadHeader, read_npy_header
 from ..text import shorten
 from .labelled import LabelledData
@@ -136,21 +136,15 @@ def labels_path(x_path: Path) -> Path:
 
 def _open_pair(path: Path, role: str) -> _Pair:
     """The checked headers of one feature file's X and y; reads nothing but headers."""
-    problem = file_problem(path)
-    if problem == "not found":
-        raise DataError(f"data.{role}: feature file not found: {path}")
-    if problem is not None:
-        raise DataError(f"data.{role}: feature file {path}: {problem}")
+    require_file(path, f"data.{role}: feature file not found: {path}",
+                 f"data.{role}: feature file {path}")
     if path.suffix == ".npz":
         X, y = _npz_headers(path)
         files = [path]
     elif path.suffix == ".npy":
         y_path = labels_path(path)
-        problem = file_problem(y_path)
-        if problem == "not found":
-            raise DataError(f"{path}: its labels {y_path} are missing")
-        if problem is not None:
-            raise DataError(f"{path}: its labels {y_path}: {problem}")
+        require_file(y_path, f"{path}: its labels {y_path} are missing",
+                     f"{path}: its labels {y_path}")
         X, y = _file_header(path, "X"), _file_header(y_path, "y")
         files = [path, y_path]
     else:
@@ -167,11 +161,7 @@ def read_feature_rows(path: str | Path) -> np.ndarray:
     finite values); an np.memmap when X is stored as native float32 or float16. DataError
     naming the file."""
     path = Path(path)
-    problem = file_problem(path)
-    if problem == "not found":
-        raise DataError(f"feature file not found: {path}")
-    if problem is not None:
-        raise DataError(f"{path}: {problem}")
+    require_file(path, f"feature file not found: {path}", str(path))
     if path.suffix == ".npz":
         X = _npz_headers(path, need_y=False)[0]
     elif path.suffix == ".npy":

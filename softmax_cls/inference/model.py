@@ -24,7 +24,7 @@ from ..data.datasets import IMAGE_BYTES, IMAGE_SHAPE
 from ..data.features import read_feature_rows
 from ..data.images import IMAGE_SIZE, read_image, to_rows, to_square
 from ..errors import InputError
-from ..fsutil import file_problem
+from ..fsutil import require_file
 from ..math.softmax import softmax_probs
 from ..text import shorten
 from ..training.checkpoint import Checkpoint, load_checkpoint
@@ -77,11 +77,8 @@ class Model:
             if os.path.isdir(x):
                 raise InputError(f"{shorten(x)} is a folder: pass its files (softmax-predict "
                                  "takes folders)")
-            problem = file_problem(x)  # a pipe is not opened: it would wait for a writer
-            if problem == "not found":
-                raise InputError(f"no such image file: {shorten(x)}")
-            if problem is not None:
-                raise InputError(f"{shorten(x)}: {problem}")
+            # a pipe is not opened: it would wait for a writer
+            require_file(x, f"no such image file: {shorten(x)}", shorten(x), InputError)
             return to_rows(read_image(x)[None])
         if _is_pil_image(x):
             return to_rows(np.asarray(to_square(x), dtype=np.uint8)[None])

@@ -48,6 +48,7 @@ from ..errors import ConfigError, DataError, SoftmaxClsError
 from ..fsutil import atomic_write, make_folder, missing_folders, removed_on_error
 from ..interrupts import stop_word_and_code
 from ..text import shorten
+from ..threads import THREAD_VARIABLES
 from .folder import check_folder, mark_folder
 from .path import is_reg_path, run_path
 from .results import (
@@ -71,7 +72,7 @@ from .study import (
     storage_name,
     this_driver,
 )
-from .worker import THREAD_VARIABLES, TrialOutcome, TrialTask, cache_meta
+from .worker import TrialOutcome, TrialTask, cache_meta
 
 DASK_HINT = "softmax-sweep --dask needs dask.distributed: pip install 'softmax-cls[sweep]'"
 POLL_SECONDS = 2.0

@@ -30,7 +30,7 @@ import numpy as np
 
 from ..config import MAX_CONFIG_BYTES, Config, config_from_dict, config_to_yaml, parse_yaml
 from ..errors import DataError, SoftmaxClsError
-from ..fsutil import atomic_write, read_text_file
+from ..fsutil import atomic_write, read_text_file, require_file
 from .spec import SweepSpec, set_dotted, trial_raw_config
 from .study import state_name
 
@@ -216,8 +216,7 @@ def sweep_table(folder: str | os.PathLike) -> SweepTable:
 def _read_trials(path: Path) -> tuple[list[dict], list[str]]:
     """The rows of trials.csv as {column: cell} and its columns; DataError for a file over
     MAX_TRIALS_CSV_BYTES, a cell over MAX_CELL_CHARS, a missing column or a ragged row."""
-    if not path.is_file():
-        raise DataError(f"{path}: not found (the sweep has no trials yet?)")
+    require_file(path, f"{path}: not found (the sweep has no trials yet?)", str(path))
     reader = csv.DictReader(io.StringIO(read_text_file(path, MAX_TRIALS_CSV_BYTES), newline=""))
     try:
         columns = list(reader.fieldnames or [])

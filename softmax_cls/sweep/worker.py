@@ -29,6 +29,7 @@ from ..data import cifar as data_module
 from ..errors import DataError, SoftmaxClsError
 from ..fsutil import read_capped
 from ..math.preprocess import Preprocessor, Split, split_and_fit
+from ..threads import THREAD_VARIABLES
 from ..training.fit import TrainingDiverged, TrainState, fit
 
 CACHE_IMAGES, CACHE_LABELS, CACHE_META = "train_images.npy", "train_labels.npy", "data.json"
@@ -89,12 +90,9 @@ class TrialPruned(Exception):
     """Raised from the epoch callback: the pruner stopped this trial."""
 
 
-
 _DATA: dict[str, TrainingData] = {}
 _SPLITS: dict[tuple, tuple[Split, Preprocessor]] = {}
 _STUDIES: dict[tuple, object] = {}
-THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
-                    "NUMBA_NUM_THREADS")
 
 
 def watch_parent(parent: int, interval: float = 0.5) -> None:

@@ -23,7 +23,7 @@ from ...math.softmax import NonFiniteError
 from ..contract import EpochPlan, OptimizerState, StepRule, TrainingRows
 from .device import out_of_memory_as_error
 from .rows import DeviceRows, RowStream, as_tensor, device_rows, torch_dtype
-from .step import Folding, StepBuffers, average_update, gather_rows, loss_and_grad, sgd_update
+from .step import Folding, StepBuffers, average_update, loss_and_grad, scaled_minibatch, sgd_update
 
 
 @dataclass
@@ -61,11 +61,11 @@ def run_steps(rows: DeviceRows, t: EpochTensors, batch_size: int, padding: str,
         stop = start + batch_size
         index = t.order[start:stop]
         n = len(index)
-        raw = gather_rows(rows.rows if batches is None else next(batches),
-                          index if batches is None else None,
-                          None if t.flip is None else t.flip[start:stop],
-                          None if t.shift is None else t.shift[start:stop], padding,
-                          folding.scale, buffers)
+        raw = scaled_minibatch(rows.rows if batches is None else next(batches),
+                               index if batches is None else None,
+                               None if t.flip is None else t.flip[start:stop],
+                               None if t.shift is None else t.shift[start:stop], padding,
+                               folding.scale, buffers)
         weight = None if rows.sample_weight is None else rows.sample_weight[index]
         loss, correct = loss_and_grad(t.W, raw, rows.labels[index], weight, folding, rule,
                                       buffers)

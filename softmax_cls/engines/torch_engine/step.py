@@ -106,9 +106,9 @@ def augment(images: torch.Tensor, flip: torch.Tensor | None, shift: torch.Tensor
     return out.reshape(b, -1)
 
 
-def gather_rows(rows: torch.Tensor, index: torch.Tensor | None, flip: torch.Tensor | None,
-                shift: torch.Tensor | None, padding: str, scale: torch.Tensor,
-                buffers: StepBuffers) -> torch.Tensor:
+def scaled_minibatch(rows: torch.Tensor, index: torch.Tensor | None,
+                     flip: torch.Tensor | None, shift: torch.Tensor | None, padding: str,
+                     scale: torch.Tensor, buffers: StepBuffers) -> torch.Tensor:
     """Scaled rows (n, P) in the weights' dtype: rows[index] (n,) after the flips and shifts,
     times scale (P,), in the first n rows of buffers.raw; with index None, rows (n, P) are the
     minibatch itself (streamed: already gathered). The scale rides in the conversion to float
@@ -146,7 +146,7 @@ def loss_and_grad(W: torch.Tensor, raw: torch.Tensor, labels: torch.Tensor,
                   buffers: StepBuffers) -> tuple[torch.Tensor, torch.Tensor]:
     """Loss and gradient of one minibatch, the gradient into buffers.grad (C, D).
 
-    W (C, D), raw (n, P) scaled rows in W's dtype (gather_rows: the first n rows of
+    W (C, D), raw (n, P) scaled rows in W's dtype (scaled_minibatch: the first n rows of
     buffers.raw), labels (n,) int64, weight (n,) or None. Returns 0-d tensors (loss incl. the
     L2 penalty, in W's dtype; correct, int64: rows whose first maximal score is their label).
     Non-finite scores give a non-finite loss.
