@@ -325,8 +325,9 @@ def gradcheck_command(config_path, overrides, samples, classes, checks, step, to
 @click.option("--out", type=NamedPath(file_okay=False),
               help="Folder for the PNGs [default: PATH/plots; for a checkpoint file, "
               "plots-<name> beside it].")
-@click.option("--split", type=click.Choice(["test", "val"]), default="test", show_default=True,
-              help="The split of confusion.png and mistakes.png.")
+@click.option("--split", type=click.Choice(["test", "val"]),
+              help="The split of confusion.png and mistakes.png (a run or a checkpoint) "
+              "[default: test].")
 @click.option("--root", type=NamedPath(file_okay=False),
               help="Data folder (default: the one the checkpoint was trained with).")
 @quiet_option
