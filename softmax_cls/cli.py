@@ -210,10 +210,14 @@ def train_command(config_path, overrides, out, resume, overwrite, plots, quiet):
     """
     from .interrupts import stop_word_and_code
     from .plots.pictures import draw_training_run, plots_wanted
-    from .training.runs import plan_run, run_plan
+    from .training.runs import finished_line, plan_run, run_plan
 
     # -- what to run: the config, the run folder, the checkpoint to continue; no data yet
     plan = plan_run(config_path, overrides, out, resume, overwrite)
+    done = finished_line(plan)
+    if done is not None:  # a finished run resumed in place: its files stay as they are
+        click.echo(done)
+        return
     draw = plots_wanted(plan.config.output.plots if plots is None else plots)
     # -- the run: the folder locked, the data loaded, training, the one test evaluation
     result = run_plan(plan, progress=not quiet, overwrite=overwrite)
