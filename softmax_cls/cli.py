@@ -209,7 +209,7 @@ def train_command(config_path, overrides, out, resume, overwrite, plots, quiet):
     validation.
     """
     from .interrupts import stop_word_and_code
-    from .plots.pictures import draw_training_run, plots_wanted
+    from .plots.pictures import default_out_dir, draw_training_run, plots_wanted
     from .training.runs import finished_line, plan_run, run_plan
 
     # -- what to run: the config, the run folder, the checkpoint to continue; no data yet
@@ -219,6 +219,8 @@ def train_command(config_path, overrides, out, resume, overwrite, plots, quiet):
         click.echo(done)
         return
     draw = plots_wanted(plan.config.output.plots if plots is None else plots)
+    if draw:
+        default_out_dir(plan.out_dir)  # RUN/plots a link: refused now, not after training
     # -- the run: the folder locked, the data loaded, training, the one test evaluation
     result = run_plan(plan, progress=not quiet, overwrite=overwrite)
     # -- the pictures, from what the run holds in memory

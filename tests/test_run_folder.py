@@ -230,6 +230,23 @@ def test_a_run_that_stopped_early_is_finished_until_its_patience_is_raised(tmp_p
     assert line(2) is None
 
 
+def test_a_plots_link_is_refused_before_training_not_after_it(tmp_path):
+    """RUN/plots a symbolic link: a resumed run in place checked its run files before
+    training, but the plots entry only when drawing, after it had trained and rewritten them
+    (exit 1, the run changed). Now nothing is trained or written."""
+    config = features_config(tmp_path)
+    folder = tmp_path / "run"
+    assert train("--config", str(config), "--out", str(folder)).returncode == 0
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (folder / "plots").symlink_to(elsewhere, target_is_directory=True)
+    before = folder_bytes(folder)
+    result = train("--resume", str(folder / "last.npz"), "--set", f"optim.epochs={EPOCHS + 1}",
+                   "--plots")
+    assert_one_line_error(result, 1, f"{folder / 'plots'} is a symbolic link")
+    assert folder_bytes(folder) == before and not any(elsewhere.iterdir())
+
+
 def test_a_new_run_that_fails_leaves_no_folder(tmp_path):
     config = features_config(tmp_path)
     result = train("--config", str(config), "--out", str(tmp_path / "runs" / "new"),
