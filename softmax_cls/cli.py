@@ -209,12 +209,18 @@ def train_command(config_path, overrides, out, resume, overwrite, plots, quiet):
     validation.
     """
     from .interrupts import stop_word_and_code
-    from .plots.pictures import draw_training_run, plots_wanted
-    from .training.runs import plan_run, run_plan
+    from .plots.pictures import default_out_dir, draw_training_run, plots_wanted
+    from .training.runs import finished_line, plan_run, run_plan
 
     # -- what to run: the config, the run folder, the checkpoint to continue; no data yet
     plan = plan_run(config_path, overrides, out, resume, overwrite)
+    done = finished_line(plan)
+    if done is not None:  # a finished run resumed in place: its files stay as they are
+        click.echo(done)
+        return
     draw = plots_wanted(plan.config.output.plots if plots is None else plots)
+    if draw:
+        default_out_dir(plan.out_dir)  # RUN/plots a link: refused now, not after training
     # -- the run: the folder locked, the data loaded, training, the one test evaluation
     result = run_plan(plan, progress=not quiet, overwrite=overwrite)
     # -- the pictures, from what the run holds in memory
@@ -325,8 +331,9 @@ def gradcheck_command(config_path, overrides, samples, classes, checks, step, to
 @click.option("--out", type=NamedPath(file_okay=False),
               help="Folder for the PNGs [default: PATH/plots; for a checkpoint file, "
               "plots-<name> beside it].")
-@click.option("--split", type=click.Choice(["test", "val"]), default="test", show_default=True,
-              help="The split of confusion.png and mistakes.png.")
+@click.option("--split", type=click.Choice(["test", "val"]),
+              help="The split of confusion.png and mistakes.png (a run or a checkpoint) "
+              "[default: test].")
 @click.option("--root", type=NamedPath(file_okay=False),
               help="Data folder (default: the one the checkpoint was trained with).")
 @quiet_option

@@ -274,29 +274,39 @@ class FileTooLarge(OSError):
     """A file larger than the reader's cap; nothing of it was read."""
 
 
-def read_capped(path: str | os.PathLike, cap: int) -> bytes:
-    """The bytes of the regular file `path` (a link to one is followed), at most `cap`.
-
-    Checked before a byte is read: a folder raises IsADirectoryError, anything else but a
-    regular file (a fifo, which would block forever, a device) OSError(EINVAL), a file of
-    more than `cap` bytes FileTooLarge (EFBIG); both name `path`. A file that grows while
-    it is read is refused the same way.
-    """
+def open_regular(path: str | os.PathLike) -> IO[bytes]:
+    """The regular file `path` (a link to one is followed) open for binary reading, checked
+    on the opened descriptor: a folder raises IsADirectoryError, anything else but a regular
+    file OSError(EINVAL) NOT_REGULAR, both naming `path`. Opened without waiting, so a fifo
+    (put where a file was checked a moment before) is refused, not waited on for ever."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         info = os.fstat(fd)
         if stat.S_ISDIR(info.st_mode):
             raise IsADirectoryError(errno.EISDIR, "is a folder", str(path))
         if not stat.S_ISREG(info.st_mode):
-            raise OSError(errno.EINVAL, "not a regular file (a fifo or a device)", str(path))
-        if info.st_size > cap:
-            raise FileTooLarge(errno.EFBIG, f"{info.st_size} bytes, more than the {cap} this "
-                               "file may have", str(path))
+            raise OSError(errno.EINVAL, NOT_REGULAR, str(path))
         os.set_blocking(fd, True)
-        with os.fdopen(os.dup(fd), "rb") as handle:
-            blob = handle.read(cap + 1)
-    finally:
+        return os.fdopen(fd, "rb")
+    except BaseException:
         os.close(fd)
+        raise
+
+
+def read_capped(path: str | os.PathLike, cap: int) -> bytes:
+    """The bytes of the regular file `path` (a link to one is followed), at most `cap`.
+
+    Checked before a byte is read: a folder raises IsADirectoryError, anything else but a
+    regular file (a fifo, which would block forever, a device) OSError(EINVAL), a file of
+    more than `cap` bytes FileTooLarge (EFBIG); all name `path` (open_regular). A file that
+    grows while it is read is refused the same way.
+    """
+    with open_regular(path) as handle:
+        size = os.fstat(handle.fileno()).st_size
+        if size > cap:
+            raise FileTooLarge(errno.EFBIG, f"{size} bytes, more than the {cap} this file "
+                               "may have", str(path))
+        blob = handle.read(cap + 1)
     if len(blob) > cap:
         raise FileTooLarge(errno.EFBIG, f"more than the {cap} bytes this file may have",
                            str(path))

@@ -159,6 +159,37 @@ def test_a_sweep_of_two_workers_says_it_compiles_once(tmp_path, solver):
 
 
 
+
+@pytest.mark.slow  # the kernels compile once (15-60 s)
+def test_a_sweep_compiles_once_for_a_searched_engine_and_not_when_it_has_no_trial_left(
+        tmp_path):
+    """`engine` in the space (the base: numpy): each of the two workers compiled the kernels
+    itself, and said so; and the same command again, on the finished sweep with a cold
+    cache, compiled them in the sweep's process for no trial."""
+    pytest.importorskip("optuna")
+    from softmax_cls.engines.numba_engine import COMPILING
+
+    X, y = linear_data(n=300, d=4)
+    np.savez(tmp_path / "train.npz", X=X, y=y)
+    write_config(tmp_path, train=str(tmp_path / "train.npz"))
+    (tmp_path / "s.yaml").write_text(
+        "base: probe.yaml\nset: {optim.epochs: 1, output.plots: false}\n"
+        "sampler: grid\nspace: {engine: {grid: [numba]}, seed: {grid: [0, 1]}}\n")
+
+    def sweep(cache: str) -> subprocess.CompletedProcess:
+        environment = {**os.environ, "PYTHONUNBUFFERED": "1",
+                       "NUMBA_CACHE_DIR": str(tmp_path / cache)}
+        return subprocess.run([script("softmax-sweep"), "s.yaml", "--workers", "2", "--quiet",
+                               "--out", "sweep"], capture_output=True, text=True,
+                              env=environment, cwd=tmp_path, timeout=COMPILE_TIMEOUT)
+
+    first = sweep("numba")
+    assert first.returncode == 0, first.stderr
+    assert first.stderr.count(COMPILING) == 1, first.stderr
+    again = sweep("cold")
+    assert again.returncode == 0, again.stderr
+    assert COMPILING not in again.stderr, again.stderr
+
 LBFGS = ["optim.solver=lbfgs", "optim.early_stopping.patience=null"]
 
 

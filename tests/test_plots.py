@@ -804,6 +804,16 @@ def test_softmax_plot_root_on_a_sweep_folder_is_an_error_not_ignored(tmp_path):
     assert not (folder / "plots").exists() and not (tmp_path / "data").exists()
 
 
+@pytest.mark.parametrize("split", ["val", "test"])
+def test_softmax_plot_split_on_a_sweep_folder_is_an_error_not_ignored(tmp_path, split):
+    """A sweep's pictures show no split: --split val drew the same sweep.png and trials.png
+    without a word."""
+    folder = write_sweep(tmp_path / "sweep", IMPORTANCES)
+    result = cli_util.run("softmax-plot", str(folder), "--split", split)
+    cli_util.assert_one_line_error(result, 2, "--split", "sweep folder")
+    assert not (folder / "plots").exists()
+
+
 def test_softmax_plot_errors_are_one_line(tmp_path):
     missing = tmp_path / "missing"
     cli_util.assert_one_line_error(cli_util.run("softmax-plot", str(missing)), 1,

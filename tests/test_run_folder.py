@@ -195,6 +195,58 @@ def test_a_resume_that_fails_to_write_leaves_the_finished_run_as_it_was(tmp_path
     assert sorted(p.name for p in folder.iterdir()) == sorted([*before, ".lock"])
 
 
+def test_resuming_a_finished_run_says_so_and_writes_nothing(tmp_path):
+    """--resume of a finished run in its folder evaluated the test split again, rewrote its
+    files and redrew its pictures; with nothing to train it says so in one line. Raising
+    optim.epochs still trains on."""
+    config = features_config(tmp_path)
+    folder = tmp_path / "run"
+    assert train("--config", str(config), "--out", str(folder)).returncode == 0
+    before = folder_bytes(folder)
+    result = train("--resume", str(folder / "last.npz"), "--plots")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == (f"{folder} already finished: {EPOCHS} epochs; raise optim.epochs "
+                             "to train further; nothing written\n")
+    assert folder_bytes(folder) == before and not (folder / "plots").exists()
+    further = train("--resume", str(folder / "last.npz"), "--set", f"optim.epochs={EPOCHS + 1}")
+    assert further.returncode == 0, further.stderr
+    assert json.loads((folder / "summary.json").read_text())["epochs"] == EPOCHS + 1
+
+
+def test_a_run_that_stopped_early_is_finished_until_its_patience_is_raised(tmp_path):
+    config = features_config(tmp_path)
+    folder = tmp_path / "run"
+    assert train("--config", str(config), "--out", str(folder)).returncode == 0
+
+    def line(patience: int) -> str | None:
+        plan = runs.plan_run(None, ["optim.epochs=5", f"optim.early_stopping.patience={patience}"],
+                             resume=str(folder / "last.npz"))
+        plan.resume.state.epochs_since_best = 1  # as if its last epoch was not its best
+        return runs.finished_line(plan)
+
+    assert line(1) == (f"{folder} already finished: stopped early at epoch {EPOCHS} "
+                       "(optim.early_stopping.patience 1); raise the patience to train "
+                       "further; nothing written")
+    assert line(2) is None
+
+
+def test_a_plots_link_is_refused_before_training_not_after_it(tmp_path):
+    """RUN/plots a symbolic link: a resumed run in place checked its run files before
+    training, but the plots entry only when drawing, after it had trained and rewritten them
+    (exit 1, the run changed). Now nothing is trained or written."""
+    config = features_config(tmp_path)
+    folder = tmp_path / "run"
+    assert train("--config", str(config), "--out", str(folder)).returncode == 0
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (folder / "plots").symlink_to(elsewhere, target_is_directory=True)
+    before = folder_bytes(folder)
+    result = train("--resume", str(folder / "last.npz"), "--set", f"optim.epochs={EPOCHS + 1}",
+                   "--plots")
+    assert_one_line_error(result, 1, f"{folder / 'plots'} is a symbolic link")
+    assert folder_bytes(folder) == before and not any(elsewhere.iterdir())
+
+
 def test_a_new_run_that_fails_leaves_no_folder(tmp_path):
     config = features_config(tmp_path)
     result = train("--config", str(config), "--out", str(tmp_path / "runs" / "new"),

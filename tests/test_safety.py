@@ -539,6 +539,35 @@ def test_a_fifo_given_as_feature_file_is_refused_not_opened(tmp_path, role):
     assert not (tmp_path / "run").exists()
 
 
+# sitecustomize for a child: every feature file passes the stat check, as a file replaced by
+# a pipe just after it was checked would
+STAT_SAYS_REGULAR = ("import softmax_cls.data.features as features\n"
+                     "features.file_problem = lambda path: None\n")
+
+
+@pytest.mark.parametrize("role", ["train.npz", "train.npy", "labels"])
+def test_a_feature_file_replaced_by_a_fifo_after_its_check_is_refused_not_waited_on(
+        tmp_path, monkeypatch, role):
+    """The reader checked the path with a stat, then opened it blocking: a pipe put there
+    between the two hung the command for ever. It is opened without waiting and checked
+    on the descriptor."""
+    config = features_config(tmp_path)
+    raw = yaml.safe_load(config.read_text())
+    fifo = tmp_path / {"train.npz": "pipe.npz", "train.npy": "pipe_X.npy"}.get(role, "y.npy")
+    if role == "labels":
+        fifo.unlink()
+    else:
+        raw["data"]["train"] = str(fifo)
+    os.mkfifo(fifo)
+    config.write_text(yaml.safe_dump(raw))
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(STAT_SAYS_REGULAR)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "site"))
+    result = run("softmax-train", "--config", str(config), "--quiet", timeout=20)
+    assert_one_line_error(result, 1, str(fifo), "not a regular file")
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("command", [("softmax-eval",), ("softmax-predict", "X.npy"),
                                      ("softmax-train", "--resume")])
 def test_a_fifo_given_as_checkpoint_is_refused_not_opened(tmp_path, command):

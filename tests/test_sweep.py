@@ -631,15 +631,30 @@ def sweep_folder_table() -> dict[str, str]:
 
 
 def test_the_sweep_folder_table_is_what_a_sweep_writes(tmp_path, served):
-    """Every file and folder a finished sweep leaves has a row in docs/sweeps.md, every row
-    is written, and a folder's row names each file in it."""
+    """Every file and folder a finished sweep leaves, and the run folder its best.yaml trains
+    into (best-run/, which the table lacked), has a row in docs/sweeps.md, every row is
+    written, and a folder's row names each file in it (best-run/: a run folder's)."""
     pytest.importorskip("matplotlib")
+    from softmax_cls.training.runs import RUN_FILES, train_run
+
+    data, _ = served
     path = write_sweep(tmp_path, trials=2)
     sweep.run_sweep(path, workers=1, out=tmp_path / "out", progress=False, plots=True)
     table = sweep_folder_table()
-    written = {entry.name + ("/" if entry.is_dir() else "")
-               for entry in (tmp_path / "out").iterdir()}
+
+    def listing() -> set[str]:
+        return {entry.name + ("/" if entry.is_dir() else "")
+                for entry in (tmp_path / "out").iterdir()}
+
+    by_sweep = listing()
+    best = load_config(tmp_path / "out" / "best.yaml")
+    train_run(best, data, best.output.dir, progress=False)  # softmax-train --config best.yaml
+    written = listing()
     assert written == set(table)
+    best_run = f"{Path(best.output.dir).name}/"
+    assert written - by_sweep == {best_run}
+    assert table[best_run].startswith("not written by the sweep")
+    assert all(f"`{name}`" in table[best_run] for name in RUN_FILES)
     for folder in (name for name in written if name.endswith("/")):
         inside = sorted(entry.name for entry in (tmp_path / "out" / folder).iterdir())
         assert inside and all(f"`{name}`" in table[folder] for name in inside), (folder, inside)

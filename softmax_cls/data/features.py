@@ -37,7 +37,7 @@ import numpy as np
 
 from ..config import DataConfig
 from ..errors import DataError
-from ..fsutil import file_md5, require_file
+from ..fsutil import file_md5, open_regular, require_file
 from ..npy_header import INFLATE_ERRORS, NPY_HEADER_CAP, BadHeader, read_npy_header
 from ..text import shorten
 from .labelled import LabelledData
@@ -191,8 +191,9 @@ def _npz_headers(path: Path, need_y: bool = True) -> tuple[_Npy, _Npy | None]:
     """X's and y's headers in an .npz, each checked against the size the zip index declares
     for its member (so no member inflates past what its header declares). Without `need_y`,
     y may be absent (None)."""
+    handle = open_regular(path)  # a pipe, a folder: OSError naming the path
     try:
-        with zipfile.ZipFile(path) as archive:
+        with zipfile.ZipFile(handle) as archive:
             names = set(archive.namelist())
             for member in ("X.npy", "y.npy") if need_y or "y.npy" in names else ("X.npy",):
                 if member not in names:
@@ -211,18 +212,19 @@ def _npz_headers(path: Path, need_y: bool = True) -> tuple[_Npy, _Npy | None]:
             if y_info is not None:
                 with archive.open(y_info) as member:
                     y = _npy_header(member, path, "y", "y.npy")
-        with path.open("rb") as handle:
-            handle.seek(x_info.header_offset)
-            fields = _LOCAL_HEADER.unpack(handle.read(_LOCAL_HEADER.size))
-            if fields[0] != b"PK\x03\x04":
-                raise DataError(f"{path}: corrupt zip member X.npy")
-            handle.seek(fields[-2] + fields[-1], 1)  # file name and extra field
-            start = handle.tell()
-            X = _npy_header(handle, path, "X")  # its offset counted from the file's start
+        handle.seek(x_info.header_offset)
+        fields = _LOCAL_HEADER.unpack(handle.read(_LOCAL_HEADER.size))
+        if fields[0] != b"PK\x03\x04":
+            raise DataError(f"{path}: corrupt zip member X.npy")
+        handle.seek(fields[-2] + fields[-1], 1)  # file name and extra field
+        start = handle.tell()
+        X = _npy_header(handle, path, "X")  # its offset counted from the file's start
     except (zipfile.BadZipFile, NotImplementedError) as exc:  # an unknown compression method
         raise DataError(f"{path}: not a valid .npz ({shorten(exc, 120)})") from None
     except (OSError, EOFError, struct.error) as exc:
         raise DataError(f"{path}: not a valid .npz ({_reason(exc)})") from None
+    finally:
+        handle.close()
     for npy, info, member_start in ((X, x_info, start), (y, y_info, 0)):
         if npy is None:
             continue
@@ -234,7 +236,7 @@ def _npz_headers(path: Path, need_y: bool = True) -> tuple[_Npy, _Npy | None]:
 
 
 def _file_header(path: Path, what: str) -> _Npy:
-    with path.open("rb") as handle:
+    with open_regular(path) as handle:
         return _npy_header(handle, path, what)
 
 
@@ -293,18 +295,20 @@ def _check_size(npy: _Npy, what: str) -> None:
 
 
 def _map(X: _Npy) -> np.memmap:
-    return np.memmap(X.path, dtype=X.dtype, mode="r", shape=X.shape, offset=X.offset)
+    with open_regular(X.path) as handle:
+        return np.memmap(handle, dtype=X.dtype, mode="r", shape=X.shape, offset=X.offset)
 
 
 def _read_labels(y: _Npy) -> np.ndarray:
     """y (N,) as its header (already checked) declares it: integers or str."""
     try:
         if y.member is None:
-            with y.path.open("rb") as handle:
+            with open_regular(y.path) as handle:
                 labels = np.lib.format.read_array(handle, allow_pickle=False,
                                                   max_header_size=NPY_HEADER_CAP)
         else:
-            with zipfile.ZipFile(y.path) as archive, archive.open(y.member) as handle:
+            with open_regular(y.path) as file, zipfile.ZipFile(file) as archive, \
+                    archive.open(y.member) as handle:
                 labels = np.lib.format.read_array(handle, allow_pickle=False,
                                                   max_header_size=NPY_HEADER_CAP)
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, *INFLATE_ERRORS) as exc:

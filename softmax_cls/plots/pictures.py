@@ -68,16 +68,19 @@ def plot_sweep(folder: str | os.PathLike, out_dir: str | os.PathLike | None = No
 
 
 def plot_path(path: str | os.PathLike, out_dir: str | os.PathLike | None = None,
-              split: str = "test", root: str | os.PathLike | None = None,
+              split: str | None = None, root: str | os.PathLike | None = None,
               progress: bool = False) -> list[Path]:
-    """plot_sweep for a sweep folder, plot_run for anything else (a run folder, a checkpoint).
-    `root` on a sweep folder, whose pictures read no data, is a ConfigError (not ignored)."""
+    """plot_sweep for a sweep folder, plot_run for anything else (a run folder, a checkpoint;
+    `split` None: test). `root` or `split` on a sweep folder, whose pictures read no data and
+    show no split, is a ConfigError (not ignored)."""
     if is_sweep_folder(path):
-        if root is not None:
-            raise ConfigError("--root: a sweep folder's pictures come from its trials.csv and "
-                              "read no data; --root is for a run folder or a checkpoint")
+        for option, value in (("--root", root), ("--split", split)):
+            if value is not None:
+                raise ConfigError(f"{option}: a sweep folder's pictures come from its "
+                                  f"trials.csv, with no data and no split; {option} is for a "
+                                  "run folder or a checkpoint")
         return plot_sweep(path, out_dir)
-    return plot_run(path, out_dir, split, root, progress)
+    return plot_run(path, out_dir, split or "test", root, progress)
 
 
 def matplotlib_installed() -> bool:

@@ -236,11 +236,33 @@ def _run_sweep(sweep_path, trials, workers, folder: Path, dask, storage, study_n
     with contextlib.ExitStack() as stack:
         if local:
             stack.enter_context(worker_threads(workers))
-            _compile_before_workers(spec.base_config, folder / "cache")
+            if sum(_taken(study.get_trials(deepcopy=False))) < spec.trials:  # a trial to run
+                _compile_before_workers(_likeliest_numba(spec), folder / "cache")
         _drive(study, spec, folder, executor, capacity, tasks, meta, progress, local, command,
                stops)
     stops.check()
     return finish_sweep(folder, study, spec, meta, progress, plots)
+
+
+def _taken(trials) -> tuple[int, int]:
+    """(finished trials that count towards the budget, trials running) among `trials`."""
+    from optuna.trial import TrialState
+
+    return counted(trials), sum(t.state == TrialState.RUNNING for t in trials)
+
+
+def _likeliest_numba(spec) -> Config:
+    """The base config, with the searched engine most likely to be numba when `engine` is in
+    the space (numba, else auto), so the kernels compile once for every trial that can pick
+    it rather than once per worker."""
+    config = spec.base_config
+    searched = spec.space.get("engine")
+    if searched is not None:
+        names = searched.get("choice", searched.get("grid"))
+        for name in ("numba", "auto"):
+            if name in names:
+                return dataclasses.replace(config, engine=name)
+    return config
 
 
 def _compile_before_workers(config: Config, cache_dir: Path) -> None:
@@ -377,8 +399,7 @@ def _drive(study, spec, folder, executor, capacity, tasks, meta, progress, local
         while True:
             stops.check()
             all_trials = study.get_trials(deepcopy=False)
-            done_count = counted(all_trials)
-            running = sum(t.state == TrialState.RUNNING for t in all_trials)
+            done_count, running = _taken(all_trials)
             while len(pending) < capacity and done_count + running < spec.trials:
                 trial, task = tasks.ask()
                 running += 1

@@ -49,6 +49,7 @@ from ..fsutil import (
 from ..interrupts import stop_word_and_code
 from ..math.preprocess import Preprocessor, Split, split_and_fit
 from ..math.softmax import softmax_loss_from_scores
+from ..text import counted
 from .checkpoint import (
     Checkpoint,
     check_matches,
@@ -171,6 +172,30 @@ def plan_run(config_path: str | None, overrides: Iterable[str] = (), out: str | 
         config = dataclasses.replace(config, data=dataclasses.replace(config.data,
                                                                       download=False))
     return RunPlan(config, Path(out) if out else Path(resume).parent, checkpoint)
+
+
+def finished_line(plan: RunPlan) -> str | None:
+    """The one line of a resume with nothing to do, or None: the checkpoint is the finished
+    SGD run of its own folder (last.npz complete, summary.json beside it) and the config
+    trains no further epoch (optim.epochs reached, or stopped early and the patience not
+    raised). Training again would only redo its test evaluation and pictures. A run resumed
+    into another folder (--out) is written there; an L-BFGS run continues its solve."""
+    resume, optim = plan.resume, plan.config.optim
+    if (resume is None or resume.status != "complete" or resume.path is None
+            or optim.solver != "sgd" or resume.config.optim.solver != "sgd"
+            or Path(resume.path).resolve().parent != plan.out_dir.resolve()
+            or not (plan.out_dir / "summary.json").is_file()):
+        return None
+    state, patience = resume.state, optim.early_stopping.patience
+    if patience is not None and state.epochs_since_best >= patience \
+            and state.epoch < optim.epochs:
+        done = (f"stopped early at epoch {state.epoch} (optim.early_stopping.patience "
+                f"{patience}); raise the patience to train further")
+    elif state.epoch == optim.epochs:
+        done = f"{counted(state.epoch, 'epoch')}; raise optim.epochs to train further"
+    else:
+        return None
+    return f"{plan.out_dir} already finished: {done}; nothing written"
 
 
 def _check_solver_installed(config: Config) -> None:
