@@ -54,6 +54,22 @@ validation picks. --path-ours-only runs ours alone (the path of two versions of 
 turns), with each point's evaluations:
 
     python scripts/benchmark_lbfgs.py --path-shape 40000x512x100 --repeats 2
+
+--time-to-accuracy times only the features problem (--feature-rows, --feature-reg) by test
+accuracy rather than by coefficients: scikit-learn's fit at each --sklearn-tols (default
+1e-4, its own default, and 1e-5; at --max-iter, not its default 100: the table says whether
+it converged, and in how many iterations) and ours at each --ours-tols (default 1e-3, 3e-4,
+1e-4, 1e-5; engine --ours-engine), each repetition all of ours then all of theirs. The two
+tolerances bound the same number, the max-norm of the same mean objective's gradient on the
+standardised features, but not at the same moment: scikit-learn's is SciPy's gtol (the
+projected gradient, which is the gradient here: no bounds) on its float64 iterates, beside
+SciPy's relative-decrease stop (ftol 64 eps); ours is checked after every iteration on a
+float64 evaluation, after a float32 phase, and SciPy's own tests are off. Per fit: median
+seconds, iterations (evaluations), the test accuracy of each repetition; per scikit-learn
+fit, each of ours' largest |accuracy difference| in points and the ratio of median times,
+and the loosest tolerance of ours within 0.05 points:
+
+    python scripts/benchmark_lbfgs.py --time-to-accuracy --feature-rows 200000 --repeats 3
 """
 
 from __future__ import annotations
@@ -292,7 +308,7 @@ def shape_argument(shape: str) -> str:
 
 
 def positive_float(text: str) -> float:
-    """An argparse type: a finite float > 0 (a reg: scikit-learn's C = 1 / (2 reg N))."""
+    """An argparse type: a finite float > 0 (a reg: scikit-learn's C = 1 / (2 reg N); a tol)."""
     try:
         value = float(text)
     except ValueError:
@@ -444,7 +460,8 @@ def compare_paths(shape: str, regs, tol: float, max_iter: int, repeats: int,
         "points": points}
 
 
-def accuracy_ours(fit: dict, X_test) -> float:
+def accuracy_ours(fit: dict, X_test) -> np.ndarray:
+    """Our fit's predicted class (N,) for each row of X_test (N, P), as given."""
     pre = fit["pre"]
     scores = pre.transform(X_test, np.float64)[:, :-1] @ fit["coef"].T + fit["intercept"]
     return scores.argmax(axis=1)
@@ -490,6 +507,95 @@ def compare(name, rows, labels, X_test, y_test, reg, tol, max_iter, repeats,
         "sklearn_s_per_iteration": theirs_s / max(1, b["iterations"]),
         "sklearn_eval_s": evaluation["sklearn"],
     }
+
+
+def time_to_accuracy(rows, labels, X_test, y_test, reg: float, our_tols, their_tols,
+                     max_iter: int, repeats: int, precondition: bool = True,
+                     engine: str = "auto") -> dict:
+    """Time to scikit-learn's test accuracy: ours (the benchmark's `ours`) at each tolerance
+    of `our_tols` and scikit-learn's (`theirs`) at each of `their_tols`, on rows (N, P),
+    labels (N,), scored on X_test, y_test; each repetition every fit of ours then every fit
+    of theirs (interleaved: a load change hits all). Per fit: median seconds (and each),
+    iterations (evaluations, ours), converged, and the test accuracy of every repetition.
+    Per scikit-learn reference: each of ours' |accuracy difference| in points (the largest
+    over the repetitions), the ratio of median times theirs / ours, and the loosest of
+    `our_tols` whose every repetition is within `within` (0.05) points of it (None: none)."""
+    within = 0.05
+    ours(rows[:256], labels[:256], reg, our_tols[0], 2, precondition, engine)  # numba: compile
+    fits = {("ours", tol): [] for tol in our_tols}
+    fits.update({("sklearn", tol): [] for tol in their_tols})
+    for _ in range(repeats):
+        for side, tol in fits:
+            if side == "ours":
+                fit = ours(rows, labels, reg, tol, max_iter, precondition, engine)
+                predicted = accuracy_ours(fit, X_test)
+            else:
+                fit = theirs(rows, labels, reg, tol, max_iter)
+                predicted = fit["model"].predict(fit["scaler"].transform(
+                    np.asarray(X_test, np.float64)))
+            fits[side, tol].append({
+                "seconds": fit["seconds"], "iterations": fit["iterations"],
+                "evaluations": fit.get("evaluations"), "converged": fit["converged"],
+                "test_acc": float(np.mean(predicted == y_test))})
+    runs = [{"side": side, "tol": tol,
+             "seconds": statistics.median(f["seconds"] for f in done),
+             "seconds_all": [f["seconds"] for f in done],
+             "iterations": done[-1]["iterations"], "evaluations": done[-1]["evaluations"],
+             "converged": all(f["converged"] for f in done),
+             "test_acc_all": [f["test_acc"] for f in done]}
+            for (side, tol), done in fits.items()]
+    references = []
+    for ref in (r for r in runs if r["side"] == "sklearn"):
+        acc = statistics.median(ref["test_acc_all"])
+        against = [{"tol": r["tol"], "ratio": ref["seconds"] / r["seconds"],
+                    "acc_diff_points": max(100 * abs(a - acc) for a in r["test_acc_all"])}
+                   for r in runs if r["side"] == "ours"]
+        close = [q for q in against if q["acc_diff_points"] <= within]
+        references.append({"tol": ref["tol"], "test_acc": acc, "seconds": ref["seconds"],
+                           "ours": against,
+                           "loosest_within": max(close, key=lambda q: q["tol"])
+                           if close else None})
+    return {"rows": len(rows), "features": rows.shape[1], "reg": reg,
+            "C": 1 / (2 * reg * len(rows)), "max_iter": max_iter, "within_points": within,
+            "engine": resolved_engine(engine, int(labels.max()) + 1),
+            "precondition": precondition, "runs": runs, "references": references}
+
+
+def print_time_to_accuracy(result: dict) -> None:
+    """--time-to-accuracy's report: one row per fit, then per scikit-learn reference the
+    loosest tolerance of ours within 0.05 points of its test accuracy."""
+    references = result["references"]
+    print(f"at the end: {load_line()}\n")
+    print("| fit | tol | s (median; each) | iterations (evaluations) | converged | test acc % "
+          "(each) | " + " | ".join(f"vs sklearn tol {r['tol']:g}: |diff| points, "
+                                   "sklearn s / s" for r in references) + " |")
+    print("|---|---|---|---|---|---|" + "---|" * len(references))
+    for run in result["runs"]:
+        name = (f"ours ({result['engine']})" if run["side"] == "ours" else "scikit-learn")
+        cells = []
+        for ref in references:
+            match = [q for q in ref["ours"] if q["tol"] == run["tol"]]
+            if run["side"] == "ours":
+                cells.append(f"{match[0]['acc_diff_points']:.3f}, {match[0]['ratio']:.2f}")
+            else:
+                acc = statistics.median(run["test_acc_all"])
+                cells.append(f"{100 * abs(acc - ref['test_acc']):.3f}, "
+                             f"{ref['seconds'] / run['seconds']:.2f}")
+        evaluations = "" if run["evaluations"] is None else f" ({run['evaluations']})"
+        print(f"| {name} | {run['tol']:g} | {run['seconds']:.2f} "
+              f"({', '.join(f'{t:.2f}' for t in run['seconds_all'])}) | "
+              f"{run['iterations']}{evaluations} | {'yes' if run['converged'] else 'no'} | "
+              f"{', '.join(f'{100 * a:.3f}' for a in run['test_acc_all'])} | "
+              + " | ".join(cells) + " |")
+    print()
+    for ref in references:
+        best = ref["loosest_within"]
+        print(f"scikit-learn tol {ref['tol']:g} ({100 * ref['test_acc']:.3f}%, "
+              f"{ref['seconds']:.2f} s): " + (
+                  f"ours' loosest tol within {result['within_points']} points is "
+                  f"{best['tol']:g}, {ref['seconds'] / best['ratio']:.2f} s, "
+                  f"{best['ratio']:.2f} times faster" if best else
+                  f"no tol of ours within {result['within_points']} points"))
 
 
 def print_ours_path(path: dict) -> None:
@@ -561,7 +667,32 @@ def main() -> None:
                         choices=["auto", "numpy", "numba", "torch"])
     parser.add_argument("--path-ours-only", action="store_true",
                         help="the path of ours alone (before and after a change of ours)")
+    parser.add_argument("--time-to-accuracy", action="store_true",
+                        help="only the features problem: ours at each --ours-tols against "
+                             "scikit-learn at each --sklearn-tols, by test accuracy")
+    parser.add_argument("--ours-tols", type=positive_float, nargs="+",
+                        default=[1e-3, 3e-4, 1e-4, 1e-5],
+                        help="--time-to-accuracy's tolerances of ours (optim.tol)")
+    parser.add_argument("--sklearn-tols", type=positive_float, nargs="+",
+                        default=[1e-4, 1e-5],
+                        help="--time-to-accuracy's tolerances of scikit-learn (1e-4: its "
+                             "default)")
     args = parser.parse_args()
+    if args.time_to_accuracy:
+        if args.feature_rows < 1:
+            parser.error("--time-to-accuracy needs --feature-rows of at least 1")
+        print(f"time to scikit-learn's test accuracy, features {args.feature_rows:,} x 512, "
+              f"reg {args.feature_reg:g}, max_iter {args.max_iter}, {args.repeats} "
+              f"repetitions, {load_line()}", flush=True)
+        rows, labels, X_test, y_test = feature_problem(args.feature_rows)
+        result = time_to_accuracy(rows, labels, X_test, y_test, args.feature_reg,
+                                  args.ours_tols, args.sklearn_tols, args.max_iter,
+                                  args.repeats, args.precondition == "on",
+                                  (args.ours_engine or ["auto"])[0])
+        print_time_to_accuracy(result)
+        if args.json:
+            Path(args.json).write_text(json.dumps(result, indent=2))
+        return
     if args.engine:
         print(f"one evaluation, {args.eval_shape}, medians of {args.repeats}, "
               f"{load_line()}, OPENBLAS_NUM_THREADS="

@@ -1325,6 +1325,10 @@ def benchmark_script():
     (["--path-shape", "20x3x3", "--path-regs", "0.1", "-0.001"],
      "argument --path-regs: must be a finite number > 0, got -0.001"),
     (["--path-shape", "20x3x3", "--path-regs", "0"], "argument --path-regs: must be"),
+    (["--time-to-accuracy", "--ours-tols", "1e-3", "0"],
+     "argument --ours-tols: must be a finite number > 0, got 0"),
+    (["--time-to-accuracy", "--feature-rows", "0"],
+     "--time-to-accuracy needs --feature-rows of at least 1"),
     (["--engine", "numpy", "--eval-shape", "10x4x3", "--json", "{tmp}/missing/t.json"],
      "argument --json: {tmp}/missing/t.json: folder {tmp}/missing does not exist"),
 ])
@@ -1500,3 +1504,97 @@ def test_the_not_converged_line_counts_one_iteration_in_the_singular():
     assert "converge: 1 iteration (optim.max_iter 1)" in not_converged_line(result, 1, 1e-5)
     stopped = LbfgsResult(**{**vars(result), "message": "ABNORMAL: "})
     assert "stopped after 1 iteration (" in not_converged_line(stopped, 5, 1e-5)
+
+
+def test_the_benchmarks_time_to_accuracy_picks_the_loosest_tol_within_005_points(
+        monkeypatch):
+    """--time-to-accuracy: each repetition all of ours then all of scikit-learn's; per
+    scikit-learn fit, ours' largest |accuracy difference| over the repetitions in points, the
+    ratio of median times theirs / ours, and the loosest tol of ours within 0.05 points
+    (a repetition outside disqualifies it)."""
+    bench = benchmark_script()
+    y_test = np.zeros(10_000, np.int64)
+    calls: list[tuple[str, float]] = []
+    rounds = {"n": 0}
+    # test accuracy per (side, tol), one per repetition; seconds per (side, tol)
+    accuracy = {("ours", 1e-2): [0.90, 0.90], ("ours", 1e-3): [0.9004, 0.9006],
+                ("ours", 1e-4): [0.9001, 0.9001], ("sklearn", 1e-4): [0.9001, 0.9001]}
+    seconds = {("ours", 1e-2): 0.5, ("ours", 1e-3): 1.0, ("ours", 1e-4): 2.0,
+               ("sklearn", 1e-4): 8.0}
+
+    def predictions(side, tol):
+        wrong = round((1 - accuracy[side, tol][rounds["n"]]) * len(y_test))
+        return np.r_[np.ones(wrong, np.int64), np.zeros(len(y_test) - wrong, np.int64)]
+
+    def fake_ours(rows, labels, reg, tol, max_iter, precondition=True, engine="auto"):
+        if max_iter == 2:  # the compile warm-up
+            return {}
+        calls.append(("ours", tol))
+        return {"seconds": seconds["ours", tol], "iterations": 3, "evaluations": 4,
+                "converged": True, "predicted": predictions("ours", tol)}
+
+    class Model:
+        def __init__(self, predicted):
+            self.predicted = predicted
+
+        def predict(self, X):
+            return self.predicted
+
+    class Scaler:
+        def transform(self, X):
+            return X
+
+    def fake_theirs(rows, labels, reg, tol, max_iter):
+        calls.append(("sklearn", tol))
+        fit = {"seconds": seconds["sklearn", tol], "iterations": 5, "converged": True,
+               "model": Model(predictions("sklearn", tol)), "scaler": Scaler()}
+        rounds["n"] += 1
+        return fit
+
+    monkeypatch.setattr(bench, "ours", fake_ours)
+    monkeypatch.setattr(bench, "theirs", fake_theirs)
+    monkeypatch.setattr(bench, "accuracy_ours", lambda fit, X: fit["predicted"])
+    monkeypatch.setattr(bench, "resolved_engine", lambda name, classes: "numpy")
+    rows = np.zeros((20, 3), np.float32)
+    result = bench.time_to_accuracy(rows, np.array([0, 1] * 10), np.zeros((10_000, 3)),
+                                    y_test, 1e-4, [1e-2, 1e-3, 1e-4], [1e-4], 100, 2)
+    assert calls == [("ours", 1e-2), ("ours", 1e-3), ("ours", 1e-4), ("sklearn", 1e-4)] * 2
+    (ref,) = result["references"]
+    assert ref["test_acc"] == pytest.approx(0.9001)
+    diffs = {q["tol"]: q["acc_diff_points"] for q in ref["ours"]}
+    assert diffs == pytest.approx({1e-2: 0.01, 1e-3: 0.05, 1e-4: 0.0}, abs=1e-9)
+    assert {q["tol"]: q["ratio"] for q in ref["ours"]} == pytest.approx(
+        {1e-2: 16.0, 1e-3: 8.0, 1e-4: 4.0})
+    assert ref["loosest_within"]["tol"] == 1e-2
+    accuracy["ours", 1e-2] = [0.90, 0.9008]  # its second repetition 0.07 points off
+    calls.clear()
+    rounds["n"] = 0
+    result = bench.time_to_accuracy(rows, np.array([0, 1] * 10), np.zeros((10_000, 3)),
+                                    y_test, 1e-4, [1e-2, 1e-3, 1e-4], [1e-4], 100, 2)
+    assert result["references"][0]["loosest_within"]["tol"] == 1e-3
+    assert [r["test_acc_all"] for r in result["runs"]][0] == pytest.approx([0.90, 0.9008])
+
+
+def test_the_benchmarks_time_to_accuracy_runs_from_the_command_line(tmp_path):
+    """--time-to-accuracy on a small features problem: a table row per fit, each reference's
+    verdict line, and the JSON; tight tolerances of ours reach scikit-learn's accuracy."""
+    pytest.importorskip("sklearn")
+    script = Path(__file__).resolve().parents[1] / "scripts" / "benchmark_lbfgs.py"
+    out = tmp_path / "tta.json"
+    result = subprocess.run(
+        [sys.executable, str(script), "--time-to-accuracy", "--feature-rows", "1500",
+         "--repeats", "1", "--ours-engine", "numpy", "--ours-tols", "1e-2", "1e-7",
+         "--sklearn-tols", "1e-7", "--json", str(out)],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert sum(line.startswith("| ours (numpy) |") for line in lines) == 2
+    assert sum(line.startswith("| scikit-learn | 1e-07 |") for line in lines) == 1
+    report = json.loads(out.read_text())
+    (ref,) = report["references"]
+    tight = [q for q in ref["ours"] if q["tol"] == 1e-7][0]
+    assert tight["acc_diff_points"] <= 0.05
+    assert ref["loosest_within"]["tol"] in (1e-2, 1e-7)
+    assert any(line.startswith("scikit-learn tol 1e-07 (") and
+               f"ours' loosest tol within 0.05 points is {ref['loosest_within']['tol']:g}"
+               in line for line in lines)
