@@ -247,6 +247,17 @@ def test_a_plots_link_is_refused_before_training_not_after_it(tmp_path):
     assert folder_bytes(folder) == before and not any(elsewhere.iterdir())
 
 
+def test_a_new_run_folder_is_checked_for_its_own_plots_link_not_a_neighbour(tmp_path):
+    """The check before training took a run folder not made yet for a checkpoint file and
+    refused `plots-<name>` beside it, a link no run of that folder draws into."""
+    pytest.importorskip("matplotlib")
+    config = features_config(tmp_path)
+    (tmp_path / "plots-new").symlink_to(tmp_path, target_is_directory=True)
+    result = train("--config", str(config), "--out", str(tmp_path / "new"), "--plots")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "new" / "plots" / "curves.png").is_file()
+
+
 def test_a_new_run_that_fails_leaves_no_folder(tmp_path):
     config = features_config(tmp_path)
     result = train("--config", str(config), "--out", str(tmp_path / "runs" / "new"),
