@@ -218,8 +218,9 @@ def test_a_run_that_stopped_early_is_finished_until_its_patience_is_raised(tmp_p
     folder = tmp_path / "run"
     assert train("--config", str(config), "--out", str(folder)).returncode == 0
 
-    def line(patience: int) -> str | None:
-        plan = runs.plan_run(None, ["optim.epochs=5", f"optim.early_stopping.patience={patience}"],
+    def line(patience: int, epochs: int = 5) -> str | None:
+        plan = runs.plan_run(None, [f"optim.epochs={epochs}",
+                                    f"optim.early_stopping.patience={patience}"],
                              resume=str(folder / "last.npz"))
         plan.resume.state.epochs_since_best = 1  # as if its last epoch was not its best
         return runs.finished_line(plan)
@@ -228,6 +229,12 @@ def test_a_run_that_stopped_early_is_finished_until_its_patience_is_raised(tmp_p
                        "(optim.early_stopping.patience 1); raise the patience to train "
                        "further; nothing written")
     assert line(2) is None
+    # its epochs all done and its patience run out: raising the epochs alone trains none
+    assert line(1, EPOCHS) == (f"{folder} already finished: {EPOCHS} epochs; raise "
+                               "optim.epochs and optim.early_stopping.patience to train "
+                               "further; nothing written")
+    assert line(2, EPOCHS).endswith(f"{EPOCHS} epochs; raise optim.epochs to train further; "
+                                    "nothing written")
 
 
 def test_a_plots_link_is_refused_before_training_not_after_it(tmp_path):
