@@ -237,6 +237,17 @@ def test_a_run_that_stopped_early_is_finished_until_its_patience_is_raised(tmp_p
                                     "nothing written")
 
 
+def test_a_finished_run_resumed_into_another_folder_brings_its_history(tmp_path):
+    """--out elsewhere with no epoch left to train: the new folder had last.npz, best.npz and
+    summary.json but no history.jsonl (written only after an epoch)."""
+    config = features_config(tmp_path)
+    folder, other = tmp_path / "run", tmp_path / "other"
+    assert train("--config", str(config), "--out", str(folder)).returncode == 0
+    result = train("--resume", str(folder / "last.npz"), "--out", str(other))
+    assert result.returncode == 0, result.stderr
+    assert (other / "history.jsonl").read_text() == (folder / "history.jsonl").read_text()
+
+
 def test_a_plots_link_is_refused_before_training_not_after_it(tmp_path):
     """RUN/plots a symbolic link: a resumed run in place checked its run files before
     training, but the plots entry only when drawing, after it had trained and rewritten them

@@ -552,6 +552,8 @@ class _Run:
         with atomic_write(out_dir / "config.yaml", "w") as handle:
             handle.write(run.config_yaml)
         run.save("last.npz", state)
+        if state.history:  # a resumed run's epochs: also in a new folder with none left to train
+            write_history(out_dir / "history.jsonl", state.history)
         if best_bytes is not None:
             with atomic_write(out_dir / "best.npz") as handle:
                 handle.write(best_bytes)
