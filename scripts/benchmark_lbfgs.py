@@ -318,6 +318,17 @@ def positive_float(text: str) -> float:
     return value
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1 (--repeats: a median of none was a traceback)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return value
+
+
 def json_path(text: str) -> str:
     """An argparse type: a file path whose folder exists (checked before any timing)."""
     folder = Path(text).parent
@@ -635,7 +646,7 @@ def main() -> None:
     parser.add_argument("--feature-reg", type=float, default=1e-4)
     parser.add_argument("--tol", type=float, default=1e-5)
     parser.add_argument("--max-iter", type=int, default=1000)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=positive_int, default=3)
     parser.add_argument("--precondition", choices=["on", "off"], default="on",
                         help="ours with optim.precondition true (default) or false")
     parser.add_argument("--json", type=json_path, help="write the results here")

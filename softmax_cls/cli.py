@@ -220,7 +220,8 @@ def train_command(config_path, overrides, out, resume, overwrite, plots, quiet):
         return
     draw = plots_wanted(plan.config.output.plots if plots is None else plots)
     if draw:
-        default_out_dir(plan.out_dir)  # RUN/plots a link: refused now, not after training
+        # RUN/plots a link: refused now, not after training
+        default_out_dir(plan.out_dir, run_folder=True)
     # -- the run: the folder locked, the data loaded, training, the one test evaluation
     result = run_plan(plan, progress=not quiet, overwrite=overwrite)
     # -- the pictures, from what the run holds in memory

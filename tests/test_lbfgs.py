@@ -1329,6 +1329,9 @@ def benchmark_script():
      "argument --ours-tols: must be a finite number > 0, got 0"),
     (["--time-to-accuracy", "--feature-rows", "0"],
      "--time-to-accuracy needs --feature-rows of at least 1"),
+    (["--time-to-accuracy", "--repeats", "0"], "argument --repeats: must be at least 1, got 0"),
+    (["--engine", "numpy", "--eval-shape", "10x4x3", "--repeats", "x"],
+     "argument --repeats: expected an integer, got 'x'"),
     (["--engine", "numpy", "--eval-shape", "10x4x3", "--json", "{tmp}/missing/t.json"],
      "argument --json: {tmp}/missing/t.json: folder {tmp}/missing does not exist"),
 ])

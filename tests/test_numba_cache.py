@@ -170,6 +170,29 @@ def test_a_sweep_of_two_workers_says_it_compiles_once(tmp_path, solver, searched
         assert COMPILING not in again.stderr, again.stderr
 
 
+def test_a_sweep_whose_searched_engines_leave_numba_out_compiles_nothing(tmp_path):
+    """`engine` searched over numpy alone, the base engine auto: no trial trains with numba,
+    so the sweep compiles no kernels (it compiled the base engine's, 20-60 s for nothing)."""
+    pytest.importorskip("optuna")
+    from softmax_cls.engines.numba_engine import COMPILING
+
+    X, y = linear_data(n=300, d=4)
+    np.savez(tmp_path / "train.npz", X=X, y=y)
+    write_config(tmp_path, train=str(tmp_path / "train.npz"))
+    (tmp_path / "s.yaml").write_text(
+        "base: probe.yaml\nset: {optim.epochs: 1, output.plots: false}\n"
+        "sampler: grid\nspace: {engine: {grid: [numpy]}, seed: {grid: [0]}}\n")
+    base = tmp_path / "probe.yaml"
+    assert "engine: numpy" in base.read_text()
+    base.write_text(base.read_text().replace("engine: numpy", "engine: auto"))
+    result = subprocess.run([script("softmax-sweep"), "s.yaml", "--quiet", "--out", "sweep"],
+                            capture_output=True, text=True, cwd=tmp_path,
+                            timeout=COMPILE_TIMEOUT,
+                            env={**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cold")})
+    assert result.returncode == 0, result.stderr
+    assert COMPILING not in result.stderr, result.stderr
+
+
 LBFGS = ["optim.solver=lbfgs", "optim.early_stopping.patience=null"]
 
 

@@ -218,8 +218,9 @@ def test_a_run_that_stopped_early_is_finished_until_its_patience_is_raised(tmp_p
     folder = tmp_path / "run"
     assert train("--config", str(config), "--out", str(folder)).returncode == 0
 
-    def line(patience: int) -> str | None:
-        plan = runs.plan_run(None, ["optim.epochs=5", f"optim.early_stopping.patience={patience}"],
+    def line(patience: int, epochs: int = 5) -> str | None:
+        plan = runs.plan_run(None, [f"optim.epochs={epochs}",
+                                    f"optim.early_stopping.patience={patience}"],
                              resume=str(folder / "last.npz"))
         plan.resume.state.epochs_since_best = 1  # as if its last epoch was not its best
         return runs.finished_line(plan)
@@ -228,6 +229,23 @@ def test_a_run_that_stopped_early_is_finished_until_its_patience_is_raised(tmp_p
                        "(optim.early_stopping.patience 1); raise the patience to train "
                        "further; nothing written")
     assert line(2) is None
+    # its epochs all done and its patience run out: raising the epochs alone trains none
+    assert line(1, EPOCHS) == (f"{folder} already finished: {EPOCHS} epochs; raise "
+                               "optim.epochs and optim.early_stopping.patience to train "
+                               "further; nothing written")
+    assert line(2, EPOCHS).endswith(f"{EPOCHS} epochs; raise optim.epochs to train further; "
+                                    "nothing written")
+
+
+def test_a_finished_run_resumed_into_another_folder_brings_its_history(tmp_path):
+    """--out elsewhere with no epoch left to train: the new folder had last.npz, best.npz and
+    summary.json but no history.jsonl (written only after an epoch)."""
+    config = features_config(tmp_path)
+    folder, other = tmp_path / "run", tmp_path / "other"
+    assert train("--config", str(config), "--out", str(folder)).returncode == 0
+    result = train("--resume", str(folder / "last.npz"), "--out", str(other))
+    assert result.returncode == 0, result.stderr
+    assert (other / "history.jsonl").read_text() == (folder / "history.jsonl").read_text()
 
 
 def test_a_plots_link_is_refused_before_training_not_after_it(tmp_path):
@@ -245,6 +263,17 @@ def test_a_plots_link_is_refused_before_training_not_after_it(tmp_path):
                    "--plots")
     assert_one_line_error(result, 1, f"{folder / 'plots'} is a symbolic link")
     assert folder_bytes(folder) == before and not any(elsewhere.iterdir())
+
+
+def test_a_new_run_folder_is_checked_for_its_own_plots_link_not_a_neighbour(tmp_path):
+    """The check before training took a run folder not made yet for a checkpoint file and
+    refused `plots-<name>` beside it, a link no run of that folder draws into."""
+    pytest.importorskip("matplotlib")
+    config = features_config(tmp_path)
+    (tmp_path / "plots-new").symlink_to(tmp_path, target_is_directory=True)
+    result = train("--config", str(config), "--out", str(tmp_path / "new"), "--plots")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "new" / "plots" / "curves.png").is_file()
 
 
 def test_a_new_run_that_fails_leaves_no_folder(tmp_path):

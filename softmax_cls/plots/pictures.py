@@ -28,12 +28,15 @@ def is_run_folder(path: str | os.PathLike) -> bool:
 
 
 
-def default_out_dir(path: str | os.PathLike) -> Path:
+def default_out_dir(path: str | os.PathLike, run_folder: bool = False) -> Path:
     """Where pictures go without --out: a run or sweep folder's `plots` folder; for a
     checkpoint file, `plots-<its name>` beside it. That folder may be shared: a symbolic link
-    there raises DataError rather than leading the pictures into the folder it names."""
+    there raises DataError rather than leading the pictures into the folder it names.
+    `run_folder`: `path` is a run folder, perhaps not made yet (softmax-train, before it
+    trains), never a checkpoint."""
     path = Path(path)
-    out_dir = path / "plots" if path.is_dir() else path.parent / f"plots-{path.stem}"
+    out_dir = (path / "plots" if run_folder or path.is_dir()
+               else path.parent / f"plots-{path.stem}")
     if out_dir.is_symlink():
         raise DataError(f"{out_dir} is a symbolic link; refusing to draw into the folder it "
                         "names (remove it, or choose the folder with --out)")

@@ -253,16 +253,15 @@ def _taken(trials) -> tuple[int, int]:
 
 def _likeliest_numba(spec) -> Config:
     """The base config, with the searched engine most likely to be numba when `engine` is in
-    the space (numba, else auto), so the kernels compile once for every trial that can pick
-    it rather than once per worker."""
+    the space (numba, else auto, else one that is not: the base engine trains no trial), so
+    the kernels compile once for every trial that can pick it rather than once per worker."""
     config = spec.base_config
     searched = spec.space.get("engine")
-    if searched is not None:
-        names = searched.get("choice", searched.get("grid"))
-        for name in ("numba", "auto"):
-            if name in names:
-                return dataclasses.replace(config, engine=name)
-    return config
+    if searched is None:
+        return config
+    names = searched.get("choice", searched.get("grid"))
+    return dataclasses.replace(config, engine=next(
+        (name for name in ("numba", "auto") if name in names), names[0]))
 
 
 def _compile_before_workers(config: Config, cache_dir: Path) -> None:

@@ -187,12 +187,13 @@ def finished_line(plan: RunPlan) -> str | None:
             or not (plan.out_dir / "summary.json").is_file()):
         return None
     state, patience = resume.state, optim.early_stopping.patience
-    if patience is not None and state.epochs_since_best >= patience \
-            and state.epoch < optim.epochs:
+    stopped = patience is not None and state.epochs_since_best >= patience
+    if stopped and state.epoch < optim.epochs:
         done = (f"stopped early at epoch {state.epoch} (optim.early_stopping.patience "
                 f"{patience}); raise the patience to train further")
-    elif state.epoch == optim.epochs:
-        done = f"{counted(state.epoch, 'epoch')}; raise optim.epochs to train further"
+    elif state.epoch == optim.epochs:  # a patience run out stops more epochs too
+        also = " and optim.early_stopping.patience" if stopped else ""
+        done = f"{counted(state.epoch, 'epoch')}; raise optim.epochs{also} to train further"
     else:
         return None
     return f"{plan.out_dir} already finished: {done}; nothing written"
@@ -551,6 +552,8 @@ class _Run:
         with atomic_write(out_dir / "config.yaml", "w") as handle:
             handle.write(run.config_yaml)
         run.save("last.npz", state)
+        if state.history:  # a resumed run's epochs: also in a new folder with none left to train
+            write_history(out_dir / "history.jsonl", state.history)
         if best_bytes is not None:
             with atomic_write(out_dir / "best.npz") as handle:
                 handle.write(best_bytes)
