@@ -389,6 +389,7 @@ def test_no_read_out_of_bounds(tmp_path):
                PYTHONPATH=os.pathsep.join(filter(None, [str(root),
                                                        os.environ.get("PYTHONPATH")])))
     out = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
+                          "-n", "0",  # one process, inside this test's worker
                           "tests/test_engines.py", "tests/test_kernels.py", "-k", BOUNDSCHECKED],
                          capture_output=True, text=True, cwd=root, env=env, timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]

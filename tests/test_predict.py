@@ -481,12 +481,13 @@ def test_skip_unreadable_counts_and_names_them(trained, tmp_path):
     for name in ("a_bad.png", "c_bad.jpg"):
         (folder / name).write_text("no")
     (folder / "readme.txt").write_text("not an image suffix: never read")
-    result = run("softmax-predict", str(trained["checkpoint"]), str(folder), "--json",
-                 "--skip-unreadable")
+    # named relative to tmp_path: the line shortens a name past 80 characters
+    result = run("softmax-predict", str(trained["checkpoint"]), "mixed", "--json",
+                 "--skip-unreadable", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert len(result.stdout.splitlines()) == 3
     assert result.stderr.splitlines() == [
-        f"skipped 2 unreadable files: {folder / 'a_bad.png'}, {folder / 'c_bad.jpg'}"]
+        "skipped 2 unreadable files: mixed/a_bad.png, mixed/c_bad.jpg"]
 
 
 
@@ -502,14 +503,13 @@ def test_a_dangling_link_or_a_pipe_in_a_folder_is_unreadable_not_left_out(traine
     result = run("softmax-predict", str(trained["checkpoint"]), str(folder), timeout=30)
     assert_one_line_error(result, 1, f"{folder / 'a_gone.png'}: a link to nothing")
     assert result.stdout == ""
-    result = run("softmax-predict", str(trained["checkpoint"]), str(folder), "--json",
-                 "--skip-unreadable", timeout=30)
+    result = run("softmax-predict", str(trained["checkpoint"]), "photos", "--json",
+                 "--skip-unreadable", timeout=30, cwd=tmp_path)  # short names: not shortened
     assert result.returncode == 0, result.stderr
     assert [json.loads(line)["input"] for line in result.stdout.splitlines()] == [
-        str(folder / "b_good.png")]
+        "photos/b_good.png"]
     assert result.stderr.splitlines() == [
-        f"skipped 3 unreadable files: {folder / 'a_gone.png'}, {folder / 'c_loop.png'}, "
-        f"{folder / 'd_pipe.png'}"]
+        "skipped 3 unreadable files: photos/a_gone.png, photos/c_loop.png, photos/d_pipe.png"]
     result = run("softmax-predict", str(trained["checkpoint"]), str(folder / "d_pipe.png"),
                  str(folder / "b_good.png"), "--skip-unreadable", timeout=30)
     # named on the command line it is refused, skipping or not, in one line and at once
@@ -531,10 +531,10 @@ def test_a_pipe_in_a_folder_of_feature_files_is_not_opened(probe, tmp_path):
     os.mkfifo(folder / "b_X.npy")
     result = run("softmax-predict", str(probe["checkpoint"]), str(folder), timeout=30)
     assert_one_line_error(result, 1, f"{folder / 'b_X.npy'}: not a regular file")
-    result = run("softmax-predict", str(probe["checkpoint"]), str(folder), "--skip-unreadable",
-                 timeout=30)
+    result = run("softmax-predict", str(probe["checkpoint"]), "features", "--skip-unreadable",
+                 timeout=30, cwd=tmp_path)  # a short name: not shortened
     assert result.returncode == 0 and len(result.stdout.splitlines()) == 1 + len(probe["new"])
-    assert result.stderr.splitlines() == [f"skipped 1 unreadable file: {folder / 'b_X.npy'}"]
+    assert result.stderr.splitlines() == ["skipped 1 unreadable file: features/b_X.npy"]
 
 
 def test_skip_unreadable_skips_a_named_file_it_may_not_read(trained, tmp_path):
@@ -549,11 +549,11 @@ def test_skip_unreadable_skips_a_named_file_it_may_not_read(trained, tmp_path):
     locked.write_bytes(trained["new"][1].read_bytes())
     locked.chmod(0o000)
     result = run_measured("softmax-predict", str(trained["checkpoint"]), str(good),
-                          str(locked), "--json", "--skip-unreadable",
-                          without_root_powers=os.geteuid() == 0)
+                          locked.name, "--json", "--skip-unreadable", cwd=tmp_path,
+                          without_root_powers=os.geteuid() == 0)  # a short name: not shortened
     assert result.returncode == 0, result.stderr
     assert len(result.stdout.splitlines()) == 1
-    assert result.stderr.splitlines() == [f"skipped 1 unreadable file: {locked}"]
+    assert result.stderr.splitlines() == [f"skipped 1 unreadable file: {locked.name}"]
 
 
 def test_folders_expand_recursively_sorted_by_suffix(tmp_path):
