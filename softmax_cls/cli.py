@@ -209,7 +209,7 @@ def train_command(config_path, overrides, out, resume, overwrite, plots, quiet):
     validation.
     """
     from .interrupts import stop_word_and_code
-    from .plots.pictures import default_out_dir, draw_training_run, plots_wanted
+    from .plots.pictures import NO_PLOTS_HINT, default_out_dir, draw_training_run, plots_wanted
     from .training.runs import finished_line, plan_run, run_plan
 
     # -- what to run: the config, the run folder, the checkpoint to continue; no data yet
@@ -220,8 +220,9 @@ def train_command(config_path, overrides, out, resume, overwrite, plots, quiet):
         return
     draw = plots_wanted(plan.config.output.plots if plots is None else plots)
     if draw:
-        # RUN/plots a link: refused now, not after training
-        default_out_dir(plan.out_dir, run_folder=True)
+        # RUN/plots a link or a file (--overwrite deletes only the run files): refused now,
+        # not after training
+        default_out_dir(plan.out_dir, run_folder=True, hint=NO_PLOTS_HINT)
     # -- the run: the folder locked, the data loaded, training, the one test evaluation
     result = run_plan(plan, progress=not quiet, overwrite=overwrite)
     # -- the pictures, from what the run holds in memory

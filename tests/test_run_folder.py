@@ -265,6 +265,34 @@ def test_a_plots_link_is_refused_before_training_not_after_it(tmp_path):
     assert folder_bytes(folder) == before and not any(elsewhere.iterdir())
 
 
+def test_a_plots_link_names_no_plots_as_the_way_out(tmp_path):
+    """The refusal suggested --out, which for softmax-train moves the whole run folder."""
+    config = features_config(tmp_path)
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "plots").symlink_to(tmp_path, target_is_directory=True)
+    result = train("--config", str(config), "--out", str(folder), "--plots")
+    assert_one_line_error(result, 1, "is a symbolic link", "--no-plots")
+    assert "--out" not in result.stderr
+    assert sorted(p.name for p in folder.iterdir()) == ["plots"]
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_plots_file_is_refused_before_training_not_after_it(tmp_path, overwrite):
+    """RUN/plots a file: the run trained and rewrote its files, then failed drawing (exit 1).
+    --overwrite deletes only the run files, so the file stays and is refused there too."""
+    config = features_config(tmp_path)
+    folder = tmp_path / "run"
+    assert train("--config", str(config), "--out", str(folder)).returncode == 0
+    (folder / "plots").write_text("mine")
+    before = folder_bytes(folder)
+    again = (["--config", str(config), "--out", str(folder), "--overwrite"] if overwrite else
+             ["--resume", str(folder / "last.npz"), "--set", f"optim.epochs={EPOCHS + 1}"])
+    result = train(*again, "--plots")
+    assert_one_line_error(result, 1, f"{folder / 'plots'} is not a folder", "--no-plots")
+    assert folder_bytes(folder) == before
+
+
 def test_a_new_run_folder_is_checked_for_its_own_plots_link_not_a_neighbour(tmp_path):
     """The check before training took a run folder not made yet for a checkpoint file and
     refused `plots-<name>` beside it, a link no run of that folder draws into."""

@@ -584,6 +584,24 @@ def test_without_optuna_the_command_names_the_extra(tmp_path):
     assert_one_line_error(result, 1, "pip install 'softmax-cls[sweep]'")
 
 
+@pytest.mark.parametrize("entry", ["link", "file"])
+def test_a_plots_link_or_file_is_refused_before_the_trials(tmp_path, entry):
+    """SWEEP/plots a symbolic link (or a file): refused only when drawing, after every trial
+    had run. Now before the folder is claimed or any data is read, naming --no-plots."""
+    path = write_sweep(tmp_path)
+    folder = tmp_path / "out"
+    folder.mkdir()
+    if entry == "link":
+        (folder / "plots").symlink_to(tmp_path, target_is_directory=True)
+    else:
+        (folder / "plots").write_text("mine")
+    result = run("softmax-sweep", str(path), "--out", str(folder), "--plots", cwd=tmp_path,
+                 timeout=60)
+    what = "is a symbolic link" if entry == "link" else "is not a folder"
+    assert_one_line_error(result, 1, f"{folder / 'plots'} {what}", "--no-plots")
+    assert sorted(p.name for p in folder.iterdir()) == ["plots"]
+
+
 @pytest.mark.skipif(_cuda_available(), reason="needs a machine without a CUDA GPU")
 @pytest.mark.parametrize("space", [
     {"loss.reg": {"grid": [1.0e-2, 1.0e-3]}},              # a regularisation path

@@ -28,19 +28,28 @@ def is_run_folder(path: str | os.PathLike) -> bool:
 
 
 
-def default_out_dir(path: str | os.PathLike, run_folder: bool = False) -> Path:
+def default_out_dir(path: str | os.PathLike, run_folder: bool = False,
+                    hint: str = "choose the folder with --out") -> Path:
     """Where pictures go without --out: a run or sweep folder's `plots` folder; for a
     checkpoint file, `plots-<its name>` beside it. That folder may be shared: a symbolic link
-    there raises DataError rather than leading the pictures into the folder it names.
-    `run_folder`: `path` is a run folder, perhaps not made yet (softmax-train, before it
-    trains), never a checkpoint."""
+    there raises DataError rather than leading the pictures into the folder it names, and so
+    does anything there that is not a folder (a file the drawing would fail on). `run_folder`:
+    `path` is a run or sweep folder, perhaps not made yet (checked before training), never a
+    checkpoint. `hint`: the way out the error names besides removing it, for the command
+    (softmax-train and softmax-sweep, whose --out moves the whole folder: --no-plots)."""
     path = Path(path)
     out_dir = (path / "plots" if run_folder or path.is_dir()
                else path.parent / f"plots-{path.stem}")
     if out_dir.is_symlink():
         raise DataError(f"{out_dir} is a symbolic link; refusing to draw into the folder it "
-                        "names (remove it, or choose the folder with --out)")
+                        f"names (remove it, or {hint})")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DataError(f"{out_dir} is not a folder; the pictures go in a folder of that name "
+                        f"(remove it, or {hint})")
     return out_dir
+
+
+NO_PLOTS_HINT = "pass --no-plots"  # softmax-train and softmax-sweep: --out moves the whole folder
 
 
 def plot_run(path: str | os.PathLike, out_dir: str | os.PathLike | None = None,
@@ -57,7 +66,8 @@ def draw_training_run(result: RunResult) -> list[Path]:
     """Write the pictures of a run that just finished into RUN/plots, from what the run holds
     in memory (nothing is read back from its folder, no split is scored again)."""
     require_matplotlib()
-    return draw_run_pictures(pictures_of_training(result), default_out_dir(result.out_dir))
+    return draw_run_pictures(pictures_of_training(result),
+                             default_out_dir(result.out_dir, True, NO_PLOTS_HINT))
 
 
 def plot_sweep(folder: str | os.PathLike, out_dir: str | os.PathLike | None = None

@@ -55,6 +55,7 @@ from .results import (
     SweepResult,
     finish_sweep,
     save_trial_checkpoint,
+    want_plots,
     write_trials_csv,
 )
 from .spec import load_sweep, suggest, trial_raw_config
@@ -201,6 +202,10 @@ def _run_sweep(sweep_path, trials, workers, folder: Path, dask, storage, study_n
     name = study_name or Path(sweep_path).stem
     url = storage_name(folder, storage)
     check_folder(folder, name, storage)
+    if want_plots(plots, base):  # SWEEP/plots a link or a file: refused now, not after the trials
+        from ..plots.pictures import NO_PLOTS_HINT, default_out_dir
+
+        default_out_dir(folder, run_folder=True, hint=NO_PLOTS_HINT)
     make_folder(folder)
     journal = folder / "study.journal"
     new_journal = storage is None and not os.path.lexists(journal)

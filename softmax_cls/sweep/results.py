@@ -405,14 +405,16 @@ def finish_sweep(folder: Path, study, spec: SweepSpec, meta: dict, progress: boo
         "param_importances": param_importances(study, spec.seed),
     })
     _write_json(folder / "summary.json", summary)
-    if _want_plots(plots, spec.base_config):
+    if want_plots(plots, spec.base_config):
         from ..plots.pictures import plot_sweep
 
         summary["plots"] = [str(p) for p in plot_sweep(folder)]
     return SweepResult(folder, best.number, best.value, test_acc, test_loss, counts, summary)
 
 
-def _want_plots(plots: bool | None, base: Config) -> bool:
+def want_plots(plots: bool | None, base: Config) -> bool:
+    """Whether the sweep draws its pictures: --plots/--no-plots, else the base config's
+    output.plots, else whether matplotlib is installed."""
     if plots is not None:
         return plots
     if base.output.plots is not None:
