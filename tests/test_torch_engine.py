@@ -549,6 +549,45 @@ def test_the_estimator_with_engine_torch():
 
 
 # ---------------------------------------------------------------------------------------------
+# Code that runs only on CUDA, checked on the CPU where it does not need a GPU
+
+# How a process may have set TF32 for float32 matmuls before the engine runs, and how it reads
+# the setting back: the legacy flags, and (PyTorch 2.9 on) the fp32_precision API
+TF32_SETTINGS = {
+    "untouched": ("", "torch.backends.cuda.matmul.allow_tf32"),
+    "allow_tf32": ("torch.backends.cuda.matmul.allow_tf32 = True",
+                   "torch.backends.cuda.matmul.allow_tf32"),
+    "medium": ("torch.set_float32_matmul_precision('medium')",
+               "torch.get_float32_matmul_precision()"),
+    "fp32_precision": ("torch.backends.cuda.matmul.fp32_precision = 'tf32'",
+                       "torch.backends.cuda.matmul.fp32_precision"),
+}
+
+@pytest.mark.parametrize("setting", list(TF32_SETTINGS))
+def test_the_lbfgs_objective_keeps_tf32_off_on_cuda_however_the_process_set_it(setting):
+    """full._ieee_float32 on a CUDA device (the flags are process settings that a CPU build
+    has too): cuBLAS's float32 setting is IEEE inside, and the process reads its own setting
+    back after as before. It read allow_tf32, which PyTorch 2.9 on refuses (RuntimeError)
+    once TF32 was set through fp32_precision, and restored it, which left a 'medium'
+    precision unreadable."""
+    if setting == "fp32_precision" and not hasattr(torch.backends, "fp32_precision"):
+        pytest.skip("PyTorch before 2.9 has no fp32_precision")
+    set_it, read_it = TF32_SETTINGS[setting]
+    inside = ("torch.backends.cuda.matmul.fp32_precision"
+              if hasattr(torch.backends, "fp32_precision")
+              else "torch.backends.cuda.matmul.allow_tf32")
+    code = "\n".join([
+        "import torch", "from softmax_cls.engines.torch_engine.full import _ieee_float32",
+        set_it, f"before = {read_it}",
+        "with _ieee_float32(torch.device('cuda', 0)):", f"    inside = {inside}",
+        f"print(repr(before), repr(inside), repr({read_it}))"])
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    before, inside, after = result.stdout.split()
+    assert inside in ("'ieee'", "False") and after == before
+
+
+# ---------------------------------------------------------------------------------------------
 # On a CUDA GPU
 
 
