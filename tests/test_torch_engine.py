@@ -587,6 +587,60 @@ def test_the_lbfgs_objective_keeps_tf32_off_on_cuda_however_the_process_set_it(s
     assert inside in ("'ieee'", "False") and after == before
 
 
+class Replayed:
+    """A CPU stand-in for epoch.capture_graph's CUDA graph: the same warm-up of two steps,
+    then replay() runs the steps again on the same tensors, as a graph replays its kernels
+    (the capture itself computes nothing)."""
+
+    def __init__(self, steps, device):
+        steps(limit=2)
+        self.steps = steps
+
+    def replay(self):
+        self.steps()
+
+
+def test_a_captured_epoch_refills_its_static_tensors_before_every_replay(monkeypatch):
+    """CapturedEpoch's own code on the CPU, its graph replaced by Replayed: each epoch comes
+    with a new order, flips, shifts, averaging factors, learning rate, preprocessing
+    statistics and starting state (as after a resume), and each replay must compute what
+    eager steps compute from them: anything not copied into the static tensors before the
+    replay would be the first epoch's (or the warm-up's) value."""
+    from softmax_cls.engines.torch_engine import epoch as epoch_module
+    from softmax_cls.engines.torch_engine.rows import device_rows
+    from softmax_cls.math.preprocess import Preprocessor
+
+    monkeypatch.setattr(epoch_module, "capture_graph", Replayed)
+    p = problem(n_rows=53, n_features=3072, n_classes=10, rows_dtype=np.uint8, seed=5,
+                weighted=True)
+    cpu, rng = torch.device("cpu"), np.random.default_rng(2)
+    rows = device_rows(p.data, cpu)
+    captured = None
+    for epoch in range(3):
+        plan = EpochPlan(rng.permutation(53), 16, np.array([0.0, 1.0, 0.0, 0.5][epoch:] +
+                                                           [0.25] * epoch),
+                         rng.random(53) < 0.5, rng.integers(-8, 9, (53, 2)), "reflect")
+        rule = StepRule(lr=0.05 / (epoch + 1), momentum=0.9, nesterov=True, grad_clip=0.5,
+                        reg=1e-3)
+        pre = Preprocessor(p.pre.mean + epoch, p.pre.scale * (1 + epoch / 4), True)
+        W, velocity, average = (rng.standard_normal(p.W.shape).astype(np.float32) * 0.01
+                                for _ in range(3))
+        eager = OptimizerState(W.copy(), velocity.copy(), average.copy())
+        replayed = OptimizerState(W.copy(), velocity.copy(), average.copy())
+        expected = epoch_module.eager_epoch(cpu, p.data, plan, rule, pre, eager)
+        key = epoch_module.epoch_key(rows, plan, rule, pre, replayed)
+        if captured is None:
+            captured = epoch_module.CapturedEpoch(key, cpu, p.data, rows, plan, rule, pre,
+                                                  replayed)
+        assert captured.key == key  # one capture serves the three epochs
+        got = captured.run(plan, rule, pre, replayed)
+        for a, b in ((replayed.W, eager.W), (replayed.velocity, eager.velocity),
+                     (replayed.average, eager.average)):
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)  # addcmul_ vs add_
+        assert got[1] == expected[1] and got[0] == pytest.approx(expected[0], rel=1e-6)
+        assert not np.array_equal(replayed.W, W)
+
+
 # ---------------------------------------------------------------------------------------------
 # On a CUDA GPU
 
@@ -615,6 +669,28 @@ def test_captured_epochs_equal_eager_steps_on_cuda(augment):
     np.testing.assert_allclose(graph_state.W, eager_state.W, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(graph_state.average, eager_state.average, rtol=1e-5, atol=1e-6)
     assert [c for _, c in graph_totals] == [c for _, c in eager_totals]
+
+
+@pytest.mark.cuda
+def test_captured_epochs_on_two_gpus_in_one_process():
+    """The second GPU's capture runs on a stream of its own device (capture_graph): with
+    torch.cuda.graph's default stream, made on the first GPU at the first capture, the
+    second graph was empty and its epochs left the weights as they were."""
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs two CUDA GPUs")
+    p = problem(n_rows=200, n_features=3072, n_classes=10, rows_dtype=np.uint8, seed=6)
+    rule = StepRule(lr=0.05, momentum=0.9)
+    for device in ("cuda:0", "cuda:1"):
+        states = []
+        for engine in (make_engine(device), make_engine(device, cuda_graphs=False)):
+            state = OptimizerState(p.W.copy(), np.zeros_like(p.W), p.W.copy())
+            for epoch in range(2):
+                plan = EpochPlan(np.random.default_rng(epoch).permutation(200), 64,
+                                 np.full(4, 0.5))
+                engine.train_epoch(p.data, plan, rule, p.pre, state)
+            states.append(state)
+        assert not np.array_equal(states[0].W, p.W), device
+        np.testing.assert_allclose(states[0].W, states[1].W, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.cuda
