@@ -641,6 +641,49 @@ def test_a_captured_epoch_refills_its_static_tensors_before_every_replay(monkeyp
         assert not np.array_equal(replayed.W, W)
 
 
+@pytest.mark.parametrize("rows_kind", ["uint8 augmented zero", "uint8 augmented reflect",
+                                       "float16", "float32 streamed"])
+@pytest.mark.parametrize("captured", [False, True], ids=["eager", "captured"])
+def test_the_steps_read_no_value_on_the_host_and_mix_in_no_cpu_tensor(rows_kind, captured):
+    """run_steps on PyTorch's meta device, whose tensors have shapes and no values: a value
+    read on the host (float(), .item(), a branch on a tensor) raises there, as it would stop
+    a CUDA graph's capture, and so does a CPU tensor in an op on its tensors (on CUDA: a
+    device mismatch, or a copy in every step). Eager steps (host averaging factors, a float
+    learning rate) and a captured epoch's (both device tensors), every option switched on."""
+    from softmax_cls.engines.torch_engine import epoch as epoch_module
+    from softmax_cls.engines.torch_engine.rows import DeviceRows, as_tensor
+    from softmax_cls.engines.torch_engine.step import Folding
+
+    meta, rng = torch.device("meta"), np.random.default_rng(0)
+    if rows_kind.startswith("uint8"):
+        p = problem(n_rows=53, n_features=3072, n_classes=10, rows_dtype=np.uint8,
+                    weighted=True)
+        flip, shift = rng.random(53) < 0.5, rng.integers(-8, 9, (53, 2))
+    else:
+        p = problem(n_rows=53, n_features=30, n_classes=7, weighted=True)
+        p.rows = p.rows.astype(np.float16) if rows_kind == "float16" else p.rows
+        flip = shift = None
+    plan = EpochPlan(rng.permutation(53), 16, np.array([0.0, 1.0, 0.5, 0.25]), flip, shift,
+                     rows_kind.split()[-1] if flip is not None else "edge")
+    rule = StepRule(lr=0.1, momentum=0.9, nesterov=True, grad_clip=0.5, reg=1e-3)
+    streamed = rows_kind.endswith("streamed")
+    rows = DeviceRows(None if streamed else as_tensor(p.rows, meta),
+                      as_tensor(p.labels, meta), as_tensor(p.sample_weight, meta))
+    batches = (iter([as_tensor(p.rows[plan.order[s : s + 16]], meta) for s in range(0, 53, 16)])
+               if streamed else None)
+    order, flip_t, shift_t = epoch_module._plan_tensors(plan, meta)
+    W, velocity, average = (as_tensor(a, meta) for a in (p.W, p.W, p.W))
+    alphas, neg_lr = plan.avg_alpha, -rule.lr
+    if captured:
+        alphas, neg_lr = torch.zeros(4, device=meta), torch.zeros((), device=meta)
+    t = epoch_module.EpochTensors(order, flip_t, shift_t, alphas, neg_lr, W, velocity, average,
+                                  *epoch_module._totals(meta))
+    epoch_module.run_steps(rows, t, 16, plan.padding, True, rule,
+                           Folding.of(p.pre, torch.float32, meta),
+                           epoch_module._buffers(p.data, plan, W.shape, meta), batches=batches)
+    assert t.W.is_meta and t.average.is_meta and t.loss.is_meta and t.correct.is_meta
+
+
 # ---------------------------------------------------------------------------------------------
 # On a CUDA GPU
 
