@@ -684,6 +684,25 @@ def test_the_steps_read_no_value_on_the_host_and_mix_in_no_cpu_tensor(rows_kind,
     assert t.W.is_meta and t.average.is_meta and t.loss.is_meta and t.correct.is_meta
 
 
+@pytest.mark.parametrize("rows_at", ["resident", "a slice per chunk", "gathered per chunk"])
+@pytest.mark.parametrize("precision", ["float32", "float64"])
+def test_the_lbfgs_sums_mix_in_no_cpu_tensor(rows_at, precision):
+    """full._sums, the L-BFGS objective's device work, on the meta device (see the test
+    above): rows resident on the device, or sent chunk by chunk, sliced or gathered on the
+    host; augmented views, sample weights, centring."""
+    from softmax_cls.engines.torch_engine import full
+
+    p = problem(n_rows=53, n_features=3072, n_classes=10, rows_dtype=np.uint8, weighted=True)
+    index = np.arange(53) if rows_at != "gathered per chunk" else \
+        np.random.default_rng(1).permutation(53)
+    budget = 1 << 40 if rows_at == "resident" else 0
+    views = ((False, 0, 0), (True, 0, 0), (False, -2, 3))
+    sums = full._sums(torch.device("meta"), p.data, index, p.W.astype(np.float64), p.pre,
+                      StepRule(lr=1.0, reg=1e-3), views, "reflect", precision, 16, budget)
+    assert [tuple(s.shape) for s in sums] == [(), (3072, 10), (10,)]
+    assert all(s.is_meta and s.dtype == torch.float64 for s in sums)
+
+
 # ---------------------------------------------------------------------------------------------
 # On a CUDA GPU
 

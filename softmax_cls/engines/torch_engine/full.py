@@ -58,6 +58,15 @@ def full_loss_and_grad(device, data: TrainingRows, index: np.ndarray, W: np.ndar
 
 def _evaluate(device, data, index, W, pre, rule, views, padding, precision, chunk,
               memory_budget):
+    loss_sum, grad_pc, grad_bias = _sums(device, data, index, W, pre, rule, views, padding,
+                                         precision, chunk, memory_budget)
+    return full_objective(W, pre, rule, float(loss_sum), len(index) * len(views),
+                          grad_pc.T.cpu().numpy(), grad_bias.cpu().numpy())
+
+
+def _sums(device, data, index, W, pre, rule, views, padding, precision, chunk, memory_budget):
+    """The objective's sums on the device, read nowhere on the host: the loss sum (0-d), the
+    sum of x_c.T @ dS (P, C) and of dS (C,), float64, dS divided by the rows times the views."""
     rows, labels, weights = data.rows, data.labels, data.sample_weight
     dtype = np.dtype(precision)
     kind = TORCH_DTYPES[dtype]
@@ -113,8 +122,7 @@ def _evaluate(device, data, index, W, pre, rule, views, padding, precision, chun
             dS.div_(total)
             grad_bias += dS.sum(dim=0)
             grad_pc += torch.mm(x.T, dS.to(kind))
-    return full_objective(W, pre, rule, float(loss_sum), total, grad_pc.T.cpu().numpy(),
-                          grad_bias.cpu().numpy())
+    return loss_sum, grad_pc, grad_bias
 
 
 def _resident(data: TrainingRows, device, budget: int | None = None):
