@@ -85,8 +85,8 @@ def out_of_memory_as_error(device, during: str, batch_size: bool = False):
     """torch.cuda.OutOfMemoryError inside the block as DeviceOutOfMemory, one line naming what
     to lower: the batch size when `batch_size` (it sizes the work), the device (CPU) when it
     is not the CPU already. The class is named through torch.cuda, which has it from PyTorch
-    1.13 on (torch.OutOfMemoryError, the same class, came with 2.4: under 2.2 and 2.3 an
-    except clause naming it turned every error in the block into an AttributeError)."""
+    1.13 on (torch.OutOfMemoryError, the same class, is newer than 2.3: under 2.2 and 2.3
+    an except clause naming it turned every error in the block into an AttributeError)."""
     import torch
 
     try:
