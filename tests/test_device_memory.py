@@ -49,6 +49,26 @@ def test_the_remedies_are_the_batch_size_and_the_cpu_unless_on_it():
     assert isinstance(scoring.value, SoftmaxClsError)
 
 
+def test_other_errors_pass_unchanged_under_a_torch_without_its_top_level_class(monkeypatch):
+    """PyTorch 2.2 and 2.3 (pyproject allows 2.2) have torch.cuda.OutOfMemoryError but no
+    torch.OutOfMemoryError: an except clause naming the latter made every error inside the
+    block an AttributeError there, a non-finite loss included (which fit() reports as its
+    own one line)."""
+    from softmax_cls.math.softmax import NonFiniteError
+
+    monkeypatch.delattr(torch, "OutOfMemoryError")
+    p = problem(seed=1)
+    W = p.W.copy()
+    W[0, 0] = np.inf
+    state = OptimizerState(W, np.zeros_like(W), W.copy())
+    with pytest.raises(NonFiniteError):
+        make_engine("cpu").train_epoch(p.data, EpochPlan(np.arange(23), 8, np.zeros(3)),
+                                       StepRule(lr=0.1), p.pre, state)
+    with pytest.raises(DeviceOutOfMemory, match="^out of memory on cuda:0 scoring rows"):
+        with out_of_memory_as_error(torch.device("cuda", 0), "scoring rows"):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
+
+
 def test_each_entry_point_spells_the_settings_its_own_way():
     from softmax_cls.estimator import _spell_parameter
 

@@ -549,6 +549,161 @@ def test_the_estimator_with_engine_torch():
 
 
 # ---------------------------------------------------------------------------------------------
+# Code that runs only on CUDA, checked on the CPU where it does not need a GPU
+
+# How a process may have set TF32 for float32 matmuls before the engine runs, and how it reads
+# the setting back: the legacy flags, and (PyTorch 2.9 on) the fp32_precision API
+TF32_SETTINGS = {
+    "untouched": ("", "torch.backends.cuda.matmul.allow_tf32"),
+    "allow_tf32": ("torch.backends.cuda.matmul.allow_tf32 = True",
+                   "torch.backends.cuda.matmul.allow_tf32"),
+    "medium": ("torch.set_float32_matmul_precision('medium')",
+               "torch.get_float32_matmul_precision()"),
+    "fp32_precision": ("torch.backends.cuda.matmul.fp32_precision = 'tf32'",
+                       "torch.backends.cuda.matmul.fp32_precision"),
+}
+
+@pytest.mark.parametrize("setting", list(TF32_SETTINGS))
+def test_the_lbfgs_objective_keeps_tf32_off_on_cuda_however_the_process_set_it(setting):
+    """full._ieee_float32 on a CUDA device (the flags are process settings that a CPU build
+    has too): cuBLAS's float32 setting is IEEE inside, and the process reads its own setting
+    back after as before. It read allow_tf32, which PyTorch 2.9 on refuses (RuntimeError)
+    once TF32 was set through fp32_precision, and restored it, which left a 'medium'
+    precision unreadable."""
+    if setting == "fp32_precision" and not hasattr(torch.backends, "fp32_precision"):
+        pytest.skip("PyTorch before 2.9 has no fp32_precision")
+    set_it, read_it = TF32_SETTINGS[setting]
+    inside = ("torch.backends.cuda.matmul.fp32_precision"
+              if hasattr(torch.backends, "fp32_precision")
+              else "torch.backends.cuda.matmul.allow_tf32")
+    code = "\n".join([
+        "import torch", "from softmax_cls.engines.torch_engine.full import _ieee_float32",
+        set_it, f"before = {read_it}",
+        "with _ieee_float32(torch.device('cuda', 0)):", f"    inside = {inside}",
+        f"print(repr(before), repr(inside), repr({read_it}))"])
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    before, inside, after = result.stdout.split()
+    assert inside in ("'ieee'", "False") and after == before
+
+
+class Replayed:
+    """A CPU stand-in for epoch.capture_graph's CUDA graph: the same warm-up of two steps,
+    then replay() runs the steps again on the same tensors, as a graph replays its kernels
+    (the capture itself computes nothing)."""
+
+    def __init__(self, steps, device):
+        steps(limit=2)
+        self.steps = steps
+
+    def replay(self):
+        self.steps()
+
+
+def test_a_captured_epoch_refills_its_static_tensors_before_every_replay(monkeypatch):
+    """CapturedEpoch's own code on the CPU, its graph replaced by Replayed: each epoch comes
+    with a new order, flips, shifts, averaging factors, learning rate, preprocessing
+    statistics and starting state (as after a resume), and each replay must compute what
+    eager steps compute from them: anything not copied into the static tensors before the
+    replay would be the first epoch's (or the warm-up's) value."""
+    from softmax_cls.engines.torch_engine import epoch as epoch_module
+    from softmax_cls.engines.torch_engine.rows import device_rows
+    from softmax_cls.math.preprocess import Preprocessor
+
+    monkeypatch.setattr(epoch_module, "capture_graph", Replayed)
+    p = problem(n_rows=53, n_features=3072, n_classes=10, rows_dtype=np.uint8, seed=5,
+                weighted=True)
+    cpu, rng = torch.device("cpu"), np.random.default_rng(2)
+    rows = device_rows(p.data, cpu)
+    captured = None
+    for epoch in range(3):
+        plan = EpochPlan(rng.permutation(53), 16, np.array([0.0, 1.0, 0.0, 0.5][epoch:] +
+                                                           [0.25] * epoch),
+                         rng.random(53) < 0.5, rng.integers(-8, 9, (53, 2)), "reflect")
+        rule = StepRule(lr=0.05 / (epoch + 1), momentum=0.9, nesterov=True, grad_clip=0.5,
+                        reg=1e-3)
+        pre = Preprocessor(p.pre.mean + epoch, p.pre.scale * (1 + epoch / 4), True)
+        W, velocity, average = (rng.standard_normal(p.W.shape).astype(np.float32) * 0.01
+                                for _ in range(3))
+        eager = OptimizerState(W.copy(), velocity.copy(), average.copy())
+        replayed = OptimizerState(W.copy(), velocity.copy(), average.copy())
+        expected = epoch_module.eager_epoch(cpu, p.data, plan, rule, pre, eager)
+        key = epoch_module.epoch_key(rows, plan, rule, pre, replayed)
+        if captured is None:
+            captured = epoch_module.CapturedEpoch(key, cpu, p.data, rows, plan, rule, pre,
+                                                  replayed)
+        assert captured.key == key  # one capture serves the three epochs
+        got = captured.run(plan, rule, pre, replayed)
+        for a, b in ((replayed.W, eager.W), (replayed.velocity, eager.velocity),
+                     (replayed.average, eager.average)):
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)  # addcmul_ vs add_
+        assert got[1] == expected[1] and got[0] == pytest.approx(expected[0], rel=1e-6)
+        assert not np.array_equal(replayed.W, W)
+
+
+@pytest.mark.parametrize("rows_kind", ["uint8 augmented zero", "uint8 augmented reflect",
+                                       "float16", "float32 streamed"])
+@pytest.mark.parametrize("captured", [False, True], ids=["eager", "captured"])
+def test_the_steps_read_no_value_on_the_host_and_mix_in_no_cpu_tensor(rows_kind, captured):
+    """run_steps on PyTorch's meta device, whose tensors have shapes and no values: a value
+    read on the host (float(), .item(), a branch on a tensor) raises there, as it would stop
+    a CUDA graph's capture, and so does a CPU tensor in an op on its tensors (on CUDA: a
+    device mismatch, or a copy in every step). Eager steps (host averaging factors, a float
+    learning rate) and a captured epoch's (both device tensors), every option switched on."""
+    from softmax_cls.engines.torch_engine import epoch as epoch_module
+    from softmax_cls.engines.torch_engine.rows import DeviceRows, as_tensor
+    from softmax_cls.engines.torch_engine.step import Folding
+
+    meta, rng = torch.device("meta"), np.random.default_rng(0)
+    if rows_kind.startswith("uint8"):
+        p = problem(n_rows=53, n_features=3072, n_classes=10, rows_dtype=np.uint8,
+                    weighted=True)
+        flip, shift = rng.random(53) < 0.5, rng.integers(-8, 9, (53, 2))
+    else:
+        p = problem(n_rows=53, n_features=30, n_classes=7, weighted=True)
+        p.rows = p.rows.astype(np.float16) if rows_kind == "float16" else p.rows
+        flip = shift = None
+    plan = EpochPlan(rng.permutation(53), 16, np.array([0.0, 1.0, 0.5, 0.25]), flip, shift,
+                     rows_kind.split()[-1] if flip is not None else "edge")
+    rule = StepRule(lr=0.1, momentum=0.9, nesterov=True, grad_clip=0.5, reg=1e-3)
+    streamed = rows_kind.endswith("streamed")
+    rows = DeviceRows(None if streamed else as_tensor(p.rows, meta),
+                      as_tensor(p.labels, meta), as_tensor(p.sample_weight, meta))
+    batches = (iter([as_tensor(p.rows[plan.order[s : s + 16]], meta) for s in range(0, 53, 16)])
+               if streamed else None)
+    order, flip_t, shift_t = epoch_module._plan_tensors(plan, meta)
+    W, velocity, average = (as_tensor(a, meta) for a in (p.W, p.W, p.W))
+    alphas, neg_lr = plan.avg_alpha, -rule.lr
+    if captured:
+        alphas, neg_lr = torch.zeros(4, device=meta), torch.zeros((), device=meta)
+    t = epoch_module.EpochTensors(order, flip_t, shift_t, alphas, neg_lr, W, velocity, average,
+                                  *epoch_module._totals(meta))
+    epoch_module.run_steps(rows, t, 16, plan.padding, True, rule,
+                           Folding.of(p.pre, torch.float32, meta),
+                           epoch_module._buffers(p.data, plan, W.shape, meta), batches=batches)
+    assert t.W.is_meta and t.average.is_meta and t.loss.is_meta and t.correct.is_meta
+
+
+@pytest.mark.parametrize("rows_at", ["resident", "a slice per chunk", "gathered per chunk"])
+@pytest.mark.parametrize("precision", ["float32", "float64"])
+def test_the_lbfgs_sums_mix_in_no_cpu_tensor(rows_at, precision):
+    """full._sums, the L-BFGS objective's device work, on the meta device (see the test
+    above): rows resident on the device, or sent chunk by chunk, sliced or gathered on the
+    host; augmented views, sample weights, centring."""
+    from softmax_cls.engines.torch_engine import full
+
+    p = problem(n_rows=53, n_features=3072, n_classes=10, rows_dtype=np.uint8, weighted=True)
+    index = np.arange(53) if rows_at != "gathered per chunk" else \
+        np.random.default_rng(1).permutation(53)
+    budget = 1 << 40 if rows_at == "resident" else 0
+    views = ((False, 0, 0), (True, 0, 0), (False, -2, 3))
+    sums = full._sums(torch.device("meta"), p.data, index, p.W.astype(np.float64), p.pre,
+                      StepRule(lr=1.0, reg=1e-3), views, "reflect", precision, 16, budget)
+    assert [tuple(s.shape) for s in sums] == [(), (3072, 10), (10,)]
+    assert all(s.is_meta and s.dtype == torch.float64 for s in sums)
+
+
+# ---------------------------------------------------------------------------------------------
 # On a CUDA GPU
 
 
@@ -576,6 +731,28 @@ def test_captured_epochs_equal_eager_steps_on_cuda(augment):
     np.testing.assert_allclose(graph_state.W, eager_state.W, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(graph_state.average, eager_state.average, rtol=1e-5, atol=1e-6)
     assert [c for _, c in graph_totals] == [c for _, c in eager_totals]
+
+
+@pytest.mark.cuda
+def test_captured_epochs_on_two_gpus_in_one_process():
+    """The second GPU's capture runs on a stream of its own device (capture_graph): with
+    torch.cuda.graph's default stream, made on the first GPU at the first capture, the
+    second graph was empty and its epochs left the weights as they were."""
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs two CUDA GPUs")
+    p = problem(n_rows=200, n_features=3072, n_classes=10, rows_dtype=np.uint8, seed=6)
+    rule = StepRule(lr=0.05, momentum=0.9)
+    for device in ("cuda:0", "cuda:1"):
+        states = []
+        for engine in (make_engine(device), make_engine(device, cuda_graphs=False)):
+            state = OptimizerState(p.W.copy(), np.zeros_like(p.W), p.W.copy())
+            for epoch in range(2):
+                plan = EpochPlan(np.random.default_rng(epoch).permutation(200), 64,
+                                 np.full(4, 0.5))
+                engine.train_epoch(p.data, plan, rule, p.pre, state)
+            states.append(state)
+        assert not np.array_equal(states[0].W, p.W), device
+        np.testing.assert_allclose(states[0].W, states[1].W, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.cuda

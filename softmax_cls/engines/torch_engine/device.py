@@ -82,14 +82,16 @@ ON_THE_CPU = ("run on the CPU", "device", "cpu")
 
 @contextmanager
 def out_of_memory_as_error(device, during: str, batch_size: bool = False):
-    """torch.OutOfMemoryError inside the block as DeviceOutOfMemory, one line naming what to
-    lower: the batch size when `batch_size` (it sizes the work), the device (CPU) when it is
-    not the CPU already."""
+    """torch.cuda.OutOfMemoryError inside the block as DeviceOutOfMemory, one line naming what
+    to lower: the batch size when `batch_size` (it sizes the work), the device (CPU) when it
+    is not the CPU already. The class is named through torch.cuda, which has it from PyTorch
+    1.13 on (torch.OutOfMemoryError, the same class, is newer than 2.3: under 2.2 and 2.3
+    an except clause naming it turned every error in the block into an AttributeError)."""
     import torch
 
     try:
         yield
-    except torch.OutOfMemoryError:
+    except torch.cuda.OutOfMemoryError:
         remedies = ((LOWER_BATCH_SIZE,) if batch_size else ()) + (
             (ON_THE_CPU,) if device.type != "cpu" else ())
         raise DeviceOutOfMemory(device, during, remedies) from None

@@ -136,39 +136,51 @@ def _copy_back(t: EpochTensors, state: OptimizerState) -> None:
         np.copyto(array, tensor.cpu().numpy())
 
 
+def capture_graph(steps, device):
+    """A torch.cuda.CUDAGraph of steps() on `device`, whose replay() runs its kernels again on
+    the same tensors. As PyTorch's CUDA graph notes ask: first two steps, steps(limit=2), on
+    a side stream (cuBLAS handles and workspaces are made there, outside the capture), then
+    the capture on that stream, made on `device`. torch.cuda.graph's own capture stream is
+    made once per process, on the device current at its first capture: an engine on another
+    GPU later would capture on a stream its kernels do not run on, so they would run once,
+    at the capture, and the graph would be empty (PyTorch only warns), every replay leaving
+    the weights as they were."""
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        steps(limit=2)
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, stream=side):
+        steps()
+    return graph
+
+
 class CapturedEpoch:
-    """An epoch's steps captured in one CUDA graph, for plans and rules of one shape (`key`);
-    `run` refills its static tensors and replays it."""
+    """An epoch's steps captured in one CUDA graph (capture_graph), for plans and rules of
+    one shape (`key`); `run` refills its static tensors (its own: copies on any device) and
+    replays it."""
 
     def __init__(self, key: tuple, device, data: TrainingRows, rows: DeviceRows,
                  plan: EpochPlan, rule: StepRule, pre: Preprocessor, state: OptimizerState):
         self.key, self.device, self.rows, self.rule = key, device, rows, rule
         self.batch_size, self.padding = plan.batch_size, plan.padding
         self.averaging = bool(plan.avg_alpha.any())
-        order, flip, shift = _plan_tensors(plan, device)
-        W, velocity, average = (as_tensor(a, device) for a in (state.W, state.velocity,
-                                                                state.average))
+        order, flip, shift, W, velocity, average = (
+            None if a is None else torch.tensor(a, device=device)  # its own copies
+            for a in (plan.order, plan.flip, plan.shift, state.W, state.velocity,
+                      state.average))
         alphas = torch.zeros(plan.steps, dtype=torch.float32, device=device)
         neg_lr = torch.zeros((), dtype=torch.float32, device=device)
         self.tensors = EpochTensors(order, flip, shift, alphas, neg_lr, W, velocity, average,
                                     *_totals(device))
         self.folding = Folding.of(pre, torch.float32, device)
         self.buffers = _buffers(data, plan, W.shape, device)
-        self._capture()
+        self.graph = capture_graph(self._steps, device)
 
     def _steps(self, limit: int | None = None) -> None:
         run_steps(self.rows, self.tensors, self.batch_size, self.padding, self.averaging,
                   self.rule, self.folding, self.buffers, limit)
-
-    def _capture(self) -> None:
-        side = torch.cuda.Stream(self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side):
-            self._steps(limit=2)  # cuBLAS handles and workspaces, made outside the capture
-        torch.cuda.current_stream(self.device).wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self._steps()
 
     def run(self, plan: EpochPlan, rule: StepRule, pre: Preprocessor,
             state: OptimizerState) -> tuple[float, int]:

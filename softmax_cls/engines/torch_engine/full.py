@@ -9,8 +9,8 @@ the scale folded into the weights), the scores x_c @ (W * scale).T in `precision
 softmax and its loss in float64, and x_c.T @ dS in `precision` added into a float64 sum.
 Centring before the product, not step.Folding's offset in the bias, keeps float32 products
 as accurate as the numpy engine's (the offset would cancel large terms near the optimum).
-Matmuls run without TF32 on CUDA: the float32 products are IEEE float32, as docs/lbfgs.md's
-tolerances assume.
+Matmuls run without TF32 on CUDA (_ieee_float32): the float32 products are IEEE float32, as
+docs/lbfgs.md's tolerances assume.
 """
 
 from __future__ import annotations
@@ -58,6 +58,15 @@ def full_loss_and_grad(device, data: TrainingRows, index: np.ndarray, W: np.ndar
 
 def _evaluate(device, data, index, W, pre, rule, views, padding, precision, chunk,
               memory_budget):
+    loss_sum, grad_pc, grad_bias = _sums(device, data, index, W, pre, rule, views, padding,
+                                         precision, chunk, memory_budget)
+    return full_objective(W, pre, rule, float(loss_sum), len(index) * len(views),
+                          grad_pc.T.cpu().numpy(), grad_bias.cpu().numpy())
+
+
+def _sums(device, data, index, W, pre, rule, views, padding, precision, chunk, memory_budget):
+    """The objective's sums on the device, read nowhere on the host: the loss sum (0-d), the
+    sum of x_c.T @ dS (P, C) and of dS (C,), float64, dS divided by the rows times the views."""
     rows, labels, weights = data.rows, data.labels, data.sample_weight
     dtype = np.dtype(precision)
     kind = TORCH_DTYPES[dtype]
@@ -113,8 +122,7 @@ def _evaluate(device, data, index, W, pre, rule, views, padding, precision, chun
             dS.div_(total)
             grad_bias += dS.sum(dim=0)
             grad_pc += torch.mm(x.T, dS.to(kind))
-    return full_objective(W, pre, rule, float(loss_sum), total, grad_pc.T.cpu().numpy(),
-                          grad_bias.cpu().numpy())
+    return loss_sum, grad_pc, grad_bias
 
 
 def _resident(data: TrainingRows, device, budget: int | None = None):
@@ -131,13 +139,24 @@ def _resident(data: TrainingRows, device, budget: int | None = None):
 
 @contextmanager
 def _ieee_float32(device):
-    """TF32 matmuls off on CUDA for the duration (restored after): float32 means float32."""
+    """TF32 matmuls off on CUDA for the duration (restored after): float32 means float32.
+
+    Through torch.backends.cuda.matmul.fp32_precision ("ieee" or "tf32"), the setting that
+    PyTorch's cuBLAS calls read from 2.9 on, where it exists: there the older allow_tf32
+    refuses to be read (a RuntimeError about mixing the legacy and new APIs) once a process
+    has set TF32 with the new API, and setting it back after the user's
+    set_float32_matmul_precision("medium") left that one unreadable. allow_tf32 before 2.9.
+    """
     if device.type != "cuda":
         yield
         return
-    before = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
+    matmul = torch.backends.cuda.matmul
+    try:
+        name, before, ieee = "fp32_precision", matmul.fp32_precision, "ieee"
+    except AttributeError:  # PyTorch before 2.9
+        name, before, ieee = "allow_tf32", matmul.allow_tf32, False
+    setattr(matmul, name, ieee)
     try:
         yield
     finally:
-        torch.backends.cuda.matmul.allow_tf32 = before
+        setattr(matmul, name, before)

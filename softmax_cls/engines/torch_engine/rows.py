@@ -128,6 +128,9 @@ class RowStream:
                           [torch.empty(shape, dtype=kind, device=device)
                            for _ in range(self.DEPTH)])
         self.copy_stream = torch.cuda.Stream(device) if self.cuda else None
+        if self.cuda:  # written on the copy stream, allocated on the compute stream: freed
+            for buffer in self.on_device:  # (a run that stopped) only after pending copies
+                buffer.record_stream(self.copy_stream)
         self.copied: list = [None] * self.DEPTH  # CUDA events: the slot's copy is done
         self.used: list = [None] * self.DEPTH  # CUDA events: the slot's step is done
 
@@ -137,6 +140,9 @@ class RowStream:
         import torch
 
         starts = range(0, len(order), batch_size)
+        if self.cuda:  # the last step of an earlier epoch (its slot's `used` event was not
+            # recorded: nothing asked for a batch after it) before this epoch's first copy
+            self.copy_stream.wait_stream(torch.cuda.current_stream(self.device))
         self._load(0, order[:batch_size])
         for k, start in enumerate(starts):
             slot = k % self.DEPTH
