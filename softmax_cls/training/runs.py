@@ -106,13 +106,16 @@ class RunResult:
 @dataclass
 class RunPlan:
     """What softmax-train was asked, resolved before any data is loaded: the config, the run
-    folder, the checkpoint a resumed run continues (None for a new run) and whether the
-    folder is a numbered one (output.dir-2, -3, ...) because output.dir holds a run."""
+    folder, the checkpoint a resumed run continues (None for a new run), whether the
+    folder is a numbered one (output.dir-2, -3, ...) because output.dir holds a run, and
+    whether missing data may be downloaded as data.download says (`fetch`; a resumed run
+    not asked to: False). The config is written as it is: `fetch` is not recorded in it."""
 
     config: Config
     out_dir: Path
     resume: Checkpoint | None = None
     numbered: bool = False
+    fetch: bool = True
 
 
 def copy_state(state: TrainState) -> TrainState:
@@ -143,7 +146,8 @@ def plan_run(config_path: str | None, overrides: Iterable[str] = (), out: str | 
     a config file is given, plus overrides). The run folder is `out`; else, for a new run,
     output.dir, or its first numbered sibling holding no run (output.dir-2, -3, ...) when it
     holds one and not `overwrite`; for a resumed run, the checkpoint's folder. A resumed run
-    does not download data unless the overrides set data.download."""
+    does not download data unless the overrides set data.download (RunPlan.fetch); its
+    config keeps the data.download it has."""
     overrides = list(overrides)
     if resume is None:
         if config_path is None:
@@ -167,11 +171,9 @@ def plan_run(config_path: str | None, overrides: Iterable[str] = (), out: str | 
         config = load_config(config_path, overrides)
     _check_resumable(checkpoint.config, config)
     _check_solver_installed(config)
-    if not any(text.split("=", 1)[0].strip() in ("data", "data.download")
-               for text in overrides):
-        config = dataclasses.replace(config, data=dataclasses.replace(config.data,
-                                                                      download=False))
-    return RunPlan(config, Path(out) if out else Path(resume).parent, checkpoint)
+    fetch = any(text.split("=", 1)[0].strip() in ("data", "data.download")
+                for text in overrides)
+    return RunPlan(config, Path(out) if out else Path(resume).parent, checkpoint, fetch=fetch)
 
 
 def finished_line(plan: RunPlan) -> str | None:
@@ -214,6 +216,8 @@ def run_plan(plan: RunPlan, progress: bool = True, overwrite: bool = False) -> R
     refusal costs no loading) with the test split left on disk until the final evaluation,
     when the training rows are freed: the two are never in memory together."""
     data = plan.config.data
+    if not plan.fetch:
+        data = dataclasses.replace(data, download=False)
     return train_run(plan.config, lambda: load_config_data(data, progress, keep_test=False),
                      plan.out_dir, plan.resume, progress, overwrite=overwrite)
 
