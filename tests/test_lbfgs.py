@@ -1280,10 +1280,17 @@ def test_a_reg_grid_with_lbfgs_is_one_warm_started_path(tmp_path, served, capsys
                 np.zeros((4, 3073)))
     best = load_checkpoint(tmp_path / "out" / "best.npz")
     assert np.abs(best.W - cold.W).max() <= 1e-3 * np.abs(cold.W).max()
-    # the same command again solves nothing
+    # the same command again solves nothing, reads no data (nor the test split) and says so
     starts.clear()
-    driver.run_sweep(path_sweep(tmp_path), out=tmp_path / "out", progress=False, plots=False)
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("a finished path read its data again")
+
+    monkeypatch.setattr("softmax_cls.data.cifar.load_config_data", no_reading)
+    again = driver.run_sweep(path_sweep(tmp_path), out=tmp_path / "out", progress=False,
+                             plots=False)
     assert starts == []
+    assert again.finished.endswith("each point of its grid has run; nothing written")
 
 
 def test_a_path_refuses_workers(tmp_path, served):

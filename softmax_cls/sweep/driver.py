@@ -22,7 +22,8 @@ Resuming: the same command continues the study; Ctrl-C or SIGTERM re-queue the r
 and print that command. A trial left running by a crashed or killed sweep process on this
 machine is marked failed ("interrupted" in trials.csv, not counted) and enqueued again with
 the same parameters; the budget counts complete, pruned and (genuinely) failed trials, so no
-trial counts twice. optuna is imported lazily: this module imports without it.
+trial counts twice. A sweep run again with nothing left to do (results.finished_line) reads
+no data and writes nothing. optuna is imported lazily: this module imports without it.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from .path import is_reg_path, run_path
 from .results import (
     SweepResult,
     finish_sweep,
+    finished_line,
     save_trial_checkpoint,
     want_plots,
     write_trials_csv,
@@ -202,6 +204,9 @@ def _run_sweep(sweep_path, trials, workers, folder: Path, dask, storage, study_n
     name = study_name or Path(sweep_path).stem
     url = storage_name(folder, storage)
     check_folder(folder, name, storage)
+    done = finished_line(folder, spec, url, name)
+    if done is not None:  # a finished sweep run again: its files stay as they are
+        return done
     if want_plots(plots, base):  # SWEEP/plots a link or a file: refused now, not after the trials
         from ..plots.pictures import NO_PLOTS_HINT, default_out_dir
 
