@@ -1007,12 +1007,14 @@ def test_a_run_with_lbfgs_writes_the_usual_folder_and_resumes_warm(tmp_path, mon
     best = load_checkpoint(folder / "best.npz")
     np.testing.assert_array_equal(best.W, result.state.best_W)
     assert result.test_acc >= 0.95
-    # the CLI's line, and a resumed run that starts at the optimum
+    # the CLI's line, and a resumed run that starts at the optimum (in another folder: in
+    # its own, a converged solve is finished, test_lbfgs_cli.py)
     monkeypatch.setattr(runs, "load_config_data", lambda config, progress=True, **kw: data)
-    out = CliRunner().invoke(cli.train_command, ["--resume", str(folder / "last.npz"), "-q"])
+    out = CliRunner().invoke(cli.train_command, ["--resume", str(folder / "last.npz"), "-q",
+                                                 "--out", str(tmp_path / "again")])
     assert out.exit_code == 0, out.output
     assert "L-BFGS optimum" in out.output and "converged" in out.output
-    again = json.loads((folder / "summary.json").read_text())
+    again = json.loads((tmp_path / "again" / "summary.json").read_text())
     assert again["iterations"] <= 1
 
 

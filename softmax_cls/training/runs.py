@@ -178,16 +178,19 @@ def plan_run(config_path: str | None, overrides: Iterable[str] = (), out: str | 
 
 def finished_line(plan: RunPlan) -> str | None:
     """The one line of a resume with nothing to do, or None: the checkpoint is the finished
-    SGD run of its own folder (last.npz complete, summary.json beside it) and the config
-    trains no further epoch (optim.epochs reached, or stopped early and the patience not
-    raised). Training again would only redo its test evaluation and pictures. A run resumed
-    into another folder (--out) is written there; an L-BFGS run continues its solve."""
+    run of its own folder (last.npz complete, summary.json beside it) and the config trains
+    it no further: for SGD, optim.epochs reached, or stopped early and the patience not
+    raised; for L-BFGS, _solved's. Training again would only redo its test evaluation and
+    pictures. A run resumed into another folder (--out) is written there."""
     resume, optim = plan.resume, plan.config.optim
     if (resume is None or resume.status != "complete" or resume.path is None
-            or optim.solver != "sgd" or resume.config.optim.solver != "sgd"
+            or optim.solver != resume.config.optim.solver
             or Path(resume.path).resolve().parent != plan.out_dir.resolve()
             or not (plan.out_dir / "summary.json").is_file()):
         return None
+    if optim.solver == "lbfgs":
+        done = _solved(resume, plan.config)
+        return None if done is None else f"{plan.out_dir} already finished: {done}; nothing written"
     state, patience = resume.state, optim.early_stopping.patience
     stopped = patience is not None and state.epochs_since_best >= patience
     if stopped and state.epoch < optim.epochs:
@@ -199,6 +202,28 @@ def finished_line(plan: RunPlan) -> str | None:
     else:
         return None
     return f"{plan.out_dir} already finished: {done}; nothing written"
+
+
+def _solved(resume: Checkpoint, config: Config) -> str | None:
+    """What ends an L-BFGS solve that resuming would not continue, or None: it converged
+    (its gradient max-norm at most optim.tol) on the objective it was solved for (loss and
+    augment unchanged; another objective is solved from it), or it made optim.max_iter
+    iterations (the solve's in all: raising optim.max_iter continues it)."""
+    state, optim = resume.state, config.optim
+    last = state.history[-1] if state.history else {}
+    if "grad_max" not in last:
+        return None
+    grad_max = last["grad_max"]
+    same = (resume.config.loss, resume.config.augment) == (config.loss, config.augment)
+    if same and grad_max <= optim.tol:
+        return (f"converged in {counted(state.epoch, 'iteration')} (gradient max-norm "
+                f"{grad_max:.3g} <= optim.tol {optim.tol:g}); lower optim.tol to solve further")
+    if state.epoch >= optim.max_iter:
+        above = f" > optim.tol {optim.tol:g}" if grad_max > optim.tol else ""
+        return (f"{counted(state.epoch, 'iteration')} (optim.max_iter {optim.max_iter}), "
+                f"gradient max-norm {grad_max:.3g}{above}; raise optim.max_iter to solve "
+                "further")
+    return None
 
 
 def _check_solver_installed(config: Config) -> None:
