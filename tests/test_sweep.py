@@ -659,6 +659,44 @@ def test_a_plots_link_or_file_is_refused_before_the_trials(tmp_path, entry):
     assert sorted(p.name for p in folder.iterdir()) == ["plots"]
 
 
+LATE_PLOTS_LINK = """
+import os, sys
+sys.path.insert(0, {tests!r})
+import softmax_cls.data.cifar
+from softmax_cls.sweep import driver
+from sweep_util import sweep_data
+
+softmax_cls.data.cifar.load_config_data = lambda section, progress=True, **kw: sweep_data()
+drive = driver._drive
+
+def trials_then_a_link(study, spec, folder, *args, **kwargs):
+    drive(study, spec, folder, *args, **kwargs)
+    os.symlink({target!r}, folder / "plots")  # made while the trials ran
+
+driver._drive = trials_then_a_link
+if __name__ == "__main__":
+    from softmax_cls.cli import sweep_command
+    sweep_command.main(sys.argv[1:], prog_name="softmax-sweep")
+"""
+
+
+def test_a_plots_link_made_while_the_trials_ran_names_no_plots_too(tmp_path):
+    """The check before the trials named --no-plots; the drawing at the end, refusing a link
+    that appeared in between, still said `choose the folder with --out`, which softmax-sweep
+    takes for the whole sweep folder."""
+    path = write_sweep(tmp_path, trials=1)
+    folder, target = tmp_path / "out", tmp_path / "elsewhere"
+    target.mkdir()
+    script = tmp_path / "late_link.py"
+    script.write_text(LATE_PLOTS_LINK.format(tests=str(Path(__file__).parent),
+                                             target=str(target)))
+    result = subprocess.run([sys.executable, str(script), str(path), "--out", str(folder),
+                             "--plots", "--quiet"], capture_output=True, text=True,
+                            timeout=120, cwd=tmp_path)
+    assert_one_line_error(result, 1, f"{folder / 'plots'} is a symbolic link", "--no-plots")
+    assert "--out" not in result.stderr and not any(target.iterdir())
+
+
 @pytest.mark.skipif(_cuda_available(), reason="needs a machine without a CUDA GPU")
 @pytest.mark.parametrize("space", [
     {"loss.reg": {"grid": [1.0e-2, 1.0e-3]}},              # a regularisation path

@@ -442,10 +442,12 @@ def finish_sweep(folder: Path, study, spec: SweepSpec, meta: dict, progress: boo
         "param_importances": param_importances(study, spec.seed),
     })
     _write_json(folder / "summary.json", summary)
-    if want_plots(plots, spec.base_config):
-        from ..plots.pictures import plot_sweep
+    if want_plots(plots, spec.base_config):  # a plots link made while the trials ran: as
+        # the driver's check before them, the way out is --no-plots (--out moves the sweep)
+        from ..plots.pictures import NO_PLOTS_HINT, default_out_dir, plot_sweep
 
-        summary["plots"] = [str(p) for p in plot_sweep(folder)]
+        out_dir = default_out_dir(folder, run_folder=True, hint=NO_PLOTS_HINT)
+        summary["plots"] = [str(p) for p in plot_sweep(folder, out_dir)]
     return SweepResult(folder, best.number, best.value, test_acc, test_loss, counts, summary)
 
 
