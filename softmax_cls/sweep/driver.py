@@ -247,7 +247,8 @@ def _run_sweep(sweep_path, trials, workers, folder: Path, dask, storage, study_n
         if local:
             stack.enter_context(worker_threads(workers))
             if sum(_taken(study.get_trials(deepcopy=False))) < spec.trials:  # a trial to run
-                _compile_before_workers(_likeliest_numba(spec), folder / "cache")
+                for config in _likeliest_numba(spec):
+                    _compile_before_workers(config, folder / "cache")
         _drive(study, spec, folder, executor, capacity, tasks, meta, progress, local, command,
                stops)
     stops.check()
@@ -261,17 +262,23 @@ def _taken(trials) -> tuple[int, int]:
     return counted(trials), sum(t.state == TrialState.RUNNING for t in trials)
 
 
-def _likeliest_numba(spec) -> Config:
+def _likeliest_numba(spec) -> list[Config]:
     """The base config, with the searched engine most likely to be numba when `engine` is in
-    the space (numba, else auto, else one that is not: the base engine trains no trial), so
-    the kernels compile once for every trial that can pick it rather than once per worker."""
+    the space (numba, else auto, else one that is not: the base engine trains no trial), once
+    for each solver the trials use (each of a searched optim.solver's values: SGD's kernels
+    and L-BFGS's full-batch one are different kernels), so the kernels compile once for
+    every trial that can pick them rather than once per worker."""
     config = spec.base_config
     searched = spec.space.get("engine")
-    if searched is None:
-        return config
-    names = searched.get("choice", searched.get("grid"))
-    return dataclasses.replace(config, engine=next(
-        (name for name in ("numba", "auto") if name in names), names[0]))
+    if searched is not None:
+        names = searched.get("choice", searched.get("grid"))
+        config = dataclasses.replace(config, engine=next(
+            (name for name in ("numba", "auto") if name in names), names[0]))
+    solvers = spec.space.get("optim.solver")
+    if solvers is None:
+        return [config]
+    return [dataclasses.replace(config, optim=dataclasses.replace(config.optim, solver=solver))
+            for solver in dict.fromkeys(solvers.get("choice", solvers.get("grid")))]
 
 
 def _compile_before_workers(config: Config, cache_dir: Path) -> None:
