@@ -391,6 +391,9 @@ def sweep_command(sweep_file, trials, workers, out, dask_address, storage, study
 
     result = run_sweep(sweep_file, trials=trials, workers=workers, out=out, dask=dask_address,
                        storage=storage, study_name=study_name, progress=not quiet, plots=plots)
+    if result.finished is not None:  # run again with nothing left to do: nothing written
+        click.echo(result.finished)
+        return
     counts = ", ".join(f"{n} {state}" for state, n in result.counts.items() if n)
     test = ("no test split" if result.test_acc is None
             else f"test accuracy {result.test_acc:.4f}")

@@ -1007,12 +1007,14 @@ def test_a_run_with_lbfgs_writes_the_usual_folder_and_resumes_warm(tmp_path, mon
     best = load_checkpoint(folder / "best.npz")
     np.testing.assert_array_equal(best.W, result.state.best_W)
     assert result.test_acc >= 0.95
-    # the CLI's line, and a resumed run that starts at the optimum
+    # the CLI's line, and a resumed run that starts at the optimum (in another folder: in
+    # its own, a converged solve is finished, test_lbfgs_cli.py)
     monkeypatch.setattr(runs, "load_config_data", lambda config, progress=True, **kw: data)
-    out = CliRunner().invoke(cli.train_command, ["--resume", str(folder / "last.npz"), "-q"])
+    out = CliRunner().invoke(cli.train_command, ["--resume", str(folder / "last.npz"), "-q",
+                                                 "--out", str(tmp_path / "again")])
     assert out.exit_code == 0, out.output
     assert "L-BFGS optimum" in out.output and "converged" in out.output
-    again = json.loads((folder / "summary.json").read_text())
+    again = json.loads((tmp_path / "again" / "summary.json").read_text())
     assert again["iterations"] <= 1
 
 
@@ -1280,10 +1282,17 @@ def test_a_reg_grid_with_lbfgs_is_one_warm_started_path(tmp_path, served, capsys
                 np.zeros((4, 3073)))
     best = load_checkpoint(tmp_path / "out" / "best.npz")
     assert np.abs(best.W - cold.W).max() <= 1e-3 * np.abs(cold.W).max()
-    # the same command again solves nothing
+    # the same command again solves nothing, reads no data (nor the test split) and says so
     starts.clear()
-    driver.run_sweep(path_sweep(tmp_path), out=tmp_path / "out", progress=False, plots=False)
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("a finished path read its data again")
+
+    monkeypatch.setattr("softmax_cls.data.cifar.load_config_data", no_reading)
+    again = driver.run_sweep(path_sweep(tmp_path), out=tmp_path / "out", progress=False,
+                             plots=False)
     assert starts == []
+    assert again.finished.endswith("each point of its grid has run; nothing written")
 
 
 def test_a_path_refuses_workers(tmp_path, served):

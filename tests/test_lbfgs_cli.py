@@ -181,3 +181,59 @@ def test_a_solve_interrupted_before_its_first_iteration_says_it_kept_the_start(t
     assert "before its first iteration" in lines[0], lines
     saved = load_checkpoint(tmp_path / "run" / "last.npz")
     assert saved.state.epoch == 0 and not saved.state.W.any()
+
+
+def test_a_solved_run_resumed_in_place_is_finished_until_tol_or_max_iter_is_changed(tmp_path):
+    """--resume of a converged L-BFGS run in its folder solved again (0 iterations), scored
+    the test split again and rewrote its files; one stopped at optim.max_iter made
+    optim.max_iter more iterations, while its warning said to raise optim.max_iter. As a
+    finished SGD run, both now say so in one line and write nothing; lowering optim.tol,
+    raising optim.max_iter (the solve's iterations in all) or another objective solves on."""
+    import json
+
+    from softmax_cls.training.checkpoint import load_checkpoint
+
+    def folder_bytes(folder):
+        return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.name != ".lock"}
+
+    def resume(run_folder, *sets):
+        args = [arg for key in sets for arg in ("--set", key)]
+        result = run("softmax-train", "--resume", str(run_folder / "last.npz"), "--quiet",
+                     *args, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        return result
+
+    converged, capped = tmp_path / "converged", tmp_path / "capped"
+    converged.mkdir()
+    capped.mkdir()
+    for folder, optim in ((converged, {}), (capped, {"max_iter": 2})):
+        config = features_config(folder, optim={"solver": "lbfgs", **optim})
+        assert run("softmax-train", "--config", config, "--quiet", cwd=folder).returncode == 0
+
+    run_folder = converged / "run"
+    before = folder_bytes(run_folder)
+    state = load_checkpoint(run_folder / "last.npz").state
+    k, grad_max = state.epoch, state.history[-1]["grad_max"]
+    assert resume(run_folder).stdout == (
+        f"{run_folder} already finished: converged in {k} iterations (gradient max-norm "
+        f"{grad_max:.3g} <= optim.tol 1e-05); lower optim.tol to solve further; nothing "
+        "written\n")
+    assert folder_bytes(run_folder) == before
+    resume(run_folder, "optim.tol=1e-7")
+    summary = json.loads((run_folder / "summary.json").read_text())
+    assert summary["converged"] and summary["grad_max"] <= 1e-7 and summary["epochs"] > k
+    # another objective is solved from the optimum of the first
+    solved = load_checkpoint(run_folder / "last.npz").state.epoch
+    resume(run_folder, "optim.tol=1e-7", "loss.reg=0.01")
+    assert load_checkpoint(run_folder / "last.npz").state.epoch > solved
+
+    run_folder = capped / "run"
+    before = folder_bytes(run_folder)
+    result = resume(run_folder)
+    assert result.stdout.startswith(f"{run_folder} already finished: 2 iterations "
+                                    "(optim.max_iter 2), gradient max-norm ")
+    assert result.stdout.endswith("; raise optim.max_iter to solve further; nothing written\n")
+    assert folder_bytes(run_folder) == before
+    more = resume(run_folder, "optim.max_iter=3")  # one iteration more, not three
+    assert "warning: L-BFGS did not converge: 3 iterations (optim.max_iter 3)" in more.stderr
+    assert load_checkpoint(run_folder / "last.npz").state.epoch == 3

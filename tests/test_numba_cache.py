@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from cli_util import script
 from test_features import linear_data, write_config
 
@@ -134,25 +135,30 @@ def test_a_kernel_recompiles_when_only_a_helper_in_another_module_changes(tmp_pa
 
 @pytest.mark.slow  # the kernels compile once (15-60 s), then two workers load them
 @pytest.mark.parametrize("solver, searched", [("optim.epochs: 1", True),
-                                              ("optim.solver: lbfgs", False)])
+                                              ("optim.solver: lbfgs", False),
+                                              ("optim.epochs: 1", "optim.solver")])
 def test_a_sweep_of_two_workers_says_it_compiles_once(tmp_path, solver, searched):
     """The sweep compiles the kernels before its workers start, whether the base config names
     numba (L-BFGS's full-batch kernel here) or `engine` is in the search space (SGD's kernels
     here, the base engine numpy); each worker compiled them itself, at the same moment, and
-    said so: the line came once per worker. The same command again, on the finished sweep
+    said so: the line came once per worker. With optim.solver searched over both solvers it
+    compiled the base solver's kernels only, and the worker of an L-BFGS trial compiled its
+    own (the line twice); it compiles both. The same command again, on the finished sweep
     with a cold cache, compiles nothing: no trial is left to run."""
     pytest.importorskip("optuna")
-    if "lbfgs" in solver:
+    if "lbfgs" in solver or searched == "optim.solver":
         pytest.importorskip("scipy")
     from softmax_cls.engines.numba_engine import COMPILING
 
     X, y = linear_data(n=300, d=4)
     np.savez(tmp_path / "train.npz", X=X, y=y)
     write_config(tmp_path, train=str(tmp_path / "train.npz"))
-    engine = ("", "engine: {grid: [numba]}, ") if searched else ("engine: numba, ", "")
+    engine = ("", "engine: {grid: [numba]}, ") if searched is True else ("engine: numba, ", "")
+    space = ("optim.solver: {grid: [sgd, lbfgs]}, seed: {grid: [0]}"
+             if searched == "optim.solver" else "seed: {grid: [0, 1]}")
     (tmp_path / "s.yaml").write_text(
         f"base: probe.yaml\nset: {{{engine[0]}{solver}, output.plots: false}}\n"
-        f"sampler: grid\nspace: {{{engine[1]}seed: {{grid: [0, 1]}}}}\n")
+        f"sampler: grid\nspace: {{{engine[1]}{space}}}\n")
 
     def sweep(cache: str) -> subprocess.CompletedProcess:
         environment = {**os.environ, "PYTHONUNBUFFERED": "1",
@@ -168,6 +174,28 @@ def test_a_sweep_of_two_workers_says_it_compiles_once(tmp_path, solver, searched
         again = sweep("cold")
         assert again.returncode == 0, again.stderr
         assert COMPILING not in again.stderr, again.stderr
+
+
+@pytest.mark.parametrize("searched, solvers", [(None, ["sgd"]), (["lbfgs"], ["lbfgs"]),
+                                               (["lbfgs", "sgd"], ["lbfgs", "sgd"])])
+def test_a_sweep_compiles_the_kernels_of_each_solver_its_trials_use(tmp_path, searched,
+                                                                     solvers):
+    """optim.solver searched: the sweep compiled the base solver's kernels alone (SGD's here),
+    needless where no trial trains with it, and missing L-BFGS's, which each worker then
+    compiled itself."""
+    pytest.importorskip("optuna")
+    from softmax_cls.sweep import driver
+    from softmax_cls.sweep.spec import load_sweep
+
+    write_config(tmp_path, train=str(tmp_path / "train.npz"))
+    space = {"seed": {"grid": [0]}}
+    if searched is not None:
+        space["optim.solver"] = {"grid": searched}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump({
+        "base": "probe.yaml", "set": {"engine": "numba"}, "sampler": "grid", "space": space}))
+    configs = driver._likeliest_numba(load_sweep(tmp_path / "s.yaml"))
+    assert [config.optim.solver for config in configs] == solvers
+    assert all(config.engine == "numba" for config in configs)
 
 
 def test_a_sweep_whose_searched_engines_leave_numba_out_compiles_nothing(tmp_path):

@@ -248,6 +248,35 @@ def test_a_finished_run_resumed_into_another_folder_brings_its_history(tmp_path)
     assert (other / "history.jsonl").read_text() == (folder / "history.jsonl").read_text()
 
 
+def test_a_resume_loads_without_downloading_and_records_the_config_as_it_was(
+        tmp_path, monkeypatch):
+    """A resumed run does not download unless --set data.download says so; it did that by
+    setting data.download false in its config, which it then wrote into config.yaml and its
+    checkpoints: the run's config said other than the user's. Only the loading is told."""
+    config = features_config(tmp_path)
+    folder = tmp_path / "run"
+    assert train("--config", str(config), "--out", str(folder)).returncode == 0
+    assert "download: true" in (folder / "config.yaml").read_text()
+    asked = []
+    load = runs.load_config_data
+
+    def recording(data, *args, **kwargs):
+        asked.append(data.download)
+        return load(data, *args, **kwargs)
+
+    monkeypatch.setattr(runs, "load_config_data", recording)
+    for epochs, more in ((EPOCHS + 1, []), (EPOCHS + 2, ["--set", "data.download=true"])):
+        result = CliRunner().invoke(cli.train_command, [
+            "--resume", str(folder / "last.npz"), "--set", f"optim.epochs={epochs}", *more,
+            "-q"])
+        assert result.exit_code == 0, result.output
+        for written in ((folder / "config.yaml").read_text(),
+                        runs.load_checkpoint(folder / "last.npz").config_yaml,
+                        runs.load_checkpoint(folder / "best.npz").config_yaml):
+            assert yaml.safe_load(written)["data"]["download"] is True
+    assert asked == [False, True]
+
+
 def test_a_plots_link_is_refused_before_training_not_after_it(tmp_path):
     """RUN/plots a symbolic link: a resumed run in place checked its run files before
     training, but the plots entry only when drawing, after it had trained and rewritten them

@@ -306,6 +306,63 @@ def test_the_test_split_is_read_once_after_the_last_trial(tmp_path, monkeypatch)
                                   data.train_images)
 
 
+def folder_bytes(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder` (the cache's too) by its relative path."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+def test_a_finished_sweep_run_again_reads_no_data_and_writes_nothing(tmp_path):
+    """softmax-sweep on a folder whose trials were all done read the training and test files
+    again (their md5), scored the best trial on the test split again, appended to its
+    journal and rewrote its files. As a finished run resumed in place, it now says so in
+    one line; a trial told since, a result file missing or --trials raised finish it again,
+    and the folder of another sweep is refused as before."""
+    from test_features import linear_data
+
+    X, y = linear_data(n=500, d=8)
+    np.savez(tmp_path / "train.npz", X=X[:400], y=y[:400])
+    np.savez(tmp_path / "test.npz", X=X[400:], y=y[400:])
+    features = {**FAST, "optim.epochs": 2, "augment.translate": 0, "data.dataset": "features",
+                "data.train": str(tmp_path / "train.npz"),
+                "data.test": str(tmp_path / "test.npz")}
+    path = write_sweep(tmp_path, trials=2, set=features)
+    folder = tmp_path / "out"
+    command = ("softmax-sweep", str(path), "--out", str(folder), "--no-plots", "--quiet")
+    first = run(*command, cwd=tmp_path, timeout=120)
+    assert first.returncode == 0, first.stderr
+    best = json.loads((folder / "summary.json").read_text())["best_trial"]
+    before = folder_bytes(folder)
+    data = {name: (tmp_path / name).read_bytes() for name in ("train.npz", "test.npz")}
+    for name in data:
+        (tmp_path / name).unlink()  # any read of the data now fails
+    again = run(*command, "--plots", cwd=tmp_path, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout == (f"{folder} already finished: 2 trials (2 complete), best trial "
+                            f"{best}; raise --trials to run more; nothing written\n")
+    assert folder_bytes(folder) == before and not (folder / "plots").exists()
+    for name, content in data.items():
+        (tmp_path / name).write_bytes(content)
+    study = study_of(folder)  # a trial another command on the study told since: finished again
+    study.tell(study.ask(), state=optuna.trial.TrialState.FAIL)
+    told = run(*command, cwd=tmp_path, timeout=120)
+    assert told.returncode == 0 and "trials: 2 complete, 1 failed" in told.stdout, told
+    for name in ("best.yaml", "best.npz"):  # a file missing: the sweep finishes again
+        (folder / name).unlink()
+        remade = run(*command, cwd=tmp_path, timeout=120)
+        assert remade.returncode == 0 and remade.stdout.startswith("best trial"), remade
+        assert (folder / name).is_file()
+    more = run(*command, "--trials", "4", cwd=tmp_path, timeout=120)
+    assert more.returncode == 0, more.stderr
+    assert "trials: 3 complete, 1 failed" in more.stdout
+    assert json.loads((folder / "summary.json").read_text())["trials"] == 4
+    # the folder of another sweep is refused, finished or not
+    other = write_sweep(tmp_path, trials=4, seed=1, set=features)
+    refused = run("softmax-sweep", str(other), "--out", str(folder), "--quiet", cwd=tmp_path,
+                  timeout=120)
+    assert_one_line_error(refused, 2, "holds another sweep")
+
+
 def test_pruned_trials_are_recorded_as_pruned(tmp_path, served):
     epochs = 4
     path = write_sweep(tmp_path, trials=10, pruner={"name": "median", "startup_trials": 2},
@@ -600,6 +657,44 @@ def test_a_plots_link_or_file_is_refused_before_the_trials(tmp_path, entry):
     what = "is a symbolic link" if entry == "link" else "is not a folder"
     assert_one_line_error(result, 1, f"{folder / 'plots'} {what}", "--no-plots")
     assert sorted(p.name for p in folder.iterdir()) == ["plots"]
+
+
+LATE_PLOTS_LINK = """
+import os, sys
+sys.path.insert(0, {tests!r})
+import softmax_cls.data.cifar
+from softmax_cls.sweep import driver
+from sweep_util import sweep_data
+
+softmax_cls.data.cifar.load_config_data = lambda section, progress=True, **kw: sweep_data()
+drive = driver._drive
+
+def trials_then_a_link(study, spec, folder, *args, **kwargs):
+    drive(study, spec, folder, *args, **kwargs)
+    os.symlink({target!r}, folder / "plots")  # made while the trials ran
+
+driver._drive = trials_then_a_link
+if __name__ == "__main__":
+    from softmax_cls.cli import sweep_command
+    sweep_command.main(sys.argv[1:], prog_name="softmax-sweep")
+"""
+
+
+def test_a_plots_link_made_while_the_trials_ran_names_no_plots_too(tmp_path):
+    """The check before the trials named --no-plots; the drawing at the end, refusing a link
+    that appeared in between, still said `choose the folder with --out`, which softmax-sweep
+    takes for the whole sweep folder."""
+    path = write_sweep(tmp_path, trials=1)
+    folder, target = tmp_path / "out", tmp_path / "elsewhere"
+    target.mkdir()
+    script = tmp_path / "late_link.py"
+    script.write_text(LATE_PLOTS_LINK.format(tests=str(Path(__file__).parent),
+                                             target=str(target)))
+    result = subprocess.run([sys.executable, str(script), str(path), "--out", str(folder),
+                             "--plots", "--quiet"], capture_output=True, text=True,
+                            timeout=120, cwd=tmp_path)
+    assert_one_line_error(result, 1, f"{folder / 'plots'} is a symbolic link", "--no-plots")
+    assert "--out" not in result.stderr and not any(target.iterdir())
 
 
 @pytest.mark.skipif(_cuda_available(), reason="needs a machine without a CUDA GPU")

@@ -22,7 +22,8 @@ Resuming: the same command continues the study; Ctrl-C or SIGTERM re-queue the r
 and print that command. A trial left running by a crashed or killed sweep process on this
 machine is marked failed ("interrupted" in trials.csv, not counted) and enqueued again with
 the same parameters; the budget counts complete, pruned and (genuinely) failed trials, so no
-trial counts twice. optuna is imported lazily: this module imports without it.
+trial counts twice. A sweep run again with nothing left to do (results.finished_line) reads
+no data and writes nothing. optuna is imported lazily: this module imports without it.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from .path import is_reg_path, run_path
 from .results import (
     SweepResult,
     finish_sweep,
+    finished_line,
     save_trial_checkpoint,
     want_plots,
     write_trials_csv,
@@ -202,6 +204,9 @@ def _run_sweep(sweep_path, trials, workers, folder: Path, dask, storage, study_n
     name = study_name or Path(sweep_path).stem
     url = storage_name(folder, storage)
     check_folder(folder, name, storage)
+    done = finished_line(folder, spec, url, name)
+    if done is not None:  # a finished sweep run again: its files stay as they are
+        return done
     if want_plots(plots, base):  # SWEEP/plots a link or a file: refused now, not after the trials
         from ..plots.pictures import NO_PLOTS_HINT, default_out_dir
 
@@ -242,7 +247,8 @@ def _run_sweep(sweep_path, trials, workers, folder: Path, dask, storage, study_n
         if local:
             stack.enter_context(worker_threads(workers))
             if sum(_taken(study.get_trials(deepcopy=False))) < spec.trials:  # a trial to run
-                _compile_before_workers(_likeliest_numba(spec), folder / "cache")
+                for config in _likeliest_numba(spec):
+                    _compile_before_workers(config, folder / "cache")
         _drive(study, spec, folder, executor, capacity, tasks, meta, progress, local, command,
                stops)
     stops.check()
@@ -256,17 +262,23 @@ def _taken(trials) -> tuple[int, int]:
     return counted(trials), sum(t.state == TrialState.RUNNING for t in trials)
 
 
-def _likeliest_numba(spec) -> Config:
+def _likeliest_numba(spec) -> list[Config]:
     """The base config, with the searched engine most likely to be numba when `engine` is in
-    the space (numba, else auto, else one that is not: the base engine trains no trial), so
-    the kernels compile once for every trial that can pick it rather than once per worker."""
+    the space (numba, else auto, else one that is not: the base engine trains no trial), once
+    for each solver the trials use (each of a searched optim.solver's values: SGD's kernels
+    and L-BFGS's full-batch one are different kernels), so the kernels compile once for
+    every trial that can pick them rather than once per worker."""
     config = spec.base_config
     searched = spec.space.get("engine")
-    if searched is None:
-        return config
-    names = searched.get("choice", searched.get("grid"))
-    return dataclasses.replace(config, engine=next(
-        (name for name in ("numba", "auto") if name in names), names[0]))
+    if searched is not None:
+        names = searched.get("choice", searched.get("grid"))
+        config = dataclasses.replace(config, engine=next(
+            (name for name in ("numba", "auto") if name in names), names[0]))
+    solvers = spec.space.get("optim.solver")
+    if solvers is None:
+        return [config]
+    return [dataclasses.replace(config, optim=dataclasses.replace(config.optim, solver=solver))
+            for solver in dict.fromkeys(solvers.get("choice", solvers.get("grid")))]
 
 
 def _compile_before_workers(config: Config, cache_dir: Path) -> None:

@@ -31,8 +31,9 @@ import numpy as np
 from ..config import MAX_CONFIG_BYTES, Config, config_from_dict, config_to_yaml, parse_yaml
 from ..errors import DataError, SoftmaxClsError
 from ..fsutil import atomic_write, read_text_file, require_file
+from ..text import counted as counted_words
 from .spec import SweepSpec, set_dotted, trial_raw_config
-from .study import state_name
+from .study import counted, state_name, stored_study
 
 if TYPE_CHECKING:
     from .worker import TrialOutcome
@@ -58,6 +59,7 @@ class SweepResult:
     test_loss: float | None
     counts: dict[str, int]
     summary: dict
+    finished: str | None = None  # a finished sweep run again: its one line (finished_line)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -351,6 +353,41 @@ def param_importances(study, seed: int) -> dict[str, float] | None:
     return {key: float(value) for key, value in found.items()}
 
 
+def finished_line(folder: Path, spec: SweepSpec, storage: str, study_name: str
+                  ) -> SweepResult | None:
+    """A sweep run again with nothing to do: a SweepResult from its summary.json with the one
+    line to print (`finished`), or None. Nothing to do: best.npz and best.yaml are there (a
+    trial completed), the study holds this sweep, and summary.json records its end as the
+    study holds it now: the same budget and the same count of trials in each state. (It is
+    written after the budget's last trial; a trial running or waiting, or one more finished,
+    changes the counts.) Finishing again would only read the test split again to score the
+    same weights and rewrite the same files, as resuming a finished run would (softmax-train's
+    finished_line). Reads only; otherwise (a budget raised or lowered, no trial complete, a
+    file missing) the sweep goes on and finishes as before."""
+    if not ((folder / "best.yaml").is_file() and (folder / "best.npz").is_file()):
+        return None
+    try:
+        summary = json.loads(read_text_file(folder / "summary.json", MAX_JSON_BYTES))
+    except (DataError, ValueError):  # missing or unreadable
+        return None
+    study = stored_study(storage, study_name)
+    if study is None or study.user_attrs.get("sweep") != json.loads(
+            json.dumps(spec.identity())):
+        return None  # the refusal of another sweep comes after
+    trials = study.get_trials(deepcopy=False)
+    if (not isinstance(summary, dict) or summary.get("trials") != spec.trials
+            or summary.get("counts") != _counts(trials)):
+        return None
+    counts = ", ".join(f"{n} {state}" for state, n in summary["counts"].items() if n)
+    more = ("each point of its grid has run" if spec.sampler == "grid"
+            else "raise --trials to run more")
+    line = (f"{folder} already finished: {counted_words(counted(trials), 'trial')} "
+            f"({counts}), best trial {summary['best_trial']}; {more}; nothing written")
+    return SweepResult(folder, summary["best_trial"], summary.get("best_val_acc"),
+                       summary.get("test_acc"), summary.get("test_loss"), summary["counts"],
+                       summary, finished=line)
+
+
 def finish_sweep(folder: Path, study, spec: SweepSpec, meta: dict, progress: bool = True,
                  plots: bool | None = None) -> SweepResult:
     """After the last trial: best.npz, the one evaluation of its weights on the test split,
@@ -405,10 +442,12 @@ def finish_sweep(folder: Path, study, spec: SweepSpec, meta: dict, progress: boo
         "param_importances": param_importances(study, spec.seed),
     })
     _write_json(folder / "summary.json", summary)
-    if want_plots(plots, spec.base_config):
-        from ..plots.pictures import plot_sweep
+    if want_plots(plots, spec.base_config):  # a plots link made while the trials ran: as
+        # the driver's check before them, the way out is --no-plots (--out moves the sweep)
+        from ..plots.pictures import NO_PLOTS_HINT, default_out_dir, plot_sweep
 
-        summary["plots"] = [str(p) for p in plot_sweep(folder)]
+        out_dir = default_out_dir(folder, run_folder=True, hint=NO_PLOTS_HINT)
+        summary["plots"] = [str(p) for p in plot_sweep(folder, out_dir)]
     return SweepResult(folder, best.number, best.value, test_acc, test_loss, counts, summary)
 
 

@@ -169,6 +169,23 @@ def check_study(spec: SweepSpec, storage: str, study_name: str, own_journal: boo
                                  "or --study"))
 
 
+def stored_study(storage: str, study_name: str):
+    """The study `study_name` as the storage holds it, or None when it holds none of that
+    name (or is a journal file not made yet). Writes nothing: a journal file is not created
+    and the study is loaded, not created (open_study's create_study appends a record to the
+    journal each time, even for a study that exists)."""
+    optuna = require_optuna()
+    if storage.startswith("journal:") and not os.path.isfile(storage[len("journal:"):]):
+        return None
+    try:
+        if study_name not in optuna.get_all_study_names(storage=open_storage(storage)):
+            return None
+        return optuna.load_study(study_name=study_name, storage=open_storage(storage),
+                                 sampler=optuna.samplers.RandomSampler())
+    except Exception as exc:  # noqa: BLE001 - as in check_study
+        raise _storage_error(storage, exc) from None
+
+
 def open_study(spec: SweepSpec, storage: str, study_name: str):
     """Create the study, or load it when it exists (check_study said it holds this sweep).
     The driver calls this before any worker starts (workers only load it)."""

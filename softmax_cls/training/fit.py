@@ -223,7 +223,8 @@ def fit_full_batch(config: Config, rows: np.ndarray, labels: np.ndarray, split: 
                    progress: bool = False, engine: Engine | None = None,
                    warn: Callable[[str], None] | None = None) -> FitResult:
     """fit() for optim.solver lbfgs: training.lbfgs.fit_lbfgs from state.W (zeros for a new
-    state: initial_state), the solution validated once.
+    state: initial_state), the solution validated once. optim.max_iter bounds the solve's
+    iterations in all, those of the state it continues (state.epoch) included.
 
     The state's history gets one row per L-BFGS iteration (epoch: the iteration, train_loss
     and grad_max, no val metrics) and a last row with the solution's val metrics; W, average
@@ -256,7 +257,7 @@ def fit_full_batch(config: Config, rows: np.ndarray, labels: np.ndarray, split: 
     try:
         result = fit_lbfgs(config, rows, labels, split, pre, state.W.astype(np.float64),
                            sample_weight=sample_weight, engine=engine,
-                           on_iteration=on_iteration, warn=warn)
+                           on_iteration=on_iteration, warn=warn, done=first)
     except KeyboardInterrupt:
         if accepted:  # kept as SGD keeps its last completed epoch; resuming warm-starts
             state.W = accepted[0].astype(np.float32)

@@ -234,7 +234,7 @@ def fit_lbfgs(config: Config, rows: np.ndarray, labels: np.ndarray, split: Split
               pre: Preprocessor, W0: np.ndarray, *, sample_weight: np.ndarray | None = None,
               engine: Engine | None = None, moment: np.ndarray | None = None,
               on_iteration: Callable[[int, float, float, np.ndarray], None] | None = None,
-              warn: Callable[[str], None] | None = None) -> LbfgsResult:
+              warn: Callable[[str], None] | None = None, done: int = 0) -> LbfgsResult:
     """Minimise the config's objective over rows[split.train_rows] from W0 (C, D).
 
     rows (N, P) uint8 pixels or float32 or float16 features (a memory map is fine: read
@@ -244,7 +244,8 @@ def fit_lbfgs(config: Config, rows: np.ndarray, labels: np.ndarray, split: Split
     one line given to `warn` (default: warnings.warn with ConvergenceWarning). Raises
     softmax.NonFiniteError when the objective stops being finite. With optim.precondition,
     L-BFGS runs on preconditioned variables (training.precondition) made of `moment` (S from
-    precondition_moment; computed here when None).
+    precondition_moment; computed here when None). `done`: the iterations a resumed run's
+    solve has made already, which optim.max_iter counts too (at most max_iter - done here).
     """
     require_scipy()
     engine = (get_engine(config.engine, config.device, W0.shape[0]) if engine is None
@@ -267,9 +268,10 @@ def fit_lbfgs(config: Config, rows: np.ndarray, labels: np.ndarray, split: Split
             moment = precondition_moment(config, rows, split, pre, data.sample_weight)
         precondition = Preconditioner.from_moment(moment, W0.shape[0], rule.reg,
                                                   rule.penalise_last)
-    result = minimize(objective, W0, optim.tol, optim.max_iter, on_iteration, precondition)
+    result = minimize(objective, W0, optim.tol, max(optim.max_iter - done, 0), on_iteration,
+                      precondition)
     if not result.converged:
-        line = not_converged_line(result, optim.max_iter, optim.tol)
+        line = not_converged_line(result, optim.max_iter, optim.tol, done)
         if warn is None:
             warnings.warn(line, ConvergenceWarning, stacklevel=2)
         else:
@@ -277,11 +279,12 @@ def fit_lbfgs(config: Config, rows: np.ndarray, labels: np.ndarray, split: Split
     return result
 
 
-def not_converged_line(result: LbfgsResult, max_iter: int, tol: float) -> str:
-    """The one warning line of a fit that stopped short of tol: at max_iter, or earlier when
-    the line search found no decrease."""
-    if result.iterations >= max_iter:
-        return (f"L-BFGS did not converge: {counted(result.iterations, 'iteration')} "
+def not_converged_line(result: LbfgsResult, max_iter: int, tol: float, done: int = 0) -> str:
+    """The one warning line of a fit that stopped short of tol: at max_iter (counting the
+    `done` iterations of the solve it resumed), or earlier when the line search found no
+    decrease."""
+    if done + result.iterations >= max_iter:
+        return (f"L-BFGS did not converge: {counted(done + result.iterations, 'iteration')} "
                 f"(optim.max_iter {max_iter}), gradient max-norm {result.grad_max:.3g} > "
                 f"optim.tol {tol:g}; "
                 "raise optim.max_iter")

@@ -106,13 +106,16 @@ class RunResult:
 @dataclass
 class RunPlan:
     """What softmax-train was asked, resolved before any data is loaded: the config, the run
-    folder, the checkpoint a resumed run continues (None for a new run) and whether the
-    folder is a numbered one (output.dir-2, -3, ...) because output.dir holds a run."""
+    folder, the checkpoint a resumed run continues (None for a new run), whether the
+    folder is a numbered one (output.dir-2, -3, ...) because output.dir holds a run, and
+    whether missing data may be downloaded as data.download says (`fetch`; a resumed run
+    not asked to: False). The config is written as it is: `fetch` is not recorded in it."""
 
     config: Config
     out_dir: Path
     resume: Checkpoint | None = None
     numbered: bool = False
+    fetch: bool = True
 
 
 def copy_state(state: TrainState) -> TrainState:
@@ -143,7 +146,8 @@ def plan_run(config_path: str | None, overrides: Iterable[str] = (), out: str | 
     a config file is given, plus overrides). The run folder is `out`; else, for a new run,
     output.dir, or its first numbered sibling holding no run (output.dir-2, -3, ...) when it
     holds one and not `overwrite`; for a resumed run, the checkpoint's folder. A resumed run
-    does not download data unless the overrides set data.download."""
+    does not download data unless the overrides set data.download (RunPlan.fetch); its
+    config keeps the data.download it has."""
     overrides = list(overrides)
     if resume is None:
         if config_path is None:
@@ -167,25 +171,26 @@ def plan_run(config_path: str | None, overrides: Iterable[str] = (), out: str | 
         config = load_config(config_path, overrides)
     _check_resumable(checkpoint.config, config)
     _check_solver_installed(config)
-    if not any(text.split("=", 1)[0].strip() in ("data", "data.download")
-               for text in overrides):
-        config = dataclasses.replace(config, data=dataclasses.replace(config.data,
-                                                                      download=False))
-    return RunPlan(config, Path(out) if out else Path(resume).parent, checkpoint)
+    fetch = any(text.split("=", 1)[0].strip() in ("data", "data.download")
+                for text in overrides)
+    return RunPlan(config, Path(out) if out else Path(resume).parent, checkpoint, fetch=fetch)
 
 
 def finished_line(plan: RunPlan) -> str | None:
     """The one line of a resume with nothing to do, or None: the checkpoint is the finished
-    SGD run of its own folder (last.npz complete, summary.json beside it) and the config
-    trains no further epoch (optim.epochs reached, or stopped early and the patience not
-    raised). Training again would only redo its test evaluation and pictures. A run resumed
-    into another folder (--out) is written there; an L-BFGS run continues its solve."""
+    run of its own folder (last.npz complete, summary.json beside it) and the config trains
+    it no further: for SGD, optim.epochs reached, or stopped early and the patience not
+    raised; for L-BFGS, _solved's. Training again would only redo its test evaluation and
+    pictures. A run resumed into another folder (--out) is written there."""
     resume, optim = plan.resume, plan.config.optim
     if (resume is None or resume.status != "complete" or resume.path is None
-            or optim.solver != "sgd" or resume.config.optim.solver != "sgd"
+            or optim.solver != resume.config.optim.solver
             or Path(resume.path).resolve().parent != plan.out_dir.resolve()
             or not (plan.out_dir / "summary.json").is_file()):
         return None
+    if optim.solver == "lbfgs":
+        done = _solved(resume, plan.config)
+        return None if done is None else f"{plan.out_dir} already finished: {done}; nothing written"
     state, patience = resume.state, optim.early_stopping.patience
     stopped = patience is not None and state.epochs_since_best >= patience
     if stopped and state.epoch < optim.epochs:
@@ -197,6 +202,28 @@ def finished_line(plan: RunPlan) -> str | None:
     else:
         return None
     return f"{plan.out_dir} already finished: {done}; nothing written"
+
+
+def _solved(resume: Checkpoint, config: Config) -> str | None:
+    """What ends an L-BFGS solve that resuming would not continue, or None: it converged
+    (its gradient max-norm at most optim.tol) on the objective it was solved for (loss and
+    augment unchanged; another objective is solved from it), or it made optim.max_iter
+    iterations (the solve's in all: raising optim.max_iter continues it)."""
+    state, optim = resume.state, config.optim
+    last = state.history[-1] if state.history else {}
+    if "grad_max" not in last:
+        return None
+    grad_max = last["grad_max"]
+    same = (resume.config.loss, resume.config.augment) == (config.loss, config.augment)
+    if same and grad_max <= optim.tol:
+        return (f"converged in {counted(state.epoch, 'iteration')} (gradient max-norm "
+                f"{grad_max:.3g} <= optim.tol {optim.tol:g}); lower optim.tol to solve further")
+    if state.epoch >= optim.max_iter:
+        above = f" > optim.tol {optim.tol:g}" if grad_max > optim.tol else ""
+        return (f"{counted(state.epoch, 'iteration')} (optim.max_iter {optim.max_iter}), "
+                f"gradient max-norm {grad_max:.3g}{above}; raise optim.max_iter to solve "
+                "further")
+    return None
 
 
 def _check_solver_installed(config: Config) -> None:
@@ -214,6 +241,8 @@ def run_plan(plan: RunPlan, progress: bool = True, overwrite: bool = False) -> R
     refusal costs no loading) with the test split left on disk until the final evaluation,
     when the training rows are freed: the two are never in memory together."""
     data = plan.config.data
+    if not plan.fetch:
+        data = dataclasses.replace(data, download=False)
     return train_run(plan.config, lambda: load_config_data(data, progress, keep_test=False),
                      plan.out_dir, plan.resume, progress, overwrite=overwrite)
 
