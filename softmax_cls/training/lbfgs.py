@@ -11,7 +11,9 @@ line then). docs/lbfgs.md is the long form. Needs the optional extra `softmax-cl
 
 from __future__ import annotations
 
+import hashlib
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -35,6 +37,9 @@ MAX_LINE_SEARCH = 50  # as scikit-learn
 # The float32 run's: where float32 rounding in the loss stops the line search finding a
 # decrease, each try is an evaluation wasted before the float64 run takes over
 MAX_LINE_SEARCH_FAST = 5
+# Points a line search evaluated, remembered by a digest of their bytes: when its steps shrink
+# to the weights' rounding, SciPy asks again for one of its last trials (two in turn, at times)
+RECENT_POINTS = 4
 # The dtype of the products while far from the optimum; the last iterations run in float64.
 FAST_PRECISION = "float32"
 
@@ -127,16 +132,25 @@ def minimize(objective: Callable[[np.ndarray, str], tuple[float, np.ndarray]],
     last: dict = {}  # the last point evaluated
     kept: dict = {}  # the run's last accepted iterate (or its start), where it may end
 
+    recent: OrderedDict = OrderedDict()  # (precision, V's digest) -> (loss, grad)
+
     def evaluate(V: np.ndarray, precision: str) -> tuple[float, np.ndarray]:
         """The loss and W's gradient at V, remembered: a run's first point is the previous
-        run's last, and a line search's step too short to move (SciPy asks for the iterate
-        again), evaluated once."""
-        for seen in (last, kept):
-            if seen.get("precision") == precision and np.array_equal(seen["V"], V):
-                last.update(seen)
-                return seen["loss"], seen["grad"]
-        loss, grad = objective(to_weights(V), precision)
-        done["evaluations"] += 1
+        run's last, and a point SciPy asks for again (the iterate, when a line search's step
+        is too short to move; one of the last RECENT_POINTS trials) is evaluated once."""
+        if kept.get("precision") == precision and np.array_equal(kept["V"], V):
+            last.update(kept)
+            return kept["loss"], kept["grad"]
+        key = (precision, hashlib.blake2b(V.tobytes(), digest_size=16).digest())
+        if key in recent:
+            recent.move_to_end(key)
+            loss, grad = recent[key]
+        else:
+            loss, grad = objective(to_weights(V), precision)
+            done["evaluations"] += 1
+            recent[key] = loss, grad
+            if len(recent) > RECENT_POINTS:
+                recent.popitem(last=False)
         last.update(V=V.copy(), precision=precision, loss=loss, grad=grad)
         return loss, grad
 
