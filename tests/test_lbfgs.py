@@ -914,6 +914,33 @@ def test_the_second_moment_of_preprocessed_rows_and_weights():
     assert small[-1, -1] == pytest.approx(1.0)
 
 
+def test_the_second_moment_is_one_product_on_one_blas_thread(monkeypatch):
+    """X.T @ X of the sample on one BLAS thread, whatever BLAS's own count: on two busy cores
+    OpenBLAS's two threads waited on each other (docs/development.md, 2026-12-07)."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    seen = []
+
+    class Spy(np.ndarray):
+        def __matmul__(self, other):
+            seen.append(blas_threads_now())
+            return np.asarray(self) @ np.asarray(other)
+
+    rng = np.random.default_rng(0)
+    rows = rng.standard_normal((300, 7)).astype(np.float32)
+    pre = fit_preprocessor(rows, center=True, scale="std")
+    transform = Preprocessor.transform
+    monkeypatch.setattr(Preprocessor, "transform",
+                        lambda *a, **k: transform(*a, **k).view(Spy))
+    with threadpoolctl.threadpool_limits(limits=2, user_api="blas"):
+        if blas_threads_now() != 2:
+            pytest.skip("BLAS cannot run on two threads here")
+        S = second_moment(rows, np.arange(300), pre)
+        assert blas_threads_now() == 2  # given back afterwards
+    assert seen == [1]
+    X = transform(pre, rows, np.float32).astype(np.float64)
+    np.testing.assert_allclose(S, X.T @ X / 300, rtol=1e-5, atol=1e-6)
+
+
 def test_the_second_moment_draws_the_objectives_views():
     data, pre, _ = image_problem(n=40, weighted=False)
     index = np.arange(40, dtype=np.int64)

@@ -68,7 +68,11 @@ def second_moment(rows: np.ndarray, index: np.ndarray, pre: Preprocessor,
     column_scale = np.abs(X).max(axis=0).astype(np.float64)
     column_scale[column_scale == 0] = 1.0
     X /= column_scale.astype(np.float32)
-    S = (X.T @ X).astype(np.float64)  # numpy makes X.T @ X one symmetric product (syrk)
+    # numpy makes X.T @ X one symmetric product (syrk), on one BLAS thread: on two busy
+    # cores OpenBLAS's two threads waited on each other (up to 0.2 s against 2 ms at D = 129),
+    # and at CIFAR's 3,073 features one thread was as fast (docs/development.md, 2026-12-07)
+    with one_blas_thread():
+        S = (X.T @ X).astype(np.float64)
     S *= np.outer(column_scale, column_scale) / max(m, 1)
     return (S + S.T) / 2  # exactly symmetric, whatever the product's rounding
 
