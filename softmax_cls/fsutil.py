@@ -274,11 +274,12 @@ class FileTooLarge(OSError):
     """A file larger than the reader's cap; nothing of it was read."""
 
 
-def open_regular(path: str | os.PathLike) -> IO[bytes]:
+def open_regular(path: str | os.PathLike, buffering: int = -1) -> IO[bytes]:
     """The regular file `path` (a link to one is followed) open for binary reading, checked
     on the opened descriptor: a folder raises IsADirectoryError, anything else but a regular
     file OSError(EINVAL) NOT_REGULAR, both naming `path`. Opened without waiting, so a fifo
-    (put where a file was checked a moment before) is refused, not waited on for ever."""
+    (put where a file was checked a moment before) is refused, not waited on for ever.
+    `buffering` as open()'s (0: unbuffered)."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         info = os.fstat(fd)
@@ -287,7 +288,7 @@ def open_regular(path: str | os.PathLike) -> IO[bytes]:
         if not stat.S_ISREG(info.st_mode):
             raise OSError(errno.EINVAL, NOT_REGULAR, str(path))
         os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb")
+        return os.fdopen(fd, "rb", buffering=buffering)
     except BaseException:
         os.close(fd)
         raise

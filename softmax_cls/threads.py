@@ -41,11 +41,14 @@ def compute_threads() -> int:
 
 
 def check_numba_threads_variable() -> None:
-    """SoftmaxClsError unless NUMBA_NUM_THREADS, when set, is a whole number >= 1: numba
-    raises a traceback at import for 0 and warns at length, then ignores, any other value
-    it cannot use. Called before numba is imported."""
+    """SoftmaxClsError unless NUMBA_NUM_THREADS, when set, is a whole number from 1 to the
+    CPUs (--threads' range): numba raises a traceback at import for 0 and warns at length,
+    then ignores, any other value it cannot use, and starts as many threads as it says at
+    its first parallel region (40,000: libgomp's own line and exit 1; a million: a
+    segmentation fault). Called before numba is imported."""
     text = os.environ.get("NUMBA_NUM_THREADS")
-    if text is not None and not (text.strip().isdigit() and int(text) >= 1):
-        raise SoftmaxClsError(f"NUMBA_NUM_THREADS: must be a whole number >= 1 (the threads "
-                              f"of the numba engine), got {shorten(text, 40, quote=True)}; "
-                              "unset it to use every core")
+    cpus = os.cpu_count() or 1
+    if text is not None and not (text.strip().isdigit() and 1 <= int(text) <= cpus):
+        raise SoftmaxClsError(f"NUMBA_NUM_THREADS: must be a whole number from 1 to {cpus} "
+                              f"(the CPUs here; the threads of the numba engine), got "
+                              f"{shorten(text, 40, quote=True)}; unset it to use every core")

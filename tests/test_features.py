@@ -185,6 +185,9 @@ def bad_file(tmp_path: Path, kind: str) -> tuple[str, str | None, str]:
     if kind == "object labels":
         np.savez(train, X=X, y=np.array([f"c{v}" for v in y], dtype=object))
         return str(train), None, "pickle"
+    if kind == "newline label":  # a class name is printed: softmax-eval's table broke
+        np.savez(train, X=X, y=np.array(["cat", "dog\nbird"])[y % 2])
+        return str(train), None, "label 'dog\\nbird' is not printable text"
     if kind == "object X":
         np.save(tmp_path / "X.npy", np.array([[1, "a"]] * 200, dtype=object))
         np.save(tmp_path / "y.npy", y)
@@ -217,6 +220,7 @@ def bad_file(tmp_path: Path, kind: str) -> tuple[str, str | None, str]:
 
 BAD_KINDS = ["missing", "csv", "not a zip", "X 1-d", "no y", "length", "nan", "inf",
              "float64 overflow", "float16 inf", "bfloat16", "float labels", "object labels",
+             "newline label",
              "object X", "compressed",
              "one class", "no y.npy", "truncated", "D mismatch", "unknown test label"]
 
@@ -505,3 +509,16 @@ def test_softmax_train_prints_the_pictures_then_its_one_line(tmp_path):
     assert re.fullmatch(r"test accuracy [\d.]+ \(loss [\d.]+\) with the best weights on "
                         r"validation: epoch [12], val accuracy [\d.]+; 2 epochs; run folder "
                         + re.escape(str(tmp_path / "run")), last), last
+
+
+def test_the_evaluation_table_escapes_a_class_name_that_breaks_its_line():
+    """A checkpoint of a feature file labelled 'dog\\nbird' (trained before such labels were
+    refused): softmax-eval printed the newline, and the table's rows broke in two."""
+    from softmax_cls.math.metrics import classification_report, format_report
+
+    labels = np.array([0, 1, 1, 0, 2])
+    text = format_report(classification_report(labels, labels, ("cat", "dog\nbird", "\x1b[31m")))
+    lines = text.splitlines()
+    assert len(lines) == 3 + 3 + 3 + 3  # accuracy, blank, header, 3 rows; blank, 2 heads, 3 rows
+    assert sum("'dog\\nbird'" in line for line in lines) == 2  # its table row and matrix row
+    assert "\x1b" not in text

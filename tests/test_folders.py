@@ -357,6 +357,24 @@ def test_an_image_cache_folder_that_is_a_link_is_refused(tmp_path):
     assert list(elsewhere.iterdir()) == []
 
 
+@pytest.mark.parametrize("kind", ["fifo", "folder"])
+def test_a_fifo_or_folder_for_the_caches_labels_is_a_damaged_cache_not_a_hang(tmp_path, kind):
+    """Data roots may be shared: labels.npy was opened blocking, so a fifo of its name held
+    softmax-train for ever."""
+    images = make_folder(tmp_path / "images", per_class=3)
+    folders.load_folders(data_config(images, tmp_path / "data"), progress=False)
+    cache = tmp_path / "data" / "image-cache" / folders.scan_folder(images).fingerprint
+    (cache / "labels.npy").unlink()
+    if kind == "fifo":
+        os.mkfifo(cache / "labels.npy")
+    else:
+        (cache / "labels.npy").mkdir()
+    result = run("softmax-train", "--config", write_config(tmp_path, train=str(images)), "-q",
+                 "--no-plots", timeout=60)
+    assert_one_line_error(result, 1, cache.name, "a damaged image cache")
+    assert not (tmp_path / "run").exists()
+
+
 def test_without_pillow_a_new_folder_names_the_extra_and_a_cached_one_loads(tmp_path):
     images = make_folder(tmp_path / "images", per_class=3)
     config = write_config(tmp_path, train=str(images))

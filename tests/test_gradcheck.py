@@ -181,3 +181,83 @@ def test_folded_magnitude_sums_every_product_of_the_folded_scores():
     assert gradcheck.score_magnitude(pre.transform(images, np.float64), W) == pytest.approx(
         max(np.abs(pre.transform(images, np.float64)[i]) @ np.abs(W[c])
             for i in range(4) for c in range(3)), rel=1e-12)
+
+
+@pytest.mark.parametrize("bad", ["nan", "inf"])
+@pytest.mark.parametrize("where", ["bias", "every"])
+def test_a_non_finite_gradient_fails_its_check_not_passes_it(bad, where):
+    """A NaN compares false with everything: its relative error came out 0 (or was skipped
+    by max()), so a NaN in the analytic gradient passed, and one on the bias coordinate
+    was called a step too small to resolve."""
+    W, X, y = random_problem(40, 12, 3, seed=0)
+
+    def broken(w):
+        loss, grad = softmax.loss_and_grad(w, X, y)
+        grad = grad.copy()
+        if where == "bias":
+            grad[:, -1] = float(bad)
+        else:
+            grad[:] = float(bad)
+        return loss, grad
+
+    result = gradcheck.check_gradient(broken, W, 30, np.random.default_rng(0))
+    assert not result.passed
+    assert result.max_rel_error == np.inf
+
+
+NAN_COLUMN = """
+import sys
+import softmax_cls.math.softmax as s
+original = s.loss_and_grad
+def nan_column(*args, **kwargs):
+    loss, grad = original(*args, **kwargs)
+    grad[:, :-1] = float("nan")
+    return loss, grad
+s.loss_and_grad = nan_column
+from softmax_cls.cli import gradcheck_command
+sys.argv = ["softmax-gradcheck", "--samples", "20", "--checks", "4"]
+gradcheck_command()
+"""
+
+
+def test_a_nan_gradient_is_reported_as_a_failed_check_through_the_command():
+    """The sparse checks of loss_and_grad printed `max relative error 0.00e+00 ...: ok` over
+    rows of nan, and the last line said the maximum relative error was 0."""
+    result = subprocess.run([sys.executable, "-c", NAN_COLUMN], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 1, result.stdout + result.stderr
+    verdicts = [line for line in result.stdout.splitlines() if "max relative error" in line]
+    assert len(verdicts) >= 3 and all(line.endswith("FAIL") for line in verdicts[:2]), verdicts
+    assert "maximum relative error: inf" in result.stdout
+    loop = next(line for line in result.stdout.splitlines() if line.startswith("loop reference"))
+    assert loop.endswith("FAIL"), loop
+    assert "Traceback" not in result.stderr
+
+
+def test_a_large_reg_passes_correct_gradients():
+    """The loop and engine comparisons held the loss to 1e-10 absolute: at --reg 1e9 the loss
+    is about 3e5 and its rounding alone (3.5e-10) FAILED correct gradients; at 1e11 the torch
+    objective's loss differs from loss_and_grad's by its rounding too."""
+    result = run("softmax-gradcheck", "--samples", "50", "--checks", "3", "--reg", "1e11")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr
+    assert "gradient check passed" in result.stdout
+
+
+@pytest.mark.parametrize("option, value, remedy, not_said", [
+    ("--reg", "1e308", "lower the reg", "use a step"),
+    ("--step", "1e-300", "use a step near 1e-05", "lower the reg")])
+def test_a_check_that_cannot_fail_names_what_to_change(option, value, remedy, not_said):
+    """At --reg 1e308 the loss is about 1e304: no step resolves its derivatives, and the
+    refusal said `use a step near 1e-05` to a step of 1e-05."""
+    result = run("softmax-gradcheck", "--samples", "50", "--checks", "3", option, value)
+    line = assert_one_line_error(result, 2, remedy)
+    assert not_said not in line
+
+
+def test_difference_is_absolute_up_to_one_and_relative_beyond():
+    assert gradcheck.difference(0.5, 0.5 + 1e-11) == pytest.approx(1e-11)
+    assert gradcheck.difference(1e6, 1e6 + 1e-4) == pytest.approx(1e-10)
+    assert gradcheck.difference(np.array([1.0, 3e5]), np.array([1.0 + 2e-11, 3e5])) == \
+        pytest.approx(2e-11 / 3e5)
+    assert np.isnan(gradcheck.difference(np.inf, np.inf))
+    assert np.isnan(gradcheck.difference(1.0, np.nan))

@@ -543,6 +543,25 @@ def test_unreadable_data_file_is_a_permission_error_not_damage(tmp_path):
     assert contents(folder) == before
 
 
+@pytest.mark.parametrize("kind", ["fifo", "folder"])
+def test_a_fifo_or_folder_in_a_data_roots_batch_files_is_refused_not_waited_on(tmp_path, kind):
+    """Data roots may be shared: a fifo of a batch file's name was opened blocking, and
+    softmax-download, softmax-train and softmax-eval waited on it for ever."""
+    folder = tmp_path / "cifar-10-batches-bin"
+    folder.mkdir()
+    for name in ("batches.meta.txt", "data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin",
+                 "data_batch_4.bin", "data_batch_5.bin", "test_batch.bin"):
+        if kind == "fifo":
+            os.mkfifo(folder / name)
+        else:
+            (folder / name).mkdir()
+    result = run_measured("softmax-download", "--root", ".", "-q", cwd=tmp_path, timeout=60)
+    reason = "not a regular file" if kind == "fifo" else "is a folder"
+    one_line(result, 1, "cifar-10-batches-bin/", reason)
+    assert sorted(path.name for path in folder.iterdir()) == sorted(
+        path.name for path in folder.iterdir() if not path.is_file())  # nothing written
+
+
 def test_a_damaged_root_holding_the_files_itself_names_no_force_that_refuses_it(tmp_path):
     """--root mine, a folder holding the batch files itself (not in cifar-10-batches-bin):
     its damage was to be fixed by 'softmax-download --force --root <mine's parent>', which

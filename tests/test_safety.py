@@ -616,8 +616,10 @@ def test_a_huge_file_in_a_run_folder_is_refused_before_it_is_read(trained, tmp_p
     assert result.seconds < 60 and result.peak_mb < 400, (result.seconds, result.peak_mb, line)
 
 
-@pytest.mark.parametrize("value", ["0", "lots", ""])
+@pytest.mark.parametrize("value", ["0", "lots", "", "1000000"])
 def test_an_invalid_numba_thread_count_is_one_line(tmp_path, monkeypatch, value):
+    """A million threads: numba started them at the first parallel region and the process
+    died of a segmentation fault, without a line."""
     pytest.importorskip("numba")
     config = features_config(tmp_path)
     monkeypatch.setenv("NUMBA_NUM_THREADS", value)

@@ -135,6 +135,30 @@ def test_another_sweep_of_the_same_name_does_not_rewrite_sweep_yaml(finished_swe
     assert snapshot(folder) == before
 
 
+@pytest.mark.parametrize("damage", ["labels fifo", "rows fifo", "rows truncated"])
+def test_a_damaged_data_cache_is_one_error_before_any_trial(finished_sweep, tmp_path, damage):
+    """Sweep folders may be shared: a fifo of a cache file's name held every trial in
+    np.load for ever, and truncated rows failed each trial, the sweep ending 0."""
+    import os
+    import shutil
+
+    source, finished = finished_sweep
+    folder = tmp_path / "out"
+    shutil.copytree(finished, folder)
+    name = "train_labels.npy" if damage.startswith("labels") else "train_images.npy"
+    cache_file = folder / "cache" / name
+    if damage.endswith("fifo"):
+        cache_file.unlink()
+        os.mkfifo(cache_file)
+    else:
+        os.truncate(cache_file, 100)
+    before = snapshot(folder)
+    result = run_runner([*write_runner(tmp_path), str(source / "sweep.yaml"), "--out",
+                         str(folder), "--trials", "3", "--quiet", "--no-plots"], timeout=90)
+    assert_one_line_error(result, 1, "unreadable data cache", "delete the folder and rerun")
+    assert snapshot(folder) == before
+
+
 def test_a_folder_of_a_study_in_another_storage_is_refused(finished_sweep, tmp_path):
     source, folder = finished_sweep
     before = snapshot(folder)

@@ -6,6 +6,7 @@ and on a CUDA GPU the captured epoch against eager steps and the float64 referen
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -159,6 +160,8 @@ def numba_imported():
 
 
 def test_get_engine_reads_the_thread_count_and_augmentation(numba_imported, monkeypatch):
+    cpus = os.cpu_count() or 1
+    monkeypatch.setattr(os, "cpu_count", lambda: max(2, cpus))  # NUMBA_NUM_THREADS <= CPUs
     monkeypatch.setenv("NUMBA_NUM_THREADS", "1")
     assert get_engine("auto", "cpu", 1000).name == "torch"
     assert get_engine("auto", "cpu", 1000, augmented=True).name == "numba"

@@ -20,7 +20,7 @@ import numpy as np
 from softmax_cls.data.datasets import IMAGE_BYTES, DatasetSpec
 from softmax_cls.data.untrusted import restricted_unpickle
 from softmax_cls.errors import DataError
-from softmax_cls.fsutil import md5_hash
+from softmax_cls.fsutil import md5_hash, open_regular
 from softmax_cls.text import shorten
 
 # The most bytes a file without a known exact size may have: the class-name files are under
@@ -92,10 +92,11 @@ class BatchReader:
         return DataError(f"{self.describe(name)}: {problem}; {self.hint}")
 
     def _read_from(self, name: str, read: Callable) -> object:
-        """read(handle) on `name` opened unbuffered, its OSErrors turned into DataErrors."""
+        """read(handle) on `name` opened unbuffered, its OSErrors turned into DataErrors. A
+        fifo or a device of the name (in a shared data root) is refused, never waited on."""
         path = self.folder / name
         try:
-            with open(path, "rb", buffering=0) as handle:
+            with open_regular(path, buffering=0) as handle:
                 return read(handle)
         except FileNotFoundError:
             raise self.error(name, "missing") from None

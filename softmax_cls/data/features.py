@@ -99,6 +99,11 @@ def load_features(data: DataConfig, progress: bool = True) -> LabelledData:
     if len(classes) < 2:
         raise DataError(f"{data.train}: y holds a single class "
                         f"({shorten(classes[0], 80, quote=True)}); a classifier needs at least 2")
+    unprintable = [name for name in classes.tolist() if not str(name).isprintable()]
+    if unprintable:  # a class name is printed, plotted and exported as text
+        raise DataError(f"{data.train}: label {shorten(unprintable[0], 60, quote=True)} is not "
+                        "printable text (a newline or another control character), and a class "
+                        "name is printed, plotted and exported as text; relabel it")
     train_labels = np.searchsorted(classes, y).astype(np.int64)
     if test is None:
         test_X, test_labels = np.empty((0, train.n_features), np.float32), np.empty(0, np.int64)

@@ -47,7 +47,7 @@ from tqdm import tqdm
 
 from ..config import DataConfig
 from ..errors import DataError, UnreadableImage
-from ..fsutil import _umask, md5_hash, read_capped
+from ..fsutil import _umask, md5_hash, open_regular, read_capped
 from ..text import shorten
 from .datasets import IMAGE_BYTES
 from .images import IMAGE_SIZE, IMAGE_SUFFIXES, read_image, require_pillow
@@ -324,7 +324,8 @@ def _open_cache(cache: Path) -> FolderRows | None:
         meta = json.loads(read_capped(cache / META_FILE, META_CAP).decode("utf-8"))
         count = int(meta["count"])
         rows_size = os.lstat(cache / ROWS_FILE).st_size
-        labels = np.load(cache / LABELS_FILE, allow_pickle=False)
+        with open_regular(cache / LABELS_FILE) as handle:  # a fifo there: refused, not waited on
+            labels = np.load(handle, allow_pickle=False)
         names = tuple(str(name) for name in meta["class_names"])
         skipped = [(str(rel), str(reason)) for rel, reason in meta["skipped_first"]]
         skipped_count = int(meta["skipped_count"])

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..text import shorten
+
 
 @dataclass
 class ClassificationReport:
@@ -73,8 +75,10 @@ def classification_report(labels: np.ndarray, predictions: np.ndarray,
 
 
 def format_report(report: ClassificationReport) -> str:
-    """Accuracy, a per-class table and the confusion matrix as aligned text."""
-    names = report.class_names
+    """Accuracy, a per-class table and the confusion matrix as aligned text. A class name
+    with a newline or another control character (a checkpoint of an older version's feature
+    file) is escaped, as shorten() escapes it, so each row stays one line."""
+    names = tuple(shorten(name, limit=len(name)) for name in report.class_names)
     width = max(len(name) for name in names)
     lines = [f"accuracy: {report.accuracy:.4f} ({int(np.trace(report.confusion))} of "
              f"{int(report.confusion.sum())})"]

@@ -113,7 +113,7 @@ def prepare_cache(folder: Path, config: Config, progress: bool) -> dict:
     is unchanged. Returns its data.json. The sweep folder may be shared: a cache folder that
     is a symbolic link is refused (DataError), so the cache is never written into, nor read
     from, the folder it names."""
-    from .worker import write_cache
+    from .worker import open_cache, write_cache
 
     cache_dir = folder / "cache"
     if cache_dir.is_symlink():
@@ -127,6 +127,7 @@ def prepare_cache(folder: Path, config: Config, progress: bool) -> dict:
         section["folder_fingerprints"] = folder_fingerprints(config.data)
     meta = cache_meta(cache_dir)
     if meta is not None and meta.get("data") == section:
+        open_cache(cache_dir)  # mapped, not read: damage is one line here, not a failed trial each
         return meta
     loaded = data_module.load_config_data(config.data, progress, hints=SWEEP_HINTS)
     # what this command wrote, not read back: another command on the folder may be writing

@@ -27,7 +27,7 @@ import numpy as np
 from ..config import config_from_dict
 from ..data import cifar as data_module
 from ..errors import DataError, SoftmaxClsError
-from ..fsutil import read_capped
+from ..fsutil import file_problem, read_capped
 from ..math.preprocess import Preprocessor, Split, split_and_fit
 from ..threads import THREAD_VARIABLES
 from ..training.fit import TrainingDiverged, TrainState, fit
@@ -153,6 +153,11 @@ def open_cache(cache_dir: str | Path) -> TrainingData:
     meta = cache_meta(cache_dir)
     if meta is None:
         raise DataError(f"{cache_dir}: no complete data cache ({CACHE_META} missing)")
+    for name in (CACHE_IMAGES, CACHE_LABELS):  # a fifo there would block np.load for ever
+        problem = file_problem(cache_dir / name)
+        if problem is not None:
+            raise DataError(f"{cache_dir}: unreadable data cache ({name}: {problem}); delete "
+                            "the folder and rerun")
     try:
         rows = np.load(cache_dir / CACHE_IMAGES, mmap_mode="r")
         labels = np.load(cache_dir / CACHE_LABELS, mmap_mode="r")

@@ -15,21 +15,24 @@ are u @ (W * scale).T minus an offset (mean * scale) @ W.T, two large sums that 
 pixel's std is near 0 (two samples that agree in a pixel: scale up to 1000), M reaches 100
 times |f| and the scores, hence f, carry rounding that |f| alone does not predict. Each coordinate
 reports its relative error beyond that rounding, max(0, |a - n| - rounding) / max(|a|, |n|),
-and passes when it is at most the tolerance. The error depends on a, n, f and h, never on the
-tolerance; a derivative too small for float64 differences to show a relative error of tol is
+and passes when it is at most the tolerance; a non-finite a or n (inf or NaN: an overflow or a
+broken gradient) is an infinite error, which fails. The error depends on a, n, f and h, never
+on the tolerance; a derivative too small for float64 differences to show a relative error of tol is
 judged within its rounding instead of failing on noise.
 
-A check must be able to fail: when the resolution is not far below the largest derivative
-checked (NO_POWER_RATIO), the step cannot resolve these derivatives (h so small that
+A check must be able to fail: when the resolution is not far below the largest finite
+derivative checked (NO_POWER_RATIO), the step cannot resolve these derivatives (h so small that
 f(w + h) == f(w - h), say) and the check refuses with GradcheckRefused instead of passing.
 On every coordinate, the loop reference is compared with the vectorized loss and gradient, and
 each engine's minibatch objective (numpy, and numba when installed, its float64 variant; the
-preprocessing folded into W) with loss_and_grad on the explicitly preprocessed features.
+preprocessing folded into W) with loss_and_grad on the explicitly preprocessed features,
+each difference relative to max(1, the largest value compared) (`difference`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -92,11 +95,14 @@ class CheckResult:
 
     @property
     def passed(self) -> bool:
-        return self.max_rel_error <= self.tolerance
+        return all(c.rel_error <= self.tolerance for c in self.checks)
 
 
 def relative_error(analytic: float, numeric: float, rounding: float = 0.0) -> float:
-    """max(0, |a - n| - rounding) / max(|a|, |n|), 0 where both are 0."""
+    """max(0, |a - n| - rounding) / max(|a|, |n|), 0 where both are 0; inf where a or n is
+    not finite (a NaN would compare false with everything and pass as no error)."""
+    if not (math.isfinite(analytic) and math.isfinite(numeric)):
+        return math.inf
     scale = max(abs(analytic), abs(numeric))
     return max(0.0, abs(analytic - numeric) - rounding) / scale if scale > 0 else 0.0
 
@@ -151,25 +157,51 @@ def check_gradient(
 
 
 def _check_power(name: str, checks: list[CoordinateCheck], step: float) -> None:
-    """GradcheckRefused unless the differences resolve the largest derivative checked."""
-    largest = max(checks, key=lambda c: max(abs(c.analytic), abs(c.numeric)))
+    """GradcheckRefused unless the differences resolve the largest finite derivative checked
+    (a non-finite one already fails its check, whatever the step)."""
+    finite = [c for c in checks if math.isfinite(c.analytic) and math.isfinite(c.numeric)]
+    if not finite:
+        return
+    largest = max(finite, key=lambda c: max(abs(c.analytic), abs(c.numeric)))
     size = max(abs(largest.analytic), abs(largest.numeric))
     if not size > 0 or not largest.rounding <= NO_POWER_RATIO * size:
         raise GradcheckRefused(
             f"--step {step:g} cannot check {name}: float64 differences resolve derivatives only "
             f"to about {largest.rounding:.1e}, the largest checked is {size:.1e}, so no error "
-            f"could show; use a step near {DEFAULT_STEP:g}")
+            f"could show; {_power_remedy(step)}")
+
+
+def _power_remedy(step: float) -> str:
+    """What to change when the differences cannot resolve the derivatives: a step far from
+    DEFAULT_STEP, else the size of the loss and scores the rounding is relative to."""
+    if not DEFAULT_STEP / 10 <= step <= DEFAULT_STEP * 10:
+        return f"use a step near {DEFAULT_STEP:g}"
+    return ("the loss and its scores are too large for float64 differences at any step: "
+            "lower the reg (--reg, loss.reg) or model.init_std")
 
 
 def compare_with_loop(
     W: np.ndarray, X: np.ndarray, y: np.ndarray, reg: float, clip: float,
     penalise_last: bool = False,
 ) -> dict[str, float]:
-    """Largest absolute differences between the loop reference and the vectorized softmax."""
+    """Largest differences between the loop reference and the vectorized softmax, each
+    relative to max(1, the largest value compared) (difference)."""
     loss_vec, grad_vec = softmax.loss_and_grad(W, X, y, reg, clip, penalise_last)
     loss_loop, grad_loop = softmax.loss_and_grad_naive(W, X, y, reg, clip, penalise_last)
-    return {"loss_diff": abs(loss_vec - loss_loop),
-            "grad_diff": float(np.max(np.abs(grad_vec - grad_loop)))}
+    return {"loss_diff": difference(loss_vec, loss_loop),
+            "grad_diff": difference(grad_vec, grad_loop)}
+
+
+def difference(a, b) -> float:
+    """max |a - b| over the entries of a and b (floats or arrays of one shape), divided by
+    max(1, max |a|, max |b|): absolute for values up to 1, relative beyond, so that a loss
+    of 1e6 (a large reg) is not held to 1e-10 absolute, below its own rounding. NaN when
+    either holds a NaN or an inf (which fails every comparison with a tolerance)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        return math.nan
+    scale = max(1.0, float(np.max(np.abs(a), initial=0.0)), float(np.max(np.abs(b), initial=0.0)))
+    return float(np.max(np.abs(a - b), initial=0.0)) / scale
 
 
 @dataclass
@@ -294,14 +326,19 @@ def run_gradcheck(
     plain_loss, plain_grad = softmax.loss_and_grad(W, X, y, problem.reg, clip, penalise_last)
     for name, objective in problem.trainer_objectives.items():
         trainer_loss, trainer_grad = objective(W)
-        extra[f"{name}_loss_diff"] = abs(trainer_loss - plain_loss)
-        extra[f"{name}_grad_diff"] = float(np.max(np.abs(trainer_grad - plain_grad)))
+        extra[f"{name}_loss_diff"] = difference(trainer_loss, plain_loss)
+        extra[f"{name}_grad_diff"] = difference(trainer_grad, plain_grad)
     return results
 
 
 def full_comparisons_agree(results: list[CheckResult]) -> bool:
     """Whether the loop reference and the trainer objective agree on every coordinate."""
-    return all(value <= LOOP_TOLERANCE for value in results[-1].extra.values())
+    return _agree(results[-1].extra.values())
+
+
+def _agree(differences) -> bool:
+    """Every difference within LOOP_TOLERANCE; a NaN one (an inf minus an inf) is not."""
+    return all(value <= LOOP_TOLERANCE for value in differences)
 
 
 def format_report(results: list[CheckResult]) -> str:
@@ -326,10 +363,10 @@ def format_report(results: list[CheckResult]) -> str:
          key[: -len("loss_diff")]) for key in extra if key.endswith("_loss_diff")]
     for label, key in labels:
         loss_diff, grad_diff = extra[f"{key}loss_diff"], extra[f"{key}grad_diff"]
-        verdict = "ok" if max(loss_diff, grad_diff) <= LOOP_TOLERANCE else "FAIL"
-        lines.append(f"{label}: max |loss diff| {loss_diff:.2e}, max |grad diff| "
-                     f"{grad_diff:.2e} (tolerance {LOOP_TOLERANCE:.0e}, every coordinate): "
-                     f"{verdict}")
+        verdict = "ok" if _agree((loss_diff, grad_diff)) else "FAIL"
+        lines.append(f"{label}: loss diff {loss_diff:.2e}, max grad diff {grad_diff:.2e} "
+                     f"(relative to max(1, |value|); tolerance {LOOP_TOLERANCE:.0e}, every "
+                     f"coordinate): {verdict}")
     worst = max(r.max_rel_error for r in results)
     lines.append(f"maximum relative error: {worst:.2e}")
     return "\n".join(lines)
