@@ -284,6 +284,23 @@ def _check_count_or_fraction(key: str, value: Any, meta: Any) -> int | float:
     return value
 
 
+def _split_key(key: str) -> list[str]:
+    """The parts of a dotted `--set` key (`optim.lr` -> ['optim', 'lr']); ConfigError naming
+    the key as given when a part is empty (a leading or trailing dot, two dots in a row) or
+    holds whitespace, where the schema's "unknown key" would name only the bad part."""
+    keys = key.split(".")
+    shown = shorten(key, SHOWN_CHARS, quote=True)
+    if "" in keys:
+        where = ("starts with a dot" if not keys[0] else "ends with a dot" if not keys[-1]
+                 else "has two dots in a row")
+        raise ConfigError(f"--set {shown}: the key {where}; write its parts joined by single "
+                          "dots, e.g. optim.lr=0.01")
+    if any(not part.isprintable() or any(c.isspace() for c in part) for part in keys):
+        raise ConfigError(f"--set {shown}: the key holds whitespace or a control character; "
+                          "write its parts joined by single dots, e.g. optim.lr=0.01")
+    return keys
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """Split `key.path=value` into (['key', 'path'], value typed by the schema).
 
@@ -296,7 +313,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not sep or not key.strip():
         raise ConfigError(f"--set {shorten(text, SHOWN_CHARS)}: expected KEY.PATH=VALUE, e.g. "
                           "optim.lr=0.01")
-    keys = key.strip().split(".")
+    keys = _split_key(key.strip())
     if _schema_type(keys) is str and raw_value.strip() not in ("null", "~", ""):
         return keys, raw_value
     if not raw_value.strip():

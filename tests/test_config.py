@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,27 @@ def test_bad_override_through_the_console_script(tmp_path):
     path.write_text("seed: 1\n")
     result = run("softmax-train", "--config", str(path), "--set", "optim.momentum=2", cwd=tmp_path)
     assert_one_line_error(result, 2, "optim.momentum: must be <= 0.999, got 2")
+
+
+@pytest.mark.parametrize("key,wrong", [
+    (".lr", "starts with a dot"),
+    ("optim.", "ends with a dot"),
+    ("optim..lr", "has two dots in a row"),
+    ("optim. lr", "holds whitespace"),
+    ("optim.l\tr", "holds whitespace"),
+])
+def test_a_malformed_dotted_key_is_named_as_given(key, wrong):
+    """`--set .lr=1` said `: unknown key`, naming the empty part alone."""
+    with pytest.raises(ConfigError, match="^" + re.escape(f"--set {key!r}: the key {wrong}")):
+        load_config(None, [f"{key}=1"])
+
+
+def test_a_malformed_dotted_key_through_the_console_script(tmp_path):
+    path = tmp_path / "ok.yaml"
+    path.write_text("seed: 1\n")
+    result = run("softmax-train", "--config", str(path), "--set", ".lr=1", cwd=tmp_path)
+    assert_one_line_error(result, 2, "--set '.lr': the key starts with a dot", "optim.lr=0.01")
+    assert list(tmp_path.iterdir()) == [path]
 
 
 def test_unknown_option_is_one_line(tmp_path):

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_util import assert_one_line_error, run
+from cli_util import assert_one_line_error, limit_data, run
 from conftest import random_problem
 
+from softmax_cls.errors import SoftmaxClsError
 from softmax_cls.math import softmax
 from softmax_cls.math.preprocess import Preprocessor
 from softmax_cls.training import gradcheck
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def test_command_passes_and_prints_the_table():
@@ -151,19 +155,42 @@ def test_correct_gradients_pass_at_ten_thousand_rows():
     assert "gradient check passed" in result.stdout
 
 
-def test_a_problem_larger_than_memory_is_one_error_line():
+@pytest.mark.parametrize("samples,classes", [("10", "100000"), ("100000", "100000")])
+def test_a_problem_larger_than_memory_is_refused_before_it_is_allocated(samples, classes):
     """100000 classes x 3073 features of float64 (2.3 GiB) under a 1 GiB data limit: numpy's
-    MemoryError was a traceback."""
-    import resource
+    MemoryError was a traceback, then an `out of memory` line once the memory was spent (12.6
+    GB at 100000 x 100000 without a limit). The memory is now estimated from the shapes."""
+    result = run("softmax-gradcheck", "--samples", samples, "--classes", classes, "--checks",
+                 "2", preexec_fn=limit_data(1 << 30))
+    assert_one_line_error(result, 1, "not enough memory", f"{samples} samples x 3073 features "
+                          f"x {classes} classes needs about", "GiB", "lower --samples or --classes")
 
-    limit = 1 << 30
 
-    def limit_memory():
-        resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+def test_the_memory_estimate_refuses_only_what_exceeds_the_budget(monkeypatch):
+    need = gradcheck.needed_bytes(500, 3072, 3073, 10)  # the command's default problem
+    assert 30e6 < need < 100e6
+    monkeypatch.setattr(gradcheck, "host_available_bytes", lambda: None)  # unknown: no check
+    gradcheck.check_memory(10**6, 3072, 3073, 10**6, "--samples")
+    monkeypatch.setattr(gradcheck, "host_available_bytes", lambda: 1 << 30)  # 512 MiB budget
+    gradcheck.check_memory(500, 3072, 3073, 10, "--samples")
+    with pytest.raises(SoftmaxClsError, match="about 1.0 GiB.*0.5 GiB may be used.*; lower X$"):
+        gradcheck.check_memory(200, 3072, 3073, 4000, "X")  # 0.96 GiB: free, not in budget
+    assert gradcheck.needed_bytes(1, 0, 1, 2) == 8 * (5 + 10 * 2 + 4 * 2)
 
-    result = run("softmax-gradcheck", "--samples", "10", "--classes", "100000", "--checks", "2",
-                 preexec_fn=limit_memory)
-    assert_one_line_error(result, 1, "out of memory", "GiB")
+
+def test_the_config_problem_is_refused_before_the_sample_is_copied(tmp_path, monkeypatch):
+    from softmax_cls.config import load_config
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "train.npz", X=rng.standard_normal((200, 6)).astype(np.float32),
+             y=rng.integers(0, 3, 200))
+    config = load_config(CONFIGS / "probe.yaml", [f"data.train={tmp_path / 'train.npz'}"])
+    monkeypatch.setattr(gradcheck, "host_available_bytes", lambda: 1 << 30)
+    assert len(gradcheck.config_problem(config, 1000, 0).X) == 180  # the training split
+    monkeypatch.setattr(gradcheck, "needed_bytes", lambda *shape: shape)
+    monkeypatch.setattr(gradcheck, "check_memory", lambda *args: pytest.fail(repr(args)))
+    with pytest.raises(pytest.fail.Exception, match=r"\(180, 24, 7, 3, '--samples'\)"):
+        gradcheck.config_problem(config, 1000, 0)
 
 
 def test_folded_magnitude_sums_every_product_of_the_folded_scores():

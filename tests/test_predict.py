@@ -235,6 +235,23 @@ def test_top_k_orders_by_probability_then_class():
     for k in (0, 5):
         with pytest.raises(InputError, match="between 1 and 4"):
             top_k(probabilities, k)
+    assert top_k(probabilities, np.int64(2))[0].tolist() == [[1, 3], [0, 2]]
+
+
+@pytest.mark.parametrize("k,shown", [(2.0, "2.0 (float)"), (True, "True (bool)"),
+                                     (np.True_, "(bool"), ("2", "'2' (str)"),
+                                     (np.float64(1), "(float64)")])
+def test_top_k_takes_only_an_integer_count(probe, k, shown):
+    """k=2.0 was numpy's TypeError from slicing, and k=True took 1 class."""
+    probabilities = np.full((1, 4), 0.25)
+    with pytest.raises(InputError, match=r"^top-k must be an integer between 1 and 4 "):
+        top_k(probabilities, k)
+    model = Model.load(probe["checkpoint"])
+    with pytest.raises(InputError, match="between 1 and 3") as raised:
+        model.top_k(object(), k=k)  # k is refused before the input is looked at
+    assert shown in str(raised.value)
+    classes, _ = model.top_k(probe["new"], k=np.int64(2))
+    assert classes.shape == (4, 2)
 
 
 PIXELS = np.random.default_rng(5).integers(0, 256, (2, 32, 32, 3), np.uint8)

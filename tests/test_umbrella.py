@@ -56,3 +56,19 @@ def test_a_summary_that_runs_onto_a_second_line_is_listed_whole(monkeypatch):
     monkeypatch.setattr(umbrella, "COMMANDS", {"long": long})
     assert umbrella.listing().splitlines()[-1] == (
         "  long  Do a thing that takes a summary running onto a second line.")
+
+
+def test_help_names_a_command_and_prints_its_help():
+    """`softmax help train` printed the listing, not train's help."""
+    listing = run("softmax").stdout
+    for args in (("help",), ("help", "help"), ("help", "--help")):
+        result = run("softmax", *args)
+        assert result.returncode == 0 and result.stdout == listing, (args, result.stderr)
+    for name in ("train", "gradcheck"):
+        result = run("softmax", "help", name)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == run("softmax", name, "--help").stdout
+        assert result.stdout.startswith(f"Usage: softmax {name} ")
+    assert_one_line_error(run("softmax", "help", "nosuch"), 2, "no command 'nosuch'", "train")
+    assert_one_line_error(run("softmax", "help", "train", "eval"), 2,
+                          "help takes one command, got 2 words")

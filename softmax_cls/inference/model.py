@@ -104,9 +104,12 @@ class Model:
               ) -> tuple[np.ndarray, np.ndarray]:
         """(classes (N, k) int64, probabilities (N, k) float32): each row's k most probable
         classes (k: 3, or every class of a model with fewer, as softmax-predict's default),
-        most probable first (equal probabilities: the lower class index first)."""
+        most probable first (equal probabilities: the lower class index first). InputError,
+        before x is read, unless k is an int (numpy's too; not a bool or a float) from 1 to
+        the classes."""
         if k is None:
             k = min(3, len(self.class_names))
+        check_k(k, len(self.class_names))  # before the inputs are scored
         return top_k(self.predict_proba(x, layout), k)
 
     def _feature_rows(self, x) -> np.ndarray:
@@ -213,12 +216,22 @@ def _is_pil_image(x) -> bool:
     return isinstance(x, Image.Image)
 
 
+def check_k(k, classes: int) -> None:
+    """InputError unless `k` is an integer (a Python or numpy int, not a bool, not a float
+    such as 2.0; numpy's bool is no np.integer) with 1 <= k <= classes."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise InputError(f"top-k must be an integer between 1 and {classes} (the classes), "
+                         f"got {shorten(repr(k), 40)} ({type(k).__name__})")
+    if not 1 <= k <= classes:
+        raise InputError(f"top-k must be between 1 and {classes} (the classes), got {k}")
+
+
 def top_k(probabilities: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """(classes (N, k) int64, probabilities (N, k)) of probabilities (N, C): each row's k
-    largest, largest first, ties by the lower class index. InputError unless 1 <= k <= C."""
-    C = probabilities.shape[1]
-    if not 1 <= k <= C:
-        raise InputError(f"top-k must be between 1 and {C} (the classes), got {k}")
+    largest, largest first, ties by the lower class index. InputError unless k is an
+    integer with 1 <= k <= C (check_k)."""
+    check_k(k, probabilities.shape[1])
+    k = int(k)
     order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k].astype(np.int64)
     return order, np.take_along_axis(probabilities, order, axis=1)
 

@@ -43,6 +43,7 @@ from ..data.cifar import load_config_data
 from ..data.datasets import IMAGE_BYTES
 from ..engines import get_engine
 from ..engines.contract import Engine, StepRule
+from ..engines.memory import host_available_bytes, memory_budget
 from ..errors import ConfigError, SoftmaxClsError
 from ..math import softmax
 from ..math.preprocess import Preprocessor, fit_preprocessor, split_and_fit
@@ -58,6 +59,15 @@ NO_POWER_RATIO = 1e-3  # resolution / largest derivative above this: the check c
 DEFAULT_STEP = 1e-5
 DEFAULT_TOLERANCE = 1e-7
 LOOP_TOLERANCE = 1e-10
+
+# float64 arrays of each shape live at the check's peak, from the peak resident memory's growth
+# with the numpy, numba and torch engines (the 2-core shared VM, 2026-12-07): 4.7 of (N, D) at
+# 4000 rows x 3073 features x 10 classes, 9.4 of (C, D) at 200 x 3073 x 4000, about 1.3 of
+# (N, C) at 1000 x 3073 x 4000; rounded up, the scores' share with room (they dominate at
+# large N x C, and loss_and_grad holds its softmax's intermediates of that shape).
+ROWS_FEATURES_COPIES = 5
+CLASSES_FEATURES_COPIES = 10
+ROWS_CLASSES_COPIES = 4
 
 Objective = Callable[[np.ndarray], tuple[float, np.ndarray]]
 
@@ -237,6 +247,32 @@ def folded_magnitude(images: np.ndarray, pre: Preprocessor, W: np.ndarray) -> fl
     return float(np.max(np.abs(images.astype(np.float64)) @ scaled.T + offset, initial=0.0))
 
 
+def needed_bytes(samples: int, row_bytes: int, features: int, classes: int) -> int:
+    """Bytes the check holds at its peak, about: `samples` raw rows of `row_bytes` bytes, and
+    float64 copies of the (N, D) features, the (C, D) weights and the (N, C) scores (the
+    counts measured, above)."""
+    return samples * row_bytes + 8 * (ROWS_FEATURES_COPIES * samples * features
+                                      + CLASSES_FEATURES_COPIES * classes * features
+                                      + ROWS_CLASSES_COPIES * samples * classes)
+
+
+def check_memory(samples: int, row_bytes: int, features: int, classes: int,
+                 lower: str) -> None:
+    """SoftmaxClsError naming `lower` (the options to lower) when needed_bytes exceeds the
+    memory budget (engines.memory) of what this process may still allocate; nothing where
+    that is not known."""
+    available = host_available_bytes()
+    if available is None:
+        return
+    need, budget = needed_bytes(samples, row_bytes, features, classes), memory_budget(available)
+    if need > budget:
+        raise SoftmaxClsError(
+            f"not enough memory: the gradient check of {samples} samples x {features} features "
+            f"x {classes} classes needs about {need / 2**30:,.1f} GiB, and "
+            f"{max(budget, 0) / 2**30:,.1f} GiB may be used ({available / 2**30:,.1f} GiB "
+            f"free, less a tenth or 0.5 GiB); lower {lower}")
+
+
 def available_engines() -> list[Engine]:
     """The numpy engine, and the numba and torch (on the CPU) engines where installed."""
     engines = [get_engine("numpy")]
@@ -274,7 +310,9 @@ def image_problem(
 def random_image_problem(samples: int = 500, classes: int = 10, seed: int = 0,
                          reg: float = 0.01, clip: float = softmax.DEFAULT_CLIP
                          ) -> GradcheckProblem:
-    """A seeded problem of random uint8 images, centred and scaled by their std: 3073 features."""
+    """A seeded problem of random uint8 images, centred and scaled by their std: 3073 features.
+    SoftmaxClsError, before anything is allocated, when it would not fit in memory."""
+    check_memory(samples, IMAGE_BYTES, IMAGE_BYTES + 1, classes, "--samples or --classes")
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 256, size=(samples, IMAGE_BYTES), dtype=np.uint8)
     labels = rng.integers(0, classes, size=samples)
@@ -285,11 +323,16 @@ def random_image_problem(samples: int = 500, classes: int = 10, seed: int = 0,
 def config_problem(config: Config, samples: int, seed: int, reg: float | None = None
                    ) -> GradcheckProblem:
     """A sample of `samples` rows of the config's real training split, preprocessed as the
-    trainer would (statistics fitted on the whole training split)."""
+    trainer would (statistics fitted on the whole training split). SoftmaxClsError, before
+    the sample is copied, when the check would not fit in memory."""
     data = load_config_data(config.data, progress=False)
     split, pre = split_and_fit(config, data.train_images, data.train_labels)
-    rows = np.sort(np.random.default_rng(seed).choice(
-        split.train_rows, size=min(samples, len(split.train_rows)), replace=False))
+    samples = min(samples, len(split.train_rows))
+    images = data.train_images
+    check_memory(samples, images.itemsize * images[0].size, pre.n_features,
+                 len(data.class_names), "--samples")
+    rows = np.sort(np.random.default_rng(seed).choice(split.train_rows, size=samples,
+                                                      replace=False))
     reg = config.loss.reg if reg is None else reg
     return image_problem(data.train_images[rows], data.train_labels[rows], pre,
                          len(data.class_names), reg if reg > 0 else 0.01, config.loss.clip,
