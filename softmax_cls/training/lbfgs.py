@@ -37,8 +37,8 @@ MAX_LINE_SEARCH = 50  # as scikit-learn
 # The float32 run's: where float32 rounding in the loss stops the line search finding a
 # decrease, each try is an evaluation wasted before the float64 run takes over
 MAX_LINE_SEARCH_FAST = 5
-# Points a line search evaluated, remembered by a digest of their bytes: when its steps shrink
-# to the weights' rounding, SciPy asks again for one of its last trials (two in turn, at times)
+# Points a line search evaluated, the last asked kept longest, by a digest of their bytes: when
+# its steps shrink to the weights' rounding, SciPy asks again for one of its last trials
 RECENT_POINTS = 4
 # The dtype of the products while far from the optimum; the last iterations run in float64.
 FAST_PRECISION = "float32"
