@@ -493,6 +493,24 @@ def test_converged_means_the_gradient_reached_tol():
     assert lbfgs.minimize(objective, np.zeros((2, 3)), first.grad_max * 2, 1).converged
 
 
+def test_no_iteration_left_makes_none():
+    """max_iter 0 (a resumed solve that made optim.max_iter already: fit_lbfgs passes
+    max_iter - done) reached SciPy as maxiter 0, which still makes one iteration: the
+    resumed run reported 13 iterations of optim.max_iter 12. Now only the start's float64
+    gradient is evaluated."""
+    target = np.arange(6.0).reshape(2, 3)
+    asked = []
+
+    def objective(W, precision):
+        asked.append(precision)
+        return quadratic(target)(W, precision)
+
+    result = lbfgs.minimize(objective, np.zeros((2, 3)), 1e-8, 0)
+    assert result.iterations == 0 and not result.converged and asked == ["float64"]
+    assert result.message == lbfgs.MAX_ITER_MESSAGE
+    np.testing.assert_array_equal(result.W, np.zeros((2, 3)))
+
+
 def test_the_tolerance_is_met_in_float64_after_the_float32_run():
     target = np.arange(6.0).reshape(2, 3)
     asked = []

@@ -234,6 +234,13 @@ def test_a_solved_run_resumed_in_place_is_finished_until_tol_or_max_iter_is_chan
                                     "(optim.max_iter 2), gradient max-norm ")
     assert result.stdout.endswith("; raise optim.max_iter to solve further; nothing written\n")
     assert folder_bytes(run_folder) == before
+    # another objective at optim.max_iter: the recorded gradient is the old objective's,
+    # not quoted as this one's (it said 'gradient max-norm 5.63e-07' of a changed loss.reg)
+    other = resume(run_folder, "loss.reg=0.01")
+    assert other.stdout == (f"{run_folder} already finished: 2 iterations (optim.max_iter 2) "
+                            "made on another objective (loss or augment since changed); "
+                            "raise optim.max_iter to solve this one; nothing written\n")
+    assert folder_bytes(run_folder) == before
     more = resume(run_folder, "optim.max_iter=3")  # one iteration more, not three
     assert "warning: L-BFGS did not converge: 3 iterations (optim.max_iter 3)" in more.stderr
     assert load_checkpoint(run_folder / "last.npz").state.epoch == 3

@@ -363,6 +363,28 @@ def test_a_finished_sweep_run_again_reads_no_data_and_writes_nothing(tmp_path):
     assert_one_line_error(refused, 2, "holds another sweep")
 
 
+@pytest.mark.parametrize("edit", ["missing", "another trial", "null"])
+def test_a_finished_sweep_takes_its_best_trial_from_the_study(tmp_path, served, edit):
+    """summary.json's best_trial is the study's word checked, not taken: an edited one said
+    'already finished' naming a trial that was not the best (or raised a KeyError when the
+    key was gone); the sweep finishes again instead and writes the study's best."""
+    path = write_sweep(tmp_path, trials=2)
+    folder = tmp_path / "out"
+    sweep.run_sweep(path, workers=1, out=folder, progress=False, plots=False)
+    summary = json.loads((folder / "summary.json").read_text())
+    best = summary["best_trial"]
+    assert sweep.run_sweep(path, workers=1, out=folder, progress=False,
+                           plots=False).finished is not None
+    if edit == "missing":
+        del summary["best_trial"]
+    else:
+        summary["best_trial"] = None if edit == "null" else 1 - best
+    (folder / "summary.json").write_text(json.dumps(summary))
+    again = sweep.run_sweep(path, workers=1, out=folder, progress=False, plots=False)
+    assert again.finished is None and again.best_number == best
+    assert json.loads((folder / "summary.json").read_text())["best_trial"] == best
+
+
 def test_pruned_trials_are_recorded_as_pruned(tmp_path, served):
     epochs = 4
     path = write_sweep(tmp_path, trials=10, pruner={"name": "median", "startup_trials": 2},

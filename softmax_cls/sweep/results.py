@@ -358,9 +358,10 @@ def finished_line(folder: Path, spec: SweepSpec, storage: str, study_name: str
     """A sweep run again with nothing to do: a SweepResult from its summary.json with the one
     line to print (`finished`), or None. Nothing to do: best.npz and best.yaml are there (a
     trial completed), the study holds this sweep, and summary.json records its end as the
-    study holds it now: the same budget and the same count of trials in each state. (It is
-    written after the budget's last trial; a trial running or waiting, or one more finished,
-    changes the counts.) Finishing again would only read the test split again to score the
+    study holds it now: the same budget, the same count of trials in each state and the
+    study's best trial (an edited summary.json is not taken at its word). (It is written
+    after the budget's last trial; a trial running or waiting, or one more finished, changes
+    the counts.) Finishing again would only read the test split again to score the
     same weights and rewrite the same files, as resuming a finished run would (softmax-train's
     finished_line). Reads only; otherwise (a budget raised or lowered, no trial complete, a
     file missing) the sweep goes on and finishes as before."""
@@ -376,16 +377,19 @@ def finished_line(folder: Path, spec: SweepSpec, storage: str, study_name: str
         return None  # the refusal of another sweep comes after
     trials = study.get_trials(deepcopy=False)
     if (not isinstance(summary, dict) or summary.get("trials") != spec.trials
-            or summary.get("counts") != _counts(trials)):
+            or summary.get("counts") != _counts(trials)
+            or not any(state_name(t) == "complete" for t in trials)):
+        return None
+    best = study.best_trial  # the study's, not summary.json's word (an edited file's)
+    if summary.get("best_trial") != best.number:
         return None
     counts = ", ".join(f"{n} {state}" for state, n in summary["counts"].items() if n)
     more = ("each point of its grid has run" if spec.sampler == "grid"
             else "raise --trials to run more")
     line = (f"{folder} already finished: {counted_words(counted(trials), 'trial')} "
-            f"({counts}), best trial {summary['best_trial']}; {more}; nothing written")
-    return SweepResult(folder, summary["best_trial"], summary.get("best_val_acc"),
-                       summary.get("test_acc"), summary.get("test_loss"), summary["counts"],
-                       summary, finished=line)
+            f"({counts}), best trial {best.number}; {more}; nothing written")
+    return SweepResult(folder, best.number, best.value, summary.get("test_acc"),
+                       summary.get("test_loss"), summary["counts"], summary, finished=line)
 
 
 def finish_sweep(folder: Path, study, spec: SweepSpec, meta: dict, progress: bool = True,

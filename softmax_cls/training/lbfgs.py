@@ -215,7 +215,9 @@ def minimize(objective: Callable[[np.ndarray, str], tuple[float, np.ndarray]],
         if precondition is not None:
             V = precondition.variables(V)
         message = ""
-        if FAST_PRECISION != "float64":
+        # SciPy's maxiter 0 still makes one iteration: none left (a resumed solve that made
+        # optim.max_iter already) is no run, only the float64 gradient at the start
+        if FAST_PRECISION != "float64" and max_iter > 0:
             V, message = run(V, FAST_PRECISION, max_iter)
         left = max_iter - done["iterations"]
         loss, grad = evaluate(V, "float64")

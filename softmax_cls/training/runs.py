@@ -208,7 +208,8 @@ def _solved(resume: Checkpoint, config: Config) -> str | None:
     """What ends an L-BFGS solve that resuming would not continue, or None: it converged
     (its gradient max-norm at most optim.tol) on the objective it was solved for (loss and
     augment unchanged; another objective is solved from it), or it made optim.max_iter
-    iterations (the solve's in all: raising optim.max_iter continues it)."""
+    iterations (the solve's in all: raising optim.max_iter continues it; on another
+    objective the line quotes no gradient, the one recorded being the old objective's)."""
     state, optim = resume.state, config.optim
     last = state.history[-1] if state.history else {}
     if "grad_max" not in last:
@@ -219,6 +220,10 @@ def _solved(resume: Checkpoint, config: Config) -> str | None:
         return (f"converged in {counted(state.epoch, 'iteration')} (gradient max-norm "
                 f"{grad_max:.3g} <= optim.tol {optim.tol:g}); lower optim.tol to solve further")
     if state.epoch >= optim.max_iter:
+        if not same:  # grad_max is the other objective's: this one's is not known
+            return (f"{counted(state.epoch, 'iteration')} (optim.max_iter {optim.max_iter}) "
+                    "made on another objective (loss or augment since changed); raise "
+                    "optim.max_iter to solve this one")
         above = f" > optim.tol {optim.tol:g}" if grad_max > optim.tol else ""
         return (f"{counted(state.epoch, 'iteration')} (optim.max_iter {optim.max_iter}), "
                 f"gradient max-norm {grad_max:.3g}{above}; raise optim.max_iter to solve "
