@@ -224,10 +224,9 @@ def _solved(resume: Checkpoint, config: Config) -> str | None:
             return (f"{counted(state.epoch, 'iteration')} (optim.max_iter {optim.max_iter}) "
                     "made on another objective (loss or augment since changed); raise "
                     "optim.max_iter to solve this one")
-        above = f" > optim.tol {optim.tol:g}" if grad_max > optim.tol else ""
         return (f"{counted(state.epoch, 'iteration')} (optim.max_iter {optim.max_iter}), "
-                f"gradient max-norm {grad_max:.3g}{above}; raise optim.max_iter to solve "
-                "further")
+                f"gradient max-norm {grad_max:.3g} > optim.tol {optim.tol:g}; raise "
+                "optim.max_iter to solve further")  # (not converged: the branch above)
     return None
 
 
