@@ -702,7 +702,7 @@ def test_the_lbfgs_sums_mix_in_no_cpu_tensor(rows_at, precision):
     views = ((False, 0, 0), (True, 0, 0), (False, -2, 3))
     sums = full._sums(torch.device("meta"), p.data, index, p.W.astype(np.float64), p.pre,
                       StepRule(lr=1.0, reg=1e-3), views, "reflect", precision, 16, budget)
-    assert [tuple(s.shape) for s in sums] == [(), (3072, 10), (10,)]
+    assert [tuple(s.shape) for s in sums] == [(), (10, 3072), (10,)]
     assert all(s.is_meta and s.dtype == torch.float64 for s in sums)
 
 
