@@ -679,6 +679,8 @@ def test_a_line_search_back_at_its_last_trials_evaluates_each_point_once(monkeyp
     # a point asked again and again between new trials: the last one asked stays remembered
     steps = (0.25, 0.125, 0.0625, 0.03125, 0.015625)
     trials = [np.full(12, v) for v in (0.0, 0.5, *(x for step in steps for x in (step, 0.5)))]
+    # then the oldest of the last RECENT_POINTS points asked (four new ones, the first again)
+    trials += [np.full(12, v) for v in (0.7, 0.8, 0.9, 0.6, 0.7)]
 
     def scripted_minimize(fun, x0, **_):
         for x in trials:
@@ -695,7 +697,7 @@ def test_a_line_search_back_at_its_last_trials_evaluates_each_point_once(monkeyp
 
     lbfgs.minimize(objective, np.zeros((2, 6)), 1e-12, 50)
     assert len(asked) == len(set(asked))
-    assert sum(precision == "float64" for precision, _ in asked) == 7  # each point once
+    assert sum(precision == "float64" for precision, _ in asked) == 11  # each point once
 
 
 def test_the_iterate_is_not_evaluated_again_and_the_iterates_never_rise():
