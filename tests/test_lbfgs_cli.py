@@ -265,3 +265,27 @@ def test_a_resumed_solve_reports_its_iterations_in_all_everywhere(tmp_path):
     history = [json.loads(line) for line in (folder / "history.jsonl").read_text().splitlines()]
     assert [row["epoch"] for row in history] == [1, 2, 3, 4]
     assert history[-1]["iterations"] == 4
+
+
+@pytest.mark.parametrize("engine", ["numpy", "torch"])
+def test_the_objectives_chunks_are_sized_by_the_classes_too(tmp_path, engine):
+    """The full-batch objective's chunk of rows was sized by the features alone: 2 features
+    and 10,000 classes made (9,900, 10,000) score blocks (0.4 GB of float32, 0.8 of float64,
+    several at once), out of memory under a 1 GiB RLIMIT_DATA; 20,000 classes needed 3 GB a
+    block. Sized by the wider of the two, the blocks are a few MB."""
+    from cli_util import limit_data
+
+    if engine == "torch":
+        pytest.importorskip("torch")
+    rows, classes = 10_000, 10_000
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "wide.npz", X=rng.standard_normal((rows, 2)).astype(np.float32),
+             y=np.arange(rows) % classes)
+    raw = {"engine": engine, "device": "cpu",
+           "data": {"dataset": "features", "train": str(tmp_path / "wide.npz"), "val_size": 100},
+           "optim": {"solver": "lbfgs", "max_iter": 1, "precondition": False},
+           "output": {"plots": False, "dir": str(tmp_path / "run")}}
+    (tmp_path / "wide.yaml").write_text(yaml.safe_dump(raw))
+    result = run("softmax-train", "--config", str(tmp_path / "wide.yaml"), "--quiet",
+                 cwd=tmp_path, preexec_fn=limit_data(1 << 30), timeout=300)
+    assert result.returncode == 0, result.stderr
