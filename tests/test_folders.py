@@ -661,7 +661,8 @@ def test_a_caches_labels_declaring_more_rows_than_its_meta_are_refused_unread(tm
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("damage", ["short", "big-endian", "one-more", "float", "rows-short"])
+@pytest.mark.parametrize("damage", ["short", "big-endian", "one-more", "float", "rows-short",
+                                    "count-infinite"])
 def test_a_caches_labels_of_another_shape_dtype_or_length_are_a_damaged_cache(tmp_path,
                                                                              damage):
     images = make_folder(tmp_path / "images", per_class=3)
@@ -671,6 +672,10 @@ def test_a_caches_labels_of_another_shape_dtype_or_length_are_a_damaged_cache(tm
     if damage == "short":  # the last label missing (it would read as class 0)
         whole = (cache / "labels.npy").read_bytes()
         (cache / "labels.npy").write_bytes(whole[:-8])
+    elif damage == "count-infinite":  # int(inf) raised OverflowError: a traceback
+        meta = json.loads((cache / "meta.json").read_text())
+        (cache / "meta.json").write_text(json.dumps({**meta, "count": 1}).replace(
+            '"count": 1,', '"count": 1e400,'))
     elif damage == "rows-short":
         with open(cache / "rows.u8", "r+b") as handle:
             handle.truncate(handle.seek(0, 2) - 1)
@@ -681,7 +686,7 @@ def test_a_caches_labels_of_another_shape_dtype_or_length_are_a_damaged_cache(tm
     with pytest.raises(DataError, match="a damaged image cache"):
         folders.load_folders(data_config(images, tmp_path / "data"), progress=False)
     np.save(cache / "labels.npy", labels)  # restored: loads again
-    if damage == "rows-short":
+    if damage in ("rows-short", "count-infinite"):
         return
     assert (folders.load_folders(data_config(images, tmp_path / "data"), progress=False)
             .train_labels.size > 0)

@@ -335,7 +335,8 @@ def _open_cache(cache: Path) -> FolderRows | None:
         md5 = str(meta["md5"])
     except FileNotFoundError:
         return None  # removed between the check and the read: read the folder again
-    except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError, EOFError):
+    except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError, EOFError,
+            OverflowError):  # int() of a count of 1e400 (json's inf)
         raise bad from None
     if (meta.get("version") != CACHE_VERSION or labels is None
             or (count and not 0 <= labels.min() <= labels.max() < len(names))):
