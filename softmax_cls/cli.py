@@ -292,7 +292,9 @@ def eval_command(checkpoint, split, as_json, root, download, engine, device, qui
 @click.option("--classes", default=10, show_default=True, type=click.IntRange(2),
               help="Classes of the random problem (with --config: the data set's).")
 @click.option("--checks", default=10, show_default=True, type=click.IntRange(1),
-              help="Random coordinates of W checked per objective.")
+              help="Random coordinates of W checked per objective, drawn without "
+                   "replacement: at most W's entries (classes x features); each costs two "
+                   "evaluations of every objective.")
 @click.option("--step", default=1e-5, show_default=True, type=PositiveFinite(),
               help="h of the centred differences.")
 @click.option("--tol", default=1e-7, show_default=True, type=PositiveFinite(),
@@ -321,6 +323,10 @@ def gradcheck_command(config_path, overrides, samples, classes, checks, step, to
     else:
         config = load_config(config_path, overrides)
         problem = gradcheck.config_problem(config, samples, seed, reg)
+    if checks > problem.W.size:  # it checked each entry once, for as long as that took
+        n_classes, n_features = problem.W.shape
+        raise ConfigError(f"--checks: at most {problem.W.size} (each entry of W once: "
+                          f"{n_classes} classes x {n_features} features), got {checks}")
     results = gradcheck.run_gradcheck(problem, checks, step, tol, seed)
     click.echo(gradcheck.format_report(results))
     passed = all(r.passed for r in results) and gradcheck.full_comparisons_agree(results)

@@ -9,7 +9,7 @@ import textwrap
 
 import numpy as np
 import pytest
-from cli_util import assert_one_line_error, run
+from cli_util import assert_one_line_error, limit_data, run
 from engine_reference import problem
 
 from softmax_cls.cli import OPTION_SPELLING
@@ -201,3 +201,41 @@ def test_the_estimator_names_its_parameters(monkeypatch):
         "SoftmaxClassifier: out of memory on cuda:0 in a training epoch: lower the batch size "
         '(batch_size=N), or run on the CPU (device="cpu")')
     assert "--set" not in str(error.value)
+
+
+def test_the_hosts_allocator_running_out_is_the_cpus_line_and_other_errors_pass():
+    """PyTorch's CPU allocator raises a plain RuntimeError when the host's memory runs out:
+    the CPU's line, with the bytes asked for; any other RuntimeError passes unchanged."""
+    with pytest.raises(DeviceOutOfMemory) as host:
+        with out_of_memory_as_error(torch.device("cuda", 0), "in a training epoch", True):
+            raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator"
+                               ": can't allocate memory: you tried to allocate 3192080000 "
+                               "bytes. Error code 12 (Cannot allocate memory)")
+    assert str(host.value) == ("out of memory on cpu in a training epoch (could not get 3.19 "
+                               "GB more): lower the batch size (optim.batch_size: N)")
+    with pytest.raises(RuntimeError, match="^mat1 and mat2 shapes cannot be multiplied$"):
+        with out_of_memory_as_error(torch.device("cpu"), "in the L-BFGS objective"):
+            raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+
+def test_a_real_host_out_of_memory_is_one_line_naming_the_batch_size(tmp_path):
+    """A real out-of-memory in PyTorch's CPU allocator (a plain RuntimeError, not
+    torch.OutOfMemoryError) was a traceback. Two features and 20,000 classes: the epoch's
+    (batch, classes) float32 buffers of a 40,000-row batch are 3.2 GB, twice the 1.5 GB
+    RLIMIT_DATA the child runs under, where the process before them is a few hundred MB."""
+    import yaml
+
+    rows, classes = 40_000, 20_000
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "wide.npz", X=rng.standard_normal((rows, 2)).astype(np.float32),
+             y=np.arange(rows) % classes)
+    raw = {"engine": "torch", "device": "cpu",
+           "data": {"dataset": "features", "train": str(tmp_path / "wide.npz"), "val_size": 100},
+           "augment": {"hflip": False, "translate": 0},
+           "optim": {"epochs": 1, "batch_size": rows, "lr": 0.01},
+           "output": {"plots": False, "dir": str(tmp_path / "run")}}
+    (tmp_path / "wide.yaml").write_text(yaml.safe_dump(raw))
+    result = run("softmax-train", "--config", str(tmp_path / "wide.yaml"), "--quiet",
+                 cwd=tmp_path, preexec_fn=limit_data(1500 << 20))
+    line = assert_one_line_error(result, 1, "out of memory on cpu in a training epoch")
+    assert line.endswith("GB more): lower the batch size (--set optim.batch_size=N)"), line

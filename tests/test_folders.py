@@ -635,3 +635,58 @@ def test_the_images_page_example_config_trains_into_its_output_dir(tmp_path):
     assert result.stdout.rstrip().endswith(f"run folder {out.relative_to(tmp_path)}")
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["default", out.name]
     assert load_checkpoint(out / "best.npz").class_names == tuple(sorted(CLASSES))
+
+
+def test_a_caches_labels_declaring_more_rows_than_its_meta_are_refused_unread(tmp_path):
+    """labels.npy was read whole (np.load) before its shape was compared with meta.json's
+    count: one declaring 2**28 rows (2 GiB, here a sparse file) under a 1 GiB RLIMIT_DATA
+    was `error: out of memory`, or gigabytes read without one. Its header is compared
+    first now: the damaged-cache line, at once."""
+    from tests.cli_util import limit_data
+
+    images = make_folder(tmp_path / "images", per_class=3)
+    folders.load_folders(data_config(images, tmp_path / "data"), progress=False)
+    cache = tmp_path / "data" / "image-cache" / folders.scan_folder(images).fingerprint
+    labels = cache / "labels.npy"
+    rows = 1 << 28
+    with open(labels, "wb") as handle:
+        np.lib.format.write_array_header_1_0(
+            handle, {"descr": "<i8", "fortran_order": False, "shape": (rows,)})
+        handle.truncate(handle.tell() + rows * 8)  # sparse: no disk spent on it
+    result = run("softmax-train", "--config", write_config(tmp_path, train=str(images)), "-q",
+                 "--no-plots", "--set", "engine=numpy", timeout=60,
+                 preexec_fn=limit_data(1 << 30))
+    assert_one_line_error(result, 1, cache.name, "a damaged image cache")
+    assert labels.stat().st_size > rows * 8  # untouched
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("damage", ["short", "big-endian", "one-more", "float", "rows-short",
+                                    "count-infinite"])
+def test_a_caches_labels_of_another_shape_dtype_or_length_are_a_damaged_cache(tmp_path,
+                                                                             damage):
+    images = make_folder(tmp_path / "images", per_class=3)
+    folders.load_folders(data_config(images, tmp_path / "data"), progress=False)
+    cache = tmp_path / "data" / "image-cache" / folders.scan_folder(images).fingerprint
+    labels = np.load(cache / "labels.npy")
+    if damage == "short":  # the last label missing (it would read as class 0)
+        whole = (cache / "labels.npy").read_bytes()
+        (cache / "labels.npy").write_bytes(whole[:-8])
+    elif damage == "count-infinite":  # int(inf) raised OverflowError: a traceback
+        meta = json.loads((cache / "meta.json").read_text())
+        (cache / "meta.json").write_text(json.dumps({**meta, "count": 1}).replace(
+            '"count": 1,', '"count": 1e400,'))
+    elif damage == "rows-short":
+        with open(cache / "rows.u8", "r+b") as handle:
+            handle.truncate(handle.seek(0, 2) - 1)
+    else:
+        np.save(cache / "labels.npy", {"big-endian": labels.astype(">i8"),
+                                       "one-more": np.append(labels, 0),
+                                       "float": labels.astype(float)}[damage])
+    with pytest.raises(DataError, match="a damaged image cache"):
+        folders.load_folders(data_config(images, tmp_path / "data"), progress=False)
+    np.save(cache / "labels.npy", labels)  # restored: loads again
+    if damage in ("rows-short", "count-infinite"):
+        return
+    assert (folders.load_folders(data_config(images, tmp_path / "data"), progress=False)
+            .train_labels.size > 0)

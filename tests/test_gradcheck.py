@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -288,3 +289,26 @@ def test_difference_is_absolute_up_to_one_and_relative_beyond():
         pytest.approx(2e-11 / 3e5)
     assert np.isnan(gradcheck.difference(np.inf, np.inf))
     assert np.isnan(gradcheck.difference(1.0, np.nan))
+
+
+def test_more_checks_than_the_weights_have_entries_are_refused(tmp_path):
+    """--checks 1000000000 checked every entry of W (30,730 at the defaults: hours), as
+    many as there are, silently: the coordinates are drawn without replacement, so more than
+    W's entries is one error line naming the most; as many as it has are checked."""
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "train.npz", X=rng.standard_normal((200, 6)).astype(np.float32),
+             y=rng.integers(0, 3, 200))
+    sample = ("--config", str(CONFIGS / "probe.yaml"), "--set",
+              f"data.train={tmp_path / 'train.npz'}", "--samples", "50")
+    for checks in ("22", "1000000000"):  # W: 3 classes x (6 features + bias) = 21 entries
+        result = run("softmax-gradcheck", *sample, "--checks", checks, cwd=tmp_path)
+        line = assert_one_line_error(result, 2, "--checks: at most 21 ")
+        assert line.endswith(f"3 classes x 7 features), got {checks}"), line
+    result = run("softmax-gradcheck", *sample, "--checks", "21", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr
+    first = result.stdout.split("max relative error")[0]  # the first objective's table
+    checked = re.findall(r"^ +\((\d+), (\d+)\) ", first, re.MULTILINE)
+    assert sorted(checked) == sorted((str(c), str(d)) for c in range(3) for d in range(7))
+    result = run("softmax-gradcheck", "--samples", "5", "--classes", "2", "--checks",
+                 "1000000000", timeout=60)
+    assert_one_line_error(result, 2, "--checks: at most 6146 ", "2 classes x 3073 features")

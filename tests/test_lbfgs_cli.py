@@ -244,3 +244,48 @@ def test_a_solved_run_resumed_in_place_is_finished_until_tol_or_max_iter_is_chan
     more = resume(run_folder, "optim.max_iter=3")  # one iteration more, not three
     assert "warning: L-BFGS did not converge: 3 iterations (optim.max_iter 3)" in more.stderr
     assert load_checkpoint(run_folder / "last.npz").state.epoch == 3
+
+
+def test_a_resumed_solve_reports_its_iterations_in_all_everywhere(tmp_path):
+    """After --resume of an L-BFGS run stopped at optim.max_iter 2 with max_iter 4, the final
+    line and summary.json's `iterations` said 2 (this session's), while `epochs`, the
+    history and the warning said 4 (the solve's in all). All say 4 now."""
+    import json
+
+    config = features_config(tmp_path, optim={"solver": "lbfgs", "max_iter": 2})
+    assert run("softmax-train", "--config", config, "--quiet", cwd=tmp_path).returncode == 0
+    folder = tmp_path / "run"
+    result = run("softmax-train", "--resume", str(folder / "last.npz"), "--quiet", "--set",
+                 "optim.max_iter=4", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "warning: L-BFGS did not converge: 4 iterations (optim.max_iter 4)" in result.stderr
+    assert "; 4 iterations, loss " in result.stdout, result.stdout
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["iterations"] == summary["epochs"] == 4, summary
+    history = [json.loads(line) for line in (folder / "history.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in history] == [1, 2, 3, 4]
+    assert history[-1]["iterations"] == 4
+
+
+@pytest.mark.parametrize("engine", ["numpy", "torch"])
+def test_the_objectives_chunks_are_sized_by_the_classes_too(tmp_path, engine):
+    """The full-batch objective's chunk of rows was sized by the features alone: 2 features
+    and 10,000 classes made (9,900, 10,000) score blocks (0.4 GB of float32, 0.8 of float64,
+    several at once), out of memory under a 1 GiB RLIMIT_DATA; 20,000 classes needed 3 GB a
+    block. Sized by the wider of the two, the blocks are a few MB."""
+    from cli_util import limit_data
+
+    if engine == "torch":
+        pytest.importorskip("torch")
+    rows, classes = 10_000, 10_000
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "wide.npz", X=rng.standard_normal((rows, 2)).astype(np.float32),
+             y=np.arange(rows) % classes)
+    raw = {"engine": engine, "device": "cpu",
+           "data": {"dataset": "features", "train": str(tmp_path / "wide.npz"), "val_size": 100},
+           "optim": {"solver": "lbfgs", "max_iter": 1, "precondition": False},
+           "output": {"plots": False, "dir": str(tmp_path / "run")}}
+    (tmp_path / "wide.yaml").write_text(yaml.safe_dump(raw))
+    result = run("softmax-train", "--config", str(tmp_path / "wide.yaml"), "--quiet",
+                 cwd=tmp_path, preexec_fn=limit_data(1 << 30), timeout=300)
+    assert result.returncode == 0, result.stderr

@@ -48,6 +48,7 @@ from tqdm import tqdm
 from ..config import DataConfig
 from ..errors import DataError, UnreadableImage
 from ..fsutil import _umask, md5_hash, open_regular, read_capped
+from ..npy_header import read_npy_header
 from ..text import shorten
 from .datasets import IMAGE_BYTES
 from .images import IMAGE_SIZE, IMAGE_SUFFIXES, read_image, require_pillow
@@ -324,23 +325,39 @@ def _open_cache(cache: Path) -> FolderRows | None:
         meta = json.loads(read_capped(cache / META_FILE, META_CAP).decode("utf-8"))
         count = int(meta["count"])
         rows_size = os.lstat(cache / ROWS_FILE).st_size
+        if rows_size != count * IMAGE_BYTES:  # before the labels: count sizes their read
+            raise bad
         with open_regular(cache / LABELS_FILE) as handle:  # a fifo there: refused, not waited on
-            labels = np.load(handle, allow_pickle=False)
+            labels = _read_labels(handle, count)
         names = tuple(str(name) for name in meta["class_names"])
         skipped = [(str(rel), str(reason)) for rel, reason in meta["skipped_first"]]
         skipped_count = int(meta["skipped_count"])
         md5 = str(meta["md5"])
     except FileNotFoundError:
         return None  # removed between the check and the read: read the folder again
-    except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError):
+    except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError, EOFError,
+            OverflowError):  # int() of a count of 1e400 (json's inf)
         raise bad from None
-    if (meta.get("version") != CACHE_VERSION or rows_size != count * IMAGE_BYTES
-            or labels.shape != (count,) or labels.dtype != np.int64
+    if (meta.get("version") != CACHE_VERSION or labels is None
             or (count and not 0 <= labels.min() <= labels.max() < len(names))):
         raise bad
     rows = (np.memmap(cache / ROWS_FILE, np.uint8, mode="r", shape=(count, IMAGE_BYTES))
             if count else np.empty((0, IMAGE_BYTES), np.uint8))
     return FolderRows(rows, labels, names, md5, skipped_count, skipped)
+
+
+def _read_labels(handle, count: int) -> np.ndarray | None:
+    """The (count,) int64 labels of the npy file open in `handle`, or None when its header
+    declares another shape or dtype, or its data is short: the header is compared before any
+    data is read (a labels.npy declaring more rows than meta.json was read whole first, at
+    its size: gigabytes if it said so)."""
+    shape, dtype, _ = read_npy_header(handle)
+    if shape != (count,) or dtype != np.dtype(np.int64):
+        return None
+    labels = np.zeros(count, np.int64)
+    if count and handle.readinto(memoryview(labels).cast("B")) != labels.nbytes:
+        return None  # short (its missing rows would read as class 0)
+    return labels
 
 
 def held_out_rows(labels: np.ndarray, n_classes: int, fraction: float

@@ -160,7 +160,8 @@ def full_loss_and_grad(data: TrainingRows, index: np.ndarray, W: np.ndarray, pre
     """The full-batch objective of the contract over data.rows[index] and `views`, and its
     gradient (C, D) float64, for W (C, D) float64.
 
-    Per chunk of `chunk` rows (default: FULL_BATCH_VALUES values): one gather, then per
+    Per chunk of `chunk` rows (default: FULL_BATCH_VALUES values of the rows or of the
+    scores, whichever is wider): one gather, then per
     view one pass that converts and centres the raw rows into `precision` (x_c = u - mean;
     the scale is folded into the weights), the scores x_c @ (W * scale).T (a BLAS product
     in `precision`), the softmax and its loss in float64
@@ -184,7 +185,9 @@ def full_loss_and_grad(data: TrainingRows, index: np.ndarray, W: np.ndarray, pre
     W_scaled = np.ascontiguousarray((W[:, :P] * pre.scale).T, dtype=dtype)  # (P, C)
     bias = W[:, P].copy() if pre.bias else np.zeros(n_classes)
     total = len(index) * len(views)
-    chunk = max(64, FULL_BATCH_VALUES // P) if chunk is None else chunk
+    # the rows' (chunk, P) and the scores' (chunk, C) blocks both within the values: sized
+    # by P alone, 20,000 classes of 2 features made (39,900, 20,000) score blocks, 3 GB each
+    chunk = max(64, FULL_BATCH_VALUES // max(P, n_classes)) if chunk is None else chunk
     size = min(chunk, len(index))
     starts = range(0, len(index), size)
     contiguous = bool(np.all(np.diff(index) == 1))

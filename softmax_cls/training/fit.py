@@ -278,7 +278,7 @@ def fit_full_batch(config: Config, rows: np.ndarray, labels: np.ndarray, split: 
                                             config.loss.clip)
                          if len(val_rows) else (None, None))
     state.W, state.velocity, state.average, state.best_W = W, np.zeros_like(W), W.copy(), W
-    state.epoch = state.best_epoch = first + result.iterations
+    state.epoch = state.best_epoch = result.iterations  # the solve's in all
     state.best_val_acc = -1.0 if val_acc is None else val_acc
     state.epochs_since_best = 0
     if state.history and state.history[-1]["epoch"] == state.epoch:

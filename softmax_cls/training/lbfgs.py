@@ -15,7 +15,7 @@ import hashlib
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -261,7 +261,9 @@ def fit_lbfgs(config: Config, rows: np.ndarray, labels: np.ndarray, split: Split
     softmax.NonFiniteError when the objective stops being finite. With optim.precondition,
     L-BFGS runs on preconditioned variables (training.precondition) made of `moment` (S from
     precondition_moment; computed here when None). `done`: the iterations a resumed run's
-    solve has made already, which optim.max_iter counts too (at most max_iter - done here).
+    solve has made already, which optim.max_iter counts too (at most max_iter - done here);
+    the result's `iterations` count them too (the solve's in all, as its history rows and
+    the warning do), its `evaluations` only this call's (earlier ones are not recorded).
     """
     require_scipy()
     engine = (get_engine(config.engine, config.device, W0.shape[0]) if engine is None
@@ -286,8 +288,9 @@ def fit_lbfgs(config: Config, rows: np.ndarray, labels: np.ndarray, split: Split
                                                   rule.penalise_last)
     result = minimize(objective, W0, optim.tol, max(optim.max_iter - done, 0), on_iteration,
                       precondition)
+    result = replace(result, iterations=done + result.iterations)
     if not result.converged:
-        line = not_converged_line(result, optim.max_iter, optim.tol, done)
+        line = not_converged_line(result, optim.max_iter, optim.tol)
         if warn is None:
             warnings.warn(line, ConvergenceWarning, stacklevel=2)
         else:
@@ -295,12 +298,12 @@ def fit_lbfgs(config: Config, rows: np.ndarray, labels: np.ndarray, split: Split
     return result
 
 
-def not_converged_line(result: LbfgsResult, max_iter: int, tol: float, done: int = 0) -> str:
-    """The one warning line of a fit that stopped short of tol: at max_iter (counting the
-    `done` iterations of the solve it resumed), or earlier when the line search found no
-    decrease."""
-    if done + result.iterations >= max_iter:
-        return (f"L-BFGS did not converge: {counted(done + result.iterations, 'iteration')} "
+def not_converged_line(result: LbfgsResult, max_iter: int, tol: float) -> str:
+    """The one warning line of a fit that stopped short of tol: at max_iter (result's
+    iterations: the solve's in all, a resumed one's earlier iterations included), or earlier
+    when the line search found no decrease."""
+    if result.iterations >= max_iter:
+        return (f"L-BFGS did not converge: {counted(result.iterations, 'iteration')} "
                 f"(optim.max_iter {max_iter}), gradient max-norm {result.grad_max:.3g} > "
                 f"optim.tol {tol:g}; "
                 "raise optim.max_iter")

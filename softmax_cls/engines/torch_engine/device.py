@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import sys
 from contextlib import contextmanager
 
@@ -80,13 +81,25 @@ LOWER_BATCH_SIZE = ("lower the batch size", "optim.batch_size", "N")
 ON_THE_CPU = ("run on the CPU", "device", "cpu")
 
 
+# PyTorch's CPU allocator out of memory: a plain RuntimeError (c10::Error, not
+# torch.OutOfMemoryError), its message "[enforce fail at alloc_cpu.cpp:N] ...
+# DefaultCPUAllocator: can't allocate memory: you tried to allocate N bytes. Error code 12"
+CPU_ALLOCATOR_FAILED = re.compile(r"DefaultCPUAllocator: can't allocate memory: you tried to "
+                                  r"allocate (\d+) bytes")
+
+
 @contextmanager
 def out_of_memory_as_error(device, during: str, batch_size: bool = False):
     """torch.cuda.OutOfMemoryError inside the block as DeviceOutOfMemory, one line naming what
     to lower: the batch size when `batch_size` (it sizes the work), the device (CPU) when it
     is not the CPU already. The class is named through torch.cuda, which has it from PyTorch
     1.13 on (torch.OutOfMemoryError, the same class, is newer than 2.3: under 2.2 and 2.3
-    an except clause naming it turned every error in the block into an AttributeError)."""
+    an except clause naming it turned every error in the block into an AttributeError).
+
+    The host's memory running out in PyTorch's CPU allocator (a RuntimeError whose message
+    is CPU_ALLOCATOR_FAILED's; every other RuntimeError passes unchanged) is the same line
+    for the CPU, with the bytes asked for: the batch size when `batch_size`, never "run on
+    the CPU"."""
     import torch
 
     try:
@@ -95,3 +108,11 @@ def out_of_memory_as_error(device, during: str, batch_size: bool = False):
         remedies = ((LOWER_BATCH_SIZE,) if batch_size else ()) + (
             (ON_THE_CPU,) if device.type != "cpu" else ())
         raise DeviceOutOfMemory(device, during, remedies) from None
+    except RuntimeError as exc:
+        asked = CPU_ALLOCATOR_FAILED.search(str(exc))
+        if asked is None:
+            raise
+        remedies = (LOWER_BATCH_SIZE,) if batch_size else ()
+        raise DeviceOutOfMemory(torch.device("cpu"), f"{during} (could not get "
+                                f"{int(asked.group(1)) / 1e9:.2f} GB more)",
+                                remedies) from None

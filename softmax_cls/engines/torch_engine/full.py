@@ -49,7 +49,8 @@ def full_loss_and_grad(device, data: TrainingRows, index: np.ndarray, W: np.ndar
     when they fit `memory_budget` bytes, by default the epochs' budget: rows.fits; moved once
     per TrainingRows object as the epochs do), else `chunk` rows at a time (default
     CHUNK_VALUES values) gathered on the host and moved to the device: a memory-mapped file
-    larger than memory is fine.
+    larger than memory is fine. The default chunk holds CHUNK_VALUES values of the rows or
+    of the (chunk, C) scores, whichever is wider.
     """
     with _ieee_float32(device), out_of_memory_as_error(device, "in the L-BFGS objective"):
         return _evaluate(device, data, index, W, pre, rule, views, padding, precision, chunk,
@@ -89,7 +90,8 @@ def _sums(device, data, index, W, pre, rule, views, padding, precision, chunk, m
     loss_sum = torch.zeros((), **f64)
     resident = _resident(data, device, memory_budget)
     if chunk is None:
-        chunk = max(64, CHUNK_VALUES["cpu" if device.type == "cpu" else "cuda"] // P)
+        chunk = max(64, CHUNK_VALUES["cpu" if device.type == "cpu" else "cuda"]
+                    // max(P, n_classes))  # the (chunk, C) scores too: few features, many classes
     contiguous = bool(np.all(np.diff(index) == 1))
     index_t = torch.as_tensor(index, device=device) if resident is not None else None
     positions = torch.arange(SIDE, device=device)
