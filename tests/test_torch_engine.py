@@ -644,6 +644,23 @@ def test_a_captured_epoch_refills_its_static_tensors_before_every_replay(monkeyp
         assert not np.array_equal(replayed.W, W)
 
 
+@pytest.mark.parametrize("n_classes", [10, 31, 32, 100])
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+def test_the_scores_take_the_transposed_product_only_on_the_cpu_below_32_classes(n_classes,
+                                                                                  device):
+    """The (C, n) product of the scores (step.TRANSPOSED_SCORES_BELOW, faster on PyTorch's
+    CPU GEMM at 10 and 20 classes only) is CPU-only: CUDA, and the meta device that stands in
+    for it in the tests above, keep the one (n, C) product. Both are checked against the
+    reference on the CPU by test_engines.py (10 classes and 100)."""
+    from softmax_cls.engines.torch_engine.step import StepBuffers
+
+    buffers = StepBuffers(16, 30, n_classes, 31, torch.float32, torch.float32, device)
+    transposed = device == "cpu" and n_classes < 32
+    assert (buffers.scores_t is not None) == transposed
+    if transposed:
+        assert buffers.scores_t.shape == (n_classes * 16,)
+
+
 @pytest.mark.parametrize("rows_kind", ["uint8 augmented zero", "uint8 augmented reflect",
                                        "float16", "float32 streamed"])
 @pytest.mark.parametrize("captured", [False, True], ids=["eager", "captured"])
