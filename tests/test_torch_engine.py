@@ -646,19 +646,63 @@ def test_a_captured_epoch_refills_its_static_tensors_before_every_replay(monkeyp
 
 @pytest.mark.parametrize("n_classes", [10, 31, 32, 100])
 @pytest.mark.parametrize("device", ["cpu", "meta"])
-def test_the_scores_take_the_transposed_product_only_on_the_cpu_below_32_classes(n_classes,
-                                                                                  device):
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_scores_take_the_transposed_product_only_on_one_cpu_thread_below_32_classes(
+        n_classes, device, threads):
     """The (C, n) product of the scores (step.TRANSPOSED_SCORES_BELOW, faster on PyTorch's
-    CPU GEMM at 10 and 20 classes only) is CPU-only: CUDA, and the meta device that stands in
-    for it in the tests above, keep the one (n, C) product. Both are checked against the
-    reference on the CPU by test_engines.py (10 classes and 100)."""
+    CPU GEMM at 10 and 20 classes on one thread only) is CPU-only: CUDA, and the meta device
+    that stands in for it in the tests below, keep the one (n, C) product, and so do more
+    threads. Both are checked against the reference on the CPU by test_engines.py (10
+    classes and 100; the tests run on one thread, conftest)."""
     from softmax_cls.engines.torch_engine.step import StepBuffers
 
-    buffers = StepBuffers(16, 30, n_classes, 31, torch.float32, torch.float32, device)
-    transposed = device == "cpu" and n_classes < 32
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        buffers = StepBuffers(16, 30, n_classes, 31, torch.float32, torch.float32, device)
+    finally:
+        torch.set_num_threads(before)
+    transposed = device == "cpu" and n_classes < 32 and threads == 1
     assert (buffers.scores_t is not None) == transposed
     if transposed:
         assert buffers.scores_t.shape == (n_classes * 16,)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """PyTorch on one intra-op thread for the test (the tests otherwise run on its default,
+    every CPU): the transposed scores' condition."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("case", ["short last minibatch", "weighted, no bias column",
+                                  "augmented pixels", "31 classes"])
+def test_the_transposed_scores_against_the_reference(one_torch_thread, case):
+    """The one-thread CPU step's (C, n) scores (TRANSPOSED_SCORES_BELOW) hold to the float64
+    reference with every option of the step, and repeat bit for bit."""
+    rng = np.random.default_rng(4)
+    options = dict(momentum=0.9, nesterov=True, reg=1e-3, grad_clip=0.5,
+                   alphas=np.array([0.0, 1.0, 0.5]))
+    if case == "short last minibatch":
+        p = problem(n_classes=10, rows_dtype=np.uint8, seed=11)  # 8, 8, 7
+    elif case == "weighted, no bias column":
+        p = problem(n_classes=10, seed=12, weighted=True, has_bias=False)
+        options = dict(reg=0.2, lr=0.1)
+    elif case == "augmented pixels":
+        p = problem(n_rows=13, n_features=3072, n_classes=10, rows_dtype=np.uint8, seed=13)
+        p.W *= np.float32(0.01)
+        options = dict(momentum=0.9, flip=rng.random(13) < 0.5,
+                       shift=rng.integers(-8, 9, (13, 2)), padding="reflect", batch_size=5)
+    else:
+        p = problem(n_classes=31, seed=14)
+    actual, expected = run_engine("torch", p, **options)
+    assert_close(actual, expected)
+    again, _ = run_engine("torch", p, **options)
+    for a, b in zip(actual, again, strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize("rows_kind", ["uint8 augmented zero", "uint8 augmented reflect",
