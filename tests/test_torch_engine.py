@@ -148,6 +148,22 @@ def test_auto_on_the_cpu_picks_torch_only_on_one_thread_without_augmentation(
                             threads=threads, augmented=augmented) == "torch"
 
 
+@pytest.mark.parametrize("classes", [TORCH_CPU_FROM_CLASSES, 100, 1000])
+def test_auto_picks_numba_for_lbfgs_on_the_cpu(classes):
+    """L-BFGS's evaluations: numba 1.2 to 1.4 times faster than torch's on one thread at 100
+    and 1000 classes (docs/development.md, "The torch engine's CPU SGD step"), so the
+    one-thread rule that picks torch for SGD does not apply; a GPU and a missing numba still
+    go to torch."""
+    cpu = dict(has_torch=True, has_numba=True, has_cuda=False, threads=1)
+    assert auto_engine_name(classes, "cpu", **cpu, solver="lbfgs") == "numba"
+    assert auto_engine_name(classes, "cpu", **cpu, solver="sgd") == "torch"
+    assert auto_engine_name(classes, "cpu", **cpu) == "torch"  # sgd unless told
+    assert auto_engine_name(classes, "cuda", has_torch=True, has_numba=True, has_cuda=True,
+                            threads=1, solver="lbfgs") == "torch"
+    assert auto_engine_name(classes, "cpu", has_torch=True, has_numba=False, has_cuda=False,
+                            threads=1, solver="lbfgs") == "torch"
+
+
 @pytest.fixture
 def numba_imported():
     """numba imported before a test sets NUMBA_NUM_THREADS: numba reads the variable at its
@@ -165,6 +181,7 @@ def test_get_engine_reads_the_thread_count_and_augmentation(numba_imported, monk
     monkeypatch.setenv("NUMBA_NUM_THREADS", "1")
     assert get_engine("auto", "cpu", 1000).name == "torch"
     assert get_engine("auto", "cpu", 1000, augmented=True).name == "numba"
+    assert get_engine("auto", "cpu", 1000, solver="lbfgs").name == "numba"
     monkeypatch.setenv("NUMBA_NUM_THREADS", "2")
     assert get_engine("auto", "cpu", 1000).name == "numba"
 
@@ -180,11 +197,12 @@ def test_a_run_tells_auto_whether_sgd_augments(tmp_path, small_data, monkeypatch
     import softmax_cls.training.fit as fit_module
     import softmax_cls.training.runs as runs_module
 
-    told = []
+    told, solvers = [], []
 
-    def recording(name, device, n_classes, augmented=False, rows=None):
+    def recording(name, device, n_classes, augmented=False, rows=None, solver="sgd"):
         told.append(augmented)
-        return get_engine(name, device, n_classes, augmented, rows)
+        solvers.append(solver)
+        return get_engine(name, device, n_classes, augmented, rows, solver)
 
     monkeypatch.setattr(runs_module, "get_engine", recording)
     monkeypatch.setattr(fit_module, "get_engine", recording)
@@ -192,6 +210,33 @@ def test_a_run_tells_auto_whether_sgd_augments(tmp_path, small_data, monkeypatch
                           optim={"solver": solver, "epochs": 1})
     train(config, small_data, tmp_path / "run", progress=False)
     assert told and set(told) == {expected}
+    assert set(solvers) == {solver}  # auto picks by the solver too
+
+
+def test_fit_and_fit_lbfgs_tell_auto_the_solver(small_data, tmp_path, monkeypatch):
+    """fit() and training.lbfgs.fit_lbfgs, called without an engine, choose theirs for
+    L-BFGS (auto picks numba on the CPU at any class count for it)."""
+    import softmax_cls.training.fit as fit_module
+    import softmax_cls.training.lbfgs as lbfgs_module
+    from softmax_cls.math.preprocess import fit_preprocessor, split_train_val
+
+    solvers = []
+
+    def recording(name, device, n_classes, augmented=False, rows=None, solver="sgd"):
+        solvers.append(solver)
+        return get_engine("numpy", device, n_classes, augmented, rows, solver)
+
+    monkeypatch.setattr(fit_module, "get_engine", recording)
+    monkeypatch.setattr(lbfgs_module, "get_engine", recording)
+    config = small_config(tmp_path, optim={"solver": "lbfgs", "max_iter": 2})
+    images, labels = small_data.train_images, small_data.train_labels
+    split = split_train_val(labels, 100, 0)
+    pre = fit_preprocessor(images, True, "std", True, rows=split.train_rows)
+    fit_module.fit(config, images, labels, split, pre, 4, progress=False,
+                   warn=lambda _: None)
+    lbfgs_module.fit_lbfgs(config, images, labels, split, pre, np.zeros((4, pre.n_features)),
+                           warn=lambda _: None)
+    assert solvers == ["lbfgs", "lbfgs"]
 
 
 @pytest.mark.parametrize("copy, budget, has_torch, expected", [

@@ -264,8 +264,8 @@ def fit_lbfgs(config: Config, rows: np.ndarray, labels: np.ndarray, split: Split
     solve has made already, which optim.max_iter counts too (at most max_iter - done here).
     """
     require_scipy()
-    engine = (get_engine(config.engine, config.device, W0.shape[0]) if engine is None
-              else engine)
+    engine = (get_engine(config.engine, config.device, W0.shape[0], solver="lbfgs")
+              if engine is None else engine)
     data = TrainingRows(rows, np.asarray(labels, dtype=np.int64),
                         None if sample_weight is None
                         else np.ascontiguousarray(sample_weight, dtype=np.float32))
