@@ -1009,7 +1009,7 @@ def test_summary_json_names_the_device_the_engine_ran_on(tmp_path, small_data, m
     from softmax_cls.training import runs
 
     elsewhere = dataclasses.replace(numpy_engine.ENGINE, device="cuda:3")
-    monkeypatch.setattr(runs, "get_engine", lambda *args: elsewhere)
+    monkeypatch.setattr(runs, "get_engine", lambda *args, **kwargs: elsewhere)
     train(small_config(tmp_path, engine="numpy", optim={"epochs": 1}), small_data,
           tmp_path / "run", progress=False)
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
