@@ -692,13 +692,13 @@ def test_a_captured_epoch_refills_its_static_tensors_before_every_replay(monkeyp
 @pytest.mark.parametrize("n_classes", [10, 31, 32, 100])
 @pytest.mark.parametrize("device", ["cpu", "meta"])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_the_scores_take_the_transposed_product_only_on_one_cpu_thread_below_32_classes(
+def test_the_scores_take_the_transposed_product_only_on_the_cpu_below_32_classes(
         n_classes, device, threads):
     """The (C, n) product of the scores (step.TRANSPOSED_SCORES_BELOW, faster on PyTorch's
-    CPU GEMM at 10 and 20 classes on one thread only) is CPU-only: CUDA, and the meta device
-    that stands in for it in the tests below, keep the one (n, C) product, and so do more
-    threads. Both are checked against the reference on the CPU by test_engines.py (10
-    classes and 100; the tests run on one thread, conftest)."""
+    CPU GEMM at 10 and 20 classes only) is CPU-only, on any number of threads: CUDA, and the
+    meta device that stands in for it in the tests below, keep the one (n, C) product. Both
+    are checked against the reference on the CPU by test_engines.py (10 classes and 100)
+    and the test below."""
     from softmax_cls.engines.torch_engine.step import StepBuffers
 
     before = torch.get_num_threads()
@@ -707,27 +707,17 @@ def test_the_scores_take_the_transposed_product_only_on_one_cpu_thread_below_32_
         buffers = StepBuffers(16, 30, n_classes, 31, torch.float32, torch.float32, device)
     finally:
         torch.set_num_threads(before)
-    transposed = device == "cpu" and n_classes < 32 and threads == 1
+    transposed = device == "cpu" and n_classes < 32
     assert (buffers.scores_t is not None) == transposed
     if transposed:
         assert buffers.scores_t.shape == (n_classes * 16,)
 
 
-@pytest.fixture
-def one_torch_thread():
-    """PyTorch on one intra-op thread for the test (the tests otherwise run on its default,
-    every CPU): the transposed scores' condition."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.filterwarnings("error")  # e.g. PyTorch's for an `out=` of the wrong shape
 @pytest.mark.parametrize("case", ["short last minibatch", "weighted, no bias column",
                                   "augmented pixels", "31 classes"])
-def test_the_transposed_scores_against_the_reference(one_torch_thread, case):
-    """The one-thread CPU step's (C, n) scores (TRANSPOSED_SCORES_BELOW) hold to the float64
+def test_the_transposed_scores_against_the_reference(case):
+    """The CPU step's (C, n) scores (TRANSPOSED_SCORES_BELOW) hold to the float64
     reference with every option of the step, warn of nothing, and repeat bit for bit."""
     rng = np.random.default_rng(4)
     options = dict(momentum=0.9, nesterov=True, reg=1e-3, grad_clip=0.5,
