@@ -150,8 +150,8 @@ def test_auto_on_the_cpu_picks_torch_only_on_one_thread_without_augmentation(
 
 @pytest.mark.parametrize("classes", [TORCH_CPU_FROM_CLASSES, 100, 1000])
 def test_auto_picks_numba_for_lbfgs_on_the_cpu(classes):
-    """L-BFGS's evaluations: numba 1.2 to 1.4 times faster than torch's on one thread at 100
-    and 1000 classes (docs/development.md, "The torch engine's CPU SGD step"), so the
+    """L-BFGS's evaluations: numba 1.2 to 1.4 times faster than torch's on one thread at 64
+    to 1000 classes (docs/development.md, "The torch engine's CPU SGD step"), so the
     one-thread rule that picks torch for SGD does not apply; a GPU and a missing numba still
     go to torch."""
     cpu = dict(has_torch=True, has_numba=True, has_cuda=False, threads=1)

@@ -31,7 +31,7 @@ FAST_INSTALL = "pip install 'softmax-cls[fast]'"
 # for a thread another process holds, and numba's thread governor moves such work to one
 # thread (one exception measured: 100 classes of unaugmented pixels, torch 1.19x).
 # L-BFGS is left out of that: one evaluation of the torch engine's full.py (after its CPU
-# layouts were fixed, 2026-12-07) took 1.2 to 1.4 times numba's on one thread at 100 and
+# layouts were fixed, 2026-12-07) took 1.2 to 1.4 times numba's on one thread at 64 to
 # 1000 classes, and slower still on two (docs/development.md, "The torch engine's CPU SGD
 # step").
 TORCH_CPU_FROM_CLASSES = 64
