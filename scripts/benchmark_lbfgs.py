@@ -344,7 +344,7 @@ def resolved_engine(name: str, classes: int) -> str:
     CPU, as fit_lbfgs asks for it."""
     from softmax_cls.engines import get_engine
 
-    return get_engine(name, "cpu", classes).name
+    return get_engine(name, "cpu", classes, solver="lbfgs").name
 
 
 def agreement(coef_a, intercept_a, coef_b, intercept_b) -> tuple[float, float]:

@@ -148,6 +148,22 @@ def test_auto_on_the_cpu_picks_torch_only_on_one_thread_without_augmentation(
                             threads=threads, augmented=augmented) == "torch"
 
 
+@pytest.mark.parametrize("classes", [TORCH_CPU_FROM_CLASSES, 100, 1000])
+def test_auto_picks_numba_for_lbfgs_on_the_cpu(classes):
+    """L-BFGS's evaluations: numba 1.2 to 1.4 times faster than torch's on one thread at 64
+    to 1000 classes (docs/development.md, "The torch engine's CPU SGD step"), so the
+    one-thread rule that picks torch for SGD does not apply; a GPU and a missing numba still
+    go to torch."""
+    cpu = dict(has_torch=True, has_numba=True, has_cuda=False, threads=1)
+    assert auto_engine_name(classes, "cpu", **cpu, solver="lbfgs") == "numba"
+    assert auto_engine_name(classes, "cpu", **cpu, solver="sgd") == "torch"
+    assert auto_engine_name(classes, "cpu", **cpu) == "torch"  # sgd unless told
+    assert auto_engine_name(classes, "cuda", has_torch=True, has_numba=True, has_cuda=True,
+                            threads=1, solver="lbfgs") == "torch"
+    assert auto_engine_name(classes, "cpu", has_torch=True, has_numba=False, has_cuda=False,
+                            threads=1, solver="lbfgs") == "torch"
+
+
 @pytest.fixture
 def numba_imported():
     """numba imported before a test sets NUMBA_NUM_THREADS: numba reads the variable at its
@@ -165,6 +181,7 @@ def test_get_engine_reads_the_thread_count_and_augmentation(numba_imported, monk
     monkeypatch.setenv("NUMBA_NUM_THREADS", "1")
     assert get_engine("auto", "cpu", 1000).name == "torch"
     assert get_engine("auto", "cpu", 1000, augmented=True).name == "numba"
+    assert get_engine("auto", "cpu", 1000, solver="lbfgs").name == "numba"
     monkeypatch.setenv("NUMBA_NUM_THREADS", "2")
     assert get_engine("auto", "cpu", 1000).name == "numba"
 
@@ -180,11 +197,12 @@ def test_a_run_tells_auto_whether_sgd_augments(tmp_path, small_data, monkeypatch
     import softmax_cls.training.fit as fit_module
     import softmax_cls.training.runs as runs_module
 
-    told = []
+    told, solvers = [], []
 
-    def recording(name, device, n_classes, augmented=False, rows=None):
+    def recording(name, device, n_classes, augmented=False, rows=None, solver="sgd"):
         told.append(augmented)
-        return get_engine(name, device, n_classes, augmented, rows)
+        solvers.append(solver)
+        return get_engine(name, device, n_classes, augmented, rows, solver)
 
     monkeypatch.setattr(runs_module, "get_engine", recording)
     monkeypatch.setattr(fit_module, "get_engine", recording)
@@ -192,6 +210,33 @@ def test_a_run_tells_auto_whether_sgd_augments(tmp_path, small_data, monkeypatch
                           optim={"solver": solver, "epochs": 1})
     train(config, small_data, tmp_path / "run", progress=False)
     assert told and set(told) == {expected}
+    assert set(solvers) == {solver}  # auto picks by the solver too
+
+
+def test_fit_and_fit_lbfgs_tell_auto_the_solver(small_data, tmp_path, monkeypatch):
+    """fit() and training.lbfgs.fit_lbfgs, called without an engine, choose theirs for
+    L-BFGS (auto picks numba on the CPU at any class count for it)."""
+    import softmax_cls.training.fit as fit_module
+    import softmax_cls.training.lbfgs as lbfgs_module
+    from softmax_cls.math.preprocess import fit_preprocessor, split_train_val
+
+    solvers = []
+
+    def recording(name, device, n_classes, augmented=False, rows=None, solver="sgd"):
+        solvers.append(solver)
+        return get_engine("numpy", device, n_classes, augmented, rows, solver)
+
+    monkeypatch.setattr(fit_module, "get_engine", recording)
+    monkeypatch.setattr(lbfgs_module, "get_engine", recording)
+    config = small_config(tmp_path, optim={"solver": "lbfgs", "max_iter": 2})
+    images, labels = small_data.train_images, small_data.train_labels
+    split = split_train_val(labels, 100, 0)
+    pre = fit_preprocessor(images, True, "std", True, rows=split.train_rows)
+    fit_module.fit(config, images, labels, split, pre, 4, progress=False,
+                   warn=lambda _: None)
+    lbfgs_module.fit_lbfgs(config, images, labels, split, pre, np.zeros((4, pre.n_features)),
+                           warn=lambda _: None)
+    assert solvers == ["lbfgs", "lbfgs"]
 
 
 @pytest.mark.parametrize("copy, budget, has_torch, expected", [
@@ -644,6 +689,58 @@ def test_a_captured_epoch_refills_its_static_tensors_before_every_replay(monkeyp
         assert not np.array_equal(replayed.W, W)
 
 
+@pytest.mark.parametrize("n_classes", [10, 31, 32, 100])
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_scores_take_the_transposed_product_only_on_the_cpu_below_32_classes(
+        n_classes, device, threads):
+    """The (C, n) product of the scores (step.TRANSPOSED_SCORES_BELOW, faster on PyTorch's
+    CPU GEMM at 10 and 20 classes only) is CPU-only, on any number of threads: CUDA, and the
+    meta device that stands in for it in the tests below, keep the one (n, C) product. Both
+    are checked against the reference on the CPU by test_engines.py (10 classes and 100)
+    and the test below."""
+    from softmax_cls.engines.torch_engine.step import StepBuffers
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        buffers = StepBuffers(16, 30, n_classes, 31, torch.float32, torch.float32, device)
+    finally:
+        torch.set_num_threads(before)
+    transposed = device == "cpu" and n_classes < 32
+    assert (buffers.scores_t is not None) == transposed
+    if transposed:
+        assert buffers.scores_t.shape == (n_classes * 16,)
+
+
+@pytest.mark.filterwarnings("error")  # e.g. PyTorch's for an `out=` of the wrong shape
+@pytest.mark.parametrize("case", ["short last minibatch", "weighted, no bias column",
+                                  "augmented pixels", "31 classes"])
+def test_the_transposed_scores_against_the_reference(case):
+    """The CPU step's (C, n) scores (TRANSPOSED_SCORES_BELOW) hold to the float64
+    reference with every option of the step, warn of nothing, and repeat bit for bit."""
+    rng = np.random.default_rng(4)
+    options = dict(momentum=0.9, nesterov=True, reg=1e-3, grad_clip=0.5,
+                   alphas=np.array([0.0, 1.0, 0.5]))
+    if case == "short last minibatch":
+        p = problem(n_classes=10, rows_dtype=np.uint8, seed=11)  # 8, 8, 7
+    elif case == "weighted, no bias column":
+        p = problem(n_classes=10, seed=12, weighted=True, has_bias=False)
+        options = dict(reg=0.2, lr=0.1)
+    elif case == "augmented pixels":
+        p = problem(n_rows=13, n_features=3072, n_classes=10, rows_dtype=np.uint8, seed=13)
+        p.W *= np.float32(0.01)
+        options = dict(momentum=0.9, flip=rng.random(13) < 0.5,
+                       shift=rng.integers(-8, 9, (13, 2)), padding="reflect", batch_size=5)
+    else:
+        p = problem(n_classes=31, seed=14)
+    actual, expected = run_engine("torch", p, **options)
+    assert_close(actual, expected)
+    again, _ = run_engine("torch", p, **options)
+    for a, b in zip(actual, again, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize("rows_kind", ["uint8 augmented zero", "uint8 augmented reflect",
                                        "float16", "float32 streamed"])
 @pytest.mark.parametrize("captured", [False, True], ids=["eager", "captured"])
@@ -903,7 +1000,7 @@ def test_summary_json_names_the_device_the_engine_ran_on(tmp_path, small_data, m
     from softmax_cls.training import runs
 
     elsewhere = dataclasses.replace(numpy_engine.ENGINE, device="cuda:3")
-    monkeypatch.setattr(runs, "get_engine", lambda *args: elsewhere)
+    monkeypatch.setattr(runs, "get_engine", lambda *args, **kwargs: elsewhere)
     train(small_config(tmp_path, engine="numpy", optim={"epochs": 1}), small_data,
           tmp_path / "run", progress=False)
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())

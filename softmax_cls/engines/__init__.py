@@ -30,24 +30,30 @@ FAST_INSTALL = "pip install 'softmax-cls[fast]'"
 # every probe shape (10 to 1000 classes): each of torch's many OpenMP regions per step waits
 # for a thread another process holds, and numba's thread governor moves such work to one
 # thread (one exception measured: 100 classes of unaugmented pixels, torch 1.19x).
+# L-BFGS is left out of that: one evaluation of the torch engine's full.py (after its CPU
+# layouts were fixed, 2026-12-07) took 1.2 to 1.4 times numba's on one thread at 64 to
+# 1000 classes, and slower still on two (docs/development.md, "The torch engine's CPU SGD
+# step").
 TORCH_CPU_FROM_CLASSES = 64
 
 
 def auto_engine_name(n_classes: int | None, device: str = "auto", *, has_torch: bool,
                      has_numba: bool, has_cuda: bool, threads: int = 1,
                      augmented: bool = False, numba_copy_bytes: int = 0,
-                     host_budget: int | None = None) -> str:
+                     host_budget: int | None = None, solver: str = "sgd") -> str:
     """The engine `engine: auto` runs for a problem of n_classes classes (None: unknown) on
     `device` (auto, cpu, cuda, cuda:N) with `threads` compute threads, training with image
     augmentation or not, given what is installed and whether torch sees a GPU.
     numba_copy_bytes: the bytes of the float32 copy the numba engine would make of the
     training rows (float16 rows; 0 for rows it reads as stored); host_budget: the bytes the
-    host can hold (memory.memory_budget of its available memory; None: unknown).
+    host can hold (memory.memory_budget of its available memory; None: unknown); solver:
+    optim.solver, sgd or lbfgs.
 
     A GPU (asked for, or visible with device auto) goes to torch. numba is left out when its
     copy exceeds host_budget (torch and numpy use float16 rows as stored). On the CPU torch
-    only where the benchmark measured it faster: one thread, TORCH_CPU_FROM_CLASSES classes
-    or more, no augmentation; numba everywhere else (also when the class count is unknown),
+    only where the benchmark measured it faster: SGD on one thread, TORCH_CPU_FROM_CLASSES
+    classes or more, no augmentation; numba everywhere else (also when the class count is
+    unknown, and for L-BFGS, whose evaluations numba ran faster at every measured shape),
     each when installed; numpy when neither is.
     """
     if has_torch and (device.startswith("cuda") or (device == "auto" and has_cuda)):
@@ -55,7 +61,7 @@ def auto_engine_name(n_classes: int | None, device: str = "auto", *, has_torch: 
     if numba_copy_bytes and host_budget is not None and numba_copy_bytes > host_budget:
         has_numba = False  # its float32 copy would not fit in memory
     torch_faster = (n_classes is not None and n_classes >= TORCH_CPU_FROM_CLASSES
-                    and threads == 1 and not augmented)
+                    and threads == 1 and not augmented and solver == "sgd")
     if has_torch and (torch_faster or not has_numba):
         return "torch"
     return "numba" if has_numba else "numpy"
@@ -91,12 +97,14 @@ def _cpu_engine_on_gpu(name: str, device: str) -> SoftmaxClsError:
 
 
 def get_engine(name: str = "auto", device: str = "auto", n_classes: int | None = None,
-               augmented: bool = False, rows: np.ndarray | None = None) -> Engine:
+               augmented: bool = False, rows: np.ndarray | None = None,
+               solver: str = "sgd") -> Engine:
     """The engine called `name` (auto, numba, numpy or torch) on `device` (auto, cpu, cuda,
     cuda:N: where the torch engine computes; numba and numpy run on the CPU). auto picks by
     the problem's class count, the thread count (compute_threads), whether the training
     augments images and, for float16 training `rows` (N, P) given, whether the numba
-    engine's float32 copy of them fits the host's memory (auto_engine_name).
+    engine's float32 copy of them fits the host's memory, and the solver it is for, sgd or
+    lbfgs (auto_engine_name).
     SoftmaxClsError (one line) for a name, a device or an extra that is not there."""
     from .torch_engine.device import check_device_text, cuda_available
 
@@ -112,7 +120,7 @@ def get_engine(name: str = "auto", device: str = "auto", n_classes: int | None =
                                 threads=compute_threads(), augmented=augmented,
                                 numba_copy_bytes=copy,
                                 host_budget=None if available is None
-                                else memory_budget(available))
+                                else memory_budget(available), solver=solver)
     if name != "torch" and device.startswith("cuda"):
         raise _cpu_engine_on_gpu(name, device)
     if name == "torch":

@@ -297,7 +297,7 @@ def _compile_before_workers(config: Config, cache_dir: Path) -> None:
     data = open_cache(cache_dir)
     n_classes = len(data.class_names)
     if config.optim.solver == "lbfgs":
-        engine = get_engine(config.engine, config.device, n_classes)
+        engine = get_engine(config.engine, config.device, n_classes, solver="lbfgs")
     else:
         engine = get_engine(config.engine, config.device, n_classes, config.augment.active,
                             data.rows)

@@ -62,7 +62,7 @@ def run_path(study, spec: SweepSpec, folder: Path, meta: dict, progress: bool = 
                       if state_name(t) == "complete"), default=-1.0)
     first = config_from_dict(trial_raw_config(spec, {REG_KEY: grid[0]}))
     split, pre = split_and_fit(first, data.rows, data.labels)
-    engine = get_engine(first.engine, first.device, len(data.class_names))
+    engine = get_engine(first.engine, first.device, len(data.class_names), solver="lbfgs")
     W = np.zeros((len(data.class_names), pre.n_features))
     moment = precondition_moment(first, data.rows, split, pre)  # reg changes only H0
     rows: list[dict] = []

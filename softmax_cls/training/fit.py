@@ -236,8 +236,8 @@ def fit_full_batch(config: Config, rows: np.ndarray, labels: np.ndarray, split: 
     """
     from .lbfgs import fit_lbfgs
 
-    engine = (get_engine(config.engine, config.device, n_classes) if engine is None
-              else engine)
+    engine = (get_engine(config.engine, config.device, n_classes, solver="lbfgs")
+              if engine is None else engine)
     state = state or initial_state(config, pre.n_features, n_classes)
     first = state.epoch
     started = time.perf_counter()

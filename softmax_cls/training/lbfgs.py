@@ -266,8 +266,8 @@ def fit_lbfgs(config: Config, rows: np.ndarray, labels: np.ndarray, split: Split
     the warning do), its `evaluations` only this call's (earlier ones are not recorded).
     """
     require_scipy()
-    engine = (get_engine(config.engine, config.device, W0.shape[0]) if engine is None
-              else engine)
+    engine = (get_engine(config.engine, config.device, W0.shape[0], solver="lbfgs")
+              if engine is None else engine)
     data = TrainingRows(rows, np.asarray(labels, dtype=np.int64),
                         None if sample_weight is None
                         else np.ascontiguousarray(sample_weight, dtype=np.float32))

@@ -304,7 +304,8 @@ def train_run(config: Config, data: LabelledData | Callable[[], LabelledData], o
             sgd = config.optim.solver == "sgd"  # (L-BFGS: no engine copies the rows)
             engine = get_engine(config.engine, config.device, len(data.class_names),
                                 sgd and config.augment.active,
-                                data.train_images if sgd else None)
+                                data.train_images if sgd else None,
+                                solver=config.optim.solver)
 
             # -- the folder's first files: config.yaml, last.npz, the best.npz resumed
             run = _Run.prepare(config, data, out_dir, resume, replaced, split, pre)
