@@ -79,6 +79,81 @@ def test_uint8_statistics_summed_in_integers_equal_float64_sums_bit_for_bit(n):
     assert np.array_equal(whole[0], float64_mean_std(images)[0])
 
 
+def float_rows(dtype, n: int = 203, P: int = 37) -> np.ndarray:
+    """Float rows (n, P) of `dtype` far from zero mean (so a lost or doubled row shows), a
+    constant column and a column of extremes included."""
+    rng = np.random.default_rng(7)
+    rows = (100 + 3 * rng.standard_normal((n, P))).astype(dtype)
+    rows[:, 0] = 5
+    rows[::2, 1], rows[1::2, 1] = -1e3, 1e3
+    return rows
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64])
+@pytest.mark.parametrize("selection", ["all", "range", "strided", "shuffled", "negative",
+                                       "one", "repeated", "list"])
+@pytest.mark.parametrize("chunk_rows", [1, 7, 10_000])
+def test_float_statistics_are_numpys_float64_ones(monkeypatch, dtype, selection,
+                                                  chunk_rows):
+    """Float rows: the mean and std of the selected rows are np.mean / np.std of a float64
+    copy up to float64 rounding, over one chunk or many (a ragged last one included), with
+    rows read in place (all, a contiguous range) or gathered (any other index list)."""
+    from softmax_cls.math import preprocess
+
+    P = 37
+    monkeypatch.setattr(preprocess, "STATS_CHUNK", chunk_rows)
+    images = float_rows(dtype, P=P)
+    rows = {"all": None, "range": np.arange(20, 151), "strided": np.arange(3, 203, 3),
+            "shuffled": np.random.default_rng(1).permutation(203)[:90],
+            "negative": np.arange(-50, 0), "one": np.array([202]),
+            "repeated": np.array([5, 5, 7]),  # spans 3 rows, as a range would, but is not
+            "list": [5, 6, 7, 9]}[selection]
+    chosen = images.astype(np.float64)[slice(None) if rows is None else rows]
+    mean, std = preprocess.pixel_mean_std(images, rows)
+    assert mean.dtype == std.dtype == np.float64 and mean.shape == std.shape == (P,)
+    np.testing.assert_allclose(mean, chosen.mean(axis=0), rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(std, chosen.std(axis=0), rtol=1e-9, atol=1e-9)
+    only, none = preprocess.pixel_mean_std(images, rows, std=False)
+    assert np.array_equal(only, mean) and none is None
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+@pytest.mark.parametrize("rows", [[0, 203], [-204, 5], [3, 1000, 4], list(range(200, 210))])
+def test_statistics_of_rows_outside_the_array_raise_index_error(dtype, rows):
+    from softmax_cls.math import preprocess
+
+    with pytest.raises(IndexError):  # not wrapped around, not clipped
+        preprocess.pixel_mean_std(np.zeros((203, 5), dtype=dtype), np.array(rows))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_float_statistics_of_a_memory_map_and_of_gathered_rows_are_the_same_bits(
+        tmp_path, monkeypatch, dtype):
+    """The same values in the same order give the same bits, wherever they come from: a
+    memory-mapped file read in place, a contiguous range of it, a copy, or rows gathered
+    from every other row of a larger array (float64 values: their sums round by order)."""
+    from softmax_cls.math import preprocess
+
+    monkeypatch.setattr(preprocess, "STATS_CHUNK", 16)
+    images = float_rows(dtype)
+    images[:, 2:] += np.random.default_rng(3).standard_normal((203, 35)) * 1e-9
+    path = tmp_path / "rows.bin"
+    images.tofile(path)
+    mapped = np.memmap(path, dtype=dtype, mode="r", shape=images.shape)
+    interleaved = np.zeros((2 * len(images), images.shape[1]), dtype=dtype)
+    interleaved[1::2] = images
+    expected = preprocess.pixel_mean_std(np.array(images))
+    for result in (preprocess.pixel_mean_std(mapped),
+                   preprocess.pixel_mean_std(mapped, np.arange(len(images))),
+                   preprocess.pixel_mean_std(interleaved, np.arange(1, 2 * len(images), 2))):
+        assert np.array_equal(result[0], expected[0])
+        assert np.array_equal(result[1], expected[1])
+    part = preprocess.pixel_mean_std(mapped, np.arange(40, 90))
+    reference = images[40:90].astype(np.float64)
+    np.testing.assert_allclose(part[0], reference.mean(axis=0), rtol=1e-13)
+    np.testing.assert_allclose(part[1], reference.std(axis=0), rtol=1e-9, atol=1e-9)
+
+
 @pytest.mark.parametrize("scale", ["none", "unit", "std"])
 @pytest.mark.parametrize("center", [True, False])
 def test_preprocessor_statistics_are_the_float64_ones(images, scale, center):
