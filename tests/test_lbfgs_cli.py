@@ -92,6 +92,35 @@ def test_resuming_an_lbfgs_run_with_sgd_says_its_iterations_count_as_epochs(tmp_
     assert_one_line_error(result, 2, "L-BFGS iterations", "optim.epochs >=")
 
 
+def test_resuming_an_sgd_run_with_lbfgs_at_its_epochs_is_one_error_line(tmp_path):
+    """--resume of a 3-epoch SGD run with optim.solver=lbfgs and optim.max_iter 3 (the SGD
+    epochs count as the solve's iterations, as L-BFGS iterations count as epochs above) made
+    no L-BFGS iteration, warned `3 iterations (optim.max_iter 3)`, and wrote a final line and
+    summary.json claiming 3 L-BFGS iterations. Now one error line, the folder as it was; a
+    max_iter above the epochs solves on, counting them."""
+    import json
+
+    from cli_util import assert_one_line_error
+
+    config = features_config(tmp_path, optim={"solver": "sgd", "epochs": 3})
+    assert run("softmax-train", "--config", config, "--quiet", cwd=tmp_path).returncode == 0
+    folder = tmp_path / "run"
+    before = {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.name != ".lock"}
+    last = str(folder / "last.npz")
+    for max_iter in (2, 3):
+        result = run("softmax-train", "--resume", last, "--quiet", "--set", "optim.solver=lbfgs",
+                     "--set", f"optim.max_iter={max_iter}", cwd=tmp_path)
+        assert_one_line_error(result, 2, "optim.max_iter: the checkpoint has done 3 SGD epochs",
+                              f"needs optim.max_iter > 3, got {max_iter}")
+    assert {p.name: p.read_bytes() for p in sorted(folder.iterdir())
+            if p.name != ".lock"} == before
+    result = run("softmax-train", "--resume", last, "--quiet", "--set", "optim.solver=lbfgs",
+                 "--set", "optim.max_iter=100", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["converged"] and summary["iterations"] == summary["epochs"] > 3
+
+
 # softmax-train whose process sends itself SIGINT (a real Ctrl-C) at the start of the
 # full-batch evaluation number `at`: mid-solve, after a few accepted iterations
 INTERRUPTED_TRAINER = """

@@ -281,6 +281,15 @@ def train_run(config: Config, data: LabelledData | Callable[[], LabelledData], o
         raise ConfigError(f"optim.epochs: the checkpoint has done {resume.state.epoch} {done}; "
                           f"resuming needs optim.epochs >= {resume.state.epoch}, got "
                           f"{config.optim.epochs}")
+    if resume is not None and config.optim.solver == "lbfgs" \
+            and resume.config.optim.solver == "sgd" and config.optim.max_iter <= resume.state.epoch:
+        # no L-BFGS iteration would run, and the final line and summary.json would claim the
+        # SGD epochs as the solve's iterations (optim.max_iter counts them, as epochs count
+        # L-BFGS iterations above)
+        raise ConfigError(f"optim.max_iter: the checkpoint has done {resume.state.epoch} SGD "
+                          "epochs, counted as L-BFGS iterations; resuming with optim.solver "
+                          f"lbfgs needs optim.max_iter > {resume.state.epoch}, got "
+                          f"{config.optim.max_iter}")
     run = None
     with removed_on_error(missing_folders(out_dir)), contextlib.ExitStack() as stack:
         # -- the folder: locked until the end, checked, its files kept to restore on an error
