@@ -1688,3 +1688,28 @@ def test_the_benchmarks_time_to_accuracy_runs_from_the_command_line(tmp_path):
     assert any(line.startswith("scikit-learn tol 1e-07 (") and
                f"ours' loosest tol within 0.05 points is {ref['loosest_within']['tol']:g}"
                in line for line in lines)
+
+
+def test_the_lbfgs_fits_ask_engine_auto_for_an_lbfgs_engine(monkeypatch):
+    """fit_full_batch and fit_lbfgs, given no engine, ask get_engine with solver lbfgs:
+    auto's SGD rule (torch from 64 classes on one thread) measured slower for L-BFGS."""
+    import softmax_cls.training.fit as fit_module
+
+    asked = []
+
+    def spy(*args, solver="sgd", **kwargs):
+        asked.append(solver)
+        return get_engine("numpy")
+
+    monkeypatch.setattr(fit_module, "get_engine", spy)
+    monkeypatch.setattr(lbfgs, "get_engine", spy)
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((40, 5)).astype(np.float32), np.arange(40) % 3
+    config = config_from_dict({"engine": "auto", "optim": {"solver": "lbfgs", "max_iter": 3},
+                               "augment": {"hflip": False, "translate": 0}})
+    pre = fit_preprocessor(X)
+    split = Split(np.arange(len(X), dtype=np.int64), np.zeros(0, np.int64))
+    fit_module.fit_full_batch(config, X, y, split, pre, 3, warn=lambda line: None)
+    lbfgs.fit_lbfgs(config, X, y, split, pre, np.zeros((3, pre.n_features)),
+                    warn=lambda line: None)
+    assert asked == ["lbfgs", "lbfgs"]
