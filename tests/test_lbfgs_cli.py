@@ -281,7 +281,8 @@ def test_a_resumed_solve_reports_its_iterations_in_all_everywhere(tmp_path):
     history and the warning said 4 (the solve's in all). All say 4 now."""
     import json
 
-    config = features_config(tmp_path, optim={"solver": "lbfgs", "max_iter": 2})
+    config = features_config(tmp_path, optim={"solver": "lbfgs", "max_iter": 2,
+                                                     "tol": 1e-9})
     assert run("softmax-train", "--config", config, "--quiet", cwd=tmp_path).returncode == 0
     folder = tmp_path / "run"
     result = run("softmax-train", "--resume", str(folder / "last.npz"), "--quiet", "--set",
@@ -318,3 +319,34 @@ def test_the_objectives_chunks_are_sized_by_the_classes_too(tmp_path, engine):
     result = run("softmax-train", "--config", str(tmp_path / "wide.yaml"), "--quiet",
                  cwd=tmp_path, preexec_fn=limit_data(1 << 30), timeout=300)
     assert result.returncode == 0, result.stderr
+
+
+def test_a_reg_paths_best_point_is_the_path_solution_not_solved_again(tmp_path):
+    """A regularisation path wrote best.npz without a history, which no checkpoint may lack:
+    the sweep's end found it unreadable and solved the best reg again from zeros (another
+    solve, another set of iterations, its warnings as raw Python warnings), and a path
+    stopped before its end left a best.npz that softmax-eval refused as damaged."""
+    pytest.importorskip("optuna")
+    config = features_config(tmp_path, optim={"solver": "lbfgs", "max_iter": 2,
+                                                     "tol": 1e-9})
+    sweep = tmp_path / "path.yaml"
+    sweep.write_text(yaml.safe_dump({"base": config, "sampler": "grid", "space": {
+        "loss.reg": {"grid": [1.0e-1, 1.0e-2, 1.0e-3]}}}))
+    result = run("softmax-sweep", str(sweep), "--out", str(tmp_path / "sweep"), "--no-plots",
+                 "--quiet", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    # each point stops at max_iter 2: three warning lines, one per point, and no fourth solve
+    warnings = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(warnings) == 3 and all(line.startswith("warning: L-BFGS did not converge")
+                                      for line in warnings), result.stderr
+    rows = (tmp_path / "sweep" / "trials.csv").read_text().splitlines()[1:]
+    best = max(rows, key=lambda row: float(row.split(",")[3]))
+    evaluated = run("softmax-eval", str(tmp_path / "sweep" / "best.npz"), "--split", "val",
+                    "--json", cwd=tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr
+    import json
+
+    assert json.loads(evaluated.stdout)["accuracy"] == float(best.split(",")[3])
+    meta = json.loads(str(np.load(tmp_path / "sweep" / "best.npz")["meta_json"]))
+    assert len(meta["history"]) == meta["epoch"] == 2
+    assert meta["history"][-1]["val_acc"] == float(best.split(",")[3])
