@@ -128,6 +128,8 @@ def fit(
     With optim.solver lbfgs it is fit_full_batch's instead: one L-BFGS solve (`warn` takes
     its line when it does not converge).
     """
+    if state is not None:  # an L-BFGS solution's row at epoch 0 (no iteration): replaced
+        del state.history[state.epoch:]
     if config.optim.solver == "lbfgs":
         return fit_full_batch(config, rows, labels, split, pre, n_classes, state=state,
                               sample_weight=sample_weight, on_epoch=on_epoch,
