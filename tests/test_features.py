@@ -275,6 +275,21 @@ def test_features_run_trains_and_evaluates(tmp_path):
     assert_one_line_error(changed, 1, "does not match the checkpoint")
 
 
+def test_eval_of_the_test_split_of_a_run_without_one_is_one_error_line(tmp_path):
+    """A probe trained with data.test null: softmax-eval's default --split test printed
+    `accuracy: 0.0000 (0 of 0)` and a table of zeros, and exited 0 (softmax-plot already
+    refused the empty split)."""
+    X, y = linear_data()
+    np.savez(tmp_path / "train.npz", X=X, y=y)
+    config = write_config(tmp_path, train=str(tmp_path / "train.npz"))
+    assert run("softmax-train", "--config", str(config), "--quiet", "--no-plots").returncode == 0
+    best = str(tmp_path / "run" / "best.npz")
+    for args in ((), ("--json",), ("--engine", "torch", "--device", "cpu")):
+        assert_one_line_error(run("softmax-eval", best, "--quiet", *args), 1,
+                              "test split", "is empty", "--split val")
+    assert run("softmax-eval", best, "--split", "val", "--quiet").returncode == 0
+
+
 @pytest.mark.parametrize("engine", ["numpy", "torch"])
 def test_an_npz_memory_map_is_gathered_row_by_row_not_copied_whole(tmp_path, engine):
     """X mapped from an .npz starts at an odd offset in the zip: unaligned, which np.take

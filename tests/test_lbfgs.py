@@ -1351,7 +1351,7 @@ def test_a_reg_grid_with_lbfgs_is_one_warm_started_path(tmp_path, served, capsys
     table = capsys.readouterr().out
     assert "loss.reg" in table and table.count("\n") >= 5
     assert (tmp_path / "out" / "plots" / "sweep.png").is_file()
-    # best.npz: the best reg's optimum, as a cold solve finds it
+    # best.npz: the path's solution at the best reg, the optimum a cold solve finds
     best_reg = float(result.summary["best_params"]["loss.reg"])
     config = config_from_dict({**yaml.safe_load((tmp_path / "out" / "best.yaml").read_text())})
     assert config.loss.reg == best_reg

@@ -281,7 +281,8 @@ def test_a_resumed_solve_reports_its_iterations_in_all_everywhere(tmp_path):
     history and the warning said 4 (the solve's in all). All say 4 now."""
     import json
 
-    config = features_config(tmp_path, optim={"solver": "lbfgs", "max_iter": 2})
+    config = features_config(tmp_path, optim={"solver": "lbfgs", "max_iter": 2,
+                                                     "tol": 1e-9})
     assert run("softmax-train", "--config", config, "--quiet", cwd=tmp_path).returncode == 0
     folder = tmp_path / "run"
     result = run("softmax-train", "--resume", str(folder / "last.npz"), "--quiet", "--set",
@@ -318,3 +319,76 @@ def test_the_objectives_chunks_are_sized_by_the_classes_too(tmp_path, engine):
     result = run("softmax-train", "--config", str(tmp_path / "wide.yaml"), "--quiet",
                  cwd=tmp_path, preexec_fn=limit_data(1 << 30), timeout=300)
     assert result.returncode == 0, result.stderr
+
+
+def test_a_reg_paths_best_point_is_the_path_solution_not_solved_again(tmp_path):
+    """A regularisation path wrote best.npz without a history, which no checkpoint may lack:
+    the sweep's end found it unreadable and solved the best reg again from zeros (another
+    solve, another set of iterations, its warnings as raw Python warnings), and a path
+    stopped before its end left a best.npz that softmax-eval refused as damaged."""
+    pytest.importorskip("optuna")
+    config = features_config(tmp_path, optim={"solver": "lbfgs", "max_iter": 2,
+                                                     "tol": 1e-9})
+    sweep = tmp_path / "path.yaml"
+    sweep.write_text(yaml.safe_dump({"base": config, "sampler": "grid", "space": {
+        "loss.reg": {"grid": [1.0e-1, 1.0e-2, 1.0e-3]}}}))
+    result = run("softmax-sweep", str(sweep), "--out", str(tmp_path / "sweep"), "--no-plots",
+                 "--quiet", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    # each point stops at max_iter 2: three warning lines, one per point, and no fourth solve
+    warnings = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(warnings) == 3 and all(line.startswith("warning: L-BFGS did not converge")
+                                      for line in warnings), result.stderr
+    rows = (tmp_path / "sweep" / "trials.csv").read_text().splitlines()[1:]
+    best = max(rows, key=lambda row: float(row.split(",")[3]))
+    evaluated = run("softmax-eval", str(tmp_path / "sweep" / "best.npz"), "--split", "val",
+                    "--json", cwd=tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr
+    import json
+
+    assert json.loads(evaluated.stdout)["accuracy"] == float(best.split(",")[3])
+    meta = json.loads(str(np.load(tmp_path / "sweep" / "best.npz")["meta_json"]))
+    assert len(meta["history"]) == meta["epoch"] == 2
+    assert meta["history"][-1]["val_acc"] == float(best.split(",")[3])
+
+
+def test_a_solve_that_needs_no_iteration_writes_checkpoints_that_load(tmp_path):
+    """optim.tol above the gradient at zero weights: L-BFGS makes no iteration. The run
+    ended 0 but wrote a history of one row (the solution's, epoch 0) beside epoch 0, so
+    best.npz and last.npz were 'damaged' for softmax-eval, softmax-predict and --resume;
+    and a sweep whose trial solved so died in a TypeError traceback (its trial had no val
+    accuracy)."""
+    config = features_config(tmp_path, optim={"solver": "lbfgs", "tol": 100.0})
+    result = run("softmax-train", "--config", config, "--quiet", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "0 iterations" in result.stdout and "(converged)" in result.stdout
+    folder = tmp_path / "run"
+    for name in ("best.npz", "last.npz"):
+        evaluated = run("softmax-eval", str(folder / name), "--json", cwd=tmp_path)
+        assert evaluated.returncode == 0, evaluated.stderr
+    again = run("softmax-train", "--resume", str(folder / "last.npz"), "--quiet",
+                cwd=tmp_path)
+    assert again.returncode == 0 and "already finished: converged in 0 iterations" in (
+        again.stdout), again.stderr
+    # a lower tol solves on from it; the start's row gives way to the iterations' rows
+    solved = run("softmax-train", "--resume", str(folder / "last.npz"), "--set",
+                 "optim.tol=1e-5", "--quiet", cwd=tmp_path)
+    assert solved.returncode == 0, solved.stderr
+    import json
+
+    history = [json.loads(line) for line in
+               (folder / "history.jsonl").read_text().splitlines()]
+    iterations = json.loads((folder / "summary.json").read_text())["iterations"]
+    assert iterations > 0 and [row["epoch"] for row in history] == list(
+        range(1, iterations + 1))
+    assert run("softmax-eval", str(folder / "best.npz"), cwd=tmp_path).returncode == 0
+
+    pytest.importorskip("optuna")
+    sweep = tmp_path / "tol.yaml"
+    sweep.write_text(yaml.safe_dump({"base": config, "sampler": "grid", "space": {
+        "optim.tol": {"grid": [100.0, 50.0]}}}))
+    swept = run("softmax-sweep", str(sweep), "--out", str(tmp_path / "sweep"), "--no-plots",
+                "--quiet", cwd=tmp_path)
+    assert swept.returncode == 0, swept.stderr
+    rows = (tmp_path / "sweep" / "trials.csv").read_text().splitlines()[1:]
+    assert [row.split(",")[1] for row in rows] == ["complete", "complete"]

@@ -231,6 +231,9 @@ def assert_refused(result, *needles: str, seconds: float = 20, peak_mb: float = 
     (set_meta("best_epoch", 10**30), "cannot exceed"),
     (set_meta("history", "2 epochs"), "history"),
     (set_meta("history", [[1, 2]]), "history row"),
+    # one row is enough only at epoch 0, for an L-BFGS solve that made no iteration
+    (lambda text: set_meta("history", [{"epoch": 0, "iterations": 0}])(
+        set_meta("epoch", 3)(text)), "history is not a list of 3 rows"),
     (set_meta("fingerprint", ["X.npy"]), "fingerprint"),
     (set_meta("format_version", "x" * 100_000), "(100000 characters)"),
     (set_meta("format_version", "3"), "format '3' is not supported (this version reads 2, 3)"),

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..config import config_from_dict
 from ..engines import get_engine
-from ..training.fit import TrainState, validation_metrics
+from ..training.fit import TrainState, end_history, iteration_row, validation_metrics
 from ..training.lbfgs import fit_lbfgs, precondition_moment
 from .results import save_trial_checkpoint, write_trials_csv
 from .spec import SweepSpec, trial_raw_config
@@ -73,13 +73,22 @@ def run_path(study, spec: SweepSpec, folder: Path, meta: dict, progress: bool = 
         raw = trial_raw_config(spec, {REG_KEY: value})
         config = config_from_dict(raw)
         started = time.perf_counter()
+        history: list[dict] = []
+
+        def on_iteration(iteration, loss, grad_max, _W, history=history, started=started):
+            history.append(iteration_row(iteration, loss, grad_max,
+                                         time.perf_counter() - started))
+
         result = fit_lbfgs(config, data.rows, data.labels, split, pre, W, engine=engine,
-                           moment=moment, warn=warn)
+                           moment=moment, on_iteration=on_iteration, warn=warn)
         W = result.W
         model = W.astype(np.float32)
         val_loss, val_acc = validation_metrics(engine, model, pre, data.rows[split.val_rows],
                                                data.labels[split.val_rows], config.loss.clip)
         seconds = time.perf_counter() - started
+        # best.npz's history, one row per iteration: a checkpoint without it does not load,
+        # and finish_sweep then solved the best point again from zeros
+        end_history(history, result, val_loss, val_acc, seconds)
         row = {"reg": reg, "val_acc": val_acc, "val_loss": val_loss,
                "iterations": result.iterations, "grad_max": result.grad_max,
                "converged": result.converged, "seconds": seconds}
@@ -93,7 +102,7 @@ def run_path(study, spec: SweepSpec, folder: Path, meta: dict, progress: bool = 
             best_value = val_acc
             state = TrainState(model, np.zeros_like(model), model.copy(), model,
                                epoch=result.iterations, best_epoch=result.iterations,
-                               best_val_acc=val_acc)
+                               best_val_acc=val_acc, history=history)
             outcome = TrialOutcome(len(study.get_trials(deepcopy=False)) - 1, "complete",
                                    train_state=state, pre=pre, val_rows=split.val_rows)
             save_trial_checkpoint(folder / "best.npz", outcome, raw, meta)

@@ -260,7 +260,7 @@ def run_trial(task: TrialTask) -> TrialOutcome:
         outcome.error = str(exc)
         state = last[0] if last else None
     outcome.seconds = time.perf_counter() - started
-    if state is not None and state.epoch:
+    if state is not None and state.history:  # validated (L-BFGS: maybe at 0 iterations)
         outcome.best_val_acc, outcome.best_epoch = float(state.best_val_acc), state.best_epoch
         outcome.epochs = state.epoch
     return outcome

@@ -335,13 +335,18 @@ def _check_meta(name: str, meta: dict) -> None:
     if type(accuracy) not in (int, float) or not (accuracy == -1 or 0 <= accuracy <= 1):
         raise fail(f"best_val_acc is {shorten(accuracy, 40)}, not an accuracy")
     history = meta.get("history")
-    if not isinstance(history, list) or len(history) != epoch:
+    if not isinstance(history, list):
         raise fail(f"history is not a list of {epoch} rows")
     for row in history:
         if not isinstance(row, dict) or not all(
                 isinstance(key, str) and (value is None or type(value) in (int, float))
                 for key, value in row.items()):
             raise fail("a history row is not a table of numbers")
+    # one row per epoch; an L-BFGS solve that made no iteration (optim.tol met at its
+    # start) has its solution's row alone, at epoch 0
+    solved_at_start = epoch == 0 and len(history) == 1 and history[0].get("iterations") == 0
+    if len(history) != epoch and not solved_at_start:
+        raise fail(f"history is not a list of {epoch} rows")
     for key in ("fingerprint", "versions"):
         table = meta.get(key)
         if not isinstance(table, dict) or not all(

@@ -64,9 +64,13 @@ def split_arrays(checkpoint: Checkpoint, data: LabelledData, split: str
                  ) -> tuple[np.ndarray | RowSubset, np.ndarray]:
     """(raw rows (N, P), labels (N,) int64) of a split. test is read from disk now when
     `data` left it there; val is the checkpoint's own val_rows; train is every other training
-    row, as a RowSubset read chunk by chunk."""
+    row, as a RowSubset read chunk by chunk. An empty split (a run without a test file or
+    test folder) is a DataError: a report or picture of no rows would show zeros."""
     if split == "test":
         data = data.with_test()
+        if len(data.test_labels) == 0:
+            raise DataError(f"the test split of {shorten(checkpoint.path)}'s data is empty: "
+                            "try --split val")
         return data.test_images, data.test_labels
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r} (choose from {', '.join(SPLITS)})")

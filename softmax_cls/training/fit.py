@@ -128,6 +128,8 @@ def fit(
     With optim.solver lbfgs it is fit_full_batch's instead: one L-BFGS solve (`warn` takes
     its line when it does not converge).
     """
+    if state is not None:  # an L-BFGS solution's row at epoch 0 (no iteration): replaced
+        del state.history[state.epoch:]
     if config.optim.solver == "lbfgs":
         return fit_full_batch(config, rows, labels, split, pre, n_classes, state=state,
                               sample_weight=sample_weight, on_epoch=on_epoch,
@@ -216,6 +218,23 @@ def fit(
     return FitResult(state, stopped_early and state.epoch < optim.epochs)
 
 
+def iteration_row(epoch: int, loss: float, grad_max: float, seconds: float) -> dict:
+    """The history row of L-BFGS iteration `epoch` (counted from 1): no val metrics."""
+    return {"epoch": epoch, "lr": None, "train_loss": loss, "train_acc": None,
+            "val_loss": None, "val_acc": None, "grad_max": grad_max, "seconds": seconds}
+
+
+def end_history(history: list[dict], result, val_loss: float | None, val_acc: float | None,
+                seconds: float) -> None:
+    """Close an L-BFGS history (iteration_row rows) with the solution's row: its val metrics
+    and the solver's numbers, in place of the last iteration's row, so that the history
+    holds one row per iteration (result.iterations in all), as a checkpoint requires."""
+    if history and history[-1]["epoch"] == result.iterations:
+        history.pop()  # the last iteration's row, written again with the val metrics
+    history.append({**iteration_row(result.iterations, result.loss, result.grad_max, seconds),
+                    "val_loss": val_loss, "val_acc": val_acc, **result.numbers()})
+
+
 def fit_full_batch(config: Config, rows: np.ndarray, labels: np.ndarray, split: Split,
                    pre: Preprocessor, n_classes: int, *, state: TrainState | None = None,
                    sample_weight: np.ndarray | None = None,
@@ -246,10 +265,8 @@ def fit_full_batch(config: Config, rows: np.ndarray, labels: np.ndarray, split: 
     accepted: list[np.ndarray] = []  # the last iterate L-BFGS accepted
 
     def on_iteration(iteration: int, loss: float, grad_max: float, W: np.ndarray) -> None:
-        state.history.append({"epoch": first + iteration, "lr": None, "train_loss": loss,
-                              "train_acc": None, "val_loss": None, "val_acc": None,
-                              "grad_max": grad_max,
-                              "seconds": time.perf_counter() - started})
+        state.history.append(iteration_row(first + iteration, loss, grad_max,
+                                           time.perf_counter() - started))
         accepted[:] = [W]
         bar.update()
         bar.set_postfix(loss=f"{loss:.5f}", grad=f"{grad_max:.2e}")
@@ -281,12 +298,7 @@ def fit_full_batch(config: Config, rows: np.ndarray, labels: np.ndarray, split: 
     state.epoch = state.best_epoch = result.iterations  # the solve's in all
     state.best_val_acc = -1.0 if val_acc is None else val_acc
     state.epochs_since_best = 0
-    if state.history and state.history[-1]["epoch"] == state.epoch:
-        state.history.pop()  # the last iteration's row, written again with the val metrics
-    state.history.append({"epoch": state.epoch, "lr": None, "train_loss": result.loss,
-                          "train_acc": None, "val_loss": val_loss, "val_acc": val_acc,
-                          "grad_max": result.grad_max,
-                          "seconds": time.perf_counter() - started, **result.numbers()})
+    end_history(state.history, result, val_loss, val_acc, time.perf_counter() - started)
     if on_epoch is not None:
         on_epoch(state)
     return FitResult(state, False, result.summary())
