@@ -73,8 +73,18 @@ def run_path(study, spec: SweepSpec, folder: Path, meta: dict, progress: bool = 
         raw = trial_raw_config(spec, {REG_KEY: value})
         config = config_from_dict(raw)
         started = time.perf_counter()
+        # best.npz's history: a row per iteration, as fit_full_batch writes it (a checkpoint
+        # without them is unreadable: the sweep's end then solved the best point again, cold)
+        history: list[dict] = []
+
+        def on_iteration(iteration: int, loss: float, grad_max: float, _W,
+                         history=history, started=started) -> None:
+            history.append({"epoch": iteration, "lr": None, "train_loss": loss,
+                            "train_acc": None, "val_loss": None, "val_acc": None,
+                            "grad_max": grad_max, "seconds": time.perf_counter() - started})
+
         result = fit_lbfgs(config, data.rows, data.labels, split, pre, W, engine=engine,
-                           moment=moment, warn=warn)
+                           moment=moment, on_iteration=on_iteration, warn=warn)
         W = result.W
         model = W.astype(np.float32)
         val_loss, val_acc = validation_metrics(engine, model, pre, data.rows[split.val_rows],
@@ -91,9 +101,12 @@ def run_path(study, spec: SweepSpec, folder: Path, meta: dict, progress: bool = 
                         **result.summary()}))
         if val_acc > best_value:
             best_value = val_acc
+            if history:  # the last iteration's row, with the val metrics (one row each)
+                history[-1].update(train_loss=result.loss, val_loss=val_loss, val_acc=val_acc,
+                                   seconds=seconds, **result.numbers())
             state = TrainState(model, np.zeros_like(model), model.copy(), model,
                                epoch=result.iterations, best_epoch=result.iterations,
-                               best_val_acc=val_acc)
+                               best_val_acc=val_acc, history=history)
             outcome = TrialOutcome(len(study.get_trials(deepcopy=False)) - 1, "complete",
                                    train_state=state, pre=pre, val_rows=split.val_rows)
             save_trial_checkpoint(folder / "best.npz", outcome, raw, meta)
