@@ -263,6 +263,15 @@ def test_warm_start_starts_from_the_current_model():
         model.fit(X, np.where(y == 2, 1, y))
 
 
+def test_a_warm_start_refuses_other_labels_of_the_same_count():
+    """Another label in place of one (as many classes) is not the model's classes either."""
+    pytest.importorskip("scipy")
+    X, y = blobs()
+    model = SoftmaxClassifier(solver="lbfgs", warm_start=True).fit(X, y)
+    with pytest.raises(ValueError, match=r"warm_start: y has the classes \[0, 1, 5\]"):
+        model.fit(X, np.where(y == 2, 5, y))
+
+
 def test_early_stopping_keeps_the_best_validation_epoch():
     X, y = blobs(n=400, seed=2)
     model = SoftmaxClassifier(epochs=40, lr=0.5, early_stopping=True, validation_fraction=0.25,
