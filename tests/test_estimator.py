@@ -177,6 +177,20 @@ def test_sample_weight_and_class_weight_enter_the_loss_as_row_weights():
     np.testing.assert_array_equal(balanced.coef_, manual.coef_)
 
 
+def test_class_weight_multiplies_the_given_sample_weight():
+    """Both given: each row's weight is its sample_weight times its class's weight (a fit
+    dropping the sample weights was caught only by the float32 overflow test's message)."""
+    X, y = blobs()
+    params = dict(epochs=3, random_state=0, engine="numpy")
+    row_weight = np.random.default_rng(1).uniform(0.2, 3.0, len(y))
+    class_weight = {0: 0.5, 1: 2.0, 2: 1.0}
+    both = SoftmaxClassifier(class_weight=class_weight, **params).fit(
+        X, y, sample_weight=row_weight)
+    product = SoftmaxClassifier(**params).fit(
+        X, y, sample_weight=row_weight * np.array([0.5, 2.0, 1.0])[y])
+    np.testing.assert_array_equal(both.coef_, product.coef_)
+
+
 @pytest.mark.parametrize("method", ["fit", "partial_fit"])
 @pytest.mark.parametrize("weights", [
     dict(sample_weight=[1.0, -0.5]), dict(class_weight={0: 1.0, 1: -2.0, 2: 1.0}),
