@@ -177,6 +177,20 @@ def test_sample_weight_and_class_weight_enter_the_loss_as_row_weights():
     np.testing.assert_array_equal(balanced.coef_, manual.coef_)
 
 
+def test_class_weight_multiplies_the_given_sample_weight():
+    """Both given: each row's weight is its sample_weight times its class's weight (a fit
+    dropping the sample weights was caught only by the float32 overflow test's message)."""
+    X, y = blobs()
+    params = dict(epochs=3, random_state=0, engine="numpy")
+    row_weight = np.random.default_rng(1).uniform(0.2, 3.0, len(y))
+    class_weight = {0: 0.5, 1: 2.0, 2: 1.0}
+    both = SoftmaxClassifier(class_weight=class_weight, **params).fit(
+        X, y, sample_weight=row_weight)
+    product = SoftmaxClassifier(**params).fit(
+        X, y, sample_weight=row_weight * np.array([0.5, 2.0, 1.0])[y])
+    np.testing.assert_array_equal(both.coef_, product.coef_)
+
+
 @pytest.mark.parametrize("method", ["fit", "partial_fit"])
 @pytest.mark.parametrize("weights", [
     dict(sample_weight=[1.0, -0.5]), dict(class_weight={0: 1.0, 1: -2.0, 2: 1.0}),
@@ -261,6 +275,15 @@ def test_warm_start_starts_from_the_current_model():
     assert np.abs(cold.decision_function(X)).max() < 1e-2  # from the tiny initial weights
     with pytest.raises(ValueError, match="warm_start"):
         model.fit(X, np.where(y == 2, 1, y))
+
+
+def test_a_warm_start_refuses_other_labels_of_the_same_count():
+    """Another label in place of one (as many classes) is not the model's classes either."""
+    pytest.importorskip("scipy")
+    X, y = blobs()
+    model = SoftmaxClassifier(solver="lbfgs", warm_start=True).fit(X, y)
+    with pytest.raises(ValueError, match=r"warm_start: y has the classes \[0, 1, 5\]"):
+        model.fit(X, np.where(y == 2, 5, y))
 
 
 def test_early_stopping_keeps_the_best_validation_epoch():

@@ -1396,6 +1396,116 @@ def test_other_grids_with_lbfgs_run_as_trials(tmp_path, served):
     assert path.path_order([1e-3, 1.0, 1e-3, 0.1]) == [1.0, 0.1, 1e-3]
 
 
+def test_each_point_of_a_path_is_its_regs_cold_optimum_scored_on_the_val_rows(
+        tmp_path, served, monkeypatch):
+    """Each warm-started point is the optimum a cold solve of its own reg finds, and its
+    recorded val accuracy is that optimum's accuracy on the val rows (numpy's argmax here);
+    a path solving every point at the first reg, or scoring the training rows, passed
+    every other test."""
+    from sweep_util import read_trials
+
+    from softmax_cls.sweep import driver, path
+
+    data, _ = served
+    solved = {}
+    real = lbfgs.fit_lbfgs
+
+    def spy(config, *args, **kwargs):
+        result = real(config, *args, **kwargs)
+        solved[config.loss.reg] = result.W
+        return result
+
+    monkeypatch.setattr(path, "fit_lbfgs", spy)
+    regs = [1.0e-1, 1.0e-2]
+    sweep = path_sweep(tmp_path, space={"loss.reg": {"grid": regs}})
+    raw = yaml.safe_load(sweep.read_text())
+    raw["set"]["optim.tol"] = 1e-8  # both solves near enough the optimum to compare them
+    sweep.write_text(yaml.safe_dump(raw, sort_keys=False))
+    driver.run_sweep(sweep, out=tmp_path / "out", progress=False, plots=False)
+    recorded = {float(r["loss.reg"]): float(r["best_val_acc"])
+                for r in read_trials(tmp_path / "out")}
+    assert sorted(recorded) == sorted(regs)
+    for reg in regs:
+        config = config_from_dict({"engine": "numpy", "data": {"val_size": 100},
+                                   "loss": {"reg": reg},
+                                   "optim": {"solver": "lbfgs", "tol": 1e-8},
+                                   "augment": {"hflip": False, "translate": 0}})
+        split, pre = runs.split_and_fit(config, data.train_images, data.train_labels)
+        cold = real(config, data.train_images, data.train_labels, split, pre,
+                    np.zeros((4, 3073)))
+        assert np.abs(solved[reg] - cold.W).max() <= 1e-3 * np.abs(cold.W).max()
+        scores = pre.transform(data.train_images[split.val_rows], np.float64) @ cold.W.T
+        accuracy = np.mean(scores.argmax(1) == data.train_labels[split.val_rows])
+        assert abs(recorded[reg] - accuracy) <= 1 / len(split.val_rows) + 1e-12
+
+
+def test_a_path_resumed_solves_only_the_points_it_had_not_solved(tmp_path, served,
+                                                                   monkeypatch):
+    """Interrupted after its first two points, the same command solves the other two only
+    (the first of them from zeros) and the study holds each reg once."""
+    from sweep_util import read_trials
+
+    from softmax_cls.sweep import driver, path
+
+    real = lbfgs.fit_lbfgs
+    solved = []
+
+    def stop_at_the_third(config, *args, **kwargs):
+        if len(solved) == 2:
+            raise KeyboardInterrupt
+        solved.append(config.loss.reg)
+        return real(config, *args, **kwargs)
+
+    monkeypatch.setattr(path, "fit_lbfgs", stop_at_the_third)
+    with pytest.raises(driver.SweepInterrupted):
+        driver.run_sweep(path_sweep(tmp_path), out=tmp_path / "out", progress=False,
+                         plots=False)
+    assert solved == sorted(REGS, reverse=True)[:2]
+    starts = []
+
+    def spy(config, *args, **kwargs):
+        starts.append((config.loss.reg, float(np.abs(args[4]).max())))
+        return real(config, *args, **kwargs)
+
+    monkeypatch.setattr(path, "fit_lbfgs", spy)
+    driver.run_sweep(path_sweep(tmp_path), out=tmp_path / "out", progress=False, plots=False)
+    assert [reg for reg, _ in starts] == sorted(REGS, reverse=True)[2:]
+    assert starts[0][1] == 0 and starts[1][1] > 0
+    rows = read_trials(tmp_path / "out")
+    assert sorted(float(r["loss.reg"]) for r in rows) == sorted(REGS)
+    assert [r["state"] for r in rows] == ["complete"] * 4
+
+
+def test_a_path_asks_engine_auto_for_an_lbfgs_engine(tmp_path, served, monkeypatch):
+    """engine auto on a path is auto's L-BFGS pick (the SGD rule measured slower there), as
+    for a trial's fit_lbfgs: dropping the path's solver passed every other test."""
+    import softmax_cls.engines as engines
+    from softmax_cls.sweep import driver, path
+
+    asked = []
+
+    def spy(*args, solver="sgd", **kwargs):
+        asked.append(solver)
+        return engines.get_engine("numpy")
+
+    monkeypatch.setattr(path, "get_engine", spy)
+    sweep = path_sweep(tmp_path, space={"loss.reg": {"grid": [1.0]}})
+    sweep.write_text(sweep.read_text().replace("engine: numpy", "engine: auto"))
+    driver.run_sweep(sweep, out=tmp_path / "out", progress=False, plots=False)
+    assert asked == ["lbfgs"]
+
+
+def test_a_path_without_scipy_is_one_error_before_its_folder_exists(tmp_path, served,
+                                                                      monkeypatch):
+    from softmax_cls.sweep import driver
+
+    monkeypatch.setitem(sys.modules, "scipy", None)
+    with pytest.raises(SoftmaxClsError, match=r"softmax-cls\[lbfgs\]"):
+        driver.run_sweep(path_sweep(tmp_path), out=tmp_path / "out", progress=False,
+                         plots=False)
+    assert not (tmp_path / "out").exists()
+
+
 def benchmark_script():
     """scripts/benchmark_lbfgs.py as a module (it imports its sibling scripts)."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
@@ -1713,3 +1823,27 @@ def test_the_lbfgs_fits_ask_engine_auto_for_an_lbfgs_engine(monkeypatch):
     lbfgs.fit_lbfgs(config, X, y, split, pre, np.zeros((3, pre.n_features)),
                     warn=lambda line: None)
     assert asked == ["lbfgs", "lbfgs"]
+
+
+def test_a_tie_on_a_path_keeps_the_first_point_solved_and_solves_nothing_again(
+        tmp_path, served, monkeypatch):
+    """Two points of one val accuracy: the study's best is the first solved (optuna keeps the
+    first of a tie), and best.npz, written when it was solved, is kept; a best.npz of the
+    later point was solved again at the end, cold (a whole solve more on CIFAR-10)."""
+    from sweep_util import read_trials
+
+    import softmax_cls.training.fit as fit_module
+    from softmax_cls.sweep import driver
+
+    def no_solving_again(*args, **kwargs):
+        raise AssertionError("the best point was solved again")
+
+    monkeypatch.setattr(fit_module, "fit", no_solving_again)
+    regs = [1.0e4, 1.0e3]  # so strong that both predict alike
+    result = driver.run_sweep(path_sweep(tmp_path, space={"loss.reg": {"grid": regs}}),
+                              out=tmp_path / "out", progress=False, plots=False)
+    accs = [float(r["best_val_acc"]) for r in read_trials(tmp_path / "out")]
+    assert accs[0] == accs[1]
+    best = load_checkpoint(tmp_path / "out" / "best.npz")
+    assert config_from_dict(yaml.safe_load(best.config_yaml)).loss.reg == regs[0]
+    assert float(result.summary["best_params"]["loss.reg"]) == regs[0]

@@ -392,3 +392,22 @@ def test_a_solve_that_needs_no_iteration_writes_checkpoints_that_load(tmp_path):
     assert swept.returncode == 0, swept.stderr
     rows = (tmp_path / "sweep" / "trials.csv").read_text().splitlines()[1:]
     assert [row.split(",")[1] for row in rows] == ["complete", "complete"]
+
+
+def test_a_converged_solve_resumed_with_other_augmentation_solves_on():
+    """Flips or shifts turned on change the objective (its views) as loss.reg does: a solve
+    converged without them is not finished with them (the rule ignoring augment passed)."""
+    from types import SimpleNamespace
+
+    from softmax_cls.config import config_from_dict
+    from softmax_cls.training import runs
+
+    def config(**augment):
+        return config_from_dict({"optim": {"solver": "lbfgs"},
+                                 "augment": {"hflip": False, "translate": 0, **augment}})
+
+    state = SimpleNamespace(epoch=5, history=[{"epoch": 5, "grad_max": 1e-9}])
+    resume = SimpleNamespace(state=state, config=config())
+    assert runs._solved(resume, config()).startswith("converged in 5 iterations")
+    assert runs._solved(resume, config(hflip=True)) is None
+    assert runs._solved(resume, config(translate=2)) is None

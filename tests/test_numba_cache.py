@@ -198,6 +198,23 @@ def test_a_sweep_compiles_the_kernels_of_each_solver_its_trials_use(tmp_path, se
     assert all(config.engine == "numba" for config in configs)
 
 
+@pytest.mark.parametrize("engines, picked", [(["numpy", "auto", "numba"], "numba"),
+                                             (["numpy", "auto"], "auto"),
+                                             (["torch", "numpy"], "torch")])
+def test_a_sweep_searching_engine_compiles_for_numba_before_auto(tmp_path, engines, picked):
+    """`engine` searched: the kernels compiled first are numba's where a trial can pick it by
+    name, else auto's pick, else the first engine's (then none: it is not numba)."""
+    pytest.importorskip("optuna")
+    from softmax_cls.sweep import driver
+    from softmax_cls.sweep.spec import load_sweep
+
+    write_config(tmp_path, train=str(tmp_path / "train.npz"))
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump({
+        "base": "probe.yaml", "sampler": "grid", "space": {"engine": {"grid": engines}}}))
+    configs = driver._likeliest_numba(load_sweep(tmp_path / "s.yaml"))
+    assert [config.engine for config in configs] == [picked]
+
+
 def test_a_sweep_whose_searched_engines_leave_numba_out_compiles_nothing(tmp_path):
     """`engine` searched over numpy alone, the base engine auto: no trial trains with numba,
     so the sweep compiles no kernels (it compiled the base engine's, 20-60 s for nothing)."""
@@ -252,7 +269,10 @@ def test_a_sweep_compiles_before_its_workers_only_where_they_can_load_the_cache(
     monkeypatch.setattr(numba_engine, "prepare_full",
                         lambda *args: prepared["lbfgs"].append(args))
     monkeypatch.setattr(numba_engine.cache, "caching_disabled", lambda: disabled)
-    monkeypatch.setattr(engines, "auto_engine_name", lambda *args, **kwargs: "numba")
+    # auto picks numba only when asked for the config's solver: an L-BFGS config asking with
+    # SGD's rule (which picks torch where L-BFGS measured numba faster) compiles nothing
+    monkeypatch.setattr(engines, "auto_engine_name", lambda *args, solver="sgd", **kwargs:
+                        "numba" if solver == config.optim.solver else "numpy")
     driver._compile_before_workers(config, tmp_path / "cache")
     assert [kind for kind, calls in prepared.items() if calls] == (
         [compiled] if compiled else [])

@@ -282,6 +282,26 @@ class Poison:
         self._touched()
 
 
+def test_a_tie_keeps_the_first_trials_best_npz_and_trains_nothing_again(tmp_path, served,
+                                                                       monkeypatch):
+    """Two trials that train alike (optim.tol: unused by SGD) tie: the study's best is the
+    first told (optuna keeps the first of a tie), and so is best.npz, written when it
+    finished; a best.npz of the later trial was trained again at the end."""
+    import softmax_cls.training.fit as fit_module
+
+    def no_training_again(*args, **kwargs):
+        raise AssertionError("the best trial was trained again")
+
+    monkeypatch.setattr(fit_module, "fit", no_training_again)  # the driver's process only
+    path = write_sweep(tmp_path, sampler="grid", space={"optim.tol": {"grid": [1e-5, 1e-4]}})
+    path.write_text(path.read_text().replace("trials: 4\n", ""))
+    result = sweep.run_sweep(path, workers=1, out=tmp_path / "out", progress=False,
+                             plots=False)
+    rows = read_trials(tmp_path / "out")
+    assert rows[0]["best_val_acc"] == rows[1]["best_val_acc"]
+    assert result.best_number == 0
+
+
 def test_the_test_split_is_read_once_after_the_last_trial(tmp_path, monkeypatch):
     data = sweep_data()
     folder = tmp_path / "out"
@@ -491,6 +511,18 @@ def test_ctrl_c_or_sigterm_requeues_the_running_trials(tmp_path, signal_number, 
     assert again.returncode == 0, again.stderr
     study = study_of(folder)
     assert len([t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]) == n
+
+
+def test_the_command_that_resumes_names_only_the_options_given():
+    """--workers 1 is the default: left out, as every option not given; a storage's
+    password is masked."""
+    folder = Path("runs") / "s"
+    assert sweep.resume_command("s.yaml", folder, None, None, None, 1, None) == (
+        f"softmax-sweep s.yaml --out {folder}")
+    assert sweep.resume_command("s.yaml", folder, "postgresql://ann:pw@host/db", "st", 9, 2,
+                                None) == (
+        f"softmax-sweep s.yaml --out {folder} --trials 9 --workers 2 "
+        "--storage postgresql://ann:***@host/db --study st")
 
 
 def test_two_commands_share_one_study_through_a_storage_url(tmp_path):

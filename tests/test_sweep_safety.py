@@ -90,6 +90,30 @@ def test_a_folder_of_other_files_is_refused(tmp_path):
     assert sorted(p.name for p in folder.iterdir()) == ["best.npz", "notes.txt"]
 
 
+@pytest.mark.parametrize("names, message", [
+    (["notes.tmp"], "holds files a sweep did not write (notes.tmp)"),
+    ([".notes.txt.x1.tmp"], "holds files a sweep did not write (.notes.txt.x1.tmp)"),
+    (["a", "b", "c"], "holds files a sweep did not write (a, b, c): "),
+    (["a", "b", "c", "d"], "holds files a sweep did not write (a, b, c, ...): "),
+    (["config.yaml"], "holds a training run (config.yaml)"),
+    ([".trials.csv.x1.tmp", "study.journal"], None)])
+def test_which_folders_a_sweep_takes_for_its_own(tmp_path, names, message):
+    """A temporary file is a sweep's only when it is one of a sweep's files' (a killed
+    atomic_write's); the refusal names the first three files it did not write, and a run's
+    config.yaml alone is a training run's folder."""
+    from softmax_cls.errors import ConfigError
+    from softmax_cls.sweep.folder import check_folder
+
+    for name in names:
+        (tmp_path / name).write_text("")
+    if message is None:
+        check_folder(tmp_path, "sweep", None)
+        return
+    with pytest.raises(ConfigError) as caught:
+        check_folder(tmp_path, "sweep", None)
+    assert message in str(caught.value)
+
+
 @pytest.fixture(scope="module")
 def finished_sweep(tmp_path_factory):
     """A sweep folder of 2 finished trials of `sweep.yaml` (study "sweep")."""
