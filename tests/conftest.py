@@ -12,6 +12,8 @@ from softmax_cls.data.features import load_features
 from softmax_cls.data.labelled import LabelledData
 from softmax_cls.training.runs import train_run
 
+pytest_plugins = ["pytester", "leftover_processes"]
+
 REAL_ARCHIVE = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar-10-binary.tar.gz"
 needs_real_data = pytest.mark.skipif(not REAL_ARCHIVE.is_file(),
                                      reason=f"real CIFAR-10 not present at {REAL_ARCHIVE}")
