@@ -376,8 +376,10 @@ def test_import_without_numba_is_an_import_error():
 
 # The sweeps of sizes around every tile, chunk and block size (test_engines.py), the
 # gathered images and memory-mapped predictions: every compiled entry point, with the
-# minibatch, tile and chunk remainders.
-BOUNDSCHECKED = "(numba and sizes) or test_padding_content or test_predict_scores"
+# minibatch, tile and chunk remainders. Only the numba engine's parameters of test_engines.py:
+# the numpy and torch ones call no compiled code (and torch's would skip without torch).
+BOUNDSCHECKED = ("numba and (sizes or test_predict_scores) or test_padding_content"
+                 " or test_kernels.py and test_predict_scores")
 
 
 @pytest.mark.slow
