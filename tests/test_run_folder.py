@@ -68,6 +68,7 @@ def test_overwrite_refuses_the_users_own_config_yaml_in_the_current_folder(tmp_p
     assert_one_line_error(result, 2, "config.yaml not written by softmax-train")
     assert own.read_text() == config.read_text()
     assert not (tmp_path / "last.npz").exists()
+    assert not (tmp_path / ".lock").exists()  # no run has locked the folder: none left
 
 
 def test_overwrite_never_deletes_through_a_symlinked_out(tmp_path):
@@ -100,6 +101,7 @@ def test_overwrite_refuses_files_no_run_wrote(tmp_path, name, content):
     result = train("--config", str(config), "--out", str(folder), "--overwrite")
     assert_one_line_error(result, 2, f"{name} not written by softmax-train")
     assert folder_bytes(folder) == {name: content}
+    assert [path.name for path in folder.iterdir()] == [name]  # not even a lock file
 
 
 # --- a resumed run writes over only its own run's files ---------------------------------------
@@ -121,6 +123,7 @@ def test_resuming_beside_files_no_run_wrote_is_refused_and_leaves_them(tmp_path)
                           "--out")
     assert folder_bytes(mine) == before
     assert (mine / "history.jsonl").is_symlink()
+    assert not (mine / ".lock").exists()  # a folder no run locked gets no lock file
 
 
 def test_a_link_to_the_resumed_checkpoint_is_a_file_no_run_wrote(tmp_path):

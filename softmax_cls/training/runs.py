@@ -293,6 +293,9 @@ def train_run(config: Config, data: LabelledData | Callable[[], LabelledData], o
     run = None
     with removed_on_error(missing_folders(out_dir)), contextlib.ExitStack() as stack:
         # -- the folder: locked until the end, checked, its files kept to restore on an error
+        if not os.path.lexists(out_dir / ".lock"):
+            # no run has locked it: a refusal leaves no lock file in a folder it did not make
+            _check_folder(out_dir, resume, overwrite)
         _lock_run_folder(stack, out_dir)
         replaced = _check_folder(out_dir, resume, overwrite)
         stack.enter_context(_restored_on_error(out_dir))
