@@ -178,7 +178,7 @@ def test_bad_arguments_are_one_error_line(checkpoint, tmp_path):
                               "-o", out), 1, "checkpoint not found")
     (tmp_path / "fake.npz").write_bytes(b"PK\x03\x04 not really")
     assert_one_line_error(run("softmax-export", str(tmp_path / "fake.npz"), "--format", "npz",
-                              "-o", out), 1, "fake.npz")
+                              "-o", str(tmp_path / "m.npz")), 1, "fake.npz")
     assert_one_line_error(run("softmax-export", str(checkpoint), "--format", "tflite", "-o",
                               out), 2, "tflite")
     line = assert_one_line_error(run("softmax-export", str(checkpoint), "-o", out), 2,
@@ -186,6 +186,22 @@ def test_bad_arguments_are_one_error_line(checkpoint, tmp_path):
     assert "\\" not in line, line  # click's one-per-line list, not escaped newlines and tabs
     assert_one_line_error(run("softmax-export", str(checkpoint), "--format", "npz"), 2, "-o")
     assert sorted(os.listdir(tmp_path)) == ["fake.npz"]
+
+
+def test_an_out_named_for_the_other_format_is_refused(checkpoint, tmp_path):
+    """`--format npz -o model.onnx` wrote an npz named .onnx, which onnxruntime then failed
+    to read; the other way round the same. Other names (no suffix, .bin) are the user's."""
+    for fmt, name, fixed in [("npz", "model.onnx", "model.npz"),
+                             ("onnx", "model.NPZ", "model.onnx")]:
+        result = run("softmax-export", str(checkpoint), "--format", fmt, "-o",
+                     str(tmp_path / name), timeout=60)
+        assert_one_line_error(result, 1, f"{name} names an", f"--format {fmt} writes {fmt}",
+                              f"name it {fixed}")
+    assert os.listdir(tmp_path) == []
+    written = run("softmax-export", str(checkpoint), "--format", "npz", "-o",
+                  str(tmp_path / "model.bin"), timeout=60)
+    assert written.returncode == 0, written.stderr
+    assert "W_raw" in np.load(tmp_path / "model.bin")
 
 
 def test_without_onnx_one_line_names_the_pip_command(checkpoint, tmp_path, monkeypatch):

@@ -132,6 +132,11 @@ def export(checkpoint: str | os.PathLike, fmt: str, out: str | os.PathLike,
         raise InputError(f"{shorten(os.fspath(out))} ends in /, a folder; name the file to "
                          "write")
     out = Path(out)
+    other = next(name for name in FORMATS if name != fmt)
+    if out.suffix.lower() == f".{other}":  # an npz named .onnx: onnxruntime fails on it later
+        raise InputError(f"{shorten(out)} names an {other} file, and --format {fmt} writes "
+                         f"{fmt}: name it {shorten(out.with_suffix('.' + fmt).name, 60)}, or "
+                         f"pass --format {other}")
     if fmt == "onnx":
         require_onnx()  # before the checkpoint is read
     if os.path.lexists(out):
