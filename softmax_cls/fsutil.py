@@ -201,16 +201,32 @@ def missing_folders(folder: Path) -> list[Path]:
 @contextlib.contextmanager
 def removed_on_error(created: list[Path]) -> Iterator[None]:
     """Remove the folders `created` (deepest first) when the block fails and they hold
-    nothing but a folder_lock's lock file: a failed command leaves no folder behind."""
+    nothing but a folder_lock's lock file that no process holds: a failed command leaves no
+    folder behind, and a folder another command made meanwhile and locked is its own."""
     try:
         yield
     except BaseException:
         for folder in created:
             with contextlib.suppress(OSError):
-                if [p.name for p in folder.iterdir()] in ([], [".lock"]):
+                names = [p.name for p in folder.iterdir()]
+                if names == [".lock"] and _held(folder / ".lock"):
+                    continue  # (a command refused as busy removed the holder's new folder)
+                if names in ([], [".lock"]):
                     (folder / ".lock").unlink(missing_ok=True)
                 folder.rmdir()
         raise
+
+
+def _held(lock_path: Path) -> bool:
+    """Whether some process holds the folder_lock of the file `lock_path` now."""
+    fd = os.open(lock_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
 
 
 def _holder(fd: int) -> str:

@@ -363,6 +363,10 @@ def test_a_solve_that_needs_no_iteration_writes_checkpoints_that_load(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "0 iterations" in result.stdout and "(converged)" in result.stdout
     folder = tmp_path / "run"
+    import json
+
+    [row] = [json.loads(line) for line in (folder / "history.jsonl").read_text().splitlines()]
+    assert row["epoch"] == row["iterations"] == 0 and row["val_acc"] is not None
     for name in ("best.npz", "last.npz"):
         evaluated = run("softmax-eval", str(folder / name), "--json", cwd=tmp_path)
         assert evaluated.returncode == 0, evaluated.stderr
@@ -374,8 +378,6 @@ def test_a_solve_that_needs_no_iteration_writes_checkpoints_that_load(tmp_path):
     solved = run("softmax-train", "--resume", str(folder / "last.npz"), "--set",
                  "optim.tol=1e-5", "--quiet", cwd=tmp_path)
     assert solved.returncode == 0, solved.stderr
-    import json
-
     history = [json.loads(line) for line in
                (folder / "history.jsonl").read_text().splitlines()]
     iterations = json.loads((folder / "summary.json").read_text())["iterations"]

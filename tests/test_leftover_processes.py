@@ -40,7 +40,9 @@ import pytest
 
 def start_sleeper(name):
     subprocess.Popen([sys.executable, "sleeper.py", name, "1"])
+    deadline = time.monotonic() + 120  # a sleeper that cannot start fails, never hangs
     while not all(os.path.exists(f"{name}.{level}") for level in (1, 2, 3)):
+        assert time.monotonic() < deadline, f"{name}'s sleepers did not start"
         time.sleep(0.01)
 
 
@@ -72,7 +74,7 @@ def test_a_failed_test_kills_what_it_started_and_a_passed_one_does_not(pytester,
     monkeypatch.setenv("PYTHONPATH", os.path.dirname(__file__))
     pytester.makepyfile(sleeper=SLEEPER, test_inner=INNER)
     result = pytester.runpytest_subprocess("-p", "leftover_processes", "-p", "no:cacheprovider",
-                                           "-n", "0", "test_inner.py")
+                                           "-n", "0", "test_inner.py", timeout=600)
     result.assert_outcomes(passed=1, failed=1)
     failed, passed, shared = ([int((pytester.path / f"{name}.{level}").read_text())
                                for level in (1, 2, 3)]

@@ -104,6 +104,70 @@ def test_overwrite_refuses_files_no_run_wrote(tmp_path, name, content):
     assert [path.name for path in folder.iterdir()] == [name]  # not even a lock file
 
 
+def test_a_run_that_takes_the_folder_between_the_check_and_the_lock_is_not_written_over(
+        tmp_path, monkeypatch):
+    """A folder no run has locked is checked before the lock (a refusal leaves no .lock), so
+    another softmax-train can take it, train and end between that check and the lock. The
+    check under the lock refuses it then: dropping it trained a second run over the first's
+    files, exit 0."""
+    from softmax_cls.config import load_config
+    from softmax_cls.data.features import load_features
+    from softmax_cls.errors import ConfigError
+
+    path = features_config(tmp_path)
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    locking = runs._lock_run_folder
+
+    def other_run_first(stack, out_dir):
+        other = train("--config", str(path), "--out", str(folder))
+        assert other.returncode == 0, other.stderr
+        before.update(folder_bytes(folder))
+        locking(stack, out_dir)
+
+    before: dict[str, bytes] = {}
+    monkeypatch.setattr(runs, "_lock_run_folder", other_run_first)
+    config = load_config(path)
+    with pytest.raises(ConfigError, match="already holds a run"):
+        runs.train_run(config, load_features(config.data, progress=False), folder,
+                       progress=False)
+    assert before and folder_bytes(folder) == before
+
+
+def test_a_run_refused_as_busy_leaves_the_folder_the_other_run_made(tmp_path, monkeypatch):
+    """Two runs on an --out that does not exist: the second found it missing, then the first
+    made it and locked it before the second's lock. The refused second removed 'its' new
+    folder, which held nothing but the first's .lock, from under the first run."""
+    from softmax_cls.config import load_config
+    from softmax_cls.data.features import load_features
+    from softmax_cls.errors import SoftmaxClsError
+
+    path = features_config(tmp_path)
+    folder = tmp_path / "new" / "run"
+    locking, holders = runs._lock_run_folder, []
+
+    def other_run_locks_first(stack, out_dir):
+        assert not folder.exists()  # as the refused run found it
+        holders.append(subprocess.Popen(
+            [sys.executable, "-c", "import sys, time\nfrom softmax_cls.fsutil import "
+             "folder_lock\nwith folder_lock(sys.argv[1], wait=False):\n    print(flush=True)"
+             "\n    time.sleep(60)", str(folder)], stdout=subprocess.PIPE, text=True))
+        holders[0].stdout.readline()  # the other run has made the folder and holds its lock
+        locking(stack, out_dir)
+
+    monkeypatch.setattr(runs, "_lock_run_folder", other_run_locks_first)
+    config = load_config(path)
+    try:
+        with pytest.raises(SoftmaxClsError, match="in use by process"):
+            runs.train_run(config, load_features(config.data, progress=False), folder,
+                           progress=False)
+        assert (folder / ".lock").is_file()
+    finally:
+        for holder in holders:
+            holder.kill()
+            holder.wait()
+
+
 # --- a resumed run writes over only its own run's files ---------------------------------------
 
 def test_resuming_beside_files_no_run_wrote_is_refused_and_leaves_them(tmp_path):

@@ -234,6 +234,10 @@ def assert_refused(result, *needles: str, seconds: float = 20, peak_mb: float = 
     # one row is enough only at epoch 0, for an L-BFGS solve that made no iteration
     (lambda text: set_meta("history", [{"epoch": 0, "iterations": 0}])(
         set_meta("epoch", 3)(text)), "history is not a list of 3 rows"),
+    # ... and a row that is not a solve's (no iterations: 0) is one too many at epoch 0
+    (lambda text: set_meta("history", [{"epoch": 0}])(set_meta("epoch", 0)(set_meta(
+        "best_epoch", 0)(set_meta("epochs_since_best", 0)(text)))),
+     "history is not a list of 0 rows"),
     (set_meta("fingerprint", ["X.npy"]), "fingerprint"),
     (set_meta("format_version", "x" * 100_000), "(100000 characters)"),
     (set_meta("format_version", "3"), "format '3' is not supported (this version reads 2, 3)"),
