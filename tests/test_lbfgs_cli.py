@@ -413,3 +413,31 @@ def test_a_converged_solve_resumed_with_other_augmentation_solves_on():
     assert runs._solved(resume, config()).startswith("converged in 5 iterations")
     assert runs._solved(resume, config(hflip=True)) is None
     assert runs._solved(resume, config(translate=2)) is None
+
+
+def test_a_second_command_on_a_running_path_is_one_error_line_and_solves_nothing(tmp_path):
+    """Two softmax-sweep commands on one regularisation path solved every point twice (24
+    complete trials for a grid of 18): a path is solved by one process, which holds the
+    folder's lock; another command says so and adds no trial."""
+    import os
+
+    from cli_util import assert_one_line_error
+
+    from softmax_cls.fsutil import folder_lock
+
+    pytest.importorskip("optuna")
+    config = features_config(tmp_path)
+    sweep = tmp_path / "path.yaml"
+    sweep.write_text(yaml.safe_dump({"base": config, "sampler": "grid", "space": {
+        "loss.reg": {"grid": [1.0e-1, 1.0e-2, 1.0e-3]}}}))
+    out = tmp_path / "sweep"
+    command = ("softmax-sweep", str(sweep), "--out", str(out), "--no-plots", "--quiet")
+    with folder_lock(out, wait=False):  # the path's process, as far as the second can tell
+        refused = run(*command, cwd=tmp_path)
+    assert_one_line_error(refused, 1, f"--out {out} is in use by process {os.getpid()}",
+                          "regularisation path", "wait for it to end")
+    assert (out / "trials.csv").read_text().splitlines()[1:] == []  # no point solved
+    solved = run(*command, cwd=tmp_path)
+    assert solved.returncode == 0, solved.stderr
+    rows = (out / "trials.csv").read_text().splitlines()[1:]
+    assert [row.split(",")[1] for row in rows] == ["complete"] * 3

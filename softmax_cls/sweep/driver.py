@@ -46,7 +46,14 @@ from ..data import cifar as data_module
 from ..data.fetch import SWEEP_HINTS
 from ..engines import check_device
 from ..errors import ConfigError, DataError, SoftmaxClsError
-from ..fsutil import atomic_write, make_folder, missing_folders, removed_on_error
+from ..fsutil import (
+    FolderBusy,
+    atomic_write,
+    folder_lock,
+    make_folder,
+    missing_folders,
+    removed_on_error,
+)
 from ..interrupts import stop_word_and_code
 from ..text import shorten
 from ..threads import THREAD_VARIABLES
@@ -238,9 +245,16 @@ def _run_sweep(sweep_path, trials, workers, folder: Path, dask, storage, study_n
     write_trials_csv(folder, study, spec)
     stops.check()
     if path:
-        run_path(study, spec, folder, meta, progress, warn=_warn_line)
-        stops.check()
-        return finish_sweep(folder, study, spec, meta, progress, plots)
+        with contextlib.ExitStack() as held:
+            try:  # one process solves a path: a second command on it solved every point again
+                held.enter_context(folder_lock(folder, wait=False))
+            except FolderBusy as exc:
+                raise SoftmaxClsError(f"--out {shorten(folder)} is {exc.strerror}, which "
+                                      "solves this regularisation path one point after "
+                                      "another; wait for it to end") from None
+            run_path(study, spec, folder, meta, progress, warn=_warn_line)
+            stops.check()
+            return finish_sweep(folder, study, spec, meta, progress, plots)
 
     executor, capacity, local = _executor(dask, workers, stops)
     tasks = _TaskMaker(spec, study, url, name, folder / "cache", meta, local)

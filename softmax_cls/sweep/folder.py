@@ -24,7 +24,7 @@ FOLDER_FILE = "study.json"
 # a sweep killed before it wrote FOLDER_FILE, or one of a version that did not write it).
 SWEEP_FILES = frozenset({FOLDER_FILE, "sweep.yaml", "study.journal", "study.journal.flock",
                          "study.journal.lock", "trials.csv", "best.yaml", "best.npz",
-                         "summary.json", "cache", "plots"})
+                         "summary.json", "cache", "plots", ".lock"})  # .lock: a path's
 RUN_ONLY_FILES = ("config.yaml", "history.jsonl", "last.npz")  # what a training run writes
 SHOWN_NAMES = 3
 MAX_FOLDER_FILE_BYTES = 64 << 10
