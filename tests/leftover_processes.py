@@ -64,7 +64,7 @@ def _kill_what_a_failed_test_left_running(request):
     yield
     if request.node.stash.get(FAILED, False):
         running = [process.pid for process in started_in_this_test if process.poll() is None]
-        for pid in descendants(running)[::-1] + running:
+        for pid in running + descendants(running):  # parents first: none restarts a child
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
     started_in_this_test.clear()
