@@ -33,7 +33,7 @@ from .errors import ConfigError, DeviceOutOfMemory
 from .math.optim import learning_rate
 from .math.preprocess import MIN_STD, Preprocessor, Split, pixel_mean_std, split_train_val
 from .math.softmax import PREDICT_CHUNK
-from .text import counted
+from .text import counted, shorten
 from .training.fit import TrainingDiverged, TrainState, fit, initial_state
 
 AUTO_MIN_STEPS = 1000  # epochs="auto": enough epochs for this many SGD steps, at least 5
@@ -57,6 +57,9 @@ _PARAMETER_OF_KEY = {
     "optim.solver": "solver", "optim.tol": "tol", "optim.max_iter": "max_iter",
     "optim.precondition": "precondition",
 }
+# Parameters that take numbers: a string there ("1e-3") is refused, as scikit-learn's
+# estimators refuse it, though the config (YAML's text) takes numeric strings
+_NUMBER_PARAMETERS = ("lr", "reg", "batch_size", "momentum", "patience", "tol", "max_iter")
 
 
 class SoftmaxClassifier(ClassifierMixin, BaseEstimator):
@@ -337,6 +340,10 @@ class SoftmaxClassifier(ClassifierMixin, BaseEstimator):
     def _config(self, seed: int, epochs: int, lr: float, schedule: str,
                 patience: int | None) -> Config:
         """The training Config of these parameters (features: no image augmentation)."""
+        for name in _NUMBER_PARAMETERS:
+            if isinstance(getattr(self, name), str):
+                raise ValueError(f"{name}: must be a number, got the string "
+                                 f"{shorten(getattr(self, name), quote=True)}")
         raw = {
             "seed": seed, "engine": self.engine, "device": self.device,
             "preprocess": {"center": self.standardize,

@@ -75,6 +75,16 @@ def test_l2_penalty_with_and_without_the_bias(engine, reg_bias, has_bias):
     assert_close(actual, expected)
 
 
+def test_weights_whose_squares_overflow_float32_give_the_references_finite_loss(engine):
+    """|W| about 1e20: sum(W * W) overflows float32 (3.4e38) but not float64, so the L2 term
+    is finite (the reference sums it again in float64); no engine may call that divergence."""
+    p = problem(seed=22)
+    p.W *= np.float32(1e21)
+    actual, expected = run_engine(engine, p, reg=1e-3, lr=1e-3)
+    assert np.isfinite(expected[3]) and expected[3] > 1e38  # the penalty itself: past float32
+    assert_close(actual, expected)
+
+
 def test_sample_weights(engine):
     actual, expected = run_engine(engine, problem(seed=6, weighted=True))
     assert_close(actual, expected)

@@ -334,6 +334,8 @@ def test_estimator_trains_exactly_as_the_cli_path(tmp_path):
     ({"device": "tpu"}, "device: must be auto, cpu, cuda or cuda:N"),
     ({"engine": "numba", "device": "cuda"}, "device: cuda needs engine torch"),
     ({"early_stopping": True, "validation_fraction": 1.5}, "validation_fraction"),
+    ({"tol": "1e-3", "solver": "lbfgs"}, "tol: must be a number, got the string '1e-3'"),
+    ({"lr": "0.1"}, "lr: must be a number"), ({"max_iter": "10"}, "max_iter: must be a"),
 ])
 def test_bad_parameters_name_the_parameter(params, match):
     X, y = blobs()

@@ -493,6 +493,15 @@ def test_divergence_from_a_huge_l2_names_both_keys(tmp_path):
     one_line(result, 1, "training diverged", "optim.lr", "loss.reg")
 
 
+def test_divergence_from_huge_initial_weights_names_model_init_std(tmp_path):
+    """Scores of weights drawn at std 5e36 overflow float32 in the first minibatch, before any
+    step: the line blamed optim.lr and loss.reg alone."""
+    config = write_config(tmp_path / "c.yaml")
+    result = train("--config", str(config), "--out", str(tmp_path / "run"), "-q", "--set",
+                   "model.init_std=5e36")
+    one_line(result, 1, "training diverged in epoch 1", "model.init_std = 5e+36")
+
+
 @pytest.fixture
 def small_tmpfs(tmp_path):
     mount = tmp_path / "small"

@@ -352,6 +352,29 @@ def test_a_reg_paths_best_point_is_the_path_solution_not_solved_again(tmp_path):
     assert meta["history"][-1]["val_acc"] == float(best.split(",")[3])
 
 
+def test_a_sweeps_unconverged_trials_and_their_best_solved_again_warn_in_one_line(tmp_path):
+    """A sweep of L-BFGS trials (not a reg path) that stop at optim.max_iter printed each
+    trial's warning as a raw Python warning from its worker (file, line, source), and so did
+    the best trial solved again at the end (best.npz lost). Each is one line naming its trial."""
+    pytest.importorskip("optuna")
+    config = features_config(tmp_path, optim={"solver": "lbfgs", "max_iter": 2, "tol": 1e-9})
+    sweep = tmp_path / "tols.yaml"
+    sweep.write_text(yaml.safe_dump({"base": config, "sampler": "grid", "space": {
+        "optim.tol": {"grid": [1.0e-9, 1.0e-10]}}}))
+
+    def warnings_of(result) -> list[str]:
+        assert result.returncode == 0, result.stderr
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert all(line.startswith("warning: trial ") for line in lines), result.stderr
+        return sorted(line.split(":")[1] for line in lines)
+
+    command = ("softmax-sweep", str(sweep), "--out", str(tmp_path / "sweep"), "--no-plots",
+               "--quiet")
+    assert warnings_of(run(*command, cwd=tmp_path)) == [" trial 0", " trial 1"]
+    (tmp_path / "sweep" / "best.npz").unlink()
+    assert warnings_of(run(*command, cwd=tmp_path)) == [" trial 0"]  # the best, solved again
+
+
 def test_a_solve_that_needs_no_iteration_writes_checkpoints_that_load(tmp_path):
     """optim.tol above the gradient at zero weights: L-BFGS makes no iteration. The run
     ended 0 but wrote a history of one row (the solution's, epoch 0) beside epoch 0, so

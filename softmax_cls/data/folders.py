@@ -49,7 +49,7 @@ from ..config import DataConfig
 from ..errors import DataError, UnreadableImage
 from ..fsutil import _umask, md5_hash, open_regular, read_capped
 from ..npy_header import read_npy_header
-from ..text import shorten
+from ..text import print_warning, shorten
 from .datasets import IMAGE_BYTES
 from .images import IMAGE_SIZE, IMAGE_SUFFIXES, read_image, require_pillow
 from .labelled import LabelledData
@@ -230,9 +230,9 @@ def read_folder(scan: FolderScan, data_root: str | os.PathLike, strict: bool = F
         shown = "; ".join(f"{shorten(rel, 80)} ({reason})"
                           for rel, reason in found.skipped_first[:SHOWN_SKIPS])
         more = found.skipped_count - min(SHOWN_SKIPS, len(found.skipped_first))
-        print(f"warning: data.{scan.role}: skipped {found.skipped_count} of {total} files in "
-              f"{shorten(scan.given)}: {shown}{f'; and {more} more' if more else ''} "
-              "(data.strict=true refuses them)", file=sys.stderr)
+        print_warning(f"data.{scan.role}: skipped {found.skipped_count} of {total} files in "
+                      f"{shorten(scan.given)}: {shown}{f'; and {more} more' if more else ''} "
+                      "(data.strict=true refuses them)")
     return found
 
 

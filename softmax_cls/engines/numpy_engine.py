@@ -10,6 +10,7 @@ takes the loss and the gradient with respect to the folded weights, unfolds it
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -80,12 +81,16 @@ def _step_loss_and_grad(W: np.ndarray, raw: np.ndarray, labels: np.ndarray,
     penalty = 0.0
     if rule.reg:
         flat = W.ravel()  # W is C-contiguous: BLAS dot, then the bias column taken out
-        squares = float(np.dot(flat, flat))
+        with np.errstate(over="ignore", invalid="ignore"):
+            squares = float(np.dot(flat, flat))
+            if not rule.penalise_last:
+                squares -= float(np.dot(W[:, P], W[:, P]))
+        if not math.isfinite(squares):  # past float32's range: the reference's float64 sum
+            squares = softmax.penalised_squares(W, rule.penalise_last)
         two_reg = W.dtype.type(2 * rule.reg)
         if rule.penalise_last:
             grad += two_reg * W
         else:  # then W's last column is the bias column: W[:, :P] the pixel columns
-            squares -= float(np.dot(W[:, P], W[:, P]))
             np.multiply(W[:, :P], two_reg, out=buffers.scratch)
             grad[:, :P] += buffers.scratch
         penalty = rule.reg * squares

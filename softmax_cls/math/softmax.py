@@ -76,6 +76,19 @@ def penalises_last_column(has_bias: bool, reg_bias: bool) -> bool:
     return reg_bias or not has_bias
 
 
+def penalised_squares(W: np.ndarray, penalise_last: bool = False) -> float:
+    """sum(W * W) over the penalised columns of W (C, D) (all but the last unless
+    penalise_last), float: summed in W's dtype by BLAS, and again in float64 when that
+    overflows (a finite float32 W whose squares pass 3.4e38 has a finite penalty)."""
+    penalised = W if penalise_last else W[:, :-1]
+    with np.errstate(over="ignore"):
+        value = float(np.vdot(penalised, penalised))
+    if not math.isfinite(value):
+        wide = penalised.astype(np.float64)
+        value = float(np.vdot(wide, wide))
+    return value
+
+
 def l2_penalty(W: np.ndarray, reg: float, penalise_last: bool = False
                ) -> tuple[float, np.ndarray]:
     """reg * sum(W * W) over the penalised columns of W (C, D), and its gradient 2 reg W there
@@ -83,11 +96,7 @@ def l2_penalty(W: np.ndarray, reg: float, penalise_last: bool = False
     penalise_last (penalises_last_column). The value is summed in W's dtype by BLAS, and
     again in float64 when that overflows."""
     penalised = W if penalise_last else W[:, :-1]
-    with np.errstate(over="ignore"):
-        value = float(np.vdot(penalised, penalised))
-    if not math.isfinite(value):  # a float32 overflow of a finite W: sum again in float64
-        wide = penalised.astype(np.float64)
-        value = float(np.vdot(wide, wide))
+    value = penalised_squares(W, penalise_last)
     grad = np.zeros_like(W)
     np.multiply(penalised, 2 * reg, out=grad if penalise_last else grad[:, :-1])
     return value * reg, grad

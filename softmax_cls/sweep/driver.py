@@ -55,7 +55,7 @@ from ..fsutil import (
     removed_on_error,
 )
 from ..interrupts import stop_word_and_code
-from ..text import shorten
+from ..text import print_warning, shorten
 from ..threads import THREAD_VARIABLES
 from .folder import check_folder, mark_folder
 from .path import is_reg_path, run_path
@@ -252,7 +252,7 @@ def _run_sweep(sweep_path, trials, workers, folder: Path, dask, storage, study_n
                 raise SoftmaxClsError(f"--out {shorten(folder)} is {exc.strerror}, which "
                                       "solves this regularisation path one point after "
                                       "another; wait for it to end") from None
-            run_path(study, spec, folder, meta, progress, warn=_warn_line)
+            run_path(study, spec, folder, meta, progress, warn=print_warning)
             stops.check()
             return finish_sweep(folder, study, spec, meta, progress, plots)
 
@@ -327,13 +327,6 @@ def _compile_before_workers(config: Config, cache_dir: Path) -> None:
         prepare_full(data.rows.dtype, n_classes)
     else:
         engine.prepare(data.rows.dtype)
-
-
-def _warn_line(line: str) -> None:
-    """A warning of a path's solve (L-BFGS not converged) as one line on stderr."""
-    import sys
-
-    print(f"warning: {line}", file=sys.stderr, flush=True)
 
 
 def _executor(dask: str | None, workers: int, stops: StopSignals):
@@ -510,6 +503,8 @@ def _tell(study, trial, task: TrialTask, future: cf.Future, folder: Path, meta: 
         outcome = TrialOutcome(trial.number, "failed", error=f"{type(exc).__name__}: {exc}")
     if trial.storage.get_trial(trial._trial_id).state.is_finished():
         return  # another command took it for interrupted and re-queued it: its copy counts
+    if outcome.warning is not None:
+        print_warning(f"trial {trial.number}: {outcome.warning}")
     for key, value in (("best_epoch", outcome.best_epoch), ("epochs", outcome.epochs),
                        ("worker_pid", outcome.worker_pid),
                        ("threads", outcome.env.get("OPENBLAS_NUM_THREADS")),

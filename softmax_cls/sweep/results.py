@@ -32,6 +32,7 @@ from ..config import MAX_CONFIG_BYTES, Config, config_from_dict, config_to_yaml,
 from ..errors import DataError, SoftmaxClsError
 from ..fsutil import atomic_write, read_text_file, require_file
 from ..text import counted as counted_words
+from ..text import print_warning
 from .spec import SweepSpec, set_dotted, trial_raw_config
 from .study import counted, state_name, stored_study
 
@@ -333,7 +334,8 @@ def best_checkpoint(folder: Path, study, spec: SweepSpec, meta: dict, best) -> P
     config = config_from_dict(raw)
     data = open_cache(folder / "cache")
     split, pre = split_and_fit(config, data.rows, data.labels)
-    state = fit(config, data.rows, data.labels, split, pre, len(data.class_names)).state
+    state = fit(config, data.rows, data.labels, split, pre, len(data.class_names),
+                warn=lambda line: print_warning(f"trial {best.number}: {line}")).state
     outcome = TrialOutcome(best.number, "complete", train_state=state, pre=pre,
                            val_rows=split.val_rows)
     save_trial_checkpoint(path, outcome, raw, meta)

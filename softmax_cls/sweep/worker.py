@@ -69,7 +69,8 @@ class TrialTask:
 class TrialOutcome:
     """state: "complete", "pruned" or "failed". val_accs: the val accuracy of each epoch run.
     For a complete trial, `train_state`, `pre` and `val_rows` hold its final TrainState and
-    the statistics and validation rows it trained with, for its checkpoint."""
+    the statistics and validation rows it trained with, for its checkpoint. `warning`: the
+    one line of a solve that stopped short of optim.tol (the driver prints it)."""
 
     number: int
     state: str
@@ -79,6 +80,7 @@ class TrialOutcome:
     epochs: int = 0
     seconds: float = 0.0
     error: str | None = None
+    warning: str | None = None
     train_state: TrainState | None = None
     pre: Preprocessor | None = None
     val_rows: np.ndarray | None = None
@@ -250,7 +252,7 @@ def run_trial(task: TrialTask) -> TrialOutcome:
 
     try:
         result = fit(config, data.rows, data.labels, split, pre, len(data.class_names),
-                     on_epoch=on_epoch)
+                     on_epoch=on_epoch, warn=lambda line: setattr(outcome, "warning", line))
         state = result.state
         outcome.state, outcome.train_state = "complete", state
         outcome.pre, outcome.val_rows = pre, split.val_rows

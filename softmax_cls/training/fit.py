@@ -208,6 +208,12 @@ def fit(
                 stopped_early = True
                 break
     except softmax.NonFiniteError as exc:
+        # initial weights past the features' own scale can overflow the scores before any step
+        if state.epoch == 0 and config.model.init_std > 1:
+            raise TrainingDiverged(
+                f"training diverged in epoch 1 ({exc}) from initial weights of model.init_std "
+                f"= {config.model.init_std:g}: lower model.init_std (default 1e-4), or the "
+                f"learning rate optim.lr = {optim.lr:g} or loss.reg = {loss_cfg.reg:g}") from None
         raise TrainingDiverged(
             f"training diverged in epoch {state.epoch + 1} ({exc}) with optim.lr = "
             f"{optim.lr:g} and loss.reg = {loss_cfg.reg:g}: lower the learning rate (e.g. "

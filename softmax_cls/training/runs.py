@@ -17,7 +17,6 @@ import dataclasses
 import json
 import os
 import shutil
-import sys
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -49,7 +48,7 @@ from ..fsutil import (
 from ..interrupts import stop_word_and_code
 from ..math.preprocess import Preprocessor, Split, split_and_fit
 from ..math.softmax import softmax_loss_from_scores
-from ..text import counted
+from ..text import counted, print_warning
 from .checkpoint import (
     Checkpoint,
     check_matches,
@@ -326,7 +325,7 @@ def train_run(config: Config, data: LabelledData | Callable[[], LabelledData], o
             # -- training: a checkpoint after every epoch
             fitted = fit(config, data.train_images, data.train_labels, split, pre,
                          len(data.class_names), state=run.state, on_epoch=run.on_epoch,
-                         progress=progress, engine=engine, warn=_warn_line)
+                         progress=progress, engine=engine, warn=print_warning)
 
             # -- the final evaluation: the best weights, scored once on the test split (the
             # training rows freed first when no one else holds them), else on the val rows
@@ -355,11 +354,6 @@ def train_run(config: Config, data: LabelledData | Callable[[], LabelledData], o
             raise _interrupted(exc, run, resume) from None
     return RunResult(config, state, out_dir, test_loss, test_acc, fitted.stopped_early, pre,
                      data.class_names, scored, fitted.solver)
-
-
-def _warn_line(line: str) -> None:
-    """A warning of the run (L-BFGS not converged) as one line on stderr."""
-    print(f"warning: {line}", file=sys.stderr)
 
 
 def _interrupted(exc: KeyboardInterrupt, run: _Run | None, resume: Checkpoint | None
