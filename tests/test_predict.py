@@ -743,26 +743,34 @@ def test_each_batch_counts_its_files_not_its_rows(probe, tmp_path):
 
 def test_feature_files_of_an_upper_case_suffix_are_read(probe, tmp_path):
     """A folder's files are taken whatever the case of their suffix (A_X.NPY): they were
-    then refused, 'a feature file must be .npz (holding X) or .npy'; named, too."""
+    then refused, 'a feature file must be .npz (holding X) or .npy'; named, too. The table
+    is as wide as the longest row name, told from the headers before the first batch."""
     folder = tmp_path / "upper"
     folder.mkdir()
     np.save(folder / "a_X.npy", probe["new"])
     (folder / "a_X.npy").rename(folder / "A_X.NPY")
     np.savez(folder / "b.npz", X=probe["new"])
-    (folder / "b.npz").rename(folder / "B.NPZ")
+    (folder / "b.npz").rename(folder / "B_LONGER.NPZ")
     np.save(tmp_path / "c_X.npy", probe["new"])
     expected = run("softmax-predict", str(probe["checkpoint"]), str(tmp_path / "c_X.npy"),
                    "--json")
     assert expected.returncode == 0, expected.stderr
     classes = [json.loads(line)["top_k"] for line in expected.stdout.splitlines()]
-    for args in ([str(folder)], [str(folder / "A_X.NPY"), str(folder / "B.NPZ")]):
+    for args in ([str(folder)], [str(folder / "A_X.NPY"), str(folder / "B_LONGER.NPZ")]):
         result = run("softmax-predict", str(probe["checkpoint"]), *args, "--json")
         assert result.returncode == 0, result.stderr
         lines = [json.loads(line) for line in result.stdout.splitlines()]
         assert [line["input"] for line in lines] == (
             [f"{folder / 'A_X.NPY'}[{i}]" for i in range(4)]
-            + [f"{folder / 'B.NPZ'}[{i}]" for i in range(4)])
+            + [f"{folder / 'B_LONGER.NPZ'}[{i}]" for i in range(4)])
         assert [line["top_k"] for line in lines] == classes * 2
+    table = run("softmax-predict", str(probe["checkpoint"]), str(folder), "--batch-size", "1",
+                "--top-k", "1", "--quiet")
+    assert table.returncode == 0, table.stderr
+    header, *rows = table.stdout.splitlines()
+    assert len(rows) == 8
+    for row in rows:
+        assert row.index(row.split()[1], len(row.split()[0])) == header.index("top 1"), row
 
 
 def test_names_shorter_than_the_header_stay_aligned_under_it():
