@@ -176,3 +176,18 @@ def test_the_strip_way_matches_resize_then_crop_within_one_step(monkeypatch):
     monkeypatch.setattr(images, "MAX_RESIZED_PIXELS", 0)
     for picture, expected in zip(pictures, usual, strict=True):
         assert np.abs(np.asarray(images.to_square(picture), dtype=int) - expected).max() <= 1
+
+
+def test_the_resize_and_crop_boxes_are_torchvisions(tmp_path):
+    """Resize(32) + CenterCrop(32) as torchvision computes them, by hand: 110 x 60 becomes
+    int(110 * 32 / 60) = 58 x 32 (truncated, not 59) cropped from column
+    int(round((58 - 32) / 2)) = 13; 35 x 32 is not resized, its crop starts at
+    int(round(1.5)) = 2 (not 1)."""
+    rng = np.random.default_rng(3)
+    wide = rng.integers(0, 256, (60, 110, 3), np.uint8)
+    Image.fromarray(wide).save(tmp_path / "wide.png")
+    resized = np.asarray(Image.fromarray(wide).resize((58, 32), Image.BILINEAR))
+    assert (images.read_image(tmp_path / "wide.png") == resized[:, 13:45]).all()
+    narrow = rng.integers(0, 256, (32, 35, 3), np.uint8)
+    Image.fromarray(narrow).save(tmp_path / "narrow.png")
+    assert (images.read_image(tmp_path / "narrow.png") == narrow[:, 2:34]).all()

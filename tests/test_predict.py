@@ -14,6 +14,7 @@ import struct
 import subprocess
 import sys
 import threading
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -679,3 +680,118 @@ def test_skip_unreadable_names_as_many_as_its_help_says(trained, tmp_path):
                .read_text().splitlines() if line.startswith("| `--skip-unreadable`"))
     words = {"two": 2, "three": 3, "four": 4, "five": 5}
     assert words[re.search(r"name the first (\w+)", row).group(1)] == SKIPPED_NAMED, row
+
+
+# -- found by the mutation pass of 2026-12-07
+
+
+def test_integer_feature_rows_are_scored_as_their_values(probe, tmp_path):
+    """Feature rows of integers (counts, say) are real numbers, in Python and in a file."""
+    with np.load(probe["checkpoint"]) as arrays:
+        W, mean, scale = arrays["W"].astype(np.float64), arrays["pre_mean"], arrays["pre_scale"]
+    counts = np.rint(np.abs(probe["new"]))
+    expected = (((counts - mean) * scale) @ W[:, :-1].T + W[:, -1]).argmax(axis=1)
+    model = Model.load(probe["checkpoint"])
+    for dtype in (np.uint8, np.int32):
+        assert model.predict(counts.astype(dtype)).tolist() == expected.tolist(), dtype
+    np.save(tmp_path / "counts_X.npy", counts.astype(np.uint16))
+    result = run("softmax-predict", str(probe["checkpoint"]), str(tmp_path / "counts_X.npy"),
+                 "--json", "--top-k", "1")
+    assert result.returncode == 0, result.stderr
+    assert [json.loads(line)["top_k"][0]["index"]
+            for line in result.stdout.splitlines()] == expected.tolist()
+
+
+def test_a_feature_row_that_is_not_finite_is_named_by_its_row(probe):
+    rows = np.ones((4, 12), np.float32)
+    rows[2, 7] = np.nan
+    with pytest.raises(InputError, match=r"^feature row 2 holds NaN or inf"):
+        Model.load(probe["checkpoint"]).predict(rows)
+
+
+def test_pil_images_of_any_size_and_mode_are_resized_and_made_rgb(trained):
+    """A PIL image is read as a file is: a 64 x 48 flat colour is that colour in every
+    plane, a grey one is grey in R, G and B."""
+    model = Model.load(trained["checkpoint"])
+    flat = model.rows(Image.new("RGB", (64, 48), (12, 34, 56)))
+    assert flat.dtype == np.uint8
+    assert flat.tolist() == [[12] * 1024 + [34] * 1024 + [56] * 1024]
+    grey = np.arange(32 * 32, dtype=np.uint32).reshape(32, 32) % 251
+    rows = model.rows(Image.fromarray(grey.astype(np.uint8), "L"))
+    assert rows.tolist() == [grey.ravel().tolist() * 3]
+
+
+def test_no_inputs_are_no_rows_of_pixels(trained):
+    rows = Model.load(trained["checkpoint"]).rows([])
+    assert rows.shape == (0, 3072) and rows.dtype == np.uint8
+
+
+def test_each_batch_counts_its_files_not_its_rows(probe, tmp_path):
+    """The progress bar counts files: a batch of feature files of 4 rows each, or of a
+    skipped file, moves it by its files."""
+    from softmax_cls.inference.files import predict_files
+
+    np.save(tmp_path / "a_X.npy", probe["new"])
+    np.save(tmp_path / "b_X.npy", probe["new"])
+    (tmp_path / "c_X.npy").write_bytes(b"not an array")
+    files = [tmp_path / "a_X.npy", tmp_path / "b_X.npy", tmp_path / "c_X.npy"]
+    batches = list(predict_files(Model.load(probe["checkpoint"]), files, 1, 2,
+                                 skip_unreadable=True))
+    assert [len(batch.names) for batch in batches] == [8, 0]
+    assert [batch.n_files for batch in batches] == [2, 1]
+
+
+def test_feature_files_of_an_upper_case_suffix_are_read(probe, tmp_path):
+    """A folder's files are taken whatever the case of their suffix (A_X.NPY): they were
+    then refused, 'a feature file must be .npz (holding X) or .npy'; named, too. The table
+    is as wide as the longest row name, told from the headers before the first batch."""
+    folder = tmp_path / "upper"
+    folder.mkdir()
+    np.save(folder / "a_X.npy", probe["new"])
+    (folder / "a_X.npy").rename(folder / "A_X.NPY")
+    np.savez(folder / "b.npz", X=probe["new"])
+    (folder / "b.npz").rename(folder / "B_LONGER.NPZ")
+    np.save(tmp_path / "c_X.npy", probe["new"])
+    expected = run("softmax-predict", str(probe["checkpoint"]), str(tmp_path / "c_X.npy"),
+                   "--json")
+    assert expected.returncode == 0, expected.stderr
+    classes = [json.loads(line)["top_k"] for line in expected.stdout.splitlines()]
+    for args in ([str(folder)], [str(folder / "A_X.NPY"), str(folder / "B_LONGER.NPZ")]):
+        result = run("softmax-predict", str(probe["checkpoint"]), *args, "--json")
+        assert result.returncode == 0, result.stderr
+        lines = [json.loads(line) for line in result.stdout.splitlines()]
+        assert [line["input"] for line in lines] == (
+            [f"{folder / 'A_X.NPY'}[{i}]" for i in range(4)]
+            + [f"{folder / 'B_LONGER.NPZ'}[{i}]" for i in range(4)])
+        assert [line["top_k"] for line in lines] == classes * 2
+    table = run("softmax-predict", str(probe["checkpoint"]), str(folder), "--batch-size", "1",
+                "--top-k", "1", "--quiet")
+    assert table.returncode == 0, table.stderr
+    header, *rows = table.stdout.splitlines()
+    assert len(rows) == 8
+    for row in rows:
+        assert row.index(row.split()[1], len(row.split()[0])) == header.index("top 1"), row
+
+
+def test_names_shorter_than_the_header_stay_aligned_under_it():
+    """A file named `.png` (4 characters) is shorter than the header's `input`."""
+    table = Table(("cat", "dog"), 1, len(".png"))
+    (row,) = table.lines(Predictions([".png"], np.array([[1]]), np.array([[0.75]], np.float32)))
+    assert row.index("dog") == table.header().index("top 1")
+
+
+def test_a_png_broken_between_its_chunks_is_one_error_line(trained, tmp_path):
+    """Pillow raises SyntaxError ('broken PNG file') for a chunk header of garbage after the
+    first IDAT, found only as the pixels are read."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (struct.pack(">I", len(body)) + kind + body
+                + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF))
+
+    pixels = zlib.compress(b"".join(b"\x00" + bytes(range(120)) for _ in range(40)))
+    (tmp_path / "broken.png").write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 40, 40, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", pixels[: len(pixels) // 2]) + b"\x00\x00\x00\x10\x01\x02\x03\x04"
+        + b"x" * 20)
+    result = run("softmax-predict", str(trained["checkpoint"]), str(tmp_path / "broken.png"))
+    assert_one_line_error(result, 1, f"cannot read {tmp_path / 'broken.png'}: cannot be "
+                          "decoded (SyntaxError)")

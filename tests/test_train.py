@@ -323,3 +323,22 @@ def test_short_default_run_on_real_cifar10(tmp_path):
     result = train(config, runs.load_config_data(config.data, progress=False), tmp_path / "run",
                    progress=False)
     assert result.test_acc >= 0.35
+
+
+def test_val_rows_past_the_data_and_an_unknown_split_are_data_errors():
+    """Rows 0-3 of a checkpoint's val_rows against data of 3 training rows: row 3 is one
+    past the end (an IndexError when the bound was off by one); a split not in SPLITS was
+    the train split."""
+    from types import SimpleNamespace
+
+    from softmax_cls.training.evaluate import split_arrays
+
+    data = separable_data(n_train=3, n_test=2)
+    checkpoint = SimpleNamespace(val_rows=np.array([0, 3]), path="run/best.npz")
+    with pytest.raises(DataError, match="val_rows reach row 3, the data has 3 training rows"):
+        split_arrays(checkpoint, data, "val")
+    checkpoint.val_rows = np.array([0, 2])
+    images, labels = split_arrays(checkpoint, data, "val")
+    assert labels.tolist() == data.train_labels[[0, 2]].tolist()
+    with pytest.raises(DataError, match="unknown split 'tset'"):
+        split_arrays(checkpoint, data, "tset")

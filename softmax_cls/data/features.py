@@ -167,9 +167,10 @@ def read_feature_rows(path: str | Path) -> np.ndarray:
     naming the file."""
     path = Path(path)
     require_file(path, f"feature file not found: {path}", str(path))
-    if path.suffix == ".npz":
+    suffix = path.suffix.lower()  # softmax-predict takes a folder's A.NPZ as its a.npz
+    if suffix == ".npz":
         X = _npz_headers(path, need_y=False)[0]
-    elif path.suffix == ".npy":
+    elif suffix == ".npy":
         X = _file_header(path, "X")
     else:
         raise DataError(f"{path}: a feature file must be .npz (holding X) or .npy")
@@ -185,7 +186,7 @@ def feature_file_rows(path: str | Path) -> int | None:
     if not path.is_file():
         return None
     try:
-        X = (_npz_headers(path, need_y=False)[0] if path.suffix == ".npz"
+        X = (_npz_headers(path, need_y=False)[0] if path.suffix.lower() == ".npz"
              else _file_header(path, "X"))
     except (DataError, OSError):
         return None
