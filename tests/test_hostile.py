@@ -90,6 +90,8 @@ def run_measured(name: str, *args: str, cwd: Path | None = None, timeout: float 
         rss_file = Path(scratch) / "maxrss"
         argv = [sys.executable, "-c", MEASURE, str(rss_file), script(name), *args]
         result = finish(start(argv, cwd, without_root_powers), timeout)
+        if not rss_file.exists():  # the timer killed the measuring parent
+            raise AssertionError(f"{name} {' '.join(args)}: killed after {timeout:g} s")
         result.peak_mb = int(rss_file.read_text()) / 1024
     return result
 
