@@ -16,6 +16,7 @@ from softmax_cls.config import (
     config_to_dict,
     config_to_yaml,
     load_config,
+    parse_yaml,
 )
 from softmax_cls.errors import ConfigError
 from softmax_cls.math.preprocess import split_and_fit
@@ -219,3 +220,55 @@ def test_default_yaml_keeps_its_effective_values():
     assert config.data.val_size == 5000 and type(config.data.val_size) is int
     text = config_to_yaml(config)
     assert "  hflip: true\n  translate: 1\n" in text and "  val_size: 5000\n" in text
+
+
+# Each end of a range as docs/configuration.md's table of keys writes it: `[a, b]` includes
+# both ends, `(a, b]` excludes a; None: accepted, else the error's text.
+FOLDER = ["data.dataset=folder", "data.train=images"]
+RANGE_ENDS = [
+    (["optim.averaging.decay=0"], None),
+    (["optim.averaging.decay=1"], "optim.averaging.decay: must be < 1, got 1"),
+    (["optim.schedule.gamma=1"], None),
+    (["optim.schedule.gamma=0"], "optim.schedule.gamma: must be > 0, got 0"),
+    (["optim.momentum=0"], None),
+    (["optim.momentum=0.999"], None),
+    (["optim.averaging.start=0"], None),
+    (["optim.averaging.start=1"], None),
+    (["augment.translate=8"], None),
+    (["augment.translate=9"], "augment.translate: must be <= 8, got 9"),
+    (["model.init_std=0"], None),
+    (["optim.lr=0"], "optim.lr: must be > 0, got 0"),
+    ([*FOLDER, "data.test_fraction=0"], None),
+    ([*FOLDER, "data.test_fraction=1"], "data.test_fraction: must be < 1, got 1"),
+    # "at most optim.lr for cosine": min_lr equal to lr is allowed
+    (["optim.schedule.name=cosine", "optim.lr=0.05", "optim.schedule.min_lr=0.05"], None),
+    (["optim.schedule.name=cosine", "optim.lr=0.05", "optim.schedule.min_lr=0.0501"],
+     "optim.schedule.min_lr: must be <= optim.lr (0.05) for the cosine schedule"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "error"), RANGE_ENDS)
+def test_each_end_of_a_documented_range_is_included_or_excluded_as_written(overrides, error):
+    if error is None:
+        load_config(None, overrides)
+    else:
+        with pytest.raises(ConfigError, match="^" + re.escape(error)):
+            load_config(None, overrides)
+
+
+def test_an_excluded_end_through_the_console_script(tmp_path):
+    result = run("softmax-train", "--config", str(CONFIGS / "quick.yaml"), "--set",
+                 "optim.averaging.decay=1", cwd=tmp_path)
+    assert_one_line_error(result, 2, "optim.averaging.decay: must be < 1, got 1")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("levels", "refused"), [(20, False), (21, True)])
+def test_yaml_nests_at_most_20_levels(levels, refused):
+    """configuration.md: at most 20 levels (a scalar inside 19 mappings is 20 levels)."""
+    text = "{a: " * (levels - 1) + "1" + "}" * (levels - 1)
+    if refused:
+        with pytest.raises(ConfigError, match="nested more than 20 levels deep"):
+            parse_yaml(text, "c.yaml")
+    else:
+        assert parse_yaml(text, "c.yaml") is not None

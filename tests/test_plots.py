@@ -623,6 +623,15 @@ def test_sweep_table_reads_the_trials(tmp_path):
     assert table.number[table.best_trial] == 5
 
 
+def test_a_tie_for_the_best_val_accuracy_is_the_first_trials(tmp_path):
+    """As optuna's best trial: of complete trials with the top val accuracy, the one of the
+    lowest number (rows are read in file order, not number order)."""
+    folder = write_sweep(tmp_path / "sweep")
+    (folder / "trials.csv").write_text(TRIALS_CSV.replace(",0.41,3,3,2.1", ",0.42,3,3,2.1"))
+    table = plots.sweep_table(folder)
+    assert table.number[table.best_trial] == 2
+    assert table.best_so_far.tolist()[:3] == [0.38, 0.38, 0.42]
+
 def test_without_importances_the_first_two_keys_of_the_space(tmp_path):
     table = plots.sweep_table(write_sweep(tmp_path / "sweep"))
     assert table.axes == ("optim.lr", "loss.reg")

@@ -8,6 +8,7 @@ import dataclasses
 import itertools
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -27,7 +28,8 @@ from softmax_cls.errors import ConfigError, SoftmaxClsError
 from softmax_cls.math.preprocess import split_and_fit
 from softmax_cls.sweep import driver as sweep
 from softmax_cls.sweep import study as sweep_study
-from softmax_cls.sweep.spec import load_sweep, trial_raw_config
+from softmax_cls.sweep.results import write_trials_csv
+from softmax_cls.sweep.spec import grid_points, load_sweep, suggest, trial_raw_config
 from softmax_cls.sweep.worker import TrialOutcome
 from softmax_cls.training.fit import fit
 
@@ -183,6 +185,84 @@ def test_the_repository_sweep_file_is_valid():
     assert not (root / "scripts" / "tune.py").exists()
 
 
+# docs/sweeps.md: "any config key but data.{dataset,root,format,labels,url,archive,download,
+# train,test,test_fraction,strict} and output.*"
+FIXED = [*(f"data.{k}" for k in ("dataset", "root", "format", "labels", "url", "archive",
+                                  "download", "train", "test", "test_fraction", "strict")),
+         "output.dir", "output.plots"]
+
+
+@pytest.mark.parametrize("key", FIXED)
+def test_the_keys_of_the_data_and_the_output_cannot_vary(tmp_path, key):
+    path = tmp_path / "s.yaml"
+    path.write_text(f"trials: 2\nspace: {{{key}: {{choice: [a, b]}}}}\n")
+    with pytest.raises(ConfigError, match=f"space: {re.escape(key)}: cannot vary"):
+        load_sweep(path)
+
+
+def test_both_ends_of_a_range_are_checked_by_the_schema(tmp_path):
+    """sweeps.md: a value the config schema rejects, each end of a range, is an error."""
+    for spec, error in (("{uniform: [0.5, 2]}", "optim.momentum: must be <= 0.999, got 2"),
+                        ("{uniform: [-1, 0.5]}", "optim.momentum: must be >= 0, got -1")):
+        path = tmp_path / "s.yaml"
+        path.write_text(f"trials: 2\nspace: {{optim.momentum: {spec}}}\n")
+        result = run("softmax-sweep", str(path), "--out", str(tmp_path / "out"), timeout=60)
+        assert_one_line_error(result, 2, "s.yaml", error)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_grid_of_exactly_the_cap_is_accepted(tmp_path):
+    """At most MAX_GRID_POINTS (10000) points: 100 x 100 is a grid, 100 x 101 is not."""
+    path = tmp_path / "g.yaml"
+    for sizes, trials in (((100, 100), 10_000), ((100, 101), None)):
+        path.write_text(yaml.safe_dump({"sampler": "grid", "space": {
+            "seed": {"grid": list(range(sizes[0]))},
+            "optim.epochs": {"grid": list(range(1, sizes[1] + 1))}}}))
+        if trials is None:
+            with pytest.raises(ConfigError, match="a grid of 10100 points"):
+                load_sweep(path)
+        else:
+            assert load_sweep(path).trials == trials
+
+
+def test_a_base_beside_the_sweep_file_comes_before_configs(tmp_path, monkeypatch):
+    """sweeps.md: base: a config file, beside the sweep file or in configs/."""
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "b.yaml").write_text("optim: {epochs: 2}\n")
+    (tmp_path / "sweeps").mkdir()
+    (tmp_path / "sweeps" / "b.yaml").write_text("optim: {epochs: 3}\n")
+    path = tmp_path / "sweeps" / "s.yaml"
+    path.write_text("base: b.yaml\ntrials: 2\nspace: {optim.lr: {uniform: [0.1, 0.2]}}\n")
+    monkeypatch.chdir(tmp_path)
+    assert load_sweep(path).base_config.optim.epochs == 3
+    (tmp_path / "sweeps" / "b.yaml").unlink()
+    assert load_sweep(path).base_config.optim.epochs == 2
+
+
+def test_grid_points_come_with_the_last_key_varying_fastest(tmp_path):
+    path = write_sweep(tmp_path, sampler="grid", trials=None, space={
+        "optim.lr": {"grid": [0.1, 0.01]}, "optim.batch_size": {"grid": [32, 64, 128]}})
+    path.write_text(path.read_text().replace("trials: null\n", ""))
+    assert list(grid_points(load_sweep(path))) == [
+        {"optim.lr": 0.1, "optim.batch_size": 32}, {"optim.lr": 0.1, "optim.batch_size": 64},
+        {"optim.lr": 0.1, "optim.batch_size": 128}, {"optim.lr": 0.01, "optim.batch_size": 32},
+        {"optim.lr": 0.01, "optim.batch_size": 64}, {"optim.lr": 0.01, "optim.batch_size": 128}]
+
+
+def test_log_uniform_and_log_ranges_are_sampled_on_a_log_scale(tmp_path):
+    """Over [1e-8, 1e-1] on a log scale, 5 of 7 decades lie below 1e-3; sampled linearly,
+    1% of the draws would."""
+    path = write_sweep(tmp_path, space={"optim.lr": {"log_uniform": [1.0e-8, 1.0e-1]},
+                                        "optim.batch_size": {"int": [1, 10000], "log": True},
+                                        "loss.clip": {"uniform": [1.0, 1.0e4], "log": True}})
+    spec = load_sweep(path)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    draws = [suggest(study.ask(), spec) for _ in range(200)]
+    assert 0.6 < np.mean([d["optim.lr"] < 1e-3 for d in draws]) < 0.82
+    assert 0.4 < np.mean([d["optim.batch_size"] < 100 for d in draws]) < 0.6
+    assert 0.4 < np.mean([d["loss.clip"] < 100 for d in draws]) < 0.6
+
+
 # --- running sweeps --------------------------------------------------------------------------
 
 def test_a_grid_runs_every_point_exactly_once(tmp_path, served):
@@ -195,6 +275,12 @@ def test_a_grid_runs_every_point_exactly_once(tmp_path, served):
     assert points == sorted(itertools.product([1.0e-7, 1.0e-3, 1.0e-2], [32, 64]))
     assert [r["state"] for r in rows] == ["complete"] * 6
     assert result.counts["complete"] == 6
+    # the best trial: the highest val accuracy in trials.csv, the first of a tie
+    accuracy = {int(r["number"]): float(r["best_val_acc"]) for r in rows}
+    top = max(accuracy.values())
+    assert result.best_number == min(n for n, a in accuracy.items() if a == top)
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert (summary["best_trial"], summary["best_val_acc"]) == (result.best_number, top)
     # running it again changes nothing: every point has run
     again = sweep.run_sweep(path, workers=2, out=tmp_path / "out", progress=False, plots=False)
     assert len(read_trials(tmp_path / "out")) == 6 and again.best_number == result.best_number
@@ -825,3 +911,80 @@ def test_the_sweep_folder_table_is_what_a_sweep_writes(tmp_path, served):
     for folder in (name for name in written if name.endswith("/")):
         inside = sorted(entry.name for entry in (tmp_path / "out" / folder).iterdir())
         assert inside and all(f"`{name}`" in table[folder] for name in inside), (folder, inside)
+
+
+def test_trials_csv_columns_hold_what_their_names_say(tmp_path):
+    """sweeps.md: number, state, each searched key, best val accuracy, best epoch, epochs
+    run, seconds; a pruned trial's best val accuracy is the best it reported."""
+    spec = load_sweep(write_sweep(tmp_path))
+    study = optuna.create_study(direction="maximize")
+    distributions = {"optim.lr": optuna.distributions.FloatDistribution(1e-8, 0.1, log=True),
+                     "optim.batch_size": optuna.distributions.CategoricalDistribution([32, 64])}
+    params = {"optim.lr": 0.01, "optim.batch_size": 64}
+    study.add_trial(optuna.trial.create_trial(
+        params=params, distributions=distributions, value=0.5,
+        user_attrs={"best_val_acc": 0.5, "best_epoch": 2, "epochs": 5, "seconds": 1.5}))
+    study.add_trial(optuna.trial.create_trial(
+        state=optuna.trial.TrialState.PRUNED, params=params, distributions=distributions,
+        intermediate_values={0: 0.3, 1: 0.45, 2: 0.4}, user_attrs={"epochs": 3}))
+    write_trials_csv(tmp_path, study, spec)
+    assert read_trials(tmp_path) == [
+        {"number": "0", "state": "complete", "optim.lr": "0.01", "optim.batch_size": "64",
+         "best_val_acc": "0.5", "best_epoch": "2", "epochs": "5", "seconds": "1.5"},
+        {"number": "1", "state": "pruned", "optim.lr": "0.01", "optim.batch_size": "64",
+         "best_val_acc": "0.45", "best_epoch": "", "epochs": "3", "seconds": ""}]
+
+
+def test_a_trial_of_a_driver_on_another_host_is_never_taken_for_interrupted(tmp_path):
+    """A pid on another host says nothing about this host's processes: even one that names
+    no live process here is left running. (test_only_trials_of_gone_drivers_... gives the other
+    host pid 1: only a run as root, which may signal pid 1, catches a stale check there.)"""
+    study = optuna.create_study(storage=sweep_study.open_storage_for(tmp_path), study_name="s")
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True, check=True)
+    trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    trial.set_user_attr("driver", {**sweep_study.this_driver(), "host": "elsewhere",
+                                   "pid": int(finished.stdout)})
+    assert sweep_study.requeue_stale(study) == []
+    assert [t.state.name for t in study.trials] == ["RUNNING"]
+
+
+def test_plots_or_no_plots_wins_over_the_base_configs_output_plots():
+    """commands.md: --plots/--no-plots, default: as the base config's output.plots says."""
+    from softmax_cls.sweep.results import want_plots
+
+    for plots in (True, False):
+        base = config_from_dict({"output": {"plots": plots}})
+        assert want_plots(None, base) is plots
+        assert want_plots(not plots, base) is (not plots)
+
+
+def test_an_interrupted_grid_point_runs_once_more_and_no_point_twice(tmp_path):
+    """sweeps.md: an interrupted trial runs again with the same parameters; a grid runs each
+    point once. While its re-queued copy waits, no point is enqueued beside it."""
+    path = write_sweep(tmp_path, sampler="grid", trials=None,
+                       space={"optim.lr": {"grid": [0.1, 0.01, 0.001]}})
+    path.write_text(path.read_text().replace("trials: null\n", ""))
+    spec = load_sweep(path)
+    study = optuna.create_study(direction="maximize")
+    sweep_study.enqueue_next_grid_point(study, spec)
+    first = study.ask()
+    assert suggest(first, spec) == {"optim.lr": 0.1}
+    assert sweep_study.requeue_stale(study, {first.number}) == [first.number]
+    points = []
+    while sweep_study.enqueue_next_grid_point(study, spec) or any(
+            t.state.name == "WAITING" for t in study.trials):
+        trial = study.ask()
+        points.append(suggest(trial, spec)["optim.lr"])
+        study.tell(trial, 0.5)
+    assert points == [0.1, 0.01, 0.001]
+
+
+def test_a_requeue_interrupted_midway_does_not_enqueue_the_trial_twice(tmp_path):
+    """requeue_stale is idempotent: a trial whose copy was enqueued by a requeue that died
+    before marking it failed gets no second copy."""
+    study = optuna.create_study(storage=sweep_study.open_storage_for(tmp_path), study_name="s")
+    trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    study.enqueue_trial(trial.params, user_attrs={"requeue_of": trial.number})  # then killed
+    assert sweep_study.requeue_stale(study, {trial.number}) == [trial.number]
+    assert [t.state.name for t in study.trials] == ["FAIL", "WAITING"]

@@ -424,6 +424,43 @@ def test_stop_signals_raise_a_swallowed_signal_again_and_defer_one():
     assert signal.getsignal(signal.SIGINT) is before
 
 
+
+def test_two_signals_in_a_deferred_step_stop_as_the_first_one():
+    """stops.py: `received` is the first signal's number. A SIGTERM after a Ctrl-C that
+    deferred() held back does not turn the interrupt (exit 130) into a termination (143)."""
+    import os
+
+    from softmax_cls.interrupts import Terminated, sigterm_as_interrupt
+    from softmax_cls.sweep.stops import StopSignals
+
+    with sigterm_as_interrupt():
+        with pytest.raises(KeyboardInterrupt) as caught, StopSignals() as stops:
+            with stops.deferred():
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.05)
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.05)
+        assert not isinstance(caught.value, Terminated)
+        assert stops.received == signal.SIGINT
+
+
+def test_a_signal_ignored_before_the_sweep_stays_ignored():
+    """A sweep started with SIGINT ignored (nohup, a background job of a script) goes on
+    through a Ctrl-C, as before StopSignals, rather than calling SIG_IGN as a handler."""
+    import os
+
+    from softmax_cls.sweep.stops import StopSignals
+
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with StopSignals() as stops:
+            assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+        assert stops.received is None
+    finally:
+        signal.signal(signal.SIGINT, before)
+
 # --- bombs -----------------------------------------------------------------------------------
 
 def grid_sweep(folder: Path, keys: int, values: int) -> Path:
