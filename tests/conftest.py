@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,15 @@ from softmax_cls.data.labelled import LabelledData
 from softmax_cls.training.runs import train_run
 
 pytest_plugins = ["pytester", "leftover_processes"]
+
+
+def pytest_configure(config):
+    """A suite started with SIGINT ignored (a background job of a script, `trap "" INT`)
+    passes that to every child it starts, and the tests of Ctrl-C then find it ignored, as
+    the commands keep an ignored signal ignored. Caught here, it is the default again in
+    each child."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 REAL_ARCHIVE = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar-10-binary.tar.gz"
 needs_real_data = pytest.mark.skipif(not REAL_ARCHIVE.is_file(),
