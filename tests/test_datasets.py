@@ -31,7 +31,7 @@ from softmax_cls.data.datasets import (
     get_spec,
 )
 from softmax_cls.data.fetch import prepare_dataset
-from softmax_cls.data.untrusted import restricted_unpickle, safe_extract
+from softmax_cls.data.untrusted import MAX_MEMBERS, restricted_unpickle, safe_extract
 from softmax_cls.errors import ConfigError, DataError, DownloadError
 
 # The published per-file checksums, kept apart from SPECS on purpose.
@@ -519,6 +519,83 @@ def test_not_a_tar_archive_is_a_data_error(tmp_path):
     assert entries(root) == []
 
 
+@pytest.mark.parametrize("kind, reason", [
+    ("absolute", "absolute path"), ("dot-dot", "'..' in its path"), ("dot", "empty file name"),
+])
+def test_an_unsafe_name_is_refused_by_its_own_rule_even_where_it_stays_inside(tmp_path, kind,
+                                                                            reason):
+    """An absolute path into the target, a '..' that leads back into it, a file named '.'
+    (the target itself): each is refused by its own rule, not left to the last check (where
+    the path resolves) or to the error of opening a folder for writing."""
+    target = tmp_path / "target"
+    name = {"absolute": str(target / "inside.txt"), "dot-dot": "a/../inside.txt",
+            "dot": "."}[kind]
+    archive = tmp_path / "a.tar.gz"
+    archive.write_bytes(tar_gz([(tarfile.TarInfo(name), b"data")]))
+
+    with pytest.raises(DataError, match=f"refusing unsafe archive member .*: {reason}$"):
+        safe_extract(archive, target)
+
+    assert list(target.iterdir()) == []
+
+
+def test_an_archive_of_more_members_than_the_bound_is_refused(tmp_path):
+    archive = tmp_path / "many.tar.gz"  # folders: nothing to write and fsync
+    archive.write_bytes(tar_gz([(f"d{i}/", None) for i in range(MAX_MEMBERS + 1)]))
+
+    with pytest.raises(DataError, match=f"more than {MAX_MEMBERS} members"):
+        safe_extract(archive, tmp_path / "target")
+
+
+def test_the_tar_stream_is_never_read_past_its_total_cap(tmp_path):
+    """Ten members within the member cap: 15,360 bytes of tar stream (a 512-byte header and
+    1,024 bytes of data each) and its end, refused at a cap of 12,000, taken at its size."""
+    archive = tmp_path / "a.tar.gz"
+    archive.write_bytes(tar_gz([(f"f{i}", bytes(1024)) for i in range(10)]))
+    with pytest.raises(DataError, match="expands to more than 12000 bytes"):
+        safe_extract(archive, tmp_path / "refused", member_cap=1024, total_cap=12_000)
+
+    safe_extract(archive, tmp_path / "taken", member_cap=1024, total_cap=10 * 1536 + 10240)
+    assert len(list((tmp_path / "taken").iterdir())) == 10
+
+
+def test_an_archive_expanding_past_its_data_sets_size_is_refused(tmp_path):
+    """90 extra members of 60 KB, each under the small-file cap but 5.4 MB in all: more than
+    the 4 MB an archive may hold past its data set's files. Refused, nothing left."""
+    fake = make_fake(replace={f"extra_{i}.txt": bytes(60_000) for i in range(90)})
+    archive = fake.write(tmp_path / fake.spec.archive_name)
+
+    with pytest.raises(DataError, match="expands to more than"):
+        load_dataset(root=tmp_path / "data", archive=archive, spec=fake.spec, **QUIET)
+
+    assert entries(tmp_path / "data") == []
+
+
+def test_a_known_size_holds_for_a_member_named_with_a_leading_dot_slash(tmp_path):
+    """'./folder/file.bin' is the path 'folder/file.bin': held to its exact size, not to
+    the far larger cap of files of unknown size."""
+    archive = tmp_path / "a.tar.gz"
+    archive.write_bytes(tar_gz([("./folder/file.bin", bytes(11))]))
+
+    with pytest.raises(DataError, match="expected 10 bytes, found 11"):
+        safe_extract(archive, tmp_path / "target", sizes={"folder/file.bin": 10})
+
+
+@pytest.mark.parametrize("name", ["folder/" + "n" * 90 + ".txt", "folder/tab\there.txt"],
+                         ids=["long", "tab"])
+def test_a_long_or_odd_member_name_is_extracted_under_its_own_name(tmp_path, name):
+    """Names are shortened and quoted for messages only. A name of over 80 characters was
+    extracted as '<its first 80>... (97 characters)', one holding a tab under its repr(),
+    quotes and all ("'folder/tab\\there.txt'", in a folder named "'folder")."""
+    archive = tmp_path / "a.tar.gz"
+    archive.write_bytes(tar_gz([(name, b"data")]))
+
+    safe_extract(archive, tmp_path / "target")
+
+    assert sorted(str(p.relative_to(tmp_path / "target"))
+                  for p in (tmp_path / "target").rglob("*")) == ["folder", name]
+
+
 # --- restricted unpickling -------------------------------------------------------------------
 
 
@@ -576,6 +653,34 @@ def test_restricted_unpickle_reads_python2_numpy_pickles(module):
 def test_malformed_pickle_is_a_data_error():
     with pytest.raises(DataError, match="not a valid CIFAR pickle"):
         restricted_unpickle(io.BytesIO(b"\x80\x02}q\x00(U\x04data"))
+
+
+class PersistentIds(pickle.Pickler):
+    def persistent_id(self, obj):
+        return "an object outside the pickle" if obj == "marker" else None
+
+
+def test_restricted_unpickle_refuses_a_persistent_id():
+    buffer = io.BytesIO()
+    PersistentIds(buffer, protocol=2).dump({"data": "marker"})
+
+    with pytest.raises(DataError, match="refusing to unpickle a persistent id"):
+        restricted_unpickle(io.BytesIO(buffer.getvalue()))
+
+
+@pytest.mark.parametrize("kind", ["floats", "bools"])
+def test_python_batch_labels_that_are_not_integers_are_refused(tmp_path, kind):
+    """Labels of floats (2.7) or bools in a python-format batch whose md5 and size are its
+    spec's: refused, not cast to int64 (2.7 as class 2, True as class 1)."""
+    original = make_fake("cifar10", "python").members["data_batch_1"]
+    batch = {key.decode(): value for key, value in restricted_unpickle(
+        io.BytesIO(original)).items()}
+    batch["labels"] = [v + 0.7 if kind == "floats" else v % 2 == 1 for v in batch["labels"]]
+    fake = make_fake("cifar10", "python", replace={"data_batch_1": python2_pickle(batch)})
+    archive = fake.write(tmp_path / fake.spec.archive_name)
+
+    with pytest.raises(DataError, match="data_batch_1.*integer labels under b'labels'"):
+        load_dataset(root=tmp_path / "data", archive=archive, spec=fake.spec, **QUIET)
 
 
 # --- binary batches --------------------------------------------------------------------------

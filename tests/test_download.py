@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import random
 import socket
+import threading
 from pathlib import Path
 
 import pytest
@@ -357,3 +358,158 @@ def test_softmax_sweep_offline_names_the_sweep_files_data_root(tmp_path):
     line = assert_one_line_error(result, 1, "refused", "offline?")
     assert "set in the sweep file data.root: DIR of your copy" in line
     assert "--set" not in line
+
+
+class RawServer:
+    """A server on 127.0.0.1 that answers its n-th connection with `replies[n]`: the raw
+    head, then a body of those bytes, or of that many zero bytes sent in 64 KB pieces until
+    the client hangs up; then closes it. `heads` holds each request's head, `sent` how many
+    body bytes each reply got out; `on_request()` runs as each request arrives. For replies
+    LoopbackServer does not make."""
+
+    def __init__(self, replies: list[tuple[str, bytes | int]], on_request=None):
+        self.replies, self.heads, self.sent = list(replies), [], []
+        self.on_request = on_request  # called once a request has arrived, before the reply
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/a.bin"
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        for head, body in self.replies:
+            connection, _ = self.sock.accept()
+            with connection:
+                request = b""
+                while b"\r\n\r\n" not in request:
+                    request += connection.recv(4096)
+                self.heads.append(request.decode("latin-1"))
+                if self.on_request is not None:
+                    self.on_request()
+                connection.sendall(head.encode())
+                sent = 0
+                try:
+                    if isinstance(body, bytes):
+                        connection.sendall(body)
+                        sent = len(body)
+                    else:
+                        while sent < body:
+                            connection.sendall(bytes(1 << 16))
+                            sent += 1 << 16
+                except OSError:  # the client hung up
+                    pass
+                self.sent.append(sent)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_a_body_longer_than_the_expected_size_is_cut_short_not_written_whole(tmp_path):
+    """A reply without Content-Length that goes on (256 MB of zeros): the download stops
+    just past the expected size and the part is deleted."""
+    server = RawServer([("HTTP/1.0 200 OK\r\n\r\n", 256 << 20)])
+    dest = tmp_path / "a.bin"
+    try:
+        with pytest.raises(DownloadError, match="size mismatch"):
+            download_file(server.url, dest, expected_size=1000, retries=0, **FAST)
+        server.thread.join(10)
+    finally:
+        server.close()
+    assert server.sent[0] < 64 << 20
+    assert not dest.exists() and not part_of(dest).exists()
+
+
+def test_a_resume_answered_from_an_earlier_byte_is_not_appended(tmp_path):
+    """A 206 whose range starts before the part ends would repeat bytes the part has: the
+    part is dropped and the next attempt fetches the file whole (no md5 to catch it)."""
+    early = f"bytes 10-{len(DATA) - 1}/{len(DATA)}"
+    server = RawServer([
+        (f"HTTP/1.1 206 Partial Content\r\nContent-Range: {early}\r\n"
+         f"Content-Length: {len(DATA) - 10}\r\nConnection: close\r\n\r\n", DATA[10:]),
+        (f"HTTP/1.1 200 OK\r\nContent-Length: {len(DATA)}\r\nConnection: close\r\n\r\n",
+         DATA),
+    ])
+    dest = tmp_path / "a.bin"
+    part_of(dest).write_bytes(DATA[:1000])
+    try:
+        download_file(server.url, dest, retries=1, **FAST)
+    finally:
+        server.close()
+    assert dest.read_bytes() == DATA
+    assert "Range: bytes=1000-" in server.heads[0] and "Range" not in server.heads[1]
+
+
+def test_a_416_that_names_no_size_drops_the_part_rather_than_taking_it(serve, tmp_path):
+    """A 416 without Content-Range (and no expected size) says nothing of the part: it is
+    deleted and the file fetched whole, not renamed into place as it is."""
+    server = serve({"/a.bin": DATA}, fail_statuses=[416])
+    dest = tmp_path / "a.bin"
+    part_of(dest).write_bytes(DATA[:1000])
+
+    download_file(server.url_for("/a.bin"), dest, retries=0, **FAST)
+
+    assert dest.read_bytes() == DATA
+    assert [(r["range"], r["status"]) for r in server.requests] == [
+        ("bytes=1000-", 416), (None, 200)]
+
+
+def test_a_server_offering_another_size_is_refused_before_its_body(serve, tmp_path):
+    """Content-Length names another size than expected: refused from the headers, before
+    a byte of the body is written (and not after downloading it all)."""
+    server = serve({"/a.bin": DATA[:-10]})
+    dest = tmp_path / "a.bin"
+
+    with pytest.raises(DownloadError, match=f"the server offers {len(DATA) - 10} at"):
+        download_file(server.url_for("/a.bin"), dest, expected_size=len(DATA), **FAST)
+
+    assert not part_of(dest).exists() and len(server.requests) == 1
+
+
+def test_a_resume_cut_short_without_content_length_is_resumed_again(tmp_path):
+    """A 206 with no Content-Length (its body ends when the connection closes) that stops
+    before the Content-Range's end: the next attempt resumes from where it stopped, rather
+    than the part being taken as the whole file (no expected size or md5 to catch it)."""
+    total, cut = len(DATA), 700_000
+
+    def partial(start: int) -> str:
+        return (f"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {start}-{total - 1}/"
+                f"{total}\r\nConnection: close\r\n\r\n")
+
+    server = RawServer([(partial(1000), DATA[1000:cut]), (partial(cut), DATA[cut:])])
+    dest = tmp_path / "a.bin"
+    part_of(dest).write_bytes(DATA[:1000])
+    try:
+        download_file(server.url, dest, retries=1, **FAST)
+    finally:
+        server.close()
+    assert dest.read_bytes() == DATA
+    assert f"Range: bytes={cut}-" in server.heads[1]
+
+
+def test_a_stale_part_longer_than_the_file_is_truncated_when_a_server_ignores_the_range(
+        serve, tmp_path):
+    """No expected size: the part (longer than the file) is resumed with a Range the server
+    ignores; its 200 is written from byte 0 over a truncated part, leaving no stale tail."""
+    server = serve({"/a.bin": DATA}, support_range=False)
+    dest = tmp_path / "a.bin"
+    part_of(dest).write_bytes(b"stale" * (len(DATA) // 4))
+
+    download_file(server.url_for("/a.bin"), dest, **FAST)
+
+    assert dest.read_bytes() == DATA
+
+
+def test_a_link_planted_as_the_part_while_the_server_answers_is_not_written_through(tmp_path):
+    """No part when the download starts; a symbolic link to a victim appears under the
+    part's name before the reply (a shared data root): refused, the victim untouched."""
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"precious")
+    dest = tmp_path / "a.bin"
+    server = RawServer(
+        [(f"HTTP/1.1 200 OK\r\nContent-Length: {len(DATA)}\r\nConnection: close\r\n\r\n",
+          DATA)], on_request=lambda: part_of(dest).symlink_to(victim))
+    try:
+        with pytest.raises(DownloadError, match="symbolic link"):
+            download_file(server.url, dest, retries=0, **FAST)
+    finally:
+        server.close()
+    assert victim.read_bytes() == b"precious" and not dest.exists()

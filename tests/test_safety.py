@@ -241,6 +241,9 @@ def assert_refused(result, *needles: str, seconds: float = 20, peak_mb: float = 
     (set_meta("fingerprint", ["X.npy"]), "fingerprint"),
     (set_meta("format_version", "x" * 100_000), "(100000 characters)"),
     (set_meta("format_version", "3"), "format '3' is not supported (this version reads 2, 3)"),
+    (set_meta("format_version", 3.0), "format 3.0 is not supported"),
+    (set_meta("best_val_acc", 1.5), "best_val_acc is 1.5, not an accuracy"),
+    (set_meta("fingerprint", {"X.npy": 5}), "fingerprint is not a table of strings"),
     (lambda text: "[" * 100_000 + "]" * 100_000, "unreadable"),
 ])
 def test_damaged_checkpoint_metadata_is_one_line(trained, tmp_path, edit, needle):
@@ -289,22 +292,54 @@ def test_a_checkpoint_saved_big_endian_is_read_as_the_same_model(trained, tmp_pa
     assert predictions[1].stdout == predictions[0].stdout
 
 
-@pytest.mark.parametrize("shape", [(10**12, 3), (-1, 3), (2**62, 2**62), (9, -3)])
+@pytest.mark.parametrize("shape", [(10**12, 3), (-1, 3), (2**62, 2**62), (9, -3), (-9, -3)])
 def test_npy_header_with_a_huge_or_negative_shape_is_refused(trained, tmp_path, shape):
     path = with_members(trained, tmp_path, W=npy_header(shape) + bytes(9 * 3 * 4))
     result = eval_measured(path)
-    assert_refused(result, "changed.npz", "W")
+    line = assert_refused(result, "changed.npz", "W")
+    assert min(shape) >= 0 or "declares the impossible shape" in line, line
 
 
-def zip_with_deflated(entries: dict[str, tuple[bytes, int, int, int]]) -> bytes:
-    """A zip archive of (raw deflate data, crc32, uncompressed size, method) members."""
+def member_array(trained: Path, key: str) -> np.ndarray:
+    return np.load(io.BytesIO(members(trained / "run" / "best.npz")[f"{key}.npy"]))
+
+
+def nan_at_4(W: np.ndarray) -> np.ndarray:
+    W = W.copy()
+    W.flat[4] = np.nan
+    return W
+
+
+@pytest.mark.parametrize("key, change, needle", [
+    ("W", nan_at_4, "W holds non-finite values"),
+    ("val_rows", lambda rows: rows - rows.max() - 1, "val_rows must be a 1-d array"),
+    ("W", np.asfortranarray, "member W is in Fortran order"),
+], ids=["nan", "negative rows", "fortran"])
+def test_a_damaged_checkpoint_array_is_one_line(trained, tmp_path, key, change, needle):
+    path = with_members(trained, tmp_path, **{key: npy(change(member_array(trained, key)))})
+    assert_refused(eval_measured(path), "changed.npz", needle)
+
+
+def test_a_member_with_bytes_past_its_array_is_refused(trained, tmp_path):
+    """A member's header accounts for exactly its bytes: 8 more after W's array are not
+    ignored."""
+    path = with_members(trained, tmp_path, W=npy(member_array(trained, "W")) + bytes(8))
+    assert_refused(eval_measured(path), "changed.npz", "member W declares shape",
+                   "does not fit its")
+
+
+def zip_with_deflated(entries: dict[str, tuple[bytes, int, int, int]],
+                      compressed: dict[str, int] | None = None) -> bytes:
+    """A zip archive of (raw deflate data, crc32, uncompressed size, method) members; a
+    member in `compressed` declares that compressed size (in both headers), not its data's."""
     local, central = bytearray(), bytearray()
     for name, (data, crc, size, method) in entries.items():
         encoded = name.encode()
-        header = struct.pack("<4s5H3L2H", b"PK\x03\x04", 20, 0, method, 0, 0, crc, len(data),
+        packed = (compressed or {}).get(name, len(data))
+        header = struct.pack("<4s5H3L2H", b"PK\x03\x04", 20, 0, method, 0, 0, crc, packed,
                              size, len(encoded), 0)
         central += struct.pack("<4s6H3L5H2L", b"PK\x01\x02", 20, 20, 0, method, 0, 0, crc,
-                               len(data), size, len(encoded), 0, 0, 0, 0, 0, len(local))
+                               packed, size, len(encoded), 0, 0, 0, 0, 0, len(local))
         central += encoded
         local += header + encoded + data
     end = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, len(entries), len(entries),
@@ -387,6 +422,21 @@ def test_a_stored_member_declaring_more_bytes_than_the_file_holds_is_refused(tra
     entries["W.npy"] = header + bytes(64), 0, len(header) + 3_000_000_000, zipfile.ZIP_STORED
     path = tmp_path / "liar.npz"
     path.write_bytes(zip_with_deflated(entries))
+    assert_refused(eval_measured(path), "liar.npz", "member W declares")
+
+
+def test_stored_members_declaring_more_bytes_than_the_file_holds_in_all_are_refused(trained,
+                                                                                   tmp_path):
+    """As above, but W's index entry declares 3 GB stored both as its size and as its
+    compressed size (they agree): the sum of the stored members' bytes is held to the
+    file's size, before an array of 3 GB is allocated to read it into."""
+    entries = {name: (data, zlib.crc32(data), len(data), zipfile.ZIP_STORED)
+               for name, data in members(trained / "run" / "best.npz").items()}
+    header = npy_header((250_000_000, 3))
+    declared = len(header) + 3_000_000_000
+    entries["W.npy"] = header + bytes(64), 0, declared, zipfile.ZIP_STORED
+    path = tmp_path / "liar.npz"
+    path.write_bytes(zip_with_deflated(entries, compressed={"W.npy": declared}))
     assert_refused(eval_measured(path), "liar.npz", "member W declares")
 
 

@@ -164,13 +164,13 @@ _MEMBER_KINDS = {
 
 def _member_destination(base: Path, member: tarfile.TarInfo) -> Path:
     """Where `member` goes inside `base` (a resolved path); DataError if it is unsafe."""
-    name = shorten(member.name, NAME_CHARS)
+    name = shorten(member.name, NAME_CHARS)  # for messages only: the path is member.name
     if not (member.isfile() or member.isdir()):
         kind = _MEMBER_KINDS.get(member.type, "not a regular file or folder")
         raise DataError(f"refusing unsafe archive member {name!r}: {kind}")
-    if name.startswith(("/", "\\")):
+    if member.name.startswith(("/", "\\")):
         raise DataError(f"refusing unsafe archive member {name!r}: absolute path")
-    parts = PurePosixPath(name).parts
+    parts = PurePosixPath(member.name).parts
     if ".." in parts:
         raise DataError(f"refusing unsafe archive member {name!r}: '..' in its path")
     dest = base.joinpath(*parts)
