@@ -9,6 +9,7 @@ measured with os.wait4.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import os
@@ -64,13 +65,21 @@ def start(argv: list[str], cwd: Path | None = None, without_root_powers: bool = 
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OPENBLAS_NUM_THREADS": "1"}
     if without_root_powers:  # root, but bound by file permissions like any user
         argv = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--", *argv]
-    process = subprocess.Popen(argv, stdout=out, stderr=err, cwd=cwd, env=env, text=True)
+    # a session of its own: a timeout kills the command with its children (run_measured's
+    # parent and the command it measures), not the parent alone, which left the command behind
+    process = subprocess.Popen(argv, stdout=out, stderr=err, cwd=cwd, env=env, text=True,
+                               start_new_session=True)
     return process, out, err, time.monotonic()
+
+
+def _kill_group(process: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
 
 
 def finish(started, timeout: float = 120) -> Finished:
     process, out, err, began = started
-    timer = threading.Timer(timeout, process.kill)
+    timer = threading.Timer(timeout, _kill_group, (process,))
     timer.start()
     try:
         _, status, usage = os.wait4(process.pid, 0)
