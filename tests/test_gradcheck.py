@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import subprocess
 import sys
@@ -312,3 +313,114 @@ def test_more_checks_than_the_weights_have_entries_are_refused(tmp_path):
     result = run("softmax-gradcheck", "--samples", "5", "--classes", "2", "--checks",
                  "1000000000", timeout=60)
     assert_one_line_error(result, 2, "--checks: at most 6146 ", "2 classes x 3073 features")
+
+
+def test_a_gradient_wrong_by_1e_5_fails_at_500_rows_and_the_right_one_passes():
+    """The rounding allowance grows as sqrt(N) (a random walk of N row losses): grown as N it
+    was 2e-7 here, enough to pass every coordinate of a gradient 1e-5 too large. The right
+    gradient passes on the same coordinates, its smallest derivative (2.6e-7, a bias entry)
+    below what the step resolves: only the largest decides whether the check can fail."""
+    W, X, y = random_problem(500, 200, 10, seed=0)
+
+    def right(w):
+        return softmax.loss_and_grad(w, X, y, 0.01)
+
+    def too_large(w):
+        loss, grad = right(w)
+        return loss, grad * (1 + 1e-5)
+
+    for objective, passes in ((right, True), (too_large, False)):
+        result = gradcheck.check_gradient(objective, W, 10, np.random.default_rng(0),
+                                          rows=len(X), magnitude=gradcheck.score_magnitude(X, W))
+        assert result.passed == passes, result.max_rel_error
+    assert min(abs(c.analytic) for c in result.checks) < 1e3 * result.checks[0].rounding
+
+
+def test_a_loss_computed_through_cancelling_terms_passes_within_their_rounding():
+    """The engines' folded scores are two large sums that cancel: f carries the rounding of
+    the terms' magnitude, not of |f|. A loss computed as (loss + 1e4) - 1e4 has a raw error
+    of about 4e-6 on the right gradient; given magnitude 1e4 the check passes it, judged
+    within f's rounding (without the allowance, or with |f| alone, it FAILED)."""
+    W, X, y = random_problem(200, 40, 4, seed=1)
+    big = 1e4
+
+    def cancelling(w):
+        loss, grad = softmax.loss_and_grad(w, X, y, 0.01)
+        return (loss + big) - big, grad
+
+    result = gradcheck.check_gradient(cancelling, W, 10, np.random.default_rng(0),
+                                      rows=len(X), magnitude=big)
+    assert max(c.raw_rel_error for c in result.checks) > 10 * result.tolerance
+    assert result.passed, result.max_rel_error
+
+
+def test_a_step_that_resolves_only_a_few_percent_of_the_derivatives_is_refused():
+    """--step 1e-11: float64 differences resolve derivatives to about 6e-3 of the largest,
+    so an error below that could not show; the check refuses, a ratio of 1e-3 is the most
+    it accepts (a ratio of 1e3 accepted this step and called the gradient correct)."""
+    result = run("softmax-gradcheck", "--samples", "50", "--checks", "3", "--step", "1e-11")
+    assert_one_line_error(result, 2, "--step 1e-11 cannot check", "use a step near 1e-05")
+
+
+def test_the_loop_comparison_sees_one_wrong_entry_of_the_vectorized_gradient(monkeypatch):
+    """Every coordinate of loss_and_grad against the loop reference: one entry off by 1e-6,
+    in no sparse check, is a grad_diff of 1e-6."""
+    W, X, y = random_problem(40, 12, 3, seed=0)
+    original = softmax.loss_and_grad
+
+    def one_entry_off(*args, **kwargs):
+        loss, grad = original(*args, **kwargs)
+        grad = grad.copy()
+        grad[1, 4] += 1e-6
+        return loss, grad
+
+    monkeypatch.setattr(softmax, "loss_and_grad", one_entry_off)
+    found = gradcheck.compare_with_loop(W, X, y, 0.01, softmax.DEFAULT_CLIP)
+    assert found["grad_diff"] == pytest.approx(1e-6, rel=1e-3)
+    assert found["loss_diff"] < gradcheck.LOOP_TOLERANCE
+
+
+def test_the_engine_comparison_sees_one_wrong_entry_of_its_gradient():
+    """The numpy engine's gradient against loss_and_grad on every coordinate: one entry off
+    by 1e-6 (far from the bias column the command's test breaks) fails the comparison."""
+    problem = gradcheck.random_image_problem(samples=30, classes=3, seed=2)
+    right = problem.trainer_objectives["numpy"]
+
+    def one_entry_off(w):
+        loss, grad = right(w)
+        grad = grad.copy()
+        grad[2, 100] += 1e-6
+        return loss, grad
+
+    problem = dataclasses.replace(problem, trainer_objectives={"numpy": one_entry_off})
+    results = gradcheck.run_gradcheck(problem, 2)
+    assert results[-1].extra["numpy_grad_diff"] == pytest.approx(1e-6, rel=1e-3)
+    assert not gradcheck.full_comparisons_agree(results)
+
+
+def test_the_step_of_a_raw_pixel_column_is_the_step_over_its_rms(monkeypatch):
+    """h = step / max(1, RMS of the column) on each coordinate run_gradcheck moves: the mean
+    square instead of the RMS made h 150 times smaller on raw pixels, and the rounding
+    allowance 150 times larger (a weaker check that still passed)."""
+    rng = np.random.default_rng(0)
+    X = np.hstack([rng.integers(0, 256, (30, 5)).astype(np.float64), np.ones((30, 1))])
+    W = rng.standard_normal((3, 6)) * 1e-4
+    problem = gradcheck.GradcheckProblem(W, X, rng.integers(0, 3, 30), 0.01,
+                                         softmax.DEFAULT_CLIP, False, {})
+    moved: dict[int, list[float]] = {}
+    original = softmax.loss_and_grad
+
+    def spy(w, *args, **kwargs):
+        changed = np.argwhere(w != W)
+        if len(changed) == 1:
+            c, j = changed[0]
+            moved.setdefault(int(j), []).append(abs(w[c, j] - W[c, j]))
+        return original(w, *args, **kwargs)
+
+    monkeypatch.setattr(softmax, "loss_and_grad", spy)
+    gradcheck.run_gradcheck(problem, 18)  # every entry of W
+    assert sorted(moved) == list(range(6))
+    for j, steps in moved.items():
+        rms = np.linalg.norm(X[:, j]) / np.sqrt(len(X))
+        assert steps == pytest.approx([gradcheck.DEFAULT_STEP / max(1.0, rms)] * len(steps),
+                                      rel=1e-9)

@@ -1847,3 +1847,70 @@ def test_a_tie_on_a_path_keeps_the_first_point_solved_and_solves_nothing_again(
     best = load_checkpoint(tmp_path / "out" / "best.npz")
     assert config_from_dict(yaml.safe_load(best.config_yaml)).loss.reg == regs[0]
     assert float(result.summary["best_params"]["loss.reg"]) == regs[0]
+
+
+@pytest.mark.parametrize("engine", ["numpy", "torch"])
+def test_one_row_past_a_whole_number_of_chunks_is_summed(engine):
+    """22 rows in chunks of 7: a last chunk of one row (the other tests' last chunks hold 6;
+    chunk starts that stop one row short dropped it)."""
+    function = full_function(engine)
+    data, pre, W = image_problem(n=40, classes=3)
+    index = np.arange(9, 31, dtype=np.int64)
+    rule = StepRule(lr=1.0, reg=0.02)
+    want = reference(data, index, W, pre, rule, IDENTITY)
+    got = function(data, index, W, pre, rule, IDENTITY, "edge", "float64", chunk=7)
+    assert got[0] == pytest.approx(want[0], rel=1e-12)
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-9, atol=1e-13)
+
+
+@pytest.mark.parametrize("engine", ["numpy", "torch"])
+def test_float32_products_are_summed_in_float64(engine):
+    """4,000 rows of one label and positive features, a chunk a row: every product adds to
+    the gradient with one sign. Summed in float64 the float32 products are off by 7e-9 of
+    the largest entry; summed in float32 by 1.7e-7 (numpy's)."""
+    rng = np.random.default_rng(0)
+    rows = rng.uniform(1, 2, (4000, 3)).astype(np.float32)
+    labels = np.zeros(4000, np.int64)
+    pre = Preprocessor(np.zeros(3), np.ones(3), bias=True)
+    W = rng.standard_normal((3, 4)) * 0.1
+    X = np.hstack([rows.astype(np.float64), np.ones((4000, 1))])
+    want_loss, want_grad = softmax.loss_and_grad(W, X, labels, 0.0, 20.0, True)
+    loss, grad = full_function(engine)(TrainingRows(rows, labels), np.arange(4000), W, pre,
+                                       StepRule(lr=1.0, clip=20.0), IDENTITY, "edge",
+                                       "float32", chunk=1)
+    assert loss == pytest.approx(want_loss, rel=1e-7)
+    assert np.abs(grad - want_grad).max() <= 3e-8 * np.abs(want_grad).max()
+
+
+def test_a_column_of_zeros_has_a_second_moment_of_zeros():
+    """A feature that is 0 in every sampled row (a constant pixel centred): its column is
+    scaled by 1, not divided by its largest magnitude 0, which made S NaN and left L-BFGS
+    without a preconditioner."""
+    rng = np.random.default_rng(0)
+    rows = rng.standard_normal((50, 4)).astype(np.float32)
+    rows[:, 2] = 0.0
+    pre = Preprocessor(np.zeros(4), np.ones(4), bias=True)
+    S = second_moment(rows, np.arange(50), pre)
+    X = np.hstack([rows.astype(np.float64), np.ones((50, 1))])
+    np.testing.assert_allclose(S, X.T @ X / 50, rtol=1e-5, atol=1e-6)
+
+
+def test_a_chunk_of_many_classes_holds_the_values_of_one_chunk(monkeypatch):
+    """3,000 classes of 2 features: the chunk is sized by the (chunk, C) scores too, at most
+    FULL_BATCH_VALUES values (sized by the 2 features alone, a chunk was every row: scores of
+    1,000 x 3,000 here, 3 GB blocks at 20,000 classes)."""
+    rng = np.random.default_rng(0)
+    rows = rng.standard_normal((1000, 2)).astype(np.float32)
+    data = TrainingRows(rows, rng.integers(0, 3000, 1000).astype(np.int64))
+    pre = Preprocessor(np.zeros(2), np.ones(2), bias=True)
+    W = rng.standard_normal((3000, 3)) * 0.01
+    seen = []
+    original = softmax.softmax_loss_from_scores
+    monkeypatch.setattr(softmax, "softmax_loss_from_scores",
+                        lambda S, *a, **k: seen.append(S.shape) or original(S, *a, **k))
+    got = numpy_engine.full_loss_and_grad(data, np.arange(1000), W, pre, StepRule(lr=1.0),
+                                          IDENTITY, "edge", "float64")
+    assert sum(rows for rows, _ in seen) == 1000
+    assert max(rows * classes for rows, classes in seen) <= numpy_engine.FULL_BATCH_VALUES
+    want = reference(data, np.arange(1000), W, pre, StepRule(lr=1.0), IDENTITY)
+    assert got[0] == pytest.approx(want[0], rel=1e-12)
