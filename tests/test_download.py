@@ -418,6 +418,16 @@ def test_a_body_longer_than_the_expected_size_is_cut_short_not_written_whole(tmp
     assert not dest.exists() and not part_of(dest).exists()
 
 
+def resume_whole(server: RawServer, dest: Path) -> None:
+    """Resume a part of DATA's first 1000 bytes from `server` (one retry): dest ends as DATA."""
+    part_of(dest).write_bytes(DATA[:1000])
+    try:
+        download_file(server.url, dest, retries=1, **FAST)
+    finally:
+        server.close()
+    assert dest.read_bytes() == DATA
+
+
 def test_a_resume_answered_from_an_earlier_byte_is_not_appended(tmp_path):
     """A 206 whose range starts before the part ends would repeat bytes the part has: the
     part is dropped and the next attempt fetches the file whole (no md5 to catch it)."""
@@ -428,13 +438,7 @@ def test_a_resume_answered_from_an_earlier_byte_is_not_appended(tmp_path):
         (f"HTTP/1.1 200 OK\r\nContent-Length: {len(DATA)}\r\nConnection: close\r\n\r\n",
          DATA),
     ])
-    dest = tmp_path / "a.bin"
-    part_of(dest).write_bytes(DATA[:1000])
-    try:
-        download_file(server.url, dest, retries=1, **FAST)
-    finally:
-        server.close()
-    assert dest.read_bytes() == DATA
+    resume_whole(server, tmp_path / "a.bin")
     assert "Range: bytes=1000-" in server.heads[0] and "Range" not in server.heads[1]
 
 
@@ -475,13 +479,7 @@ def test_a_resume_cut_short_without_content_length_is_resumed_again(tmp_path):
                 f"{total}\r\nConnection: close\r\n\r\n")
 
     server = RawServer([(partial(1000), DATA[1000:cut]), (partial(cut), DATA[cut:])])
-    dest = tmp_path / "a.bin"
-    part_of(dest).write_bytes(DATA[:1000])
-    try:
-        download_file(server.url, dest, retries=1, **FAST)
-    finally:
-        server.close()
-    assert dest.read_bytes() == DATA
+    resume_whole(server, tmp_path / "a.bin")
     assert f"Range: bytes={cut}-" in server.heads[1]
 
 
