@@ -1914,3 +1914,24 @@ def test_a_chunk_of_many_classes_holds_the_values_of_one_chunk(monkeypatch):
     assert max(rows * classes for rows, classes in seen) <= numpy_engine.FULL_BATCH_VALUES
     want = reference(data, np.arange(1000), W, pre, StepRule(lr=1.0), IDENTITY)
     assert got[0] == pytest.approx(want[0], rel=1e-12)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_float32_scores_go_to_the_softmax_in_float64(engine):
+    """Margins of about 10: each row's loss log(1 + 4.5e-5 ...) is below float32's resolution
+    at 1 (6e-8 of it is 1e-3 of the loss), so the softmax of float32 products must run in
+    float64 (a float32 softmax was off by about 1e-3 of the loss; float64 by 1e-6)."""
+    rng = np.random.default_rng(1)
+    rows = rng.uniform(1, 2, (300, 3)).astype(np.float32)
+    labels = np.zeros(300, np.int64)
+    pre = Preprocessor(np.zeros(3), np.ones(3), bias=True)
+    W = np.zeros((3, 4))
+    W[0, :3] = 10.0 / rows.sum(axis=1).mean()  # class 0 ahead by about 10 on every row
+    X = np.hstack([rows.astype(np.float64), np.ones((300, 1))])
+    want_loss, want_grad = softmax.loss_and_grad(W, X, labels, 0.0, 30.0, True)
+    assert 1e-5 < want_loss < 1e-3
+    loss, grad = full_function(engine)(TrainingRows(rows, labels), np.arange(300), W, pre,
+                                       StepRule(lr=1.0, clip=30.0), IDENTITY, "edge",
+                                       "float32")
+    assert loss == pytest.approx(want_loss, rel=1e-5)
+    np.testing.assert_allclose(grad, want_grad, rtol=1e-4, atol=1e-4 * np.abs(want_grad).max())
