@@ -741,6 +741,26 @@ def test_a_best_npz_of_other_weights_beside_the_resumed_checkpoint_is_not_taken(
     np.testing.assert_array_equal(load_checkpoint(other / "best.npz").W, true_best)
 
 
+def test_a_best_npz_of_other_weights_in_the_resumed_runs_folder_is_replaced(tmp_path):
+    """The same in the run's own folder, its best epoch (1) before its last (2): the other
+    best.npz is removed, and the run's end writes its own best weights there."""
+    from softmax_cls.training.checkpoint import load_checkpoint, save_checkpoint
+
+    config = features_config(tmp_path)
+    folder = tmp_path / "run"
+    assert train("--config", str(config), "--out", str(folder)).returncode == 0
+    edited_best(folder)
+    last = load_checkpoint(folder / "last.npz")
+    state = runs.copy_state(last.state)
+    state.best_epoch, state.epochs_since_best = 1, 1  # as if epoch 2 was not its best
+    save_checkpoint(folder / "last.npz", state, last.preprocessor, last.class_names,
+                    last.config_yaml, last.fingerprint, last.status, last.val_rows)
+    (folder / "summary.json").unlink()  # so the finished run is evaluated again
+    result = train("--resume", str(folder / "last.npz"))
+    assert result.returncode == 0, result.stderr
+    np.testing.assert_array_equal(load_checkpoint(folder / "best.npz").W, state.best_W)
+
+
 def test_a_resume_over_another_run_brings_its_own_best_npz(tmp_path):
     """--overwrite of a folder holding another run's best.npz: the resumed run's best.npz
     is copied there, byte for byte (not the final state marked 'best weights only')."""
