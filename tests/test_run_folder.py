@@ -818,3 +818,31 @@ def test_a_busy_folder_names_its_holder_after_a_longer_one(tmp_path):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_divergence_while_the_epoch_files_fail_is_reported_as_the_divergence(
+        tmp_path, monkeypatch):
+    """Epoch 1's history.jsonl fails (slowly) while epoch 2 diverges: the run's own error is
+    raised, the write's is not put in its place, and no writer thread is left."""
+    import errno
+
+    from softmax_cls.training.fit import TrainingDiverged
+
+    def failing_history(target, history):
+        time.sleep(0.2)
+        raise OSError(errno.ENOSPC, "No space left on device", str(target))
+
+    real_fit = runs.fit
+
+    def diverging_fit(*args, on_epoch, **kwargs):
+        def then_diverge(state):
+            on_epoch(state)
+            raise TrainingDiverged("training diverged in epoch 2")
+        return real_fit(*args, on_epoch=then_diverge, **kwargs)
+
+    monkeypatch.setattr(runs, "write_history", failing_history)
+    monkeypatch.setattr(runs, "fit", diverging_fit)
+    config, data = small_run(tmp_path, epochs=3)
+    with pytest.raises(TrainingDiverged, match="diverged in epoch 2"):
+        runs.train_run(config, data, tmp_path / "run", progress=False)
+    assert writer_threads() == []
