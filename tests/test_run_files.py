@@ -19,7 +19,15 @@ from conftest import small_config
 
 from softmax_cls import fsutil
 from softmax_cls.config import config_to_yaml
-from softmax_cls.fsutil import FileTooLarge, FolderBusy, atomic_write, folder_lock, read_capped
+from softmax_cls.fsutil import (
+    FileTooLarge,
+    FolderBusy,
+    atomic_write,
+    folder_lock,
+    missing_folders,
+    read_capped,
+    removed_on_error,
+)
 from softmax_cls.interrupts import Terminated, sigterm_as_interrupt, stop_word_and_code
 from softmax_cls.math.preprocess import Preprocessor
 from softmax_cls.training.checkpoint import load_checkpoint, save_checkpoint
@@ -149,6 +157,17 @@ def test_the_lock_file_holds_its_holder_alone_after_a_longer_one(tmp_path):
         assert (tmp_path / ".lock").read_text() == f"process {os.getpid()}\n"
 
 
+@pytest.mark.parametrize("stop", [KeyboardInterrupt, Terminated, OSError])
+def test_a_failed_or_interrupted_block_removes_the_folders_it_made(tmp_path, stop):
+    """runs/a/b made (and locked) by a block that fails, or is stopped by Ctrl-C or SIGTERM
+    before it wrote a file: neither folder is left; the folder that was there is."""
+    folder = tmp_path / "runs" / "a" / "b"
+    with pytest.raises(stop), removed_on_error(missing_folders(folder)):
+        with folder_lock(folder, wait=False):
+            raise stop()
+    assert sorted(path.name for path in tmp_path.iterdir()) == []
+
+
 # --- read_capped ------------------------------------------------------------------------------
 
 
@@ -158,6 +177,14 @@ def test_read_capped_reads_a_file_of_exactly_its_cap_and_refuses_one_byte_more(t
     assert read_capped(path, 100) == b"x" * 100
     with pytest.raises(FileTooLarge, match="100 bytes, more than the 99"):
         read_capped(path, 99)
+
+
+def test_read_capped_refuses_a_file_longer_than_its_size_said():
+    """A file that grows after its size is read is caught by reading one byte past the cap:
+    a /proc file, of size 0 and hundreds of bytes, is such a file without a race."""
+    assert os.stat("/proc/self/status").st_size == 0
+    with pytest.raises(FileTooLarge, match="more than the 10 bytes"):
+        read_capped("/proc/self/status", 10)
 
 
 # --- SIGTERM ----------------------------------------------------------------------------------
