@@ -426,7 +426,7 @@ def test_the_same_config_twice_gets_a_numbered_folder(tmp_path):
     first = train("--config", str(config), cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     assert first.stdout.strip().splitlines()[-1].endswith("; run folder runs/probe")
-    for number in (2, 3):
+    for number in (2, 3, 4):  # 4: a search past two taken numbers
         again = train("--config", str(config), cwd=tmp_path)
         assert again.returncode == 0, again.stderr
         assert again.stdout.strip().splitlines()[-1].endswith(
@@ -438,7 +438,7 @@ def test_the_same_config_twice_gets_a_numbered_folder(tmp_path):
     replaced = train("--config", str(config), "--overwrite", cwd=tmp_path)
     assert replaced.returncode == 0, replaced.stderr
     assert replaced.stdout.strip().endswith("; run folder runs/probe")
-    assert not (tmp_path / "runs/probe-4").exists()
+    assert not (tmp_path / "runs/probe-5").exists()
 
 
 # --- a signal outside the training loop -------------------------------------------------------
