@@ -92,6 +92,7 @@ def test_overwrite_never_deletes_through_a_symlinked_out(tmp_path):
     ("last.npz", b"PK\x03\x04 not a checkpoint"),
     ("summary.json", b'{"title": "my notes"}'),
     ("history.jsonl", b"shopping list\n"),
+    ("history.jsonl", b'{"item": "milk"}\n{"item": "eggs"}\n'),  # JSON lines, no epochs
 ])
 def test_overwrite_refuses_files_no_run_wrote(tmp_path, name, content):
     config = features_config(tmp_path)
