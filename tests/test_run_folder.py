@@ -847,3 +847,38 @@ def test_a_divergence_while_the_epoch_files_fail_is_reported_as_the_divergence(
     with pytest.raises(TrainingDiverged, match="diverged in epoch 2"):
         runs.train_run(config, data, tmp_path / "run", progress=False)
     assert writer_threads() == []
+
+
+def test_an_interrupt_writes_again_the_epoch_files_that_failed(tmp_path, monkeypatch):
+    """Epoch 2's history.jsonl fails once (a disk full for a moment), then Ctrl-C: the line
+    says epoch 2 is saved, so last.npz and history.jsonl are written again and both hold it."""
+    import errno
+
+    from softmax_cls.training.checkpoint import load_checkpoint
+
+    real_history, failed = runs.write_history, []
+
+    def failing_once(target, history):
+        if len(history) == 2 and not failed:
+            failed.append(target)
+            raise OSError(errno.ENOSPC, "No space left on device", str(target))
+        return real_history(target, history)
+
+    real_fit = runs.fit
+
+    def interrupted_fit(*args, on_epoch, **kwargs):
+        def then_stop(state):
+            on_epoch(state)
+            if state.epoch == 2:
+                raise KeyboardInterrupt
+        return real_fit(*args, on_epoch=then_stop, **kwargs)
+
+    monkeypatch.setattr(runs, "write_history", failing_once)
+    monkeypatch.setattr(runs, "fit", interrupted_fit)
+    config, data = small_run(tmp_path, epochs=4)
+    with pytest.raises(runs.TrainingInterrupted, match=r"last completed epoch \(2\)"):
+        runs.train_run(config, data, tmp_path / "run", progress=False)
+    assert failed
+    assert load_checkpoint(tmp_path / "run" / "last.npz").state.epoch == 2
+    lines = (tmp_path / "run" / "history.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
