@@ -22,9 +22,11 @@ from softmax_cls.config import config_to_yaml
 from softmax_cls.fsutil import (
     FileTooLarge,
     FolderBusy,
+    NotOwnFile,
     atomic_write,
     folder_lock,
     missing_folders,
+    open_own_file,
     read_capped,
     removed_on_error,
 )
@@ -166,6 +168,16 @@ def test_a_failed_or_interrupted_block_removes_the_folders_it_made(tmp_path, sto
         with folder_lock(folder, wait=False):
             raise stop()
     assert sorted(path.name for path in tmp_path.iterdir()) == []
+
+
+def test_a_fifo_opened_for_writing_in_place_is_refused_as_not_a_file(tmp_path):
+    """A fifo with no reader fails a non-blocking open for writing (ENXIO) before it can be
+    looked at: refused as not a regular file, like a fifo opened for reading."""
+    fifo = tmp_path / "archive.part"
+    os.mkfifo(fifo)
+    for flags in (os.O_WRONLY | os.O_CREAT, os.O_RDONLY):
+        with pytest.raises(NotOwnFile, match="is not a regular file"):
+            open_own_file(fifo, flags)
 
 
 # --- read_capped ------------------------------------------------------------------------------
