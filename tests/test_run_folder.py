@@ -92,6 +92,7 @@ def test_overwrite_never_deletes_through_a_symlinked_out(tmp_path):
     ("last.npz", b"PK\x03\x04 not a checkpoint"),
     ("summary.json", b'{"title": "my notes"}'),
     ("history.jsonl", b"shopping list\n"),
+    ("history.jsonl", b'{"item": "milk"}\n{"item": "eggs"}\n'),  # JSON lines, no epochs
 ])
 def test_overwrite_refuses_files_no_run_wrote(tmp_path, name, content):
     config = features_config(tmp_path)
@@ -426,7 +427,7 @@ def test_the_same_config_twice_gets_a_numbered_folder(tmp_path):
     first = train("--config", str(config), cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     assert first.stdout.strip().splitlines()[-1].endswith("; run folder runs/probe")
-    for number in (2, 3):
+    for number in (2, 3, 4):  # 4: a search past two taken numbers
         again = train("--config", str(config), cwd=tmp_path)
         assert again.returncode == 0, again.stderr
         assert again.stdout.strip().splitlines()[-1].endswith(
@@ -438,7 +439,7 @@ def test_the_same_config_twice_gets_a_numbered_folder(tmp_path):
     replaced = train("--config", str(config), "--overwrite", cwd=tmp_path)
     assert replaced.returncode == 0, replaced.stderr
     assert replaced.stdout.strip().endswith("; run folder runs/probe")
-    assert not (tmp_path / "runs/probe-4").exists()
+    assert not (tmp_path / "runs/probe-5").exists()
 
 
 # --- a signal outside the training loop -------------------------------------------------------
@@ -672,3 +673,212 @@ def test_an_interrupt_saves_the_last_epoch_after_the_files_under_way(tmp_path, m
     lines = (tmp_path / "run" / "history.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
     assert writer_threads() == []
+
+
+# --- what a run leaves on disk ----------------------------------------------------------------
+
+def test_a_run_and_its_resume_in_place_leave_the_run_files_alone_with_the_umasks_mode(tmp_path):
+    """No temporary file or .NAME.before backup is left beside the run files, and each file
+    has open()'s mode less the umask (mkstemp would give 0600)."""
+    config = features_config(tmp_path)
+    folder = tmp_path / "run"
+
+    def umask_027():
+        import os
+
+        os.umask(0o027)
+
+    expected = sorted([*runs.RUN_FILES, ".lock"])
+    assert train("--config", str(config), "--out", str(folder),
+                 preexec_fn=umask_027).returncode == 0
+    assert sorted(path.name for path in folder.iterdir()) == expected
+    resumed = train("--resume", str(folder / "last.npz"), "--set", "optim.epochs=3",
+                    preexec_fn=umask_027)
+    assert resumed.returncode == 0, resumed.stderr
+    assert sorted(path.name for path in folder.iterdir()) == expected
+    assert {path.name: path.stat().st_mode & 0o777 for path in folder.iterdir()} == {
+        name: 0o640 for name in expected}
+
+
+def test_a_finished_run_without_its_summary_is_evaluated_again(tmp_path):
+    """summary.json deleted: the run is not finished (its test evaluation is what is missing);
+    resuming trains no epoch, evaluates and writes summary.json again."""
+    config = features_config(tmp_path)
+    folder = tmp_path / "run"
+    assert train("--config", str(config), "--out", str(folder)).returncode == 0
+    summary = json.loads((folder / "summary.json").read_text())
+    (folder / "summary.json").unlink()
+    result = train("--resume", str(folder / "last.npz"))
+    assert result.returncode == 0, result.stderr
+    assert "already finished" not in result.stdout
+    assert json.loads((folder / "summary.json").read_text()) == summary
+
+
+def edited_best(folder: Path) -> np.ndarray:
+    """Write over folder/best.npz a copy whose weights are one more: the same epoch and data,
+    other weights (a best.npz of another run). Returns the true best weights."""
+    from softmax_cls.training.checkpoint import load_checkpoint, save_checkpoint
+
+    best = load_checkpoint(folder / "best.npz")
+    state = runs.copy_state(best.state)
+    state.best_W += 1
+    save_checkpoint(folder / "best.npz", state, best.preprocessor, best.class_names,
+                    best.config_yaml, best.fingerprint, best.status, best.val_rows,
+                    W=state.best_W)
+    return best.state.best_W
+
+
+def test_a_best_npz_of_other_weights_beside_the_resumed_checkpoint_is_not_taken(tmp_path):
+    """best.npz of the same epoch and data but other weights is not the resumed run's best:
+    the new folder's best.npz holds the run's own best weights."""
+    from softmax_cls.training.checkpoint import load_checkpoint
+
+    config = features_config(tmp_path)
+    folder, other = tmp_path / "run", tmp_path / "other"
+    assert train("--config", str(config), "--out", str(folder)).returncode == 0
+    true_best = edited_best(folder)
+    result = train("--resume", str(folder / "last.npz"), "--out", str(other))
+    assert result.returncode == 0, result.stderr
+    np.testing.assert_array_equal(load_checkpoint(other / "best.npz").W, true_best)
+
+
+def test_a_best_npz_of_other_weights_in_the_resumed_runs_folder_is_replaced(tmp_path):
+    """The same in the run's own folder, its best epoch (1) before its last (2): the other
+    best.npz is removed, and the run's end writes its own best weights there."""
+    from softmax_cls.training.checkpoint import load_checkpoint, save_checkpoint
+
+    config = features_config(tmp_path)
+    folder = tmp_path / "run"
+    assert train("--config", str(config), "--out", str(folder)).returncode == 0
+    edited_best(folder)
+    last = load_checkpoint(folder / "last.npz")
+    state = runs.copy_state(last.state)
+    state.best_epoch, state.epochs_since_best = 1, 1  # as if epoch 2 was not its best
+    save_checkpoint(folder / "last.npz", state, last.preprocessor, last.class_names,
+                    last.config_yaml, last.fingerprint, last.status, last.val_rows)
+    (folder / "summary.json").unlink()  # so the finished run is evaluated again
+    result = train("--resume", str(folder / "last.npz"))
+    assert result.returncode == 0, result.stderr
+    np.testing.assert_array_equal(load_checkpoint(folder / "best.npz").W, state.best_W)
+
+
+def test_a_resume_over_another_run_brings_its_own_best_npz(tmp_path):
+    """--overwrite of a folder holding another run's best.npz: the resumed run's best.npz
+    is copied there, byte for byte (not the final state marked 'best weights only')."""
+    config = features_config(tmp_path)
+    folder, other = tmp_path / "run", tmp_path / "other"
+    assert train("--config", str(config), "--out", str(folder)).returncode == 0
+    assert train("--config", str(config), "--out", str(other), "--set", "seed=2"
+                 ).returncode == 0
+    result = train("--resume", str(folder / "last.npz"), "--out", str(other), "--overwrite")
+    assert result.returncode == 0, result.stderr
+    assert (other / "best.npz").read_bytes() == (folder / "best.npz").read_bytes()
+
+
+def test_an_interrupted_resume_of_a_finished_run_leaves_no_summary(tmp_path, monkeypatch):
+    """A finished run trained further and interrupted: its summary.json, of the earlier end,
+    is gone (summary.json is absent until a run's end), last.npz holds the epoch reached."""
+    from softmax_cls.training.checkpoint import load_checkpoint
+
+    config, data = small_run(tmp_path, epochs=2)
+    folder = tmp_path / "run"
+    runs.train_run(config, data, folder, progress=False)
+    assert (folder / "summary.json").is_file()
+    real_fit = runs.fit
+
+    def interrupted_fit(*args, on_epoch, **kwargs):
+        def then_stop(state):
+            on_epoch(state)
+            raise KeyboardInterrupt
+        return real_fit(*args, on_epoch=then_stop, **kwargs)
+
+    monkeypatch.setattr(runs, "fit", interrupted_fit)
+    further = small_run(tmp_path, epochs=4)[0]
+    with pytest.raises(runs.TrainingInterrupted, match=r"last completed epoch \(3\)"):
+        runs.train_run(further, data, folder, load_checkpoint(folder / "last.npz"),
+                       progress=False)
+    assert not (folder / "summary.json").exists()
+    assert load_checkpoint(folder / "last.npz").state.epoch == 3
+
+
+def test_a_busy_folder_names_its_holder_after_a_longer_one(tmp_path):
+    """The lock file is emptied before its holder writes itself in: over a longer earlier
+    text the second run named 'another process'."""
+    config = features_config(tmp_path)
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / ".lock").write_text("process 123456789012345678\n")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom softmax_cls.fsutil import folder_lock\n"
+         "with folder_lock(sys.argv[1], wait=False):\n    print(flush=True)\n    time.sleep(60)",
+         str(folder)], stdout=subprocess.PIPE, text=True)
+    try:
+        holder.stdout.readline()
+        result = train("--config", str(config), "--out", str(folder))
+        assert_one_line_error(result, 1, f"in use by process {holder.pid} ")
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_divergence_while_the_epoch_files_fail_is_reported_as_the_divergence(
+        tmp_path, monkeypatch):
+    """Epoch 1's history.jsonl fails (slowly) while epoch 2 diverges: the run's own error is
+    raised, the write's is not put in its place, and no writer thread is left."""
+    import errno
+
+    from softmax_cls.training.fit import TrainingDiverged
+
+    def failing_history(target, history):
+        time.sleep(0.2)
+        raise OSError(errno.ENOSPC, "No space left on device", str(target))
+
+    real_fit = runs.fit
+
+    def diverging_fit(*args, on_epoch, **kwargs):
+        def then_diverge(state):
+            on_epoch(state)
+            raise TrainingDiverged("training diverged in epoch 2")
+        return real_fit(*args, on_epoch=then_diverge, **kwargs)
+
+    monkeypatch.setattr(runs, "write_history", failing_history)
+    monkeypatch.setattr(runs, "fit", diverging_fit)
+    config, data = small_run(tmp_path, epochs=3)
+    with pytest.raises(TrainingDiverged, match="diverged in epoch 2"):
+        runs.train_run(config, data, tmp_path / "run", progress=False)
+    assert writer_threads() == []
+
+
+def test_an_interrupt_writes_again_the_epoch_files_that_failed(tmp_path, monkeypatch):
+    """Epoch 2's history.jsonl fails once (a disk full for a moment), then Ctrl-C: the line
+    says epoch 2 is saved, so last.npz and history.jsonl are written again and both hold it."""
+    import errno
+
+    from softmax_cls.training.checkpoint import load_checkpoint
+
+    real_history, failed = runs.write_history, []
+
+    def failing_once(target, history):
+        if len(history) == 2 and not failed:
+            failed.append(target)
+            raise OSError(errno.ENOSPC, "No space left on device", str(target))
+        return real_history(target, history)
+
+    real_fit = runs.fit
+
+    def interrupted_fit(*args, on_epoch, **kwargs):
+        def then_stop(state):
+            on_epoch(state)
+            if state.epoch == 2:
+                raise KeyboardInterrupt
+        return real_fit(*args, on_epoch=then_stop, **kwargs)
+
+    monkeypatch.setattr(runs, "write_history", failing_once)
+    monkeypatch.setattr(runs, "fit", interrupted_fit)
+    config, data = small_run(tmp_path, epochs=4)
+    with pytest.raises(runs.TrainingInterrupted, match=r"last completed epoch \(2\)"):
+        runs.train_run(config, data, tmp_path / "run", progress=False)
+    assert failed
+    assert load_checkpoint(tmp_path / "run" / "last.npz").state.epoch == 2
+    lines = (tmp_path / "run" / "history.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
