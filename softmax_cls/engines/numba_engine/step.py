@@ -29,6 +29,9 @@ bit-identical whatever NUMBA_NUM_THREADS (or numba.set_num_threads) says.
 
 from __future__ import annotations
 
+import platform
+
+import numba
 import numpy as np
 from numba import prange
 
@@ -40,6 +43,28 @@ TILE_ROWS = 8  # minibatch rows per tile: 8 score sums share each load of W, 8 g
 CHUNK = 512  # features per tile of the score sums: (8, 512) floats + W's chunk stay in L1
 BLOCK_FLOATS = 32768  # gradient accumulators (C, block width) per task: up to 128 KB, in L2
 
+
+def vector_registers() -> int:
+    """The vector registers of the machine code numba compiles here: 16 on x86 without
+    AVX-512 (AVX2 and older), else 32 (AVX-512; other architectures, Arm's NEON among them).
+    The features are the ones numba compiles for: NUMBA_CPU_FEATURES when set (a portable
+    cache), else this CPU's."""
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686", "x86"):
+        return 32
+    from numba.core import codegen
+
+    features = numba.config.CPU_FEATURES
+    if features is None:
+        features = codegen.get_host_cpu_features()
+    return 32 if "+avx512f" in features.split(",") else 16
+
+
+# The tile kernels' layout, chosen once by the registers: two classes of eight rows keep 16
+# sums (scores) or 16 weights (gradient) in registers, which fits 32; with 16 that layout
+# spills to the stack, and four rows (scores) or one class (gradient) at a time is faster.
+# The gradient's bits are the same either way; the scores' may differ in the last place
+# between layouts (their sums are reassociated), never between runs or thread counts.
+WIDE_REGISTERS = vector_registers() >= 32
 
 # Score sums may be reassociated (vectorised); nothing may assume finite values, since
 # non-finite scores must be seen and reported. The gradient sums keep their row order.
@@ -68,8 +93,8 @@ def _tile(U, i, n, j0, m, tile):
 
 @njit(cache=True)
 def _put_scores(S, i, n, c, sums, add):
-    """S[i + r, c] (+)= sums[r] for the n real rows of a tile."""
-    for r in range(TILE_ROWS):
+    """S[i + r, c] (+)= sums[r] for the real rows r < n of the len(sums) rows from row i."""
+    for r in range(len(sums)):
         if r < n:
             if add:
                 S[i + r, c] += sums[r]
@@ -78,9 +103,10 @@ def _put_scores(S, i, n, c, sums, add):
 
 
 @njit(cache=True, fastmath=_DOT_MATH)
-def _tile_scores(tile, m, W, j0, S, i, n, add, zero):
-    """S[i:i+n, c] (+)= tile[:n, :m] . W[c, j0:j0+m] for every class c, two classes at a time:
-    16 sums in registers, 10 loads per 16 multiply-adds."""
+def _tile_scores_eight_rows(tile, m, W, j0, S, i, n, add, zero):
+    """S[i:i+n, c] (+)= tile[:n, :m] . W[c, j0:j0+m] for every class c, two classes of all
+    eight rows at a time: 16 sums in registers, 10 loads per 16 multiply-adds (for 32 vector
+    registers: with 16 they spill)."""
     n_classes = W.shape[0]
     first = np.uint64(j0)
     c = 0
@@ -126,6 +152,49 @@ def _tile_scores(tile, m, W, j0, S, i, n, add, zero):
             a6 += tile[6, k] * v
             a7 += tile[7, k] * v
         _put_scores(S, i, n, c, (a0, a1, a2, a3, a4, a5, a6, a7), add)
+
+
+@njit(cache=True, fastmath=_DOT_MATH)
+def _tile_scores_four_rows(tile, m, W, j0, S, i, n, add, zero):
+    """The same sums as _tile_scores_eight_rows, two classes of four rows at a time (each
+    half of the tile in turn): 8 sums in registers, 6 loads per 8 multiply-adds, which fit
+    16 vector registers (AVX2)."""
+    n_classes = W.shape[0]
+    first = np.uint64(j0)
+    for r in range(0, TILE_ROWS, 4):
+        c = 0
+        while c + 2 <= n_classes:
+            a0 = a1 = a2 = a3 = zero
+            b0 = b1 = b2 = b3 = zero
+            for jj in range(m):
+                k = np.uint64(jj)
+                j = first + k
+                v, w = W[c, j], W[c + 1, j]
+                t0, t1, t2, t3 = tile[r, k], tile[r + 1, k], tile[r + 2, k], tile[r + 3, k]
+                a0 += t0 * v
+                a1 += t1 * v
+                a2 += t2 * v
+                a3 += t3 * v
+                b0 += t0 * w
+                b1 += t1 * w
+                b2 += t2 * w
+                b3 += t3 * w
+            _put_scores(S, i + r, n - r, c, (a0, a1, a2, a3), add)
+            _put_scores(S, i + r, n - r, c + 1, (b0, b1, b2, b3), add)
+            c += 2
+        if c < n_classes:
+            a0 = a1 = a2 = a3 = zero
+            for jj in range(m):
+                k = np.uint64(jj)
+                v = W[c, first + k]
+                a0 += tile[r, k] * v
+                a1 += tile[r + 1, k] * v
+                a2 += tile[r + 2, k] * v
+                a3 += tile[r + 3, k] * v
+            _put_scores(S, i + r, n - r, c, (a0, a1, a2, a3), add)
+
+
+_tile_scores = _tile_scores_eight_rows if WIDE_REGISTERS else _tile_scores_four_rows
 
 
 @njit(cache=True, fastmath={"reassoc", "contract"})
@@ -273,10 +342,24 @@ def _tile_weights(dS, i, n, c, zero):
 
 
 @njit(cache=True, fastmath=_ORDERED_MATH)
-def _tile_grad(tile, dS, i, n, m, acc, zero):
+def _tile_grad_class(tile, dS, i, n, m, acc, c, zero):
+    """acc[c, :m] += dS[i + r, c] * tile[r, :m] for r = 0..7 in order, for class c. Rows from
+    n on are zero (dS and tile alike)."""
+    d0, d1, d2, d3, d4, d5, d6, d7 = _tile_weights(dS, i, n, c, zero)
+    first = acc[c]
+    for jj in range(m):
+        k = np.uint64(jj)
+        first[k] = (first[k] + d0 * tile[0, k] + d1 * tile[1, k] + d2 * tile[2, k]
+                    + d3 * tile[3, k] + d4 * tile[4, k] + d5 * tile[5, k] + d6 * tile[6, k]
+                    + d7 * tile[7, k])
+
+
+@njit(cache=True, fastmath=_ORDERED_MATH)
+def _tile_grad_class_pairs(tile, dS, i, n, m, acc, zero):
     """acc[c, :m] += dS[i + r, c] * tile[r, :m] for r = 0..7 in order, every class c, two
     classes at a time: each load of the tile serves two classes, each load and store of the
-    accumulators eight rows. Rows from n on are zero (dS and tile alike)."""
+    accumulators eight rows (for 32 vector registers: 16 weights and 8 tile rows; with 16
+    they spill). The same sums, bit for bit, as _tile_grad_one_class."""
     n_classes = dS.shape[1]
     c = 0
     while c + 2 <= n_classes:
@@ -293,13 +376,18 @@ def _tile_grad(tile, dS, i, n, m, acc, zero):
                          + e6 * t6 + e7 * t7)
         c += 2
     if c < n_classes:
-        d0, d1, d2, d3, d4, d5, d6, d7 = _tile_weights(dS, i, n, c, zero)
-        first = acc[c]
-        for jj in range(m):
-            k = np.uint64(jj)
-            first[k] = (first[k] + d0 * tile[0, k] + d1 * tile[1, k] + d2 * tile[2, k]
-                        + d3 * tile[3, k] + d4 * tile[4, k] + d5 * tile[5, k] + d6 * tile[6, k]
-                        + d7 * tile[7, k])
+        _tile_grad_class(tile, dS, i, n, m, acc, c, zero)
+
+
+@njit(cache=True)
+def _tile_grad_one_class(tile, dS, i, n, m, acc, zero):
+    """The sums of _tile_grad_class_pairs, one class at a time (8 weights and the tile's
+    rows: fits 16 vector registers, AVX2)."""
+    for c in range(dS.shape[1]):
+        _tile_grad_class(tile, dS, i, n, m, acc, c, zero)
+
+
+_tile_grad = _tile_grad_class_pairs if WIDE_REGISTERS else _tile_grad_one_class
 
 
 @njit(cache=True)
