@@ -92,11 +92,10 @@ def test_edge_and_reflect_on_a_known_image():
 
 
 # ---------------------------------------------------------------------------------------------
-# The tile kernels in both register layouts (the machine runs one; both are tested here)
+# The tile kernels, the scores in both register layouts (the machine runs one)
 
 
 SCORE_LAYOUTS = ["_tile_scores_eight_rows", "_tile_scores_four_rows"]
-GRAD_LAYOUTS = ["_tile_grad_class_pairs", "_tile_grad_one_class"]
 
 
 @pytest.mark.parametrize("layout", SCORE_LAYOUTS)
@@ -122,15 +121,13 @@ def test_tile_scores_of_either_layout_against_float64_products(layout, n_classes
         assert (S[:i] == 7).all() and (S[i + n:] == 7).all()
 
 
-@pytest.mark.parametrize("layout", GRAD_LAYOUTS)
 @pytest.mark.parametrize("n_classes", [1, 2, 3, 10])
 @pytest.mark.parametrize("n", [1, 5, 8])
-def test_tile_gradient_of_either_layout_against_float64_sums(layout, n_classes, n):
+def test_tile_gradient_against_float64_sums(n_classes, n):
     """acc[c, :m] += sum over the tile's n real rows r of dS[i + r, c] * tile[r, :m], against
     the float64 sums; the columns past m untouched."""
     from softmax_cls.engines.numba_engine import step
 
-    kernel = getattr(step, layout)
     rng = np.random.default_rng(n_classes * 10 + n + 1)
     m, i = 37, 3
     tile = rng.standard_normal((step.TILE_ROWS, 40)).astype(np.float32)
@@ -140,25 +137,9 @@ def test_tile_gradient_of_either_layout_against_float64_sums(layout, n_classes, 
     expected = acc[:, :m].astype(np.float64) + (dS[i:i + n].astype(np.float64).T
                                                  @ tile[:n, :m].astype(np.float64))
     before = acc.copy()
-    kernel(tile, dS, i, n, m, acc, np.float32(0))
+    step._tile_grad(tile, dS, i, n, m, acc, np.float32(0))
     np.testing.assert_allclose(acc[:, :m], expected, rtol=1e-5, atol=1e-5)
     assert np.array_equal(acc[:, m:], before[:, m:])
-
-
-@pytest.mark.parametrize("n_classes", [1, 2, 3, 10])
-def test_both_gradient_layouts_give_the_same_bits(n_classes):
-    """The layout is chosen by the machine's registers; the SGD step's gradient must not
-    depend on it (its sums run in the same order in both)."""
-    from softmax_cls.engines.numba_engine import step
-
-    rng = np.random.default_rng(n_classes)
-    tile = rng.standard_normal((step.TILE_ROWS, 300)).astype(np.float32)
-    dS = (rng.standard_normal((step.TILE_ROWS, n_classes)) * 1e-3).astype(np.float32)
-    start = rng.standard_normal((n_classes, 300)).astype(np.float32)
-    accs = [start.copy(), start.copy()]
-    for layout, acc in zip(GRAD_LAYOUTS, accs, strict=True):
-        getattr(step, layout)(tile, dS, 0, step.TILE_ROWS, 300, acc, np.float32(0))
-    assert np.array_equal(accs[0], accs[1])
 
 
 @pytest.mark.parametrize("features, machine, registers", [
@@ -169,22 +150,20 @@ def test_both_gradient_layouts_give_the_same_bits(n_classes):
 ])
 def test_the_tile_layout_follows_the_vector_registers(monkeypatch, features, machine,
                                                       registers):
-    """16 registers (x86 without AVX-512) take four-row scores and one-class gradients; 32
-    keep two classes of eight rows. The features are numba's (NUMBA_CPU_FEATURES here)."""
+    """16 registers (x86 without AVX-512) take the four-row score tiles; 32 keep two classes
+    of eight rows. The features are numba's (NUMBA_CPU_FEATURES here)."""
     from softmax_cls.engines.numba_engine import step
 
     monkeypatch.setattr(numba.config, "CPU_FEATURES", features)
     monkeypatch.setattr(step.platform, "machine", lambda: machine)
     assert step.vector_registers() == registers
     code = ("from softmax_cls.engines.numba_engine import step\n"
-            "print(step._tile_scores.py_func.__name__, step._tile_grad.py_func.__name__)")
+            "print(step._tile_scores.py_func.__name__)")
     if machine == "x86_64":  # the module's choice, made at import
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                              env={**os.environ, "NUMBA_CPU_FEATURES": features},
                              timeout=120, check=True).stdout.split()
-        wide = registers == 32
-        assert out == [SCORE_LAYOUTS[0] if wide else SCORE_LAYOUTS[1],
-                       GRAD_LAYOUTS[0] if wide else GRAD_LAYOUTS[1]]
+        assert out == [SCORE_LAYOUTS[0] if registers == 32 else SCORE_LAYOUTS[1]]
 
 
 # ---------------------------------------------------------------------------------------------

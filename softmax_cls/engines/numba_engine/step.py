@@ -59,11 +59,10 @@ def vector_registers() -> int:
     return 32 if "+avx512f" in features.split(",") else 16
 
 
-# The tile kernels' layout, chosen once by the registers: two classes of eight rows keep 16
-# sums (scores) or 16 weights (gradient) in registers, which fits 32; with 16 that layout
-# spills to the stack, and four rows (scores) or one class (gradient) at a time is faster.
-# The gradient's bits are the same either way; the scores' may differ in the last place
-# between layouts (their sums are reassociated), never between runs or thread counts.
+# The score tiles' layout, chosen once by the registers: two classes of eight rows keep 16
+# sums in registers, which fits 32; with 16 it spills to the stack, and four rows at a time
+# is faster. The scores may differ in the last place between layouts (their sums are
+# reassociated), never between runs or thread counts on one machine.
 WIDE_REGISTERS = vector_registers() >= 32
 
 # Score sums may be reassociated (vectorised); nothing may assume finite values, since
@@ -342,24 +341,10 @@ def _tile_weights(dS, i, n, c, zero):
 
 
 @njit(cache=True, fastmath=_ORDERED_MATH)
-def _tile_grad_class(tile, dS, i, n, m, acc, c, zero):
-    """acc[c, :m] += dS[i + r, c] * tile[r, :m] for r = 0..7 in order, for class c. Rows from
-    n on are zero (dS and tile alike)."""
-    d0, d1, d2, d3, d4, d5, d6, d7 = _tile_weights(dS, i, n, c, zero)
-    first = acc[c]
-    for jj in range(m):
-        k = np.uint64(jj)
-        first[k] = (first[k] + d0 * tile[0, k] + d1 * tile[1, k] + d2 * tile[2, k]
-                    + d3 * tile[3, k] + d4 * tile[4, k] + d5 * tile[5, k] + d6 * tile[6, k]
-                    + d7 * tile[7, k])
-
-
-@njit(cache=True, fastmath=_ORDERED_MATH)
-def _tile_grad_class_pairs(tile, dS, i, n, m, acc, zero):
+def _tile_grad(tile, dS, i, n, m, acc, zero):
     """acc[c, :m] += dS[i + r, c] * tile[r, :m] for r = 0..7 in order, every class c, two
     classes at a time: each load of the tile serves two classes, each load and store of the
-    accumulators eight rows (for 32 vector registers: 16 weights and 8 tile rows; with 16
-    they spill). The same sums, bit for bit, as _tile_grad_one_class."""
+    accumulators eight rows. Rows from n on are zero (dS and tile alike)."""
     n_classes = dS.shape[1]
     c = 0
     while c + 2 <= n_classes:
@@ -376,18 +361,13 @@ def _tile_grad_class_pairs(tile, dS, i, n, m, acc, zero):
                          + e6 * t6 + e7 * t7)
         c += 2
     if c < n_classes:
-        _tile_grad_class(tile, dS, i, n, m, acc, c, zero)
-
-
-@njit(cache=True)
-def _tile_grad_one_class(tile, dS, i, n, m, acc, zero):
-    """The sums of _tile_grad_class_pairs, one class at a time (8 weights and the tile's
-    rows: fits 16 vector registers, AVX2)."""
-    for c in range(dS.shape[1]):
-        _tile_grad_class(tile, dS, i, n, m, acc, c, zero)
-
-
-_tile_grad = _tile_grad_class_pairs if WIDE_REGISTERS else _tile_grad_one_class
+        d0, d1, d2, d3, d4, d5, d6, d7 = _tile_weights(dS, i, n, c, zero)
+        first = acc[c]
+        for jj in range(m):
+            k = np.uint64(jj)
+            first[k] = (first[k] + d0 * tile[0, k] + d1 * tile[1, k] + d2 * tile[2, k]
+                        + d3 * tile[3, k] + d4 * tile[4, k] + d5 * tile[5, k] + d6 * tile[6, k]
+                        + d7 * tile[7, k])
 
 
 @njit(cache=True)
