@@ -92,6 +92,81 @@ def test_edge_and_reflect_on_a_known_image():
 
 
 # ---------------------------------------------------------------------------------------------
+# The tile kernels, the scores in both register layouts (the machine runs one)
+
+
+SCORE_LAYOUTS = ["_tile_scores_eight_rows", "_tile_scores_four_rows"]
+
+
+@pytest.mark.parametrize("layout", SCORE_LAYOUTS)
+@pytest.mark.parametrize("n_classes", [1, 2, 3, 10])
+@pytest.mark.parametrize("n", [1, 3, 4, 5, 8])
+def test_tile_scores_of_either_layout_against_float64_products(layout, n_classes, n):
+    """S[i:i+n, c] (+)= tile[:n, :m] . W[c, j0:j0+m]: every real row and class against the
+    float64 product, the rows past n and the columns outside the tile untouched."""
+    from softmax_cls.engines.numba_engine import step
+
+    kernel = getattr(step, layout)
+    rng = np.random.default_rng(n_classes * 10 + n)
+    m, j0, i = 37, 5, 2
+    tile = rng.standard_normal((step.TILE_ROWS, 64)).astype(np.float32)
+    tile[n:] = 0  # a short tile's rows past n are zero, as _tile makes them
+    W = rng.standard_normal((n_classes, j0 + m + 3)).astype(np.float32)
+    expected = tile[:n, :m].astype(np.float64) @ W[:, j0:j0 + m].T.astype(np.float64)
+    for add in (False, True):
+        S = np.full((i + step.TILE_ROWS + 2, n_classes), 7.0, np.float32)
+        kernel(tile, m, W, j0, S, i, n, add, np.float32(0))
+        np.testing.assert_allclose(S[i:i + n], expected + (7.0 if add else 0.0),
+                                   rtol=1e-5, atol=1e-5)
+        assert (S[:i] == 7).all() and (S[i + n:] == 7).all()
+
+
+@pytest.mark.parametrize("n_classes", [1, 2, 3, 10])
+@pytest.mark.parametrize("n", [1, 5, 8])
+def test_tile_gradient_against_float64_sums(n_classes, n):
+    """acc[c, :m] += sum over the tile's n real rows r of dS[i + r, c] * tile[r, :m], against
+    the float64 sums; the columns past m untouched."""
+    from softmax_cls.engines.numba_engine import step
+
+    rng = np.random.default_rng(n_classes * 10 + n + 1)
+    m, i = 37, 3
+    tile = rng.standard_normal((step.TILE_ROWS, 40)).astype(np.float32)
+    tile[n:] = 0
+    dS = rng.standard_normal((i + step.TILE_ROWS, n_classes)).astype(np.float32)
+    acc = rng.standard_normal((n_classes, 40)).astype(np.float32)
+    expected = acc[:, :m].astype(np.float64) + (dS[i:i + n].astype(np.float64).T
+                                                 @ tile[:n, :m].astype(np.float64))
+    before = acc.copy()
+    step._tile_grad(tile, dS, i, n, m, acc, np.float32(0))
+    np.testing.assert_allclose(acc[:, :m], expected, rtol=1e-5, atol=1e-5)
+    assert np.array_equal(acc[:, m:], before[:, m:])
+
+
+@pytest.mark.parametrize("features, machine, registers", [
+    ("+avx,+avx2,+fma,-avx512f", "x86_64", 16),
+    ("+avx,+avx2,+fma,+avx512f,+avx512vl", "x86_64", 32),
+    ("+sse2", "AMD64", 16),
+    ("+neon", "aarch64", 32),
+])
+def test_the_tile_layout_follows_the_vector_registers(monkeypatch, features, machine,
+                                                      registers):
+    """16 registers (x86 without AVX-512) take the four-row score tiles; 32 keep two classes
+    of eight rows. The features are numba's (NUMBA_CPU_FEATURES here)."""
+    from softmax_cls.engines.numba_engine import step
+
+    monkeypatch.setattr(numba.config, "CPU_FEATURES", features)
+    monkeypatch.setattr(step.platform, "machine", lambda: machine)
+    assert step.vector_registers() == registers
+    code = ("from softmax_cls.engines.numba_engine import step\n"
+            "print(step._tile_scores.py_func.__name__)")
+    if machine == "x86_64":  # the module's choice, made at import
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             env={**os.environ, "NUMBA_CPU_FEATURES": features},
+                             timeout=120, check=True).stdout.split()
+        assert out == [SCORE_LAYOUTS[0] if registers == 32 else SCORE_LAYOUTS[1]]
+
+
+# ---------------------------------------------------------------------------------------------
 # Determinism, errors, predictions, the gradient check
 
 
@@ -396,3 +471,18 @@ def test_no_read_out_of_bounds(tmp_path):
                          capture_output=True, text=True, cwd=root, env=env, timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert " passed" in out.stdout and " skipped" not in out.stdout, out.stdout[-3000:]
+
+
+def test_every_scripted_kernel_mutant_still_applies():
+    """scripts/mutate_kernels.py's breaks name text of the kernels; one whose text moved (an
+    edit, a rename) would stop the script before any mutant runs, unnoticed until then."""
+    scripts = Path(__file__).resolve().parents[1] / "scripts"
+    sys.path.insert(0, str(scripts))
+    try:
+        import mutate_kernels
+    finally:
+        sys.path.remove(str(scripts))
+    names = [mutant.name for mutant in mutate_kernels.MUTANTS]
+    assert len(names) == len(set(names))
+    for mutant in mutate_kernels.MUTANTS:
+        mutate_kernels.apply(mutant, None)  # SystemExit unless its text is there once

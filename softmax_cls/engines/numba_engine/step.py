@@ -29,6 +29,9 @@ bit-identical whatever NUMBA_NUM_THREADS (or numba.set_num_threads) says.
 
 from __future__ import annotations
 
+import platform
+
+import numba
 import numpy as np
 from numba import prange
 
@@ -40,6 +43,27 @@ TILE_ROWS = 8  # minibatch rows per tile: 8 score sums share each load of W, 8 g
 CHUNK = 512  # features per tile of the score sums: (8, 512) floats + W's chunk stay in L1
 BLOCK_FLOATS = 32768  # gradient accumulators (C, block width) per task: up to 128 KB, in L2
 
+
+def vector_registers() -> int:
+    """The vector registers of the machine code numba compiles here: 16 on x86 without
+    AVX-512 (AVX2 and older), else 32 (AVX-512; other architectures, Arm's NEON among them).
+    The features are the ones numba compiles for: NUMBA_CPU_FEATURES when set (a portable
+    cache), else this CPU's."""
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686", "x86"):
+        return 32
+    from numba.core import codegen
+
+    features = numba.config.CPU_FEATURES
+    if features is None:
+        features = codegen.get_host_cpu_features()
+    return 32 if "+avx512f" in features.split(",") else 16
+
+
+# The score tiles' layout, chosen once by the registers: two classes of eight rows keep 16
+# sums in registers, which fits 32; with 16 it spills to the stack, and four rows at a time
+# is faster. The scores may differ in the last place between layouts (their sums are
+# reassociated), never between runs or thread counts on one machine.
+WIDE_REGISTERS = vector_registers() >= 32
 
 # Score sums may be reassociated (vectorised); nothing may assume finite values, since
 # non-finite scores must be seen and reported. The gradient sums keep their row order.
@@ -68,8 +92,8 @@ def _tile(U, i, n, j0, m, tile):
 
 @njit(cache=True)
 def _put_scores(S, i, n, c, sums, add):
-    """S[i + r, c] (+)= sums[r] for the n real rows of a tile."""
-    for r in range(TILE_ROWS):
+    """S[i + r, c] (+)= sums[r] for the real rows r < n of the len(sums) rows from row i."""
+    for r in range(len(sums)):
         if r < n:
             if add:
                 S[i + r, c] += sums[r]
@@ -78,9 +102,10 @@ def _put_scores(S, i, n, c, sums, add):
 
 
 @njit(cache=True, fastmath=_DOT_MATH)
-def _tile_scores(tile, m, W, j0, S, i, n, add, zero):
-    """S[i:i+n, c] (+)= tile[:n, :m] . W[c, j0:j0+m] for every class c, two classes at a time:
-    16 sums in registers, 10 loads per 16 multiply-adds."""
+def _tile_scores_eight_rows(tile, m, W, j0, S, i, n, add, zero):
+    """S[i:i+n, c] (+)= tile[:n, :m] . W[c, j0:j0+m] for every class c, two classes of all
+    eight rows at a time: 16 sums in registers, 10 loads per 16 multiply-adds (for 32 vector
+    registers: with 16 they spill)."""
     n_classes = W.shape[0]
     first = np.uint64(j0)
     c = 0
@@ -126,6 +151,49 @@ def _tile_scores(tile, m, W, j0, S, i, n, add, zero):
             a6 += tile[6, k] * v
             a7 += tile[7, k] * v
         _put_scores(S, i, n, c, (a0, a1, a2, a3, a4, a5, a6, a7), add)
+
+
+@njit(cache=True, fastmath=_DOT_MATH)
+def _tile_scores_four_rows(tile, m, W, j0, S, i, n, add, zero):
+    """The same sums as _tile_scores_eight_rows, two classes of four rows at a time (each
+    half of the tile in turn): 8 sums in registers, 6 loads per 8 multiply-adds, which fit
+    16 vector registers (AVX2)."""
+    n_classes = W.shape[0]
+    first = np.uint64(j0)
+    for r in range(0, TILE_ROWS, 4):
+        c = 0
+        while c + 2 <= n_classes:
+            a0 = a1 = a2 = a3 = zero
+            b0 = b1 = b2 = b3 = zero
+            for jj in range(m):
+                k = np.uint64(jj)
+                j = first + k
+                v, w = W[c, j], W[c + 1, j]
+                t0, t1, t2, t3 = tile[r, k], tile[r + 1, k], tile[r + 2, k], tile[r + 3, k]
+                a0 += t0 * v
+                a1 += t1 * v
+                a2 += t2 * v
+                a3 += t3 * v
+                b0 += t0 * w
+                b1 += t1 * w
+                b2 += t2 * w
+                b3 += t3 * w
+            _put_scores(S, i + r, n - r, c, (a0, a1, a2, a3), add)
+            _put_scores(S, i + r, n - r, c + 1, (b0, b1, b2, b3), add)
+            c += 2
+        if c < n_classes:
+            a0 = a1 = a2 = a3 = zero
+            for jj in range(m):
+                k = np.uint64(jj)
+                v = W[c, first + k]
+                a0 += tile[r, k] * v
+                a1 += tile[r + 1, k] * v
+                a2 += tile[r + 2, k] * v
+                a3 += tile[r + 3, k] * v
+            _put_scores(S, i + r, n - r, c, (a0, a1, a2, a3), add)
+
+
+_tile_scores = _tile_scores_eight_rows if WIDE_REGISTERS else _tile_scores_four_rows
 
 
 @njit(cache=True, fastmath={"reassoc", "contract"})
