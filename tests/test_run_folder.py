@@ -644,6 +644,20 @@ def test_an_epoch_file_that_fails_to_write_fails_the_run_and_leaves_no_folder(
     assert writer_threads() == []
 
 
+def interrupt_fit_after_epoch(monkeypatch, epoch: int) -> None:
+    """runs.fit raises KeyboardInterrupt right after its `epoch`'s files are handed over."""
+    real_fit = runs.fit
+
+    def interrupted_fit(*args, on_epoch, **kwargs):
+        def then_stop(state):
+            on_epoch(state)
+            if state.epoch == epoch:
+                raise KeyboardInterrupt
+        return real_fit(*args, on_epoch=then_stop, **kwargs)
+
+    monkeypatch.setattr(runs, "fit", interrupted_fit)
+
+
 def test_an_interrupt_saves_the_last_epoch_after_the_files_under_way(tmp_path, monkeypatch):
     """Ctrl-C after epoch 2 while its files are still being written (slowly): last.npz and
     history.jsonl hold epoch 2, whole, and the run is left to resume."""
@@ -655,17 +669,8 @@ def test_an_interrupt_saves_the_last_epoch_after_the_files_under_way(tmp_path, m
         time.sleep(0.1)
         return real_history(target, history)
 
-    real_fit = runs.fit
-
-    def interrupted_fit(*args, on_epoch, **kwargs):
-        def then_stop(state):
-            on_epoch(state)
-            if state.epoch == 2:
-                raise KeyboardInterrupt
-        return real_fit(*args, on_epoch=then_stop, **kwargs)
-
     monkeypatch.setattr(runs, "write_history", slow_history)
-    monkeypatch.setattr(runs, "fit", interrupted_fit)
+    interrupt_fit_after_epoch(monkeypatch, 2)
     config, data = small_run(tmp_path, epochs=4)
     with pytest.raises(runs.TrainingInterrupted, match=r"last completed epoch \(2\)"):
         runs.train_run(config, data, tmp_path / "run", progress=False)
@@ -784,15 +789,7 @@ def test_an_interrupted_resume_of_a_finished_run_leaves_no_summary(tmp_path, mon
     folder = tmp_path / "run"
     runs.train_run(config, data, folder, progress=False)
     assert (folder / "summary.json").is_file()
-    real_fit = runs.fit
-
-    def interrupted_fit(*args, on_epoch, **kwargs):
-        def then_stop(state):
-            on_epoch(state)
-            raise KeyboardInterrupt
-        return real_fit(*args, on_epoch=then_stop, **kwargs)
-
-    monkeypatch.setattr(runs, "fit", interrupted_fit)
+    interrupt_fit_after_epoch(monkeypatch, 3)  # the resume's first epoch
     further = small_run(tmp_path, epochs=4)[0]
     with pytest.raises(runs.TrainingInterrupted, match=r"last completed epoch \(3\)"):
         runs.train_run(further, data, folder, load_checkpoint(folder / "last.npz"),
@@ -864,17 +861,8 @@ def test_an_interrupt_writes_again_the_epoch_files_that_failed(tmp_path, monkeyp
             raise OSError(errno.ENOSPC, "No space left on device", str(target))
         return real_history(target, history)
 
-    real_fit = runs.fit
-
-    def interrupted_fit(*args, on_epoch, **kwargs):
-        def then_stop(state):
-            on_epoch(state)
-            if state.epoch == 2:
-                raise KeyboardInterrupt
-        return real_fit(*args, on_epoch=then_stop, **kwargs)
-
     monkeypatch.setattr(runs, "write_history", failing_once)
-    monkeypatch.setattr(runs, "fit", interrupted_fit)
+    interrupt_fit_after_epoch(monkeypatch, 2)
     config, data = small_run(tmp_path, epochs=4)
     with pytest.raises(runs.TrainingInterrupted, match=r"last completed epoch \(2\)"):
         runs.train_run(config, data, tmp_path / "run", progress=False)
