@@ -184,6 +184,9 @@ def test_progress_bar_only_for_more_than_one_batch(trained):
                 "--batch-size", "4", "--quiet")
     assert quiet.returncode == 0 and quiet.stderr == ""
     assert quiet.stdout == many.stdout
+    one_batch = run("softmax-predict", str(trained["checkpoint"]), str(trained["root"] / "new"),
+                    "--batch-size", str(len(trained["new"])))  # exactly one batch: no bar
+    assert one_batch.returncode == 0 and one_batch.stderr == ""
 
 
 def test_softmax_predict_by_name(trained):
@@ -658,21 +661,23 @@ def test_a_huge_image_is_read_in_little_more_memory_than_its_pixels(trained, tmp
     assert result.peak_mb < 850, result.peak_mb
 
 
-def test_skip_unreadable_names_as_many_as_its_help_says(trained, tmp_path):
+@pytest.mark.parametrize("more", [1, 0], ids=["one more than named", "as many as named"])
+def test_skip_unreadable_names_as_many_as_its_help_says(trained, tmp_path, more):
+    """`, ...` follows the names only where some unreadable file is left unnamed."""
     from softmax_cls.cli import SKIPPED_NAMED
 
     folder = tmp_path / "b"  # named relative to cwd: short enough to be named whole
     folder.mkdir()
     good = trained["new"][0]
     (folder / f"z_good{good.suffix}").write_bytes(good.read_bytes())
-    bad = [Path("b") / f"{i}_bad.png" for i in range(SKIPPED_NAMED + 1)]
+    bad = [Path("b") / f"{i}_bad.png" for i in range(SKIPPED_NAMED + more)]
     for path in bad:
         (tmp_path / path).write_text("no")
     result = run("softmax-predict", str(trained["checkpoint"]), "b", "--json",
                  "--skip-unreadable", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    named = ", ".join(map(str, bad[:SKIPPED_NAMED]))
-    assert result.stderr.splitlines() == [f"skipped {len(bad)} unreadable files: {named}, ..."]
+    named = ", ".join(map(str, bad[:SKIPPED_NAMED])) + (", ..." if more else "")
+    assert result.stderr.splitlines() == [f"skipped {len(bad)} unreadable files: {named}"]
     helped = " ".join(run("softmax-predict", "--help").stdout.split())
     assert f"names the first {SKIPPED_NAMED}." in helped
     assert "the first such file ends the command with an error" in helped

@@ -39,8 +39,10 @@ def test_threads_one_runs_blas_and_numba_on_one_thread():
 @pytest.mark.parametrize("command", ["softmax-train", "softmax-eval", "softmax-gradcheck"])
 @pytest.mark.parametrize("count", ["0", "100000", "two"])
 def test_a_thread_count_outside_the_cpus_is_one_line(command, count):
+    """The line names the option once: not again as the setting inside its reason."""
     args = ["--threads", count] + (["x.npz"] if command == "softmax-eval" else [])
-    assert_one_line_error(run(command, *args), 2, "--threads")
+    line = assert_one_line_error(run(command, *args), 2, "--threads")
+    assert line.count("threads") == 1, line
 
 
 @pytest.mark.parametrize("value, expected", [("3", 3), ("1", 1), (None, os.cpu_count() or 1),
