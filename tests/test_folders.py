@@ -96,6 +96,32 @@ def test_classes_are_the_sorted_sub_folders_and_images_are_found_at_any_depth(tm
     assert scan.skipped == []
 
 
+def test_files_and_sub_folders_are_taken_in_sorted_order(tmp_path):
+    """A class's files, then its sub-folders', each in sorted order whatever the order the
+    file system lists them in: the row order, and so the held-out split, is the same on any
+    machine."""
+    images = tmp_path / "images"
+    for rel in ("cat/z.png", "cat/m.png", "cat/b/y.png", "cat/a/x.png", "cat/a/w.png",
+                "dog/d.png"):
+        (images / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8)).save(images / rel)
+    assert [rel for rel, _ in folders.scan_folder(images).files] == [
+        "cat/m.png", "cat/z.png", "cat/a/w.png", "cat/a/x.png", "cat/b/y.png", "dog/d.png"]
+
+
+def test_the_usual_suffixes_are_images_in_any_case(tmp_path):
+    """docs/images.md's suffixes, in upper or lower case: .jpeg and .tiff as well as .jpg and
+    .tif."""
+    images = tmp_path / "images"
+    names = ("a.jpeg", "b.JPEG", "c.tiff", "d.TIF", "e.bmp", "f.Gif", "g.webp", "h.ppm")
+    for name in ("cat", "dog"):
+        (images / name).mkdir(parents=True)
+        for file in names:
+            Image.new("RGB", (8, 8)).save(images / name / file)
+    scan = folders.scan_folder(images)
+    assert scan.skipped == [] and len(scan.files) == 2 * len(names)
+
+
 def test_labels_follow_the_class_order_and_rows_are_the_cifar_layout(tmp_path):
     images = tmp_path / "images"
     for name, colour in (("zebra", (0, 0, 250)), ("apple", (250, 0, 0))):
@@ -196,6 +222,21 @@ def test_the_cache_is_under_the_data_root_never_in_the_image_folder(tmp_path):
     assert listing(images) == before
 
 
+def test_rows_written_in_blocks_are_each_files_picture(tmp_path, monkeypatch):
+    """The cache file is written WRITE_ROWS rows at a time: with blocks of 4, 9 images are two
+    whole blocks and one part, and each row is its file's picture, in the scan's order."""
+    from softmax_cls.data.images import read_image, to_rows
+
+    monkeypatch.setattr(folders, "WRITE_ROWS", 4)
+    images = make_folder(tmp_path / "images", per_class=3)
+    loaded = folders.load_folders(data_config(images, tmp_path / "data", test_fraction=0),
+                                  progress=False)
+    scan = folders.scan_folder(images)
+    expected = to_rows(np.stack([read_image(images / rel) for rel, _ in scan.files]))
+    assert np.array_equal(loaded.train_images, expected)
+    assert loaded.train_labels.tolist() == [label for _, label in scan.files]
+
+
 def test_a_half_written_cache_is_never_used(tmp_path, counted_reads, monkeypatch):
     images = make_folder(tmp_path / "images", per_class=3)
     data = data_config(images, tmp_path / "data")
@@ -227,6 +268,8 @@ def test_the_held_out_split_is_stratified_and_fixed():
     other = np.repeat(np.arange(3), [10, 25, 1])
     assert np.array_equal(folders.held_out_rows(other, 3, 0.2)[1][:2], test[:2])
     assert len(folders.held_out_rows(labels, 3, 0)[1]) == 0
+    # round(0.29 x 10) = 3, not int() = 2
+    assert len(folders.held_out_rows(np.zeros(10, np.int64), 1, 0.29)[1]) == 3
     # round(0.6 x 1) = 1 would take the one image of class 2: it stays in training
     assert np.bincount(labels[folders.held_out_rows(labels, 3, 0.6)[1]],
                        minlength=3).tolist() == [6, 12, 0]
@@ -259,6 +302,16 @@ def test_a_test_folder_takes_the_training_class_indices(tmp_path):
         folders.load_folders(data_config(train, tmp_path / "data", test=str(test)))
 
 
+def test_the_fingerprints_a_sweep_keeps_are_of_each_folder(tmp_path):
+    """folder_fingerprints (what a sweep compares on resume) has the test folder's own scan."""
+    train = make_folder(tmp_path / "train", per_class=2)
+    test = make_folder(tmp_path / "test", per_class=1, seed=1)
+    found = folders.folder_fingerprints(data_config(train, tmp_path / "data", test=str(test)))
+    assert found == {"train": folders.scan_folder(train).fingerprint,
+                     "test": folders.scan_folder(test, "test").fingerprint}
+    assert found["train"] != found["test"]
+
+
 # -- files that are not images, and links -------------------------------------------------
 
 def bad_files(images: Path) -> None:
@@ -282,6 +335,20 @@ def test_unreadable_files_are_skipped_with_a_count_and_the_first_names(tmp_path,
         assert "green/text.jpg (not an image Pillow can read)" in lines[0]
         assert "red/truncated.png (cannot be decoded" in lines[0]
         assert "data.strict=true" in lines[0]
+
+
+def test_a_file_skipped_since_the_cache_was_written_is_in_the_warning(tmp_path, capsys):
+    """A skipped file is part of the fingerprint: one added to a cached folder is warned
+    about (not the cache's old count), and one skip is counted without an 'and N more'."""
+    images = make_folder(tmp_path / "images", per_class=4)
+    data = data_config(images, tmp_path / "data", test_fraction=0)
+    folders.load_folders(data, progress=False)
+    assert capsys.readouterr().err == ""
+    (images / "green" / "notes.txt").write_text("a note")
+    assert len(folders.load_folders(data, progress=False).train_labels) == 12
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [f"warning: data.train: skipped 1 of 13 files in {images}: green/notes.txt "
+                     "(not an image file name) (data.strict=true refuses them)"]
 
 
 def test_strict_refuses_them_from_the_folder_and_from_the_cache(tmp_path):
@@ -357,6 +424,19 @@ def test_an_image_cache_folder_that_is_a_link_is_refused(tmp_path):
     assert list(elsewhere.iterdir()) == []
 
 
+def test_a_cache_folder_that_is_a_link_is_refused(tmp_path):
+    """A fingerprint's cache folder that is a symbolic link (to a whole cache elsewhere) is
+    not one this tool made: refused, not read."""
+    images = make_folder(tmp_path / "images", per_class=2)
+    data = data_config(images, tmp_path / "data")
+    folders.load_folders(data, progress=False)
+    cache = tmp_path / "data" / "image-cache" / folders.scan_folder(images).fingerprint
+    cache.rename(tmp_path / "elsewhere")
+    cache.symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(DataError, match="not an image cache folder this tool made"):
+        folders.load_folders(data, progress=False)
+
+
 @pytest.mark.parametrize("kind", ["fifo", "folder"])
 def test_a_fifo_or_folder_for_the_caches_labels_is_a_damaged_cache_not_a_hang(tmp_path, kind):
     """Data roots may be shared: labels.npy was opened blocking, so a fifo of its name held
@@ -413,9 +493,10 @@ def empty_folder(tmp_path: Path) -> str:
     return str(tmp_path / "empty")
 
 
-def empty_class(tmp_path: Path) -> str:
+def empty_class(tmp_path: Path, name: str = "empty") -> str:
+    """An image folder with an empty class folder `name`."""
     images = make_folder(tmp_path / "images", per_class=2)
-    (images / "empty").mkdir()
+    (images / name).mkdir()
     return str(images)
 
 
@@ -435,16 +516,18 @@ def odd_class(tmp_path: Path, name: str) -> str:
     return str(images)
 
 
-def split_layout(tmp_path: Path) -> str:
+def split_layout(tmp_path: Path, train: str = "train", test: str = "test") -> str:
     """photos/train/<class>, photos/test/<class>: a data set as downloaded, one level up."""
-    make_folder(tmp_path / "photos" / "train", per_class=2)
-    make_folder(tmp_path / "photos" / "test", per_class=1)
+    make_folder(tmp_path / "photos" / train, per_class=2)
+    make_folder(tmp_path / "photos" / test, per_class=1)
     return str(tmp_path / "photos")
 
 
 @pytest.mark.parametrize("keys, code, needles", [
     (lambda p: {"train": split_layout(p)}, 1,
      ["class folders are test, train", "one level too high", "photos/train"]),
+    (lambda p: {"train": split_layout(p, "Training", "Testing")}, 1,
+     ["class folders are Testing, Training", "photos/Training"]),
     (lambda p: {"train": str(make_folder(p / "images", 2)), "test": str(p / "images")}, 1,
      ["data.test: ", "is the training folder"]),
     (lambda p: {"train": str(make_folder(p / "images", 2)), "test": str(p / "images/../images")},
@@ -462,6 +545,7 @@ def split_layout(tmp_path: Path) -> str:
     (lambda p: {"train": write_config(p)}, 1, ["data.train: ", "is not a folder"]),
     (lambda p: {"train": one_class(p)}, 1, ["has 1 class folder (cat)", "at least 2"]),
     (lambda p: {"train": empty_class(p)}, 1, ["class folder 'empty'", "holds no images"]),
+    (lambda p: {"train": empty_class(p, "zebra")}, 1, ["class folder 'zebra'", "no images"]),
     (lambda p: {"train": unreadable_class(p)}, 1, ["'broken'", "holds no readable images"]),
     (lambda p: {"train": str(make_folder(p / "images", 2)), "test": empty_folder(p)}, 1,
      ["data.test: ", "has no class folders"]),
@@ -662,7 +746,8 @@ def test_a_caches_labels_declaring_more_rows_than_its_meta_are_refused_unread(tm
 
 
 @pytest.mark.parametrize("damage", ["short", "big-endian", "one-more", "float", "rows-short",
-                                    "count-infinite"])
+                                    "rows-long", "count-infinite", "label-out-of-range",
+                                    "float-zeros"])
 def test_a_caches_labels_of_another_shape_dtype_or_length_are_a_damaged_cache(tmp_path,
                                                                              damage):
     images = make_folder(tmp_path / "images", per_class=3)
@@ -676,17 +761,20 @@ def test_a_caches_labels_of_another_shape_dtype_or_length_are_a_damaged_cache(tm
         meta = json.loads((cache / "meta.json").read_text())
         (cache / "meta.json").write_text(json.dumps({**meta, "count": 1}).replace(
             '"count": 1,', '"count": 1e400,'))
-    elif damage == "rows-short":
+    elif damage in ("rows-short", "rows-long"):
         with open(cache / "rows.u8", "r+b") as handle:
-            handle.truncate(handle.seek(0, 2) - 1)
+            handle.truncate(handle.seek(0, 2) + (1 if damage == "rows-long" else -1))
     else:
         np.save(cache / "labels.npy", {"big-endian": labels.astype(">i8"),
                                        "one-more": np.append(labels, 0),
-                                       "float": labels.astype(float)}[damage])
+                                       "float": labels.astype(float),
+                                       "label-out-of-range": np.append(labels[:-1], 3),
+                                       # its bytes are int64 zeros: only the dtype tells
+                                       "float-zeros": np.zeros(len(labels))}[damage])
     with pytest.raises(DataError, match="a damaged image cache"):
         folders.load_folders(data_config(images, tmp_path / "data"), progress=False)
     np.save(cache / "labels.npy", labels)  # restored: loads again
-    if damage in ("rows-short", "count-infinite"):
+    if damage in ("rows-short", "rows-long", "count-infinite"):
         return
     assert (folders.load_folders(data_config(images, tmp_path / "data"), progress=False)
             .train_labels.size > 0)

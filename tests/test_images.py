@@ -116,6 +116,10 @@ def test_a_decompression_bomb_is_refused_before_decoding(tmp_path):
     with pytest.raises(UnreadableImage, match="bomb.png"):
         images.read_image(tmp_path / "bomb.png")
     assert Image.MAX_IMAGE_PIXELS != images.MAX_IMAGE_PIXELS  # Pillow's global restored
+    # past the cap but under twice it Pillow only warns (and would then decode): refused too
+    (tmp_path / "half.png").write_bytes(_png_header_only(12000, 12000))
+    with pytest.raises(UnreadableImage, match="half.png: too many pixels"):
+        images.read_image(tmp_path / "half.png")
 
 
 def test_missing_pillow_is_one_line_naming_pip(monkeypatch):
@@ -140,6 +144,8 @@ def test_sixteen_bit_grey_is_scaled_not_clipped(tmp_path):
                                           + np.full(64, 32768, ">u2").tobytes())
     for name in ("grey16.png", "grey16.pgm"):
         assert (images.read_image(tmp_path / name) == 128).all(), name
+    Image.fromarray(np.full((8, 8), 65535, np.uint16)).save(tmp_path / "white16.png")
+    assert (images.read_image(tmp_path / "white16.png") == 255).all()  # 65535 is 16 bits
     assert (np.asarray(images.to_square(Image.open(tmp_path / "grey16.png"))) == 128).all()
 
 
