@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -436,6 +437,147 @@ def test_confusion_names_fit_beside_the_matrix(tmp_path, monkeypatch, names):
     assert bar.height >= figure.axes[1].yaxis.label.get_window_extent(renderer).height
 
 
+# --- what the pictures show, through the numbers given to matplotlib ---------------------------
+
+
+def test_curves_draw_each_series_from_its_own_key(tmp_path, monkeypatch):
+    """Each curve of curves.png is its own history key under its own label: train and val
+    loss, train and val accuracy in %, the learning rate; the best epoch is a dashed line in
+    every panel and a star at its val accuracy."""
+    history = [{"epoch": e, "lr": 0.1 / e, "train_loss": 2 - e / 10, "val_loss": 2.5 - e / 20,
+                "train_acc": 0.3 + e / 50, "val_acc": 0.2 + e / 40} for e in range(1, 9)]
+    table = evaluation.curves_table(history)
+    kept = capture_figures(monkeypatch)
+    drawing.draw_curves(table, 6, tmp_path / "curves.png")
+    loss_ax, acc_ax, lr_ax = kept[0][0].axes
+
+    def curves(ax) -> dict:
+        return {line.get_label(): np.asarray(line.get_ydata(), dtype=np.float64)
+                for line in ax.get_lines()}
+
+    loss, acc, lr = curves(loss_ax), curves(acc_ax), curves(lr_ax)
+    assert np.array_equal(loss["train (with L2 penalty)"], table["train_loss"])
+    assert np.array_equal(loss["val"], table["val_loss"])
+    assert np.allclose(acc["train (running)"], 100 * table["train_acc"])
+    assert np.allclose(acc["val"], 100 * table["val_acc"])
+    assert np.allclose(acc[f"best val {100 * table['val_acc'][5]:.2f}%"],
+                       [100 * table["val_acc"][5]])
+    assert np.array_equal(lr["_child0"], table["lr"])
+    for ax in (loss_ax, acc_ax, lr_ax):
+        best = [line for line in ax.get_lines() if line.get_label() == "best epoch (6)"]
+        assert len(best) == 1 and list(best[0].get_xdata()) == [6, 6]
+        assert ax.get_xlabel() == "epoch"
+
+
+def test_confusion_rows_are_the_true_classes(tmp_path, monkeypatch):
+    """confusion.png's heat map is each row's rates (rows: the true class, columns: the
+    predicted one), each count written in its own cell (white on the dark cells), each row
+    named with its class and its number of images, each column with its class."""
+    counts = np.array([[5, 1, 0], [7, 2, 1], [0, 0, 9]])
+    names = ("ant", "bee", "cat")
+    kept = capture_figures(monkeypatch)
+    drawing.draw_confusion(counts, names, tmp_path / "c.png")
+    ax = kept[0][0].axes[0]
+    rates = counts / counts.sum(axis=1, keepdims=True)
+    assert np.allclose(ax.images[0].get_array(), rates)
+    cells = {(round(t.get_position()[1]), round(t.get_position()[0])): t for t in ax.texts}
+    assert {cell: t.get_text() for cell, t in cells.items()} == {
+        (i, j): str(counts[i, j]) for i in range(3) for j in range(3)}
+    assert {cell: t.get_color() for cell, t in cells.items()} == {
+        (i, j): "white" if rates[i, j] > 0.4 else "black" for i in range(3) for j in range(3)}
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["ant (6)", "bee (10)", "cat (9)"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == list(names)
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("predicted class", "true class (images)")
+    # the picture itself: near its corner (clear of the count), row 1's first cell (rate 0.7)
+    # is darker than row 0's second (0.17), and row 2's last (1.0) darker still
+    pixels = read_pixels(tmp_path / "c.png")
+    height = kept[0][0].bbox.height
+
+    def pixel(i: int, j: int) -> np.ndarray:
+        x, y = ax.transData.transform((j - 0.35, i - 0.35))
+        return pixels[round(height - y), round(x)].astype(np.int64)
+
+    assert pixel(1, 0).sum() < pixel(0, 1).sum() and pixel(2, 2).sum() < pixel(1, 0).sum()
+
+
+def test_run_pictures_name_their_split_and_files(tmp_path, monkeypatch):
+    """draw_run_pictures writes the four files into out_dir, and titles the confusion matrix
+    and the mistakes with the split that was scored and its accuracy."""
+    rng = np.random.default_rng(11)
+    images = rng.integers(0, 256, size=(24, 3072)).astype(np.uint8)
+    labels = rng.integers(0, 3, size=24)
+    probs = rng.dirichlet(np.ones(3), size=24)
+    counts = np.array([[5, 1, 0], [7, 2, 1], [0, 0, 8]])
+    pictures = evaluation.RunPictures(
+        class_names=("ant", "bee", "cat"),
+        curves=evaluation.curves_table([{"epoch": 1, "val_acc": 0.5}]), best_epoch=1,
+        templates=rng.integers(0, 256, size=(3, 32, 32, 3)).astype(np.uint8), split="val",
+        confusion=counts, accuracy=0.625,
+        mistakes=evaluation.confident_mistakes(images, labels, probs, k=3))
+    kept = capture_figures(monkeypatch)
+    written = drawing.draw_run_pictures(pictures, tmp_path / "out")
+    assert written == [tmp_path / "out" / name for name in
+                       ("curves.png", "templates.png", "confusion.png", "mistakes.png")]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert kept[2][0].axes[0].get_title() == "val split: accuracy 62.50% of 24 images"
+    assert kept[3][0].texts[0].get_text() == "the 3 most confidently wrong of the val split"
+
+
+def test_a_boolean_in_the_history_is_no_number():
+    """A JSON true or false in a history row is a gap in its curve (NaN), not 1 or 0."""
+    table = evaluation.curves_table([{"epoch": 1, "val_acc": True, "lr": False},
+                                     {"epoch": 2, "val_acc": 0.5, "lr": 0.1}])
+    assert np.isnan(table["val_acc"][0]) and np.isnan(table["lr"][0])
+    assert table["val_acc"][1] == 0.5 and table["lr"][1] == 0.1
+
+
+def test_each_mistake_shows_the_image_of_its_own_row():
+    """The images of the mistakes are the rows they name, in their order (rows that differ,
+    unlike the repeating ramp of the test above)."""
+    images = np.random.default_rng(12).integers(0, 256, size=(6, 3072)).astype(np.uint8)
+    labels = np.array([0, 1, 2, 0, 1, 2])
+    probs = np.array([[0.9, 0.05, 0.05], [0.7, 0.2, 0.1], [0.1, 0.8, 0.1],
+                      [0.2, 0.1, 0.7], [0.1, 0.6, 0.3], [0.2, 0.3, 0.5]])
+    mistakes = evaluation.confident_mistakes(images, labels, probs, k=3)
+    assert mistakes.index.tolist() == [2, 1, 3]
+    for row, image in zip(mistakes.index, mistakes.images, strict=True):
+        assert np.array_equal(image, images[row].reshape(3, 32, 32).transpose(1, 2, 0))
+
+
+def test_each_template_is_drawn_under_its_own_class_name(tmp_path, monkeypatch):
+    """The i-th template is drawn under the i-th class name, whatever the names' order."""
+    names = ("truck", "ant", "horse")
+    templates = np.stack([np.full((32, 32, 3), v, dtype=np.uint8) for v in (10, 120, 230)])
+    kept = capture_figures(monkeypatch)
+    pixels = read_pixels(drawing.draw_templates(templates, names, tmp_path / "t.png"))
+    figure, tiles = kept[0]
+    assert [t.get_text() for t in figure.texts[1:]] == list(names)
+    renderer = figure.canvas.get_renderer()
+    side = tiles.images.shape[1]
+    for (x, y), name, value in zip(tiles.corners, figure.texts[1:], (10, 120, 230),
+                                   strict=True):
+        box = name.get_window_extent(renderer)
+        assert abs((box.x0 + box.x1) / 2 - (x + side / 2)) <= 1
+        assert (pixels[y:y + side, x:x + side] == value).all()
+
+
+def test_features_of_3072_columns_get_no_image_pictures():
+    """Rows of a features data set are not images even with 3072 columns: no templates and
+    no mistakes, only the curves and the confusion matrix."""
+    from softmax_cls.config import config_from_dict
+    from softmax_cls.training.evaluate import ScoredSplit
+
+    rng = np.random.default_rng(13)
+    config = config_from_dict({"data": {"dataset": "features", "train": "x.npz"}})
+    W = rng.normal(size=(3, 3073)).astype(np.float32)
+    scored = ScoredSplit("test", rng.normal(size=(20, 3072)).astype(np.float32),
+                         rng.integers(0, 3, size=20), rng.normal(size=(20, 3)))
+    pictures = evaluation.run_pictures(config, random_preprocessor(rng), ("a", "b", "c"), [],
+                                       None, W, scored)
+    assert pictures.templates is None and pictures.mistakes is None
+    assert pictures.confusion.sum() == 20
+
+
 # --- a run folder, end to end -----------------------------------------------------------------
 
 
@@ -551,6 +693,32 @@ def test_plot_run_errors_name_the_path(tmp_path):
     (tmp_path / "broken.npz").write_bytes(b"not a zip")
     with pytest.raises(DataError, match="broken.npz"):
         plots.plot_run(tmp_path / "broken.npz")
+
+
+def test_a_run_folders_curves_and_best_epoch_come_from_its_files(patched_data, tmp_path):
+    """A run folder's curves are its history.jsonl (the whole run; best.npz's own history
+    stops at the best epoch) and its best epoch is summary.json's."""
+    run, _ = patched_data
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    rows = [{"epoch": e, "val_acc": 0.1 * e} for e in range(1, 8)]
+    (copy / "history.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    summary = json.loads((copy / "summary.json").read_text())
+    (copy / "summary.json").write_text(json.dumps({**summary, "best_epoch": 6}))
+    pictures = evaluation.saved_run_pictures(copy)
+    assert pictures.curves["epoch"].tolist() == list(range(1, 8))
+    assert pictures.best_epoch == 6
+
+
+def test_plot_path_scores_the_test_split_by_default(patched_data, tmp_path, monkeypatch):
+    """softmax-plot without --split shows the test split: the confusion matrix of all its
+    images, so titled."""
+    run, data = patched_data
+    kept = capture_figures(monkeypatch)
+    plots.plot_path(run, tmp_path / "out")
+    title = kept[2][0].axes[0].get_title()
+    assert title.startswith("test split: accuracy ")
+    assert title.endswith(f" of {len(data.test_labels)} images")
 
 
 # --- a sweep folder ---------------------------------------------------------------------------
