@@ -44,6 +44,11 @@ FULL_TESTS = ("tests/test_lbfgs.py", "tests/test_float16.py", "-k",
               "full_batch or governor or many_classes or read_only)) or bit_for_bit or "
               "float16_bits")
 
+# The softmax's exp (expo.py): against numpy's exp, and the evaluations that use it
+EXPO = f"{ENGINE}/expo.py"
+EXPO_TESTS = ("tests/test_kernels.py", "tests/test_lbfgs.py", "-k",
+              "exp_into or (numba and reference)")
+
 
 @dataclass(frozen=True)
 class Mutant:
@@ -209,9 +214,27 @@ MUTANTS = [
            "            if threads != available:\n                self.set_threads(available)",
            "            if threads == available:\n                self.set_threads(available)"),
     # -- the full-batch objective (full.py)
-    Mutant("full_no_max_shift", FULL, "top = max(top, z[c])", "top = 0.0", FULL_TESTS),
-    Mutant("full_no_clip", FULL, "z[c] = max(z[c] - top, -clip)", "z[c] = z[c] - top",
-           FULL_TESTS),
+    Mutant("full_no_max_shift", FULL, "top = max(top, value)", "top = 0.0", FULL_TESTS),
+    Mutant("full_no_clip", FULL, "= max(z[r * n_classes + c] - top, -clip)",
+           "= z[r * n_classes + c] - top", FULL_TESTS),
+    Mutant("full_exp_of_the_first_row_only", FULL, "exp_into(z, exp_z, n * n_classes,",
+           "exp_into(z, exp_z, n_classes,", FULL_TESTS),
+    Mutant("full_loss_of_the_unshifted_label_score", FULL, "- z[r * n_classes + y])",
+           "- z[y])", FULL_TESTS),
+    # -- the softmax's exp (expo.py)
+    Mutant("exp_taylor_one_term_short", EXPO, "        e = _T13\n", "        e = 0.0\n",
+           EXPO_TESTS),
+    Mutant("exp_reduction_without_the_low_part", EXPO, " - whole * LN2_LO", "", EXPO_TESTS),
+    Mutant("exp_reduction_rounds_down", EXPO, "LOG2_E * value + 0.5", "LOG2_E * value",
+           EXPO_TESTS),
+    Mutant("exp_no_lowest_clamp", EXPO, "x[k] if x[k] > LOWEST else LOWEST", "x[k]",
+           EXPO_TESTS),
+    Mutant("exp_lowest_too_high", EXPO, "LOWEST = -746.0", "LOWEST = -700.0", EXPO_TESTS),
+    Mutant("exp_one_power_of_two_only", EXPO, "out[k] * high_power[k] * low_power[k]",
+           "out[k] * high_power[k]", EXPO_TESTS),
+    Mutant("exp_whole_power_in_one_half", EXPO, "half = power >> 1", "half = 0", EXPO_TESTS),
+    Mutant("exp_writes_one_past_n", EXPO, "    for k in range(n):\n        out[k] = out",
+           "    for k in range(n + 1):\n        out[k] = out", EXPO_TESTS),
     Mutant("full_loss_unweighted", FULL, "loss += w * (np.log", "loss += (np.log", FULL_TESTS),
     Mutant("full_gradient_unweighted", FULL, "g = g * w / total", "g = g / total", FULL_TESTS),
     Mutant("full_bias_left_out_of_the_scores", FULL, "np.float64(scores[r, c]) + bias[c]",
@@ -260,7 +283,7 @@ MUTANTS = [
     Mutant("full_writable_weight_signature", FULL,
            "weight = _readonly(np.zeros(0, np.float32) if",
            "weight = np.ascontiguousarray(np.zeros(0, np.float32) if", FULL_TESTS),
-    Mutant("full_non_finite_scores_unchecked", FULL, "if not np.isfinite(z[c]):",
+    Mutant("full_non_finite_scores_unchecked", FULL, "if not np.isfinite(value):",
            "if False:", FULL_TESTS),
 ]
 

@@ -9,9 +9,10 @@ Each row is read once, while it is in cache: per tile of TILE_ROWS rows of one v
 rows are gathered (augmented through gather.py's _augment_row when the view flips or
 shifts; float16 bits converted exactly to float32 here, without a copy of the data set)
 and centred into a tile x_c = u - mean of the products' dtype; then come their C scores
-x_c . W_scaled[c] (step.py's _tile_scores), the softmax in float64 exactly as
+x_c . W_scaled[c] (step.py's _tile_scores), the softmax in float64 as
 softmax.softmax_loss_from_scores computes it (scores plus bias, max-shifted, clipped below
-at -clip; the weighted loss; dS = (p - onehot) * w / total), and the gradient rows
+at -clip; the weighted loss; dS = (p - onehot) * w / total; exp by expo.exp_into, within an
+ulp of numpy's, for the whole tile in one vectorised loop), and the gradient rows
 dS^T x_c added into the chunk's accumulator G (C, P) of the products' dtype.
 
 Sums and determinism: the rows are cut into chunks of `chunk` rows; each chunk's G (like one
@@ -37,6 +38,7 @@ from .. import numpy_engine
 from ..contract import StepRule, TrainingRows, full_objective
 from .api import THREAD_GOVERNOR, _is_compiled, _readonly
 from .cache import njit  # before any function is compiled: see cache.py
+from .expo import exp_into, exp_scratch
 from .gather import _augment_row
 from .step import TILE_ROWS, _tile_scores
 
@@ -106,39 +108,43 @@ def _load_tile(rows, index, i, n, view, padding, half, mean, tile, image, line, 
 
 
 @njit(cache=True)
-def _tile_softmax(scores, n, labels, weight, index, i, bias, clip, total, d, bias_sum):
+def _tile_softmax(scores, n, labels, weight, index, i, bias, clip, total, d, bias_sum, z,
+                  exp_z, low_power, high_power):
     """For the n real rows of a tile, rows[index[i + r]] for r < n: scores (TILE_ROWS, C) of
     the products' dtype, plus bias (C,) float64, in float64, max-shifted and clipped below at
     -clip; labels (N,) int64 and weight (N,) float32, or (0,) for all ones, of the data set's
     rows. Returns (the sum of w * row loss, all scores finite); d (TILE_ROWS, C) of the
     products' dtype = (p - onehot) * w / total, rows n.. zero; bias_sum (C,) float64 += the
-    float64 d rows. At the first non-finite score it returns (partial sum, False), d and
-    bias_sum half done: the caller raises."""
+    float64 d rows. At the first non-finite score it returns (0, False), d and bias_sum half
+    done: the caller raises. z and exp_z (TILE_ROWS * C,) float64 hold the tile's shifted
+    scores and their exp, low_power and high_power exp_into's scratch: the exps of the whole
+    tile are one vectorised loop (expo.py)."""
     n_classes = scores.shape[1]
-    z = np.empty(n_classes)
-    exp_z = np.empty(n_classes)
+    for r in range(n):
+        top = -np.inf
+        for c in range(n_classes):
+            value = np.float64(scores[r, c]) + bias[c]
+            if not np.isfinite(value):
+                return 0.0, False
+            z[r * n_classes + c] = value
+            top = max(top, value)
+        for c in range(n_classes):
+            z[r * n_classes + c] = max(z[r * n_classes + c] - top, -clip)
+    exp_into(z, exp_z, n * n_classes, low_power, high_power)
     loss = 0.0
     for r in range(TILE_ROWS):
         if r >= n:
             d[r, :] = 0
             continue
-        row = index[i + r]
-        top = -np.inf
-        for c in range(n_classes):
-            z[c] = np.float64(scores[r, c]) + bias[c]
-            if not np.isfinite(z[c]):
-                return loss, False
-            top = max(top, z[c])
         total_exp = 0.0
         for c in range(n_classes):
-            z[c] = max(z[c] - top, -clip)
-            exp_z[c] = np.exp(z[c])
-            total_exp += exp_z[c]
+            total_exp += exp_z[r * n_classes + c]
+        row = index[i + r]
         y = labels[row]
         w = weight[row] if weight.shape[0] else 1.0
-        loss += w * (np.log(total_exp) - z[y])
+        loss += w * (np.log(total_exp) - z[r * n_classes + y])
         for c in range(n_classes):
-            g = exp_z[c] / total_exp
+            g = exp_z[r * n_classes + c] / total_exp
             if c == y:
                 g -= 1.0
             g = g * w / total
@@ -188,6 +194,9 @@ def full_kernel(rows, index, labels, weight, views, padding, half, mean, W_scale
         tile = np.zeros((TILE_ROWS, P), dtype)
         scores = np.zeros((TILE_ROWS, n_classes), dtype)
         d = np.zeros((TILE_ROWS, n_classes), dtype)
+        z = np.empty(TILE_ROWS * n_classes)
+        exp_z = np.empty(TILE_ROWS * n_classes)
+        low_power, high_power = exp_scratch(TILE_ROWS * n_classes)
         G = np.zeros((n_classes, P), dtype)
         image = np.empty(P, rows.dtype)
         line = np.empty(P, rows.dtype)
@@ -205,7 +214,8 @@ def full_kernel(rows, index, labels, weight, views, padding, half, mean, W_scale
                                image, line, bits, values)
                     _tile_scores(tile, P, W_scaled, 0, scores, 0, real_rows, False, zero)
                     tile_loss, ok = _tile_softmax(scores, real_rows, labels, weight, index, i,
-                                                  bias, clip, total, d, run_bias)
+                                                  bias, clip, total, d, run_bias, z,
+                                                  exp_z, low_power, high_power)
                     if not ok:
                         ok_runs[k] = False
                         break
