@@ -23,6 +23,8 @@ would keep LLVM from vectorising it.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .cache import njit
@@ -35,11 +37,8 @@ LOG2_E = 1.4426950408889634
 LOWEST = -746.0  # exp(x) rounds to 0 below about -745.13
 EXPONENT_BIAS = 1023
 MANTISSA_BITS = 52
-# 1 / j! for j = 0..13, the Taylor coefficients of exp at 0
-_T0, _T1, _T2, _T3 = 1.0, 1.0, 1.0 / 2, 1.0 / 6
-_T4, _T5, _T6, _T7 = 1.0 / 24, 1.0 / 120, 1.0 / 720, 1.0 / 5040
-_T8, _T9, _T10 = 1.0 / 40320, 1.0 / 362880, 1.0 / 3628800
-_T11, _T12, _T13 = 1.0 / 39916800, 1.0 / 479001600, 1.0 / 6227020800
+DEGREE = 13
+TAYLOR = tuple(1.0 / math.factorial(j) for j in range(DEGREE + 1))  # 1 / j!, j = 0..DEGREE
 
 
 @njit(cache=True)
@@ -58,20 +57,10 @@ def exp_into(x, out, n, low_power, high_power):
         value = x[k] if x[k] > LOWEST else LOWEST
         whole = np.floor(LOG2_E * value + 0.5)
         r = (value - whole * LN2_HI) - whole * LN2_LO
-        e = _T13
-        e = e * r + _T12
-        e = e * r + _T11
-        e = e * r + _T10
-        e = e * r + _T9
-        e = e * r + _T8
-        e = e * r + _T7
-        e = e * r + _T6
-        e = e * r + _T5
-        e = e * r + _T4
-        e = e * r + _T3
-        e = e * r + _T2
-        e = e * r + _T1
-        out[k] = e * r + _T0
+        e = TAYLOR[DEGREE]
+        for j in range(DEGREE - 1, -1, -1):  # Horner's rule
+            e = e * r + TAYLOR[j]
+        out[k] = e
         # a float64 -> int32 conversion: AVX has it packed (int64 needs AVX-512)
         power = np.int32(whole)
         half = power >> 1
