@@ -1,10 +1,11 @@
 """exp_into(): exp of a float64 buffer in a loop LLVM vectorises, for the softmax rows of the
 full-batch evaluation (full.py).
 
-numba compiles np.exp to a call of the C library's scalar exp (about 10 ns a value on the
-2-core hosts of docs/development.md); a vectorised one needs Intel's SVML, which the llvmlite
-wheels on PyPI are not built with. At an L-BFGS evaluation's C = 10 classes that call was a
-sixth of the evaluation. Here exp is arithmetic the loop vectoriser takes:
+numba compiles np.exp to a call of the C library's scalar exp (6 to 11 ns a value on the
+2-core AVX2 host of docs/development.md, against 2.2 to 3.1 ns here); a vectorised one needs
+Intel's SVML, which the llvmlite wheels on PyPI are not built with. At an L-BFGS evaluation's
+C = 10 classes those calls (with the rows' logs) were about a sixth of a float32 evaluation.
+Here exp is arithmetic the loop vectoriser takes:
 
     x = n ln2 + r, |r| <= ln2 / 2   (n = floor(x / ln2 + 1/2); ln2 in two parts, Cody and
                                      Waite's reduction, so that n ln2 is exact)
@@ -15,7 +16,7 @@ sixth of the evaluation. Here exp is arithmetic the loop vectoriser takes:
                                      as the subnormals they are, and under 2^-1075 as 0
 
 Measured against numpy's exp (tests/test_kernels.py): at most 1 ulp apart where the result
-is normal, at most 4 subnormal steps below that. Only x <= 0 is handled (the max-shifted
+is normal, at most 1 subnormal step below that. Only x <= 0 is handled (the max-shifted
 scores of a softmax row); x below -746 (exp rounds to 0 there) is taken as -746, so -inf and
 any clip give 0. error_model "numpy": no ZeroDivisionError branch anywhere in the loop, which
 would keep LLVM from vectorising it.
