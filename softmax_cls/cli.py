@@ -63,6 +63,16 @@ class Command(click.Command):
             _fail(f"{where}{reason}", 1)
         sys.exit(result if isinstance(result, int) else 0)
 
+    def make_context(self, info_name, args, parent=None, **extra):
+        """The parsed options; Ctrl-C or SIGTERM while they are read (an option's callback:
+        --threads) is one error line, as in invoke."""
+        from .interrupts import stop_word_and_code
+
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except KeyboardInterrupt as exc:
+            _fail(*stop_word_and_code(exc))
+
     def invoke(self, ctx):
         """The command; Ctrl-C or SIGTERM in it is one error line (click's own handling
         would print an empty line before it)."""
