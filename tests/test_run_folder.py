@@ -658,18 +658,11 @@ def interrupt_fit_after_epoch(monkeypatch, epoch: int) -> None:
     monkeypatch.setattr(runs, "fit", interrupted_fit)
 
 
-def test_an_interrupt_saves_the_last_epoch_after_the_files_under_way(tmp_path, monkeypatch):
-    """Ctrl-C after epoch 2 while its files are still being written (slowly): last.npz and
-    history.jsonl hold epoch 2, whole, and the run is left to resume."""
+def interrupt_second_of_four_epochs(tmp_path, monkeypatch) -> None:
+    """A run of 4 epochs in tmp_path/run, Ctrl-C after epoch 2: TrainingInterrupted names
+    epoch 2, and last.npz and history.jsonl hold epoch 2, whole."""
     from softmax_cls.training.checkpoint import load_checkpoint
 
-    real_history = runs.write_history
-
-    def slow_history(target, history):
-        time.sleep(0.1)
-        return real_history(target, history)
-
-    monkeypatch.setattr(runs, "write_history", slow_history)
     interrupt_fit_after_epoch(monkeypatch, 2)
     config, data = small_run(tmp_path, epochs=4)
     with pytest.raises(runs.TrainingInterrupted, match=r"last completed epoch \(2\)"):
@@ -677,6 +670,19 @@ def test_an_interrupt_saves_the_last_epoch_after_the_files_under_way(tmp_path, m
     assert load_checkpoint(tmp_path / "run" / "last.npz").state.epoch == 2
     lines = (tmp_path / "run" / "history.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+
+
+def test_an_interrupt_saves_the_last_epoch_after_the_files_under_way(tmp_path, monkeypatch):
+    """Ctrl-C after epoch 2 while its files are still being written (slowly): last.npz and
+    history.jsonl hold epoch 2, whole, and the run is left to resume."""
+    real_history = runs.write_history
+
+    def slow_history(target, history):
+        time.sleep(0.1)
+        return real_history(target, history)
+
+    monkeypatch.setattr(runs, "write_history", slow_history)
+    interrupt_second_of_four_epochs(tmp_path, monkeypatch)
     assert writer_threads() == []
 
 
@@ -851,8 +857,6 @@ def test_an_interrupt_writes_again_the_epoch_files_that_failed(tmp_path, monkeyp
     says epoch 2 is saved, so last.npz and history.jsonl are written again and both hold it."""
     import errno
 
-    from softmax_cls.training.checkpoint import load_checkpoint
-
     real_history, failed = runs.write_history, []
 
     def failing_once(target, history):
@@ -862,11 +866,5 @@ def test_an_interrupt_writes_again_the_epoch_files_that_failed(tmp_path, monkeyp
         return real_history(target, history)
 
     monkeypatch.setattr(runs, "write_history", failing_once)
-    interrupt_fit_after_epoch(monkeypatch, 2)
-    config, data = small_run(tmp_path, epochs=4)
-    with pytest.raises(runs.TrainingInterrupted, match=r"last completed epoch \(2\)"):
-        runs.train_run(config, data, tmp_path / "run", progress=False)
+    interrupt_second_of_four_epochs(tmp_path, monkeypatch)
     assert failed
-    assert load_checkpoint(tmp_path / "run" / "last.npz").state.epoch == 2
-    lines = (tmp_path / "run" / "history.jsonl").read_text().splitlines()
-    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
