@@ -75,12 +75,15 @@ def test_l2_penalty_with_and_without_the_bias(engine, reg_bias, has_bias):
     assert_close(actual, expected)
 
 
-def test_weights_whose_squares_overflow_float32_give_the_references_finite_loss(engine):
+@pytest.mark.parametrize("penalise_last", [False, True])
+def test_weights_whose_squares_overflow_float32_give_the_references_finite_loss(engine,
+                                                                                penalise_last):
     """|W| about 1e20: sum(W * W) overflows float32 (3.4e38) but not float64, so the L2 term
-    is finite (the reference sums it again in float64); no engine may call that divergence."""
+    is finite (the reference sums it again in float64); no engine may call that divergence.
+    With the last column penalised the float32 sum is inf, without it inf - inf, NaN."""
     p = problem(seed=22)
     p.W *= np.float32(1e21)
-    actual, expected = run_engine(engine, p, reg=1e-3, lr=1e-3)
+    actual, expected = run_engine(engine, p, reg=1e-3, lr=1e-3, penalise_last=penalise_last)
     assert np.isfinite(expected[3]) and expected[3] > 1e38  # the penalty itself: past float32
     assert_close(actual, expected)
 
@@ -234,11 +237,12 @@ def test_loss_and_grad_against_the_reference_and_finite_differences(engine, has_
     p = problem(n_rows=11, n_features=20, seed=17, weighted=True, has_bias=has_bias,
                 rows_dtype=rows_dtype)
     W = p.W.astype(np.float64) * 5
+    weight = p.sample_weight.astype(np.float64) / 3  # float64 values float32 cannot hold
     rule = StepRule(lr=1.0, reg=0.05, penalise_last=not has_bias)
     run = engine_named(engine).loss_and_grad
-    loss, dW, correct = run(p.rows, p.labels, p.sample_weight, W, p.pre, rule)
-    loss_r, dW_r, correct_r, _ = reference_loss_and_grad(p.rows, p.labels, p.sample_weight, W,
-                                                         p.pre, rule)
+    loss, dW, correct = run(p.rows, p.labels, weight, W, p.pre, rule)
+    loss_r, dW_r, correct_r, _ = reference_loss_and_grad(p.rows, p.labels, weight, W, p.pre,
+                                                         rule)
     assert dW.dtype == np.float64 and dW.shape == W.shape and correct == correct_r
     assert loss == pytest.approx(loss_r, rel=1e-12)
     np.testing.assert_allclose(dW, dW_r, rtol=1e-10, atol=1e-13)
@@ -247,8 +251,8 @@ def test_loss_and_grad_against_the_reference_and_finite_differences(engine, has_
         plus, minus = W.copy(), W.copy()
         plus[c, j] += h
         minus[c, j] -= h
-        numeric = (run(p.rows, p.labels, p.sample_weight, plus, p.pre, rule)[0]
-                   - run(p.rows, p.labels, p.sample_weight, minus, p.pre, rule)[0]) / (2 * h)
+        numeric = (run(p.rows, p.labels, weight, plus, p.pre, rule)[0]
+                   - run(p.rows, p.labels, weight, minus, p.pre, rule)[0]) / (2 * h)
         assert abs(numeric - dW[c, j]) <= 1e-6 * max(abs(numeric), abs(dW[c, j]), 1e-12)
 
 
@@ -323,6 +327,12 @@ def test_a_label_equal_to_the_class_count_is_refused(engine):
      "padding"),
     ({"rule": StepRule(lr=0.0)}, "lr > 0"),
     ({"rule": StepRule(lr=0.1, clip=0.0)}, "out of range"),
+    ({"rule": StepRule(lr=0.1, momentum=1.0)}, "momentum in"),
+    ({"data": TrainingRows(problem(seed=40).rows, problem(seed=40).labels,
+                           np.ones(23, np.float64))}, "sample_weight must be"),
+    ({"state": OptimizerState(np.zeros((10, 41), np.float32, order="F"),
+                              np.zeros((10, 41), np.float32), np.zeros((10, 41), np.float32))},
+     "C-contiguous"),
     ({"state": OptimizerState(np.zeros((10, 40), np.float32), np.zeros((10, 41), np.float32),
                               np.zeros((10, 41), np.float32))}, r"W must be \(C, 41\)"),
     ({"state": OptimizerState(np.zeros((10, 41), np.float32), np.zeros((10, 41), np.float64),

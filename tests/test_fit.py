@@ -27,8 +27,8 @@ def engine_or_skip(name: str) -> str:
 
 
 def reference_fit(config, images, labels, n_classes):
-    """(W (C, D) float64 after training, [val accuracy per epoch], [W after each step]) by
-    the contract, in float64."""
+    """(W (C, D) float64 after training, [val accuracy per epoch], [the initial W, then W
+    after each step], [learning rate per epoch]) by the contract, in float64."""
     n = len(labels)
     # split: seeded, stratified, the same draw as the package's documented rule
     rng = np.random.default_rng([config.seed, 0x5A1])
@@ -54,13 +54,14 @@ def reference_fit(config, images, labels, n_classes):
     penalised = np.ones_like(W)
     if not loss.reg_bias:
         penalised[:, -1] = 0  # the bias column
-    val_accuracies, after_each_step = [], []
+    val_accuracies, weights, lrs = [], [W], []
     for epoch in range(optim.epochs):
         s = optim.schedule
         lr = {"constant": optim.lr, "step": optim.lr * s.gamma ** (epoch // s.step_size),
               "exponential": optim.lr * s.gamma**epoch,
               "cosine": s.min_lr + (optim.lr - s.min_lr)
               * (1 + math.cos(math.pi * epoch / optim.epochs)) / 2}[s.name]
+        lrs.append(lr)
         order = train[np.random.default_rng([config.seed, epoch]).permutation(len(train))]
         for start in range(0, len(order), optim.batch_size):
             rows = order[start : start + optim.batch_size]
@@ -75,9 +76,9 @@ def reference_fit(config, images, labels, n_classes):
                 g = g * optim.grad_clip / norm
             velocity = optim.momentum * velocity + g
             W = W - lr * (g + optim.momentum * velocity if optim.nesterov else velocity)
-            after_each_step.append(W)
+            weights.append(W)
         val_accuracies.append(float(np.mean((X[val] @ W.T).argmax(axis=1) == labels[val])))
-    return W, val_accuracies, after_each_step
+    return W, val_accuracies, weights, lrs
 
 
 CASES = {
@@ -93,6 +94,7 @@ CASES = {
     "cosine to min_lr, no centring": {"optim": {"schedule": {"name": "cosine",
                                                             "min_lr": 0.004}},
                                       "preprocess": {"center": False}},
+    "scores clipped at 0.5": {"loss": {"clip": 0.5}},
 }
 
 
@@ -114,10 +116,11 @@ def test_fit_equals_the_float64_reference(tmp_path, engine, case):
     config = small_config(tmp_path, engine=engine_or_skip(engine), **sections)
     split, pre = split_and_fit(config, data.train_images, data.train_labels)
     result = fit(config, data.train_images, data.train_labels, split, pre, 3)
-    W_ref, val_ref, _ = reference_fit(config, data.train_images, data.train_labels, 3)
+    W_ref, val_ref, _, lrs = reference_fit(config, data.train_images, data.train_labels, 3)
     scale = np.abs(W_ref).max()
     np.testing.assert_allclose(result.state.W, W_ref, rtol=0, atol=2e-5 * scale)
     assert [row["val_acc"] for row in result.state.history] == pytest.approx(val_ref, abs=0.02)
+    assert [row["lr"] for row in result.state.history] == pytest.approx(lrs, rel=1e-12)
 
 
 def test_statistics_come_from_the_training_rows_only(tmp_path):
@@ -166,6 +169,63 @@ def test_early_stopping_patience_counts_epochs_without_improvement(tmp_path):
     assert not whole.stopped_early
 
 
+def test_epochs_since_best_counts_from_the_last_improvement(tmp_path):
+    data = separable_data(n_train=300, classes=3, seed=1)
+    labels = data.train_labels.copy()  # half the labels drawn anew: the accuracy swings
+    rng = np.random.default_rng(1)
+    noisy = rng.random(300) < 0.5
+    labels[noisy] = rng.integers(0, 3, noisy.sum())
+    config = small_config(tmp_path, engine="numpy", optim={"epochs": 8, "lr": 0.05})
+    split, pre = split_and_fit(config, data.train_images, labels)
+    seen = []
+    fit(config, data.train_images, labels, split, pre, 3,
+        on_epoch=lambda state: seen.append((state.history[-1]["val_acc"], state.best_epoch,
+                                            state.epochs_since_best)))
+    accs = [acc for acc, _, _ in seen]
+    expected = [(accs.index(max(accs[: k + 1])) + 1, k - accs.index(max(accs[: k + 1])))
+                for k in range(len(accs))]
+    assert [(best, since) for _, best, since in seen] == expected
+    # a later improvement after an epoch without one: the count starts again from 0
+    assert any(expected[k][1] > 0 and expected[k + 1][1] == 0 for k in range(len(accs) - 1))
+
+
+def test_a_validation_accuracy_of_zero_is_a_best_epoch_like_any_other(tmp_path):
+    data = separable_data(n_train=300, classes=3, seed=3)
+    config = small_config(tmp_path, engine="numpy",
+                          optim={"epochs": 6, "early_stopping": {"patience": 2}})
+    split, pre = split_and_fit(config, data.train_images, data.train_labels)
+    # class 2 is never trained on and is every validation row's label: accuracy 0 throughout
+    labels = data.train_labels.copy()
+    labels[labels == 2] = 0
+    labels[split.val_rows] = 2
+    result = fit(config, data.train_images, labels, split, pre, 3)
+    assert [row["val_acc"] for row in result.state.history] == [0.0, 0.0, 0.0]
+    assert result.stopped_early and result.state.best_epoch == 1
+    assert result.state.best_val_acc == 0.0
+
+
+def test_divergence_after_the_first_epoch_names_its_epoch_and_a_lower_lr(tmp_path):
+    from softmax_cls.training.fit import TrainingDiverged
+
+    data = separable_data(n_train=200, classes=3, seed=4)
+    # initial weights past the features' scale that train finely: not the init_std message
+    config = small_config(tmp_path, engine="numpy", model={"init_std": 2.0},
+                          optim={"epochs": 3, "lr": 0.01})
+    split, pre = split_and_fit(config, data.train_images, data.train_labels)
+
+    def overflow_after_epoch_1(state):
+        if state.epoch == 1:
+            state.W[0, 0] = np.inf
+
+    with pytest.raises(TrainingDiverged) as caught:
+        fit(config, data.train_images, data.train_labels, split, pre, 3,
+            on_epoch=overflow_after_epoch_1)
+    message = str(caught.value)
+    assert message.startswith("training diverged in epoch 2 (")
+    assert "optim.lr = 0.01" in message and "--set optim.lr=0.001)" in message
+    assert "init_std" not in message
+
+
 def test_fit_without_validation_rows_keeps_the_last_weights(tmp_path):
     data = separable_data(n_train=200, classes=3, seed=4)
     config = small_config(tmp_path, engine="numpy")
@@ -179,22 +239,25 @@ def test_fit_without_validation_rows_keeps_the_last_weights(tmp_path):
 
 @pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("name", ["uniform", "ema"])
-def test_averaged_weights_equal_a_hand_average_of_the_steps(tmp_path, engine, name):
+@pytest.mark.parametrize("start", [0.5, 0.0])
+def test_averaged_weights_equal_a_hand_average_of_the_steps(tmp_path, engine, name, start):
     data = separable_data(n_train=240, classes=3, seed=6, noise=90)
     config = small_config(tmp_path, engine=engine_or_skip(engine), augment={"hflip": False},
                           data={"val_size": 60}, preprocess={"scale": "unit"},
+                          model={"init_std": 0.01},
                           optim={"epochs": 4, "batch_size": 50, "lr": 0.01,
                                  "schedule": {"name": "constant"},
-                                 "averaging": {"name": name, "start": 0.5, "decay": 0.7}})
+                                 "averaging": {"name": name, "start": start, "decay": 0.7}})
     split, pre = split_and_fit(config, data.train_images, data.train_labels)
     state = fit(config, data.train_images, data.train_labels, split, pre, 3).state
-    _, _, steps = reference_fit(config, data.train_images, data.train_labels, 3)
-    first = len(steps) // 2  # 4 epochs x 4 steps, averaging from step 8 on
+    _, _, weights, _ = reference_fit(config, data.train_images, data.train_labels, 3)
+    first = round(start * (len(weights) - 1))  # 4 epochs x 4 steps: averaged from step 8, 0
     if name == "uniform":
-        expected = np.mean(steps[first:], axis=0)
+        expected = np.mean(weights[first + 1 :], axis=0)
     else:
-        expected = steps[first - 1]
-        for W in steps[first:]:
+        # the average until its first averaged step is W itself: at start 0 the initial W
+        expected = weights[first]
+        for W in weights[first + 1 :]:
             expected = 0.7 * expected + 0.3 * W
     scale = np.abs(expected).max()
     np.testing.assert_allclose(state.average, expected, rtol=0, atol=2e-5 * scale)

@@ -1096,6 +1096,35 @@ def test_a_run_with_lbfgs_writes_the_usual_folder_and_resumes_warm(tmp_path, mon
     assert result.state.epoch <= again["iterations"] == again["epochs"] <= result.state.epoch + 1
 
 
+def test_a_continued_solve_numbers_its_history_one_row_per_iteration(tmp_path):
+    from softmax_cls.math.preprocess import split_and_fit
+    from softmax_cls.training.fit import fit
+
+    data = separable_data(n_train=200, classes=3, seed=11, noise=120)
+
+    def solve(state, tol, max_iter):
+        config = small_config(tmp_path, optim={"solver": "lbfgs", "tol": tol,
+                                                "max_iter": max_iter}, loss={"reg": 1e-3})
+        split, pre = split_and_fit(config, data.train_images, data.train_labels)
+        return fit(config, data.train_images, data.train_labels, split, pre, 3, state=state,
+                   warn=lambda line: None).state, split, pre  # max_iter, on purpose
+
+    # a tolerance the zero start meets: no iteration, the one row is the solution's (epoch 0)
+    state, _, _ = solve(None, 10.0, 50)
+    assert [row["epoch"] for row in state.history] == [0] and state.epoch == 0
+    state, _, _ = solve(state, 1e-9, 3)
+    assert [row["epoch"] for row in state.history] == [1, 2, 3]
+    state, split, pre = solve(state, 1e-9, 8)
+    assert [row["epoch"] for row in state.history] == list(range(1, 9))
+    # each row's train_loss is the objective at its iterate: the last one's recomputed here
+    X = pre.transform(data.train_images[split.train_rows], np.float64)
+    loss, _ = softmax.loss_and_grad(state.W.astype(np.float64), X,
+                                    data.train_labels[split.train_rows], 1e-3)
+    losses = [row["train_loss"] for row in state.history]
+    assert losses[-1] == pytest.approx(loss, rel=1e-5)
+    assert all(a >= b for a, b in zip(losses, losses[1:], strict=False))
+
+
 def test_lbfgs_minimises_the_augmented_objective(tmp_path):
     data = separable_data(n_train=200, noise=120)
     config = small_config(tmp_path, optim={"solver": "lbfgs"}, loss={"reg": 1e-2},

@@ -94,6 +94,10 @@ def test_non_finite_inputs_are_reported():
     W[0, 0] = np.inf
     with pytest.raises(softmax.NonFiniteError):
         softmax.loss_and_grad(W, np.abs(X) + 1, y)
+    # finite scores, a NaN sample weight: the loss itself is NaN
+    W, X, y = random_problem(5, 4, 3)
+    with pytest.raises(softmax.NonFiniteError, match="non-finite loss"):
+        softmax.loss_and_grad(W, X, y, sample_weight=[1.0, np.nan, 1.0, 1.0, 1.0])
 
 
 finite_scores = arrays(
@@ -149,6 +153,7 @@ def test_predict_and_predict_proba_agree_and_chunk():
     np.testing.assert_allclose(P.sum(axis=1), 1.0)
     np.testing.assert_array_equal(softmax.predict(W, X, chunk=7), np.argmax(X @ W.T, axis=1))
     np.testing.assert_array_equal(P.argmax(axis=1), softmax.predict(W, X))
+    assert softmax.predict(W, X).dtype == np.int64
 
 
 def test_defaults_are_no_penalty_and_the_bias_column_unpenalised():

@@ -66,8 +66,9 @@ def averaging_alphas(averaging: AveragingConfig, epoch: int, steps_per_epoch: in
     """(steps_per_epoch,) float64: after global step t the average moves by
     average += alpha_t * (W - average).
 
-    Before the averaging starts (global step < start * total steps), alpha = 1: the average
-    is W itself. Uniform: alpha = 1 / k for the k-th averaged step, so the average is the
+    Before the averaging starts (global step t, from 0, with t + 1 <= start * total steps:
+    the steps that end within the first `start` of training), alpha = 1: the average is W
+    itself. Uniform: alpha = 1 / k for the k-th averaged step, so the average is the
     plain mean of the weights after each of those steps. EMA: alpha = 1 - decay. None: all 0
     (no average is kept; the model is W). Each alpha is a function of the global step alone,
     so a resumed run averages exactly as an uninterrupted one.
