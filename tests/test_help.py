@@ -68,3 +68,14 @@ def test_every_option_is_in_its_commands_synopsis(name):
                and not any(re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", usage)
                            for flag in param.opts + param.secondary_opts)]
     assert not missing, f"softmax-{name}: options not in its synopsis: {missing}"
+
+
+def test_engines_md_names_every_command_that_takes_threads():
+    """engines.md's numba Threads bullet named train, eval and gradcheck, not predict."""
+    page = (COMMANDS_MD.parent / "engines.md").read_text(encoding="utf-8")
+    bullet = re.search(r"^- \*\*Threads\.\*\* `--threads N` on (.*?)(?= sets )", page,
+                       re.M | re.S).group(1)
+    takes = [name for name in COMMANDS
+             if any("--threads" in param.opts for param in options(COMMANDS[name]))]
+    assert "train" in takes
+    assert [name for name in takes if f"`softmax-{name}`" not in bullet] == []
