@@ -183,7 +183,7 @@ def _y_axis_room(ax) -> float:
         ticks = locator()
         labels = formatter.format_ticks(ticks)
         shown += [label for tick, label in zip(ticks, labels, strict=True)
-                  if low - slack <= tick <= high + slack and label]
+                  if low - slack <= tick <= high + slack]
     size = axis.get_majorticklabels()[0].get_fontsize() if shown else AXIS_LABEL_SIZE
     widest = _text_extents(figure, shown, size)[:, 0].max()
     label = _text_extents(figure, [axis.label.get_text()], axis.label.get_fontsize())[0, 1]
