@@ -102,6 +102,26 @@ set_option = click.option("--set", "overrides", multiple=True, metavar="KEY.PATH
                           help="Override a config key, e.g. --set optim.lr=0.01 (repeatable).")
 
 
+def _engine_name(context, parameter, value):
+    """softmax-eval --engine: a name that is no engine is a command-line error (exit 2)."""
+    from .config import ENGINE_NAMES
+
+    if value not in ENGINE_NAMES:
+        raise click.BadParameter(f"must be one of {', '.join(ENGINE_NAMES)}, got "
+                                 f"{shorten(value, 40, quote=True)}")
+    return value
+
+
+def _device_name(context, parameter, value):
+    """softmax-eval --device: a name that is no device is a command-line error (exit 2)."""
+    from .config import DEVICE_PATTERN
+
+    if not DEVICE_PATTERN.fullmatch(value):
+        raise click.BadParameter(f"must be auto, cpu, cuda or cuda:N, got "
+                                 f"{shorten(value, 40, quote=True)}")
+    return value
+
+
 def _use_threads(context, parameter, value):
     if value is not None:
         from .threads import use_threads
@@ -273,8 +293,10 @@ def train_command(config_path, overrides, out, resume, overwrite, plots, quiet):
 @click.option("--download", is_flag=True,
               help="Download the data if it is not there (by default eval never downloads).")
 @click.option("--engine", default="numpy", show_default=True, metavar="NAME",
+              callback=_engine_name,
               help="Engine that scores the rows: numpy, numba, torch or auto.")
 @click.option("--device", default="auto", show_default=True, metavar="DEVICE",
+              callback=_device_name,
               help="Where the torch engine computes: auto, cpu, cuda or cuda:N.")
 @quiet_option
 @threads_option
@@ -284,6 +306,9 @@ def eval_command(checkpoint, split, as_json, root, download, engine, device, qui
     from .math.metrics import format_report
     from .training.evaluate import evaluate_checkpoint
 
+    if device.startswith("cuda") and engine in ("numba", "numpy"):
+        raise click.UsageError(f"--device {device}: only engine torch runs on a GPU (pass "
+                               f"--engine torch or auto, or --device cpu), got --engine {engine}")
     report = evaluate_checkpoint(checkpoint, split, root, progress=not quiet,
                                  download=download, engine=engine, device=device)
     if as_json:

@@ -344,6 +344,22 @@ def test_softmax_train_offline_names_data_root_first(tmp_path):
     assert not (tmp_path / "data").exists() and not (tmp_path / "runs").exists()
 
 
+def test_softmax_download_offline_names_root_first(tmp_path):
+    """softmax-download's line named --archive and --url, not --root: a copy already on
+    disk, the first of the three ways docs/offline.md gives."""
+    from cli_util import assert_one_line_error, run
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = run("softmax-download", "--root", "data", "--quiet", "--url",
+                 f"http://127.0.0.1:{port}/cifar-10-binary.tar.gz", cwd=tmp_path)
+    line = assert_one_line_error(result, 1, "refused", "offline?")
+    hints = line.split("offline?", 1)[1]
+    assert hints.index("--root DIR") < hints.index("--archive PATH") < hints.index("--url URL")
+    assert not (tmp_path / "data").exists()
+
+
 def test_softmax_sweep_offline_names_the_sweep_files_data_root(tmp_path):
     pytest.importorskip("optuna")
     from cli_util import assert_one_line_error, run

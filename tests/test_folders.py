@@ -646,6 +646,24 @@ def test_a_sweep_on_a_folder(tmp_path):
                                                      .fingerprint}
 
 
+def test_a_sweep_on_a_folder_names_its_skipped_files_once(tmp_path):
+    """The sweep read the folder into its cache, then again for the test split at its end,
+    and each read printed the same warning line."""
+    pytest.importorskip("optuna")
+    images = make_folder(tmp_path / "images", per_class=4)
+    bad_files(images)
+    write_config(tmp_path, train=str(images))
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(yaml.safe_dump({"base": "folder.yaml", "sampler": "grid",
+                                     "space": {"optim.lr": {"grid": [0.01]}}}))
+    result = run("softmax-sweep", str(sweep), "--out", str(tmp_path / "sweep"), "-q",
+                 "--no-plots", timeout=300)
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1, result.stderr
+    assert warnings[0].startswith("warning: data.train: skipped 3 of 15 files in ")
+
+
 @pytest.mark.parametrize("key", ["data.test_fraction", "data.strict"])
 def test_a_sweep_may_not_vary_the_folder_split_or_strictness(tmp_path, key):
     pytest.importorskip("optuna")

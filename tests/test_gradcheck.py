@@ -424,3 +424,16 @@ def test_the_step_of_a_raw_pixel_column_is_the_step_over_its_rms(monkeypatch):
         rms = np.linalg.norm(X[:, j]) / np.sqrt(len(X))
         assert steps == pytest.approx([gradcheck.DEFAULT_STEP / max(1.0, rms)] * len(steps),
                                       rel=1e-9)
+
+
+def test_commands_md_names_each_engine_objective_the_command_checks():
+    """commands.md named numpy's and numba's objectives, not torch's, which is checked (on
+    the CPU) whenever PyTorch is installed."""
+    result = run("softmax-gradcheck", "--samples", "20", "--checks", "1", "--classes", "3")
+    assert result.returncode == 0, result.stdout + result.stderr
+    checked = re.findall(r"^(\w+) engine minibatch objective", result.stdout, re.M)
+    assert "numpy" in checked
+    page = (Path(__file__).resolve().parents[1] / "docs" / "commands.md").read_text()
+    bullet = re.search(r"^- each engine's own minibatch objective.*?(?=^\S|^- )", page,
+                       re.M | re.S).group(0)
+    assert [name for name in checked if f"{name}'s" not in bullet] == []

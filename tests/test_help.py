@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 from pathlib import Path
 
@@ -48,3 +49,33 @@ def test_every_option_is_in_commands_md(name):
                and f"`{flag}" not in own and f"`{flag}` ({name}" not in shared
                and not re.search(rf"`{re.escape(flag)}[^`]*` \([^)]*\b{name}\b", shared)]
     assert not missing, f"softmax-{name}: options not in docs/commands.md: {missing}"
+
+
+def synopsis(text: str, name: str) -> str:
+    """The indented usage lines that open the `## softmax-NAME` section, joined."""
+    lines = section(text, f"softmax-{name}").lstrip("\n").splitlines()
+    return " ".join(line.strip() for line in itertools.takewhile(
+        lambda line: line.startswith("    "), lines))
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_every_option_is_in_its_commands_synopsis(name):
+    """The usage line of softmax-train and softmax-gradcheck left out their --threads."""
+    usage = synopsis(COMMANDS_MD.read_text(encoding="utf-8"), name)
+    assert usage.startswith(f"softmax-{name} "), usage
+    missing = [param.opts for param in options(COMMANDS[name])
+               if not set(param.opts) & CLICK_OWN
+               and not any(re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", usage)
+                           for flag in param.opts + param.secondary_opts)]
+    assert not missing, f"softmax-{name}: options not in its synopsis: {missing}"
+
+
+def test_engines_md_names_every_command_that_takes_threads():
+    """engines.md's numba Threads bullet named train, eval and gradcheck, not predict."""
+    page = (COMMANDS_MD.parent / "engines.md").read_text(encoding="utf-8")
+    bullet = re.search(r"^- \*\*Threads\.\*\* `--threads N` on (.*?)(?= sets )", page,
+                       re.M | re.S).group(1)
+    takes = [name for name in COMMANDS
+             if any("--threads" in param.opts for param in options(COMMANDS[name]))]
+    assert "train" in takes
+    assert [name for name in takes if f"`softmax-{name}`" not in bullet] == []

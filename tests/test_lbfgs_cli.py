@@ -335,10 +335,11 @@ def test_a_reg_paths_best_point_is_the_path_solution_not_solved_again(tmp_path):
     result = run("softmax-sweep", str(sweep), "--out", str(tmp_path / "sweep"), "--no-plots",
                  "--quiet", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    # each point stops at max_iter 2: three warning lines, one per point, and no fourth solve
+    # each point stops at max_iter 2: three warning lines, one per point, each naming its
+    # trial as a sweep's trials' warnings do (docs/lbfgs.md), and no fourth solve
     warnings = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(warnings) == 3 and all(line.startswith("warning: L-BFGS did not converge")
-                                      for line in warnings), result.stderr
+    assert [line.split(": L-BFGS did not converge")[0] for line in warnings] == [
+        "warning: trial 0", "warning: trial 1", "warning: trial 2"], result.stderr
     rows = (tmp_path / "sweep" / "trials.csv").read_text().splitlines()[1:]
     best = max(rows, key=lambda row: float(row.split(",")[3]))
     evaluated = run("softmax-eval", str(tmp_path / "sweep" / "best.npz"), "--split", "val",

@@ -397,6 +397,23 @@ def test_curves_keep_every_text_inside_and_apart(tmp_path, monkeypatch):
             assert right.yaxis.get_tightbbox(renderer).x0 > left.get_window_extent(renderer).x1
 
 
+def test_an_lbfgs_runs_curves_keep_the_gradients_labels_apart(tmp_path, monkeypatch):
+    """Two L-BFGS iterations, the gradient max-norm within one decade: the log axis labels
+    its minor ticks (9x10^-3, ...), which the room left for the panel's y labels did not
+    count, and the panel's y label lay over the accuracy panel."""
+    kept = capture_figures(monkeypatch)
+    history = [{"epoch": 1, "lr": None, "train_loss": 1.978, "grad_max": 0.0139},
+               {"epoch": 2, "lr": None, "train_loss": 1.855, "grad_max": 0.00667,
+                "val_loss": 1.854, "val_acc": 0.3776}]
+    drawing.draw_curves(evaluation.curves_table(history), 2, tmp_path / "curves.png")
+    figure, _ = kept[-1]
+    assert_texts_inside(figure)
+    renderer = figure.canvas.get_renderer()
+    accuracy, gradient = figure.axes[1:]
+    assert gradient.get_title() == "gradient max-norm"
+    assert gradient.yaxis.get_tightbbox(renderer).x0 > accuracy.get_window_extent(renderer).x1
+
+
 @pytest.mark.parametrize("names", [
     tuple(f"class{i}" for i in range(10)),
     ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),

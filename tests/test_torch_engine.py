@@ -984,13 +984,14 @@ def test_softmax_eval_engine_auto_picks_by_the_checkpoints_class_count(tmp_path,
 
 
 @pytest.mark.parametrize("args, needle", [
-    (["--engine", "jax"], "engine: must be one of"),
-    (["--engine", "numpy", "--device", "cuda"], "only engine torch runs on a GPU"),
-    (["--device", "tpu"], "device: must be auto, cpu, cuda or cuda:N"),
+    (["--engine", "jax"], "'--engine': must be one of"),
+    (["--engine", "numpy", "--device", "cuda"], "only engine torch runs on a GPU (pass --engine"),
+    (["--device", "tpu"], "'--device': must be auto, cpu, cuda or cuda:N"),
 ])
 def test_softmax_eval_checks_engine_and_device_before_the_checkpoint(tmp_path, args, needle):
+    """Command-line errors, exit 2 as README.md and commands.md say (they were 1)."""
     result = run("softmax-eval", str(tmp_path / "nothing.npz"), *args, cwd=tmp_path)
-    assert_one_line_error(result, 1, needle)
+    assert_one_line_error(result, 2, needle)
 
 
 def test_summary_json_names_the_device_the_engine_ran_on(tmp_path, small_data, monkeypatch):

@@ -69,18 +69,19 @@ def load_dataset(dataset: str = "cifar10", root: str | os.PathLike = "data",
 
 
 def load_config_data(data: DataConfig, progress: bool = True, hints: DataHints = CONFIG_HINTS,
-                     *, keep_test: bool = True) -> LabelledData:
+                     *, keep_test: bool = True, warn: bool = True) -> LabelledData:
     """The data set a config's `data` section names, located, verified and read; error
     messages give `hints` (default: the config's own keys, `--set data.archive=PATH`...).
     Without `keep_test` a CIFAR test split is checked but left on disk (see load_dataset);
     feature files and image folders are loaded as softmax_cls.data.features and
-    softmax_cls.data.folders do, whatever `keep_test`."""
+    softmax_cls.data.folders do, whatever `keep_test`; `warn` false leaves out an image
+    folder's warning of skipped files (already given)."""
     if data.dataset == "features":
         return load_features(data, progress)
     if data.dataset == "folder":
         from softmax_cls.data.folders import load_folders
 
-        return load_folders(data, progress)
+        return load_folders(data, progress, warn)
     return load_dataset(data.dataset, data.root, data.format, url=data.url, archive=data.archive,
                         labels=data.labels, download=data.download, progress=progress,
                         hints=hints, keep_test=keep_test)

@@ -44,7 +44,8 @@ class DataHints:
 DOWNLOAD_HINTS = DataHints(
     missing="run softmax-download, pass --archive PATH to a local {name}, or --url URL of a "
             "mirror",
-    offline="offline? pass --archive PATH to a local {name}, or --url URL of a mirror")
+    offline="offline? pass --root DIR of your copy, --archive PATH to a local {name} (or copy "
+            "it into {root}/), or --url URL of a mirror")
 CONFIG_HINTS = DataHints(
     missing="--set data.root=DIR where it is, --set data.archive=PATH to a local {name} (or copy "
             "it into {root}/), or --set data.download=true to download it",

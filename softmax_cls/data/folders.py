@@ -204,10 +204,11 @@ def cache_root(data_root: str | os.PathLike) -> Path:
 
 
 def read_folder(scan: FolderScan, data_root: str | os.PathLike, strict: bool = False,
-                progress: bool = True) -> FolderRows:
+                progress: bool = True, warn: bool = True) -> FolderRows:
     """The rows of a scanned folder, from its cache when there is one (nothing decoded),
     else read image by image (a progress bar on stderr) into a new cache. Skipped files are
-    one warning line on stderr, or, with `strict`, a DataError naming the first."""
+    one warning line on stderr (when `warn`), or, with `strict`, a DataError naming the
+    first."""
     parent = cache_root(data_root)
     real_parent = parent.resolve()
     if _inside(scan.root, real_parent):
@@ -225,7 +226,7 @@ def read_folder(scan: FolderScan, data_root: str | os.PathLike, strict: bool = F
         found = _write_cache(scan, parent, cache, strict, progress)
     if strict and found.skipped_count:
         _refuse(scan, *found.skipped_first[0])
-    if found.skipped_count:
+    if found.skipped_count and warn:
         total = found.skipped_count + len(found.labels)
         shown = "; ".join(f"{shorten(rel, 80)} ({reason})"
                           for rel, reason in found.skipped_first[:SHOWN_SKIPS])
@@ -384,8 +385,9 @@ def folder_fingerprints(data: DataConfig) -> dict[str, str]:
     return found
 
 
-def load_folders(data: DataConfig, progress: bool = True) -> LabelledData:
-    """The image folders a config's data section names (data.dataset folder).
+def load_folders(data: DataConfig, progress: bool = True, warn: bool = True) -> LabelledData:
+    """The image folders a config's data section names (data.dataset folder); `warn`: say
+    which files were skipped (one line on stderr per folder).
 
     Returns LabelledData with dataset "folder", class_names the sorted class folders of
     data.train, rows (N, 3072) uint8 in the CIFAR order (a read-only memory map of the cache
@@ -405,10 +407,10 @@ def load_folders(data: DataConfig, progress: bool = True) -> LabelledData:
             raise DataError(f"data.test: class folder {shorten(unknown[0], 60, quote=True)} in "
                             f"{shorten(test_scan.given)} is not a class of data.train "
                             f"{shorten(train_scan.given)}")
-    train = read_folder(train_scan, data.root, data.strict, progress)
+    train = read_folder(train_scan, data.root, data.strict, progress, warn)
     fingerprint = {"train folder": train.md5}
     if test_scan is not None:
-        test = read_folder(test_scan, data.root, data.strict, progress)
+        test = read_folder(test_scan, data.root, data.strict, progress, warn)
         fingerprint["test folder"] = test.md5
         to_train = np.array([train.class_names.index(name) for name in test.class_names],
                             np.int64)

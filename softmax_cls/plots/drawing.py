@@ -170,16 +170,20 @@ def _text_extents(figure, texts: list[str], size: float) -> np.ndarray:
 
 def _y_axis_room(ax) -> float:
     """Pixels an Axes needs at its left for its y tick labels and its y label, measured as
-    matplotlib draws them (the locator's ticks formatted together, those in view shown)
-    without drawing the figure."""
+    matplotlib draws them (each locator's ticks formatted together, those in view shown:
+    the minor ones too, which a log axis spanning less than a decade labels) without
+    drawing the figure."""
     figure = ax.get_figure()
     axis = ax.yaxis
-    ticks = axis.get_major_locator()()
-    labels = axis.get_major_formatter().format_ticks(ticks)
     low, high = sorted(axis.get_view_interval())
     slack = 1e-10 * (high - low)
-    shown = [label for tick, label in zip(ticks, labels, strict=True)
-             if low - slack <= tick <= high + slack]
+    shown = []
+    for locator, formatter in ((axis.get_major_locator(), axis.get_major_formatter()),
+                               (axis.get_minor_locator(), axis.get_minor_formatter())):
+        ticks = locator()
+        labels = formatter.format_ticks(ticks)
+        shown += [label for tick, label in zip(ticks, labels, strict=True)
+                  if low - slack <= tick <= high + slack]
     size = axis.get_majorticklabels()[0].get_fontsize() if shown else AXIS_LABEL_SIZE
     widest = _text_extents(figure, shown, size)[:, 0].max()
     label = _text_extents(figure, [axis.label.get_text()], axis.label.get_fontsize())[0, 1]

@@ -79,8 +79,11 @@ def run_path(study, spec: SweepSpec, folder: Path, meta: dict, progress: bool = 
             history.append(iteration_row(iteration, loss, grad_max,
                                          time.perf_counter() - started))
 
+        number = len(study.get_trials(deepcopy=False))  # the trial this point becomes
+        point_warn = None if warn is None else (
+            lambda line, number=number: warn(f"trial {number}: {line}"))
         result = fit_lbfgs(config, data.rows, data.labels, split, pre, W, engine=engine,
-                           moment=moment, on_iteration=on_iteration, warn=warn)
+                           moment=moment, on_iteration=on_iteration, warn=point_warn)
         W = result.W
         model = W.astype(np.float32)
         val_loss, val_acc = validation_metrics(engine, model, pre, data.rows[split.val_rows],

@@ -419,9 +419,10 @@ def finish_sweep(folder: Path, study, spec: SweepSpec, meta: dict, progress: boo
     raw = trial_raw_config(spec, best.params)
     checkpoint_path = best_checkpoint(folder, study, spec, meta, best)
 
-    # The one read of the test split, after the last trial.
+    # The one read of the test split, after the last trial. An image folder's skipped files
+    # were named when the sweep read it into its cache: not again here.
     config = config_from_dict(raw)
-    loaded = data_module.load_config_data(config.data, progress)
+    loaded = data_module.load_config_data(config.data, progress, warn=False)
     if dict(loaded.fingerprint) != meta["fingerprint"]:
         raise DataError(f"the data changed during the sweep (its files' md5 differ from "
                         f"{folder / 'cache'}); delete that folder and run the sweep again")

@@ -24,9 +24,10 @@ A check must be able to fail: when the resolution is not far below the largest f
 derivative checked (NO_POWER_RATIO), the step cannot resolve these derivatives (h so small that
 f(w + h) == f(w - h), say) and the check refuses with GradcheckRefused instead of passing.
 On every coordinate, the loop reference is compared with the vectorized loss and gradient, and
-each engine's minibatch objective (numpy, and numba when installed, its float64 variant; the
-preprocessing folded into W) with loss_and_grad on the explicitly preprocessed features,
-each difference relative to max(1, the largest value compared) (`difference`).
+each engine's minibatch objective (numpy; numba and torch on the CPU when installed, numba's
+float64 variant; the preprocessing folded into W) with loss_and_grad on the explicitly
+preprocessed features, each difference relative to max(1, the largest value compared)
+(`difference`).
 """
 
 from __future__ import annotations
