@@ -17,6 +17,7 @@ from cli_util import assert_one_line_error, limit_data, run, script
 
 from softmax_cls.config import config_from_dict
 from softmax_cls.data.features import labels_path, load_features, read_feature_rows
+from softmax_cls.errors import DataError
 from softmax_cls.math.preprocess import split_and_fit
 from softmax_cls.training.checkpoint import load_checkpoint
 from softmax_cls.training.fit import fit
@@ -125,6 +126,41 @@ def test_labels_path_replaces_the_last_capital_x(name, expected):
     assert labels_path(Path("d") / name) == Path("d") / expected
 
 
+def test_unsigned_bytes_and_1024_byte_labels_are_classes(tmp_path):
+    """uint8 training labels with int64 test labels are one kind (integers); byte-string
+    labels (S) are class names as text; a label of LABEL_BYTES_CAP bytes (S1024, or U256) is
+    read, one byte more is refused from the header."""
+    X, y = linear_data(n=6, d=3)
+    np.savez(tmp_path / "train.npz", X=X, y=(y % 2).astype(np.uint8) + 5)
+    np.savez(tmp_path / "test.npz", X=X[:2], y=np.array([6, 5], np.int64))
+    data = load_features(data_config(train=str(tmp_path / "train.npz"),
+                                     test=str(tmp_path / "test.npz")), progress=False)
+    assert data.class_names == ("5", "6")
+    np.testing.assert_array_equal(data.test_labels, [1, 0])
+    long = "d" + "o" * 254 + "g"  # 256 characters
+    for dtype in ("S1024", "U256"):
+        np.savez(tmp_path / "train.npz", X=X, y=np.array(["cat", long], dtype=dtype)[y % 2])
+        data = load_features(data_config(train=str(tmp_path / "train.npz")), progress=False)
+        assert data.class_names == ("cat", long)
+    np.savez(tmp_path / "train.npz", X=X, y=np.array(["cat", "dog"], dtype="S1025")[y % 2])
+    with pytest.raises(DataError, match="y's labels are 1025 bytes each"):
+        load_features(data_config(train=str(tmp_path / "train.npz")), progress=False)
+
+
+def test_a_non_finite_value_is_named_by_its_row_in_the_file_past_the_first_chunk(tmp_path,
+                                                                                  monkeypatch):
+    from softmax_cls.data import features
+
+    monkeypatch.setattr(features, "CHECK_BYTES", 64)  # 4 rows of 4 float32 a chunk
+    X, y = linear_data(n=20, d=4)
+    for dtype in (np.float32, np.float64):  # read in place, converted chunk by chunk
+        bad = X.astype(dtype)
+        bad[13, 2] = np.nan
+        np.savez(tmp_path / "train.npz", X=bad, y=y)
+        with pytest.raises(DataError, match=r"X\[13, 2\] is nan"):
+            load_features(data_config(train=str(tmp_path / "train.npz")), progress=False)
+
+
 def write_config(tmp_path: Path, **data) -> Path:
     raw = {"seed": 1, "engine": "numpy",
            "data": {"dataset": "features", "val_size": 100, **data},
@@ -201,6 +237,15 @@ def bad_file(tmp_path: Path, kind: str) -> tuple[str, str | None, str]:
     if kind == "no y.npy":
         np.save(tmp_path / "X.npy", X)
         return str(tmp_path / "X.npy"), None, "y.npy are missing"
+    if kind == "no features":
+        np.savez(train, X=X[:, :0], y=y)
+        return str(train), None, "X is empty, shape (200, 0)"
+    if kind == "truncated y":
+        np.save(tmp_path / "X.npy", X)
+        np.save(tmp_path / "y.npy", y)
+        data = (tmp_path / "y.npy").read_bytes()
+        (tmp_path / "y.npy").write_bytes(data[:-8])
+        return str(tmp_path / "X.npy"), None, "truncated: y needs"
     if kind == "truncated":
         np.save(tmp_path / "X.npy", X)
         np.save(tmp_path / "y.npy", y)
@@ -222,7 +267,8 @@ BAD_KINDS = ["missing", "csv", "not a zip", "X 1-d", "no y", "length", "nan", "i
              "float64 overflow", "float16 inf", "bfloat16", "float labels", "object labels",
              "newline label",
              "object X", "compressed",
-             "one class", "no y.npy", "truncated", "D mismatch", "unknown test label"]
+             "one class", "no y.npy", "truncated", "no features", "truncated y", "D mismatch",
+             "unknown test label"]
 
 
 @pytest.mark.parametrize("kind", BAD_KINDS)

@@ -94,5 +94,9 @@ def test_the_numba_engine_converts_float16_training_rows_once_per_data_set():
     first = numba_engine._kernel_rows(data)
     assert first.dtype == np.float32 and numba_engine._kernel_rows(data) is first
     np.testing.assert_array_equal(first, half.rows.astype(np.float32))
+    other = TrainingRows(half.rows[:10], half.labels[:10])
+    numba_engine._kernel_rows(other)
+    assert list(numba_engine._converted) == [id(other)]  # one copy at a time: data's let go
+    numba_engine._kernel_rows(data)
     del data
     assert not numba_engine._converted  # freed with its rows

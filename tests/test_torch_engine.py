@@ -56,6 +56,7 @@ def test_cpu_and_auto_resolve_without_a_gpu():
     assert resolve_device("cpu").type == "cpu"
     assert resolve_device("auto").type == ("cpu" if NO_GPU else "cuda")
     assert make_engine("cpu").device == "cpu"
+    assert make_engine("auto").device == str(resolve_device("auto"))  # not "auto"
 
 
 @no_gpu_only
@@ -72,6 +73,24 @@ def test_a_gpu_number_past_the_last_is_refused(monkeypatch):
     with pytest.raises(SoftmaxClsError, match="sees 2 CUDA GPU"):
         resolve_device("cuda:2")
 
+
+@pytest.mark.parametrize("platform, files, expected", [
+    ("linux", [], False),
+    ("linux", ["/proc/driver/nvidia"], True),
+    ("linux", ["/dev/dxg"], True),  # WSL
+    ("linux", ["/dev/nvidia3"], True),
+    ("win32", [], True),  # no driver files to look for: torch is asked
+    ("darwin", [], True),
+])
+def test_only_linux_without_the_driver_files_surely_has_no_gpu(monkeypatch, platform, files,
+                                                                expected):
+    from softmax_cls.engines.torch_engine import device
+
+    monkeypatch.setattr(device.sys, "platform", platform)
+    monkeypatch.setattr(device.os.path, "exists", lambda path: path in files)
+    monkeypatch.setattr(device.glob, "glob",
+                        lambda pattern: [f for f in files if f.startswith("/dev/nvidia")])
+    assert device.gpu_driver_present() is expected
 
 def test_missing_torch_is_one_line_naming_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` raises ImportError
@@ -101,6 +120,23 @@ def test_device_and_engine_combinations_are_refused_by_get_engine():
         get_engine("numba", "cuda:0")
     with pytest.raises(SoftmaxClsError, match="device: must be"):
         get_engine("torch", "gpu")
+
+
+
+def test_check_device_lets_auto_and_torch_ask_for_a_gpu_and_refuses_the_cpu_engines(
+        monkeypatch):
+    from softmax_cls.engines import check_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    for name in ("auto", "torch"):
+        check_device(name, "cuda:0")
+        with pytest.raises(SoftmaxClsError, match="device cuda:1: PyTorch sees 1 CUDA GPU"):
+            check_device(name, "cuda:1")
+    for name in ("numba", "numpy"):
+        check_device(name, "cpu")
+        with pytest.raises(SoftmaxClsError, match="only engine torch runs on a GPU"):
+            check_device(name, "cuda:0")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -687,6 +723,57 @@ def test_a_captured_epoch_refills_its_static_tensors_before_every_replay(monkeyp
             np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)  # addcmul_ vs add_
         assert got[1] == expected[1] and got[0] == pytest.approx(expected[0], rel=1e-6)
         assert not np.array_equal(replayed.W, W)
+
+
+def test_a_captured_epoch_is_specific_to_each_setting_its_graph_reads_as_a_constant():
+    """epoch_key: a plan or rule differing in anything but the values refilled before a
+    replay (rule.lr, the order, flips, shifts, averaging factors, statistics, the state)
+    needs a graph of its own; a key that left one out would replay a graph captured for
+    another (say, plain momentum for Nesterov)."""
+    from dataclasses import replace
+
+    from softmax_cls.engines.torch_engine import epoch as epoch_module
+    from softmax_cls.engines.torch_engine.rows import device_rows
+    from softmax_cls.math.preprocess import Preprocessor
+
+    p = problem(n_rows=20, n_features=3072, n_classes=3, rows_dtype=np.uint8)
+    rows = device_rows(p.data, torch.device("cpu"))
+    rng = np.random.default_rng(0)
+    plan = EpochPlan(np.arange(20), 8, np.full(3, 0.5), rng.random(20) < 0.5,
+                     rng.integers(-8, 9, (20, 2)), "edge")
+    rule = StepRule(lr=0.1, momentum=0.9, grad_clip=1.0, reg=1e-3)
+    state = OptimizerState(p.W, p.W, p.W)
+
+    def key(plan=plan, rule=rule, pre=p.pre, state=state):
+        return epoch_module.epoch_key(rows, plan, rule, pre, state)
+
+    same = [key(replace(plan, order=plan.order[::-1].copy(), avg_alpha=np.full(3, 0.25),
+                        shift=-plan.shift, flip=~plan.flip), replace(rule, lr=0.01),
+                Preprocessor(p.pre.mean + 1, p.pre.scale * 2, p.pre.bias),
+                OptimizerState(p.W + 1, p.W, p.W))]
+    other = [key(plan=replace(plan, order=np.arange(19))),
+             key(plan=replace(plan, batch_size=4)), key(plan=replace(plan, flip=None)),
+             key(plan=replace(plan, shift=None)), key(plan=replace(plan, padding="reflect")),
+             key(plan=replace(plan, avg_alpha=np.zeros(3))),
+             key(rule=replace(rule, momentum=0.5)), key(rule=replace(rule, nesterov=True)),
+             key(rule=replace(rule, grad_clip=None)), key(rule=replace(rule, reg=0.0)),
+             key(rule=replace(rule, penalise_last=True)), key(rule=replace(rule, clip=10.0)),
+             key(pre=Preprocessor(p.pre.mean, p.pre.scale, False)),
+             key(state=OptimizerState(p.W[:2], p.W[:2], p.W[:2]))]
+    assert same == [key()]
+    assert len({key(), *other}) == len(other) + 1
+
+
+@pytest.mark.parametrize("total", [np.inf, -np.inf, np.nan])
+def test_an_epochs_loss_that_is_infinite_not_only_nan_is_refused(total):
+    """Off the CPU the L2 penalty's float32 sum is not redone in float64: past float32's
+    range it is inf, and the epoch's loss with it, with no NaN anywhere."""
+    from softmax_cls.engines.torch_engine.epoch import _finish
+    from softmax_cls.math.softmax import NonFiniteError
+
+    with pytest.raises(NonFiniteError, match="non-finite loss"):
+        _finish(torch.tensor(total, dtype=torch.float64), torch.tensor(3))
+    assert _finish(torch.tensor(2.5, dtype=torch.float64), torch.tensor(3)) == (2.5, 3)
 
 
 @pytest.mark.parametrize("n_classes", [10, 31, 32, 100])

@@ -100,6 +100,21 @@ def test_rows_stream_only_past_the_budget(monkeypatch):
     assert calls == []
 
 
+def test_one_engine_streams_each_data_set_from_its_own_rows():
+    """The engine keeps its RowStream from epoch to epoch; data of the same shape given
+    next (another fold, a refit) must stream from its own rows."""
+    first = problem(n_rows=30, n_features=6, n_classes=4, seed=1)
+    second = problem(n_rows=30, n_features=6, n_classes=4, seed=2)
+    plan = plans_for(30, [8])[0]
+    rule = StepRule(lr=0.1, momentum=0.9)
+    engine = make_engine("cpu", memory_budget=0)
+    epochs(engine, first, [plan], rule)
+    got = epochs(engine, second, [plan], rule)
+    expected = epochs(make_engine("cpu", memory_budget=0), second, [plan], rule)
+    np.testing.assert_array_equal(got[0], expected[0])
+    assert got[3] == expected[3]
+
+
 def test_a_stream_yields_the_rows_of_the_order_from_a_memory_map(tmp_path):
     rows = np.lib.format.open_memmap(tmp_path / "X.npy", mode="w+", dtype=np.float16,
                                      shape=(50, 6))
