@@ -57,3 +57,31 @@ def test_compute_threads_follows_numba_num_threads(monkeypatch, value, expected)
     else:
         monkeypatch.setenv("NUMBA_NUM_THREADS", value)
     assert compute_threads() == expected
+
+
+class FakePool:
+    """numba or torch as use_threads sees it in sys.modules: the counts it was given."""
+
+    def __init__(self, numba_threads: int = 0):
+        self.config = type("config", (), {"NUMBA_NUM_THREADS": numba_threads})
+        self.given: list[int] = []
+
+    def set_num_threads(self, count: int) -> None:
+        self.given.append(count)
+
+
+def test_threads_up_to_every_cpu_reach_numba_capped_at_its_pool_and_torch(monkeypatch):
+    """numba.set_num_threads refuses a count above the pool it started with
+    (NUMBA_NUM_THREADS), so a loaded numba gets at most that; torch gets the count."""
+    from softmax_cls.threads import THREAD_VARIABLES, use_threads
+
+    for name in THREAD_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    numba, torch = FakePool(numba_threads=2), FakePool()
+    monkeypatch.setitem(sys.modules, "numba", numba)
+    monkeypatch.setitem(sys.modules, "torch", torch)
+    use_threads(4)
+    assert {name: os.environ[name] for name in THREAD_VARIABLES} == dict.fromkeys(
+        THREAD_VARIABLES, "4")
+    assert numba.given == [2] and torch.given == [4]
