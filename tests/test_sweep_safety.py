@@ -6,6 +6,7 @@ cells) are one error line in bounded time and memory."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import time
@@ -549,3 +550,40 @@ def test_a_2_gb_trials_csv_is_refused_without_reading_it(tmp_path):
                                          str(tmp_path / "plots"), cwd=tmp_path)
     assert_one_line_error(result, 1, "trials.csv: 2147483648 bytes, more than the")
     assert result.peak_mb < PEAK_MIB and result.seconds < BOMB_SECONDS, result
+
+
+ORPHANED_WORKER = """
+import subprocess, sys
+worker = subprocess.Popen([sys.executable, "-c", "import os, time\\n"
+                           "from softmax_cls.sweep.worker import watch_parent\\n"
+                           "watch_parent(os.getppid(), interval=0.05)\\n"
+                           "print('watching', flush=True)\\n"
+                           "time.sleep(60)"], stdout=subprocess.PIPE,
+                          stderr=subprocess.DEVNULL, text=True)
+assert worker.stdout.readline() == "watching\\n"
+print(worker.pid, flush=True)
+"""  # this process, the worker's parent, then exits as a killed sweep would
+
+
+def running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_a_worker_exits_when_the_sweep_that_started_it_is_gone():
+    import sys
+
+    parent = subprocess.run([sys.executable, "-c", ORPHANED_WORKER], capture_output=True,
+                            text=True, timeout=60, check=True)
+    worker = int(parent.stdout)
+    deadline = time.monotonic() + 20
+    try:
+        while running(worker) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not running(worker)
+    finally:
+        if running(worker):
+            os.kill(worker, signal.SIGKILL)
