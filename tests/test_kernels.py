@@ -380,6 +380,8 @@ def epoch_arguments(**changes):
 
 
 IMAGES = np.zeros((23, 3072), np.uint8)
+READ_ONLY_W = np.zeros((10, 41), np.float32)
+READ_ONLY_W.flags.writeable = False
 
 
 @pytest.mark.parametrize("changes, message", [
@@ -396,6 +398,7 @@ IMAGES = np.zeros((23, 3072), np.uint8)
           average=np.zeros((10, 3073), np.float32), shift=np.full((23, 2), 9)),
      r"shift must lie in \[-8, 8\]"),
     (dict(W=np.zeros((10, 40), np.float32)), r"W must be \(C, 41\)"),
+    (dict(W=READ_ONLY_W), "W must be C-contiguous and writable"),
     (dict(velocity=np.zeros((10, 40), np.float32)), "velocity must be"),
     (dict(mean=np.zeros(39, np.float32)), r"mean must have shape \(40,\)"),
 ])
