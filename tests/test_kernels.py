@@ -393,6 +393,8 @@ READ_ONLY_W.flags.writeable = False
     (dict(sample_weight=np.ones(5, np.float32)), "sample_weight must have shape"),
     (dict(padding=3), "padding must be 0"),
     (dict(flip=np.zeros(23, bool)), "augmentation needs image rows"),
+    (dict(rows=np.zeros((23, 40), np.uint8), flip=np.zeros(23, bool)),
+     "augmentation needs image rows"),  # uint8, but not 32x32x3: gathered out of bounds
     (dict(rows=IMAGES, mean=np.zeros(3072, np.float32), scale=np.ones(3072, np.float32),
           W=np.zeros((10, 3073), np.float32), velocity=np.zeros((10, 3073), np.float32),
           average=np.zeros((10, 3073), np.float32), shift=np.full((23, 2), 9)),
