@@ -359,6 +359,17 @@ def test_huge_learning_rate_raises_non_finite():
                             False, 0.0, 0.0, False, 50.0)
 
 
+def test_weights_that_overflow_in_the_last_step_of_a_call_raise():
+    """The scores of the one step are finite (W starts at zero); its update is not."""
+    rows, labels, W, mean, scale, weight = problem(seed=15)
+    W = np.zeros_like(W)
+    with pytest.raises(NonFiniteError, match="non-finite weights"):
+        kernels.train_epoch(rows, labels, np.arange(8), weight, np.zeros(0, bool),
+                            np.zeros((0, 2), np.int64), 0, W, np.zeros_like(W),
+                            np.zeros_like(W), np.zeros(1), mean, scale * 1e3, True, 8, 1e38,
+                            0.0, False, 0.0, 0.0, False, 50.0)
+
+
 def test_non_finite_rows_raise():
     rows, labels, W, mean, scale, weight = problem(seed=16)
     rows[3, 2] = np.inf
