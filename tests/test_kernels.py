@@ -465,6 +465,14 @@ def test_predict_scores(rows_dtype, w_dtype, tmp_path):
 
 
 
+def test_no_rows_score_as_no_rows_of_the_classes_and_have_no_batch_gradient():
+    rows, labels, W, mean, scale, weight = problem(seed=26)
+    assert kernels.predict_scores(rows[:0], W, mean, scale, True).shape == (0, 10)
+    with pytest.raises(ValueError, match="at least one row"):
+        kernels.batch_loss_and_grad(rows[:0], labels[:0], weight[:0], W, mean, scale, True,
+                                    0.0, False, 50.0)
+
+
 # ---------------------------------------------------------------------------------------------
 # Compilation cache and the missing extra
 
