@@ -487,6 +487,15 @@ def test_kernels_are_compiled_after_use():
     assert kernels.kernels_are_compiled(np.uint8) is True
 
 
+@pytest.mark.parametrize("missing", ["train_epoch_kernel", "predict_kernel"])
+def test_kernels_are_compiled_only_when_both_are(monkeypatch, missing):
+    """A run trains and scores: either kernel left to compile is seconds before the first
+    epoch."""
+    monkeypatch.setattr(kernels, "_is_compiled",
+                        lambda kernel, args: kernel is not getattr(kernels, missing))
+    assert kernels.kernels_are_compiled(np.uint8) is False
+
+
 def test_cache_folder_when_the_package_folder_is_read_only(monkeypatch, tmp_path):
     monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
