@@ -273,6 +273,31 @@ def test_a_command_writing_the_cache_another_has_written_keeps_its_data_json(tmp
     assert driver.prepare_cache(tmp_path, config, progress=False) == first
 
 
+def test_a_data_json_of_other_data_goes_before_the_rows_are_written(tmp_path, monkeypatch):
+    """It must never vouch for rows it does not describe, even half-way through the write."""
+    import numpy as np
+    from test_features import linear_data, write_config
+
+    from softmax_cls.config import load_config
+    from softmax_cls.sweep import driver, worker
+
+    def config_of(seed: int):
+        X, y = linear_data(n=300, d=4, seed=seed)
+        np.savez(tmp_path / f"train{seed}.npz", X=X, y=y)
+        return load_config(write_config(tmp_path, train=str(tmp_path / f"train{seed}.npz")))
+
+    metas = [driver.prepare_cache(tmp_path, config_of(0), progress=False)]
+    meta_path = tmp_path / "cache" / worker.CACHE_META
+    saved = []  # whether data.json was there as each array of the other data was written
+    real_save = np.save
+    monkeypatch.setattr(worker.np, "save", lambda *args, **kwargs: (
+        saved.append(meta_path.is_file()), real_save(*args, **kwargs)))
+    metas.append(driver.prepare_cache(tmp_path, config_of(1), progress=False))
+    assert metas[0]["fingerprint"] != metas[1]["fingerprint"]
+    assert saved == [False, False]
+    assert worker.cache_meta(tmp_path / "cache") == metas[1]
+
+
 def test_a_sweep_alone_draws_the_same_points_from_the_same_seed(tmp_path):
     runner = write_runner(tmp_path)
     path = write_sweep(tmp_path, trials=3, set={**FAST, "optim.epochs": 1})
