@@ -988,3 +988,30 @@ def test_a_requeue_interrupted_midway_does_not_enqueue_the_trial_twice(tmp_path)
     study.enqueue_trial(trial.params, user_attrs={"requeue_of": trial.number})  # then killed
     assert sweep_study.requeue_stale(study, {trial.number}) == [trial.number]
     assert [t.state.name for t in study.trials] == ["FAIL", "WAITING"]
+
+
+def test_a_worker_reuses_a_split_only_for_trials_of_the_same_split_and_statistics(tmp_path,
+                                                                                 monkeypatch):
+    """Each variant's (split, statistics) against split_and_fit's own, asked twice round
+    more variants than the worker keeps."""
+    from test_features import linear_data, write_config
+
+    from softmax_cls.sweep import worker
+
+    monkeypatch.setattr(worker, "_SPLITS", {})
+    X, y = linear_data(n=300, d=4)
+    np.savez(tmp_path / "train.npz", X=X, y=y)
+    raw = config_to_dict(load_config(write_config(tmp_path, train=str(tmp_path / "train.npz"))))
+    changes = [{}, {"seed": 2}, {"data": {"val_size": 50}}, {"preprocess": {"center": False}},
+               {"preprocess": {"scale": "unit"}}, {"preprocess": {"bias": False}}]
+    configs = [config_from_dict({**raw, **{key: {**raw[key], **value} if isinstance(
+        value, dict) else value for key, value in change.items()}}) for change in changes]
+    data = worker.TrainingData(X, y, ("a", "b", "c"), {})
+    for config in [*configs, *configs]:
+        split, pre = worker._split_and_statistics(config, data)
+        want_split, want_pre = split_and_fit(config, X, y)
+        np.testing.assert_array_equal(split.val_rows, want_split.val_rows)
+        np.testing.assert_array_equal(pre.mean, want_pre.mean)
+        np.testing.assert_array_equal(pre.scale, want_pre.scale)
+        assert pre.bias == want_pre.bias
+        assert len(worker._SPLITS) <= worker.SPLIT_CACHE_SIZE
