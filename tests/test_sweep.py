@@ -1015,3 +1015,48 @@ def test_a_worker_reuses_a_split_only_for_trials_of_the_same_split_and_statistic
         np.testing.assert_array_equal(pre.scale, want_pre.scale)
         assert pre.bias == want_pre.bias
         assert len(worker._SPLITS) <= worker.SPLIT_CACHE_SIZE
+
+
+def test_a_trial_that_diverges_or_trains_no_epoch_or_has_a_bad_config_is_reported(
+        tmp_path, monkeypatch):
+    """run_trial's bookkeeping around fit (faked): a divergence keeps the epochs validated
+    before it, a solve that stopped before validating reports no best, and a config the
+    sampled values made invalid is a failed trial, not an exception."""
+    from types import SimpleNamespace
+
+    from test_features import linear_data, write_config
+
+    from softmax_cls.sweep import worker
+    from softmax_cls.training.fit import TrainingDiverged
+
+    X, y = linear_data(n=300, d=4)
+    np.savez(tmp_path / "train.npz", X=X, y=y)
+    raw = config_to_dict(load_config(write_config(tmp_path, train=str(tmp_path / "train.npz"))))
+    data = worker.TrainingData(X, y, ("a", "b", "c"), {})
+    monkeypatch.setattr(worker, "worker_data", lambda task: data)
+    task = worker.TrialTask(number=3, trial_id=3, config=raw, cache_dir="unused", fingerprint={})
+
+    def diverging(config, rows, labels, split, pre, n_classes, on_epoch, warn):
+        history = []
+        for epoch, accuracy in ((1, 0.7), (2, 0.5)):
+            history.append({"val_acc": accuracy})
+            on_epoch(SimpleNamespace(epoch=epoch, history=list(history), best_val_acc=0.7,
+                                     best_epoch=1))
+        raise TrainingDiverged("non-finite loss in epoch 3")
+
+    monkeypatch.setattr(worker, "fit", diverging)
+    outcome = worker.run_trial(task)
+    assert (outcome.state, outcome.error) == ("failed", "non-finite loss in epoch 3")
+    assert (outcome.val_accs, outcome.best_val_acc, outcome.best_epoch, outcome.epochs) == (
+        [0.7, 0.5], 0.7, 1, 2)
+
+    unvalidated = SimpleNamespace(epoch=0, history=[], best_val_acc=None, best_epoch=None)
+    monkeypatch.setattr(worker, "fit", lambda *args, **kwargs: SimpleNamespace(
+        state=unvalidated))
+    outcome = worker.run_trial(task)
+    assert (outcome.state, outcome.val_accs, outcome.best_val_acc, outcome.epochs) == (
+        "complete", [], None, 0)
+
+    bad = dataclasses.replace(task, config={**raw, "optim": {**raw["optim"], "lr": -1.0}})
+    outcome = worker.run_trial(bad)
+    assert outcome.state == "failed" and "optim.lr" in outcome.error
