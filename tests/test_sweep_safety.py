@@ -612,3 +612,13 @@ def test_a_worker_exits_when_the_sweep_that_started_it_is_gone():
     finally:
         if running(worker):
             os.kill(worker, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("content", [b"{\"data\": ", b"\xff\xfe not utf-8", None])
+def test_a_garbled_or_missing_data_json_means_no_cache(tmp_path, content):
+    """A command killed while writing it, or something else's file: the cache is rewritten."""
+    from softmax_cls.sweep import worker
+
+    if content is not None:
+        (tmp_path / worker.CACHE_META).write_bytes(content)
+    assert worker.cache_meta(tmp_path) is None
