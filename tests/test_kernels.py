@@ -507,6 +507,23 @@ def test_cache_folder_when_the_package_folder_is_read_only(monkeypatch, tmp_path
     assert numba.config.CACHE_DIR == expected
 
 
+@pytest.mark.parametrize("package, pycache, moved", [(True, True, False), (True, False, True),
+                                                   (False, True, True)])
+def test_cache_folder_moves_unless_the_package_and_its_pycache_are_writable(
+        monkeypatch, tmp_path, package, pycache, moved):
+    folder = Path(cache.__file__).resolve().parent
+    if not (folder / "__pycache__").is_dir():
+        pytest.skip("no __pycache__ in the package folder")
+    monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(numba.config, "CACHE_DIR", numba.config.CACHE_DIR)
+    writable = {folder: package, folder / "__pycache__": pycache}
+    monkeypatch.setattr(os, "access", lambda path, mode: writable[Path(path)])
+    cache.cache_dir_for_numba()
+    assert os.environ.get("NUMBA_CACHE_DIR") == (
+        str(tmp_path / "softmax-cls" / "numba") if moved else None)
+
+
 def test_user_cache_folder_is_kept(monkeypatch, tmp_path):
     monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "mine"))
     monkeypatch.setattr(os, "access", lambda path, mode: False)
