@@ -622,3 +622,22 @@ def test_a_garbled_or_missing_data_json_means_no_cache(tmp_path, content):
     if content is not None:
         (tmp_path / worker.CACHE_META).write_bytes(content)
     assert worker.cache_meta(tmp_path) is None
+
+
+@pytest.mark.parametrize("array, shape", [("train_labels.npy", (299,)),
+                                          ("train_images.npy", (300, 5))])
+def test_cache_arrays_that_do_not_match_data_json_are_refused(tmp_path, array, shape):
+    import numpy as np
+    from test_features import linear_data, write_config
+
+    from softmax_cls.config import load_config
+    from softmax_cls.errors import DataError
+    from softmax_cls.sweep import driver, worker
+
+    X, y = linear_data(n=300, d=4)
+    np.savez(tmp_path / "train.npz", X=X, y=y)
+    driver.prepare_cache(tmp_path, load_config(write_config(
+        tmp_path, train=str(tmp_path / "train.npz"))), progress=False)
+    np.save(tmp_path / "cache" / array, np.zeros(shape, np.int64))
+    with pytest.raises(DataError, match="does not match its data.json"):
+        worker.open_cache(tmp_path / "cache")
