@@ -524,6 +524,23 @@ def test_cache_folder_moves_unless_the_package_and_its_pycache_are_writable(
         str(tmp_path / "softmax-cls" / "numba") if moved else None)
 
 
+def test_the_source_digest_changes_with_any_name_or_content_of_the_py_files(tmp_path):
+    """What makes the cached kernels stale: a renamed module, a line moved from one module
+    to the next (the same bytes in a row), an edit; not a file of another kind."""
+    def digest(files: dict[str, str]) -> str:
+        folder = tmp_path / str(len(list(tmp_path.iterdir())))
+        folder.mkdir()
+        for name, text in files.items():
+            (folder / name).write_text(text)
+        return cache.source_digest(folder)
+
+    base = {"entry.py": "a = 1\nb = 2\n", "step.py": "c = 3\n"}
+    assert digest(base) == digest({**base, "notes.txt": "x"})
+    assert len({digest(base), digest({"entry.py": base["entry.py"], "steps.py": "c = 3\n"}),
+                digest({"entry.py": "a = 1\n", "step.py": "b = 2\nc = 3\n"}),
+                digest({**base, "step.py": "c = 4\n"})}) == 4
+
+
 def test_user_cache_folder_is_kept(monkeypatch, tmp_path):
     monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "mine"))
     monkeypatch.setattr(os, "access", lambda path, mode: False)
