@@ -9,7 +9,7 @@ import sys
 def shorten(value: object, limit: int = 160, *, quote: bool = False) -> str:
     """`value` as one line of a message shows it: str() of it (a numpy string as its plain
     text), in quotes with control characters escaped as repr() writes them when `quote` or
-    when it holds any, and cut to its first `limit` characters followed by
+    when the part shown holds any, and cut to its first `limit` characters followed by
     `... (N characters)`, N its full length, when it is longer."""
     text = str(value)
     body = text[:limit]

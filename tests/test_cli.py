@@ -22,7 +22,7 @@ from test_run_folder import features_config
 RAISING = """
 import importlib, sys
 from softmax_cls import cli
-from softmax_cls.errors import InputError
+from softmax_cls.errors import ConfigError, DataError, InputError
 from softmax_cls.interrupts import Terminated
 
 def fail(*args, **kwargs):
@@ -55,10 +55,12 @@ def run_raising(exception: str, *args: str, command: str = "gradcheck_command",
     (f"OSError({errno.ENOSPC}, 'No space left on device')", 1,
      "error: No space left on device"),
     ("InputError('x' * 3000)", 1, f"error: {'x' * 1000}...(3000 characters)"),
+    ("ConfigError('optim.lr: must be > 0')", 2, "error: optim.lr: must be > 0"),
+    ("DataError('x.npz: not found')", 1, "error: x.npz: not found"),
     ("KeyboardInterrupt()", 130, "error: interrupted"),
     ("Terminated()", 143, "error: terminated"),
-], ids=["memory", "memory unnamed", "EPERM", "EACCES", "no file", "long line", "ctrl-c",
-        "sigterm"])
+], ids=["memory", "memory unnamed", "EPERM", "EACCES", "no file", "long line", "config",
+        "data", "ctrl-c", "sigterm"])
 def test_each_failure_in_a_command_is_its_one_line_and_exit_code(exception, code, line):
     """The host's MemoryError and OSError (a permission error said as one, whatever its
     errno's words), a line past MESSAGE_CAP cut with its length, Ctrl-C and SIGTERM: exactly

@@ -359,6 +359,17 @@ def test_huge_learning_rate_raises_non_finite():
                             False, 0.0, 0.0, False, 50.0)
 
 
+def test_weights_that_overflow_in_the_last_step_of_a_call_raise():
+    """The scores of the one step are finite (W starts at zero); its update is not."""
+    rows, labels, W, mean, scale, weight = problem(seed=15)
+    W = np.zeros_like(W)
+    with pytest.raises(NonFiniteError, match="non-finite weights"):
+        kernels.train_epoch(rows, labels, np.arange(8), weight, np.zeros(0, bool),
+                            np.zeros((0, 2), np.int64), 0, W, np.zeros_like(W),
+                            np.zeros_like(W), np.zeros(1), mean, scale * 1e3, True, 8, 1e38,
+                            0.0, False, 0.0, 0.0, False, 50.0)
+
+
 def test_non_finite_rows_raise():
     rows, labels, W, mean, scale, weight = problem(seed=16)
     rows[3, 2] = np.inf
@@ -380,6 +391,8 @@ def epoch_arguments(**changes):
 
 
 IMAGES = np.zeros((23, 3072), np.uint8)
+READ_ONLY_W = np.zeros((10, 41), np.float32)
+READ_ONLY_W.flags.writeable = False
 
 
 @pytest.mark.parametrize("changes, message", [
@@ -391,11 +404,14 @@ IMAGES = np.zeros((23, 3072), np.uint8)
     (dict(sample_weight=np.ones(5, np.float32)), "sample_weight must have shape"),
     (dict(padding=3), "padding must be 0"),
     (dict(flip=np.zeros(23, bool)), "augmentation needs image rows"),
+    (dict(rows=np.zeros((23, 40), np.uint8), flip=np.zeros(23, bool)),
+     "augmentation needs image rows"),  # uint8, but not 32x32x3: gathered out of bounds
     (dict(rows=IMAGES, mean=np.zeros(3072, np.float32), scale=np.ones(3072, np.float32),
           W=np.zeros((10, 3073), np.float32), velocity=np.zeros((10, 3073), np.float32),
           average=np.zeros((10, 3073), np.float32), shift=np.full((23, 2), 9)),
      r"shift must lie in \[-8, 8\]"),
     (dict(W=np.zeros((10, 40), np.float32)), r"W must be \(C, 41\)"),
+    (dict(W=READ_ONLY_W), "W must be C-contiguous and writable"),
     (dict(velocity=np.zeros((10, 40), np.float32)), "velocity must be"),
     (dict(mean=np.zeros(39, np.float32)), r"mean must have shape \(40,\)"),
 ])
@@ -449,6 +465,14 @@ def test_predict_scores(rows_dtype, w_dtype, tmp_path):
 
 
 
+def test_no_rows_score_as_no_rows_of_the_classes_and_have_no_batch_gradient():
+    rows, labels, W, mean, scale, weight = problem(seed=26)
+    assert kernels.predict_scores(rows[:0], W, mean, scale, True).shape == (0, 10)
+    with pytest.raises(ValueError, match="at least one row"):
+        kernels.batch_loss_and_grad(rows[:0], labels[:0], weight[:0], W, mean, scale, True,
+                                    0.0, False, 50.0)
+
+
 # ---------------------------------------------------------------------------------------------
 # Compilation cache and the missing extra
 
@@ -463,6 +487,15 @@ def test_kernels_are_compiled_after_use():
     assert kernels.kernels_are_compiled(np.uint8) is True
 
 
+@pytest.mark.parametrize("missing", ["train_epoch_kernel", "predict_kernel"])
+def test_kernels_are_compiled_only_when_both_are(monkeypatch, missing):
+    """A run trains and scores: either kernel left to compile is seconds before the first
+    epoch."""
+    monkeypatch.setattr(kernels, "_is_compiled",
+                        lambda kernel, args: kernel is not getattr(kernels, missing))
+    assert kernels.kernels_are_compiled(np.uint8) is False
+
+
 def test_cache_folder_when_the_package_folder_is_read_only(monkeypatch, tmp_path):
     monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
@@ -472,6 +505,40 @@ def test_cache_folder_when_the_package_folder_is_read_only(monkeypatch, tmp_path
     expected = str(tmp_path / "softmax-cls" / "numba")
     assert os.environ["NUMBA_CACHE_DIR"] == expected
     assert numba.config.CACHE_DIR == expected
+
+
+@pytest.mark.parametrize("package, pycache, moved", [(True, True, False), (True, False, True),
+                                                   (False, True, True)])
+def test_cache_folder_moves_unless_the_package_and_its_pycache_are_writable(
+        monkeypatch, tmp_path, package, pycache, moved):
+    folder = Path(cache.__file__).resolve().parent
+    if not (folder / "__pycache__").is_dir():
+        pytest.skip("no __pycache__ in the package folder")
+    monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(numba.config, "CACHE_DIR", numba.config.CACHE_DIR)
+    writable = {folder: package, folder / "__pycache__": pycache}
+    monkeypatch.setattr(os, "access", lambda path, mode: writable[Path(path)])
+    cache.cache_dir_for_numba()
+    assert os.environ.get("NUMBA_CACHE_DIR") == (
+        str(tmp_path / "softmax-cls" / "numba") if moved else None)
+
+
+def test_the_source_digest_changes_with_any_name_or_content_of_the_py_files(tmp_path):
+    """What makes the cached kernels stale: a renamed module, a line moved from one module
+    to the next (the same bytes in a row), an edit; not a file of another kind."""
+    def digest(files: dict[str, str]) -> str:
+        folder = tmp_path / str(len(list(tmp_path.iterdir())))
+        folder.mkdir()
+        for name, text in files.items():
+            (folder / name).write_text(text)
+        return cache.source_digest(folder)
+
+    base = {"entry.py": "a = 1\nb = 2\n", "step.py": "c = 3\n"}
+    assert digest(base) == digest({**base, "notes.txt": "x"})
+    assert len({digest(base), digest({"entry.py": base["entry.py"], "steps.py": "c = 3\n"}),
+                digest({"entry.py": "a = 1\n", "step.py": "b = 2\nc = 3\n"}),
+                digest({**base, "step.py": "c = 4\n"})}) == 4
 
 
 def test_user_cache_folder_is_kept(monkeypatch, tmp_path):

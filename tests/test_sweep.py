@@ -988,3 +988,75 @@ def test_a_requeue_interrupted_midway_does_not_enqueue_the_trial_twice(tmp_path)
     study.enqueue_trial(trial.params, user_attrs={"requeue_of": trial.number})  # then killed
     assert sweep_study.requeue_stale(study, {trial.number}) == [trial.number]
     assert [t.state.name for t in study.trials] == ["FAIL", "WAITING"]
+
+
+def test_a_worker_reuses_a_split_only_for_trials_of_the_same_split_and_statistics(tmp_path,
+                                                                                 monkeypatch):
+    """Each variant's (split, statistics) against split_and_fit's own, asked twice round
+    more variants than the worker keeps."""
+    from test_features import linear_data, write_config
+
+    from softmax_cls.sweep import worker
+
+    monkeypatch.setattr(worker, "_SPLITS", {})
+    X, y = linear_data(n=300, d=4)
+    np.savez(tmp_path / "train.npz", X=X, y=y)
+    raw = config_to_dict(load_config(write_config(tmp_path, train=str(tmp_path / "train.npz"))))
+    changes = [{}, {"seed": 2}, {"data": {"val_size": 50}}, {"preprocess": {"center": False}},
+               {"preprocess": {"scale": "unit"}}, {"preprocess": {"bias": False}}]
+    configs = [config_from_dict({**raw, **{key: {**raw[key], **value} if isinstance(
+        value, dict) else value for key, value in change.items()}}) for change in changes]
+    data = worker.TrainingData(X, y, ("a", "b", "c"), {})
+    for config in [*configs, *configs]:
+        split, pre = worker._split_and_statistics(config, data)
+        want_split, want_pre = split_and_fit(config, X, y)
+        np.testing.assert_array_equal(split.val_rows, want_split.val_rows)
+        np.testing.assert_array_equal(pre.mean, want_pre.mean)
+        np.testing.assert_array_equal(pre.scale, want_pre.scale)
+        assert pre.bias == want_pre.bias
+        assert len(worker._SPLITS) <= worker.SPLIT_CACHE_SIZE
+
+
+def test_a_trial_that_diverges_or_trains_no_epoch_or_has_a_bad_config_is_reported(
+        tmp_path, monkeypatch):
+    """run_trial's bookkeeping around fit (faked): a divergence keeps the epochs validated
+    before it, a solve that stopped before validating reports no best, and a config the
+    sampled values made invalid is a failed trial, not an exception."""
+    from types import SimpleNamespace
+
+    from test_features import linear_data, write_config
+
+    from softmax_cls.sweep import worker
+    from softmax_cls.training.fit import TrainingDiverged
+
+    X, y = linear_data(n=300, d=4)
+    np.savez(tmp_path / "train.npz", X=X, y=y)
+    raw = config_to_dict(load_config(write_config(tmp_path, train=str(tmp_path / "train.npz"))))
+    data = worker.TrainingData(X, y, ("a", "b", "c"), {})
+    monkeypatch.setattr(worker, "worker_data", lambda task: data)
+    task = worker.TrialTask(number=3, trial_id=3, config=raw, cache_dir="unused", fingerprint={})
+
+    def diverging(config, rows, labels, split, pre, n_classes, on_epoch, warn):
+        history = []
+        for epoch, accuracy in ((1, 0.7), (2, 0.5)):
+            history.append({"val_acc": accuracy})
+            on_epoch(SimpleNamespace(epoch=epoch, history=list(history), best_val_acc=0.7,
+                                     best_epoch=1))
+        raise TrainingDiverged("non-finite loss in epoch 3")
+
+    monkeypatch.setattr(worker, "fit", diverging)
+    outcome = worker.run_trial(task)
+    assert (outcome.state, outcome.error) == ("failed", "non-finite loss in epoch 3")
+    assert (outcome.val_accs, outcome.best_val_acc, outcome.best_epoch, outcome.epochs) == (
+        [0.7, 0.5], 0.7, 1, 2)
+
+    unvalidated = SimpleNamespace(epoch=0, history=[], best_val_acc=None, best_epoch=None)
+    monkeypatch.setattr(worker, "fit", lambda *args, **kwargs: SimpleNamespace(
+        state=unvalidated))
+    outcome = worker.run_trial(task)
+    assert (outcome.state, outcome.val_accs, outcome.best_val_acc, outcome.epochs) == (
+        "complete", [], None, 0)
+
+    bad = dataclasses.replace(task, config={**raw, "optim": {**raw["optim"], "lr": -1.0}})
+    outcome = worker.run_trial(bad)
+    assert outcome.state == "failed" and "optim.lr" in outcome.error

@@ -6,6 +6,7 @@ cells) are one error line in bounded time and memory."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import time
@@ -270,6 +271,31 @@ def test_a_command_writing_the_cache_another_has_written_keeps_its_data_json(tmp
     monkeypatch.setattr(worker, "write_cache", lambda *args: (
         real_write(*args), meta_path.unlink())[0])
     assert driver.prepare_cache(tmp_path, config, progress=False) == first
+
+
+def test_a_data_json_of_other_data_goes_before_the_rows_are_written(tmp_path, monkeypatch):
+    """It must never vouch for rows it does not describe, even half-way through the write."""
+    import numpy as np
+    from test_features import linear_data, write_config
+
+    from softmax_cls.config import load_config
+    from softmax_cls.sweep import driver, worker
+
+    def config_of(seed: int):
+        X, y = linear_data(n=300, d=4, seed=seed)
+        np.savez(tmp_path / f"train{seed}.npz", X=X, y=y)
+        return load_config(write_config(tmp_path, train=str(tmp_path / f"train{seed}.npz")))
+
+    metas = [driver.prepare_cache(tmp_path, config_of(0), progress=False)]
+    meta_path = tmp_path / "cache" / worker.CACHE_META
+    saved = []  # whether data.json was there as each array of the other data was written
+    real_save = np.save
+    monkeypatch.setattr(worker.np, "save", lambda *args, **kwargs: (
+        saved.append(meta_path.is_file()), real_save(*args, **kwargs)))
+    metas.append(driver.prepare_cache(tmp_path, config_of(1), progress=False))
+    assert metas[0]["fingerprint"] != metas[1]["fingerprint"]
+    assert saved == [False, False]
+    assert worker.cache_meta(tmp_path / "cache") == metas[1]
 
 
 def test_a_sweep_alone_draws_the_same_points_from_the_same_seed(tmp_path):
@@ -549,3 +575,69 @@ def test_a_2_gb_trials_csv_is_refused_without_reading_it(tmp_path):
                                          str(tmp_path / "plots"), cwd=tmp_path)
     assert_one_line_error(result, 1, "trials.csv: 2147483648 bytes, more than the")
     assert result.peak_mb < PEAK_MIB and result.seconds < BOMB_SECONDS, result
+
+
+ORPHANED_WORKER = """
+import subprocess, sys
+worker = subprocess.Popen([sys.executable, "-c", "import os, time\\n"
+                           "from softmax_cls.sweep.worker import watch_parent\\n"
+                           "watch_parent(os.getppid(), interval=0.05)\\n"
+                           "print('watching', flush=True)\\n"
+                           "time.sleep(60)"], stdout=subprocess.PIPE,
+                          stderr=subprocess.DEVNULL, text=True)
+assert worker.stdout.readline() == "watching\\n"
+print(worker.pid, flush=True)
+"""  # this process, the worker's parent, then exits as a killed sweep would
+
+
+def running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_a_worker_exits_when_the_sweep_that_started_it_is_gone():
+    import sys
+
+    parent = subprocess.run([sys.executable, "-c", ORPHANED_WORKER], capture_output=True,
+                            text=True, timeout=60, check=True)
+    worker = int(parent.stdout)
+    deadline = time.monotonic() + 20
+    try:
+        while running(worker) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not running(worker)
+    finally:
+        if running(worker):
+            os.kill(worker, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("content", [b"{\"data\": ", b"\xff\xfe not utf-8", None])
+def test_a_garbled_or_missing_data_json_means_no_cache(tmp_path, content):
+    """A command killed while writing it, or something else's file: the cache is rewritten."""
+    from softmax_cls.sweep import worker
+
+    if content is not None:
+        (tmp_path / worker.CACHE_META).write_bytes(content)
+    assert worker.cache_meta(tmp_path) is None
+
+
+@pytest.mark.parametrize("array, shape", [("train_labels.npy", (299,)),
+                                          ("train_images.npy", (300, 5))])
+def test_cache_arrays_that_do_not_match_data_json_are_refused(tmp_path, array, shape):
+    import numpy as np
+    from test_features import linear_data, write_config
+
+    from softmax_cls.config import load_config
+    from softmax_cls.errors import DataError
+    from softmax_cls.sweep import driver, worker
+
+    X, y = linear_data(n=300, d=4)
+    np.savez(tmp_path / "train.npz", X=X, y=y)
+    driver.prepare_cache(tmp_path, load_config(write_config(
+        tmp_path, train=str(tmp_path / "train.npz"))), progress=False)
+    np.save(tmp_path / "cache" / array, np.zeros(shape, np.int64))
+    with pytest.raises(DataError, match="does not match its data.json"):
+        worker.open_cache(tmp_path / "cache")

@@ -22,6 +22,11 @@ def test_shorten_keeps_short_text_and_cuts_long_text_with_its_length():
     assert shorten("", 0) == ""
 
 
+def test_shorten_quotes_only_for_the_control_characters_it_shows():
+    assert shorten("a\nb", 5) == "'a\\nb'"
+    assert shorten("ab\ncd", 2) == "ab... (5 characters)"  # the newline is cut off
+
+
 def test_a_long_unknown_config_key_is_cut_in_the_message():
     key = "k" * 10_000
     with pytest.raises(ConfigError) as caught:

@@ -57,3 +57,51 @@ def test_compute_threads_follows_numba_num_threads(monkeypatch, value, expected)
     else:
         monkeypatch.setenv("NUMBA_NUM_THREADS", value)
     assert compute_threads() == expected
+
+
+class FakePool:
+    """numba or torch as use_threads sees it in sys.modules: the counts it was given."""
+
+    def __init__(self, numba_threads: int = 0):
+        self.config = type("config", (), {"NUMBA_NUM_THREADS": numba_threads})
+        self.given: list[int] = []
+
+    def set_num_threads(self, count: int) -> None:
+        self.given.append(count)
+
+
+def test_threads_up_to_every_cpu_reach_numba_capped_at_its_pool_and_torch(monkeypatch):
+    """numba.set_num_threads refuses a count above the pool it started with
+    (NUMBA_NUM_THREADS), so a loaded numba gets at most that; torch gets the count."""
+    from softmax_cls.threads import THREAD_VARIABLES, use_threads
+
+    for name in THREAD_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    numba, torch = FakePool(numba_threads=2), FakePool()
+    monkeypatch.setitem(sys.modules, "numba", numba)
+    monkeypatch.setitem(sys.modules, "torch", torch)
+    use_threads(4)
+    assert {name: os.environ[name] for name in THREAD_VARIABLES} == dict.fromkeys(
+        THREAD_VARIABLES, "4")
+    assert numba.given == [2] and torch.given == [4]
+
+
+@pytest.mark.parametrize("value, accepted", [("1", True), ("4", True), (" 2\n", True),
+                                             ("5", False), (None, True)])
+def test_numba_num_threads_may_name_every_cpu_and_no_more(monkeypatch, value, accepted):
+    """--threads' range, 1 to the CPUs; numba itself reads the number as int() does, around
+    its spaces."""
+    from softmax_cls.errors import SoftmaxClsError
+    from softmax_cls.threads import check_numba_threads_variable
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    if value is None:
+        monkeypatch.delenv("NUMBA_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("NUMBA_NUM_THREADS", value)
+    if accepted:
+        check_numba_threads_variable()
+    else:
+        with pytest.raises(SoftmaxClsError, match="from 1 to 4 .* got '5'"):
+            check_numba_threads_variable()
