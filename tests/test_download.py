@@ -360,6 +360,31 @@ def test_softmax_download_offline_names_root_first(tmp_path):
     assert not (tmp_path / "data").exists()
 
 
+def test_missing_or_offline_data_lines_shorten_a_long_root(tmp_path):
+    """The offline line names the --root given ('or copy it into ROOT/'), the missing-data
+    line data.root twice: a root of 605 characters made lines of 860 and 1400 characters,
+    where every other path is cut to its first 160."""
+    from cli_util import assert_one_line_error, run
+
+    from softmax_cls.text import shorten
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    root = "/".join(["x" * 100] * 6)
+    result = run("softmax-download", "--root", root, "--quiet", "--url",
+                 f"http://127.0.0.1:{port}/cifar-10-binary.tar.gz", cwd=tmp_path)
+    line = assert_one_line_error(result, 1, "refused", "offline?")
+    assert f"copy it into {shorten(root)}/)" in line and root not in line
+    assert not (tmp_path / ("x" * 100)).exists()
+    config = Path(__file__).resolve().parents[1] / "configs" / "quick.yaml"
+    result = run("softmax-train", "--config", str(config), "--quiet", "--set",
+                 f"data.root={root}", "--set", "data.download=false", cwd=tmp_path)
+    line = assert_one_line_error(result, 1, f"format data in {shorten(root)} (neither",
+                                 f"copy it into {shorten(root)}/)")
+    assert root not in line and not (tmp_path / ("x" * 100)).exists()
+
+
 def test_softmax_sweep_offline_names_the_sweep_files_data_root(tmp_path):
     pytest.importorskip("optuna")
     from cli_util import assert_one_line_error, run

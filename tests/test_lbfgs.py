@@ -1505,6 +1505,38 @@ def test_a_path_resumed_solves_only_the_points_it_had_not_solved(tmp_path, serve
     assert [r["state"] for r in rows] == ["complete"] * 4
 
 
+def test_a_path_points_warnings_name_the_trial_it_became_beside_another_command(
+        tmp_path, served, monkeypatch, capsys):
+    """A point's warnings said `trial N`, N the count of the study's trials before its solve:
+    when another command sharing the study (--storage) added a trial meanwhile, the point
+    became trial N + 1 and two commands' warnings named the same trial."""
+    from sweep_util import read_trials
+
+    from softmax_cls.sweep import driver, path
+    from softmax_cls.sweep.study import open_storage_for
+
+    optuna = served[1]
+    real = lbfgs.fit_lbfgs
+
+    def beside_another(config, *args, warn, **kwargs):
+        storage = open_storage_for(tmp_path / "out")
+        other = optuna.load_study(study_name=optuna.get_all_study_names(storage)[0],
+                                  storage=storage)
+        other.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL))
+        warn(f"probe at reg {config.loss.reg!r}")
+        return real(config, *args, warn=warn, **kwargs)
+
+    monkeypatch.setattr(path, "fit_lbfgs", beside_another)
+    capsys.readouterr()
+    driver.run_sweep(path_sweep(tmp_path, space={"loss.reg": {"grid": [1.0e-1, 1.0e-2]}}),
+                     out=tmp_path / "out", progress=False, plots=False)
+    said = dict(line.split(": probe at reg ")[::-1] for line in
+                capsys.readouterr().err.splitlines() if ": probe at reg " in line)
+    rows = [row for row in read_trials(tmp_path / "out") if row["state"] == "complete"]
+    assert said == {row["loss.reg"]: f"warning: trial {row['number']}" for row in rows}
+    assert sorted(said.values()) == ["warning: trial 1", "warning: trial 3"]
+
+
 def test_a_path_asks_engine_auto_for_an_lbfgs_engine(tmp_path, served, monkeypatch):
     """engine auto on a path is auto's L-BFGS pick (the SGD rule measured slower there), as
     for a trial's fit_lbfgs: dropping the path's solver passed every other test."""

@@ -981,6 +981,33 @@ def test_softmax_plot_draws_a_run_folder(noisy_run, tmp_path, monkeypatch):
     assert result.stdout.splitlines() == [str(run / "plots-last" / name) for name in names]
 
 
+@pytest.mark.parametrize("grad_max, loss", [
+    ([1e270, 1.0], [2.0, 1.0]),  # a log axis over 270 decades: ticks past 10 ** 308
+    ([1e-250, 1e250], [2.0, 1.0]),
+    ([1.7e308, 1.79e308], [2.0, 1.0]),
+    ([0.0, 0.0], [2.0, 1.0]),  # no positive value: matplotlib's raw UserWarning on stderr
+    ([1e-3, 1e-4], [-1.79e308, 1.79e308]),
+])
+def test_softmax_plot_draws_curves_of_extreme_values(noisy_run, tmp_path, monkeypatch,
+                                                     grad_max, loss):
+    """Gradient max-norms or losses near the float64 limit, or over hundreds of decades, in
+    a run folder's history.jsonl: softmax-plot ended in matplotlib's OverflowError (or
+    LinAlgError, ValueError) with a traceback; values it cannot place are left out."""
+    run, _ = noisy_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    rows = [{"epoch": e, "train_loss": loss[e - 1], "grad_max": grad_max[e - 1]}
+            for e in (1, 2)]
+    rows[-1].update(val_loss=1.0, val_acc=0.5)
+    (copy / "history.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    sitecustomize(monkeypatch, tmp_path / "site",
+                  INJECT_DATA.format(tests=str(Path(__file__).parent)))
+    result = cli_util.run("softmax-plot", str(copy), "--out", str(tmp_path / "pics"), "-q")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    assert_valid_picture(tmp_path / "pics" / "curves.png", drawing.CURVES_SIZE)
+
+
 def test_softmax_plot_draws_a_sweep_folder(tmp_path):
     folder = write_sweep(tmp_path / "sweep", IMPORTANCES)
     result = cli_util.run("softmax-plot", str(folder))

@@ -1023,6 +1023,39 @@ def test_softmax_eval_hints_name_no_option_it_lacks(tmp_path, monkeypatch):
         assert "--set" not in line, line
 
 
+def test_without_pytorch_a_gpu_device_is_pointed_to_the_cpu_too(tmp_path, monkeypatch):
+    """Without PyTorch, --device cuda said `(or use engine numpy)`, and softmax-eval
+    --engine numpy --device cuda is a command-line error: the way out must name device cpu
+    as well. On the CPU the line stays as it was."""
+    config = features_config(tmp_path, engine="numpy")
+    assert run("softmax-train", "--config", config, "--quiet", cwd=tmp_path).returncode == 0
+    checkpoint = str(tmp_path / "run" / "best.npz")
+    shadow = tmp_path / "shadow"
+    (shadow / "torch").mkdir(parents=True)
+    (shadow / "torch" / "__init__.py").write_text("raise ImportError('no torch')\n")
+    monkeypatch.setenv("PYTHONPATH", str(shadow))
+    for engine, device in (("auto", "cuda"), ("torch", "cuda:1")):
+        result = run("softmax-eval", checkpoint, "--engine", engine, "--device", device,
+                     cwd=tmp_path)
+        assert_one_line_error(result, 1, "pip install", "(or use device cpu and engine numpy)")
+    result = run("softmax-train", "--config", config, "--quiet", "--overwrite", "--set",
+                 "engine=torch", "--set", "device=cuda", cwd=tmp_path)
+    assert_one_line_error(result, 1, "(or use device cpu and engine numpy)")
+    result = run("softmax-eval", checkpoint, "--engine", "torch", "--device", "cpu",
+                 cwd=tmp_path)
+    assert_one_line_error(result, 1, "pip install", "(or use engine numpy)")
+
+
+@pytest.mark.parametrize("device, instead", [("cuda:0", "device cpu and engine numpy"),
+                                             ("cpu", "engine numpy")])
+def test_get_engine_without_pytorch_names_the_way_out_for_the_device(monkeypatch, device,
+                                                                     instead):
+    """get_engine (the estimator's route, no check_device first) reaches make_engine."""
+    monkeypatch.setitem(sys.modules, "torch", None)  # import torch raises ImportError
+    with pytest.raises(SoftmaxClsError, match=rf"needs PyTorch: .* \(or use {instead}\)$"):
+        get_engine("torch", device)
+
+
 def test_the_run_folder_says_which_engine_auto_ran(tmp_path):
     """engine auto's choice was recorded nowhere: config.yaml says auto, summary.json said
     nothing, so a user could not tell numba's run from torch's (they agree within float32

@@ -22,6 +22,7 @@ from softmax_cls.data.datasets import SPECS, DatasetSpec, get_spec
 from softmax_cls.data.untrusted import safe_extract
 from softmax_cls.errors import DataError
 from softmax_cls.fsutil import folder_lock, fsync_dir, missing_folders, removed_on_error
+from softmax_cls.text import shorten
 
 MIRROR_ENV = "SOFTMAX_CLS_MIRROR"
 ARCHIVE_SLACK = 4 << 20  # tar headers, padding and small extra members in a whole archive
@@ -36,7 +37,7 @@ class DataHints:
     offline: str
 
     def fill(self, text: str, spec: DatasetSpec, root: Path) -> str:
-        return text.format(name=spec.archive_name, root=root)
+        return text.format(name=spec.archive_name, root=shorten(root))
 
 
 # Each command's own ways forward. softmax-download always downloads; softmax-eval and a
@@ -126,8 +127,8 @@ def locate(spec: DatasetSpec, root: Path, *, url, archive, force, download, prog
 
 
 def _missing(spec: DatasetSpec, root: Path, hints: DataHints) -> DataError:
-    return DataError(f"no {spec.dataset} {spec.fmt}-format data in {root} (neither "
-                     f"{spec.folder}/ nor {spec.archive_name}) and downloading is off; "
+    return DataError(f"no {spec.dataset} {spec.fmt}-format data in {shorten(root)} "
+                     f"(neither {spec.folder}/ nor {spec.archive_name}) and downloading is off; "
                      f"{hints.fill(hints.missing, spec, root)}")
 
 

@@ -46,6 +46,11 @@ CURVES_SIZE = (1350, 420)
 # for the x tick labels, whole epochs, and the x label), and the space left of the first
 # panel, right of the last and between panels beside what their y labels take
 CURVES_TOP, CURVES_BOTTOM, CURVES_EDGE, CURVES_GAP = 26, 48, 4, 9
+# curves.png draws values of magnitude at most CURVES_LIMIT, and gradient max-norms (a log
+# axis) from 1 / LOG_CURVES_LIMIT to LOG_CURVES_LIMIT; others, as an inf or a NaN, not at all:
+# matplotlib's tick locators overflow past 10.0 ** 308 (a log axis's ticks a few strides of
+# decades beyond its highest value) and raised OverflowError
+CURVES_LIMIT, LOG_CURVES_LIMIT = 1e300, 1e100
 SWEEP_SIZE = (900, 700)
 TRIALS_SIZE = (1000, 450)
 TEMPLATE_CELL = (150, 165)  # one class panel: its image and its name
@@ -251,9 +256,13 @@ def draw_curves(table: dict[str, np.ndarray], best_epoch: int | None,
     height = CURVES_SIZE[1] - CURVES_TOP - CURVES_BOTTOM
     loss_ax, acc_ax, third_ax = panels = [figure.add_axes(_pixel_box(figure, 0, CURVES_TOP, 1,
                                                                      height)) for _ in range(3)]
-    epochs = table["epoch"]
-    grad_max = table.get("grad_max", np.full(len(epochs), np.nan))
+    grad_max = table.get("grad_max", np.full(len(table["epoch"]), np.nan))
     lbfgs = np.isfinite(grad_max).any() and not np.isfinite(table["lr"]).any()
+    table, grad_max = ({key: np.where(np.abs(values) <= CURVES_LIMIT, values, np.nan)
+                        for key, values in table.items()},
+                       np.where((1 / LOG_CURVES_LIMIT <= grad_max)
+                                & (grad_max <= LOG_CURVES_LIMIT), grad_max, np.nan))
+    epochs = table["epoch"]
     step, best = ("L-BFGS iteration", "solution") if lbfgs else ("epoch", "best epoch")
     def marker(values: np.ndarray) -> str | None:
         """Dots where a series has few points: an L-BFGS run's val loss, known at the

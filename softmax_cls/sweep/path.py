@@ -79,11 +79,11 @@ def run_path(study, spec: SweepSpec, folder: Path, meta: dict, progress: bool = 
             history.append(iteration_row(iteration, loss, grad_max,
                                          time.perf_counter() - started))
 
-        number = len(study.get_trials(deepcopy=False))  # the trial this point becomes
-        point_warn = None if warn is None else (
-            lambda line, number=number: warn(f"trial {number}: {line}"))
+        # The solve's warnings wait for the trial this point becomes: its number is known once
+        # the trial is stored (another command sharing the study may add one meanwhile).
+        warnings: list[str] = []
         result = fit_lbfgs(config, data.rows, data.labels, split, pre, W, engine=engine,
-                           moment=moment, on_iteration=on_iteration, warn=point_warn)
+                           moment=moment, on_iteration=on_iteration, warn=warnings.append)
         W = result.W
         model = W.astype(np.float32)
         val_loss, val_acc = validation_metrics(engine, model, pre, data.rows[split.val_rows],
@@ -96,23 +96,33 @@ def run_path(study, spec: SweepSpec, folder: Path, meta: dict, progress: bool = 
                "iterations": result.iterations, "grad_max": result.grad_max,
                "converged": result.converged, "seconds": seconds}
         rows.append(row)
-        study.add_trial(optuna.trial.create_trial(
+        number = add_trial(study, optuna.trial.create_trial(
             params={REG_KEY: value}, distributions={REG_KEY: distribution}, value=val_acc,
             user_attrs={"best_val_acc": val_acc, "best_epoch": result.iterations,
                         "epochs": result.iterations, "seconds": round(seconds, 3),
                         **result.summary()}))
+        for line in warnings if warn is not None else ():
+            warn(f"trial {number}: {line}")
         if val_acc > best_value:
             best_value = val_acc
             state = TrainState(model, np.zeros_like(model), model.copy(), model,
                                epoch=result.iterations, best_epoch=result.iterations,
                                best_val_acc=val_acc, history=history)
-            outcome = TrialOutcome(len(study.get_trials(deepcopy=False)) - 1, "complete",
+            outcome = TrialOutcome(number, "complete",
                                    train_state=state, pre=pre, val_rows=split.val_rows)
             save_trial_checkpoint(folder / "best.npz", outcome, raw, meta)
         write_trials_csv(folder, study, spec)
         if progress:
             print(path_table([row], header=not rows[:-1]), flush=True)
     return rows
+
+
+def add_trial(study, trial) -> int:
+    """Study.add_trial, returning the number the storage gave the trial (the count of trials
+    before it is not that number when another process adds one at the same time)."""
+    storage = study._storage
+    return storage.get_trial_number_from_id(
+        storage.create_new_trial(study._study_id, template_trial=trial))
 
 
 def path_table(rows: list[dict], header: bool = True) -> str:

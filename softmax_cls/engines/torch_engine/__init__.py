@@ -27,7 +27,7 @@ def make_engine(device: str = "auto", cuda_graphs: bool = True,
     minibatch, in the epochs and in the L-BFGS objective alike (default: on CUDA what fits
     in the free memory, memory.memory_budget; on the CPU no limit: the rows are read in
     place). SoftmaxClsError (one line) without torch or without the device."""
-    require_torch()
+    require_torch(device)
     from .epoch import EpochRunner
     from .full import full_loss_and_grad
     from .predict import batch_loss_and_grad, predict_scores

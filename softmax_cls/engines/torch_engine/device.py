@@ -16,13 +16,16 @@ from ...errors import DeviceOutOfMemory, SoftmaxClsError
 TORCH_INSTALL = 'pip install "softmax-cls[torch]"'
 
 
-def require_torch():
-    """The torch module, or SoftmaxClsError naming the pip command when it is missing."""
+def require_torch(device: str = "auto"):
+    """The torch module, or SoftmaxClsError naming the pip command when it is missing (and
+    device cpu beside engine numpy when `device` is a GPU, which engine numpy refuses)."""
     try:
         import torch
     except ImportError:
-        raise SoftmaxClsError(f"engine torch needs PyTorch: {TORCH_INSTALL} (or use engine "
-                              "numpy)") from None
+        instead = ("device cpu and engine numpy" if str(device).startswith("cuda")
+                   else "engine numpy")
+        raise SoftmaxClsError(f"engine torch needs PyTorch: {TORCH_INSTALL} (or use "
+                              f"{instead})") from None
     return torch
 
 
@@ -60,7 +63,7 @@ def cuda_available() -> bool:
 def resolve_device(text: str = "auto"):
     """The torch.device for `text`: auto is the first CUDA GPU when one is visible, else the
     CPU; cuda and cuda:N must exist. SoftmaxClsError otherwise (one line)."""
-    torch = require_torch()
+    torch = require_torch(text)
     check_device_text(text)
     if text == "auto":
         return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
