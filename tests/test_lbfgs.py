@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import warnings
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -1996,3 +1997,71 @@ def test_float32_scores_go_to_the_softmax_in_float64(engine):
                                        "float32")
     assert loss == pytest.approx(want_loss, rel=1e-5)
     np.testing.assert_allclose(grad, want_grad, rtol=1e-4, atol=1e-4 * np.abs(want_grad).max())
+
+
+def test_a_start_whose_gradient_max_norm_is_exactly_tol_has_converged():
+    target = np.arange(6.0).reshape(2, 3)  # the gradient at zeros is -2 * target: max-norm 10
+    for max_iter in (0, 50):
+        result = lbfgs.minimize(quadratic(target), np.zeros((2, 3)), 10.0, max_iter)
+        assert result.iterations == 0 and result.converged and result.grad_max == 10.0
+        assert result.message == lbfgs.TOL_MESSAGE
+
+
+def test_evaluations_are_the_objectives_calls():
+    curvature = np.linspace(1.0, 30.0, 12).reshape(2, 6)
+    calls = []
+
+    def objective(W, precision):
+        calls.append(precision)
+        return float((curvature * (W - 1) ** 2).sum()), 2 * curvature * (W - 1)
+
+    result = lbfgs.minimize(objective, np.zeros((2, 6)), 1e-8, 200)
+    assert result.evaluations == len(calls) > result.iterations > 1
+
+
+def test_the_not_converged_lines_give_the_iterations_max_iter_gradient_and_tol():
+    result = lbfgs.LbfgsResult(W=np.zeros((2, 2)), iterations=7, evaluations=9, loss=2.5,
+                               grad_max=0.0123, converged=False, message=lbfgs.MAX_ITER_MESSAGE)
+    # a resumed solve whose optim.max_iter was lowered below the iterations it had made
+    assert ("converge: 7 iterations (optim.max_iter 5), gradient max-norm 0.0123 > "
+            "optim.tol 0.0001; raise optim.max_iter") in lbfgs.not_converged_line(result, 5, 1e-4)
+    early = replace(result, iterations=3, message="CONVERGENCE: REL_REDUCTION_OF_F_<=_FACTR*EPSMCH")
+    assert ("stopped after 3 iterations (rel_reduction_of_f_<=_factr*epsmch) with gradient "
+            "max-norm 0.0123 > optim.tol 0.0001;") in lbfgs.not_converged_line(early, 5, 1e-4)
+
+
+def test_without_the_bias_column_the_fit_penalises_every_column():
+    data, pre, _ = image_problem(n=100, weighted=False)
+    pre = Preprocessor(pre.mean, pre.scale, bias=False)  # the last column is a pixel's
+    config = lbfgs_config(False, reg=1e-1, tol=1e-6)
+    split = Split(np.arange(100, dtype=np.int64), np.zeros(0, np.int64))
+    result = lbfgs.fit_lbfgs(config, data.rows, data.labels, split, pre, np.zeros((4, 3072)))
+    X = pre.transform(data.rows, np.float64)
+    _, grad = softmax.loss_and_grad(result.W, X, data.labels, 1e-1, config.loss.clip, True)
+    assert result.converged and np.abs(grad).max() <= 1e-5
+
+
+def test_fit_lbfgs_warns_at_its_callers_line():
+    data, pre, _ = image_problem(n=100, weighted=False)
+    config = lbfgs_config(False, tol=1e-12)
+    config.optim.max_iter = 1
+    split = Split(np.arange(100, dtype=np.int64), np.zeros(0, np.int64))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        lbfgs.fit_lbfgs(config, data.rows, data.labels, split, pre, np.zeros((4, 3073)))
+    found = [w for w in caught if issubclass(w.category, lbfgs.ConvergenceWarning)]
+    assert len(found) == 1 and found[0].filename == __file__
+
+
+def test_the_preconditioner_penalises_the_last_column_as_the_objective(monkeypatch):
+    data, pre, _ = image_problem(n=30, classes=3, weighted=False)
+    split = Split(np.arange(30, dtype=np.int64), np.zeros(0, np.int64))
+    penalise_last = []
+    real = lbfgs.Preconditioner.from_moment
+    monkeypatch.setattr(lbfgs.Preconditioner, "from_moment",
+                        lambda *args: penalise_last.append(args[-1]) or real(*args))
+    for reg_bias, bias in ((False, True), (True, True), (False, False)):
+        fitted = Preprocessor(pre.mean, pre.scale, bias=bias)
+        lbfgs.fit_lbfgs(lbfgs_config(True, tol=1e-3, reg_bias=reg_bias), data.rows,
+                        data.labels, split, fitted, np.zeros((3, fitted.n_features)))
+    assert penalise_last == [False, True, True]  # the bias column only with loss.reg_bias

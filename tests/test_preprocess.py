@@ -311,3 +311,44 @@ def test_fold_and_unfold_grad_write_into_the_given_buffers(images, bias):
     assert mean.dtype == scale.dtype == np.float32
     np.testing.assert_array_equal(mean, pre.mean.astype(np.float32))
     np.testing.assert_array_equal(scale, pre.scale.astype(np.float32))
+
+
+def test_a_constant_float_column_whose_sums_round_below_zero_variance_gets_the_bounded_scale():
+    rows = float_rows(np.float32)
+    rows[:, 2] = 0.7  # its float64 sums give E[x^2] - E[x]^2 of about -1e-15, not 0
+    pre = fit_preprocessor(rows, scale="std")
+    assert pre.scale[2] == pytest.approx(1 / 1e-3)
+
+
+def test_split_floors_each_quota_before_giving_out_the_remainders():
+    labels = np.repeat(np.arange(3), [13, 13, 9])  # quotas 2.6, 2.6, 1.8 of 7
+    val = split_train_val(labels, 7, seed=0).val_rows
+    assert np.bincount(labels[val]).tolist() == [3, 2, 2]
+
+
+def test_split_and_fit_fits_the_statistics_on_its_train_rows_only(tmp_path, images):
+    from conftest import small_config
+
+    from softmax_cls.math.preprocess import split_and_fit
+
+    labels = np.arange(300) % 3
+    config = small_config(tmp_path, preprocess={"center": True, "scale": "std"},
+                          data={"val_size": 100})
+    split, pre = split_and_fit(config, images, labels)
+    mean, std = float64_mean_std(images[split.train_rows])
+    np.testing.assert_allclose(pre.mean, mean, rtol=1e-12)
+    np.testing.assert_allclose(pre.scale, 1 / std, rtol=1e-12)
+
+
+def test_mirror_weights_score_an_image_as_the_mean_of_it_and_its_mirror_image(images):
+    from softmax_cls.math.preprocess import mirror_weights
+
+    pre = fit_preprocessor(images)
+    W = np.ascontiguousarray(np.random.default_rng(3).standard_normal((pre.n_features, 4)).T)
+    mirrored = images.reshape(-1, 3, 32, 32)[..., ::-1].reshape(len(images), 3072)
+    flip_tta = (pre.transform(images, np.float64) @ W.T
+                + pre.transform(mirrored, np.float64) @ W.T) / 2
+    symmetric = mirror_weights(W, pre)
+    assert symmetric.dtype == np.float64
+    np.testing.assert_allclose(pre.transform(images, np.float64) @ symmetric.T, flip_tta,
+                               rtol=0, atol=1e-10 * np.abs(flip_tta).max())
