@@ -497,6 +497,9 @@ def test_kernels_are_compiled_only_when_both_are(monkeypatch, missing):
 
 
 def test_cache_folder_when_the_package_folder_is_read_only(monkeypatch, tmp_path):
+    # a copy of the environment: the NUMBA_CACHE_DIR the call sets must not outlive the test
+    # (numba would compile every kernel again for the console scripts run after it)
+    monkeypatch.setattr(os, "environ", dict(os.environ))
     monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.setattr(numba.config, "CACHE_DIR", numba.config.CACHE_DIR)
@@ -514,6 +517,9 @@ def test_cache_folder_moves_unless_the_package_and_its_pycache_are_writable(
     folder = Path(cache.__file__).resolve().parent
     if not (folder / "__pycache__").is_dir():
         pytest.skip("no __pycache__ in the package folder")
+    # a copy of the environment: the NUMBA_CACHE_DIR the call sets must not outlive the test
+    # (numba would compile every kernel again for the console scripts run after it)
+    monkeypatch.setattr(os, "environ", dict(os.environ))
     monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.setattr(numba.config, "CACHE_DIR", numba.config.CACHE_DIR)

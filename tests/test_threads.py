@@ -75,8 +75,9 @@ def test_threads_up_to_every_cpu_reach_numba_capped_at_its_pool_and_torch(monkey
     (NUMBA_NUM_THREADS), so a loaded numba gets at most that; torch gets the count."""
     from softmax_cls.threads import THREAD_VARIABLES, use_threads
 
-    for name in THREAD_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
+    # a copy of the environment: what use_threads sets there must not outlive the test
+    monkeypatch.setattr(os, "environ", {key: value for key, value in os.environ.items()
+                                        if key not in THREAD_VARIABLES})
     monkeypatch.setattr(os, "cpu_count", lambda: 4)
     numba, torch = FakePool(numba_threads=2), FakePool()
     monkeypatch.setitem(sys.modules, "numba", numba)
