@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 from softmax_cls.config import config_from_dict
 from softmax_cls.data.features import load_features
 from softmax_cls.data.labelled import LabelledData
+from softmax_cls.threads import THREAD_VARIABLES
 from softmax_cls.training.runs import train_run
 
 pytest_plugins = ["pytester", "leftover_processes"]
@@ -23,6 +25,17 @@ def pytest_configure(config):
     each child."""
     if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+
+@pytest.fixture(autouse=True)
+def thread_variables_left_as_found():
+    """Each test leaves the thread-count variables as it found them: a NUMBA_NUM_THREADS a
+    test leaks (monkeypatch.delenv of an unset variable records nothing to undo) fails every
+    later test of its worker that loads numba on fewer CPUs, far from its cause."""
+    before = {name: os.environ.get(name) for name in THREAD_VARIABLES}
+    yield
+    after = {name: os.environ.get(name) for name in THREAD_VARIABLES}
+    assert after == before, f"the test left thread variables changed: {before} -> {after}"
+
 
 REAL_ARCHIVE = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar-10-binary.tar.gz"
 needs_real_data = pytest.mark.skipif(not REAL_ARCHIVE.is_file(),
