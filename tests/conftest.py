@@ -37,6 +37,20 @@ def thread_variables_left_as_found():
     assert after == before, f"the test left thread variables changed: {before} -> {after}"
 
 
+@pytest.fixture
+def thread_variables_restored():
+    """For a test whose library sets the thread-count variables in this process (distributed's
+    nanny sets the BLAS and OpenMP counts to 1 before it spawns its workers): they are put
+    back after it, before thread_variables_left_as_found looks."""
+    before = {name: os.environ.get(name) for name in THREAD_VARIABLES}
+    yield
+    for name, value in before.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
 REAL_ARCHIVE = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar-10-binary.tar.gz"
 needs_real_data = pytest.mark.skipif(not REAL_ARCHIVE.is_file(),
                                      reason=f"real CIFAR-10 not present at {REAL_ARCHIVE}")

@@ -699,7 +699,8 @@ def test_a_sweep_runs_on_a_dask_cluster(tmp_path, served):
     assert result.counts["complete"] >= 1 and (tmp_path / "out" / "best.npz").is_file()
 
 
-def test_dask_worker_processes_read_the_data_from_the_sweep_folder(tmp_path, served):
+def test_dask_worker_processes_read_the_data_from_the_sweep_folder(
+        tmp_path, served, thread_variables_restored):
     """Workers in processes of their own, as `dask worker` on another machine: this test's
     stand-in data loader is not theirs (their own would look for CIFAR-10 in ./data, and
     real data there has another fingerprint), so a trial completes only from the sweep
